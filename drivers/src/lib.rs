@@ -1,0 +1,6 @@
+//! Guest-side drivers. `no_std` + `alloc`; they reach hardware only through [`platform::Platform`].
+#![cfg_attr(not(test), no_std)]
+extern crate alloc;
+
+pub mod pci;
+pub mod platform;

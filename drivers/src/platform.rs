@@ -1,0 +1,96 @@
+//! The one trait through which every driver reaches the machine.
+//!
+//! The kernel implements it on real (virtual) hardware; host unit tests implement it with fakes,
+//! so a driver can be fed a device that misbehaves. Nothing else in `drivers` touches hardware.
+
+use core::fmt;
+
+/// Errors a platform operation can report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlatformError {
+    /// DMA memory is exhausted.
+    OutOfDmaMemory,
+    /// The MMIO range cannot be mapped (not page-aligned, outside the MMIO window, ...).
+    BadMmioRange { phys: u64, len: u64 },
+}
+
+impl fmt::Display for PlatformError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OutOfDmaMemory => write!(f, "out of DMA memory"),
+            Self::BadMmioRange { phys, len } => {
+                write!(f, "cannot map MMIO range {phys:#x}+{len:#x}")
+            }
+        }
+    }
+}
+
+/// A mapped MMIO window. Offsets are checked against `len` by [`Platform`] implementations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmioRegion {
+    /// Physical address of the window.
+    pub phys: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Memory a device may read and write by DMA: a CPU-visible pointer and the bus address that the
+/// device must be given.
+#[derive(Debug)]
+pub struct DmaBuffer {
+    /// CPU virtual address of the first byte.
+    pub virt: *mut u8,
+    /// Physical (bus) address of the first byte.
+    pub phys: u64,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+impl DmaBuffer {
+    /// The buffer's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: a DmaBuffer is handed out by a Platform that owns `len` bytes at `virt` for the
+        // buffer's lifetime.
+        unsafe { core::slice::from_raw_parts(self.virt, self.len) }
+    }
+
+    /// The buffer's bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`; `&mut self` makes the borrow unique.
+        unsafe { core::slice::from_raw_parts_mut(self.virt, self.len) }
+    }
+}
+
+/// Port I/O, MMIO, DMA memory, interrupts and a clock: everything a driver may ask of the machine.
+pub trait Platform {
+    fn inb(&self, port: u16) -> u8;
+    fn inw(&self, port: u16) -> u16;
+    fn inl(&self, port: u16) -> u32;
+    fn outb(&self, port: u16, value: u8);
+    fn outw(&self, port: u16, value: u16);
+    fn outl(&self, port: u16, value: u32);
+
+    /// Map `len` bytes of device memory at physical address `phys`.
+    fn map_mmio(&self, phys: u64, len: u64) -> Result<MmioRegion, PlatformError>;
+    fn mmio_read8(&self, region: &MmioRegion, offset: u64) -> u8;
+    fn mmio_read16(&self, region: &MmioRegion, offset: u64) -> u16;
+    fn mmio_read32(&self, region: &MmioRegion, offset: u64) -> u32;
+    fn mmio_write8(&self, region: &MmioRegion, offset: u64, value: u8);
+    fn mmio_write16(&self, region: &MmioRegion, offset: u64, value: u16);
+    fn mmio_write32(&self, region: &MmioRegion, offset: u64, value: u32);
+
+    /// Allocate zeroed DMA-able memory, `align` a power of two.
+    fn dma_alloc(&self, len: usize, align: usize) -> Result<DmaBuffer, PlatformError>;
+    /// Give back a buffer from [`Platform::dma_alloc`].
+    fn dma_free(&self, buffer: DmaBuffer);
+    /// Physical address of a CPU address inside DMA memory.
+    fn virt_to_phys(&self, virt: *const u8) -> u64;
+
+    /// How many interrupts have arrived on `vector` since boot. Interrupt handlers only record
+    /// (and send EOI); drivers compare counts to notice new interrupts.
+    fn interrupt_count(&self, vector: u8) -> u64;
+    /// Sleep until some interrupt arrives (or return at once if one is already pending).
+    fn wait_for_interrupt(&self);
+    /// Monotonic nanoseconds.
+    fn now_ns(&self) -> u64;
+}

@@ -1,0 +1,6 @@
+fn main() {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    println!("cargo:rustc-link-arg=-T{dir}/linker.ld");
+    println!("cargo:rustc-link-arg=--no-pie");
+    println!("cargo:rerun-if-changed=linker.ld");
+}

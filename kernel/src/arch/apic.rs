@@ -1,0 +1,49 @@
+//! Local APIC (xAPIC, MMIO at its architectural address), used from ring 3 through the
+//! user-accessible identity map. Ring 0 only writes EOI (in the interrupt stub).
+
+use core::ptr::{read_volatile, write_volatile};
+
+const BASE: usize = 0xfee0_0000;
+const ID: usize = 0x20;
+const TPR: usize = 0x80;
+const SVR: usize = 0xf0;
+const LVT_TIMER: usize = 0x320;
+const TIMER_INITIAL: usize = 0x380;
+const TIMER_DIVIDE: usize = 0x3e0;
+
+const SVR_ENABLE: u32 = 1 << 8;
+const LVT_MASKED: u32 = 1 << 16;
+const LVT_PERIODIC: u32 = 1 << 17;
+
+fn read(reg: usize) -> u32 {
+    // SAFETY: the LAPIC page is identity-mapped, uncached and user-accessible; reg is a valid
+    // 16-byte-aligned register offset.
+    unsafe { read_volatile((BASE + reg) as *const u32) }
+}
+
+fn write(reg: usize, value: u32) {
+    // SAFETY: as in `read`.
+    unsafe { write_volatile((BASE + reg) as *mut u32, value) }
+}
+
+/// Software-enable the LAPIC with the spurious vector, accept all priorities.
+pub fn enable() {
+    write(TPR, 0);
+    write(SVR, SVR_ENABLE | super::idt::SPURIOUS_VECTOR as u32);
+}
+
+pub fn id() -> u32 {
+    read(ID) >> 24
+}
+
+/// Periodic timer on `vector`, divide by 1, `count` bus cycles per tick.
+pub fn timer_start_periodic(vector: u8, count: u32) {
+    write(TIMER_DIVIDE, 0b1011);
+    write(LVT_TIMER, LVT_PERIODIC | vector as u32);
+    write(TIMER_INITIAL, count);
+}
+
+pub fn timer_stop() {
+    write(LVT_TIMER, LVT_MASKED);
+    write(TIMER_INITIAL, 0);
+}

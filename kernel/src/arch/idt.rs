@@ -1,0 +1,134 @@
+//! IDT: 256 fixed-size entry stubs. Vectors 0..31 go to `trap::exception_entry` with a full
+//! register frame; vectors 32..255 only count the interrupt and send the LAPIC EOI (in assembly,
+//! a handful of emulated instructions), because interrupt handlers acknowledge and record, and
+//! the completion work runs in ring 3.
+
+use core::arch::global_asm;
+use core::sync::atomic::AtomicU64;
+
+/// Interrupts seen per vector since boot. Ring 3 reads these to notice completions.
+#[no_mangle]
+pub static IRQ_COUNTS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+/// Sum over all vectors >= 32, for the race-free "wait for interrupt" kernel call.
+#[no_mangle]
+pub static IRQ_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+const STUB_SIZE: u64 = 16;
+
+// Exceptions that push an error code: 8, 10-14, 17, 21, 29, 30.
+global_asm!(
+    r#"
+    .section .text
+    .p2align 4
+    .global idt_stubs
+idt_stubs:
+    .set i, 0
+    .rept 256
+    .p2align 4
+    .if (i == 8) || (i >= 10 && i <= 14) || (i == 17) || (i == 21) || (i == 29) || (i == 30)
+        pushq $i
+        jmp exception_common
+    .elseif i < 32
+        pushq $0
+        pushq $i
+        jmp exception_common
+    .else
+        pushq $i
+        jmp irq_common
+    .endif
+    .set i, i + 1
+    .endr
+
+irq_common:
+    pushq %rax
+    movq 8(%rsp), %rax
+    lock incq IRQ_COUNTS(,%rax,8)
+    lock incq IRQ_TOTAL
+    cmpq $0xff, %rax
+    je 1f
+    movl $0xfee000b0, %eax              /* LAPIC EOI (above 2 GiB: not a disp32) */
+    movl $0, (%rax)
+1:  popq %rax
+    addq $8, %rsp
+    iretq
+
+exception_common:
+    pushq %r15
+    pushq %r14
+    pushq %r13
+    pushq %r12
+    pushq %r11
+    pushq %r10
+    pushq %r9
+    pushq %r8
+    pushq %rbp
+    pushq %rdi
+    pushq %rsi
+    pushq %rdx
+    pushq %rcx
+    pushq %rbx
+    pushq %rax
+    movq %rsp, %rdi
+    call exception_entry
+    popq %rax
+    popq %rbx
+    popq %rcx
+    popq %rdx
+    popq %rsi
+    popq %rdi
+    popq %rbp
+    popq %r8
+    popq %r9
+    popq %r10
+    popq %r11
+    popq %r12
+    popq %r13
+    popq %r14
+    popq %r15
+    addq $16, %rsp
+    iretq
+    "#,
+    options(att_syntax)
+);
+
+extern "C" {
+    static idt_stubs: u8;
+}
+
+#[repr(C, align(16))]
+struct Idt([[u64; 2]; 256]);
+
+static mut IDT: Idt = Idt([[0; 2]; 256]);
+
+/// Fill and load the IDT. Ring 0 only; called once at boot.
+pub fn init() {
+    // SAFETY: boot-time, single-threaded; the stubs are 16-byte spaced code emitted above.
+    unsafe {
+        let base = &raw const idt_stubs as u64;
+        let idt = &raw mut IDT;
+        for v in 0..256u64 {
+            let handler = base + v * STUB_SIZE;
+            // #BP is the kernel-call gate from ring 3 (`int3`), so DPL3; all others DPL0.
+            let dpl: u64 = if v == 3 { 3 } else { 0 };
+            // Double fault, NMI and machine check run on IST1, so a broken stack still reports.
+            let ist: u64 = if v == 2 || v == 8 || v == 18 { 1 } else { 0 };
+            let low = (handler & 0xffff)
+                | ((super::gdt::KERNEL_CS as u64) << 16)
+                | (ist << 32)
+                | ((0x8e | (dpl << 5)) << 40)
+                | ((handler >> 16) & 0xffff) << 48;
+            (*idt).0[v as usize] = [low, handler >> 32];
+        }
+        #[repr(C, packed)]
+        struct Ptr {
+            limit: u16,
+            base: u64,
+        }
+        let ptr = Ptr {
+            limit: (256 * 16 - 1) as u16,
+            base: idt as u64,
+        };
+        core::arch::asm!("lidt [{}]", in(reg) &ptr);
+    }
+}

@@ -1,0 +1,14 @@
+//! Ring 0: descriptor tables, trap entry, kernel calls, and the interrupt controllers.
+pub mod apic;
+pub mod gdt;
+pub mod idt;
+pub mod ioapic;
+pub mod kcall;
+pub mod trap;
+
+/// Interrupt vectors the kernel assigns.
+pub mod vectors {
+    pub const LAPIC_TIMER: u8 = 0x30;
+    pub const COM1: u8 = 0x34;
+    pub const FLOOR_DEVICE: u8 = 0x3a;
+}

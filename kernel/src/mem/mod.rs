@@ -1,0 +1,2 @@
+//! Memory: the boot memory map and the kernel heap.
+pub mod heap;

@@ -1,0 +1,125 @@
+//! The kernel's implementation of `drivers::platform::Platform`, for ring 3: port I/O through the
+//! TSS bitmap, MMIO through the user-accessible identity map, DMA memory from the heap (identity
+//! mapped, so virtual = physical), interrupts counted by the ring-0 stubs.
+
+use crate::arch::{idt, kcall};
+use crate::{port, time};
+use alloc::alloc::{alloc_zeroed, dealloc, Layout};
+use core::ptr::{read_volatile, write_volatile};
+use core::sync::atomic::Ordering;
+use drivers::platform::{DmaBuffer, MmioRegion, Platform, PlatformError};
+
+pub struct KernelPlatform;
+
+const DMA_ALIGN: usize = 4096;
+
+/// Device MMIO lives in the uncached 3..4 GiB window of the boot page tables.
+const MMIO_WINDOW: core::ops::Range<u64> = 0xc000_0000..0x1_0000_0000;
+
+impl KernelPlatform {
+    fn mmio_ptr(region: &MmioRegion, offset: u64, width: u64) -> usize {
+        assert!(
+            offset.checked_add(width).is_some_and(|end| end <= region.len),
+            "MMIO access at {offset:#x} outside a {:#x}-byte region",
+            region.len
+        );
+        (region.phys + offset) as usize
+    }
+}
+
+impl Platform for KernelPlatform {
+    fn inb(&self, p: u16) -> u8 {
+        port::inb(p)
+    }
+    fn inw(&self, p: u16) -> u16 {
+        port::inw(p)
+    }
+    fn inl(&self, p: u16) -> u32 {
+        port::inl(p)
+    }
+    fn outb(&self, p: u16, v: u8) {
+        port::outb(p, v)
+    }
+    fn outw(&self, p: u16, v: u16) {
+        port::outw(p, v)
+    }
+    fn outl(&self, p: u16, v: u32) {
+        port::outl(p, v)
+    }
+
+    fn map_mmio(&self, phys: u64, len: u64) -> Result<MmioRegion, PlatformError> {
+        let end = phys.checked_add(len);
+        match end {
+            Some(end) if len > 0 && MMIO_WINDOW.start <= phys && end <= MMIO_WINDOW.end => {
+                Ok(MmioRegion { phys, len })
+            }
+            _ => Err(PlatformError::BadMmioRange { phys, len }),
+        }
+    }
+    fn mmio_read8(&self, r: &MmioRegion, off: u64) -> u8 {
+        // SAFETY: inside a region accepted by map_mmio (uncached, identity-mapped, user).
+        unsafe { read_volatile(Self::mmio_ptr(r, off, 1) as *const u8) }
+    }
+    fn mmio_read16(&self, r: &MmioRegion, off: u64) -> u16 {
+        // SAFETY: as in mmio_read8.
+        unsafe { read_volatile(Self::mmio_ptr(r, off, 2) as *const u16) }
+    }
+    fn mmio_read32(&self, r: &MmioRegion, off: u64) -> u32 {
+        // SAFETY: as in mmio_read8.
+        unsafe { read_volatile(Self::mmio_ptr(r, off, 4) as *const u32) }
+    }
+    fn mmio_write8(&self, r: &MmioRegion, off: u64, v: u8) {
+        // SAFETY: as in mmio_read8.
+        unsafe { write_volatile(Self::mmio_ptr(r, off, 1) as *mut u8, v) }
+    }
+    fn mmio_write16(&self, r: &MmioRegion, off: u64, v: u16) {
+        // SAFETY: as in mmio_read8.
+        unsafe { write_volatile(Self::mmio_ptr(r, off, 2) as *mut u16, v) }
+    }
+    fn mmio_write32(&self, r: &MmioRegion, off: u64, v: u32) {
+        // SAFETY: as in mmio_read8.
+        unsafe { write_volatile(Self::mmio_ptr(r, off, 4) as *mut u32, v) }
+    }
+
+    fn dma_alloc(&self, len: usize, align: usize) -> Result<DmaBuffer, PlatformError> {
+        // Every DMA buffer is page-aligned, so `dma_free` can rebuild the layout exactly.
+        if align > DMA_ALIGN || !align.is_power_of_two() {
+            return Err(PlatformError::OutOfDmaMemory);
+        }
+        let layout = Layout::from_size_align(len.max(1), DMA_ALIGN)
+            .map_err(|_| PlatformError::OutOfDmaMemory)?;
+        // SAFETY: non-zero size.
+        let virt = unsafe { alloc_zeroed(layout) };
+        if virt.is_null() {
+            return Err(PlatformError::OutOfDmaMemory);
+        }
+        Ok(DmaBuffer {
+            virt,
+            phys: virt as u64,
+            len,
+        })
+    }
+    fn dma_free(&self, buffer: DmaBuffer) {
+        // SAFETY: `buffer` came from dma_alloc, which used exactly this layout.
+        unsafe {
+            dealloc(
+                buffer.virt,
+                Layout::from_size_align_unchecked(buffer.len.max(1), DMA_ALIGN),
+            )
+        }
+    }
+    fn virt_to_phys(&self, virt: *const u8) -> u64 {
+        virt as u64
+    }
+
+    fn interrupt_count(&self, vector: u8) -> u64 {
+        idt::IRQ_COUNTS[vector as usize].load(Ordering::Acquire)
+    }
+    fn wait_for_interrupt(&self) {
+        let seen = idt::IRQ_TOTAL.load(Ordering::Acquire);
+        kcall::call(kcall::WAIT_FOR_INTERRUPT, seen, 0);
+    }
+    fn now_ns(&self) -> u64 {
+        time::now_ns()
+    }
+}
