@@ -4,3 +4,5 @@ extern crate alloc;
 
 pub mod pci;
 pub mod platform;
+pub mod ata;
+pub mod virtio;

@@ -17,7 +17,7 @@ const MAX_MEMMAP: u32 = 128;
 impl BootInfo {
     /// Read and check `hvm_start_info` at physical (= virtual) address `paddr`.
     pub fn parse(paddr: u64) -> Result<Self, &'static str> {
-        if paddr == 0 || paddr % 8 != 0 {
+        if paddr == 0 || !paddr.is_multiple_of(8) {
             return Err("start_info pointer is null or misaligned");
         }
         // SAFETY: the PVH ABI puts a start_info at this identity-mapped address; checked below.
@@ -64,7 +64,11 @@ impl BootInfo {
     }
 
     pub fn ram_bytes(&self) -> u64 {
-        self.memmap.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum()
+        self.memmap
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum()
     }
 }
 

@@ -26,10 +26,7 @@ static CURRENT_NAME: spin::Mutex<&'static str> = spin::Mutex::new("");
 
 /// Select tests by the command line's `tests=` value: `all`, `none`, or a comma list.
 /// Unknown names come back in the second list.
-pub fn select<'a>(
-    registry: &'a [Test],
-    spec: &str,
-) -> (Vec<&'a Test>, Vec<String>) {
+pub fn select<'a>(registry: &'a [Test], spec: &str) -> (Vec<&'a Test>, Vec<String>) {
     let mut chosen = Vec::new();
     let mut unknown = Vec::new();
     for word in spec.split(',').map(str::trim).filter(|w| !w.is_empty()) {

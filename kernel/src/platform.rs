@@ -19,7 +19,9 @@ const MMIO_WINDOW: core::ops::Range<u64> = 0xc000_0000..0x1_0000_0000;
 impl KernelPlatform {
     fn mmio_ptr(region: &MmioRegion, offset: u64, width: u64) -> usize {
         assert!(
-            offset.checked_add(width).is_some_and(|end| end <= region.len),
+            offset
+                .checked_add(width)
+                .is_some_and(|end| end <= region.len),
             "MMIO access at {offset:#x} outside a {:#x}-byte region",
             region.len
         );

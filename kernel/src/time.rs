@@ -77,7 +77,10 @@ fn from_cpuid() -> Option<(u64, TscSource)> {
     if max_std >= 0x15 {
         let l = __cpuid_count(0x15, 0);
         if l.eax != 0 && l.ebx != 0 && l.ecx != 0 {
-            return Some((l.ecx as u64 * l.ebx as u64 / l.eax as u64, TscSource::CpuidCrystal));
+            return Some((
+                l.ecx as u64 * l.ebx as u64 / l.eax as u64,
+                TscSource::CpuidCrystal,
+            ));
         }
     }
     if max_std >= 0x16 {

@@ -59,15 +59,29 @@ pub fn device() -> Outcome {
                 Err(e) => crate::fail!("exit-floor BAR1: {}", e),
             };
             report("port_out_userspace", time_each(2000, || port::outl(io, 1)));
-            report("port_out_ioeventfd", time_each(4000, || port::outl(io + 4, 1)));
-            report("mmio_write_userspace", time_each(2000, || p.mmio_write32(&mmio, 0, 1)));
-            report("mmio_write_ioeventfd", time_each(4000, || p.mmio_write32(&mmio, 0x100, 1)));
+            report(
+                "port_out_ioeventfd",
+                time_each(4000, || port::outl(io + 4, 1)),
+            );
+            report(
+                "mmio_write_userspace",
+                time_each(2000, || p.mmio_write32(&mmio, 0, 1)),
+            );
+            report(
+                "mmio_write_ioeventfd",
+                time_each(4000, || p.mmio_write32(&mmio, 0x100, 1)),
+            );
 
             let pin = dev.interrupt_line;
             if pin as u32 >= ioapic::pins() {
                 crate::fail!("exit-floor interrupt line {} is not an IOAPIC pin", pin);
             }
-            ioapic::route(pin, vectors::FLOOR_DEVICE, ioapic::Trigger::Edge, apic::id());
+            ioapic::route(
+                pin,
+                vectors::FLOOR_DEVICE,
+                ioapic::Trigger::Edge,
+                apic::id(),
+            );
             let deadline_cycles = time::tsc_hz(); // 1 s per round trip at most
             let mut lost = 0;
             let rt = time_each(2000, || {

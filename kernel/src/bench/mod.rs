@@ -8,8 +8,16 @@ use crate::exit::ExitCode;
 use crate::ktap::{self, Test};
 
 pub static REGISTRY: &[Test] = &[
-    Test { name: "floor_device", run: floor::device, in_all: true },
-    Test { name: "floor_loops", run: floor::loops, in_all: true },
+    Test {
+        name: "floor_device",
+        run: floor::device,
+        in_all: true,
+    },
+    Test {
+        name: "floor_loops",
+        run: floor::loops,
+        in_all: true,
+    },
 ];
 
 /// `bench=floor` is both floor rows; `bench=all` everything.

@@ -31,14 +31,22 @@ pub fn lapic_timer() -> Outcome {
     }
     let after_wait = p.interrupt_count(vectors::LAPIC_TIMER);
     apic::timer_stop();
-    println!("# lapic timer: {} ticks while spinning in ring 3, apic id {}", spun, apic::id());
+    println!(
+        "# lapic timer: {} ticks while spinning in ring 3, apic id {}",
+        spun,
+        apic::id()
+    );
     check!(spun >= 5, "only {} LAPIC timer interrupts in 2 s", spun);
     check!(after_wait > before, "woke from hlt without a timer tick");
     Outcome::Pass
 }
 
 pub fn ioapic_serial() -> Outcome {
-    check!(ioapic::pins() >= 16, "IOAPIC reports only {} pins", ioapic::pins());
+    check!(
+        ioapic::pins() >= 16,
+        "IOAPIC reports only {} pins",
+        ioapic::pins()
+    );
     let start = KernelPlatform.interrupt_count(vectors::COM1);
     ioapic::route(4, vectors::COM1, ioapic::Trigger::Edge, apic::id());
     serial::set_thr_empty_interrupt(true);

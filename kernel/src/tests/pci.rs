@@ -10,7 +10,9 @@ pub fn enumerate() -> Outcome {
         println!("# lspci {}", f);
     }
     check!(!devices.is_empty(), "no PCI functions found");
-    let root = devices.iter().find(|f| f.address == PciAddress::new(0, 0, 0));
+    let root = devices
+        .iter()
+        .find(|f| f.address == PciAddress::new(0, 0, 0));
     check!(
         root.is_some_and(|f| f.class == 0x06 && f.subclass == 0x00),
         "00:00.0 is not a host bridge"
@@ -19,7 +21,10 @@ pub fn enumerate() -> Outcome {
     check!(
         troubled.is_empty(),
         "functions with decode problems: {:?}",
-        troubled.iter().map(|f| (f.address, f.issues.clone())).collect::<alloc::vec::Vec<_>>()
+        troubled
+            .iter()
+            .map(|f| (f.address, f.issues.clone()))
+            .collect::<alloc::vec::Vec<_>>()
     );
     Outcome::Pass
 }

@@ -16,7 +16,11 @@ pub fn tsc() -> Outcome {
     // Cross-check against the PIT. Only a gross disagreement (2x) fails: this is a check that
     // the two clocks agree, not a timing target.
     let pit = time::pit_calibrate(20);
-    println!("# tsc: {} kHz in use, {} kHz against the PIT", hz / 1000, pit / 1000);
+    println!(
+        "# tsc: {} kHz in use, {} kHz against the PIT",
+        hz / 1000,
+        pit / 1000
+    );
     check!(
         pit > hz / 2 && pit < hz * 2,
         "PIT says {} Hz, in use {} Hz",

@@ -1,0 +1,1 @@
+//! IDE/ATA: taskfile PIO and bus-master DMA.

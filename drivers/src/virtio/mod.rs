@@ -1,0 +1,1 @@
+//! virtio 1.x over PCI (modern transport, split virtqueue).
