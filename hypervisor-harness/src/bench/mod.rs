@@ -1,0 +1,325 @@
+//! `bench`: the floor (what one exit costs, per path) and boot time against QEMU.
+//! Every run is a child process (our own binary), so each VM gets a fresh process.
+
+pub mod report;
+
+use crate::cli::{kernel_or_default, BenchArgs};
+use crate::error::HarnessError;
+use crate::platform::Platform;
+use report::{BenchReport, BootRow, FloorRow, Stat};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// One `# bench: <name> key=value ...` diagnostic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchLine {
+    pub name: String,
+    pub ns: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub n: Option<u64>,
+    /// Keys we don't know, kept as they came.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// Parse a KTAP diagnostic line `# bench: floor.x ns=1 min=1 max=2 n=10`. Malformed lines
+/// (no name, a token without `=`, a known key with a non-numeric value) give None.
+pub fn parse_bench_line(line: &str) -> Option<BenchLine> {
+    let rest = line
+        .trim_start()
+        .strip_prefix('#')?
+        .trim_start()
+        .strip_prefix("bench:")?;
+    let mut toks = rest.split_whitespace();
+    let name = toks.next()?;
+    if name.contains('=') {
+        return None;
+    }
+    let mut b = BenchLine {
+        name: name.to_string(),
+        ns: None,
+        min: None,
+        max: None,
+        n: None,
+        extra: BTreeMap::new(),
+    };
+    for t in toks {
+        let (k, v) = t.split_once('=')?;
+        if k.is_empty() {
+            return None;
+        }
+        match k {
+            "ns" => b.ns = Some(v.parse().ok()?),
+            "min" => b.min = Some(v.parse().ok()?),
+            "max" => b.max = Some(v.parse().ok()?),
+            "n" => b.n = Some(v.parse().ok()?),
+            _ => {
+                b.extra.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    Some(b)
+}
+
+/// Where each floor measurement exits: (space, offset from its BAR, BAR index).
+pub fn floor_site(name: &str) -> Option<(&'static str, u64, usize)> {
+    use crate::devices::floor::*;
+    Some(match name {
+        "port_out_userspace" => ("pio", IO_USERSPACE, 0),
+        "port_out_ioeventfd" => ("pio", IO_IOEVENTFD, 0),
+        "notify_irq_roundtrip" => ("pio", IO_DOORBELL, 0),
+        "mmio_write_userspace" => ("mmio", MMIO_USERSPACE, 1),
+        "mmio_write_ioeventfd" => ("mmio", MMIO_IOEVENTFD, 1),
+        _ => return None,
+    })
+}
+
+/// Exits recorded at (space, addr) in a `run --exits-json` document.
+pub fn exits_at(doc: &Value, space: &str, addr: u64) -> u64 {
+    doc["exits"]["by_addr"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["space"] == space && e["addr"].as_u64() == Some(addr))
+        .filter_map(|e| e["count"].as_u64())
+        .sum()
+}
+
+pub struct ChildRun {
+    pub code: i32,
+    pub stdout: String,
+    pub last_err: String,
+    pub secs: f64,
+    pub json: Option<Value>,
+}
+
+fn tmp_path(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("hh-bench-{}-{tag}.json", std::process::id()))
+}
+
+/// Spawn our own binary with `args` (plus `--exits-json` to a temp file).
+pub fn spawn_self(args: &[String], tag: &str) -> Result<ChildRun, HarnessError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| HarnessError::Other(format!("cannot find our own binary: {e}")))?;
+    let json_path = tmp_path(tag);
+    let _ = std::fs::remove_file(&json_path);
+    let start = Instant::now();
+    let out = Command::new(exe)
+        .args(args)
+        .arg("--exits-json")
+        .arg(&json_path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| HarnessError::Other(format!("cannot spawn the harness: {e}")))?;
+    let secs = start.elapsed().as_secs_f64();
+    let json = std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let _ = std::fs::remove_file(&json_path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last_err = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or("")
+        .to_string();
+    Ok(ChildRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        last_err,
+        secs,
+        json,
+    })
+}
+
+fn common_args(sub: &str, kernel: &Path, a: &BenchArgs, cmdline: &str) -> Vec<String> {
+    vec![
+        sub.into(),
+        "--kernel".into(),
+        kernel.display().to_string(),
+        "--mem".into(),
+        format!("{}M", a.mem >> 20),
+        "--cmdline".into(),
+        cmdline.into(),
+        "--timeout".into(),
+        a.timeout.to_string(),
+    ]
+}
+
+fn fatal(code: i32) -> bool {
+    matches!(code, 64 | 65 | 69 | 70)
+}
+
+fn floor_section(
+    kernel: &Path,
+    a: &BenchArgs,
+) -> Result<(Vec<FloorRow>, Option<String>), HarnessError> {
+    let r = spawn_self(&common_args("run", kernel, a, "bench=floor"), "floor")?;
+    if fatal(r.code) {
+        return Err(HarnessError::Other(format!(
+            "floor run failed: {}",
+            r.last_err
+        )));
+    }
+    let note = (r.code != 0).then(|| format!("floor run exit code {}: {}", r.code, r.last_err));
+    let (bar0, bar1) = r
+        .json
+        .as_ref()
+        .map(|j| {
+            (
+                j["floor"]["bar0"].as_u64().unwrap_or(0),
+                j["floor"]["bar1"].as_u64().unwrap_or(0),
+            )
+        })
+        .unwrap_or((0, 0));
+    let mut rows = Vec::new();
+    for line in r.stdout.lines() {
+        let Some(b) = parse_bench_line(line) else {
+            continue;
+        };
+        let Some(short) = b.name.strip_prefix("floor.") else {
+            continue;
+        };
+        let exits = match (floor_site(short), &r.json) {
+            (Some((space, off, bar)), Some(j)) => {
+                let base = if bar == 0 { bar0 } else { bar1 };
+                Some(exits_at(j, space, base + off))
+            }
+            _ => None,
+        };
+        rows.push(FloorRow {
+            name: short.to_string(),
+            line: b,
+            exits,
+        });
+    }
+    Ok((rows, note))
+}
+
+fn boot_runs(
+    sub: &str,
+    kernel: &Path,
+    a: &BenchArgs,
+    extra: &[String],
+) -> Result<BootRow, HarnessError> {
+    let mut args = common_args(sub, kernel, a, "tests=none");
+    args.extend(["--serial-log".to_string(), "/dev/null".to_string()]);
+    args.extend_from_slice(extra);
+    let mut times = Vec::new();
+    let mut first_json = None;
+    let mut note = None;
+    for i in 0..a.runs {
+        let r = spawn_self(&args, &format!("{sub}{i}"))?;
+        if r.code == 69 && sub == "qemu" {
+            return Ok(BootRow::unavailable(sub, &r.last_err));
+        }
+        if fatal(r.code) {
+            return Err(HarnessError::Other(format!(
+                "{sub} boot run failed: {}",
+                r.last_err
+            )));
+        }
+        if r.code != 0 && note.is_none() {
+            note = Some(format!("exit code {}: {}", r.code, r.last_err));
+        }
+        times.push(r.secs);
+        if first_json.is_none() {
+            first_json = r.json;
+        }
+    }
+    Ok(BootRow::from_runs(sub, Stat::of(&times), first_json, note))
+}
+
+pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
+    let kernel = kernel_or_default(&a.kernel)?;
+    if !kernel.is_file() {
+        return Err(HarnessError::Image(format!(
+            "cannot open kernel {}",
+            kernel.display()
+        )));
+    }
+    let platform = Platform::detect();
+    eprintln!("bench: platform {platform}; floor run...");
+    let (floor, floor_note) = floor_section(&kernel, a)?;
+    eprintln!("bench: boot runs under the harness ({})...", a.runs);
+    let harness = boot_runs("run", &kernel, a, &[])?;
+    eprintln!("bench: boot runs under QEMU ({})...", a.runs);
+    let accel = match a.qemu_accel {
+        crate::cli::Accel::Auto => "auto",
+        crate::cli::Accel::Kvm => "kvm",
+        crate::cli::Accel::Tcg => "tcg",
+    };
+    let qemu = boot_runs(
+        "qemu",
+        &kernel,
+        a,
+        &[
+            "--accel".into(),
+            accel.into(),
+            "--qemu".into(),
+            a.qemu.clone(),
+        ],
+    )?;
+    let rep = BenchReport {
+        platform,
+        floor,
+        floor_note,
+        harness,
+        qemu,
+        runs: a.runs,
+    };
+    print!("{}", rep.to_text());
+    if let Some(p) = &a.json {
+        crate::cli::write_json(p, &rep.to_json())?;
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_lines() {
+        let b = parse_bench_line(
+            "# bench: floor.port_out_userspace ns=61234 min=58000 max=90000 n=1000 ring=3",
+        )
+        .unwrap();
+        assert_eq!(b.name, "floor.port_out_userspace");
+        assert_eq!(
+            (b.ns, b.min, b.max, b.n),
+            (Some(61234.0), Some(58000.0), Some(90000.0), Some(1000))
+        );
+        assert_eq!(b.extra.get("ring").map(String::as_str), Some("3"));
+        assert!(parse_bench_line("#bench: floor.x ns=1.5").is_some());
+        for bad in [
+            "bench: floor.x ns=1",
+            "# bench:",
+            "# bench: ns=1",
+            "# bench: floor.x ns=abc",
+            "# bench: floor.x junk",
+            "# bench: floor.x =5",
+            "# other: x",
+            "ok 1 x",
+        ] {
+            assert_eq!(parse_bench_line(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn exits_lookup() {
+        let doc: Value = serde_json::json!({"exits": {"by_addr": [
+            {"space": "pio", "addr": 0xc000, "dir": "write", "count": 1000},
+            {"space": "pio", "addr": 0xc000, "dir": "read", "count": 2},
+            {"space": "mmio", "addr": 0xc000, "dir": "write", "count": 7},
+        ]}});
+        assert_eq!(exits_at(&doc, "pio", 0xc000), 1002);
+        assert_eq!(exits_at(&doc, "mmio", 0xc000), 7);
+        assert_eq!(exits_at(&doc, "pio", 0xc004), 0);
+        assert_eq!(floor_site("mmio_write_ioeventfd"), Some(("mmio", 0x100, 1)));
+        assert_eq!(floor_site("loop_ring3"), None);
+    }
+}

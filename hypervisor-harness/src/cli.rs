@@ -1,0 +1,416 @@
+//! Command line: `run`, `qemu`, `bench`, and the mapping from outcomes to exit codes.
+
+use crate::error::*;
+use crate::ktap::KtapSummary;
+use crate::platform::Platform;
+use crate::vmm::{self, memory, RunConfig, VmEnd};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hypervisor-harness",
+    version,
+    about = "Boot the project's PVH kernel under KVM or QEMU, count exits, benchmark"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Boot the kernel under this harness's own KVM VMM.
+    Run(RunArgs),
+    /// Boot the same kernel under QEMU.
+    Qemu(QemuArgs),
+    /// Floor (exit cost) and boot-time benchmarks.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Kernel image (PVH ELF). Defaults to the image this build produced.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Guest RAM: 32M..3G (K/M/G suffix; a plain number is MiB).
+    #[arg(long, default_value = "256M", value_parser = memory::parse_mem)]
+    pub mem: u64,
+    /// Kernel command line (at most 4095 bytes).
+    #[arg(long, default_value = "tests=all")]
+    pub cmdline: String,
+    /// Seconds before the guest is stopped (exit code 3).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub timeout: u64,
+    /// Print the exit counters at the end.
+    #[arg(long)]
+    pub exits: bool,
+    /// Write the exit counters (and the outcome) as JSON.
+    #[arg(long, value_name = "PATH")]
+    pub exits_json: Option<PathBuf>,
+    /// Write guest serial output here instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    pub serial_log: Option<PathBuf>,
+    /// Setup details on stderr.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Args, Debug)]
+pub struct QemuArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Accelerator: kvm when /dev/kvm is usable (auto), else tcg.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: Accel,
+    /// The QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: String,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Kernel image (PVH ELF). Defaults to the image this build produced.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Boot runs per VMM.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub runs: u32,
+    /// Write the results as JSON.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// QEMU accelerator for the comparison runs.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub qemu_accel: Accel,
+    /// The QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: String,
+    /// Guest RAM for every run.
+    #[arg(long, default_value = "256M", value_parser = memory::parse_mem)]
+    pub mem: u64,
+    /// Per-run timeout in seconds.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub timeout: u64,
+}
+
+/// The image the build produced, if build.rs set KERNEL_IMAGE.
+pub fn default_kernel() -> Option<PathBuf> {
+    option_env!("KERNEL_IMAGE").map(PathBuf::from)
+}
+
+pub fn kernel_or_default(k: &Option<PathBuf>) -> Result<PathBuf, HarnessError> {
+    k.clone().or_else(default_kernel).ok_or_else(|| {
+        HarnessError::Usage("no --kernel given and this build has no default kernel image".into())
+    })
+}
+
+/// How a guest run ended, independent of the VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    DebugExit(u32),
+    Timeout(u64),
+    Abnormal(String),
+}
+
+/// The exit code and a one-line message for stderr (None when all passed).
+pub fn outcome_code(o: &Outcome, ktap: &KtapSummary) -> (i32, Option<String>) {
+    use crate::devices::debug_exit::{GUEST_CRASHED, GUEST_FAILED, GUEST_PASSED};
+    match o {
+        Outcome::DebugExit(GUEST_PASSED) if ktap.all_ok() => (EXIT_PASSED, None),
+        Outcome::DebugExit(GUEST_PASSED) => (
+            EXIT_FAILED,
+            Some(format!(
+                "guest reported success but the KTAP output is {}",
+                if ktap.plan.is_none() {
+                    "missing its plan"
+                } else if ktap.failed > 0 {
+                    "showing failures"
+                } else {
+                    "incomplete"
+                }
+            )),
+        ),
+        Outcome::DebugExit(GUEST_FAILED) => (
+            EXIT_FAILED,
+            Some("guest reported failed tests (debug-exit 0x11)".into()),
+        ),
+        Outcome::DebugExit(GUEST_CRASHED) => {
+            (EXIT_CRASHED, Some("guest crashed (debug-exit 0x12)".into()))
+        }
+        Outcome::DebugExit(v) => (
+            EXIT_ABNORMAL,
+            Some(format!(
+                "guest wrote unknown exit code {v:#x} to the debug-exit port"
+            )),
+        ),
+        Outcome::Timeout(s) => (
+            EXIT_TIMEOUT,
+            Some(format!("guest did not exit within {s} s")),
+        ),
+        Outcome::Abnormal(m) => (EXIT_ABNORMAL, Some(format!("VM ended abnormally: {m}"))),
+    }
+}
+
+pub fn vm_end_outcome(end: &VmEnd, timeout: u64) -> Outcome {
+    match end {
+        VmEnd::DebugExit(v) => Outcome::DebugExit(*v),
+        VmEnd::Timeout => Outcome::Timeout(timeout),
+        VmEnd::Shutdown(cpu) => {
+            Outcome::Abnormal(format!("KVM_EXIT_SHUTDOWN (triple fault) at {cpu}"))
+        }
+        VmEnd::InternalError { suberror, cpu } => Outcome::Abnormal(format!(
+            "KVM_EXIT_INTERNAL_ERROR suberror {suberror} at {cpu}"
+        )),
+        VmEnd::FailEntry { reason, cpu } => {
+            Outcome::Abnormal(format!("KVM_EXIT_FAIL_ENTRY reason {reason:#x} at {cpu}"))
+        }
+        VmEnd::Unexpected { what, cpu } => Outcome::Abnormal(format!("{what} at {cpu}")),
+    }
+}
+
+fn outcome_json(o: &Outcome, code: i32, msg: &Option<String>) -> serde_json::Value {
+    let (kind, value) = match o {
+        Outcome::DebugExit(v) => ("debug_exit", Some(*v)),
+        Outcome::Timeout(_) => ("timeout", None),
+        Outcome::Abnormal(_) => ("abnormal", None),
+    };
+    json!({"kind": kind, "guest_value": value, "exit_code": code, "message": msg})
+}
+
+pub fn ktap_json(k: &KtapSummary) -> serde_json::Value {
+    json!({"plan": k.plan, "passed": k.passed, "failed": k.failed, "skipped": k.skipped,
+           "complete": k.complete, "missing": k.missing})
+}
+
+pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), HarnessError> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| HarnessError::Other(e.to_string()))?;
+    std::fs::write(path, text + "\n")
+        .map_err(|e| HarnessError::Other(format!("cannot write {}: {e}", path.display())))
+}
+
+fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
+    let c = &a.common;
+    let cfg = RunConfig {
+        kernel: kernel_or_default(&c.kernel)?,
+        mem: c.mem,
+        cmdline: c.cmdline.clone(),
+        timeout: Duration::from_secs(c.timeout),
+        serial_log: c.serial_log.clone(),
+        verbose: c.verbose,
+    };
+    let r = vmm::run(&cfg)?;
+    let outcome = vm_end_outcome(&r.end, c.timeout);
+    let (code, msg) = outcome_code(&outcome, &r.ktap);
+    eprintln!("{}", r.ktap);
+    if c.exits {
+        eprint!("{}", r.counters.table());
+        eprint!("{}", vmm::exits::stats_table(&r.kvm_stats));
+    }
+    if c.verbose {
+        eprintln!(
+            "harness: guest ran {:.3} s, {} exits",
+            r.elapsed.as_secs_f64(),
+            r.counters.total
+        );
+    }
+    if let Some(p) = &c.exits_json {
+        let v = json!({
+            "vmm": "harness",
+            "platform": Platform::detect().to_json(),
+            "outcome": outcome_json(&outcome, code, &msg),
+            "ktap": ktap_json(&r.ktap),
+            "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
+            "floor": {"bar0": r.floor_bars.0, "bar1": r.floor_bars.1},
+            "exits": r.counters.to_json(),
+            "kvm_stats": vmm::exits::stats_to_json(&r.kvm_stats),
+            "notes": r.notes,
+        });
+        write_json(p, &v)?;
+    }
+    if let Some(m) = msg {
+        eprintln!("error: {m}");
+    }
+    Ok(code)
+}
+
+fn cmd_qemu(a: &QemuArgs) -> Result<i32, HarnessError> {
+    let c = &a.common;
+    let cfg = crate::qemu::QemuConfig {
+        qemu: a.qemu.clone(),
+        kernel: kernel_or_default(&c.kernel)?,
+        mem: c.mem,
+        cmdline: c.cmdline.clone(),
+        timeout: Duration::from_secs(c.timeout),
+        accel: a.accel,
+        serial_log: c.serial_log.clone(),
+        verbose: c.verbose,
+    };
+    let r = crate::qemu::run(&cfg)?;
+    let (code, msg) = outcome_code(&r.outcome, &r.ktap);
+    eprintln!("{}", r.ktap);
+    if c.exits {
+        match &r.stats {
+            Some(s) => eprint!(
+                "QEMU {}",
+                vmm::exits::stats_table(s).replace("KVM_GET_STATS_FD", "QMP query-stats")
+            ),
+            None => eprintln!(
+                "QEMU statistics: not available (accel {}; QMP query-stats gave nothing)",
+                r.accel
+            ),
+        }
+    }
+    if let Some(p) = &c.exits_json {
+        let v = json!({
+            "vmm": "qemu",
+            "accel": r.accel,
+            "platform": Platform::detect().to_json(),
+            "outcome": outcome_json(&r.outcome, code, &msg),
+            "ktap": ktap_json(&r.ktap),
+            "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
+            "kvm_stats": r.stats.as_ref().map(vmm::exits::stats_to_json),
+        });
+        write_json(p, &v)?;
+    }
+    if let Some(m) = msg {
+        eprintln!("error: {m}");
+    }
+    Ok(code)
+}
+
+/// Parse arguments and run; returns the process exit code. Errors print one `error:` line.
+pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    return 0;
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    eprintln!("error: a subcommand is required: run, qemu or bench (see --help)");
+                    return EXIT_USAGE;
+                }
+                _ => {}
+            }
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("bad usage");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("error: {first} (see --help)");
+            return EXIT_USAGE;
+        }
+    };
+    let res = match &cli.cmd {
+        Cmd::Run(a) => cmd_run(a),
+        Cmd::Qemu(a) => cmd_qemu(a),
+        Cmd::Bench(a) => crate::bench::cmd_bench(a),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hypervisor-harness").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_defaults() {
+        let Cmd::Run(r) = parse(&["run", "--kernel", "k"]).unwrap().cmd else {
+            panic!()
+        };
+        assert_eq!(r.common.mem, 256 << 20);
+        assert_eq!(r.common.cmdline, "tests=all");
+        assert_eq!(r.common.timeout, 60);
+        assert!(!r.common.exits);
+    }
+
+    #[test]
+    fn usage_errors() {
+        for a in [
+            &["run", "--mem", "12Q"][..],
+            &["run", "--mem", "16M"],
+            &["run", "--mem", "4G"],
+            &["run", "--timeout", "0"],
+            &["run", "--bogus"],
+            &["qemu", "--accel", "hvf"],
+            &["bench", "--runs", "0"],
+            &["frobnicate"],
+        ] {
+            assert!(parse(a).is_err(), "{a:?} accepted");
+        }
+        assert_eq!(
+            main(["hh", "run", "--mem", "12Q"].map(OsString::from)),
+            EXIT_USAGE
+        );
+        assert_eq!(main(["hh"].map(OsString::from)), EXIT_USAGE);
+        assert_eq!(main(["hh", "--help"].map(OsString::from)), 0);
+    }
+
+    #[test]
+    fn exit_codes() {
+        let ok = KtapSummary {
+            plan: Some(1),
+            passed: 1,
+            complete: true,
+            ..Default::default()
+        };
+        let failed = KtapSummary {
+            plan: Some(2),
+            passed: 1,
+            failed: 1,
+            complete: true,
+            ..Default::default()
+        };
+        let partial = KtapSummary {
+            plan: Some(2),
+            passed: 1,
+            missing: vec![2],
+            ..Default::default()
+        };
+        assert_eq!(outcome_code(&Outcome::DebugExit(0x10), &ok), (0, None));
+        assert_eq!(outcome_code(&Outcome::DebugExit(0x10), &failed).0, 1);
+        assert_eq!(outcome_code(&Outcome::DebugExit(0x10), &partial).0, 1);
+        assert_eq!(
+            outcome_code(&Outcome::DebugExit(0x10), &KtapSummary::default()).0,
+            1
+        );
+        assert_eq!(outcome_code(&Outcome::DebugExit(0x11), &ok).0, 1);
+        assert_eq!(outcome_code(&Outcome::DebugExit(0x12), &ok).0, 2);
+        assert_eq!(
+            outcome_code(&Outcome::Timeout(5), &ok),
+            (3, Some("guest did not exit within 5 s".into()))
+        );
+        assert_eq!(outcome_code(&Outcome::DebugExit(0x42), &ok).0, 4);
+        assert_eq!(outcome_code(&Outcome::Abnormal("x".into()), &ok).0, 4);
+    }
+}

@@ -1,0 +1,236 @@
+//! The exit-floor device, PCI 00:01.0 (1234:f100, class ff/00/00, INTA, line 10). It lets the
+//! guest measure what one exit costs, for each way a write can leave the guest:
+//!
+//! BAR0 (I/O, 16 bytes): +0 write handled in userspace; +4 write bound to an ioeventfd; +8
+//! doorbell, bound to an ioeventfd whose wakeups raise the device interrupt (notify->irq).
+//! BAR1 (32-bit memory, 4 KiB): +0 write handled in userspace; +0x100 bound to an ioeventfd.
+//! All reads return 0.
+//!
+//! The ioeventfd bindings themselves are made by `vmm/`; if KVM refuses one, the write reaches
+//! this model instead and is handled the same way (the doorbell then raises the interrupt
+//! directly), so the guest still works and the exit counters show the difference.
+
+use super::bus::BusDevice;
+use super::pci::config::PciConfig;
+use super::pci::PciFunction;
+use super::{lock, Interrupt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use vmm_sys_util::eventfd::EventFd;
+
+pub const VENDOR: u16 = 0x1234;
+pub const DEVICE: u16 = 0xf100;
+pub const GSI: u8 = 10;
+
+pub const BAR0_SIZE: u64 = 16;
+pub const BAR1_SIZE: u64 = 4096;
+
+pub const IO_USERSPACE: u64 = 0;
+pub const IO_IOEVENTFD: u64 = 4;
+pub const IO_DOORBELL: u64 = 8;
+pub const MMIO_USERSPACE: u64 = 0;
+pub const MMIO_IOEVENTFD: u64 = 0x100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloorAction {
+    /// Nothing to do (the write itself was the point).
+    Nothing,
+    /// Raise the device interrupt.
+    Interrupt,
+}
+
+/// Register logic of BAR0 writes.
+pub fn io_write_action(offset: u64) -> FloorAction {
+    if offset == IO_DOORBELL {
+        FloorAction::Interrupt
+    } else {
+        FloorAction::Nothing
+    }
+}
+
+/// Statistics of what reached userspace (for tests and diagnostics).
+#[derive(Default)]
+pub struct FloorStats {
+    pub io_writes: AtomicU64,
+    pub mmio_writes: AtomicU64,
+    pub doorbells: AtomicU64,
+}
+
+pub struct FloorFunction {
+    config: PciConfig,
+}
+
+impl FloorFunction {
+    pub fn new() -> Self {
+        let mut config = PciConfig::new(VENDOR, DEVICE, 0xff, 0x00, 0x00);
+        config.set_interrupt(1, GSI);
+        // The indices and sizes are constants that satisfy the model's rules.
+        config.add_io_bar(0, BAR0_SIZE).expect("floor BAR0 layout");
+        config
+            .add_mem32_bar(1, BAR1_SIZE, false)
+            .expect("floor BAR1 layout");
+        Self { config }
+    }
+
+    pub fn config_mut(&mut self) -> &mut PciConfig {
+        &mut self.config
+    }
+
+    pub fn config(&self) -> &PciConfig {
+        &self.config
+    }
+}
+
+impl Default for FloorFunction {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PciFunction for FloorFunction {
+    fn config_read(&mut self, offset: u64, data: &mut [u8]) {
+        self.config.read(offset, data)
+    }
+    fn config_write(&mut self, offset: u64, data: &[u8]) {
+        // BAR re-programming is accepted into config space but the device stays where the
+        // harness put it (the guest keeps the firmware assignment).
+        self.config.write(offset, data)
+    }
+}
+
+pub struct FloorIo {
+    irq: Arc<dyn Interrupt>,
+    stats: Arc<FloorStats>,
+}
+
+impl FloorIo {
+    pub fn new(irq: Arc<dyn Interrupt>, stats: Arc<FloorStats>) -> Self {
+        Self { irq, stats }
+    }
+}
+
+impl BusDevice for FloorIo {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, offset: u64, _data: &[u8]) {
+        self.stats.io_writes.fetch_add(1, Ordering::Relaxed);
+        if io_write_action(offset) == FloorAction::Interrupt {
+            self.stats.doorbells.fetch_add(1, Ordering::Relaxed);
+            let _ = self.irq.trigger();
+        }
+    }
+}
+
+pub struct FloorMmio {
+    stats: Arc<FloorStats>,
+}
+
+impl FloorMmio {
+    pub fn new(stats: Arc<FloorStats>) -> Self {
+        Self { stats }
+    }
+}
+
+impl BusDevice for FloorMmio {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8]) {
+        self.stats.mmio_writes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The doorbell path: every wakeup of `doorbell` (an ioeventfd) raises `irq`.
+/// The thread ends when the eventfd read fails.
+pub fn spawn_doorbell_thread(
+    doorbell: EventFd,
+    irq: Arc<dyn Interrupt>,
+    stats: Arc<FloorStats>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("floor-doorbell".into())
+        .spawn(move || {
+            while let Ok(n) = doorbell.read() {
+                stats.doorbells.fetch_add(n, Ordering::Relaxed);
+                if irq.trigger().is_err() {
+                    break;
+                }
+            }
+        })
+}
+
+/// Shared handle to the PCI function, for the PCI config-space bus.
+pub type SharedFloor = Arc<Mutex<FloorFunction>>;
+
+/// BAR addresses currently programmed.
+pub fn bar_addresses(f: &SharedFloor) -> (Option<u64>, Option<u64>) {
+    let f = lock(f);
+    (f.config().bar_address(0), f.config().bar_address(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::pci::config::REG_BAR0;
+    use crate::devices::test_util::CountingIrq;
+
+    #[test]
+    fn register_logic() {
+        assert_eq!(io_write_action(IO_USERSPACE), FloorAction::Nothing);
+        assert_eq!(io_write_action(IO_IOEVENTFD), FloorAction::Nothing);
+        assert_eq!(io_write_action(IO_DOORBELL), FloorAction::Interrupt);
+        assert_eq!(io_write_action(12), FloorAction::Nothing);
+
+        let irq = Arc::new(CountingIrq::default());
+        let stats = Arc::new(FloorStats::default());
+        let mut io = FloorIo::new(irq.clone(), stats.clone());
+        io.write(0, &1u32.to_le_bytes());
+        io.write(8, &1u32.to_le_bytes());
+        io.write(8, &[1]);
+        io.write(u64::MAX, &[]);
+        assert_eq!(irq.count(), 2);
+        assert_eq!(stats.io_writes.load(Ordering::Relaxed), 4);
+        let mut b = [0xaau8; 4];
+        io.read(2, &mut b);
+        assert_eq!(b, [0; 4]);
+
+        let mut mmio = FloorMmio::new(stats.clone());
+        mmio.write(0x100, &[1, 2, 3, 4]);
+        mmio.read(0xfff, &mut b[..1]);
+        assert_eq!(stats.mmio_writes.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn config_identity() {
+        let mut f = FloorFunction::new();
+        assert_eq!(f.config().read_u32(0), 0xf100_1234);
+        assert_eq!(f.config().read_u32(8) >> 8, 0xff_00_00);
+        assert_eq!(f.config().read_u32(0x3c) & 0xffff, 0x010a);
+        f.config_mut().set_bar_address(0, 0xc000).unwrap();
+        f.config_mut().set_bar_address(1, 0xc000_0000).unwrap();
+        f.config_write(REG_BAR0 as u64, &0xffff_ffffu32.to_le_bytes());
+        let mut b = [0u8; 4];
+        f.config_read(REG_BAR0 as u64, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0xffff_fff1);
+        f.config_read(REG_BAR0 as u64 + 4, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0xc000_0000);
+    }
+
+    #[test]
+    fn doorbell_thread_raises_irq() {
+        let irq = Arc::new(CountingIrq::default());
+        let stats = Arc::new(FloorStats::default());
+        let evt = EventFd::new(0).unwrap();
+        let writer = evt.try_clone().unwrap();
+        spawn_doorbell_thread(evt, irq.clone(), stats).unwrap();
+        writer.write(1).unwrap();
+        for _ in 0..200 {
+            if irq.count() >= 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(irq.count(), 1);
+    }
+}

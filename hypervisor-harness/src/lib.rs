@@ -1,0 +1,11 @@
+//! hypervisor-harness: a small KVM VMM that boots the project's PVH kernel, counts every exit,
+//! cross-checks against QEMU and benchmarks the I/O paths.
+
+pub mod bench;
+pub mod cli;
+pub mod devices;
+pub mod error;
+pub mod ktap;
+pub mod platform;
+pub mod qemu;
+pub mod vmm;

@@ -1,0 +1,372 @@
+//! Boot the same image under QEMU: same streaming, KTAP summary and exit codes, and QEMU's
+//! own KVM counters through QMP `query-stats`.
+
+use crate::cli::{Accel, Outcome};
+use crate::devices::lock;
+use crate::error::HarnessError;
+use crate::ktap::{KtapParser, KtapSummary};
+use crate::vmm::exits::KvmStats;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub qemu: String,
+    pub kernel: PathBuf,
+    pub mem: u64,
+    pub cmdline: String,
+    pub timeout: Duration,
+    pub accel: Accel,
+    pub serial_log: Option<PathBuf>,
+    pub verbose: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct QemuResult {
+    pub outcome: Outcome,
+    pub ktap: KtapSummary,
+    /// "vm" and "vcpu" (summed over vCPUs), from the last successful query-stats.
+    pub stats: Option<KvmStats>,
+    pub accel: &'static str,
+    pub elapsed: Duration,
+}
+
+/// /dev/kvm opens read/write.
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+pub fn resolve_accel(a: Accel) -> Result<&'static str, HarnessError> {
+    match a {
+        Accel::Tcg => Ok("tcg"),
+        Accel::Kvm if kvm_usable() => Ok("kvm"),
+        Accel::Kvm => Err(HarnessError::Unavailable(
+            "--accel kvm: /dev/kvm cannot be opened read/write (try --accel tcg)".into(),
+        )),
+        Accel::Auto => Ok(if kvm_usable() { "kvm" } else { "tcg" }),
+    }
+}
+
+/// The -cpu model. kvm_pvm cannot set IA32_ARCH_CAPABILITIES (MSR 0x10a), which QEMU 7.2's
+/// `-cpu host` insists on, so that feature is dropped there.
+pub fn cpu_model(accel: &str, kvm_module: &str) -> &'static str {
+    match (accel, kvm_module) {
+        ("kvm", "kvm_pvm") => "host,-arch-capabilities",
+        ("kvm", _) => "host",
+        _ => "max",
+    }
+}
+
+pub fn build_args(cfg: &QemuConfig, accel: &str, cpu: &str, qmp: &Path) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-machine",
+        "pc",
+        "-nodefaults",
+        "-no-reboot",
+        "-display",
+        "none",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.push("-m".into());
+    a.push(format!("{}M", cfg.mem >> 20));
+    a.push("-kernel".into());
+    a.push(cfg.kernel.display().to_string());
+    a.push("-append".into());
+    a.push(cfg.cmdline.clone());
+    a.extend(
+        [
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        ]
+        .map(String::from),
+    );
+    a.push("-qmp".into());
+    a.push(format!("unix:{},server=on,wait=off", qmp.display()));
+    a.push("-accel".into());
+    a.push(accel.into());
+    a.push("-cpu".into());
+    a.push(cpu.into());
+    a
+}
+
+/// QEMU's exit status with isa-debug-exit is (V << 1) | 1.
+pub fn status_outcome(code: Option<i32>) -> Outcome {
+    match code {
+        Some(c) if c & 1 == 1 => Outcome::DebugExit((c >> 1) as u32),
+        Some(0) => Outcome::Abnormal(
+            "QEMU exited with status 0 without a debug-exit (guest reset or triple fault?)".into(),
+        ),
+        Some(c) => Outcome::Abnormal(format!("QEMU exited with status {c}")),
+        None => Outcome::Abnormal("QEMU was killed by a signal".into()),
+    }
+}
+
+/// Sum the numeric stats of a query-stats answer.
+pub fn parse_query_stats(ret: &Value) -> std::collections::BTreeMap<String, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for provider in ret.as_array().into_iter().flatten() {
+        for s in provider["stats"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(v)) = (s["name"].as_str(), s["value"].as_u64()) {
+                *m.entry(name.to_string()).or_insert(0) += v;
+            }
+        }
+    }
+    m
+}
+
+struct Qmp {
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+}
+
+impl Qmp {
+    fn connect(path: &Path, stop: &AtomicBool) -> Option<Self> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let s = loop {
+            if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+                return None;
+            }
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut q = Qmp {
+            w: s.try_clone().ok()?,
+            r: BufReader::new(s),
+        };
+        let mut greeting = String::new();
+        q.r.read_line(&mut greeting).ok()?;
+        q.cmd(&json!({"execute": "qmp_capabilities"}))?;
+        Some(q)
+    }
+
+    /// Send a command; return its "return" value (skipping events).
+    fn cmd(&mut self, c: &Value) -> Option<Value> {
+        let mut line = c.to_string();
+        line.push('\n');
+        self.w.write_all(line.as_bytes()).ok()?;
+        loop {
+            let mut l = String::new();
+            if self.r.read_line(&mut l).ok()? == 0 {
+                return None;
+            }
+            let v: Value = serde_json::from_str(&l).ok()?;
+            if let Some(r) = v.get("return") {
+                return Some(r.clone());
+            }
+            if v.get("error").is_some() {
+                return Some(Value::Null);
+            }
+        }
+    }
+
+    fn stats(&mut self) -> Option<KvmStats> {
+        let mut out = KvmStats::new();
+        for target in ["vm", "vcpu"] {
+            let r =
+                self.cmd(&json!({"execute": "query-stats", "arguments": {"target": target}}))?;
+            let m = parse_query_stats(&r);
+            if !m.is_empty() {
+                out.insert(target.to_string(), m);
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
+pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
+    crate::vmm::boot::check_cmdline(&cfg.cmdline).map_err(HarnessError::Usage)?;
+    let meta = std::fs::metadata(&cfg.kernel).map_err(|e| {
+        HarnessError::Image(format!("cannot open kernel {}: {e}", cfg.kernel.display()))
+    })?;
+    if !meta.is_file() {
+        return Err(HarnessError::Image(format!(
+            "{} is not a file",
+            cfg.kernel.display()
+        )));
+    }
+    let accel = resolve_accel(cfg.accel)?;
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let qmp_path = std::env::temp_dir().join(format!(
+        "hh-qmp-{}-{}.sock",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_file(&qmp_path);
+    let platform = crate::platform::Platform::detect();
+    let args = build_args(cfg, accel, cpu_model(accel, &platform.kvm), &qmp_path);
+    if cfg.verbose {
+        eprintln!("harness: platform: {platform}");
+        eprintln!("harness: {} {}", cfg.qemu, args.join(" "));
+    }
+    let start = Instant::now();
+    let mut child = Command::new(&cfg.qemu)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                HarnessError::Unavailable(format!("QEMU ({}) is not installed", cfg.qemu))
+            } else {
+                HarnessError::Unavailable(format!("cannot start {}: {e}", cfg.qemu))
+            }
+        })?;
+
+    let ktap = Arc::new(Mutex::new(KtapParser::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let last_stats: Arc<Mutex<Option<KvmStats>>> = Arc::default();
+    let (poke_tx, poke_rx) = mpsc::channel::<()>();
+
+    // Serial reader: QEMU's stdout is the guest's COM1.
+    let stdout = child.stdout.take();
+    let mut sink: Box<dyn Write + Send> = match &cfg.serial_log {
+        Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
+            HarnessError::Usage(format!("cannot create --serial-log {}: {e}", p.display()))
+        })?),
+        None => Box::new(std::io::stdout()),
+    };
+    let k2 = ktap.clone();
+    let reader = std::thread::spawn(move || {
+        let Some(out) = stdout else { return };
+        let mut r = BufReader::new(out);
+        let mut buf = Vec::new();
+        while let Ok(n) = r.read_until(b'\n', &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let _ = sink.write_all(&buf);
+            let _ = sink.flush();
+            let line = String::from_utf8_lossy(&buf);
+            let mut k = lock(&k2);
+            k.feed(line.trim_end_matches(['\n', '\r']));
+            if k.summary().complete {
+                let _ = poke_tx.send(());
+            }
+            buf.clear();
+        }
+    });
+
+    // QMP poller: keeps the last stats answer; polls every 200 ms and right after the KTAP
+    // plan completes (the guest exits just after).
+    let (s2, l2, p2) = (stop.clone(), last_stats.clone(), qmp_path.clone());
+    let poller = std::thread::spawn(move || {
+        let Some(mut q) = Qmp::connect(&p2, &s2) else {
+            return;
+        };
+        while !s2.load(Ordering::SeqCst) {
+            match q.stats() {
+                Some(s) => *lock(&l2) = Some(s),
+                None => {
+                    if q.cmd(&json!({"execute": "query-status"})).is_none() {
+                        return; // connection gone
+                    }
+                }
+            }
+            let _ = poke_rx.recv_timeout(Duration::from_millis(200));
+        }
+    });
+
+    let outcome = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break status_outcome(st.code()),
+            Ok(None) => {}
+            Err(e) => break Outcome::Abnormal(format!("waiting for QEMU: {e}")),
+        }
+        if start.elapsed() >= cfg.timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Outcome::Timeout(cfg.timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let _ = reader.join();
+    let _ = poller.join();
+    let _ = std::fs::remove_file(&qmp_path);
+    let summary = lock(&ktap).summary();
+    let stats = lock(&last_stats).clone();
+    Ok(QemuResult {
+        outcome,
+        ktap: summary,
+        stats,
+        accel,
+        elapsed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args() {
+        let cfg = QemuConfig {
+            qemu: "qemu-system-x86_64".into(),
+            kernel: "/k".into(),
+            mem: 256 << 20,
+            cmdline: "tests=all".into(),
+            timeout: Duration::from_secs(1),
+            accel: Accel::Tcg,
+            serial_log: None,
+            verbose: false,
+        };
+        let a = build_args(&cfg, "tcg", "max", Path::new("/tmp/q.sock")).join(" ");
+        assert!(a.contains("-machine pc -nodefaults -no-reboot -display none -m 256M -kernel /k"));
+        assert!(a.contains("-append tests=all -serial stdio"));
+        assert!(a.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"));
+        assert!(a.contains("-qmp unix:/tmp/q.sock,server=on,wait=off"));
+        assert!(a.ends_with("-accel tcg -cpu max"));
+        assert!(build_args(&cfg, "kvm", "host", Path::new("/q"))
+            .join(" ")
+            .ends_with("-accel kvm -cpu host"));
+        assert_eq!(cpu_model("kvm", "kvm_pvm"), "host,-arch-capabilities");
+        assert_eq!(cpu_model("kvm", "kvm_intel"), "host");
+        assert_eq!(cpu_model("tcg", "kvm_pvm"), "max");
+    }
+
+    #[test]
+    fn exit_status() {
+        assert_eq!(status_outcome(Some(33)), Outcome::DebugExit(0x10));
+        assert_eq!(status_outcome(Some(35)), Outcome::DebugExit(0x11));
+        assert_eq!(status_outcome(Some(37)), Outcome::DebugExit(0x12));
+        assert!(matches!(status_outcome(Some(0)), Outcome::Abnormal(_)));
+        assert!(matches!(status_outcome(Some(2)), Outcome::Abnormal(_)));
+        assert!(matches!(status_outcome(None), Outcome::Abnormal(_)));
+    }
+
+    #[test]
+    fn query_stats() {
+        let v: Value = serde_json::from_str(
+            r#"[{"provider":"kvm","qom-path":"/machine/unattached/device[0]",
+                 "stats":[{"name":"exits","value":10},{"name":"halt_poll_fail_hist","value":[1,2]}]},
+                {"provider":"kvm","qom-path":"/machine/unattached/device[1]",
+                 "stats":[{"name":"exits","value":5},{"name":"io_exits","value":3}]}]"#,
+        )
+        .unwrap();
+        let m = parse_query_stats(&v);
+        assert_eq!(m.get("exits"), Some(&15));
+        assert_eq!(m.get("io_exits"), Some(&3));
+        assert!(!m.contains_key("halt_poll_fail_hist"));
+        assert!(parse_query_stats(&Value::Null).is_empty());
+    }
+}

@@ -1,0 +1,397 @@
+//! Exact exit counters, and KVM's own per-VM / per-vCPU statistics (KVM_GET_STATS_FD).
+
+use crate::devices::bus::Claim;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    Io,
+    Mmio,
+    Hlt,
+    Shutdown,
+    InternalError,
+    FailEntry,
+    IrqWindow,
+    Intr,
+    SystemEvent,
+    Other,
+}
+
+impl Reason {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Io => "io",
+            Reason::Mmio => "mmio",
+            Reason::Hlt => "hlt",
+            Reason::Shutdown => "shutdown",
+            Reason::InternalError => "internal_error",
+            Reason::FailEntry => "fail_entry",
+            Reason::IrqWindow => "irq_window",
+            Reason::Intr => "intr",
+            Reason::SystemEvent => "system_event",
+            Reason::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Space {
+    Pio,
+    Mmio,
+}
+
+impl Space {
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Pio => "pio",
+            Space::Mmio => "mmio",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dir {
+    Read,
+    Write,
+}
+
+impl Dir {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dir::Read => "read",
+            Dir::Write => "write",
+        }
+    }
+}
+
+const UNCLAIMED: &str = "(unclaimed)";
+/// Distinct MMIO addresses tracked individually; beyond that, per device only.
+const MAX_MMIO_ADDRS: usize = 4096;
+
+#[derive(Debug, Default, Clone)]
+pub struct ExitCounters {
+    pub total: u64,
+    pub by_reason: BTreeMap<Reason, u64>,
+    /// (space, device, dir) -> count
+    pub by_device: BTreeMap<(Space, String, Dir), u64>,
+    /// (space, address, dir) -> (device, count)
+    pub by_addr: BTreeMap<(Space, u64, Dir), (String, u64)>,
+    pub mmio_addr_overflow: u64,
+}
+
+impl ExitCounters {
+    pub fn record(&mut self, r: Reason) {
+        self.total += 1;
+        *self.by_reason.entry(r).or_default() += 1;
+    }
+
+    pub fn record_access(&mut self, space: Space, addr: u64, dir: Dir, claim: &Claim) {
+        self.record(match space {
+            Space::Pio => Reason::Io,
+            Space::Mmio => Reason::Mmio,
+        });
+        let dev = match claim {
+            Claim::Device { name, .. } => name.as_ref(),
+            Claim::Unclaimed => UNCLAIMED,
+        };
+        match self.by_device.get_mut(&(space, dev.to_string(), dir)) {
+            Some(c) => *c += 1,
+            None => {
+                self.by_device.insert((space, dev.to_string(), dir), 1);
+            }
+        }
+        let key = (space, addr, dir);
+        if let Some((_, c)) = self.by_addr.get_mut(&key) {
+            *c += 1;
+        } else if space == Space::Pio || self.by_addr.len() < MAX_MMIO_ADDRS {
+            self.by_addr.insert(key, (dev.to_string(), 1));
+        } else {
+            self.mmio_addr_overflow += 1;
+        }
+    }
+
+    /// Exits at one address (both directions unless `dir` is given).
+    pub fn at(&self, space: Space, addr: u64, dir: Option<Dir>) -> u64 {
+        self.by_addr
+            .iter()
+            .filter(|((s, a, d), _)| *s == space && *a == addr && dir.is_none_or(|x| x == *d))
+            .map(|(_, (_, c))| c)
+            .sum()
+    }
+
+    pub fn reason(&self, r: Reason) -> u64 {
+        self.by_reason.get(&r).copied().unwrap_or(0)
+    }
+
+    pub fn table(&self) -> String {
+        let mut s = format!("exits: {} total\n", self.total);
+        for (r, c) in &self.by_reason {
+            s += &format!("  {:<16} {c:>12}\n", r.name());
+        }
+        s += "  by device:\n";
+        for ((sp, dev, dir), c) in &self.by_device {
+            s += &format!(
+                "    {:<5} {:<24} {:<6} {c:>12}\n",
+                sp.name(),
+                dev,
+                dir.name()
+            );
+        }
+        s += "  by address:\n";
+        for ((sp, addr, dir), (dev, c)) in &self.by_addr {
+            s += &format!(
+                "    {:<5} {addr:#012x} {:<24} {:<6} {c:>12}\n",
+                sp.name(),
+                dev,
+                dir.name()
+            );
+        }
+        if self.mmio_addr_overflow > 0 {
+            s += &format!(
+                "    (+{} MMIO exits at untracked addresses)\n",
+                self.mmio_addr_overflow
+            );
+        }
+        s
+    }
+
+    pub fn to_json(&self) -> Value {
+        let reasons: serde_json::Map<String, Value> = self
+            .by_reason
+            .iter()
+            .map(|(r, c)| (r.name().to_string(), json!(c)))
+            .collect();
+        let devices: Vec<Value> = self
+            .by_device
+            .iter()
+            .map(|((sp, dev, dir), c)| json!({"space": sp.name(), "device": dev, "dir": dir.name(), "count": c}))
+            .collect();
+        let addrs: Vec<Value> = self
+            .by_addr
+            .iter()
+            .map(|((sp, a, dir), (dev, c))| {
+                json!({"space": sp.name(), "addr": a, "device": dev, "dir": dir.name(), "count": c})
+            })
+            .collect();
+        json!({
+            "total": self.total,
+            "by_reason": reasons,
+            "by_device": devices,
+            "by_addr": addrs,
+            "mmio_addr_overflow": self.mmio_addr_overflow,
+        })
+    }
+}
+
+vmm_sys_util::ioctl_io_nr!(KVM_GET_STATS_FD, kvm_bindings::KVMIO, 0xce);
+
+/// Open the binary stats fd of a VM or vCPU fd.
+pub fn stats_fd(fd: &impl AsRawFd) -> Result<OwnedFd, String> {
+    // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1; the fd we pass
+    // is a live KVM VM or vCPU fd borrowed for the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), KVM_GET_STATS_FD() as _) };
+    if ret < 0 {
+        return Err(format!(
+            "KVM_GET_STATS_FD: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: ret is a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+}
+
+fn pread_exact(fd: RawFd, off: u64, len: usize) -> Result<Vec<u8>, String> {
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        // SAFETY: buf has len bytes; we write at most len - done bytes after offset done.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                buf[done..].as_mut_ptr() as *mut libc::c_void,
+                len - done,
+                (off + done as u64) as libc::off_t,
+            )
+        };
+        if n <= 0 {
+            return Err(format!(
+                "reading KVM stats: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        done += n as usize;
+    }
+    Ok(buf)
+}
+
+/// Read all statistics from a stats fd. Histograms (size > 1) are reported as their sum.
+pub fn read_stats(fd: &OwnedFd) -> Result<Vec<(String, u64)>, String> {
+    let raw = fd.as_raw_fd();
+    parse_stats(|off, len| pread_exact(raw, off, len))
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    b.get(off..off + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        .unwrap_or(0)
+}
+
+/// Parse the KVM binary stats format through a positioned reader.
+pub fn parse_stats(
+    mut read_at: impl FnMut(u64, usize) -> Result<Vec<u8>, String>,
+) -> Result<Vec<(String, u64)>, String> {
+    // struct kvm_stats_header { flags, name_size, num_desc, id_offset, desc_offset, data_offset }
+    let h = read_at(0, 24)?;
+    let name_size = u32_at(&h, 4) as usize;
+    let num_desc = u32_at(&h, 8) as usize;
+    let desc_offset = u32_at(&h, 16) as u64;
+    let data_offset = u32_at(&h, 20) as u64;
+    if name_size == 0 || name_size > 4096 || num_desc > 100_000 {
+        return Err("KVM stats header looks wrong".into());
+    }
+    // struct kvm_stats_desc { u32 flags; s16 exponent; u16 size; u32 offset; u32 bucket_size;
+    //                         char name[name_size]; }
+    let desc_len = 16 + name_size;
+    let descs = read_at(desc_offset, desc_len * num_desc)?;
+    let mut out = Vec::with_capacity(num_desc);
+    for d in descs.chunks_exact(desc_len) {
+        let size = u16::from_le_bytes([d[6], d[7]]) as usize;
+        let offset = u32_at(d, 8) as u64;
+        let name_bytes = &d[16..];
+        let end = name_bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(name_bytes.len());
+        let name = String::from_utf8_lossy(&name_bytes[..end]).into_owned();
+        if size == 0 || size > 4096 {
+            continue;
+        }
+        let data = read_at(data_offset + offset, size * 8)?;
+        let sum = data
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .fold(0u64, |a, b| a.wrapping_add(b));
+        out.push((name, sum));
+    }
+    Ok(out)
+}
+
+/// KVM statistics: scope ("vm", "vcpu0") -> name -> value.
+pub type KvmStats = BTreeMap<String, BTreeMap<String, u64>>;
+
+pub fn stats_to_json(stats: &KvmStats) -> Value {
+    serde_json::to_value(stats).unwrap_or(Value::Null)
+}
+
+/// The interesting subset of KVM stats, for the table.
+pub fn stats_table(stats: &KvmStats) -> String {
+    const KEYS: [&str; 10] = [
+        "exits",
+        "io_exits",
+        "mmio_exits",
+        "halt_exits",
+        "irq_exits",
+        "irq_window_exits",
+        "signal_exits",
+        "request_irq_exits",
+        "insn_emulation",
+        "irq_injections",
+    ];
+    let mut s = String::from("KVM statistics (KVM_GET_STATS_FD):\n");
+    for (scope, m) in stats {
+        let shown: Vec<String> = KEYS
+            .iter()
+            .filter_map(|k| m.get(*k).map(|v| format!("{k}={v}")))
+            .collect();
+        s += &format!(
+            "  {scope}: {}\n",
+            if shown.is_empty() {
+                format!("{} counters", m.len())
+            } else {
+                shown.join(" ")
+            }
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn counters() {
+        let mut c = ExitCounters::default();
+        let floor = Claim::Device {
+            name: Arc::from("floor"),
+            base: 0xc000,
+        };
+        c.record_access(Space::Pio, 0xc000, Dir::Write, &floor);
+        c.record_access(Space::Pio, 0xc000, Dir::Write, &floor);
+        c.record_access(Space::Pio, 0xc004, Dir::Read, &floor);
+        c.record_access(Space::Mmio, 0xd000_0000, Dir::Read, &Claim::Unclaimed);
+        c.record(Reason::Hlt);
+        assert_eq!(c.total, 5);
+        assert_eq!(c.reason(Reason::Io), 3);
+        assert_eq!(c.reason(Reason::Mmio), 1);
+        assert_eq!(c.at(Space::Pio, 0xc000, Some(Dir::Write)), 2);
+        assert_eq!(c.at(Space::Pio, 0xc000, Some(Dir::Read)), 0);
+        assert_eq!(c.at(Space::Pio, 0xc004, None), 1);
+        assert_eq!(
+            c.by_device[&(Space::Mmio, UNCLAIMED.to_string(), Dir::Read)],
+            1
+        );
+        let j = c.to_json();
+        assert_eq!(j["total"], 5);
+        assert_eq!(j["by_reason"]["io"], 3);
+        assert!(c.table().contains("floor"));
+    }
+
+    #[test]
+    fn mmio_address_cap() {
+        let mut c = ExitCounters::default();
+        for a in 0..(MAX_MMIO_ADDRS as u64 + 10) {
+            c.record_access(Space::Mmio, a * 4, Dir::Read, &Claim::Unclaimed);
+        }
+        assert_eq!(c.by_addr.len(), MAX_MMIO_ADDRS);
+        assert_eq!(c.mmio_addr_overflow, 10);
+        assert_eq!(c.total, MAX_MMIO_ADDRS as u64 + 10);
+    }
+
+    #[test]
+    fn stats_binary_format() {
+        // header (24) | descriptors at 24 | data at 200
+        let name_size = 16usize;
+        let mut buf = vec![0u8; 256];
+        let put32 =
+            |b: &mut Vec<u8>, o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        put32(&mut buf, 4, name_size as u32);
+        put32(&mut buf, 8, 2);
+        put32(&mut buf, 16, 24);
+        put32(&mut buf, 20, 200);
+        let d0 = 24;
+        buf[d0 + 6..d0 + 8].copy_from_slice(&1u16.to_le_bytes());
+        put32(&mut buf, d0 + 8, 0);
+        buf[d0 + 16..d0 + 21].copy_from_slice(b"exits");
+        let d1 = d0 + 16 + name_size;
+        buf[d1 + 6..d1 + 8].copy_from_slice(&2u16.to_le_bytes());
+        put32(&mut buf, d1 + 8, 8);
+        buf[d1 + 16..d1 + 20].copy_from_slice(b"hist");
+        buf[200..208].copy_from_slice(&42u64.to_le_bytes());
+        buf[208..216].copy_from_slice(&1u64.to_le_bytes());
+        buf[216..224].copy_from_slice(&2u64.to_le_bytes());
+        let stats = parse_stats(|off, len| {
+            buf.get(off as usize..off as usize + len)
+                .map(|s| s.to_vec())
+                .ok_or_else(|| "eof".to_string())
+        })
+        .unwrap();
+        assert_eq!(
+            stats,
+            vec![("exits".to_string(), 42), ("hist".to_string(), 3)]
+        );
+    }
+}

@@ -1,0 +1,422 @@
+//! The VMM: the only code that talks to KVM. It builds the machine, runs the vCPU and turns
+//! exits into bus calls.
+
+pub mod boot;
+pub mod exits;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+use crate::devices::bus::{Bus, SharedDevice};
+use crate::devices::debug_exit::{DebugExit, ExitRequest, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
+use crate::devices::floor::{self, FloorFunction, FloorIo, FloorMmio, FloorStats};
+use crate::devices::pci::config::{CMD_IO, CMD_MEM};
+use crate::devices::pci::host_bridge::HostBridge;
+use crate::devices::pci::{
+    Bdf, PciConfigIo, CONFIG_ADDRESS_PORT, CONFIG_IO_LEN, IO_BAR_START, MMIO_BAR_START,
+};
+use crate::devices::serial::{LineTee, SerialDevice, COM1_BASE, COM1_GSI, COM1_LEN};
+use crate::devices::{lock, Interrupt};
+use crate::error::HarnessError;
+use crate::ktap::{KtapParser, KtapSummary};
+use exits::{Dir, ExitCounters, KvmStats, Reason, Space};
+use kvm_ioctls::{IoEventAddress, VcpuExit};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use vcpu::CpuSnapshot;
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub kernel: PathBuf,
+    pub mem: u64,
+    pub cmdline: String,
+    pub timeout: Duration,
+    pub serial_log: Option<PathBuf>,
+    pub verbose: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum VmEnd {
+    DebugExit(u32),
+    Timeout,
+    Shutdown(CpuSnapshot),
+    InternalError { suberror: u32, cpu: CpuSnapshot },
+    FailEntry { reason: u64, cpu: CpuSnapshot },
+    Unexpected { what: String, cpu: CpuSnapshot },
+}
+
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub end: VmEnd,
+    pub counters: ExitCounters,
+    pub kvm_stats: KvmStats,
+    pub ktap: KtapSummary,
+    /// The floor device's BAR0 (I/O) and BAR1 (MMIO) addresses.
+    pub floor_bars: (u64, u64),
+    pub elapsed: Duration,
+    pub notes: Vec<String>,
+}
+
+fn verbose(cfg: &RunConfig, msg: &str) {
+    if cfg.verbose {
+        eprintln!("harness: {msg}");
+    }
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+/// Element size (1, 2 or 4) of the last KVM_EXIT_IO.
+fn io_size(vcpu: &mut kvm_ioctls::VcpuFd) -> usize {
+    // SAFETY: called right after KVM_RUN returned KVM_EXIT_IO, so `io` is the active member.
+    let size = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.io.size } as usize;
+    if matches!(size, 1 | 2 | 4) {
+        size
+    } else {
+        1
+    }
+}
+
+/// Copy the result of a string `in` into kvm_run's data area (at most count * size bytes).
+fn io_in_data(vcpu: &mut kvm_ioctls::VcpuFd, buf: &[u8]) {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: `io` is the active member after KVM_EXIT_IO.
+    let io = unsafe { run.__bindgen_anon_1.io };
+    let len = buf.len().min(io.size as usize * io.count as usize);
+    let base = run as *mut kvm_bindings::kvm_run as *mut u8;
+    // SAFETY: KVM places the count * size data bytes at data_offset inside the kvm_run
+    // mapping (the same area kvm-ioctls hands out as the IoIn slice); len is within that.
+    unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), base.add(io.data_offset as usize), len) };
+}
+
+/// Guest RAM layout check plus the host-memory check, as usage errors.
+pub fn check_mem(mem: u64) -> Result<(), HarnessError> {
+    memory::check_host(mem).map_err(HarnessError::Usage)
+}
+
+/// Build the machine, run it to the end and collect the counters.
+pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
+    check_mem(cfg.mem)?;
+    boot::check_cmdline(&cfg.cmdline).map_err(HarnessError::Usage)?;
+    let mem = memory::create(cfg.mem).map_err(HarnessError::Other)?;
+    let entry = boot::load_kernel(&mem, &cfg.kernel).map_err(|e| match e {
+        boot::BootError::Image(m) => HarnessError::Image(m),
+        boot::BootError::Other(m) => HarnessError::Other(m),
+    })?;
+    boot::write_boot_info(&mem, cfg.mem, &cfg.cmdline).map_err(|e| match e {
+        boot::BootError::Image(m) | boot::BootError::Other(m) => HarnessError::Other(m),
+    })?;
+    verbose(
+        cfg,
+        &format!("platform: {}", crate::platform::Platform::detect()),
+    );
+    verbose(
+        cfg,
+        &format!(
+            "kernel {} PVH entry {entry:#x}, {} MiB RAM, cmdline {:?}",
+            cfg.kernel.display(),
+            cfg.mem >> 20,
+            cfg.cmdline
+        ),
+    );
+
+    let mut vm = vm::Vm::open()?;
+    vm.setup(&mem)?;
+    let other = |what: &str, e: &dyn std::fmt::Display| HarnessError::Other(format!("{what}: {e}"));
+
+    // Devices.
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+    let ktap = Arc::new(Mutex::new(KtapParser::new()));
+    let out: Box<dyn Write + Send> = match &cfg.serial_log {
+        Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
+            HarnessError::Usage(format!("cannot create --serial-log {}: {e}", p.display()))
+        })?),
+        None => Box::new(std::io::stdout()),
+    };
+    let k2 = ktap.clone();
+    let tee = LineTee::new(out, Box::new(move |line| lock(&k2).feed(line)));
+    let com1_irq: Arc<dyn Interrupt> = vm.irqfd(COM1_GSI)?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(com1_irq, tee)));
+    let exit_req = ExitRequest::default();
+    let ins = |bus: &mut Bus, name: &str, base: u64, len: u64, d: SharedDevice| {
+        bus.insert(name, base, len, d)
+            .map_err(|e| other("device layout", &e))
+    };
+    ins(&mut pio, "com1", COM1_BASE, COM1_LEN, serial.clone())?;
+    ins(
+        &mut pio,
+        "debug-exit",
+        DEBUG_EXIT_PORT,
+        DEBUG_EXIT_LEN,
+        Arc::new(Mutex::new(DebugExit::new(exit_req.clone()))),
+    )?;
+
+    // PCI: host bridge and the exit-floor device with firmware-assigned BARs.
+    let mut pci = PciConfigIo::new();
+    pci.add(Bdf::new(0, 0, 0), Arc::new(Mutex::new(HostBridge::new())));
+    let floor_fn = Arc::new(Mutex::new(FloorFunction::new()));
+    let (bar0, bar1) = (IO_BAR_START, MMIO_BAR_START);
+    {
+        let mut f = lock(&floor_fn);
+        let c = f.config_mut();
+        c.set_bar_address(0, bar0)
+            .map_err(|e| other("floor BAR0", &e))?;
+        c.set_bar_address(1, bar1)
+            .map_err(|e| other("floor BAR1", &e))?;
+        c.enable(CMD_IO | CMD_MEM);
+    }
+    pci.add(Bdf::new(0, 1, 0), floor_fn.clone());
+    ins(
+        &mut pio,
+        "pci-config",
+        CONFIG_ADDRESS_PORT,
+        CONFIG_IO_LEN,
+        Arc::new(Mutex::new(pci)),
+    )?;
+    let floor_irq: Arc<dyn Interrupt> = vm.irqfd(floor::GSI as u32)?;
+    let floor_stats = Arc::new(FloorStats::default());
+    ins(
+        &mut pio,
+        "floor-bar0",
+        bar0,
+        floor::BAR0_SIZE,
+        Arc::new(Mutex::new(FloorIo::new(
+            floor_irq.clone(),
+            floor_stats.clone(),
+        ))),
+    )?;
+    ins(
+        &mut mmio,
+        "floor-bar1",
+        bar1,
+        floor::BAR1_SIZE,
+        Arc::new(Mutex::new(FloorMmio::new(floor_stats.clone()))),
+    )?;
+    // ioeventfds: the sinks are non-blocking and never read (the counter saturates harmlessly
+    // at u64::MAX - 1, far beyond any run); the doorbell is blocking, read by its thread.
+    let _io_sink = vm.ioeventfd(
+        IoEventAddress::Pio(bar0 + floor::IO_IOEVENTFD),
+        libc::EFD_NONBLOCK,
+    );
+    let _mmio_sink = vm.ioeventfd(
+        IoEventAddress::Mmio(bar1 + floor::MMIO_IOEVENTFD),
+        libc::EFD_NONBLOCK,
+    );
+    if let Some(doorbell) = vm.ioeventfd(IoEventAddress::Pio(bar0 + floor::IO_DOORBELL), 0) {
+        floor::spawn_doorbell_thread(doorbell, floor_irq, floor_stats)
+            .map_err(|e| other("doorbell thread", &e))?;
+    }
+
+    // vCPU.
+    let mut vcpu = vm
+        .fd
+        .create_vcpu(0)
+        .map_err(|e| other("KVM_CREATE_VCPU", &e))?;
+    let note = vcpu::setup_cpuid(&vm.kvm, &vcpu).map_err(HarnessError::Other)?;
+    vm.notes.push(note);
+    vcpu::setup_registers(&vcpu, entry).map_err(HarnessError::Other)?;
+    if let Err(e) = vcpu::setup_msrs(&vcpu) {
+        vm.notes.push(format!("MSR setup: {e}"));
+    }
+    for n in &vm.notes {
+        verbose(cfg, n);
+    }
+
+    // Watchdog: after the timeout, keep kicking this thread out of KVM_RUN until it notices.
+    let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler);
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let done = Arc::new((Mutex::new(false), Condvar::new()));
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() };
+    {
+        let (timed_out, done, timeout) = (timed_out.clone(), done.clone(), cfg.timeout);
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || {
+                let (m, cv) = &*done;
+                let deadline = Instant::now() + timeout;
+                let mut finished = lock(m);
+                while !*finished {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        timed_out.store(true, Ordering::SeqCst);
+                        // SAFETY: `me` is the vCPU thread, alive until it sets `done`
+                        // (checked under the same lock we hold).
+                        unsafe { libc::pthread_kill(me, kick_signal()) };
+                        finished = cv
+                            .wait_timeout(finished, Duration::from_millis(20))
+                            .map(|r| r.0)
+                            .unwrap_or_else(|e| e.into_inner().0);
+                    } else {
+                        finished = cv
+                            .wait_timeout(finished, deadline - now)
+                            .map(|r| r.0)
+                            .unwrap_or_else(|e| e.into_inner().0);
+                    }
+                }
+            })
+            .map_err(|e| other("watchdog thread", &e))?;
+    }
+
+    let start = Instant::now();
+    let mut counters = ExitCounters::default();
+    let mut pending_out: Option<(u16, Vec<u8>)> = None;
+    let mut pending_in: Option<(u16, usize)> = None;
+    let end = loop {
+        if let Some((port, data)) = pending_out.take() {
+            let size = io_size(&mut vcpu);
+            let mut claim = None;
+            for chunk in data.chunks(size) {
+                claim.get_or_insert(pio.write(port as u64, chunk));
+            }
+            if let Some(c) = claim {
+                counters.record_access(Space::Pio, port as u64, Dir::Write, &c);
+            }
+        }
+        if let Some((port, len)) = pending_in.take() {
+            let size = io_size(&mut vcpu);
+            let mut buf = vec![0u8; len];
+            let mut claim = None;
+            for chunk in buf.chunks_mut(size) {
+                claim.get_or_insert(pio.read(port as u64, chunk));
+            }
+            if let Some(c) = claim {
+                counters.record_access(Space::Pio, port as u64, Dir::Read, &c);
+            }
+            io_in_data(&mut vcpu, &buf);
+        }
+        if let Some(v) = exit_req.get() {
+            break VmEnd::DebugExit(v);
+        }
+        if timed_out.load(Ordering::SeqCst) {
+            break VmEnd::Timeout;
+        }
+        let exit = match vcpu.run() {
+            Ok(e) => e,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                counters.record(Reason::Intr);
+                continue;
+            }
+            Err(e) => {
+                let cpu = vcpu::snapshot(&vcpu, &mem);
+                break VmEnd::Unexpected {
+                    what: format!("KVM_RUN failed: {e}"),
+                    cpu,
+                };
+            }
+        };
+        match exit {
+            // String I/O (`rep ins/outs`) arrives as one exit carrying count * size bytes:
+            // the device sees `count` accesses of `size` bytes at the same port.
+            VcpuExit::IoOut(port, data) => {
+                if data.len() <= 4 {
+                    let c = pio.write(port as u64, data);
+                    counters.record_access(Space::Pio, port as u64, Dir::Write, &c);
+                } else {
+                    pending_out = Some((port, data.to_vec()));
+                }
+            }
+            VcpuExit::IoIn(port, data) => {
+                if data.len() <= 4 {
+                    let c = pio.read(port as u64, data);
+                    counters.record_access(Space::Pio, port as u64, Dir::Read, &c);
+                } else {
+                    pending_in = Some((port, data.len()));
+                }
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                let c = mmio.write(addr, data);
+                counters.record_access(Space::Mmio, addr, Dir::Write, &c);
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                let c = mmio.read(addr, data);
+                counters.record_access(Space::Mmio, addr, Dir::Read, &c);
+            }
+            VcpuExit::Hlt => {
+                // Only without an in-kernel LAPIC; nothing can wake us, so it's the end.
+                counters.record(Reason::Hlt);
+                let cpu = vcpu::snapshot(&vcpu, &mem);
+                break VmEnd::Unexpected {
+                    what: "guest halted (KVM_EXIT_HLT)".into(),
+                    cpu,
+                };
+            }
+            VcpuExit::IrqWindowOpen => counters.record(Reason::IrqWindow),
+            VcpuExit::Intr => counters.record(Reason::Intr),
+            VcpuExit::Shutdown => {
+                counters.record(Reason::Shutdown);
+                break VmEnd::Shutdown(vcpu::snapshot(&vcpu, &mem));
+            }
+            VcpuExit::InternalError => {
+                counters.record(Reason::InternalError);
+                // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+                // active union member.
+                let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                break VmEnd::InternalError {
+                    suberror,
+                    cpu: vcpu::snapshot(&vcpu, &mem),
+                };
+            }
+            VcpuExit::FailEntry(reason, _) => {
+                counters.record(Reason::FailEntry);
+                break VmEnd::FailEntry {
+                    reason,
+                    cpu: vcpu::snapshot(&vcpu, &mem),
+                };
+            }
+            VcpuExit::SystemEvent(ty, _) => {
+                counters.record(Reason::SystemEvent);
+                let what = format!("KVM_EXIT_SYSTEM_EVENT type {ty}");
+                break VmEnd::Unexpected {
+                    what,
+                    cpu: vcpu::snapshot(&vcpu, &mem),
+                };
+            }
+            other_exit => {
+                counters.record(Reason::Other);
+                let what = format!("unexpected exit {other_exit:?}");
+                break VmEnd::Unexpected {
+                    what,
+                    cpu: vcpu::snapshot(&vcpu, &mem),
+                };
+            }
+        }
+    };
+    let elapsed = start.elapsed();
+    {
+        let (m, cv) = &*done;
+        *lock(m) = true;
+        cv.notify_all();
+    }
+    lock(&serial).finish();
+
+    let mut kvm_stats = KvmStats::new();
+    for (scope, fd) in [
+        ("vm", exits::stats_fd(&vm.fd)),
+        ("vcpu0", exits::stats_fd(&vcpu)),
+    ] {
+        match fd.and_then(|fd| exits::read_stats(&fd)) {
+            Ok(s) => {
+                kvm_stats.insert(scope.to_string(), s.into_iter().collect());
+            }
+            Err(e) => vm.notes.push(format!("{scope} stats: {e}")),
+        }
+    }
+    let summary = lock(&ktap).summary();
+    Ok(RunResult {
+        end,
+        counters,
+        kvm_stats,
+        ktap: summary,
+        floor_bars: (bar0, bar1),
+        elapsed,
+        notes: vm.notes,
+    })
+}

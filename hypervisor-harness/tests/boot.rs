@@ -1,0 +1,175 @@
+//! Boot the real kernel image under our harness and under QEMU, and check what reaches the
+//! harness's exit status and KTAP summary: passes, a failure, a hang, a ring-3 fault and a panic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const KERNEL: &str = env!("KERNEL_IMAGE");
+
+fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+fn qemu_installed() -> bool {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Run a harness subcommand (`run` or `qemu`) on the kernel with `cmdline`.
+fn boot(sub: &str, cmdline: &str, timeout_s: u32) -> Output {
+    assert!(
+        Path::new(KERNEL).exists(),
+        "kernel image {KERNEL} was not built"
+    );
+    Command::new(env!("CARGO_BIN_EXE_hypervisor-harness"))
+        .args([sub, "--kernel", KERNEL, "--cmdline", cmdline])
+        .args(["--timeout", &timeout_s.to_string()])
+        .output()
+        .expect("spawn the harness")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Run `check` for each available platform: our harness (needs /dev/kvm) and QEMU.
+fn on_each_platform(check: impl Fn(&str)) {
+    let mut ran = 0;
+    if kvm_usable() {
+        check("run");
+        ran += 1;
+    } else {
+        eprintln!("note: /dev/kvm is not usable here; harness boot skipped");
+    }
+    if qemu_installed() {
+        check("qemu");
+        ran += 1;
+    } else {
+        eprintln!("note: qemu-system-x86_64 is not installed; QEMU boot skipped");
+    }
+    assert!(
+        ran > 0,
+        "neither /dev/kvm nor QEMU is available: nothing could boot the kernel"
+    );
+}
+
+#[test]
+fn all_tests_pass() {
+    on_each_platform(|sub| {
+        let o = boot(sub, "tests=all", 120);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{sub}: {t}");
+        for name in [
+            "boot_info",
+            "ring3",
+            "heap",
+            "tsc",
+            "irq_lapic_timer",
+            "irq_ioapic_serial",
+            "pci",
+        ] {
+            assert!(
+                t.lines()
+                    .any(|l| l.starts_with("ok ") && l.ends_with(&format!(" {name}"))),
+                "{sub}: no `ok` line for {name}:\n{t}"
+            );
+        }
+        assert!(
+            t.contains("# lspci 00:00.0 [0600]"),
+            "{sub}: no host bridge in lspci:\n{t}"
+        );
+        assert!(!t.contains("not ok"), "{sub}: {t}");
+    });
+}
+
+#[test]
+fn a_failing_test_fails_the_run() {
+    on_each_platform(|sub| {
+        let o = boot(sub, "tests=ring3,selftest_fail", 120);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{sub}: {t}");
+        assert!(t.contains("not ok 2 selftest_fail"), "{sub}: {t}");
+        assert!(t.contains("ok 1 ring3"), "{sub}: {t}");
+    });
+}
+
+#[test]
+fn an_unknown_test_name_fails_the_run() {
+    on_each_platform(|sub| {
+        let o = boot(sub, "tests=no_such_test", 120);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{sub}: {t}");
+        assert!(t.contains("not ok 1 no_such_test"), "{sub}: {t}");
+    });
+}
+
+#[test]
+fn a_hanging_test_hits_the_timeout() {
+    on_each_platform(|sub| {
+        let o = boot(sub, "tests=selftest_hang", 6);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(3), "{sub}: {t}");
+        assert!(t.contains("did not exit within 6"), "{sub}: {t}");
+    });
+}
+
+#[test]
+fn a_ring3_fault_is_reported() {
+    on_each_platform(|sub| {
+        let o = boot(sub, "tests=selftest_fault", 120);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{sub}: {t}");
+        assert!(
+            t.contains("EXCEPTION vector 14 (#PF page fault) in ring 3"),
+            "{sub}: {t}"
+        );
+        assert!(t.contains("cr2=0x4000000000"), "{sub}: {t}");
+        assert!(t.contains("not ok 1 selftest_fault"), "{sub}: {t}");
+    });
+}
+
+#[test]
+fn a_panic_is_reported() {
+    on_each_platform(|sub| {
+        let o = boot(sub, "tests=selftest_panic", 120);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{sub}: {t}");
+        assert!(t.contains("PANIC"), "{sub}: {t}");
+        assert!(t.contains("not ok 1 selftest_panic"), "{sub}: {t}");
+    });
+}
+
+#[test]
+fn floor_bench_reports_exit_costs_under_the_harness() {
+    if !kvm_usable() {
+        eprintln!("note: /dev/kvm is not usable here; skipped");
+        return;
+    }
+    let o = boot("run", "bench=floor", 120);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    for row in [
+        "port_out_userspace",
+        "port_out_ioeventfd",
+        "mmio_write_userspace",
+        "mmio_write_ioeventfd",
+        "notify_irq_roundtrip",
+        "loop_ring3",
+        "loop_ring0",
+    ] {
+        assert!(
+            t.contains(&format!("# bench: floor.{row} ns=")),
+            "no {row}:\n{t}"
+        );
+    }
+}
