@@ -2,7 +2,7 @@
 #![cfg_attr(not(test), no_std)]
 extern crate alloc;
 
+pub mod ata;
 pub mod pci;
 pub mod platform;
-pub mod ata;
 pub mod virtio;
