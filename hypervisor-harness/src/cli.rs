@@ -1,9 +1,10 @@
 //! Command line: `run`, `qemu`, `bench`, and the mapping from outcomes to exit codes.
 
+use crate::backends::disk::DiskSpec;
 use crate::error::*;
 use crate::ktap::KtapSummary;
 use crate::platform::Platform;
-use crate::vmm::{self, memory, RunConfig, VmEnd};
+use crate::vmm::{self, memory, IoMode, RunConfig, VmEnd};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use std::ffi::OsString;
@@ -57,6 +58,14 @@ pub struct CommonArgs {
     /// Setup details on stderr.
     #[arg(long, short)]
     pub verbose: bool,
+    /// A disk: `virtio:PATH[,ro]` or `ide:PATH[,ro]` (raw image). Repeatable; the guest sees
+    /// them in this order.
+    #[arg(long, value_name = "KIND:PATH[,ro]", value_parser = DiskSpec::parse)]
+    pub disk: Vec<DiskSpec>,
+    /// Where virtio queues are processed: on an I/O thread woken by ioeventfd (completion by
+    /// irqfd), or inline in the vCPU thread on the notify exit.
+    #[arg(long, value_enum, default_value = "thread")]
+    pub io_mode: IoMode,
 }
 
 #[derive(Args, Debug)]
@@ -213,6 +222,8 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
         timeout: Duration::from_secs(c.timeout),
         serial_log: c.serial_log.clone(),
         verbose: c.verbose,
+        disks: c.disk.clone(),
+        io_mode: c.io_mode,
     };
     let r = vmm::run(&cfg)?;
     let outcome = vm_end_outcome(&r.end, c.timeout);
@@ -260,6 +271,7 @@ fn cmd_qemu(a: &QemuArgs) -> Result<i32, HarnessError> {
         accel: a.accel,
         serial_log: c.serial_log.clone(),
         verbose: c.verbose,
+        disks: c.disk.clone(),
     };
     let r = crate::qemu::run(&cfg)?;
     let (code, msg) = outcome_code(&r.outcome, &r.ktap);

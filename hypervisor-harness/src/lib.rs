@@ -1,6 +1,7 @@
 //! hypervisor-harness: a small KVM VMM that boots the project's PVH kernel, counts every exit,
 //! cross-checks against QEMU and benchmarks the I/O paths.
 
+pub mod backends;
 pub mod bench;
 pub mod cli;
 pub mod devices;

@@ -1,6 +1,7 @@
 //! Boot the same image under QEMU: same streaming, KTAP summary and exit codes, and QEMU's
 //! own KVM counters through QMP `query-stats`.
 
+use crate::backends::disk::{DiskKind, DiskSpec};
 use crate::cli::{Accel, Outcome};
 use crate::devices::lock;
 use crate::error::HarnessError;
@@ -26,6 +27,8 @@ pub struct QemuConfig {
     pub accel: Accel,
     pub serial_log: Option<PathBuf>,
     pub verbose: bool,
+    /// Disks, as for our harness: virtio-blk-pci devices and IDE drives in this order.
+    pub disks: Vec<DiskSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +104,28 @@ pub fn build_args(cfg: &QemuConfig, accel: &str, cpu: &str, qmp: &Path) -> Vec<S
     a.push(accel.into());
     a.push("-cpu".into());
     a.push(cpu.into());
+    let mut ide_index = 0;
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let ro = if d.read_only { ",readonly=on" } else { "" };
+        let file = d.path.display().to_string().replace(',', ",,");
+        match d.kind {
+            DiskKind::Virtio => {
+                a.push("-drive".into());
+                a.push(format!(
+                    "file={file},format=raw,if=none,id=disk{i},cache=none,aio=threads{ro}"
+                ));
+                a.push("-device".into());
+                a.push(format!("virtio-blk-pci,drive=disk{i},disable-legacy=on"));
+            }
+            DiskKind::Ide => {
+                a.push("-drive".into());
+                a.push(format!(
+                    "file={file},format=raw,if=ide,index={ide_index},cache=none,aio=threads{ro}"
+                ));
+                ide_index += 1;
+            }
+        }
+    }
     a
 }
 
@@ -319,6 +344,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn disk_args() {
+        let cfg = QemuConfig {
+            qemu: "q".into(),
+            kernel: "/k".into(),
+            mem: 256 << 20,
+            cmdline: String::new(),
+            timeout: Duration::from_secs(1),
+            accel: Accel::Tcg,
+            serial_log: None,
+            verbose: false,
+            disks: vec![
+                DiskSpec::parse("virtio:/a,b.img,ro").unwrap(),
+                DiskSpec::parse("ide:/c.img").unwrap(),
+            ],
+        };
+        let a = build_args(&cfg, "tcg", "max", Path::new("/q")).join(" ");
+        assert!(a.contains("-drive file=/a,,b.img,format=raw,if=none,id=disk0,cache=none,aio=threads,readonly=on -device virtio-blk-pci,drive=disk0,disable-legacy=on"), "{a}");
+        assert!(
+            a.contains("-drive file=/c.img,format=raw,if=ide,index=0,cache=none,aio=threads"),
+            "{a}"
+        );
+    }
+
+    #[test]
     fn args() {
         let cfg = QemuConfig {
             qemu: "qemu-system-x86_64".into(),
@@ -329,6 +378,7 @@ mod tests {
             accel: Accel::Tcg,
             serial_log: None,
             verbose: false,
+            disks: vec![],
         };
         let a = build_args(&cfg, "tcg", "max", Path::new("/tmp/q.sock")).join(" ");
         assert!(a.contains("-machine pc -nodefaults -no-reboot -display none -m 256M -kernel /k"));

@@ -2,25 +2,23 @@
 //! exits into bus calls.
 
 pub mod boot;
+pub mod device_manager;
 pub mod exits;
+pub mod floor_wiring;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;
 
-use crate::devices::bus::{Bus, SharedDevice};
+use crate::backends::disk::DiskSpec;
 use crate::devices::debug_exit::{DebugExit, ExitRequest, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
-use crate::devices::floor::{self, FloorFunction, FloorIo, FloorMmio, FloorStats};
-use crate::devices::pci::config::{CMD_IO, CMD_MEM};
 use crate::devices::pci::host_bridge::HostBridge;
-use crate::devices::pci::{
-    Bdf, PciConfigIo, CONFIG_ADDRESS_PORT, CONFIG_IO_LEN, IO_BAR_START, MMIO_BAR_START,
-};
 use crate::devices::serial::{LineTee, SerialDevice, COM1_BASE, COM1_GSI, COM1_LEN};
 use crate::devices::{lock, Interrupt};
 use crate::error::HarnessError;
 use crate::ktap::{KtapParser, KtapSummary};
+use device_manager::DeviceManager;
 use exits::{Dir, ExitCounters, KvmStats, Reason, Space};
-use kvm_ioctls::{IoEventAddress, VcpuExit};
+use kvm_ioctls::VcpuExit;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +34,18 @@ pub struct RunConfig {
     pub timeout: Duration,
     pub serial_log: Option<PathBuf>,
     pub verbose: bool,
+    /// Disks in guest order (`--disk`).
+    pub disks: Vec<DiskSpec>,
+    pub io_mode: IoMode,
+}
+
+/// Where virtio queue processing runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IoMode {
+    /// A dedicated I/O thread woken by the notify ioeventfd; completions by irqfd.
+    Thread,
+    /// In the vCPU thread, on the notify exit (no ioeventfd).
+    Inline,
 }
 
 #[derive(Debug, Clone)]
@@ -131,8 +141,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
     let other = |what: &str, e: &dyn std::fmt::Display| HarnessError::Other(format!("{what}: {e}"));
 
     // Devices.
-    let mut pio = Bus::new();
-    let mut mmio = Bus::new();
+    let mut dm = DeviceManager::new(&mut vm);
     let ktap = Arc::new(Mutex::new(KtapParser::new()));
     let out: Box<dyn Write + Send> = match &cfg.serial_log {
         Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
@@ -142,77 +151,20 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
     };
     let k2 = ktap.clone();
     let tee = LineTee::new(out, Box::new(move |line| lock(&k2).feed(line)));
-    let com1_irq: Arc<dyn Interrupt> = vm.irqfd(COM1_GSI)?;
+    let com1_irq: Arc<dyn Interrupt> = dm.irqfd(COM1_GSI)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(com1_irq, tee)));
     let exit_req = ExitRequest::default();
-    let ins = |bus: &mut Bus, name: &str, base: u64, len: u64, d: SharedDevice| {
-        bus.insert(name, base, len, d)
-            .map_err(|e| other("device layout", &e))
-    };
-    ins(&mut pio, "com1", COM1_BASE, COM1_LEN, serial.clone())?;
-    ins(
-        &mut pio,
+    dm.insert_pio("com1", COM1_BASE, COM1_LEN, serial.clone())?;
+    dm.insert_pio(
         "debug-exit",
         DEBUG_EXIT_PORT,
         DEBUG_EXIT_LEN,
         Arc::new(Mutex::new(DebugExit::new(exit_req.clone()))),
     )?;
-
-    // PCI: host bridge and the exit-floor device with firmware-assigned BARs.
-    let mut pci = PciConfigIo::new();
-    pci.add(Bdf::new(0, 0, 0), Arc::new(Mutex::new(HostBridge::new())));
-    let floor_fn = Arc::new(Mutex::new(FloorFunction::new()));
-    let (bar0, bar1) = (IO_BAR_START, MMIO_BAR_START);
-    {
-        let mut f = lock(&floor_fn);
-        let c = f.config_mut();
-        c.set_bar_address(0, bar0)
-            .map_err(|e| other("floor BAR0", &e))?;
-        c.set_bar_address(1, bar1)
-            .map_err(|e| other("floor BAR1", &e))?;
-        c.enable(CMD_IO | CMD_MEM);
-    }
-    pci.add(Bdf::new(0, 1, 0), floor_fn.clone());
-    ins(
-        &mut pio,
-        "pci-config",
-        CONFIG_ADDRESS_PORT,
-        CONFIG_IO_LEN,
-        Arc::new(Mutex::new(pci)),
-    )?;
-    let floor_irq: Arc<dyn Interrupt> = vm.irqfd(floor::GSI as u32)?;
-    let floor_stats = Arc::new(FloorStats::default());
-    ins(
-        &mut pio,
-        "floor-bar0",
-        bar0,
-        floor::BAR0_SIZE,
-        Arc::new(Mutex::new(FloorIo::new(
-            floor_irq.clone(),
-            floor_stats.clone(),
-        ))),
-    )?;
-    ins(
-        &mut mmio,
-        "floor-bar1",
-        bar1,
-        floor::BAR1_SIZE,
-        Arc::new(Mutex::new(FloorMmio::new(floor_stats.clone()))),
-    )?;
-    // ioeventfds: the sinks are non-blocking and never read (the counter saturates harmlessly
-    // at u64::MAX - 1, far beyond any run); the doorbell is blocking, read by its thread.
-    let _io_sink = vm.ioeventfd(
-        IoEventAddress::Pio(bar0 + floor::IO_IOEVENTFD),
-        libc::EFD_NONBLOCK,
-    );
-    let _mmio_sink = vm.ioeventfd(
-        IoEventAddress::Mmio(bar1 + floor::MMIO_IOEVENTFD),
-        libc::EFD_NONBLOCK,
-    );
-    if let Some(doorbell) = vm.ioeventfd(IoEventAddress::Pio(bar0 + floor::IO_DOORBELL), 0) {
-        floor::spawn_doorbell_thread(doorbell, floor_irq, floor_stats)
-            .map_err(|e| other("doorbell thread", &e))?;
-    }
+    let host_bridge = dm.next_bdf()?;
+    dm.add_pci(host_bridge, Arc::new(Mutex::new(HostBridge::new())));
+    let floor_bars = floor_wiring::attach(&mut dm)?;
+    let (mut pio, mut mmio) = dm.finish()?;
 
     // vCPU.
     let mut vcpu = vm
@@ -415,7 +367,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
         counters,
         kvm_stats,
         ktap: summary,
-        floor_bars: (bar0, bar1),
+        floor_bars,
         elapsed,
         notes: vm.notes,
     })

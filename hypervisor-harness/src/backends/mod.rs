@@ -1,0 +1,2 @@
+//! Backends: where device models' data comes from and goes to.
+pub mod disk;
