@@ -9,7 +9,7 @@ pub mod memory;
 pub mod vcpu;
 pub mod vm;
 
-use crate::backends::disk::DiskSpec;
+use crate::backends::disk::{DiskKind, DiskSpec};
 use crate::devices::debug_exit::{DebugExit, ExitRequest, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 use crate::devices::pci::host_bridge::HostBridge;
 use crate::devices::serial::{LineTee, SerialDevice, COM1_BASE, COM1_GSI, COM1_LEN};
@@ -164,6 +164,25 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
     let host_bridge = dm.next_bdf()?;
     dm.add_pci(host_bridge, Arc::new(Mutex::new(HostBridge::new())));
     let floor_bars = floor_wiring::attach(&mut dm)?;
+    // Disks, in guest order. virtio disks are one PCI function each; IDE disks share one
+    // PIIX-style controller (primary master, primary slave, secondary master, secondary slave).
+    let ide_disks: Vec<&DiskSpec> = cfg
+        .disks
+        .iter()
+        .filter(|d| d.kind == DiskKind::Ide)
+        .collect();
+    if let Some(disk) = cfg.disks.iter().find(|d| d.kind == DiskKind::Virtio) {
+        return Err(HarnessError::Usage(format!(
+            "--disk {}:{}: virtio-blk is not implemented yet",
+            disk.kind,
+            disk.path.display()
+        )));
+    }
+    if !ide_disks.is_empty() {
+        return Err(HarnessError::Usage(
+            "--disk ide: IDE is not implemented yet".into(),
+        ));
+    }
     let (mut pio, mut mmio) = dm.finish()?;
 
     // vCPU.
