@@ -89,6 +89,10 @@ pub trait Platform {
     /// How many interrupts have arrived on `vector` since boot. Interrupt handlers only record
     /// (and send EOI); drivers compare counts to notice new interrupts.
     fn interrupt_count(&self, vector: u8) -> u64;
+    /// Acknowledge an interrupt on `vector` after the device has been serviced (e.g. its ISR
+    /// read). Level-triggered lines are masked when they fire, so that a line still asserted
+    /// does not storm; this re-enables them. Edge and MSI vectors need nothing.
+    fn ack_interrupt(&self, _vector: u8) {}
     /// Sleep until some interrupt arrives (or return at once if one is already pending).
     fn wait_for_interrupt(&self);
     /// Monotonic nanoseconds.

@@ -86,6 +86,7 @@ extern "C" fn user_main(start_info: u64) -> ! {
         exit(ExitCode::Crashed);
     }
     arch::apic::enable();
+    arch::apic::start_tick();
     let (hz, source) = time::init();
     println!(
         "# kernel: cmdline {:?}, TSC {} kHz from {}",

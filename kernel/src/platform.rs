@@ -7,6 +7,7 @@ use crate::{port, time};
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::Ordering;
+use drivers::ata::PortStrings;
 use drivers::platform::{DmaBuffer, MmioRegion, Platform, PlatformError};
 
 pub struct KernelPlatform;
@@ -117,11 +118,36 @@ impl Platform for KernelPlatform {
     fn interrupt_count(&self, vector: u8) -> u64 {
         idt::IRQ_COUNTS[vector as usize].load(Ordering::Acquire)
     }
+    fn ack_interrupt(&self, vector: u8) {
+        let pin = idt::IRQ_LEVEL_PIN[vector as usize].load(Ordering::SeqCst);
+        if pin != 0xff {
+            crate::arch::ioapic::unmask(pin);
+        }
+    }
     fn wait_for_interrupt(&self) {
         let seen = idt::IRQ_TOTAL.load(Ordering::Acquire);
         kcall::call(kcall::WAIT_FOR_INTERRUPT, seen, 0);
     }
     fn now_ns(&self) -> u64 {
         time::now_ns()
+    }
+}
+
+impl PortStrings for KernelPlatform {
+    fn ins16(&self, port: u16, buf: &mut [u16]) {
+        // SAFETY: writes exactly buf.len() words into buf; the port is open to ring 3 (TSS
+        // bitmap). One `rep insw` is one exit for the whole buffer.
+        unsafe {
+            core::arch::asm!("rep insw", in("dx") port, inout("rdi") buf.as_mut_ptr() => _,
+                inout("rcx") buf.len() => _, options(nostack, preserves_flags));
+        }
+    }
+
+    fn outs16(&self, port: u16, buf: &[u16]) {
+        // SAFETY: reads exactly buf.len() words from buf; the port is open to ring 3.
+        unsafe {
+            core::arch::asm!("rep outsw", in("dx") port, inout("rsi") buf.as_ptr() => _,
+                inout("rcx") buf.len() => _, options(nostack, preserves_flags, readonly));
+        }
     }
 }

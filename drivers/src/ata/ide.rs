@@ -491,6 +491,8 @@ impl<'p, P: PortStrings + ?Sized> IdeChannel<'p, P> {
             let now = self.platform.interrupt_count(vector);
             if now != *snapshot {
                 *snapshot = now;
+                // The caller reads the status register next, which clears INTRQ.
+                self.platform.ack_interrupt(vector);
                 return Ok(());
             }
             if self.platform.now_ns().wrapping_sub(start) >= timeout {

@@ -657,10 +657,14 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
             let seen = vector.map(|v| self.platform.interrupt_count(v));
             // INTx is level-triggered: reading the ISR deasserts the line. Read it before
             // polling so a completion that raced with the read is still seen by the poll.
-            let isr = if intx {
-                self.read_isr()
-            } else {
-                IsrStatus::default()
+            let isr = match (intx, vector) {
+                (true, Some(v)) => {
+                    let isr = self.read_isr();
+                    // The line is deasserted now; let the next assertion through.
+                    self.platform.ack_interrupt(v);
+                    isr
+                }
+                _ => IsrStatus::default(),
             };
             if let Some(r) = poll() {
                 return Ok(r);

@@ -4,11 +4,15 @@
 //! the completion work runs in ring 3.
 
 use core::arch::global_asm;
-use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{AtomicU64, AtomicU8};
 
 /// Interrupts seen per vector since boot. Ring 3 reads these to notice completions.
 #[no_mangle]
 pub static IRQ_COUNTS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+/// For level-triggered vectors, the IOAPIC pin the stub masks when the vector fires
+/// (0xff: edge or MSI, nothing to mask). Set by `ioapic::route`.
+#[no_mangle]
+pub static IRQ_LEVEL_PIN: [AtomicU8; 256] = [const { AtomicU8::new(0xff) }; 256];
 /// Sum over all vectors >= 32, for the race-free "wait for interrupt" kernel call.
 #[no_mangle]
 pub static IRQ_TOTAL: AtomicU64 = AtomicU64::new(0);
@@ -42,14 +46,32 @@ idt_stubs:
 
 irq_common:
     pushq %rax
-    movq 8(%rsp), %rax
+    pushq %rcx
+    pushq %rdx
+    pushq %rsi
+    movq 32(%rsp), %rax                 /* vector */
     lock incq IRQ_COUNTS(,%rax,8)
     lock incq IRQ_TOTAL
-    cmpq $0xff, %rax
+    movzbl IRQ_LEVEL_PIN(%rax), %ecx
+    cmpl $0xff, %ecx
+    je 2f
+    /* Level-triggered: mask the IOAPIC pin until ring 3 has serviced the device (it unmasks
+       through Platform::ack_interrupt). Ring 3 may be between its IOREGSEL and IOWIN
+       accesses, so IOREGSEL is put back as it was. */
+    movl $0xfec00000, %edx
+    movl (%rdx), %esi
+    leal 0x10(,%rcx,2), %ecx
+    movl %ecx, (%rdx)
+    orl $0x10000, 0x10(%rdx)
+    movl %esi, (%rdx)
+2:  cmpq $0xff, %rax
     je 1f
     movl $0xfee000b0, %eax              /* LAPIC EOI (above 2 GiB: not a disp32) */
     movl $0, (%rax)
-1:  popq %rax
+1:  popq %rsi
+    popq %rdx
+    popq %rcx
+    popq %rax
     addq $8, %rsp
     iretq
 

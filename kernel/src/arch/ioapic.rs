@@ -2,7 +2,9 @@
 //! pins (no interrupt source overrides are used by our tests: COM1 is pin 4, PCI lines as read
 //! from config space).
 
+use super::idt::IRQ_LEVEL_PIN;
 use core::ptr::{read_volatile, write_volatile};
+use core::sync::atomic::Ordering;
 
 const BASE: usize = 0xfec0_0000;
 const IOREGSEL: usize = 0x00;
@@ -12,14 +14,14 @@ const REDIRECTION_BASE: u32 = 0x10;
 
 const MASKED: u32 = 1 << 16;
 const LEVEL: u32 = 1 << 15;
-const ACTIVE_LOW: u32 = 1 << 13;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
     /// ISA style: edge, active high.
     Edge,
-    /// PCI INTx style: level, active low.
-    LevelLow,
+    /// PCI INTx as QEMU's and our harness's IOAPIC see it: level, active high. The interrupt
+    /// stub masks the pin when it fires; `Platform::ack_interrupt` unmasks it.
+    Level,
 }
 
 fn read(reg: u32) -> u32 {
@@ -47,14 +49,25 @@ pub fn pins() -> u32 {
 pub fn route(pin: u8, vector: u8, trigger: Trigger, dest: u32) {
     let reg = REDIRECTION_BASE + 2 * pin as u32;
     let mut low = vector as u32;
-    if trigger == Trigger::LevelLow {
-        low |= LEVEL | ACTIVE_LOW;
-    }
+    let level_pin = if trigger == Trigger::Level {
+        low |= LEVEL;
+        pin
+    } else {
+        0xff
+    };
     write(reg, MASKED);
+    IRQ_LEVEL_PIN[vector as usize].store(level_pin, Ordering::SeqCst);
     write(reg + 1, dest << 24);
     write(reg, low);
 }
 
 pub fn mask(pin: u8) {
-    write(REDIRECTION_BASE + 2 * pin as u32, MASKED);
+    let reg = REDIRECTION_BASE + 2 * pin as u32;
+    write(reg, read(reg) | MASKED);
+}
+
+/// Unmask `pin` (after a level-triggered interrupt has been serviced).
+pub fn unmask(pin: u8) {
+    let reg = REDIRECTION_BASE + 2 * pin as u32;
+    write(reg, read(reg) & !MASKED);
 }

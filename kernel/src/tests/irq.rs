@@ -31,6 +31,9 @@ pub fn lapic_timer() -> Outcome {
     }
     let after_wait = p.interrupt_count(vectors::LAPIC_TIMER);
     apic::timer_stop();
+    let stopped = p.interrupt_count(vectors::LAPIC_TIMER);
+    let quiet = spin_for(vectors::LAPIC_TIMER, stopped, 1, 20);
+    apic::start_tick();
     println!(
         "# lapic timer: {} ticks while spinning in ring 3, apic id {}",
         spun,
@@ -38,6 +41,11 @@ pub fn lapic_timer() -> Outcome {
     );
     check!(spun >= 5, "only {} LAPIC timer interrupts in 2 s", spun);
     check!(after_wait > before, "woke from hlt without a timer tick");
+    check!(
+        quiet == 0,
+        "{} timer interrupts after the timer was stopped",
+        quiet
+    );
     Outcome::Pass
 }
 
