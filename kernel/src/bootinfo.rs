@@ -63,6 +63,15 @@ impl BootInfo {
         })
     }
 
+    /// A numeric `key=value` (decimal or 0x hex).
+    pub fn arg_u64(&self, key: &str) -> Option<u64> {
+        let v = self.arg(key)?;
+        match v.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => v.parse().ok(),
+        }
+    }
+
     pub fn ram_bytes(&self) -> u64 {
         self.memmap
             .iter()

@@ -20,6 +20,26 @@ pub struct Test {
     pub in_all: bool,
 }
 
+impl Test {
+    /// A test that `tests=all` runs.
+    pub const fn in_all(name: &'static str, run: fn() -> Outcome) -> Self {
+        Self {
+            name,
+            run,
+            in_all: true,
+        }
+    }
+
+    /// A test that runs only when named.
+    pub const fn by_name(name: &'static str, run: fn() -> Outcome) -> Self {
+        Self {
+            name,
+            run,
+            in_all: false,
+        }
+    }
+}
+
 /// Index (1-based) and name of the test now running, for crash and panic reports.
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static CURRENT_NAME: spin::Mutex<&'static str> = spin::Mutex::new("");

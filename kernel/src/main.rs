@@ -13,6 +13,7 @@ mod bootinfo;
 mod exit;
 mod ktap;
 mod mem;
+mod pattern;
 mod pci;
 mod platform;
 mod port;

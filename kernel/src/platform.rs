@@ -12,6 +12,9 @@ use drivers::platform::{DmaBuffer, MmioRegion, Platform, PlatformError};
 
 pub struct KernelPlatform;
 
+/// The platform drivers borrow for as long as they live.
+pub static PLATFORM: KernelPlatform = KernelPlatform;
+
 const DMA_ALIGN: usize = 4096;
 
 /// Device MMIO lives in the uncached 3..4 GiB window of the boot page tables.

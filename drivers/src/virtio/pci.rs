@@ -478,13 +478,28 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
         features
     }
 
+    /// Turn MSI-X off (it survives a device reset, and while it is on the device never uses
+    /// INTx).
+    fn disable_msix(&self, pci: &Pci<'p, P>) -> Result<(), VirtioError> {
+        if let Some(cap) = self.msix_cap {
+            let ctrl_off = u16::from(cap) + 2;
+            let control = pci.read16(self.address, ctrl_off)?;
+            if control & MSIX_ENABLE != 0 {
+                pci.write16(self.address, ctrl_off, control & !MSIX_ENABLE)?;
+            }
+        }
+        Ok(())
+    }
+
     fn setup_interrupts(&mut self, mode: InterruptMode) -> Result<(), VirtioError> {
         let pci = Pci::new(self.platform);
         match &mode {
             InterruptMode::Polled => {
+                self.disable_msix(&pci)?;
                 self.write16(&self.common, common::CONFIG_MSIX_VECTOR, NO_VECTOR);
             }
             InterruptMode::Intx { .. } => {
+                self.disable_msix(&pci)?;
                 self.write16(&self.common, common::CONFIG_MSIX_VECTOR, NO_VECTOR);
                 // Make sure INTx is not disabled in the command register.
                 let cmd = pci.read16(self.address, pcibus::reg::COMMAND)?;

@@ -11,4 +11,8 @@ pub mod vectors {
     pub const LAPIC_TIMER: u8 = 0x30;
     pub const COM1: u8 = 0x34;
     pub const FLOOR_DEVICE: u8 = 0x3a;
+    pub const VIRTIO_CONFIG: u8 = 0x41;
+    pub const VIRTIO_QUEUE: u8 = 0x42;
+    pub const VIRTIO_INTX: u8 = 0x43;
+    pub const IDE_PRIMARY: u8 = 0x4e;
 }

@@ -8,16 +8,8 @@ use crate::exit::ExitCode;
 use crate::ktap::{self, Test};
 
 pub static REGISTRY: &[Test] = &[
-    Test {
-        name: "floor_device",
-        run: floor::device,
-        in_all: true,
-    },
-    Test {
-        name: "floor_loops",
-        run: floor::loops,
-        in_all: true,
-    },
+    Test::in_all("floor_device", floor::device),
+    Test::in_all("floor_loops", floor::loops),
 ];
 
 /// `bench=floor` is both floor rows; `bench=all` everything.

@@ -1,68 +1,36 @@
 //! Kernel tests, registered by name; `tests=` on the command line selects them.
 
 mod boot;
+pub mod disk;
+mod ide;
 mod irq;
 mod pci;
 mod selftest;
 mod time;
+pub mod virtio_blk;
 
 use crate::ktap::Test;
 
 pub static REGISTRY: &[Test] = &[
-    Test {
-        name: "boot_info",
-        run: boot::boot_info,
-        in_all: true,
-    },
-    Test {
-        name: "ring3",
-        run: boot::ring3,
-        in_all: true,
-    },
-    Test {
-        name: "heap",
-        run: boot::heap,
-        in_all: true,
-    },
-    Test {
-        name: "tsc",
-        run: time::tsc,
-        in_all: true,
-    },
-    Test {
-        name: "irq_lapic_timer",
-        run: irq::lapic_timer,
-        in_all: true,
-    },
-    Test {
-        name: "irq_ioapic_serial",
-        run: irq::ioapic_serial,
-        in_all: true,
-    },
-    Test {
-        name: "pci",
-        run: pci::enumerate,
-        in_all: true,
-    },
+    Test::in_all("boot_info", boot::boot_info),
+    Test::in_all("ring3", boot::ring3),
+    Test::in_all("heap", boot::heap),
+    Test::in_all("tsc", time::tsc),
+    Test::in_all("irq_lapic_timer", irq::lapic_timer),
+    Test::in_all("irq_ioapic_serial", irq::ioapic_serial),
+    Test::in_all("pci", pci::enumerate),
+    Test::in_all("virtio_blk_integrity", virtio_blk::integrity),
+    Test::in_all("virtio_blk_interrupt_modes", virtio_blk::interrupt_modes),
+    Test::in_all("virtio_blk_qd32", virtio_blk::queue_depth_32),
+    Test::in_all("virtio_blk_hostile_chains", virtio_blk::hostile_chains),
+    Test::in_all("ide_pio_integrity", ide::pio_integrity),
+    Test::in_all("ide_dma_integrity", ide::dma_integrity),
+    Test::in_all("ide_interrupts", ide::interrupts),
+    // Never in `all`: the host kills the VMM while it sleeps.
+    Test::by_name("virtio_blk_durability", virtio_blk::durability),
     // Self-tests of the machinery: each must fail, hang or crash, so they are never in `all`.
-    Test {
-        name: "selftest_fail",
-        run: selftest::fail,
-        in_all: false,
-    },
-    Test {
-        name: "selftest_hang",
-        run: selftest::hang,
-        in_all: false,
-    },
-    Test {
-        name: "selftest_fault",
-        run: selftest::fault,
-        in_all: false,
-    },
-    Test {
-        name: "selftest_panic",
-        run: selftest::panic,
-        in_all: false,
-    },
+    Test::by_name("selftest_fail", selftest::fail),
+    Test::by_name("selftest_hang", selftest::hang),
+    Test::by_name("selftest_fault", selftest::fault),
+    Test::by_name("selftest_panic", selftest::panic),
 ];
