@@ -1044,7 +1044,10 @@ mod tests {
         fn interrupt_count(&self, _: u8) -> u64 {
             unimplemented!()
         }
-        fn wait_for_interrupt(&self) {
+        fn interrupt_epoch(&self) -> u64 {
+            unimplemented!()
+        }
+        fn wait_for_interrupt(&self, _: u64) {
             unimplemented!()
         }
         fn now_ns(&self) -> u64 {

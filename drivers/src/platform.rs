@@ -93,8 +93,12 @@ pub trait Platform {
     /// read). Level-triggered lines are masked when they fire, so that a line still asserted
     /// does not storm; this re-enables them. Edge and MSI vectors need nothing.
     fn ack_interrupt(&self, _vector: u8) {}
-    /// Sleep until some interrupt arrives (or return at once if one is already pending).
-    fn wait_for_interrupt(&self);
+    /// A counter of all interrupts so far. Take it before checking for work, then pass it to
+    /// [`Platform::wait_for_interrupt`], so an interrupt that lands in between is not slept
+    /// through.
+    fn interrupt_epoch(&self) -> u64;
+    /// Sleep until an interrupt arrives after `epoch` was read (return at once if one has).
+    fn wait_for_interrupt(&self, epoch: u64);
     /// Monotonic nanoseconds.
     fn now_ns(&self) -> u64;
 }

@@ -127,9 +127,13 @@ impl Platform for KernelPlatform {
             crate::arch::ioapic::unmask(pin);
         }
     }
-    fn wait_for_interrupt(&self) {
-        let seen = idt::IRQ_TOTAL.load(Ordering::Acquire);
-        kcall::call(kcall::WAIT_FOR_INTERRUPT, seen, 0);
+    fn interrupt_epoch(&self) -> u64 {
+        idt::IRQ_TOTAL.load(Ordering::Acquire)
+    }
+    fn wait_for_interrupt(&self, epoch: u64) {
+        if self.interrupt_epoch() == epoch {
+            kcall::call(kcall::WAIT_FOR_INTERRUPT, epoch, 0);
+        }
     }
     fn now_ns(&self) -> u64 {
         time::now_ns()

@@ -977,7 +977,10 @@ impl Platform for Fake {
             0
         }
     }
-    fn wait_for_interrupt(&self) {
+    fn interrupt_epoch(&self) -> u64 {
+        0
+    }
+    fn wait_for_interrupt(&self, _epoch: u64) {
         self.tick(1_000_000);
         let mut st = self.st.borrow_mut();
         self.advance_busy(&mut st);
@@ -1067,8 +1070,11 @@ impl Platform for Looping<'_> {
     fn interrupt_count(&self, vector: u8) -> u64 {
         self.0.interrupt_count(vector)
     }
-    fn wait_for_interrupt(&self) {
-        self.0.wait_for_interrupt()
+    fn interrupt_epoch(&self) -> u64 {
+        self.0.interrupt_epoch()
+    }
+    fn wait_for_interrupt(&self, epoch: u64) {
+        self.0.wait_for_interrupt(epoch)
     }
     fn now_ns(&self) -> u64 {
         self.0.now_ns()

@@ -488,6 +488,7 @@ impl<'p, P: PortStrings + ?Sized> IdeChannel<'p, P> {
             return Ok(());
         };
         loop {
+            let epoch = self.platform.interrupt_epoch();
             let now = self.platform.interrupt_count(vector);
             if now != *snapshot {
                 *snapshot = now;
@@ -502,7 +503,7 @@ impl<'p, P: PortStrings + ?Sized> IdeChannel<'p, P> {
                     status: self.alt_status().bits(),
                 });
             }
-            self.platform.wait_for_interrupt();
+            self.platform.wait_for_interrupt(epoch);
         }
     }
 

@@ -614,7 +614,10 @@ pub(crate) mod fake {
         fn interrupt_count(&self, vector: u8) -> u64 {
             self.irq_count(vector)
         }
-        fn wait_for_interrupt(&self) {
+        fn interrupt_epoch(&self) -> u64 {
+            0
+        }
+        fn wait_for_interrupt(&self, _epoch: u64) {
             self.now.set(self.now.get() + 1_000_000);
         }
         fn now_ns(&self) -> u64 {

@@ -669,6 +669,7 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
         let vector = self.queue_vector(queue);
         let intx = matches!(self.mode, InterruptMode::Intx { .. });
         loop {
+            let epoch = self.platform.interrupt_epoch();
             let seen = vector.map(|v| self.platform.interrupt_count(v));
             // INTx is level-triggered: reading the ISR deasserts the line. Read it before
             // polling so a completion that raced with the read is still seen by the poll.
@@ -691,12 +692,12 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
             match (&self.mode, vector, seen) {
                 (InterruptMode::Msix { .. }, Some(v), Some(seen)) => {
                     if self.platform.interrupt_count(v) == seen {
-                        self.platform.wait_for_interrupt();
+                        self.platform.wait_for_interrupt(epoch);
                     }
                 }
                 (InterruptMode::Intx { .. }, _, _) => {
                     if !isr.queue {
-                        self.platform.wait_for_interrupt();
+                        self.platform.wait_for_interrupt(epoch);
                     }
                 }
                 _ => core::hint::spin_loop(),

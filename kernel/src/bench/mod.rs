@@ -2,6 +2,7 @@
 //! diagnostics of the form `# bench: <section>.<name> ns=<median> min=<min> max=<max> n=<ops>`,
 //! which the harness parses; exits per op come from the harness's own counters.
 
+mod blk;
 mod floor;
 
 use crate::exit::ExitCode;
@@ -10,6 +11,7 @@ use crate::ktap::{self, Test};
 pub static REGISTRY: &[Test] = &[
     Test::in_all("floor_device", floor::device),
     Test::in_all("floor_loops", floor::loops),
+    Test::in_all("blk", blk::blk),
 ];
 
 /// `bench=floor` is both floor rows; `bench=all` everything.

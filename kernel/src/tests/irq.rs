@@ -27,7 +27,7 @@ pub fn lapic_timer() -> Outcome {
     // The timer works: now sleep for one tick through the wait-for-interrupt kernel call.
     let before = p.interrupt_count(vectors::LAPIC_TIMER);
     if spun >= 5 {
-        p.wait_for_interrupt();
+        p.wait_for_interrupt(p.interrupt_epoch());
     }
     let after_wait = p.interrupt_count(vectors::LAPIC_TIMER);
     apic::timer_stop();

@@ -2,7 +2,7 @@
 
 mod boot;
 pub mod disk;
-mod ide;
+pub mod ide;
 mod irq;
 mod pci;
 mod selftest;

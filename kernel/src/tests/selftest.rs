@@ -12,7 +12,7 @@ pub fn fail() -> Outcome {
 pub fn hang() -> Outcome {
     // Sleep forever: the harness's timeout must end this.
     loop {
-        KernelPlatform.wait_for_interrupt();
+        KernelPlatform.wait_for_interrupt(KernelPlatform.interrupt_epoch());
     }
 }
 

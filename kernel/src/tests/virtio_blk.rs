@@ -226,6 +226,7 @@ pub fn queue_depth_32() -> Outcome {
     let deadline = PLATFORM.now_ns() + 5_000_000_000;
     let mut done = 0;
     while done < 32 && PLATFORM.now_ns() < deadline {
+        let epoch = PLATFORM.interrupt_epoch();
         for c in blk.poll_completions() {
             let Some(&(_, lba)) = pending.iter().find(|(id, _)| *id == c.id) else {
                 fail!("completion for unknown request {:?}", c.id);
@@ -241,7 +242,7 @@ pub fn queue_depth_32() -> Outcome {
             }
             done += 1;
         }
-        PLATFORM.wait_for_interrupt();
+        PLATFORM.wait_for_interrupt(epoch);
     }
     check!(done == 32, "only {} of 32 requests completed", done);
     Outcome::Pass
@@ -314,6 +315,7 @@ pub fn hostile_chains() -> Outcome {
         blk.notify();
         let deadline = PLATFORM.now_ns() + 2_000_000_000;
         let verdict = loop {
+            let epoch = PLATFORM.interrupt_epoch();
             if blk.transport().needs_reset() {
                 break Some(Verdict::NeedsReset);
             }
@@ -323,7 +325,7 @@ pub fn hostile_chains() -> Outcome {
             if PLATFORM.now_ns() > deadline {
                 break None;
             }
-            PLATFORM.wait_for_interrupt();
+            PLATFORM.wait_for_interrupt(epoch);
         };
         drop(blk);
         PLATFORM.dma_free(mem);
@@ -376,6 +378,6 @@ pub fn durability() -> Outcome {
     try_or_fail!(blk.flush(), "flush");
     println!("# durability: flush acknowledged");
     loop {
-        PLATFORM.wait_for_interrupt();
+        PLATFORM.wait_for_interrupt(PLATFORM.interrupt_epoch());
     }
 }
