@@ -116,6 +116,9 @@ pub struct BenchArgs {
     /// Per-run timeout in seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: u64,
+    /// Leave out the storage section (IDE against virtio-blk).
+    #[arg(long)]
+    pub skip_storage: bool,
 }
 
 /// The image the build produced, if build.rs set KERNEL_IMAGE.
@@ -251,6 +254,7 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
             "exits": r.counters.to_json(),
             "kvm_stats": vmm::exits::stats_to_json(&r.kvm_stats),
             "notes": r.notes,
+            "phases": r.phases.iter().map(|p| p.to_json()).collect::<Vec<_>>(),
         });
         write_json(p, &v)?;
     }

@@ -1,6 +1,7 @@
 //! `bench`: the floor (what one exit costs, per path) and boot time against QEMU.
 //! Every run is a child process (our own binary), so each VM gets a fresh process.
 
+pub mod blk;
 pub mod report;
 
 use crate::cli::{kernel_or_default, BenchArgs};
@@ -263,6 +264,38 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
             a.qemu.clone(),
         ],
     )?;
+    let blk = if a.skip_storage {
+        None
+    } else {
+        let qemu_extra = vec![
+            "--accel".to_string(),
+            accel.to_string(),
+            "--qemu".to_string(),
+            a.qemu.clone(),
+        ];
+        let all = "virtio_polled,virtio_msix,ide_pio,ide_dma";
+        let vmms = [
+            (
+                "harness-thread",
+                "run",
+                vec!["--io-mode".to_string(), "thread".to_string()],
+                all,
+            ),
+            (
+                "harness-inline",
+                "run",
+                vec!["--io-mode".to_string(), "inline".to_string()],
+                "virtio_polled,virtio_msix",
+            ),
+            ("qemu", "qemu", qemu_extra, all),
+        ];
+        let dir = std::env::temp_dir();
+        Some(blk::run_section(
+            |sub, cmdline| common_args(sub, &kernel, a, cmdline),
+            &vmms,
+            &dir,
+        )?)
+    };
     let rep = BenchReport {
         platform,
         floor,
@@ -270,6 +303,7 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
         harness,
         qemu,
         runs: a.runs,
+        blk,
     };
     print!("{}", rep.to_text());
     if let Some(p) = &a.json {

@@ -124,6 +124,8 @@ pub struct BenchReport {
     pub harness: BootRow,
     pub qemu: BootRow,
     pub runs: u32,
+    /// The storage section (absent with `--skip-storage`).
+    pub blk: Option<super::blk::BlkSection>,
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {
@@ -208,6 +210,9 @@ impl BenchReport {
                 .map(|r| format!("{r:.2}"))
                 .unwrap_or("n/a".into())
         );
+        if let Some(b) = &self.blk {
+            s += &b.to_text();
+        }
         s
     }
 
@@ -230,6 +235,7 @@ impl BenchReport {
             "floor_note": self.floor_note,
             "boot": {"runs": self.runs, "harness": boot(&self.harness), "qemu": boot(&self.qemu),
                      "ratio_harness_over_qemu": self.ratio()},
+            "storage": self.blk.as_ref().map(|b| b.to_json()),
         })
     }
 }
@@ -277,6 +283,7 @@ mod tests {
             ),
             qemu: BootRow::unavailable("qemu", "QEMU is not installed"),
             runs: 2,
+            blk: None,
         };
         let t = rep.to_text();
         assert!(t.contains("kvm_pvm"));

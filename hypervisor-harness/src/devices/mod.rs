@@ -4,8 +4,10 @@
 pub mod bus;
 pub mod debug_exit;
 pub mod floor;
+pub mod ide;
 pub mod pci;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::{Mutex, MutexGuard};
 

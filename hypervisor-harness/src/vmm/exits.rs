@@ -395,3 +395,37 @@ mod tests {
         );
     }
 }
+
+/// Counters at one `# phase: <marker>` line of the guest: userspace exits per device, and KVM's
+/// own count of every exit of the vCPU.
+#[derive(Debug, Clone)]
+pub struct PhaseMark {
+    pub marker: String,
+    pub device_exits: BTreeMap<String, u64>,
+    pub kvm_exits: Option<u64>,
+}
+
+impl PhaseMark {
+    pub fn take(marker: String, counters: &ExitCounters, vcpu_stats: Option<&OwnedFd>) -> Self {
+        let mut device_exits = BTreeMap::new();
+        for ((_, name, _), n) in &counters.by_device {
+            *device_exits.entry(name.clone()).or_insert(0) += n;
+        }
+        let kvm_exits = vcpu_stats
+            .and_then(|fd| read_stats(fd).ok())
+            .and_then(|s| s.into_iter().find(|(k, _)| k == "exits").map(|(_, v)| v));
+        Self {
+            marker,
+            device_exits,
+            kvm_exits,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "marker": self.marker,
+            "device_exits": self.device_exits,
+            "kvm_exits": self.kvm_exits,
+        })
+    }
+}

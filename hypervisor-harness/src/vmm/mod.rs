@@ -5,8 +5,10 @@ pub mod boot;
 pub mod device_manager;
 pub mod exits;
 pub mod floor_wiring;
+pub mod ide_wiring;
 pub mod memory;
 pub mod vcpu;
+pub mod virtio_wiring;
 pub mod vm;
 
 use crate::backends::disk::{DiskKind, DiskSpec};
@@ -17,7 +19,7 @@ use crate::devices::{lock, Interrupt};
 use crate::error::HarnessError;
 use crate::ktap::{KtapParser, KtapSummary};
 use device_manager::DeviceManager;
-use exits::{Dir, ExitCounters, KvmStats, Reason, Space};
+use exits::{Dir, ExitCounters, KvmStats, PhaseMark, Reason, Space};
 use kvm_ioctls::VcpuExit;
 use std::io::Write;
 use std::path::PathBuf;
@@ -68,6 +70,8 @@ pub struct RunResult {
     pub floor_bars: (u64, u64),
     pub elapsed: Duration,
     pub notes: Vec<String>,
+    /// Counter snapshots at the guest's `# phase:` lines.
+    pub phases: Vec<PhaseMark>,
 }
 
 fn verbose(cfg: &RunConfig, msg: &str) {
@@ -150,7 +154,18 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
         None => Box::new(std::io::stdout()),
     };
     let k2 = ktap.clone();
-    let tee = LineTee::new(out, Box::new(move |line| lock(&k2).feed(line)));
+    // `# phase: <marker>` lines from the guest: the run loop snapshots the counters there.
+    let phase_lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let p2 = phase_lines.clone();
+    let tee = LineTee::new(
+        out,
+        Box::new(move |line| {
+            lock(&k2).feed(line);
+            if let Some(marker) = line.trim_start().strip_prefix("# phase: ") {
+                lock(&p2).push(marker.trim().to_string());
+            }
+        }),
+    );
     let com1_irq: Arc<dyn Interrupt> = dm.irqfd(COM1_GSI)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(com1_irq, tee)));
     let exit_req = ExitRequest::default();
@@ -171,18 +186,10 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
         .iter()
         .filter(|d| d.kind == DiskKind::Ide)
         .collect();
-    if let Some(disk) = cfg.disks.iter().find(|d| d.kind == DiskKind::Virtio) {
-        return Err(HarnessError::Usage(format!(
-            "--disk {}:{}: virtio-blk is not implemented yet",
-            disk.kind,
-            disk.path.display()
-        )));
+    for note in virtio_wiring::attach_all(&mut dm, &mem, &cfg.disks, cfg.io_mode)? {
+        verbose(cfg, &note);
     }
-    if !ide_disks.is_empty() {
-        return Err(HarnessError::Usage(
-            "--disk ide: IDE is not implemented yet".into(),
-        ));
-    }
+    ide_wiring::attach(&mut dm, &mem, &ide_disks)?;
     let (mut pio, mut mmio) = dm.finish()?;
 
     // vCPU.
@@ -240,7 +247,15 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
     let mut counters = ExitCounters::default();
     let mut pending_out: Option<(u16, Vec<u8>)> = None;
     let mut pending_in: Option<(u16, usize)> = None;
+    let vcpu_stats = exits::stats_fd(&vcpu).ok();
+    let mut phases = Vec::new();
     let end = loop {
+        {
+            let mut markers = lock(&phase_lines);
+            for marker in markers.drain(..) {
+                phases.push(PhaseMark::take(marker, &counters, vcpu_stats.as_ref()));
+            }
+        }
         if let Some((port, data)) = pending_out.take() {
             let size = io_size(&mut vcpu);
             let mut claim = None;
@@ -389,5 +404,6 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
         floor_bars,
         elapsed,
         notes: vm.notes,
+        phases,
     })
 }

@@ -124,6 +124,13 @@ fn report(path: &str, workload: &str, mut row: Row) {
     );
 }
 
+/// Whether `blk_paths=` (a comma list; default all) selects `path`.
+fn selected(path: &str) -> bool {
+    crate::bootinfo::get()
+        .arg("blk_paths")
+        .is_none_or(|list| list.split(',').any(|p| p == path))
+}
+
 /// Run `op` (one synchronous I/O at the given LBA) until the row's time budget is spent.
 fn run_qd1(
     path: &str,
@@ -157,6 +164,9 @@ fn run_qd1(
 }
 
 fn ide_rows() -> Result<(), alloc::string::String> {
+    if !selected("ide_pio") && !selected("ide_dma") {
+        return Ok(());
+    }
     let (mut ide, capacity): (IdeChannel<'static, KernelPlatform>, u64) = match ide::open_primary()
     {
         Ok(v) => v,
@@ -166,7 +176,7 @@ fn ide_rows() -> Result<(), alloc::string::String> {
         }
     };
     let mut buf = alloc::vec![0u8; SEQ_BYTES];
-    for w in Workload::ALL {
+    for w in Workload::ALL.into_iter().filter(|_| selected("ide_pio")) {
         run_qd1("ide_pio", w, capacity, |lba| {
             let b = &mut buf[..w.bytes()];
             let r = if w.is_write() {
@@ -184,7 +194,7 @@ fn ide_rows() -> Result<(), alloc::string::String> {
         .dma_alloc(SEQ_BYTES, 4096)
         .map_err(|e| alloc::format!("dma: {}", e))?;
     let mut result = Ok(());
-    for w in Workload::ALL {
+    for w in Workload::ALL.into_iter().filter(|_| selected("ide_dma")) {
         let mut view = DmaBuffer {
             virt: dma.virt,
             phys: dma.phys,
@@ -306,6 +316,9 @@ fn virtio_rows() -> Result<(), alloc::string::String> {
         return Ok(());
     };
     for (path, interrupts) in [("virtio_polled", false), ("virtio_msix", true)] {
+        if !selected(path) {
+            continue;
+        }
         let mode = if interrupts {
             virtio_blk::msix()
         } else {

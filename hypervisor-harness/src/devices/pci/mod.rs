@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod host_bridge;
+pub mod msix;
 
 use super::bus::BusDevice;
 use super::{le_value, lock};

@@ -1,0 +1,423 @@
+//! The storage section of `bench`: the guest's `bench=blk` over an IDE disk and a virtio-blk
+//! disk, under our harness (virtio queues on an I/O thread, and inline in the vCPU thread) and
+//! under QEMU, plus the host's own `pread`/`pwrite` on the same kind of image as the ceiling.
+//!
+//! Exits per I/O come from the harness's counters, snapshotted at the guest's
+//! `# phase: begin/end <row>` lines (`phases` in `--exits-json`): userspace exits at the disk
+//! devices, and KVM's own count of every exit (ioeventfd notifies and interrupts included).
+
+use super::{parse_bench_line, spawn_self, BenchLine};
+use crate::error::HarnessError;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Image size for the benchmark disks: sequential rows wrap around inside it.
+pub const IMAGE_BYTES: u64 = 64 << 20;
+
+/// One `blk.<path>.<workload>` row from one VMM.
+#[derive(Debug, Clone)]
+pub struct BlkRow {
+    pub vmm: String,
+    pub path: String,
+    pub workload: String,
+    pub n: u64,
+    pub bytes: u64,
+    pub total_ns: f64,
+    pub p50_ns: Option<f64>,
+    pub p99_ns: Option<f64>,
+    /// Userspace exits at the disk's devices per I/O (harness only).
+    pub user_exits_per_io: Option<f64>,
+    /// Every exit KVM counted (all causes) per I/O (harness only).
+    pub kvm_exits_per_io: Option<f64>,
+}
+
+impl BlkRow {
+    pub fn mb_per_s(&self) -> Option<f64> {
+        (self.total_ns > 0.0).then(|| self.bytes as f64 / self.total_ns * 1e3)
+    }
+
+    pub fn iops(&self) -> Option<f64> {
+        (self.total_ns > 0.0).then(|| self.n as f64 / self.total_ns * 1e9)
+    }
+
+    fn from_line(vmm: &str, b: &BenchLine) -> Option<Self> {
+        let rest = b.name.strip_prefix("blk.")?;
+        let (path, workload) = rest.split_once('.')?;
+        let num = |k: &str| b.extra.get(k).and_then(|v| v.parse::<f64>().ok());
+        Some(Self {
+            vmm: vmm.into(),
+            path: path.into(),
+            workload: workload.into(),
+            n: b.n?,
+            bytes: num("bytes")? as u64,
+            total_ns: num("total_ns")?,
+            p50_ns: b.ns,
+            p99_ns: num("p99"),
+            user_exits_per_io: None,
+            kvm_exits_per_io: None,
+        })
+    }
+}
+
+/// Exit counts at one phase marker, from `--exits-json`'s `phases`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PhaseMark {
+    pub device_exits: BTreeMap<String, u64>,
+    pub kvm_exits: Option<u64>,
+}
+
+/// `(begin, end)` marks per row name, from a run's JSON document.
+pub fn phases(doc: &Value) -> BTreeMap<String, (PhaseMark, PhaseMark)> {
+    let mut begins = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for p in doc["phases"].as_array().into_iter().flatten() {
+        let Some(marker) = p["marker"].as_str() else {
+            continue;
+        };
+        let mark = PhaseMark {
+            device_exits: p["device_exits"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect(),
+            kvm_exits: p["kvm_exits"].as_u64(),
+        };
+        if let Some(name) = marker.strip_prefix("begin ") {
+            begins.insert(name.to_string(), mark);
+        } else if let Some(name) = marker.strip_prefix("end ") {
+            if let Some(b) = begins.remove(name) {
+                out.insert(name.to_string(), (b, mark));
+            }
+        }
+    }
+    out
+}
+
+/// Userspace exits between two marks at devices whose name starts with one of `prefixes`.
+pub fn device_exits_between(begin: &PhaseMark, end: &PhaseMark, prefixes: &[&str]) -> u64 {
+    end.device_exits
+        .iter()
+        .filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| v.saturating_sub(begin.device_exits.get(k).copied().unwrap_or(0)))
+        .sum()
+}
+
+/// Device-name prefixes of a guest path's disk.
+fn device_prefixes(path: &str) -> &'static [&'static str] {
+    if path.starts_with("ide") {
+        &["ide"]
+    } else {
+        &["virtio"]
+    }
+}
+
+/// Rows of one child run, with exits per I/O filled in from its phases.
+pub fn rows_of(vmm: &str, stdout: &str, doc: Option<&Value>) -> Vec<BlkRow> {
+    let marks = doc.map(phases).unwrap_or_default();
+    stdout
+        .lines()
+        .filter_map(parse_bench_line)
+        .filter_map(|b| {
+            let mut row = BlkRow::from_line(vmm, &b)?;
+            if let Some((begin, end)) = marks.get(&b.name) {
+                if row.n > 0 {
+                    let dev = device_exits_between(begin, end, device_prefixes(&row.path));
+                    row.user_exits_per_io = Some(dev as f64 / row.n as f64);
+                    row.kvm_exits_per_io = match (begin.kvm_exits, end.kvm_exits) {
+                        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / row.n as f64),
+                        _ => None,
+                    };
+                }
+            }
+            Some(row)
+        })
+        .collect()
+}
+
+/// A sparse image of IMAGE_BYTES.
+pub fn make_image(path: &Path) -> Result<(), HarnessError> {
+    let f = std::fs::File::create(path)
+        .map_err(|e| HarnessError::Other(format!("bench image {}: {e}", path.display())))?;
+    f.set_len(IMAGE_BYTES)
+        .map_err(|e| HarnessError::Other(format!("bench image {}: {e}", path.display())))
+}
+
+/// The host's own I/O on the image (O_DIRECT, one request at a time): the ceiling that
+/// paravirtual I/O approaches.
+pub fn native_rows(image: &Path, budget_ns: u64) -> Vec<BlkRow> {
+    let mut rows = Vec::new();
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(image)
+    else {
+        return rows;
+    };
+    let mut buf = AlignedBuf::new(128 * 1024);
+    for (workload, len, write, random) in [
+        ("seqread_128k_qd1", 128 * 1024, false, false),
+        ("seqwrite_128k_qd1", 128 * 1024, true, false),
+        ("randread_4k_qd1", 4096, false, true),
+        ("randwrite_4k_qd1", 4096, true, true),
+    ] {
+        let slots = IMAGE_BYTES / len as u64;
+        let mut lat = Vec::new();
+        let mut rng = 0x0b1c_5eedu64;
+        let start = Instant::now();
+        let mut i = 0u64;
+        while lat.is_empty() || (start.elapsed().as_nanos() as u64) < budget_ns {
+            let slot = if random {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % slots
+            } else {
+                i % slots
+            };
+            i += 1;
+            let t = Instant::now();
+            let b = &mut buf.as_mut()[..len];
+            let ok = if write {
+                file.write_all_at(b, slot * len as u64).is_ok()
+            } else {
+                file.read_exact_at(b, slot * len as u64).is_ok()
+            };
+            if !ok {
+                return rows;
+            }
+            lat.push(t.elapsed().as_nanos() as f64);
+        }
+        let total_ns = start.elapsed().as_nanos() as f64;
+        lat.sort_by(|a, b| a.total_cmp(b));
+        rows.push(BlkRow {
+            vmm: "native".into(),
+            path: "host_pread".into(),
+            workload: workload.into(),
+            n: lat.len() as u64,
+            bytes: lat.len() as u64 * len as u64,
+            total_ns,
+            p50_ns: Some(lat[lat.len() / 2]),
+            p99_ns: Some(lat[(lat.len() * 99 / 100).min(lat.len() - 1)]),
+            user_exits_per_io: None,
+            kvm_exits_per_io: None,
+        });
+    }
+    rows
+}
+
+/// A 4096-aligned heap buffer for O_DIRECT.
+struct AlignedBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> Self {
+        let layout = std::alloc::Layout::from_size_align(len, 4096).expect("valid layout");
+        // SAFETY: non-zero size; freed in Drop with the same layout.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null(), "out of memory");
+        Self { ptr, len }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` owns `len` initialised bytes for the life of self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.len, 4096).expect("valid layout");
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, layout) }
+    }
+}
+
+/// The whole storage section: run the guest benchmark under each VMM.
+pub struct BlkSection {
+    pub rows: Vec<BlkRow>,
+    pub notes: Vec<String>,
+}
+
+/// `vmms`: (label, subcommand args after the common ones).
+pub fn run_section(
+    base_args: impl Fn(&str, &str) -> Vec<String>,
+    vmms: &[(&str, &str, Vec<String>, &str)],
+    dir: &Path,
+) -> Result<BlkSection, HarnessError> {
+    let virtio: PathBuf = dir.join("bench-virtio.img");
+    let ide: PathBuf = dir.join("bench-ide.img");
+    make_image(&virtio)?;
+    make_image(&ide)?;
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for (label, sub, extra, paths) in vmms {
+        eprintln!("bench: storage under {label}...");
+        let mut args = base_args(sub, &format!("bench=blk blk_paths={paths}"));
+        args.extend([
+            "--disk".to_string(),
+            format!("virtio:{}", virtio.display()),
+            "--disk".to_string(),
+            format!("ide:{}", ide.display()),
+        ]);
+        args.extend(extra.iter().cloned());
+        let r = spawn_self(&args, &format!("blk-{label}"))?;
+        if r.code == 69 && *sub == "qemu" {
+            notes.push(format!("{label}: n/a ({})", r.last_err));
+            continue;
+        }
+        if r.code != 0 {
+            notes.push(format!("{label}: exit code {}: {}", r.code, r.last_err));
+        }
+        let got = rows_of(label, &r.stdout, r.json.as_ref());
+        if got.is_empty() {
+            notes.push(format!("{label}: the guest printed no blk rows"));
+        }
+        rows.extend(got);
+    }
+    rows.extend(native_rows(&ide, 300_000_000));
+    let _ = std::fs::remove_file(&virtio);
+    let _ = std::fs::remove_file(&ide);
+    Ok(BlkSection { rows, notes })
+}
+
+impl BlkSection {
+    /// This row's MB/s over QEMU's for the same path and workload.
+    pub fn ratio_to_qemu(&self, r: &BlkRow) -> Option<f64> {
+        let q = self
+            .rows
+            .iter()
+            .find(|q| q.vmm == "qemu" && q.path == r.path && q.workload == r.workload)?;
+        Some(r.mb_per_s()? / q.mb_per_s()?)
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut s =
+            String::from("\nstorage (guest bench=blk; MB/s and IOPS over the row's wall time)\n");
+        s += &format!(
+            "  {:<14} {:<20} {:<16} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9}\n",
+            "vmm",
+            "workload",
+            "path",
+            "MB/s",
+            "IOPS",
+            "p50 us",
+            "p99 us",
+            "exits/io",
+            "kvm ex/io",
+            "x qemu"
+        );
+        let f = |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or("-".into());
+        let mut sorted: Vec<&BlkRow> = self.rows.iter().collect();
+        sorted.sort_by(|a, b| (&a.workload, &a.path, &a.vmm).cmp(&(&b.workload, &b.path, &b.vmm)));
+        for r in sorted {
+            s += &format!(
+                "  {:<14} {:<20} {:<16} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9}\n",
+                r.vmm,
+                r.workload,
+                r.path,
+                f(r.mb_per_s(), 1),
+                f(r.iops(), 0),
+                f(r.p50_ns.map(|v| v / 1e3), 1),
+                f(r.p99_ns.map(|v| v / 1e3), 1),
+                f(r.user_exits_per_io, 2),
+                f(r.kvm_exits_per_io, 2),
+                if r.vmm.starts_with("harness") {
+                    f(self.ratio_to_qemu(r), 2)
+                } else {
+                    "".into()
+                },
+            );
+        }
+        s += "  exits/io: userspace exits at the disk's device per I/O (harness); kvm ex/io: every\n";
+        s += "  exit KVM counted during the row (notifies by ioeventfd, interrupts, timer) per I/O;\n";
+        s += "  x qemu: harness MB/s over QEMU's for the same guest path and workload.\n";
+        for n in &self.notes {
+            s += &format!("  note: {n}\n");
+        }
+        s
+    }
+
+    pub fn to_json(&self) -> Value {
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "vmm": r.vmm, "path": r.path, "workload": r.workload, "n": r.n, "bytes": r.bytes,
+                    "total_ns": r.total_ns, "mb_per_s": r.mb_per_s(), "iops": r.iops(),
+                    "p50_ns": r.p50_ns, "p99_ns": r.p99_ns,
+                    "user_exits_per_io": r.user_exits_per_io, "kvm_exits_per_io": r.kvm_exits_per_io,
+                    "ratio_mb_per_s_to_qemu": self.ratio_to_qemu(r),
+                })
+            })
+            .collect();
+        json!({"rows": rows, "notes": self.notes})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_and_phases() {
+        let out = "# phase: begin blk.virtio_msix.randread_4k_qd32\n\
+                   # bench: blk.virtio_msix.randread_4k_qd32 ns=700000 p99=1800000 min=1 max=2 n=100 bytes=409600 total_ns=1000000000\n\
+                   # bench: blk.ide_pio.randread_4k_qd1 ns=1 n=0\n";
+        let doc = json!({"phases": [
+            {"marker": "begin blk.virtio_msix.randread_4k_qd32", "device_exits": {"virtio-blk0-notify": 10, "com1": 5, "ide0-cmd": 3}, "kvm_exits": 1000},
+            {"marker": "end blk.virtio_msix.randread_4k_qd32", "device_exits": {"virtio-blk0-notify": 60, "com1": 900, "ide0-cmd": 3}, "kvm_exits": 1400},
+        ]});
+        let rows = rows_of("harness-thread", out, Some(&doc));
+        assert_eq!(rows.len(), 1, "the malformed ide row is dropped");
+        let r = &rows[0];
+        assert_eq!(
+            (r.path.as_str(), r.workload.as_str(), r.n),
+            ("virtio_msix", "randread_4k_qd32", 100)
+        );
+        assert_eq!(
+            r.user_exits_per_io,
+            Some(0.5),
+            "only virtio devices count, com1 doesn't"
+        );
+        assert_eq!(r.kvm_exits_per_io, Some(4.0));
+        assert!((r.mb_per_s().unwrap() - 0.4096).abs() < 1e-9);
+        assert!((r.iops().unwrap() - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn unmatched_phases_are_ignored() {
+        let doc =
+            json!({"phases": [{"marker": "end x", "device_exits": {}}, {"marker": "begin y"}]});
+        assert!(phases(&doc).is_empty());
+    }
+
+    #[test]
+    fn ratio_to_qemu() {
+        let mk = |vmm: &str, bytes| BlkRow {
+            vmm: vmm.into(),
+            path: "virtio_msix".into(),
+            workload: "w".into(),
+            n: 1,
+            bytes,
+            total_ns: 1e9,
+            p50_ns: None,
+            p99_ns: None,
+            user_exits_per_io: None,
+            kvm_exits_per_io: None,
+        };
+        let s = BlkSection {
+            rows: vec![mk("harness-thread", 300), mk("qemu", 100)],
+            notes: vec![],
+        };
+        assert_eq!(s.ratio_to_qemu(&s.rows[0]), Some(3.0));
+        assert!(s.to_text().contains("harness-thread"));
+    }
+}

@@ -1,0 +1,1175 @@
+//! One ATA channel (up to two drives) as a taskfile state machine: the command block registers
+//! (with the LBA48 two-deep register FIFOs), the device control register, per-drive status and
+//! error, the PIO data buffer and the commands. No port or bus glue: [`super::piix`] maps ports
+//! to [`AtaChannel::read_reg`] / [`AtaChannel::write_reg`] and runs DMA through
+//! [`super::bmdma`].
+//!
+//! Everything completes synchronously, so the guest never has to observe BSY (except while SRST
+//! is held). INTRQ follows the ATA rules: asserted when a PIO data-in block is ready, after each
+//! PIO data-out block and at command completion; negated by a status read, a command write or
+//! SRST. As in QEMU, an assertion while nIEN is set is dropped, and a line already asserted does
+//! not produce a second edge.
+
+use super::bmdma::DmaRequest;
+use crate::backends::disk::{RawDisk, SECTOR_SIZE};
+use crate::devices::Interrupt;
+use std::sync::Arc;
+
+const SECTOR: usize = SECTOR_SIZE as usize;
+
+// Command block register offsets.
+pub const REG_DATA: u8 = 0;
+pub const REG_ERROR_FEATURE: u8 = 1;
+pub const REG_COUNT: u8 = 2;
+pub const REG_LBA_LOW: u8 = 3;
+pub const REG_LBA_MID: u8 = 4;
+pub const REG_LBA_HIGH: u8 = 5;
+pub const REG_DEVICE: u8 = 6;
+pub const REG_STATUS_COMMAND: u8 = 7;
+
+// Status bits.
+pub const ST_ERR: u8 = 0x01;
+pub const ST_DRQ: u8 = 0x08;
+pub const ST_DSC: u8 = 0x10;
+pub const ST_DF: u8 = 0x20;
+pub const ST_DRDY: u8 = 0x40;
+pub const ST_BSY: u8 = 0x80;
+
+// Error bits.
+pub const ERR_AMNF: u8 = 0x01;
+pub const ERR_ABRT: u8 = 0x04;
+pub const ERR_IDNF: u8 = 0x10;
+pub const ERR_UNC: u8 = 0x40;
+
+// Device control bits.
+pub const CTL_NIEN: u8 = 0x02;
+pub const CTL_SRST: u8 = 0x04;
+pub const CTL_HOB: u8 = 0x80;
+
+// Device register bits.
+pub const DEV_DRV: u8 = 0x10;
+pub const DEV_LBA: u8 = 0x40;
+
+// Commands.
+pub const CMD_READ_SECTORS: u8 = 0x20;
+pub const CMD_READ_SECTORS_NR: u8 = 0x21;
+pub const CMD_READ_SECTORS_EXT: u8 = 0x24;
+pub const CMD_READ_DMA_EXT: u8 = 0x25;
+pub const CMD_READ_NATIVE_MAX_EXT: u8 = 0x27;
+pub const CMD_WRITE_SECTORS: u8 = 0x30;
+pub const CMD_WRITE_SECTORS_NR: u8 = 0x31;
+pub const CMD_WRITE_SECTORS_EXT: u8 = 0x34;
+pub const CMD_WRITE_DMA_EXT: u8 = 0x35;
+pub const CMD_SEEK: u8 = 0x70;
+pub const CMD_DIAGNOSTIC: u8 = 0x90;
+pub const CMD_INIT_PARAMS: u8 = 0x91;
+pub const CMD_READ_DMA: u8 = 0xc8;
+pub const CMD_READ_DMA_NR: u8 = 0xc9;
+pub const CMD_WRITE_DMA: u8 = 0xca;
+pub const CMD_WRITE_DMA_NR: u8 = 0xcb;
+pub const CMD_STANDBY_IMMEDIATE: u8 = 0xe0;
+pub const CMD_IDLE_IMMEDIATE: u8 = 0xe1;
+pub const CMD_STANDBY: u8 = 0xe2;
+pub const CMD_IDLE: u8 = 0xe3;
+pub const CMD_CHECK_POWER: u8 = 0xe5;
+pub const CMD_FLUSH_CACHE: u8 = 0xe7;
+pub const CMD_FLUSH_CACHE_EXT: u8 = 0xea;
+pub const CMD_IDENTIFY: u8 = 0xec;
+pub const CMD_SET_FEATURES: u8 = 0xef;
+pub const CMD_READ_NATIVE_MAX: u8 = 0xf8;
+
+/// Largest LBA28 capacity (IDENTIFY words 60-61).
+pub const LBA28_MAX_SECTORS: u64 = 0x0fff_ffff;
+
+pub const MODEL: &str = "HARNESS IDE DISK";
+pub const FIRMWARE: &str = "1.0";
+
+/// The transfer mode chosen with SET FEATURES (reflected in IDENTIFY words 63 and 88).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Pio,
+    MultiwordDma(u8),
+    UltraDma(u8),
+}
+
+/// A disk on the channel.
+pub struct Drive {
+    disk: RawDisk,
+    serial: String,
+    status: u8,
+    error: u8,
+    mode: Mode,
+    /// CHS translation (INITIALIZE DEVICE PARAMETERS may change heads and sectors per track).
+    heads: u16,
+    spt: u16,
+}
+
+impl Drive {
+    /// `index`: 0..=3 in attach order (used for the serial number).
+    pub fn new(disk: RawDisk, index: usize) -> Self {
+        Self {
+            disk,
+            serial: format!("HARNESS{:013}", index + 1),
+            status: ST_DRDY | ST_DSC,
+            error: ERR_AMNF,
+            mode: Mode::UltraDma(5),
+            heads: 16,
+            spt: 63,
+        }
+    }
+
+    pub fn disk(&self) -> &RawDisk {
+        &self.disk
+    }
+
+    fn sectors(&self) -> u64 {
+        self.disk.sectors()
+    }
+
+    fn cylinders(&self) -> u16 {
+        let per_cyl = self.heads as u64 * self.spt as u64;
+        (self.sectors() / per_cyl.max(1)).min(16383) as u16
+    }
+
+    /// IDENTIFY DEVICE data (256 words), integrity word included.
+    pub fn identify(&self) -> [u16; 256] {
+        let mut w = [0u16; 256];
+        let sectors = self.sectors();
+        let lba28 = sectors.min(LBA28_MAX_SECTORS) as u32;
+        let cyls = self.cylinders();
+        w[0] = 0x0040; // fixed device
+        w[1] = cyls;
+        w[3] = self.heads;
+        w[6] = self.spt;
+        put_string(&mut w[10..20], &self.serial);
+        put_string(&mut w[23..27], FIRMWARE);
+        put_string(&mut w[27..47], MODEL);
+        w[47] = 0x8000; // READ/WRITE MULTIPLE not supported
+        w[49] = (1 << 11) | (1 << 9) | (1 << 8); // IORDY, LBA, DMA
+        w[50] = 0x4000;
+        w[51] = 0x0200;
+        w[52] = 0x0200;
+        w[53] = 0x0007; // words 54-58, 64-70 and 88 valid
+        let chs = cyls as u32 * self.heads as u32 * self.spt as u32;
+        w[54] = cyls;
+        w[55] = self.heads;
+        w[56] = self.spt;
+        w[57] = chs as u16;
+        w[58] = (chs >> 16) as u16;
+        w[60] = lba28 as u16;
+        w[61] = (lba28 >> 16) as u16;
+        w[63] = 0x0007; // multiword DMA 0-2
+        w[64] = 0x0003; // PIO 3-4
+        w[65] = 120;
+        w[66] = 120;
+        w[67] = 120;
+        w[68] = 120;
+        w[80] = 0x00f0; // ATA-4 .. ATA/ATAPI-7
+        w[82] = (1 << 14) | (1 << 5); // NOP, volatile write cache
+        w[83] = (1 << 14) | (1 << 13) | (1 << 12) | (1 << 10); // FLUSH EXT, FLUSH, LBA48
+        w[84] = 1 << 14;
+        w[85] = (1 << 14) | (1 << 5);
+        w[86] = (1 << 13) | (1 << 12) | (1 << 10);
+        w[87] = 1 << 14;
+        w[88] = 0x003f; // UDMA 0-5
+        match self.mode {
+            Mode::Pio => {}
+            Mode::MultiwordDma(n) => w[63] |= 1 << (8 + n),
+            Mode::UltraDma(n) => w[88] |= 1 << (8 + n),
+        }
+        w[93] = (1 << 14) | (1 << 13) | 1;
+        for (i, word) in w[100..104].iter_mut().enumerate() {
+            *word = (sectors >> (16 * i)) as u16;
+        }
+        w[106] = 0x4000;
+        w[255] = 0x00a5;
+        let sum = w[..255].iter().fold(0xa5u8, |s, v| {
+            s.wrapping_add(*v as u8).wrapping_add((v >> 8) as u8)
+        });
+        w[255] |= (sum.wrapping_neg() as u16) << 8;
+        w
+    }
+}
+
+/// ATA strings: two characters per word, the first in the high byte, padded with spaces.
+fn put_string(words: &mut [u16], s: &str) {
+    let mut bytes = s.bytes().chain(std::iter::repeat(b' '));
+    for w in words {
+        let hi = bytes.next().unwrap_or(b' ');
+        let lo = bytes.next().unwrap_or(b' ');
+        *w = (hi as u16) << 8 | lo as u16;
+    }
+}
+
+/// A taskfile register with its "previous content" (the LBA48 high-order byte).
+#[derive(Debug, Clone, Copy, Default)]
+struct Fifo {
+    cur: u8,
+    prev: u8,
+}
+
+impl Fifo {
+    fn push(&mut self, v: u8) {
+        self.prev = self.cur;
+        self.cur = v;
+    }
+    fn set(&mut self, v: u8) {
+        self.cur = v;
+        self.prev = 0;
+    }
+}
+
+/// What the PIO data buffer is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pio {
+    Idle,
+    /// Device to host: the buffer holds a block; `remaining` blocks after it.
+    In {
+        lba: u64,
+        remaining: u32,
+    },
+    /// IDENTIFY data in the buffer (one block).
+    InOnce,
+    /// Host to device: the buffer collects a block for `lba`; `remaining` including it.
+    Out {
+        lba: u64,
+        remaining: u32,
+    },
+}
+
+/// The outcome of a DMA transfer, reported back by the bus-master engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmaStatus {
+    Ok,
+    /// The engine failed (PRD table too short, or an address outside guest memory).
+    Aborted,
+    /// The backend failed.
+    MediaError,
+}
+
+pub struct AtaChannel {
+    drives: [Option<Drive>; 2],
+    feature: Fifo,
+    count: Fifo,
+    lba_low: Fifo,
+    lba_mid: Fifo,
+    lba_high: Fifo,
+    device: u8,
+    control: u8,
+    irq: Arc<dyn Interrupt>,
+    irq_pending: bool,
+    /// Set on every INTRQ assertion; the bus-master interrupt bit follows it.
+    irq_latch: bool,
+    pio: Pio,
+    buf: Box<[u8; SECTOR]>,
+    pos: usize,
+    /// A DMA command waiting for the bus-master engine: (drive, request).
+    dma: Option<(usize, DmaRequest)>,
+}
+
+impl AtaChannel {
+    pub fn new(master: Option<Drive>, slave: Option<Drive>, irq: Arc<dyn Interrupt>) -> Self {
+        let mut c = Self {
+            drives: [master, slave],
+            feature: Fifo::default(),
+            count: Fifo::default(),
+            lba_low: Fifo::default(),
+            lba_mid: Fifo::default(),
+            lba_high: Fifo::default(),
+            device: 0,
+            control: 0,
+            irq,
+            irq_pending: false,
+            irq_latch: false,
+            pio: Pio::Idle,
+            buf: Box::new([0; SECTOR]),
+            pos: 0,
+            dma: None,
+        };
+        c.signature();
+        c
+    }
+
+    pub fn drive(&self, i: usize) -> Option<&Drive> {
+        self.drives.get(i).and_then(|d| d.as_ref())
+    }
+
+    fn any_drive(&self) -> bool {
+        self.drives.iter().any(|d| d.is_some())
+    }
+
+    fn selected(&self) -> usize {
+        usize::from(self.device & DEV_DRV != 0)
+    }
+
+    fn cur(&mut self) -> Option<&mut Drive> {
+        let i = self.selected();
+        self.drives[i].as_mut()
+    }
+
+    /// Whether INTRQ is pending (asserted and not yet acknowledged).
+    pub fn irq_pending(&self) -> bool {
+        self.irq_pending
+    }
+
+    /// True once after each INTRQ assertion (for the bus-master interrupt bit).
+    pub fn take_irq_latch(&mut self) -> bool {
+        std::mem::take(&mut self.irq_latch)
+    }
+
+    fn raise(&mut self) {
+        if self.control & CTL_NIEN != 0 {
+            return;
+        }
+        self.irq_latch = true;
+        if !self.irq_pending {
+            self.irq_pending = true;
+            let _ = self.irq.trigger();
+        }
+    }
+
+    /// Status of the selected drive; 0 for an absent drive (as QEMU).
+    fn status_value(&self) -> u8 {
+        match self.drive(self.selected()) {
+            Some(d) if self.control & CTL_SRST != 0 => d.status | ST_BSY,
+            Some(d) => d.status,
+            None => 0,
+        }
+    }
+
+    /// The alternate status register (does not acknowledge INTRQ).
+    pub fn alt_status(&self) -> u8 {
+        self.status_value()
+    }
+
+    /// A read of command block register `reg` (0..=7), one byte, or the data port.
+    pub fn read_reg(&mut self, reg: u8, data: &mut [u8]) {
+        if reg == REG_DATA && matches!(data.len(), 2 | 4) {
+            self.read_data(data);
+            return;
+        }
+        let hob = self.control & CTL_HOB != 0;
+        let pick = |f: Fifo| if hob { f.prev } else { f.cur };
+        let present = self.any_drive();
+        let v = match reg {
+            REG_DATA => 0xff,
+            REG_ERROR_FEATURE => match self.drive(self.selected()) {
+                Some(d) => d.error,
+                None => 0,
+            },
+            _ if !present => 0,
+            REG_COUNT => pick(self.count),
+            REG_LBA_LOW => pick(self.lba_low),
+            REG_LBA_MID => pick(self.lba_mid),
+            REG_LBA_HIGH => pick(self.lba_high),
+            REG_DEVICE => self.device,
+            _ => {
+                self.irq_pending = false;
+                self.status_value()
+            }
+        };
+        data.fill(v);
+    }
+
+    /// A write to command block register `reg`.
+    pub fn write_reg(&mut self, reg: u8, data: &[u8]) {
+        if reg == REG_DATA {
+            if matches!(data.len(), 2 | 4) {
+                self.write_data(data);
+            }
+            return;
+        }
+        let Some(&v) = data.first() else { return };
+        if reg != REG_STATUS_COMMAND {
+            // A write to any command block register clears HOB.
+            self.control &= !CTL_HOB;
+        }
+        match reg {
+            REG_ERROR_FEATURE => self.feature.push(v),
+            REG_COUNT => self.count.push(v),
+            REG_LBA_LOW => self.lba_low.push(v),
+            REG_LBA_MID => self.lba_mid.push(v),
+            REG_LBA_HIGH => self.lba_high.push(v),
+            REG_DEVICE => self.device = v,
+            REG_STATUS_COMMAND => self.command(v),
+            _ => {}
+        }
+    }
+
+    /// A write to the device control register.
+    pub fn write_control(&mut self, v: u8) {
+        let was_reset = self.control & CTL_SRST != 0;
+        self.control = v;
+        if v & CTL_SRST != 0 && !was_reset {
+            // Reset begins: everything in flight is dropped.
+            self.pio = Pio::Idle;
+            self.pos = 0;
+            self.dma = None;
+            self.irq_pending = false;
+        } else if v & CTL_SRST == 0 && was_reset {
+            self.signature();
+        }
+    }
+
+    /// The state after a reset or EXECUTE DEVICE DIAGNOSTIC: drive 0 selected, the ATA
+    /// signature in the taskfile, DRDY.
+    fn signature(&mut self) {
+        self.pio = Pio::Idle;
+        self.pos = 0;
+        self.dma = None;
+        self.device = 0;
+        self.feature.set(0);
+        self.count.set(1);
+        self.lba_low.set(1);
+        self.lba_mid.set(0);
+        self.lba_high.set(0);
+        for d in self.drives.iter_mut().flatten() {
+            d.status = ST_DRDY | ST_DSC;
+            d.error = ERR_AMNF;
+        }
+    }
+
+    fn read_data(&mut self, data: &mut [u8]) {
+        let n = data.len();
+        let readable = matches!(self.pio, Pio::In { .. } | Pio::InOnce)
+            && self.cur().is_some_and(|d| d.status & ST_DRQ != 0);
+        if !readable || self.pos + n > SECTOR {
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        if self.pos == SECTOR {
+            self.block_read();
+        }
+    }
+
+    fn write_data(&mut self, data: &[u8]) {
+        let n = data.len();
+        let writable = matches!(self.pio, Pio::Out { .. })
+            && self.cur().is_some_and(|d| d.status & ST_DRQ != 0);
+        if !writable || self.pos + n > SECTOR {
+            return;
+        }
+        self.buf[self.pos..self.pos + n].copy_from_slice(data);
+        self.pos += n;
+        if self.pos == SECTOR {
+            self.block_written();
+        }
+    }
+
+    /// The host took the whole data-in block.
+    fn block_read(&mut self) {
+        self.pos = 0;
+        match self.pio {
+            Pio::In { lba, remaining } if remaining > 0 => self.load_sector(lba, remaining - 1),
+            _ => {
+                self.pio = Pio::Idle;
+                if let Some(d) = self.cur() {
+                    d.status = ST_DRDY | ST_DSC;
+                }
+            }
+        }
+    }
+
+    /// Read sector `lba` into the buffer and offer it (DRQ + INTRQ).
+    fn load_sector(&mut self, lba: u64, remaining_after: u32) {
+        let i = self.selected();
+        let Some(d) = self.drives[i].as_ref() else {
+            return;
+        };
+        match d.disk.read_at(lba * SECTOR_SIZE, &mut self.buf[..]) {
+            Ok(()) => {
+                self.pio = Pio::In {
+                    lba: lba + 1,
+                    remaining: remaining_after,
+                };
+                self.pos = 0;
+                self.set_status(ST_DRDY | ST_DSC | ST_DRQ, 0);
+                self.raise();
+            }
+            Err(_) => self.fail(ERR_UNC),
+        }
+    }
+
+    /// The host filled a data-out block: write it, then ask for the next or complete.
+    fn block_written(&mut self) {
+        self.pos = 0;
+        let Pio::Out { lba, remaining } = self.pio else {
+            return;
+        };
+        let i = self.selected();
+        let Some(d) = self.drives[i].as_ref() else {
+            return;
+        };
+        if d.disk.write_at(lba * SECTOR_SIZE, &self.buf[..]).is_err() {
+            self.fail(ERR_UNC);
+            return;
+        }
+        if remaining > 1 {
+            self.pio = Pio::Out {
+                lba: lba + 1,
+                remaining: remaining - 1,
+            };
+            self.set_status(ST_DRDY | ST_DSC | ST_DRQ, 0);
+        } else {
+            self.pio = Pio::Idle;
+            self.set_status(ST_DRDY | ST_DSC, 0);
+        }
+        self.raise();
+    }
+
+    fn set_status(&mut self, status: u8, error: u8) {
+        if let Some(d) = self.cur() {
+            d.status = status;
+            d.error = error;
+        }
+    }
+
+    /// End the command with ERR and `error`, and interrupt.
+    fn fail(&mut self, error: u8) {
+        self.pio = Pio::Idle;
+        self.pos = 0;
+        self.dma = None;
+        self.set_status(ST_DRDY | ST_DSC | ST_ERR, error);
+        self.raise();
+    }
+
+    /// End a non-data command successfully, and interrupt.
+    fn done(&mut self) {
+        self.set_status(ST_DRDY | ST_DSC, 0);
+        self.raise();
+    }
+
+    /// LBA28 address (or CHS, translated), and count (0 = 256).
+    fn lba28(&self, d: &Drive) -> Option<(u64, u32)> {
+        let count = match self.count.cur {
+            0 => 256,
+            n => n as u32,
+        };
+        if self.device & DEV_LBA != 0 {
+            let lba = (self.device as u64 & 0x0f) << 24
+                | (self.lba_high.cur as u64) << 16
+                | (self.lba_mid.cur as u64) << 8
+                | self.lba_low.cur as u64;
+            Some((lba, count))
+        } else {
+            let cyl = (self.lba_high.cur as u64) << 8 | self.lba_mid.cur as u64;
+            let head = (self.device & 0x0f) as u64;
+            let sector = self.lba_low.cur as u64;
+            if sector == 0 || head >= d.heads as u64 || sector > d.spt as u64 {
+                return None;
+            }
+            Some((
+                (cyl * d.heads as u64 + head) * d.spt as u64 + sector - 1,
+                count,
+            ))
+        }
+    }
+
+    /// LBA48 address and count (0 = 65536).
+    fn lba48(&self) -> (u64, u32) {
+        let lba = [
+            self.lba_low.cur,
+            self.lba_mid.cur,
+            self.lba_high.cur,
+            self.lba_low.prev,
+            self.lba_mid.prev,
+            self.lba_high.prev,
+        ]
+        .iter()
+        .enumerate()
+        .fold(0u64, |a, (i, b)| a | (*b as u64) << (8 * i));
+        let count = match (self.count.prev as u32) << 8 | self.count.cur as u32 {
+            0 => 65536,
+            n => n,
+        };
+        (lba, count)
+    }
+
+    /// The address and count of a read/write command, checked against the disk.
+    fn range(&self, ext: bool) -> Result<(u64, u32), u8> {
+        let d = self.drive(self.selected()).ok_or(ERR_ABRT)?;
+        let (lba, count) = if ext {
+            self.lba48()
+        } else {
+            self.lba28(d).ok_or(ERR_IDNF)?
+        };
+        match lba.checked_add(count as u64) {
+            Some(end) if end <= d.sectors() => Ok((lba, count)),
+            _ => Err(ERR_IDNF),
+        }
+    }
+
+    fn command(&mut self, cmd: u8) {
+        let i = self.selected();
+        let Some(d) = self.drives[i].as_ref() else {
+            // Commands to an absent drive are ignored (as QEMU).
+            return;
+        };
+        if d.status & (ST_BSY | ST_DRQ) != 0 || self.control & CTL_SRST != 0 {
+            return;
+        }
+        let read_only = d.disk.read_only();
+        let sectors = d.sectors();
+        self.irq_pending = false;
+        self.pio = Pio::Idle;
+        self.pos = 0;
+        self.dma = None;
+        match cmd {
+            CMD_IDENTIFY => {
+                let words = match self.drives[i].as_ref() {
+                    Some(d) => d.identify(),
+                    None => return,
+                };
+                for (chunk, w) in self.buf.chunks_exact_mut(2).zip(words) {
+                    chunk.copy_from_slice(&w.to_le_bytes());
+                }
+                self.pio = Pio::InOnce;
+                self.set_status(ST_DRDY | ST_DSC | ST_DRQ, 0);
+                self.raise();
+            }
+            CMD_READ_SECTORS | CMD_READ_SECTORS_NR | CMD_READ_SECTORS_EXT => {
+                match self.range(cmd == CMD_READ_SECTORS_EXT) {
+                    Ok((lba, count)) => self.load_sector(lba, count - 1),
+                    Err(e) => self.fail(e),
+                }
+            }
+            CMD_WRITE_SECTORS | CMD_WRITE_SECTORS_NR | CMD_WRITE_SECTORS_EXT => {
+                match self.range(cmd == CMD_WRITE_SECTORS_EXT) {
+                    Err(e) => self.fail(e),
+                    Ok(_) if read_only => self.fail(ERR_ABRT),
+                    Ok((lba, count)) => {
+                        // DRQ for the first block, without an interrupt.
+                        self.pio = Pio::Out {
+                            lba,
+                            remaining: count,
+                        };
+                        self.set_status(ST_DRDY | ST_DSC | ST_DRQ, 0);
+                    }
+                }
+            }
+            CMD_READ_DMA | CMD_READ_DMA_NR | CMD_READ_DMA_EXT | CMD_WRITE_DMA
+            | CMD_WRITE_DMA_NR | CMD_WRITE_DMA_EXT => {
+                let ext = matches!(cmd, CMD_READ_DMA_EXT | CMD_WRITE_DMA_EXT);
+                let write = matches!(cmd, CMD_WRITE_DMA | CMD_WRITE_DMA_NR | CMD_WRITE_DMA_EXT);
+                match self.range(ext) {
+                    Err(e) => self.fail(e),
+                    Ok(_) if write && read_only => self.fail(ERR_ABRT),
+                    Ok((lba, sectors)) => {
+                        self.dma = Some((
+                            i,
+                            DmaRequest {
+                                lba,
+                                sectors,
+                                to_memory: !write,
+                            },
+                        ));
+                        // As QEMU: DRQ while the transfer waits for the engine.
+                        self.set_status(ST_DRDY | ST_DSC | ST_DRQ, 0);
+                    }
+                }
+            }
+            CMD_FLUSH_CACHE | CMD_FLUSH_CACHE_EXT => {
+                match self.drives[i].as_ref().map(|d| d.disk.flush()) {
+                    Some(Err(_)) => self.fail(ERR_UNC),
+                    _ => self.done(),
+                }
+            }
+            CMD_SET_FEATURES => {
+                let mode = match (self.feature.cur, self.count.cur) {
+                    (0x03, 0x00 | 0x01) | (0x03, 0x08..=0x0c) => Some(Some(Mode::Pio)),
+                    (0x03, v @ 0x20..=0x22) => Some(Some(Mode::MultiwordDma(v & 7))),
+                    (0x03, v @ 0x40..=0x45) => Some(Some(Mode::UltraDma(v & 7))),
+                    (0x02 | 0x82 | 0x55 | 0xaa | 0x66 | 0xcc, _) => Some(None),
+                    _ => None,
+                };
+                match mode {
+                    Some(m) => {
+                        if let (Some(m), Some(d)) = (m, self.cur()) {
+                            d.mode = m;
+                        }
+                        self.done();
+                    }
+                    None => self.fail(ERR_ABRT),
+                }
+            }
+            CMD_INIT_PARAMS => {
+                let heads = (self.device & 0x0f) as u16 + 1;
+                let spt = self.count.cur as u16;
+                if let Some(d) = self.cur() {
+                    if spt != 0 {
+                        d.heads = heads;
+                        d.spt = spt;
+                    }
+                }
+                self.done();
+            }
+            CMD_DIAGNOSTIC => {
+                self.signature();
+                self.raise();
+            }
+            CMD_READ_NATIVE_MAX => {
+                let max = sectors.min(LBA28_MAX_SECTORS) - 1;
+                self.lba_low.set(max as u8);
+                self.lba_mid.set((max >> 8) as u8);
+                self.lba_high.set((max >> 16) as u8);
+                self.device = (self.device & 0xf0) | ((max >> 24) as u8 & 0x0f);
+                self.done();
+            }
+            CMD_READ_NATIVE_MAX_EXT => {
+                let max = sectors - 1;
+                for (k, f) in [&mut self.lba_low, &mut self.lba_mid, &mut self.lba_high]
+                    .into_iter()
+                    .enumerate()
+                {
+                    f.prev = (max >> (24 + 8 * k)) as u8;
+                    f.cur = (max >> (8 * k)) as u8;
+                }
+                self.done();
+            }
+            CMD_CHECK_POWER => {
+                self.count.set(0xff);
+                self.done();
+            }
+            CMD_STANDBY_IMMEDIATE
+            | CMD_IDLE_IMMEDIATE
+            | CMD_STANDBY
+            | CMD_IDLE
+            | 0x94..=0x97
+            | 0x10..=0x1f
+            | CMD_SEEK => self.done(),
+            _ => self.fail(ERR_ABRT),
+        }
+    }
+
+    /// The DMA transfer waiting for the engine, if any.
+    pub fn dma_request(&self) -> Option<(usize, DmaRequest)> {
+        self.dma
+    }
+
+    /// The engine finished (or gave up on) the pending DMA transfer.
+    pub fn dma_done(&mut self, status: DmaStatus) {
+        let Some((drive, _)) = self.dma.take() else {
+            return;
+        };
+        let (st, err) = match status {
+            DmaStatus::Ok => (ST_DRDY | ST_DSC, 0),
+            DmaStatus::Aborted => (ST_DRDY | ST_DSC | ST_ERR, ERR_ABRT),
+            DmaStatus::MediaError => (ST_DRDY | ST_DSC | ST_ERR, ERR_UNC),
+        };
+        if let Some(d) = self.drives[drive].as_mut() {
+            d.status = st;
+            d.error = err;
+        }
+        self.raise();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::devices::test_util::CountingIrq;
+    use std::path::{Path, PathBuf};
+
+    /// A self-deleting image file (std only).
+    pub struct TempImage(PathBuf);
+
+    impl TempImage {
+        pub fn new(sectors: u64) -> Self {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static N: AtomicU64 = AtomicU64::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "ide-test-{}-{}.img",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let data: Vec<u8> = (0..sectors * SECTOR_SIZE)
+                .map(|i| pattern(i / SECTOR_SIZE, (i % SECTOR_SIZE) as usize))
+                .collect();
+            std::fs::write(&p, data).unwrap();
+            Self(p)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+        pub fn open(&self, ro: bool) -> RawDisk {
+            RawDisk::open(&self.0, ro).unwrap()
+        }
+        pub fn sector(&self, lba: u64) -> Vec<u8> {
+            let all = std::fs::read(&self.0).unwrap();
+            all[(lba * SECTOR_SIZE) as usize..][..SECTOR].to_vec()
+        }
+    }
+
+    impl Drop for TempImage {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// The initial content of byte `i` of sector `lba`.
+    pub fn pattern(lba: u64, i: usize) -> u8 {
+        (lba as u8).wrapping_mul(31) ^ (i as u8) ^ ((lba >> 8) as u8)
+    }
+
+    fn channel(img: &TempImage, ro: bool) -> (AtaChannel, Arc<CountingIrq>) {
+        let irq = Arc::new(CountingIrq::default());
+        let c = AtaChannel::new(Some(Drive::new(img.open(ro), 0)), None, irq.clone());
+        (c, irq)
+    }
+
+    fn w(c: &mut AtaChannel, reg: u8, v: u8) {
+        c.write_reg(reg, &[v]);
+    }
+
+    fn r(c: &mut AtaChannel, reg: u8) -> u8 {
+        let mut b = [0u8];
+        c.read_reg(reg, &mut b);
+        b[0]
+    }
+
+    fn lba28_cmd(c: &mut AtaChannel, lba: u32, count: u8, cmd: u8) {
+        w(c, REG_COUNT, count);
+        w(c, REG_LBA_LOW, lba as u8);
+        w(c, REG_LBA_MID, (lba >> 8) as u8);
+        w(c, REG_LBA_HIGH, (lba >> 16) as u8);
+        w(c, REG_DEVICE, 0xe0 | ((lba >> 24) as u8 & 0x0f));
+        w(c, REG_STATUS_COMMAND, cmd);
+    }
+
+    fn lba48_cmd(c: &mut AtaChannel, lba: u64, count: u16, cmd: u8) {
+        w(c, REG_COUNT, (count >> 8) as u8);
+        w(c, REG_LBA_LOW, (lba >> 24) as u8);
+        w(c, REG_LBA_MID, (lba >> 32) as u8);
+        w(c, REG_LBA_HIGH, (lba >> 40) as u8);
+        w(c, REG_COUNT, count as u8);
+        w(c, REG_LBA_LOW, lba as u8);
+        w(c, REG_LBA_MID, (lba >> 8) as u8);
+        w(c, REG_LBA_HIGH, (lba >> 16) as u8);
+        w(c, REG_DEVICE, 0x40);
+        w(c, REG_STATUS_COMMAND, cmd);
+    }
+
+    fn read_block(c: &mut AtaChannel) -> Vec<u8> {
+        let mut out = vec![0u8; SECTOR];
+        for chunk in out.chunks_mut(2) {
+            c.read_reg(REG_DATA, chunk);
+        }
+        out
+    }
+
+    fn identify(c: &mut AtaChannel) -> [u16; 256] {
+        w(c, REG_DEVICE, 0xa0);
+        w(c, REG_STATUS_COMMAND, CMD_IDENTIFY);
+        assert_eq!(r(c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+        let b = read_block(c);
+        assert_eq!(r(c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        let mut words = [0u16; 256];
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = u16::from_le_bytes([b[2 * i], b[2 * i + 1]]);
+        }
+        words
+    }
+
+    fn string(words: &[u16]) -> String {
+        words
+            .iter()
+            .flat_map(|w| [(w >> 8) as u8 as char, *w as u8 as char])
+            .collect::<String>()
+            .trim_end()
+            .to_string()
+    }
+
+    #[test]
+    fn identify_content() {
+        let img = TempImage::new(64);
+        let (mut c, irq) = channel(&img, false);
+        let id = identify(&mut c);
+        assert_eq!(irq.count(), 1);
+        assert_eq!(string(&id[27..47]), MODEL);
+        assert_eq!(string(&id[23..27]), FIRMWARE);
+        assert!(!string(&id[10..20]).is_empty());
+        assert_eq!(id[49] & (3 << 8), 3 << 8);
+        assert_eq!(id[60] as u32 | (id[61] as u32) << 16, 64);
+        assert_eq!(id[83] & (1 << 10), 1 << 10);
+        assert_eq!(id[86] & (1 << 10), 1 << 10);
+        assert_eq!(id[83] & (3 << 12), 3 << 12);
+        let lba48: u64 = (0..4).map(|i| (id[100 + i] as u64) << (16 * i)).sum();
+        assert_eq!(lba48, 64);
+        assert_eq!(id[63] & 7, 7);
+        assert_eq!(id[88] & 0x3f, 0x3f);
+        assert_eq!(id[255] & 0xff, 0xa5);
+        let sum = id.iter().fold(0u8, |s, w| {
+            s.wrapping_add(*w as u8).wrapping_add((w >> 8) as u8)
+        });
+        assert_eq!(sum, 0, "checksum");
+    }
+
+    #[test]
+    fn identify_caps_lba28_capacity() {
+        // A sparse 200 GiB image: more than 2^28 sectors.
+        let img = TempImage::new(1);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(img.path())
+            .unwrap();
+        let sectors = 0x1000_0000u64 + 8;
+        f.set_len(sectors * SECTOR_SIZE).unwrap();
+        let d = Drive::new(img.open(true), 0);
+        let id = d.identify();
+        assert_eq!(id[60] as u32 | (id[61] as u32) << 16, 0x0fff_ffff);
+        let lba48: u64 = (0..4).map(|i| (id[100 + i] as u64) << (16 * i)).sum();
+        assert_eq!(lba48, sectors);
+    }
+
+    #[test]
+    fn set_features_transfer_mode_shows_in_identify() {
+        let img = TempImage::new(8);
+        let (mut c, _) = channel(&img, false);
+        w(&mut c, REG_ERROR_FEATURE, 0x03);
+        w(&mut c, REG_COUNT, 0x22);
+        w(&mut c, REG_STATUS_COMMAND, CMD_SET_FEATURES);
+        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        let id = identify(&mut c);
+        assert_eq!(id[63], 0x0407);
+        assert_eq!(id[88], 0x003f);
+        w(&mut c, REG_ERROR_FEATURE, 0x03);
+        w(&mut c, REG_COUNT, 0x47); // UDMA 7: not supported
+        w(&mut c, REG_STATUS_COMMAND, CMD_SET_FEATURES);
+        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_ERR);
+        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_ABRT);
+    }
+
+    #[test]
+    fn lba28_and_lba48_decoding() {
+        let img = TempImage::new(8);
+        let (mut c, _) = channel(&img, false);
+        w(&mut c, REG_COUNT, 0);
+        w(&mut c, REG_LBA_LOW, 0x44);
+        w(&mut c, REG_LBA_MID, 0x33);
+        w(&mut c, REG_LBA_HIGH, 0x22);
+        w(&mut c, REG_DEVICE, 0xe1);
+        let d = c.drive(0).unwrap();
+        assert_eq!(c.lba28(d), Some((0x0122_3344, 256)));
+        lba48_cmd(&mut c, 0, 0, 0); // just program
+        assert_eq!(c.lba48(), (0, 65536));
+        w(&mut c, REG_COUNT, 0x12);
+        w(&mut c, REG_LBA_LOW, 0xa1);
+        w(&mut c, REG_LBA_MID, 0xa2);
+        w(&mut c, REG_LBA_HIGH, 0xa3);
+        w(&mut c, REG_COUNT, 0x34);
+        w(&mut c, REG_LBA_LOW, 0xb1);
+        w(&mut c, REG_LBA_MID, 0xb2);
+        w(&mut c, REG_LBA_HIGH, 0xb3);
+        assert_eq!(c.lba48(), (0xa3a2_a1b3_b2b1, 0x1234));
+        // HOB readback selects the previous values; any register write clears HOB.
+        c.write_control(CTL_HOB);
+        assert_eq!(r(&mut c, REG_COUNT), 0x12);
+        assert_eq!(r(&mut c, REG_LBA_HIGH), 0xa3);
+        c.write_control(0);
+        assert_eq!(r(&mut c, REG_COUNT), 0x34);
+        c.write_control(CTL_HOB);
+        w(&mut c, REG_ERROR_FEATURE, 0);
+        assert_eq!(r(&mut c, REG_LBA_LOW), 0xb1);
+        // CHS: cylinder 1, head 2, sector 3 with 16 heads and 63 sectors per track.
+        w(&mut c, REG_LBA_LOW, 3);
+        w(&mut c, REG_LBA_MID, 1);
+        w(&mut c, REG_LBA_HIGH, 0);
+        w(&mut c, REG_DEVICE, 0xa2);
+        let d = c.drive(0).unwrap();
+        assert_eq!(c.lba28(d).unwrap().0, (16 + 2) * 63 + 2);
+    }
+
+    #[test]
+    fn pio_read_multi_sector() {
+        let img = TempImage::new(16);
+        let (mut c, irq) = channel(&img, false);
+        lba28_cmd(&mut c, 3, 3, CMD_READ_SECTORS);
+        for k in 0..3u64 {
+            assert_eq!(irq.count(), k + 1, "one interrupt per block");
+            assert_eq!(c.alt_status(), ST_DRDY | ST_DSC | ST_DRQ);
+            assert!(c.irq_pending());
+            assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+            assert!(!c.irq_pending(), "status read acknowledges");
+            assert_eq!(read_block(&mut c), img.sector(3 + k));
+        }
+        assert_eq!(irq.count(), 3, "no interrupt after the last block");
+        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        // Extra data reads return 0 and change nothing.
+        let mut b = [0xaau8; 2];
+        c.read_reg(REG_DATA, &mut b);
+        assert_eq!(b, [0, 0]);
+    }
+
+    #[test]
+    fn pio_read_lba48_dwords() {
+        let img = TempImage::new(16);
+        let (mut c, irq) = channel(&img, false);
+        lba48_cmd(&mut c, 14, 2, CMD_READ_SECTORS_EXT);
+        for k in 0..2u64 {
+            r(&mut c, REG_STATUS_COMMAND);
+            let mut out = vec![0u8; SECTOR];
+            for chunk in out.chunks_mut(4) {
+                c.read_reg(REG_DATA, chunk);
+            }
+            assert_eq!(out, img.sector(14 + k));
+        }
+        assert_eq!(irq.count(), 2);
+        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+    }
+
+    #[test]
+    fn pio_write_multi_sector() {
+        let img = TempImage::new(16);
+        let (mut c, irq) = channel(&img, false);
+        lba48_cmd(&mut c, 5, 2, CMD_WRITE_SECTORS_EXT);
+        assert_eq!(irq.count(), 0, "no interrupt before the first block");
+        for k in 0..2u8 {
+            assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+            for j in 0..256u16 {
+                c.write_reg(REG_DATA, &(j ^ (k as u16) << 8).to_le_bytes());
+            }
+            assert_eq!(irq.count(), k as u64 + 1, "interrupt after each block");
+        }
+        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        let s = img.sector(6);
+        assert_eq!(&s[..4], &[0, 1, 1, 1]);
+        assert_eq!(img.sector(7), {
+            let mut v = vec![0u8; SECTOR];
+            for (i, b) in v.iter_mut().enumerate() {
+                *b = pattern(7, i);
+            }
+            v
+        });
+        // Extra writes are ignored.
+        c.write_reg(REG_DATA, &[1, 2]);
+        assert_eq!(img.sector(4)[0], pattern(4, 0));
+    }
+
+    #[test]
+    fn nien_suppresses_interrupts() {
+        let img = TempImage::new(16);
+        let (mut c, irq) = channel(&img, false);
+        c.write_control(CTL_NIEN);
+        lba28_cmd(&mut c, 0, 2, CMD_READ_SECTORS);
+        read_block(&mut c);
+        read_block(&mut c);
+        w(&mut c, REG_STATUS_COMMAND, CMD_FLUSH_CACHE);
+        assert_eq!(irq.count(), 0);
+        assert!(!c.irq_pending());
+        assert!(!c.take_irq_latch());
+        c.write_control(0);
+        w(&mut c, REG_STATUS_COMMAND, CMD_FLUSH_CACHE);
+        assert_eq!(irq.count(), 1);
+        assert!(c.take_irq_latch());
+    }
+
+    #[test]
+    fn errors() {
+        let img = TempImage::new(16);
+        let (mut c, irq) = channel(&img, false);
+        lba28_cmd(&mut c, 15, 2, CMD_READ_SECTORS);
+        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_ERR);
+        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_IDNF);
+        assert_eq!(irq.count(), 1);
+        lba48_cmd(&mut c, 1 << 40, 1, CMD_WRITE_DMA_EXT);
+        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_IDNF);
+        lba48_cmd(&mut c, 0, 0, CMD_READ_DMA_EXT); // 65536 sectors
+        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_IDNF);
+        w(&mut c, REG_STATUS_COMMAND, 0x00);
+        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_ERR);
+        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_ABRT);
+        w(&mut c, REG_STATUS_COMMAND, 0xb0); // SMART: not supported
+        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_ABRT);
+        // A good command clears the error.
+        w(&mut c, REG_STATUS_COMMAND, CMD_IDLE_IMMEDIATE);
+        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        assert_eq!(r(&mut c, REG_ERROR_FEATURE), 0);
+
+        let (mut ro, _) = channel(&img, true);
+        lba28_cmd(&mut ro, 0, 1, CMD_WRITE_SECTORS);
+        assert_eq!(r(&mut ro, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_ERR);
+        assert_eq!(r(&mut ro, REG_ERROR_FEATURE), ERR_ABRT);
+        lba28_cmd(&mut ro, 0, 1, CMD_WRITE_DMA);
+        assert_eq!(r(&mut ro, REG_ERROR_FEATURE), ERR_ABRT);
+        w(&mut ro, REG_STATUS_COMMAND, CMD_FLUSH_CACHE);
+        assert_eq!(r(&mut ro, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        assert_eq!(img.sector(0)[0], pattern(0, 0));
+    }
+
+    #[test]
+    fn soft_reset_signature() {
+        let img = TempImage::new(16);
+        let (mut c, _) = channel(&img, false);
+        lba28_cmd(&mut c, 3, 2, CMD_READ_SECTORS);
+        w(&mut c, REG_ERROR_FEATURE, 0x55);
+        c.write_control(CTL_SRST);
+        assert_ne!(c.alt_status() & ST_BSY, 0);
+        c.write_control(0);
+        assert_eq!(c.alt_status(), ST_DRDY | ST_DSC);
+        assert_eq!(r(&mut c, REG_COUNT), 1);
+        assert_eq!(r(&mut c, REG_LBA_LOW), 1);
+        assert_eq!(r(&mut c, REG_LBA_MID), 0);
+        assert_eq!(r(&mut c, REG_LBA_HIGH), 0);
+        assert_eq!(r(&mut c, REG_DEVICE) & DEV_DRV, 0);
+        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_AMNF);
+        // The aborted transfer is gone.
+        let mut b = [0xffu8; 2];
+        c.read_reg(REG_DATA, &mut b);
+        assert_eq!(b, [0, 0]);
+    }
+
+    #[test]
+    fn absent_drives() {
+        let img = TempImage::new(16);
+        let (mut c, irq) = channel(&img, false);
+        // Slave absent: status and error read 0, commands are ignored.
+        w(&mut c, REG_DEVICE, 0xb0);
+        assert_eq!(r(&mut c, REG_STATUS_COMMAND), 0);
+        assert_eq!(c.alt_status(), 0);
+        w(&mut c, REG_STATUS_COMMAND, CMD_IDENTIFY);
+        assert_eq!(r(&mut c, REG_STATUS_COMMAND), 0);
+        assert_eq!(irq.count(), 0);
+        // No drive at all: every register reads 0 (as QEMU).
+        let irq = Arc::new(CountingIrq::default());
+        let mut e = AtaChannel::new(None, None, irq.clone());
+        for reg in 1..8 {
+            w(&mut e, reg, 0x5a);
+        }
+        for reg in 1..8 {
+            assert_eq!(r(&mut e, reg), 0, "register {reg}");
+        }
+        assert_eq!(irq.count(), 0);
+    }
+
+    #[test]
+    fn any_access_is_harmless() {
+        let img = TempImage::new(4);
+        let (mut c, _) = channel(&img, false);
+        let mut seed = 0x1234_5678u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for _ in 0..200_000 {
+            let v = next();
+            let reg = (v & 7) as u8;
+            let len = [0usize, 1, 2, 3, 4, 8][(v >> 3) as usize % 6];
+            let mut buf = vec![(v >> 8) as u8; len];
+            match (v >> 16) % 4 {
+                0 => c.read_reg(reg, &mut buf),
+                1 => c.write_reg(reg, &buf),
+                2 => c.write_control((v >> 24) as u8 & !CTL_SRST),
+                _ => {
+                    if let Some((_, req)) = c.dma_request() {
+                        assert!(req.lba + req.sectors as u64 <= 4);
+                    }
+                    c.dma_done(DmaStatus::Ok);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,609 @@
+//! The PIIX3 IDE function (8086:7010, class 01/01, prog-if 0x80): two ATA channels on the
+//! legacy ports (0x1F0-0x1F7 + 0x3F6 on IRQ 14, 0x170-0x177 + 0x376 on IRQ 15) and the
+//! bus-master DMA registers in BAR4 (16 bytes of I/O: primary at +0, secondary at +8).
+//!
+//! Firmware state is preset: I/O decode and bus master enabled in the command register, BAR4
+//! assigned, and the IDE decode enable bit (bit 15) set in both IDETIM registers (0x40, 0x42).
+//! Clearing I/O decode or a channel's decode enable makes its legacy ports float (0xFF, writes
+//! ignored); clearing bus master makes DMA fail with the bus-master error bit. The guest may
+//! rewrite BAR4, but the registers stay where the harness put them.
+
+use super::ata::{AtaChannel, DmaStatus, Drive};
+use super::bmdma::{BmDma, BmEvent, DmaOutcome};
+use crate::backends::disk::RawDisk;
+use crate::devices::bus::BusDevice;
+use crate::devices::pci::config::{PciConfig, CMD_BUS_MASTER, CMD_IO};
+use crate::devices::pci::PciFunction;
+use crate::devices::{lock, Interrupt};
+use std::sync::{Arc, Mutex};
+use vm_memory::GuestMemory;
+
+pub const VENDOR: u16 = 0x8086;
+pub const DEVICE: u16 = 0x7010;
+pub const BAR4: usize = 4;
+pub const BAR4_SIZE: u64 = 16;
+
+pub const PRIMARY_CMD: u64 = 0x1f0;
+pub const PRIMARY_CTL: u64 = 0x3f6;
+pub const SECONDARY_CMD: u64 = 0x170;
+pub const SECONDARY_CTL: u64 = 0x376;
+pub const CMD_LEN: u64 = 8;
+pub const CTL_LEN: u64 = 1;
+pub const PRIMARY_GSI: u32 = 14;
+pub const SECONDARY_GSI: u32 = 15;
+
+/// At most two drives on each of the two channels.
+pub const MAX_DRIVES: usize = 4;
+
+/// Device-specific config registers kept by the model: IDETIM (0x40, 0x42), SIDETIM (0x44),
+/// UDMACTL (0x48), UDMATIM (0x4A).
+const TIMING_BASE: u64 = 0x40;
+const TIMING_LEN: u64 = 0x0c;
+/// IDETIM bit 15: IDE decode enable.
+const IDETIM_DECODE: u16 = 0x8000;
+
+struct Channel {
+    ata: AtaChannel,
+    bm: BmDma,
+}
+
+pub struct PiixIde<M> {
+    config: PciConfig,
+    timing: [u8; TIMING_LEN as usize],
+    channels: [Channel; 2],
+    mem: M,
+}
+
+impl<M: GuestMemory> PiixIde<M> {
+    /// `disks` in order primary master, primary slave, secondary master, secondary slave;
+    /// `irqs` for the primary and secondary channel.
+    pub fn new(mem: M, disks: Vec<RawDisk>, irqs: [Arc<dyn Interrupt>; 2]) -> Result<Self, String> {
+        if disks.len() > MAX_DRIVES {
+            return Err(format!(
+                "at most {MAX_DRIVES} IDE disks (primary and secondary, master and slave), got {}",
+                disks.len()
+            ));
+        }
+        let mut drives: Vec<Option<Drive>> = disks
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| Some(Drive::new(d, i)))
+            .collect();
+        drives.resize_with(MAX_DRIVES, || None);
+        let mut it = drives.into_iter();
+        let [irq0, irq1] = irqs;
+        let mut channels = [irq0, irq1].map(|irq| {
+            let master = it.next().flatten();
+            let slave = it.next().flatten();
+            Channel {
+                ata: AtaChannel::new(master, slave, irq),
+                bm: BmDma::new(),
+            }
+        });
+        for c in &mut channels {
+            let (d0, d1) = (c.ata.drive(0).is_some(), c.ata.drive(1).is_some());
+            c.bm.set_drive_capable(d0, d1);
+        }
+        let mut config = PciConfig::new(VENDOR, DEVICE, 0x01, 0x01, 0x80);
+        config
+            .add_io_bar(BAR4, BAR4_SIZE)
+            .map_err(|e| e.to_string())?;
+        config.enable(CMD_IO | CMD_BUS_MASTER);
+        let mut timing = [0u8; TIMING_LEN as usize];
+        timing[0..2].copy_from_slice(&IDETIM_DECODE.to_le_bytes());
+        timing[2..4].copy_from_slice(&IDETIM_DECODE.to_le_bytes());
+        Ok(Self {
+            config,
+            timing,
+            channels,
+            mem,
+        })
+    }
+
+    pub fn config_mut(&mut self) -> &mut PciConfig {
+        &mut self.config
+    }
+
+    pub fn config(&self) -> &PciConfig {
+        &self.config
+    }
+
+    fn legacy_decode(&self, ch: usize) -> bool {
+        let idetim = u16::from_le_bytes([self.timing[2 * ch], self.timing[2 * ch + 1]]);
+        self.config.command() & CMD_IO != 0 && idetim & IDETIM_DECODE != 0
+    }
+
+    /// After any access: latch INTRQ edges into the bus-master status, run a DMA transfer that
+    /// has both its command and its engine.
+    fn settle(&mut self, ch: usize) {
+        let bus_master = self.config.command() & CMD_BUS_MASTER != 0;
+        let Self { channels, mem, .. } = self;
+        let c = &mut channels[ch];
+        if c.ata.take_irq_latch() {
+            c.bm.set_interrupt();
+        }
+        if !c.bm.is_active() {
+            return;
+        }
+        let Some((drive, req)) = c.ata.dma_request() else {
+            return;
+        };
+        let outcome = match c.ata.drive(drive) {
+            Some(d) => c.bm.transfer(&*mem, d.disk(), &req, bus_master),
+            None => DmaOutcome::DiskError,
+        };
+        c.ata.dma_done(match outcome {
+            DmaOutcome::Done { .. } => DmaStatus::Ok,
+            DmaOutcome::PrdTooShort | DmaOutcome::MemoryFault => DmaStatus::Aborted,
+            DmaOutcome::DiskError => DmaStatus::MediaError,
+        });
+        if c.ata.take_irq_latch() {
+            c.bm.set_interrupt();
+        }
+    }
+
+    /// Command block of channel `ch` (offset 0..8).
+    pub fn cmd_read(&mut self, ch: usize, offset: u64, data: &mut [u8]) {
+        if ch > 1 || offset >= CMD_LEN || !self.legacy_decode(ch) {
+            data.fill(0xff);
+            return;
+        }
+        self.channels[ch].ata.read_reg(offset as u8, data);
+        self.settle(ch);
+    }
+
+    pub fn cmd_write(&mut self, ch: usize, offset: u64, data: &[u8]) {
+        if ch > 1 || offset >= CMD_LEN || !self.legacy_decode(ch) {
+            return;
+        }
+        self.channels[ch].ata.write_reg(offset as u8, data);
+        self.settle(ch);
+    }
+
+    /// Control block of channel `ch`: alternate status / device control.
+    pub fn ctl_read(&mut self, ch: usize, offset: u64, data: &mut [u8]) {
+        if ch > 1 || offset != 0 || !self.legacy_decode(ch) {
+            data.fill(0xff);
+            return;
+        }
+        data.fill(self.channels[ch].ata.alt_status());
+    }
+
+    pub fn ctl_write(&mut self, ch: usize, offset: u64, data: &[u8]) {
+        if ch > 1 || offset != 0 || !self.legacy_decode(ch) {
+            return;
+        }
+        if let Some(&v) = data.first() {
+            self.channels[ch].ata.write_control(v);
+            self.settle(ch);
+        }
+    }
+
+    /// BAR4: bus-master registers, primary at +0, secondary at +8.
+    pub fn bm_read(&mut self, offset: u64, data: &mut [u8]) {
+        let decode = self.config.command() & CMD_IO != 0;
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = 0xff;
+            match offset.checked_add(i as u64) {
+                Some(o) if o < BAR4_SIZE && decode => {
+                    self.channels[(o / 8) as usize]
+                        .bm
+                        .read(o % 8, std::slice::from_mut(b));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub fn bm_write(&mut self, offset: u64, data: &[u8]) {
+        if self.config.command() & CMD_IO == 0 {
+            return;
+        }
+        let mut started = [false; 2];
+        for (i, &v) in data.iter().enumerate() {
+            match offset.checked_add(i as u64) {
+                Some(o) if o < BAR4_SIZE => {
+                    let ch = (o / 8) as usize;
+                    if self.channels[ch].bm.write(o % 8, &[v]) == BmEvent::Started {
+                        started[ch] = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (ch, s) in started.into_iter().enumerate() {
+            if s {
+                self.settle(ch);
+            }
+        }
+    }
+
+    pub fn config_read(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            let o = offset.saturating_add(i as u64);
+            if (TIMING_BASE..TIMING_BASE + TIMING_LEN).contains(&o) {
+                *b = self.timing[(o - TIMING_BASE) as usize];
+            } else {
+                self.config.read(o, std::slice::from_mut(b));
+            }
+        }
+    }
+
+    pub fn config_write(&mut self, offset: u64, data: &[u8]) {
+        for (i, &v) in data.iter().enumerate() {
+            let o = offset.saturating_add(i as u64);
+            if (TIMING_BASE..TIMING_BASE + TIMING_LEN).contains(&o) {
+                self.timing[(o - TIMING_BASE) as usize] = v;
+            } else {
+                self.config.write(o, &[v]);
+            }
+        }
+    }
+}
+
+/// Which of the controller's port ranges a bus region is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    Command(usize),
+    Control(usize),
+    BusMaster,
+}
+
+/// One bus region of the shared controller.
+pub struct IdePort<M> {
+    ide: Arc<Mutex<PiixIde<M>>>,
+    port: Port,
+}
+
+impl<M> IdePort<M> {
+    pub fn new(ide: Arc<Mutex<PiixIde<M>>>, port: Port) -> Self {
+        Self { ide, port }
+    }
+}
+
+impl<M: GuestMemory + Send> BusDevice for IdePort<M> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let mut ide = lock(&self.ide);
+        match self.port {
+            Port::Command(ch) => ide.cmd_read(ch, offset, data),
+            Port::Control(ch) => ide.ctl_read(ch, offset, data),
+            Port::BusMaster => ide.bm_read(offset, data),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut ide = lock(&self.ide);
+        match self.port {
+            Port::Command(ch) => ide.cmd_write(ch, offset, data),
+            Port::Control(ch) => ide.ctl_write(ch, offset, data),
+            Port::BusMaster => ide.bm_write(offset, data),
+        }
+    }
+}
+
+/// The controller's PCI configuration space.
+pub struct PiixFunction<M> {
+    ide: Arc<Mutex<PiixIde<M>>>,
+}
+
+impl<M> PiixFunction<M> {
+    pub fn new(ide: Arc<Mutex<PiixIde<M>>>) -> Self {
+        Self { ide }
+    }
+}
+
+impl<M: GuestMemory + Send> PciFunction for PiixFunction<M> {
+    fn config_read(&mut self, offset: u64, data: &mut [u8]) {
+        lock(&self.ide).config_read(offset, data)
+    }
+    fn config_write(&mut self, offset: u64, data: &[u8]) {
+        lock(&self.ide).config_write(offset, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ata::tests::{pattern, TempImage};
+    use super::super::ata::*;
+    use super::super::bmdma::{
+        CMD_START, CMD_WRITE_TO_MEMORY, ST_ACTIVE, ST_DRIVE0_DMA, ST_ERROR, ST_INTERRUPT,
+    };
+    use super::*;
+    use crate::devices::test_util::CountingIrq;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    type Mem = GuestMemoryMmap<()>;
+    const RAM: u64 = 2 << 20;
+
+    struct Rig {
+        ide: PiixIde<Mem>,
+        mem: Mem,
+        irqs: [Arc<CountingIrq>; 2],
+        _imgs: Vec<TempImage>,
+    }
+
+    fn rig(n: usize, sectors: u64) -> (Rig, Vec<std::path::PathBuf>) {
+        let mem = Mem::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+        let imgs: Vec<TempImage> = (0..n).map(|_| TempImage::new(sectors)).collect();
+        let paths = imgs.iter().map(|i| i.path().to_path_buf()).collect();
+        let irqs = [
+            Arc::new(CountingIrq::default()),
+            Arc::new(CountingIrq::default()),
+        ];
+        let ide = PiixIde::new(
+            mem.clone(),
+            imgs.iter().map(|i| i.open(false)).collect(),
+            [irqs[0].clone(), irqs[1].clone()],
+        )
+        .unwrap();
+        (
+            Rig {
+                ide,
+                mem,
+                irqs,
+                _imgs: imgs,
+            },
+            paths,
+        )
+    }
+
+    impl Rig {
+        fn w(&mut self, ch: usize, reg: u8, v: u8) {
+            self.ide.cmd_write(ch, reg as u64, &[v]);
+        }
+        fn r(&mut self, ch: usize, reg: u8) -> u8 {
+            let mut b = [0u8];
+            self.ide.cmd_read(ch, reg as u64, &mut b);
+            b[0]
+        }
+        fn bm_status(&mut self, ch: usize) -> u8 {
+            let mut b = [0u8];
+            self.ide.bm_read(8 * ch as u64 + 2, &mut b);
+            b[0]
+        }
+        fn dma_cmd(&mut self, ch: usize, dev: u8, lba: u32, count: u8, cmd: u8) {
+            self.w(ch, REG_COUNT, count);
+            self.w(ch, REG_LBA_LOW, lba as u8);
+            self.w(ch, REG_LBA_MID, (lba >> 8) as u8);
+            self.w(ch, REG_LBA_HIGH, (lba >> 16) as u8);
+            self.w(ch, REG_DEVICE, dev);
+            self.w(ch, REG_STATUS_COMMAND, cmd);
+        }
+        fn prd(&self, table: u64, entries: &[(u32, u16, bool)]) {
+            for (i, &(a, c, eot)) in entries.iter().enumerate() {
+                let flags = c as u32 | if eot { 1 << 31 } else { 0 };
+                let mut e = a.to_le_bytes().to_vec();
+                e.extend_from_slice(&flags.to_le_bytes());
+                self.mem
+                    .write_slice(&e, GuestAddress(table + 8 * i as u64))
+                    .unwrap();
+            }
+        }
+    }
+
+    fn cfg32(ide: &PiixIde<Mem>, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        ide.config_read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn config_space() {
+        let (mut rig, _) = rig(1, 8);
+        rig.ide.config_mut().set_bar_address(BAR4, 0xc040).unwrap();
+        let ide = &mut rig.ide;
+        assert_eq!(cfg32(ide, 0), 0x7010_8086);
+        assert_eq!(cfg32(ide, 8) >> 8, 0x01_01_80);
+        assert_eq!(cfg32(ide, 4) & 0x7, 0x5, "I/O + bus master");
+        assert_eq!(cfg32(ide, 0x20), 0xc041);
+        for bar in 0..4 {
+            assert_eq!(cfg32(ide, 0x10 + 4 * bar), 0);
+        }
+        assert_eq!(cfg32(ide, 0x40), 0x8000_8000);
+        // BAR4 sizing.
+        ide.config_write(0x20, &0xffff_ffffu32.to_le_bytes());
+        assert_eq!(cfg32(ide, 0x20), 0xffff_fff1);
+        ide.config_write(0x20, &0xc040u32.to_le_bytes());
+        // Turning off the primary decode floats its ports.
+        ide.config_write(0x41, &[0x00]);
+        let mut b = [0u8];
+        ide.cmd_read(0, 7, &mut b);
+        assert_eq!(b[0], 0xff);
+        ide.config_write(0x41, &[0x80]);
+        ide.cmd_read(0, 7, &mut b);
+        assert_eq!(b[0], ST_DRDY | ST_DSC);
+        // Odd config accesses.
+        let mut big = [0u8; 8];
+        ide.config_read(0xfe, &mut big);
+        ide.config_write(u64::MAX, &[1, 2]);
+    }
+
+    #[test]
+    fn too_many_disks() {
+        let mem = Mem::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+        let imgs: Vec<TempImage> = (0..5).map(|_| TempImage::new(1)).collect();
+        let irq: Arc<dyn Interrupt> = Arc::new(CountingIrq::default());
+        let r = PiixIde::new(
+            mem,
+            imgs.iter().map(|i| i.open(true)).collect(),
+            [irq.clone(), irq],
+        );
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn drive_placement_and_empty_channel() {
+        let (mut rig, _) = rig(3, 8);
+        // Primary master and slave, secondary master; secondary slave absent.
+        for (ch, dev, present) in [
+            (0, 0xa0, true),
+            (0, 0xb0, true),
+            (1, 0xa0, true),
+            (1, 0xb0, false),
+        ] {
+            rig.w(ch, REG_DEVICE, dev);
+            let st = rig.r(ch, REG_STATUS_COMMAND);
+            assert_eq!(st != 0, present, "channel {ch} device {dev:#x}");
+        }
+        assert_eq!(rig.bm_status(0) & 0x60, 0x60);
+        assert_eq!(rig.bm_status(1) & 0x60, ST_DRIVE0_DMA);
+        let (mut one, _) = rig_one();
+        assert_eq!(one.r(1, REG_STATUS_COMMAND), 0);
+        let mut b = [0u8];
+        one.ide.ctl_read(1, 0, &mut b);
+        assert_eq!(b[0], 0);
+    }
+
+    fn rig_one() -> (Rig, Vec<std::path::PathBuf>) {
+        rig(1, 8)
+    }
+
+    #[test]
+    fn read_dma_engine_started_after_command() {
+        let (mut rig, _) = rig(2, 64);
+        rig.prd(0x1000, &[(0x10000, 1024, false), (0x20000, 512, true)]);
+        rig.ide.bm_write(4, &0x1000u32.to_le_bytes());
+        // Slave, LBA 9, 3 sectors.
+        rig.dma_cmd(0, 0xf0, 9, 3, CMD_READ_DMA);
+        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+        assert_eq!(rig.irqs[0].count(), 0);
+        rig.ide.bm_write(0, &[CMD_WRITE_TO_MEMORY | CMD_START]);
+        assert_eq!(rig.irqs[0].count(), 1);
+        assert_eq!(rig.bm_status(0) & 7, ST_INTERRUPT);
+        let mut alt = [0u8];
+        rig.ide.ctl_read(0, 0, &mut alt);
+        assert_eq!(alt[0], ST_DRDY | ST_DSC);
+        let mut got = vec![0u8; 1536];
+        rig.mem
+            .read_slice(&mut got[..1024], GuestAddress(0x10000))
+            .unwrap();
+        rig.mem
+            .read_slice(&mut got[1024..], GuestAddress(0x20000))
+            .unwrap();
+        for (i, b) in got.iter().enumerate() {
+            assert_eq!(*b, pattern(9 + i as u64 / 512, i % 512), "byte {i}");
+        }
+        // Acknowledge: stop the engine, clear the interrupt bit.
+        rig.ide.bm_write(0, &[CMD_WRITE_TO_MEMORY]);
+        rig.ide.bm_write(2, &[ST_INTERRUPT | ST_ERROR | 0x60]);
+        assert_eq!(rig.bm_status(0), 0x60);
+        assert_eq!(rig.irqs[1].count(), 0);
+    }
+
+    #[test]
+    fn write_dma_engine_started_first_lands_in_file() {
+        let (mut rig, paths) = rig(3, 64);
+        let data: Vec<u8> = (0..1024u32).map(|i| (i * 13) as u8).collect();
+        rig.mem.write_slice(&data, GuestAddress(0x40000)).unwrap();
+        rig.prd(0x3000, &[(0x40000, 1024, true)]);
+        rig.ide.bm_write(8 + 4, &0x3000u32.to_le_bytes());
+        rig.ide.bm_write(8, &[CMD_START]);
+        assert_eq!(rig.bm_status(1) & ST_ACTIVE, ST_ACTIVE);
+        // Secondary master, LBA48 WRITE DMA EXT at 20, 2 sectors.
+        rig.w(1, REG_COUNT, 0);
+        rig.w(1, REG_LBA_LOW, 0);
+        rig.w(1, REG_LBA_MID, 0);
+        rig.w(1, REG_LBA_HIGH, 0);
+        rig.w(1, REG_COUNT, 2);
+        rig.w(1, REG_LBA_LOW, 20);
+        rig.w(1, REG_LBA_MID, 0);
+        rig.w(1, REG_LBA_HIGH, 0);
+        rig.w(1, REG_DEVICE, 0x40);
+        rig.w(1, REG_STATUS_COMMAND, CMD_WRITE_DMA_EXT);
+        assert_eq!(rig.irqs[1].count(), 1);
+        assert_eq!(rig.irqs[0].count(), 0);
+        assert_eq!(rig.bm_status(1) & 7, ST_INTERRUPT);
+        assert_eq!(rig.r(1, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        let file = std::fs::read(&paths[2]).unwrap();
+        assert_eq!(&file[20 * 512..22 * 512], &data[..]);
+        assert_eq!(file[22 * 512], pattern(22, 0));
+        // FLUSH CACHE EXT completes.
+        rig.w(1, REG_STATUS_COMMAND, CMD_FLUSH_CACHE_EXT);
+        assert_eq!(rig.r(1, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+    }
+
+    #[test]
+    fn dma_faults() {
+        let (mut rig, _) = rig(1, 64);
+        // Buffer outside RAM: bus-master error, ATA ERR + ABRT, interrupt.
+        rig.prd(0x1000, &[(0xf000_0000, 512, true)]);
+        rig.ide.bm_write(4, &0x1000u32.to_le_bytes());
+        rig.dma_cmd(0, 0xe0, 0, 1, CMD_READ_DMA);
+        rig.ide.bm_write(0, &[CMD_WRITE_TO_MEMORY | CMD_START]);
+        assert_eq!(rig.bm_status(0) & 7, ST_ERROR | ST_INTERRUPT);
+        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_ERR);
+        assert_eq!(rig.r(0, REG_ERROR_FEATURE), ERR_ABRT);
+        rig.ide.bm_write(0, &[0]);
+        rig.ide.bm_write(2, &[ST_ERROR | ST_INTERRUPT]);
+        // Bus mastering disabled in the command register.
+        rig.prd(0x1000, &[(0x10000, 512, true)]);
+        rig.ide.config_write(4, &[0x01]);
+        rig.dma_cmd(0, 0xe0, 0, 1, CMD_READ_DMA);
+        rig.ide.bm_write(0, &[CMD_WRITE_TO_MEMORY | CMD_START]);
+        assert_eq!(rig.bm_status(0) & ST_ERROR, ST_ERROR);
+        rig.ide.config_write(4, &[0x05]);
+        rig.ide.bm_write(0, &[0]);
+        rig.ide.bm_write(2, &[ST_ERROR | ST_INTERRUPT]);
+        // A table longer than the transfer: done, interrupt, active stays.
+        rig.prd(0x1000, &[(0x10000, 4096, true)]);
+        rig.dma_cmd(0, 0xe0, 0, 1, CMD_READ_DMA);
+        rig.ide.bm_write(0, &[CMD_WRITE_TO_MEMORY | CMD_START]);
+        assert_eq!(rig.bm_status(0) & 7, ST_ACTIVE | ST_INTERRUPT);
+        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        // Stopping the engine with a command pending leaves the command waiting.
+        rig.ide.bm_write(0, &[0]);
+        rig.dma_cmd(0, 0xe0, 0, 1, CMD_READ_DMA);
+        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+        // SRST drops it.
+        rig.ide.ctl_write(0, 0, &[CTL_SRST]);
+        rig.ide.ctl_write(0, 0, &[0]);
+        rig.ide.bm_write(0, &[CMD_START]);
+        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+    }
+
+    #[test]
+    fn pio_interrupts_latch_bus_master_bit() {
+        let (mut rig, _) = rig(1, 8);
+        rig.dma_cmd(0, 0xe0, 0, 1, CMD_READ_SECTORS);
+        assert_eq!(rig.irqs[0].count(), 1);
+        assert_eq!(rig.bm_status(0) & ST_INTERRUPT, ST_INTERRUPT);
+        let mut d = [0u8; 4];
+        for _ in 0..128 {
+            rig.ide.cmd_read(0, 0, &mut d);
+        }
+        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+    }
+
+    #[test]
+    fn any_access_never_panics() {
+        let (mut rig, _) = rig(3, 16);
+        let mut seed = 0x9e37_79b9u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for _ in 0..300_000 {
+            let v = next();
+            let len = [1usize, 2, 4, 3, 8, 0][(v & 7) as usize % 6];
+            let off = (v >> 3) as u64 % 20;
+            let ch = (v >> 8) as usize % 3;
+            let mut buf = vec![(next() & 0xff) as u8; len];
+            if v >> 31 == 0 && buf.first() == Some(&CMD_START) {
+                // Point the engine at RAM sometimes, at anything otherwise.
+                rig.ide
+                    .bm_write(4, &(next() % (RAM as u32 + 0x1000)).to_le_bytes());
+            }
+            match (v >> 12) % 8 {
+                0 => rig.ide.cmd_read(ch, off, &mut buf),
+                1 | 2 => rig.ide.cmd_write(ch, off, &buf),
+                3 => rig.ide.ctl_read(ch, off, &mut buf),
+                4 => rig.ide.ctl_write(ch, off, &buf),
+                5 => rig.ide.bm_read(off, &mut buf),
+                6 => rig.ide.bm_write(off, &buf),
+                _ => rig.ide.config_write(0x40 + off, &buf),
+            }
+        }
+    }
+}

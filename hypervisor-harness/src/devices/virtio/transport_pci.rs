@@ -1,0 +1,1032 @@
+//! The virtio-pci modern transport (virtio 1.x §4.1) around a [`VirtioDevice`].
+//!
+//! One PCI function: vendor 0x1af4, device 0x1040 + device type, revision 1, INTA with the
+//! interrupt line the harness assigns. Everything lives in BAR0, a 64-bit memory BAR:
+//!
+//! | offset  | what                                                     | capability |
+//! |---------|----------------------------------------------------------|------------|
+//! | 0x0000  | common configuration (`virtio_pci_common_cfg`, 0x38)     | vendor, cfg_type 1 |
+//! | 0x1000  | ISR status (1 byte, read to clear)                       | vendor, cfg_type 3 |
+//! | 0x2000  | device configuration                                     | vendor, cfg_type 4 |
+//! | 0x3000  | notify: queue N at 0x3000 + 4 * N (multiplier 4)         | vendor, cfg_type 2 |
+//! | 0x4000  | MSI-X table (queues + 1 entries)                         | MSI-X (0x11) |
+//! | 0x5000  | MSI-X PBA                                                | |
+//!
+//! Each queue has its own notify address, so `vmm/` can bind one ioeventfd per queue.
+//!
+//! The guest is not trusted: queue registers are validated as they are written, rings are
+//! checked against guest memory before use, and a broken ring sets DEVICE_NEEDS_RESET (status
+//! bit 64) and raises a configuration interrupt instead of stopping anything.
+
+use super::device::{QueueBroken, VirtioDevice};
+use super::{Memory, VirtioInterrupt};
+use crate::devices::bus::BusDevice;
+use crate::devices::pci::config::{PciConfig, REG_COMMAND};
+use crate::devices::pci::msix::{self, Msix, Trigger};
+use crate::devices::pci::PciFunction;
+use crate::devices::{le_value, lock};
+use std::sync::{Arc, Mutex};
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
+};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
+
+pub const VENDOR_ID: u16 = 0x1af4;
+pub const DEVICE_ID_BASE: u16 = 0x1040;
+pub const SUBSYSTEM_ID: u16 = 0x1100;
+pub const REVISION: u8 = 1;
+
+/// The BAR everything lives in (64-bit: slots 0 and 1).
+pub const BAR: usize = 0;
+pub const BAR_SIZE: u64 = 0x8000;
+pub const COMMON_OFFSET: u64 = 0x0000;
+pub const COMMON_LEN: u64 = 0x38;
+pub const ISR_OFFSET: u64 = 0x1000;
+pub const DEVICE_OFFSET: u64 = 0x2000;
+pub const NOTIFY_OFFSET: u64 = 0x3000;
+pub const NOTIFY_MULTIPLIER: u32 = 4;
+pub const MSIX_TABLE_OFFSET: u64 = 0x4000;
+pub const MSIX_PBA_OFFSET: u64 = 0x5000;
+const REGION: u64 = 0x1000;
+
+/// The bus regions of BAR0: (name suffix, offset in the BAR, length). Each becomes its own bus
+/// range so that exits are counted per register block.
+pub const REGIONS: [(&str, u64, u64); 5] = [
+    ("common", COMMON_OFFSET, REGION),
+    ("isr", ISR_OFFSET, REGION),
+    ("device", DEVICE_OFFSET, REGION),
+    ("notify", NOTIFY_OFFSET, REGION),
+    ("msix", MSIX_TABLE_OFFSET, 2 * REGION),
+];
+
+/// "No vector" for config_msix_vector / queue_msix_vector.
+pub const NO_VECTOR: u16 = 0xffff;
+
+pub const CAP_VENDOR: u8 = 0x09;
+pub const CFG_COMMON: u8 = 1;
+pub const CFG_NOTIFY: u8 = 2;
+pub const CFG_ISR: u8 = 3;
+pub const CFG_DEVICE: u8 = 4;
+
+pub const ISR_QUEUE: u8 = 1;
+pub const ISR_CONFIG: u8 = 2;
+
+const STATUS_DRIVER_OK: u8 = VIRTIO_CONFIG_S_DRIVER_OK as u8;
+const STATUS_FEATURES_OK: u8 = VIRTIO_CONFIG_S_FEATURES_OK as u8;
+const STATUS_NEEDS_RESET: u8 = VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+/// Command register: INTx disable.
+const CMD_INTX_DISABLE: u16 = 1 << 10;
+
+/// Offsets in `virtio_pci_common_cfg`.
+pub mod common {
+    pub const DEVICE_FEATURE_SELECT: u64 = 0x00;
+    pub const DEVICE_FEATURE: u64 = 0x04;
+    pub const DRIVER_FEATURE_SELECT: u64 = 0x08;
+    pub const DRIVER_FEATURE: u64 = 0x0c;
+    pub const CONFIG_MSIX_VECTOR: u64 = 0x10;
+    pub const NUM_QUEUES: u64 = 0x12;
+    pub const DEVICE_STATUS: u64 = 0x14;
+    pub const CONFIG_GENERATION: u64 = 0x15;
+    pub const QUEUE_SELECT: u64 = 0x16;
+    pub const QUEUE_SIZE: u64 = 0x18;
+    pub const QUEUE_MSIX_VECTOR: u64 = 0x1a;
+    pub const QUEUE_ENABLE: u64 = 0x1c;
+    pub const QUEUE_NOTIFY_OFF: u64 = 0x1e;
+    pub const QUEUE_DESC: u64 = 0x20;
+    pub const QUEUE_DRIVER: u64 = 0x28;
+    pub const QUEUE_DEVICE: u64 = 0x30;
+}
+
+/// The PCI class triple for a virtio device type.
+fn class_of(device_type: u16) -> (u8, u8, u8) {
+    match device_type {
+        1 => (0x02, 0x00, 0x00), // network controller
+        2 => (0x01, 0x80, 0x00), // mass storage, other
+        3 => (0x07, 0x80, 0x00), // communication, other
+        _ => (0xff, 0x00, 0x00),
+    }
+}
+
+/// A virtio_pci_cap body (after cap_vndr and cap_next).
+fn vendor_cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
+    let mut b = vec![(16 + extra.len()) as u8, cfg_type, BAR as u8, 0, 0, 0];
+    b.extend_from_slice(&(offset as u32).to_le_bytes());
+    b.extend_from_slice(&(length as u32).to_le_bytes());
+    b.extend_from_slice(extra);
+    b
+}
+
+/// Counters of what the transport saw (for tests and diagnostics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TransportStats {
+    pub notifies: u64,
+    pub queue_interrupts: u64,
+    pub config_interrupts: u64,
+    pub resets: u64,
+}
+
+pub struct VirtioPciDevice {
+    config: PciConfig,
+    msix: Msix,
+    msix_cap: usize,
+    device: Box<dyn VirtioDevice>,
+    irq: Arc<dyn VirtioInterrupt>,
+    mem: Memory,
+    queues: Vec<Queue>,
+    queue_vectors: Vec<u16>,
+    config_vector: u16,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    status: u8,
+    config_generation: u8,
+    queue_select: u16,
+    isr: u8,
+    /// Why the device needs a reset, if it does.
+    broken: Option<String>,
+    pub stats: TransportStats,
+}
+
+impl VirtioPciDevice {
+    /// Wrap `device`. `intx_line` is the interrupt line (GSI) preset in config space.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: Memory,
+        irq: Arc<dyn VirtioInterrupt>,
+        intx_line: u8,
+    ) -> Result<Self, String> {
+        let ty = device.device_type();
+        let (class, subclass, prog_if) = class_of(ty);
+        let mut config = PciConfig::new(VENDOR_ID, DEVICE_ID_BASE + ty, class, subclass, prog_if);
+        config.set_revision(REVISION);
+        config.set_subsystem(VENDOR_ID, SUBSYSTEM_ID);
+        config.set_interrupt(1, intx_line);
+        let e = |e: crate::devices::pci::config::ConfigError| e.to_string();
+        config.add_mem64_bar(BAR, BAR_SIZE, false).map_err(e)?;
+        let nq = device.queue_max_sizes().len();
+        if nq == 0 || nq > 1024 {
+            return Err(format!("virtio device with {nq} queues"));
+        }
+        let mut queues = Vec::with_capacity(nq);
+        for &max in device.queue_max_sizes() {
+            queues.push(Queue::new(max).map_err(|e| format!("queue size {max}: {e}"))?);
+        }
+        let msix = Msix::new(nq as u16 + 1);
+        if msix.table_len() > REGION || msix.pba_len() > REGION {
+            return Err("too many queues for the MSI-X table".into());
+        }
+        config
+            .add_capability(
+                CAP_VENDOR,
+                &vendor_cap(CFG_COMMON, COMMON_OFFSET, COMMON_LEN, &[]),
+                &[],
+            )
+            .map_err(e)?;
+        config
+            .add_capability(
+                CAP_VENDOR,
+                &vendor_cap(
+                    CFG_NOTIFY,
+                    NOTIFY_OFFSET,
+                    nq as u64 * NOTIFY_MULTIPLIER as u64,
+                    &NOTIFY_MULTIPLIER.to_le_bytes(),
+                ),
+                &[],
+            )
+            .map_err(e)?;
+        config
+            .add_capability(CAP_VENDOR, &vendor_cap(CFG_ISR, ISR_OFFSET, 1, &[]), &[])
+            .map_err(e)?;
+        let dev_len = (device.config_len() as u64).clamp(1, REGION);
+        config
+            .add_capability(
+                CAP_VENDOR,
+                &vendor_cap(CFG_DEVICE, DEVICE_OFFSET, dev_len, &[]),
+                &[],
+            )
+            .map_err(e)?;
+        let mut body = Vec::new();
+        body.extend_from_slice(&msix.control_table_size().to_le_bytes());
+        body.extend_from_slice(&(MSIX_TABLE_OFFSET as u32 | BAR as u32).to_le_bytes());
+        body.extend_from_slice(&(MSIX_PBA_OFFSET as u32 | BAR as u32).to_le_bytes());
+        // Message control: enable and function mask are writable.
+        let msix_cap = config
+            .add_capability(msix::CAP_ID, &body, &[0x00, 0xc0])
+            .map_err(e)?;
+        Ok(Self {
+            config,
+            msix,
+            msix_cap,
+            device,
+            irq,
+            mem,
+            queue_vectors: vec![NO_VECTOR; nq],
+            queues,
+            config_vector: NO_VECTOR,
+            device_feature_select: 0,
+            driver_feature_select: 0,
+            driver_features: 0,
+            status: 0,
+            config_generation: 0,
+            queue_select: 0,
+            isr: 0,
+            broken: None,
+            stats: TransportStats::default(),
+        })
+    }
+
+    pub fn config_mut(&mut self) -> &mut PciConfig {
+        &mut self.config
+    }
+
+    pub fn config(&self) -> &PciConfig {
+        &self.config
+    }
+
+    pub fn num_queues(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+
+    pub fn msix(&self) -> &Msix {
+        &self.msix
+    }
+
+    pub fn queue(&self, index: usize) -> Option<&Queue> {
+        self.queues.get(index)
+    }
+
+    pub fn driver_features(&self) -> u64 {
+        self.driver_features
+    }
+
+    /// Why DEVICE_NEEDS_RESET is set, if it is.
+    pub fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
+    /// Offset in the BAR of queue `index`'s notify register.
+    pub fn notify_offset(index: usize) -> u64 {
+        NOTIFY_OFFSET + index as u64 * NOTIFY_MULTIPLIER as u64
+    }
+
+    fn device_features(&self) -> u64 {
+        self.device.features() | 1 << VIRTIO_F_VERSION_1
+    }
+
+    // ---- common configuration ----
+
+    fn selected_queue(&self) -> Option<usize> {
+        let i = self.queue_select as usize;
+        (i < self.queues.len()).then_some(i)
+    }
+
+    fn common_image(&self) -> [u8; COMMON_LEN as usize] {
+        let mut b = [0u8; COMMON_LEN as usize];
+        let mut put = |off: u64, bytes: &[u8]| {
+            b[off as usize..off as usize + bytes.len()].copy_from_slice(bytes)
+        };
+        let feat = match self.device_feature_select {
+            0 => self.device_features() as u32,
+            1 => (self.device_features() >> 32) as u32,
+            _ => 0,
+        };
+        let drv = match self.driver_feature_select {
+            0 => self.driver_features as u32,
+            1 => (self.driver_features >> 32) as u32,
+            _ => 0,
+        };
+        put(
+            common::DEVICE_FEATURE_SELECT,
+            &self.device_feature_select.to_le_bytes(),
+        );
+        put(common::DEVICE_FEATURE, &feat.to_le_bytes());
+        put(
+            common::DRIVER_FEATURE_SELECT,
+            &self.driver_feature_select.to_le_bytes(),
+        );
+        put(common::DRIVER_FEATURE, &drv.to_le_bytes());
+        put(
+            common::CONFIG_MSIX_VECTOR,
+            &self.config_vector.to_le_bytes(),
+        );
+        put(
+            common::NUM_QUEUES,
+            &(self.queues.len() as u16).to_le_bytes(),
+        );
+        put(common::DEVICE_STATUS, &[self.status]);
+        put(common::CONFIG_GENERATION, &[self.config_generation]);
+        put(common::QUEUE_SELECT, &self.queue_select.to_le_bytes());
+        if let Some(i) = self.selected_queue() {
+            let q = &self.queues[i];
+            put(common::QUEUE_SIZE, &q.size().to_le_bytes());
+            put(
+                common::QUEUE_MSIX_VECTOR,
+                &self.queue_vectors[i].to_le_bytes(),
+            );
+            put(common::QUEUE_ENABLE, &(q.ready() as u16).to_le_bytes());
+            put(common::QUEUE_NOTIFY_OFF, &(i as u16).to_le_bytes());
+            put(common::QUEUE_DESC, &q.desc_table().to_le_bytes());
+            put(common::QUEUE_DRIVER, &q.avail_ring().to_le_bytes());
+            put(common::QUEUE_DEVICE, &q.used_ring().to_le_bytes());
+        } else {
+            // An absent queue reads size 0 and NO_VECTOR.
+            put(common::QUEUE_MSIX_VECTOR, &NO_VECTOR.to_le_bytes());
+        }
+        b
+    }
+
+    fn common_read(&self, offset: u64, data: &mut [u8]) {
+        let img = self.common_image();
+        match offset.checked_add(data.len() as u64) {
+            Some(end) if end <= COMMON_LEN => {
+                data.copy_from_slice(&img[offset as usize..end as usize])
+            }
+            _ => data.fill(0),
+        }
+    }
+
+    /// The selected queue, if the driver may still change its registers.
+    fn writable_queue(&mut self) -> Option<&mut Queue> {
+        let i = self.selected_queue()?;
+        if self.status & STATUS_DRIVER_OK != 0 || self.queues[i].ready() {
+            return None;
+        }
+        Some(&mut self.queues[i])
+    }
+
+    fn valid_vector(&self, v: u16) -> u16 {
+        if v < self.msix.vectors() {
+            v
+        } else {
+            NO_VECTOR
+        }
+    }
+
+    fn common_write(&mut self, offset: u64, data: &[u8]) {
+        let v = le_value(data);
+        let (v32, v16) = (v as u32, v as u16);
+        match (offset, data.len()) {
+            (common::DEVICE_FEATURE_SELECT, 4) => self.device_feature_select = v32,
+            (common::DRIVER_FEATURE_SELECT, 4) => self.driver_feature_select = v32,
+            (common::DRIVER_FEATURE, 4) => {
+                if self.status & STATUS_FEATURES_OK == 0 {
+                    match self.driver_feature_select {
+                        0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v,
+                        1 => {
+                            self.driver_features =
+                                (self.driver_features & 0xffff_ffff) | (v & 0xffff_ffff) << 32
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            (common::CONFIG_MSIX_VECTOR, 2) => self.config_vector = self.valid_vector(v16),
+            (common::DEVICE_STATUS, 1) => self.write_status(v as u8),
+            (common::QUEUE_SELECT, 2) => self.queue_select = v16,
+            (common::QUEUE_SIZE, 2) => {
+                if let Some(q) = self.writable_queue() {
+                    // Power of two, 1..=max; anything else is refused (the old size stays).
+                    let _ = q.try_set_size(v16);
+                }
+            }
+            (common::QUEUE_MSIX_VECTOR, 2) => {
+                let vector = self.valid_vector(v16);
+                if let Some(i) = self.selected_queue() {
+                    if self.writable_queue().is_some() {
+                        self.queue_vectors[i] = vector;
+                    }
+                }
+            }
+            (common::QUEUE_ENABLE, 2) => {
+                // Writing 0 is not allowed (and means nothing); 1 enables.
+                if v16 == 1 {
+                    if let Some(q) = self.writable_queue() {
+                        q.set_ready(true);
+                    }
+                }
+            }
+            (off @ common::QUEUE_DESC..=0x37, 4 | 8) if off % data.len() as u64 == 0 => {
+                let Some(q) = self.writable_queue() else {
+                    return;
+                };
+                let reg = (off - common::QUEUE_DESC) / 8;
+                let high = off % 8 == 4;
+                let (lo, hi) = if data.len() == 8 {
+                    (Some(v as u32), Some((v >> 32) as u32))
+                } else if high {
+                    (None, Some(v32))
+                } else {
+                    (Some(v32), None)
+                };
+                // virtio-queue refuses misaligned addresses (and keeps the old value).
+                match reg {
+                    0 => q.set_desc_table_address(lo, hi),
+                    1 => q.set_avail_ring_address(lo, hi),
+                    _ => q.set_used_ring_address(lo, hi),
+                }
+            }
+            // Read-only registers and odd accesses: ignored.
+            _ => {}
+        }
+    }
+
+    fn features_acceptable(&self) -> bool {
+        self.driver_features & !self.device_features() == 0
+            && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
+    }
+
+    fn write_status(&mut self, v: u8) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        let old = self.status;
+        let mut new = v;
+        if new & STATUS_FEATURES_OK != 0
+            && old & STATUS_FEATURES_OK == 0
+            && !self.features_acceptable()
+        {
+            new &= !STATUS_FEATURES_OK;
+        }
+        if new & STATUS_DRIVER_OK != 0 && old & STATUS_DRIVER_OK == 0 {
+            if new & STATUS_FEATURES_OK == 0 {
+                new &= !STATUS_DRIVER_OK;
+            } else {
+                let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+                for q in &mut self.queues {
+                    q.set_event_idx(event_idx);
+                }
+                if let Err(e) = self.device.activate(&self.mem, self.driver_features) {
+                    self.status = new | (old & STATUS_NEEDS_RESET);
+                    self.set_needs_reset(format!("activation failed: {e}"));
+                    return;
+                }
+            }
+        }
+        // NEEDS_RESET belongs to the device: only a reset clears it.
+        self.status = new | (old & STATUS_NEEDS_RESET);
+    }
+
+    /// Device reset (status 0): the device, its queues and the negotiation start over. The
+    /// MSI-X table is PCI state and stays.
+    pub fn reset(&mut self) {
+        self.device.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.queue_vectors.fill(NO_VECTOR);
+        self.config_vector = NO_VECTOR;
+        self.device_feature_select = 0;
+        self.driver_feature_select = 0;
+        self.driver_features = 0;
+        self.queue_select = 0;
+        self.status = 0;
+        self.isr = 0;
+        self.broken = None;
+        self.stats.resets += 1;
+        self.irq.intx_deassert();
+    }
+
+    // ---- interrupts ----
+
+    fn signal(&mut self, vector: u16) {
+        if self.msix.enabled() {
+            if vector == NO_VECTOR {
+                return;
+            }
+            if let Trigger::Deliver(msg) = self.msix.trigger(vector) {
+                let _ = self.irq.msi(vector, msg);
+            }
+        } else if self.config.command() & CMD_INTX_DISABLE == 0 {
+            let _ = self.irq.intx_assert();
+        }
+    }
+
+    fn queue_interrupt(&mut self, index: usize) {
+        self.isr |= ISR_QUEUE;
+        self.stats.queue_interrupts += 1;
+        let v = self.queue_vectors[index];
+        self.signal(v);
+    }
+
+    fn config_interrupt(&mut self) {
+        self.isr |= ISR_CONFIG;
+        self.stats.config_interrupts += 1;
+        let v = self.config_vector;
+        self.signal(v);
+    }
+
+    fn set_needs_reset(&mut self, why: String) {
+        if self.status & STATUS_NEEDS_RESET != 0 {
+            return;
+        }
+        self.broken = Some(why);
+        self.status |= STATUS_NEEDS_RESET;
+        self.config_interrupt();
+    }
+
+    // ---- queues ----
+
+    /// The driver notified queue `index` (a notify write, or its ioeventfd fired).
+    pub fn process_queue(&mut self, index: usize) {
+        self.stats.notifies += 1;
+        if self.status & STATUS_DRIVER_OK == 0 || self.status & STATUS_NEEDS_RESET != 0 {
+            return;
+        }
+        let Some(q) = self.queues.get_mut(index) else {
+            return;
+        };
+        if !q.ready() {
+            return;
+        }
+        let result = if q.is_valid(&self.mem) {
+            self.device.process_queue(index, q, &self.mem)
+        } else {
+            Err(QueueBroken("ring outside guest memory".into()))
+        };
+        match result {
+            Ok(true) => self.queue_interrupt(index),
+            Ok(false) => {}
+            Err(e) => self.set_needs_reset(e.0),
+        }
+    }
+
+    // ---- BAR ----
+
+    pub fn bar_read(&mut self, offset: u64, data: &mut [u8]) {
+        let len = data.len() as u64;
+        match offset {
+            o if o < ISR_OFFSET => self.common_read(o - COMMON_OFFSET, data),
+            o if o < DEVICE_OFFSET => {
+                data.fill(0);
+                if o == ISR_OFFSET && len >= 1 {
+                    data[0] = std::mem::take(&mut self.isr);
+                    self.irq.intx_deassert();
+                }
+            }
+            o if o < NOTIFY_OFFSET => {
+                data.fill(0);
+                let off = o - DEVICE_OFFSET;
+                if off + len <= self.device.config_len() as u64 {
+                    self.device.read_config(off, data);
+                }
+            }
+            o if o < MSIX_TABLE_OFFSET => data.fill(0),
+            o if o < MSIX_PBA_OFFSET => self.msix.read_table(o - MSIX_TABLE_OFFSET, data),
+            o if o < MSIX_PBA_OFFSET + REGION => self.msix.read_pba(o - MSIX_PBA_OFFSET, data),
+            _ => data.fill(0),
+        }
+    }
+
+    pub fn bar_write(&mut self, offset: u64, data: &[u8]) {
+        match offset {
+            o if o < ISR_OFFSET => self.common_write(o - COMMON_OFFSET, data),
+            o if o < DEVICE_OFFSET => {}
+            o if o < NOTIFY_OFFSET => {
+                let off = o - DEVICE_OFFSET;
+                if off + data.len() as u64 <= self.device.config_len() as u64 {
+                    self.device.write_config(off, data);
+                }
+            }
+            o if o < MSIX_TABLE_OFFSET => {
+                let off = o - NOTIFY_OFFSET;
+                if off.is_multiple_of(NOTIFY_MULTIPLIER as u64) {
+                    self.process_queue((off / NOTIFY_MULTIPLIER as u64) as usize);
+                }
+            }
+            o if o < MSIX_PBA_OFFSET => {
+                let w = self.msix.write_table(o - MSIX_TABLE_OFFSET, data);
+                if let Some((v, msg)) = w.changed {
+                    self.irq.msi_update(v, msg);
+                }
+                if let Some((v, msg)) = w.deliver {
+                    let _ = self.irq.msi(v, msg);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl PciFunction for VirtioPciDevice {
+    fn config_read(&mut self, offset: u64, data: &mut [u8]) {
+        self.config.read(offset, data)
+    }
+
+    fn config_write(&mut self, offset: u64, data: &[u8]) {
+        self.config.write(offset, data);
+        // BAR re-programming is accepted into config space, but the device stays where the
+        // harness put it (as the floor device does). Message control changes reach MSI-X.
+        let ctrl = self.msix_cap as u64 + 2;
+        let end = offset.saturating_add(data.len() as u64);
+        if offset < ctrl + 2 && end > ctrl {
+            let mut b = [0u8; 2];
+            self.config.read(ctrl, &mut b);
+            for (v, msg) in self.msix.set_control(u16::from_le_bytes(b)) {
+                let _ = self.irq.msi(v, msg);
+            }
+            if self.msix.enabled() {
+                // With MSI-X on, the function never uses INTx.
+                self.irq.intx_deassert();
+            }
+        }
+        if offset < REG_COMMAND as u64 + 2 && end > REG_COMMAND as u64 {
+            // INTx disable may have changed; nothing to do until the next interrupt.
+        }
+    }
+}
+
+/// One register block of BAR0 on the MMIO bus.
+pub struct BarRegion {
+    dev: Arc<Mutex<VirtioPciDevice>>,
+    base: u64,
+}
+
+impl BarRegion {
+    pub fn new(dev: Arc<Mutex<VirtioPciDevice>>, base: u64) -> Self {
+        Self { dev, base }
+    }
+}
+
+impl BusDevice for BarRegion {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match self.base.checked_add(offset) {
+            Some(o) => lock(&self.dev).bar_read(o, data),
+            None => data.fill(0),
+        }
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let Some(o) = self.base.checked_add(offset) {
+            lock(&self.dev).bar_write(o, data)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_util::RecordingIrq;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use vm_memory::GuestAddress;
+
+    /// A device with two queues that counts what it is asked to do.
+    struct Fake {
+        sizes: Vec<u16>,
+        processed: Arc<AtomicU32>,
+        resets: Arc<AtomicU32>,
+        activated: Arc<AtomicU32>,
+        fail: bool,
+    }
+
+    impl VirtioDevice for Fake {
+        fn device_type(&self) -> u16 {
+            2
+        }
+        fn features(&self) -> u64 {
+            1 << 9 | 1 << VIRTIO_RING_F_EVENT_IDX
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &self.sizes
+        }
+        fn config_len(&self) -> usize {
+            8
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = 0x10 + offset as u8 + i as u8;
+            }
+        }
+        fn activate(&mut self, _mem: &Memory, _f: u64) -> Result<(), String> {
+            self.activated.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn process_queue(
+            &mut self,
+            _index: usize,
+            _queue: &mut Queue,
+            _mem: &Memory,
+        ) -> Result<bool, QueueBroken> {
+            self.processed.fetch_add(1, Ordering::SeqCst);
+            if self.fail {
+                Err(QueueBroken("test".into()))
+            } else {
+                Ok(true)
+            }
+        }
+        fn reset(&mut self) {
+            self.resets.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    struct T {
+        dev: VirtioPciDevice,
+        irq: Arc<RecordingIrq>,
+        processed: Arc<AtomicU32>,
+        resets: Arc<AtomicU32>,
+        activated: Arc<AtomicU32>,
+    }
+
+    fn setup(fail: bool) -> T {
+        let mem = Memory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let irq = Arc::new(RecordingIrq::default());
+        let processed = Arc::new(AtomicU32::new(0));
+        let resets = Arc::new(AtomicU32::new(0));
+        let activated = Arc::new(AtomicU32::new(0));
+        let fake = Fake {
+            sizes: vec![256, 16],
+            processed: processed.clone(),
+            resets: resets.clone(),
+            activated: activated.clone(),
+            fail,
+        };
+        let dev = VirtioPciDevice::new(Box::new(fake), mem, irq.clone(), 11).unwrap();
+        T {
+            dev,
+            irq,
+            processed,
+            resets,
+            activated,
+        }
+    }
+
+    fn r(d: &mut VirtioPciDevice, off: u64, len: usize) -> u64 {
+        let mut b = vec![0u8; len];
+        d.bar_read(off, &mut b);
+        le_value(&b)
+    }
+
+    fn w(d: &mut VirtioPciDevice, off: u64, len: usize, v: u64) {
+        d.bar_write(off, &v.to_le_bytes()[..len]);
+    }
+
+    fn negotiate(d: &mut VirtioPciDevice, lo: u32, hi: u32) -> u8 {
+        w(d, common::DEVICE_STATUS, 1, 1);
+        w(d, common::DEVICE_STATUS, 1, 3);
+        w(d, common::DRIVER_FEATURE_SELECT, 4, 0);
+        w(d, common::DRIVER_FEATURE, 4, lo as u64);
+        w(d, common::DRIVER_FEATURE_SELECT, 4, 1);
+        w(d, common::DRIVER_FEATURE, 4, hi as u64);
+        w(d, common::DEVICE_STATUS, 1, 3 | 8);
+        r(d, common::DEVICE_STATUS, 1) as u8
+    }
+
+    fn setup_queue(d: &mut VirtioPciDevice, i: u16, size: u16) {
+        setup_queue_with_vector(d, i, size, NO_VECTOR);
+    }
+
+    fn setup_queue_with_vector(d: &mut VirtioPciDevice, i: u16, size: u16, vector: u16) {
+        w(d, common::QUEUE_SELECT, 2, i as u64);
+        w(d, common::QUEUE_MSIX_VECTOR, 2, vector as u64);
+        w(d, common::QUEUE_SIZE, 2, size as u64);
+        w(d, common::QUEUE_DESC, 8, 0x1000 + 0x4000 * i as u64);
+        w(d, common::QUEUE_DRIVER, 4, 0x2000 + 0x4000 * i as u64);
+        w(d, common::QUEUE_DRIVER + 4, 4, 0);
+        w(d, common::QUEUE_DEVICE, 4, 0x3000 + 0x4000 * i as u64);
+        w(d, common::QUEUE_ENABLE, 2, 1);
+    }
+
+    #[test]
+    fn pci_identity_and_capabilities() {
+        let t = setup(false);
+        let c = t.dev.config();
+        assert_eq!(c.read_u32(0), 0x1042_1af4);
+        assert_eq!(c.read_u32(8), 0x0180_0001);
+        assert_eq!(c.read_u32(0x2c), 0x1100_1af4);
+        assert_eq!(c.read_u32(0x3c) & 0xffff, 0x010b);
+        // Walk the capability list.
+        let mut caps = Vec::new();
+        let mut p = c.read_u32(0x34) as u8 as usize;
+        while p != 0 {
+            let id = c.read_u32(p) as u8;
+            caps.push((id, p));
+            p = (c.read_u32(p) >> 8) as u8 as usize;
+        }
+        let ids: Vec<u8> = caps.iter().map(|c| c.0).collect();
+        assert_eq!(ids, [9, 9, 9, 9, 0x11]);
+        let types: Vec<u8> = caps[..4]
+            .iter()
+            .map(|&(_, p)| (c.read_u32(p) >> 24) as u8)
+            .collect();
+        assert_eq!(types, [CFG_COMMON, CFG_NOTIFY, CFG_ISR, CFG_DEVICE]);
+        let notify = caps[1].1;
+        assert_eq!(c.read_u32(notify + 8), NOTIFY_OFFSET as u32);
+        assert_eq!(c.read_u32(notify + 12), 8);
+        assert_eq!(c.read_u32(notify + 16), NOTIFY_MULTIPLIER);
+        let m = caps[4].1;
+        assert_eq!(c.read_u32(m) >> 16, 2, "table size - 1 = queues");
+        assert_eq!(c.read_u32(m + 4), MSIX_TABLE_OFFSET as u32);
+        assert_eq!(c.read_u32(m + 8), MSIX_PBA_OFFSET as u32);
+    }
+
+    #[test]
+    fn feature_negotiation() {
+        let mut t = setup(false);
+        let d = &mut t.dev;
+        w(d, common::DEVICE_FEATURE_SELECT, 4, 0);
+        assert_eq!(r(d, common::DEVICE_FEATURE, 4), 1 << 9 | 1 << 29);
+        w(d, common::DEVICE_FEATURE_SELECT, 4, 1);
+        assert_eq!(r(d, common::DEVICE_FEATURE, 4), 1);
+        w(d, common::DEVICE_FEATURE_SELECT, 4, 7);
+        assert_eq!(r(d, common::DEVICE_FEATURE, 4), 0);
+        // Without VERSION_1: FEATURES_OK refused.
+        assert_eq!(negotiate(d, 1 << 9, 0), 3);
+        // A feature the device does not offer: refused.
+        w(d, common::DEVICE_STATUS, 1, 0);
+        assert_eq!(negotiate(d, 1 << 9 | 1 << 3, 1), 3);
+        // DRIVER_OK without FEATURES_OK is not accepted either.
+        w(d, common::DEVICE_STATUS, 1, 3 | 4);
+        assert_eq!(r(d, common::DEVICE_STATUS, 1), 3);
+        assert_eq!(t.activated.load(Ordering::SeqCst), 0);
+        w(d, common::DEVICE_STATUS, 1, 0);
+        assert_eq!(negotiate(d, 1 << 9, 1), 11);
+        assert_eq!(d.driver_features(), 1 << 32 | 1 << 9);
+        // Features are frozen after FEATURES_OK.
+        w(d, common::DRIVER_FEATURE_SELECT, 4, 0);
+        w(d, common::DRIVER_FEATURE, 4, 0);
+        assert_eq!(d.driver_features(), 1 << 32 | 1 << 9);
+        w(d, common::DEVICE_STATUS, 1, 15);
+        assert_eq!(r(d, common::DEVICE_STATUS, 1), 15);
+        assert_eq!(t.activated.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn queue_registers_and_reset() {
+        let mut t = setup(false);
+        let d = &mut t.dev;
+        assert_eq!(r(d, common::NUM_QUEUES, 2), 2);
+        w(d, common::QUEUE_SELECT, 2, 1);
+        assert_eq!(r(d, common::QUEUE_SIZE, 2), 16);
+        assert_eq!(r(d, common::QUEUE_NOTIFY_OFF, 2), 1);
+        assert_eq!(r(d, common::QUEUE_MSIX_VECTOR, 2), NO_VECTOR as u64);
+        // Not a power of two, zero, above max: refused.
+        for bad in [3, 0, 32, 0xffff] {
+            w(d, common::QUEUE_SIZE, 2, bad);
+            assert_eq!(r(d, common::QUEUE_SIZE, 2), 16, "size {bad} accepted");
+        }
+        w(d, common::QUEUE_SIZE, 2, 8);
+        assert_eq!(r(d, common::QUEUE_SIZE, 2), 8);
+        // Vectors beyond the table read back NO_VECTOR.
+        w(d, common::QUEUE_MSIX_VECTOR, 2, 3);
+        assert_eq!(r(d, common::QUEUE_MSIX_VECTOR, 2), NO_VECTOR as u64);
+        w(d, common::QUEUE_MSIX_VECTOR, 2, 1);
+        assert_eq!(r(d, common::QUEUE_MSIX_VECTOR, 2), 1);
+        w(d, common::CONFIG_MSIX_VECTOR, 2, 0);
+        assert_eq!(r(d, common::CONFIG_MSIX_VECTOR, 2), 0);
+        // Misaligned descriptor table: refused.
+        w(d, common::QUEUE_DESC, 4, 0x1008);
+        assert_eq!(r(d, common::QUEUE_DESC, 8), 0);
+        w(d, common::QUEUE_DESC, 4, 0x5000);
+        w(d, common::QUEUE_DESC + 4, 4, 0x1);
+        assert_eq!(r(d, common::QUEUE_DESC, 8), 0x1_0000_5000);
+        w(d, common::QUEUE_ENABLE, 2, 1);
+        assert_eq!(r(d, common::QUEUE_ENABLE, 2), 1);
+        // Enabled: the queue's registers are frozen.
+        w(d, common::QUEUE_SIZE, 2, 4);
+        assert_eq!(r(d, common::QUEUE_SIZE, 2), 8);
+        // An absent queue reads zeros.
+        w(d, common::QUEUE_SELECT, 2, 2);
+        assert_eq!(r(d, common::QUEUE_SIZE, 2), 0);
+        assert_eq!(r(d, common::QUEUE_ENABLE, 2), 0);
+        w(d, common::QUEUE_ENABLE, 2, 1);
+        // Reset clears the queues and the vectors.
+        w(d, common::DEVICE_STATUS, 1, 0);
+        assert_eq!(t.resets.load(Ordering::SeqCst), 1);
+        let d = &mut t.dev;
+        assert_eq!(r(d, common::QUEUE_SELECT, 2), 0);
+        w(d, common::QUEUE_SELECT, 2, 1);
+        assert_eq!(r(d, common::QUEUE_SIZE, 2), 16);
+        assert_eq!(r(d, common::QUEUE_ENABLE, 2), 0);
+        assert_eq!(r(d, common::QUEUE_DESC, 8), 0);
+        assert_eq!(r(d, common::QUEUE_MSIX_VECTOR, 2), NO_VECTOR as u64);
+        assert_eq!(r(d, common::CONFIG_MSIX_VECTOR, 2), NO_VECTOR as u64);
+        // Odd accesses never panic.
+        d.bar_read(u64::MAX, &mut [0u8; 4]);
+        d.bar_write(u64::MAX - 1, &[1, 2, 3, 4]);
+        d.bar_read(0x37, &mut [0u8; 4]);
+        d.bar_write(0x3001, &[1]);
+    }
+
+    #[test]
+    fn queue_registers_frozen_after_driver_ok_and_notify_processing() {
+        let mut t = setup(false);
+        let d = &mut t.dev;
+        // Notify before DRIVER_OK: nothing is processed.
+        setup_queue(d, 0, 256);
+        w(d, VirtioPciDevice::notify_offset(0), 2, 0);
+        assert_eq!(t.processed.load(Ordering::SeqCst), 0);
+        assert_eq!(negotiate(d, 0, 1), 11);
+        w(d, common::DEVICE_STATUS, 1, 15);
+        w(d, common::QUEUE_SELECT, 2, 1);
+        w(d, common::QUEUE_SIZE, 2, 4);
+        assert_eq!(r(d, common::QUEUE_SIZE, 2), 16);
+        w(d, common::QUEUE_ENABLE, 2, 1);
+        assert_eq!(r(d, common::QUEUE_ENABLE, 2), 0);
+        // Queue 1 not enabled: its notify is ignored; queue 0 is processed.
+        w(d, VirtioPciDevice::notify_offset(1), 2, 1);
+        assert_eq!(t.processed.load(Ordering::SeqCst), 0);
+        w(d, VirtioPciDevice::notify_offset(0), 2, 0);
+        assert_eq!(t.processed.load(Ordering::SeqCst), 1);
+        // MSI-X disabled: INTx, with ISR bit 0; reading ISR clears it and lowers the line.
+        assert_eq!(t.irq.intx_count(), 1);
+        assert!(t.irq.level());
+        assert_eq!(r(d, ISR_OFFSET, 1), 1);
+        assert!(!t.irq.level());
+        assert_eq!(r(d, ISR_OFFSET, 1), 0);
+        // A notify with INTx disabled in the command register: no interrupt.
+        d.config_write(REG_COMMAND as u64, &(CMD_INTX_DISABLE | 2).to_le_bytes());
+        w(d, VirtioPciDevice::notify_offset(0), 2, 0);
+        assert_eq!(t.irq.intx_count(), 1);
+        assert_eq!(r(d, ISR_OFFSET, 1), 1);
+    }
+
+    #[test]
+    fn msix_delivery_and_masking() {
+        let mut t = setup(false);
+        let d = &mut t.dev;
+        setup_queue_with_vector(d, 0, 256, 1);
+        // Frozen once the queue is enabled.
+        w(d, common::QUEUE_MSIX_VECTOR, 2, 0);
+        assert_eq!(r(d, common::QUEUE_MSIX_VECTOR, 2), 1);
+        w(d, common::CONFIG_MSIX_VECTOR, 2, 0);
+        assert_eq!(negotiate(d, 0, 1), 11);
+        w(d, common::DEVICE_STATUS, 1, 15);
+        let cap = d.msix_cap as u64;
+        // Enable MSI-X, vectors still masked: the interrupt pends.
+        d.config_write(cap + 2, &msix::CTRL_ENABLE.to_le_bytes());
+        w(d, VirtioPciDevice::notify_offset(0), 2, 0);
+        assert!(t.irq.msi_vectors().is_empty());
+        assert_eq!(t.irq.intx_count(), 0);
+        assert_eq!(r(d, MSIX_PBA_OFFSET, 8), 0b10);
+        // Program and unmask vector 1: the pending interrupt is delivered.
+        w(d, MSIX_TABLE_OFFSET + 16, 4, 0xfee0_0000);
+        w(d, MSIX_TABLE_OFFSET + 24, 4, 0x41);
+        w(d, MSIX_TABLE_OFFSET + 28, 4, 0);
+        assert_eq!(t.irq.msi_vectors(), [1]);
+        assert_eq!(t.irq.msis.lock().unwrap()[0].1.data, 0x41);
+        assert_eq!(r(d, MSIX_PBA_OFFSET, 8), 0);
+        assert!(!t.irq.updates.lock().unwrap().is_empty());
+        w(d, VirtioPciDevice::notify_offset(0), 2, 0);
+        assert_eq!(t.irq.msi_vectors(), [1, 1]);
+        // Function mask: pends; clearing it delivers.
+        d.config_write(
+            cap + 2,
+            &(msix::CTRL_ENABLE | msix::CTRL_FUNCTION_MASK).to_le_bytes(),
+        );
+        w(d, VirtioPciDevice::notify_offset(0), 2, 0);
+        assert_eq!(t.irq.msi_vectors(), [1, 1]);
+        d.config_write(cap + 2, &msix::CTRL_ENABLE.to_le_bytes());
+        assert_eq!(t.irq.msi_vectors(), [1, 1, 1]);
+        // NO_VECTOR for the queue: no interrupt at all.
+        w(d, common::DEVICE_STATUS, 1, 0);
+        setup_queue(d, 0, 256);
+        negotiate(d, 0, 1);
+        w(d, common::DEVICE_STATUS, 1, 15);
+        w(d, VirtioPciDevice::notify_offset(0), 2, 0);
+        assert_eq!(t.irq.msi_vectors(), [1, 1, 1]);
+        assert_eq!(t.irq.intx_count(), 0);
+    }
+
+    #[test]
+    fn broken_queue_sets_needs_reset_and_raises_config_interrupt() {
+        let mut t = setup(true);
+        let d = &mut t.dev;
+        setup_queue(d, 0, 256);
+        negotiate(d, 0, 1);
+        w(d, common::DEVICE_STATUS, 1, 15);
+        w(d, VirtioPciDevice::notify_offset(0), 2, 0);
+        assert_eq!(r(d, common::DEVICE_STATUS, 1), 15 | 64);
+        assert_eq!(d.broken(), Some("test"));
+        assert_eq!(r(d, ISR_OFFSET, 1), ISR_CONFIG as u64);
+        assert_eq!(t.irq.intx_count(), 1);
+        // Further notifies are ignored until reset; the driver cannot clear the bit.
+        w(d, VirtioPciDevice::notify_offset(0), 2, 0);
+        assert_eq!(t.processed.load(Ordering::SeqCst), 1);
+        w(d, common::DEVICE_STATUS, 1, 15);
+        assert_eq!(r(d, common::DEVICE_STATUS, 1), 15 | 64);
+        w(d, common::DEVICE_STATUS, 1, 0);
+        assert_eq!(r(d, common::DEVICE_STATUS, 1), 0);
+        assert_eq!(d.broken(), None);
+    }
+
+    #[test]
+    fn ring_outside_memory_needs_reset_without_calling_the_device() {
+        let mut t = setup(false);
+        let d = &mut t.dev;
+        w(d, common::QUEUE_SELECT, 2, 0);
+        w(d, common::QUEUE_DESC, 8, 0xffff_0000);
+        w(d, common::QUEUE_DRIVER, 8, 0x2000);
+        w(d, common::QUEUE_DEVICE, 8, 0x3000);
+        w(d, common::QUEUE_ENABLE, 2, 1);
+        negotiate(d, 0, 1);
+        w(d, common::DEVICE_STATUS, 1, 15);
+        w(d, VirtioPciDevice::notify_offset(0), 4, 0);
+        assert_eq!(t.processed.load(Ordering::SeqCst), 0);
+        assert_ne!(r(d, common::DEVICE_STATUS, 1) & 64, 0);
+    }
+}

@@ -1,0 +1,86 @@
+//! Attaches the PIIX3 IDE controller: one PCI function for all `--disk ide:` images (primary
+//! master, primary slave, secondary master, secondary slave), the legacy command/control ports
+//! of both channels, BAR4 for bus-master DMA, and irqfds on GSI 14 and 15 (ISA edge
+//! interrupts). Each port range is its own bus region so exits are counted per range.
+
+use super::device_manager::DeviceManager;
+use super::memory::GuestMem;
+use crate::backends::disk::{DiskSpec, RawDisk};
+use crate::devices::ide::piix::{
+    self, IdePort, PiixFunction, PiixIde, Port, BAR4, BAR4_SIZE, MAX_DRIVES,
+};
+use crate::devices::{lock, Interrupt};
+use crate::error::HarnessError;
+use std::sync::{Arc, Mutex};
+
+/// Returns the BM-DMA BAR4 port base, or None when there are no IDE disks (no controller).
+pub fn attach(
+    dm: &mut DeviceManager,
+    mem: &GuestMem,
+    disks: &[&DiskSpec],
+) -> Result<Option<u64>, HarnessError> {
+    if disks.is_empty() {
+        return Ok(None);
+    }
+    if disks.len() > MAX_DRIVES {
+        return Err(HarnessError::Usage(format!(
+            "--disk ide: at most {MAX_DRIVES} IDE disks (primary/secondary master/slave), got {}",
+            disks.len()
+        )));
+    }
+    let mut opened = Vec::with_capacity(disks.len());
+    for d in disks {
+        let disk = RawDisk::open(&d.path, d.read_only)
+            .map_err(|e| HarnessError::Usage(format!("--disk {}: {e}", d.kind)))?;
+        opened.push(disk);
+    }
+    let bar4 = dm.alloc_io_bar(BAR4_SIZE)?;
+    let primary: Arc<dyn Interrupt> = dm.irqfd(piix::PRIMARY_GSI)?;
+    let secondary: Arc<dyn Interrupt> = dm.irqfd(piix::SECONDARY_GSI)?;
+    let ide =
+        PiixIde::new(mem.clone(), opened, [primary, secondary]).map_err(HarnessError::Usage)?;
+    let ide = Arc::new(Mutex::new(ide));
+    lock(&ide)
+        .config_mut()
+        .set_bar_address(BAR4, bar4)
+        .map_err(|e| HarnessError::Other(format!("IDE BAR4: {e}")))?;
+    let bdf = dm.next_bdf()?;
+    dm.add_pci(bdf, Arc::new(Mutex::new(PiixFunction::new(ide.clone()))));
+
+    let regions = [
+        (
+            "ide0-cmd",
+            piix::PRIMARY_CMD,
+            piix::CMD_LEN,
+            Port::Command(0),
+        ),
+        (
+            "ide0-ctl",
+            piix::PRIMARY_CTL,
+            piix::CTL_LEN,
+            Port::Control(0),
+        ),
+        (
+            "ide1-cmd",
+            piix::SECONDARY_CMD,
+            piix::CMD_LEN,
+            Port::Command(1),
+        ),
+        (
+            "ide1-ctl",
+            piix::SECONDARY_CTL,
+            piix::CTL_LEN,
+            Port::Control(1),
+        ),
+        ("ide-bmdma", bar4, BAR4_SIZE, Port::BusMaster),
+    ];
+    for (name, base, len, port) in regions {
+        dm.insert_pio(
+            name,
+            base,
+            len,
+            Arc::new(Mutex::new(IdePort::new(ide.clone(), port))),
+        )?;
+    }
+    Ok(Some(bar4))
+}

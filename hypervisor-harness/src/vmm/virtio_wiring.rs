@@ -1,0 +1,360 @@
+//! Attaches virtio-blk disks: one virtio-pci function each, with its BAR0 register blocks on
+//! the MMIO bus (named `virtio-blk<N>-common`, `-isr`, `-device`, `-notify`, `-msix` so exits
+//! are counted per block), and the KVM side of its interrupts and notifications:
+//!
+//! - MSI-X: one GSI (from 24 up) and one irqfd per table entry. KVM_SET_GSI_ROUTING replaces
+//!   the whole table, so [`GsiRouter`] always installs the default PIC/IOAPIC routes for GSIs
+//!   0..23 together with the MSI routes; a route is (re)applied when the guest programs or
+//!   unmasks an entry, and checked again before each delivery.
+//! - INTx (MSI-X disabled): a true level on the function's GSI through KVM_IRQ_LINE: raised
+//!   when the ISR gets a bit, lowered at once when the guest reads the ISR or resets the device.
+//!   While it stays high, KVM's IOAPIC re-delivers after each EOI by itself. (A resample irqfd
+//!   was tried first; it can only lower the line at the guest's next EOI, so a line raised while
+//!   the IOAPIC pin was masked, e.g. by a polled driver, stayed high across a device reset and
+//!   fired a stale interrupt the moment a later driver unmasked the pin, as no PCI device does.)
+//! - Notifies: with `IoMode::Thread`, an ioeventfd per queue notify address feeds the device's
+//!   I/O thread; with `IoMode::Inline` the notify write exits and is processed in the vCPU.
+
+use super::device_manager::DeviceManager;
+use super::memory::GuestMem;
+use super::IoMode;
+use crate::backends::disk::{DiskKind, DiskSpec, RawDisk};
+use crate::devices::lock;
+use crate::devices::virtio::blk::Blk;
+use crate::devices::virtio::transport_pci::{self, BarRegion, VirtioPciDevice};
+use crate::devices::virtio::{io_thread, MsiMessage, VirtioInterrupt};
+use crate::error::HarnessError;
+use kvm_bindings::{
+    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use std::collections::BTreeMap;
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use vmm_sys_util::eventfd::EventFd;
+
+/// INTx lines for virtio functions, in order (10 is the exit-floor device's; 14/15 are IDE's).
+pub const INTX_GSIS: [u8; 5] = [11, 5, 9, 7, 6];
+/// First GSI for MSI routes (0..23 are the IOAPIC pins).
+pub const FIRST_MSI_GSI: u32 = 24;
+const IOAPIC_PINS: u32 = 24;
+
+fn other(what: &str, e: impl std::fmt::Display) -> HarnessError {
+    HarnessError::Other(format!("{what}: {e}"))
+}
+
+/// The VM's GSI routing table: the default irqchip routes plus our MSI routes.
+pub struct GsiRouter {
+    vm: Arc<VmFd>,
+    msi: BTreeMap<u32, MsiMessage>,
+    next_gsi: u32,
+    pub applied: u64,
+}
+
+impl GsiRouter {
+    /// A router on its own handle to the VM (a dup of the VM fd), so interrupt objects can
+    /// outlive the borrow the device manager holds.
+    pub fn new(kvm: &kvm_ioctls::Kvm, vm: &VmFd) -> Result<Self, HarnessError> {
+        // SAFETY: dup has no memory-safety preconditions; the result is checked below.
+        let fd = unsafe { libc::dup(vm.as_raw_fd()) };
+        if fd < 0 {
+            return Err(other("dup VM fd", std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh duplicate of a valid VM fd that nothing else owns; the new
+        // VmFd takes ownership and closes it.
+        let vm = unsafe { kvm.create_vmfd_from_rawfd(fd) }.map_err(|e| other("VM fd", e))?;
+        Ok(Self {
+            vm: Arc::new(vm),
+            msi: BTreeMap::new(),
+            next_gsi: FIRST_MSI_GSI,
+            applied: 0,
+        })
+    }
+
+    pub fn alloc_gsi(&mut self) -> u32 {
+        let g = self.next_gsi;
+        self.next_gsi += 1;
+        g
+    }
+
+    /// The full table: PIC (chip 0 pins 0..7, chip 1 pins 0..7, without the cascade pin 2),
+    /// IOAPIC (chip 2, pins 0..23, GSI = pin), then the MSI routes.
+    pub fn entries(msi: &BTreeMap<u32, MsiMessage>) -> Vec<kvm_irq_routing_entry> {
+        let chip = |gsi: u32, irqchip: u32, pin: u32| {
+            let mut e = kvm_irq_routing_entry {
+                gsi,
+                type_: KVM_IRQ_ROUTING_IRQCHIP,
+                ..Default::default()
+            };
+            e.u.irqchip.irqchip = irqchip;
+            e.u.irqchip.pin = pin;
+            e
+        };
+        let mut v = Vec::new();
+        for gsi in 0..16u32 {
+            if gsi == 2 {
+                continue;
+            }
+            let (c, pin) = if gsi < 8 {
+                (KVM_IRQCHIP_PIC_MASTER, gsi)
+            } else {
+                (KVM_IRQCHIP_PIC_SLAVE, gsi - 8)
+            };
+            v.push(chip(gsi, c, pin));
+        }
+        for pin in 0..IOAPIC_PINS {
+            v.push(chip(pin, KVM_IRQCHIP_IOAPIC, pin));
+        }
+        for (&gsi, m) in msi {
+            let mut e = kvm_irq_routing_entry {
+                gsi,
+                type_: KVM_IRQ_ROUTING_MSI,
+                ..Default::default()
+            };
+            e.u.msi.address_lo = m.addr as u32;
+            e.u.msi.address_hi = (m.addr >> 32) as u32;
+            e.u.msi.data = m.data;
+            v.push(e);
+        }
+        v
+    }
+
+    fn apply(&mut self) -> Result<(), String> {
+        let table =
+            KvmIrqRouting::from_entries(&Self::entries(&self.msi)).map_err(|e| format!("{e:?}"))?;
+        self.vm
+            .set_gsi_routing(&table)
+            .map_err(|e| format!("KVM_SET_GSI_ROUTING: {e}"))?;
+        self.applied += 1;
+        Ok(())
+    }
+
+    /// Route `gsi` to `msg`; applies the table only if that changes it.
+    pub fn set_msi(&mut self, gsi: u32, msg: MsiMessage) -> Result<(), String> {
+        if self.msi.get(&gsi) == Some(&msg) {
+            return Ok(());
+        }
+        self.msi.insert(gsi, msg);
+        self.apply()
+    }
+}
+
+/// MSI-X vectors and the INTx line of one virtio-pci function, through KVM irqfds.
+pub struct KvmVirtioIrq {
+    router: Arc<Mutex<GsiRouter>>,
+    /// Index = MSI-X vector.
+    msi: Vec<(u32, EventFd)>,
+    vm: Arc<VmFd>,
+    intx_gsi: u32,
+    /// The level we last set (changes only under the transport's lock).
+    intx_level: AtomicBool,
+}
+
+impl KvmVirtioIrq {
+    fn set_intx(&self, level: bool) -> std::io::Result<()> {
+        if self.intx_level.swap(level, Ordering::SeqCst) == level {
+            return Ok(());
+        }
+        self.vm
+            .set_irq_line(self.intx_gsi, level)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+impl VirtioInterrupt for KvmVirtioIrq {
+    fn msi(&self, vector: u16, msg: MsiMessage) -> std::io::Result<()> {
+        let Some((gsi, evt)) = self.msi.get(vector as usize) else {
+            return Ok(());
+        };
+        lock(&self.router)
+            .set_msi(*gsi, msg)
+            .map_err(std::io::Error::other)?;
+        evt.write(1)
+    }
+
+    fn msi_update(&self, vector: u16, msg: MsiMessage) {
+        if let Some((gsi, _)) = self.msi.get(vector as usize) {
+            let _ = lock(&self.router).set_msi(*gsi, msg);
+        }
+    }
+
+    fn intx_assert(&self) -> std::io::Result<()> {
+        self.set_intx(true)
+    }
+
+    fn intx_deassert(&self) {
+        let _ = self.set_intx(false);
+    }
+}
+
+/// Attach every `--disk virtio:...` in order. Returns notes for --verbose.
+pub fn attach_all(
+    dm: &mut DeviceManager,
+    mem: &GuestMem,
+    disks: &[DiskSpec],
+    io_mode: IoMode,
+) -> Result<Vec<String>, HarnessError> {
+    let virtio: Vec<&DiskSpec> = disks
+        .iter()
+        .filter(|d| d.kind == DiskKind::Virtio)
+        .collect();
+    let mut notes = Vec::new();
+    if virtio.is_empty() {
+        return Ok(notes);
+    }
+    if virtio.len() > INTX_GSIS.len() {
+        return Err(HarnessError::Usage(format!(
+            "--disk virtio: at most {} virtio disks",
+            INTX_GSIS.len()
+        )));
+    }
+    // Open every image first, so a bad one is a usage error before any KVM plumbing.
+    let mut opened = Vec::new();
+    for spec in &virtio {
+        opened.push(RawDisk::open(&spec.path, spec.read_only).map_err(HarnessError::Usage)?);
+    }
+    let router = Arc::new(Mutex::new(GsiRouter::new(&dm.vm.kvm, &dm.vm.fd)?));
+    for (n, disk) in opened.into_iter().enumerate() {
+        notes.push(attach_blk(
+            dm,
+            mem,
+            n,
+            disk,
+            INTX_GSIS[n],
+            io_mode,
+            &router,
+        )?);
+    }
+    Ok(notes)
+}
+
+fn attach_blk(
+    dm: &mut DeviceManager,
+    mem: &GuestMem,
+    n: usize,
+    disk: RawDisk,
+    gsi: u8,
+    io_mode: IoMode,
+    router: &Arc<Mutex<GsiRouter>>,
+) -> Result<String, HarnessError> {
+    let name = format!("virtio-blk{n}");
+    let path = disk.path().display().to_string();
+    let blk = Blk::on_raw(disk);
+
+    // Interrupts: MSI GSIs with routes in place before their irqfds, then INTx.
+    let vectors = blk_vectors();
+    let mut msi = Vec::new();
+    {
+        let mut r = lock(router);
+        for _ in 0..vectors {
+            let g = r.alloc_gsi();
+            r.msi.insert(g, MsiMessage::default());
+            msi.push(g);
+        }
+        r.apply()
+            .map_err(|e| HarnessError::Other(format!("{name}: {e}")))?;
+    }
+    let mut msi_fds = Vec::new();
+    for g in msi {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| other("eventfd", e))?;
+        dm.vm
+            .fd
+            .register_irqfd(&evt, g)
+            .map_err(|e| other(&format!("{name}: KVM_IRQFD on GSI {g}"), e))?;
+        msi_fds.push((g, evt));
+    }
+    let irq = Arc::new(KvmVirtioIrq {
+        router: router.clone(),
+        msi: msi_fds,
+        vm: lock(router).vm.clone(),
+        intx_gsi: gsi as u32,
+        intx_level: AtomicBool::new(false),
+    });
+
+    let dev = VirtioPciDevice::new(Box::new(blk), mem.clone(), irq, gsi)
+        .map_err(|e| HarnessError::Other(format!("{name}: {e}")))?;
+    let num_queues = dev.num_queues();
+    let dev = Arc::new(Mutex::new(dev));
+    let bar = dm.alloc_mmio_bar(transport_pci::BAR_SIZE)?;
+    {
+        let mut d = lock(&dev);
+        let c = d.config_mut();
+        c.set_bar_address(transport_pci::BAR, bar)
+            .map_err(|e| other(&format!("{name} BAR0"), e))?;
+        c.enable(DeviceManager::DECODE_ALL);
+    }
+    let bdf = dm.next_bdf()?;
+    dm.add_pci(bdf, dev.clone());
+    for (suffix, off, len) in transport_pci::REGIONS {
+        dm.insert_mmio(
+            &format!("{name}-{suffix}"),
+            bar + off,
+            len,
+            Arc::new(Mutex::new(BarRegion::new(dev.clone(), off))),
+        )?;
+    }
+
+    let mut mode = "inline";
+    if io_mode == IoMode::Thread {
+        let mut notifies = Vec::new();
+        for q in 0..num_queues {
+            let addr = bar + VirtioPciDevice::notify_offset(q);
+            if let Some(evt) = dm.ioeventfd(IoEventAddress::Mmio(addr), libc::EFD_NONBLOCK) {
+                notifies.push((q, evt));
+            }
+        }
+        // Queues whose ioeventfd KVM refused still work: their notify exits and is
+        // processed inline.
+        if !notifies.is_empty() {
+            io_thread::spawn(&format!("{name}-io"), dev, notifies)
+                .map_err(|e| other("I/O thread", e))?;
+            mode = "thread";
+        }
+    }
+    Ok(format!(
+        "{name}: {path} at {bdf}, BAR0 {bar:#x}, INTx GSI {gsi}, {vectors} MSI-X vectors, I/O {mode}"
+    ))
+}
+
+/// MSI-X vectors of a blk function: its queue plus the configuration vector.
+fn blk_vectors() -> usize {
+    2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_table_keeps_the_irqchip_routes() {
+        let mut msi = BTreeMap::new();
+        msi.insert(
+            24,
+            MsiMessage {
+                addr: 0xfee0_1000,
+                data: 0x41,
+            },
+        );
+        let e = GsiRouter::entries(&msi);
+        // 15 PIC + 24 IOAPIC + 1 MSI.
+        assert_eq!(e.len(), 40);
+        let chip: Vec<(u32, u32, u32)> = e
+            .iter()
+            .filter(|e| e.type_ == KVM_IRQ_ROUTING_IRQCHIP)
+            // SAFETY: irqchip is the active member of irqchip-type entries.
+            .map(|e| unsafe { (e.gsi, e.u.irqchip.irqchip, e.u.irqchip.pin) })
+            .collect();
+        assert!(chip.contains(&(0, KVM_IRQCHIP_PIC_MASTER, 0)));
+        assert!(!chip.contains(&(2, KVM_IRQCHIP_PIC_MASTER, 2)));
+        assert!(chip.contains(&(9, KVM_IRQCHIP_PIC_SLAVE, 1)));
+        assert!(chip.contains(&(11, KVM_IRQCHIP_IOAPIC, 11)));
+        assert!(chip.contains(&(23, KVM_IRQCHIP_IOAPIC, 23)));
+        let m = e.last().unwrap();
+        assert_eq!((m.gsi, m.type_), (24, KVM_IRQ_ROUTING_MSI));
+        // SAFETY: msi is the active member of MSI-type entries.
+        let (lo, data) = unsafe { (m.u.msi.address_lo, m.u.msi.data) };
+        assert_eq!((lo, data), (0xfee0_1000, 0x41));
+    }
+}
