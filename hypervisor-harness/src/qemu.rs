@@ -112,7 +112,7 @@ pub fn build_args(cfg: &QemuConfig, accel: &str, cpu: &str, qmp: &Path) -> Vec<S
             DiskKind::Virtio => {
                 a.push("-drive".into());
                 a.push(format!(
-                    "file={file},format=raw,if=none,id=disk{i},cache=none,aio=threads{ro}"
+                    "file={file},format=raw,if=none,id=disk{i},aio=threads{ro}"
                 ));
                 a.push("-device".into());
                 a.push(format!("virtio-blk-pci,drive=disk{i},disable-legacy=on"));
@@ -120,7 +120,7 @@ pub fn build_args(cfg: &QemuConfig, accel: &str, cpu: &str, qmp: &Path) -> Vec<S
             DiskKind::Ide => {
                 a.push("-drive".into());
                 a.push(format!(
-                    "file={file},format=raw,if=ide,index={ide_index},cache=none,aio=threads{ro}"
+                    "file={file},format=raw,if=ide,index={ide_index},aio=threads{ro}"
                 ));
                 ide_index += 1;
             }
@@ -360,9 +360,9 @@ mod tests {
             ],
         };
         let a = build_args(&cfg, "tcg", "max", Path::new("/q")).join(" ");
-        assert!(a.contains("-drive file=/a,,b.img,format=raw,if=none,id=disk0,cache=none,aio=threads,readonly=on -device virtio-blk-pci,drive=disk0,disable-legacy=on"), "{a}");
+        assert!(a.contains("-drive file=/a,,b.img,format=raw,if=none,id=disk0,aio=threads,readonly=on -device virtio-blk-pci,drive=disk0,disable-legacy=on"), "{a}");
         assert!(
-            a.contains("-drive file=/c.img,format=raw,if=ide,index=0,cache=none,aio=threads"),
+            a.contains("-drive file=/c.img,format=raw,if=ide,index=0,aio=threads"),
             "{a}"
         );
     }
