@@ -183,6 +183,46 @@ fn integrity_under_the_harness_inline_io() {
     integrity_on("run", &["--io-mode", "inline"]);
 }
 
+/// A read-only virtio disk: reads pass, every write is refused, the file is untouched.
+fn read_only_on(sub: &str) {
+    let dir = TempDir::new(&format!("ro-{sub}"));
+    let img = dir.0.join("ro.img");
+    let seed = 0x0123u64;
+    make_image(&img, seed);
+    let o = harness()
+        .args([sub, "--kernel", KERNEL, "--timeout", "300"])
+        .arg("--cmdline")
+        .arg(format!(
+            "tests=virtio_blk_integrity,virtio_blk_read_only disk_seed={seed}"
+        ))
+        .arg("--disk")
+        .arg(format!("virtio:{},ro", img.display()))
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{sub}: {t}");
+    assert!(
+        t.lines()
+            .any(|l| l.trim_end() == "ok 2 virtio_blk_read_only"),
+        "{sub}: not run or skipped:\n{t}"
+    );
+    verify_image(&img, seed, seed, 0..0).unwrap();
+}
+
+#[test]
+fn read_only_disk_under_the_harness() {
+    if kvm_usable() {
+        read_only_on("run");
+    }
+}
+
+#[test]
+fn read_only_disk_under_qemu() {
+    if qemu_installed() {
+        read_only_on("qemu");
+    }
+}
+
 /// The verifier itself must notice a wrong sector, or the tests above prove nothing.
 #[test]
 fn verifier_notices_damage() {

@@ -381,3 +381,36 @@ pub fn durability() -> Outcome {
         PLATFORM.wait_for_interrupt(PLATFORM.interrupt_epoch());
     }
 }
+
+/// A read-only disk (`--disk virtio:PATH,ro`, or QEMU's `readonly=on`): writes are refused by
+/// the driver (VIRTIO_BLK_F_RO) and, when sent anyway, by the device.
+pub fn read_only() -> Outcome {
+    let Some(f) = find() else {
+        return Outcome::Skip("no virtio-blk device");
+    };
+    let mut blk = open!(f, msix());
+    if !blk.read_only() {
+        return Outcome::Skip("the disk is writable");
+    }
+    let data = vec![0xa5u8; 512];
+    check!(
+        blk.write(0, &data) == Err(BlkError::ReadOnly),
+        "a write to a read-only disk was not refused by the driver"
+    );
+    let b = try_or_fail!(PLATFORM.dma_alloc(512, 512), "dma");
+    let id = match blk.submit_write_unchecked(0, b) {
+        Ok(id) => id,
+        Err(e) => fail!("submit: {}", e.error),
+    };
+    blk.notify();
+    let c = try_or_fail!(blk.wait_for(id), "unchecked write");
+    if let Some(b) = c.buffer {
+        PLATFORM.dma_free(b);
+    }
+    check!(
+        c.result == Err(BlkError::IoError),
+        "the device answered {:?} to a write on a read-only disk",
+        c.result
+    );
+    Outcome::Pass
+}
