@@ -1,25 +1,10 @@
 //! Boot the real kernel image under our harness and under QEMU, and check what reaches the
 //! harness's exit status and KTAP summary: passes, a failure, a hang, a ring-3 fault and a panic.
 
+mod common;
+use common::*;
 use std::path::Path;
-use std::process::{Command, Output};
-
-const KERNEL: &str = env!("KERNEL_IMAGE");
-
-fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
-
-fn qemu_installed() -> bool {
-    Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+use std::process::Output;
 
 /// Run a harness subcommand (`run` or `qemu`) on the kernel with `cmdline`.
 fn boot(sub: &str, cmdline: &str, timeout_s: u32) -> Output {
@@ -27,19 +12,11 @@ fn boot(sub: &str, cmdline: &str, timeout_s: u32) -> Output {
         Path::new(KERNEL).exists(),
         "kernel image {KERNEL} was not built"
     );
-    Command::new(env!("CARGO_BIN_EXE_hypervisor-harness"))
+    harness()
         .args([sub, "--kernel", KERNEL, "--cmdline", cmdline])
         .args(["--timeout", &timeout_s.to_string()])
         .output()
         .expect("spawn the harness")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Run `check` for each available platform: our harness (needs /dev/kvm) and QEMU.
@@ -78,11 +55,7 @@ fn all_tests_pass() {
             "irq_ioapic_serial",
             "pci",
         ] {
-            assert!(
-                t.lines()
-                    .any(|l| l.starts_with("ok ") && l.ends_with(&format!(" {name}"))),
-                "{sub}: no `ok` line for {name}:\n{t}"
-            );
+            assert!(passed(&t, name), "{sub}: no `ok` line for {name}:\n{t}");
         }
         assert!(
             t.contains("# lspci 00:00.0 [0600]"),

@@ -1,16 +1,10 @@
 //! Boots tiny hand-assembled PVH ELF images (32-bit code at 1 MiB) under the harness, to check
 //! the boot ABI, exit codes and the abnormal-exit report without depending on the real kernel.
 
+mod common;
+use common::kvm_usable;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-
-fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
 
 /// An ELF64 with one PT_LOAD of `code` at 0x100000 and a PT_NOTE holding the Xen PVH entry.
 fn pvh_elf(code: &[u8]) -> Vec<u8> {

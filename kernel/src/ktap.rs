@@ -123,3 +123,14 @@ macro_rules! check {
         }
     };
 }
+
+/// The value of an `Ok`, or fail the test with a message naming what was attempted.
+#[macro_export]
+macro_rules! try_or_fail {
+    ($e:expr, $($what:tt)*) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => $crate::fail!("{}: {}", alloc::format!($($what)*), e),
+        }
+    };
+}

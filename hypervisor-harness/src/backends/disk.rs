@@ -69,6 +69,44 @@ impl DiskSpec {
     }
 }
 
+/// The images of a run, opened before anything else so that a bad one is a usage error even
+/// on a machine without KVM.
+#[derive(Debug, Default)]
+pub struct OpenedDisks {
+    /// `--disk virtio:` images, in order.
+    pub virtio: Vec<RawDisk>,
+    /// `--disk ide:` images, in order.
+    pub ide: Vec<RawDisk>,
+}
+
+impl OpenedDisks {
+    /// Open every image; at most `max_virtio` virtio and `max_ide` IDE disks.
+    pub fn open(specs: &[DiskSpec], max_virtio: usize, max_ide: usize) -> Result<Self, String> {
+        let mut disks = Self::default();
+        for spec in specs {
+            let disk = RawDisk::open(&spec.path, spec.read_only)
+                .map_err(|e| format!("--disk {}: {e}", spec.kind))?;
+            match spec.kind {
+                DiskKind::Virtio => disks.virtio.push(disk),
+                DiskKind::Ide => disks.ide.push(disk),
+            }
+        }
+        if disks.virtio.len() > max_virtio {
+            return Err(format!(
+                "--disk virtio: at most {max_virtio} virtio disks, got {}",
+                disks.virtio.len()
+            ));
+        }
+        if disks.ide.len() > max_ide {
+            return Err(format!(
+                "--disk ide: at most {max_ide} IDE disks (primary/secondary master/slave), got {}",
+                disks.ide.len()
+            ));
+        }
+        Ok(disks)
+    }
+}
+
 /// A raw image file, whole sectors only.
 #[derive(Debug)]
 pub struct RawDisk {

@@ -5,10 +5,8 @@
 
 use super::device_manager::DeviceManager;
 use super::memory::GuestMem;
-use crate::backends::disk::{DiskSpec, RawDisk};
-use crate::devices::ide::piix::{
-    self, IdePort, PiixFunction, PiixIde, Port, BAR4, BAR4_SIZE, MAX_DRIVES,
-};
+use crate::backends::disk::RawDisk;
+use crate::devices::ide::piix::{self, IdePort, PiixFunction, PiixIde, Port, BAR4, BAR4_SIZE};
 use crate::devices::{lock, Interrupt};
 use crate::error::HarnessError;
 use std::sync::{Arc, Mutex};
@@ -17,22 +15,10 @@ use std::sync::{Arc, Mutex};
 pub fn attach(
     dm: &mut DeviceManager,
     mem: &GuestMem,
-    disks: &[&DiskSpec],
+    opened: Vec<RawDisk>,
 ) -> Result<Option<u64>, HarnessError> {
-    if disks.is_empty() {
+    if opened.is_empty() {
         return Ok(None);
-    }
-    if disks.len() > MAX_DRIVES {
-        return Err(HarnessError::Usage(format!(
-            "--disk ide: at most {MAX_DRIVES} IDE disks (primary/secondary master/slave), got {}",
-            disks.len()
-        )));
-    }
-    let mut opened = Vec::with_capacity(disks.len());
-    for d in disks {
-        let disk = RawDisk::open(&d.path, d.read_only)
-            .map_err(|e| HarnessError::Usage(format!("--disk {}: {e}", d.kind)))?;
-        opened.push(disk);
     }
     let bar4 = dm.alloc_io_bar(BAR4_SIZE)?;
     let primary: Arc<dyn Interrupt> = dm.irqfd(piix::PRIMARY_GSI)?;

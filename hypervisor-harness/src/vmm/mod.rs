@@ -11,8 +11,9 @@ pub mod vcpu;
 pub mod virtio_wiring;
 pub mod vm;
 
-use crate::backends::disk::{DiskKind, DiskSpec};
+use crate::backends::disk::{DiskSpec, OpenedDisks};
 use crate::devices::debug_exit::{DebugExit, ExitRequest, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
+use crate::devices::ide::piix::MAX_DRIVES as MAX_IDE_DRIVES;
 use crate::devices::pci::host_bridge::HostBridge;
 use crate::devices::serial::{LineTee, SerialDevice, COM1_BASE, COM1_GSI, COM1_LEN};
 use crate::devices::{lock, Interrupt};
@@ -140,6 +141,8 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
         ),
     );
 
+    let disks = OpenedDisks::open(&cfg.disks, virtio_wiring::MAX_DISKS, MAX_IDE_DRIVES)
+        .map_err(HarnessError::Usage)?;
     let mut vm = vm::Vm::open()?;
     vm.setup(&mem)?;
     let other = |what: &str, e: &dyn std::fmt::Display| HarnessError::Other(format!("{what}: {e}"));
@@ -181,15 +184,10 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
     let floor_bars = floor_wiring::attach(&mut dm)?;
     // Disks, in guest order. virtio disks are one PCI function each; IDE disks share one
     // PIIX-style controller (primary master, primary slave, secondary master, secondary slave).
-    let ide_disks: Vec<&DiskSpec> = cfg
-        .disks
-        .iter()
-        .filter(|d| d.kind == DiskKind::Ide)
-        .collect();
-    for note in virtio_wiring::attach_all(&mut dm, &mem, &cfg.disks, cfg.io_mode)? {
+    for note in virtio_wiring::attach_all(&mut dm, &mem, disks.virtio, cfg.io_mode)? {
         verbose(cfg, &note);
     }
-    ide_wiring::attach(&mut dm, &mem, &ide_disks)?;
+    ide_wiring::attach(&mut dm, &mem, disks.ide)?;
     let (mut pio, mut mmio) = dm.finish()?;
 
     // vCPU.

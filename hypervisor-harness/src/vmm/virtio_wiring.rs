@@ -18,7 +18,7 @@
 use super::device_manager::DeviceManager;
 use super::memory::GuestMem;
 use super::IoMode;
-use crate::backends::disk::{DiskKind, DiskSpec, RawDisk};
+use crate::backends::disk::RawDisk;
 use crate::devices::lock;
 use crate::devices::virtio::blk::Blk;
 use crate::devices::virtio::transport_pci::{self, BarRegion, VirtioPciDevice};
@@ -37,6 +37,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// INTx lines for virtio functions, in order (10 is the exit-floor device's; 14/15 are IDE's).
 pub const INTX_GSIS: [u8; 5] = [11, 5, 9, 7, 6];
+/// How many virtio disks a run can have (one INTx GSI each).
+pub const MAX_DISKS: usize = INTX_GSIS.len();
 /// First GSI for MSI routes (0..23 are the IOAPIC pins).
 pub const FIRST_MSI_GSI: u32 = 24;
 const IOAPIC_PINS: u32 = 24;
@@ -193,27 +195,12 @@ impl VirtioInterrupt for KvmVirtioIrq {
 pub fn attach_all(
     dm: &mut DeviceManager,
     mem: &GuestMem,
-    disks: &[DiskSpec],
+    opened: Vec<RawDisk>,
     io_mode: IoMode,
 ) -> Result<Vec<String>, HarnessError> {
-    let virtio: Vec<&DiskSpec> = disks
-        .iter()
-        .filter(|d| d.kind == DiskKind::Virtio)
-        .collect();
     let mut notes = Vec::new();
-    if virtio.is_empty() {
+    if opened.is_empty() {
         return Ok(notes);
-    }
-    if virtio.len() > INTX_GSIS.len() {
-        return Err(HarnessError::Usage(format!(
-            "--disk virtio: at most {} virtio disks",
-            INTX_GSIS.len()
-        )));
-    }
-    // Open every image first, so a bad one is a usage error before any KVM plumbing.
-    let mut opened = Vec::new();
-    for spec in &virtio {
-        opened.push(RawDisk::open(&spec.path, spec.read_only).map_err(HarnessError::Usage)?);
     }
     let router = Arc::new(Mutex::new(GsiRouter::new(&dm.vm.kvm, &dm.vm.fd)?));
     for (n, disk) in opened.into_iter().enumerate() {

@@ -6,7 +6,7 @@ use super::disk;
 use crate::arch::{apic, ioapic, vectors};
 use crate::ktap::Outcome;
 use crate::platform::{KernelPlatform, PLATFORM};
-use crate::{check, fail, pattern, pci, println};
+use crate::{check, fail, pattern, pci, println, try_or_fail};
 use alloc::vec;
 use drivers::ata::bmdma::BusMasterDma;
 use drivers::ata::ide::{ChannelPorts, Drive, IdeChannel};
@@ -51,15 +51,6 @@ pub fn open_primary() -> Result<(IdeChannel<'static, KernelPlatform>, u64), Outc
         Ok(None) => Err(Outcome::Skip("no drive on the primary IDE channel")),
         Err(e) => Err(Outcome::Fail(alloc::format!("IDENTIFY: {}", e))),
     }
-}
-
-macro_rules! try_or_fail {
-    ($e:expr, $($what:tt)*) => {
-        match $e {
-            Ok(v) => v,
-            Err(e) => fail!("{}: {}", alloc::format!($($what)*), e),
-        }
-    };
 }
 
 macro_rules! open_or_return {

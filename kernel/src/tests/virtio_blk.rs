@@ -6,7 +6,7 @@ use super::disk;
 use crate::arch::{apic, ioapic, vectors};
 use crate::ktap::Outcome;
 use crate::platform::PLATFORM;
-use crate::{check, fail, pattern, pci, println};
+use crate::{check, fail, pattern, pci, println, try_or_fail};
 use alloc::vec;
 use alloc::vec::Vec;
 use drivers::pci::PciFunction;
@@ -55,15 +55,6 @@ macro_rules! open {
         match VirtioBlk::new(&PLATFORM, $f, $mode, QUEUE_SIZE) {
             Ok(b) => b,
             Err(e) => fail!("virtio-blk {}: init: {}", $f.address, e),
-        }
-    };
-}
-
-macro_rules! try_or_fail {
-    ($e:expr, $($what:tt)*) => {
-        match $e {
-            Ok(v) => v,
-            Err(e) => fail!("{}: {}", alloc::format!($($what)*), e),
         }
     };
 }

@@ -1,0 +1,80 @@
+//! What the integration tests share: the built kernel and harness, platform checks, output
+//! handling and a self-deleting temporary directory.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+pub const KERNEL: &str = env!("KERNEL_IMAGE");
+
+/// The harness binary under test.
+pub fn harness() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hypervisor-harness"))
+}
+
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+pub fn qemu_installed() -> bool {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// stdout then stderr, for assertions and failure messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Exit code 64 and exactly one `error:` line, which mentions `what`.
+pub fn assert_usage_error(o: &Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(64), "{}", text(o));
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "stderr:\n{stderr}");
+    assert!(errors[0].contains(what), "{what:?} not in {:?}", errors[0]);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Whether a KTAP line `ok N name` (not SKIP) is in the output.
+pub fn passed(t: &str, name: &str) -> bool {
+    t.lines()
+        .any(|l| l.starts_with("ok ") && l.trim_end().ends_with(&format!(" {name}")))
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let p = std::env::temp_dir().join(format!("hh-test-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    /// A file of `len` zero bytes in the directory.
+    pub fn file(&self, name: &str, len: u64) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::File::create(&p).unwrap().set_len(len).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
