@@ -84,24 +84,12 @@ impl<'v> DeviceManager<'v> {
 
     /// Assign `size` bytes of port space (naturally aligned, as BAR sizing requires).
     pub fn alloc_io_bar(&mut self, size: u64) -> Result<u64, HarnessError> {
-        let size = size.max(4).next_power_of_two();
-        let base = self.next_io.next_multiple_of(size);
-        if base + size > IO_BAR_END {
-            return Err(HarnessError::Other("out of PCI I/O space".into()));
-        }
-        self.next_io = base + size;
-        Ok(base)
+        bump(&mut self.next_io, size.max(4), IO_BAR_END, "I/O")
     }
 
     /// Assign `size` bytes of MMIO space below 4 GiB (naturally aligned, at least a page).
     pub fn alloc_mmio_bar(&mut self, size: u64) -> Result<u64, HarnessError> {
-        let size = size.max(0x1000).next_power_of_two();
-        let base = self.next_mmio.next_multiple_of(size);
-        if base + size > MMIO_BAR_END {
-            return Err(HarnessError::Other("out of PCI MMIO space".into()));
-        }
-        self.next_mmio = base + size;
-        Ok(base)
+        bump(&mut self.next_mmio, size.max(0x1000), MMIO_BAR_END, "MMIO")
     }
 
     /// Put a function on the PCI bus at `bdf`.
@@ -136,8 +124,38 @@ impl<'v> DeviceManager<'v> {
     }
 }
 
+/// Take a naturally aligned block of `size` (rounded up to a power of two) from `*next`.
+fn bump(next: &mut u64, size: u64, end: u64, space: &str) -> Result<u64, HarnessError> {
+    let size = size.next_power_of_two();
+    let base = next.next_multiple_of(size);
+    if base.checked_add(size).is_none_or(|top| top > end) {
+        return Err(HarnessError::Other(format!("out of PCI {space} space")));
+    }
+    *next = base + size;
+    Ok(base)
+}
+
 #[cfg(test)]
 mod tests {
-    // BAR allocation is pure arithmetic but needs a Vm; its rules are covered by the boot tests
-    // (the guest's PCI test decodes every BAR without complaint).
+    use super::*;
+
+    #[test]
+    fn bars_are_naturally_aligned_and_bounded() {
+        let mut next = 0xc004;
+        assert_eq!(bump(&mut next, 0x10, 0x1_0000, "I/O").unwrap(), 0xc010);
+        assert_eq!(next, 0xc020);
+        assert_eq!(bump(&mut next, 0x80, 0x1_0000, "I/O").unwrap(), 0xc080);
+        assert_eq!(bump(&mut next, 3, 0x1_0000, "I/O").unwrap(), 0xc100);
+        let mut mmio = 0xc000_1000;
+        assert_eq!(
+            bump(&mut mmio, 0x8000, MMIO_BAR_END, "MMIO").unwrap(),
+            0xc000_8000
+        );
+        let mut full = 0xfff0;
+        assert!(bump(&mut full, 0x20, 0x1_0000, "I/O")
+            .unwrap_err()
+            .to_string()
+            .contains("out of PCI I/O space"));
+        assert_eq!(full, 0xfff0, "a failed allocation takes nothing");
+    }
 }
