@@ -158,3 +158,36 @@ impl PortStrings for KernelPlatform {
         }
     }
 }
+
+/// A DMA buffer that goes back to the platform when dropped, for tests and benchmarks whose
+/// many early returns would otherwise each need a `dma_free`. Drop it only once the device is
+/// done with it.
+pub struct Dma(Option<DmaBuffer>);
+
+impl Dma {
+    /// `len` zeroed, page-aligned bytes.
+    pub fn new(len: usize) -> Result<Self, PlatformError> {
+        PLATFORM.dma_alloc(len, DMA_ALIGN).map(|b| Self(Some(b)))
+    }
+}
+
+impl core::ops::Deref for Dma {
+    type Target = DmaBuffer;
+    fn deref(&self) -> &DmaBuffer {
+        self.0.as_ref().expect("present until drop")
+    }
+}
+
+impl core::ops::DerefMut for Dma {
+    fn deref_mut(&mut self) -> &mut DmaBuffer {
+        self.0.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for Dma {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            PLATFORM.dma_free(b);
+        }
+    }
+}

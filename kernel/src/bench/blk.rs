@@ -9,7 +9,7 @@
 
 use crate::arch::vectors;
 use crate::ktap::Outcome;
-use crate::platform::{KernelPlatform, PLATFORM};
+use crate::platform::{Dma, KernelPlatform, PLATFORM};
 use crate::tests::{disk, ide, virtio_blk};
 use crate::{println, time};
 use alloc::vec::Vec;
@@ -190,30 +190,19 @@ fn ide_rows() -> Result<(), alloc::string::String> {
     let f = ide::find_controller().ok_or("no PIIX function")?;
     let mut bm = BusMasterDma::from_pci(&PLATFORM, f, false)
         .map_err(|e| alloc::format!("bus master: {}", e))?;
-    let dma = PLATFORM
-        .dma_alloc(SEQ_BYTES, 4096)
-        .map_err(|e| alloc::format!("dma: {}", e))?;
-    let mut result = Ok(());
     for w in Workload::ALL.into_iter().filter(|_| selected("ide_dma")) {
-        let mut view = DmaBuffer {
-            virt: dma.virt,
-            phys: dma.phys,
-            len: w.bytes(),
-        };
-        result = run_qd1("ide_dma", w, capacity, |lba| {
+        // The transfer length is the buffer's.
+        let mut buf = Dma::new(w.bytes()).map_err(|e| alloc::format!("dma: {}", e))?;
+        run_qd1("ide_dma", w, capacity, |lba| {
             let r = if w.is_write() {
-                bm.write(&mut ide, Drive::Master, lba, &view)
+                bm.write(&mut ide, Drive::Master, lba, &buf)
             } else {
-                bm.read(&mut ide, Drive::Master, lba, &mut view)
+                bm.read(&mut ide, Drive::Master, lba, &mut buf)
             };
             r.map_err(|e| alloc::format!("IDE DMA at {}: {}", lba, e))
-        });
-        if result.is_err() {
-            break;
-        }
+        })?;
     }
-    PLATFORM.dma_free(dma);
-    result
+    Ok(())
 }
 
 /// Keep `qd` requests in flight until the budget is spent; latency is submit to reap.

@@ -5,14 +5,14 @@
 use super::disk;
 use crate::arch::{apic, ioapic, vectors};
 use crate::ktap::Outcome;
-use crate::platform::{KernelPlatform, PLATFORM};
+use crate::platform::{Dma, KernelPlatform, PLATFORM};
 use crate::{check, fail, pattern, pci, println, try_or_fail};
 use alloc::vec;
 use drivers::ata::bmdma::BusMasterDma;
 use drivers::ata::ide::{ChannelPorts, Drive, IdeChannel};
 use drivers::ata::AtaError;
 use drivers::pci::{Pci, PciFunction};
-use drivers::platform::Platform;
+use drivers::platform::{DmaBuffer, Platform};
 
 /// ISA IRQ of the primary channel.
 const PRIMARY_IRQ: u8 = 14;
@@ -126,72 +126,58 @@ pub fn dma_integrity() -> Outcome {
         return Outcome::Skip("no PIIX IDE controller");
     };
     let mut bm = try_or_fail!(BusMasterDma::from_pci(&PLATFORM, f, false), "bus master");
-    let buf = try_or_fail!(PLATFORM.dma_alloc((CHUNK * 512) as usize, 4096), "dma");
+    // The transfer length is the buffer's: a full chunk, and one exact buffer for the tail.
+    let mut chunk = try_or_fail!(Dma::new((CHUNK * 512) as usize), "dma");
     let mut lba = 0;
-    let mut result = Outcome::Pass;
     while lba < cap {
         let n = (cap - lba).min(CHUNK);
-        let mut part = drivers::platform::DmaBuffer {
-            virt: buf.virt,
-            phys: buf.phys,
-            len: n as usize * 512,
+        let mut tail;
+        let buf: &mut DmaBuffer = if n == CHUNK {
+            &mut chunk
+        } else {
+            tail = try_or_fail!(Dma::new(n as usize * 512), "dma");
+            &mut tail
         };
-        if let Err(e) = bm.read(&mut ide, Drive::Master, lba, &mut part) {
-            result = Outcome::Fail(alloc::format!("DMA read {}+{}: {}", lba, n, e));
-            break;
-        }
-        if let Some(bad) = disk::first_bad_sector(cap, lba, part.as_slice()) {
-            result = Outcome::Fail(alloc::format!(
-                "sector {} does not hold the image pattern",
-                bad
-            ));
-            break;
+        try_or_fail!(
+            bm.read(&mut ide, Drive::Master, lba, buf),
+            "DMA read {}+{}",
+            lba,
+            n
+        );
+        if let Some(bad) = disk::first_bad_sector(cap, lba, buf.as_slice()) {
+            fail!("sector {} does not hold the image pattern", bad);
         }
         lba += n;
     }
-    if matches!(result, Outcome::Pass) {
-        let mut one = drivers::platform::DmaBuffer {
-            virt: buf.virt,
-            phys: buf.phys,
-            len: 512,
-        };
-        if !matches!(
+    let mut one = try_or_fail!(Dma::new(512), "dma");
+    check!(
+        matches!(
             bm.read(&mut ide, Drive::Master, cap, &mut one),
             Err(AtaError::OutOfRange { .. })
-        ) {
-            result = Outcome::Fail("DMA read at the capacity was not refused".into());
-        }
-    }
-    if let (Outcome::Pass, Some(wseed)) = (&result, disk::write_seed()) {
+        ),
+        "DMA read at the capacity was not refused"
+    );
+    if let Some(wseed) = disk::write_seed() {
         let start = pattern::write_region_start(cap) + pattern::IDE_PIO_WRITE_SECTORS;
         let n = pattern::WRITE_REGION_SECTORS - pattern::IDE_PIO_WRITE_SECTORS;
-        let mut part = drivers::platform::DmaBuffer {
-            virt: buf.virt,
-            phys: buf.phys,
-            len: n as usize * 512,
-        };
+        let mut part = try_or_fail!(Dma::new(n as usize * 512), "dma");
         pattern::fill(wseed, start, part.as_mut_slice());
-        result = match bm.write(&mut ide, Drive::Master, start, &part) {
-            Err(e) => Outcome::Fail(alloc::format!("DMA write {}: {}", start, e)),
-            Ok(()) => match ide.flush(Drive::Master) {
-                Err(e) => Outcome::Fail(alloc::format!("flush: {}", e)),
-                Ok(()) => {
-                    part.as_mut_slice().fill(0);
-                    match bm.read(&mut ide, Drive::Master, start, &mut part) {
-                        Err(e) => Outcome::Fail(alloc::format!("read back: {}", e)),
-                        Ok(()) => match pattern::first_mismatch(wseed, start, part.as_slice()) {
-                            Some(bad) => {
-                                Outcome::Fail(alloc::format!("sector {} did not read back", bad))
-                            }
-                            None => Outcome::Pass,
-                        },
-                    }
-                }
-            },
-        };
+        try_or_fail!(
+            bm.write(&mut ide, Drive::Master, start, &part),
+            "DMA write {}",
+            start
+        );
+        try_or_fail!(ide.flush(Drive::Master), "flush");
+        part.as_mut_slice().fill(0);
+        try_or_fail!(
+            bm.read(&mut ide, Drive::Master, start, &mut part),
+            "read back"
+        );
+        if let Some(bad) = pattern::first_mismatch(wseed, start, part.as_slice()) {
+            fail!("sector {} did not read back as written", bad);
+        }
     }
-    PLATFORM.dma_free(buf);
-    result
+    Outcome::Pass
 }
 
 /// PIO and DMA completing by IRQ 14 through the IOAPIC instead of polling.
