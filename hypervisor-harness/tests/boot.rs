@@ -112,6 +112,20 @@ fn a_ring3_fault_is_reported() {
 }
 
 #[test]
+fn a_ring0_fault_is_reported() {
+    on_each_platform(|sub| {
+        let o = boot(sub, "tests=selftest_ring0_fault", 120);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{sub}: {t}");
+        assert!(
+            t.contains("EXCEPTION vector 6 (#UD invalid opcode) in ring 0"),
+            "{sub}: {t}"
+        );
+        assert!(t.contains("not ok 1 selftest_ring0_fault"), "{sub}: {t}");
+    });
+}
+
+#[test]
 fn a_panic_is_reported() {
     on_each_platform(|sub| {
         let o = boot(sub, "tests=selftest_panic", 120);

@@ -12,6 +12,8 @@ pub const WAIT_FOR_INTERRUPT: u64 = 0;
 pub const EXIT: u64 = 1;
 /// Run an empty loop of N iterations in ring 0; returns the TSC cycles it took.
 pub const RING0_LOOP: u64 = 2;
+/// Execute `ud2` in ring 0: proves that a ring-0 exception is reported (self-test only).
+pub const RING0_FAULT: u64 = 3;
 
 /// Ring-0 side, called from the #BP handler with interrupts off.
 pub fn dispatch(number: u64, arg0: u64, _arg1: u64) -> u64 {
@@ -29,6 +31,11 @@ pub fn dispatch(number: u64, arg0: u64, _arg1: u64) -> u64 {
             let start = crate::time::rdtsc();
             crate::time::spin_loop(arg0);
             crate::time::rdtsc() - start
+        }
+        RING0_FAULT => {
+            // SAFETY: deliberately raises #UD; the handler reports it and ends the run.
+            unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+            u64::MAX
         }
         _ => u64::MAX,
     }

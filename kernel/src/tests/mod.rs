@@ -33,5 +33,6 @@ pub static REGISTRY: &[Test] = &[
     Test::by_name("selftest_fail", selftest::fail),
     Test::by_name("selftest_hang", selftest::hang),
     Test::by_name("selftest_fault", selftest::fault),
+    Test::by_name("selftest_ring0_fault", selftest::ring0_fault),
     Test::by_name("selftest_panic", selftest::panic),
 ];

@@ -1,5 +1,6 @@
 //! Tests that must not pass: they prove a failure, a hang and a crash reach the harness.
 
+use crate::arch::kcall;
 use crate::fail;
 use crate::ktap::Outcome;
 use crate::platform::KernelPlatform;
@@ -21,6 +22,11 @@ pub fn fault() -> Outcome {
     // SAFETY: deliberately faulting; the #PF handler reports and ends the run.
     let v = unsafe { core::ptr::read_volatile(0x40_0000_0000 as *const u64) };
     fail!("read from an unmapped address returned {:#x}", v)
+}
+
+pub fn ring0_fault() -> Outcome {
+    kcall::call(kcall::RING0_FAULT, 0, 0);
+    fail!("the ring-0 fault returned")
 }
 
 pub fn panic() -> Outcome {
