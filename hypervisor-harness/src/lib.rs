@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod devices;
 pub mod error;
+pub mod fuzzing;
 pub mod ktap;
 pub mod platform;
 pub mod qemu;

@@ -447,7 +447,9 @@ impl VirtioPciDevice {
             return;
         }
         let old = self.status;
-        let mut new = v;
+        // NEEDS_RESET is the device's to set: a driver writing it is ignored (it would otherwise
+        // stop the queues without a reason and without the configuration interrupt).
+        let mut new = v & !STATUS_NEEDS_RESET;
         if new & STATUS_FEATURES_OK != 0
             && old & STATUS_FEATURES_OK == 0
             && !self.features_acceptable()
@@ -1012,6 +1014,22 @@ mod tests {
         w(d, common::DEVICE_STATUS, 1, 0);
         assert_eq!(r(d, common::DEVICE_STATUS, 1), 0);
         assert_eq!(d.broken(), None);
+    }
+
+    #[test]
+    fn driver_cannot_set_needs_reset() {
+        // Found by fuzzing::virtio_blk: status 0x40 from the driver read back as NEEDS_RESET with
+        // no reason recorded, and notifies were then silently ignored.
+        let mut t = setup(false);
+        let d = &mut t.dev;
+        setup_queue(d, 0, 256);
+        negotiate(d, 0, 1);
+        w(d, common::DEVICE_STATUS, 1, 15 | 64);
+        assert_eq!(r(d, common::DEVICE_STATUS, 1), 15);
+        assert_eq!(d.broken(), None);
+        w(d, VirtioPciDevice::notify_offset(0), 2, 0);
+        assert_eq!(t.processed.load(Ordering::SeqCst), 1);
+        assert_eq!(t.dev.stats.config_interrupts, 0);
     }
 
     #[test]
