@@ -301,6 +301,7 @@ fn cmd_qemu(a: &QemuArgs) -> Result<i32, HarnessError> {
             "ktap": ktap_json(&r.ktap),
             "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
             "kvm_stats": r.stats.as_ref().map(vmm::exits::stats_to_json),
+            "phases": r.phases.iter().map(|p| p.to_json()).collect::<Vec<_>>(),
         });
         write_json(p, &v)?;
     }

@@ -6,7 +6,7 @@ use crate::cli::{Accel, Outcome};
 use crate::devices::lock;
 use crate::error::HarnessError;
 use crate::ktap::{KtapParser, KtapSummary};
-use crate::vmm::exits::KvmStats;
+use crate::vmm::exits::{KvmStats, PhaseMark};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -39,6 +39,9 @@ pub struct QemuResult {
     pub stats: Option<KvmStats>,
     pub accel: &'static str,
     pub elapsed: Duration,
+    /// QEMU's KVM exit count at the guest's `# phase:` lines, read by QMP right after the line
+    /// arrives (a QMP round trip late: the guest keeps running meanwhile).
+    pub phases: Vec<PhaseMark>,
 }
 
 /// /dev/kvm opens read/write.
@@ -259,7 +262,9 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
     let ktap = Arc::new(Mutex::new(KtapParser::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let last_stats: Arc<Mutex<Option<KvmStats>>> = Arc::default();
-    let (poke_tx, poke_rx) = mpsc::channel::<()>();
+    let phases: Arc<Mutex<Vec<PhaseMark>>> = Arc::default();
+    // Pokes to the QMP poller: None after the KTAP plan completes, Some(marker) at a phase line.
+    let (poke_tx, poke_rx) = mpsc::channel::<Option<String>>();
 
     // Serial reader: QEMU's stdout is the guest's COM1.
     let stdout = child.stdout.take();
@@ -281,10 +286,14 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
             let _ = sink.write_all(&buf);
             let _ = sink.flush();
             let line = String::from_utf8_lossy(&buf);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if let Some(marker) = line.trim_start().strip_prefix("# phase: ") {
+                let _ = poke_tx.send(Some(marker.trim().to_string()));
+            }
             let mut k = lock(&k2);
-            k.feed(line.trim_end_matches(['\n', '\r']));
+            k.feed(line);
             if k.summary().complete {
-                let _ = poke_tx.send(());
+                let _ = poke_tx.send(None);
             }
             buf.clear();
         }
@@ -292,21 +301,35 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
 
     // QMP poller: keeps the last stats answer; polls every 200 ms and right after the KTAP
     // plan completes (the guest exits just after).
-    let (s2, l2, p2) = (stop.clone(), last_stats.clone(), qmp_path.clone());
+    let (s2, l2, p2, ph2) = (
+        stop.clone(),
+        last_stats.clone(),
+        qmp_path.clone(),
+        phases.clone(),
+    );
     let poller = std::thread::spawn(move || {
         let Some(mut q) = Qmp::connect(&p2, &s2) else {
             return;
         };
+        let mut marker = None;
         while !s2.load(Ordering::SeqCst) {
             match q.stats() {
-                Some(s) => *lock(&l2) = Some(s),
+                Some(s) => {
+                    if let Some(m) = marker.take() {
+                        let exits = s.get("vcpu").and_then(|v| v.get("exits")).copied();
+                        lock(&ph2).push(PhaseMark::kvm_only(m, exits));
+                    }
+                    *lock(&l2) = Some(s);
+                }
                 None => {
                     if q.cmd(&json!({"execute": "query-status"})).is_none() {
                         return; // connection gone
                     }
                 }
             }
-            let _ = poke_rx.recv_timeout(Duration::from_millis(200));
+            if let Ok(Some(m)) = poke_rx.recv_timeout(Duration::from_millis(200)) {
+                marker = Some(m);
+            }
         }
     });
 
@@ -330,12 +353,14 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
     let _ = std::fs::remove_file(&qmp_path);
     let summary = lock(&ktap).summary();
     let stats = lock(&last_stats).clone();
+    let phases = std::mem::take(&mut *lock(&phases));
     Ok(QemuResult {
         outcome,
         ktap: summary,
         stats,
         accel,
         elapsed,
+        phases,
     })
 }
 

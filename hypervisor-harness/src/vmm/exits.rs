@@ -421,6 +421,15 @@ impl PhaseMark {
         }
     }
 
+    /// A mark with only KVM's exit count (QEMU, read through QMP).
+    pub fn kvm_only(marker: String, kvm_exits: Option<u64>) -> Self {
+        Self {
+            marker,
+            device_exits: BTreeMap::new(),
+            kvm_exits,
+        }
+    }
+
     pub fn to_json(&self) -> Value {
         serde_json::json!({
             "marker": self.marker,
