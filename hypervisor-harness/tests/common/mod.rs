@@ -12,13 +12,7 @@ pub fn harness() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hypervisor-harness"))
 }
 
-pub fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
+pub use hypervisor_harness::qemu::kvm_usable;
 
 pub fn qemu_installed() -> bool {
     Command::new("qemu-system-x86_64")
