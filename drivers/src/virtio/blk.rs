@@ -345,16 +345,7 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
         sector: u64,
         buffer: DmaBuffer,
     ) -> Result<RequestId, SubmitError> {
-        let checked = self
-            .check_data(buffer.len)
-            .and_then(|n| self.check_range(sector, n));
-        match checked {
-            Ok(()) => self.submit(req_type::IN, sector, Some(buffer), true),
-            Err(error) => Err(SubmitError {
-                error,
-                buffer: Some(buffer),
-            }),
-        }
+        self.submit_checked(req_type::IN, sector, buffer)
     }
 
     /// As [`Self::submit_read`] without the capacity check (to test the device's own check).
@@ -372,14 +363,26 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
         sector: u64,
         buffer: DmaBuffer,
     ) -> Result<RequestId, SubmitError> {
-        let checked = if self.read_only() {
+        self.submit_checked(req_type::OUT, sector, buffer)
+    }
+
+    /// A read (IN) or write (OUT) after the driver's own checks: length, size_max, capacity,
+    /// and for writes a read-only device. A refused request gets its buffer back.
+    fn submit_checked(
+        &mut self,
+        kind: u32,
+        sector: u64,
+        buffer: DmaBuffer,
+    ) -> Result<RequestId, SubmitError> {
+        let device_writes = kind == req_type::IN;
+        let checked = if !device_writes && self.read_only() {
             Err(BlkError::ReadOnly)
         } else {
             self.check_data(buffer.len)
                 .and_then(|n| self.check_range(sector, n))
         };
         match checked {
-            Ok(()) => self.submit(req_type::OUT, sector, Some(buffer), false),
+            Ok(()) => self.submit(kind, sector, Some(buffer), device_writes),
             Err(error) => Err(SubmitError {
                 error,
                 buffer: Some(buffer),

@@ -254,8 +254,9 @@ pub fn run_section(
     vmms: &[(&str, &str, Vec<String>, &str)],
     dir: &Path,
 ) -> Result<BlkSection, HarnessError> {
-    let virtio: PathBuf = dir.join("bench-virtio.img");
-    let ide: PathBuf = dir.join("bench-ide.img");
+    let pid = std::process::id();
+    let virtio: PathBuf = dir.join(format!("hh-bench-{pid}-virtio.img"));
+    let ide: PathBuf = dir.join(format!("hh-bench-{pid}-ide.img"));
     make_image(&virtio)?;
     make_image(&ide)?;
     let mut rows = Vec::new();

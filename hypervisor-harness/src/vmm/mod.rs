@@ -159,13 +159,16 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
     let k2 = ktap.clone();
     // `# phase: <marker>` lines from the guest: the run loop snapshots the counters there.
     let phase_lines: Arc<Mutex<Vec<String>>> = Arc::default();
-    let p2 = phase_lines.clone();
+    // Set with each new marker, so the run loop takes the lock only when there is one.
+    let phase_pending = Arc::new(AtomicBool::new(false));
+    let (p2, pp2) = (phase_lines.clone(), phase_pending.clone());
     let tee = LineTee::new(
         out,
         Box::new(move |line| {
             lock(&k2).feed(line);
             if let Some(marker) = line.trim_start().strip_prefix("# phase: ") {
                 lock(&p2).push(marker.trim().to_string());
+                pp2.store(true, Ordering::Release);
             }
         }),
     );
@@ -248,7 +251,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
     let vcpu_stats = exits::stats_fd(&vcpu).ok();
     let mut phases = Vec::new();
     let end = loop {
-        {
+        if phase_pending.swap(false, Ordering::Acquire) {
             let mut markers = lock(&phase_lines);
             for marker in markers.drain(..) {
                 phases.push(PhaseMark::take(marker, &counters, vcpu_stats.as_ref()));
