@@ -674,7 +674,7 @@ impl<'p, P: Platform + ?Sized> Pci<'p, P> {
                 }
                 // Lowest writable address bit = size; devices decoding only 16 address bits
                 // read 0 in the upper half, which the lowest-bit rule handles.
-                let size = mask & mask.wrapping_neg();
+                let size = mask.isolate_lowest_one();
                 let port = raw & !0x3;
                 if u64::from(port) + u64::from(size) > 0x1_0000 {
                     issues.push(PciError::BarIoOutOfRange {
@@ -724,7 +724,7 @@ impl<'p, P: Platform + ?Sized> Pci<'p, P> {
             }
             bars[slot] = Some(Bar::Memory {
                 addr: addr_bits,
-                size: mask & mask.wrapping_neg(),
+                size: mask.isolate_lowest_one(),
                 is_64,
                 prefetchable,
             });

@@ -17,14 +17,14 @@ const WRITE_REGION: u64 = 64;
 /// The kernel's seeded pattern (kernel/src/pattern.rs), written again here on purpose: the two
 /// sides share no code.
 fn fill(seed: u64, lba: u64, buf: &mut [u8]) {
-    for (i, sector) in buf.chunks_exact_mut(SECTOR).enumerate() {
+    for (i, sector) in buf.as_chunks_mut::<SECTOR>().0.iter_mut().enumerate() {
         let mut state = seed ^ (lba + i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-        for word in sector.chunks_exact_mut(8) {
+        for word in sector.as_chunks_mut::<8>().0 {
             state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
             let mut z = state;
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            word.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+            *word = (z ^ (z >> 31)).to_le_bytes();
         }
     }
 }
@@ -47,11 +47,11 @@ fn verify_image(
         return Err(format!("{} changed size to {}", path.display(), data.len()));
     }
     let mut expect = [0u8; SECTOR];
-    for (lba, sector) in data.chunks_exact(SECTOR).enumerate() {
+    for (lba, sector) in data.as_chunks::<SECTOR>().0.iter().enumerate() {
         let lba = lba as u64;
         let s = if written.contains(&lba) { wseed } else { seed };
         fill(s, lba, &mut expect);
-        if sector != expect {
+        if *sector != expect {
             let what = if written.contains(&lba) {
                 "the guest's write"
             } else {

@@ -17,10 +17,10 @@ pub const SECTOR: usize = 512;
 
 /// Fill `buf` (whole sectors) with the pattern of sectors `lba..`.
 pub fn fill(seed: u64, lba: u64, buf: &mut [u8]) {
-    for (i, sector) in buf.chunks_exact_mut(SECTOR).enumerate() {
+    for (i, sector) in buf.as_chunks_mut::<SECTOR>().0.iter_mut().enumerate() {
         let mut state = seed ^ (lba + i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-        for word in sector.chunks_exact_mut(8) {
-            word.copy_from_slice(&splitmix(&mut state).to_le_bytes());
+        for word in sector.as_chunks_mut::<8>().0 {
+            *word = splitmix(&mut state).to_le_bytes();
         }
     }
 }
@@ -28,9 +28,9 @@ pub fn fill(seed: u64, lba: u64, buf: &mut [u8]) {
 /// The first sector in `buf` (starting at `lba`) that differs from the pattern.
 pub fn first_mismatch(seed: u64, lba: u64, buf: &[u8]) -> Option<u64> {
     let mut expect = [0u8; SECTOR];
-    for (i, sector) in buf.chunks_exact(SECTOR).enumerate() {
+    for (i, sector) in buf.as_chunks::<SECTOR>().0.iter().enumerate() {
         fill(seed, lba + i as u64, &mut expect);
-        if sector != expect {
+        if *sector != expect {
             return Some(lba + i as u64);
         }
     }

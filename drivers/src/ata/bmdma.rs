@@ -278,7 +278,7 @@ impl<'p, P: Platform + ?Sized> BusMasterDma<'p, P> {
     fn write_table(&mut self, entries: &[PrdEntry]) {
         let table = self.table.as_mut().expect("table lives until drop");
         let bytes = table.as_mut_slice();
-        for (slot, e) in bytes.chunks_exact_mut(8).zip(entries) {
+        for (slot, e) in bytes.as_chunks_mut::<8>().0.iter_mut().zip(entries) {
             slot.copy_from_slice(&e.to_bytes());
         }
     }

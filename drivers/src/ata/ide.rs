@@ -781,7 +781,7 @@ impl<'p, P: PortStrings + ?Sized> IdeChannel<'p, P> {
             self.settle(t);
         }
         let timeout = self.timeouts.command_ns;
-        for sector in buf.chunks_exact_mut(SECTOR_SIZE) {
+        for sector in buf.as_chunks_mut::<SECTOR_SIZE>().0 {
             // Data-in: an interrupt precedes every block.
             self.wait(WaitFor::DataRequest, irq, timeout)?;
             irq = self.irq_snapshot();
@@ -805,7 +805,7 @@ impl<'p, P: PortStrings + ?Sized> IdeChannel<'p, P> {
         let timeout = self.timeouts.command_ns;
         // Data-out: DRQ for the first block comes without an interrupt.
         let mut irq = None;
-        for sector in buf.chunks_exact(SECTOR_SIZE) {
+        for sector in buf.as_chunks::<SECTOR_SIZE>().0 {
             self.wait(WaitFor::DataRequest, irq, timeout)?;
             irq = self.irq_snapshot();
             self.write_sector_data(sector);
@@ -826,8 +826,8 @@ impl<'p, P: PortStrings + ?Sized> IdeChannel<'p, P> {
         } else {
             let mut tmp = [0u16; SECTOR_SIZE / 2];
             self.platform.ins16(port, &mut tmp);
-            for (d, w) in dst.chunks_exact_mut(2).zip(tmp) {
-                d.copy_from_slice(&w.to_le_bytes());
+            for (d, w) in dst.as_chunks_mut::<2>().0.iter_mut().zip(tmp) {
+                *d = w.to_le_bytes();
             }
         }
     }
@@ -840,8 +840,8 @@ impl<'p, P: PortStrings + ?Sized> IdeChannel<'p, P> {
             self.platform.outs16(port, words);
         } else {
             let mut tmp = [0u16; SECTOR_SIZE / 2];
-            for (w, s) in tmp.iter_mut().zip(src.chunks_exact(2)) {
-                *w = u16::from_le_bytes([s[0], s[1]]);
+            for (w, s) in tmp.iter_mut().zip(src.as_chunks::<2>().0) {
+                *w = u16::from_le_bytes(*s);
             }
             self.platform.outs16(port, &tmp);
         }

@@ -270,8 +270,10 @@ pub fn parse_stats(
         }
         let data = read_at(data_offset + offset, size * 8)?;
         let sum = data
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .as_chunks::<8>()
+            .0
+            .iter()
+            .map(|c| u64::from_le_bytes(*c))
             .fold(0u64, |a, b| a.wrapping_add(b));
         out.push((name, sum));
     }
@@ -315,6 +317,49 @@ pub fn stats_table(stats: &KvmStats) -> String {
         );
     }
     s
+}
+
+/// Counters at one `# phase: <marker>` line of the guest: userspace exits per device, and KVM's
+/// own count of every exit of the vCPU.
+#[derive(Debug, Clone)]
+pub struct PhaseMark {
+    pub marker: String,
+    pub device_exits: BTreeMap<String, u64>,
+    pub kvm_exits: Option<u64>,
+}
+
+impl PhaseMark {
+    pub fn take(marker: String, counters: &ExitCounters, vcpu_stats: Option<&OwnedFd>) -> Self {
+        let mut device_exits = BTreeMap::new();
+        for ((_, name, _), n) in &counters.by_device {
+            *device_exits.entry(name.clone()).or_insert(0) += n;
+        }
+        let kvm_exits = vcpu_stats
+            .and_then(|fd| read_stats(fd).ok())
+            .and_then(|s| s.into_iter().find(|(k, _)| k == "exits").map(|(_, v)| v));
+        Self {
+            marker,
+            device_exits,
+            kvm_exits,
+        }
+    }
+
+    /// A mark with only KVM's exit count (QEMU, read through QMP).
+    pub fn kvm_only(marker: String, kvm_exits: Option<u64>) -> Self {
+        Self {
+            marker,
+            device_exits: BTreeMap::new(),
+            kvm_exits,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "marker": self.marker,
+            "device_exits": self.device_exits,
+            "kvm_exits": self.kvm_exits,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -393,48 +438,5 @@ mod tests {
             stats,
             vec![("exits".to_string(), 42), ("hist".to_string(), 3)]
         );
-    }
-}
-
-/// Counters at one `# phase: <marker>` line of the guest: userspace exits per device, and KVM's
-/// own count of every exit of the vCPU.
-#[derive(Debug, Clone)]
-pub struct PhaseMark {
-    pub marker: String,
-    pub device_exits: BTreeMap<String, u64>,
-    pub kvm_exits: Option<u64>,
-}
-
-impl PhaseMark {
-    pub fn take(marker: String, counters: &ExitCounters, vcpu_stats: Option<&OwnedFd>) -> Self {
-        let mut device_exits = BTreeMap::new();
-        for ((_, name, _), n) in &counters.by_device {
-            *device_exits.entry(name.clone()).or_insert(0) += n;
-        }
-        let kvm_exits = vcpu_stats
-            .and_then(|fd| read_stats(fd).ok())
-            .and_then(|s| s.into_iter().find(|(k, _)| k == "exits").map(|(_, v)| v));
-        Self {
-            marker,
-            device_exits,
-            kvm_exits,
-        }
-    }
-
-    /// A mark with only KVM's exit count (QEMU, read through QMP).
-    pub fn kvm_only(marker: String, kvm_exits: Option<u64>) -> Self {
-        Self {
-            marker,
-            device_exits: BTreeMap::new(),
-            kvm_exits,
-        }
-    }
-
-    pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "marker": self.marker,
-            "device_exits": self.device_exits,
-            "kvm_exits": self.kvm_exits,
-        })
     }
 }

@@ -1,7 +1,8 @@
 //! Local APIC (xAPIC, MMIO at its architectural address), used from ring 3 through the
 //! user-accessible identity map. Ring 0 only writes EOI (in the interrupt stub).
 
-use core::ptr::{read_volatile, write_volatile};
+use core::ptr::NonNull;
+use volatile::VolatilePtr;
 
 const BASE: usize = 0xfee0_0000;
 const ID: usize = 0x20;
@@ -15,15 +16,19 @@ const SVR_ENABLE: u32 = 1 << 8;
 const LVT_MASKED: u32 = 1 << 16;
 const LVT_PERIODIC: u32 = 1 << 17;
 
+/// One 32-bit LAPIC register; `reg` is one of the 16-byte-aligned offsets above.
+fn register(reg: usize) -> VolatilePtr<'static, u32> {
+    // SAFETY: the LAPIC page is identity-mapped, uncached and user-accessible for the kernel's
+    // whole life, and every offset used here is a register of it.
+    unsafe { VolatilePtr::new(NonNull::new_unchecked((BASE + reg) as *mut u32)) }
+}
+
 fn read(reg: usize) -> u32 {
-    // SAFETY: the LAPIC page is identity-mapped, uncached and user-accessible; reg is a valid
-    // 16-byte-aligned register offset.
-    unsafe { read_volatile((BASE + reg) as *const u32) }
+    register(reg).read()
 }
 
 fn write(reg: usize, value: u32) {
-    // SAFETY: as in `read`.
-    unsafe { write_volatile((BASE + reg) as *mut u32, value) }
+    register(reg).write(value)
 }
 
 /// Software-enable the LAPIC with the spurious vector, accept all priorities.

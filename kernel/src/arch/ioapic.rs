@@ -3,8 +3,9 @@
 //! from config space).
 
 use super::idt::IRQ_LEVEL_PIN;
-use core::ptr::{read_volatile, write_volatile};
+use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
+use volatile::VolatilePtr;
 
 const BASE: usize = 0xfec0_0000;
 const IOREGSEL: usize = 0x00;
@@ -24,20 +25,21 @@ pub enum Trigger {
     Level,
 }
 
+/// The IOAPIC's select or window register.
+fn register(offset: usize) -> VolatilePtr<'static, u32> {
+    // SAFETY: the IOAPIC page is identity-mapped, uncached and user-accessible for the kernel's
+    // whole life; IOREGSEL and IOWIN are its two registers.
+    unsafe { VolatilePtr::new(NonNull::new_unchecked((BASE + offset) as *mut u32)) }
+}
+
 fn read(reg: u32) -> u32 {
-    // SAFETY: the IOAPIC page is identity-mapped, uncached and user-accessible.
-    unsafe {
-        write_volatile((BASE + IOREGSEL) as *mut u32, reg);
-        read_volatile((BASE + IOWIN) as *const u32)
-    }
+    register(IOREGSEL).write(reg);
+    register(IOWIN).read()
 }
 
 fn write(reg: u32, value: u32) {
-    // SAFETY: as in `read`.
-    unsafe {
-        write_volatile((BASE + IOREGSEL) as *mut u32, reg);
-        write_volatile((BASE + IOWIN) as *mut u32, value);
-    }
+    register(IOREGSEL).write(reg);
+    register(IOWIN).write(value);
 }
 
 /// Number of redirection entries.

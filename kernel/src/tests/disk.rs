@@ -37,7 +37,9 @@ pub fn first_bad_sector(capacity: u64, lba: u64, buf: &[u8]) -> Option<u64> {
     let seed = seed()?;
     let region = pattern::write_region_start(capacity)
         ..pattern::write_region_start(capacity) + pattern::WRITE_REGION_SECTORS;
-    buf.chunks_exact(pattern::SECTOR)
+    buf.as_chunks::<{ pattern::SECTOR }>()
+        .0
+        .iter()
         .enumerate()
         .map(|(i, s)| (lba + i as u64, s))
         .find(|&(l, s)| {

@@ -622,8 +622,8 @@ impl AtaChannel {
                     Some(d) => d.identify(),
                     None => return,
                 };
-                for (chunk, w) in self.buf.chunks_exact_mut(2).zip(words) {
-                    chunk.copy_from_slice(&w.to_le_bytes());
+                for (chunk, w) in self.buf.as_chunks_mut::<2>().0.iter_mut().zip(words) {
+                    *chunk = w.to_le_bytes();
                 }
                 self.pio = Pio::InOnce;
                 self.set_status(ST_DRDY | ST_DSC | ST_DRQ, 0);
