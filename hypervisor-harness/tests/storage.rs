@@ -111,8 +111,7 @@ fn integrity_on(sub: &str, extra_args: &[&str]) {
 
 #[test]
 fn integrity_under_qemu() {
-    if !qemu_installed() {
-        eprintln!("note: qemu-system-x86_64 is not installed; skipped");
+    if !have_qemu("integrity_under_qemu") {
         return;
     }
     integrity_on("qemu", &[]);
@@ -120,8 +119,7 @@ fn integrity_under_qemu() {
 
 #[test]
 fn integrity_under_the_harness() {
-    if !kvm_usable() {
-        eprintln!("note: /dev/kvm is not usable here; skipped");
+    if !have_kvm("integrity_under_the_harness") {
         return;
     }
     integrity_on("run", &["--io-mode", "thread"]);
@@ -129,8 +127,7 @@ fn integrity_under_the_harness() {
 
 #[test]
 fn integrity_under_the_harness_inline_io() {
-    if !kvm_usable() {
-        eprintln!("note: /dev/kvm is not usable here; skipped");
+    if !have_kvm("integrity_under_the_harness_inline_io") {
         return;
     }
     integrity_on("run", &["--io-mode", "inline"]);
@@ -163,14 +160,14 @@ fn read_only_on(sub: &str) {
 
 #[test]
 fn read_only_disk_under_the_harness() {
-    if kvm_usable() {
+    if have_kvm("read_only_disk_under_the_harness") {
         read_only_on("run");
     }
 }
 
 #[test]
 fn read_only_disk_under_qemu() {
-    if qemu_installed() {
+    if have_qemu("read_only_disk_under_qemu") {
         read_only_on("qemu");
     }
 }
@@ -196,8 +193,7 @@ fn verifier_notices_damage() {
 /// After the guest's flush is acknowledged, SIGKILL the VMM: the data is in the file.
 #[test]
 fn flushed_data_survives_kill_9() {
-    if !kvm_usable() {
-        eprintln!("note: /dev/kvm is not usable here; skipped");
+    if !have_kvm("flushed_data_survives_kill_9") {
         return;
     }
     let dir = TempDir::new("durable");

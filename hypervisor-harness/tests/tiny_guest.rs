@@ -2,7 +2,7 @@
 //! the boot ABI, exit codes and the abnormal-exit report without depending on the real kernel.
 
 mod common;
-use common::kvm_usable;
+use common::have_kvm;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -90,8 +90,8 @@ fn boot(name: &str, code: &[u8], extra: &[&str]) -> (Output, String, PathBuf) {
 
 #[test]
 fn tiny_guest_passes() {
-    if !kvm_usable() {
-        return eprintln!("note: /dev/kvm not usable; skipped");
+    if !have_kvm("tiny_guest_passes") {
+        return;
     }
     let (o, t, json) = boot(
         "pass",
@@ -116,7 +116,7 @@ fn tiny_guest_passes() {
 
 #[test]
 fn tiny_guest_without_plan_fails() {
-    if !kvm_usable() {
+    if !have_kvm("tiny_guest_without_plan_fails") {
         return;
     }
     let (o, t, _) = boot("noplan", &print_and_exit("hello\n", 0x10), &[]);
@@ -125,7 +125,7 @@ fn tiny_guest_without_plan_fails() {
 
 #[test]
 fn unknown_debug_exit_value() {
-    if !kvm_usable() {
+    if !have_kvm("unknown_debug_exit_value") {
         return;
     }
     let (o, t, _) = boot("unknown", &print_and_exit("", 0x42), &[]);
@@ -135,7 +135,7 @@ fn unknown_debug_exit_value() {
 
 #[test]
 fn triple_fault_is_reported_with_rip_and_code() {
-    if !kvm_usable() {
+    if !have_kvm("triple_fault_is_reported_with_rip_and_code") {
         return;
     }
     // ud2 with no IDT: #UD -> #GP -> double fault -> triple fault.
@@ -148,7 +148,7 @@ fn triple_fault_is_reported_with_rip_and_code() {
 
 #[test]
 fn hang_hits_the_timeout() {
-    if !kvm_usable() {
+    if !have_kvm("hang_hits_the_timeout") {
         return;
     }
     let (o, t, _) = boot("hang", &[0xeb, 0xfe], &["--timeout", "1"]);
@@ -158,7 +158,7 @@ fn hang_hits_the_timeout() {
 
 #[test]
 fn string_io_reaches_the_devices() {
-    if !kvm_usable() {
+    if !have_kvm("string_io_reaches_the_devices") {
         return;
     }
     let text = b"KTAP version 1\n1..1\nok 1 rep\n";

@@ -12,13 +12,33 @@ pub fn harness() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hypervisor-harness"))
 }
 
-pub use hypervisor_harness::qemu::kvm_usable;
+use hypervisor_harness::qemu::kvm_usable;
 
-pub fn qemu_installed() -> bool {
+fn qemu_installed() -> bool {
     Command::new("qemu-system-x86_64")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// A platform a test needs is missing: print `SKIP` with the reason and carry on, except under
+/// `CI=true`, where `.ci/run` has installed QEMU on a machine with KVM, so a missing one is a
+/// broken machine and the test fails.
+fn platform_missing(test: &str, reason: &str) -> bool {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(!ci, "{test}: {reason}, and CI=true demands it");
+    eprintln!("SKIP {test}: {reason}");
+    false
+}
+
+/// Whether `/dev/kvm` is usable; if not, SKIP (or, under CI=true, fail) `test`.
+pub fn have_kvm(test: &str) -> bool {
+    kvm_usable() || platform_missing(test, "/dev/kvm is not usable here")
+}
+
+/// Whether `qemu-system-x86_64` runs; if not, SKIP (or, under CI=true, fail) `test`.
+pub fn have_qemu(test: &str) -> bool {
+    qemu_installed() || platform_missing(test, "qemu-system-x86_64 is not installed")
 }
 
 /// stdout then stderr, for assertions and failure messages.
