@@ -7,6 +7,7 @@ pub mod exits;
 pub mod floor_wiring;
 pub mod ide_wiring;
 pub mod memory;
+pub mod pio;
 pub mod vcpu;
 pub mod virtio_wiring;
 pub mod vm;
@@ -87,15 +88,10 @@ fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN()
 }
 
-/// Element size (1, 2 or 4) of the last KVM_EXIT_IO.
-fn io_size(vcpu: &mut kvm_ioctls::VcpuFd) -> usize {
+/// Element size of the last KVM_EXIT_IO, as KVM reported it (checked by [`pio`]).
+fn io_size(vcpu: &mut kvm_ioctls::VcpuFd) -> u8 {
     // SAFETY: called right after KVM_RUN returned KVM_EXIT_IO, so `io` is the active member.
-    let size = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.io.size } as usize;
-    if matches!(size, 1 | 2 | 4) {
-        size
-    } else {
-        1
-    }
+    unsafe { vcpu.get_kvm_run().__bindgen_anon_1.io.size }
 }
 
 /// Copy the result of a string `in` into kvm_run's data area (at most count * size bytes).
@@ -246,8 +242,9 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
 
     let start = Instant::now();
     let mut counters = ExitCounters::default();
-    let mut pending_out: Option<(u16, Vec<u8>)> = None;
-    let mut pending_in: Option<(u16, usize)> = None;
+    // The data of the last `out`, and the reusable buffer of the last `in`.
+    let mut out_buf: Vec<u8> = Vec::new();
+    let mut in_buf: Vec<u8> = Vec::new();
     let vcpu_stats = exits::stats_fd(&vcpu).ok();
     let mut phases = Vec::new();
     let end = loop {
@@ -257,34 +254,13 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
                 phases.push(PhaseMark::take(marker, &counters, vcpu_stats.as_ref()));
             }
         }
-        if let Some((port, data)) = pending_out.take() {
-            let size = io_size(&mut vcpu);
-            let mut claim = None;
-            for chunk in data.chunks(size) {
-                claim.get_or_insert(pio.write(port as u64, chunk));
-            }
-            if let Some(c) = claim {
-                counters.record_access(Space::Pio, port as u64, Dir::Write, &c);
-            }
-        }
-        if let Some((port, len)) = pending_in.take() {
-            let size = io_size(&mut vcpu);
-            let mut buf = vec![0u8; len];
-            let mut claim = None;
-            for chunk in buf.chunks_mut(size) {
-                claim.get_or_insert(pio.read(port as u64, chunk));
-            }
-            if let Some(c) = claim {
-                counters.record_access(Space::Pio, port as u64, Dir::Read, &c);
-            }
-            io_in_data(&mut vcpu, &buf);
-        }
         if let Some(v) = exit_req.get() {
             break VmEnd::DebugExit(v);
         }
         if timed_out.load(Ordering::SeqCst) {
             break VmEnd::Timeout;
         }
+        let mut pio_exit: Option<(u16, Dir)> = None;
         let exit = match vcpu.run() {
             Ok(e) => e,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -300,23 +276,17 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
             }
         };
         match exit {
-            // String I/O (`rep ins/outs`) arrives as one exit carrying count * size bytes:
-            // the device sees `count` accesses of `size` bytes at the same port.
+            // Port I/O is handled after the match, once the borrow of kvm_run's data ends and
+            // its element size can be read: see `pio`.
             VcpuExit::IoOut(port, data) => {
-                if data.len() <= 4 {
-                    let c = pio.write(port as u64, data);
-                    counters.record_access(Space::Pio, port as u64, Dir::Write, &c);
-                } else {
-                    pending_out = Some((port, data.to_vec()));
-                }
+                out_buf.clear();
+                out_buf.extend_from_slice(data);
+                pio_exit = Some((port, Dir::Write));
             }
             VcpuExit::IoIn(port, data) => {
-                if data.len() <= 4 {
-                    let c = pio.read(port as u64, data);
-                    counters.record_access(Space::Pio, port as u64, Dir::Read, &c);
-                } else {
-                    pending_in = Some((port, data.len()));
-                }
+                in_buf.clear();
+                in_buf.resize(data.len(), 0);
+                pio_exit = Some((port, Dir::Read));
             }
             VcpuExit::MmioWrite(addr, data) => {
                 let c = mmio.write(addr, data);
@@ -374,6 +344,19 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
                     cpu: vcpu::snapshot(&vcpu, &mem),
                 };
             }
+        }
+        // `count` accesses of `size` bytes each at the same port (`rep ins/outs`).
+        if let Some((port, dir)) = pio_exit {
+            let size = io_size(&mut vcpu);
+            let claim = match dir {
+                Dir::Write => pio::write(&mut pio, port, size, &out_buf),
+                Dir::Read => {
+                    let c = pio::read(&mut pio, port, size, &mut in_buf);
+                    io_in_data(&mut vcpu, &in_buf);
+                    c
+                }
+            };
+            counters.record_access(Space::Pio, port as u64, dir, &claim);
         }
     };
     let elapsed = start.elapsed();
