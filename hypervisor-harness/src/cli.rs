@@ -58,9 +58,11 @@ pub struct CommonArgs {
     /// Setup details on stderr.
     #[arg(long, short)]
     pub verbose: bool,
-    /// A disk: `virtio:PATH[,ro]` or `ide:PATH[,ro]` (raw image). Repeatable; the guest sees
-    /// them in this order.
-    #[arg(long, value_name = "KIND:PATH[,ro]", value_parser = DiskSpec::parse)]
+    /// A disk: `virtio:PATH[,ro]` or `ide:PATH[,ro][,index=N]` (raw image). Repeatable; the
+    /// guest sees them in this order. An IDE disk sits at position N as QEMU's `-drive
+    /// if=ide,index=N` (0 primary master, 1 primary slave, 2 secondary master, 3 secondary
+    /// slave), or without `index=` at the lowest position still free.
+    #[arg(long, value_name = "KIND:PATH[,ro][,index=N]", value_parser = DiskSpec::parse)]
     pub disk: Vec<DiskSpec>,
     /// Where virtio queues are processed: on an I/O thread woken by ioeventfd (completion by
     /// irqfd), or inline in the vCPU thread on the notify exit.
@@ -391,6 +393,31 @@ mod tests {
         );
         assert_eq!(main(["hh"].map(OsString::from)), EXIT_USAGE);
         assert_eq!(main(["hh", "--help"].map(OsString::from)), 0);
+    }
+
+    #[test]
+    fn ide_disk_index() {
+        let r = match parse(&["run", "--disk", "ide:/a.img,index=3,ro"])
+            .unwrap()
+            .cmd
+        {
+            Cmd::Run(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(r.common.disk[0].index, Some(3));
+        assert!(r.common.disk[0].read_only);
+        for bad in [
+            "ide:/a.img,index=4",
+            "ide:/a.img,index=x",
+            "virtio:/a.img,index=0",
+        ] {
+            assert!(parse(&["run", "--disk", bad]).is_err(), "{bad} accepted");
+            assert!(parse(&["qemu", "--disk", bad]).is_err(), "{bad} accepted");
+            assert_eq!(
+                main(["hh", "run", "--disk", bad].map(OsString::from)),
+                EXIT_USAGE
+            );
+        }
     }
 
     #[test]

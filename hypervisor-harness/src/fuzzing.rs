@@ -960,7 +960,12 @@ impl IdeRig {
         present[..disks.len()].fill(true);
         let irqs = [Arc::new(EdgeIrq::default()), Arc::new(EdgeIrq::default())];
         let lines: [Arc<dyn Interrupt>; 2] = [irqs[0].clone(), irqs[1].clone()];
-        let mut ide = PiixIde::new(mem.clone(), disks, lines).expect("PIIX IDE");
+        // Dense placement: the first `disks.len()` positions.
+        let mut slots: [Option<RawDisk>; piix::MAX_DRIVES] = Default::default();
+        for (slot, d) in slots.iter_mut().zip(disks) {
+            *slot = Some(d);
+        }
+        let mut ide = PiixIde::new(mem.clone(), slots, lines).expect("PIIX IDE");
         ide.config_mut()
             .set_bar_address(piix::BAR4, IDE_BAR4)
             .expect("BAR4 address");
@@ -1497,7 +1502,7 @@ pub fn pci_config(data: &[u8]) {
     floor.config_mut().enable(CMD_IO | CMD_MEM);
     let irqs: [Arc<dyn Interrupt>; 2] =
         [Arc::new(EdgeIrq::default()), Arc::new(EdgeIrq::default())];
-    let mut piix = PiixIde::new(mem, Vec::new(), irqs).expect("PIIX IDE");
+    let mut piix = PiixIde::new(mem, Default::default(), irqs).expect("PIIX IDE");
     piix.config_mut()
         .set_bar_address(piix::BAR4, IDE_BAR4)
         .expect("BAR4");

@@ -107,7 +107,10 @@ pub fn build_args(cfg: &QemuConfig, accel: &str, cpu: &str, qmp: &Path) -> Vec<S
     a.push(accel.into());
     a.push("-cpu".into());
     a.push(cpu.into());
-    let mut ide_index = 0;
+    // IDE positions as `-drive if=ide,index=N` (run() has refused a bad assignment already).
+    let mut ide_index = crate::backends::disk::ide_positions(&cfg.disks)
+        .unwrap_or_default()
+        .into_iter();
     for (i, d) in cfg.disks.iter().enumerate() {
         let ro = if d.read_only { ",readonly=on" } else { "" };
         let file = d.path.display().to_string().replace(',', ",,");
@@ -118,14 +121,16 @@ pub fn build_args(cfg: &QemuConfig, accel: &str, cpu: &str, qmp: &Path) -> Vec<S
                     "file={file},format=raw,if=none,id=disk{i},aio=threads{ro}"
                 ));
                 a.push("-device".into());
-                a.push(format!("virtio-blk-pci,drive=disk{i},disable-legacy=on"));
+                a.push(format!("virtio-blk-pci,drive=disk{i}"));
             }
             DiskKind::Ide => {
+                let Some(index) = ide_index.next() else {
+                    continue;
+                };
                 a.push("-drive".into());
                 a.push(format!(
-                    "file={file},format=raw,if=ide,index={ide_index},aio=threads{ro}"
+                    "file={file},format=raw,if=ide,index={index},aio=threads{ro}"
                 ));
-                ide_index += 1;
             }
         }
     }
@@ -221,6 +226,7 @@ impl Qmp {
 
 pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
     crate::vmm::boot::check_cmdline(&cfg.cmdline).map_err(HarnessError::Usage)?;
+    crate::backends::disk::ide_positions(&cfg.disks).map_err(HarnessError::Usage)?;
     let meta = std::fs::metadata(&cfg.kernel).map_err(|e| {
         HarnessError::Image(format!("cannot open kernel {}: {e}", cfg.kernel.display()))
     })?;
@@ -385,11 +391,48 @@ mod tests {
             ],
         };
         let a = build_args(&cfg, "tcg", "max", Path::new("/q")).join(" ");
-        assert!(a.contains("-drive file=/a,,b.img,format=raw,if=none,id=disk0,aio=threads,readonly=on -device virtio-blk-pci,drive=disk0,disable-legacy=on"), "{a}");
+        assert!(a.contains("-drive file=/a,,b.img,format=raw,if=none,id=disk0,aio=threads,readonly=on -device virtio-blk-pci,drive=disk0"), "{a}");
         assert!(
             a.contains("-drive file=/c.img,format=raw,if=ide,index=0,aio=threads"),
             "{a}"
         );
+    }
+
+    #[test]
+    fn ide_drive_indices() {
+        let cfg = |disks: &[&str]| QemuConfig {
+            qemu: "q".into(),
+            kernel: "/k".into(),
+            mem: 256 << 20,
+            cmdline: String::new(),
+            timeout: Duration::from_secs(1),
+            accel: Accel::Tcg,
+            serial_log: None,
+            verbose: false,
+            disks: disks.iter().map(|d| DiskSpec::parse(d).unwrap()).collect(),
+        };
+        let ide = |disks: &[&str]| -> Vec<String> {
+            let a = build_args(&cfg(disks), "tcg", "max", Path::new("/q"));
+            a.iter().filter(|x| x.contains("if=ide")).cloned().collect()
+        };
+        assert_eq!(
+            ide(&["ide:/s.img,index=1,ro"]),
+            ["file=/s.img,format=raw,if=ide,index=1,aio=threads,readonly=on"]
+        );
+        assert_eq!(
+            ide(&["ide:/a,index=2", "virtio:/v", "ide:/b", "ide:/c"]),
+            [
+                "file=/a,format=raw,if=ide,index=2,aio=threads",
+                "file=/b,format=raw,if=ide,index=0,aio=threads",
+                "file=/c,format=raw,if=ide,index=1,aio=threads",
+            ]
+        );
+        // A bad assignment is a usage error before QEMU is started.
+        let r = run(&cfg(&["ide:/a,index=3", "ide:/b,index=3"]));
+        match r {
+            Err(HarnessError::Usage(m)) => assert!(m.contains("already taken"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -27,19 +27,37 @@ impl fmt::Display for DiskKind {
     }
 }
 
-/// One `--disk KIND:PATH[,ro]`.
+/// IDE drive positions, as QEMU's `-drive if=ide,index=N` numbers them: 0 primary master,
+/// 1 primary slave, 2 secondary master, 3 secondary slave.
+pub const IDE_POSITIONS: usize = 4;
+
+/// The name of IDE position `index` (0..=3).
+pub fn ide_position_name(index: usize) -> &'static str {
+    match index {
+        0 => "primary master",
+        1 => "primary slave",
+        2 => "secondary master",
+        3 => "secondary slave",
+        _ => "no such position",
+    }
+}
+
+/// One `--disk KIND:PATH[,ro][,index=N]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
     pub kind: DiskKind,
     pub path: PathBuf,
     pub read_only: bool,
+    /// IDE only: the drive position (0..=3); `None` takes the next free one.
+    pub index: Option<u8>,
 }
 
 impl DiskSpec {
-    /// Parse `virtio:PATH[,ro]` or `ide:PATH[,ro]`.
+    /// Parse `virtio:PATH[,ro]` or `ide:PATH[,ro][,index=N]`. Options follow the path, in any
+    /// order; a comma before something that is not an option stays part of the path.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (kind, rest) = s.split_once(':').ok_or_else(|| {
-            format!("--disk {s:?}: expected KIND:PATH[,ro] with KIND virtio or ide")
+            format!("--disk {s:?}: expected KIND:PATH[,ro][,index=N] with KIND virtio or ide")
         })?;
         let kind = match kind {
             "virtio" => DiskKind::Virtio,
@@ -50,23 +68,92 @@ impl DiskSpec {
                 ))
             }
         };
-        let (path, read_only) = match rest.rsplit_once(',') {
-            Some((p, "ro")) => (p, true),
-            Some((p, "rw")) => (p, false),
-            Some((_, opt)) => {
-                return Err(format!("--disk {s:?}: unknown option {opt:?} (ro or rw)"))
+        let mut path = rest;
+        let mut read_only = None;
+        let mut index = None;
+        let mut first = true;
+        while let Some((p, opt)) = path.rsplit_once(',') {
+            let seen = match opt {
+                "ro" | "rw" => read_only.replace(opt == "ro").is_some(),
+                _ if opt.starts_with("index=") => {
+                    if kind != DiskKind::Ide {
+                        return Err(format!("--disk {s:?}: index= is for ide disks only"));
+                    }
+                    let n = &opt["index=".len()..];
+                    let i = n
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|&i| usize::from(i) < IDE_POSITIONS)
+                        .ok_or_else(|| {
+                            format!(
+                                "--disk {s:?}: index {n:?} is not an IDE position 0..{}",
+                                IDE_POSITIONS - 1
+                            )
+                        })?;
+                    index.replace(i).is_some()
+                }
+                // The path itself may hold commas; only the last segment must be an option.
+                _ if !first => break,
+                _ => {
+                    return Err(format!(
+                        "--disk {s:?}: unknown option {opt:?} (ro, rw or index=N)"
+                    ))
+                }
+            };
+            if seen {
+                return Err(format!("--disk {s:?}: option {opt:?} given twice"));
             }
-            None => (rest, false),
-        };
+            path = p;
+            first = false;
+        }
         if path.is_empty() {
             return Err(format!("--disk {s:?}: empty path"));
         }
         Ok(Self {
             kind,
             path: PathBuf::from(path),
-            read_only,
+            read_only: read_only.unwrap_or(false),
+            index,
         })
     }
+}
+
+/// The IDE position of every `ide` disk in `specs`, in their order, as QEMU assigns them: an
+/// explicit `index=` takes that position, a disk without one the lowest position still free
+/// when it comes. Two disks at one position, or more disks than positions, is an error.
+pub fn ide_positions(specs: &[DiskSpec]) -> Result<Vec<usize>, String> {
+    let mut taken: [Option<&Path>; IDE_POSITIONS] = [None; IDE_POSITIONS];
+    let mut out = Vec::new();
+    for spec in specs.iter().filter(|s| s.kind == DiskKind::Ide) {
+        let pos = match spec.index {
+            Some(i) => usize::from(i),
+            None => taken.iter().position(Option::is_none).ok_or_else(|| {
+                format!(
+                    "--disk ide:{}: at most {IDE_POSITIONS} IDE disks (primary/secondary \
+                     master/slave), and all positions are taken",
+                    spec.path.display()
+                )
+            })?,
+        };
+        let slot = taken.get_mut(pos).ok_or_else(|| {
+            format!(
+                "--disk ide:{}: index {pos} is not an IDE position 0..{}",
+                spec.path.display(),
+                IDE_POSITIONS - 1
+            )
+        })?;
+        if let Some(other) = slot {
+            return Err(format!(
+                "--disk ide:{}: IDE index {pos} ({}) is already taken by {}",
+                spec.path.display(),
+                ide_position_name(pos),
+                other.display()
+            ));
+        }
+        *slot = Some(&spec.path);
+        out.push(pos);
+    }
+    Ok(out)
 }
 
 /// The images of a run, opened before anything else so that a bad one is a usage error even
@@ -75,32 +162,41 @@ impl DiskSpec {
 pub struct OpenedDisks {
     /// `--disk virtio:` images, in order.
     pub virtio: Vec<RawDisk>,
-    /// `--disk ide:` images, in order.
-    pub ide: Vec<RawDisk>,
+    /// `--disk ide:` images by position: primary master, primary slave, secondary master,
+    /// secondary slave.
+    pub ide: [Option<RawDisk>; IDE_POSITIONS],
 }
 
 impl OpenedDisks {
-    /// Open every image; at most `max_virtio` virtio and `max_ide` IDE disks.
+    /// Open every image; at most `max_virtio` virtio disks, and IDE disks placed by
+    /// [`ide_positions`] on a controller with `max_ide` positions (at most [`IDE_POSITIONS`]).
     pub fn open(specs: &[DiskSpec], max_virtio: usize, max_ide: usize) -> Result<Self, String> {
+        let positions = ide_positions(specs)?;
+        if let Some(&pos) = positions.iter().find(|&&p| p >= max_ide) {
+            return Err(format!(
+                "--disk ide: index {pos} ({}), but this controller has {max_ide} positions",
+                ide_position_name(pos)
+            ));
+        }
         let mut disks = Self::default();
+        let mut ide_positions = positions.into_iter();
         for spec in specs {
             let disk = RawDisk::open(&spec.path, spec.read_only)
                 .map_err(|e| format!("--disk {}: {e}", spec.kind))?;
             match spec.kind {
                 DiskKind::Virtio => disks.virtio.push(disk),
-                DiskKind::Ide => disks.ide.push(disk),
+                DiskKind::Ide => {
+                    // `ide_positions` gave one distinct position per IDE spec.
+                    if let Some(pos) = ide_positions.next() {
+                        disks.ide[pos] = Some(disk);
+                    }
+                }
             }
         }
         if disks.virtio.len() > max_virtio {
             return Err(format!(
                 "--disk virtio: at most {max_virtio} virtio disks, got {}",
                 disks.virtio.len()
-            ));
-        }
-        if disks.ide.len() > max_ide {
-            return Err(format!(
-                "--disk ide: at most {max_ide} IDE disks (primary/secondary master/slave), got {}",
-                disks.ide.len()
             ));
         }
         Ok(disks)
@@ -242,27 +338,113 @@ mod tests {
         }
     }
 
+    fn spec(kind: DiskKind, path: &str, read_only: bool, index: Option<u8>) -> DiskSpec {
+        DiskSpec {
+            kind,
+            path: path.into(),
+            read_only,
+            index,
+        }
+    }
+
     #[test]
     fn parse_specs() {
-        assert_eq!(
-            DiskSpec::parse("virtio:/a/b.img").unwrap(),
-            DiskSpec {
-                kind: DiskKind::Virtio,
-                path: "/a/b.img".into(),
-                read_only: false
-            }
-        );
-        assert_eq!(
-            DiskSpec::parse("ide:x,ro").unwrap(),
-            DiskSpec {
-                kind: DiskKind::Ide,
-                path: "x".into(),
-                read_only: true
-            }
-        );
-        for bad in ["x.img", "scsi:x", "virtio:", "virtio:x,rx", "ide:,ro"] {
-            assert!(DiskSpec::parse(bad).is_err(), "{bad} accepted");
+        use DiskKind::{Ide, Virtio};
+        for (arg, want) in [
+            ("virtio:/a/b.img", spec(Virtio, "/a/b.img", false, None)),
+            ("ide:x,ro", spec(Ide, "x", true, None)),
+            ("ide:x,rw", spec(Ide, "x", false, None)),
+            ("ide:x,index=2", spec(Ide, "x", false, Some(2))),
+            ("ide:x,ro,index=3", spec(Ide, "x", true, Some(3))),
+            ("ide:x,index=0,ro", spec(Ide, "x", true, Some(0))),
+            // A comma inside the path stays there once an option has been taken.
+            (
+                "ide:/a,b.img,index=1",
+                spec(Ide, "/a,b.img", false, Some(1)),
+            ),
+            ("virtio:/a,b.img,ro", spec(Virtio, "/a,b.img", true, None)),
+        ] {
+            assert_eq!(DiskSpec::parse(arg).unwrap(), want, "{arg}");
         }
+        for (bad, why) in [
+            ("x.img", "expected KIND:PATH"),
+            ("scsi:x", "unknown kind"),
+            ("virtio:", "empty path"),
+            ("virtio:x,rx", "unknown option"),
+            ("ide:,ro", "empty path"),
+            ("ide:x,index=4", "not an IDE position 0..3"),
+            ("ide:x,index=-1", "not an IDE position"),
+            ("ide:x,index=", "not an IDE position"),
+            ("ide:x,index=256", "not an IDE position"),
+            ("ide:x,index=1,index=2", "given twice"),
+            ("ide:x,ro,rw", "given twice"),
+            ("virtio:x,index=0", "for ide disks only"),
+        ] {
+            let e = DiskSpec::parse(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    fn positions(args: &[&str]) -> Result<Vec<usize>, String> {
+        let specs: Vec<DiskSpec> = args.iter().map(|a| DiskSpec::parse(a).unwrap()).collect();
+        ide_positions(&specs)
+    }
+
+    #[test]
+    fn ide_positions_as_qemu_assigns_them() {
+        assert_eq!(positions(&[]).unwrap(), Vec::<usize>::new());
+        assert_eq!(
+            positions(&["ide:a", "virtio:v", "ide:b"]).unwrap(),
+            [0, 1],
+            "virtio disks take no IDE position"
+        );
+        assert_eq!(positions(&["ide:a,index=2"]).unwrap(), [2]);
+        assert_eq!(positions(&["ide:a,index=1"]).unwrap(), [1], "slave only");
+        // Without an index: the lowest position free at that point of the command line.
+        assert_eq!(
+            positions(&["ide:a,index=0", "ide:b", "ide:c,index=3", "ide:d"]).unwrap(),
+            [0, 1, 3, 2]
+        );
+        assert_eq!(
+            positions(&["ide:a,index=1", "ide:b", "ide:c"]).unwrap(),
+            [1, 0, 2]
+        );
+        let e = positions(&["ide:a,index=2", "ide:b,index=2"]).unwrap_err();
+        assert!(
+            e.contains("IDE index 2 (secondary master) is already taken by a"),
+            "{e}"
+        );
+        // As in QEMU, an unindexed disk that came first holds its position.
+        let e = positions(&["ide:a", "ide:b,index=0"]).unwrap_err();
+        assert!(e.contains("already taken"), "{e}");
+        let e = positions(&["ide:a", "ide:b", "ide:c", "ide:d", "ide:e"]).unwrap_err();
+        assert!(e.contains("at most 4 IDE disks"), "{e}");
+        let e = positions(&["ide:a,index=3", "ide:b", "ide:c", "ide:d", "ide:e"]).unwrap_err();
+        assert!(e.contains("at most 4 IDE disks"), "{e}");
+    }
+
+    #[test]
+    fn opened_ide_disks_sit_at_their_positions() {
+        let (_d, p) = image(4096);
+        let path = p.display().to_string();
+        let specs: Vec<DiskSpec> = [
+            format!("ide:{path},index=3"),
+            format!("virtio:{path}"),
+            format!("ide:{path},ro"),
+        ]
+        .iter()
+        .map(|a| DiskSpec::parse(a).unwrap())
+        .collect();
+        let d = OpenedDisks::open(&specs, 1, IDE_POSITIONS).unwrap();
+        assert_eq!(d.virtio.len(), 1);
+        let present: Vec<bool> = d.ide.iter().map(Option::is_some).collect();
+        assert_eq!(present, [true, false, false, true]);
+        assert!(d.ide[0].as_ref().unwrap().read_only());
+        assert!(!d.ide[3].as_ref().unwrap().read_only());
+        let e = OpenedDisks::open(&specs, 1, 2).unwrap_err();
+        assert!(e.contains("index 3"), "{e}");
+        let e = OpenedDisks::open(&specs, 0, IDE_POSITIONS).unwrap_err();
+        assert!(e.contains("at most 0 virtio disks"), "{e}");
     }
 
     #[test]

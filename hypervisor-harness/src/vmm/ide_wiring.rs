@@ -1,7 +1,8 @@
-//! Attaches the PIIX3 IDE controller: one PCI function for all `--disk ide:` images (primary
-//! master, primary slave, secondary master, secondary slave), the legacy command/control ports
-//! of both channels, BAR4 for bus-master DMA, and irqfds on GSI 14 and 15 (ISA edge
-//! interrupts). Each port range is its own bus region so exits are counted per range.
+//! Attaches the PIIX3 IDE controller: one PCI function for all `--disk ide:` images, each at
+//! its position (primary master, primary slave, secondary master, secondary slave; any may be
+//! empty), the legacy command/control ports of both channels, BAR4 for bus-master DMA (8 bytes
+//! per channel), and irqfds on GSI 14 and 15 (ISA edge interrupts). Each port range is its own
+//! bus region so exits are counted per range.
 
 use super::device_manager::DeviceManager;
 use super::memory::GuestMem;
@@ -15,9 +16,9 @@ use std::sync::{Arc, Mutex};
 pub fn attach(
     dm: &mut DeviceManager,
     mem: &GuestMem,
-    opened: Vec<RawDisk>,
+    opened: [Option<RawDisk>; piix::MAX_DRIVES],
 ) -> Result<Option<u64>, HarnessError> {
-    if opened.is_empty() {
+    if opened.iter().all(Option::is_none) {
         return Ok(None);
     }
     let bar4 = dm.alloc_io_bar(BAR4_SIZE)?;

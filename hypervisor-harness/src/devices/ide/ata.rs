@@ -328,7 +328,11 @@ impl AtaChannel {
         }
     }
 
-    /// Status of the selected drive; 0 for an absent drive (as QEMU).
+    /// Status of the selected drive; 0 for an absent drive. For an absent slave that is what
+    /// QEMU does; for an absent master beside a slave it is the ATA standard's rule for a
+    /// "device 1 only" channel (status and alternate status read 0, commands are not executed).
+    /// QEMU instead shows a phantom master there: status DRDY, IDENTIFY aborted, signature
+    /// 0xFF/0xFF. Guests must cope with both, and the two VMMs between them exercise both.
     fn status_value(&self) -> u8 {
         match self.drive(self.selected()) {
             Some(d) if self.control & CTL_SRST != 0 => d.status | ST_BSY,
@@ -604,7 +608,8 @@ impl AtaChannel {
     fn command(&mut self, cmd: u8) {
         let i = self.selected();
         let Some(d) = self.drives[i].as_ref() else {
-            // Commands to an absent drive are ignored (as QEMU).
+            // Commands to an absent drive are not executed (QEMU: an absent slave; ATA: an
+            // absent master on a "device 1 only" channel).
             return;
         };
         if d.status & (ST_BSY | ST_DRQ) != 0 || self.control & CTL_SRST != 0 {

@@ -10,7 +10,7 @@
 
 use super::ata::{AtaChannel, DmaStatus, Drive};
 use super::bmdma::{BmDma, BmEvent, DmaOutcome};
-use crate::backends::disk::RawDisk;
+use crate::backends::disk::{RawDisk, IDE_POSITIONS};
 use crate::devices::bus::BusDevice;
 use crate::devices::pci::config::{PciConfig, CMD_BUS_MASTER, CMD_IO};
 use crate::devices::pci::PciFunction;
@@ -32,8 +32,8 @@ pub const CTL_LEN: u64 = 1;
 pub const PRIMARY_GSI: u32 = 14;
 pub const SECONDARY_GSI: u32 = 15;
 
-/// At most two drives on each of the two channels.
-pub const MAX_DRIVES: usize = 4;
+/// Two drives on each of the two channels: the positions of `--disk ide:...,index=N`.
+pub const MAX_DRIVES: usize = IDE_POSITIONS;
 
 /// Device-specific config registers kept by the model: IDETIM (0x40, 0x42), SIDETIM (0x44),
 /// UDMACTL (0x48), UDMATIM (0x4A).
@@ -55,22 +55,18 @@ pub struct PiixIde<M> {
 }
 
 impl<M: GuestMemory> PiixIde<M> {
-    /// `disks` in order primary master, primary slave, secondary master, secondary slave;
-    /// `irqs` for the primary and secondary channel.
-    pub fn new(mem: M, disks: Vec<RawDisk>, irqs: [Arc<dyn Interrupt>; 2]) -> Result<Self, String> {
-        if disks.len() > MAX_DRIVES {
-            return Err(format!(
-                "at most {MAX_DRIVES} IDE disks (primary and secondary, master and slave), got {}",
-                disks.len()
-            ));
-        }
-        let mut drives: Vec<Option<Drive>> = disks
+    /// `disks` by position: primary master, primary slave, secondary master, secondary slave
+    /// (any may be absent, as QEMU's `-drive if=ide,index=N`); `irqs` for the primary and
+    /// secondary channel.
+    pub fn new(
+        mem: M,
+        disks: [Option<RawDisk>; MAX_DRIVES],
+        irqs: [Arc<dyn Interrupt>; 2],
+    ) -> Result<Self, String> {
+        let mut it = disks
             .into_iter()
             .enumerate()
-            .map(|(i, d)| Some(Drive::new(d, i)))
-            .collect();
-        drives.resize_with(MAX_DRIVES, || None);
-        let mut it = drives.into_iter();
+            .map(|(i, d)| d.map(|d| Drive::new(d, i)));
         let [irq0, irq1] = irqs;
         let mut channels = [irq0, irq1].map(|irq| {
             let master = it.next().flatten();
@@ -323,19 +319,25 @@ mod tests {
     }
 
     fn rig(n: usize, sectors: u64) -> (Rig, Vec<std::path::PathBuf>) {
+        let positions: Vec<usize> = (0..n).collect();
+        rig_at(&positions, sectors)
+    }
+
+    /// Disks at the given positions (0 primary master .. 3 secondary slave); the paths are
+    /// returned in the same order.
+    fn rig_at(positions: &[usize], sectors: u64) -> (Rig, Vec<std::path::PathBuf>) {
         let mem = Mem::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
-        let imgs: Vec<TempImage> = (0..n).map(|_| TempImage::new(sectors)).collect();
+        let imgs: Vec<TempImage> = positions.iter().map(|_| TempImage::new(sectors)).collect();
         let paths = imgs.iter().map(|i| i.path().to_path_buf()).collect();
         let irqs = [
             Arc::new(CountingIrq::default()),
             Arc::new(CountingIrq::default()),
         ];
-        let ide = PiixIde::new(
-            mem.clone(),
-            imgs.iter().map(|i| i.open(false)).collect(),
-            [irqs[0].clone(), irqs[1].clone()],
-        )
-        .unwrap();
+        let mut disks: [Option<RawDisk>; MAX_DRIVES] = Default::default();
+        for (&pos, img) in positions.iter().zip(&imgs) {
+            disks[pos] = Some(img.open(false));
+        }
+        let ide = PiixIde::new(mem.clone(), disks, [irqs[0].clone(), irqs[1].clone()]).unwrap();
         (
             Rig {
                 ide,
@@ -418,17 +420,125 @@ mod tests {
         ide.config_write(u64::MAX, &[1, 2]);
     }
 
+    impl Rig {
+        fn alt(&mut self, ch: usize) -> u8 {
+            let mut b = [0u8];
+            self.ide.ctl_read(ch, 0, &mut b);
+            b[0]
+        }
+        fn reset(&mut self, ch: usize) {
+            self.ide.ctl_write(ch, 0, &[CTL_SRST]);
+            self.ide.ctl_write(ch, 0, &[0]);
+        }
+        /// IDENTIFY DEVICE on the selected drive: the 256 words, or None if no DRQ came.
+        fn identify(&mut self, ch: usize) -> Option<Vec<u16>> {
+            self.w(ch, REG_STATUS_COMMAND, CMD_IDENTIFY);
+            if self.r(ch, REG_STATUS_COMMAND) & ST_DRQ == 0 {
+                return None;
+            }
+            let words = (0..256)
+                .map(|_| {
+                    let mut b = [0u8; 2];
+                    self.ide.cmd_read(ch, 0, &mut b);
+                    u16::from_le_bytes(b)
+                })
+                .collect();
+            Some(words)
+        }
+        fn pio_read_one(&mut self, ch: usize, dev: u8, lba: u32) -> Vec<u8> {
+            self.dma_cmd(ch, dev, lba, 1, CMD_READ_SECTORS);
+            assert_eq!(self.r(ch, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+            let mut out = vec![0u8; 512];
+            for pair in out.chunks_mut(2) {
+                self.ide.cmd_read(ch, 0, pair);
+            }
+            assert_eq!(self.r(ch, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+            out
+        }
+    }
+
+    /// A slave without a master (`index=1` alone): as the ATA standard has it for a "device 1
+    /// only" channel, device 0's status and alternate status read 0 and commands to it are not
+    /// executed, while the shared taskfile registers read back; device 1 works normally.
     #[test]
-    fn too_many_disks() {
-        let mem = Mem::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
-        let imgs: Vec<TempImage> = (0..5).map(|_| TempImage::new(1)).collect();
-        let irq: Arc<dyn Interrupt> = Arc::new(CountingIrq::default());
-        let r = PiixIde::new(
-            mem,
-            imgs.iter().map(|i| i.open(true)).collect(),
-            [irq.clone(), irq],
+    fn slave_only_channel() {
+        let (mut rig, _) = rig_at(&[1], 64);
+        rig.reset(0);
+        assert_eq!(
+            rig.r(0, REG_DEVICE) & DEV_DRV,
+            0,
+            "device 0 selected after reset"
         );
-        assert!(r.is_err());
+        assert_eq!(rig.r(0, REG_STATUS_COMMAND), 0);
+        assert_eq!(rig.alt(0), 0);
+        assert_eq!(rig.identify(0), None, "IDENTIFY to the absent master");
+        assert_eq!(rig.irqs[0].count(), 0, "no interrupt for an absent master");
+        assert_eq!(rig.r(0, REG_STATUS_COMMAND), 0);
+        rig.w(0, REG_LBA_MID, 0x5a);
+        assert_eq!(rig.r(0, REG_LBA_MID), 0x5a, "the taskfile is the slave's");
+        // The slave: identify, PIO, DMA, all on IRQ 14.
+        rig.w(0, REG_DEVICE, 0xb0);
+        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        let words = rig.identify(0).expect("slave IDENTIFY");
+        assert_eq!(words[0], 0x0040);
+        assert_eq!(u32::from(words[60]) | u32::from(words[61]) << 16, 64);
+        assert_eq!(rig.irqs[0].count(), 1);
+        let got = rig.pio_read_one(0, 0xf0, 5);
+        assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(5, i)));
+        assert_eq!(rig.bm_status(0) & 0x60, 0x40, "only drive 1 is DMA capable");
+        rig.prd(0x1000, &[(0x10000, 512, true)]);
+        rig.ide.bm_write(4, &0x1000u32.to_le_bytes());
+        rig.dma_cmd(0, 0xf0, 7, 1, CMD_READ_DMA);
+        rig.ide.bm_write(0, &[CMD_WRITE_TO_MEMORY | CMD_START]);
+        assert_eq!(rig.bm_status(0) & 7, ST_INTERRUPT);
+        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        let mut got = vec![0u8; 512];
+        rig.mem.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
+        assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(7, i)));
+        assert_eq!(rig.irqs[1].count(), 0);
+        // Selecting the master again: status 0 while the slave keeps its state.
+        rig.w(0, REG_DEVICE, 0xa0);
+        assert_eq!(rig.r(0, REG_STATUS_COMMAND), 0);
+        // The secondary channel has no drive at all: every register reads 0, data 0xff.
+        for reg in 1..8 {
+            assert_eq!(rig.r(1, reg), 0, "secondary register {reg}");
+        }
+    }
+
+    /// Only the secondary channel has disks: 0x170/0x376, IRQ 15 and BAR4 + 8 serve them; the
+    /// primary channel answers as an empty one.
+    #[test]
+    fn secondary_channel_only() {
+        let (mut rig, paths) = rig_at(&[2, 3], 64);
+        for reg in 1..8 {
+            assert_eq!(rig.r(0, reg), 0, "primary register {reg}");
+        }
+        assert_eq!(rig.bm_status(0) & 0x60, 0);
+        assert_eq!(rig.bm_status(1) & 0x60, 0x60);
+        rig.reset(1);
+        for dev in [0xa0, 0xb0] {
+            rig.w(1, REG_DEVICE, dev);
+            assert_eq!(rig.r(1, REG_STATUS_COMMAND), ST_DRDY | ST_DSC, "{dev:#x}");
+            assert!(rig.identify(1).is_some(), "{dev:#x}");
+        }
+        assert_eq!(rig.irqs[1].count(), 2);
+        // The two drives are two images: write the slave by DMA, read the master by PIO.
+        let data = vec![0xc5u8; 512];
+        rig.mem.write_slice(&data, GuestAddress(0x30000)).unwrap();
+        rig.prd(0x2000, &[(0x30000, 512, true)]);
+        rig.ide.bm_write(8 + 4, &0x2000u32.to_le_bytes());
+        rig.dma_cmd(1, 0xf0, 3, 1, CMD_WRITE_DMA);
+        rig.ide.bm_write(8, &[CMD_START]);
+        assert_eq!(rig.bm_status(1) & 7, ST_INTERRUPT);
+        assert_eq!(rig.bm_status(0) & 7, 0);
+        assert_eq!(rig.r(1, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        let got = rig.pio_read_one(1, 0xe0, 3);
+        assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(3, i)));
+        assert_eq!(rig.irqs[0].count(), 0, "nothing on IRQ 14");
+        let slave = std::fs::read(&paths[1]).unwrap();
+        assert_eq!(&slave[3 * 512..4 * 512], &data[..]);
+        let master = std::fs::read(&paths[0]).unwrap();
+        assert_eq!(master[3 * 512], pattern(3, 0));
     }
 
     #[test]
