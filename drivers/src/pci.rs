@@ -44,6 +44,9 @@ pub mod reg {
     pub const SECONDARY_BUS: u16 = 0x19;
     /// Type 1 (bridge) header: subordinate bus number.
     pub const SUBORDINATE_BUS: u16 = 0x1A;
+    /// Type 0 header: subsystem vendor ID (the subsystem device ID follows at 0x2E).
+    pub const SUBSYSTEM_VENDOR_ID: u16 = 0x2C;
+    pub const SUBSYSTEM_ID: u16 = 0x2E;
     pub const CAPABILITIES_POINTER: u16 = 0x34;
     pub const INTERRUPT_LINE: u16 = 0x3C;
     pub const INTERRUPT_PIN: u16 = 0x3D;
@@ -291,6 +294,10 @@ pub struct PciFunction {
     pub revision: u8,
     /// Raw header type, including the multifunction bit 7.
     pub header_type: u8,
+    /// Subsystem vendor and device ID (type 0 headers; 0 for bridges). A transitional virtio
+    /// device carries its device type in `subsystem_id`.
+    pub subsystem_vendor_id: u16,
+    pub subsystem_id: u16,
     pub interrupt_line: u8,
     /// 0 = none, 1..=4 = INTA#..INTD#.
     pub interrupt_pin: u8,
@@ -608,6 +615,11 @@ impl<'p, P: Platform + ?Sized> Pci<'p, P> {
             (layout == HEADER_LAYOUT_BRIDGE).then(|| self.raw_read8(addr, reg::SECONDARY_BUS));
         let caps = self.walk_capabilities(addr);
         issues.extend(caps.error);
+        let subsystem = if layout == HEADER_LAYOUT_DEVICE {
+            self.raw_read32(addr, reg::SUBSYSTEM_VENDOR_ID)
+        } else {
+            0
+        };
 
         PciFunction {
             address: addr,
@@ -618,6 +630,8 @@ impl<'p, P: Platform + ?Sized> Pci<'p, P> {
             prog_if: (class >> 8) as u8,
             revision: class as u8,
             header_type,
+            subsystem_vendor_id: subsystem as u16,
+            subsystem_id: (subsystem >> 16) as u16,
             interrupt_line: irq as u8,
             interrupt_pin: (irq >> 8) as u8,
             bars,

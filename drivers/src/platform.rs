@@ -36,21 +36,55 @@ pub struct MmioRegion {
 
 /// Memory a device may read and write by DMA: a CPU-visible pointer and the bus address that the
 /// device must be given.
+///
+/// The fields are private: `as_slice` hands out the bytes behind `virt`, so a buffer made up from
+/// arbitrary numbers would be a safe path to any address. Only a [`Platform`] (or a caller that
+/// takes on its obligations through the `unsafe` constructor) makes one.
 #[derive(Debug)]
 pub struct DmaBuffer {
     /// CPU virtual address of the first byte.
-    pub virt: *mut u8,
+    virt: *mut u8,
     /// Physical (bus) address of the first byte.
-    pub phys: u64,
+    phys: u64,
     /// Length in bytes.
-    pub len: usize,
+    len: usize,
 }
 
 impl DmaBuffer {
+    /// A buffer over `len` bytes at `virt`, which the device sees at bus address `phys`.
+    ///
+    /// # Safety
+    /// `virt..virt + len` must be memory the caller owns exclusively, valid for reads and writes
+    /// until the buffer is given back to the platform that made it (`Platform::dma_free`), and
+    /// `phys` must be where a device finds those same bytes.
+    pub unsafe fn from_raw_parts(virt: *mut u8, phys: u64, len: usize) -> Self {
+        Self { virt, phys, len }
+    }
+
+    /// Bus address of the first byte, to hand to a device.
+    pub fn phys(&self) -> u64 {
+        self.phys
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// CPU address of the first byte (for a platform giving the buffer back, and for volatile
+    /// access to bytes a device writes).
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.virt
+    }
+
     /// The buffer's bytes.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: a DmaBuffer is handed out by a Platform that owns `len` bytes at `virt` for the
-        // buffer's lifetime.
+        // SAFETY: a DmaBuffer is made by a Platform (or `from_raw_parts`, whose caller promises
+        // the same) that owns `len` bytes at `virt` for the buffer's lifetime.
         unsafe { core::slice::from_raw_parts(self.virt, self.len) }
     }
 

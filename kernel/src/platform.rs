@@ -99,18 +99,16 @@ impl Platform for KernelPlatform {
         if virt.is_null() {
             return Err(PlatformError::OutOfDmaMemory);
         }
-        Ok(DmaBuffer {
-            virt,
-            phys: virt as u64,
-            len,
-        })
+        // SAFETY: a fresh heap allocation of `len` bytes, ours until `dma_free`; the heap is
+        // identity-mapped, so the device finds it at the same address.
+        Ok(unsafe { DmaBuffer::from_raw_parts(virt, virt as u64, len) })
     }
     fn dma_free(&self, buffer: DmaBuffer) {
         // SAFETY: `buffer` came from dma_alloc, which used exactly this layout.
         unsafe {
             dealloc(
-                buffer.virt,
-                Layout::from_size_align_unchecked(buffer.len.max(1), DMA_ALIGN),
+                buffer.as_mut_ptr(),
+                Layout::from_size_align_unchecked(buffer.len().max(1), DMA_ALIGN),
             )
         }
     }

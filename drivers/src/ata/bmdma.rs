@@ -217,15 +217,15 @@ impl<'p, P: Platform + ?Sized> BusMasterDma<'p, P> {
     /// Allocates the PRD table and stops the engine.
     pub fn new(platform: &'p P, base: u16) -> Result<Self, AtaError> {
         let table = platform.dma_alloc(PRD_TABLE_BYTES, PRD_TABLE_BYTES)?;
-        if table.phys % 4 != 0
-            || table.phys + PRD_TABLE_BYTES as u64 > 1 << 32
-            || table.phys >> 16 != (table.phys + PRD_TABLE_BYTES as u64 - 1) >> 16
+        if table.phys() % 4 != 0
+            || table.phys() + PRD_TABLE_BYTES as u64 > 1 << 32
+            || table.phys() >> 16 != (table.phys() + PRD_TABLE_BYTES as u64 - 1) >> 16
         {
-            let (phys, len) = (table.phys, table.len);
+            let (phys, len) = (table.phys(), table.len());
             platform.dma_free(table);
             return Err(AtaError::BadDmaRegion { phys, len });
         }
-        let table_phys = table.phys as u32;
+        let table_phys = table.phys() as u32;
         let status = BmStatus::from_bits_retain(platform.inb(base + reg::STATUS));
         let mut me = Self {
             platform,
@@ -303,8 +303,8 @@ impl<'p, P: PortStrings + ?Sized> BusMasterDma<'p, P> {
         buf: &mut DmaBuffer,
     ) -> Result<(), AtaError> {
         let region = [DmaRegion {
-            phys: buf.phys,
-            len: buf.len,
+            phys: buf.phys(),
+            len: buf.len(),
         }];
         self.transfer(ide, drive, lba, &region, false)
     }
@@ -318,8 +318,8 @@ impl<'p, P: PortStrings + ?Sized> BusMasterDma<'p, P> {
         buf: &DmaBuffer,
     ) -> Result<(), AtaError> {
         let region = [DmaRegion {
-            phys: buf.phys,
-            len: buf.len,
+            phys: buf.phys(),
+            len: buf.len(),
         }];
         self.transfer(ide, drive, lba, &region, true)
     }
@@ -710,7 +710,7 @@ mod tests {
         let (mut ch, mut bm) = setup(&f);
         let a = f.alloc_at(0x40_0000, 512 + 256);
         let b = f.alloc_at(0x50_0000, 256);
-        let regions = [r(a.phys, a.len), r(b.phys, b.len)];
+        let regions = [r(a.phys(), a.len()), r(b.phys(), b.len())];
         // SAFETY: both regions are fake DMA memory owned by this test and untouched meanwhile.
         unsafe { bm.transfer_regions(&mut ch, Drive::Master, 77, &regions, false) }.unwrap();
         let mut got = a.as_slice().to_vec();
@@ -813,6 +813,8 @@ mod tests {
             prog_if: 0x80,
             revision: 0,
             header_type: 0,
+            subsystem_vendor_id: 0,
+            subsystem_id: 0,
             interrupt_line: 0,
             interrupt_pin: 0,
             bars: [None; 6],

@@ -323,11 +323,9 @@ impl Fake {
             ptr,
             layout,
         });
-        DmaBuffer {
-            virt: ptr,
-            phys,
-            len,
-        }
+        // SAFETY: `ptr` is a fresh allocation of `len` bytes that this fake owns until
+        // `dma_free`, and its fake bus maps `phys` to it.
+        unsafe { DmaBuffer::from_raw_parts(ptr, phys, len) }
     }
 
     /// Copy between fake physical memory and `buf`; false if the range is not allocated.
@@ -955,7 +953,7 @@ impl Platform for Fake {
         let mut allocs = self.allocs.borrow_mut();
         let i = allocs
             .iter()
-            .position(|a| a.ptr == buffer.virt)
+            .position(|a| a.ptr == buffer.as_mut_ptr())
             .expect("freeing an unknown buffer");
         let a = allocs.remove(i);
         // SAFETY: allocated with this layout and removed from the list, so freed once.

@@ -1398,6 +1398,8 @@ mod tests {
             prog_if: 0x80,
             revision: 0,
             header_type: 0,
+            subsystem_vendor_id: 0,
+            subsystem_id: 0,
             interrupt_line: 0,
             interrupt_pin: 0,
             bars: [None; 6],

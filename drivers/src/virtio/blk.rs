@@ -115,6 +115,12 @@ pub enum BlkError {
     },
     /// The request was in flight when the queue broke (device reset).
     Aborted,
+    /// The device completed a read with status OK but reported fewer bytes written than the
+    /// data and status byte: the rest of the buffer is stale, so the read failed.
+    ShortRead {
+        written: u32,
+        expected: u32,
+    },
 }
 
 impl fmt::Display for BlkError {
@@ -173,6 +179,9 @@ pub struct Completion {
 struct Slot {
     id: u64,
     buffer: Option<DmaBuffer>,
+    /// Bytes the device must report written for a successful read (data + status byte); 0 for
+    /// requests whose data it does not fill.
+    must_write: u32,
 }
 
 /// A virtio-blk device.
@@ -378,7 +387,7 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
         let checked = if !device_writes && self.read_only() {
             Err(BlkError::ReadOnly)
         } else {
-            self.check_data(buffer.len)
+            self.check_data(buffer.len())
                 .and_then(|n| self.check_range(sector, n))
         };
         match checked {
@@ -475,15 +484,15 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
         // the device is not accessing it. Offsets 0/4/8 are aligned (meta is 16-aligned, slots
         // 32 bytes). Volatile: the memory is DMA-visible.
         unsafe {
-            let p = meta.virt.add(base);
+            let p = meta.as_mut_ptr().add(base);
             ptr::write_volatile(p.cast::<u32>(), kind.to_le());
             ptr::write_volatile(p.add(4).cast::<u32>(), 0);
             ptr::write_volatile(p.add(8).cast::<u64>(), sector.to_le());
             ptr::write_volatile(p.add(16), STATUS_UNSET);
         }
-        let header = (meta.phys + base as u64, 16u32);
-        let status = (meta.phys + base as u64 + 16, 1u32);
-        let data = buffer.as_ref().map(|b| (b.phys, b.len as u32));
+        let header = (meta.phys() + base as u64, 16u32);
+        let status = (meta.phys() + base as u64 + 16, 1u32);
+        let data = buffer.as_ref().map(|b| (b.phys(), b.len() as u32));
         let mut out = vec![header];
         let mut inb = Vec::with_capacity(2);
         match (data, device_writes) {
@@ -501,7 +510,15 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.slots[usize::from(slot)] = Some(Slot { id, buffer });
+        let must_write = match (kind, data) {
+            (req_type::IN, Some((_, len))) => len + 1,
+            _ => 0,
+        };
+        self.slots[usize::from(slot)] = Some(Slot {
+            id,
+            buffer,
+            must_write,
+        });
         Ok(RequestId(id))
     }
 
@@ -567,8 +584,13 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
                 let meta = meta.expect("meta present until drop");
                 // SAFETY: index < n so index * 32 + 16 < meta.len; the chain is back from the
                 // device, so it no longer writes this byte. Volatile: DMA memory.
-                let status = unsafe { ptr::read_volatile(meta.virt.add(META_SLOT * index + 16)) };
+                let status =
+                    unsafe { ptr::read_volatile(meta.as_mut_ptr().add(META_SLOT * index + 16)) };
                 match status {
+                    req_status::OK if len < slot.must_write => Err(BlkError::ShortRead {
+                        written: len,
+                        expected: slot.must_write,
+                    }),
                     req_status::OK => Ok(len),
                     req_status::IOERR => Err(BlkError::IoError),
                     req_status::UNSUPP => Err(BlkError::Unsupported),
@@ -783,6 +805,8 @@ mod tests {
         defer: bool,
         held: Vec<(u16, u32)>,
         force_status: Option<u8>,
+        /// Report this used length instead of the bytes really written.
+        force_used_len: Option<u32>,
         flushes: u32,
         types_seen: Vec<u32>,
     }
@@ -857,6 +881,7 @@ mod tests {
                     _ => status = req_status::UNSUPP,
                 }
                 let status = st.force_status.unwrap_or(status);
+                let written = st.force_used_len.unwrap_or(written);
                 mem.write_obj(status, s.addr()).unwrap();
                 if st.defer {
                     st.held.push((head, written));
@@ -990,6 +1015,29 @@ mod tests {
         assert_eq!(blk.read(0, &mut buf), Err(BlkError::BadStatus(0x77)));
         st.borrow_mut().force_status = None;
         blk.read(0, &mut buf).unwrap();
+    }
+
+    #[test]
+    fn short_read_is_an_error_not_stale_data() {
+        let (p, st) = setup(ALL);
+        let mut blk = open(&p, InterruptMode::Polled);
+        // Status OK, but the device claims only the status byte and half the data.
+        st.borrow_mut().force_used_len = Some(257);
+        let mut buf = [0u8; 512];
+        assert_eq!(
+            blk.read(2, &mut buf),
+            Err(BlkError::ShortRead {
+                written: 257,
+                expected: 513
+            })
+        );
+        // Writes and flushes report only the status byte: that is all they write.
+        st.borrow_mut().force_used_len = Some(1);
+        blk.write(2, &[7u8; 512]).unwrap();
+        blk.flush().unwrap();
+        st.borrow_mut().force_used_len = None;
+        blk.read(2, &mut buf).unwrap();
+        assert_eq!(buf, [7u8; 512]);
     }
 
     #[test]

@@ -601,11 +601,13 @@ pub(crate) mod fake {
             self.dma_next.set(phys + len.max(1) as u64);
             let virt = self.mem.get_host_address(GuestAddress(phys)).unwrap();
             self.dma_live.borrow_mut().insert(phys, len);
-            Ok(DmaBuffer { virt, phys, len })
+            // SAFETY: `virt` is the host address of guest memory at `phys`, which the bump
+            // allocator hands out once and which stays mapped as long as `self.mem`.
+            Ok(unsafe { DmaBuffer::from_raw_parts(virt, phys, len) })
         }
         fn dma_free(&self, buffer: DmaBuffer) {
-            let removed = self.dma_live.borrow_mut().remove(&buffer.phys);
-            assert_eq!(removed, Some(buffer.len), "dma_free of an unknown buffer");
+            let removed = self.dma_live.borrow_mut().remove(&buffer.phys());
+            assert_eq!(removed, Some(buffer.len()), "dma_free of an unknown buffer");
         }
         fn virt_to_phys(&self, virt: *const u8) -> u64 {
             let base = self.mem.get_host_address(GuestAddress(DMA_BASE)).unwrap();

@@ -12,6 +12,128 @@ use crate::platform::{MmioRegion, Platform, PlatformError};
 pub const VIRTIO_VENDOR_ID: u16 = 0x1AF4;
 /// Modern device IDs are 0x1040 + virtio device type.
 pub const MODERN_DEVICE_ID_BASE: u16 = 0x1040;
+/// Device IDs of modern (virtio 1.x only) devices.
+pub const MODERN_DEVICE_IDS: core::ops::RangeInclusive<u16> = 0x1040..=0x107F;
+/// Device IDs of transitional devices (legacy and modern interfaces; §4.1.2.1). Their virtio
+/// device type is the PCI subsystem device ID. Stock QEMU presents these on a PCI (not PCIe)
+/// bus unless told `disable-legacy=on`.
+pub const TRANSITIONAL_DEVICE_IDS: core::ops::RangeInclusive<u16> = 0x1000..=0x103F;
+
+/// Virtio device types (§5).
+pub mod device_type {
+    pub const NET: u16 = 1;
+    pub const BLOCK: u16 = 2;
+    pub const CONSOLE: u16 = 3;
+    pub const ENTROPY: u16 = 4;
+    pub const BALLOON: u16 = 5;
+}
+
+/// The virtio device type of `function`, if a modern driver may try to bind it: a modern ID
+/// (0x1040 + type), or a transitional ID with the type in the subsystem device ID. Whether a
+/// transitional device really carries the modern capabilities is found by [`VirtioPci::new`],
+/// which refuses one without them ([`VirtioError::MissingCapability`]).
+pub fn virtio_device_type(function: &PciFunction) -> Option<u16> {
+    if function.vendor_id != VIRTIO_VENDOR_ID {
+        return None;
+    }
+    match function.device_id {
+        id if MODERN_DEVICE_IDS.contains(&id) => Some(id - MODERN_DEVICE_ID_BASE),
+        id if TRANSITIONAL_DEVICE_IDS.contains(&id) && function.subsystem_id != 0 => {
+            Some(function.subsystem_id)
+        }
+        _ => None,
+    }
+}
+
+/// How a driver should take a device's interrupts, from what the device offers: MSI-X when it
+/// has a usable table, INTx when it has an interrupt pin routed to an existing IOAPIC input,
+/// polling when it has neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptPlan {
+    /// MSI-X with this many vectors: the `wanted` count if the table holds that many, else one
+    /// vector shared by the config change and every queue.
+    Msix { vectors: usize },
+    /// INTx on this interrupt line (IOAPIC input).
+    Intx { line: u8 },
+    /// No interrupt mechanism: poll.
+    Polled,
+}
+
+impl InterruptPlan {
+    /// Choose for `function`, whose MSI-X table has `msix_table_size` entries (None: no MSI-X
+    /// capability, or a table that does not fit its BAR), wanting `wanted` vectors, on a machine
+    /// whose interrupt controller has `irq_inputs` inputs.
+    pub fn choose(
+        function: &PciFunction,
+        msix_table_size: Option<u16>,
+        wanted: usize,
+        irq_inputs: u32,
+    ) -> Self {
+        match msix_table_size {
+            Some(n) if usize::from(n) >= wanted.max(1) => return Self::Msix { vectors: wanted },
+            Some(n) if n >= 1 => return Self::Msix { vectors: 1 },
+            _ => {}
+        }
+        // Line 0xFF means "unknown / not connected" (PCI firmware convention).
+        let line = function.interrupt_line;
+        if (1..=4).contains(&function.interrupt_pin) && line != 0xFF && u32::from(line) < irq_inputs
+        {
+            Self::Intx { line }
+        } else {
+            Self::Polled
+        }
+    }
+}
+
+impl fmt::Display for InterruptPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Msix { vectors } => write!(f, "msix ({vectors} vectors)"),
+            Self::Intx { line } => write!(f, "intx (line {line})"),
+            Self::Polled => write!(f, "polled (no MSI-X, no interrupt line)"),
+        }
+    }
+}
+
+/// Where a function's MSI-X table lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MsixTable {
+    bar: u8,
+    offset: u64,
+    entries: u16,
+}
+
+/// The MSI-X table of `function`, if it has an MSI-X capability whose table lies inside a
+/// memory BAR (a table anywhere else is unusable).
+fn msix_table<P: Platform + ?Sized>(
+    pci: &Pci<'_, P>,
+    function: &PciFunction,
+) -> Result<Option<MsixTable>, VirtioError> {
+    let Some(cap) = function.find_capability(cap_id::MSI_X) else {
+        return Ok(None);
+    };
+    let o = u16::from(cap.offset);
+    let entries = (pci.read16(function.address, o + 2)? & 0x7FF) + 1;
+    let table = pci.read32(function.address, o + 4)?;
+    let t = MsixTable {
+        bar: (table & 7) as u8,
+        offset: u64::from(table & !7),
+        entries,
+    };
+    let fits = match function.bar(usize::from(t.bar)) {
+        Some(Bar::Memory { size, .. }) => t.offset + 16 * u64::from(entries) <= size,
+        _ => false,
+    };
+    Ok(fits.then_some(t))
+}
+
+/// Entries in the usable MSI-X table of `function` (None: no MSI-X, or a table outside its BAR).
+pub fn msix_table_size<P: Platform + ?Sized>(
+    platform: &P,
+    function: &PciFunction,
+) -> Result<Option<u16>, VirtioError> {
+    Ok(msix_table(&Pci::new(platform), function)?.map(|t| t.entries))
+}
 
 /// `cfg_type` values of the virtio vendor capabilities.
 pub mod cfg_type {
@@ -68,9 +190,11 @@ pub enum VirtioError {
     Pci(PciError),
     Platform(PlatformError),
     Queue(QueueError),
-    /// Not a virtio vendor ID.
+    /// Not a device a modern virtio driver may bind (vendor, or a device ID outside the modern
+    /// and transitional ranges).
     NotVirtio {
         vendor_id: u16,
+        device_id: u16,
     },
     /// A required virtio capability (cfg_type) is absent.
     MissingCapability(u8),
@@ -178,6 +302,16 @@ pub enum InterruptMode {
     Intx { vector: u8 },
 }
 
+impl fmt::Display for InterruptMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Polled => write!(f, "polled"),
+            Self::Msix { vectors, .. } => write!(f, "msix ({} vectors)", vectors.len()),
+            Self::Intx { vector } => write!(f, "intx (vector {vector:#x})"),
+        }
+    }
+}
+
 /// ISR status (read clears it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct IsrStatus {
@@ -235,9 +369,10 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
     /// Find and map the virtio capabilities of `function`, enable memory decode and bus
     /// mastering. Does not touch the device status yet.
     pub fn new(platform: &'p P, function: &PciFunction) -> Result<Self, VirtioError> {
-        if function.vendor_id != VIRTIO_VENDOR_ID {
+        if virtio_device_type(function).is_none() {
             return Err(VirtioError::NotVirtio {
                 vendor_id: function.vendor_id,
+                device_id: function.device_id,
             });
         }
         let pci = Pci::new(platform);
@@ -321,23 +456,13 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
             None => None,
         };
 
-        // MSI-X table location (programmed only if the caller asks for MSI-X).
+        // MSI-X table location (programmed only if the caller asks for MSI-X). The capability
+        // is kept even when its table is unusable, so that MSI-X can still be switched off.
         let msix_cap = function.find_capability(cap_id::MSI_X).map(|c| c.offset);
-        let mut msix_table = None;
-        if let Some(off) = msix_cap {
-            let o = u16::from(off);
-            let control = pci.read16(addr, o + 2)?;
-            let table_size = (control & 0x7FF) + 1;
-            let table = pci.read32(addr, o + 4)?;
-            let bir = (table & 7) as u8;
-            let table_offset = u64::from(table & !7);
-            let len = 16 * u64::from(table_size);
-            if let Some(Bar::Memory { size, .. }) = function.bar(usize::from(bir)) {
-                if table_offset + len <= size {
-                    msix_table = Some(mapper.window(bir, table_offset, len)?);
-                }
-            }
-        }
+        let msix_table = match msix_table(&pci, function)? {
+            Some(t) => Some(mapper.window(t.bar, t.offset, 16 * u64::from(t.entries))?),
+            None => None,
+        };
 
         Ok(Self {
             platform,
@@ -1009,6 +1134,110 @@ mod tests {
                 table_size: 8
             })
         );
+    }
+
+    /// Rewrite a 16-bit field of the fake function's config space.
+    fn set_cfg16(p: &FakePlatform, offset: usize, v: u16) {
+        p.cfg.borrow_mut()[offset..offset + 2].copy_from_slice(&v.to_le_bytes());
+    }
+
+    #[test]
+    fn modern_and_transitional_ids_bind() {
+        let p = platform(feature::VERSION_1, vec![8]);
+        assert_eq!(virtio_device_type(&p.function()), Some(device_type::BLOCK));
+        // Stock QEMU's virtio-blk-pci: transitional ID 0x1001, type in the subsystem ID.
+        set_cfg16(&p, 0x02, 0x1001);
+        set_cfg16(&p, 0x2C, VIRTIO_VENDOR_ID);
+        set_cfg16(&p, 0x2E, device_type::BLOCK);
+        let f = p.function();
+        assert_eq!((f.subsystem_vendor_id, f.subsystem_id), (0x1AF4, 2));
+        assert_eq!(virtio_device_type(&f), Some(device_type::BLOCK));
+        let mut t = VirtioPci::new(&p, &f).unwrap();
+        t.begin_init(0, InterruptMode::Polled).unwrap();
+        // A transitional net device is a net device, whatever its legacy ID says.
+        set_cfg16(&p, 0x2E, device_type::NET);
+        assert_eq!(virtio_device_type(&p.function()), Some(device_type::NET));
+    }
+
+    #[test]
+    fn ids_a_modern_driver_must_not_bind() {
+        let p = platform(feature::VERSION_1, vec![8]);
+        for (vendor, device, subsystem) in [
+            (0x8086, 0x1042, 2),           // not the virtio vendor
+            (VIRTIO_VENDOR_ID, 0x1080, 2), // past the modern range
+            (VIRTIO_VENDOR_ID, 0x1001, 0), // transitional without a device type
+        ] {
+            set_cfg16(&p, 0x00, vendor);
+            set_cfg16(&p, 0x02, device);
+            set_cfg16(&p, 0x2E, subsystem);
+            let f = p.function();
+            assert_eq!(virtio_device_type(&f), None, "{vendor:04x}:{device:04x}");
+            assert!(matches!(
+                VirtioPci::new(&p, &f),
+                Err(VirtioError::NotVirtio { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn transitional_without_modern_capabilities_is_refused() {
+        let p = platform(feature::VERSION_1, vec![8]);
+        set_cfg16(&p, 0x02, 0x1001);
+        set_cfg16(&p, 0x2E, device_type::BLOCK);
+        // A legacy-only device: the capability list holds just MSI-X.
+        p.cfg.borrow_mut()[0x34] = fake::CAP_MSIX as u8;
+        assert!(matches!(
+            VirtioPci::new(&p, &p.function()),
+            Err(VirtioError::MissingCapability(cfg_type::COMMON))
+        ));
+    }
+
+    #[test]
+    fn interrupt_plan_follows_the_capabilities() {
+        let p = platform(feature::VERSION_1, vec![8]);
+        let f = p.function();
+        let table = msix_table_size(&p, &f).unwrap();
+        assert_eq!(table, Some(fake::MSIX_ENTRIES as u16));
+        assert_eq!(
+            InterruptPlan::choose(&f, table, 2, 24),
+            InterruptPlan::Msix { vectors: 2 }
+        );
+        // A table smaller than wanted: one shared vector.
+        assert_eq!(
+            InterruptPlan::choose(&f, Some(1), 2, 24),
+            InterruptPlan::Msix { vectors: 1 }
+        );
+        // No MSI-X: the fake's INTA# on line 11.
+        p.cfg.borrow_mut()[0x34] = fake::CAP_COMMON as u8;
+        p.cfg.borrow_mut()[fake::CAP_PCI + 1] = 0; // end the list before MSI-X
+        let f = p.function();
+        assert_eq!(msix_table_size(&p, &f).unwrap(), None);
+        assert_eq!(
+            InterruptPlan::choose(&f, None, 2, 24),
+            InterruptPlan::Intx { line: 11 }
+        );
+        // A line the interrupt controller does not have, an unknown line, no pin: poll.
+        assert_eq!(InterruptPlan::choose(&f, None, 2, 8), InterruptPlan::Polled);
+        p.cfg.borrow_mut()[0x3C] = 0xFF;
+        assert_eq!(
+            InterruptPlan::choose(&p.function(), None, 2, 24),
+            InterruptPlan::Polled
+        );
+        p.cfg.borrow_mut()[0x3C] = 11;
+        p.cfg.borrow_mut()[0x3D] = 0;
+        assert_eq!(
+            InterruptPlan::choose(&p.function(), None, 2, 24),
+            InterruptPlan::Polled
+        );
+    }
+
+    #[test]
+    fn msix_table_outside_its_bar_is_unusable() {
+        let p = platform(feature::VERSION_1, vec![8]);
+        let at = fake::CAP_MSIX + 4;
+        let table = fake::BAR_SIZE as u32 - 16; // BIR 0, room for one entry of eight
+        p.cfg.borrow_mut()[at..at + 4].copy_from_slice(&table.to_le_bytes());
+        assert_eq!(msix_table_size(&p, &p.function()).unwrap(), None);
     }
 
     #[test]

@@ -195,17 +195,17 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
 
     /// Physical address of the descriptor table (queue_desc).
     pub fn desc_phys(&self) -> u64 {
-        self.desc_buf().phys
+        self.desc_buf().phys()
     }
 
     /// Physical address of the available ring (queue_driver).
     pub fn avail_phys(&self) -> u64 {
-        self.avail_buf().phys
+        self.avail_buf().phys()
     }
 
     /// Physical address of the used ring (queue_device).
     pub fn used_phys(&self) -> u64 {
-        self.used_buf().phys
+        self.used_buf().phys()
     }
 
     /// Number of free descriptors.
@@ -507,9 +507,9 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
             Area::Avail => self.avail_buf(),
             Area::Used => self.used_buf(),
         };
-        assert!(offset + len <= buf.len, "virtqueue access out of bounds");
+        assert!(offset + len <= buf.len(), "virtqueue access out of bounds");
         // SAFETY: offset + len <= buf.len, so the result stays inside the allocation.
-        unsafe { buf.virt.add(offset) }
+        unsafe { buf.as_mut_ptr().add(offset) }
     }
 
     fn read16(&self, area: Area, offset: usize) -> u16 {
@@ -619,7 +619,7 @@ mod tests {
         let (mut a, b, c) = (buf(&p, 16), buf(&p, 8), buf(&p, 32));
         a.as_mut_slice().copy_from_slice(b"0123456789abcdef");
         let head = vq
-            .add(&[(a.phys, 16), (b.phys, 8)], &[(c.phys, 32)], 77)
+            .add(&[(a.phys(), 16), (b.phys(), 8)], &[(c.phys(), 32)], 77)
             .unwrap();
         assert_eq!(vq.num_free(), 5);
         assert!(vq.kick_needed());
@@ -636,7 +636,11 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            vec![(a.phys, 16, false), (b.phys, 8, false), (c.phys, 32, true)]
+            vec![
+                (a.phys(), 16, false),
+                (b.phys(), 8, false),
+                (c.phys(), 32, true)
+            ]
         );
         let mut header = [0u8; 16];
         p.mem.read_slice(&mut header, descs[0].addr()).unwrap();
@@ -662,7 +666,7 @@ mod tests {
         for round in 0..50u64 {
             let mut heads = Vec::new();
             for i in 0..4u64 {
-                let off = data.phys + 512 * i;
+                let off = data.phys() + 512 * i;
                 let h = vq
                     .add(&[(off, 16)], &[(off + 16, 100)], round * 10 + i)
                     .unwrap();
@@ -670,7 +674,7 @@ mod tests {
             }
             assert_eq!(vq.num_free(), 0);
             assert_eq!(
-                vq.add(&[(data.phys, 1)], &[], 999),
+                vq.add(&[(data.phys(), 1)], &[], 999),
                 Err(QueueError::QueueFull { needed: 1, free: 0 })
             );
             let mut chains = Vec::new();

@@ -17,7 +17,7 @@ use drivers::ata::bmdma::BusMasterDma;
 use drivers::ata::ide::{Drive, IdeChannel};
 use drivers::platform::{DmaBuffer, Platform};
 use drivers::virtio::blk::{RequestId, VirtioBlk};
-use drivers::virtio::pci::InterruptMode;
+use drivers::virtio::pci::{InterruptMode, InterruptPlan};
 
 const SEQ_BYTES: usize = 128 * 1024;
 const RAND_BYTES: usize = 4096;
@@ -309,7 +309,11 @@ fn virtio_rows() -> Result<(), alloc::string::String> {
             continue;
         }
         let mode = if interrupts {
-            virtio_blk::msix()
+            if !matches!(virtio_blk::plan(f), InterruptPlan::Msix { .. }) {
+                println!("# blk: {}: the device has no MSI-X, row skipped", path);
+                continue;
+            }
+            virtio_blk::best_mode(f)?
         } else {
             InterruptMode::Polled
         };

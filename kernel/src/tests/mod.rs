@@ -24,6 +24,7 @@ pub static REGISTRY: &[Test] = &[
     Test::in_all("virtio_blk_qd32", virtio_blk::queue_depth_32),
     Test::in_all("virtio_blk_hostile_chains", virtio_blk::hostile_chains),
     Test::in_all("virtio_blk_read_only", virtio_blk::read_only),
+    Test::in_all("virtio_blk_every_disk", virtio_blk::every_disk),
     Test::in_all("ide_pio_integrity", ide::pio_integrity),
     Test::in_all("ide_dma_integrity", ide::dma_integrity),
     Test::in_all("ide_interrupts", ide::interrupts),

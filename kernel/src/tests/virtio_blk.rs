@@ -12,21 +12,64 @@ use alloc::vec::Vec;
 use drivers::pci::PciFunction;
 use drivers::platform::Platform;
 use drivers::virtio::blk::{BlkError, VirtioBlk};
-use drivers::virtio::pci::InterruptMode;
+use drivers::virtio::pci::{
+    device_type, msix_table_size, virtio_device_type, InterruptMode, InterruptPlan,
+};
 use drivers::virtio::queue::{RawDesc, RawNext, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 
 pub const QUEUE_SIZE: u16 = 128;
 
-/// The first virtio-blk function (1af4:1042).
-pub fn find() -> Option<&'static PciFunction> {
-    pci::find(0x1af4, 0x1042)
+/// Every virtio-blk function a modern driver may bind, in bus order: modern (1af4:1042) and
+/// transitional (1af4:1001, what stock QEMU presents) alike.
+pub fn all() -> impl Iterator<Item = &'static PciFunction> {
+    pci::devices()
+        .iter()
+        .filter(|f| virtio_device_type(f) == Some(device_type::BLOCK))
 }
 
-pub fn msix() -> InterruptMode {
+/// The first virtio-blk function.
+pub fn find() -> Option<&'static PciFunction> {
+    all().next()
+}
+
+/// MSI-X with `vectors` table entries: `[config, queue]`, or one vector shared by both.
+fn msix_with(vectors: usize) -> InterruptMode {
     InterruptMode::Msix {
         dest_apic_id: apic::id() as u8,
-        vectors: vec![vectors::VIRTIO_CONFIG, vectors::VIRTIO_QUEUE],
+        vectors: if vectors >= 2 {
+            vec![vectors::VIRTIO_CONFIG, vectors::VIRTIO_QUEUE]
+        } else {
+            vec![vectors::VIRTIO_QUEUE]
+        },
     }
+}
+
+/// What `f`'s capabilities allow, best first: MSI-X, INTx, polling.
+pub fn plan(f: &PciFunction) -> InterruptPlan {
+    // A config read that fails reads as "no MSI-X": INTx or polling still work.
+    let table = msix_table_size(&PLATFORM, f).unwrap_or(None);
+    InterruptPlan::choose(f, table, 2, ioapic::pins())
+}
+
+/// Devices whose interrupt plan has been logged (once each).
+static LOGGED: spin::Mutex<Vec<drivers::pci::PciAddress>> = spin::Mutex::new(Vec::new());
+
+/// The best interrupt mode `f` offers (see [`plan`]), set up; the choice is logged once per
+/// device.
+pub fn best_mode(f: &PciFunction) -> Result<InterruptMode, alloc::string::String> {
+    let plan = plan(f);
+    {
+        let mut logged = LOGGED.lock();
+        if !logged.contains(&f.address) {
+            logged.push(f.address);
+            println!("# virtio-blk {}: interrupts: {}", f.address, plan);
+        }
+    }
+    Ok(match plan {
+        InterruptPlan::Msix { vectors } => msix_with(vectors),
+        InterruptPlan::Intx { .. } => intx(f)?,
+        InterruptPlan::Polled => InterruptMode::Polled,
+    })
 }
 
 /// INTx: route the function's interrupt line (level) to our vector.
@@ -51,6 +94,12 @@ pub fn intx(f: &PciFunction) -> Result<InterruptMode, alloc::string::String> {
 }
 
 macro_rules! open {
+    ($f:expr) => {
+        open!(
+            $f,
+            try_or_fail!(best_mode($f), "virtio-blk {}: interrupts", $f.address)
+        )
+    };
     ($f:expr, $mode:expr) => {
         match VirtioBlk::new(&PLATFORM, $f, $mode, QUEUE_SIZE) {
             Ok(b) => b,
@@ -93,7 +142,7 @@ pub fn integrity() -> Outcome {
     if disk::seed().is_none() {
         return Outcome::Skip("no disk_seed= on the command line");
     }
-    let mut blk = open!(f, msix());
+    let mut blk = open!(f);
     let cap = blk.capacity();
     println!(
         "# virtio-blk {}: {} sectors, features {:#x}",
@@ -164,6 +213,46 @@ pub fn integrity() -> Outcome {
     Outcome::Pass
 }
 
+/// Every virtio-blk disk answers, each in the interrupt mode its capabilities allow: the first,
+/// middle and last sectors hold the image pattern. Under QEMU's defaults the disks are
+/// transitional devices; with two disks both must be found and work side by side.
+pub fn every_disk() -> Outcome {
+    if disk::seed().is_none() {
+        return Outcome::Skip("no disk_seed= on the command line");
+    }
+    let disks: Vec<&PciFunction> = all().collect();
+    if disks.is_empty() {
+        return Outcome::Skip("no virtio-blk device");
+    }
+    // All open at once, so that a device that answers for another's queue is caught.
+    let mut open = Vec::new();
+    for f in &disks {
+        open.push((f, open!(f)));
+    }
+    let mut buf = vec![0u8; 512];
+    for (f, blk) in open.iter_mut() {
+        let cap = blk.capacity();
+        let region = pattern::write_region_start(cap);
+        // The write region may hold the write pattern already; stay outside it.
+        for lba in [0, region - 1, cap - 1] {
+            try_or_fail!(blk.read(lba, &mut buf), "{}: read {}", f.address, lba);
+            if let Some(bad) = disk::first_bad_sector(cap, lba, &buf) {
+                fail!("{}: sector {} does not hold the pattern", f.address, bad);
+            }
+        }
+        println!(
+            "# virtio-blk {}: {:04x}:{:04x}, {} sectors, {}",
+            f.address,
+            f.vendor_id,
+            f.device_id,
+            cap,
+            blk.transport().interrupt_mode()
+        );
+    }
+    println!("# virtio-blk: {} disks", disks.len());
+    Outcome::Pass
+}
+
 /// Polled, MSI-X and INTx completion each carry a batch of reads.
 pub fn interrupt_modes() -> Outcome {
     let Some(f) = find() else {
@@ -177,11 +266,19 @@ pub fn interrupt_modes() -> Outcome {
         ("msix", Some(vectors::VIRTIO_QUEUE)),
         ("intx", Some(vectors::VIRTIO_INTX)),
     ];
+    let best = plan(f);
     for (name, vector) in modes {
-        let mode = match name {
-            "polled" => InterruptMode::Polled,
-            "msix" => msix(),
-            _ => try_or_fail!(intx(f), "intx"),
+        let mode = match (name, best) {
+            ("polled", _) => InterruptMode::Polled,
+            ("msix", InterruptPlan::Msix { vectors }) => msix_with(vectors),
+            ("intx", _) if f.interrupt_pin != 0 => try_or_fail!(intx(f), "intx"),
+            _ => {
+                println!(
+                    "# virtio-blk {}: {} not offered by the device",
+                    f.address, name
+                );
+                continue;
+            }
         };
         let before = vector.map(|v| PLATFORM.interrupt_count(v));
         let mut blk = open!(f, mode);
@@ -213,7 +310,7 @@ pub fn queue_depth_32() -> Outcome {
     let Some(seed) = disk::seed() else {
         return Outcome::Skip("no disk_seed= on the command line");
     };
-    let mut blk = open!(f, msix());
+    let mut blk = open!(f);
     let cap = blk.capacity();
     let mut rng = disk::Rng(seed ^ 0x32);
     let mut pending = Vec::new();
@@ -280,13 +377,13 @@ pub fn hostile_chains() -> Outcome {
         "wrong direction",
     ];
     for case in cases {
-        let mut blk = open!(f, msix());
+        let mut blk = open!(f);
         // Header (IN, sector 0), a data page and a status byte, in DMA memory.
         let mut mem = try_or_fail!(PLATFORM.dma_alloc(8192, 4096), "dma");
         mem.as_mut_slice()[512] = 0xff; // status, not yet written
-        let hdr = mem.phys;
-        let status = mem.phys + 512;
-        let data = mem.phys + 4096;
+        let hdr = mem.phys();
+        let status = mem.phys() + 512;
+        let data = mem.phys() + 4096;
         let (n, w) = (VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE);
         let d = |addr, len, flags, next| RawDesc {
             addr,
@@ -358,7 +455,7 @@ pub fn hostile_chains() -> Outcome {
             }
         }
         // The device must still serve a well-formed request after a reset.
-        let mut blk = open!(f, msix());
+        let mut blk = open!(f);
         let mut buf = vec![0u8; 512];
         try_or_fail!(blk.read(3, &mut buf), "{}: read after reset", case);
         check!(
@@ -379,7 +476,7 @@ pub fn durability() -> Outcome {
     let Some(wseed) = disk::write_seed() else {
         return Outcome::Skip("no write_seed=");
     };
-    let mut blk = open!(f, msix());
+    let mut blk = open!(f);
     let start = pattern::write_region_start(blk.capacity());
     let mut data = vec![0u8; pattern::WRITE_REGION_SECTORS as usize * pattern::SECTOR];
     pattern::fill(wseed, start, &mut data);
@@ -397,7 +494,7 @@ pub fn read_only() -> Outcome {
     let Some(f) = find() else {
         return Outcome::Skip("no virtio-blk device");
     };
-    let mut blk = open!(f, msix());
+    let mut blk = open!(f);
     if !blk.read_only() {
         return Outcome::Skip("the disk is writable");
     }
