@@ -17,6 +17,12 @@ use crate::platform::{DmaBuffer, MmioRegion, Platform, PlatformError};
 pub const CMD: u16 = 0x1F0;
 pub const CTRL: u16 = 0x3F6;
 pub const BM: u16 = 0xC000;
+/// The secondary channel's legacy ports and bus-master registers (BAR4 + 8).
+pub const CMD2: u16 = 0x170;
+pub const CTRL2: u16 = 0x376;
+pub const BM2: u16 = BM + 8;
+/// What [`Fake::canon`] makes of a port that belongs to none of the channel's ranges.
+const UNMAPPED: u16 = 0;
 pub const VECTOR: u8 = 0x2E;
 /// Virtual time one port access takes.
 pub const PORT_NS: u64 = 50_000;
@@ -206,10 +212,19 @@ pub struct State {
     pub violations: Vec<String>,
     /// Interrupts are not delivered (the count never moves).
     pub lose_irqs: bool,
+    /// With no master beside a slave, behave as QEMU does (a phantom device 0: status DRDY,
+    /// IDENTIFY aborted, signature 0xFF/0xFF) instead of the ATA rule (status 0, commands to
+    /// device 0 not executed).
+    pub phantom_master: bool,
+    phantom_status: u8,
 }
 
 pub struct Fake {
     pub st: RefCell<State>,
+    /// The channel's command block, control port and bus-master base.
+    pub cmd: u16,
+    pub ctrl: u16,
+    pub bm: u16,
     pub log: RefCell<Vec<Io>>,
     clock: Cell<u64>,
     irqs: Cell<u64>,
@@ -219,7 +234,19 @@ pub struct Fake {
 
 impl Fake {
     pub fn new(master: Option<Disk>, slave: Option<Disk>) -> Self {
+        Self::on_ports(master, slave, CMD, CTRL, BM)
+    }
+
+    /// The channel at the secondary's legacy ports (0x170/0x376), bus master at BAR4 + 8.
+    pub fn secondary(master: Option<Disk>, slave: Option<Disk>) -> Self {
+        Self::on_ports(master, slave, CMD2, CTRL2, BM2)
+    }
+
+    fn on_ports(master: Option<Disk>, slave: Option<Disk>, cmd: u16, ctrl: u16, bm: u16) -> Self {
         Self {
+            cmd,
+            ctrl,
+            bm,
             st: RefCell::new(State {
                 present: true,
                 disks: [master, slave],
@@ -239,6 +266,8 @@ impl Fake {
                 bm_prdt: 0,
                 violations: Vec::new(),
                 lose_irqs: false,
+                phantom_master: false,
+                phantom_status: DRDY | DSC,
             }),
             log: RefCell::new(Vec::new()),
             clock: Cell::new(1_000_000),
@@ -283,7 +312,7 @@ impl Fake {
             .borrow()
             .iter()
             .filter_map(|io| match *io {
-                Io::Out { port, value, .. } if port == CMD + reg => Some(value as u8),
+                Io::Out { port, value, .. } if port == self.cmd + reg => Some(value as u8),
                 _ => None,
             })
             .collect()
@@ -295,8 +324,8 @@ impl Fake {
             .borrow()
             .iter()
             .filter_map(|io| match *io {
-                Io::Out { port, value, .. } if (CMD + 1..=CMD + 7).contains(&port) => {
-                    Some((port - CMD, value as u8))
+                Io::Out { port, value, .. } if (self.cmd + 1..=self.cmd + 7).contains(&port) => {
+                    Some((port - self.cmd, value as u8))
                 }
                 _ => None,
             })
@@ -387,7 +416,22 @@ impl Fake {
         usize::from(st.device & 0x10 != 0)
     }
 
+    /// The primary-channel port (CMD.., CTRL, BM..) that `port` is on this fake's channel,
+    /// so that one state machine serves either channel; [`UNMAPPED`] for any other port.
+    fn canon(&self, port: u16) -> u16 {
+        if (self.cmd..self.cmd + 8).contains(&port) {
+            CMD + (port - self.cmd)
+        } else if port == self.ctrl {
+            CTRL
+        } else if (self.bm..self.bm + 8).contains(&port) {
+            BM + (port - self.bm)
+        } else {
+            UNMAPPED
+        }
+    }
+
     fn read_port8(&self, port: u16) -> u8 {
+        let port = self.canon(port);
         let mut st = self.st.borrow_mut();
         if (BM..BM + 8).contains(&port) {
             return match port - BM {
@@ -405,7 +449,8 @@ impl Fake {
         match port {
             CTRL | 0x1F7 => {
                 if st.disks[sel].is_none() {
-                    return 0;
+                    let phantom = sel == 0 && st.phantom_master && st.disks[1].is_some();
+                    return if phantom { st.phantom_status } else { 0 };
                 }
                 if port == 0x1F7 {
                     st.intrq = false;
@@ -431,6 +476,8 @@ impl Fake {
     }
 
     fn write_port8(&self, port: u16, v: u8) {
+        let real_port = port;
+        let port = self.canon(port);
         let mut st = self.st.borrow_mut();
         if (BM..BM + 8).contains(&port) {
             match port - BM {
@@ -479,6 +526,12 @@ impl Fake {
                     st.lba[1].cur = 0x14;
                     st.lba[2].cur = 0xEB;
                 }
+                if st.disks[0].is_none() && st.phantom_master {
+                    // QEMU's signature for a position without a drive.
+                    st.lba[1].cur = 0xFF;
+                    st.lba[2].cur = 0xFF;
+                    st.phantom_status = DRDY | DSC;
+                }
                 st.status = if atapi { 0 } else { DRDY | DSC };
                 st.error = 1;
                 st.phase = Phase::Idle;
@@ -500,7 +553,7 @@ impl Fake {
             0x1F5 => st.lba[2].write(v),
             0x1F6 => st.device = v,
             0x1F7 => self.command(&mut st, v),
-            _ => st.violations.push(format!("byte write to {port:#x}")),
+            _ => st.violations.push(format!("byte write to {real_port:#x}")),
         }
         // Any command-block write clears HOB.
         st.control &= !0x80;
@@ -516,6 +569,12 @@ impl Fake {
     fn command(&self, st: &mut State, c: u8) {
         let sel = Self::sel(st);
         let Some(disk) = st.disks[sel].as_mut() else {
+            if sel == 0 && st.phantom_master && st.disks[1].is_some() {
+                // QEMU: the empty master aborts every command (IDENTIFY included).
+                st.phantom_status = DRDY | ERR;
+                st.error = ABRT;
+                self.raise_irq(st);
+            }
             return;
         };
         disk.commands.push(c);
@@ -848,7 +907,7 @@ impl Platform for Fake {
     }
     fn inw(&self, port: u16) -> u16 {
         self.tick(PORT_NS);
-        let v = if port == CMD && self.st.borrow().present {
+        let v = if self.canon(port) == CMD && self.st.borrow().present {
             self.data_in()
         } else {
             self.st
@@ -866,7 +925,7 @@ impl Platform for Fake {
     }
     fn inl(&self, port: u16) -> u32 {
         self.tick(PORT_NS);
-        let v = if port == BM + 4 {
+        let v = if self.canon(port) == BM + 4 {
             self.st.borrow().bm_prdt
         } else {
             u32::MAX
@@ -894,7 +953,7 @@ impl Platform for Fake {
             width: 2,
             value: u32::from(value),
         });
-        if port == CMD && self.st.borrow().present {
+        if self.canon(port) == CMD && self.st.borrow().present {
             self.data_out(value);
         } else {
             self.st
@@ -911,7 +970,7 @@ impl Platform for Fake {
             value,
         });
         let mut st = self.st.borrow_mut();
-        if port == BM + 4 {
+        if self.canon(port) == BM + 4 {
             if value & 3 != 0 {
                 st.violations.push("PRD table address not aligned".into());
             }
@@ -998,7 +1057,11 @@ impl PortStrings for Fake {
             words: buf.len(),
         });
         for w in buf {
-            *w = if port == CMD { self.data_in() } else { 0xFFFF };
+            *w = if self.canon(port) == CMD {
+                self.data_in()
+            } else {
+                0xFFFF
+            };
         }
     }
     fn outs16(&self, port: u16, buf: &[u16]) {
@@ -1007,6 +1070,13 @@ impl PortStrings for Fake {
             port,
             words: buf.len(),
         });
+        if self.canon(port) != CMD {
+            self.st
+                .borrow_mut()
+                .violations
+                .push(format!("outs16 {port:#x}"));
+            return;
+        }
         for &w in buf {
             self.data_out(w);
         }

@@ -138,6 +138,16 @@ pub enum Drive {
 }
 
 impl Drive {
+    /// Both positions of a channel, master first.
+    pub const ALL: [Self; 2] = [Self::Master, Self::Slave];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Master => "master",
+            Self::Slave => "slave",
+        }
+    }
+
     fn index(self) -> usize {
         match self {
             Self::Master => 0,
@@ -154,6 +164,90 @@ impl Drive {
         }
     }
 }
+
+/// One of the two channels of an IDE controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelId {
+    Primary,
+    Secondary,
+}
+
+impl ChannelId {
+    /// Both channels, primary first.
+    pub const ALL: [Self; 2] = [Self::Primary, Self::Secondary];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Secondary => "secondary",
+        }
+    }
+
+    pub fn is_secondary(self) -> bool {
+        self == Self::Secondary
+    }
+
+    /// The channel's ISA IRQ in compatibility mode: 14 (primary) or 15 (secondary).
+    pub fn legacy_irq(self) -> u8 {
+        match self {
+            Self::Primary => 14,
+            Self::Secondary => 15,
+        }
+    }
+
+    /// The channel's legacy ports.
+    pub fn legacy_ports(self) -> ChannelPorts {
+        match self {
+            Self::Primary => ChannelPorts::PRIMARY,
+            Self::Secondary => ChannelPorts::SECONDARY,
+        }
+    }
+
+    /// Whether the channel of a PCI IDE function (class 01:01) runs in compatibility mode
+    /// (programming interface bit 0 / bit 2 clear): legacy ports and [`ChannelId::legacy_irq`].
+    pub fn is_compatibility_mode(self, function: &PciFunction) -> bool {
+        let native_bit = if self.is_secondary() { 0x04 } else { 0x01 };
+        function.prog_if & native_bit == 0
+    }
+}
+
+/// What one drive position holds, as [`IdeChannel::probe_position`] found it. Only
+/// [`Presence::Ata`] is usable; the others are reported and skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// An ATA device answered IDENTIFY DEVICE; [`IdeChannel::info`] holds what it said.
+    Ata,
+    /// No device: the status reads 0 (the ATA rule for an absent device), or IDENTIFY is
+    /// aborted with the "no device" signature 0xFF/0xFF (QEMU's empty master beside a slave).
+    Empty,
+    /// Nothing drives the bus: the status reads 0xFF.
+    Floating,
+    /// A device that is not ATA: IDENTIFY DEVICE aborted with this signature in LBA mid/high
+    /// (0x14/0xEB: ATAPI; 0x3C/0xC3, 0x69/0x96: SATA bridges).
+    NotAta { lba_mid: u8, lba_high: u8 },
+}
+
+impl core::fmt::Display for Presence {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Self::Ata => write!(f, "ATA disk"),
+            Self::Empty => write!(f, "empty"),
+            Self::Floating => write!(f, "floating bus (status 0xff)"),
+            Self::NotAta {
+                lba_mid: 0x14,
+                lba_high: 0xEB,
+            } => write!(f, "ATAPI device (signature 0x14/0xeb), not ATA"),
+            Self::NotAta { lba_mid, lba_high } => write!(
+                f,
+                "not an ATA device (signature {lba_mid:#04x}/{lba_high:#04x})"
+            ),
+        }
+    }
+}
+
+/// LBA mid/high after an aborted IDENTIFY when no device is there (QEMU's signature for an
+/// empty position; also what a bus with pull-ups returns).
+const NO_DEVICE_SIGNATURE: (u8, u8) = (0xFF, 0xFF);
 
 /// Port bases of one channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,13 +275,13 @@ impl ChannelPorts {
     /// being at offset 2 of the second BAR; a channel in compatibility mode uses the legacy ports.
     /// `None` if a native-mode channel lacks its I/O BARs.
     pub fn from_pci(function: &PciFunction, secondary: bool) -> Option<Self> {
-        let native_bit = if secondary { 0x04 } else { 0x01 };
-        if function.prog_if & native_bit == 0 {
-            return Some(if secondary {
-                Self::SECONDARY
-            } else {
-                Self::PRIMARY
-            });
+        let id = if secondary {
+            ChannelId::Secondary
+        } else {
+            ChannelId::Primary
+        };
+        if id.is_compatibility_mode(function) {
+            return Some(id.legacy_ports());
         }
         let first = if secondary { 2 } else { 0 };
         match (function.bar(first), function.bar(first + 1)) {
@@ -630,6 +724,10 @@ impl<'p, P: PortStrings + ?Sized> IdeChannel<'p, P> {
             Err(AtaError::Aborted { error }) => {
                 let lba_mid = self.platform.inb(self.port(reg::LBA_MID));
                 let lba_high = self.platform.inb(self.port(reg::LBA_HIGH));
+                self.selected = None;
+                if (lba_mid, lba_high) == NO_DEVICE_SIGNATURE {
+                    return Err(AtaError::NoDevice);
+                }
                 if (lba_mid, lba_high) != (0, 0) {
                     return Err(AtaError::NotAta { lba_mid, lba_high });
                 }
@@ -639,6 +737,35 @@ impl<'p, P: PortStrings + ?Sized> IdeChannel<'p, P> {
         };
         let info = DriveInfo::parse(&words)?;
         Ok(self.drives[drive.index()].insert(info))
+    }
+
+    /// What position `drive` holds: IDENTIFY DEVICE, with an absent drive, a floating bus and
+    /// a non-ATA device classified instead of failed. `Err` only for a device that is there
+    /// and misbehaves (times out, reports an error, sends unusable IDENTIFY data).
+    pub fn probe_position(&mut self, drive: Drive) -> Result<Presence, AtaError> {
+        if self.alt_status().bits() == 0xFF {
+            return Ok(Presence::Floating);
+        }
+        let result = self.identify(drive).map(|_| ());
+        match result {
+            Ok(()) => Ok(Presence::Ata),
+            Err(AtaError::NoDevice) if self.alt_status().bits() == 0xFF => Ok(Presence::Floating),
+            Err(AtaError::NoDevice) => Ok(Presence::Empty),
+            Err(AtaError::NotAta { lba_mid, lba_high }) => {
+                Ok(Presence::NotAta { lba_mid, lba_high })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Soft-reset the channel and probe both positions, master first. A floating channel is
+    /// [`Presence::Floating`] for both; a reset that fails otherwise is that error for both.
+    pub fn probe_drives(&mut self) -> [Result<Presence, AtaError>; 2] {
+        match self.soft_reset() {
+            Ok(()) => Drive::ALL.map(|d| self.probe_position(d)),
+            Err(AtaError::NoDevice) => [Ok(Presence::Floating); 2],
+            Err(e) => [Err(e); 2],
+        }
     }
 
     /// [`IdeChannel::identify`], with an absent drive as `Ok(None)`.

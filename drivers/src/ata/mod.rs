@@ -20,6 +20,8 @@ pub mod ide;
 
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod positions_tests;
 
 use ide::{ErrorReg, Status};
 
