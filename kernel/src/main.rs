@@ -82,7 +82,7 @@ extern "C" fn user_main(start_info: u64) -> ! {
             exit(ExitCode::Crashed);
         }
     };
-    if let Err(e) = mem::heap::init(info.memmap) {
+    if let Err(e) = mem::heap::init(info.memmap, &info.reserved) {
         println!("# heap: {}", e);
         exit(ExitCode::Crashed);
     }
@@ -95,7 +95,7 @@ extern "C" fn user_main(start_info: u64) -> ! {
         hz / 1000,
         source.name()
     );
-    bootinfo::set(info);
+    bootinfo::set(info.clone());
 
     let code = if let Some(which) = info.arg("bench") {
         bench::run(which)

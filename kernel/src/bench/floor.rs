@@ -49,11 +49,26 @@ pub fn device() -> Outcome {
     match pci::find(VENDOR, DEVICE) {
         None => Outcome::Skip("no exit-floor device (1234:f100)"),
         Some(dev) => {
-            let (Some(Bar::Io { port: io, .. }), Some(Bar::Memory { addr, size, .. })) =
-                (dev.bar(0), dev.bar(1))
+            // The ports used are io and io + 4, the MMIO offsets 0 and 0x100: check the sizes
+            // before any arithmetic on the bases.
+            let (
+                Some(Bar::Io {
+                    port: io,
+                    size: io_size,
+                }),
+                Some(Bar::Memory { addr, size, .. }),
+            ) = (dev.bar(0), dev.bar(1))
             else {
                 crate::fail!("exit-floor device BARs are not I/O + memory: {}", dev);
             };
+            if io_size < 8 || size < 0x104 {
+                crate::fail!(
+                    "exit-floor BARs too small (I/O {} bytes, memory {:#x}): {}",
+                    io_size,
+                    size,
+                    dev
+                );
+            }
             let mmio = match p.map_mmio(addr, size) {
                 Ok(m) => m,
                 Err(e) => crate::fail!("exit-floor BAR1: {}", e),

@@ -1,6 +1,8 @@
 //! The kernel heap: `linked_list_allocator` over a RAM range taken from the PVH memory map.
 
 use crate::boot::pvh::{HvmMemmapEntry, E820_RAM};
+use crate::bootinfo::RAM_MAPPED_END;
+use core::ops::Range;
 use linked_list_allocator::LockedHeap;
 
 #[global_allocator]
@@ -12,19 +14,61 @@ extern "C" {
     static __kernel_end: u8;
 }
 
-/// Place the heap in the first RAM range above the kernel image that can hold it.
-/// Returns the heap's physical range.
-pub fn init(memmap: &[HvmMemmapEntry]) -> Result<(u64, u64), &'static str> {
+const ALIGN: u64 = 2 << 20;
+
+/// Where a heap of `size` bytes goes: the lowest 2 MiB-aligned address at or above
+/// `kernel_end` such that the whole heap lies in one RAM range of `memmap`, below the end of
+/// mapped RAM, and clear of every `reserved` range (the boot structures, which stay in use).
+pub fn place(
+    memmap: &[HvmMemmapEntry],
+    kernel_end: u64,
+    reserved: &[Range<u64>],
+    size: u64,
+) -> Result<u64, &'static str> {
+    const NONE: &str = "no RAM range above the kernel can hold the heap";
+    let align_up = |a: u64| a.checked_next_multiple_of(ALIGN).ok_or(NONE);
+    let mut start = align_up(kernel_end)?;
+    loop {
+        let end = start.checked_add(size).ok_or(NONE)?;
+        if end > RAM_MAPPED_END {
+            return Err(NONE);
+        }
+        if let Some(r) = reserved
+            .iter()
+            .find(|r| !r.is_empty() && r.start < end && start < r.end)
+        {
+            start = align_up(r.end)?;
+            continue;
+        }
+        // Entries whose end overflows are skipped (BootInfo::parse refuses them anyway).
+        let in_ram = memmap.iter().any(|e| {
+            e.kind == E820_RAM
+                && e.addr <= start
+                && e.addr.checked_add(e.size).is_some_and(|e| e >= end)
+        });
+        if in_ram {
+            return Ok(start);
+        }
+        // Try the next RAM range that starts above this candidate.
+        let next = memmap
+            .iter()
+            .filter(|e| e.kind == E820_RAM && e.addr > start)
+            .map(|e| e.addr)
+            .min()
+            .ok_or(NONE)?;
+        start = align_up(next)?;
+    }
+}
+
+/// Place the heap (see [`place`]) and hand it to the allocator. Returns its physical range.
+pub fn init(
+    memmap: &[HvmMemmapEntry],
+    reserved: &[Range<u64>],
+) -> Result<(u64, u64), &'static str> {
     let kernel_end = &raw const __kernel_end as u64;
-    let start = (kernel_end + 0x1f_ffff) & !0x1f_ffff;
-    let region = memmap
-        .iter()
-        .filter(|e| e.kind == E820_RAM)
-        .find(|e| e.addr <= start && e.addr + e.size >= start + HEAP_SIZE)
-        .ok_or("no RAM range above the kernel can hold the heap")?;
-    let _ = region;
-    // SAFETY: the range is RAM per the memory map, above the kernel image, identity-mapped, and
-    // handed to the allocator exactly once.
+    let start = place(memmap, kernel_end, reserved, HEAP_SIZE)?;
+    // SAFETY: the range is RAM per the memory map, above the kernel image, inside the identity
+    // map, clear of the boot structures, and handed to the allocator exactly once.
     unsafe { ALLOCATOR.lock().init(start as *mut u8, HEAP_SIZE as usize) };
     Ok((start, start + HEAP_SIZE))
 }

@@ -13,6 +13,7 @@ use crate::ktap::Test;
 
 pub static REGISTRY: &[Test] = &[
     Test::in_all("boot_info", boot::boot_info),
+    Test::in_all("boot_info_checks", boot::boot_info_checks),
     Test::in_all("ring3", boot::ring3),
     Test::in_all("heap", boot::heap),
     Test::in_all("tsc", time::tsc),
