@@ -23,7 +23,7 @@ pub fn lapic_timer() -> Outcome {
     let p = KernelPlatform;
     let start = p.interrupt_count(vectors::LAPIC_TIMER);
     apic::timer_start_periodic(vectors::LAPIC_TIMER, 1_000_000);
-    let spun = spin_for(vectors::LAPIC_TIMER, start, 5, 2000);
+    let spun = spin_for(vectors::LAPIC_TIMER, start, 5, 10_000);
     // The timer works: now sleep for one tick through the wait-for-interrupt kernel call.
     let before = p.interrupt_count(vectors::LAPIC_TIMER);
     if spun >= 5 {
@@ -39,7 +39,7 @@ pub fn lapic_timer() -> Outcome {
         spun,
         apic::id()
     );
-    check!(spun >= 5, "only {} LAPIC timer interrupts in 2 s", spun);
+    check!(spun >= 5, "only {} LAPIC timer interrupts in 10 s", spun);
     check!(after_wait > before, "woke from hlt without a timer tick");
     check!(
         quiet == 0,
@@ -60,9 +60,9 @@ pub fn ioapic_serial() -> Outcome {
     serial::set_thr_empty_interrupt(true);
     // Some UARTs interrupt at once (THR already empty), others after the next byte.
     println!("# ioapic: COM1 THR-empty interrupt enabled on pin 4");
-    let got = spin_for(vectors::COM1, start, 1, 2000);
+    let got = spin_for(vectors::COM1, start, 1, 10_000);
     serial::set_thr_empty_interrupt(false);
     ioapic::mask(4);
-    check!(got >= 1, "no COM1 interrupt through the IOAPIC in 2 s");
+    check!(got >= 1, "no COM1 interrupt through the IOAPIC in 10 s");
     Outcome::Pass
 }
