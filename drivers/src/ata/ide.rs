@@ -284,8 +284,20 @@ impl ChannelPorts {
             return Some(id.legacy_ports());
         }
         let first = if secondary { 2 } else { 0 };
+        // The taskfile spans 8 ports from the command base and the control register sits at
+        // offset 2 of its BAR: a smaller BAR would put our accesses on someone else's ports.
+        // (Enumeration already checked that each BAR ends below 0x10000.)
         match (function.bar(first), function.bar(first + 1)) {
-            (Some(Bar::Io { port: cmd, .. }), Some(Bar::Io { port: ctl, .. })) => Some(Self {
+            (
+                Some(Bar::Io {
+                    port: cmd,
+                    size: cmd_size,
+                }),
+                Some(Bar::Io {
+                    port: ctl,
+                    size: ctl_size,
+                }),
+            ) if cmd_size >= 8 && ctl_size >= 3 => Some(Self {
                 command: cmd,
                 control: ctl.checked_add(2)?,
             }),
@@ -1559,5 +1571,20 @@ mod tests {
                 control: 0xD102
             })
         );
+        // BARs too small for the taskfile or the control register are not used.
+        func.bars[2] = Some(Bar::Io {
+            port: 0xD000,
+            size: 4,
+        });
+        assert_eq!(ChannelPorts::from_pci(&func, true), None);
+        func.bars[2] = Some(Bar::Io {
+            port: 0xD000,
+            size: 8,
+        });
+        func.bars[3] = Some(Bar::Io {
+            port: 0xD100,
+            size: 2,
+        });
+        assert_eq!(ChannelPorts::from_pci(&func, true), None);
     }
 }
