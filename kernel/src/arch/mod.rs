@@ -15,4 +15,5 @@ pub mod vectors {
     pub const VIRTIO_QUEUE: u8 = 0x42;
     pub const VIRTIO_INTX: u8 = 0x43;
     pub const IDE_PRIMARY: u8 = 0x4e;
+    pub const IDE_SECONDARY: u8 = 0x4f;
 }

@@ -13,8 +13,7 @@ use crate::platform::{Dma, KernelPlatform, PLATFORM};
 use crate::tests::{disk, ide, virtio_blk};
 use crate::{println, time};
 use alloc::vec::Vec;
-use drivers::ata::bmdma::BusMasterDma;
-use drivers::ata::ide::{Drive, IdeChannel};
+use drivers::ata::ide::IdeChannel;
 use drivers::platform::{DmaBuffer, Platform};
 use drivers::virtio::blk::{RequestId, VirtioBlk};
 use drivers::virtio::pci::{InterruptMode, InterruptPlan};
@@ -167,37 +166,41 @@ fn ide_rows() -> Result<(), alloc::string::String> {
     if !selected("ide_pio") && !selected("ide_dma") {
         return Ok(());
     }
-    let (mut ide, capacity): (IdeChannel<'static, KernelPlatform>, u64) = match ide::open_primary()
-    {
+    // The first ATA drive at any position (the probe prints one `# ide:` line per position).
+    let mut all = match ide::open_all() {
         Ok(v) => v,
         Err(_) => {
-            println!("# blk: no IDE disk, IDE rows skipped");
+            println!("# blk: no usable IDE disk, IDE rows skipped");
             return Ok(());
         }
     };
+    let found = all.drives[0];
+    println!("# blk: IDE rows on the {}", found.position());
+    let (drive, capacity) = (found.drive, found.sectors);
+    let mut bm = all
+        .bus_master(found.channel)
+        .map_err(|e| alloc::format!("bus master: {}", e))?;
+    let ide: &mut IdeChannel<'static, KernelPlatform> = all.channel(found.channel);
     let mut buf = alloc::vec![0u8; SEQ_BYTES];
     for w in Workload::ALL.into_iter().filter(|_| selected("ide_pio")) {
         run_qd1("ide_pio", w, capacity, |lba| {
             let b = &mut buf[..w.bytes()];
             let r = if w.is_write() {
-                ide.write_pio(Drive::Master, lba, b)
+                ide.write_pio(drive, lba, b)
             } else {
-                ide.read_pio(Drive::Master, lba, b)
+                ide.read_pio(drive, lba, b)
             };
             r.map_err(|e| alloc::format!("IDE PIO at {}: {}", lba, e))
         })?;
     }
-    let f = ide::find_controller().ok_or("no PIIX function")?;
-    let mut bm = BusMasterDma::from_pci(&PLATFORM, f, false)
-        .map_err(|e| alloc::format!("bus master: {}", e))?;
     for w in Workload::ALL.into_iter().filter(|_| selected("ide_dma")) {
         // The transfer length is the buffer's.
         let mut buf = Dma::new(w.bytes()).map_err(|e| alloc::format!("dma: {}", e))?;
         run_qd1("ide_dma", w, capacity, |lba| {
             let r = if w.is_write() {
-                bm.write(&mut ide, Drive::Master, lba, &buf)
+                bm.write(ide, drive, lba, &buf)
             } else {
-                bm.read(&mut ide, Drive::Master, lba, &mut buf)
+                bm.read(ide, drive, lba, &mut buf)
             };
             r.map_err(|e| alloc::format!("IDE DMA at {}: {}", lba, e))
         })?;
