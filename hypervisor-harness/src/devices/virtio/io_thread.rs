@@ -3,8 +3,7 @@
 //! costs the guest no userspace exit), and processes a queue whenever its eventfd fires. The
 //! transport raises the completion interrupt (an irqfd) from this thread.
 
-use super::transport_pci::VirtioPciDevice;
-use crate::devices::lock;
+use super::transport_pci::{QueueWorker, VirtioPciDevice};
 use std::io;
 use std::sync::{Arc, Mutex};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -26,6 +25,7 @@ pub fn spawn(
             EpollEvent::new(EventSet::IN, i as u64),
         )?;
     }
+    let worker = QueueWorker::new(&dev);
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
@@ -42,7 +42,7 @@ pub fn spawn(
                     };
                     // Non-blocking: a spurious wakeup just finds nothing.
                     if evt.read().is_ok() {
-                        lock(&dev).process_queue(*queue);
+                        worker.process(*queue);
                     }
                 }
             }
@@ -52,32 +52,85 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::blk::Blk;
-    use crate::devices::virtio::test_util::RecordingIrq;
-    use crate::devices::virtio::Memory;
+    use crate::devices::virtio::test_util::{BlkRig, PatternDisk};
+    use crate::devices::virtio::transport_pci::common;
+    use std::sync::mpsc;
     use std::time::{Duration, Instant};
-    use vm_memory::GuestAddress;
+    use virtio_bindings::virtio_blk::VIRTIO_BLK_S_OK;
+
+    /// Far beyond anything a loaded 2-core machine needs; only a broken test waits this long.
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    fn wait_for_used(rig: &BlkRig, idx: u16) {
+        let deadline = Instant::now() + PATIENCE;
+        while rig.used_idx() != idx {
+            assert!(
+                Instant::now() < deadline,
+                "I/O thread never completed the request"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 
     #[test]
-    fn eventfd_wakes_the_thread_which_processes_the_queue() {
-        let dir = std::env::temp_dir().join(format!("vblk-io-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("t.img");
-        std::fs::write(&path, vec![0u8; 4096]).unwrap();
-        let disk = crate::backends::disk::RawDisk::open(&path, false).unwrap();
-        let mem = Memory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let irq = Arc::new(RecordingIrq::default());
-        let dev = VirtioPciDevice::new(Box::new(Blk::on_raw(disk)), mem, irq.clone(), 11).unwrap();
-        let dev = Arc::new(Mutex::new(dev));
+    fn eventfd_wakes_the_thread_which_completes_a_request() {
+        let mut rig = BlkRig::new(Box::new(PatternDisk::new(8)));
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let writer = evt.try_clone().unwrap();
-        spawn("test-io", dev.clone(), vec![(0, evt)]).unwrap();
+        spawn("test-io", rig.dev.clone(), vec![(0, evt)]).unwrap();
+        rig.post_read(3);
         writer.write(1).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while lock(&dev).stats.notifies == 0 {
-            assert!(Instant::now() < deadline, "I/O thread never ran");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = std::fs::remove_dir_all(&dir);
+        wait_for_used(&rig, 1);
+        // Head descriptor 0; 512 data bytes plus the status byte; status OK; the data.
+        assert_eq!(rig.used_elem(0), (0, 513));
+        assert_eq!(rig.status_byte(), VIRTIO_BLK_S_OK as u8);
+        assert_eq!(rig.data(), PatternDisk::expected(3)[..512]);
+        // The completion interrupt was raised (INTx: MSI-X is off) and the ISR says queue.
+        assert_eq!(rig.irq.intx_count(), 1);
+        assert_eq!(
+            rig.read(crate::devices::virtio::transport_pci::ISR_OFFSET, 1),
+            1
+        );
+    }
+
+    #[test]
+    fn register_reads_do_not_wait_for_a_blocked_disk() {
+        let (disk, entered, release) = PatternDisk::gated(8);
+        let mut rig = BlkRig::new(Box::new(disk));
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let writer = evt.try_clone().unwrap();
+        spawn("test-io", rig.dev.clone(), vec![(0, evt)]).unwrap();
+        rig.post_read(5);
+        writer.write(1).unwrap();
+        entered
+            .recv_timeout(PATIENCE)
+            .expect("the I/O thread never reached the disk");
+        // The I/O thread is now inside the disk read, mid-request. A vCPU-side register read
+        // (device status, device configuration, ISR) must not wait for it.
+        let (tx, rx) = mpsc::channel();
+        let dev = rig.dev.clone();
+        std::thread::spawn(move || {
+            let region = |off: u64, len: usize| {
+                let mut b = vec![0u8; len];
+                crate::devices::bus::BusDevice::read(
+                    &mut crate::devices::virtio::transport_pci::BarRegion::new(dev.clone(), 0),
+                    off,
+                    &mut b,
+                );
+                crate::devices::le_value(&b)
+            };
+            let status = region(common::DEVICE_STATUS, 1);
+            let capacity = region(crate::devices::virtio::transport_pci::DEVICE_OFFSET, 8);
+            let _ = tx.send((status, capacity));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(20));
+        // Release the disk whatever happened, so nothing is left blocked.
+        let _ = release.send(());
+        let (status, capacity) = got.expect("a register read waited for the disk");
+        assert_eq!((status, capacity), (15, 8));
+        wait_for_used(&rig, 1);
+        assert_eq!(rig.used_elem(0), (0, 513));
+        assert_eq!(rig.status_byte(), VIRTIO_BLK_S_OK as u8);
+        assert_eq!(rig.data(), PatternDisk::expected(5)[..512]);
     }
 }

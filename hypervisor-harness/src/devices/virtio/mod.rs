@@ -71,4 +71,197 @@ pub mod test_util {
             self.intx_level.store(false, Ordering::SeqCst);
         }
     }
+
+    use super::blk::{Blk, DiskBackend};
+    use super::transport_pci::{common, BarRegion, VirtioPciDevice};
+    use super::Memory;
+    use crate::devices::bus::BusDevice;
+    use crate::devices::pci::config::{CMD_BUS_MASTER, CMD_MEM, REG_COMMAND};
+    use crate::devices::pci::PciFunction;
+    use std::sync::mpsc::{Receiver, SyncSender};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use vm_memory::{Bytes, GuestAddress};
+
+    /// A disk of `sectors` sectors whose byte i is `i / 512 ^ i`. With a gate, every read first
+    /// says so on `entered` and then waits for `release` (at most a minute, so that a failing
+    /// test cannot hang the suite).
+    pub struct PatternDisk {
+        pub data: Mutex<Vec<u8>>,
+        gate: Option<(SyncSender<()>, Mutex<Receiver<()>>)>,
+    }
+
+    impl PatternDisk {
+        pub fn new(sectors: usize) -> Self {
+            let data = (0..sectors * 512)
+                .map(|i| (i / 512) as u8 ^ i as u8)
+                .collect();
+            Self {
+                data: Mutex::new(data),
+                gate: None,
+            }
+        }
+
+        /// A disk whose reads block until released: (disk, entered, release).
+        pub fn gated(sectors: usize) -> (Self, Receiver<()>, SyncSender<()>) {
+            let (entered_tx, entered_rx) = std::sync::mpsc::sync_channel(16);
+            let (release_tx, release_rx) = std::sync::mpsc::sync_channel(16);
+            let mut d = Self::new(sectors);
+            d.gate = Some((entered_tx, Mutex::new(release_rx)));
+            (d, entered_rx, release_tx)
+        }
+
+        pub fn expected(sector: u64) -> Vec<u8> {
+            Self::new(sector as usize + 1).data.lock().unwrap()[sector as usize * 512..].to_vec()
+        }
+    }
+
+    impl DiskBackend for PatternDisk {
+        fn len(&self) -> u64 {
+            self.data.lock().unwrap().len() as u64
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            if let Some((entered, release)) = &self.gate {
+                let _ = entered.send(());
+                let _ = release
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(60));
+            }
+            let d = self.data.lock().unwrap();
+            let src = usize::try_from(offset)
+                .ok()
+                .and_then(|o| d.get(o..o.checked_add(buf.len())?))
+                .ok_or_else(|| std::io::Error::other("out of range"))?;
+            buf.copy_from_slice(src);
+            Ok(())
+        }
+        fn write_at(&self, _offset: u64, _buf: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A virtio-blk function driven the way a driver drives it, with queue 0 (16 entries)
+    /// in guest memory at fixed addresses and one-sector reads posted by hand.
+    pub struct BlkRig {
+        pub dev: Arc<Mutex<VirtioPciDevice>>,
+        pub mem: Memory,
+        pub irq: Arc<RecordingIrq>,
+        posted: u16,
+    }
+
+    pub const DESC: u64 = 0x1000;
+    pub const AVAIL: u64 = 0x2000;
+    pub const USED: u64 = 0x3000;
+    pub const HDR: u64 = 0x4000;
+    pub const DATA: u64 = 0x5000;
+    pub const STATUS: u64 = 0x6000;
+    const QSIZE: u16 = 16;
+
+    impl BlkRig {
+        /// Memory decode and bus mastering on, queue 0 set up, features negotiated, DRIVER_OK.
+        pub fn new(disk: Box<dyn DiskBackend>) -> Self {
+            Self::with_command(disk, CMD_MEM | CMD_BUS_MASTER)
+        }
+
+        pub fn with_command(disk: Box<dyn DiskBackend>, command: u16) -> Self {
+            let mem = Memory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+            let irq = Arc::new(RecordingIrq::default());
+            let blk = Blk::new(disk, [0; 20]);
+            let mut dev =
+                VirtioPciDevice::new(Box::new(blk), mem.clone(), irq.clone(), 11).unwrap();
+            dev.config_mut().enable(CMD_MEM);
+            let rig = Self {
+                dev: Arc::new(Mutex::new(dev)),
+                mem,
+                irq,
+                posted: 0,
+            };
+            let w = |off: u64, len: usize, v: u64| rig.write(off, &v.to_le_bytes()[..len]);
+            w(common::DEVICE_STATUS, 1, 1);
+            w(common::DEVICE_STATUS, 1, 3);
+            w(common::DRIVER_FEATURE_SELECT, 4, 1);
+            w(common::DRIVER_FEATURE, 4, 1); // VERSION_1
+            w(common::DEVICE_STATUS, 1, 11);
+            w(common::QUEUE_SELECT, 2, 0);
+            w(common::QUEUE_SIZE, 2, QSIZE as u64);
+            w(common::QUEUE_DESC, 8, DESC);
+            w(common::QUEUE_DRIVER, 8, AVAIL);
+            w(common::QUEUE_DEVICE, 8, USED);
+            w(common::QUEUE_ENABLE, 2, 1);
+            w(common::DEVICE_STATUS, 1, 15);
+            assert_eq!(rig.read(common::DEVICE_STATUS, 1), 15);
+            // The command register as the test wants it, written as a driver would.
+            rig.dev
+                .lock()
+                .unwrap()
+                .config_write(REG_COMMAND as u64, &command.to_le_bytes());
+            rig
+        }
+
+        /// A BAR0 access through the bus-facing region (so decode is honoured).
+        pub fn write(&self, off: u64, data: &[u8]) {
+            BarRegion::new(self.dev.clone(), 0).write(off, data);
+        }
+
+        pub fn read(&self, off: u64, len: usize) -> u64 {
+            let mut b = vec![0u8; len];
+            BarRegion::new(self.dev.clone(), 0).read(off, &mut b);
+            crate::devices::le_value(&b)
+        }
+
+        /// Post a one-sector read of `sector` (descriptors 0..2, status byte set to 0xff).
+        pub fn post_read(&mut self, sector: u64) {
+            let m = &self.mem;
+            let mut h = [0u8; 16];
+            h[8..].copy_from_slice(&sector.to_le_bytes()); // type 0 = IN
+            m.write_slice(&h, GuestAddress(HDR)).unwrap();
+            m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+            m.write_slice(&[0xee; 512], GuestAddress(DATA)).unwrap();
+            let desc = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
+                let at = DESC + 16 * i;
+                m.write_obj(addr, GuestAddress(at)).unwrap();
+                m.write_obj(len, GuestAddress(at + 8)).unwrap();
+                m.write_obj(flags, GuestAddress(at + 12)).unwrap();
+                m.write_obj(next, GuestAddress(at + 14)).unwrap();
+            };
+            desc(0, HDR, 16, 1, 1);
+            desc(1, DATA, 512, 1 | 2, 2);
+            desc(2, STATUS, 1, 2, 0);
+            let slot = AVAIL + 4 + 2 * (self.posted % QSIZE) as u64;
+            m.write_obj(0u16, GuestAddress(slot)).unwrap();
+            self.posted = self.posted.wrapping_add(1);
+            m.write_obj(self.posted, GuestAddress(AVAIL + 2)).unwrap();
+        }
+
+        /// The used ring's index.
+        pub fn used_idx(&self) -> u16 {
+            self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+        }
+
+        /// Used element `i`: (descriptor id, length).
+        pub fn used_elem(&self, i: u16) -> (u32, u32) {
+            let at = USED + 4 + 8 * (i % QSIZE) as u64;
+            (
+                self.mem.read_obj(GuestAddress(at)).unwrap(),
+                self.mem.read_obj(GuestAddress(at + 4)).unwrap(),
+            )
+        }
+
+        pub fn status_byte(&self) -> u8 {
+            self.mem.read_obj(GuestAddress(STATUS)).unwrap()
+        }
+
+        pub fn data(&self) -> Vec<u8> {
+            let mut b = vec![0u8; 512];
+            self.mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
+            b
+        }
+    }
 }

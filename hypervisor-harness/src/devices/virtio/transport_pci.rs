@@ -21,13 +21,14 @@
 use super::device::{QueueBroken, VirtioDevice};
 use super::{Memory, VirtioInterrupt};
 use crate::devices::bus::BusDevice;
-use crate::devices::pci::config::{PciConfig, REG_COMMAND};
+use crate::devices::pci::config::{PciConfig, CMD_BUS_MASTER, CMD_MEM};
 use crate::devices::pci::msix::{self, Msix, Trigger};
 use crate::devices::pci::PciFunction;
 use crate::devices::{le_value, lock};
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_config::{
-    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
     VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
@@ -73,6 +74,13 @@ pub const CFG_DEVICE: u8 = 4;
 pub const ISR_QUEUE: u8 = 1;
 pub const ISR_CONFIG: u8 = 2;
 
+const STATUS_ACKNOWLEDGE: u8 = VIRTIO_CONFIG_S_ACKNOWLEDGE as u8;
+const STATUS_DRIVER: u8 = VIRTIO_CONFIG_S_DRIVER as u8;
+const STATUS_FAILED: u8 = VIRTIO_CONFIG_S_FAILED as u8;
+/// ACKNOWLEDGE | DRIVER: the driver is reading and writing features.
+const STATUS_NEGOTIATING: u8 = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+/// ... | FEATURES_OK: the device accepted them; queues are set up next.
+const STATUS_FEATURES_DONE: u8 = STATUS_NEGOTIATING | STATUS_FEATURES_OK;
 const STATUS_DRIVER_OK: u8 = VIRTIO_CONFIG_S_DRIVER_OK as u8;
 const STATUS_FEATURES_OK: u8 = VIRTIO_CONFIG_S_FEATURES_OK as u8;
 const STATUS_NEEDS_RESET: u8 = VIRTIO_CONFIG_S_NEEDS_RESET as u8;
@@ -118,6 +126,12 @@ fn vendor_cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
     b
 }
 
+/// MSI-X table entries of a function with `num_queues` queues: one per queue plus one for
+/// configuration changes. `vmm/` allocates one GSI and irqfd per entry from the same count.
+pub fn msix_vectors(num_queues: usize) -> u16 {
+    u16::try_from(num_queues).map_or(u16::MAX, |n| n.saturating_add(1))
+}
+
 /// Counters of what the transport saw (for tests and diagnostics).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TransportStats {
@@ -125,15 +139,108 @@ pub struct TransportStats {
     pub queue_interrupts: u64,
     pub config_interrupts: u64,
     pub resets: u64,
+    /// Device status writes the state machine refused (and ignored).
+    pub illegal_status_writes: u64,
+    /// Notifies that arrived with bus mastering off (their queues wait for it).
+    pub deferred_notifies: u64,
+    /// Accesses to BAR0 while memory decode was off (reads all-ones, writes dropped).
+    pub undecoded_accesses: u64,
 }
 
+/// What processing a queue asks of the register half afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Nothing,
+    Interrupt,
+    Broken(String),
+}
+
+/// The queue-processing half of a virtio-pci function: the device model and its live queues.
+/// It has its own lock, held across a queue's processing (disk I/O included). The register
+/// half ([`VirtioPciDevice`]) takes it only to activate, reset or write device configuration,
+/// never for a register read or a notify, so a vCPU reading registers never waits for a disk.
+/// Lock order: the register lock may be held while taking this one, never the reverse.
+pub struct QueueEngine {
+    device: Box<dyn VirtioDevice>,
+    mem: Memory,
+    /// Copies of the register image's queues, made at DRIVER_OK; they run from there.
+    queues: Vec<Queue>,
+    active: bool,
+    /// The register half's epoch at activation: work admitted in another epoch is dropped.
+    epoch: u64,
+    /// Activations in the device's lifetime (for tests: exactly one per DRIVER_OK).
+    pub activations: u64,
+}
+
+impl QueueEngine {
+    /// Process queue `index`, admitted by the register half in `epoch`.
+    pub fn run(&mut self, index: usize, epoch: u64) -> Outcome {
+        if !self.active || self.epoch != epoch {
+            return Outcome::Nothing;
+        }
+        let Some(q) = self.queues.get_mut(index) else {
+            return Outcome::Nothing;
+        };
+        if !q.ready() {
+            return Outcome::Nothing;
+        }
+        let result = if q.is_valid(&self.mem) {
+            self.device.process_queue(index, q, &self.mem)
+        } else {
+            Err(QueueBroken("ring outside guest memory".into()))
+        };
+        match result {
+            Ok(true) => Outcome::Interrupt,
+            Ok(false) => Outcome::Nothing,
+            Err(e) => {
+                // Nothing more runs until the driver resets the device.
+                self.active = false;
+                Outcome::Broken(e.0)
+            }
+        }
+    }
+}
+
+/// A handle for an I/O thread: processes a queue in three steps, so that only the middle one
+/// (the device's work, under the [`QueueEngine`] lock) can take long.
+#[derive(Clone)]
+pub struct QueueWorker {
+    regs: Arc<Mutex<VirtioPciDevice>>,
+    engine: Arc<Mutex<QueueEngine>>,
+}
+
+impl QueueWorker {
+    pub fn new(regs: &Arc<Mutex<VirtioPciDevice>>) -> Self {
+        let engine = lock(regs).engine.clone();
+        Self {
+            regs: regs.clone(),
+            engine,
+        }
+    }
+
+    /// The driver notified queue `index` (its ioeventfd fired).
+    pub fn process(&self, index: usize) {
+        let Some(epoch) = lock(&self.regs).admit(index) else {
+            return;
+        };
+        let outcome = lock(&self.engine).run(index, epoch);
+        lock(&self.regs).complete(index, epoch, outcome);
+    }
+}
+
+/// The register half of a virtio-pci function: PCI configuration, MSI-X, the common
+/// configuration (with an image of the queue registers), ISR and a copy of the device
+/// configuration. This is what the vCPU's accesses lock.
 pub struct VirtioPciDevice {
     config: PciConfig,
     msix: Msix,
     msix_cap: usize,
-    device: Box<dyn VirtioDevice>,
+    engine: Arc<Mutex<QueueEngine>>,
     irq: Arc<dyn VirtioInterrupt>,
-    mem: Memory,
+    device_features: u64,
+    /// The device configuration as the driver reads it (refreshed after a write).
+    device_config: Vec<u8>,
+    /// The queue registers as the driver programmed them (frozen from DRIVER_OK on).
     queues: Vec<Queue>,
     queue_vectors: Vec<u16>,
     config_vector: u16,
@@ -144,6 +251,12 @@ pub struct VirtioPciDevice {
     config_generation: u8,
     queue_select: u16,
     isr: u8,
+    /// Set at DRIVER_OK, cleared by reset: the device is activated at most once per cycle.
+    activated: bool,
+    /// Bumped by every reset; completions of work admitted before it are dropped.
+    epoch: u64,
+    /// Queues notified while bus mastering was off; processed when it is turned on.
+    deferred: Vec<bool>,
     /// Why the device needs a reset, if it does.
     broken: Option<String>,
     pub stats: TransportStats,
@@ -173,7 +286,7 @@ impl VirtioPciDevice {
         for &max in device.queue_max_sizes() {
             queues.push(Queue::new(max).map_err(|e| format!("queue size {max}: {e}"))?);
         }
-        let msix = Msix::new(nq as u16 + 1);
+        let msix = Msix::new(msix_vectors(nq));
         if msix.table_len() > REGION || msix.pba_len() > REGION {
             return Err("too many queues for the MSI-X table".into());
         }
@@ -215,14 +328,27 @@ impl VirtioPciDevice {
         let msix_cap = config
             .add_capability(msix::CAP_ID, &body, &[0x00, 0xc0])
             .map_err(e)?;
+        let device_features = device.features() | 1 << VIRTIO_F_VERSION_1;
+        let mut device_config = vec![0u8; device.config_len().min(REGION as usize)];
+        device.read_config(0, &mut device_config);
+        let engine = QueueEngine {
+            device,
+            mem,
+            queues: Vec::new(),
+            active: false,
+            epoch: 0,
+            activations: 0,
+        };
         Ok(Self {
             config,
             msix,
             msix_cap,
-            device,
+            engine: Arc::new(Mutex::new(engine)),
             irq,
-            mem,
+            device_features,
+            device_config,
             queue_vectors: vec![NO_VECTOR; nq],
+            deferred: vec![false; nq],
             queues,
             config_vector: NO_VECTOR,
             device_feature_select: 0,
@@ -232,6 +358,8 @@ impl VirtioPciDevice {
             config_generation: 0,
             queue_select: 0,
             isr: 0,
+            activated: false,
+            epoch: 0,
             broken: None,
             stats: TransportStats::default(),
         })
@@ -257,6 +385,7 @@ impl VirtioPciDevice {
         &self.msix
     }
 
+    /// Queue `index` as its registers were programmed (the running copy is the engine's).
     pub fn queue(&self, index: usize) -> Option<&Queue> {
         self.queues.get(index)
     }
@@ -270,13 +399,26 @@ impl VirtioPciDevice {
         self.broken.as_deref()
     }
 
+    /// The queue-processing half, for tests and diagnostics.
+    pub fn engine(&self) -> &Arc<Mutex<QueueEngine>> {
+        &self.engine
+    }
+
     /// Offset in the BAR of queue `index`'s notify register.
     pub fn notify_offset(index: usize) -> u64 {
         NOTIFY_OFFSET + index as u64 * NOTIFY_MULTIPLIER as u64
     }
 
     fn device_features(&self) -> u64 {
-        self.device.features() | 1 << VIRTIO_F_VERSION_1
+        self.device_features
+    }
+
+    fn mem_decode(&self) -> bool {
+        self.config.command() & CMD_MEM != 0
+    }
+
+    fn bus_master(&self) -> bool {
+        self.config.command() & CMD_BUS_MASTER != 0
     }
 
     // ---- common configuration ----
@@ -441,48 +583,106 @@ impl VirtioPciDevice {
             && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
     }
 
+    /// The device status state machine (virtio 1.x §2.1, §3.1.1). The driver may only:
+    ///
+    /// - write 0: reset, from any state;
+    /// - set FAILED, from any state (the other bits of that write are ignored); after FAILED
+    ///   only a reset is accepted;
+    /// - add the next bit of ACKNOWLEDGE -> DRIVER -> FEATURES_OK -> DRIVER_OK, one per write,
+    ///   keeping the bits it has (FEATURES_OK is refused, as the spec says, if the features it
+    ///   wrote are not acceptable; DRIVER_OK activates the device, once per reset);
+    /// - write the current value again (no change).
+    ///
+    /// Anything else (skipping a step, several steps at once, clearing a bit, a reserved bit)
+    /// is ignored: the status stays as it was, so the driver sees its write did not take, and
+    /// `stats.illegal_status_writes` counts it. NEEDS_RESET is the device's: a driver writing it
+    /// is not an error, the bit is simply not the driver's to change.
     fn write_status(&mut self, v: u8) {
+        let v = v & !STATUS_NEEDS_RESET;
         if v == 0 {
             self.reset();
             return;
         }
-        let old = self.status;
-        // NEEDS_RESET is the device's to set: a driver writing it is ignored (it would otherwise
-        // stop the queues without a reason and without the configuration interrupt).
-        let mut new = v & !STATUS_NEEDS_RESET;
-        if new & STATUS_FEATURES_OK != 0
-            && old & STATUS_FEATURES_OK == 0
-            && !self.features_acceptable()
-        {
-            new &= !STATUS_FEATURES_OK;
+        let old = self.status & !STATUS_NEEDS_RESET;
+        if v == old {
+            return;
         }
-        if new & STATUS_DRIVER_OK != 0 && old & STATUS_DRIVER_OK == 0 {
-            if new & STATUS_FEATURES_OK == 0 {
-                new &= !STATUS_DRIVER_OK;
-            } else {
-                let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-                for q in &mut self.queues {
-                    q.set_event_idx(event_idx);
+        if old & STATUS_FAILED != 0 {
+            self.stats.illegal_status_writes += 1;
+            return;
+        }
+        if v & STATUS_FAILED != 0 {
+            self.status |= STATUS_FAILED;
+            return;
+        }
+        let next = match old {
+            0 => STATUS_ACKNOWLEDGE,
+            STATUS_ACKNOWLEDGE => STATUS_DRIVER,
+            STATUS_NEGOTIATING => STATUS_FEATURES_OK,
+            STATUS_FEATURES_DONE => STATUS_DRIVER_OK,
+            _ => 0,
+        };
+        if next == 0 || v != old | next {
+            self.stats.illegal_status_writes += 1;
+            return;
+        }
+        match next {
+            STATUS_FEATURES_OK if !self.features_acceptable() => return,
+            STATUS_DRIVER_OK => {
+                if self.activated {
+                    self.stats.illegal_status_writes += 1;
+                    return;
                 }
-                if let Err(e) = self.device.activate(&self.mem, self.driver_features) {
-                    self.status = new | (old & STATUS_NEEDS_RESET);
+                self.activated = true;
+                if let Err(e) = self.activate() {
+                    self.status |= next;
                     self.set_needs_reset(format!("activation failed: {e}"));
                     return;
                 }
             }
+            _ => {}
         }
-        // NEEDS_RESET belongs to the device: only a reset clears it.
-        self.status = new | (old & STATUS_NEEDS_RESET);
+        self.status |= next;
+    }
+
+    /// DRIVER_OK: the engine gets the programmed queues and the device its features.
+    fn activate(&mut self) -> Result<(), String> {
+        let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for q in &self.queues {
+            // A copy through its saved state (virtio-queue's Queue is not Clone).
+            let mut copy = Queue::try_from(q.state()).map_err(|e| e.to_string())?;
+            copy.set_event_idx(event_idx);
+            queues.push(copy);
+        }
+        let mut e = lock(&self.engine);
+        let QueueEngine { device, mem, .. } = &mut *e;
+        device.activate(mem, self.driver_features)?;
+        e.queues = queues;
+        e.epoch = self.epoch;
+        e.active = true;
+        e.activations += 1;
+        Ok(())
     }
 
     /// Device reset (status 0): the device, its queues and the negotiation start over. The
-    /// MSI-X table is PCI state and stays.
+    /// MSI-X table is PCI state and stays. A request the engine is processing finishes first
+    /// (this waits for its lock; the spec lets a reset complete only when the device has
+    /// stopped), and its completion is dropped.
     pub fn reset(&mut self) {
-        self.device.reset();
+        self.epoch = self.epoch.wrapping_add(1);
+        {
+            let mut e = lock(&self.engine);
+            e.device.reset();
+            e.queues.clear();
+            e.active = false;
+            e.epoch = self.epoch;
+        }
         for q in &mut self.queues {
             q.reset();
         }
         self.queue_vectors.fill(NO_VECTOR);
+        self.deferred.fill(false);
         self.config_vector = NO_VECTOR;
         self.device_feature_select = 0;
         self.driver_feature_select = 0;
@@ -490,6 +690,7 @@ impl VirtioPciDevice {
         self.queue_select = 0;
         self.status = 0;
         self.isr = 0;
+        self.activated = false;
         self.broken = None;
         self.stats.resets += 1;
         self.irq.intx_deassert();
@@ -513,7 +714,7 @@ impl VirtioPciDevice {
     fn queue_interrupt(&mut self, index: usize) {
         self.isr |= ISR_QUEUE;
         self.stats.queue_interrupts += 1;
-        let v = self.queue_vectors[index];
+        let v = self.queue_vectors.get(index).copied().unwrap_or(NO_VECTOR);
         self.signal(v);
     }
 
@@ -535,27 +736,60 @@ impl VirtioPciDevice {
 
     // ---- queues ----
 
-    /// The driver notified queue `index` (a notify write, or its ioeventfd fired).
-    pub fn process_queue(&mut self, index: usize) {
+    /// First step of processing queue `index` (under the register lock): may it run now?
+    /// Returns the epoch to run it in. A queue notified with bus mastering off waits: it is
+    /// remembered and processed when the driver turns bus mastering on (a device with bus
+    /// mastering off does no DMA, so its rings stay untouched until then).
+    fn admit(&mut self, index: usize) -> Option<u64> {
         self.stats.notifies += 1;
-        if self.status & STATUS_DRIVER_OK == 0 || self.status & STATUS_NEEDS_RESET != 0 {
+        if !self.mem_decode() {
+            // The notify write was not decoded (it can still reach us through an ioeventfd).
+            return None;
+        }
+        if self.status & STATUS_DRIVER_OK == 0
+            || self.status & (STATUS_NEEDS_RESET | STATUS_FAILED) != 0
+        {
+            return None;
+        }
+        if !self.queues.get(index)?.ready() {
+            return None;
+        }
+        if !self.bus_master() {
+            self.stats.deferred_notifies += 1;
+            self.deferred[index] = true;
+            return None;
+        }
+        Some(self.epoch)
+    }
+
+    /// Last step (under the register lock again): interrupt, or NEEDS_RESET.
+    fn complete(&mut self, index: usize, epoch: u64, outcome: Outcome) {
+        if epoch != self.epoch {
             return;
         }
-        let Some(q) = self.queues.get_mut(index) else {
-            return;
-        };
-        if !q.ready() {
-            return;
+        match outcome {
+            Outcome::Nothing => {}
+            Outcome::Interrupt => self.queue_interrupt(index),
+            Outcome::Broken(why) => self.set_needs_reset(why),
         }
-        let result = if q.is_valid(&self.mem) {
-            self.device.process_queue(index, q, &self.mem)
-        } else {
-            Err(QueueBroken("ring outside guest memory".into()))
+    }
+
+    /// The driver notified queue `index` with a notify write that exited (inline processing:
+    /// the caller, the vCPU, does the device's work itself).
+    pub fn process_queue(&mut self, index: usize) {
+        let Some(epoch) = self.admit(index) else {
+            return;
         };
-        match result {
-            Ok(true) => self.queue_interrupt(index),
-            Ok(false) => {}
-            Err(e) => self.set_needs_reset(e.0),
+        let outcome = lock(&self.engine).run(index, epoch);
+        self.complete(index, epoch, outcome);
+    }
+
+    /// Bus mastering came on: the queues that were notified without it run now.
+    fn run_deferred(&mut self) {
+        for i in 0..self.deferred.len() {
+            if std::mem::take(&mut self.deferred[i]) {
+                self.process_queue(i);
+            }
         }
     }
 
@@ -574,9 +808,12 @@ impl VirtioPciDevice {
             }
             o if o < NOTIFY_OFFSET => {
                 data.fill(0);
-                let off = o - DEVICE_OFFSET;
-                if off + len <= self.device.config_len() as u64 {
-                    self.device.read_config(off, data);
+                let off = (o - DEVICE_OFFSET) as usize;
+                if let Some(src) = off
+                    .checked_add(data.len())
+                    .and_then(|end| self.device_config.get(off..end))
+                {
+                    data.copy_from_slice(src);
                 }
             }
             o if o < MSIX_TABLE_OFFSET => data.fill(0),
@@ -592,8 +829,15 @@ impl VirtioPciDevice {
             o if o < DEVICE_OFFSET => {}
             o if o < NOTIFY_OFFSET => {
                 let off = o - DEVICE_OFFSET;
-                if off + data.len() as u64 <= self.device.config_len() as u64 {
-                    self.device.write_config(off, data);
+                if off.saturating_add(data.len() as u64) <= self.device_config.len() as u64 {
+                    // Device configuration writes reach the device (under the engine's lock;
+                    // no device here has writable fields, so this never waits in practice).
+                    let mut e = lock(&self.engine);
+                    e.device.write_config(off, data);
+                    let mut fresh = vec![0u8; self.device_config.len()];
+                    e.device.read_config(0, &mut fresh);
+                    drop(e);
+                    self.device_config = fresh;
                 }
             }
             o if o < MSIX_TABLE_OFFSET => {
@@ -622,6 +866,7 @@ impl PciFunction for VirtioPciDevice {
     }
 
     fn config_write(&mut self, offset: u64, data: &[u8]) {
+        let bus_master_before = self.bus_master();
         self.config.write(offset, data);
         // BAR re-programming is accepted into config space, but the device stays where the
         // harness put it (as the floor device does). Message control changes reach MSI-X.
@@ -638,13 +883,16 @@ impl PciFunction for VirtioPciDevice {
                 self.irq.intx_deassert();
             }
         }
-        if offset < REG_COMMAND as u64 + 2 && end > REG_COMMAND as u64 {
-            // INTx disable may have changed; nothing to do until the next interrupt.
+        // INTx disable takes effect at the next interrupt; bus mastering coming on releases
+        // the queues notified while it was off.
+        if !bus_master_before && self.bus_master() {
+            self.run_deferred();
         }
     }
 }
 
-/// One register block of BAR0 on the MMIO bus.
+/// One register block of BAR0 on the MMIO bus. With memory decode off in the command register
+/// the BAR does not answer: reads return all-ones and writes are dropped.
 pub struct BarRegion {
     dev: Arc<Mutex<VirtioPciDevice>>,
     base: u64,
@@ -658,14 +906,22 @@ impl BarRegion {
 
 impl BusDevice for BarRegion {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let mut d = lock(&self.dev);
         match self.base.checked_add(offset) {
-            Some(o) => lock(&self.dev).bar_read(o, data),
+            Some(o) if d.mem_decode() => d.bar_read(o, data),
+            Some(_) => {
+                d.stats.undecoded_accesses += 1;
+                data.fill(0xff);
+            }
             None => data.fill(0),
         }
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let Some(o) = self.base.checked_add(offset) {
-            lock(&self.dev).bar_write(o, data)
+        let mut d = lock(&self.dev);
+        match self.base.checked_add(offset) {
+            Some(o) if d.mem_decode() => d.bar_write(o, data),
+            Some(_) => d.stats.undecoded_accesses += 1,
+            None => {}
         }
     }
 }
@@ -673,6 +929,7 @@ impl BusDevice for BarRegion {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::pci::config::REG_COMMAND;
     use crate::devices::virtio::test_util::RecordingIrq;
     use std::sync::atomic::{AtomicU32, Ordering};
     use vm_memory::GuestAddress;
@@ -747,7 +1004,9 @@ mod tests {
             activated: activated.clone(),
             fail,
         };
-        let dev = VirtioPciDevice::new(Box::new(fake), mem, irq.clone(), 11).unwrap();
+        let mut dev = VirtioPciDevice::new(Box::new(fake), mem, irq.clone(), 11).unwrap();
+        // As the harness and a driver leave it: memory decode and bus mastering on.
+        dev.config_mut().enable(CMD_MEM | CMD_BUS_MASTER);
         T {
             dev,
             irq,
@@ -941,7 +1200,10 @@ mod tests {
         assert!(!t.irq.level());
         assert_eq!(r(d, ISR_OFFSET, 1), 0);
         // A notify with INTx disabled in the command register: no interrupt.
-        d.config_write(REG_COMMAND as u64, &(CMD_INTX_DISABLE | 2).to_le_bytes());
+        d.config_write(
+            REG_COMMAND as u64,
+            &(CMD_INTX_DISABLE | CMD_MEM | CMD_BUS_MASTER).to_le_bytes(),
+        );
         w(d, VirtioPciDevice::notify_offset(0), 2, 0);
         assert_eq!(t.irq.intx_count(), 1);
         assert_eq!(r(d, ISR_OFFSET, 1), 1);
@@ -1046,5 +1308,251 @@ mod tests {
         w(d, VirtioPciDevice::notify_offset(0), 4, 0);
         assert_eq!(t.processed.load(Ordering::SeqCst), 0);
         assert_ne!(r(d, common::DEVICE_STATUS, 1) & 64, 0);
+    }
+
+    fn status(d: &mut VirtioPciDevice) -> u8 {
+        r(d, common::DEVICE_STATUS, 1) as u8
+    }
+
+    /// Write `v` to the status and check that it was refused: nothing changes.
+    fn refused(t: &mut T, v: u8) {
+        let before = status(&mut t.dev);
+        let illegal = t.dev.stats.illegal_status_writes;
+        w(&mut t.dev, common::DEVICE_STATUS, 1, v as u64);
+        assert_eq!(status(&mut t.dev), before, "{before:#x} -> {v:#x} accepted");
+        assert_eq!(
+            t.dev.stats.illegal_status_writes,
+            illegal + 1,
+            "{before:#x} -> {v:#x} not counted"
+        );
+    }
+
+    /// Bring the status to `steps` (each written in turn), from a reset.
+    fn walk(t: &mut T, steps: &[u8]) {
+        w(&mut t.dev, common::DEVICE_STATUS, 1, 0);
+        for &s in steps {
+            if s == 11 {
+                w(&mut t.dev, common::DRIVER_FEATURE_SELECT, 4, 1);
+                w(&mut t.dev, common::DRIVER_FEATURE, 4, 1);
+            }
+            w(&mut t.dev, common::DEVICE_STATUS, 1, s as u64);
+            assert_eq!(status(&mut t.dev), s);
+        }
+    }
+
+    #[test]
+    fn status_skipping_a_step_is_ignored() {
+        let mut t = setup(false);
+        // From reset: DRIVER, FEATURES_OK or DRIVER_OK before ACKNOWLEDGE.
+        for v in [2, 8, 4, 3, 11, 15] {
+            walk(&mut t, &[]);
+            refused(&mut t, v);
+        }
+        // From ACKNOWLEDGE: FEATURES_OK or DRIVER_OK before DRIVER.
+        for v in [1 | 8, 1 | 4, 11, 15] {
+            walk(&mut t, &[1]);
+            refused(&mut t, v);
+        }
+        // From DRIVER: DRIVER_OK before FEATURES_OK.
+        walk(&mut t, &[1, 3]);
+        refused(&mut t, 3 | 4);
+        refused(&mut t, 15);
+        assert_eq!(t.activated.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn status_clearing_bits_or_reserved_bits_is_ignored() {
+        let mut t = setup(false);
+        // Dropping a bit the driver set, in every state.
+        walk(&mut t, &[1, 3]);
+        refused(&mut t, 2);
+        refused(&mut t, 1);
+        walk(&mut t, &[1, 3, 11]);
+        refused(&mut t, 3);
+        refused(&mut t, 9);
+        walk(&mut t, &[1, 3, 11, 15]);
+        refused(&mut t, 11);
+        refused(&mut t, 7);
+        // Reserved bits (0x10, 0x20).
+        refused(&mut t, 15 | 0x10);
+        refused(&mut t, 15 | 0x20);
+        walk(&mut t, &[]);
+        refused(&mut t, 0x10);
+        // Through all of it the running device was activated once and still runs.
+        assert_eq!(t.activated.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn failed_is_accepted_any_time_and_then_only_reset() {
+        let mut t = setup(false);
+        for steps in [&[][..], &[1], &[1, 3], &[1, 3, 11], &[1, 3, 11, 15]] {
+            walk(&mut t, steps);
+            let before = status(&mut t.dev);
+            w(&mut t.dev, common::DEVICE_STATUS, 1, (before | 0x80) as u64);
+            assert_eq!(status(&mut t.dev), before | 0x80);
+            // Rewriting it is no change; anything but a reset is refused.
+            w(&mut t.dev, common::DEVICE_STATUS, 1, (before | 0x80) as u64);
+            assert_eq!(status(&mut t.dev), before | 0x80);
+            refused(&mut t, 15);
+            refused(&mut t, 1);
+        }
+        // A failed device does no work.
+        walk(&mut t, &[]);
+        setup_queue(&mut t.dev, 0, 256);
+        walk_keep_queue(&mut t);
+        w(&mut t.dev, common::DEVICE_STATUS, 1, 15 | 0x80);
+        w(&mut t.dev, VirtioPciDevice::notify_offset(0), 2, 0);
+        assert_eq!(t.processed.load(Ordering::SeqCst), 0);
+        w(&mut t.dev, common::DEVICE_STATUS, 1, 0);
+        assert_eq!(status(&mut t.dev), 0);
+    }
+
+    /// Negotiate and set DRIVER_OK without resetting (the queues stay as programmed).
+    fn walk_keep_queue(t: &mut T) {
+        assert_eq!(negotiate(&mut t.dev, 0, 1), 11);
+        w(&mut t.dev, common::DEVICE_STATUS, 1, 15);
+        assert_eq!(status(&mut t.dev), 15);
+    }
+
+    #[test]
+    fn activation_happens_exactly_once_per_reset() {
+        let mut t = setup(false);
+        walk(&mut t, &[1, 3, 11, 15]);
+        assert_eq!(t.activated.load(Ordering::SeqCst), 1);
+        // DRIVER_OK again, or a way back and forth: no second activation.
+        w(&mut t.dev, common::DEVICE_STATUS, 1, 15);
+        refused(&mut t, 11);
+        w(&mut t.dev, common::DEVICE_STATUS, 1, 15);
+        assert_eq!(t.activated.load(Ordering::SeqCst), 1);
+        assert_eq!(t.dev.engine().lock().unwrap().activations, 1);
+        // After a reset, the next DRIVER_OK activates again, once.
+        walk(&mut t, &[1, 3, 11, 15]);
+        w(&mut t.dev, common::DEVICE_STATUS, 1, 15);
+        assert_eq!(t.activated.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn features_are_frozen_from_features_ok_on() {
+        let mut t = setup(false);
+        walk(&mut t, &[1, 3]);
+        w(&mut t.dev, common::DRIVER_FEATURE_SELECT, 4, 0);
+        w(&mut t.dev, common::DRIVER_FEATURE, 4, 1 << 9);
+        w(&mut t.dev, common::DRIVER_FEATURE_SELECT, 4, 1);
+        w(&mut t.dev, common::DRIVER_FEATURE, 4, 1);
+        w(&mut t.dev, common::DEVICE_STATUS, 1, 11);
+        assert_eq!(status(&mut t.dev), 11);
+        for (sel, v) in [(0, 0), (0, 0xffff_ffff), (1, 0)] {
+            w(&mut t.dev, common::DRIVER_FEATURE_SELECT, 4, sel);
+            w(&mut t.dev, common::DRIVER_FEATURE, 4, v);
+            assert_eq!(t.dev.driver_features(), 1 << 32 | 1 << 9);
+        }
+        w(&mut t.dev, common::DEVICE_STATUS, 1, 15);
+        w(&mut t.dev, common::DRIVER_FEATURE_SELECT, 4, 0);
+        w(&mut t.dev, common::DRIVER_FEATURE, 4, 0);
+        assert_eq!(t.dev.driver_features(), 1 << 32 | 1 << 9);
+        // A reset unfreezes them (and clears them).
+        w(&mut t.dev, common::DEVICE_STATUS, 1, 0);
+        assert_eq!(t.dev.driver_features(), 0);
+    }
+
+    #[test]
+    fn msix_table_size_follows_the_queue_count() {
+        for n in [1usize, 2, 3, 7] {
+            let mem = Memory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+            let fake = Fake {
+                sizes: vec![16; n],
+                processed: Arc::default(),
+                resets: Arc::default(),
+                activated: Arc::default(),
+                fail: false,
+            };
+            let irq = Arc::new(RecordingIrq::default());
+            let d = VirtioPciDevice::new(Box::new(fake), mem, irq, 11).unwrap();
+            assert_eq!(d.msix().vectors() as usize, n + 1);
+            assert_eq!(msix_vectors(n) as usize, n + 1);
+        }
+        assert_eq!(msix_vectors(usize::MAX), u16::MAX);
+    }
+
+    #[test]
+    fn bar_does_not_answer_with_memory_decode_off() {
+        let mut t = setup(false);
+        let dev = Arc::new(Mutex::new(std::mem::replace(&mut t.dev, setup(false).dev)));
+        let mut common_region = BarRegion::new(dev.clone(), COMMON_OFFSET);
+        let mut device_region = BarRegion::new(dev.clone(), DEVICE_OFFSET);
+        let read = |reg: &mut BarRegion, off: u64, len: usize| {
+            let mut b = vec![0u8; len];
+            reg.read(off, &mut b);
+            le_value(&b)
+        };
+        assert_eq!(read(&mut common_region, common::NUM_QUEUES, 2), 2);
+        lock(&dev).config_write(REG_COMMAND as u64, &CMD_BUS_MASTER.to_le_bytes());
+        // Reads are all-ones, writes are dropped.
+        assert_eq!(read(&mut common_region, common::NUM_QUEUES, 2), 0xffff);
+        assert_eq!(read(&mut device_region, 0, 4), 0xffff_ffff);
+        common_region.write(common::DEVICE_STATUS, &[1]);
+        common_region.write(common::QUEUE_SELECT, &1u16.to_le_bytes());
+        assert!(lock(&dev).stats.undecoded_accesses >= 4);
+        lock(&dev).config_write(
+            REG_COMMAND as u64,
+            &(CMD_MEM | CMD_BUS_MASTER).to_le_bytes(),
+        );
+        assert_eq!(read(&mut common_region, common::DEVICE_STATUS, 1), 0);
+        assert_eq!(read(&mut common_region, common::QUEUE_SELECT, 2), 0);
+        assert_eq!(read(&mut device_region, 0, 4), 0x1312_1110);
+    }
+
+    #[test]
+    fn notify_reaching_an_undecoded_bar_does_nothing() {
+        // An ioeventfd still fires with decode off; the transport drops such a notify.
+        let mut t = setup(false);
+        setup_queue(&mut t.dev, 0, 256);
+        walk_keep_queue(&mut t);
+        t.dev
+            .config_write(REG_COMMAND as u64, &CMD_BUS_MASTER.to_le_bytes());
+        t.dev.process_queue(0);
+        assert_eq!(t.processed.load(Ordering::SeqCst), 0);
+        // Nor is it remembered: turning decode back on processes nothing.
+        t.dev.config_write(
+            REG_COMMAND as u64,
+            &(CMD_MEM | CMD_BUS_MASTER).to_le_bytes(),
+        );
+        assert_eq!(t.processed.load(Ordering::SeqCst), 0);
+        t.dev.process_queue(0);
+        assert_eq!(t.processed.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn no_dma_without_bus_mastering_and_the_request_waits_for_it() {
+        use crate::devices::virtio::test_util::{BlkRig, PatternDisk};
+        let mut rig = BlkRig::with_command(Box::new(PatternDisk::new(8)), CMD_MEM);
+        rig.post_read(2);
+        rig.write(VirtioPciDevice::notify_offset(0), &0u16.to_le_bytes());
+        // Guest memory untouched: no used entry, status byte and data buffer as posted.
+        assert_eq!(rig.used_idx(), 0);
+        assert_eq!(rig.status_byte(), 0xff);
+        assert_eq!(rig.data(), [0xee; 512]);
+        assert_eq!(rig.irq.intx_count(), 0);
+        assert_eq!(lock(&rig.dev).stats.deferred_notifies, 1);
+        // Bus mastering on: the waiting request is processed.
+        lock(&rig.dev).config_write(
+            REG_COMMAND as u64,
+            &(CMD_MEM | CMD_BUS_MASTER).to_le_bytes(),
+        );
+        assert_eq!(rig.used_idx(), 1);
+        assert_eq!(rig.used_elem(0), (0, 513));
+        assert_eq!(rig.status_byte(), 0);
+        assert_eq!(rig.data(), PatternDisk::expected(2)[..512]);
+        assert_eq!(rig.irq.intx_count(), 1);
+        // Off again and a reset: nothing is left waiting.
+        lock(&rig.dev).config_write(REG_COMMAND as u64, &CMD_MEM.to_le_bytes());
+        rig.post_read(3);
+        rig.write(VirtioPciDevice::notify_offset(0), &0u16.to_le_bytes());
+        rig.write(common::DEVICE_STATUS, &[0]);
+        lock(&rig.dev).config_write(
+            REG_COMMAND as u64,
+            &(CMD_MEM | CMD_BUS_MASTER).to_le_bytes(),
+        );
+        assert_eq!(rig.used_idx(), 1);
     }
 }
