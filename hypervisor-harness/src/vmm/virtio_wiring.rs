@@ -21,6 +21,7 @@ use super::IoMode;
 use crate::backends::disk::RawDisk;
 use crate::devices::lock;
 use crate::devices::virtio::blk::Blk;
+use crate::devices::virtio::device::VirtioDevice;
 use crate::devices::virtio::transport_pci::{self, BarRegion, VirtioPciDevice};
 use crate::devices::virtio::{io_thread, MsiMessage, VirtioInterrupt};
 use crate::error::HarnessError;
@@ -231,7 +232,7 @@ fn attach_blk(
     let blk = Blk::on_raw(disk);
 
     // Interrupts: MSI GSIs with routes in place before their irqfds, then INTx.
-    let vectors = blk_vectors();
+    let vectors = msix_vectors_of(&blk);
     let mut msi = Vec::new();
     {
         let mut r = lock(router);
@@ -305,14 +306,64 @@ fn attach_blk(
     ))
 }
 
-/// MSI-X vectors of a blk function: its queue plus the configuration vector.
-fn blk_vectors() -> usize {
-    2
+/// MSI-X vectors (one GSI and irqfd each) of a device's function: one per queue plus the
+/// configuration vector, the same count the transport sizes its MSI-X table with.
+fn msix_vectors_of(device: &dyn VirtioDevice) -> usize {
+    transport_pci::msix_vectors(device.queue_max_sizes().len()) as usize
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::device::QueueBroken;
+    use crate::devices::virtio::test_util::RecordingIrq;
+    use crate::devices::virtio::Memory;
+    use virtio_queue::Queue;
+
+    /// A device with `sizes.len()` queues and nothing else.
+    struct Queues(Vec<u16>);
+
+    impl VirtioDevice for Queues {
+        fn device_type(&self) -> u16 {
+            2
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &self.0
+        }
+        fn config_len(&self) -> usize {
+            0
+        }
+        fn read_config(&self, _: u64, _: &mut [u8]) {}
+        fn activate(&mut self, _: &Memory, _: u64) -> Result<(), String> {
+            Ok(())
+        }
+        fn process_queue(
+            &mut self,
+            _: usize,
+            _: &mut Queue,
+            _: &Memory,
+        ) -> Result<bool, QueueBroken> {
+            Ok(false)
+        }
+        fn reset(&mut self) {}
+    }
+
+    #[test]
+    fn msix_vectors_come_from_the_queue_count() {
+        let mem = Memory::from_ranges(&[(vm_memory::GuestAddress(0), 0x1000)]).unwrap();
+        for n in [1, 2, 4, 9] {
+            let dev = Queues(vec![16; n]);
+            assert_eq!(msix_vectors_of(&dev), n + 1, "{n} queues");
+            // The GSIs the wiring allocates match the transport's table.
+            let irq = Arc::new(RecordingIrq::default());
+            let t =
+                VirtioPciDevice::new(Box::new(Queues(vec![16; n])), mem.clone(), irq, 11).unwrap();
+            assert_eq!(t.msix().vectors() as usize, msix_vectors_of(&dev));
+        }
+    }
 
     #[test]
     fn routing_table_keeps_the_irqchip_routes() {
