@@ -268,3 +268,124 @@ fn bad_disk_arguments() {
         assert_usage_error(&cmd.output().unwrap(), what);
     }
 }
+
+/// IDE positions as the guest names them, in `index=` order.
+const IDE_POSITIONS: [&str; 4] = [
+    "primary master",
+    "primary slave",
+    "secondary master",
+    "secondary slave",
+];
+const IDE_TESTS: [&str; 3] = ["ide_pio_integrity", "ide_dma_integrity", "ide_interrupts"];
+
+/// One IDE disk at `--disk ide:...,index=N` and nothing at the other three positions: the
+/// guest must report the disk at exactly that position and the others empty, every IDE test
+/// must pass on that drive (with its channel's IRQ), and the host finds the guest's writes in
+/// the file. A drive the guest did not find makes the tests skip, and this fail.
+fn ide_alone_at(sub: &str, index: usize) {
+    let dir = TempDir::new(&format!("ide{index}-{sub}"));
+    let img = dir.0.join("ide.img");
+    let (seed, wseed) = (0x1de0_0000 + index as u64, 0x1de0_1000 + index as u64);
+    make_image(&img, seed);
+    let o = harness()
+        .args([sub, "--kernel", KERNEL, "--timeout", "300"])
+        .arg("--cmdline")
+        .arg(format!(
+            "tests={} disk_seed={seed} write_seed={wseed}",
+            IDE_TESTS.join(",")
+        ))
+        .arg("--disk")
+        .arg(format!("ide:{},index={index}", img.display()))
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{sub}: {t}");
+    for name in IDE_TESTS {
+        assert!(
+            passed(&t, name),
+            "{sub}: {name} did not pass (or was skipped):\n{t}"
+        );
+    }
+    for (i, pos) in IDE_POSITIONS.iter().enumerate() {
+        let want = if i == index {
+            format!("# ide: {pos}: ATA disk")
+        } else {
+            format!("# ide: {pos}: empty, skipped")
+        };
+        assert!(
+            t.lines().any(|l| l.starts_with(&want)),
+            "{sub}: no {want:?} line:\n{t}"
+        );
+    }
+    let here = format!("# ide: {}: passed", IDE_POSITIONS[index]);
+    assert_eq!(
+        t.lines().filter(|l| l.trim_end() == here).count(),
+        IDE_TESTS.len(),
+        "{sub}: not every IDE test ran on the {}:\n{t}",
+        IDE_POSITIONS[index]
+    );
+    let irq = if index < 2 { 14 } else { 15 };
+    assert!(
+        t.contains(&format!("# ide irq {irq}: ")),
+        "{sub}: no completion by IRQ {irq}:\n{t}"
+    );
+    let start = SECTORS / 2;
+    verify_image(&img, seed, wseed, start..start + WRITE_REGION).unwrap();
+}
+
+#[test]
+fn ide_secondary_channel_under_the_harness() {
+    if have_kvm("ide_secondary_channel_under_the_harness") {
+        ide_alone_at("run", 2);
+    }
+}
+
+#[test]
+fn ide_secondary_channel_under_qemu() {
+    if have_qemu("ide_secondary_channel_under_qemu") {
+        ide_alone_at("qemu", 2);
+    }
+}
+
+/// A slave with no master (`index=1` alone).
+#[test]
+fn ide_slave_only_under_the_harness() {
+    if have_kvm("ide_slave_only_under_the_harness") {
+        ide_alone_at("run", 1);
+    }
+}
+
+#[test]
+fn ide_slave_only_under_qemu() {
+    if have_qemu("ide_slave_only_under_qemu") {
+        ide_alone_at("qemu", 1);
+    }
+}
+
+/// Bad IDE positions get one clear line and the usage exit code, under both VMMs, before KVM
+/// or QEMU is started.
+#[test]
+fn bad_ide_index_arguments() {
+    let dir = TempDir::new("bad-index");
+    let ok = dir.file("ok.img", 4096);
+    let ide = |opts: &str| format!("ide:{}{opts}", ok.display());
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec![ide(",index=4")], "not an IDE position 0..3"),
+        (vec![ide(",index=1"), ide(",index=1")], "already taken"),
+        (vec![ide(""), ide(",index=0")], "already taken"),
+        (
+            vec![ide(",index=3"), ide(""), ide(""), ide(""), ide("")],
+            "at most 4 IDE disks",
+        ),
+    ];
+    for sub in ["run", "qemu"] {
+        for (disks, what) in &cases {
+            let mut cmd = harness();
+            cmd.args([sub, "--kernel", KERNEL]);
+            for d in disks {
+                cmd.args(["--disk", d]);
+            }
+            assert_usage_error(&cmd.output().unwrap(), what);
+        }
+    }
+}
