@@ -6,12 +6,17 @@
 //! BAR1 (32-bit memory, 4 KiB): +0 write handled in userspace; +0x100 bound to an ioeventfd.
 //! All reads return 0.
 //!
+//! The command register is honoured: with I/O (memory) decode off, BAR0 (BAR1) does not answer:
+//! reads return all-ones and writes are dropped, doorbells included (an ioeventfd still fires
+//! with decode off, so the doorbell thread checks too). The device does no DMA and raises only
+//! INTx, so bus mastering does not change what it does.
+//!
 //! The ioeventfd bindings themselves are made by `vmm/`; if KVM refuses one, the write reaches
 //! this model instead and is handled the same way (the doorbell then raises the interrupt
 //! directly), so the guest still works and the exit counters show the difference.
 
 use super::bus::BusDevice;
-use super::pci::config::PciConfig;
+use super::pci::config::{PciConfig, CMD_IO, CMD_MEM};
 use super::pci::PciFunction;
 use super::{lock, Interrupt};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +59,8 @@ pub struct FloorStats {
     pub io_writes: AtomicU64,
     pub mmio_writes: AtomicU64,
     pub doorbells: AtomicU64,
+    /// Accesses (and doorbell wakeups) that arrived with their BAR's decode off.
+    pub undecoded: AtomicU64,
 }
 
 pub struct FloorFunction {
@@ -79,6 +86,16 @@ impl FloorFunction {
     pub fn config(&self) -> &PciConfig {
         &self.config
     }
+
+    /// BAR0 (ports) answers.
+    pub fn io_decode(&self) -> bool {
+        self.config.command() & CMD_IO != 0
+    }
+
+    /// BAR1 (memory) answers.
+    pub fn mem_decode(&self) -> bool {
+        self.config.command() & CMD_MEM != 0
+    }
 }
 
 impl Default for FloorFunction {
@@ -101,19 +118,35 @@ impl PciFunction for FloorFunction {
 pub struct FloorIo {
     irq: Arc<dyn Interrupt>,
     stats: Arc<FloorStats>,
+    function: SharedFloor,
 }
 
 impl FloorIo {
-    pub fn new(irq: Arc<dyn Interrupt>, stats: Arc<FloorStats>) -> Self {
-        Self { irq, stats }
+    pub fn new(irq: Arc<dyn Interrupt>, stats: Arc<FloorStats>, function: SharedFloor) -> Self {
+        Self {
+            irq,
+            stats,
+            function,
+        }
+    }
+
+    fn decode(&self) -> bool {
+        let on = lock(&self.function).io_decode();
+        if !on {
+            self.stats.undecoded.fetch_add(1, Ordering::Relaxed);
+        }
+        on
     }
 }
 
 impl BusDevice for FloorIo {
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
+        data.fill(if self.decode() { 0 } else { 0xff });
     }
     fn write(&mut self, offset: u64, _data: &[u8]) {
+        if !self.decode() {
+            return;
+        }
         self.stats.io_writes.fetch_add(1, Ordering::Relaxed);
         if io_write_action(offset) == FloorAction::Interrupt {
             self.stats.doorbells.fetch_add(1, Ordering::Relaxed);
@@ -124,34 +157,51 @@ impl BusDevice for FloorIo {
 
 pub struct FloorMmio {
     stats: Arc<FloorStats>,
+    function: SharedFloor,
 }
 
 impl FloorMmio {
-    pub fn new(stats: Arc<FloorStats>) -> Self {
-        Self { stats }
+    pub fn new(stats: Arc<FloorStats>, function: SharedFloor) -> Self {
+        Self { stats, function }
+    }
+
+    fn decode(&self) -> bool {
+        let on = lock(&self.function).mem_decode();
+        if !on {
+            self.stats.undecoded.fetch_add(1, Ordering::Relaxed);
+        }
+        on
     }
 }
 
 impl BusDevice for FloorMmio {
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
+        data.fill(if self.decode() { 0 } else { 0xff });
     }
     fn write(&mut self, _offset: u64, _data: &[u8]) {
-        self.stats.mmio_writes.fetch_add(1, Ordering::Relaxed);
+        if self.decode() {
+            self.stats.mmio_writes.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
-/// The doorbell path: every wakeup of `doorbell` (an ioeventfd) raises `irq`.
-/// The thread ends when the eventfd read fails.
+/// The doorbell path: every wakeup of `doorbell` (an ioeventfd) raises `irq`, unless I/O
+/// decode is off (then the write would not have reached the device). The thread ends when the
+/// eventfd read fails.
 pub fn spawn_doorbell_thread(
     doorbell: EventFd,
     irq: Arc<dyn Interrupt>,
     stats: Arc<FloorStats>,
+    function: SharedFloor,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("floor-doorbell".into())
         .spawn(move || {
             while let Ok(n) = doorbell.read() {
+                if !lock(&function).io_decode() {
+                    stats.undecoded.fetch_add(n, Ordering::Relaxed);
+                    continue;
+                }
                 stats.doorbells.fetch_add(n, Ordering::Relaxed);
                 if irq.trigger().is_err() {
                     break;
@@ -172,7 +222,7 @@ pub fn bar_addresses(f: &SharedFloor) -> (Option<u64>, Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::pci::config::REG_BAR0;
+    use crate::devices::pci::config::{REG_BAR0, REG_COMMAND};
     use crate::devices::test_util::CountingIrq;
 
     #[test]
@@ -184,7 +234,8 @@ mod tests {
 
         let irq = Arc::new(CountingIrq::default());
         let stats = Arc::new(FloorStats::default());
-        let mut io = FloorIo::new(irq.clone(), stats.clone());
+        let function = decoding();
+        let mut io = FloorIo::new(irq.clone(), stats.clone(), function.clone());
         io.write(0, &1u32.to_le_bytes());
         io.write(8, &1u32.to_le_bytes());
         io.write(8, &[1]);
@@ -195,7 +246,7 @@ mod tests {
         io.read(2, &mut b);
         assert_eq!(b, [0; 4]);
 
-        let mut mmio = FloorMmio::new(stats.clone());
+        let mut mmio = FloorMmio::new(stats.clone(), function);
         mmio.write(0x100, &[1, 2, 3, 4]);
         mmio.read(0xfff, &mut b[..1]);
         assert_eq!(stats.mmio_writes.load(Ordering::Relaxed), 1);
@@ -217,20 +268,76 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b), 0xc000_0000);
     }
 
+    /// The function as the harness leaves it: both BARs decoded.
+    fn decoding() -> SharedFloor {
+        let mut f = FloorFunction::new();
+        f.config_mut().enable(CMD_IO | CMD_MEM);
+        Arc::new(Mutex::new(f))
+    }
+
+    fn set_command(f: &SharedFloor, cmd: u16) {
+        lock(f).config_write(REG_COMMAND as u64, &cmd.to_le_bytes());
+    }
+
     #[test]
-    fn doorbell_thread_raises_irq() {
+    fn bars_do_not_answer_with_decode_off() {
         let irq = Arc::new(CountingIrq::default());
         let stats = Arc::new(FloorStats::default());
+        let function = decoding();
+        let mut io = FloorIo::new(irq.clone(), stats.clone(), function.clone());
+        let mut mmio = FloorMmio::new(stats.clone(), function.clone());
+        let mut b = [0u8; 4];
+        // I/O decode off: BAR0 reads ones and drops writes (no doorbell); BAR1 still works.
+        set_command(&function, CMD_MEM);
+        io.read(0, &mut b);
+        assert_eq!(b, [0xff; 4]);
+        io.write(IO_DOORBELL, &1u32.to_le_bytes());
+        io.write(IO_USERSPACE, &1u32.to_le_bytes());
+        assert_eq!(irq.count(), 0);
+        assert_eq!(stats.io_writes.load(Ordering::Relaxed), 0);
+        mmio.write(0, &[1]);
+        mmio.read(0, &mut b);
+        assert_eq!(b, [0; 4]);
+        assert_eq!(stats.mmio_writes.load(Ordering::Relaxed), 1);
+        // Memory decode off: the other way round.
+        set_command(&function, CMD_IO);
+        mmio.write(0, &[1]);
+        mmio.read(0, &mut b);
+        assert_eq!(b, [0xff; 4]);
+        assert_eq!(stats.mmio_writes.load(Ordering::Relaxed), 1);
+        io.write(IO_DOORBELL, &1u32.to_le_bytes());
+        assert_eq!(irq.count(), 1);
+        assert_eq!(stats.undecoded.load(Ordering::Relaxed), 5);
+    }
+
+    /// Far beyond what a loaded 2-core machine needs to wake a thread.
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn doorbell_thread_raises_irq_only_with_io_decode() {
+        let irq = Arc::new(CountingIrq::default());
+        let stats = Arc::new(FloorStats::default());
+        let function = decoding();
         let evt = EventFd::new(0).unwrap();
         let writer = evt.try_clone().unwrap();
-        spawn_doorbell_thread(evt, irq.clone(), stats).unwrap();
+        spawn_doorbell_thread(evt, irq.clone(), stats.clone(), function.clone()).unwrap();
         writer.write(1).unwrap();
-        for _ in 0..200 {
-            if irq.count() >= 1 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_for("doorbell never raised the interrupt", || irq.count() >= 1);
+        assert_eq!(irq.count(), 1);
+        // Decode off: the wakeup is consumed and counted, no interrupt.
+        set_command(&function, CMD_MEM);
+        writer.write(1).unwrap();
+        wait_for("doorbell thread never ran", || {
+            stats.undecoded.load(Ordering::Relaxed) >= 1
+        });
         assert_eq!(irq.count(), 1);
     }
 }

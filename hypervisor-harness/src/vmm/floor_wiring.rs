@@ -25,7 +25,7 @@ pub fn attach(dm: &mut DeviceManager) -> Result<(u64, u64), HarnessError> {
         c.enable(DeviceManager::DECODE_ALL);
     }
     let bdf = dm.next_bdf()?;
-    dm.add_pci(bdf, function);
+    dm.add_pci(bdf, function.clone());
 
     let irq: Arc<dyn Interrupt> = dm.irqfd(floor::GSI as u32)?;
     let stats = Arc::new(FloorStats::default());
@@ -33,13 +33,17 @@ pub fn attach(dm: &mut DeviceManager) -> Result<(u64, u64), HarnessError> {
         "floor-bar0",
         bar0,
         floor::BAR0_SIZE,
-        Arc::new(Mutex::new(FloorIo::new(irq.clone(), stats.clone()))),
+        Arc::new(Mutex::new(FloorIo::new(
+            irq.clone(),
+            stats.clone(),
+            function.clone(),
+        ))),
     )?;
     dm.insert_mmio(
         "floor-bar1",
         bar1,
         floor::BAR1_SIZE,
-        Arc::new(Mutex::new(FloorMmio::new(stats.clone()))),
+        Arc::new(Mutex::new(FloorMmio::new(stats.clone(), function.clone()))),
     )?;
     // The sinks are non-blocking and never read (the counter saturates harmlessly far beyond
     // any run); the doorbell is blocking, read by its thread.
@@ -52,7 +56,7 @@ pub fn attach(dm: &mut DeviceManager) -> Result<(u64, u64), HarnessError> {
         libc::EFD_NONBLOCK,
     );
     if let Some(doorbell) = dm.ioeventfd(IoEventAddress::Pio(bar0 + floor::IO_DOORBELL), 0) {
-        floor::spawn_doorbell_thread(doorbell, irq, stats)
+        floor::spawn_doorbell_thread(doorbell, irq, stats, function)
             .map_err(|e| other("doorbell thread", &e))?;
     }
     Ok((bar0, bar1))
