@@ -14,6 +14,9 @@ pub struct KtapSummary {
     pub complete: bool,
     /// Numbers of results that were planned but never reported.
     pub missing: Vec<u32>,
+    /// Lines not recorded because a cap was reached (results beyond [`MAX_RESULTS`] distinct
+    /// numbers, diagnostics beyond [`MAX_DIAGNOSTICS`] lines or [`MAX_DIAGNOSTIC_BYTES`]).
+    pub dropped: u64,
 }
 
 impl KtapSummary {
@@ -44,6 +47,9 @@ impl std::fmt::Display for KtapSummary {
             let more = if self.missing.len() > 10 { ", ..." } else { "" };
             write!(f, ", missing {}{}", shown.join(", "), more)?;
         }
+        if self.dropped > 0 {
+            write!(f, ", {} lines not recorded (caps reached)", self.dropped)?;
+        }
         Ok(())
     }
 }
@@ -58,9 +64,18 @@ pub struct KtapParser {
     seen: BTreeSet<u32>,
     /// Diagnostic lines (`# ...`), without the leading `#`, capped.
     pub diagnostics: Vec<String>,
+    diagnostic_bytes: usize,
+    dropped: u64,
 }
 
-const MAX_DIAGNOSTICS: usize = 10_000;
+/// Diagnostic lines kept, at most.
+pub const MAX_DIAGNOSTICS: usize = 10_000;
+/// Bytes of diagnostics kept, at most (a guest's lines may each be up to the serial line cap).
+pub const MAX_DIAGNOSTIC_BYTES: usize = 1 << 20;
+/// Distinct result numbers remembered, at most. A result past it is still counted as passed,
+/// failed or skipped, but its number is not remembered, so a plan larger than this can never
+/// be complete: the run reports it as missing results rather than claiming them.
+pub const MAX_RESULTS: usize = 65_536;
 
 impl KtapParser {
     pub fn new() -> Self {
@@ -77,8 +92,14 @@ impl KtapParser {
             return;
         }
         if let Some(rest) = line.strip_prefix('#') {
-            if self.diagnostics.len() < MAX_DIAGNOSTICS {
-                self.diagnostics.push(rest.trim().to_string());
+            let text = rest.trim();
+            if self.diagnostics.len() < MAX_DIAGNOSTICS
+                && self.diagnostic_bytes + text.len() <= MAX_DIAGNOSTIC_BYTES
+            {
+                self.diagnostic_bytes += text.len();
+                self.diagnostics.push(text.to_string());
+            } else {
+                self.dropped += 1;
             }
             return;
         }
@@ -106,14 +127,19 @@ impl KtapParser {
         let skip = directive
             .map(|d| d.len() >= 4 && d[..4].eq_ignore_ascii_case("skip"))
             .unwrap_or(false);
-        self.seen.insert(num);
-        if skip {
-            self.skipped += 1;
-        } else if ok {
-            self.passed += 1;
-        } else {
-            self.failed += 1;
+        if self.seen.len() < MAX_RESULTS {
+            self.seen.insert(num);
+        } else if !self.seen.contains(&num) {
+            self.dropped += 1;
         }
+        let count = if skip {
+            &mut self.skipped
+        } else if ok {
+            &mut self.passed
+        } else {
+            &mut self.failed
+        };
+        *count = count.saturating_add(1);
     }
 
     pub fn summary(&self) -> KtapSummary {
@@ -132,6 +158,7 @@ impl KtapParser {
             skipped: self.skipped,
             complete: self.plan.is_some() && missing.is_empty(),
             missing,
+            dropped: self.dropped,
         }
     }
 }
@@ -179,6 +206,41 @@ mod tests {
         assert!(!s.all_ok());
         let empty = parse("KTAP version 1\n1..0\n");
         assert!(empty.all_ok());
+    }
+
+    #[test]
+    fn results_and_diagnostics_are_capped() {
+        let mut p = KtapParser::new();
+        p.feed("KTAP version 1");
+        p.feed(&format!("1..{}", MAX_RESULTS + 5));
+        for n in 1..=MAX_RESULTS as u32 + 5 {
+            p.feed(&format!("ok {n} t"));
+        }
+        assert_eq!(p.seen.len(), MAX_RESULTS);
+        // A number already seen is no drop.
+        p.feed("ok 1 again");
+        let s = p.summary();
+        assert_eq!(s.passed, MAX_RESULTS as u32 + 6);
+        assert_eq!(s.dropped, 5);
+        // Unremembered results can't make the plan complete.
+        assert!(!s.complete);
+        assert_eq!(s.missing.len(), 5);
+        assert!(s.to_string().contains("5 lines not recorded"));
+
+        let mut p = KtapParser::new();
+        let long = format!("# {}", "d".repeat(60_000));
+        for _ in 0..100 {
+            p.feed(&long);
+        }
+        for _ in 0..MAX_DIAGNOSTICS {
+            p.feed("# x");
+        }
+        let bytes: usize = p.diagnostics.iter().map(|d| d.len()).sum();
+        assert!(bytes <= MAX_DIAGNOSTIC_BYTES);
+        assert!(p.diagnostics.len() <= MAX_DIAGNOSTICS);
+        let kept = p.diagnostics.len() as u64;
+        assert_eq!(p.summary().dropped, 100 + MAX_DIAGNOSTICS as u64 - kept);
+        assert!(p.summary().dropped > 0);
     }
 
     #[test]

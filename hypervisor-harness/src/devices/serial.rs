@@ -24,14 +24,18 @@ impl Trigger for SerialIrq {
 pub type LineSink = Box<dyn FnMut(&str) + Send>;
 
 /// Writes guest output to `out`, buffering until a newline, and hands each complete line
-/// (without the newline, `\r` stripped) to `on_line`.
+/// (without the newline, `\r` stripped) to `on_line`. The buffer holds at most [`MAX_LINE`]
+/// bytes: a longer line reaches `out` whole but `on_line` cut, and is counted.
 pub struct LineTee {
     out: Box<dyn Write + Send>,
     line: Vec<u8>,
     on_line: LineSink,
+    overflowed: bool,
+    /// Lines longer than [`MAX_LINE`] (cut before `on_line` saw them).
+    pub cut_lines: u64,
 }
 
-const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = 64 * 1024;
 
 impl LineTee {
     pub fn new(out: Box<dyn Write + Send>, on_line: LineSink) -> Self {
@@ -39,10 +43,15 @@ impl LineTee {
             out,
             line: Vec::new(),
             on_line,
+            overflowed: false,
+            cut_lines: 0,
         }
     }
 
     fn emit_line(&mut self) {
+        if std::mem::take(&mut self.overflowed) {
+            self.cut_lines += 1;
+        }
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches('\r');
         (self.on_line)(text);
@@ -68,6 +77,8 @@ impl Write for LineTee {
                 self.emit_line();
             } else if self.line.len() < MAX_LINE {
                 self.line.push(b);
+            } else {
+                self.overflowed = true;
             }
         }
         Ok(buf.len())
@@ -92,6 +103,12 @@ impl SerialDevice {
 
     pub fn finish(&mut self) {
         self.serial.writer_mut().finish();
+    }
+
+    /// What was cut, for the run's notes.
+    pub fn note(&mut self) -> Option<String> {
+        let n = self.serial.writer_mut().cut_lines;
+        (n > 0).then(|| format!("{n} serial lines longer than {MAX_LINE} bytes were cut"))
     }
 }
 
@@ -154,5 +171,29 @@ mod tests {
         dev.read(6, &mut buf);
         assert_eq!(&buf[2..], &[0xff, 0xff]);
         dev.write(u64::MAX, &[1, 2, 3]);
+    }
+
+    #[test]
+    fn endless_line_is_bounded_and_counted() {
+        let lines = Arc::new(Mutex::new(Vec::<usize>::new()));
+        let l2 = lines.clone();
+        let mut tee = LineTee::new(
+            Box::new(io::sink()),
+            Box::new(move |s| l2.lock().unwrap().push(s.len())),
+        );
+        let chunk = [b'x'; 4096];
+        for _ in 0..(3 * MAX_LINE / chunk.len()) {
+            tee.write_all(&chunk).unwrap();
+            assert!(tee.line.len() <= MAX_LINE);
+        }
+        tee.write_all(b"\nshort\n").unwrap();
+        assert_eq!(*lines.lock().unwrap(), vec![MAX_LINE, 5]);
+        assert_eq!(tee.cut_lines, 1);
+        let irq = Arc::new(CountingIrq::default());
+        let mut dev = SerialDevice::new(irq, tee);
+        assert_eq!(
+            dev.note().unwrap(),
+            format!("1 serial lines longer than {MAX_LINE} bytes were cut")
+        );
     }
 }

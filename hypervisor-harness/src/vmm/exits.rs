@@ -67,8 +67,10 @@ impl Dir {
 }
 
 const UNCLAIMED: &str = "(unclaimed)";
-/// Distinct MMIO addresses tracked individually; beyond that, per device only.
+/// Distinct addresses tracked individually per space (MMIO, and port I/O); beyond that, exits
+/// are counted per device only (and the overflow is counted), since the guest picks them.
 const MAX_MMIO_ADDRS: usize = 4096;
+const MAX_PIO_ADDRS: usize = 4096;
 
 #[derive(Debug, Default, Clone)]
 pub struct ExitCounters {
@@ -79,6 +81,9 @@ pub struct ExitCounters {
     /// (space, address, dir) -> (device, count)
     pub by_addr: BTreeMap<(Space, u64, Dir), (String, u64)>,
     pub mmio_addr_overflow: u64,
+    pub pio_addr_overflow: u64,
+    mmio_addrs: usize,
+    pio_addrs: usize,
 }
 
 impl ExitCounters {
@@ -105,10 +110,25 @@ impl ExitCounters {
         let key = (space, addr, dir);
         if let Some((_, c)) = self.by_addr.get_mut(&key) {
             *c += 1;
-        } else if space == Space::Pio || self.by_addr.len() < MAX_MMIO_ADDRS {
+            return;
+        }
+        let (tracked, cap, overflow) = match space {
+            Space::Mmio => (
+                &mut self.mmio_addrs,
+                MAX_MMIO_ADDRS,
+                &mut self.mmio_addr_overflow,
+            ),
+            Space::Pio => (
+                &mut self.pio_addrs,
+                MAX_PIO_ADDRS,
+                &mut self.pio_addr_overflow,
+            ),
+        };
+        if *tracked < cap {
+            *tracked += 1;
             self.by_addr.insert(key, (dev.to_string(), 1));
         } else {
-            self.mmio_addr_overflow += 1;
+            *overflow += 1;
         }
     }
 
@@ -154,6 +174,12 @@ impl ExitCounters {
                 self.mmio_addr_overflow
             );
         }
+        if self.pio_addr_overflow > 0 {
+            s += &format!(
+                "    (+{} port I/O exits at untracked ports)\n",
+                self.pio_addr_overflow
+            );
+        }
         s
     }
 
@@ -181,6 +207,7 @@ impl ExitCounters {
             "by_device": devices,
             "by_addr": addrs,
             "mmio_addr_overflow": self.mmio_addr_overflow,
+            "pio_addr_overflow": self.pio_addr_overflow,
         })
     }
 }
@@ -319,6 +346,69 @@ pub fn stats_table(stats: &KvmStats) -> String {
     s
 }
 
+/// Most phase marks one run keeps; later markers are counted, not kept.
+pub const MAX_PHASES: usize = 4096;
+/// Longest marker kept, in bytes (a longer one is cut at a character boundary).
+pub const MAX_MARKER_LEN: usize = 256;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The guest's `# phase:` markers, bounded: markers waiting for the run loop (`inbox`, filled
+/// from the serial line callback) and the marks taken (`marks`). Past [`MAX_PHASES`] in
+/// either, a marker is dropped and counted; a marker is cut to [`MAX_MARKER_LEN`] bytes.
+#[derive(Debug, Default)]
+pub struct PhaseLog {
+    inbox: Vec<String>,
+    pub marks: Vec<PhaseMark>,
+    pub dropped: u64,
+}
+
+impl PhaseLog {
+    /// A marker line arrived (serial side).
+    pub fn push(&mut self, marker: &str) {
+        if self.inbox.len() + self.marks.len() >= MAX_PHASES {
+            self.dropped += 1;
+            return;
+        }
+        self.inbox
+            .push(truncate_str(marker, MAX_MARKER_LEN).to_string());
+    }
+
+    /// The markers that arrived since the last call (run-loop side).
+    pub fn take_inbox(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.inbox)
+    }
+
+    /// Keep a mark taken at a marker from [`Self::take_inbox`].
+    pub fn record(&mut self, mark: PhaseMark) {
+        if self.marks.len() >= MAX_PHASES {
+            self.dropped += 1;
+        } else {
+            self.marks.push(mark);
+        }
+    }
+
+    /// What was dropped, for the run's notes.
+    pub fn note(&self) -> Option<String> {
+        (self.dropped > 0).then(|| {
+            format!(
+                "{} phase markers dropped (at most {MAX_PHASES} are kept)",
+                self.dropped
+            )
+        })
+    }
+}
+
 /// Counters at one `# phase: <marker>` line of the guest: userspace exits per device, and KVM's
 /// own count of every exit of the vCPU.
 #[derive(Debug, Clone)]
@@ -404,6 +494,58 @@ mod tests {
         assert_eq!(c.by_addr.len(), MAX_MMIO_ADDRS);
         assert_eq!(c.mmio_addr_overflow, 10);
         assert_eq!(c.total, MAX_MMIO_ADDRS as u64 + 10);
+    }
+
+    #[test]
+    fn pio_address_cap() {
+        let mut c = ExitCounters::default();
+        for port in 0..(MAX_PIO_ADDRS as u64 + 7) {
+            c.record_access(Space::Pio, port, Dir::Write, &Claim::Unclaimed);
+        }
+        // MMIO has its own budget.
+        c.record_access(Space::Mmio, 0xd000_0000, Dir::Read, &Claim::Unclaimed);
+        assert_eq!(c.by_addr.len(), MAX_PIO_ADDRS + 1);
+        assert_eq!(c.pio_addr_overflow, 7);
+        assert_eq!(c.mmio_addr_overflow, 0);
+        // A tracked port keeps counting.
+        c.record_access(Space::Pio, 0, Dir::Write, &Claim::Unclaimed);
+        assert_eq!(c.at(Space::Pio, 0, None), 2);
+        assert!(c.table().contains("+7 port I/O exits"));
+        assert_eq!(c.to_json()["pio_addr_overflow"], 7);
+    }
+
+    #[test]
+    fn phase_markers_are_capped_and_counted() {
+        let mut log = PhaseLog::default();
+        let long = "é".repeat(MAX_MARKER_LEN);
+        log.push(&long);
+        for i in 0..MAX_PHASES + 10 {
+            log.push(&format!("begin {i}"));
+            // The run loop drains now and then.
+            if i % 100 == 0 {
+                for m in log.take_inbox() {
+                    log.record(PhaseMark::kvm_only(m, None));
+                }
+            }
+        }
+        for m in log.take_inbox() {
+            log.record(PhaseMark::kvm_only(m, None));
+        }
+        assert_eq!(log.marks.len(), MAX_PHASES);
+        assert_eq!(log.dropped, 11);
+        assert!(log.marks[0].marker.len() <= MAX_MARKER_LEN);
+        assert!(log.marks[0].marker.starts_with('é'));
+        assert_eq!(
+            log.note().unwrap(),
+            format!("11 phase markers dropped (at most {MAX_PHASES} are kept)")
+        );
+        // Nothing more is kept however many arrive.
+        for _ in 0..10_000 {
+            log.push("x");
+        }
+        assert!(log.take_inbox().is_empty());
+        assert_eq!(log.dropped, 10_011);
+        assert_eq!(PhaseLog::default().note(), None);
     }
 
     #[test]

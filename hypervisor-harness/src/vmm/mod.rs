@@ -21,7 +21,7 @@ use crate::devices::{lock, Interrupt};
 use crate::error::HarnessError;
 use crate::ktap::{KtapParser, KtapSummary};
 use device_manager::DeviceManager;
-use exits::{Dir, ExitCounters, KvmStats, PhaseMark, Reason, Space};
+use exits::{Dir, ExitCounters, KvmStats, PhaseLog, PhaseMark, Reason, Space};
 use kvm_ioctls::VcpuExit;
 use std::io::Write;
 use std::path::PathBuf;
@@ -154,7 +154,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
     };
     let k2 = ktap.clone();
     // `# phase: <marker>` lines from the guest: the run loop snapshots the counters there.
-    let phase_lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let phase_lines: Arc<Mutex<PhaseLog>> = Arc::default();
     // Set with each new marker, so the run loop takes the lock only when there is one.
     let phase_pending = Arc::new(AtomicBool::new(false));
     let (p2, pp2) = (phase_lines.clone(), phase_pending.clone());
@@ -163,7 +163,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
         Box::new(move |line| {
             lock(&k2).feed(line);
             if let Some(marker) = line.trim_start().strip_prefix("# phase: ") {
-                lock(&p2).push(marker.trim().to_string());
+                lock(&p2).push(marker.trim());
                 pp2.store(true, Ordering::Release);
             }
         }),
@@ -246,12 +246,12 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
     let mut out_buf: Vec<u8> = Vec::new();
     let mut in_buf: Vec<u8> = Vec::new();
     let vcpu_stats = exits::stats_fd(&vcpu).ok();
-    let mut phases = Vec::new();
     let end = loop {
         if phase_pending.swap(false, Ordering::Acquire) {
-            let mut markers = lock(&phase_lines);
-            for marker in markers.drain(..) {
-                phases.push(PhaseMark::take(marker, &counters, vcpu_stats.as_ref()));
+            let mut log = lock(&phase_lines);
+            for marker in log.take_inbox() {
+                let mark = PhaseMark::take(marker, &counters, vcpu_stats.as_ref());
+                log.record(mark);
             }
         }
         if let Some(v) = exit_req.get() {
@@ -366,6 +366,12 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
         cv.notify_all();
     }
     lock(&serial).finish();
+    let phases = {
+        let mut log = lock(&phase_lines);
+        vm.notes.extend(log.note());
+        std::mem::take(&mut log.marks)
+    };
+    vm.notes.extend(lock(&serial).note());
 
     let mut kvm_stats = KvmStats::new();
     for (scope, fd) in [
