@@ -58,11 +58,12 @@ pub struct CommonArgs {
     /// Setup details on stderr.
     #[arg(long, short)]
     pub verbose: bool,
-    /// A disk: `virtio:PATH[,ro]` or `ide:PATH[,ro][,index=N]` (raw image). Repeatable; the
-    /// guest sees them in this order. An IDE disk sits at position N as QEMU's `-drive
-    /// if=ide,index=N` (0 primary master, 1 primary slave, 2 secondary master, 3 secondary
-    /// slave), or without `index=` at the lowest position still free.
-    #[arg(long, value_name = "KIND:PATH[,ro][,index=N]", value_parser = DiskSpec::parse)]
+    /// A disk: `virtio:PATH[,ro][,msix=off]` or `ide:PATH[,ro][,index=N]` (raw image).
+    /// Repeatable; the guest sees them in this order. An IDE disk sits at position N as QEMU's
+    /// `-drive if=ide,index=N` (0 primary master, 1 primary slave, 2 secondary master, 3
+    /// secondary slave), or without `index=` at the lowest position still free. `msix=off`
+    /// gives a virtio disk no MSI-X capability (QEMU's `vectors=0`), so the guest uses INTx.
+    #[arg(long, value_name = "KIND:PATH[,OPTIONS]", value_parser = DiskSpec::parse)]
     pub disk: Vec<DiskSpec>,
     /// Where virtio queues are processed: on an I/O thread woken by ioeventfd (completion by
     /// irqfd), or inline in the vCPU thread on the notify exit.

@@ -121,7 +121,9 @@ pub fn build_args(cfg: &QemuConfig, accel: &str, cpu: &str, qmp: &Path) -> Vec<S
                     "file={file},format=raw,if=none,id=disk{i},aio=threads{ro}"
                 ));
                 a.push("-device".into());
-                a.push(format!("virtio-blk-pci,drive=disk{i}"));
+                // QEMU's own defaults otherwise: a transitional device, MSI-X on.
+                let vectors = if d.msix { "" } else { ",vectors=0" };
+                a.push(format!("virtio-blk-pci,drive=disk{i}{vectors}"));
             }
             DiskKind::Ide => {
                 let Some(index) = ide_index.next() else {
@@ -388,10 +390,21 @@ mod tests {
             disks: vec![
                 DiskSpec::parse("virtio:/a,b.img,ro").unwrap(),
                 DiskSpec::parse("ide:/c.img").unwrap(),
+                DiskSpec::parse("virtio:/d.img,msix=off").unwrap(),
             ],
         };
-        let a = build_args(&cfg, "tcg", "max", Path::new("/q")).join(" ");
+        let args = build_args(&cfg, "tcg", "max", Path::new("/q"));
+        let a = args.join(" ");
+        // QEMU's own device as a user types it: no disable-legacy, no vectors, unless asked.
+        assert!(
+            args.contains(&"virtio-blk-pci,drive=disk0".to_string()),
+            "{a}"
+        );
         assert!(a.contains("-drive file=/a,,b.img,format=raw,if=none,id=disk0,aio=threads,readonly=on -device virtio-blk-pci,drive=disk0"), "{a}");
+        assert!(
+            a.contains("-device virtio-blk-pci,drive=disk2,vectors=0"),
+            "{a}"
+        );
         assert!(
             a.contains("-drive file=/c.img,format=raw,if=ide,index=0,aio=threads"),
             "{a}"

@@ -172,6 +172,96 @@ fn read_only_disk_under_qemu() {
     }
 }
 
+/// Boot the virtio tests with one virtio disk per entry of `options` (each `""` or `",msix=off"`
+/// and the like); every test must pass, and the guest's log must show each disk found and the
+/// interrupt mode it chose. Returns the output.
+fn virtio_disks_on(sub: &str, tag: &str, options: &[&str]) -> String {
+    let dir = TempDir::new(&format!("{tag}-{sub}"));
+    let seed = 0x5eed_0003u64;
+    let mut cmd = harness();
+    cmd.args([sub, "--kernel", KERNEL, "--timeout", "300"])
+        .arg("--cmdline")
+        .arg(format!(
+            "tests=virtio_blk_every_disk,virtio_blk_integrity,virtio_blk_interrupt_modes,\
+             virtio_blk_qd32 disk_seed={seed}"
+        ));
+    for (i, opt) in options.iter().enumerate() {
+        let img = dir.0.join(format!("v{i}.img"));
+        make_image(&img, seed);
+        cmd.arg("--disk")
+            .arg(format!("virtio:{}{opt}", img.display()));
+    }
+    let o = cmd.output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{sub}: {t}");
+    for name in [
+        "virtio_blk_every_disk",
+        "virtio_blk_integrity",
+        "virtio_blk_interrupt_modes",
+        "virtio_blk_qd32",
+    ] {
+        assert!(passed(&t, name), "{sub}: {name} not run or skipped:\n{t}");
+    }
+    let n = options.len();
+    assert!(
+        t.contains(&format!("# virtio-blk: {n} disks")),
+        "{sub}: the guest did not find {n} virtio disks:\n{t}"
+    );
+    t
+}
+
+/// Two virtio disks side by side, both found and both served, under each VMM. Under QEMU they
+/// are stock transitional devices (1af4:1001).
+#[test]
+fn two_virtio_disks_under_the_harness() {
+    if have_kvm("two_virtio_disks_under_the_harness") {
+        let t = virtio_disks_on("run", "two", &["", ""]);
+        assert_eq!(t.matches("interrupts: msix (2 vectors)").count(), 2, "{t}");
+    }
+}
+
+#[test]
+fn two_virtio_disks_under_qemu() {
+    if have_qemu("two_virtio_disks_under_qemu") {
+        let t = virtio_disks_on("qemu", "two", &["", ""]);
+        assert_eq!(
+            t.matches(": 1af4:1001, ").count(),
+            2,
+            "transitional IDs: {t}"
+        );
+        assert_eq!(t.matches("interrupts: msix (2 vectors)").count(), 2, "{t}");
+    }
+}
+
+/// A virtio disk without MSI-X: the driver falls back to INTx, says so, and every test passes,
+/// under each VMM (QEMU: `vectors=0`).
+fn without_msix_on(sub: &str) {
+    let t = virtio_disks_on(sub, "nomsix", &[",msix=off"]);
+    assert!(
+        t.contains("interrupts: intx (line "),
+        "{sub}: no INTx fallback:\n{t}"
+    );
+    assert!(t.contains("msix not offered by the device"), "{t}");
+    assert!(
+        !t.contains("interrupts: msix"),
+        "{sub}: MSI-X used on a device without it:\n{t}"
+    );
+}
+
+#[test]
+fn virtio_disk_without_msix_under_the_harness() {
+    if have_kvm("virtio_disk_without_msix_under_the_harness") {
+        without_msix_on("run");
+    }
+}
+
+#[test]
+fn virtio_disk_without_msix_under_qemu() {
+    if have_qemu("virtio_disk_without_msix_under_qemu") {
+        without_msix_on("qemu");
+    }
+}
+
 /// The verifier itself must notice a wrong sector, or the tests above prove nothing.
 #[test]
 fn verifier_notices_damage() {

@@ -42,7 +42,7 @@ pub fn ide_position_name(index: usize) -> &'static str {
     }
 }
 
-/// One `--disk KIND:PATH[,ro][,index=N]`.
+/// One `--disk KIND:PATH[,ro][,index=N][,msix=off]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
     pub kind: DiskKind,
@@ -50,11 +50,15 @@ pub struct DiskSpec {
     pub read_only: bool,
     /// IDE only: the drive position (0..=3); `None` takes the next free one.
     pub index: Option<u8>,
+    /// virtio only: whether the device has an MSI-X capability (QEMU: `vectors=0` when not).
+    /// Without it the guest must fall back to INTx.
+    pub msix: bool,
 }
 
 impl DiskSpec {
-    /// Parse `virtio:PATH[,ro]` or `ide:PATH[,ro][,index=N]`. Options follow the path, in any
-    /// order; a comma before something that is not an option stays part of the path.
+    /// Parse `virtio:PATH[,ro][,msix=off]` or `ide:PATH[,ro][,index=N]`. Options follow the
+    /// path, in any order; a comma before something that is not an option stays part of the
+    /// path.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (kind, rest) = s.split_once(':').ok_or_else(|| {
             format!("--disk {s:?}: expected KIND:PATH[,ro][,index=N] with KIND virtio or ide")
@@ -71,6 +75,7 @@ impl DiskSpec {
         let mut path = rest;
         let mut read_only = None;
         let mut index = None;
+        let mut msix = None;
         let mut first = true;
         while let Some((p, opt)) = path.rsplit_once(',') {
             let seen = match opt {
@@ -92,11 +97,17 @@ impl DiskSpec {
                         })?;
                     index.replace(i).is_some()
                 }
+                "msix=on" | "msix=off" => {
+                    if kind != DiskKind::Virtio {
+                        return Err(format!("--disk {s:?}: msix= is for virtio disks only"));
+                    }
+                    msix.replace(opt == "msix=on").is_some()
+                }
                 // The path itself may hold commas; only the last segment must be an option.
                 _ if !first => break,
                 _ => {
                     return Err(format!(
-                        "--disk {s:?}: unknown option {opt:?} (ro, rw or index=N)"
+                        "--disk {s:?}: unknown option {opt:?} (ro, rw, index=N or msix=on|off)"
                     ))
                 }
             };
@@ -114,6 +125,7 @@ impl DiskSpec {
             path: PathBuf::from(path),
             read_only: read_only.unwrap_or(false),
             index,
+            msix: msix.unwrap_or(true),
         })
     }
 }
@@ -161,7 +173,7 @@ pub fn ide_positions(specs: &[DiskSpec]) -> Result<Vec<usize>, String> {
 #[derive(Debug, Default)]
 pub struct OpenedDisks {
     /// `--disk virtio:` images, in order.
-    pub virtio: Vec<RawDisk>,
+    pub virtio: Vec<VirtioDisk>,
     /// `--disk ide:` images by position: primary master, primary slave, secondary master,
     /// secondary slave.
     pub ide: [Option<RawDisk>; IDE_POSITIONS],
@@ -184,7 +196,10 @@ impl OpenedDisks {
             let disk = RawDisk::open(&spec.path, spec.read_only)
                 .map_err(|e| format!("--disk {}: {e}", spec.kind))?;
             match spec.kind {
-                DiskKind::Virtio => disks.virtio.push(disk),
+                DiskKind::Virtio => disks.virtio.push(VirtioDisk {
+                    disk,
+                    msix: spec.msix,
+                }),
                 DiskKind::Ide => {
                     // `ide_positions` gave one distinct position per IDE spec.
                     if let Some(pos) = ide_positions.next() {
@@ -201,6 +216,14 @@ impl OpenedDisks {
         }
         Ok(disks)
     }
+}
+
+/// A `--disk virtio:` image and how its function presents itself.
+#[derive(Debug)]
+pub struct VirtioDisk {
+    pub disk: RawDisk,
+    /// Whether the function has an MSI-X capability (`msix=off`: INTx only).
+    pub msix: bool,
 }
 
 /// A raw image file, whole sectors only.
@@ -344,6 +367,7 @@ mod tests {
             path: path.into(),
             read_only,
             index,
+            msix: true,
         }
     }
 
@@ -363,6 +387,14 @@ mod tests {
                 spec(Ide, "/a,b.img", false, Some(1)),
             ),
             ("virtio:/a,b.img,ro", spec(Virtio, "/a,b.img", true, None)),
+            (
+                "virtio:v,msix=off,ro",
+                DiskSpec {
+                    msix: false,
+                    ..spec(Virtio, "v", true, None)
+                },
+            ),
+            ("virtio:v,msix=on", spec(Virtio, "v", false, None)),
         ] {
             assert_eq!(DiskSpec::parse(arg).unwrap(), want, "{arg}");
         }
@@ -379,6 +411,9 @@ mod tests {
             ("ide:x,index=1,index=2", "given twice"),
             ("ide:x,ro,rw", "given twice"),
             ("virtio:x,index=0", "for ide disks only"),
+            ("ide:x,msix=off", "for virtio disks only"),
+            ("virtio:x,msix=no", "unknown option"),
+            ("virtio:x,msix=on,msix=off", "given twice"),
         ] {
             let e = DiskSpec::parse(bad).expect_err(bad);
             assert!(e.contains(why), "{bad}: {e}");

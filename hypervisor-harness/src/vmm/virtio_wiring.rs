@@ -18,7 +18,7 @@
 use super::device_manager::DeviceManager;
 use super::memory::GuestMem;
 use super::IoMode;
-use crate::backends::disk::RawDisk;
+use crate::backends::disk::VirtioDisk;
 use crate::devices::lock;
 use crate::devices::virtio::blk::Blk;
 use crate::devices::virtio::device::VirtioDevice;
@@ -196,7 +196,7 @@ impl VirtioInterrupt for KvmVirtioIrq {
 pub fn attach_all(
     dm: &mut DeviceManager,
     mem: &GuestMem,
-    opened: Vec<RawDisk>,
+    opened: Vec<VirtioDisk>,
     io_mode: IoMode,
 ) -> Result<Vec<String>, HarnessError> {
     let mut notes = Vec::new();
@@ -222,17 +222,19 @@ fn attach_blk(
     dm: &mut DeviceManager,
     mem: &GuestMem,
     n: usize,
-    disk: RawDisk,
+    disk: VirtioDisk,
     gsi: u8,
     io_mode: IoMode,
     router: &Arc<Mutex<GsiRouter>>,
 ) -> Result<String, HarnessError> {
     let name = format!("virtio-blk{n}");
-    let path = disk.path().display().to_string();
-    let blk = Blk::on_raw(disk);
+    let path = disk.disk.path().display().to_string();
+    let with_msix = disk.msix;
+    let blk = Blk::on_raw(disk.disk);
 
-    // Interrupts: MSI GSIs with routes in place before their irqfds, then INTx.
-    let vectors = msix_vectors_of(&blk);
+    // Interrupts: MSI GSIs with routes in place before their irqfds, then INTx. A function
+    // without MSI-X gets none.
+    let vectors = if with_msix { msix_vectors_of(&blk) } else { 0 };
     let mut msi = Vec::new();
     {
         let mut r = lock(router);
@@ -261,7 +263,7 @@ fn attach_blk(
         intx_level: AtomicBool::new(false),
     });
 
-    let dev = VirtioPciDevice::new(Box::new(blk), mem.clone(), irq, gsi)
+    let dev = VirtioPciDevice::with_msix(Box::new(blk), mem.clone(), irq, gsi, with_msix)
         .map_err(|e| HarnessError::Other(format!("{name}: {e}")))?;
     let num_queues = dev.num_queues();
     let dev = Arc::new(Mutex::new(dev));

@@ -234,7 +234,9 @@ impl QueueWorker {
 pub struct VirtioPciDevice {
     config: PciConfig,
     msix: Msix,
-    msix_cap: usize,
+    /// Config offset of the MSI-X capability; None for a function without MSI-X (INTx only),
+    /// whose MSI-X region then reads as zeros and ignores writes.
+    msix_cap: Option<usize>,
     engine: Arc<Mutex<QueueEngine>>,
     irq: Arc<dyn VirtioInterrupt>,
     device_features: u64,
@@ -269,6 +271,18 @@ impl VirtioPciDevice {
         mem: Memory,
         irq: Arc<dyn VirtioInterrupt>,
         intx_line: u8,
+    ) -> Result<Self, String> {
+        Self::with_msix(device, mem, irq, intx_line, true)
+    }
+
+    /// As [`Self::new`]; `msix` false gives the function no MSI-X capability, as QEMU's
+    /// `vectors=0` does, so that a driver must use INTx (or poll).
+    pub fn with_msix(
+        device: Box<dyn VirtioDevice>,
+        mem: Memory,
+        irq: Arc<dyn VirtioInterrupt>,
+        intx_line: u8,
+        with_msix: bool,
     ) -> Result<Self, String> {
         let ty = device.device_type();
         let (class, subclass, prog_if) = class_of(ty);
@@ -320,14 +334,19 @@ impl VirtioPciDevice {
                 &[],
             )
             .map_err(e)?;
-        let mut body = Vec::new();
-        body.extend_from_slice(&msix.control_table_size().to_le_bytes());
-        body.extend_from_slice(&(MSIX_TABLE_OFFSET as u32 | BAR as u32).to_le_bytes());
-        body.extend_from_slice(&(MSIX_PBA_OFFSET as u32 | BAR as u32).to_le_bytes());
-        // Message control: enable and function mask are writable.
-        let msix_cap = config
-            .add_capability(msix::CAP_ID, &body, &[0x00, 0xc0])
-            .map_err(e)?;
+        let msix_cap = if with_msix {
+            let mut body = Vec::new();
+            body.extend_from_slice(&msix.control_table_size().to_le_bytes());
+            body.extend_from_slice(&(MSIX_TABLE_OFFSET as u32 | BAR as u32).to_le_bytes());
+            body.extend_from_slice(&(MSIX_PBA_OFFSET as u32 | BAR as u32).to_le_bytes());
+            // Message control: enable and function mask are writable.
+            let cap = config
+                .add_capability(msix::CAP_ID, &body, &[0x00, 0xc0])
+                .map_err(e)?;
+            Some(cap)
+        } else {
+            None
+        };
         let device_features = device.features() | 1 << VIRTIO_F_VERSION_1;
         let mut device_config = vec![0u8; device.config_len().min(REGION as usize)];
         device.read_config(0, &mut device_config);
@@ -503,7 +522,7 @@ impl VirtioPciDevice {
     }
 
     fn valid_vector(&self, v: u16) -> u16 {
-        if v < self.msix.vectors() {
+        if self.msix_cap.is_some() && v < self.msix.vectors() {
             v
         } else {
             NO_VECTOR
@@ -817,6 +836,7 @@ impl VirtioPciDevice {
                 }
             }
             o if o < MSIX_TABLE_OFFSET => data.fill(0),
+            _ if self.msix_cap.is_none() => data.fill(0),
             o if o < MSIX_PBA_OFFSET => self.msix.read_table(o - MSIX_TABLE_OFFSET, data),
             o if o < MSIX_PBA_OFFSET + REGION => self.msix.read_pba(o - MSIX_PBA_OFFSET, data),
             _ => data.fill(0),
@@ -846,7 +866,7 @@ impl VirtioPciDevice {
                     self.process_queue((off / NOTIFY_MULTIPLIER as u64) as usize);
                 }
             }
-            o if o < MSIX_PBA_OFFSET => {
+            o if o < MSIX_PBA_OFFSET && self.msix_cap.is_some() => {
                 let w = self.msix.write_table(o - MSIX_TABLE_OFFSET, data);
                 if let Some((v, msg)) = w.changed {
                     self.irq.msi_update(v, msg);
@@ -870,9 +890,12 @@ impl PciFunction for VirtioPciDevice {
         self.config.write(offset, data);
         // BAR re-programming is accepted into config space, but the device stays where the
         // harness put it (as the floor device does). Message control changes reach MSI-X.
-        let ctrl = self.msix_cap as u64 + 2;
         let end = offset.saturating_add(data.len() as u64);
-        if offset < ctrl + 2 && end > ctrl {
+        if let Some(ctrl) = self
+            .msix_cap
+            .map(|cap| cap as u64 + 2)
+            .filter(|&ctrl| offset < ctrl + 2 && end > ctrl)
+        {
             let mut b = [0u8; 2];
             self.config.read(ctrl, &mut b);
             for (v, msg) in self.msix.set_control(u16::from_le_bytes(b)) {
@@ -992,6 +1015,10 @@ mod tests {
     }
 
     fn setup(fail: bool) -> T {
+        setup_with_msix(fail, true)
+    }
+
+    fn setup_with_msix(fail: bool, with_msix: bool) -> T {
         let mem = Memory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let irq = Arc::new(RecordingIrq::default());
         let processed = Arc::new(AtomicU32::new(0));
@@ -1004,7 +1031,8 @@ mod tests {
             activated: activated.clone(),
             fail,
         };
-        let mut dev = VirtioPciDevice::new(Box::new(fake), mem, irq.clone(), 11).unwrap();
+        let mut dev =
+            VirtioPciDevice::with_msix(Box::new(fake), mem, irq.clone(), 11, with_msix).unwrap();
         // As the harness and a driver leave it: memory decode and bus mastering on.
         dev.config_mut().enable(CMD_MEM | CMD_BUS_MASTER);
         T {
@@ -1083,6 +1111,42 @@ mod tests {
         assert_eq!(c.read_u32(m) >> 16, 2, "table size - 1 = queues");
         assert_eq!(c.read_u32(m + 4), MSIX_TABLE_OFFSET as u32);
         assert_eq!(c.read_u32(m + 8), MSIX_PBA_OFFSET as u32);
+    }
+
+    /// `msix=off`: no MSI-X capability, vectors read back as NO_VECTOR, the MSI-X region is
+    /// inert, and a used buffer raises INTx.
+    #[test]
+    fn function_without_msix_uses_intx() {
+        let mut t = setup_with_msix(false, false);
+        let c = t.dev.config();
+        let mut ids = Vec::new();
+        let mut p = c.read_u32(0x34) as u8 as usize;
+        while p != 0 {
+            ids.push(c.read_u32(p) as u8);
+            p = (c.read_u32(p) >> 8) as u8 as usize;
+        }
+        assert_eq!(ids, [9, 9, 9, 9], "no MSI-X capability");
+        let d = &mut t.dev;
+        w(d, common::CONFIG_MSIX_VECTOR, 2, 0);
+        assert_eq!(r(d, common::CONFIG_MSIX_VECTOR, 2), NO_VECTOR as u64);
+        setup_queue_with_vector(d, 0, 256, 0);
+        assert_eq!(r(d, common::QUEUE_MSIX_VECTOR, 2), NO_VECTOR as u64);
+        // The table region ignores writes and reads as zeros.
+        w(d, MSIX_TABLE_OFFSET, 4, 0xfee0_0000);
+        assert_eq!(r(d, MSIX_TABLE_OFFSET, 4), 0);
+        assert_eq!(
+            r(d, MSIX_TABLE_OFFSET + 12, 4),
+            0,
+            "entries are not masked-by-default"
+        );
+        // Where the MSI-X capability would be, config writes change nothing MSI-X.
+        d.config_write(0x84, &msix::CTRL_ENABLE.to_le_bytes());
+        assert!(!d.msix().enabled());
+        assert_eq!(negotiate(d, 0, 1), 11);
+        w(d, common::DEVICE_STATUS, 1, 15);
+        w(d, VirtioPciDevice::notify_offset(0), 2, 0);
+        assert!(t.irq.msi_vectors().is_empty());
+        assert_eq!(t.irq.intx_count(), 1);
     }
 
     #[test]
@@ -1220,7 +1284,7 @@ mod tests {
         w(d, common::CONFIG_MSIX_VECTOR, 2, 0);
         assert_eq!(negotiate(d, 0, 1), 11);
         w(d, common::DEVICE_STATUS, 1, 15);
-        let cap = d.msix_cap as u64;
+        let cap = d.msix_cap.unwrap() as u64;
         // Enable MSI-X, vectors still masked: the interrupt pends.
         d.config_write(cap + 2, &msix::CTRL_ENABLE.to_le_bytes());
         w(d, VirtioPciDevice::notify_offset(0), 2, 0);
