@@ -283,6 +283,9 @@ fn cmd_qemu(a: &QemuArgs) -> Result<i32, HarnessError> {
     let r = crate::qemu::run(&cfg)?;
     let (code, msg) = outcome_code(&r.outcome, &r.ktap);
     eprintln!("{}", r.ktap);
+    for n in &r.notes {
+        eprintln!("note: {n}");
+    }
     if c.exits {
         match &r.stats {
             Some(s) => eprint!(
@@ -304,6 +307,7 @@ fn cmd_qemu(a: &QemuArgs) -> Result<i32, HarnessError> {
             "ktap": ktap_json(&r.ktap),
             "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
             "kvm_stats": r.stats.as_ref().map(vmm::exits::stats_to_json),
+            "notes": r.notes,
             "phases": r.phases.iter().map(|p| p.to_json()).collect::<Vec<_>>(),
         });
         write_json(p, &v)?;

@@ -4,9 +4,10 @@
 use crate::backends::disk::{DiskKind, DiskSpec};
 use crate::cli::{Accel, Outcome};
 use crate::devices::lock;
+use crate::devices::serial::MAX_LINE;
 use crate::error::HarnessError;
 use crate::ktap::{KtapParser, KtapSummary};
-use crate::vmm::exits::{KvmStats, PhaseMark};
+use crate::vmm::exits::{KvmStats, PhaseLog, PhaseMark};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -42,6 +43,45 @@ pub struct QemuResult {
     /// QEMU's KVM exit count at the guest's `# phase:` lines, read by QMP right after the line
     /// arrives (a QMP round trip late: the guest keeps running meanwhile).
     pub phases: Vec<PhaseMark>,
+    /// What was dropped or cut to keep the harness's memory bounded.
+    pub notes: Vec<String>,
+}
+
+/// Splits QEMU's serial output into lines for the KTAP parser, keeping at most [`MAX_LINE`]
+/// bytes of a line (as the harness's own serial device does): a guest that never prints a
+/// newline cannot grow the harness's memory.
+#[derive(Debug, Default)]
+struct LineBuffer {
+    line: Vec<u8>,
+    overflowed: bool,
+    /// Lines cut to [`MAX_LINE`].
+    cut: u64,
+}
+
+impl LineBuffer {
+    /// Take bytes from `chunk` up to and including the first newline. Returns how many were
+    /// taken and, if a newline was among them, the completed line (without `\n` or `\r`).
+    fn feed(&mut self, chunk: &[u8]) -> (usize, Option<String>) {
+        let newline = chunk.iter().position(|&b| b == b'\n');
+        let taken = newline.map_or(chunk.len(), |i| i + 1);
+        let body = &chunk[..newline.unwrap_or(taken)];
+        let room = MAX_LINE - self.line.len();
+        if body.len() > room {
+            self.overflowed = true;
+        }
+        self.line.extend_from_slice(&body[..body.len().min(room)]);
+        if newline.is_none() {
+            return (taken, None);
+        }
+        if std::mem::take(&mut self.overflowed) {
+            self.cut += 1;
+        }
+        let text = String::from_utf8_lossy(&self.line)
+            .trim_end_matches('\r')
+            .to_string();
+        self.line.clear();
+        (taken, Some(text))
+    }
 }
 
 /// /dev/kvm opens read/write.
@@ -270,9 +310,11 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
     let ktap = Arc::new(Mutex::new(KtapParser::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let last_stats: Arc<Mutex<Option<KvmStats>>> = Arc::default();
-    let phases: Arc<Mutex<Vec<PhaseMark>>> = Arc::default();
+    let phases: Arc<Mutex<PhaseLog>> = Arc::default();
     // Pokes to the QMP poller: None after the KTAP plan completes, Some(marker) at a phase line.
-    let (poke_tx, poke_rx) = mpsc::channel::<Option<String>>();
+    // Bounded: a guest that prints phase lines faster than QMP answers loses marks (counted by
+    // the poller's PhaseLog), never the harness's memory.
+    let (poke_tx, poke_rx) = mpsc::sync_channel::<Option<String>>(64);
 
     // Serial reader: QEMU's stdout is the guest's COM1.
     let stdout = child.stdout.take();
@@ -282,29 +324,33 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
         })?),
         None => Box::new(std::io::stdout()),
     };
-    let k2 = ktap.clone();
+    let (k2, ph1) = (ktap.clone(), phases.clone());
     let reader = std::thread::spawn(move || {
-        let Some(out) = stdout else { return };
+        let Some(out) = stdout else { return 0 };
         let mut r = BufReader::new(out);
-        let mut buf = Vec::new();
-        while let Ok(n) = r.read_until(b'\n', &mut buf) {
-            if n == 0 {
-                break;
-            }
-            let _ = sink.write_all(&buf);
+        let mut lines = LineBuffer::default();
+        loop {
+            let chunk = match r.fill_buf() {
+                Ok([]) | Err(_) => break,
+                Ok(c) => c,
+            };
+            let (taken, line) = lines.feed(chunk);
+            let _ = sink.write_all(&chunk[..taken]);
+            r.consume(taken);
+            let Some(line) = line else { continue };
             let _ = sink.flush();
-            let line = String::from_utf8_lossy(&buf);
-            let line = line.trim_end_matches(['\n', '\r']);
             if let Some(marker) = line.trim_start().strip_prefix("# phase: ") {
-                let _ = poke_tx.send(Some(marker.trim().to_string()));
+                if poke_tx.try_send(Some(marker.trim().to_string())).is_err() {
+                    lock(&ph1).dropped += 1;
+                }
             }
             let mut k = lock(&k2);
-            k.feed(line);
+            k.feed(&line);
             if k.summary().complete {
-                let _ = poke_tx.send(None);
+                let _ = poke_tx.try_send(None);
             }
-            buf.clear();
         }
+        lines.cut
     });
 
     // QMP poller: keeps the last stats answer; polls every 200 ms and right after the KTAP
@@ -325,7 +371,7 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
                 Some(s) => {
                     if let Some(m) = marker.take() {
                         let exits = s.get("vcpu").and_then(|v| v.get("exits")).copied();
-                        lock(&ph2).push(PhaseMark::kvm_only(m, exits));
+                        lock(&ph2).record(PhaseMark::kvm_only(m, exits));
                     }
                     *lock(&l2) = Some(s);
                 }
@@ -356,12 +402,22 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
     };
     let elapsed = start.elapsed();
     stop.store(true, Ordering::SeqCst);
-    let _ = reader.join();
+    let lines_cut = reader.join().unwrap_or(0);
     let _ = poller.join();
     let _ = std::fs::remove_file(&qmp_path);
     let summary = lock(&ktap).summary();
     let stats = lock(&last_stats).clone();
-    let phases = std::mem::take(&mut *lock(&phases));
+    let (phases, phase_note) = {
+        let mut log = lock(&phases);
+        (std::mem::take(&mut log.marks), log.note())
+    };
+    let notes = phase_note
+        .into_iter()
+        .chain(
+            (lines_cut > 0)
+                .then(|| format!("{lines_cut} serial lines longer than {MAX_LINE} bytes were cut")),
+        )
+        .collect();
     Ok(QemuResult {
         outcome,
         ktap: summary,
@@ -369,12 +425,33 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
         accel,
         elapsed,
         phases,
+        notes,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serial_lines_are_split_and_bounded() {
+        let mut lb = LineBuffer::default();
+        // A line split across chunks, then two in one chunk (the second taken on the next call).
+        assert_eq!(lb.feed(b"ok 1 a"), (6, None));
+        assert_eq!(lb.feed(b"bc\r\nok 2"), (4, Some("ok 1 abc".to_string())));
+        assert_eq!(lb.feed(b"ok 2\n"), (5, Some("ok 2".to_string())));
+        // A guest that never prints a newline: the buffer stops at MAX_LINE.
+        let junk = vec![b'x'; 4096];
+        for _ in 0..(3 * MAX_LINE / junk.len()) {
+            assert_eq!(lb.feed(&junk).0, junk.len());
+            assert!(lb.line.len() <= MAX_LINE);
+        }
+        let (_, line) = lb.feed(b"tail\n");
+        assert_eq!(line.map(|l| l.len()), Some(MAX_LINE));
+        assert_eq!(lb.cut, 1);
+        assert_eq!(lb.feed(b"short\n").1.as_deref(), Some("short"));
+        assert_eq!(lb.cut, 1);
+    }
 
     #[test]
     fn disk_args() {
