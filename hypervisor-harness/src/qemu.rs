@@ -453,23 +453,24 @@ mod tests {
         assert_eq!(lb.cut, 1);
     }
 
-    #[test]
-    fn disk_args() {
-        let cfg = QemuConfig {
-            qemu: "q".into(),
+    /// A configuration with these `--disk` arguments and nothing else of note.
+    fn config(disks: &[&str]) -> QemuConfig {
+        QemuConfig {
+            qemu: "qemu-system-x86_64".into(),
             kernel: "/k".into(),
             mem: 256 << 20,
-            cmdline: String::new(),
+            cmdline: "tests=all".into(),
             timeout: Duration::from_secs(1),
             accel: Accel::Tcg,
             serial_log: None,
             verbose: false,
-            disks: vec![
-                DiskSpec::parse("virtio:/a,b.img,ro").unwrap(),
-                DiskSpec::parse("ide:/c.img").unwrap(),
-                DiskSpec::parse("virtio:/d.img,msix=off").unwrap(),
-            ],
-        };
+            disks: disks.iter().map(|d| DiskSpec::parse(d).unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn disk_args() {
+        let cfg = config(&["virtio:/a,b.img,ro", "ide:/c.img", "virtio:/d.img,msix=off"]);
         let args = build_args(&cfg, "tcg", "max", Path::new("/q"));
         let a = args.join(" ");
         // QEMU's own device as a user types it: no disable-legacy, no vectors, unless asked.
@@ -490,19 +491,8 @@ mod tests {
 
     #[test]
     fn ide_drive_indices() {
-        let cfg = |disks: &[&str]| QemuConfig {
-            qemu: "q".into(),
-            kernel: "/k".into(),
-            mem: 256 << 20,
-            cmdline: String::new(),
-            timeout: Duration::from_secs(1),
-            accel: Accel::Tcg,
-            serial_log: None,
-            verbose: false,
-            disks: disks.iter().map(|d| DiskSpec::parse(d).unwrap()).collect(),
-        };
         let ide = |disks: &[&str]| -> Vec<String> {
-            let a = build_args(&cfg(disks), "tcg", "max", Path::new("/q"));
+            let a = build_args(&config(disks), "tcg", "max", Path::new("/q"));
             a.iter().filter(|x| x.contains("if=ide")).cloned().collect()
         };
         assert_eq!(
@@ -518,7 +508,7 @@ mod tests {
             ]
         );
         // A bad assignment is a usage error before QEMU is started.
-        let r = run(&cfg(&["ide:/a,index=3", "ide:/b,index=3"]));
+        let r = run(&config(&["ide:/a,index=3", "ide:/b,index=3"]));
         match r {
             Err(HarnessError::Usage(m)) => assert!(m.contains("already taken"), "{m}"),
             other => panic!("{other:?}"),
@@ -527,17 +517,7 @@ mod tests {
 
     #[test]
     fn args() {
-        let cfg = QemuConfig {
-            qemu: "qemu-system-x86_64".into(),
-            kernel: "/k".into(),
-            mem: 256 << 20,
-            cmdline: "tests=all".into(),
-            timeout: Duration::from_secs(1),
-            accel: Accel::Tcg,
-            serial_log: None,
-            verbose: false,
-            disks: vec![],
-        };
+        let cfg = config(&[]);
         let a = build_args(&cfg, "tcg", "max", Path::new("/tmp/q.sock")).join(" ");
         assert!(a.contains("-machine pc -nodefaults -no-reboot -display none -m 256M -kernel /k"));
         assert!(a.contains("-append tests=all -serial stdio"));
