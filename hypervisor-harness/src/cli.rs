@@ -2,13 +2,15 @@
 
 use crate::backends::disk::DiskSpec;
 use crate::error::*;
-use crate::ktap::KtapSummary;
 use crate::platform::Platform;
+use crate::shared::{
+    kernel_or_default, ktap_json, outcome_code, outcome_json, write_json, Accel, BenchArgs, Outcome,
+};
 use crate::vmm::{self, memory, IoMode, RunConfig, VmEnd};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -77,13 +79,6 @@ pub struct RunArgs {
     pub common: CommonArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Accel {
-    Auto,
-    Kvm,
-    Tcg,
-}
-
 #[derive(Args, Debug)]
 pub struct QemuArgs {
     #[command(flatten)]
@@ -94,92 +89,6 @@ pub struct QemuArgs {
     /// The QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64")]
     pub qemu: String,
-}
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// Kernel image (PVH ELF). Defaults to the image this build produced.
-    #[arg(long)]
-    pub kernel: Option<PathBuf>,
-    /// Boot runs per VMM.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub runs: u32,
-    /// Write the results as JSON.
-    #[arg(long, value_name = "PATH")]
-    pub json: Option<PathBuf>,
-    /// QEMU accelerator for the comparison runs.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub qemu_accel: Accel,
-    /// The QEMU binary.
-    #[arg(long, default_value = "qemu-system-x86_64")]
-    pub qemu: String,
-    /// Guest RAM for every run.
-    #[arg(long, default_value = "256M", value_parser = memory::parse_mem)]
-    pub mem: u64,
-    /// Per-run timeout in seconds.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
-    pub timeout: u64,
-    /// Leave out the storage section (IDE against virtio-blk).
-    #[arg(long)]
-    pub skip_storage: bool,
-}
-
-/// The image the build produced, if build.rs set KERNEL_IMAGE.
-pub fn default_kernel() -> Option<PathBuf> {
-    option_env!("KERNEL_IMAGE").map(PathBuf::from)
-}
-
-pub fn kernel_or_default(k: &Option<PathBuf>) -> Result<PathBuf, HarnessError> {
-    k.clone().or_else(default_kernel).ok_or_else(|| {
-        HarnessError::Usage("no --kernel given and this build has no default kernel image".into())
-    })
-}
-
-/// How a guest run ended, independent of the VMM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    DebugExit(u32),
-    Timeout(u64),
-    Abnormal(String),
-}
-
-/// The exit code and a one-line message for stderr (None when all passed).
-pub fn outcome_code(o: &Outcome, ktap: &KtapSummary) -> (i32, Option<String>) {
-    use crate::devices::debug_exit::{GUEST_CRASHED, GUEST_FAILED, GUEST_PASSED};
-    match o {
-        Outcome::DebugExit(GUEST_PASSED) if ktap.all_ok() => (EXIT_PASSED, None),
-        Outcome::DebugExit(GUEST_PASSED) => (
-            EXIT_FAILED,
-            Some(format!(
-                "guest reported success but the KTAP output is {}",
-                if ktap.plan.is_none() {
-                    "missing its plan"
-                } else if ktap.failed > 0 {
-                    "showing failures"
-                } else {
-                    "incomplete"
-                }
-            )),
-        ),
-        Outcome::DebugExit(GUEST_FAILED) => (
-            EXIT_FAILED,
-            Some("guest reported failed tests (debug-exit 0x11)".into()),
-        ),
-        Outcome::DebugExit(GUEST_CRASHED) => {
-            (EXIT_CRASHED, Some("guest crashed (debug-exit 0x12)".into()))
-        }
-        Outcome::DebugExit(v) => (
-            EXIT_ABNORMAL,
-            Some(format!(
-                "guest wrote unknown exit code {v:#x} to the debug-exit port"
-            )),
-        ),
-        Outcome::Timeout(s) => (
-            EXIT_TIMEOUT,
-            Some(format!("guest did not exit within {s} s")),
-        ),
-        Outcome::Abnormal(m) => (EXIT_ABNORMAL, Some(format!("VM ended abnormally: {m}"))),
-    }
 }
 
 pub fn vm_end_outcome(end: &VmEnd, timeout: u64) -> Outcome {
@@ -197,26 +106,6 @@ pub fn vm_end_outcome(end: &VmEnd, timeout: u64) -> Outcome {
         }
         VmEnd::Unexpected { what, cpu } => Outcome::Abnormal(format!("{what} at {cpu}")),
     }
-}
-
-fn outcome_json(o: &Outcome, code: i32, msg: &Option<String>) -> serde_json::Value {
-    let (kind, value) = match o {
-        Outcome::DebugExit(v) => ("debug_exit", Some(*v)),
-        Outcome::Timeout(_) => ("timeout", None),
-        Outcome::Abnormal(_) => ("abnormal", None),
-    };
-    json!({"kind": kind, "guest_value": value, "exit_code": code, "message": msg})
-}
-
-pub fn ktap_json(k: &KtapSummary) -> serde_json::Value {
-    json!({"plan": k.plan, "passed": k.passed, "failed": k.failed, "skipped": k.skipped,
-           "complete": k.complete, "missing": k.missing})
-}
-
-pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), HarnessError> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| HarnessError::Other(e.to_string()))?;
-    std::fs::write(path, text + "\n")
-        .map_err(|e| HarnessError::Other(format!("cannot write {}: {e}", path.display())))
 }
 
 fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
@@ -423,43 +312,5 @@ mod tests {
                 EXIT_USAGE
             );
         }
-    }
-
-    #[test]
-    fn exit_codes() {
-        let ok = KtapSummary {
-            plan: Some(1),
-            passed: 1,
-            complete: true,
-            ..Default::default()
-        };
-        let failed = KtapSummary {
-            plan: Some(2),
-            passed: 1,
-            failed: 1,
-            complete: true,
-            ..Default::default()
-        };
-        let partial = KtapSummary {
-            plan: Some(2),
-            passed: 1,
-            missing: vec![2],
-            ..Default::default()
-        };
-        assert_eq!(outcome_code(&Outcome::DebugExit(0x10), &ok), (0, None));
-        assert_eq!(outcome_code(&Outcome::DebugExit(0x10), &failed).0, 1);
-        assert_eq!(outcome_code(&Outcome::DebugExit(0x10), &partial).0, 1);
-        assert_eq!(
-            outcome_code(&Outcome::DebugExit(0x10), &KtapSummary::default()).0,
-            1
-        );
-        assert_eq!(outcome_code(&Outcome::DebugExit(0x11), &ok).0, 1);
-        assert_eq!(outcome_code(&Outcome::DebugExit(0x12), &ok).0, 2);
-        assert_eq!(
-            outcome_code(&Outcome::Timeout(5), &ok),
-            (3, Some("guest did not exit within 5 s".into()))
-        );
-        assert_eq!(outcome_code(&Outcome::DebugExit(0x42), &ok).0, 4);
-        assert_eq!(outcome_code(&Outcome::Abnormal("x".into()), &ok).0, 4);
     }
 }

@@ -10,4 +10,5 @@ pub mod fuzzing;
 pub mod ktap;
 pub mod platform;
 pub mod qemu;
+pub mod shared;
 pub mod vmm;

@@ -2,11 +2,11 @@
 //! own KVM counters through QMP `query-stats`.
 
 use crate::backends::disk::{DiskKind, DiskSpec};
-use crate::cli::{Accel, Outcome};
 use crate::devices::lock;
 use crate::devices::serial::MAX_LINE;
 use crate::error::HarnessError;
 use crate::ktap::{KtapParser, KtapSummary};
+use crate::shared::{Accel, Outcome};
 use crate::vmm::exits::{KvmStats, PhaseLog, PhaseMark};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};

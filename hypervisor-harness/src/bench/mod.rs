@@ -4,9 +4,9 @@
 pub mod blk;
 pub mod report;
 
-use crate::cli::{kernel_or_default, BenchArgs};
 use crate::error::HarnessError;
 use crate::platform::Platform;
+use crate::shared::{kernel_or_default, write_json, BenchArgs};
 use report::{BenchReport, BootRow, FloorRow, Stat};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -248,11 +248,7 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
     eprintln!("bench: boot runs under the harness ({})...", a.runs);
     let harness = boot_runs("run", &kernel, a, &[])?;
     eprintln!("bench: boot runs under QEMU ({})...", a.runs);
-    let accel = match a.qemu_accel {
-        crate::cli::Accel::Auto => "auto",
-        crate::cli::Accel::Kvm => "kvm",
-        crate::cli::Accel::Tcg => "tcg",
-    };
+    let accel = a.qemu_accel.name();
     let qemu = boot_runs(
         "qemu",
         &kernel,
@@ -307,7 +303,7 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
     };
     print!("{}", rep.to_text());
     if let Some(p) = &a.json {
-        crate::cli::write_json(p, &rep.to_json())?;
+        write_json(p, &rep.to_json())?;
     }
     Ok(0)
 }
