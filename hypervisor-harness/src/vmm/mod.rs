@@ -13,6 +13,7 @@ pub mod virtio_wiring;
 pub mod vm;
 
 use crate::backends::disk::{DiskSpec, OpenedDisks};
+use crate::devices::bus::Bus;
 use crate::devices::debug_exit::{DebugExit, ExitRequest, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 use crate::devices::ide::piix::MAX_DRIVES as MAX_IDE_DRIVES;
 use crate::devices::pci::host_bridge::HostBridge;
@@ -23,7 +24,9 @@ use crate::ktap::{KtapParser, KtapSummary};
 use device_manager::DeviceManager;
 use exits::{Dir, ExitCounters, KvmStats, PhaseLog, PhaseMark, Reason, Space};
 use kvm_ioctls::VcpuExit;
+use memory::GuestMem;
 use std::io::Write;
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -113,287 +116,373 @@ pub fn check_mem(mem: u64) -> Result<(), HarnessError> {
 
 /// Build the machine, run it to the end and collect the counters.
 pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
-    check_mem(cfg.mem)?;
-    boot::check_cmdline(&cfg.cmdline).map_err(HarnessError::Usage)?;
-    let mem = memory::create(cfg.mem).map_err(HarnessError::Other)?;
-    let entry = boot::load_kernel(&mem, &cfg.kernel).map_err(|e| match e {
-        boot::BootError::Image(m) => HarnessError::Image(m),
-        boot::BootError::Other(m) => HarnessError::Other(m),
-    })?;
-    boot::write_boot_info(&mem, cfg.mem, &cfg.cmdline).map_err(|e| match e {
-        boot::BootError::Image(m) | boot::BootError::Other(m) => HarnessError::Other(m),
-    })?;
-    verbose(
-        cfg,
-        &format!("platform: {}", crate::platform::Platform::detect()),
-    );
-    verbose(
-        cfg,
-        &format!(
-            "kernel {} PVH entry {entry:#x}, {} MiB RAM, cmdline {:?}",
-            cfg.kernel.display(),
-            cfg.mem >> 20,
-            cfg.cmdline
-        ),
-    );
-
-    let disks = OpenedDisks::open(&cfg.disks, virtio_wiring::MAX_DISKS, MAX_IDE_DRIVES)
-        .map_err(HarnessError::Usage)?;
-    let mut vm = vm::Vm::open()?;
-    vm.setup(&mem)?;
-    let other = |what: &str, e: &dyn std::fmt::Display| HarnessError::Other(format!("{what}: {e}"));
-
-    // Devices.
-    let mut dm = DeviceManager::new(&mut vm);
-    let ktap = Arc::new(Mutex::new(KtapParser::new()));
-    let out: Box<dyn Write + Send> = match &cfg.serial_log {
-        Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
-            HarnessError::Usage(format!("cannot create --serial-log {}: {e}", p.display()))
-        })?),
-        None => Box::new(std::io::stdout()),
-    };
-    let k2 = ktap.clone();
-    // `# phase: <marker>` lines from the guest: the run loop snapshots the counters there.
-    let phase_lines: Arc<Mutex<PhaseLog>> = Arc::default();
-    // Set with each new marker, so the run loop takes the lock only when there is one.
-    let phase_pending = Arc::new(AtomicBool::new(false));
-    let (p2, pp2) = (phase_lines.clone(), phase_pending.clone());
-    let tee = LineTee::new(
-        out,
-        Box::new(move |line| {
-            lock(&k2).feed(line);
-            if let Some(marker) = line.trim_start().strip_prefix("# phase: ") {
-                lock(&p2).push(marker.trim());
-                pp2.store(true, Ordering::Release);
-            }
-        }),
-    );
-    let com1_irq: Arc<dyn Interrupt> = dm.irqfd(COM1_GSI)?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(com1_irq, tee)));
-    let exit_req = ExitRequest::default();
-    dm.insert_pio("com1", COM1_BASE, COM1_LEN, serial.clone())?;
-    dm.insert_pio(
-        "debug-exit",
-        DEBUG_EXIT_PORT,
-        DEBUG_EXIT_LEN,
-        Arc::new(Mutex::new(DebugExit::new(exit_req.clone()))),
-    )?;
-    let host_bridge = dm.next_bdf()?;
-    dm.add_pci(host_bridge, Arc::new(Mutex::new(HostBridge::new())));
-    let floor_bars = floor_wiring::attach(&mut dm)?;
-    // Disks, in guest order. virtio disks are one PCI function each; IDE disks share one
-    // PIIX-style controller (primary master, primary slave, secondary master, secondary slave).
-    for note in virtio_wiring::attach_all(&mut dm, &mem, disks.virtio, cfg.io_mode)? {
-        verbose(cfg, &note);
-    }
-    ide_wiring::attach(&mut dm, &mem, disks.ide)?;
-    let (mut pio, mut mmio) = dm.finish()?;
-
-    // vCPU.
-    let mut vcpu = vm
-        .fd
-        .create_vcpu(0)
-        .map_err(|e| other("KVM_CREATE_VCPU", &e))?;
-    let note = vcpu::setup_cpuid(&vm.kvm, &vcpu).map_err(HarnessError::Other)?;
-    vm.notes.push(note);
-    vcpu::setup_registers(&vcpu, entry).map_err(HarnessError::Other)?;
-    if let Err(e) = vcpu::setup_msrs(&vcpu) {
-        vm.notes.push(format!("MSR setup: {e}"));
-    }
-    for n in &vm.notes {
-        verbose(cfg, n);
-    }
-
-    // Watchdog: after the timeout, keep kicking this thread out of KVM_RUN until it notices.
-    let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler);
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let done = Arc::new((Mutex::new(false), Condvar::new()));
-    // SAFETY: pthread_self has no preconditions.
-    let me = unsafe { libc::pthread_self() };
-    {
-        let (timed_out, done, timeout) = (timed_out.clone(), done.clone(), cfg.timeout);
-        std::thread::Builder::new()
-            .name("watchdog".into())
-            .spawn(move || {
-                let (m, cv) = &*done;
-                let deadline = Instant::now() + timeout;
-                let mut finished = lock(m);
-                while !*finished {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        timed_out.store(true, Ordering::SeqCst);
-                        // SAFETY: `me` is the vCPU thread, alive until it sets `done`
-                        // (checked under the same lock we hold).
-                        unsafe { libc::pthread_kill(me, kick_signal()) };
-                        finished = cv
-                            .wait_timeout(finished, Duration::from_millis(20))
-                            .map(|r| r.0)
-                            .unwrap_or_else(|e| e.into_inner().0);
-                    } else {
-                        finished = cv
-                            .wait_timeout(finished, deadline - now)
-                            .map(|r| r.0)
-                            .unwrap_or_else(|e| e.into_inner().0);
-                    }
-                }
-            })
-            .map_err(|e| other("watchdog thread", &e))?;
-    }
-
+    let mut machine = Machine::build(cfg)?;
+    let watchdog = Watchdog::start(cfg.timeout)?;
     let start = Instant::now();
-    let mut counters = ExitCounters::default();
-    // The data of the last `out`, and the reusable buffer of the last `in`.
-    let mut out_buf: Vec<u8> = Vec::new();
-    let mut in_buf: Vec<u8> = Vec::new();
-    let vcpu_stats = exits::stats_fd(&vcpu).ok();
-    let end = loop {
-        if phase_pending.swap(false, Ordering::Acquire) {
-            let mut log = lock(&phase_lines);
-            for marker in log.take_inbox() {
-                let mark = PhaseMark::take(marker, &counters, vcpu_stats.as_ref());
-                log.record(mark);
-            }
-        }
-        if let Some(v) = exit_req.get() {
-            break VmEnd::DebugExit(v);
-        }
-        if timed_out.load(Ordering::SeqCst) {
-            break VmEnd::Timeout;
-        }
-        let mut pio_exit: Option<(u16, Dir)> = None;
-        let exit = match vcpu.run() {
-            Ok(e) => e,
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                counters.record(Reason::Intr);
-                continue;
-            }
-            Err(e) => {
-                let cpu = vcpu::snapshot(&vcpu, &mem);
-                break VmEnd::Unexpected {
-                    what: format!("KVM_RUN failed: {e}"),
-                    cpu,
-                };
-            }
+    let (end, counters) = machine.run_loop(&watchdog);
+    let elapsed = start.elapsed();
+    drop(watchdog);
+    Ok(machine.report(end, counters, elapsed))
+}
+
+/// A machine built and ready to run: the VM with its vCPU and devices, and the handles the run
+/// loop and the report read. Fields drop in order: the vCPU and the devices before the VM and
+/// its memory.
+struct Machine {
+    vcpu: kvm_ioctls::VcpuFd,
+    pio: Bus,
+    mmio: Bus,
+    serial: Arc<Mutex<SerialDevice>>,
+    exit_req: ExitRequest,
+    ktap: Arc<Mutex<KtapParser>>,
+    /// `# phase: <marker>` lines from the guest: the run loop snapshots the counters there.
+    phase_lines: Arc<Mutex<PhaseLog>>,
+    /// Set with each new marker, so the run loop takes the lock only when there is one.
+    phase_pending: Arc<AtomicBool>,
+    floor_bars: (u64, u64),
+    vm: vm::Vm,
+    mem: GuestMem,
+}
+
+impl Machine {
+    /// Guest memory with the kernel and its boot information, the VM, its devices and the vCPU
+    /// at the PVH entry.
+    fn build(cfg: &RunConfig) -> Result<Self, HarnessError> {
+        check_mem(cfg.mem)?;
+        boot::check_cmdline(&cfg.cmdline).map_err(HarnessError::Usage)?;
+        let mem = memory::create(cfg.mem).map_err(HarnessError::Other)?;
+        let entry = boot::load_kernel(&mem, &cfg.kernel).map_err(|e| match e {
+            boot::BootError::Image(m) => HarnessError::Image(m),
+            boot::BootError::Other(m) => HarnessError::Other(m),
+        })?;
+        boot::write_boot_info(&mem, cfg.mem, &cfg.cmdline).map_err(|e| match e {
+            boot::BootError::Image(m) | boot::BootError::Other(m) => HarnessError::Other(m),
+        })?;
+        verbose(
+            cfg,
+            &format!("platform: {}", crate::platform::Platform::detect()),
+        );
+        verbose(
+            cfg,
+            &format!(
+                "kernel {} PVH entry {entry:#x}, {} MiB RAM, cmdline {:?}",
+                cfg.kernel.display(),
+                cfg.mem >> 20,
+                cfg.cmdline
+            ),
+        );
+
+        let disks = OpenedDisks::open(&cfg.disks, virtio_wiring::MAX_DISKS, MAX_IDE_DRIVES)
+            .map_err(HarnessError::Usage)?;
+        let mut vm = vm::Vm::open()?;
+        vm.setup(&mem)?;
+        let other =
+            |what: &str, e: &dyn std::fmt::Display| HarnessError::Other(format!("{what}: {e}"));
+
+        // Devices.
+        let mut dm = DeviceManager::new(&mut vm);
+        let ktap = Arc::new(Mutex::new(KtapParser::new()));
+        let out: Box<dyn Write + Send> = match &cfg.serial_log {
+            Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
+                HarnessError::Usage(format!("cannot create --serial-log {}: {e}", p.display()))
+            })?),
+            None => Box::new(std::io::stdout()),
         };
-        match exit {
-            // Port I/O is handled after the match, once the borrow of kvm_run's data ends and
-            // its element size can be read: see `pio`.
-            VcpuExit::IoOut(port, data) => {
-                out_buf.clear();
-                out_buf.extend_from_slice(data);
-                pio_exit = Some((port, Dir::Write));
-            }
-            VcpuExit::IoIn(port, data) => {
-                in_buf.clear();
-                in_buf.resize(data.len(), 0);
-                pio_exit = Some((port, Dir::Read));
-            }
-            VcpuExit::MmioWrite(addr, data) => {
-                let c = mmio.write(addr, data);
-                counters.record_access(Space::Mmio, addr, Dir::Write, &c);
-            }
-            VcpuExit::MmioRead(addr, data) => {
-                let c = mmio.read(addr, data);
-                counters.record_access(Space::Mmio, addr, Dir::Read, &c);
-            }
-            VcpuExit::Hlt => {
-                // Only without an in-kernel LAPIC; nothing can wake us, so it's the end.
-                counters.record(Reason::Hlt);
-                let cpu = vcpu::snapshot(&vcpu, &mem);
-                break VmEnd::Unexpected {
-                    what: "guest halted (KVM_EXIT_HLT)".into(),
-                    cpu,
-                };
-            }
-            VcpuExit::IrqWindowOpen => counters.record(Reason::IrqWindow),
-            VcpuExit::Intr => counters.record(Reason::Intr),
-            VcpuExit::Shutdown => {
-                counters.record(Reason::Shutdown);
-                break VmEnd::Shutdown(vcpu::snapshot(&vcpu, &mem));
-            }
-            VcpuExit::InternalError => {
-                counters.record(Reason::InternalError);
-                // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
-                // active union member.
-                let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
-                break VmEnd::InternalError {
-                    suberror,
-                    cpu: vcpu::snapshot(&vcpu, &mem),
-                };
-            }
-            VcpuExit::FailEntry(reason, _) => {
-                counters.record(Reason::FailEntry);
-                break VmEnd::FailEntry {
-                    reason,
-                    cpu: vcpu::snapshot(&vcpu, &mem),
-                };
-            }
-            VcpuExit::SystemEvent(ty, _) => {
-                counters.record(Reason::SystemEvent);
-                let what = format!("KVM_EXIT_SYSTEM_EVENT type {ty}");
-                break VmEnd::Unexpected {
-                    what,
-                    cpu: vcpu::snapshot(&vcpu, &mem),
-                };
-            }
-            other_exit => {
-                counters.record(Reason::Other);
-                let what = format!("unexpected exit {other_exit:?}");
-                break VmEnd::Unexpected {
-                    what,
-                    cpu: vcpu::snapshot(&vcpu, &mem),
-                };
-            }
+        let k2 = ktap.clone();
+        let phase_lines: Arc<Mutex<PhaseLog>> = Arc::default();
+        let phase_pending = Arc::new(AtomicBool::new(false));
+        let (p2, pp2) = (phase_lines.clone(), phase_pending.clone());
+        let tee = LineTee::new(
+            out,
+            Box::new(move |line| {
+                lock(&k2).feed(line);
+                if let Some(marker) = line.trim_start().strip_prefix("# phase: ") {
+                    lock(&p2).push(marker.trim());
+                    pp2.store(true, Ordering::Release);
+                }
+            }),
+        );
+        let com1_irq: Arc<dyn Interrupt> = dm.irqfd(COM1_GSI)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(com1_irq, tee)));
+        let exit_req = ExitRequest::default();
+        dm.insert_pio("com1", COM1_BASE, COM1_LEN, serial.clone())?;
+        dm.insert_pio(
+            "debug-exit",
+            DEBUG_EXIT_PORT,
+            DEBUG_EXIT_LEN,
+            Arc::new(Mutex::new(DebugExit::new(exit_req.clone()))),
+        )?;
+        let host_bridge = dm.next_bdf()?;
+        dm.add_pci(host_bridge, Arc::new(Mutex::new(HostBridge::new())));
+        let floor_bars = floor_wiring::attach(&mut dm)?;
+        // Disks, in guest order. virtio disks are one PCI function each; IDE disks share one
+        // PIIX-style controller (primary master, primary slave, secondary master, secondary slave).
+        for note in virtio_wiring::attach_all(&mut dm, &mem, disks.virtio, cfg.io_mode)? {
+            verbose(cfg, &note);
         }
-        // `count` accesses of `size` bytes each at the same port (`rep ins/outs`).
-        if let Some((port, dir)) = pio_exit {
-            let size = io_size(&mut vcpu);
-            let claim = match dir {
-                Dir::Write => pio::write(&mut pio, port, size, &out_buf),
-                Dir::Read => {
-                    let c = pio::read(&mut pio, port, size, &mut in_buf);
-                    io_in_data(&mut vcpu, &in_buf);
-                    c
+        ide_wiring::attach(&mut dm, &mem, disks.ide)?;
+        let (pio, mmio) = dm.finish()?;
+
+        // vCPU.
+        let vcpu = vm
+            .fd
+            .create_vcpu(0)
+            .map_err(|e| other("KVM_CREATE_VCPU", &e))?;
+        let note = vcpu::setup_cpuid(&vm.kvm, &vcpu).map_err(HarnessError::Other)?;
+        vm.notes.push(note);
+        vcpu::setup_registers(&vcpu, entry).map_err(HarnessError::Other)?;
+        if let Err(e) = vcpu::setup_msrs(&vcpu) {
+            vm.notes.push(format!("MSR setup: {e}"));
+        }
+        for n in &vm.notes {
+            verbose(cfg, n);
+        }
+        Ok(Self {
+            vcpu,
+            pio,
+            mmio,
+            serial,
+            exit_req,
+            ktap,
+            phase_lines,
+            phase_pending,
+            floor_bars,
+            vm,
+            mem,
+        })
+    }
+
+    /// Run the vCPU until the guest exits, the VM ends abnormally or the watchdog fires.
+    fn run_loop(&mut self, watchdog: &Watchdog) -> (VmEnd, ExitCounters) {
+        let Self {
+            vcpu,
+            pio,
+            mmio,
+            exit_req,
+            phase_lines,
+            phase_pending,
+            mem,
+            ..
+        } = self;
+        let mut counters = ExitCounters::default();
+        // The data of the last `out`, and the reusable buffer of the last `in`.
+        let mut out_buf: Vec<u8> = Vec::new();
+        let mut in_buf: Vec<u8> = Vec::new();
+        let vcpu_stats = exits::stats_fd(vcpu).ok();
+        let end = loop {
+            if phase_pending.swap(false, Ordering::Acquire) {
+                let mut log = lock(phase_lines);
+                for marker in log.take_inbox() {
+                    let mark = PhaseMark::take(marker, &counters, vcpu_stats.as_ref());
+                    log.record(mark);
+                }
+            }
+            if let Some(v) = exit_req.get() {
+                break VmEnd::DebugExit(v);
+            }
+            if watchdog.timed_out() {
+                break VmEnd::Timeout;
+            }
+            let mut pio_exit: Option<(u16, Dir)> = None;
+            let exit = match vcpu.run() {
+                Ok(e) => e,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    counters.record(Reason::Intr);
+                    continue;
+                }
+                Err(e) => {
+                    let cpu = vcpu::snapshot(vcpu, mem);
+                    break VmEnd::Unexpected {
+                        what: format!("KVM_RUN failed: {e}"),
+                        cpu,
+                    };
                 }
             };
-            counters.record_access(Space::Pio, port as u64, dir, &claim);
+            match exit {
+                // Port I/O is handled after the match, once the borrow of kvm_run's data ends and
+                // its element size can be read: see `pio`.
+                VcpuExit::IoOut(port, data) => {
+                    out_buf.clear();
+                    out_buf.extend_from_slice(data);
+                    pio_exit = Some((port, Dir::Write));
+                }
+                VcpuExit::IoIn(port, data) => {
+                    in_buf.clear();
+                    in_buf.resize(data.len(), 0);
+                    pio_exit = Some((port, Dir::Read));
+                }
+                VcpuExit::MmioWrite(addr, data) => {
+                    let c = mmio.write(addr, data);
+                    counters.record_access(Space::Mmio, addr, Dir::Write, &c);
+                }
+                VcpuExit::MmioRead(addr, data) => {
+                    let c = mmio.read(addr, data);
+                    counters.record_access(Space::Mmio, addr, Dir::Read, &c);
+                }
+                VcpuExit::Hlt => {
+                    // Only without an in-kernel LAPIC; nothing can wake us, so it's the end.
+                    counters.record(Reason::Hlt);
+                    let cpu = vcpu::snapshot(vcpu, mem);
+                    break VmEnd::Unexpected {
+                        what: "guest halted (KVM_EXIT_HLT)".into(),
+                        cpu,
+                    };
+                }
+                VcpuExit::IrqWindowOpen => counters.record(Reason::IrqWindow),
+                VcpuExit::Intr => counters.record(Reason::Intr),
+                VcpuExit::Shutdown => {
+                    counters.record(Reason::Shutdown);
+                    break VmEnd::Shutdown(vcpu::snapshot(vcpu, mem));
+                }
+                VcpuExit::InternalError => {
+                    counters.record(Reason::InternalError);
+                    // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+                    // active union member.
+                    let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                    break VmEnd::InternalError {
+                        suberror,
+                        cpu: vcpu::snapshot(vcpu, mem),
+                    };
+                }
+                VcpuExit::FailEntry(reason, _) => {
+                    counters.record(Reason::FailEntry);
+                    break VmEnd::FailEntry {
+                        reason,
+                        cpu: vcpu::snapshot(vcpu, mem),
+                    };
+                }
+                VcpuExit::SystemEvent(ty, _) => {
+                    counters.record(Reason::SystemEvent);
+                    let what = format!("KVM_EXIT_SYSTEM_EVENT type {ty}");
+                    break VmEnd::Unexpected {
+                        what,
+                        cpu: vcpu::snapshot(vcpu, mem),
+                    };
+                }
+                other_exit => {
+                    counters.record(Reason::Other);
+                    let what = format!("unexpected exit {other_exit:?}");
+                    break VmEnd::Unexpected {
+                        what,
+                        cpu: vcpu::snapshot(vcpu, mem),
+                    };
+                }
+            }
+            // `count` accesses of `size` bytes each at the same port (`rep ins/outs`).
+            if let Some((port, dir)) = pio_exit {
+                let size = io_size(vcpu);
+                let claim = match dir {
+                    Dir::Write => pio::write(pio, port, size, &out_buf),
+                    Dir::Read => {
+                        let c = pio::read(pio, port, size, &mut in_buf);
+                        io_in_data(vcpu, &in_buf);
+                        c
+                    }
+                };
+                counters.record_access(Space::Pio, port as u64, dir, &claim);
+            }
+        };
+        (end, counters)
+    }
+
+    /// Drain the serial line and the phase log, read KVM's statistics, and collect the result.
+    fn report(mut self, end: VmEnd, counters: ExitCounters, elapsed: Duration) -> RunResult {
+        lock(&self.serial).finish();
+        let phases = {
+            let mut log = lock(&self.phase_lines);
+            self.vm.notes.extend(log.note());
+            std::mem::take(&mut log.marks)
+        };
+        self.vm.notes.extend(lock(&self.serial).note());
+
+        let mut kvm_stats = KvmStats::new();
+        for (scope, fd) in [
+            ("vm", exits::stats_fd(&self.vm.fd)),
+            ("vcpu0", exits::stats_fd(&self.vcpu)),
+        ] {
+            match fd.and_then(|fd| exits::read_stats(&fd)) {
+                Ok(s) => {
+                    kvm_stats.insert(scope.to_string(), s.into_iter().collect());
+                }
+                Err(e) => self.vm.notes.push(format!("{scope} stats: {e}")),
+            }
         }
-    };
-    let elapsed = start.elapsed();
-    {
-        let (m, cv) = &*done;
+        let summary = lock(&self.ktap).summary();
+        RunResult {
+            end,
+            counters,
+            kvm_stats,
+            ktap: summary,
+            floor_bars: self.floor_bars,
+            elapsed,
+            notes: self.vm.notes,
+            phases,
+        }
+    }
+}
+
+/// Stops a run that outlives its timeout: after the deadline it keeps kicking the vCPU thread
+/// (the one that started it) out of KVM_RUN with a signal until the run loop notices. Dropping
+/// it ends the kicks; it cannot leave the thread it kicks.
+struct Watchdog {
+    timed_out: Arc<AtomicBool>,
+    done: Arc<(Mutex<bool>, Condvar)>,
+    /// Not `Send`: it must be dropped on the thread it kicks, before that thread ends.
+    _kicked_thread: PhantomData<*const ()>,
+}
+
+impl Watchdog {
+    fn start(timeout: Duration) -> Result<Self, HarnessError> {
+        let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler);
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let done = Arc::new((Mutex::new(false), Condvar::new()));
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        {
+            let (timed_out, done) = (timed_out.clone(), done.clone());
+            std::thread::Builder::new()
+                .name("watchdog".into())
+                .spawn(move || {
+                    let (m, cv) = &*done;
+                    let deadline = Instant::now() + timeout;
+                    let mut finished = lock(m);
+                    while !*finished {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            timed_out.store(true, Ordering::SeqCst);
+                            // SAFETY: `me` is the vCPU thread, alive until it drops the
+                            // Watchdog, which sets `done` (checked under the lock we hold).
+                            unsafe { libc::pthread_kill(me, kick_signal()) };
+                            finished = cv
+                                .wait_timeout(finished, Duration::from_millis(20))
+                                .map(|r| r.0)
+                                .unwrap_or_else(|e| e.into_inner().0);
+                        } else {
+                            finished = cv
+                                .wait_timeout(finished, deadline - now)
+                                .map(|r| r.0)
+                                .unwrap_or_else(|e| e.into_inner().0);
+                        }
+                    }
+                })
+                .map_err(|e| HarnessError::Other(format!("watchdog thread: {e}")))?;
+        }
+        Ok(Self {
+            timed_out,
+            done,
+            _kicked_thread: PhantomData,
+        })
+    }
+
+    fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (m, cv) = &*self.done;
         *lock(m) = true;
         cv.notify_all();
     }
-    lock(&serial).finish();
-    let phases = {
-        let mut log = lock(&phase_lines);
-        vm.notes.extend(log.note());
-        std::mem::take(&mut log.marks)
-    };
-    vm.notes.extend(lock(&serial).note());
-
-    let mut kvm_stats = KvmStats::new();
-    for (scope, fd) in [
-        ("vm", exits::stats_fd(&vm.fd)),
-        ("vcpu0", exits::stats_fd(&vcpu)),
-    ] {
-        match fd.and_then(|fd| exits::read_stats(&fd)) {
-            Ok(s) => {
-                kvm_stats.insert(scope.to_string(), s.into_iter().collect());
-            }
-            Err(e) => vm.notes.push(format!("{scope} stats: {e}")),
-        }
-    }
-    let summary = lock(&ktap).summary();
-    Ok(RunResult {
-        end,
-        counters,
-        kvm_stats,
-        ktap: summary,
-        floor_bars,
-        elapsed,
-        notes: vm.notes,
-        phases,
-    })
 }
