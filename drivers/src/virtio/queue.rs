@@ -9,8 +9,12 @@
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use core::mem::{offset_of, size_of};
 use core::ptr;
 use core::sync::atomic::{fence, Ordering};
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::platform::{DmaBuffer, Platform, PlatformError};
 
@@ -27,10 +31,72 @@ pub const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
 /// Largest queue size the split ring allows.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 
-/// Size in bytes of one descriptor.
-const DESC_SIZE: usize = 16;
-/// Size in bytes of one used ring element.
-const USED_ELEM_SIZE: usize = 8;
+/// One entry of the descriptor table (§2.7.5).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned,
+)]
+#[repr(C)]
+pub struct Descriptor {
+    pub addr: U64,
+    pub len: U32,
+    pub flags: U16,
+    pub next: U16,
+}
+
+/// The start of the available and the used ring (§2.7.6, §2.7.8); the ring entries follow,
+/// then one 16-bit event index (`used_event` in the available ring, `avail_event` in the used).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned,
+)]
+#[repr(C)]
+pub struct RingHeader {
+    pub flags: U16,
+    pub idx: U16,
+}
+
+/// One entry of the used ring (§2.7.8).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned,
+)]
+#[repr(C)]
+pub struct UsedElem {
+    /// Head of the chain the device is done with (a u32 on the wire).
+    pub id: U32,
+    /// Bytes the device wrote into the chain's device-writable buffers.
+    pub len: U32,
+}
+
+const _: () = assert!(size_of::<Descriptor>() == 16 && offset_of!(Descriptor, next) == 14);
+const _: () = assert!(size_of::<RingHeader>() == 4);
+const _: () = assert!(size_of::<UsedElem>() == 8);
+
+/// An entry of the available ring: the head of a chain.
+type AvailElem = U16;
+/// The event index after either ring.
+type EventIdx = U16;
+
+/// Byte offset of available-ring entry `slot`.
+const fn avail_elem_offset(slot: usize) -> usize {
+    size_of::<RingHeader>() + size_of::<AvailElem>() * slot
+}
+
+/// Byte offset of used-ring entry `slot`.
+const fn used_elem_offset(slot: usize) -> usize {
+    size_of::<RingHeader>() + size_of::<UsedElem>() * slot
+}
+
+/// Bytes of an available ring of `n` entries, `used_event` included.
+const fn avail_ring_size(n: usize) -> usize {
+    avail_elem_offset(n) + size_of::<EventIdx>()
+}
+
+/// Bytes of a used ring of `n` entries, `avail_event` included.
+const fn used_ring_size(n: usize) -> usize {
+    used_elem_offset(n) + size_of::<EventIdx>()
+}
+
+const RING_FLAGS: usize = offset_of!(RingHeader, flags);
+const RING_IDX: usize = offset_of!(RingHeader, idx);
 
 /// Errors of the virtqueue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,16 +218,16 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
         }
         let n = usize::from(size);
         let desc = platform
-            .dma_alloc(DESC_SIZE * n, 16)
+            .dma_alloc(size_of::<Descriptor>() * n, 16)
             .map_err(QueueError::Dma)?;
-        let avail = match platform.dma_alloc(6 + 2 * n, 2) {
+        let avail = match platform.dma_alloc(avail_ring_size(n), 2) {
             Ok(a) => a,
             Err(e) => {
                 platform.dma_free(desc);
                 return Err(QueueError::Dma(e));
             }
         };
-        let used = match platform.dma_alloc(6 + USED_ELEM_SIZE * n, 4) {
+        let used = match platform.dma_alloc(used_ring_size(n), 4) {
             Ok(u) => u,
             Err(e) => {
                 platform.dma_free(desc);
@@ -251,14 +317,14 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
             } else {
                 self.last_used.wrapping_sub(1)
             };
-            self.write16(Area::Avail, 4 + 2 * usize::from(self.size), value);
+            self.write16(Area::Avail, self.used_event_offset(), value);
         } else {
             let flags = if enabled {
                 0
             } else {
                 VIRTQ_AVAIL_F_NO_INTERRUPT
             };
-            self.write16(Area::Avail, 0, flags);
+            self.write16(Area::Avail, RING_FLAGS, flags);
         }
     }
 
@@ -390,17 +456,17 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
             return false;
         }
         if self.event_idx {
-            let event = self.read16(Area::Used, 4 + USED_ELEM_SIZE * usize::from(self.size));
+            let event = self.read16(Area::Used, self.avail_event_offset());
             // vring_need_event: notify if `event` lies in the half-open range [old, new).
             new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
         } else {
-            self.read16(Area::Used, 0) & VIRTQ_USED_F_NO_NOTIFY == 0
+            self.read16(Area::Used, RING_FLAGS) & VIRTQ_USED_F_NO_NOTIFY == 0
         }
     }
 
     /// Whether the device has returned a used entry not yet popped.
     pub fn has_used(&self) -> bool {
-        !self.broken && self.read16(Area::Used, 2) != self.last_used
+        !self.broken && self.read16(Area::Used, RING_IDX) != self.last_used
     }
 
     /// Take the next used entry: `(token, bytes written)`. Entries may come back in any order.
@@ -410,7 +476,7 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
         if self.broken {
             return None;
         }
-        let idx = self.read16(Area::Used, 2);
+        let idx = self.read16(Area::Used, RING_IDX);
         // The ring entry must not be read before the index that covers it.
         fence(Ordering::Acquire);
         let pending = idx.wrapping_sub(self.last_used);
@@ -425,12 +491,11 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
             }));
         }
         let slot = usize::from(self.last_used % self.size);
-        let elem = 4 + USED_ELEM_SIZE * slot;
-        let id = self.read32(Area::Used, elem);
-        let len = self.read32(Area::Used, elem + 4);
+        let elem = self.read_used_elem(slot);
+        let (id, len) = (elem.id.get(), elem.len.get());
         self.last_used = self.last_used.wrapping_add(1);
         if self.event_idx {
-            self.write16(Area::Avail, 4 + 2 * usize::from(self.size), self.last_used);
+            self.write16(Area::Avail, self.used_event_offset(), self.last_used);
         }
         let Some(entry) = usize::try_from(id)
             .ok()
@@ -469,24 +534,44 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
 
     fn publish(&mut self, head: u16) {
         let slot = usize::from(self.avail_idx % self.size);
-        self.write16(Area::Avail, 4 + 2 * slot, head);
+        self.write16(Area::Avail, avail_elem_offset(slot), head);
         // Descriptors and ring entry must be visible before the index that exposes them.
         fence(Ordering::Release);
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.write16(Area::Avail, 2, self.avail_idx);
+        self.write16(Area::Avail, RING_IDX, self.avail_idx);
+    }
+
+    /// Offset of `used_event`, after the available ring's entries.
+    fn used_event_offset(&self) -> usize {
+        avail_elem_offset(usize::from(self.size))
+    }
+
+    /// Offset of `avail_event`, after the used ring's entries.
+    fn avail_event_offset(&self) -> usize {
+        used_elem_offset(usize::from(self.size))
     }
 
     fn write_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let base = DESC_SIZE * usize::from(index);
-        let p = self.ptr(Area::Desc, base, DESC_SIZE);
-        // SAFETY: `ptr` checked that the 16 bytes lie inside the descriptor table, which is
-        // 16-aligned, so each field is naturally aligned. Volatile: the memory is shared.
-        unsafe {
-            ptr::write_volatile(p.cast::<u64>(), addr.to_le());
-            ptr::write_volatile(p.add(8).cast::<u32>(), len.to_le());
-            ptr::write_volatile(p.add(12).cast::<u16>(), flags.to_le());
-            ptr::write_volatile(p.add(14).cast::<u16>(), next.to_le());
-        }
+        let desc = Descriptor {
+            addr: U64::new(addr),
+            len: U32::new(len),
+            flags: U16::new(flags),
+            next: U16::new(next),
+        };
+        let size = size_of::<Descriptor>();
+        let p = self.ptr(Area::Desc, size * usize::from(index), size);
+        // SAFETY: `ptr` checked that the descriptor lies inside the table; `Descriptor` has
+        // alignment 1. Volatile: the memory is shared (the device reads the descriptor only
+        // after the avail index that publishes it, so a split store cannot be seen half-done).
+        unsafe { ptr::write_volatile(p.cast::<Descriptor>(), desc) }
+    }
+
+    fn read_used_elem(&self, slot: usize) -> UsedElem {
+        let p = self.ptr(Area::Used, used_elem_offset(slot), size_of::<UsedElem>());
+        // SAFETY: in bounds (checked by `ptr`); `UsedElem` has alignment 1 and every bit
+        // pattern is valid. Volatile because the device writes it; it wrote the element before
+        // the used index we read (ordered by the caller's Acquire fence).
+        unsafe { ptr::read_volatile(p.cast::<UsedElem>()) }
     }
 
     fn desc_buf(&self) -> &DmaBuffer {
@@ -515,15 +600,9 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
     fn read16(&self, area: Area, offset: usize) -> u16 {
         let p = self.ptr(area, offset, 2);
         // SAFETY: in bounds (checked by `ptr`), 2-aligned (areas are at least 2-aligned and all
-        // 16-bit fields sit at even offsets); volatile because the device writes it.
+        // 16-bit fields sit at even offsets); volatile because the device writes it, and one
+        // native 16-bit load so that an index the device is updating is never read torn.
         u16::from_le(unsafe { ptr::read_volatile(p.cast::<u16>()) })
-    }
-
-    fn read32(&self, area: Area, offset: usize) -> u32 {
-        let p = self.ptr(area, offset, 4);
-        // SAFETY: in bounds (checked by `ptr`); used elements sit at 4 + 8i in a 4-aligned ring,
-        // so 4-aligned; volatile because the device writes it.
-        u32::from_le(unsafe { ptr::read_volatile(p.cast::<u32>()) })
     }
 
     fn write16(&self, area: Area, offset: usize, value: u16) {
