@@ -14,11 +14,13 @@
 //! panic, which is what cargo-fuzz (`hypervisor-harness/fuzz/`) and the smoke tests below report.
 //!
 //! Guest memory is a real `GuestMemoryMmap` touched only through vm-memory's checked accessors.
-//! The disk images are two small files per thread in the temporary directory (one read-write,
-//! restored to its pattern before each input, and one opened read-only), removed when the
-//! thread ends.
+//! virtio-blk's disk images are two small files per thread in the temporary directory (one
+//! read-write, restored to its pattern before each input, and one opened read-only), removed
+//! when the thread ends. IDE drives are memory disks ([`MemDisk`]), new for each input, with
+//! failures the program injects: no file I/O per input.
 
-use crate::backends::disk::RawDisk;
+use crate::backends::disk::{DiskBackend, RawDisk};
+use crate::backends::mem_disk::{Fault, Faults, MemDisk};
 use crate::devices::bus::Bus;
 use crate::devices::floor::FloorFunction;
 use crate::devices::ide::ata;
@@ -885,7 +887,7 @@ pub fn run_virtio_blk(data: &[u8]) -> VirtioSummary {
 // ---------------------------------------------------------------------------------------------
 // PIIX IDE: two ATA channels and bus-master DMA
 
-/// Opcodes of [`ide`] programs (the opcode byte is taken modulo 12).
+/// Opcodes of [`ide`] programs (the opcode byte is taken modulo 13).
 pub mod iop {
     pub const READ: u8 = 0;
     pub const WRITE: u8 = 1;
@@ -899,6 +901,9 @@ pub mod iop {
     pub const CFG_READ: u8 = 9;
     pub const BM_STATUS: u8 = 10;
     pub const DMA: u8 = 11;
+    /// Make a drive's backend fail (or heal): drive byte, then a byte with 2 bits each for
+    /// reads, writes and flushes (0 works, 1 EIO, 2 short read, 3 ENOSPC).
+    pub const FAULT: u8 = 12;
 }
 
 const IDE_PORTS: [(u64, u64); 5] = [
@@ -962,18 +967,20 @@ struct IdeRig {
     irqs: [Arc<EdgeIrq>; 2],
     /// Which drives exist: [primary master, primary slave, secondary master, secondary slave].
     present: [bool; 4],
+    /// The drives' disks, shared with the model (to inject faults and look inside).
+    disks: Vec<MemDisk>,
 }
 
 impl IdeRig {
-    fn new(mem: Memory, disks: Vec<RawDisk>) -> Self {
+    fn new(mem: Memory, disks: Vec<MemDisk>) -> Self {
         let mut present = [false; 4];
         present[..disks.len()].fill(true);
         let irqs = [Arc::new(EdgeIrq::default()), Arc::new(EdgeIrq::default())];
         let lines: [Arc<dyn Interrupt>; 2] = [irqs[0].clone(), irqs[1].clone()];
         // Dense placement: the first `disks.len()` positions.
-        let mut slots: [Option<RawDisk>; piix::MAX_DRIVES] = Default::default();
-        for (slot, d) in slots.iter_mut().zip(disks) {
-            *slot = Some(d);
+        let mut slots: [Option<Box<dyn DiskBackend>>; piix::MAX_DRIVES] = Default::default();
+        for (slot, d) in slots.iter_mut().zip(&disks) {
+            *slot = Some(Box::new(d.clone()));
         }
         let mut ide = PiixIde::new(mem.clone(), slots, lines).expect("PIIX IDE");
         ide.config_mut()
@@ -998,6 +1005,7 @@ impl IdeRig {
             mem,
             irqs,
             present,
+            disks,
         }
     }
 
@@ -1026,7 +1034,7 @@ impl IdeRig {
     }
 
     fn op(&mut self, r: &mut Reader) {
-        match r.u8() % 12 {
+        match r.u8() % 13 {
             op @ (iop::READ | iop::WRITE) => {
                 let (base, len) = IDE_PORTS[r.u8() as usize % IDE_PORTS.len()];
                 let port = (base + r.u8() as u64 % (len + 4)).wrapping_sub(2);
@@ -1135,7 +1143,25 @@ impl IdeRig {
                 let v = r.u8();
                 self.out8(IDE_BAR4 + 8 * ch + 2, v);
             }
-            _ => self.dma(r),
+            iop::DMA => self.dma(r),
+            _ => {
+                let drive = r.u8() as usize;
+                let b = r.u8();
+                let fault = |bits: u8| match bits & 3 {
+                    0 => None,
+                    1 => Some(Fault::Eio),
+                    2 => Some(Fault::ShortRead),
+                    _ => Some(Fault::NoSpace),
+                };
+                let faults = Faults {
+                    read: fault(b),
+                    write: fault(b >> 2),
+                    flush: fault(b >> 4),
+                };
+                if !self.disks.is_empty() {
+                    self.disks[drive % self.disks.len()].set_faults(faults);
+                }
+            }
         }
     }
 
@@ -1249,9 +1275,12 @@ impl IdeRig {
         (ata_status, bm_status)
     }
 
-    /// At the end: firmware re-enables decoding; each master resets and answers IDENTIFY and a
-    /// one-sector read.
+    /// At the end: firmware re-enables decoding, the disks heal; each master resets and
+    /// answers IDENTIFY and a one-sector read.
     fn check_alive(&mut self, images: &[Vec<u8>]) {
+        for d in &self.disks {
+            d.set_faults(Faults::NONE);
+        }
         {
             let mut ide = lock(&self.ide);
             ide.config_write(REG_COMMAND as u64, &(CMD_IO | CMD_BUS_MASTER).to_le_bytes());
@@ -1304,27 +1333,32 @@ pub fn run_ide(data: &[u8]) -> IdeSummary {
     let mut r = Reader(data);
     let flags = r.u8();
     let mem = new_memory((flags & 1 != 0).then_some(data));
-    with_images(|img| {
-        let n = ((flags >> 1) & 7).min(4) as usize;
-        let ro: Vec<bool> = (0..n).map(|i| flags & (0x10 << i) != 0).collect();
-        let disks = ro.iter().map(|&ro| img.open(ro)).collect();
-        let mut rig = IdeRig::new(mem, disks);
-        let mut summary = IdeSummary::default();
-        for _ in 0..MAX_OPS {
-            if r.is_empty() {
-                break;
-            }
-            rig.op(&mut r);
-            (summary.ata_status, summary.bm_status) = rig.check();
+    let n = ((flags >> 1) & 7).min(4) as usize;
+    let ro: Vec<bool> = (0..n).map(|i| flags & (0x10 << i) != 0).collect();
+    let disks: Vec<MemDisk> = ro
+        .iter()
+        .map(|&ro| MemDisk::new(image_pattern().to_vec(), ro).expect("fuzz memory disk"))
+        .collect();
+    let mut rig = IdeRig::new(mem, disks.clone());
+    let mut summary = IdeSummary::default();
+    for _ in 0..MAX_OPS {
+        if r.is_empty() {
+            break;
         }
-        summary.irqs = [0, 1].map(|i| rig.irqs[i].0.load(Ordering::Relaxed));
-        let images: Vec<Vec<u8>> = ro
-            .iter()
-            .map(|&ro| std::fs::read(if ro { &img.ro } else { &img.rw }).expect("image"))
-            .collect();
-        rig.check_alive(&images);
-        summary
-    })
+        rig.op(&mut r);
+        (summary.ata_status, summary.bm_status) = rig.check();
+    }
+    summary.irqs = [0, 1].map(|i| rig.irqs[i].0.load(Ordering::Relaxed));
+    let images: Vec<Vec<u8>> = disks.iter().map(MemDisk::contents).collect();
+    rig.check_alive(&images);
+    for (d, ro) in disks.iter().zip(ro) {
+        assert_eq!(d.len(), DISK_SECTORS * SECTOR as u64, "disk changed size");
+        assert!(
+            !ro || d.contents() == image_pattern(),
+            "read-only disk was modified"
+        );
+    }
+    summary
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1880,6 +1914,36 @@ mod tests {
             "{s:?}"
         );
         assert_ne!(s.ata_status[0] & ata::ST_ERR, 0, "{s:?}");
+    }
+
+    #[test]
+    fn ide_failing_backend() {
+        // Reads fail with EIO, then a PIO read: the drive reports ERR, and the end-of-run checks
+        // (after the disk heals) still find a working drive.
+        let read_sectors = ATA_COMMANDS
+            .iter()
+            .position(|&c| c == ata::CMD_READ_SECTORS)
+            .unwrap() as u8;
+        let p = ide_one_drive().op(&[iop::FAULT, 0, 0b01_11_01]).op(&[
+            iop::TASKFILE,
+            0,
+            0xe0,
+            0,
+            1,
+            0,
+            read_sectors,
+        ]);
+        let s = run_ide(&p.0);
+        assert_eq!(s.irqs[0], 1);
+        assert_eq!(s.ata_status[0], ata::ST_DRDY | ata::ST_DSC | ata::ST_ERR);
+        // The same through DMA, with writes cut by ENOSPC.
+        let p =
+            ide_one_drive()
+                .op(&[iop::FAULT, 0, 0b11_00])
+                .op(&[iop::DMA, 0, 0x02, 1, 1, 1, 0, 0]);
+        let s = run_ide(&p.0);
+        assert_eq!(s.ata_status[0], ata::ST_DRDY | ata::ST_DSC | ata::ST_ERR);
+        assert_eq!(s.bm_status[0], bmdma::ST_INTERRUPT | bmdma::ST_DRIVE0_DMA);
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Raw image files behind the disk models (virtio-blk and IDE), and the `--disk` option.
+//! The disk backend trait behind the disk models (virtio-blk and IDE), raw image files as its
+//! main implementation, and the `--disk` option.
 //!
-//! Offsets come from the guest, so every access is checked against the image size here, once,
-//! for all models: an out-of-range request is an error, never a short read or a file that grows.
+//! Offsets come from the guest, so every backend checks every access against its size with
+//! [`check_access`], once, for all models: an out-of-range request is an error, never a short
+//! read or a file that grows.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -226,6 +228,55 @@ pub struct VirtioDisk {
     pub msix: bool,
 }
 
+/// What a disk model needs from its storage: a raw image ([`RawDisk`]), memory
+/// ([`super::mem_disk::MemDisk`], for tests and fuzzing) or a test's own fake.
+///
+/// `read_at` and `write_at` move exactly `buf.len()` bytes or fail; an access past the end
+/// fails ([`check_access`]) and never grows the disk. A failure may have moved part of the
+/// data (a short read, a write cut by ENOSPC): the models then report an error to the guest.
+pub trait DiskBackend: Send {
+    /// Size in bytes (a positive multiple of [`SECTOR_SIZE`]).
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn sectors(&self) -> u64 {
+        self.len() / SECTOR_SIZE
+    }
+    fn read_only(&self) -> bool;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// Make acknowledged writes durable.
+    fn flush(&self) -> io::Result<()>;
+}
+
+/// The one bounds check on a guest-supplied access: `len` bytes at `offset` lie inside a disk
+/// of `disk_len` bytes (no wrap-around).
+pub fn check_access(disk_len: u64, offset: u64, len: usize) -> io::Result<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= disk_len => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("access {offset:#x}+{len:#x} past the end of a {disk_len:#x}-byte disk"),
+        )),
+    }
+}
+
+/// The size rule of every disk: whole sectors, at least one.
+pub fn check_size(len: u64) -> Result<(), String> {
+    if len == 0 || !len.is_multiple_of(SECTOR_SIZE) {
+        return Err(format!(
+            "size {len} bytes is not a positive multiple of {SECTOR_SIZE}"
+        ));
+    }
+    Ok(())
+}
+
+/// The error a write to a read-only disk gets.
+pub fn read_only_error() -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, "disk is read-only")
+}
+
 /// A raw image file, whole sectors only.
 #[derive(Debug)]
 pub struct RawDisk {
@@ -251,12 +302,7 @@ impl RawDisk {
             return Err(format!("disk image {}: not a regular file", path.display()));
         }
         let len = meta.len();
-        if len == 0 || len % SECTOR_SIZE != 0 {
-            return Err(format!(
-                "disk image {}: size {len} bytes is not a positive multiple of {SECTOR_SIZE}",
-                path.display()
-            ));
-        }
+        check_size(len).map_err(|e| format!("disk image {}: {e}", path.display()))?;
         Ok(Self {
             file,
             path: path.to_path_buf(),
@@ -268,56 +314,32 @@ impl RawDisk {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
-    pub fn len(&self) -> u64 {
+impl DiskBackend for RawDisk {
+    fn len(&self) -> u64 {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn sectors(&self) -> u64 {
-        self.len / SECTOR_SIZE
-    }
-
-    pub fn read_only(&self) -> bool {
+    fn read_only(&self) -> bool {
         self.read_only
     }
 
-    fn check(&self, offset: u64, len: usize) -> io::Result<()> {
-        match offset.checked_add(len as u64) {
-            Some(end) if end <= self.len => Ok(()),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "access {offset:#x}+{len:#x} past the end of a {:#x}-byte disk",
-                    self.len
-                ),
-            )),
-        }
-    }
-
-    /// Read exactly `buf.len()` bytes at `offset`.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.check(offset, buf.len())?;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        check_access(self.len, offset, buf.len())?;
         self.file.read_exact_at(buf, offset)
     }
 
-    /// Write all of `buf` at `offset`.
-    pub fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         if self.read_only {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "disk is read-only",
-            ));
+            return Err(read_only_error());
         }
-        self.check(offset, buf.len())?;
+        check_access(self.len, offset, buf.len())?;
         self.file.write_all_at(buf, offset)
     }
 
-    /// Make every acknowledged write durable (`fdatasync`).
-    pub fn flush(&self) -> io::Result<()> {
+    /// `fdatasync`.
+    fn flush(&self) -> io::Result<()> {
         if self.read_only {
             return Ok(());
         }

@@ -1,2 +1,3 @@
 //! Backends: where device models' data comes from and goes to.
 pub mod disk;
+pub mod mem_disk;

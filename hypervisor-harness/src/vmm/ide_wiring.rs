@@ -6,7 +6,7 @@
 
 use super::device_manager::DeviceManager;
 use super::memory::GuestMem;
-use crate::backends::disk::RawDisk;
+use crate::backends::disk::{DiskBackend, RawDisk};
 use crate::devices::ide::piix::{self, IdePort, PiixFunction, PiixIde, Port, BAR4, BAR4_SIZE};
 use crate::devices::{lock, Interrupt};
 use crate::error::HarnessError;
@@ -24,8 +24,9 @@ pub fn attach(
     let bar4 = dm.alloc_io_bar(BAR4_SIZE)?;
     let primary: Arc<dyn Interrupt> = dm.irqfd(piix::PRIMARY_GSI)?;
     let secondary: Arc<dyn Interrupt> = dm.irqfd(piix::SECONDARY_GSI)?;
+    let disks = opened.map(|d| d.map(|d| Box::new(d) as Box<dyn DiskBackend>));
     let ide =
-        PiixIde::new(mem.clone(), opened, [primary, secondary]).map_err(HarnessError::Usage)?;
+        PiixIde::new(mem.clone(), disks, [primary, secondary]).map_err(HarnessError::Usage)?;
     let ide = Arc::new(Mutex::new(ide));
     lock(&ide)
         .config_mut()

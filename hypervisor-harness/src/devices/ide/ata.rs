@@ -11,7 +11,7 @@
 //! not produce a second edge.
 
 use super::bmdma::DmaRequest;
-use crate::backends::disk::{RawDisk, SECTOR_SIZE};
+use crate::backends::disk::{DiskBackend, SECTOR_SIZE};
 use crate::devices::Interrupt;
 use std::sync::Arc;
 
@@ -94,7 +94,7 @@ enum Mode {
 
 /// A disk on the channel.
 pub struct Drive {
-    disk: RawDisk,
+    disk: Box<dyn DiskBackend>,
     serial: String,
     status: u8,
     error: u8,
@@ -106,7 +106,7 @@ pub struct Drive {
 
 impl Drive {
     /// `index`: 0..=3 in attach order (used for the serial number).
-    pub fn new(disk: RawDisk, index: usize) -> Self {
+    pub fn new(disk: Box<dyn DiskBackend>, index: usize) -> Self {
         Self {
             disk,
             serial: format!("HARNESS{:013}", index + 1),
@@ -118,8 +118,8 @@ impl Drive {
         }
     }
 
-    pub fn disk(&self) -> &RawDisk {
-        &self.disk
+    pub fn disk(&self) -> &dyn DiskBackend {
+        &*self.disk
     }
 
     fn sectors(&self) -> u64 {
@@ -774,6 +774,7 @@ impl AtaChannel {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::backends::disk::RawDisk;
     use crate::devices::test_util::CountingIrq;
     use std::path::{Path, PathBuf};
 
@@ -820,7 +821,11 @@ pub(crate) mod tests {
 
     fn channel(img: &TempImage, ro: bool) -> (AtaChannel, Arc<CountingIrq>) {
         let irq = Arc::new(CountingIrq::default());
-        let c = AtaChannel::new(Some(Drive::new(img.open(ro), 0)), None, irq.clone());
+        let c = AtaChannel::new(
+            Some(Drive::new(Box::new(img.open(ro)), 0)),
+            None,
+            irq.clone(),
+        );
         (c, irq)
     }
 
@@ -921,7 +926,7 @@ pub(crate) mod tests {
             .unwrap();
         let sectors = 0x1000_0000u64 + 8;
         f.set_len(sectors * SECTOR_SIZE).unwrap();
-        let d = Drive::new(img.open(true), 0);
+        let d = Drive::new(Box::new(img.open(true)), 0);
         let id = d.identify();
         assert_eq!(id[60] as u32 | (id[61] as u32) << 16, 0x0fff_ffff);
         let lba48: u64 = (0..4).map(|i| (id[100 + i] as u64) << (16 * i)).sum();
@@ -1101,6 +1106,58 @@ pub(crate) mod tests {
         w(&mut ro, REG_STATUS_COMMAND, CMD_FLUSH_CACHE);
         assert_eq!(r(&mut ro, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
         assert_eq!(img.sector(0)[0], pattern(0, 0));
+    }
+
+    /// A backend that fails: the command ends with ERR and UNC (and its interrupt), no data is
+    /// offered, no later block is asked for; once the disk heals the drive works again.
+    #[test]
+    fn failing_backend_gets_an_error_status() {
+        use crate::backends::mem_disk::{Fault, Faults, MemDisk};
+        let disk = MemDisk::zeroed(16, false).unwrap();
+        let irq = Arc::new(CountingIrq::default());
+        let drive = Drive::new(Box::new(disk.clone()), 0);
+        let mut c = AtaChannel::new(Some(drive), None, irq.clone());
+        let failed = ST_DRDY | ST_DSC | ST_ERR;
+        for fault in [Fault::Eio, Fault::ShortRead] {
+            disk.set_faults(Faults {
+                read: Some(fault),
+                ..Faults::NONE
+            });
+            lba48_cmd(&mut c, 1, 2, CMD_READ_SECTORS_EXT);
+            assert_eq!(r(&mut c, REG_STATUS_COMMAND), failed, "{fault:?}");
+            assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_UNC, "{fault:?}");
+            let mut b = [0xaau8; 2];
+            c.read_reg(REG_DATA, &mut b);
+            assert_eq!(b, [0, 0], "no data after a failed read");
+        }
+        assert_eq!(irq.count(), 2);
+        disk.set_faults(Faults {
+            write: Some(Fault::NoSpace),
+            flush: Some(Fault::Eio),
+            ..Faults::NONE
+        });
+        lba28_cmd(&mut c, 3, 2, CMD_WRITE_SECTORS);
+        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+        for j in 0..256u16 {
+            c.write_reg(REG_DATA, &j.to_le_bytes());
+        }
+        assert_eq!(r(&mut c, REG_STATUS_COMMAND), failed, "ENOSPC");
+        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_UNC);
+        c.write_reg(REG_DATA, &[1, 2]);
+        assert_eq!(
+            r(&mut c, REG_STATUS_COMMAND),
+            failed,
+            "no second block asked for"
+        );
+        w(&mut c, REG_STATUS_COMMAND, CMD_FLUSH_CACHE_EXT);
+        assert_eq!(r(&mut c, REG_STATUS_COMMAND), failed, "flush EIO");
+        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_UNC);
+        assert_eq!(irq.count(), 4);
+        disk.set_faults(Faults::NONE);
+        lba28_cmd(&mut c, 0, 1, CMD_READ_SECTORS);
+        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+        assert_eq!(read_block(&mut c), vec![0; SECTOR]);
+        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! [`MAX_PRD_ENTRIES`] (a 64 KiB table), and every guest access goes through vm-memory's
 //! checked accessors: an address outside guest RAM is a bus-master error, never a host access.
 
-use crate::backends::disk::{RawDisk, SECTOR_SIZE};
+use crate::backends::disk::{DiskBackend, SECTOR_SIZE};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 pub const REG_COMMAND: u64 = 0;
@@ -171,7 +171,7 @@ impl BmDma {
     pub fn transfer<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
-        disk: &RawDisk,
+        disk: &dyn DiskBackend,
         req: &DmaRequest,
         bus_master: bool,
     ) -> DmaOutcome {
@@ -195,7 +195,7 @@ impl BmDma {
     fn walk<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
-        disk: &RawDisk,
+        disk: &dyn DiskBackend,
         req: &DmaRequest,
     ) -> DmaOutcome {
         let total = req.sectors as u64 * SECTOR_SIZE;

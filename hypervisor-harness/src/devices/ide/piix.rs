@@ -10,7 +10,7 @@
 
 use super::ata::{AtaChannel, DmaStatus, Drive};
 use super::bmdma::{BmDma, BmEvent, DmaOutcome};
-use crate::backends::disk::{RawDisk, IDE_POSITIONS};
+use crate::backends::disk::{DiskBackend, IDE_POSITIONS};
 use crate::devices::bus::BusDevice;
 use crate::devices::pci::config::{PciConfig, CMD_BUS_MASTER, CMD_IO};
 use crate::devices::pci::PciFunction;
@@ -60,7 +60,7 @@ impl<M: GuestMemory> PiixIde<M> {
     /// secondary channel.
     pub fn new(
         mem: M,
-        disks: [Option<RawDisk>; MAX_DRIVES],
+        disks: [Option<Box<dyn DiskBackend>>; MAX_DRIVES],
         irqs: [Arc<dyn Interrupt>; 2],
     ) -> Result<Self, String> {
         let mut it = disks
@@ -333,9 +333,9 @@ mod tests {
             Arc::new(CountingIrq::default()),
             Arc::new(CountingIrq::default()),
         ];
-        let mut disks: [Option<RawDisk>; MAX_DRIVES] = Default::default();
+        let mut disks: [Option<Box<dyn DiskBackend>>; MAX_DRIVES] = Default::default();
         for (&pos, img) in positions.iter().zip(&imgs) {
-            disks[pos] = Some(img.open(false));
+            disks[pos] = Some(Box::new(img.open(false)));
         }
         let ide = PiixIde::new(mem.clone(), disks, [irqs[0].clone(), irqs[1].clone()]).unwrap();
         (
@@ -668,6 +668,76 @@ mod tests {
         rig.ide.ctl_write(0, 0, &[CTL_SRST]);
         rig.ide.ctl_write(0, 0, &[0]);
         rig.ide.bm_write(0, &[CMD_START]);
+        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+    }
+
+    /// A DMA transfer whose backend fails: the engine stops without its bus error bit (the
+    /// bus was fine), the interrupt bit is set, and the drive reports ERR with UNC.
+    #[test]
+    fn dma_with_a_failing_backend() {
+        use crate::backends::mem_disk::{Fault, Faults, MemDisk};
+        let mem = Mem::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+        let disk = MemDisk::zeroed(64, false).unwrap();
+        let irqs = [
+            Arc::new(CountingIrq::default()),
+            Arc::new(CountingIrq::default()),
+        ];
+        let disks = [
+            Some(Box::new(disk.clone()) as Box<dyn DiskBackend>),
+            None,
+            None,
+            None,
+        ];
+        let ide = PiixIde::new(mem.clone(), disks, [irqs[0].clone(), irqs[1].clone()]).unwrap();
+        let mut rig = Rig {
+            ide,
+            mem,
+            irqs,
+            _imgs: Vec::new(),
+        };
+        rig.prd(0x1000, &[(0x10000, 1024, true)]);
+        rig.ide.bm_write(4, &0x1000u32.to_le_bytes());
+        for (read, faults) in [
+            (
+                true,
+                Faults {
+                    read: Some(Fault::Eio),
+                    ..Faults::NONE
+                },
+            ),
+            (
+                true,
+                Faults {
+                    read: Some(Fault::ShortRead),
+                    ..Faults::NONE
+                },
+            ),
+            (
+                false,
+                Faults {
+                    write: Some(Fault::NoSpace),
+                    ..Faults::NONE
+                },
+            ),
+        ] {
+            disk.set_faults(faults);
+            let (cmd, dir) = if read {
+                (CMD_READ_DMA, CMD_WRITE_TO_MEMORY)
+            } else {
+                (CMD_WRITE_DMA, 0)
+            };
+            rig.dma_cmd(0, 0xe0, 4, 2, cmd);
+            rig.ide.bm_write(0, &[dir | CMD_START]);
+            assert_eq!(rig.bm_status(0) & 7, ST_INTERRUPT, "{faults:?}");
+            assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_ERR);
+            assert_eq!(rig.r(0, REG_ERROR_FEATURE), ERR_UNC);
+            rig.ide.bm_write(0, &[dir]);
+            rig.ide.bm_write(2, &[ST_INTERRUPT | ST_ERROR]);
+        }
+        assert_eq!(rig.irqs[0].count(), 3);
+        disk.set_faults(Faults::NONE);
+        rig.dma_cmd(0, 0xe0, 4, 2, CMD_READ_DMA);
+        rig.ide.bm_write(0, &[CMD_WRITE_TO_MEMORY | CMD_START]);
         assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
     }
 

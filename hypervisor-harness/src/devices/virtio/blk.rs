@@ -13,7 +13,6 @@
 use super::device::{QueueBroken, VirtioDevice};
 use super::Memory;
 use crate::backends::disk::RawDisk;
-use std::io;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
     VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
@@ -40,37 +39,8 @@ pub const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
 /// Bounce buffer between the image and guest memory.
 const CHUNK: usize = 64 << 10;
 
-/// What the device needs from its storage (a raw image in the harness; fakes in tests).
-pub trait DiskBackend: Send {
-    /// Size in bytes (a multiple of 512).
-    fn len(&self) -> u64;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    fn read_only(&self) -> bool;
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
-    /// Make acknowledged writes durable.
-    fn flush(&self) -> io::Result<()>;
-}
-
-impl DiskBackend for RawDisk {
-    fn len(&self) -> u64 {
-        RawDisk::len(self)
-    }
-    fn read_only(&self) -> bool {
-        RawDisk::read_only(self)
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        RawDisk::read_at(self, offset, buf)
-    }
-    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        RawDisk::write_at(self, offset, buf)
-    }
-    fn flush(&self) -> io::Result<()> {
-        RawDisk::flush(self)
-    }
-}
+/// The storage trait lives with the backends; re-exported for the models' and tests' use.
+pub use crate::backends::disk::DiskBackend;
 
 /// A guest buffer, already checked to lie in guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -481,6 +451,7 @@ impl VirtioDevice for Blk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
