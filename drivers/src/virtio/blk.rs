@@ -10,7 +10,11 @@ use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use core::mem::{offset_of, size_of};
 use core::ptr;
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::feature;
 use super::pci::{InterruptMode, VirtioError, VirtioPci};
@@ -54,12 +58,63 @@ pub mod req_status {
     pub const UNSUPP: u8 = 2;
 }
 
-/// Offsets in `struct virtio_blk_config`.
+/// The start of `struct virtio_blk_config` (§5.2.4), up to the fields this driver reads; the
+/// topology, writeback and discard fields follow. Read field by field through the transport
+/// (`config_read*` at `offset_of!`), never as a whole.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct BlkConfig {
+    /// In 512-byte sectors, whatever `blk_size` says.
+    pub capacity: U64,
+    pub size_max: U32,
+    pub seg_max: U32,
+    pub geometry: BlkGeometry,
+    pub blk_size: U32,
+}
+
+/// `struct virtio_blk_geometry`, inside [`BlkConfig`].
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct BlkGeometry {
+    pub cylinders: U16,
+    pub heads: u8,
+    pub sectors: u8,
+}
+
+/// The device-readable head of a request, `struct virtio_blk_req` up to the data (§5.2.6).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct RequestHeader {
+    /// One of [`req_type`].
+    pub kind: U32,
+    pub reserved: U32,
+    pub sector: U64,
+}
+
+/// One request's metadata in DMA memory: the header (device-readable), then the status byte
+/// (device-writable), padded so that each slot's header stays 16-aligned.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+struct MetaSlot {
+    header: RequestHeader,
+    status: u8,
+    padding: [u8; 15],
+}
+
+const _: () = assert!(size_of::<BlkConfig>() == 24 && offset_of!(BlkConfig, blk_size) == 20);
+const _: () = assert!(size_of::<BlkGeometry>() == 4);
+const _: () = assert!(size_of::<RequestHeader>() == 16);
+const _: () = assert!(size_of::<MetaSlot>() == 32);
+
+/// Offsets in [`BlkConfig`], for the transport's device-config reads.
 mod cfg {
-    pub const CAPACITY: u64 = 0;
-    pub const SIZE_MAX: u64 = 8;
-    pub const SEG_MAX: u64 = 12;
-    pub const BLK_SIZE: u64 = 20;
+    use super::BlkConfig;
+    use core::mem::offset_of;
+
+    pub const CAPACITY: u64 = offset_of!(BlkConfig, capacity) as u64;
+    pub const SIZE_MAX: u64 = offset_of!(BlkConfig, size_max) as u64;
+    pub const SEG_MAX: u64 = offset_of!(BlkConfig, seg_max) as u64;
+    pub const BLK_SIZE: u64 = offset_of!(BlkConfig, blk_size) as u64;
 }
 
 /// Features this driver asks for.
@@ -72,8 +127,10 @@ pub const DRIVER_FEATURES: u64 = feature::VERSION_1
 
 /// Status byte value before the device writes it.
 const STATUS_UNSET: u8 = 0xFF;
-/// Per-request metadata slot in DMA memory: header (16 bytes) then status byte.
-const META_SLOT: usize = 32;
+/// Bytes of one request's [`MetaSlot`].
+const META_SLOT: usize = size_of::<MetaSlot>();
+/// Where the status byte sits in a [`MetaSlot`].
+const META_STATUS: usize = offset_of!(MetaSlot, status);
 /// Largest bounce buffer of the synchronous API.
 const MAX_SYNC_CHUNK: usize = 64 * 1024;
 /// Tokens at or above this belong to raw chains ([`VirtioBlk::submit_raw`]).
@@ -480,18 +537,21 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
         }
         let meta = self.meta.as_ref().expect("meta present until drop");
         let base = META_SLOT * usize::from(slot);
-        // SAFETY: base + 17 ≤ META_SLOT * n = meta.len; the slot is ours (not in flight), so
-        // the device is not accessing it. Offsets 0/4/8 are aligned (meta is 16-aligned, slots
-        // 32 bytes). Volatile: the memory is DMA-visible.
+        let header = RequestHeader {
+            kind: U32::new(kind),
+            reserved: U32::ZERO,
+            sector: U64::new(sector),
+        };
+        // SAFETY: base + META_SLOT ≤ META_SLOT * n = meta.len; the slot is ours (not in
+        // flight), so the device is not accessing it; the structs have alignment 1. Volatile:
+        // the memory is DMA-visible.
         unsafe {
             let p = meta.as_mut_ptr().add(base);
-            ptr::write_volatile(p.cast::<u32>(), kind.to_le());
-            ptr::write_volatile(p.add(4).cast::<u32>(), 0);
-            ptr::write_volatile(p.add(8).cast::<u64>(), sector.to_le());
-            ptr::write_volatile(p.add(16), STATUS_UNSET);
+            ptr::write_volatile(p.cast::<RequestHeader>(), header);
+            ptr::write_volatile(p.add(META_STATUS), STATUS_UNSET);
         }
-        let header = (meta.phys() + base as u64, 16u32);
-        let status = (meta.phys() + base as u64 + 16, 1u32);
+        let header = (meta.phys() + base as u64, size_of::<RequestHeader>() as u32);
+        let status = (meta.phys() + (base + META_STATUS) as u64, 1u32);
         let data = buffer.as_ref().map(|b| (b.phys(), b.len() as u32));
         let mut out = vec![header];
         let mut inb = Vec::with_capacity(2);
@@ -582,10 +642,11 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
             free_slots.push(index as u16);
             let result = result.map_err(BlkError::Queue).and_then(|len| {
                 let meta = meta.expect("meta present until drop");
-                // SAFETY: index < n so index * 32 + 16 < meta.len; the chain is back from the
-                // device, so it no longer writes this byte. Volatile: DMA memory.
-                let status =
-                    unsafe { ptr::read_volatile(meta.as_mut_ptr().add(META_SLOT * index + 16)) };
+                // SAFETY: index < n so META_SLOT * index + META_STATUS < meta.len; the chain is
+                // back from the device, so it no longer writes this byte. Volatile: DMA memory.
+                let status = unsafe {
+                    ptr::read_volatile(meta.as_mut_ptr().add(META_SLOT * index + META_STATUS))
+                };
                 match status {
                     req_status::OK if len < slot.must_write => Err(BlkError::ShortRead {
                         written: len,
