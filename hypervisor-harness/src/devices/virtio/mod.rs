@@ -5,6 +5,7 @@
 //! KVM irqfds (MSI routes, and a level-triggered INTx with resampling). Nothing here talks to KVM.
 
 pub mod blk;
+pub mod common_config;
 pub mod device;
 pub mod io_thread;
 pub mod transport_pci;

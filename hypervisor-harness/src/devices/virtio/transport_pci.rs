@@ -18,21 +18,25 @@
 //! checked against guest memory before use, and a broken ring sets DEVICE_NEEDS_RESET (status
 //! bit 64) and raises a configuration interrupt instead of stopping anything.
 
+use super::common_config::{CommonConfig, CommonWrite};
 use super::device::{QueueBroken, VirtioDevice};
 use super::{Memory, VirtioInterrupt};
 use crate::devices::bus::BusDevice;
+use crate::devices::lock;
 use crate::devices::pci::config::{PciConfig, CMD_BUS_MASTER, CMD_MEM};
 use crate::devices::pci::msix::{self, Msix, Trigger};
 use crate::devices::pci::PciFunction;
-use crate::devices::{le_value, lock};
+use std::mem::{offset_of, size_of};
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
-    VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
+use vm_memory::ByteValued;
+
+pub use super::common_config::{offsets as common, COMMON_LEN, NO_VECTOR};
 
 pub const VENDOR_ID: u16 = 0x1af4;
 pub const DEVICE_ID_BASE: u16 = 0x1040;
@@ -42,15 +46,18 @@ pub const REVISION: u8 = 1;
 /// The BAR everything lives in (64-bit: slots 0 and 1).
 pub const BAR: usize = 0;
 pub const BAR_SIZE: u64 = 0x8000;
-pub const COMMON_OFFSET: u64 = 0x0000;
-pub const COMMON_LEN: u64 = 0x38;
-pub const ISR_OFFSET: u64 = 0x1000;
-pub const DEVICE_OFFSET: u64 = 0x2000;
-pub const NOTIFY_OFFSET: u64 = 0x3000;
-pub const NOTIFY_MULTIPLIER: u32 = 4;
-pub const MSIX_TABLE_OFFSET: u64 = 0x4000;
-pub const MSIX_PBA_OFFSET: u64 = 0x5000;
+/// Each register block has a page of its own in the BAR.
 const REGION: u64 = 0x1000;
+pub const COMMON_OFFSET: u64 = 0;
+pub const ISR_OFFSET: u64 = COMMON_OFFSET + REGION;
+/// The ISR status is one byte.
+pub const ISR_LEN: u64 = size_of::<u8>() as u64;
+pub const DEVICE_OFFSET: u64 = ISR_OFFSET + REGION;
+pub const NOTIFY_OFFSET: u64 = DEVICE_OFFSET + REGION;
+/// Bytes between two queues' notify registers (each a 16-bit queue index write).
+pub const NOTIFY_MULTIPLIER: u32 = 2 * size_of::<u16>() as u32;
+pub const MSIX_TABLE_OFFSET: u64 = NOTIFY_OFFSET + REGION;
+pub const MSIX_PBA_OFFSET: u64 = MSIX_TABLE_OFFSET + REGION;
 
 /// The bus regions of BAR0: (name suffix, offset in the BAR, length). Each becomes its own bus
 /// range so that exits are counted per register block.
@@ -62,17 +69,78 @@ pub const REGIONS: [(&str, u64, u64); 5] = [
     ("msix", MSIX_TABLE_OFFSET, 2 * REGION),
 ];
 
-/// "No vector" for config_msix_vector / queue_msix_vector.
-pub const NO_VECTOR: u16 = 0xffff;
-
 pub const CAP_VENDOR: u8 = 0x09;
+/// `cfg_type` of a `virtio_pci_cap` (virtio 1.x §4.1.4).
 pub const CFG_COMMON: u8 = 1;
 pub const CFG_NOTIFY: u8 = 2;
 pub const CFG_ISR: u8 = 3;
 pub const CFG_DEVICE: u8 = 4;
 
+/// ISR status bits (virtio 1.x §4.1.4.5): a used buffer, a configuration change.
 pub const ISR_QUEUE: u8 = 1;
 pub const ISR_CONFIG: u8 = 2;
+
+/// `struct virtio_pci_cap` (virtio 1.x §4.1.4), as it sits in configuration space.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioPciCap {
+    pub cap_vndr: u8,
+    pub cap_next: u8,
+    pub cap_len: u8,
+    pub cfg_type: u8,
+    pub bar: u8,
+    pub id: u8,
+    pub padding: [u8; 2],
+    pub offset: u32,
+    pub length: u32,
+}
+
+/// `struct virtio_pci_notify_cap`: the capability and the notify offset multiplier.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioPciNotifyCap {
+    pub cap: VirtioPciCap,
+    pub notify_off_multiplier: u32,
+}
+
+const _: () = {
+    assert!(size_of::<VirtioPciCap>() == 16);
+    assert!(offset_of!(VirtioPciCap, offset) == 8);
+    assert!(size_of::<VirtioPciNotifyCap>() == 20);
+};
+
+// SAFETY: `#[repr(C)]` structs of integers and byte arrays without padding (sizes checked
+// above), so every byte pattern is a valid value.
+unsafe impl ByteValued for VirtioPciCap {}
+// SAFETY: as for `VirtioPciCap`; the multiplier follows it without padding.
+unsafe impl ByteValued for VirtioPciNotifyCap {}
+
+/// Where a BAR0 offset falls: a register block and the offset inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarBlock {
+    Common(u64),
+    Isr(u64),
+    Device(u64),
+    Notify(u64),
+    MsixTable(u64),
+    MsixPba(u64),
+    /// Beyond the blocks: reads 0, writes ignored.
+    Unused,
+}
+
+impl BarBlock {
+    pub fn decode(offset: u64) -> Self {
+        match offset {
+            o if o < ISR_OFFSET => Self::Common(o - COMMON_OFFSET),
+            o if o < DEVICE_OFFSET => Self::Isr(o - ISR_OFFSET),
+            o if o < NOTIFY_OFFSET => Self::Device(o - DEVICE_OFFSET),
+            o if o < MSIX_TABLE_OFFSET => Self::Notify(o - NOTIFY_OFFSET),
+            o if o < MSIX_PBA_OFFSET => Self::MsixTable(o - MSIX_TABLE_OFFSET),
+            o if o < MSIX_PBA_OFFSET + REGION => Self::MsixPba(o - MSIX_PBA_OFFSET),
+            _ => Self::Unused,
+        }
+    }
+}
 
 const STATUS_ACKNOWLEDGE: u8 = VIRTIO_CONFIG_S_ACKNOWLEDGE as u8;
 const STATUS_DRIVER: u8 = VIRTIO_CONFIG_S_DRIVER as u8;
@@ -87,26 +155,6 @@ const STATUS_NEEDS_RESET: u8 = VIRTIO_CONFIG_S_NEEDS_RESET as u8;
 /// Command register: INTx disable.
 const CMD_INTX_DISABLE: u16 = 1 << 10;
 
-/// Offsets in `virtio_pci_common_cfg`.
-pub mod common {
-    pub const DEVICE_FEATURE_SELECT: u64 = 0x00;
-    pub const DEVICE_FEATURE: u64 = 0x04;
-    pub const DRIVER_FEATURE_SELECT: u64 = 0x08;
-    pub const DRIVER_FEATURE: u64 = 0x0c;
-    pub const CONFIG_MSIX_VECTOR: u64 = 0x10;
-    pub const NUM_QUEUES: u64 = 0x12;
-    pub const DEVICE_STATUS: u64 = 0x14;
-    pub const CONFIG_GENERATION: u64 = 0x15;
-    pub const QUEUE_SELECT: u64 = 0x16;
-    pub const QUEUE_SIZE: u64 = 0x18;
-    pub const QUEUE_MSIX_VECTOR: u64 = 0x1a;
-    pub const QUEUE_ENABLE: u64 = 0x1c;
-    pub const QUEUE_NOTIFY_OFF: u64 = 0x1e;
-    pub const QUEUE_DESC: u64 = 0x20;
-    pub const QUEUE_DRIVER: u64 = 0x28;
-    pub const QUEUE_DEVICE: u64 = 0x30;
-}
-
 /// The PCI class triple for a virtio device type.
 fn class_of(device_type: u16) -> (u8, u8, u8) {
     match device_type {
@@ -117,13 +165,23 @@ fn class_of(device_type: u16) -> (u8, u8, u8) {
     }
 }
 
-/// A virtio_pci_cap body (after cap_vndr and cap_next).
-fn vendor_cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
-    let mut b = vec![(16 + extra.len()) as u8, cfg_type, BAR as u8, 0, 0, 0];
-    b.extend_from_slice(&(offset as u32).to_le_bytes());
-    b.extend_from_slice(&(length as u32).to_le_bytes());
-    b.extend_from_slice(extra);
-    b
+/// A `virtio_pci_cap` of `len` bytes in all (more for the notify capability).
+fn pci_cap(cfg_type: u8, offset: u64, length: u64, len: usize) -> VirtioPciCap {
+    VirtioPciCap {
+        cap_vndr: CAP_VENDOR,
+        cap_len: len as u8,
+        cfg_type,
+        bar: BAR as u8,
+        offset: (offset as u32).to_le(),
+        length: (length as u32).to_le(),
+        ..Default::default()
+    }
+}
+
+/// The body of a capability as `PciConfig::add_capability` takes it: without the ID and
+/// next-pointer bytes, which config space fills in.
+fn cap_body(cap: &impl ByteValued) -> &[u8] {
+    &cap.as_slice()[offset_of!(VirtioPciCap, cap_len)..]
 }
 
 /// MSI-X table entries of a function with `num_queues` queues: one per queue plus one for
@@ -239,19 +297,11 @@ pub struct VirtioPciDevice {
     msix_cap: Option<usize>,
     engine: Arc<Mutex<QueueEngine>>,
     irq: Arc<dyn VirtioInterrupt>,
-    device_features: u64,
     /// The device configuration as the driver reads it (refreshed after a write).
     device_config: Vec<u8>,
-    /// The queue registers as the driver programmed them (frozen from DRIVER_OK on).
-    queues: Vec<Queue>,
-    queue_vectors: Vec<u16>,
-    config_vector: u16,
-    device_feature_select: u32,
-    driver_feature_select: u32,
-    driver_features: u64,
-    status: u8,
-    config_generation: u8,
-    queue_select: u16,
+    /// The common configuration, with the queue registers as the driver programmed them
+    /// (frozen from DRIVER_OK on).
+    common: CommonConfig,
     isr: u8,
     /// Set at DRIVER_OK, cleared by reset: the device is activated at most once per cycle.
     activated: bool,
@@ -296,44 +346,34 @@ impl VirtioPciDevice {
         if nq == 0 || nq > 1024 {
             return Err(format!("virtio device with {nq} queues"));
         }
-        let mut queues = Vec::with_capacity(nq);
-        for &max in device.queue_max_sizes() {
-            queues.push(Queue::new(max).map_err(|e| format!("queue size {max}: {e}"))?);
-        }
         let msix = Msix::new(msix_vectors(nq));
         if msix.table_len() > REGION || msix.pba_len() > REGION {
             return Err("too many queues for the MSI-X table".into());
         }
-        config
-            .add_capability(
-                CAP_VENDOR,
-                &vendor_cap(CFG_COMMON, COMMON_OFFSET, COMMON_LEN, &[]),
-                &[],
-            )
-            .map_err(e)?;
-        config
-            .add_capability(
-                CAP_VENDOR,
-                &vendor_cap(
-                    CFG_NOTIFY,
-                    NOTIFY_OFFSET,
-                    nq as u64 * NOTIFY_MULTIPLIER as u64,
-                    &NOTIFY_MULTIPLIER.to_le_bytes(),
-                ),
-                &[],
-            )
-            .map_err(e)?;
-        config
-            .add_capability(CAP_VENDOR, &vendor_cap(CFG_ISR, ISR_OFFSET, 1, &[]), &[])
-            .map_err(e)?;
+        let common = CommonConfig::new(
+            device.features(),
+            device.queue_max_sizes(),
+            if with_msix { msix.vectors() } else { 0 },
+        )?;
+        const CAP_LEN: usize = size_of::<VirtioPciCap>();
+        let notify = VirtioPciNotifyCap {
+            cap: pci_cap(
+                CFG_NOTIFY,
+                NOTIFY_OFFSET,
+                nq as u64 * NOTIFY_MULTIPLIER as u64,
+                size_of::<VirtioPciNotifyCap>(),
+            ),
+            notify_off_multiplier: NOTIFY_MULTIPLIER.to_le(),
+        };
         let dev_len = (device.config_len() as u64).clamp(1, REGION);
-        config
-            .add_capability(
-                CAP_VENDOR,
-                &vendor_cap(CFG_DEVICE, DEVICE_OFFSET, dev_len, &[]),
-                &[],
-            )
-            .map_err(e)?;
+        for body in [
+            cap_body(&pci_cap(CFG_COMMON, COMMON_OFFSET, COMMON_LEN, CAP_LEN)),
+            cap_body(&notify),
+            cap_body(&pci_cap(CFG_ISR, ISR_OFFSET, ISR_LEN, CAP_LEN)),
+            cap_body(&pci_cap(CFG_DEVICE, DEVICE_OFFSET, dev_len, CAP_LEN)),
+        ] {
+            config.add_capability(CAP_VENDOR, body, &[]).map_err(e)?;
+        }
         let msix_cap = if with_msix {
             let mut body = Vec::new();
             body.extend_from_slice(&msix.control_table_size().to_le_bytes());
@@ -347,7 +387,6 @@ impl VirtioPciDevice {
         } else {
             None
         };
-        let device_features = device.features() | 1 << VIRTIO_F_VERSION_1;
         let mut device_config = vec![0u8; device.config_len().min(REGION as usize)];
         device.read_config(0, &mut device_config);
         let engine = QueueEngine {
@@ -364,18 +403,9 @@ impl VirtioPciDevice {
             msix_cap,
             engine: Arc::new(Mutex::new(engine)),
             irq,
-            device_features,
             device_config,
-            queue_vectors: vec![NO_VECTOR; nq],
             deferred: vec![false; nq],
-            queues,
-            config_vector: NO_VECTOR,
-            device_feature_select: 0,
-            driver_feature_select: 0,
-            driver_features: 0,
-            status: 0,
-            config_generation: 0,
-            queue_select: 0,
+            common,
             isr: 0,
             activated: false,
             epoch: 0,
@@ -393,11 +423,11 @@ impl VirtioPciDevice {
     }
 
     pub fn num_queues(&self) -> usize {
-        self.queues.len()
+        self.common.queues().len()
     }
 
     pub fn status(&self) -> u8 {
-        self.status
+        self.common.status
     }
 
     pub fn msix(&self) -> &Msix {
@@ -406,11 +436,11 @@ impl VirtioPciDevice {
 
     /// Queue `index` as its registers were programmed (the running copy is the engine's).
     pub fn queue(&self, index: usize) -> Option<&Queue> {
-        self.queues.get(index)
+        self.common.queues().get(index)
     }
 
     pub fn driver_features(&self) -> u64 {
-        self.driver_features
+        self.common.driver_features()
     }
 
     /// Why DEVICE_NEEDS_RESET is set, if it is.
@@ -428,10 +458,6 @@ impl VirtioPciDevice {
         NOTIFY_OFFSET + index as u64 * NOTIFY_MULTIPLIER as u64
     }
 
-    fn device_features(&self) -> u64 {
-        self.device_features
-    }
-
     fn mem_decode(&self) -> bool {
         self.config.command() & CMD_MEM != 0
     }
@@ -442,164 +468,11 @@ impl VirtioPciDevice {
 
     // ---- common configuration ----
 
-    fn selected_queue(&self) -> Option<usize> {
-        let i = self.queue_select as usize;
-        (i < self.queues.len()).then_some(i)
-    }
-
-    fn common_image(&self) -> [u8; COMMON_LEN as usize] {
-        let mut b = [0u8; COMMON_LEN as usize];
-        let mut put = |off: u64, bytes: &[u8]| {
-            b[off as usize..off as usize + bytes.len()].copy_from_slice(bytes)
-        };
-        let feat = match self.device_feature_select {
-            0 => self.device_features() as u32,
-            1 => (self.device_features() >> 32) as u32,
-            _ => 0,
-        };
-        let drv = match self.driver_feature_select {
-            0 => self.driver_features as u32,
-            1 => (self.driver_features >> 32) as u32,
-            _ => 0,
-        };
-        put(
-            common::DEVICE_FEATURE_SELECT,
-            &self.device_feature_select.to_le_bytes(),
-        );
-        put(common::DEVICE_FEATURE, &feat.to_le_bytes());
-        put(
-            common::DRIVER_FEATURE_SELECT,
-            &self.driver_feature_select.to_le_bytes(),
-        );
-        put(common::DRIVER_FEATURE, &drv.to_le_bytes());
-        put(
-            common::CONFIG_MSIX_VECTOR,
-            &self.config_vector.to_le_bytes(),
-        );
-        put(
-            common::NUM_QUEUES,
-            &(self.queues.len() as u16).to_le_bytes(),
-        );
-        put(common::DEVICE_STATUS, &[self.status]);
-        put(common::CONFIG_GENERATION, &[self.config_generation]);
-        put(common::QUEUE_SELECT, &self.queue_select.to_le_bytes());
-        if let Some(i) = self.selected_queue() {
-            let q = &self.queues[i];
-            put(common::QUEUE_SIZE, &q.size().to_le_bytes());
-            put(
-                common::QUEUE_MSIX_VECTOR,
-                &self.queue_vectors[i].to_le_bytes(),
-            );
-            put(common::QUEUE_ENABLE, &(q.ready() as u16).to_le_bytes());
-            put(common::QUEUE_NOTIFY_OFF, &(i as u16).to_le_bytes());
-            put(common::QUEUE_DESC, &q.desc_table().to_le_bytes());
-            put(common::QUEUE_DRIVER, &q.avail_ring().to_le_bytes());
-            put(common::QUEUE_DEVICE, &q.used_ring().to_le_bytes());
-        } else {
-            // An absent queue reads size 0 and NO_VECTOR.
-            put(common::QUEUE_MSIX_VECTOR, &NO_VECTOR.to_le_bytes());
-        }
-        b
-    }
-
-    fn common_read(&self, offset: u64, data: &mut [u8]) {
-        let img = self.common_image();
-        match offset.checked_add(data.len() as u64) {
-            Some(end) if end <= COMMON_LEN => {
-                data.copy_from_slice(&img[offset as usize..end as usize])
-            }
-            _ => data.fill(0),
-        }
-    }
-
-    /// The selected queue, if the driver may still change its registers.
-    fn writable_queue(&mut self) -> Option<&mut Queue> {
-        let i = self.selected_queue()?;
-        if self.status & STATUS_DRIVER_OK != 0 || self.queues[i].ready() {
-            return None;
-        }
-        Some(&mut self.queues[i])
-    }
-
-    fn valid_vector(&self, v: u16) -> u16 {
-        if self.msix_cap.is_some() && v < self.msix.vectors() {
-            v
-        } else {
-            NO_VECTOR
-        }
-    }
-
     fn common_write(&mut self, offset: u64, data: &[u8]) {
-        let v = le_value(data);
-        let (v32, v16) = (v as u32, v as u16);
-        match (offset, data.len()) {
-            (common::DEVICE_FEATURE_SELECT, 4) => self.device_feature_select = v32,
-            (common::DRIVER_FEATURE_SELECT, 4) => self.driver_feature_select = v32,
-            (common::DRIVER_FEATURE, 4) => {
-                if self.status & STATUS_FEATURES_OK == 0 {
-                    match self.driver_feature_select {
-                        0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v,
-                        1 => {
-                            self.driver_features =
-                                (self.driver_features & 0xffff_ffff) | (v & 0xffff_ffff) << 32
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            (common::CONFIG_MSIX_VECTOR, 2) => self.config_vector = self.valid_vector(v16),
-            (common::DEVICE_STATUS, 1) => self.write_status(v as u8),
-            (common::QUEUE_SELECT, 2) => self.queue_select = v16,
-            (common::QUEUE_SIZE, 2) => {
-                if let Some(q) = self.writable_queue() {
-                    // Power of two, 1..=max; anything else is refused (the old size stays).
-                    let _ = q.try_set_size(v16);
-                }
-            }
-            (common::QUEUE_MSIX_VECTOR, 2) => {
-                let vector = self.valid_vector(v16);
-                if let Some(i) = self.selected_queue() {
-                    if self.writable_queue().is_some() {
-                        self.queue_vectors[i] = vector;
-                    }
-                }
-            }
-            (common::QUEUE_ENABLE, 2) => {
-                // Writing 0 is not allowed (and means nothing); 1 enables.
-                if v16 == 1 {
-                    if let Some(q) = self.writable_queue() {
-                        q.set_ready(true);
-                    }
-                }
-            }
-            (off @ common::QUEUE_DESC..=0x37, 4 | 8) if off % data.len() as u64 == 0 => {
-                let Some(q) = self.writable_queue() else {
-                    return;
-                };
-                let reg = (off - common::QUEUE_DESC) / 8;
-                let high = off % 8 == 4;
-                let (lo, hi) = if data.len() == 8 {
-                    (Some(v as u32), Some((v >> 32) as u32))
-                } else if high {
-                    (None, Some(v32))
-                } else {
-                    (Some(v32), None)
-                };
-                // virtio-queue refuses misaligned addresses (and keeps the old value).
-                match reg {
-                    0 => q.set_desc_table_address(lo, hi),
-                    1 => q.set_avail_ring_address(lo, hi),
-                    _ => q.set_used_ring_address(lo, hi),
-                }
-            }
-            // Read-only registers and odd accesses: ignored.
-            _ => {}
+        match self.common.write(offset, data) {
+            CommonWrite::Status(v) => self.write_status(v),
+            CommonWrite::ConfigVector(_) | CommonWrite::Done => {}
         }
-    }
-
-    fn features_acceptable(&self) -> bool {
-        self.driver_features & !self.device_features() == 0
-            && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
     }
 
     /// The device status state machine (virtio 1.x §2.1, §3.1.1). The driver may only:
@@ -622,7 +495,7 @@ impl VirtioPciDevice {
             self.reset();
             return;
         }
-        let old = self.status & !STATUS_NEEDS_RESET;
+        let old = self.common.status & !STATUS_NEEDS_RESET;
         if v == old {
             return;
         }
@@ -631,7 +504,7 @@ impl VirtioPciDevice {
             return;
         }
         if v & STATUS_FAILED != 0 {
-            self.status |= STATUS_FAILED;
+            self.common.status |= STATUS_FAILED;
             return;
         }
         let next = match old {
@@ -646,7 +519,7 @@ impl VirtioPciDevice {
             return;
         }
         match next {
-            STATUS_FEATURES_OK if !self.features_acceptable() => return,
+            STATUS_FEATURES_OK if !self.common.features_acceptable() => return,
             STATUS_DRIVER_OK => {
                 if self.activated {
                     self.stats.illegal_status_writes += 1;
@@ -654,21 +527,22 @@ impl VirtioPciDevice {
                 }
                 self.activated = true;
                 if let Err(e) = self.activate() {
-                    self.status |= next;
+                    self.common.status |= next;
                     self.set_needs_reset(format!("activation failed: {e}"));
                     return;
                 }
             }
             _ => {}
         }
-        self.status |= next;
+        self.common.status |= next;
     }
 
     /// DRIVER_OK: the engine gets the programmed queues and the device its features.
     fn activate(&mut self) -> Result<(), String> {
-        let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let mut queues = Vec::with_capacity(self.queues.len());
-        for q in &self.queues {
+        let features = self.common.driver_features();
+        let event_idx = features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let mut queues = Vec::with_capacity(self.num_queues());
+        for q in self.common.queues() {
             // A copy through its saved state (virtio-queue's Queue is not Clone).
             let mut copy = Queue::try_from(q.state()).map_err(|e| e.to_string())?;
             copy.set_event_idx(event_idx);
@@ -676,7 +550,7 @@ impl VirtioPciDevice {
         }
         let mut e = lock(&self.engine);
         let QueueEngine { device, mem, .. } = &mut *e;
-        device.activate(mem, self.driver_features)?;
+        device.activate(mem, features)?;
         e.queues = queues;
         e.epoch = self.epoch;
         e.active = true;
@@ -697,17 +571,8 @@ impl VirtioPciDevice {
             e.active = false;
             e.epoch = self.epoch;
         }
-        for q in &mut self.queues {
-            q.reset();
-        }
-        self.queue_vectors.fill(NO_VECTOR);
+        self.common.reset();
         self.deferred.fill(false);
-        self.config_vector = NO_VECTOR;
-        self.device_feature_select = 0;
-        self.driver_feature_select = 0;
-        self.driver_features = 0;
-        self.queue_select = 0;
-        self.status = 0;
         self.isr = 0;
         self.activated = false;
         self.broken = None;
@@ -733,23 +598,28 @@ impl VirtioPciDevice {
     fn queue_interrupt(&mut self, index: usize) {
         self.isr |= ISR_QUEUE;
         self.stats.queue_interrupts += 1;
-        let v = self.queue_vectors.get(index).copied().unwrap_or(NO_VECTOR);
+        let v = self
+            .common
+            .queue_vectors()
+            .get(index)
+            .copied()
+            .unwrap_or(NO_VECTOR);
         self.signal(v);
     }
 
     fn config_interrupt(&mut self) {
         self.isr |= ISR_CONFIG;
         self.stats.config_interrupts += 1;
-        let v = self.config_vector;
+        let v = self.common.config_vector();
         self.signal(v);
     }
 
     fn set_needs_reset(&mut self, why: String) {
-        if self.status & STATUS_NEEDS_RESET != 0 {
+        if self.common.status & STATUS_NEEDS_RESET != 0 {
             return;
         }
         self.broken = Some(why);
-        self.status |= STATUS_NEEDS_RESET;
+        self.common.status |= STATUS_NEEDS_RESET;
         self.config_interrupt();
     }
 
@@ -765,12 +635,12 @@ impl VirtioPciDevice {
             // The notify write was not decoded (it can still reach us through an ioeventfd).
             return None;
         }
-        if self.status & STATUS_DRIVER_OK == 0
-            || self.status & (STATUS_NEEDS_RESET | STATUS_FAILED) != 0
+        if self.common.status & STATUS_DRIVER_OK == 0
+            || self.common.status & (STATUS_NEEDS_RESET | STATUS_FAILED) != 0
         {
             return None;
         }
-        if !self.queues.get(index)?.ready() {
+        if !self.common.queues().get(index)?.ready() {
             return None;
         }
         if !self.bus_master() {
@@ -815,40 +685,35 @@ impl VirtioPciDevice {
     // ---- BAR ----
 
     pub fn bar_read(&mut self, offset: u64, data: &mut [u8]) {
-        let len = data.len() as u64;
-        match offset {
-            o if o < ISR_OFFSET => self.common_read(o - COMMON_OFFSET, data),
-            o if o < DEVICE_OFFSET => {
+        match BarBlock::decode(offset) {
+            BarBlock::Common(o) => self.common.read(o, data),
+            BarBlock::Isr(o) => {
                 data.fill(0);
-                if o == ISR_OFFSET && len >= 1 {
+                if o == 0 && !data.is_empty() {
                     data[0] = std::mem::take(&mut self.isr);
                     self.irq.intx_deassert();
                 }
             }
-            o if o < NOTIFY_OFFSET => {
+            BarBlock::Device(o) => {
                 data.fill(0);
-                let off = (o - DEVICE_OFFSET) as usize;
-                if let Some(src) = off
-                    .checked_add(data.len())
-                    .and_then(|end| self.device_config.get(off..end))
+                if let Some(src) = usize::try_from(o)
+                    .ok()
+                    .and_then(|o| self.device_config.get(o..o.checked_add(data.len())?))
                 {
                     data.copy_from_slice(src);
                 }
             }
-            o if o < MSIX_TABLE_OFFSET => data.fill(0),
+            BarBlock::Notify(_) | BarBlock::Unused => data.fill(0),
             _ if self.msix_cap.is_none() => data.fill(0),
-            o if o < MSIX_PBA_OFFSET => self.msix.read_table(o - MSIX_TABLE_OFFSET, data),
-            o if o < MSIX_PBA_OFFSET + REGION => self.msix.read_pba(o - MSIX_PBA_OFFSET, data),
-            _ => data.fill(0),
+            BarBlock::MsixTable(o) => self.msix.read_table(o, data),
+            BarBlock::MsixPba(o) => self.msix.read_pba(o, data),
         }
     }
 
     pub fn bar_write(&mut self, offset: u64, data: &[u8]) {
-        match offset {
-            o if o < ISR_OFFSET => self.common_write(o - COMMON_OFFSET, data),
-            o if o < DEVICE_OFFSET => {}
-            o if o < NOTIFY_OFFSET => {
-                let off = o - DEVICE_OFFSET;
+        match BarBlock::decode(offset) {
+            BarBlock::Common(o) => self.common_write(o, data),
+            BarBlock::Device(off) => {
                 if off.saturating_add(data.len() as u64) <= self.device_config.len() as u64 {
                     // Device configuration writes reach the device (under the engine's lock;
                     // no device here has writable fields, so this never waits in practice).
@@ -860,14 +725,13 @@ impl VirtioPciDevice {
                     self.device_config = fresh;
                 }
             }
-            o if o < MSIX_TABLE_OFFSET => {
-                let off = o - NOTIFY_OFFSET;
+            BarBlock::Notify(off) => {
                 if off.is_multiple_of(NOTIFY_MULTIPLIER as u64) {
                     self.process_queue((off / NOTIFY_MULTIPLIER as u64) as usize);
                 }
             }
-            o if o < MSIX_PBA_OFFSET && self.msix_cap.is_some() => {
-                let w = self.msix.write_table(o - MSIX_TABLE_OFFSET, data);
+            BarBlock::MsixTable(o) if self.msix_cap.is_some() => {
+                let w = self.msix.write_table(o, data);
                 if let Some((v, msg)) = w.changed {
                     self.irq.msi_update(v, msg);
                 }
@@ -952,6 +816,7 @@ impl BusDevice for BarRegion {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::le_value;
     use crate::devices::pci::config::REG_COMMAND;
     use crate::devices::virtio::test_util::RecordingIrq;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -1078,6 +943,30 @@ mod tests {
         w(d, common::QUEUE_DRIVER + 4, 4, 0);
         w(d, common::QUEUE_DEVICE, 4, 0x3000 + 0x4000 * i as u64);
         w(d, common::QUEUE_ENABLE, 2, 1);
+    }
+
+    #[test]
+    fn bar_offsets_decode_to_their_blocks() {
+        use BarBlock::*;
+        let cases = [
+            (0, Common(0)),
+            (COMMON_LEN, Common(COMMON_LEN)),
+            (ISR_OFFSET, Isr(0)),
+            (DEVICE_OFFSET + 8, Device(8)),
+            (VirtioPciDevice::notify_offset(3), Notify(12)),
+            (MSIX_TABLE_OFFSET + 16, MsixTable(16)),
+            (MSIX_PBA_OFFSET, MsixPba(0)),
+            (MSIX_PBA_OFFSET + REGION, Unused),
+            (BAR_SIZE, Unused),
+            (u64::MAX, Unused),
+        ];
+        for (offset, block) in cases {
+            assert_eq!(BarBlock::decode(offset), block, "{offset:#x}");
+        }
+        // Every bus region starts a block of its own.
+        for (_, off, _) in REGIONS {
+            assert_ne!(BarBlock::decode(off), Unused);
+        }
     }
 
     #[test]
