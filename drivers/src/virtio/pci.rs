@@ -2,11 +2,29 @@
 
 use alloc::vec::Vec;
 use core::fmt;
+use core::mem::{offset_of, size_of};
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::queue::{QueueError, VirtQueue};
 use super::{feature, status};
 use crate::pci::{self as pcibus, cap_id, Bar, Pci, PciAddress, PciError, PciFunction};
 use crate::platform::{MmioRegion, Platform, PlatformError};
+
+/// Offset of a field of a PCI capability structure, from the capability's start.
+macro_rules! cap_field {
+    ($ty:ty, $field:ident) => {
+        offset_of!($ty, $field) as u16
+    };
+}
+
+/// Offset of a field of MSI-X table entry `index`, from the table's start.
+macro_rules! msix_entry_field {
+    ($index:expr, $field:ident) => {
+        MSIX_ENTRY_SIZE * $index as u64 + offset_of!(MsixTableEntry, $field) as u64
+    };
+}
 
 /// PCI vendor ID of virtio devices.
 pub const VIRTIO_VENDOR_ID: u16 = 0x1AF4;
@@ -113,15 +131,16 @@ fn msix_table<P: Platform + ?Sized>(
         return Ok(None);
     };
     let o = u16::from(cap.offset);
-    let entries = (pci.read16(function.address, o + 2)? & 0x7FF) + 1;
-    let table = pci.read32(function.address, o + 4)?;
+    let control = pci.read16(function.address, o + cap_field!(MsixCap, message_control))?;
+    let entries = (control & 0x7FF) + 1;
+    let table = pci.read32(function.address, o + cap_field!(MsixCap, table))?;
     let t = MsixTable {
         bar: (table & 7) as u8,
         offset: u64::from(table & !7),
         entries,
     };
     let fits = match function.bar(usize::from(t.bar)) {
-        Some(Bar::Memory { size, .. }) => t.offset + 16 * u64::from(entries) <= size,
+        Some(Bar::Memory { size, .. }) => t.offset + MSIX_ENTRY_SIZE * u64::from(entries) <= size,
         _ => false,
     };
     Ok(fits.then_some(t))
@@ -144,26 +163,111 @@ pub mod cfg_type {
     pub const PCI: u8 = 5;
 }
 
-/// Offsets in `struct virtio_pci_common_cfg`.
+/// `struct virtio_pci_cap` (§4.1.4), a vendor capability in PCI config space.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct VirtioPciCap {
+    pub cap_vndr: u8,
+    pub cap_next: u8,
+    pub cap_len: u8,
+    /// One of [`cfg_type`].
+    pub cfg_type: u8,
+    pub bar: u8,
+    pub id: u8,
+    pub padding: [u8; 2],
+    /// Where the structure starts in the BAR.
+    pub offset: U32,
+    pub length: U32,
+}
+
+/// `struct virtio_pci_notify_cap` (§4.1.4.4): the capability of [`cfg_type::NOTIFY`].
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct VirtioPciNotifyCap {
+    pub cap: VirtioPciCap,
+    pub notify_off_multiplier: U32,
+}
+
+/// `struct virtio_pci_common_cfg` (§4.1.4.3), in MMIO. Accessed field by field through
+/// [`Platform`]'s MMIO functions at the offsets of [`common`], each with its own width.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct CommonCfg {
+    pub device_feature_select: U32,
+    pub device_feature: U32,
+    pub driver_feature_select: U32,
+    pub driver_feature: U32,
+    pub config_msix_vector: U16,
+    pub num_queues: U16,
+    pub device_status: u8,
+    pub config_generation: u8,
+    pub queue_select: U16,
+    pub queue_size: U16,
+    pub queue_msix_vector: U16,
+    pub queue_enable: U16,
+    pub queue_notify_off: U16,
+    pub queue_desc: U64,
+    pub queue_driver: U64,
+    pub queue_device: U64,
+}
+
+/// The MSI-X capability in PCI config space (PCI Local Bus 3.0 §6.8.2).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct MsixCap {
+    pub cap_id: u8,
+    pub cap_next: u8,
+    /// Table size - 1 in bits 0..11, [`MSIX_FUNCTION_MASK`], [`MSIX_ENABLE`].
+    pub message_control: U16,
+    /// BAR indicator in bits 0..3, offset in the BAR above.
+    pub table: U32,
+    pub pba: U32,
+}
+
+/// One entry of an MSI-X table, in MMIO.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct MsixTableEntry {
+    pub message_address: U32,
+    pub message_upper_address: U32,
+    pub message_data: U32,
+    /// Bit 0 masks the vector.
+    pub vector_control: U32,
+}
+
+const _: () = assert!(size_of::<VirtioPciCap>() == 16 && offset_of!(VirtioPciCap, offset) == 8);
+const _: () = assert!(size_of::<VirtioPciNotifyCap>() == 20);
+const _: () = assert!(
+    size_of::<CommonCfg>() == 0x38
+        && offset_of!(CommonCfg, device_status) == 0x14
+        && offset_of!(CommonCfg, queue_desc) == 0x20
+);
+const _: () = assert!(size_of::<MsixCap>() == 12);
+const _: () = assert!(size_of::<MsixTableEntry>() == 16);
+
+/// Offsets in [`CommonCfg`], for MMIO accesses.
 pub mod common {
-    pub const DEVICE_FEATURE_SELECT: u64 = 0x00;
-    pub const DEVICE_FEATURE: u64 = 0x04;
-    pub const DRIVER_FEATURE_SELECT: u64 = 0x08;
-    pub const DRIVER_FEATURE: u64 = 0x0C;
-    pub const CONFIG_MSIX_VECTOR: u64 = 0x10;
-    pub const NUM_QUEUES: u64 = 0x12;
-    pub const DEVICE_STATUS: u64 = 0x14;
-    pub const CONFIG_GENERATION: u64 = 0x15;
-    pub const QUEUE_SELECT: u64 = 0x16;
-    pub const QUEUE_SIZE: u64 = 0x18;
-    pub const QUEUE_MSIX_VECTOR: u64 = 0x1A;
-    pub const QUEUE_ENABLE: u64 = 0x1C;
-    pub const QUEUE_NOTIFY_OFF: u64 = 0x1E;
-    pub const QUEUE_DESC: u64 = 0x20;
-    pub const QUEUE_DRIVER: u64 = 0x28;
-    pub const QUEUE_DEVICE: u64 = 0x30;
+    use super::CommonCfg;
+    use core::mem::{offset_of, size_of};
+
+    pub const DEVICE_FEATURE_SELECT: u64 = offset_of!(CommonCfg, device_feature_select) as u64;
+    pub const DEVICE_FEATURE: u64 = offset_of!(CommonCfg, device_feature) as u64;
+    pub const DRIVER_FEATURE_SELECT: u64 = offset_of!(CommonCfg, driver_feature_select) as u64;
+    pub const DRIVER_FEATURE: u64 = offset_of!(CommonCfg, driver_feature) as u64;
+    pub const CONFIG_MSIX_VECTOR: u64 = offset_of!(CommonCfg, config_msix_vector) as u64;
+    pub const NUM_QUEUES: u64 = offset_of!(CommonCfg, num_queues) as u64;
+    pub const DEVICE_STATUS: u64 = offset_of!(CommonCfg, device_status) as u64;
+    pub const CONFIG_GENERATION: u64 = offset_of!(CommonCfg, config_generation) as u64;
+    pub const QUEUE_SELECT: u64 = offset_of!(CommonCfg, queue_select) as u64;
+    pub const QUEUE_SIZE: u64 = offset_of!(CommonCfg, queue_size) as u64;
+    pub const QUEUE_MSIX_VECTOR: u64 = offset_of!(CommonCfg, queue_msix_vector) as u64;
+    pub const QUEUE_ENABLE: u64 = offset_of!(CommonCfg, queue_enable) as u64;
+    pub const QUEUE_NOTIFY_OFF: u64 = offset_of!(CommonCfg, queue_notify_off) as u64;
+    pub const QUEUE_DESC: u64 = offset_of!(CommonCfg, queue_desc) as u64;
+    pub const QUEUE_DRIVER: u64 = offset_of!(CommonCfg, queue_driver) as u64;
+    pub const QUEUE_DEVICE: u64 = offset_of!(CommonCfg, queue_device) as u64;
     /// Minimum length of the common configuration structure.
-    pub const LEN: u32 = 0x38;
+    pub const LEN: u32 = size_of::<CommonCfg>() as u32;
 }
 
 /// "No MSI-X vector" for config_msix_vector / queue_msix_vector.
@@ -178,6 +282,9 @@ pub const MSI_ADDRESS_BASE: u32 = 0xFEE0_0000;
 pub const MSIX_ENABLE: u16 = 1 << 15;
 /// MSI-X message control: function mask.
 pub const MSIX_FUNCTION_MASK: u16 = 1 << 14;
+
+/// Bytes of one [`MsixTableEntry`].
+const MSIX_ENTRY_SIZE: u64 = size_of::<MsixTableEntry>() as u64;
 
 /// Bounded number of status polls while waiting for a reset to complete.
 const RESET_POLLS: u32 = 1_000_000;
@@ -382,13 +489,17 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
         let mut first_error = None;
         for cap in function.vendor_capabilities() {
             let o = u16::from(cap.offset);
-            let cap_len = pci.read8(addr, o + 2)?;
-            let ty = pci.read8(addr, o + 3)?;
+            let cap_len = pci.read8(addr, o + cap_field!(VirtioPciCap, cap_len))?;
+            let ty = pci.read8(addr, o + cap_field!(VirtioPciCap, cfg_type))?;
             if !(1..=5).contains(&ty) || found[usize::from(ty)].is_some() {
                 continue; // unknown type, or a later instance of one we have
             }
-            let bar = pci.read8(addr, o + 4)?;
-            let min_len = if ty == cfg_type::NOTIFY { 20 } else { 16 };
+            let bar = pci.read8(addr, o + cap_field!(VirtioPciCap, bar))?;
+            let min_len = if ty == cfg_type::NOTIFY {
+                size_of::<VirtioPciNotifyCap>()
+            } else {
+                size_of::<VirtioPciCap>()
+            } as u8;
             if cap_len < min_len || u16::from(cap.offset) + u16::from(cap_len) > 256 {
                 first_error.get_or_insert(VirtioError::BadCapability {
                     offset: cap.offset,
@@ -403,8 +514,8 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
             let info = CapInfo {
                 cap_offset: cap.offset,
                 bar,
-                offset: pci.read32(addr, o + 8)?,
-                length: pci.read32(addr, o + 12)?,
+                offset: pci.read32(addr, o + cap_field!(VirtioPciCap, offset))?,
+                length: pci.read32(addr, o + cap_field!(VirtioPciCap, length))?,
             };
             if ty != cfg_type::PCI {
                 if let Err(e) = check_region(function, ty, &info) {
@@ -413,7 +524,8 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
                 }
             }
             if ty == cfg_type::NOTIFY {
-                notify_multiplier = pci.read32(addr, o + 16)?;
+                let at = o + cap_field!(VirtioPciNotifyCap, notify_off_multiplier);
+                notify_multiplier = pci.read32(addr, at)?;
             }
             found[usize::from(ty)] = Some(info);
         }
@@ -460,7 +572,9 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
         // is kept even when its table is unusable, so that MSI-X can still be switched off.
         let msix_cap = function.find_capability(cap_id::MSI_X).map(|c| c.offset);
         let msix_table = match msix_table(&pci, function)? {
-            Some(t) => Some(mapper.window(t.bar, t.offset, 16 * u64::from(t.entries))?),
+            Some(t) => {
+                Some(mapper.window(t.bar, t.offset, MSIX_ENTRY_SIZE * u64::from(t.entries))?)
+            }
             None => None,
         };
 
@@ -607,7 +721,7 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
     /// INTx).
     fn disable_msix(&self, pci: &Pci<'p, P>) -> Result<(), VirtioError> {
         if let Some(cap) = self.msix_cap {
-            let ctrl_off = u16::from(cap) + 2;
+            let ctrl_off = u16::from(cap) + cap_field!(MsixCap, message_control);
             let control = pci.read16(self.address, ctrl_off)?;
             if control & MSIX_ENABLE != 0 {
                 pci.write16(self.address, ctrl_off, control & !MSIX_ENABLE)?;
@@ -643,24 +757,24 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
                 let (Some(cap), Some(table)) = (self.msix_cap, self.msix_table) else {
                     return Err(VirtioError::NoMsix);
                 };
-                let table_size = (table.len / 16) as u16;
+                let table_size = (table.len / MSIX_ENTRY_SIZE) as u16;
                 if vectors.is_empty() || vectors.len() > usize::from(table_size) {
                     return Err(VirtioError::MsixTableTooSmall {
                         requested: vectors.len(),
                         table_size,
                     });
                 }
-                let ctrl_off = u16::from(cap) + 2;
+                let ctrl_off = u16::from(cap) + cap_field!(MsixCap, message_control);
                 let control = pci.read16(self.address, ctrl_off)?;
                 // Mask the whole function while the table is being written.
                 pci.write16(self.address, ctrl_off, control | MSIX_FUNCTION_MASK)?;
                 for (i, &v) in vectors.iter().enumerate() {
-                    let e = 16 * i as u64;
                     let address = MSI_ADDRESS_BASE | (u32::from(*dest_apic_id) << 12);
-                    self.write32(&table, e, address);
-                    self.write32(&table, e + 4, 0);
-                    self.write32(&table, e + 8, u32::from(v));
-                    self.write32(&table, e + 12, 0); // unmasked
+                    self.write32(&table, msix_entry_field!(i, message_address), address);
+                    self.write32(&table, msix_entry_field!(i, message_upper_address), 0);
+                    self.write32(&table, msix_entry_field!(i, message_data), u32::from(v));
+                    // Unmasked.
+                    self.write32(&table, msix_entry_field!(i, vector_control), 0);
                 }
                 let control = (control | MSIX_ENABLE) & !MSIX_FUNCTION_MASK;
                 pci.write16(self.address, ctrl_off, control)?;
