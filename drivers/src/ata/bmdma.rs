@@ -15,7 +15,10 @@
 
 use alloc::vec::Vec;
 use bitflags::bitflags;
+use core::mem::size_of;
 use core::sync::atomic::{fence, Ordering};
+use zerocopy::little_endian::{U16, U32};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::ide::{cmd, Chunk, Drive, IdeChannel};
 use super::{AtaError, PortStrings, WaitFor, SECTOR_SIZE};
@@ -69,22 +72,35 @@ pub const PRD_MAX_BYTES: usize = 0x1_0000;
 /// Size of the PRD table this driver allocates (one page: 512 entries).
 pub const PRD_TABLE_BYTES: usize = 4096;
 
-/// One physical region descriptor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One physical region descriptor, as the engine reads it from the PRD table.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned,
+)]
+#[repr(C)]
 pub struct PrdEntry {
-    pub phys: u32,
+    pub phys: U32,
     /// Byte count; 0 means 64 KiB.
-    pub byte_count: u16,
-    pub flags: u16,
+    pub byte_count: U16,
+    /// [`PRD_EOT`] or 0.
+    pub flags: U16,
 }
 
+const _: () = assert!(size_of::<PrdEntry>() == 8);
+
 impl PrdEntry {
+    pub const fn new(phys: u32, byte_count: u16, flags: u16) -> Self {
+        Self {
+            phys: U32::new(phys),
+            byte_count: U16::new(byte_count),
+            flags: U16::new(flags),
+        }
+    }
+
     /// Bytes described.
     pub fn len(&self) -> usize {
-        if self.byte_count == 0 {
-            PRD_MAX_BYTES
-        } else {
-            usize::from(self.byte_count)
+        match self.byte_count.get() {
+            0 => PRD_MAX_BYTES,
+            n => usize::from(n),
         }
     }
 
@@ -94,16 +110,12 @@ impl PrdEntry {
     }
 
     pub fn is_end(&self) -> bool {
-        self.flags & PRD_EOT != 0
+        self.flags.get() & PRD_EOT != 0
     }
 
     /// The 8 bytes of the entry as the engine reads them (little-endian).
     pub fn to_bytes(&self) -> [u8; 8] {
-        let mut b = [0u8; 8];
-        b[..4].copy_from_slice(&self.phys.to_le_bytes());
-        b[4..6].copy_from_slice(&self.byte_count.to_le_bytes());
-        b[6..].copy_from_slice(&self.flags.to_le_bytes());
-        b
+        zerocopy::transmute!(*self)
     }
 }
 
@@ -161,11 +173,8 @@ fn fill_prd(
             }
             let to_boundary = PRD_MAX_BYTES - (phys as usize & (PRD_MAX_BYTES - 1));
             let n = left.min(to_boundary).min(max_bytes - bytes);
-            entries.push(PrdEntry {
-                phys: phys as u32,
-                byte_count: n as u16, // 65536 wraps to 0, as the format wants
-                flags: 0,
-            });
+            // 65536 wraps to a byte count of 0, as the format wants.
+            entries.push(PrdEntry::new(phys as u32, n as u16, 0));
             phys += n as u64;
             left -= n;
             bytes += n;
@@ -181,7 +190,7 @@ fn fill_prd(
             let last = entries.last_mut().expect("excess implies entries");
             let len = last.len();
             if len > excess {
-                last.byte_count = (len - excess) as u16;
+                last.byte_count.set((len - excess) as u16);
                 bytes -= excess;
                 excess = 0;
             } else {
@@ -192,7 +201,7 @@ fn fill_prd(
         }
     }
     if let Some(last) = entries.last_mut() {
-        last.flags |= PRD_EOT;
+        last.flags |= U16::new(PRD_EOT);
     }
     Ok((entries, bytes))
 }
@@ -262,7 +271,7 @@ impl<'p, P: Platform + ?Sized> BusMasterDma<'p, P> {
 
     /// Entries the PRD table holds.
     pub fn max_entries(&self) -> usize {
-        PRD_TABLE_BYTES / 8
+        PRD_TABLE_BYTES / size_of::<PrdEntry>()
     }
 
     /// The bus-master status register.
@@ -277,9 +286,13 @@ impl<'p, P: Platform + ?Sized> BusMasterDma<'p, P> {
 
     fn write_table(&mut self, entries: &[PrdEntry]) {
         let table = self.table.as_mut().expect("table lives until drop");
-        let bytes = table.as_mut_slice();
-        for (slot, e) in bytes.as_chunks_mut::<8>().0.iter_mut().zip(entries) {
-            slot.copy_from_slice(&e.to_bytes());
+        let (slots, _) = <[PrdEntry]>::mut_from_prefix_with_elems(
+            table.as_mut_slice(),
+            PRD_TABLE_BYTES / size_of::<PrdEntry>(),
+        )
+        .expect("the table holds PRD_TABLE_BYTES");
+        for (slot, e) in slots.iter_mut().zip(entries) {
+            *slot = *e;
         }
     }
 }
@@ -528,11 +541,7 @@ mod tests {
     }
 
     fn e(phys: u32, byte_count: u16, flags: u16) -> PrdEntry {
-        PrdEntry {
-            phys,
-            byte_count,
-            flags,
-        }
+        PrdEntry::new(phys, byte_count, flags)
     }
 
     fn setup(f: &Fake) -> (IdeChannel<'_, Fake>, BusMasterDma<'_, Fake>) {
