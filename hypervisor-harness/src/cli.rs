@@ -4,11 +4,11 @@ use crate::backends::disk::DiskSpec;
 use crate::error::*;
 use crate::platform::Platform;
 use crate::shared::{
-    kernel_or_default, ktap_json, outcome_code, outcome_json, write_json, Accel, BenchArgs, Outcome,
+    kernel_or_default, outcome_code, write_json, Accel, BenchArgs, FloorBars, Outcome, OutcomeJson,
+    RunJson,
 };
 use crate::vmm::{self, memory, IoMode, RunConfig, VmEnd};
 use clap::{Args, Parser, Subcommand};
-use serde_json::json;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -136,19 +136,23 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
         );
     }
     if let Some(p) = &c.exits_json {
-        let v = json!({
-            "vmm": "harness",
-            "platform": Platform::detect().to_json(),
-            "outcome": outcome_json(&outcome, code, &msg),
-            "ktap": ktap_json(&r.ktap),
-            "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
-            "floor": {"bar0": r.floor_bars.0, "bar1": r.floor_bars.1},
-            "exits": r.counters.to_json(),
-            "kvm_stats": vmm::exits::stats_to_json(&r.kvm_stats),
-            "notes": r.notes,
-            "phases": r.phases.iter().map(|p| p.to_json()).collect::<Vec<_>>(),
-        });
-        write_json(p, &v)?;
+        let doc = RunJson {
+            vmm: "harness",
+            accel: None,
+            platform: Platform::detect().to_json(),
+            outcome: OutcomeJson::new(&outcome, code, &msg),
+            ktap: (&r.ktap).into(),
+            elapsed_ms: r.elapsed.as_secs_f64() * 1e3,
+            floor: Some(FloorBars {
+                bar0: r.floor_bars.0,
+                bar1: r.floor_bars.1,
+            }),
+            exits: Some(r.counters.to_json()),
+            kvm_stats: Some(&r.kvm_stats),
+            notes: &r.notes,
+            phases: &r.phases,
+        };
+        write_json(p, &doc)?;
     }
     if let Some(m) = msg {
         eprintln!("error: {m}");
@@ -188,18 +192,20 @@ fn cmd_qemu(a: &QemuArgs) -> Result<i32, HarnessError> {
         }
     }
     if let Some(p) = &c.exits_json {
-        let v = json!({
-            "vmm": "qemu",
-            "accel": r.accel,
-            "platform": Platform::detect().to_json(),
-            "outcome": outcome_json(&r.outcome, code, &msg),
-            "ktap": ktap_json(&r.ktap),
-            "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
-            "kvm_stats": r.stats.as_ref().map(vmm::exits::stats_to_json),
-            "notes": r.notes,
-            "phases": r.phases.iter().map(|p| p.to_json()).collect::<Vec<_>>(),
-        });
-        write_json(p, &v)?;
+        let doc = RunJson {
+            vmm: "qemu",
+            accel: Some(r.accel),
+            platform: Platform::detect().to_json(),
+            outcome: OutcomeJson::new(&r.outcome, code, &msg),
+            ktap: (&r.ktap).into(),
+            elapsed_ms: r.elapsed.as_secs_f64() * 1e3,
+            floor: None,
+            exits: None,
+            kvm_stats: r.stats.as_ref(),
+            notes: &r.notes,
+            phases: &r.phases,
+        };
+        write_json(p, &doc)?;
     }
     if let Some(m) = msg {
         eprintln!("error: {m}");

@@ -28,9 +28,21 @@ impl Platform {
         Self { kvm, nested }
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({ "kvm": self.kvm, "nested": self.nested, "description": self.to_string() })
+    pub fn to_json(&self) -> PlatformJson {
+        PlatformJson {
+            kvm: self.kvm.clone(),
+            nested: self.nested,
+            description: self.to_string(),
+        }
     }
+}
+
+/// A [`Platform`] in JSON output, with its one-line description.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PlatformJson {
+    pub kvm: String,
+    pub nested: bool,
+    pub description: String,
 }
 
 fn cpuinfo_has_hypervisor_flag(cpuinfo: &str) -> bool {

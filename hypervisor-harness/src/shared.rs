@@ -4,9 +4,11 @@
 
 use crate::error::*;
 use crate::ktap::KtapSummary;
+use crate::platform::PlatformJson;
+use crate::vmm::exits::{ExitsJson, KvmStats, PhaseMark};
 use crate::vmm::memory;
 use clap::{Args, ValueEnum};
-use serde_json::json;
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// QEMU's accelerator.
@@ -115,21 +117,87 @@ pub fn outcome_code(o: &Outcome, ktap: &KtapSummary) -> (i32, Option<String>) {
     }
 }
 
-pub fn outcome_json(o: &Outcome, code: i32, msg: &Option<String>) -> serde_json::Value {
-    let (kind, value) = match o {
-        Outcome::DebugExit(v) => ("debug_exit", Some(*v)),
-        Outcome::Timeout(_) => ("timeout", None),
-        Outcome::Abnormal(_) => ("abnormal", None),
-    };
-    json!({"kind": kind, "guest_value": value, "exit_code": code, "message": msg})
+/// How a run ended, in `--exits-json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutcomeJson {
+    /// "debug_exit", "timeout" or "abnormal".
+    pub kind: &'static str,
+    /// The value the guest wrote to the debug-exit port.
+    pub guest_value: Option<u32>,
+    pub exit_code: i32,
+    pub message: Option<String>,
 }
 
-pub fn ktap_json(k: &KtapSummary) -> serde_json::Value {
-    json!({"plan": k.plan, "passed": k.passed, "failed": k.failed, "skipped": k.skipped,
-           "complete": k.complete, "missing": k.missing})
+impl OutcomeJson {
+    pub fn new(o: &Outcome, exit_code: i32, message: &Option<String>) -> Self {
+        let (kind, guest_value) = match o {
+            Outcome::DebugExit(v) => ("debug_exit", Some(*v)),
+            Outcome::Timeout(_) => ("timeout", None),
+            Outcome::Abnormal(_) => ("abnormal", None),
+        };
+        Self {
+            kind,
+            guest_value,
+            exit_code,
+            message: message.clone(),
+        }
+    }
 }
 
-pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), HarnessError> {
+/// The KTAP summary in `--exits-json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KtapJson<'a> {
+    pub plan: Option<u32>,
+    pub passed: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    pub complete: bool,
+    pub missing: &'a [u32],
+}
+
+impl<'a> From<&'a KtapSummary> for KtapJson<'a> {
+    fn from(k: &'a KtapSummary) -> Self {
+        Self {
+            plan: k.plan,
+            passed: k.passed,
+            failed: k.failed,
+            skipped: k.skipped,
+            complete: k.complete,
+            missing: &k.missing,
+        }
+    }
+}
+
+/// The floor device's BARs, where the harness put them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FloorBars {
+    pub bar0: u64,
+    pub bar1: u64,
+}
+
+/// The `--exits-json` document of `run` (`vmm` "harness") and `qemu` (`vmm` "qemu"). `accel`
+/// is QEMU's only; `floor` and `exits` (the harness's own counters) the harness's only.
+#[derive(Debug, Serialize)]
+pub struct RunJson<'a> {
+    pub vmm: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accel: Option<&'a str>,
+    pub platform: PlatformJson,
+    pub outcome: OutcomeJson,
+    pub ktap: KtapJson<'a>,
+    pub elapsed_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor: Option<FloorBars>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exits: Option<ExitsJson<'a>>,
+    /// KVM's statistics; null when QEMU gave none.
+    pub kvm_stats: Option<&'a KvmStats>,
+    pub notes: &'a [String],
+    pub phases: &'a [PhaseMark],
+}
+
+/// Write `v` as pretty-printed JSON and a newline.
+pub fn write_json<T: Serialize + ?Sized>(path: &Path, v: &T) -> Result<(), HarnessError> {
     let text = serde_json::to_string_pretty(v).map_err(|e| HarnessError::Other(e.to_string()))?;
     std::fs::write(path, text + "\n")
         .map_err(|e| HarnessError::Other(format!("cannot write {}: {e}", path.display())))

@@ -8,7 +8,8 @@
 
 use super::{parse_bench_line, spawn_self, BenchLine};
 use crate::error::HarnessError;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use std::time::Instant;
 pub const IMAGE_BYTES: u64 = 64 << 20;
 
 /// One `blk.<path>.<workload>` row from one VMM.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct BlkRow {
     pub vmm: String,
     pub path: String,
@@ -349,27 +350,45 @@ impl BlkSection {
         s
     }
 
-    pub fn to_json(&self) -> Value {
-        let rows: Vec<Value> = self
-            .rows
-            .iter()
-            .map(|r| {
-                json!({
-                    "vmm": r.vmm, "path": r.path, "workload": r.workload, "n": r.n, "bytes": r.bytes,
-                    "total_ns": r.total_ns, "mb_per_s": r.mb_per_s(), "iops": r.iops(),
-                    "p50_ns": r.p50_ns, "p99_ns": r.p99_ns,
-                    "user_exits_per_io": r.user_exits_per_io, "kvm_exits_per_io": r.kvm_exits_per_io,
-                    "ratio_mb_per_s_to_qemu": self.ratio_to_qemu(r),
+    /// The section as `storage` in `bench --json`.
+    pub fn to_json(&self) -> BlkSectionJson<'_> {
+        BlkSectionJson {
+            rows: self
+                .rows
+                .iter()
+                .map(|r| BlkRowJson {
+                    row: r,
+                    mb_per_s: r.mb_per_s(),
+                    iops: r.iops(),
+                    ratio_mb_per_s_to_qemu: self.ratio_to_qemu(r),
                 })
-            })
-            .collect();
-        json!({"rows": rows, "notes": self.notes})
+                .collect(),
+            notes: &self.notes,
+        }
     }
+}
+
+/// `storage` in `bench --json`.
+#[derive(Debug, Serialize)]
+pub struct BlkSectionJson<'a> {
+    pub rows: Vec<BlkRowJson<'a>>,
+    pub notes: &'a [String],
+}
+
+/// One row: what was measured, and the figures derived from it.
+#[derive(Debug, Serialize)]
+pub struct BlkRowJson<'a> {
+    #[serde(flatten)]
+    pub row: &'a BlkRow,
+    pub mb_per_s: Option<f64>,
+    pub iops: Option<f64>,
+    pub ratio_mb_per_s_to_qemu: Option<f64>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn rows_and_phases() {
@@ -431,5 +450,32 @@ mod tests {
         };
         assert_eq!(s.ratio_to_qemu(&s.rows[0]), Some(3.0));
         assert!(s.to_text().contains("harness-thread"));
+        let j = serde_json::to_value(s.to_json()).unwrap();
+        let keys: Vec<&str> = j["rows"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "bytes",
+                "iops",
+                "kvm_exits_per_io",
+                "mb_per_s",
+                "n",
+                "p50_ns",
+                "p99_ns",
+                "path",
+                "ratio_mb_per_s_to_qemu",
+                "total_ns",
+                "user_exits_per_io",
+                "vmm",
+                "workload"
+            ]
+        );
+        assert_eq!(j["rows"][0]["ratio_mb_per_s_to_qemu"], 3.0);
+        assert!(j["rows"][1]["mb_per_s"].is_f64());
     }
 }

@@ -1,10 +1,13 @@
 //! Bench results: a plain-text table and JSON, both naming the platform.
 
+use super::blk::BlkSectionJson;
 use super::BenchLine;
-use crate::platform::Platform;
-use serde_json::{json, Value};
+use crate::platform::{Platform, PlatformJson};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Stat {
     pub median: f64,
     pub min: f64,
@@ -109,7 +112,7 @@ impl BootRow {
 /// Exits of one boot. `userspace`: exits the harness handled (exact; harness only). `kvm`: KVM's
 /// own vCPU "exits" statistic (includes exits KVM handles in the kernel). `io`/`mmio`: the
 /// harness's exact counts, or QEMU's KVM io_exits/mmio_exits (kvm_pvm may leave those at 0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct BootExits {
     pub userspace: Option<u64>,
     pub kvm: Option<u64>,
@@ -216,33 +219,95 @@ impl BenchReport {
         s
     }
 
-    pub fn to_json(&self) -> Value {
-        let floor: Vec<Value> = self.floor.iter().map(|r| json!({
-            "name": r.name, "ns": r.line.ns, "min": r.line.min, "max": r.line.max, "n": r.line.n,
-            "exits": r.exits, "exits_per_op": r.exits_per_op(), "extra": r.line.extra,
-        })).collect();
-        let boot = |r: &BootRow| {
-            json!({
-                "time_s": r.time.map(|t| json!({"median": t.median, "min": t.min, "max": t.max})),
-                "exits": r.exits().map(|e| json!({"userspace": e.userspace, "kvm": e.kvm, "io": e.io, "mmio": e.mmio})),
-                "accel": r.json.as_ref().and_then(|j| j["accel"].as_str()),
-                "note": r.note,
-            })
-        };
-        json!({
-            "platform": self.platform.to_json(),
-            "floor": floor,
-            "floor_note": self.floor_note,
-            "boot": {"runs": self.runs, "harness": boot(&self.harness), "qemu": boot(&self.qemu),
-                     "ratio_harness_over_qemu": self.ratio()},
-            "storage": self.blk.as_ref().map(|b| b.to_json()),
-        })
+    /// The report as `bench --json` writes it.
+    pub fn to_json(&self) -> BenchJson<'_> {
+        BenchJson {
+            platform: self.platform.to_json(),
+            floor: self
+                .floor
+                .iter()
+                .map(|r| FloorJson {
+                    name: &r.name,
+                    ns: r.line.ns,
+                    min: r.line.min,
+                    max: r.line.max,
+                    n: r.line.n,
+                    exits: r.exits,
+                    exits_per_op: r.exits_per_op(),
+                    extra: &r.line.extra,
+                })
+                .collect(),
+            floor_note: self.floor_note.as_deref(),
+            boot: BootSectionJson {
+                runs: self.runs,
+                harness: self.harness.to_json(),
+                qemu: self.qemu.to_json(),
+                ratio_harness_over_qemu: self.ratio(),
+            },
+            storage: self.blk.as_ref().map(|b| b.to_json()),
+        }
     }
+}
+
+impl BootRow {
+    fn to_json(&self) -> BootJson<'_> {
+        BootJson {
+            time_s: self.time,
+            exits: self.exits(),
+            accel: self.json.as_ref().and_then(|j| j["accel"].as_str()),
+            note: self.note.as_deref(),
+        }
+    }
+}
+
+/// `bench --json`: the whole report.
+#[derive(Debug, Serialize)]
+pub struct BenchJson<'a> {
+    pub platform: PlatformJson,
+    pub floor: Vec<FloorJson<'a>>,
+    pub floor_note: Option<&'a str>,
+    pub boot: BootSectionJson<'a>,
+    /// Absent (null) with `--skip-storage`.
+    pub storage: Option<BlkSectionJson<'a>>,
+}
+
+/// One floor measurement.
+#[derive(Debug, Serialize)]
+pub struct FloorJson<'a> {
+    pub name: &'a str,
+    pub ns: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub n: Option<u64>,
+    pub exits: Option<u64>,
+    pub exits_per_op: Option<f64>,
+    /// The bench line's other keys, as the guest printed them.
+    pub extra: &'a BTreeMap<String, String>,
+}
+
+/// The boot section.
+#[derive(Debug, Serialize)]
+pub struct BootSectionJson<'a> {
+    pub runs: u32,
+    pub harness: BootJson<'a>,
+    pub qemu: BootJson<'a>,
+    pub ratio_harness_over_qemu: Option<f64>,
+}
+
+/// One VMM's boot runs.
+#[derive(Debug, Serialize)]
+pub struct BootJson<'a> {
+    /// Wall seconds, spawn to exit.
+    pub time_s: Option<Stat>,
+    pub exits: Option<BootExits>,
+    pub accel: Option<&'a str>,
+    pub note: Option<&'a str>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn stats() {
@@ -289,7 +354,7 @@ mod tests {
         assert!(t.contains("kvm_pvm"));
         assert!(t.contains("1.000"));
         assert!(t.contains("n/a"));
-        let j = rep.to_json();
+        let j = serde_json::to_value(rep.to_json()).unwrap();
         assert_eq!(j["platform"]["kvm"], "kvm_pvm");
         assert_eq!(j["floor"][0]["exits_per_op"], 1.0);
         assert_eq!(j["boot"]["harness"]["exits"]["userspace"], 50);

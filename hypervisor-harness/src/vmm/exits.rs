@@ -1,7 +1,7 @@
 //! Exact exit counters, and KVM's own per-VM / per-vCPU statistics (KVM_GET_STATS_FD).
 
 use crate::devices::bus::Claim;
-use serde_json::{json, Value};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -183,33 +183,67 @@ impl ExitCounters {
         s
     }
 
-    pub fn to_json(&self) -> Value {
-        let reasons: serde_json::Map<String, Value> = self
-            .by_reason
-            .iter()
-            .map(|(r, c)| (r.name().to_string(), json!(c)))
-            .collect();
-        let devices: Vec<Value> = self
-            .by_device
-            .iter()
-            .map(|((sp, dev, dir), c)| json!({"space": sp.name(), "device": dev, "dir": dir.name(), "count": c}))
-            .collect();
-        let addrs: Vec<Value> = self
-            .by_addr
-            .iter()
-            .map(|((sp, a, dir), (dev, c))| {
-                json!({"space": sp.name(), "addr": a, "device": dev, "dir": dir.name(), "count": c})
-            })
-            .collect();
-        json!({
-            "total": self.total,
-            "by_reason": reasons,
-            "by_device": devices,
-            "by_addr": addrs,
-            "mmio_addr_overflow": self.mmio_addr_overflow,
-            "pio_addr_overflow": self.pio_addr_overflow,
-        })
+    /// The counters as `exits` in `--exits-json`.
+    pub fn to_json(&self) -> ExitsJson<'_> {
+        ExitsJson {
+            total: self.total,
+            by_reason: self.by_reason.iter().map(|(r, c)| (r.name(), *c)).collect(),
+            by_device: self
+                .by_device
+                .iter()
+                .map(|((sp, dev, dir), c)| DeviceExitsJson {
+                    space: sp.name(),
+                    device: dev,
+                    dir: dir.name(),
+                    count: *c,
+                })
+                .collect(),
+            by_addr: self
+                .by_addr
+                .iter()
+                .map(|((sp, addr, dir), (dev, c))| AddrExitsJson {
+                    space: sp.name(),
+                    addr: *addr,
+                    device: dev,
+                    dir: dir.name(),
+                    count: *c,
+                })
+                .collect(),
+            mmio_addr_overflow: self.mmio_addr_overflow,
+            pio_addr_overflow: self.pio_addr_overflow,
+        }
     }
+}
+
+/// [`ExitCounters`] in JSON output.
+#[derive(Debug, Serialize)]
+pub struct ExitsJson<'a> {
+    pub total: u64,
+    /// Reason name -> count.
+    pub by_reason: BTreeMap<&'static str, u64>,
+    pub by_device: Vec<DeviceExitsJson<'a>>,
+    pub by_addr: Vec<AddrExitsJson<'a>>,
+    pub mmio_addr_overflow: u64,
+    pub pio_addr_overflow: u64,
+}
+
+/// Exits at one device in one direction.
+#[derive(Debug, Serialize)]
+pub struct DeviceExitsJson<'a> {
+    pub space: &'static str,
+    pub device: &'a str,
+    pub dir: &'static str,
+    pub count: u64,
+}
+
+/// Exits at one address in one direction, and the device there.
+#[derive(Debug, Serialize)]
+pub struct AddrExitsJson<'a> {
+    pub space: &'static str,
+    pub addr: u64,
+    pub device: &'a str,
+    pub dir: &'static str,
+    pub count: u64,
 }
 
 vmm_sys_util::ioctl_io_nr!(KVM_GET_STATS_FD, kvm_bindings::KVMIO, 0xce);
@@ -310,10 +344,6 @@ pub fn parse_stats(
 /// KVM statistics: scope ("vm", "vcpu0") -> name -> value.
 pub type KvmStats = BTreeMap<String, BTreeMap<String, u64>>;
 
-pub fn stats_to_json(stats: &KvmStats) -> Value {
-    serde_json::to_value(stats).unwrap_or(Value::Null)
-}
-
 /// The interesting subset of KVM stats, for the table.
 pub fn stats_table(stats: &KvmStats) -> String {
     const KEYS: [&str; 10] = [
@@ -410,8 +440,8 @@ impl PhaseLog {
 }
 
 /// Counters at one `# phase: <marker>` line of the guest: userspace exits per device, and KVM's
-/// own count of every exit of the vCPU.
-#[derive(Debug, Clone)]
+/// own count of every exit of the vCPU. Serialized as one of `phases` in `--exits-json`.
+#[derive(Debug, Clone, Serialize)]
 pub struct PhaseMark {
     pub marker: String,
     pub device_exits: BTreeMap<String, u64>,
@@ -442,14 +472,6 @@ impl PhaseMark {
             kvm_exits,
         }
     }
-
-    pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "marker": self.marker,
-            "device_exits": self.device_exits,
-            "kvm_exits": self.kvm_exits,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -479,7 +501,7 @@ mod tests {
             c.by_device[&(Space::Mmio, UNCLAIMED.to_string(), Dir::Read)],
             1
         );
-        let j = c.to_json();
+        let j = serde_json::to_value(c.to_json()).unwrap();
         assert_eq!(j["total"], 5);
         assert_eq!(j["by_reason"]["io"], 3);
         assert!(c.table().contains("floor"));
@@ -511,7 +533,10 @@ mod tests {
         c.record_access(Space::Pio, 0, Dir::Write, &Claim::Unclaimed);
         assert_eq!(c.at(Space::Pio, 0, None), 2);
         assert!(c.table().contains("+7 port I/O exits"));
-        assert_eq!(c.to_json()["pio_addr_overflow"], 7);
+        assert_eq!(
+            serde_json::to_value(c.to_json()).unwrap()["pio_addr_overflow"],
+            7
+        );
     }
 
     #[test]
