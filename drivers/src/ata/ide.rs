@@ -17,6 +17,8 @@
 use alloc::boxed::Box;
 use alloc::string::String;
 use bitflags::bitflags;
+use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{AtaError, IdentifyProblem, PortStrings, WaitFor, SECTOR_SIZE};
 use crate::pci::{Bar, PciFunction};
@@ -338,6 +340,49 @@ pub enum Settle {
     Clock,
 }
 
+/// The 256 words of IDENTIFY DEVICE data (ATA/ATAPI-6 §8.15), with the words this driver reads
+/// named. Words, not bytes: they come through the 16-bit data port, so the fields are native
+/// `u16` (strings hold two characters per word, the first in the high byte).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct IdentifyData {
+    /// Word 0: bit 15 clear for an ATA device.
+    pub general_config: u16,
+    pub words_1_9: [u16; 9],
+    /// Words 10..=19.
+    pub serial: [u16; 10],
+    pub words_20_22: [u16; 3],
+    /// Words 23..=26.
+    pub firmware: [u16; 4],
+    /// Words 27..=46.
+    pub model: [u16; 20],
+    pub words_47_48: [u16; 2],
+    /// Word 49: bit 8 DMA, bit 9 LBA.
+    pub capabilities: u16,
+    pub words_50_59: [u16; 10],
+    /// Words 60..=61, low word first: sectors addressable by LBA28 commands.
+    pub lba28_sectors: [u16; 2],
+    pub words_62_82: [u16; 21],
+    /// Word 83: bit 10 the 48-bit address feature set, bit 13 FLUSH CACHE EXT; valid when
+    /// bits 15..14 are 01.
+    pub command_sets: u16,
+    pub words_84_99: [u16; 16],
+    /// Words 100..=103, low word first: sectors addressable by LBA48 commands.
+    pub lba48_sectors: [u16; 4],
+    pub words_104_254: [u16; 151],
+    /// Word 255: signature 0xA5 in the low byte, checksum in the high.
+    pub integrity: u16,
+}
+
+const _: () = assert!(size_of::<IdentifyData>() == 512);
+const _: () = assert!(offset_of!(IdentifyData, serial) == 2 * 10);
+const _: () = assert!(offset_of!(IdentifyData, model) == 2 * 27);
+const _: () = assert!(offset_of!(IdentifyData, capabilities) == 2 * 49);
+const _: () = assert!(offset_of!(IdentifyData, lba28_sectors) == 2 * 60);
+const _: () = assert!(offset_of!(IdentifyData, command_sets) == 2 * 83);
+const _: () = assert!(offset_of!(IdentifyData, lba48_sectors) == 2 * 100);
+const _: () = assert!(offset_of!(IdentifyData, integrity) == 2 * 255);
+
 /// What IDENTIFY DEVICE reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriveInfo {
@@ -372,8 +417,9 @@ impl DriveInfo {
         if words.iter().all(|&w| w == 0xFFFF) {
             return Err(AtaError::InvalidIdentify(IdentifyProblem::AllOnes));
         }
+        let id: &IdentifyData = zerocopy::transmute_ref!(words);
         // Word 255: integrity word, valid if its low byte is the signature 0xA5.
-        if words[255] & 0xFF == 0xA5 {
+        if id.integrity & 0xFF == 0xA5 {
             let sum = words.iter().fold(0u8, |s, &w| {
                 s.wrapping_add(w as u8).wrapping_add((w >> 8) as u8)
             });
@@ -381,22 +427,26 @@ impl DriveInfo {
                 return Err(AtaError::InvalidIdentify(IdentifyProblem::Checksum));
             }
         }
-        if words[0] & 0x8000 != 0 {
+        if id.general_config & 0x8000 != 0 {
             return Err(AtaError::InvalidIdentify(IdentifyProblem::NotAta));
         }
-        if words[49] & (1 << 9) == 0 {
+        if id.capabilities & (1 << 9) == 0 {
             return Err(AtaError::InvalidIdentify(IdentifyProblem::NoLba));
         }
         // Words 82..=84 are valid when bit 14 is one and bit 15 zero.
-        let w83 = if words[83] & 0xC000 == 0x4000 {
-            words[83]
+        let w83 = if id.command_sets & 0xC000 == 0x4000 {
+            id.command_sets
         } else {
             0
         };
         let lba48 = w83 & (1 << 10) != 0;
-        let lba28_sectors = u32::from(words[60]) | u32::from(words[61]) << 16;
+        let [lo, hi] = id.lba28_sectors;
+        let lba28_sectors = u32::from(lo) | u32::from(hi) << 16;
         let lba48_sectors = if lba48 {
-            (0..4).fold(0u64, |acc, i| acc | u64::from(words[100 + i]) << (16 * i))
+            id.lba48_sectors
+                .iter()
+                .rev()
+                .fold(0u64, |acc, &w| acc << 16 | u64::from(w))
         } else {
             0
         };
@@ -406,13 +456,13 @@ impl DriveInfo {
             u64::from(lba28_sectors)
         };
         Ok(Self {
-            model: ata_string(&words[27..47]),
-            serial: ata_string(&words[10..20]),
-            firmware: ata_string(&words[23..27]),
+            model: ata_string(&id.model),
+            serial: ata_string(&id.serial),
+            firmware: ata_string(&id.firmware),
             lba28_sectors,
             lba48,
             lba48_sectors,
-            dma: words[49] & (1 << 8) != 0,
+            dma: id.capabilities & (1 << 8) != 0,
             flush_ext: w83 & (1 << 13) != 0,
             sectors,
             words: Box::new(*words),
