@@ -31,7 +31,7 @@ use crate::devices::pci::host_bridge::HostBridge;
 use crate::devices::pci::msix::{self, Msix, Trigger};
 use crate::devices::pci::{Bdf, PciConfigIo, PciFunction, SharedFunction};
 use crate::devices::virtio::blk::{self, Blk};
-use crate::devices::virtio::device::{QueueBroken, VirtioDevice};
+use crate::devices::virtio::device::{Activation, QueueBroken, VirtioDevice};
 use crate::devices::virtio::transport_pci::{
     self as tp, common, BarRegion, VirtioPciDevice, NO_VECTOR,
 };
@@ -41,7 +41,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
 /// Most operations one input runs.
@@ -420,22 +420,23 @@ impl VirtioDevice for CountingBlk {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         self.blk.write_config(offset, data)
     }
-    fn activate(&mut self, mem: &Memory, features: u64) -> Result<(), String> {
-        self.blk.activate(mem, features)
+    fn activate(&mut self, activation: Activation) -> Result<(), String> {
+        self.blk.activate(activation)
     }
-    fn process_queue(
-        &mut self,
-        index: usize,
-        queue: &mut Queue,
-        mem: &Memory,
-    ) -> Result<bool, QueueBroken> {
+    fn activation(&self) -> Option<&Activation> {
+        self.blk.activation()
+    }
+    fn activation_mut(&mut self) -> Option<&mut Activation> {
+        self.blk.activation_mut()
+    }
+    fn process_queue(&mut self, index: usize) -> Result<(), QueueBroken> {
         let before = self.blk.requests;
-        let r = self.blk.process_queue(index, queue, mem);
+        let r = self.blk.process_queue(index);
         let n = self.blk.requests - before;
+        let size = self.blk.queues().get(index).map_or(0, |q| q.size());
         assert!(
-            n <= queue.size() as u64 * 4,
-            "{n} chains for one notify on a {}-entry queue",
-            queue.size()
+            n <= size as u64 * 4,
+            "{n} chains for one notify on a {size}-entry queue"
         );
         self.requests.fetch_add(n, Ordering::Relaxed);
         r
@@ -770,7 +771,7 @@ impl VirtioRig {
             assert_eq!(q.avail_ring() % 2, 0);
             assert_eq!(q.used_ring() % 4, 0);
         }
-        let s = d.stats;
+        let s = d.stats();
         assert!(s.queue_interrupts <= s.notifies, "{s:?}");
         assert!(s.config_interrupts <= s.resets + 1, "{s:?}");
         let m = d.msix();
@@ -870,8 +871,8 @@ pub fn run_virtio_blk(data: &[u8]) -> VirtioSummary {
         let summary = {
             let d = lock(&rig.dev);
             VirtioSummary {
-                notifies: d.stats.notifies,
-                queue_interrupts: d.stats.queue_interrupts,
+                notifies: d.stats().notifies,
+                queue_interrupts: d.stats().queue_interrupts,
                 needs_reset: d.broken().is_some(),
                 broken: d.broken().map(str::to_string),
                 requests: rig.requests.load(Ordering::Relaxed),
@@ -1366,7 +1367,7 @@ pub fn run_ide(data: &[u8]) -> IdeSummary {
 
 /// A virtio device with two queues that does nothing (the transport's config space is the
 /// point here).
-struct NullVirtio([u16; 2]);
+struct NullVirtio([u16; 2], Option<Activation>);
 
 impl VirtioDevice for NullVirtio {
     fn device_type(&self) -> u16 {
@@ -1384,13 +1385,22 @@ impl VirtioDevice for NullVirtio {
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
-    fn activate(&mut self, _mem: &Memory, _features: u64) -> Result<(), String> {
+    fn activate(&mut self, activation: Activation) -> Result<(), String> {
+        self.1 = Some(activation);
         Ok(())
     }
-    fn process_queue(&mut self, _: usize, _: &mut Queue, _: &Memory) -> Result<bool, QueueBroken> {
-        Ok(false)
+    fn activation(&self) -> Option<&Activation> {
+        self.1.as_ref()
     }
-    fn reset(&mut self) {}
+    fn activation_mut(&mut self) -> Option<&mut Activation> {
+        self.1.as_mut()
+    }
+    fn process_queue(&mut self, _: usize) -> Result<(), QueueBroken> {
+        Ok(())
+    }
+    fn reset(&mut self) {
+        self.1 = None;
+    }
 }
 
 /// A config space built from the input through the firmware-side API.
@@ -1526,7 +1536,7 @@ pub fn pci_config(data: &[u8]) {
     let raw = raw_function(&mut r);
     let virtio_irq = Arc::new(VirtioIrq::new(3));
     let mut virtio = VirtioPciDevice::new(
-        Box::new(NullVirtio([16, 8])),
+        Box::new(NullVirtio([16, 8], None)),
         mem.clone(),
         virtio_irq.clone(),
         11,

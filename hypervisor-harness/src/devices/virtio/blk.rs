@@ -3,14 +3,15 @@
 //! The request logic is pure and apart from the glue: [`parse`] turns a descriptor chain into a
 //! [`Request`] (or says why it can't), [`execute`] runs a request against a [`DiskBackend`], and
 //! [`handle_chain`] does both and writes the status byte. [`Blk`] is the [`VirtioDevice`] around
-//! them: it drains a queue and says whether the driver wants an interrupt.
+//! them: activated, it owns its queue, drains it when notified ([`drain_queue`]) and triggers
+//! the queue interrupt itself when the driver wants one.
 //!
 //! Every guest address is checked (vm-memory's checked accesses, and `check_range` before any
 //! work), data moves through a bounded bounce buffer, and a chain the device can't make sense
 //! of never panics: it gets VIRTIO_BLK_S_IOERR when a status byte can be written, else it is
 //! returned with used length 0.
 
-use super::device::{QueueBroken, VirtioDevice};
+use super::device::{Activation, InterruptType, QueueBroken, VirtioDevice};
 use super::Memory;
 use crate::backends::disk::RawDisk;
 use virtio_bindings::virtio_blk::{
@@ -338,6 +339,8 @@ pub struct Blk {
     id: [u8; ID_LEN],
     config: [u8; CONFIG_LEN],
     sizes: [u16; 1],
+    /// Memory, queue and interrupt handle from DRIVER_OK to reset.
+    active: Option<Activation>,
     /// Requests completed (for diagnostics).
     pub requests: u64,
 }
@@ -354,6 +357,7 @@ impl Blk {
             id,
             config,
             sizes: [QUEUE_SIZE],
+            active: None,
             requests: 0,
         }
     }
@@ -367,6 +371,42 @@ impl Blk {
 
 fn broken(e: virtio_queue::Error) -> QueueBroken {
     QueueBroken(e.to_string())
+}
+
+/// Handle every chain available on `queue`, counting them in `requests`. Ok(true): the driver
+/// wants an interrupt (event index, or VRING_AVAIL_F_NO_INTERRUPT clear).
+pub fn drain_queue(
+    queue: &mut Queue,
+    mem: &Memory,
+    disk: &dyn DiskBackend,
+    id: &[u8; ID_LEN],
+    requests: &mut u64,
+) -> Result<bool, QueueBroken> {
+    let mut used_any = false;
+    loop {
+        queue.disable_notification(mem).map_err(broken)?;
+        while let Some(chain) = queue.iter(mem).map_err(broken)?.next() {
+            let head = chain.head_index();
+            let used = handle_chain(mem, chain, disk, id);
+            queue.add_used(mem, head, used).map_err(broken)?;
+            *requests += 1;
+            used_any = true;
+        }
+        if !queue.enable_notification(mem).map_err(broken)? {
+            break;
+        }
+    }
+    if !used_any {
+        return Ok(false);
+    }
+    if queue.event_idx_enabled() {
+        return queue.needs_notification(mem).map_err(broken);
+    }
+    // virtio-queue leaves VRING_AVAIL_F_NO_INTERRUPT to us.
+    let flags: u16 = mem
+        .read_obj(GuestAddress(queue.avail_ring()))
+        .map_err(|e| QueueBroken(format!("avail flags: {e}")))?;
+    Ok(u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
 }
 
 impl VirtioDevice for Blk {
@@ -408,49 +448,50 @@ impl VirtioDevice for Blk {
         }
     }
 
-    fn activate(&mut self, _mem: &Memory, _features: u64) -> Result<(), String> {
+    fn activate(&mut self, activation: Activation) -> Result<(), String> {
+        if activation.queues.len() != self.sizes.len() {
+            return Err(format!("{} queues for one", activation.queues.len()));
+        }
+        self.active = Some(activation);
         Ok(())
     }
 
-    fn process_queue(
-        &mut self,
-        _index: usize,
-        queue: &mut Queue,
-        mem: &Memory,
-    ) -> Result<bool, QueueBroken> {
-        let mut used_any = false;
-        loop {
-            queue.disable_notification(mem).map_err(broken)?;
-            while let Some(chain) = queue.iter(mem).map_err(broken)?.next() {
-                let head = chain.head_index();
-                let used = handle_chain(mem, chain, &*self.disk, &self.id);
-                queue.add_used(mem, head, used).map_err(broken)?;
-                self.requests += 1;
-                used_any = true;
-            }
-            if !queue.enable_notification(mem).map_err(broken)? {
-                break;
-            }
-        }
-        if !used_any {
-            return Ok(false);
-        }
-        if queue.event_idx_enabled() {
-            return queue.needs_notification(mem).map_err(broken);
-        }
-        // virtio-queue leaves VRING_AVAIL_F_NO_INTERRUPT to us.
-        let flags: u16 = mem
-            .read_obj(GuestAddress(queue.avail_ring()))
-            .map_err(|e| QueueBroken(format!("avail flags: {e}")))?;
-        Ok(u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
+    fn activation(&self) -> Option<&Activation> {
+        self.active.as_ref()
     }
 
-    fn reset(&mut self) {}
+    fn activation_mut(&mut self) -> Option<&mut Activation> {
+        self.active.as_mut()
+    }
+
+    fn process_queue(&mut self, index: usize) -> Result<(), QueueBroken> {
+        let Some(Activation {
+            mem,
+            queues,
+            interrupt,
+            ..
+        }) = self.active.as_mut()
+        else {
+            return Ok(());
+        };
+        let Some(queue) = queues.get_mut(index) else {
+            return Ok(());
+        };
+        if drain_queue(queue, mem, &*self.disk, &self.id, &mut self.requests)? {
+            interrupt.trigger(InterruptType::Queue(index));
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::test_util::RecordingTrigger;
     use std::io;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
@@ -803,6 +844,7 @@ mod tests {
         assert_eq!(status(&m), VIRTIO_BLK_S_IOERR as u8);
     }
 
+    /// A 16-entry queue in `m`, and a disk device activated with it.
     fn blk_queue(m: &Memory) -> (MockSplitQueue<'_, Memory>, Queue, Blk) {
         let vq = MockSplitQueue::new(m, 16);
         let q: Queue = vq.create_queue().unwrap();
@@ -810,10 +852,37 @@ mod tests {
         (vq, q, Blk::new(Box::new(dk), [0; 20]))
     }
 
+    /// Activate `blk` with `q`; the handle records the interrupts it triggers.
+    fn activate(blk: &mut Blk, q: Queue, m: &Memory) -> Arc<RecordingTrigger> {
+        let irq = Arc::new(RecordingTrigger::default());
+        blk.activate(Activation {
+            mem: m.clone(),
+            features: 0,
+            queues: vec![q],
+            interrupt: irq.clone(),
+        })
+        .unwrap();
+        irq
+    }
+
+    /// Process queue 0 of an activated `blk`. Ok(true): it triggered the queue's interrupt.
+    fn process(blk: &mut Blk, irq: &RecordingTrigger) -> Result<bool, QueueBroken> {
+        let before = irq.triggers().len();
+        blk.process_queue(0)?;
+        let fired = &irq.triggers()[before..];
+        assert!(
+            fired.iter().all(|&t| t == InterruptType::Queue(0)),
+            "{fired:?}"
+        );
+        assert!(fired.len() <= 1, "one interrupt per notify at most");
+        Ok(fired.len() == 1)
+    }
+
     #[test]
     fn process_queue_drains_all_and_fills_used_ring() {
         let m = mem();
-        let (vq, mut q, mut blk) = blk_queue(&m);
+        let (vq, q, mut blk) = blk_queue(&m);
+        let irq = activate(&mut blk, q, &m);
         header(&m, VIRTIO_BLK_T_IN, 1);
         // Three chains: read, a chain with no status, a get-id.
         let descs = [
@@ -827,7 +896,7 @@ mod tests {
             d(STATUS + 1, 1, WRITE, 0),
         ];
         vq.add_desc_chains(&descs, 0).unwrap();
-        assert_eq!(blk.process_queue(0, &mut q, &m), Ok(true));
+        assert_eq!(process(&mut blk, &irq), Ok(true));
         assert_eq!(blk.requests, 3);
         assert_eq!(vq.used().idx().load(), 3);
         let used: Vec<(u32, u32)> = (0..3)
@@ -838,12 +907,12 @@ mod tests {
             .collect();
         assert_eq!(used, [(0, 513), (3, 0), (5, 1025)]);
         // Nothing new: no interrupt.
-        assert_eq!(blk.process_queue(0, &mut q, &m), Ok(false));
+        assert_eq!(process(&mut blk, &irq), Ok(false));
         // VRING_AVAIL_F_NO_INTERRUPT suppresses the interrupt.
         m.write_obj(VRING_AVAIL_F_NO_INTERRUPT as u16, vq.avail_addr())
             .unwrap();
         vq.add_desc_chains(&descs[..3], 8).unwrap();
-        assert_eq!(blk.process_queue(0, &mut q, &m), Ok(false));
+        assert_eq!(process(&mut blk, &irq), Ok(false));
         assert_eq!(vq.used().idx().load(), 4);
     }
 
@@ -852,30 +921,65 @@ mod tests {
         let m = mem();
         let (vq, mut q, mut blk) = blk_queue(&m);
         q.set_event_idx(true);
+        let irq = activate(&mut blk, q, &m);
         header(&m, VIRTIO_BLK_T_FLUSH, 0);
         let one = [d(HDR, 16, NEXT, 1), d(STATUS, 1, WRITE, 0)];
         // used_event lives after the avail ring: driver wants an interrupt after entry 5.
         let used_event = GuestAddress(vq.avail_addr().0 + 4 + 2 * 16);
         m.write_obj(5u16, used_event).unwrap();
         vq.add_desc_chains(&one, 0).unwrap();
-        assert_eq!(blk.process_queue(0, &mut q, &m), Ok(false));
+        assert_eq!(process(&mut blk, &irq), Ok(false));
         m.write_obj(1u16, used_event).unwrap();
         vq.add_desc_chains(&one, 2).unwrap();
-        assert_eq!(blk.process_queue(0, &mut q, &m), Ok(true));
+        assert_eq!(process(&mut blk, &irq), Ok(true));
     }
 
     #[test]
     fn broken_avail_index_is_reported_not_panicked() {
         let m = mem();
-        let (vq, mut q, mut blk) = blk_queue(&m);
+        let (vq, q, mut blk) = blk_queue(&m);
+        let irq = activate(&mut blk, q, &m);
         // The driver claims 100 new entries in a 16-entry ring.
         vq.avail().idx().store(100);
-        assert!(blk.process_queue(0, &mut q, &m).is_err());
+        assert!(process(&mut blk, &irq).is_err());
         // A head index outside the table: the used ring can't take it.
-        let (vq, mut q, mut blk) = blk_queue(&m);
+        let (vq, q, mut blk) = blk_queue(&m);
+        let irq = activate(&mut blk, q, &m);
         vq.avail().ring().ref_at(0).unwrap().store(40);
         vq.avail().idx().store(1);
-        assert!(blk.process_queue(0, &mut q, &m).is_err());
+        assert!(process(&mut blk, &irq).is_err());
+        assert!(irq.triggers().is_empty());
+    }
+
+    #[test]
+    fn the_queue_is_the_devices_only_from_activation_to_reset() {
+        let m = mem();
+        let (vq, q, mut blk) = blk_queue(&m);
+        header(&m, VIRTIO_BLK_T_IN, 1);
+        vq.add_desc_chains(
+            &[
+                d(HDR, 16, NEXT, 1),
+                d(DATA, 512, NEXT | WRITE, 2),
+                d(STATUS, 1, WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        // Before activation: no queue, no interrupt handle, a notify does nothing.
+        assert!(blk.queues().is_empty() && blk.interrupt_trigger().is_none());
+        assert_eq!(blk.process_queue(0), Ok(()));
+        let irq = activate(&mut blk, q, &m);
+        assert_eq!(blk.queues().len(), 1);
+        assert!(blk.interrupt_trigger().is_some());
+        // A queue the device does not have.
+        assert_eq!(blk.process_queue(1), Ok(()));
+        // Reset takes it all back.
+        blk.reset();
+        assert!(!blk.is_activated() && blk.queues_mut().is_empty());
+        assert_eq!(blk.process_queue(0), Ok(()));
+        assert_eq!(vq.used().idx().load(), 0);
+        assert!(irq.triggers().is_empty());
+        assert_eq!(blk.requests, 0);
     }
 
     #[test]

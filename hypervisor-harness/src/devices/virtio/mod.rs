@@ -1,8 +1,11 @@
 //! virtio (1.x) devices: a transport-agnostic [`device::VirtioDevice`] trait, the virtio-pci
-//! modern transport, device models (blk), and the I/O-thread glue.
+//! modern transport (with its common configuration), device models (blk), and the I/O-thread
+//! glue.
 //!
-//! Interrupts leave the transport through [`VirtioInterrupt`], which `vmm/` implements with
-//! KVM irqfds (MSI routes, and a level-triggered INTx with resampling). Nothing here talks to KVM.
+//! A device model raises interrupts through the [`device::InterruptTrigger`] it gets at
+//! activation; the transport turns that into an ISR bit and an MSI-X message or the INTx
+//! level, which leave through [`VirtioInterrupt`]. `vmm/` implements that with KVM irqfds
+//! (MSI routes) and KVM_IRQ_LINE (INTx). Nothing here talks to KVM.
 
 pub mod blk;
 pub mod common_config;
@@ -73,7 +76,24 @@ pub mod test_util {
         }
     }
 
+    /// Records the interrupts a device model triggers.
+    #[derive(Default)]
+    pub struct RecordingTrigger(Mutex<Vec<InterruptType>>);
+
+    impl RecordingTrigger {
+        pub fn triggers(&self) -> Vec<InterruptType> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl InterruptTrigger for RecordingTrigger {
+        fn trigger(&self, why: InterruptType) {
+            self.0.lock().unwrap().push(why);
+        }
+    }
+
     use super::blk::{Blk, DiskBackend};
+    use super::device::{InterruptTrigger, InterruptType};
     use super::transport_pci::{common, BarRegion, VirtioPciDevice};
     use super::Memory;
     use crate::devices::bus::BusDevice;

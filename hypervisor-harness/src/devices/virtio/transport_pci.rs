@@ -19,7 +19,7 @@
 //! bit 64) and raises a configuration interrupt instead of stopping anything.
 
 use super::common_config::{CommonConfig, CommonWrite};
-use super::device::{QueueBroken, VirtioDevice};
+use super::device::{Activation, InterruptTrigger, InterruptType, QueueBroken, VirtioDevice};
 use super::{Memory, VirtioInterrupt};
 use crate::devices::bus::BusDevice;
 use crate::devices::lock;
@@ -27,7 +27,8 @@ use crate::devices::pci::config::{PciConfig, CMD_BUS_MASTER, CMD_MEM};
 use crate::devices::pci::msix::{self, Msix, Trigger};
 use crate::devices::pci::PciFunction;
 use std::mem::{offset_of, size_of};
-use std::sync::{Arc, Mutex};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -205,24 +206,144 @@ pub struct TransportStats {
     pub undecoded_accesses: u64,
 }
 
-/// What processing a queue asks of the register half afterwards.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Nothing,
-    Interrupt,
-    Broken(String),
+/// The routing half of a function's interrupts: ISR, MSI-X table and vectors, INTx. A device
+/// model holds it (as its [`InterruptTrigger`]) from activation on and triggers it from
+/// wherever it completes work; the register half takes its lock for ISR reads, MSI-X table and
+/// message-control accesses, and its own configuration interrupts. Its lock is innermost
+/// (register half, then queue engine, then this) and never held across I/O.
+pub struct PciInterrupt {
+    state: Mutex<InterruptState>,
+    lines: Arc<dyn VirtioInterrupt>,
 }
 
-/// The queue-processing half of a virtio-pci function: the device model and its live queues.
-/// It has its own lock, held across a queue's processing (disk I/O included). The register
-/// half ([`VirtioPciDevice`]) takes it only to activate, reset or write device configuration,
-/// never for a register read or a notify, so a vCPU reading registers never waits for a disk.
-/// Lock order: the register lock may be held while taking this one, never the reverse.
+struct InterruptState {
+    msix: Msix,
+    isr: u8,
+    /// Queue vectors as the driver programmed them, copied at DRIVER_OK (they are frozen
+    /// from then on); NO_VECTOR before.
+    queue_vectors: Vec<u16>,
+    config_vector: u16,
+    /// The command register's INTx disable bit, mirrored by the register half.
+    intx_disabled: bool,
+    queue_interrupts: u64,
+    config_interrupts: u64,
+}
+
+impl PciInterrupt {
+    fn new(msix: Msix, num_queues: usize, lines: Arc<dyn VirtioInterrupt>) -> Self {
+        Self {
+            state: Mutex::new(InterruptState {
+                msix,
+                isr: 0,
+                queue_vectors: vec![NO_VECTOR; num_queues],
+                config_vector: NO_VECTOR,
+                intx_disabled: false,
+                queue_interrupts: 0,
+                config_interrupts: 0,
+            }),
+            lines,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, InterruptState> {
+        lock(&self.state)
+    }
+
+    /// Deliver on `vector` with MSI-X on, else assert INTx (unless the command register
+    /// disables it).
+    fn signal(&self, st: &mut InterruptState, vector: u16) {
+        if st.msix.enabled() {
+            if vector == NO_VECTOR {
+                return;
+            }
+            if let Trigger::Deliver(msg) = st.msix.trigger(vector) {
+                let _ = self.lines.msi(vector, msg);
+            }
+        } else if !st.intx_disabled {
+            let _ = self.lines.intx_assert();
+        }
+    }
+
+    /// The driver read the ISR: it clears, and the INTx line falls.
+    fn read_isr(&self) -> u8 {
+        let isr = std::mem::take(&mut self.state().isr);
+        self.lines.intx_deassert();
+        isr
+    }
+
+    /// Device reset: no ISR bits, no vectors, INTx low. The MSI-X table is PCI state and stays.
+    fn reset(&self) {
+        let mut st = self.state();
+        st.isr = 0;
+        st.queue_vectors.fill(NO_VECTOR);
+        st.config_vector = NO_VECTOR;
+        drop(st);
+        self.lines.intx_deassert();
+    }
+
+    fn write_msix_table(&self, offset: u64, data: &[u8]) {
+        let w = self.state().msix.write_table(offset, data);
+        if let Some((v, msg)) = w.changed {
+            self.lines.msi_update(v, msg);
+        }
+        if let Some((v, msg)) = w.deliver {
+            let _ = self.lines.msi(v, msg);
+        }
+    }
+
+    /// The MSI-X message control register changed: pending vectors it unmasks are delivered,
+    /// and with MSI-X on the function never uses INTx.
+    fn set_msix_control(&self, control: u16) {
+        let mut st = self.state();
+        for (v, msg) in st.msix.set_control(control) {
+            let _ = self.lines.msi(v, msg);
+        }
+        if st.msix.enabled() {
+            self.lines.intx_deassert();
+        }
+    }
+}
+
+impl InterruptTrigger for PciInterrupt {
+    fn trigger(&self, why: InterruptType) {
+        let mut st = self.state();
+        let vector = match why {
+            InterruptType::Queue(index) => {
+                st.isr |= ISR_QUEUE;
+                st.queue_interrupts += 1;
+                st.queue_vectors.get(index).copied().unwrap_or(NO_VECTOR)
+            }
+            InterruptType::Config => {
+                st.isr |= ISR_CONFIG;
+                st.config_interrupts += 1;
+                st.config_vector
+            }
+        };
+        self.signal(&mut st, vector);
+    }
+}
+
+/// The MSI-X state of a function, borrowed from its interrupt routing (see
+/// [`VirtioPciDevice::msix`]).
+pub struct MsixGuard<'a>(MutexGuard<'a, InterruptState>);
+
+impl Deref for MsixGuard<'_> {
+    type Target = Msix;
+    fn deref(&self) -> &Msix {
+        &self.0.msix
+    }
+}
+
+/// The queue-processing half of a virtio-pci function: the device model, which owns the live
+/// queues from activation on. It has its own lock, held across a queue's processing (disk I/O
+/// included). The register half ([`VirtioPciDevice`]) takes it only to activate, reset or
+/// write device configuration, never for a register read or a notify, so a vCPU reading
+/// registers never waits for a disk. Lock order: the register lock may be held while taking
+/// this one, never the reverse.
 pub struct QueueEngine {
     device: Box<dyn VirtioDevice>,
+    /// Guest memory, to check the rings before the device sees them.
     mem: Memory,
-    /// Copies of the register image's queues, made at DRIVER_OK; they run from there.
-    queues: Vec<Queue>,
     active: bool,
     /// The register half's epoch at activation: work admitted in another epoch is dropped.
     epoch: u64,
@@ -231,36 +352,34 @@ pub struct QueueEngine {
 }
 
 impl QueueEngine {
-    /// Process queue `index`, admitted by the register half in `epoch`.
-    pub fn run(&mut self, index: usize, epoch: u64) -> Outcome {
+    /// Process queue `index`, admitted by the register half in `epoch`. The device triggers
+    /// its own interrupts; an error means the device needs a reset.
+    pub fn run(&mut self, index: usize, epoch: u64) -> Result<(), QueueBroken> {
         if !self.active || self.epoch != epoch {
-            return Outcome::Nothing;
+            return Ok(());
         }
-        let Some(q) = self.queues.get_mut(index) else {
-            return Outcome::Nothing;
+        let Some(q) = self.device.queues().get(index) else {
+            return Ok(());
         };
         if !q.ready() {
-            return Outcome::Nothing;
+            return Ok(());
         }
         let result = if q.is_valid(&self.mem) {
-            self.device.process_queue(index, q, &self.mem)
+            self.device.process_queue(index)
         } else {
             Err(QueueBroken("ring outside guest memory".into()))
         };
-        match result {
-            Ok(true) => Outcome::Interrupt,
-            Ok(false) => Outcome::Nothing,
-            Err(e) => {
-                // Nothing more runs until the driver resets the device.
-                self.active = false;
-                Outcome::Broken(e.0)
-            }
+        if result.is_err() {
+            // Nothing more runs until the driver resets the device.
+            self.active = false;
         }
+        result
     }
 }
 
-/// A handle for an I/O thread: processes a queue in three steps, so that only the middle one
-/// (the device's work, under the [`QueueEngine`] lock) can take long.
+/// A handle for an I/O thread: admits a notify under the register lock, then lets the device
+/// work under the [`QueueEngine`] lock only (the one step that can take long). The register
+/// lock is taken again only if the queue broke.
 #[derive(Clone)]
 pub struct QueueWorker {
     regs: Arc<Mutex<VirtioPciDevice>>,
@@ -281,28 +400,27 @@ impl QueueWorker {
         let Some(epoch) = lock(&self.regs).admit(index) else {
             return;
         };
-        let outcome = lock(&self.engine).run(index, epoch);
-        lock(&self.regs).complete(index, epoch, outcome);
+        if let Err(broken) = lock(&self.engine).run(index, epoch) {
+            lock(&self.regs).queue_broken(epoch, broken);
+        }
     }
 }
 
-/// The register half of a virtio-pci function: PCI configuration, MSI-X, the common
-/// configuration (with an image of the queue registers), ISR and a copy of the device
+/// The register half of a virtio-pci function: PCI configuration, the common configuration
+/// (with an image of the queue registers), the status machine and a copy of the device
 /// configuration. This is what the vCPU's accesses lock.
 pub struct VirtioPciDevice {
     config: PciConfig,
-    msix: Msix,
     /// Config offset of the MSI-X capability; None for a function without MSI-X (INTx only),
     /// whose MSI-X region then reads as zeros and ignores writes.
     msix_cap: Option<usize>,
     engine: Arc<Mutex<QueueEngine>>,
-    irq: Arc<dyn VirtioInterrupt>,
+    interrupt: Arc<PciInterrupt>,
     /// The device configuration as the driver reads it (refreshed after a write).
     device_config: Vec<u8>,
     /// The common configuration, with the queue registers as the driver programmed them
     /// (frozen from DRIVER_OK on).
     common: CommonConfig,
-    isr: u8,
     /// Set at DRIVER_OK, cleared by reset: the device is activated at most once per cycle.
     activated: bool,
     /// Bumped by every reset; completions of work admitted before it are dropped.
@@ -311,7 +429,8 @@ pub struct VirtioPciDevice {
     deferred: Vec<bool>,
     /// Why the device needs a reset, if it does.
     broken: Option<String>,
-    pub stats: TransportStats,
+    /// Counted here; the interrupt counts are the routing half's (see [`Self::stats`]).
+    stats: TransportStats,
 }
 
 impl VirtioPciDevice {
@@ -392,21 +511,20 @@ impl VirtioPciDevice {
         let engine = QueueEngine {
             device,
             mem,
-            queues: Vec::new(),
             active: false,
             epoch: 0,
             activations: 0,
         };
+        let interrupt = PciInterrupt::new(msix, nq, irq);
+        interrupt.state().intx_disabled = config.command() & CMD_INTX_DISABLE != 0;
         Ok(Self {
             config,
-            msix,
             msix_cap,
             engine: Arc::new(Mutex::new(engine)),
-            irq,
+            interrupt: Arc::new(interrupt),
             device_config,
             deferred: vec![false; nq],
             common,
-            isr: 0,
             activated: false,
             epoch: 0,
             broken: None,
@@ -430,8 +548,20 @@ impl VirtioPciDevice {
         self.common.status
     }
 
-    pub fn msix(&self) -> &Msix {
-        &self.msix
+    /// The function's MSI-X state (its table lives with the interrupt routing; this holds
+    /// that lock while borrowed).
+    pub fn msix(&self) -> MsixGuard<'_> {
+        MsixGuard(self.interrupt.state())
+    }
+
+    /// What the transport counted, interrupts included.
+    pub fn stats(&self) -> TransportStats {
+        let st = self.interrupt.state();
+        TransportStats {
+            queue_interrupts: st.queue_interrupts,
+            config_interrupts: st.config_interrupts,
+            ..self.stats
+        }
     }
 
     /// Queue `index` as its registers were programmed (the running copy is the engine's).
@@ -471,7 +601,8 @@ impl VirtioPciDevice {
     fn common_write(&mut self, offset: u64, data: &[u8]) {
         match self.common.write(offset, data) {
             CommonWrite::Status(v) => self.write_status(v),
-            CommonWrite::ConfigVector(_) | CommonWrite::Done => {}
+            CommonWrite::ConfigVector(v) => self.interrupt.state().config_vector = v,
+            CommonWrite::Done => {}
         }
     }
 
@@ -537,7 +668,8 @@ impl VirtioPciDevice {
         self.common.status |= next;
     }
 
-    /// DRIVER_OK: the engine gets the programmed queues and the device its features.
+    /// DRIVER_OK: the device gets its memory, the programmed queues, its features and the
+    /// interrupt handle; the interrupt routing gets the queues' vectors.
     fn activate(&mut self) -> Result<(), String> {
         let features = self.common.driver_features();
         let event_idx = features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
@@ -548,71 +680,45 @@ impl VirtioPciDevice {
             copy.set_event_idx(event_idx);
             queues.push(copy);
         }
+        self.interrupt
+            .state()
+            .queue_vectors
+            .copy_from_slice(self.common.queue_vectors());
         let mut e = lock(&self.engine);
-        let QueueEngine { device, mem, .. } = &mut *e;
-        device.activate(mem, features)?;
-        e.queues = queues;
+        let activation = Activation {
+            mem: e.mem.clone(),
+            features,
+            queues,
+            interrupt: self.interrupt.clone(),
+        };
+        e.device.activate(activation)?;
         e.epoch = self.epoch;
         e.active = true;
         e.activations += 1;
         Ok(())
     }
 
-    /// Device reset (status 0): the device, its queues and the negotiation start over. The
-    /// MSI-X table is PCI state and stays. A request the engine is processing finishes first
-    /// (this waits for its lock; the spec lets a reset complete only when the device has
-    /// stopped), and its completion is dropped.
+    /// Device reset (status 0): the device drops its queues and interrupt handle, and the
+    /// negotiation starts over. The MSI-X table is PCI state and stays. A request the engine
+    /// is processing finishes first (this waits for its lock; the spec lets a reset complete
+    /// only when the device has stopped), and a queue it found broken is forgotten.
     pub fn reset(&mut self) {
         self.epoch = self.epoch.wrapping_add(1);
         {
             let mut e = lock(&self.engine);
             e.device.reset();
-            e.queues.clear();
             e.active = false;
             e.epoch = self.epoch;
         }
         self.common.reset();
         self.deferred.fill(false);
-        self.isr = 0;
         self.activated = false;
         self.broken = None;
         self.stats.resets += 1;
-        self.irq.intx_deassert();
+        self.interrupt.reset();
     }
 
     // ---- interrupts ----
-
-    fn signal(&mut self, vector: u16) {
-        if self.msix.enabled() {
-            if vector == NO_VECTOR {
-                return;
-            }
-            if let Trigger::Deliver(msg) = self.msix.trigger(vector) {
-                let _ = self.irq.msi(vector, msg);
-            }
-        } else if self.config.command() & CMD_INTX_DISABLE == 0 {
-            let _ = self.irq.intx_assert();
-        }
-    }
-
-    fn queue_interrupt(&mut self, index: usize) {
-        self.isr |= ISR_QUEUE;
-        self.stats.queue_interrupts += 1;
-        let v = self
-            .common
-            .queue_vectors()
-            .get(index)
-            .copied()
-            .unwrap_or(NO_VECTOR);
-        self.signal(v);
-    }
-
-    fn config_interrupt(&mut self) {
-        self.isr |= ISR_CONFIG;
-        self.stats.config_interrupts += 1;
-        let v = self.common.config_vector();
-        self.signal(v);
-    }
 
     fn set_needs_reset(&mut self, why: String) {
         if self.common.status & STATUS_NEEDS_RESET != 0 {
@@ -620,7 +726,7 @@ impl VirtioPciDevice {
         }
         self.broken = Some(why);
         self.common.status |= STATUS_NEEDS_RESET;
-        self.config_interrupt();
+        self.interrupt.trigger(InterruptType::Config);
     }
 
     // ---- queues ----
@@ -651,15 +757,11 @@ impl VirtioPciDevice {
         Some(self.epoch)
     }
 
-    /// Last step (under the register lock again): interrupt, or NEEDS_RESET.
-    fn complete(&mut self, index: usize, epoch: u64, outcome: Outcome) {
-        if epoch != self.epoch {
-            return;
-        }
-        match outcome {
-            Outcome::Nothing => {}
-            Outcome::Interrupt => self.queue_interrupt(index),
-            Outcome::Broken(why) => self.set_needs_reset(why),
+    /// The device found a queue broken processing work admitted in `epoch` (under the
+    /// register lock again): NEEDS_RESET, unless a reset came in between.
+    fn queue_broken(&mut self, epoch: u64, broken: QueueBroken) {
+        if epoch == self.epoch {
+            self.set_needs_reset(broken.0);
         }
     }
 
@@ -669,8 +771,10 @@ impl VirtioPciDevice {
         let Some(epoch) = self.admit(index) else {
             return;
         };
-        let outcome = lock(&self.engine).run(index, epoch);
-        self.complete(index, epoch, outcome);
+        let result = lock(&self.engine).run(index, epoch);
+        if let Err(broken) = result {
+            self.queue_broken(epoch, broken);
+        }
     }
 
     /// Bus mastering came on: the queues that were notified without it run now.
@@ -690,8 +794,7 @@ impl VirtioPciDevice {
             BarBlock::Isr(o) => {
                 data.fill(0);
                 if o == 0 && !data.is_empty() {
-                    data[0] = std::mem::take(&mut self.isr);
-                    self.irq.intx_deassert();
+                    data[0] = self.interrupt.read_isr();
                 }
             }
             BarBlock::Device(o) => {
@@ -705,8 +808,8 @@ impl VirtioPciDevice {
             }
             BarBlock::Notify(_) | BarBlock::Unused => data.fill(0),
             _ if self.msix_cap.is_none() => data.fill(0),
-            BarBlock::MsixTable(o) => self.msix.read_table(o, data),
-            BarBlock::MsixPba(o) => self.msix.read_pba(o, data),
+            BarBlock::MsixTable(o) => self.interrupt.state().msix.read_table(o, data),
+            BarBlock::MsixPba(o) => self.interrupt.state().msix.read_pba(o, data),
         }
     }
 
@@ -731,13 +834,7 @@ impl VirtioPciDevice {
                 }
             }
             BarBlock::MsixTable(o) if self.msix_cap.is_some() => {
-                let w = self.msix.write_table(o, data);
-                if let Some((v, msg)) = w.changed {
-                    self.irq.msi_update(v, msg);
-                }
-                if let Some((v, msg)) = w.deliver {
-                    let _ = self.irq.msi(v, msg);
-                }
+                self.interrupt.write_msix_table(o, data)
             }
             _ => {}
         }
@@ -762,16 +859,11 @@ impl PciFunction for VirtioPciDevice {
         {
             let mut b = [0u8; 2];
             self.config.read(ctrl, &mut b);
-            for (v, msg) in self.msix.set_control(u16::from_le_bytes(b)) {
-                let _ = self.irq.msi(v, msg);
-            }
-            if self.msix.enabled() {
-                // With MSI-X on, the function never uses INTx.
-                self.irq.intx_deassert();
-            }
+            self.interrupt.set_msix_control(u16::from_le_bytes(b));
         }
         // INTx disable takes effect at the next interrupt; bus mastering coming on releases
         // the queues notified while it was off.
+        self.interrupt.state().intx_disabled = self.config.command() & CMD_INTX_DISABLE != 0;
         if !bus_master_before && self.bus_master() {
             self.run_deferred();
         }
@@ -829,6 +921,7 @@ mod tests {
         resets: Arc<AtomicU32>,
         activated: Arc<AtomicU32>,
         fail: bool,
+        active: Option<Activation>,
     }
 
     impl VirtioDevice for Fake {
@@ -849,25 +942,31 @@ mod tests {
                 *b = 0x10 + offset as u8 + i as u8;
             }
         }
-        fn activate(&mut self, _mem: &Memory, _f: u64) -> Result<(), String> {
+        fn activate(&mut self, activation: Activation) -> Result<(), String> {
             self.activated.fetch_add(1, Ordering::SeqCst);
+            self.active = Some(activation);
             Ok(())
         }
-        fn process_queue(
-            &mut self,
-            _index: usize,
-            _queue: &mut Queue,
-            _mem: &Memory,
-        ) -> Result<bool, QueueBroken> {
+        fn activation(&self) -> Option<&Activation> {
+            self.active.as_ref()
+        }
+        fn activation_mut(&mut self) -> Option<&mut Activation> {
+            self.active.as_mut()
+        }
+        /// Every notify of a ready queue is a used buffer the driver wants to hear about.
+        fn process_queue(&mut self, index: usize) -> Result<(), QueueBroken> {
             self.processed.fetch_add(1, Ordering::SeqCst);
             if self.fail {
-                Err(QueueBroken("test".into()))
-            } else {
-                Ok(true)
+                return Err(QueueBroken("test".into()));
             }
+            if let Some(irq) = self.interrupt_trigger() {
+                irq.trigger(InterruptType::Queue(index));
+            }
+            Ok(())
         }
         fn reset(&mut self) {
             self.resets.fetch_add(1, Ordering::SeqCst);
+            self.active = None;
         }
     }
 
@@ -895,6 +994,7 @@ mod tests {
             resets: resets.clone(),
             activated: activated.clone(),
             fail,
+            active: None,
         };
         let mut dev =
             VirtioPciDevice::with_msix(Box::new(fake), mem, irq.clone(), 11, with_msix).unwrap();
@@ -1244,7 +1344,7 @@ mod tests {
         assert_eq!(d.broken(), None);
         w(d, VirtioPciDevice::notify_offset(0), 2, 0);
         assert_eq!(t.processed.load(Ordering::SeqCst), 1);
-        assert_eq!(t.dev.stats.config_interrupts, 0);
+        assert_eq!(t.dev.stats().config_interrupts, 0);
     }
 
     #[test]
@@ -1270,11 +1370,11 @@ mod tests {
     /// Write `v` to the status and check that it was refused: nothing changes.
     fn refused(t: &mut T, v: u8) {
         let before = status(&mut t.dev);
-        let illegal = t.dev.stats.illegal_status_writes;
+        let illegal = t.dev.stats().illegal_status_writes;
         w(&mut t.dev, common::DEVICE_STATUS, 1, v as u64);
         assert_eq!(status(&mut t.dev), before, "{before:#x} -> {v:#x} accepted");
         assert_eq!(
-            t.dev.stats.illegal_status_writes,
+            t.dev.stats().illegal_status_writes,
             illegal + 1,
             "{before:#x} -> {v:#x} not counted"
         );
@@ -1418,6 +1518,7 @@ mod tests {
                 resets: Arc::default(),
                 activated: Arc::default(),
                 fail: false,
+                active: None,
             };
             let irq = Arc::new(RecordingIrq::default());
             let d = VirtioPciDevice::new(Box::new(fake), mem, irq, 11).unwrap();
@@ -1445,7 +1546,7 @@ mod tests {
         assert_eq!(read(&mut device_region, 0, 4), 0xffff_ffff);
         common_region.write(common::DEVICE_STATUS, &[1]);
         common_region.write(common::QUEUE_SELECT, &1u16.to_le_bytes());
-        assert!(lock(&dev).stats.undecoded_accesses >= 4);
+        assert!(lock(&dev).stats().undecoded_accesses >= 4);
         lock(&dev).config_write(
             REG_COMMAND as u64,
             &(CMD_MEM | CMD_BUS_MASTER).to_le_bytes(),
@@ -1486,7 +1587,7 @@ mod tests {
         assert_eq!(rig.status_byte(), 0xff);
         assert_eq!(rig.data(), [0xee; 512]);
         assert_eq!(rig.irq.intx_count(), 0);
-        assert_eq!(lock(&rig.dev).stats.deferred_notifies, 1);
+        assert_eq!(lock(&rig.dev).stats().deferred_notifies, 1);
         // Bus mastering on: the waiting request is processed.
         lock(&rig.dev).config_write(
             REG_COMMAND as u64,
