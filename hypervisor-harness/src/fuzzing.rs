@@ -23,8 +23,8 @@ use crate::backends::disk::{DiskBackend, RawDisk};
 use crate::backends::mem_disk::{Fault, Faults, MemDisk};
 use crate::devices::bus::Bus;
 use crate::devices::floor::FloorFunction;
-use crate::devices::ide::ata;
-use crate::devices::ide::bmdma;
+use crate::devices::ide::ata::{self, DeviceControl, DeviceReg, Status, TaskfileReg};
+use crate::devices::ide::bmdma::{BmCommand, BmReg, BmStatus, PrdEntry};
 use crate::devices::ide::piix::{self, IdePort, PiixFunction, PiixIde, Port};
 use crate::devices::pci::config::{PciConfig, CMD_BUS_MASTER, CMD_IO, CMD_MEM, REG_COMMAND};
 use crate::devices::pci::host_bridge::HostBridge;
@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET};
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 /// Most operations one input runs.
 pub const MAX_OPS: usize = 96;
@@ -1094,13 +1094,13 @@ impl IdeRig {
                 } else {
                     r.gpa() as u32
                 };
-                let cmd = r.u8() & (bmdma::CMD_START | bmdma::CMD_WRITE_TO_MEMORY);
-                self.out32(IDE_BAR4 + 8 * ch + 4, prd);
-                self.out8(IDE_BAR4 + 8 * ch, cmd);
+                let cmd = BmCommand::from_bits_truncate(r.u8());
+                self.out32(IDE_BAR4 + 8 * ch + BmReg::PRD_TABLE, prd);
+                self.out8(IDE_BAR4 + 8 * ch, cmd.bits());
             }
             iop::PRD => {
                 let ch = (r.u8() & 1) as u64;
-                let table = self.in32(IDE_BAR4 + 8 * ch + 4) as u64;
+                let table = self.in32(IDE_BAR4 + 8 * ch + BmReg::PRD_TABLE) as u64;
                 let i = r.u8() as u64;
                 let addr = r.gpa() as u32;
                 let count = match r.u8() % 4 {
@@ -1109,11 +1109,9 @@ impl IdeRig {
                     2 => r.u16(),
                     _ => (r.u8() as u16) << 1,
                 };
-                let eot = if r.u8() & 1 != 0 { 1u32 << 31 } else { 0 };
-                let mut e = [0u8; 8];
-                e[..4].copy_from_slice(&addr.to_le_bytes());
-                e[4..].copy_from_slice(&(count as u32 | eot).to_le_bytes());
-                poke(&self.mem, table + 8 * i, &e);
+                let last = r.u8() & 1 != 0;
+                let entry = PrdEntry::new(addr, count, last);
+                poke(&self.mem, table + 8 * i, entry.as_slice());
             }
             iop::MEM => {
                 let addr = r.u16() as u64;
@@ -1167,17 +1165,18 @@ impl IdeRig {
     }
 
     fn taskfile(&mut self, ch: usize, device: u8, feature: u8, count: [u8; 2], lba: u64, cmd: u8) {
+        use TaskfileReg::{Count, Device, ErrorFeature, LbaHigh, LbaLow, LbaMid, StatusCommand};
         let p = Self::cmd_port(ch);
-        self.out8(p + 6, device);
-        self.out8(p + 1, 0);
-        self.out8(p + 1, feature);
-        self.out8(p + 2, count[0]);
-        self.out8(p + 2, count[1]);
-        for (k, reg) in [3u64, 4, 5].into_iter().enumerate() {
-            self.out8(p + reg, (lba >> (24 + 8 * k)) as u8);
-            self.out8(p + reg, (lba >> (8 * k)) as u8);
+        self.out8(p + Device as u64, device);
+        self.out8(p + ErrorFeature as u64, 0);
+        self.out8(p + ErrorFeature as u64, feature);
+        self.out8(p + Count as u64, count[0]);
+        self.out8(p + Count as u64, count[1]);
+        for (k, reg) in [LbaLow, LbaMid, LbaHigh].into_iter().enumerate() {
+            self.out8(p + reg as u64, (lba >> (24 + 8 * k)) as u8);
+            self.out8(p + reg as u64, (lba >> (8 * k)) as u8);
         }
-        self.out8(p + 7, cmd);
+        self.out8(p + StatusCommand as u64, cmd);
     }
 
     /// A whole DMA transfer: PRD table in RAM, READ/WRITE DMA, start the engine.
@@ -1190,23 +1189,21 @@ impl IdeRig {
         let table = 0x8000 + 0x100 * ch as u64;
         let entries = 1 + r.u8() % 4;
         for k in 0..entries {
-            let len = 512 * (1 + r.u8() as u32 % 2);
-            let eot = if k == entries - 1 && b & 8 == 0 {
-                1u32 << 31
-            } else {
-                0
-            };
-            let mut e = [0u8; 8];
-            e[..4].copy_from_slice(&(0x4000 + 0x1000 * k as u32).to_le_bytes());
-            e[4..].copy_from_slice(&(len | eot).to_le_bytes());
-            poke(&self.mem, table + 8 * k as u64, &e);
+            let len = 512 * (1 + r.u8() as u16 % 2);
+            let last = k == entries - 1 && b & 8 == 0;
+            let entry = PrdEntry::new(0x4000 + 0x1000 * k as u32, len, last);
+            poke(&self.mem, table + 8 * k as u64, entry.as_slice());
         }
         let bm = IDE_BAR4 + 8 * ch as u64;
-        self.out32(bm + 4, table as u32);
-        let dir = if read { bmdma::CMD_WRITE_TO_MEMORY } else { 0 };
+        self.out32(bm + BmReg::PRD_TABLE, table as u32);
+        let dir = if read {
+            BmCommand::WRITE_TO_MEMORY
+        } else {
+            BmCommand::empty()
+        };
         let start_first = b & 0x10 != 0;
         if start_first {
-            self.out8(bm, dir | bmdma::CMD_START);
+            self.out8(bm, (dir | BmCommand::START).bits());
         }
         let cmd = match (read, ext) {
             (true, false) => ata::CMD_READ_DMA,
@@ -1214,15 +1211,17 @@ impl IdeRig {
             (false, false) => ata::CMD_WRITE_DMA,
             (false, true) => ata::CMD_WRITE_DMA_EXT,
         };
-        let device = ata::DEV_LBA | 0xa0 | drive << 4;
-        self.taskfile(ch, device, 0, [0, count], lba, cmd);
+        let mut device = DeviceReg::LBA | DeviceReg::OBS7 | DeviceReg::OBS5;
+        device.set(DeviceReg::DEV, drive != 0);
+        self.taskfile(ch, device.bits(), 0, [0, count], lba, cmd);
         if !start_first {
-            self.out8(bm, dir | bmdma::CMD_START);
+            self.out8(bm, (dir | BmCommand::START).bits());
         }
         if b & 0x20 != 0 {
             // Stop the engine and acknowledge, as a driver does.
-            self.out8(bm, dir);
-            self.out8(bm + 2, bmdma::ST_INTERRUPT | bmdma::ST_ERROR);
+            self.out8(bm, dir.bits());
+            let ack = BmStatus::INTERRUPT | BmStatus::ERROR;
+            self.out8(bm + BmReg::Status.offset(), ack.bits());
         }
     }
 
@@ -1239,9 +1238,16 @@ impl IdeRig {
             if cmd & CMD_IO != 0 {
                 let mut b = [0u8; 8];
                 ide.bm_read(8 * ch as u64, &mut b);
-                bm_status[ch] = b[2];
-                assert_eq!(b[0] & !0x09, 0, "bus-master command {:#x}", b[0]);
-                assert_eq!(b[2] & !0x67, 0, "bus-master status {:#x}", b[2]);
+                let (command, status) = (b[0], b[2]);
+                bm_status[ch] = status;
+                assert!(
+                    BmCommand::from_bits(command).is_some(),
+                    "bus-master command {command:#x}"
+                );
+                assert!(
+                    BmStatus::from_bits(status).is_some(),
+                    "bus-master status {status:#x}"
+                );
                 assert_eq!(b[4] & 3, 0, "PRD pointer not dword aligned");
             }
             let mut idetim = [0u8; 2];
@@ -1251,25 +1257,24 @@ impl IdeRig {
             }
             let mut st = [0u8];
             ide.ctl_read(ch, 0, &mut st);
-            let st = st[0];
-            ata_status[ch] = st;
+            ata_status[ch] = st[0];
+            let st = Status::from_bits_retain(st[0]);
             let mut dev = [0u8];
-            ide.cmd_read(ch, ata::REG_DEVICE as u64, &mut dev);
-            let sel = usize::from(dev[0] & ata::DEV_DRV != 0);
+            ide.cmd_read(ch, TaskfileReg::Device as u64, &mut dev);
+            let sel = usize::from(DeviceReg::from_bits_retain(dev[0]).contains(DeviceReg::DEV));
             if !self.present[2 * ch + sel] {
-                assert_eq!(st, 0, "absent drive status");
+                assert_eq!(st, Status::empty(), "absent drive status");
                 continue;
             }
-            assert_ne!(st & ata::ST_DRDY, 0, "drive not ready: {st:#x}");
-            assert_eq!(st & ata::ST_DF, 0, "device fault: {st:#x}");
-            assert_ne!(
-                st & (ata::ST_ERR | ata::ST_DRQ),
-                ata::ST_ERR | ata::ST_DRQ,
-                "ERR with DRQ: {st:#x}"
+            assert!(st.contains(Status::DRDY), "drive not ready: {st:?}");
+            assert!(!st.contains(Status::DF), "device fault: {st:?}");
+            assert!(
+                !st.contains(Status::ERR | Status::DRQ),
+                "ERR with DRQ: {st:?}"
             );
-            if st & ata::ST_ERR != 0 && st & ata::ST_BSY == 0 {
+            if st.contains(Status::ERR) && !st.contains(Status::BSY) {
                 let mut e = [0u8];
-                ide.cmd_read(ch, ata::REG_ERROR_FEATURE as u64, &mut e);
+                ide.cmd_read(ch, TaskfileReg::ErrorFeature as u64, &mut e);
                 assert_ne!(e[0], 0, "ERR without an error code");
             }
         }
@@ -1293,11 +1298,13 @@ impl IdeRig {
                 continue;
             }
             let (cmd, ctl) = (IDE_PORTS[2 * ch].0, IDE_PORTS[2 * ch + 1].0);
-            self.out8(ctl, ata::CTL_SRST);
+            let status = cmd + TaskfileReg::StatusCommand as u64;
+            let ready = (Status::DRDY | Status::DSC).bits();
+            self.out8(ctl, DeviceControl::SRST.bits());
             self.out8(ctl, 0);
-            let st = self.in8(cmd + 7);
-            assert_eq!(st, ata::ST_DRDY | ata::ST_DSC, "status after reset");
-            self.out8(cmd + 7, ata::CMD_IDENTIFY);
+            let st = self.in8(status);
+            assert_eq!(st, ready, "status after reset");
+            self.out8(status, ata::CMD_IDENTIFY);
             let mut sum = 0u8;
             let mut words = [0u16; 256];
             for w in &mut words {
@@ -1308,7 +1315,7 @@ impl IdeRig {
             }
             assert_eq!(words[255] & 0xff, 0xa5, "IDENTIFY signature");
             assert_eq!(sum, 0, "IDENTIFY checksum");
-            assert_eq!(self.in8(cmd + 7) & ata::ST_DRQ, 0);
+            assert_eq!(self.in8(status) & Status::DRQ.bits(), 0);
             self.taskfile(ch, 0xe0, 0, [0, 1], 2, ata::CMD_READ_SECTORS);
             let mut sector = vec![0u8; SECTOR];
             for pair in sector.chunks_mut(2) {
@@ -1318,7 +1325,7 @@ impl IdeRig {
                 sector == images[2 * ch][2 * SECTOR..3 * SECTOR],
                 "PIO read returned the wrong data"
             );
-            assert_eq!(self.in8(cmd + 7), ata::ST_DRDY | ata::ST_DSC);
+            assert_eq!(self.in8(status), ready);
         }
     }
 }
@@ -1891,8 +1898,11 @@ mod tests {
         let p = ide_one_drive().op(&[iop::DMA, 0, 0x00, 1, 1, 1, 0, 0]);
         let s = run_ide(&p.0);
         assert_eq!(s.irqs[0], 1);
-        assert_eq!(s.bm_status[0], bmdma::ST_INTERRUPT | bmdma::ST_DRIVE0_DMA);
-        assert_eq!(s.ata_status[0], ata::ST_DRDY | ata::ST_DSC);
+        assert_eq!(
+            s.bm_status[0],
+            (BmStatus::INTERRUPT | BmStatus::DRIVE0_DMA).bits()
+        );
+        assert_eq!(s.ata_status[0], (Status::DRDY | Status::DSC).bits());
     }
 
     #[test]
@@ -1909,7 +1919,7 @@ mod tests {
             .op(&[iop::BM, 0, 0, 0x09]);
         let s = run_ide(&p.0);
         assert_eq!(s.irqs[0], 1);
-        assert_eq!(s.ata_status[0] & ata::ST_ERR, 0);
+        assert_eq!(s.ata_status[0] & Status::ERR.bits(), 0);
         // A table without EOT that runs off the end of RAM: its one entry (2 bytes) is at the
         // last 8 bytes of RAM, the next would be outside: a bus-master error, not a host access.
         let p = ide_one_drive()
@@ -1919,11 +1929,11 @@ mod tests {
             .op(&[iop::BM, 0, 1, 4, 7, 0x09]);
         let s = run_ide(&p.0);
         assert_eq!(
-            s.bm_status[0] & (bmdma::ST_ERROR | bmdma::ST_ACTIVE),
-            bmdma::ST_ERROR,
+            s.bm_status[0] & (BmStatus::ERROR | BmStatus::ACTIVE).bits(),
+            BmStatus::ERROR.bits(),
             "{s:?}"
         );
-        assert_ne!(s.ata_status[0] & ata::ST_ERR, 0, "{s:?}");
+        assert_ne!(s.ata_status[0] & Status::ERR.bits(), 0, "{s:?}");
     }
 
     #[test]
@@ -1945,15 +1955,24 @@ mod tests {
         ]);
         let s = run_ide(&p.0);
         assert_eq!(s.irqs[0], 1);
-        assert_eq!(s.ata_status[0], ata::ST_DRDY | ata::ST_DSC | ata::ST_ERR);
+        assert_eq!(
+            s.ata_status[0],
+            (Status::DRDY | Status::DSC | Status::ERR).bits()
+        );
         // The same through DMA, with writes cut by ENOSPC.
         let p =
             ide_one_drive()
                 .op(&[iop::FAULT, 0, 0b11_00])
                 .op(&[iop::DMA, 0, 0x02, 1, 1, 1, 0, 0]);
         let s = run_ide(&p.0);
-        assert_eq!(s.ata_status[0], ata::ST_DRDY | ata::ST_DSC | ata::ST_ERR);
-        assert_eq!(s.bm_status[0], bmdma::ST_INTERRUPT | bmdma::ST_DRIVE0_DMA);
+        assert_eq!(
+            s.ata_status[0],
+            (Status::DRDY | Status::DSC | Status::ERR).bits()
+        );
+        assert_eq!(
+            s.bm_status[0],
+            (BmStatus::INTERRUPT | BmStatus::DRIVE0_DMA).bits()
+        );
     }
 
     #[test]

@@ -13,42 +13,111 @@
 use super::bmdma::DmaRequest;
 use crate::backends::disk::{DiskBackend, SECTOR_SIZE};
 use crate::devices::Interrupt;
+use bitflags::bitflags;
 use std::sync::Arc;
 
 const SECTOR: usize = SECTOR_SIZE as usize;
 
-// Command block register offsets.
-pub const REG_DATA: u8 = 0;
-pub const REG_ERROR_FEATURE: u8 = 1;
-pub const REG_COUNT: u8 = 2;
-pub const REG_LBA_LOW: u8 = 3;
-pub const REG_LBA_MID: u8 = 4;
-pub const REG_LBA_HIGH: u8 = 5;
-pub const REG_DEVICE: u8 = 6;
-pub const REG_STATUS_COMMAND: u8 = 7;
+/// The command block registers, by their offset from the block's base (ATA-7 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskfileReg {
+    Data = 0,
+    /// Read: error; write: features.
+    ErrorFeature = 1,
+    Count = 2,
+    LbaLow = 3,
+    LbaMid = 4,
+    LbaHigh = 5,
+    Device = 6,
+    /// Read: status (acknowledges INTRQ); write: command.
+    StatusCommand = 7,
+}
 
-// Status bits.
-pub const ST_ERR: u8 = 0x01;
-pub const ST_DRQ: u8 = 0x08;
-pub const ST_DSC: u8 = 0x10;
-pub const ST_DF: u8 = 0x20;
-pub const ST_DRDY: u8 = 0x40;
-pub const ST_BSY: u8 = 0x80;
+impl TaskfileReg {
+    /// In offset order.
+    pub const ALL: [Self; 8] = [
+        Self::Data,
+        Self::ErrorFeature,
+        Self::Count,
+        Self::LbaLow,
+        Self::LbaMid,
+        Self::LbaHigh,
+        Self::Device,
+        Self::StatusCommand,
+    ];
 
-// Error bits.
-pub const ERR_AMNF: u8 = 0x01;
-pub const ERR_ABRT: u8 = 0x04;
-pub const ERR_IDNF: u8 = 0x10;
-pub const ERR_UNC: u8 = 0x40;
+    /// The register at `offset` of the command block, if any.
+    pub fn at(offset: u64) -> Option<Self> {
+        usize::try_from(offset)
+            .ok()
+            .and_then(|o| Self::ALL.get(o))
+            .copied()
+    }
+}
 
-// Device control bits.
-pub const CTL_NIEN: u8 = 0x02;
-pub const CTL_SRST: u8 = 0x04;
-pub const CTL_HOB: u8 = 0x80;
+bitflags! {
+    /// Status / alternate status register.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Status: u8 {
+        /// Busy: the other bits are not valid.
+        const BSY = 0x80;
+        /// Device ready.
+        const DRDY = 0x40;
+        /// Device fault.
+        const DF = 0x20;
+        /// Seek complete (obsolete), kept set as drives do.
+        const DSC = 0x10;
+        /// Data request: a data block can move.
+        const DRQ = 0x08;
+        /// The command failed; the error register says why.
+        const ERR = 0x01;
+    }
+}
 
-// Device register bits.
-pub const DEV_DRV: u8 = 0x10;
-pub const DEV_LBA: u8 = 0x40;
+bitflags! {
+    /// Error register (valid when [`Status::ERR`] is set; diagnostic code after a reset).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct ErrorReg: u8 {
+        /// Uncorrectable data error (the backend failed).
+        const UNC = 0x40;
+        /// ID (address) not found: outside the disk, or a bad CHS address.
+        const IDNF = 0x10;
+        /// Command aborted.
+        const ABRT = 0x04;
+        /// Address mark not found; after a reset, diagnostic code 01h "no error".
+        const AMNF = 0x01;
+    }
+}
+
+bitflags! {
+    /// Device control register (control block, write-only).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct DeviceControl: u8 {
+        /// High order byte: reads of the LBA48 registers return the previous bytes.
+        const HOB = 0x80;
+        /// Software reset of both devices on the channel.
+        const SRST = 0x04;
+        /// Interrupts disabled (INTRQ not asserted).
+        const NIEN = 0x02;
+    }
+}
+
+bitflags! {
+    /// Device/head register. All eight bits read back as written.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct DeviceReg: u8 {
+        /// Obsolete, traditionally set.
+        const OBS7 = 0x80;
+        /// LBA addressing (else CHS).
+        const LBA = 0x40;
+        /// Obsolete, traditionally set.
+        const OBS5 = 0x20;
+        /// Selects device 1 (slave).
+        const DEV = 0x10;
+        /// LBA bits 27:24 (LBA28) or the head number (CHS).
+        const HEAD = 0x0f;
+    }
+}
 
 // Commands.
 pub const CMD_READ_SECTORS: u8 = 0x20;
@@ -96,8 +165,8 @@ enum Mode {
 pub struct Drive {
     disk: Box<dyn DiskBackend>,
     serial: String,
-    status: u8,
-    error: u8,
+    status: Status,
+    error: ErrorReg,
     mode: Mode,
     /// CHS translation (INITIALIZE DEVICE PARAMETERS may change heads and sectors per track).
     heads: u16,
@@ -110,8 +179,8 @@ impl Drive {
         Self {
             disk,
             serial: format!("HARNESS{:013}", index + 1),
-            status: ST_DRDY | ST_DSC,
-            error: ERR_AMNF,
+            status: Status::DRDY | Status::DSC,
+            error: ErrorReg::AMNF,
             mode: Mode::UltraDma(5),
             heads: 16,
             spt: 63,
@@ -254,8 +323,8 @@ pub struct AtaChannel {
     lba_low: Fifo,
     lba_mid: Fifo,
     lba_high: Fifo,
-    device: u8,
-    control: u8,
+    device: DeviceReg,
+    control: DeviceControl,
     irq: Arc<dyn Interrupt>,
     irq_pending: bool,
     /// Set on every INTRQ assertion; the bus-master interrupt bit follows it.
@@ -276,8 +345,8 @@ impl AtaChannel {
             lba_low: Fifo::default(),
             lba_mid: Fifo::default(),
             lba_high: Fifo::default(),
-            device: 0,
-            control: 0,
+            device: DeviceReg::empty(),
+            control: DeviceControl::empty(),
             irq,
             irq_pending: false,
             irq_latch: false,
@@ -299,7 +368,7 @@ impl AtaChannel {
     }
 
     fn selected(&self) -> usize {
-        usize::from(self.device & DEV_DRV != 0)
+        usize::from(self.device.contains(DeviceReg::DEV))
     }
 
     fn cur(&mut self) -> Option<&mut Drive> {
@@ -318,7 +387,7 @@ impl AtaChannel {
     }
 
     fn raise(&mut self) {
-        if self.control & CTL_NIEN != 0 {
+        if self.control.contains(DeviceControl::NIEN) {
             return;
         }
         self.irq_latch = true;
@@ -333,84 +402,85 @@ impl AtaChannel {
     /// "device 1 only" channel (status and alternate status read 0, commands are not executed).
     /// QEMU instead shows a phantom master there: status DRDY, IDENTIFY aborted, signature
     /// 0xFF/0xFF. Guests must cope with both, and the two VMMs between them exercise both.
-    fn status_value(&self) -> u8 {
+    fn status_value(&self) -> Status {
         match self.drive(self.selected()) {
-            Some(d) if self.control & CTL_SRST != 0 => d.status | ST_BSY,
+            Some(d) if self.control.contains(DeviceControl::SRST) => d.status | Status::BSY,
             Some(d) => d.status,
-            None => 0,
+            None => Status::empty(),
         }
     }
 
     /// The alternate status register (does not acknowledge INTRQ).
-    pub fn alt_status(&self) -> u8 {
+    pub fn alt_status(&self) -> Status {
         self.status_value()
     }
 
-    /// A read of command block register `reg` (0..=7), one byte, or the data port.
-    pub fn read_reg(&mut self, reg: u8, data: &mut [u8]) {
-        if reg == REG_DATA && matches!(data.len(), 2 | 4) {
+    /// A read of command block register `reg`, one byte, or the data port.
+    pub fn read_reg(&mut self, reg: TaskfileReg, data: &mut [u8]) {
+        if reg == TaskfileReg::Data && matches!(data.len(), 2 | 4) {
             self.read_data(data);
             return;
         }
-        let hob = self.control & CTL_HOB != 0;
+        let hob = self.control.contains(DeviceControl::HOB);
         let pick = |f: Fifo| if hob { f.prev } else { f.cur };
         let present = self.any_drive();
         let v = match reg {
-            REG_DATA => 0xff,
-            REG_ERROR_FEATURE => match self.drive(self.selected()) {
-                Some(d) => d.error,
+            TaskfileReg::Data => 0xff,
+            TaskfileReg::ErrorFeature => match self.drive(self.selected()) {
+                Some(d) => d.error.bits(),
                 None => 0,
             },
             _ if !present => 0,
-            REG_COUNT => pick(self.count),
-            REG_LBA_LOW => pick(self.lba_low),
-            REG_LBA_MID => pick(self.lba_mid),
-            REG_LBA_HIGH => pick(self.lba_high),
-            REG_DEVICE => self.device,
-            _ => {
+            TaskfileReg::Count => pick(self.count),
+            TaskfileReg::LbaLow => pick(self.lba_low),
+            TaskfileReg::LbaMid => pick(self.lba_mid),
+            TaskfileReg::LbaHigh => pick(self.lba_high),
+            TaskfileReg::Device => self.device.bits(),
+            TaskfileReg::StatusCommand => {
                 self.irq_pending = false;
-                self.status_value()
+                self.status_value().bits()
             }
         };
         data.fill(v);
     }
 
     /// A write to command block register `reg`.
-    pub fn write_reg(&mut self, reg: u8, data: &[u8]) {
-        if reg == REG_DATA {
+    pub fn write_reg(&mut self, reg: TaskfileReg, data: &[u8]) {
+        if reg == TaskfileReg::Data {
             if matches!(data.len(), 2 | 4) {
                 self.write_data(data);
             }
             return;
         }
         let Some(&v) = data.first() else { return };
-        if reg != REG_STATUS_COMMAND {
+        if reg != TaskfileReg::StatusCommand {
             // A write to any command block register clears HOB.
-            self.control &= !CTL_HOB;
+            self.control.remove(DeviceControl::HOB);
         }
         match reg {
-            REG_ERROR_FEATURE => self.feature.push(v),
-            REG_COUNT => self.count.push(v),
-            REG_LBA_LOW => self.lba_low.push(v),
-            REG_LBA_MID => self.lba_mid.push(v),
-            REG_LBA_HIGH => self.lba_high.push(v),
-            REG_DEVICE => self.device = v,
-            REG_STATUS_COMMAND => self.command(v),
-            _ => {}
+            TaskfileReg::Data => {}
+            TaskfileReg::ErrorFeature => self.feature.push(v),
+            TaskfileReg::Count => self.count.push(v),
+            TaskfileReg::LbaLow => self.lba_low.push(v),
+            TaskfileReg::LbaMid => self.lba_mid.push(v),
+            TaskfileReg::LbaHigh => self.lba_high.push(v),
+            TaskfileReg::Device => self.device = DeviceReg::from_bits_retain(v),
+            TaskfileReg::StatusCommand => self.command(v),
         }
     }
 
     /// A write to the device control register.
-    pub fn write_control(&mut self, v: u8) {
-        let was_reset = self.control & CTL_SRST != 0;
+    pub fn write_control(&mut self, v: DeviceControl) {
+        let was_reset = self.control.contains(DeviceControl::SRST);
         self.control = v;
-        if v & CTL_SRST != 0 && !was_reset {
+        let reset = v.contains(DeviceControl::SRST);
+        if reset && !was_reset {
             // Reset begins: everything in flight is dropped.
             self.pio = Pio::Idle;
             self.pos = 0;
             self.dma = None;
             self.irq_pending = false;
-        } else if v & CTL_SRST == 0 && was_reset {
+        } else if !reset && was_reset {
             self.signature();
         }
     }
@@ -421,22 +491,22 @@ impl AtaChannel {
         self.pio = Pio::Idle;
         self.pos = 0;
         self.dma = None;
-        self.device = 0;
+        self.device = DeviceReg::empty();
         self.feature.set(0);
         self.count.set(1);
         self.lba_low.set(1);
         self.lba_mid.set(0);
         self.lba_high.set(0);
         for d in self.drives.iter_mut().flatten() {
-            d.status = ST_DRDY | ST_DSC;
-            d.error = ERR_AMNF;
+            d.status = Status::DRDY | Status::DSC;
+            d.error = ErrorReg::AMNF;
         }
     }
 
     fn read_data(&mut self, data: &mut [u8]) {
         let n = data.len();
         let readable = matches!(self.pio, Pio::In { .. } | Pio::InOnce)
-            && self.cur().is_some_and(|d| d.status & ST_DRQ != 0);
+            && self.cur().is_some_and(|d| d.status.contains(Status::DRQ));
         if !readable || self.pos + n > SECTOR {
             data.fill(0);
             return;
@@ -451,7 +521,7 @@ impl AtaChannel {
     fn write_data(&mut self, data: &[u8]) {
         let n = data.len();
         let writable = matches!(self.pio, Pio::Out { .. })
-            && self.cur().is_some_and(|d| d.status & ST_DRQ != 0);
+            && self.cur().is_some_and(|d| d.status.contains(Status::DRQ));
         if !writable || self.pos + n > SECTOR {
             return;
         }
@@ -470,7 +540,7 @@ impl AtaChannel {
             _ => {
                 self.pio = Pio::Idle;
                 if let Some(d) = self.cur() {
-                    d.status = ST_DRDY | ST_DSC;
+                    d.status = Status::DRDY | Status::DSC;
                 }
             }
         }
@@ -489,10 +559,10 @@ impl AtaChannel {
                     remaining: remaining_after,
                 };
                 self.pos = 0;
-                self.set_status(ST_DRDY | ST_DSC | ST_DRQ, 0);
+                self.set_status(Status::DRDY | Status::DSC | Status::DRQ, ErrorReg::empty());
                 self.raise();
             }
-            Err(_) => self.fail(ERR_UNC),
+            Err(_) => self.fail(ErrorReg::UNC),
         }
     }
 
@@ -507,7 +577,7 @@ impl AtaChannel {
             return;
         };
         if d.disk.write_at(lba * SECTOR_SIZE, &self.buf[..]).is_err() {
-            self.fail(ERR_UNC);
+            self.fail(ErrorReg::UNC);
             return;
         }
         if remaining > 1 {
@@ -515,15 +585,15 @@ impl AtaChannel {
                 lba: lba + 1,
                 remaining: remaining - 1,
             };
-            self.set_status(ST_DRDY | ST_DSC | ST_DRQ, 0);
+            self.set_status(Status::DRDY | Status::DSC | Status::DRQ, ErrorReg::empty());
         } else {
             self.pio = Pio::Idle;
-            self.set_status(ST_DRDY | ST_DSC, 0);
+            self.set_status(Status::DRDY | Status::DSC, ErrorReg::empty());
         }
         self.raise();
     }
 
-    fn set_status(&mut self, status: u8, error: u8) {
+    fn set_status(&mut self, status: Status, error: ErrorReg) {
         if let Some(d) = self.cur() {
             d.status = status;
             d.error = error;
@@ -531,17 +601,17 @@ impl AtaChannel {
     }
 
     /// End the command with ERR and `error`, and interrupt.
-    fn fail(&mut self, error: u8) {
+    fn fail(&mut self, error: ErrorReg) {
         self.pio = Pio::Idle;
         self.pos = 0;
         self.dma = None;
-        self.set_status(ST_DRDY | ST_DSC | ST_ERR, error);
+        self.set_status(Status::DRDY | Status::DSC | Status::ERR, error);
         self.raise();
     }
 
     /// End a non-data command successfully, and interrupt.
     fn done(&mut self) {
-        self.set_status(ST_DRDY | ST_DSC, 0);
+        self.set_status(Status::DRDY | Status::DSC, ErrorReg::empty());
         self.raise();
     }
 
@@ -551,15 +621,16 @@ impl AtaChannel {
             0 => 256,
             n => n as u32,
         };
-        if self.device & DEV_LBA != 0 {
-            let lba = (self.device as u64 & 0x0f) << 24
+        let head = (self.device & DeviceReg::HEAD).bits();
+        if self.device.contains(DeviceReg::LBA) {
+            let lba = (head as u64) << 24
                 | (self.lba_high.cur as u64) << 16
                 | (self.lba_mid.cur as u64) << 8
                 | self.lba_low.cur as u64;
             Some((lba, count))
         } else {
             let cyl = (self.lba_high.cur as u64) << 8 | self.lba_mid.cur as u64;
-            let head = (self.device & 0x0f) as u64;
+            let head = head as u64;
             let sector = self.lba_low.cur as u64;
             if sector == 0 || head >= d.heads as u64 || sector > d.spt as u64 {
                 return None;
@@ -592,16 +663,16 @@ impl AtaChannel {
     }
 
     /// The address and count of a read/write command, checked against the disk.
-    fn range(&self, ext: bool) -> Result<(u64, u32), u8> {
-        let d = self.drive(self.selected()).ok_or(ERR_ABRT)?;
+    fn range(&self, ext: bool) -> Result<(u64, u32), ErrorReg> {
+        let d = self.drive(self.selected()).ok_or(ErrorReg::ABRT)?;
         let (lba, count) = if ext {
             self.lba48()
         } else {
-            self.lba28(d).ok_or(ERR_IDNF)?
+            self.lba28(d).ok_or(ErrorReg::IDNF)?
         };
         match lba.checked_add(count as u64) {
             Some(end) if end <= d.sectors() => Ok((lba, count)),
-            _ => Err(ERR_IDNF),
+            _ => Err(ErrorReg::IDNF),
         }
     }
 
@@ -612,7 +683,9 @@ impl AtaChannel {
             // absent master on a "device 1 only" channel).
             return;
         };
-        if d.status & (ST_BSY | ST_DRQ) != 0 || self.control & CTL_SRST != 0 {
+        if d.status.intersects(Status::BSY | Status::DRQ)
+            || self.control.contains(DeviceControl::SRST)
+        {
             return;
         }
         let read_only = d.disk.read_only();
@@ -631,7 +704,7 @@ impl AtaChannel {
                     *chunk = w.to_le_bytes();
                 }
                 self.pio = Pio::InOnce;
-                self.set_status(ST_DRDY | ST_DSC | ST_DRQ, 0);
+                self.set_status(Status::DRDY | Status::DSC | Status::DRQ, ErrorReg::empty());
                 self.raise();
             }
             CMD_READ_SECTORS | CMD_READ_SECTORS_NR | CMD_READ_SECTORS_EXT => {
@@ -643,14 +716,17 @@ impl AtaChannel {
             CMD_WRITE_SECTORS | CMD_WRITE_SECTORS_NR | CMD_WRITE_SECTORS_EXT => {
                 match self.range(cmd == CMD_WRITE_SECTORS_EXT) {
                     Err(e) => self.fail(e),
-                    Ok(_) if read_only => self.fail(ERR_ABRT),
+                    Ok(_) if read_only => self.fail(ErrorReg::ABRT),
                     Ok((lba, count)) => {
                         // DRQ for the first block, without an interrupt.
                         self.pio = Pio::Out {
                             lba,
                             remaining: count,
                         };
-                        self.set_status(ST_DRDY | ST_DSC | ST_DRQ, 0);
+                        self.set_status(
+                            Status::DRDY | Status::DSC | Status::DRQ,
+                            ErrorReg::empty(),
+                        );
                     }
                 }
             }
@@ -660,7 +736,7 @@ impl AtaChannel {
                 let write = matches!(cmd, CMD_WRITE_DMA | CMD_WRITE_DMA_NR | CMD_WRITE_DMA_EXT);
                 match self.range(ext) {
                     Err(e) => self.fail(e),
-                    Ok(_) if write && read_only => self.fail(ERR_ABRT),
+                    Ok(_) if write && read_only => self.fail(ErrorReg::ABRT),
                     Ok((lba, sectors)) => {
                         self.dma = Some((
                             i,
@@ -671,13 +747,16 @@ impl AtaChannel {
                             },
                         ));
                         // As QEMU: DRQ while the transfer waits for the engine.
-                        self.set_status(ST_DRDY | ST_DSC | ST_DRQ, 0);
+                        self.set_status(
+                            Status::DRDY | Status::DSC | Status::DRQ,
+                            ErrorReg::empty(),
+                        );
                     }
                 }
             }
             CMD_FLUSH_CACHE | CMD_FLUSH_CACHE_EXT => {
                 match self.drives[i].as_ref().map(|d| d.disk.flush()) {
-                    Some(Err(_)) => self.fail(ERR_UNC),
+                    Some(Err(_)) => self.fail(ErrorReg::UNC),
                     _ => self.done(),
                 }
             }
@@ -696,11 +775,11 @@ impl AtaChannel {
                         }
                         self.done();
                     }
-                    None => self.fail(ERR_ABRT),
+                    None => self.fail(ErrorReg::ABRT),
                 }
             }
             CMD_INIT_PARAMS => {
-                let heads = (self.device & 0x0f) as u16 + 1;
+                let heads = u16::from((self.device & DeviceReg::HEAD).bits()) + 1;
                 let spt = self.count.cur as u16;
                 if let Some(d) = self.cur() {
                     if spt != 0 {
@@ -719,7 +798,8 @@ impl AtaChannel {
                 self.lba_low.set(max as u8);
                 self.lba_mid.set((max >> 8) as u8);
                 self.lba_high.set((max >> 16) as u8);
-                self.device = (self.device & 0xf0) | ((max >> 24) as u8 & 0x0f);
+                self.device = self.device.difference(DeviceReg::HEAD)
+                    | DeviceReg::from_bits_retain((max >> 24) as u8) & DeviceReg::HEAD;
                 self.done();
             }
             CMD_READ_NATIVE_MAX_EXT => {
@@ -744,7 +824,7 @@ impl AtaChannel {
             | 0x94..=0x97
             | 0x10..=0x1f
             | CMD_SEEK => self.done(),
-            _ => self.fail(ERR_ABRT),
+            _ => self.fail(ErrorReg::ABRT),
         }
     }
 
@@ -759,9 +839,9 @@ impl AtaChannel {
             return;
         };
         let (st, err) = match status {
-            DmaStatus::Ok => (ST_DRDY | ST_DSC, 0),
-            DmaStatus::Aborted => (ST_DRDY | ST_DSC | ST_ERR, ERR_ABRT),
-            DmaStatus::MediaError => (ST_DRDY | ST_DSC | ST_ERR, ERR_UNC),
+            DmaStatus::Ok => (Status::DRDY | Status::DSC, ErrorReg::empty()),
+            DmaStatus::Aborted => (Status::DRDY | Status::DSC | Status::ERR, ErrorReg::ABRT),
+            DmaStatus::MediaError => (Status::DRDY | Status::DSC | Status::ERR, ErrorReg::UNC),
         };
         if let Some(d) = self.drives[drive].as_mut() {
             d.status = st;
@@ -829,52 +909,60 @@ pub(crate) mod tests {
         (c, irq)
     }
 
-    fn w(c: &mut AtaChannel, reg: u8, v: u8) {
+    fn w(c: &mut AtaChannel, reg: TaskfileReg, v: u8) {
         c.write_reg(reg, &[v]);
     }
 
-    fn r(c: &mut AtaChannel, reg: u8) -> u8 {
+    fn r(c: &mut AtaChannel, reg: TaskfileReg) -> u8 {
         let mut b = [0u8];
         c.read_reg(reg, &mut b);
         b[0]
     }
 
+    fn status(c: &mut AtaChannel) -> Status {
+        Status::from_bits_retain(r(c, TaskfileReg::StatusCommand))
+    }
+
+    fn error(c: &mut AtaChannel) -> ErrorReg {
+        ErrorReg::from_bits_retain(r(c, TaskfileReg::ErrorFeature))
+    }
+
     fn lba28_cmd(c: &mut AtaChannel, lba: u32, count: u8, cmd: u8) {
-        w(c, REG_COUNT, count);
-        w(c, REG_LBA_LOW, lba as u8);
-        w(c, REG_LBA_MID, (lba >> 8) as u8);
-        w(c, REG_LBA_HIGH, (lba >> 16) as u8);
-        w(c, REG_DEVICE, 0xe0 | ((lba >> 24) as u8 & 0x0f));
-        w(c, REG_STATUS_COMMAND, cmd);
+        w(c, TaskfileReg::Count, count);
+        w(c, TaskfileReg::LbaLow, lba as u8);
+        w(c, TaskfileReg::LbaMid, (lba >> 8) as u8);
+        w(c, TaskfileReg::LbaHigh, (lba >> 16) as u8);
+        w(c, TaskfileReg::Device, 0xe0 | ((lba >> 24) as u8 & 0x0f));
+        w(c, TaskfileReg::StatusCommand, cmd);
     }
 
     fn lba48_cmd(c: &mut AtaChannel, lba: u64, count: u16, cmd: u8) {
-        w(c, REG_COUNT, (count >> 8) as u8);
-        w(c, REG_LBA_LOW, (lba >> 24) as u8);
-        w(c, REG_LBA_MID, (lba >> 32) as u8);
-        w(c, REG_LBA_HIGH, (lba >> 40) as u8);
-        w(c, REG_COUNT, count as u8);
-        w(c, REG_LBA_LOW, lba as u8);
-        w(c, REG_LBA_MID, (lba >> 8) as u8);
-        w(c, REG_LBA_HIGH, (lba >> 16) as u8);
-        w(c, REG_DEVICE, 0x40);
-        w(c, REG_STATUS_COMMAND, cmd);
+        w(c, TaskfileReg::Count, (count >> 8) as u8);
+        w(c, TaskfileReg::LbaLow, (lba >> 24) as u8);
+        w(c, TaskfileReg::LbaMid, (lba >> 32) as u8);
+        w(c, TaskfileReg::LbaHigh, (lba >> 40) as u8);
+        w(c, TaskfileReg::Count, count as u8);
+        w(c, TaskfileReg::LbaLow, lba as u8);
+        w(c, TaskfileReg::LbaMid, (lba >> 8) as u8);
+        w(c, TaskfileReg::LbaHigh, (lba >> 16) as u8);
+        w(c, TaskfileReg::Device, 0x40);
+        w(c, TaskfileReg::StatusCommand, cmd);
     }
 
     fn read_block(c: &mut AtaChannel) -> Vec<u8> {
         let mut out = vec![0u8; SECTOR];
         for chunk in out.chunks_mut(2) {
-            c.read_reg(REG_DATA, chunk);
+            c.read_reg(TaskfileReg::Data, chunk);
         }
         out
     }
 
     fn identify(c: &mut AtaChannel) -> [u16; 256] {
-        w(c, REG_DEVICE, 0xa0);
-        w(c, REG_STATUS_COMMAND, CMD_IDENTIFY);
-        assert_eq!(r(c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+        w(c, TaskfileReg::Device, 0xa0);
+        w(c, TaskfileReg::StatusCommand, CMD_IDENTIFY);
+        assert_eq!(status(c), Status::DRDY | Status::DSC | Status::DRQ);
         let b = read_block(c);
-        assert_eq!(r(c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        assert_eq!(status(c), Status::DRDY | Status::DSC);
         let mut words = [0u16; 256];
         for (i, w) in words.iter_mut().enumerate() {
             *w = u16::from_le_bytes([b[2 * i], b[2 * i + 1]]);
@@ -937,56 +1025,56 @@ pub(crate) mod tests {
     fn set_features_transfer_mode_shows_in_identify() {
         let img = TempImage::new(8);
         let (mut c, _) = channel(&img, false);
-        w(&mut c, REG_ERROR_FEATURE, 0x03);
-        w(&mut c, REG_COUNT, 0x22);
-        w(&mut c, REG_STATUS_COMMAND, CMD_SET_FEATURES);
-        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        w(&mut c, TaskfileReg::ErrorFeature, 0x03);
+        w(&mut c, TaskfileReg::Count, 0x22);
+        w(&mut c, TaskfileReg::StatusCommand, CMD_SET_FEATURES);
+        assert_eq!(status(&mut c), Status::DRDY | Status::DSC);
         let id = identify(&mut c);
         assert_eq!(id[63], 0x0407);
         assert_eq!(id[88], 0x003f);
-        w(&mut c, REG_ERROR_FEATURE, 0x03);
-        w(&mut c, REG_COUNT, 0x47); // UDMA 7: not supported
-        w(&mut c, REG_STATUS_COMMAND, CMD_SET_FEATURES);
-        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_ERR);
-        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_ABRT);
+        w(&mut c, TaskfileReg::ErrorFeature, 0x03);
+        w(&mut c, TaskfileReg::Count, 0x47); // UDMA 7: not supported
+        w(&mut c, TaskfileReg::StatusCommand, CMD_SET_FEATURES);
+        assert_eq!(status(&mut c), Status::DRDY | Status::DSC | Status::ERR);
+        assert_eq!(error(&mut c), ErrorReg::ABRT);
     }
 
     #[test]
     fn lba28_and_lba48_decoding() {
         let img = TempImage::new(8);
         let (mut c, _) = channel(&img, false);
-        w(&mut c, REG_COUNT, 0);
-        w(&mut c, REG_LBA_LOW, 0x44);
-        w(&mut c, REG_LBA_MID, 0x33);
-        w(&mut c, REG_LBA_HIGH, 0x22);
-        w(&mut c, REG_DEVICE, 0xe1);
+        w(&mut c, TaskfileReg::Count, 0);
+        w(&mut c, TaskfileReg::LbaLow, 0x44);
+        w(&mut c, TaskfileReg::LbaMid, 0x33);
+        w(&mut c, TaskfileReg::LbaHigh, 0x22);
+        w(&mut c, TaskfileReg::Device, 0xe1);
         let d = c.drive(0).unwrap();
         assert_eq!(c.lba28(d), Some((0x0122_3344, 256)));
         lba48_cmd(&mut c, 0, 0, 0); // just program
         assert_eq!(c.lba48(), (0, 65536));
-        w(&mut c, REG_COUNT, 0x12);
-        w(&mut c, REG_LBA_LOW, 0xa1);
-        w(&mut c, REG_LBA_MID, 0xa2);
-        w(&mut c, REG_LBA_HIGH, 0xa3);
-        w(&mut c, REG_COUNT, 0x34);
-        w(&mut c, REG_LBA_LOW, 0xb1);
-        w(&mut c, REG_LBA_MID, 0xb2);
-        w(&mut c, REG_LBA_HIGH, 0xb3);
+        w(&mut c, TaskfileReg::Count, 0x12);
+        w(&mut c, TaskfileReg::LbaLow, 0xa1);
+        w(&mut c, TaskfileReg::LbaMid, 0xa2);
+        w(&mut c, TaskfileReg::LbaHigh, 0xa3);
+        w(&mut c, TaskfileReg::Count, 0x34);
+        w(&mut c, TaskfileReg::LbaLow, 0xb1);
+        w(&mut c, TaskfileReg::LbaMid, 0xb2);
+        w(&mut c, TaskfileReg::LbaHigh, 0xb3);
         assert_eq!(c.lba48(), (0xa3a2_a1b3_b2b1, 0x1234));
         // HOB readback selects the previous values; any register write clears HOB.
-        c.write_control(CTL_HOB);
-        assert_eq!(r(&mut c, REG_COUNT), 0x12);
-        assert_eq!(r(&mut c, REG_LBA_HIGH), 0xa3);
-        c.write_control(0);
-        assert_eq!(r(&mut c, REG_COUNT), 0x34);
-        c.write_control(CTL_HOB);
-        w(&mut c, REG_ERROR_FEATURE, 0);
-        assert_eq!(r(&mut c, REG_LBA_LOW), 0xb1);
+        c.write_control(DeviceControl::HOB);
+        assert_eq!(r(&mut c, TaskfileReg::Count), 0x12);
+        assert_eq!(r(&mut c, TaskfileReg::LbaHigh), 0xa3);
+        c.write_control(DeviceControl::empty());
+        assert_eq!(r(&mut c, TaskfileReg::Count), 0x34);
+        c.write_control(DeviceControl::HOB);
+        w(&mut c, TaskfileReg::ErrorFeature, 0);
+        assert_eq!(r(&mut c, TaskfileReg::LbaLow), 0xb1);
         // CHS: cylinder 1, head 2, sector 3 with 16 heads and 63 sectors per track.
-        w(&mut c, REG_LBA_LOW, 3);
-        w(&mut c, REG_LBA_MID, 1);
-        w(&mut c, REG_LBA_HIGH, 0);
-        w(&mut c, REG_DEVICE, 0xa2);
+        w(&mut c, TaskfileReg::LbaLow, 3);
+        w(&mut c, TaskfileReg::LbaMid, 1);
+        w(&mut c, TaskfileReg::LbaHigh, 0);
+        w(&mut c, TaskfileReg::Device, 0xa2);
         let d = c.drive(0).unwrap();
         assert_eq!(c.lba28(d).unwrap().0, (16 + 2) * 63 + 2);
     }
@@ -998,17 +1086,17 @@ pub(crate) mod tests {
         lba28_cmd(&mut c, 3, 3, CMD_READ_SECTORS);
         for k in 0..3u64 {
             assert_eq!(irq.count(), k + 1, "one interrupt per block");
-            assert_eq!(c.alt_status(), ST_DRDY | ST_DSC | ST_DRQ);
+            assert_eq!(c.alt_status(), Status::DRDY | Status::DSC | Status::DRQ);
             assert!(c.irq_pending());
-            assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+            assert_eq!(status(&mut c), Status::DRDY | Status::DSC | Status::DRQ);
             assert!(!c.irq_pending(), "status read acknowledges");
             assert_eq!(read_block(&mut c), img.sector(3 + k));
         }
         assert_eq!(irq.count(), 3, "no interrupt after the last block");
-        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        assert_eq!(status(&mut c), Status::DRDY | Status::DSC);
         // Extra data reads return 0 and change nothing.
         let mut b = [0xaau8; 2];
-        c.read_reg(REG_DATA, &mut b);
+        c.read_reg(TaskfileReg::Data, &mut b);
         assert_eq!(b, [0, 0]);
     }
 
@@ -1018,15 +1106,15 @@ pub(crate) mod tests {
         let (mut c, irq) = channel(&img, false);
         lba48_cmd(&mut c, 14, 2, CMD_READ_SECTORS_EXT);
         for k in 0..2u64 {
-            r(&mut c, REG_STATUS_COMMAND);
+            status(&mut c);
             let mut out = vec![0u8; SECTOR];
             for chunk in out.chunks_mut(4) {
-                c.read_reg(REG_DATA, chunk);
+                c.read_reg(TaskfileReg::Data, chunk);
             }
             assert_eq!(out, img.sector(14 + k));
         }
         assert_eq!(irq.count(), 2);
-        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        assert_eq!(status(&mut c), Status::DRDY | Status::DSC);
     }
 
     #[test]
@@ -1036,13 +1124,13 @@ pub(crate) mod tests {
         lba48_cmd(&mut c, 5, 2, CMD_WRITE_SECTORS_EXT);
         assert_eq!(irq.count(), 0, "no interrupt before the first block");
         for k in 0..2u8 {
-            assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+            assert_eq!(status(&mut c), Status::DRDY | Status::DSC | Status::DRQ);
             for j in 0..256u16 {
-                c.write_reg(REG_DATA, &(j ^ (k as u16) << 8).to_le_bytes());
+                c.write_reg(TaskfileReg::Data, &(j ^ (k as u16) << 8).to_le_bytes());
             }
             assert_eq!(irq.count(), k as u64 + 1, "interrupt after each block");
         }
-        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        assert_eq!(status(&mut c), Status::DRDY | Status::DSC);
         let s = img.sector(6);
         assert_eq!(&s[..4], &[0, 1, 1, 1]);
         assert_eq!(img.sector(7), {
@@ -1053,7 +1141,7 @@ pub(crate) mod tests {
             v
         });
         // Extra writes are ignored.
-        c.write_reg(REG_DATA, &[1, 2]);
+        c.write_reg(TaskfileReg::Data, &[1, 2]);
         assert_eq!(img.sector(4)[0], pattern(4, 0));
     }
 
@@ -1061,16 +1149,16 @@ pub(crate) mod tests {
     fn nien_suppresses_interrupts() {
         let img = TempImage::new(16);
         let (mut c, irq) = channel(&img, false);
-        c.write_control(CTL_NIEN);
+        c.write_control(DeviceControl::NIEN);
         lba28_cmd(&mut c, 0, 2, CMD_READ_SECTORS);
         read_block(&mut c);
         read_block(&mut c);
-        w(&mut c, REG_STATUS_COMMAND, CMD_FLUSH_CACHE);
+        w(&mut c, TaskfileReg::StatusCommand, CMD_FLUSH_CACHE);
         assert_eq!(irq.count(), 0);
         assert!(!c.irq_pending());
         assert!(!c.take_irq_latch());
-        c.write_control(0);
-        w(&mut c, REG_STATUS_COMMAND, CMD_FLUSH_CACHE);
+        c.write_control(DeviceControl::empty());
+        w(&mut c, TaskfileReg::StatusCommand, CMD_FLUSH_CACHE);
         assert_eq!(irq.count(), 1);
         assert!(c.take_irq_latch());
     }
@@ -1080,31 +1168,31 @@ pub(crate) mod tests {
         let img = TempImage::new(16);
         let (mut c, irq) = channel(&img, false);
         lba28_cmd(&mut c, 15, 2, CMD_READ_SECTORS);
-        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_ERR);
-        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_IDNF);
+        assert_eq!(status(&mut c), Status::DRDY | Status::DSC | Status::ERR);
+        assert_eq!(error(&mut c), ErrorReg::IDNF);
         assert_eq!(irq.count(), 1);
         lba48_cmd(&mut c, 1 << 40, 1, CMD_WRITE_DMA_EXT);
-        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_IDNF);
+        assert_eq!(error(&mut c), ErrorReg::IDNF);
         lba48_cmd(&mut c, 0, 0, CMD_READ_DMA_EXT); // 65536 sectors
-        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_IDNF);
-        w(&mut c, REG_STATUS_COMMAND, 0x00);
-        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_ERR);
-        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_ABRT);
-        w(&mut c, REG_STATUS_COMMAND, 0xb0); // SMART: not supported
-        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_ABRT);
+        assert_eq!(error(&mut c), ErrorReg::IDNF);
+        w(&mut c, TaskfileReg::StatusCommand, 0x00);
+        assert_eq!(status(&mut c), Status::DRDY | Status::DSC | Status::ERR);
+        assert_eq!(error(&mut c), ErrorReg::ABRT);
+        w(&mut c, TaskfileReg::StatusCommand, 0xb0); // SMART: not supported
+        assert_eq!(error(&mut c), ErrorReg::ABRT);
         // A good command clears the error.
-        w(&mut c, REG_STATUS_COMMAND, CMD_IDLE_IMMEDIATE);
-        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
-        assert_eq!(r(&mut c, REG_ERROR_FEATURE), 0);
+        w(&mut c, TaskfileReg::StatusCommand, CMD_IDLE_IMMEDIATE);
+        assert_eq!(status(&mut c), Status::DRDY | Status::DSC);
+        assert_eq!(error(&mut c), ErrorReg::empty());
 
         let (mut ro, _) = channel(&img, true);
         lba28_cmd(&mut ro, 0, 1, CMD_WRITE_SECTORS);
-        assert_eq!(r(&mut ro, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_ERR);
-        assert_eq!(r(&mut ro, REG_ERROR_FEATURE), ERR_ABRT);
+        assert_eq!(status(&mut ro), Status::DRDY | Status::DSC | Status::ERR);
+        assert_eq!(error(&mut ro), ErrorReg::ABRT);
         lba28_cmd(&mut ro, 0, 1, CMD_WRITE_DMA);
-        assert_eq!(r(&mut ro, REG_ERROR_FEATURE), ERR_ABRT);
-        w(&mut ro, REG_STATUS_COMMAND, CMD_FLUSH_CACHE);
-        assert_eq!(r(&mut ro, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        assert_eq!(error(&mut ro), ErrorReg::ABRT);
+        w(&mut ro, TaskfileReg::StatusCommand, CMD_FLUSH_CACHE);
+        assert_eq!(status(&mut ro), Status::DRDY | Status::DSC);
         assert_eq!(img.sector(0)[0], pattern(0, 0));
     }
 
@@ -1117,17 +1205,17 @@ pub(crate) mod tests {
         let irq = Arc::new(CountingIrq::default());
         let drive = Drive::new(Box::new(disk.clone()), 0);
         let mut c = AtaChannel::new(Some(drive), None, irq.clone());
-        let failed = ST_DRDY | ST_DSC | ST_ERR;
+        let failed = Status::DRDY | Status::DSC | Status::ERR;
         for fault in [Fault::Eio, Fault::ShortRead] {
             disk.set_faults(Faults {
                 read: Some(fault),
                 ..Faults::NONE
             });
             lba48_cmd(&mut c, 1, 2, CMD_READ_SECTORS_EXT);
-            assert_eq!(r(&mut c, REG_STATUS_COMMAND), failed, "{fault:?}");
-            assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_UNC, "{fault:?}");
+            assert_eq!(status(&mut c), failed, "{fault:?}");
+            assert_eq!(error(&mut c), ErrorReg::UNC, "{fault:?}");
             let mut b = [0xaau8; 2];
-            c.read_reg(REG_DATA, &mut b);
+            c.read_reg(TaskfileReg::Data, &mut b);
             assert_eq!(b, [0, 0], "no data after a failed read");
         }
         assert_eq!(irq.count(), 2);
@@ -1137,27 +1225,23 @@ pub(crate) mod tests {
             ..Faults::NONE
         });
         lba28_cmd(&mut c, 3, 2, CMD_WRITE_SECTORS);
-        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+        assert_eq!(status(&mut c), Status::DRDY | Status::DSC | Status::DRQ);
         for j in 0..256u16 {
-            c.write_reg(REG_DATA, &j.to_le_bytes());
+            c.write_reg(TaskfileReg::Data, &j.to_le_bytes());
         }
-        assert_eq!(r(&mut c, REG_STATUS_COMMAND), failed, "ENOSPC");
-        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_UNC);
-        c.write_reg(REG_DATA, &[1, 2]);
-        assert_eq!(
-            r(&mut c, REG_STATUS_COMMAND),
-            failed,
-            "no second block asked for"
-        );
-        w(&mut c, REG_STATUS_COMMAND, CMD_FLUSH_CACHE_EXT);
-        assert_eq!(r(&mut c, REG_STATUS_COMMAND), failed, "flush EIO");
-        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_UNC);
+        assert_eq!(status(&mut c), failed, "ENOSPC");
+        assert_eq!(error(&mut c), ErrorReg::UNC);
+        c.write_reg(TaskfileReg::Data, &[1, 2]);
+        assert_eq!(status(&mut c), failed, "no second block asked for");
+        w(&mut c, TaskfileReg::StatusCommand, CMD_FLUSH_CACHE_EXT);
+        assert_eq!(status(&mut c), failed, "flush EIO");
+        assert_eq!(error(&mut c), ErrorReg::UNC);
         assert_eq!(irq.count(), 4);
         disk.set_faults(Faults::NONE);
         lba28_cmd(&mut c, 0, 1, CMD_READ_SECTORS);
-        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+        assert_eq!(status(&mut c), Status::DRDY | Status::DSC | Status::DRQ);
         assert_eq!(read_block(&mut c), vec![0; SECTOR]);
-        assert_eq!(r(&mut c, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        assert_eq!(status(&mut c), Status::DRDY | Status::DSC);
     }
 
     #[test]
@@ -1165,20 +1249,20 @@ pub(crate) mod tests {
         let img = TempImage::new(16);
         let (mut c, _) = channel(&img, false);
         lba28_cmd(&mut c, 3, 2, CMD_READ_SECTORS);
-        w(&mut c, REG_ERROR_FEATURE, 0x55);
-        c.write_control(CTL_SRST);
-        assert_ne!(c.alt_status() & ST_BSY, 0);
-        c.write_control(0);
-        assert_eq!(c.alt_status(), ST_DRDY | ST_DSC);
-        assert_eq!(r(&mut c, REG_COUNT), 1);
-        assert_eq!(r(&mut c, REG_LBA_LOW), 1);
-        assert_eq!(r(&mut c, REG_LBA_MID), 0);
-        assert_eq!(r(&mut c, REG_LBA_HIGH), 0);
-        assert_eq!(r(&mut c, REG_DEVICE) & DEV_DRV, 0);
-        assert_eq!(r(&mut c, REG_ERROR_FEATURE), ERR_AMNF);
+        w(&mut c, TaskfileReg::ErrorFeature, 0x55);
+        c.write_control(DeviceControl::SRST);
+        assert!(c.alt_status().contains(Status::BSY));
+        c.write_control(DeviceControl::empty());
+        assert_eq!(c.alt_status(), Status::DRDY | Status::DSC);
+        assert_eq!(r(&mut c, TaskfileReg::Count), 1);
+        assert_eq!(r(&mut c, TaskfileReg::LbaLow), 1);
+        assert_eq!(r(&mut c, TaskfileReg::LbaMid), 0);
+        assert_eq!(r(&mut c, TaskfileReg::LbaHigh), 0);
+        assert_eq!(r(&mut c, TaskfileReg::Device) & DeviceReg::DEV.bits(), 0);
+        assert_eq!(error(&mut c), ErrorReg::AMNF);
         // The aborted transfer is gone.
         let mut b = [0xffu8; 2];
-        c.read_reg(REG_DATA, &mut b);
+        c.read_reg(TaskfileReg::Data, &mut b);
         assert_eq!(b, [0, 0]);
     }
 
@@ -1187,20 +1271,20 @@ pub(crate) mod tests {
         let img = TempImage::new(16);
         let (mut c, irq) = channel(&img, false);
         // Slave absent: status and error read 0, commands are ignored.
-        w(&mut c, REG_DEVICE, 0xb0);
-        assert_eq!(r(&mut c, REG_STATUS_COMMAND), 0);
-        assert_eq!(c.alt_status(), 0);
-        w(&mut c, REG_STATUS_COMMAND, CMD_IDENTIFY);
-        assert_eq!(r(&mut c, REG_STATUS_COMMAND), 0);
+        w(&mut c, TaskfileReg::Device, 0xb0);
+        assert_eq!(status(&mut c), Status::empty());
+        assert_eq!(c.alt_status(), Status::empty());
+        w(&mut c, TaskfileReg::StatusCommand, CMD_IDENTIFY);
+        assert_eq!(status(&mut c), Status::empty());
         assert_eq!(irq.count(), 0);
         // No drive at all: every register reads 0 (as QEMU).
         let irq = Arc::new(CountingIrq::default());
         let mut e = AtaChannel::new(None, None, irq.clone());
-        for reg in 1..8 {
-            w(&mut e, reg, 0x5a);
+        for reg in &TaskfileReg::ALL[1..] {
+            w(&mut e, *reg, 0x5a);
         }
-        for reg in 1..8 {
-            assert_eq!(r(&mut e, reg), 0, "register {reg}");
+        for reg in &TaskfileReg::ALL[1..] {
+            assert_eq!(r(&mut e, *reg), 0, "register {reg:?}");
         }
         assert_eq!(irq.count(), 0);
     }
@@ -1218,13 +1302,16 @@ pub(crate) mod tests {
         };
         for _ in 0..200_000 {
             let v = next();
-            let reg = (v & 7) as u8;
+            let reg = TaskfileReg::ALL[(v & 7) as usize];
             let len = [0usize, 1, 2, 3, 4, 8][(v >> 3) as usize % 6];
             let mut buf = vec![(v >> 8) as u8; len];
             match (v >> 16) % 4 {
                 0 => c.read_reg(reg, &mut buf),
                 1 => c.write_reg(reg, &buf),
-                2 => c.write_control((v >> 24) as u8 & !CTL_SRST),
+                2 => c.write_control(
+                    DeviceControl::from_bits_retain((v >> 24) as u8)
+                        .difference(DeviceControl::SRST),
+                ),
                 _ => {
                     if let Some((_, req)) = c.dma_request() {
                         assert!(req.lba + req.sectors as u64 <= 4);

@@ -1,36 +1,130 @@
 //! The bus-master IDE engine of one channel (SFF-8038i / PIIX): command, status and PRD table
 //! pointer registers, and a synchronous transfer that walks the PRD table in guest memory.
 //!
-//! Register block (8 bytes per channel): +0 command (bit 0 start/stop, bit 3 direction: 1 =
-//! write to memory), +2 status (bit 0 active, bit 1 error and bit 2 interrupt write-1-to-clear,
-//! bits 5/6 drive DMA capable), +4 PRD table pointer (dword aligned). Accesses of any width are
-//! handled byte by byte, as QEMU does.
+//! Register block (8 bytes per channel, [`BmReg`]): +0 command ([`BmCommand`]), +2 status
+//! ([`BmStatus`]: error and interrupt write-1-to-clear, active read-only), +4 PRD table pointer
+//! (dword aligned). Accesses of any width are handled byte by byte, as QEMU does.
 //!
-//! A PRD entry is 8 bytes: a 32-bit physical address, a 16-bit byte count (0 = 64 KiB, bit 0
-//! ignored) and, in the last dword, bit 31 = end of table. The walk is bounded by
-//! [`MAX_PRD_ENTRIES`] (a 64 KiB table), and every guest access goes through vm-memory's
+//! A PRD entry ([`PrdEntry`]) is 8 bytes: a 32-bit physical address, a 16-bit byte count (0 =
+//! 64 KiB, bit 0 ignored) and 16 bits of flags with end of table in bit 15. The walk is bounded
+//! by [`MAX_PRD_ENTRIES`] (a 64 KiB table), and every guest access goes through vm-memory's
 //! checked accessors: an address outside guest RAM is a bus-master error, never a host access.
 
 use crate::backends::disk::{DiskBackend, SECTOR_SIZE};
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use bitflags::bitflags;
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory};
 
-pub const REG_COMMAND: u64 = 0;
-pub const REG_STATUS: u64 = 2;
-pub const REG_PRD: u64 = 4;
+/// A register of one channel's bus-master block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BmReg {
+    Command,
+    Status,
+    /// Byte `n` (0..4, least significant first) of the PRD table pointer.
+    PrdTable(u8),
+}
 
-pub const CMD_START: u8 = 0x01;
-pub const CMD_WRITE_TO_MEMORY: u8 = 0x08;
+impl BmReg {
+    /// Offset of the PRD table pointer's first byte.
+    pub const PRD_TABLE: u64 = 4;
 
-pub const ST_ACTIVE: u8 = 0x01;
-pub const ST_ERROR: u8 = 0x02;
-pub const ST_INTERRUPT: u8 = 0x04;
-pub const ST_DRIVE0_DMA: u8 = 0x20;
-pub const ST_DRIVE1_DMA: u8 = 0x40;
+    /// The register byte at `offset` of the block; the reserved bytes (1, 3) are none.
+    pub fn at(offset: u64) -> Option<Self> {
+        match offset {
+            0 => Some(Self::Command),
+            2 => Some(Self::Status),
+            4..=7 => Some(Self::PrdTable((offset - Self::PRD_TABLE) as u8)),
+            _ => None,
+        }
+    }
+
+    pub fn offset(self) -> u64 {
+        match self {
+            Self::Command => 0,
+            Self::Status => 2,
+            Self::PrdTable(n) => Self::PRD_TABLE + u64::from(n),
+        }
+    }
+}
+
+bitflags! {
+    /// Bus-master command register.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct BmCommand: u8 {
+        /// Start (1) / stop (0) the engine.
+        const START = 0x01;
+        /// Direction: the engine writes memory (device to memory, a READ DMA).
+        const WRITE_TO_MEMORY = 0x08;
+    }
+}
+
+bitflags! {
+    /// Bus-master status register.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct BmStatus: u8 {
+        /// The engine is active (read-only).
+        const ACTIVE = 0x01;
+        /// DMA error (write 1 to clear).
+        const ERROR = 0x02;
+        /// The drive raised INTRQ (write 1 to clear).
+        const INTERRUPT = 0x04;
+        /// Drive 0 is DMA capable (read/write, for software).
+        const DRIVE0_DMA = 0x20;
+        /// Drive 1 is DMA capable (read/write, for software).
+        const DRIVE1_DMA = 0x40;
+    }
+}
+
+/// One physical region descriptor as it lies in guest memory (little-endian fields).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrdEntry {
+    addr: u32,
+    byte_count: u16,
+    flags: u16,
+}
+
+// SAFETY: three integers with no padding between or after them (4 + 2 + 2 bytes, alignment 4),
+// and every bit pattern is a valid value.
+unsafe impl ByteValued for PrdEntry {}
+
+impl PrdEntry {
+    /// Flags: the last entry of the table.
+    pub const EOT: u16 = 0x8000;
+
+    /// An entry for `byte_count` bytes at `addr` (0 = 64 KiB).
+    pub fn new(addr: u32, byte_count: u16, last: bool) -> Self {
+        Self {
+            addr: addr.to_le(),
+            byte_count: byte_count.to_le(),
+            flags: if last { Self::EOT.to_le() } else { 0 },
+        }
+    }
+
+    /// Where the region starts (bit 0 is ignored).
+    pub fn addr(&self) -> u64 {
+        u64::from(u32::from_le(self.addr) & !1)
+    }
+
+    /// Bytes in the region: 2..=65536 (bit 0 is ignored, 0 means 64 KiB).
+    pub fn len(&self) -> u64 {
+        match u16::from_le(self.byte_count) & !1 {
+            0 => 0x1_0000,
+            n => u64::from(n),
+        }
+    }
+
+    /// Never true: an entry describes at least 2 bytes.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn is_last(&self) -> bool {
+        u16::from_le(self.flags) & Self::EOT != 0
+    }
+}
 
 /// Most PRD entries walked for one transfer (a whole 64 KiB table).
 pub const MAX_PRD_ENTRIES: usize = 8192;
-
-const PRD_EOT: u32 = 1 << 31;
 
 /// A DMA command as the drive sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +159,8 @@ pub enum BmEvent {
 
 #[derive(Debug, Default)]
 pub struct BmDma {
-    command: u8,
-    status: u8,
+    command: BmCommand,
+    status: BmStatus,
     prd: u32,
     /// A reusable bounce buffer (at most one PRD region, 64 KiB).
     scratch: Vec<u8>,
@@ -77,11 +171,11 @@ impl BmDma {
         Self::default()
     }
 
-    pub fn status(&self) -> u8 {
+    pub fn status(&self) -> BmStatus {
         self.status
     }
 
-    pub fn command(&self) -> u8 {
+    pub fn command(&self) -> BmCommand {
         self.command
     }
 
@@ -91,31 +185,26 @@ impl BmDma {
 
     /// Firmware's view: which drives are set up for DMA (status bits 5/6).
     pub fn set_drive_capable(&mut self, drive0: bool, drive1: bool) {
-        self.status &= !(ST_DRIVE0_DMA | ST_DRIVE1_DMA);
-        if drive0 {
-            self.status |= ST_DRIVE0_DMA;
-        }
-        if drive1 {
-            self.status |= ST_DRIVE1_DMA;
-        }
+        self.status.set(BmStatus::DRIVE0_DMA, drive0);
+        self.status.set(BmStatus::DRIVE1_DMA, drive1);
     }
 
     /// The engine runs: started and not yet finished.
     pub fn is_active(&self) -> bool {
-        self.status & ST_ACTIVE != 0
+        self.status.contains(BmStatus::ACTIVE)
     }
 
     /// The drive raised INTRQ (the interrupt bit latches its rising edge).
     pub fn set_interrupt(&mut self) {
-        self.status |= ST_INTERRUPT;
+        self.status.insert(BmStatus::INTERRUPT);
     }
 
     fn read_byte(&self, offset: u64) -> u8 {
-        match offset {
-            REG_COMMAND => self.command,
-            REG_STATUS => self.status,
-            4..=7 => (self.prd >> (8 * (offset - 4))) as u8,
-            _ => 0,
+        match BmReg::at(offset) {
+            Some(BmReg::Command) => self.command.bits(),
+            Some(BmReg::Status) => self.status.bits(),
+            Some(BmReg::PrdTable(n)) => (self.prd >> (8 * n)) as u8,
+            None => 0,
         }
     }
 
@@ -135,30 +224,32 @@ impl BmDma {
             let Some(o) = offset.checked_add(i as u64) else {
                 break;
             };
-            match o {
-                REG_COMMAND => {
-                    let was = self.command & CMD_START != 0;
-                    let now = v & CMD_START != 0;
+            match BmReg::at(o) {
+                Some(BmReg::Command) => {
+                    let v = BmCommand::from_bits_truncate(v);
+                    let was = self.command.contains(BmCommand::START);
+                    let now = v.contains(BmCommand::START);
                     if was && !now {
                         // Stop: whatever was in flight is abandoned.
-                        self.status &= !ST_ACTIVE;
+                        self.status.remove(BmStatus::ACTIVE);
                     } else if !was && now {
-                        self.status |= ST_ACTIVE;
+                        self.status.insert(BmStatus::ACTIVE);
                         event = BmEvent::Started;
                     }
-                    self.command = v & (CMD_START | CMD_WRITE_TO_MEMORY);
+                    self.command = v;
                 }
-                REG_STATUS => {
-                    let keep = self.status & ST_ACTIVE;
-                    let w1c = self.status & (ST_ERROR | ST_INTERRUPT) & !v;
-                    self.status = keep | w1c | (v & (ST_DRIVE0_DMA | ST_DRIVE1_DMA));
+                Some(BmReg::Status) => {
+                    let v = BmStatus::from_bits_truncate(v);
+                    let keep = self.status & BmStatus::ACTIVE;
+                    let w1c = (self.status & (BmStatus::ERROR | BmStatus::INTERRUPT)) - v;
+                    self.status = keep | w1c | (v & (BmStatus::DRIVE0_DMA | BmStatus::DRIVE1_DMA));
                 }
-                4..=7 => {
-                    let shift = 8 * (o - 4);
+                Some(BmReg::PrdTable(n)) => {
+                    let shift = 8 * n;
                     let mask = 0xffu32 << shift;
                     self.prd = ((self.prd & !mask) | ((v as u32) << shift)) & !3;
                 }
-                _ => {}
+                None => {}
             }
         }
         event
@@ -183,10 +274,11 @@ impl BmDma {
         match outcome {
             DmaOutcome::Done { prd_left: true } => {}
             DmaOutcome::Done { prd_left: false } | DmaOutcome::DiskError => {
-                self.status &= !ST_ACTIVE
+                self.status.remove(BmStatus::ACTIVE)
             }
             DmaOutcome::PrdTooShort | DmaOutcome::MemoryFault => {
-                self.status = (self.status & !ST_ACTIVE) | ST_ERROR;
+                self.status.remove(BmStatus::ACTIVE);
+                self.status.insert(BmStatus::ERROR);
             }
         }
         outcome
@@ -205,22 +297,15 @@ impl BmDma {
         let mut done = 0u64;
         let mut entry = self.prd as u64;
         for _ in 0..MAX_PRD_ENTRIES {
-            let mut raw = [0u8; 8];
-            if mem.read_slice(&mut raw, GuestAddress(entry)).is_err() {
+            let Ok(prd) = mem.read_obj::<PrdEntry>(GuestAddress(entry)) else {
                 return DmaOutcome::MemoryFault;
-            }
-            entry += 8;
-            let addr = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) & !1;
-            let flags = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
-            let len = match flags & 0xfffe {
-                0 => 0x1_0000u64,
-                n => n as u64,
             };
-            let eot = flags & PRD_EOT != 0;
+            entry += size_of::<PrdEntry>() as u64;
+            let (len, eot) = (prd.len(), prd.is_last());
             let chunk = len.min(total - done) as usize;
             self.scratch.resize(chunk, 0);
             let buf = &mut self.scratch[..chunk];
-            let gpa = GuestAddress(addr as u64);
+            let gpa = GuestAddress(prd.addr());
             let pos = base + done;
             if req.to_memory {
                 if disk.read_at(pos, buf).is_err() {
@@ -265,19 +350,27 @@ mod tests {
 
     fn prd(mem: &GuestMemoryMmap<()>, table: u64, entries: &[(u32, u16, bool)]) {
         for (i, &(addr, count, eot)) in entries.iter().enumerate() {
-            let flags = count as u32 | if eot { PRD_EOT } else { 0 };
-            let mut e = addr.to_le_bytes().to_vec();
-            e.extend_from_slice(&flags.to_le_bytes());
-            mem.write_slice(&e, GuestAddress(table + 8 * i as u64))
-                .unwrap();
+            mem.write_obj(
+                PrdEntry::new(addr, count, eot),
+                GuestAddress(table + 8 * i as u64),
+            )
+            .unwrap();
         }
     }
 
+    const COMMAND: u64 = 0;
+    const STATUS: u64 = 2;
+
     fn started(table: u32, to_memory: bool) -> BmDma {
         let mut bm = BmDma::new();
-        bm.write(REG_PRD, &table.to_le_bytes());
-        let dir = if to_memory { CMD_WRITE_TO_MEMORY } else { 0 };
-        assert_eq!(bm.write(REG_COMMAND, &[dir | CMD_START]), BmEvent::Started);
+        bm.write(BmReg::PRD_TABLE, &table.to_le_bytes());
+        let dir = if to_memory {
+            BmCommand::WRITE_TO_MEMORY
+        } else {
+            BmCommand::empty()
+        };
+        let start = dir | BmCommand::START;
+        assert_eq!(bm.write(COMMAND, &[start.bits()]), BmEvent::Started);
         assert!(bm.is_active());
         bm
     }
@@ -291,23 +384,27 @@ mod tests {
     #[test]
     fn registers() {
         let mut bm = BmDma::new();
-        bm.write(REG_PRD, &0x1234_5677u32.to_le_bytes());
+        bm.write(BmReg::PRD_TABLE, &0x1234_5677u32.to_le_bytes());
         let mut d = [0u8; 4];
-        bm.read(REG_PRD, &mut d);
+        bm.read(BmReg::PRD_TABLE, &mut d);
         assert_eq!(u32::from_le_bytes(d), 0x1234_5674);
-        bm.write(REG_PRD + 2, &[0xcd, 0xab]);
+        bm.write(BmReg::PRD_TABLE + 2, &[0xcd, 0xab]);
         assert_eq!(bm.prd_table(), 0xabcd_5674);
-        bm.write(REG_COMMAND, &[0xff]);
-        assert_eq!(bm.command(), CMD_START | CMD_WRITE_TO_MEMORY);
-        assert_eq!(bm.status(), ST_ACTIVE);
+        bm.write(COMMAND, &[0xff]);
+        assert_eq!(bm.command(), BmCommand::START | BmCommand::WRITE_TO_MEMORY);
+        assert_eq!(bm.status(), BmStatus::ACTIVE);
         bm.set_interrupt();
-        bm.status |= ST_ERROR;
+        bm.status |= BmStatus::ERROR;
         // Write 1 clears error/interrupt; active is read-only; bits 5/6 are plain RW.
-        bm.write(REG_STATUS, &[ST_INTERRUPT | ST_DRIVE0_DMA | ST_ACTIVE]);
-        assert_eq!(bm.status(), ST_ACTIVE | ST_ERROR | ST_DRIVE0_DMA);
-        bm.write(REG_STATUS, &[ST_ERROR]);
-        assert_eq!(bm.status(), ST_ACTIVE);
-        bm.write(REG_COMMAND, &[0]);
+        let v = BmStatus::INTERRUPT | BmStatus::DRIVE0_DMA | BmStatus::ACTIVE;
+        bm.write(STATUS, &[v.bits()]);
+        assert_eq!(
+            bm.status(),
+            BmStatus::ACTIVE | BmStatus::ERROR | BmStatus::DRIVE0_DMA
+        );
+        bm.write(STATUS, &[BmStatus::ERROR.bits()]);
+        assert_eq!(bm.status(), BmStatus::ACTIVE);
+        bm.write(COMMAND, &[0]);
         assert!(!bm.is_active());
         // Odd offsets and widths.
         let mut big = [0xaau8; 16];
@@ -397,7 +494,7 @@ mod tests {
             DmaOutcome::Done { prd_left: true }
         );
         assert!(bm.is_active());
-        assert_eq!(bm.status() & ST_ERROR, 0);
+        assert!(!bm.status().contains(BmStatus::ERROR));
     }
 
     #[test]
@@ -413,7 +510,10 @@ mod tests {
             to_memory: true,
         };
         assert_eq!(bm.transfer(&m, &disk, &req, true), DmaOutcome::PrdTooShort);
-        assert_eq!(bm.status() & (ST_ACTIVE | ST_ERROR), ST_ERROR);
+        assert_eq!(
+            bm.status() & (BmStatus::ACTIVE | BmStatus::ERROR),
+            BmStatus::ERROR
+        );
     }
 
     #[test]
@@ -431,7 +531,10 @@ mod tests {
             prd(&m, 0x1000, &[(addr, 512, true)]);
             let mut bm = started(0x1000, true);
             assert_eq!(bm.transfer(&m, &disk, &req, true), DmaOutcome::MemoryFault);
-            assert_eq!(bm.status() & (ST_ACTIVE | ST_ERROR), ST_ERROR);
+            assert_eq!(
+                bm.status() & (BmStatus::ACTIVE | BmStatus::ERROR),
+                BmStatus::ERROR
+            );
         }
         // The table itself beyond RAM.
         let mut bm = started(0xffff_fff8, true);

@@ -8,7 +8,7 @@
 //! ignored); clearing bus master makes DMA fail with the bus-master error bit. The guest may
 //! rewrite BAR4, but the registers stay where the harness put them.
 
-use super::ata::{AtaChannel, DmaStatus, Drive};
+use super::ata::{AtaChannel, DeviceControl, DmaStatus, Drive, TaskfileReg};
 use super::bmdma::{BmDma, BmEvent, DmaOutcome};
 use crate::backends::disk::{DiskBackend, IDE_POSITIONS};
 use crate::devices::bus::BusDevice;
@@ -140,19 +140,21 @@ impl<M: GuestMemory> PiixIde<M> {
 
     /// Command block of channel `ch` (offset 0..8).
     pub fn cmd_read(&mut self, ch: usize, offset: u64, data: &mut [u8]) {
-        if ch > 1 || offset >= CMD_LEN || !self.legacy_decode(ch) {
+        let reg = TaskfileReg::at(offset);
+        let Some(reg) = reg.filter(|_| ch <= 1 && self.legacy_decode(ch)) else {
             data.fill(0xff);
             return;
-        }
-        self.channels[ch].ata.read_reg(offset as u8, data);
+        };
+        self.channels[ch].ata.read_reg(reg, data);
         self.settle(ch);
     }
 
     pub fn cmd_write(&mut self, ch: usize, offset: u64, data: &[u8]) {
-        if ch > 1 || offset >= CMD_LEN || !self.legacy_decode(ch) {
+        let reg = TaskfileReg::at(offset);
+        let Some(reg) = reg.filter(|_| ch <= 1 && self.legacy_decode(ch)) else {
             return;
-        }
-        self.channels[ch].ata.write_reg(offset as u8, data);
+        };
+        self.channels[ch].ata.write_reg(reg, data);
         self.settle(ch);
     }
 
@@ -162,7 +164,7 @@ impl<M: GuestMemory> PiixIde<M> {
             data.fill(0xff);
             return;
         }
-        data.fill(self.channels[ch].ata.alt_status());
+        data.fill(self.channels[ch].ata.alt_status().bits());
     }
 
     pub fn ctl_write(&mut self, ch: usize, offset: u64, data: &[u8]) {
@@ -170,7 +172,9 @@ impl<M: GuestMemory> PiixIde<M> {
             return;
         }
         if let Some(&v) = data.first() {
-            self.channels[ch].ata.write_control(v);
+            self.channels[ch]
+                .ata
+                .write_control(DeviceControl::from_bits_retain(v));
             self.settle(ch);
         }
     }
@@ -301,15 +305,22 @@ impl<M: GuestMemory + Send> PciFunction for PiixFunction<M> {
 mod tests {
     use super::super::ata::tests::{pattern, TempImage};
     use super::super::ata::*;
-    use super::super::bmdma::{
-        CMD_START, CMD_WRITE_TO_MEMORY, ST_ACTIVE, ST_DRIVE0_DMA, ST_ERROR, ST_INTERRUPT,
-    };
+    use super::super::bmdma::{BmCommand, BmStatus, PrdEntry};
     use super::*;
     use crate::devices::test_util::CountingIrq;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     type Mem = GuestMemoryMmap<()>;
     const RAM: u64 = 2 << 20;
+    /// The engine's state bits of the bus-master status.
+    const ENGINE: BmStatus = BmStatus::ACTIVE
+        .union(BmStatus::ERROR)
+        .union(BmStatus::INTERRUPT);
+    const DMA_CAPABLE: BmStatus = BmStatus::DRIVE0_DMA.union(BmStatus::DRIVE1_DMA);
+    const READ_START: u8 = BmCommand::WRITE_TO_MEMORY.union(BmCommand::START).bits();
+    const WRITE_START: u8 = BmCommand::START.bits();
+    const READ_STOP: u8 = BmCommand::WRITE_TO_MEMORY.bits();
+    const ACK: u8 = BmStatus::ERROR.union(BmStatus::INTERRUPT).bits();
 
     struct Rig {
         ide: PiixIde<Mem>,
@@ -350,34 +361,37 @@ mod tests {
     }
 
     impl Rig {
-        fn w(&mut self, ch: usize, reg: u8, v: u8) {
+        fn w(&mut self, ch: usize, reg: TaskfileReg, v: u8) {
             self.ide.cmd_write(ch, reg as u64, &[v]);
         }
-        fn r(&mut self, ch: usize, reg: u8) -> u8 {
+        fn r(&mut self, ch: usize, reg: TaskfileReg) -> u8 {
             let mut b = [0u8];
             self.ide.cmd_read(ch, reg as u64, &mut b);
             b[0]
         }
-        fn bm_status(&mut self, ch: usize) -> u8 {
+        fn status(&mut self, ch: usize) -> Status {
+            Status::from_bits_retain(self.r(ch, TaskfileReg::StatusCommand))
+        }
+        fn error(&mut self, ch: usize) -> ErrorReg {
+            ErrorReg::from_bits_retain(self.r(ch, TaskfileReg::ErrorFeature))
+        }
+        fn bm_status(&mut self, ch: usize) -> BmStatus {
             let mut b = [0u8];
             self.ide.bm_read(8 * ch as u64 + 2, &mut b);
-            b[0]
+            BmStatus::from_bits_retain(b[0])
         }
         fn dma_cmd(&mut self, ch: usize, dev: u8, lba: u32, count: u8, cmd: u8) {
-            self.w(ch, REG_COUNT, count);
-            self.w(ch, REG_LBA_LOW, lba as u8);
-            self.w(ch, REG_LBA_MID, (lba >> 8) as u8);
-            self.w(ch, REG_LBA_HIGH, (lba >> 16) as u8);
-            self.w(ch, REG_DEVICE, dev);
-            self.w(ch, REG_STATUS_COMMAND, cmd);
+            self.w(ch, TaskfileReg::Count, count);
+            self.w(ch, TaskfileReg::LbaLow, lba as u8);
+            self.w(ch, TaskfileReg::LbaMid, (lba >> 8) as u8);
+            self.w(ch, TaskfileReg::LbaHigh, (lba >> 16) as u8);
+            self.w(ch, TaskfileReg::Device, dev);
+            self.w(ch, TaskfileReg::StatusCommand, cmd);
         }
         fn prd(&self, table: u64, entries: &[(u32, u16, bool)]) {
             for (i, &(a, c, eot)) in entries.iter().enumerate() {
-                let flags = c as u32 | if eot { 1 << 31 } else { 0 };
-                let mut e = a.to_le_bytes().to_vec();
-                e.extend_from_slice(&flags.to_le_bytes());
                 self.mem
-                    .write_slice(&e, GuestAddress(table + 8 * i as u64))
+                    .write_obj(PrdEntry::new(a, c, eot), GuestAddress(table + 8 * i as u64))
                     .unwrap();
             }
         }
@@ -413,7 +427,7 @@ mod tests {
         assert_eq!(b[0], 0xff);
         ide.config_write(0x41, &[0x80]);
         ide.cmd_read(0, 7, &mut b);
-        assert_eq!(b[0], ST_DRDY | ST_DSC);
+        assert_eq!(b[0], (Status::DRDY | Status::DSC).bits());
         // Odd config accesses.
         let mut big = [0u8; 8];
         ide.config_read(0xfe, &mut big);
@@ -427,13 +441,13 @@ mod tests {
             b[0]
         }
         fn reset(&mut self, ch: usize) {
-            self.ide.ctl_write(ch, 0, &[CTL_SRST]);
+            self.ide.ctl_write(ch, 0, &[DeviceControl::SRST.bits()]);
             self.ide.ctl_write(ch, 0, &[0]);
         }
         /// IDENTIFY DEVICE on the selected drive: the 256 words, or None if no DRQ came.
         fn identify(&mut self, ch: usize) -> Option<Vec<u16>> {
-            self.w(ch, REG_STATUS_COMMAND, CMD_IDENTIFY);
-            if self.r(ch, REG_STATUS_COMMAND) & ST_DRQ == 0 {
+            self.w(ch, TaskfileReg::StatusCommand, CMD_IDENTIFY);
+            if !self.status(ch).contains(Status::DRQ) {
                 return None;
             }
             let words = (0..256)
@@ -447,12 +461,12 @@ mod tests {
         }
         fn pio_read_one(&mut self, ch: usize, dev: u8, lba: u32) -> Vec<u8> {
             self.dma_cmd(ch, dev, lba, 1, CMD_READ_SECTORS);
-            assert_eq!(self.r(ch, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+            assert_eq!(self.status(ch), Status::DRDY | Status::DSC | Status::DRQ);
             let mut out = vec![0u8; 512];
             for pair in out.chunks_mut(2) {
                 self.ide.cmd_read(ch, 0, pair);
             }
-            assert_eq!(self.r(ch, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+            assert_eq!(self.status(ch), Status::DRDY | Status::DSC);
             out
         }
     }
@@ -465,43 +479,51 @@ mod tests {
         let (mut rig, _) = rig_at(&[1], 64);
         rig.reset(0);
         assert_eq!(
-            rig.r(0, REG_DEVICE) & DEV_DRV,
+            rig.r(0, TaskfileReg::Device) & DeviceReg::DEV.bits(),
             0,
             "device 0 selected after reset"
         );
-        assert_eq!(rig.r(0, REG_STATUS_COMMAND), 0);
+        assert_eq!(rig.status(0), Status::empty());
         assert_eq!(rig.alt(0), 0);
         assert_eq!(rig.identify(0), None, "IDENTIFY to the absent master");
         assert_eq!(rig.irqs[0].count(), 0, "no interrupt for an absent master");
-        assert_eq!(rig.r(0, REG_STATUS_COMMAND), 0);
-        rig.w(0, REG_LBA_MID, 0x5a);
-        assert_eq!(rig.r(0, REG_LBA_MID), 0x5a, "the taskfile is the slave's");
+        assert_eq!(rig.status(0), Status::empty());
+        rig.w(0, TaskfileReg::LbaMid, 0x5a);
+        assert_eq!(
+            rig.r(0, TaskfileReg::LbaMid),
+            0x5a,
+            "the taskfile is the slave's"
+        );
         // The slave: identify, PIO, DMA, all on IRQ 14.
-        rig.w(0, REG_DEVICE, 0xb0);
-        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        rig.w(0, TaskfileReg::Device, 0xb0);
+        assert_eq!(rig.status(0), Status::DRDY | Status::DSC);
         let words = rig.identify(0).expect("slave IDENTIFY");
         assert_eq!(words[0], 0x0040);
         assert_eq!(u32::from(words[60]) | u32::from(words[61]) << 16, 64);
         assert_eq!(rig.irqs[0].count(), 1);
         let got = rig.pio_read_one(0, 0xf0, 5);
         assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(5, i)));
-        assert_eq!(rig.bm_status(0) & 0x60, 0x40, "only drive 1 is DMA capable");
+        assert_eq!(
+            rig.bm_status(0) & DMA_CAPABLE,
+            BmStatus::DRIVE1_DMA,
+            "only drive 1 is DMA capable"
+        );
         rig.prd(0x1000, &[(0x10000, 512, true)]);
         rig.ide.bm_write(4, &0x1000u32.to_le_bytes());
         rig.dma_cmd(0, 0xf0, 7, 1, CMD_READ_DMA);
-        rig.ide.bm_write(0, &[CMD_WRITE_TO_MEMORY | CMD_START]);
-        assert_eq!(rig.bm_status(0) & 7, ST_INTERRUPT);
-        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        rig.ide.bm_write(0, &[READ_START]);
+        assert_eq!(rig.bm_status(0) & ENGINE, BmStatus::INTERRUPT);
+        assert_eq!(rig.status(0), Status::DRDY | Status::DSC);
         let mut got = vec![0u8; 512];
         rig.mem.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
         assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(7, i)));
         assert_eq!(rig.irqs[1].count(), 0);
         // Selecting the master again: status 0 while the slave keeps its state.
-        rig.w(0, REG_DEVICE, 0xa0);
-        assert_eq!(rig.r(0, REG_STATUS_COMMAND), 0);
+        rig.w(0, TaskfileReg::Device, 0xa0);
+        assert_eq!(rig.status(0), Status::empty());
         // The secondary channel has no drive at all: every register reads 0, data 0xff.
-        for reg in 1..8 {
-            assert_eq!(rig.r(1, reg), 0, "secondary register {reg}");
+        for &reg in &TaskfileReg::ALL[1..] {
+            assert_eq!(rig.r(1, reg), 0, "secondary register {reg:?}");
         }
     }
 
@@ -510,15 +532,15 @@ mod tests {
     #[test]
     fn secondary_channel_only() {
         let (mut rig, paths) = rig_at(&[2, 3], 64);
-        for reg in 1..8 {
-            assert_eq!(rig.r(0, reg), 0, "primary register {reg}");
+        for &reg in &TaskfileReg::ALL[1..] {
+            assert_eq!(rig.r(0, reg), 0, "primary register {reg:?}");
         }
-        assert_eq!(rig.bm_status(0) & 0x60, 0);
-        assert_eq!(rig.bm_status(1) & 0x60, 0x60);
+        assert_eq!(rig.bm_status(0) & DMA_CAPABLE, BmStatus::empty());
+        assert_eq!(rig.bm_status(1) & DMA_CAPABLE, DMA_CAPABLE);
         rig.reset(1);
         for dev in [0xa0, 0xb0] {
-            rig.w(1, REG_DEVICE, dev);
-            assert_eq!(rig.r(1, REG_STATUS_COMMAND), ST_DRDY | ST_DSC, "{dev:#x}");
+            rig.w(1, TaskfileReg::Device, dev);
+            assert_eq!(rig.status(1), Status::DRDY | Status::DSC, "{dev:#x}");
             assert!(rig.identify(1).is_some(), "{dev:#x}");
         }
         assert_eq!(rig.irqs[1].count(), 2);
@@ -528,10 +550,10 @@ mod tests {
         rig.prd(0x2000, &[(0x30000, 512, true)]);
         rig.ide.bm_write(8 + 4, &0x2000u32.to_le_bytes());
         rig.dma_cmd(1, 0xf0, 3, 1, CMD_WRITE_DMA);
-        rig.ide.bm_write(8, &[CMD_START]);
-        assert_eq!(rig.bm_status(1) & 7, ST_INTERRUPT);
-        assert_eq!(rig.bm_status(0) & 7, 0);
-        assert_eq!(rig.r(1, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        rig.ide.bm_write(8, &[WRITE_START]);
+        assert_eq!(rig.bm_status(1) & ENGINE, BmStatus::INTERRUPT);
+        assert_eq!(rig.bm_status(0) & ENGINE, BmStatus::empty());
+        assert_eq!(rig.status(1), Status::DRDY | Status::DSC);
         let got = rig.pio_read_one(1, 0xe0, 3);
         assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(3, i)));
         assert_eq!(rig.irqs[0].count(), 0, "nothing on IRQ 14");
@@ -551,14 +573,14 @@ mod tests {
             (1, 0xa0, true),
             (1, 0xb0, false),
         ] {
-            rig.w(ch, REG_DEVICE, dev);
-            let st = rig.r(ch, REG_STATUS_COMMAND);
-            assert_eq!(st != 0, present, "channel {ch} device {dev:#x}");
+            rig.w(ch, TaskfileReg::Device, dev);
+            let st = rig.status(ch);
+            assert_eq!(!st.is_empty(), present, "channel {ch} device {dev:#x}");
         }
-        assert_eq!(rig.bm_status(0) & 0x60, 0x60);
-        assert_eq!(rig.bm_status(1) & 0x60, ST_DRIVE0_DMA);
+        assert_eq!(rig.bm_status(0) & DMA_CAPABLE, DMA_CAPABLE);
+        assert_eq!(rig.bm_status(1) & DMA_CAPABLE, BmStatus::DRIVE0_DMA);
         let (mut one, _) = rig_one();
-        assert_eq!(one.r(1, REG_STATUS_COMMAND), 0);
+        assert_eq!(one.status(1), Status::empty());
         let mut b = [0u8];
         one.ide.ctl_read(1, 0, &mut b);
         assert_eq!(b[0], 0);
@@ -575,14 +597,14 @@ mod tests {
         rig.ide.bm_write(4, &0x1000u32.to_le_bytes());
         // Slave, LBA 9, 3 sectors.
         rig.dma_cmd(0, 0xf0, 9, 3, CMD_READ_DMA);
-        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+        assert_eq!(rig.status(0), Status::DRDY | Status::DSC | Status::DRQ);
         assert_eq!(rig.irqs[0].count(), 0);
-        rig.ide.bm_write(0, &[CMD_WRITE_TO_MEMORY | CMD_START]);
+        rig.ide.bm_write(0, &[READ_START]);
         assert_eq!(rig.irqs[0].count(), 1);
-        assert_eq!(rig.bm_status(0) & 7, ST_INTERRUPT);
+        assert_eq!(rig.bm_status(0) & ENGINE, BmStatus::INTERRUPT);
         let mut alt = [0u8];
         rig.ide.ctl_read(0, 0, &mut alt);
-        assert_eq!(alt[0], ST_DRDY | ST_DSC);
+        assert_eq!(alt[0], (Status::DRDY | Status::DSC).bits());
         let mut got = vec![0u8; 1536];
         rig.mem
             .read_slice(&mut got[..1024], GuestAddress(0x10000))
@@ -594,9 +616,9 @@ mod tests {
             assert_eq!(*b, pattern(9 + i as u64 / 512, i % 512), "byte {i}");
         }
         // Acknowledge: stop the engine, clear the interrupt bit.
-        rig.ide.bm_write(0, &[CMD_WRITE_TO_MEMORY]);
-        rig.ide.bm_write(2, &[ST_INTERRUPT | ST_ERROR | 0x60]);
-        assert_eq!(rig.bm_status(0), 0x60);
+        rig.ide.bm_write(0, &[READ_STOP]);
+        rig.ide.bm_write(2, &[ACK | DMA_CAPABLE.bits()]);
+        assert_eq!(rig.bm_status(0), DMA_CAPABLE);
         assert_eq!(rig.irqs[1].count(), 0);
     }
 
@@ -607,29 +629,29 @@ mod tests {
         rig.mem.write_slice(&data, GuestAddress(0x40000)).unwrap();
         rig.prd(0x3000, &[(0x40000, 1024, true)]);
         rig.ide.bm_write(8 + 4, &0x3000u32.to_le_bytes());
-        rig.ide.bm_write(8, &[CMD_START]);
-        assert_eq!(rig.bm_status(1) & ST_ACTIVE, ST_ACTIVE);
+        rig.ide.bm_write(8, &[WRITE_START]);
+        assert_eq!(rig.bm_status(1) & BmStatus::ACTIVE, BmStatus::ACTIVE);
         // Secondary master, LBA48 WRITE DMA EXT at 20, 2 sectors.
-        rig.w(1, REG_COUNT, 0);
-        rig.w(1, REG_LBA_LOW, 0);
-        rig.w(1, REG_LBA_MID, 0);
-        rig.w(1, REG_LBA_HIGH, 0);
-        rig.w(1, REG_COUNT, 2);
-        rig.w(1, REG_LBA_LOW, 20);
-        rig.w(1, REG_LBA_MID, 0);
-        rig.w(1, REG_LBA_HIGH, 0);
-        rig.w(1, REG_DEVICE, 0x40);
-        rig.w(1, REG_STATUS_COMMAND, CMD_WRITE_DMA_EXT);
+        rig.w(1, TaskfileReg::Count, 0);
+        rig.w(1, TaskfileReg::LbaLow, 0);
+        rig.w(1, TaskfileReg::LbaMid, 0);
+        rig.w(1, TaskfileReg::LbaHigh, 0);
+        rig.w(1, TaskfileReg::Count, 2);
+        rig.w(1, TaskfileReg::LbaLow, 20);
+        rig.w(1, TaskfileReg::LbaMid, 0);
+        rig.w(1, TaskfileReg::LbaHigh, 0);
+        rig.w(1, TaskfileReg::Device, 0x40);
+        rig.w(1, TaskfileReg::StatusCommand, CMD_WRITE_DMA_EXT);
         assert_eq!(rig.irqs[1].count(), 1);
         assert_eq!(rig.irqs[0].count(), 0);
-        assert_eq!(rig.bm_status(1) & 7, ST_INTERRUPT);
-        assert_eq!(rig.r(1, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        assert_eq!(rig.bm_status(1) & ENGINE, BmStatus::INTERRUPT);
+        assert_eq!(rig.status(1), Status::DRDY | Status::DSC);
         let file = std::fs::read(&paths[2]).unwrap();
         assert_eq!(&file[20 * 512..22 * 512], &data[..]);
         assert_eq!(file[22 * 512], pattern(22, 0));
         // FLUSH CACHE EXT completes.
-        rig.w(1, REG_STATUS_COMMAND, CMD_FLUSH_CACHE_EXT);
-        assert_eq!(rig.r(1, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        rig.w(1, TaskfileReg::StatusCommand, CMD_FLUSH_CACHE_EXT);
+        assert_eq!(rig.status(1), Status::DRDY | Status::DSC);
     }
 
     #[test]
@@ -639,36 +661,42 @@ mod tests {
         rig.prd(0x1000, &[(0xf000_0000, 512, true)]);
         rig.ide.bm_write(4, &0x1000u32.to_le_bytes());
         rig.dma_cmd(0, 0xe0, 0, 1, CMD_READ_DMA);
-        rig.ide.bm_write(0, &[CMD_WRITE_TO_MEMORY | CMD_START]);
-        assert_eq!(rig.bm_status(0) & 7, ST_ERROR | ST_INTERRUPT);
-        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_ERR);
-        assert_eq!(rig.r(0, REG_ERROR_FEATURE), ERR_ABRT);
+        rig.ide.bm_write(0, &[READ_START]);
+        assert_eq!(
+            rig.bm_status(0) & ENGINE,
+            BmStatus::ERROR | BmStatus::INTERRUPT
+        );
+        assert_eq!(rig.status(0), Status::DRDY | Status::DSC | Status::ERR);
+        assert_eq!(rig.error(0), ErrorReg::ABRT);
         rig.ide.bm_write(0, &[0]);
-        rig.ide.bm_write(2, &[ST_ERROR | ST_INTERRUPT]);
+        rig.ide.bm_write(2, &[ACK]);
         // Bus mastering disabled in the command register.
         rig.prd(0x1000, &[(0x10000, 512, true)]);
         rig.ide.config_write(4, &[0x01]);
         rig.dma_cmd(0, 0xe0, 0, 1, CMD_READ_DMA);
-        rig.ide.bm_write(0, &[CMD_WRITE_TO_MEMORY | CMD_START]);
-        assert_eq!(rig.bm_status(0) & ST_ERROR, ST_ERROR);
+        rig.ide.bm_write(0, &[READ_START]);
+        assert_eq!(rig.bm_status(0) & BmStatus::ERROR, BmStatus::ERROR);
         rig.ide.config_write(4, &[0x05]);
         rig.ide.bm_write(0, &[0]);
-        rig.ide.bm_write(2, &[ST_ERROR | ST_INTERRUPT]);
+        rig.ide.bm_write(2, &[ACK]);
         // A table longer than the transfer: done, interrupt, active stays.
         rig.prd(0x1000, &[(0x10000, 4096, true)]);
         rig.dma_cmd(0, 0xe0, 0, 1, CMD_READ_DMA);
-        rig.ide.bm_write(0, &[CMD_WRITE_TO_MEMORY | CMD_START]);
-        assert_eq!(rig.bm_status(0) & 7, ST_ACTIVE | ST_INTERRUPT);
-        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        rig.ide.bm_write(0, &[READ_START]);
+        assert_eq!(
+            rig.bm_status(0) & ENGINE,
+            BmStatus::ACTIVE | BmStatus::INTERRUPT
+        );
+        assert_eq!(rig.status(0), Status::DRDY | Status::DSC);
         // Stopping the engine with a command pending leaves the command waiting.
         rig.ide.bm_write(0, &[0]);
         rig.dma_cmd(0, 0xe0, 0, 1, CMD_READ_DMA);
-        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_DRQ);
+        assert_eq!(rig.status(0), Status::DRDY | Status::DSC | Status::DRQ);
         // SRST drops it.
-        rig.ide.ctl_write(0, 0, &[CTL_SRST]);
+        rig.ide.ctl_write(0, 0, &[DeviceControl::SRST.bits()]);
         rig.ide.ctl_write(0, 0, &[0]);
-        rig.ide.bm_write(0, &[CMD_START]);
-        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        rig.ide.bm_write(0, &[WRITE_START]);
+        assert_eq!(rig.status(0), Status::DRDY | Status::DSC);
     }
 
     /// A DMA transfer whose backend fails: the engine stops without its bus error bit (the
@@ -721,24 +749,24 @@ mod tests {
             ),
         ] {
             disk.set_faults(faults);
-            let (cmd, dir) = if read {
-                (CMD_READ_DMA, CMD_WRITE_TO_MEMORY)
+            let (cmd, start, stop) = if read {
+                (CMD_READ_DMA, READ_START, READ_STOP)
             } else {
-                (CMD_WRITE_DMA, 0)
+                (CMD_WRITE_DMA, WRITE_START, 0)
             };
             rig.dma_cmd(0, 0xe0, 4, 2, cmd);
-            rig.ide.bm_write(0, &[dir | CMD_START]);
-            assert_eq!(rig.bm_status(0) & 7, ST_INTERRUPT, "{faults:?}");
-            assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC | ST_ERR);
-            assert_eq!(rig.r(0, REG_ERROR_FEATURE), ERR_UNC);
-            rig.ide.bm_write(0, &[dir]);
-            rig.ide.bm_write(2, &[ST_INTERRUPT | ST_ERROR]);
+            rig.ide.bm_write(0, &[start]);
+            assert_eq!(rig.bm_status(0) & ENGINE, BmStatus::INTERRUPT, "{faults:?}");
+            assert_eq!(rig.status(0), Status::DRDY | Status::DSC | Status::ERR);
+            assert_eq!(rig.error(0), ErrorReg::UNC);
+            rig.ide.bm_write(0, &[stop]);
+            rig.ide.bm_write(2, &[ACK]);
         }
         assert_eq!(rig.irqs[0].count(), 3);
         disk.set_faults(Faults::NONE);
         rig.dma_cmd(0, 0xe0, 4, 2, CMD_READ_DMA);
-        rig.ide.bm_write(0, &[CMD_WRITE_TO_MEMORY | CMD_START]);
-        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        rig.ide.bm_write(0, &[READ_START]);
+        assert_eq!(rig.status(0), Status::DRDY | Status::DSC);
     }
 
     #[test]
@@ -746,12 +774,12 @@ mod tests {
         let (mut rig, _) = rig(1, 8);
         rig.dma_cmd(0, 0xe0, 0, 1, CMD_READ_SECTORS);
         assert_eq!(rig.irqs[0].count(), 1);
-        assert_eq!(rig.bm_status(0) & ST_INTERRUPT, ST_INTERRUPT);
+        assert_eq!(rig.bm_status(0) & BmStatus::INTERRUPT, BmStatus::INTERRUPT);
         let mut d = [0u8; 4];
         for _ in 0..128 {
             rig.ide.cmd_read(0, 0, &mut d);
         }
-        assert_eq!(rig.r(0, REG_STATUS_COMMAND), ST_DRDY | ST_DSC);
+        assert_eq!(rig.status(0), Status::DRDY | Status::DSC);
     }
 
     #[test]
@@ -770,7 +798,7 @@ mod tests {
             let off = (v >> 3) as u64 % 20;
             let ch = (v >> 8) as usize % 3;
             let mut buf = vec![(next() & 0xff) as u8; len];
-            if v >> 31 == 0 && buf.first() == Some(&CMD_START) {
+            if v >> 31 == 0 && buf.first() == Some(&WRITE_START) {
                 // Point the engine at RAM sometimes, at anything otherwise.
                 rig.ide
                     .bm_write(4, &(next() % (RAM as u32 + 0x1000)).to_le_bytes());
