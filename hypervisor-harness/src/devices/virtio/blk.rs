@@ -14,17 +14,18 @@
 use super::device::{Activation, InterruptType, QueueBroken, VirtioDevice};
 use super::Memory;
 use crate::backends::disk::RawDisk;
+use std::mem::{offset_of, size_of};
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
-    VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
-    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
-    VIRTIO_BLK_T_OUT,
+    virtio_blk_config, virtio_blk_outhdr, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
 pub const DEVICE_TYPE: u16 = 2;
 pub const SECTOR_SIZE: u64 = 512;
@@ -33,9 +34,60 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Largest segment the driver should use.
 pub const SIZE_MAX: u32 = 1 << 20;
-/// Size of `virtio_blk_config` up to and including `write_zeroes_may_unmap` and padding.
-pub const CONFIG_LEN: usize = 60;
-pub const HEADER_LEN: usize = 16;
+/// The device configuration the driver sees: `virtio_blk_config` up to and including
+/// `write_zeroes_may_unmap` and its padding (the secure-erase and zoned fields after it belong
+/// to features this device does not offer).
+pub const CONFIG_LEN: usize = offset_of!(virtio_blk_config, max_secure_erase_sectors);
+/// The request header (`virtio_blk_outhdr`: type, reserved/ioprio, sector).
+pub const HEADER_LEN: usize = size_of::<virtio_blk_outhdr>();
+
+const _: () = assert!(CONFIG_LEN == 60 && HEADER_LEN == 16);
+
+/// `virtio_blk_outhdr` as vm-memory reads it (the orphan rule wants a local type).
+#[repr(transparent)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BlkHeader(pub virtio_blk_outhdr);
+
+// SAFETY: `virtio_blk_outhdr` is `#[repr(C)]` with two u32 and one u64 field, no padding
+// (16 bytes, asserted above), so every byte pattern is a valid value.
+unsafe impl ByteValued for BlkHeader {}
+
+impl BlkHeader {
+    pub fn request_type(&self) -> u32 {
+        u32::from_le(self.0.type_)
+    }
+    pub fn sector(&self) -> u64 {
+        u64::from_le(self.0.sector)
+    }
+}
+
+/// `virtio_blk_config` as the device keeps it (little-endian fields).
+#[repr(transparent)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BlkConfig(pub virtio_blk_config);
+
+// SAFETY: `virtio_blk_config` is `#[repr(C)]` with integer and byte-array fields only and no
+// padding (virtio-bindings asserts its size of 96 bytes, the sum of its fields), so every byte
+// pattern is a valid value.
+unsafe impl ByteValued for BlkConfig {}
+
+impl BlkConfig {
+    /// What this device offers for a disk of `capacity` sectors.
+    pub fn new(capacity: u64) -> Self {
+        Self(virtio_blk_config {
+            capacity: capacity.to_le(),
+            size_max: SIZE_MAX.to_le(),
+            seg_max: SEG_MAX.to_le(),
+            blk_size: (SECTOR_SIZE as u32).to_le(),
+            ..Default::default()
+        })
+    }
+
+    /// The bytes the driver reads.
+    pub fn visible(&self) -> &[u8] {
+        &self.as_slice()[..CONFIG_LEN]
+    }
+}
 pub const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
 /// Bounce buffer between the image and guest memory.
 const CHUNK: usize = 64 << 10;
@@ -187,13 +239,11 @@ where
     if total(&readable) < HEADER_LEN as u64 {
         return Err(bad("header shorter than 16 bytes"));
     }
-    let mut header = [0u8; HEADER_LEN];
-    gather(mem, &readable, &mut header).map_err(|_| bad("header unreadable"))?;
-    let ty = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-    let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or([0; 8]));
+    let mut header = BlkHeader::default();
+    gather(mem, &readable, header.as_mut_slice()).map_err(|_| bad("header unreadable"))?;
     Ok(Request {
-        ty: RequestType::from_raw(ty),
-        sector,
+        ty: RequestType::from_raw(header.request_type()),
+        sector: header.sector(),
         data_out: skip_bytes(&readable, HEADER_LEN as u64),
         data_in: writable,
         status,
@@ -337,7 +387,7 @@ pub fn serial_from_path(path: &std::path::Path) -> [u8; ID_LEN] {
 pub struct Blk {
     disk: Box<dyn DiskBackend>,
     id: [u8; ID_LEN],
-    config: [u8; CONFIG_LEN],
+    config: BlkConfig,
     sizes: [u16; 1],
     /// Memory, queue and interrupt handle from DRIVER_OK to reset.
     active: Option<Activation>,
@@ -347,11 +397,7 @@ pub struct Blk {
 
 impl Blk {
     pub fn new(disk: Box<dyn DiskBackend>, id: [u8; ID_LEN]) -> Self {
-        let mut config = [0u8; CONFIG_LEN];
-        config[0..8].copy_from_slice(&(disk.len() / SECTOR_SIZE).to_le_bytes());
-        config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
-        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-        config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+        let config = BlkConfig::new(disk.len() / SECTOR_SIZE);
         Self {
             disk,
             id,
@@ -442,7 +488,7 @@ impl VirtioDevice for Blk {
         };
         if let Some(src) = start
             .checked_add(data.len())
-            .and_then(|end| self.config.get(start..end))
+            .and_then(|end| self.config.visible().get(start..end))
         {
             data.copy_from_slice(src);
         }
@@ -983,6 +1029,18 @@ mod tests {
     }
 
     #[test]
+    fn header_fields_are_the_wire_layout() {
+        let mut h = BlkHeader::default();
+        h.as_mut_slice()[..4].copy_from_slice(&VIRTIO_BLK_T_OUT.to_le_bytes());
+        h.as_mut_slice()[4..8].copy_from_slice(&0xdead_beefu32.to_le_bytes());
+        h.as_mut_slice()[8..].copy_from_slice(&0x1234_5678_9abcu64.to_le_bytes());
+        assert_eq!(
+            (h.request_type(), h.sector()),
+            (VIRTIO_BLK_T_OUT, 0x1234_5678_9abc)
+        );
+    }
+
+    #[test]
     fn config_space() {
         let (dk, _) = disk(8, false);
         let blk = Blk::new(Box::new(dk), [0; 20]);
@@ -994,8 +1052,17 @@ mod tests {
         assert_eq!(u32::from_le_bytes(w), 512);
         blk.read_config(12, &mut w);
         assert_eq!(u32::from_le_bytes(w), SEG_MAX);
+        blk.read_config(8, &mut w);
+        assert_eq!(u32::from_le_bytes(w), SIZE_MAX);
         blk.read_config(58, &mut w);
         assert_eq!(w, [0; 4]);
+        // The window ends at CONFIG_LEN although the struct goes on.
+        let mut all = [0xaau8; CONFIG_LEN];
+        blk.read_config(0, &mut all);
+        assert_eq!(all[..8], 8u64.to_le_bytes());
+        let mut past = [0xaau8; 2];
+        blk.read_config(CONFIG_LEN as u64 - 1, &mut past);
+        assert_eq!(past, [0; 2]);
         blk.read_config(u64::MAX, &mut w);
         assert_eq!(blk.features() & 1 << VIRTIO_BLK_F_RO, 0);
         assert_ne!(blk.features() & 1 << VIRTIO_BLK_F_FLUSH, 0);
