@@ -104,7 +104,20 @@ pub struct VirtioPciNotifyCap {
     pub notify_off_multiplier: u32,
 }
 
+/// The MSI-X capability (PCI 3.0 §6.8.2) as the transport places it: table and PBA in BAR0.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MsixCap {
+    pub cap_id: u8,
+    pub cap_next: u8,
+    pub message_control: u16,
+    /// Table offset in the BAR, BAR index in the low 3 bits.
+    pub table: u32,
+    pub pba: u32,
+}
+
 const _: () = {
+    assert!(size_of::<MsixCap>() == 12);
     assert!(size_of::<VirtioPciCap>() == 16);
     assert!(offset_of!(VirtioPciCap, offset) == 8);
     assert!(size_of::<VirtioPciNotifyCap>() == 20);
@@ -115,6 +128,8 @@ const _: () = {
 unsafe impl ByteValued for VirtioPciCap {}
 // SAFETY: as for `VirtioPciCap`; the multiplier follows it without padding.
 unsafe impl ByteValued for VirtioPciNotifyCap {}
+// SAFETY: `#[repr(C)]`, integers only, naturally aligned without padding (12 bytes, checked).
+unsafe impl ByteValued for MsixCap {}
 
 /// Where a BAR0 offset falls: a register block and the offset inside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,8 +194,8 @@ fn pci_cap(cfg_type: u8, offset: u64, length: u64, len: usize) -> VirtioPciCap {
     }
 }
 
-/// The body of a capability as `PciConfig::add_capability` takes it: without the ID and
-/// next-pointer bytes, which config space fills in.
+/// The body of a vendor capability as `PciConfig::add_capability` takes it: without the ID
+/// and next-pointer bytes, which config space fills in.
 fn cap_body(cap: &impl ByteValued) -> &[u8] {
     &cap.as_slice()[offset_of!(VirtioPciCap, cap_len)..]
 }
@@ -494,15 +509,20 @@ impl VirtioPciDevice {
             config.add_capability(CAP_VENDOR, body, &[]).map_err(e)?;
         }
         let msix_cap = if with_msix {
-            let mut body = Vec::new();
-            body.extend_from_slice(&msix.control_table_size().to_le_bytes());
-            body.extend_from_slice(&(MSIX_TABLE_OFFSET as u32 | BAR as u32).to_le_bytes());
-            body.extend_from_slice(&(MSIX_PBA_OFFSET as u32 | BAR as u32).to_le_bytes());
+            let cap = MsixCap {
+                cap_id: msix::CAP_ID,
+                cap_next: 0,
+                message_control: msix.control_table_size().to_le(),
+                table: (MSIX_TABLE_OFFSET as u32 | BAR as u32).to_le(),
+                pba: (MSIX_PBA_OFFSET as u32 | BAR as u32).to_le(),
+            };
             // Message control: enable and function mask are writable.
-            let cap = config
-                .add_capability(msix::CAP_ID, &body, &[0x00, 0xc0])
+            let writable = (msix::CTRL_ENABLE | msix::CTRL_FUNCTION_MASK).to_le_bytes();
+            let body = &cap.as_slice()[offset_of!(MsixCap, message_control)..];
+            let at = config
+                .add_capability(msix::CAP_ID, body, &writable)
                 .map_err(e)?;
-            Some(cap)
+            Some(at)
         } else {
             None
         };
