@@ -130,6 +130,12 @@ pub const CMD_WRITE_SECTORS_NR: u8 = 0x31;
 pub const CMD_WRITE_SECTORS_EXT: u8 = 0x34;
 pub const CMD_WRITE_DMA_EXT: u8 = 0x35;
 pub const CMD_SEEK: u8 = 0x70;
+/// RECALIBRATE (obsolete): any of 10h-1Fh.
+pub const CMD_RECALIBRATE_FIRST: u8 = 0x10;
+pub const CMD_RECALIBRATE_LAST: u8 = 0x1f;
+/// The ATA-1 opcodes of STANDBY IMMEDIATE, IDLE IMMEDIATE, STANDBY and IDLE: 94h-97h.
+pub const CMD_OLD_POWER_FIRST: u8 = 0x94;
+pub const CMD_OLD_POWER_LAST: u8 = 0x97;
 pub const CMD_DIAGNOSTIC: u8 = 0x90;
 pub const CMD_INIT_PARAMS: u8 = 0x91;
 pub const CMD_READ_DMA: u8 = 0xc8;
@@ -146,6 +152,24 @@ pub const CMD_FLUSH_CACHE_EXT: u8 = 0xea;
 pub const CMD_IDENTIFY: u8 = 0xec;
 pub const CMD_SET_FEATURES: u8 = 0xef;
 pub const CMD_READ_NATIVE_MAX: u8 = 0xf8;
+
+/// SET FEATURES subcommands (features register).
+mod set_features {
+    /// Set the transfer mode from the count register (ATA-7 §6.49.13): PIO default (00h, 01h),
+    /// PIO flow control modes (08h + n), multiword DMA (20h + n), Ultra DMA (40h + n).
+    pub const TRANSFER_MODE: u8 = 0x03;
+    pub const PIO_DEFAULT: u8 = 0x00;
+    pub const PIO_DEFAULT_NO_IORDY: u8 = 0x01;
+    pub const PIO_FLOW_CONTROL: u8 = 0x08;
+    pub const MULTIWORD_DMA: u8 = 0x20;
+    pub const ULTRA_DMA: u8 = 0x40;
+    /// Accepted and ignored: write cache on/off (02h/82h), read look-ahead off/on (55h/AAh),
+    /// reverting to power-on defaults off/on (66h/CCh).
+    pub const IGNORED: [u8; 6] = [0x02, 0x82, 0x55, 0xaa, 0x66, 0xcc];
+}
+
+/// CHECK POWER MODE's answer in the count register.
+const POWER_MODE_ACTIVE_OR_IDLE: u8 = 0xff;
 
 /// Largest LBA28 capacity (IDENTIFY words 60-61).
 pub const LBA28_MAX_SECTORS: u64 = 0x0fff_ffff;
@@ -761,11 +785,18 @@ impl AtaChannel {
                 }
             }
             CMD_SET_FEATURES => {
-                let mode = match (self.feature.cur, self.count.cur) {
-                    (0x03, 0x00 | 0x01) | (0x03, 0x08..=0x0c) => Some(Some(Mode::Pio)),
-                    (0x03, v @ 0x20..=0x22) => Some(Some(Mode::MultiwordDma(v & 7))),
-                    (0x03, v @ 0x40..=0x45) => Some(Some(Mode::UltraDma(v & 7))),
-                    (0x02 | 0x82 | 0x55 | 0xaa | 0x66 | 0xcc, _) => Some(None),
+                use set_features::*;
+                let (feature, value) = (self.feature.cur, self.count.cur);
+                // The mode number is the low 3 bits; PIO 0-4, multiword DMA 0-2, UDMA 0-5.
+                let n = value & 7;
+                let mode = match (feature, value & !7) {
+                    (TRANSFER_MODE, PIO_DEFAULT) if value <= PIO_DEFAULT_NO_IORDY => {
+                        Some(Some(Mode::Pio))
+                    }
+                    (TRANSFER_MODE, PIO_FLOW_CONTROL) if n <= 4 => Some(Some(Mode::Pio)),
+                    (TRANSFER_MODE, MULTIWORD_DMA) if n <= 2 => Some(Some(Mode::MultiwordDma(n))),
+                    (TRANSFER_MODE, ULTRA_DMA) if n <= 5 => Some(Some(Mode::UltraDma(n))),
+                    _ if IGNORED.contains(&feature) => Some(None),
                     _ => None,
                 };
                 match mode {
@@ -814,15 +845,15 @@ impl AtaChannel {
                 self.done();
             }
             CMD_CHECK_POWER => {
-                self.count.set(0xff);
+                self.count.set(POWER_MODE_ACTIVE_OR_IDLE);
                 self.done();
             }
             CMD_STANDBY_IMMEDIATE
             | CMD_IDLE_IMMEDIATE
             | CMD_STANDBY
             | CMD_IDLE
-            | 0x94..=0x97
-            | 0x10..=0x1f
+            | CMD_OLD_POWER_FIRST..=CMD_OLD_POWER_LAST
+            | CMD_RECALIBRATE_FIRST..=CMD_RECALIBRATE_LAST
             | CMD_SEEK => self.done(),
             _ => self.fail(ErrorReg::ABRT),
         }

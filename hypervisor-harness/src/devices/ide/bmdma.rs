@@ -14,6 +14,9 @@ use crate::backends::disk::{DiskBackend, SECTOR_SIZE};
 use bitflags::bitflags;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory};
 
+/// Bytes of one channel's bus-master block (the secondary's follows the primary's).
+pub const CHANNEL_BLOCK_LEN: u64 = 8;
+
 /// A register of one channel's bus-master block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BmReg {

@@ -9,7 +9,7 @@
 //! rewrite BAR4, but the registers stay where the harness put them.
 
 use super::ata::{AtaChannel, DeviceControl, DmaStatus, Drive, TaskfileReg};
-use super::bmdma::{BmDma, BmEvent, DmaOutcome};
+use super::bmdma::{BmDma, BmEvent, DmaOutcome, CHANNEL_BLOCK_LEN};
 use crate::backends::disk::{DiskBackend, IDE_POSITIONS};
 use crate::devices::bus::BusDevice;
 use crate::devices::pci::config::{PciConfig, CMD_BUS_MASTER, CMD_IO};
@@ -20,14 +20,19 @@ use vm_memory::GuestMemory;
 
 pub const VENDOR: u16 = 0x8086;
 pub const DEVICE: u16 = 0x7010;
+/// Class code: mass storage, IDE, bus-master capable (legacy-mode channels).
+const CLASS: u8 = 0x01;
+const SUBCLASS: u8 = 0x01;
+const PROG_IF: u8 = 0x80;
 pub const BAR4: usize = 4;
-pub const BAR4_SIZE: u64 = 16;
+/// One bus-master block per channel.
+pub const BAR4_SIZE: u64 = 2 * CHANNEL_BLOCK_LEN;
 
 pub const PRIMARY_CMD: u64 = 0x1f0;
 pub const PRIMARY_CTL: u64 = 0x3f6;
 pub const SECONDARY_CMD: u64 = 0x170;
 pub const SECONDARY_CTL: u64 = 0x376;
-pub const CMD_LEN: u64 = 8;
+pub const CMD_LEN: u64 = TaskfileReg::ALL.len() as u64;
 pub const CTL_LEN: u64 = 1;
 pub const PRIMARY_GSI: u32 = 14;
 pub const SECONDARY_GSI: u32 = 15;
@@ -80,7 +85,7 @@ impl<M: GuestMemory> PiixIde<M> {
             let (d0, d1) = (c.ata.drive(0).is_some(), c.ata.drive(1).is_some());
             c.bm.set_drive_capable(d0, d1);
         }
-        let mut config = PciConfig::new(VENDOR, DEVICE, 0x01, 0x01, 0x80);
+        let mut config = PciConfig::new(VENDOR, DEVICE, CLASS, SUBCLASS, PROG_IF);
         config
             .add_io_bar(BAR4, BAR4_SIZE)
             .map_err(|e| e.to_string())?;
@@ -186,9 +191,9 @@ impl<M: GuestMemory> PiixIde<M> {
             *b = 0xff;
             match offset.checked_add(i as u64) {
                 Some(o) if o < BAR4_SIZE && decode => {
-                    self.channels[(o / 8) as usize]
+                    self.channels[(o / CHANNEL_BLOCK_LEN) as usize]
                         .bm
-                        .read(o % 8, std::slice::from_mut(b));
+                        .read(o % CHANNEL_BLOCK_LEN, std::slice::from_mut(b));
                 }
                 _ => {}
             }
@@ -203,8 +208,9 @@ impl<M: GuestMemory> PiixIde<M> {
         for (i, &v) in data.iter().enumerate() {
             match offset.checked_add(i as u64) {
                 Some(o) if o < BAR4_SIZE => {
-                    let ch = (o / 8) as usize;
-                    if self.channels[ch].bm.write(o % 8, &[v]) == BmEvent::Started {
+                    let ch = (o / CHANNEL_BLOCK_LEN) as usize;
+                    let reg = o % CHANNEL_BLOCK_LEN;
+                    if self.channels[ch].bm.write(reg, &[v]) == BmEvent::Started {
                         started[ch] = true;
                     }
                 }
