@@ -71,10 +71,12 @@ impl std::fmt::Display for Platform {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmm_sys_util::tempdir::TempDir;
 
     #[test]
     fn detect_from_fake_tree() {
-        let dir = std::env::temp_dir().join(format!("hh-platform-{}", std::process::id()));
+        let tmp = TempDir::new_with_prefix(std::env::temp_dir().join("hh-platform-")).unwrap();
+        let dir = tmp.as_path();
         std::fs::create_dir_all(dir.join("mods/kvm_pvm")).unwrap();
         std::fs::write(
             dir.join("cpuinfo"),
@@ -93,6 +95,5 @@ mod tests {
         let none = Platform::detect_in(&dir.join("nope"), &dir.join("nope"));
         assert_eq!(none.kvm, "unknown");
         assert!(!none.nested);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

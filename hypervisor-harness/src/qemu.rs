@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use vmm_sys_util::tempdir::TempDir;
 
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
@@ -279,13 +280,11 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
         )));
     }
     let accel = resolve_accel(cfg.accel)?;
-    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let qmp_path = std::env::temp_dir().join(format!(
-        "hh-qmp-{}-{}.sock",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_file(&qmp_path);
+    // QEMU creates the QMP socket itself, so it goes into a fresh directory of ours (removed,
+    // socket and all, when this function returns).
+    let qmp_dir = TempDir::new_with_prefix(std::env::temp_dir().join("hh-qmp-"))
+        .map_err(|e| HarnessError::Other(format!("cannot create a temporary directory: {e}")))?;
+    let qmp_path = qmp_dir.as_path().join("qmp.sock");
     let platform = crate::platform::Platform::detect();
     let args = build_args(cfg, accel, cpu_model(accel, &platform.kvm), &qmp_path);
     if cfg.verbose {
@@ -404,7 +403,6 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
     stop.store(true, Ordering::SeqCst);
     let lines_cut = reader.join().unwrap_or(0);
     let _ = poller.join();
-    let _ = std::fs::remove_file(&qmp_path);
     let summary = lock(&ktap).summary();
     let stats = lock(&last_stats).clone();
     let (phases, phase_note) = {

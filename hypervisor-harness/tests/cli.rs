@@ -1,6 +1,7 @@
 //! Exit codes and one-line errors for bad input, through the real binary.
 
 use std::process::{Command, Output};
+use vmm_sys_util::tempfile::TempFile;
 
 fn harness(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hypervisor-harness"))
@@ -21,12 +22,12 @@ fn expect_error(args: &[&str], code: i32) -> String {
     err
 }
 
-fn tmp(name: &str, contents: &[u8]) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("hh-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, contents).unwrap();
-    p
+/// A temporary file holding `contents`, removed when dropped.
+fn tmp(name: &str, contents: &[u8]) -> TempFile {
+    let prefix = std::env::temp_dir().join(format!("hh-cli-{name}-"));
+    let f = TempFile::new_with_prefix(prefix).unwrap();
+    std::fs::write(f.as_path(), contents).unwrap();
+    f
 }
 
 #[test]
@@ -58,10 +59,10 @@ fn missing_kernel_is_a_bad_image() {
 #[test]
 fn non_elf_is_a_bad_image() {
     let p = tmp("not-elf", b"this is not an ELF file\n");
-    let e = expect_error(&["run", "--kernel", p.to_str().unwrap()], 65);
+    let e = expect_error(&["run", "--kernel", p.as_path().to_str().unwrap()], 65);
     assert!(e.contains("not an ELF"), "{e}");
     let empty = tmp("empty", b"");
-    expect_error(&["run", "--kernel", empty.to_str().unwrap()], 65);
+    expect_error(&["run", "--kernel", empty.as_path().to_str().unwrap()], 65);
 }
 
 #[test]
@@ -75,7 +76,7 @@ fn truncated_elf_is_a_bad_image() {
     let mut head = std::fs::read("/bin/true").unwrap();
     head.truncate(100);
     let p = tmp("truncated", &head);
-    expect_error(&["run", "--kernel", p.to_str().unwrap()], 65);
+    expect_error(&["run", "--kernel", p.as_path().to_str().unwrap()], 65);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! the boot ABI, exit codes and the abnormal-exit report without depending on the real kernel.
 
 mod common;
-use common::have_kvm;
+use common::{have_kvm, TempDir};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -61,12 +61,13 @@ fn print_and_exit(text: &str, exit: u32) -> Vec<u8> {
     c
 }
 
-fn boot(name: &str, code: &[u8], extra: &[&str]) -> (Output, String, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("hh-tiny-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let k = dir.join(name);
+/// Boot `code` as a PVH image; returns the output, its text and the `--exits-json` file (in a
+/// directory that lives as long as the returned [`TempDir`]).
+fn boot(name: &str, code: &[u8], extra: &[&str]) -> (Output, String, PathBuf, TempDir) {
+    let dir = TempDir::new(&format!("tiny-{name}"));
+    let k = dir.0.join(name);
     std::fs::write(&k, pvh_elf(code)).unwrap();
-    let json = dir.join(format!("{name}.json"));
+    let json = dir.0.join(format!("{name}.json"));
     let o = Command::new(env!("CARGO_BIN_EXE_hypervisor-harness"))
         .args([
             "run",
@@ -85,7 +86,7 @@ fn boot(name: &str, code: &[u8], extra: &[&str]) -> (Output, String, PathBuf) {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    (o, t, json)
+    (o, t, json, dir)
 }
 
 #[test]
@@ -93,7 +94,7 @@ fn tiny_guest_passes() {
     if !have_kvm("tiny_guest_passes") {
         return;
     }
-    let (o, t, json) = boot(
+    let (o, t, json, _dir) = boot(
         "pass",
         &print_and_exit("KTAP version 1\n1..1\nok 1 tiny\n", 0x10),
         &[],
@@ -119,7 +120,7 @@ fn tiny_guest_without_plan_fails() {
     if !have_kvm("tiny_guest_without_plan_fails") {
         return;
     }
-    let (o, t, _) = boot("noplan", &print_and_exit("hello\n", 0x10), &[]);
+    let (o, t, _, _dir) = boot("noplan", &print_and_exit("hello\n", 0x10), &[]);
     assert_eq!(o.status.code(), Some(1), "{t}");
 }
 
@@ -128,7 +129,7 @@ fn unknown_debug_exit_value() {
     if !have_kvm("unknown_debug_exit_value") {
         return;
     }
-    let (o, t, _) = boot("unknown", &print_and_exit("", 0x42), &[]);
+    let (o, t, _, _dir) = boot("unknown", &print_and_exit("", 0x42), &[]);
     assert_eq!(o.status.code(), Some(4), "{t}");
     assert!(t.contains("unknown exit code 0x42"), "{t}");
 }
@@ -139,7 +140,7 @@ fn triple_fault_is_reported_with_rip_and_code() {
         return;
     }
     // ud2 with no IDT: #UD -> #GP -> double fault -> triple fault.
-    let (o, t, _) = boot("ud2", &[0x0f, 0x0b, 0x90, 0x90], &[]);
+    let (o, t, _, _dir) = boot("ud2", &[0x0f, 0x0b, 0x90, 0x90], &[]);
     assert_eq!(o.status.code(), Some(4), "{t}");
     assert!(t.contains("KVM_EXIT_SHUTDOWN"), "{t}");
     assert!(t.contains("RIP=0x100000") && t.contains("CS=0x8"), "{t}");
@@ -151,7 +152,7 @@ fn hang_hits_the_timeout() {
     if !have_kvm("hang_hits_the_timeout") {
         return;
     }
-    let (o, t, _) = boot("hang", &[0xeb, 0xfe], &["--timeout", "1"]);
+    let (o, t, _, _dir) = boot("hang", &[0xeb, 0xfe], &["--timeout", "1"]);
     assert_eq!(o.status.code(), Some(3), "{t}");
     assert!(t.contains("guest did not exit within 1 s"), "{t}");
 }
@@ -179,7 +180,7 @@ fn string_io_reaches_the_devices() {
     c.extend_from_slice(&[0xb8, 0x10, 0, 0, 0, 0xe7, 0xf4, 0xeb, 0xfe]);
     assert_eq!(c.len(), code_len);
     c.extend_from_slice(text);
-    let (o, t, _) = boot("rep", &c, &[]);
+    let (o, t, _, _dir) = boot("rep", &c, &[]);
     assert_eq!(o.status.code(), Some(0), "{t}");
     assert!(t.contains("ok 1 rep"), "{t}");
 }

@@ -249,15 +249,15 @@ pub struct BlkSection {
     pub notes: Vec<String>,
 }
 
-/// `vmms`: (label, subcommand args after the common ones).
+/// `vmms`: (label, subcommand args after the common ones). The disk images go into `dir`,
+/// which the caller removes.
 pub fn run_section(
     base_args: impl Fn(&str, &str) -> Vec<String>,
     vmms: &[(&str, &str, Vec<String>, &str)],
     dir: &Path,
 ) -> Result<BlkSection, HarnessError> {
-    let pid = std::process::id();
-    let virtio: PathBuf = dir.join(format!("hh-bench-{pid}-virtio.img"));
-    let ide: PathBuf = dir.join(format!("hh-bench-{pid}-ide.img"));
+    let virtio: PathBuf = dir.join("virtio.img");
+    let ide: PathBuf = dir.join("ide.img");
     make_image(&virtio)?;
     make_image(&ide)?;
     let mut rows = Vec::new();
@@ -287,8 +287,6 @@ pub fn run_section(
         rows.extend(got);
     }
     rows.extend(native_rows(&ide, 300_000_000));
-    let _ = std::fs::remove_file(&virtio);
-    let _ = std::fs::remove_file(&ide);
     Ok(BlkSection { rows, notes })
 }
 

@@ -10,9 +10,11 @@ use crate::shared::{kernel_or_default, write_json, BenchArgs};
 use report::{BenchReport, BootRow, FloorRow, Stat};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
+use vmm_sys_util::tempdir::TempDir;
+use vmm_sys_util::tempfile::TempFile;
 
 /// One `# bench: <name> key=value ...` diagnostic.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,29 +99,27 @@ pub struct ChildRun {
     pub json: Option<Value>,
 }
 
-fn tmp_path(tag: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("hh-bench-{}-{tag}.json", std::process::id()))
-}
-
 /// Spawn our own binary with `args` (plus `--exits-json` to a temp file).
 pub fn spawn_self(args: &[String], tag: &str) -> Result<ChildRun, HarnessError> {
     let exe = std::env::current_exe()
         .map_err(|e| HarnessError::Other(format!("cannot find our own binary: {e}")))?;
-    let json_path = tmp_path(tag);
-    let _ = std::fs::remove_file(&json_path);
+    // The child's --exits-json: an empty file until it writes one, removed when dropped.
+    let json_file =
+        TempFile::new_with_prefix(std::env::temp_dir().join(format!("hh-bench-{tag}-")))
+            .map_err(|e| HarnessError::Other(format!("cannot create a temporary file: {e}")))?;
+    let json_path = json_file.as_path();
     let start = Instant::now();
     let out = Command::new(exe)
         .args(args)
         .arg("--exits-json")
-        .arg(&json_path)
+        .arg(json_path)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| HarnessError::Other(format!("cannot spawn the harness: {e}")))?;
     let secs = start.elapsed().as_secs_f64();
-    let json = std::fs::read_to_string(&json_path)
+    let json = std::fs::read_to_string(json_path)
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok());
-    let _ = std::fs::remove_file(&json_path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last_err = stderr
         .lines()
@@ -285,11 +285,15 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
             ),
             ("qemu", "qemu", qemu_extra, all),
         ];
-        let dir = std::env::temp_dir();
+        // The disk images, removed with the directory when it drops.
+        let dir =
+            TempDir::new_with_prefix(std::env::temp_dir().join("hh-bench-")).map_err(|e| {
+                HarnessError::Other(format!("cannot create a temporary directory: {e}"))
+            })?;
         Some(blk::run_section(
             |sub, cmdline| common_args(sub, &kernel, a, cmdline),
             &vmms,
-            &dir,
+            dir.as_path(),
         )?)
     };
     let rep = BenchReport {

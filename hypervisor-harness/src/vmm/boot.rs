@@ -134,6 +134,7 @@ pub fn write_boot_info(mem: &GuestMem, mem_size: u64, cmdline: &str) -> Result<(
 mod tests {
     use super::*;
     use crate::vmm::memory;
+    use vmm_sys_util::tempdir::TempDir;
 
     fn rd<const N: usize>(m: &GuestMem, at: u64) -> [u8; N] {
         let mut b = [0u8; N];
@@ -191,13 +192,11 @@ mod tests {
     #[test]
     fn kernel_errors() {
         let m = memory::create(32 << 20).unwrap();
-        let dir = std::env::temp_dir().join(format!("hh-boot-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let text = dir.join("text");
+        let dir = TempDir::new_with_prefix(std::env::temp_dir().join("hh-boot-")).unwrap();
+        let text = dir.as_path().join("text");
         std::fs::write(&text, "hello").unwrap();
-        for p in [dir.join("missing"), text] {
+        for p in [dir.as_path().join("missing"), text] {
             assert!(matches!(load_kernel(&m, &p), Err(BootError::Image(_))));
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -66,17 +66,15 @@ pub fn passed(t: &str, name: &str) -> bool {
         .any(|l| l.starts_with("ok ") && l.trim_end().ends_with(&format!(" {name}")))
 }
 
-pub struct TempDir(pub PathBuf);
+/// A temporary directory, removed with its contents when dropped (vmm-sys-util's `TempDir`);
+/// `.0` is its path.
+pub struct TempDir(pub PathBuf, vmm_sys_util::tempdir::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let n = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let p = std::env::temp_dir().join(format!("hh-test-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
+        let prefix = std::env::temp_dir().join(format!("hh-test-{tag}-"));
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix(prefix).unwrap();
+        Self(dir.as_path().to_path_buf(), dir)
     }
 
     /// A file of `len` zero bytes in the directory.
@@ -84,11 +82,5 @@ impl TempDir {
         let p = self.0.join(name);
         std::fs::File::create(&p).unwrap().set_len(len).unwrap();
         p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

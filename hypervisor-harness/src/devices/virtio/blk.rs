@@ -762,6 +762,43 @@ mod tests {
         assert_eq!(flushes.load(Ordering::SeqCst), 0);
     }
 
+    /// A backend that fails (EIO, a short read, ENOSPC, a failed flush): IOERR, never a panic;
+    /// the same disk healed serves the same requests with OK.
+    #[test]
+    fn failing_backend_gets_ioerr() {
+        use crate::backends::mem_disk::{Fault, Faults, MemDisk as FaultyDisk};
+        let m = mem();
+        let dk = FaultyDisk::zeroed(8, false).unwrap();
+        let flush = [d(HDR, 16, NEXT, 1), d(STATUS, 1, WRITE, 0)];
+        let requests = [
+            (VIRTIO_BLK_T_IN, std3(0, 1, 1024, true)),
+            (VIRTIO_BLK_T_OUT, std3(0, 1, 1024, false)),
+            (VIRTIO_BLK_T_FLUSH, flush.to_vec()),
+        ];
+        let fail = |read, write, flush| Faults { read, write, flush };
+        for faults in [
+            fail(Some(Fault::Eio), Some(Fault::Eio), Some(Fault::Eio)),
+            fail(
+                Some(Fault::ShortRead),
+                Some(Fault::NoSpace),
+                Some(Fault::Eio),
+            ),
+        ] {
+            dk.set_faults(faults);
+            for (ty, descs) in &requests {
+                header(&m, *ty, 1);
+                run(&m, descs, &dk);
+                assert_eq!(status(&m), VIRTIO_BLK_S_IOERR as u8, "{ty} {faults:?}");
+            }
+        }
+        dk.set_faults(Faults::NONE);
+        for (ty, descs) in &requests {
+            header(&m, *ty, 1);
+            run(&m, descs, &dk);
+            assert_eq!(status(&m), VIRTIO_BLK_S_OK as u8, "{ty} healed");
+        }
+    }
+
     #[test]
     fn read_only_disk_refuses_writes() {
         let m = mem();
