@@ -1,6 +1,7 @@
 //! Exact exit counters, and KVM's own per-VM / per-vCPU statistics (KVM_GET_STATS_FD).
 
 use crate::devices::bus::Claim;
+use kvm_bindings::{kvm_stats_desc, kvm_stats_header};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -293,34 +294,48 @@ pub fn read_stats(fd: &OwnedFd) -> Result<Vec<(String, u64)>, String> {
     parse_stats(|off, len| pread_exact(raw, off, len))
 }
 
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .unwrap_or(0)
+/// A C struct of integers only, so any bytes of its size are a valid value of it.
+///
+/// # Safety
+/// The type must be `repr(C)` with integer fields (and zero-sized markers) only.
+unsafe trait PlainData: Sized {}
+
+// SAFETY: repr(C), six u32 fields.
+unsafe impl PlainData for kvm_stats_header {}
+// SAFETY: repr(C), u32/i16/u16/u32/u32 fields and the zero-sized `name` marker (the name
+// itself follows the struct in the file and is read apart).
+unsafe impl PlainData for kvm_stats_desc {}
+
+/// A `T` from the first `size_of::<T>()` bytes of `bytes` (None if there are fewer).
+fn read_plain<T: PlainData>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: `bytes` holds at least size_of::<T>() bytes, read unaligned, and PlainData
+    // promises that any bytes make a valid T.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// Parse the KVM binary stats format through a positioned reader.
+/// Parse the KVM binary stats format (a `kvm_stats_header`, then `num_desc` descriptors, each
+/// a `kvm_stats_desc` followed by its `name_size`-byte name, and the data block) through a
+/// positioned reader.
 pub fn parse_stats(
     mut read_at: impl FnMut(u64, usize) -> Result<Vec<u8>, String>,
 ) -> Result<Vec<(String, u64)>, String> {
-    // struct kvm_stats_header { flags, name_size, num_desc, id_offset, desc_offset, data_offset }
-    let h = read_at(0, 24)?;
-    let name_size = u32_at(&h, 4) as usize;
-    let num_desc = u32_at(&h, 8) as usize;
-    let desc_offset = u32_at(&h, 16) as u64;
-    let data_offset = u32_at(&h, 20) as u64;
+    let header: kvm_stats_header = read_plain(&read_at(0, size_of::<kvm_stats_header>())?)
+        .ok_or("KVM stats header is short")?;
+    let name_size = header.name_size as usize;
+    let num_desc = header.num_desc as usize;
     if name_size == 0 || name_size > 4096 || num_desc > 100_000 {
         return Err("KVM stats header looks wrong".into());
     }
-    // struct kvm_stats_desc { u32 flags; s16 exponent; u16 size; u32 offset; u32 bucket_size;
-    //                         char name[name_size]; }
-    let desc_len = 16 + name_size;
-    let descs = read_at(desc_offset, desc_len * num_desc)?;
+    let desc_len = size_of::<kvm_stats_desc>() + name_size;
+    let descs = read_at(header.desc_offset as u64, desc_len * num_desc)?;
     let mut out = Vec::with_capacity(num_desc);
     for d in descs.chunks_exact(desc_len) {
-        let size = u16::from_le_bytes([d[6], d[7]]) as usize;
-        let offset = u32_at(d, 8) as u64;
-        let name_bytes = &d[16..];
+        let (fixed, name_bytes) = d.split_at(size_of::<kvm_stats_desc>());
+        let desc: kvm_stats_desc = read_plain(fixed).ok_or("KVM stats descriptor is short")?;
+        let size = desc.size as usize;
         let end = name_bytes
             .iter()
             .position(|&b| b == 0)
@@ -329,7 +344,7 @@ pub fn parse_stats(
         if size == 0 || size > 4096 {
             continue;
         }
-        let data = read_at(data_offset + offset, size * 8)?;
+        let data = read_at(header.data_offset as u64 + desc.offset as u64, size * 8)?;
         let sum = data
             .as_chunks::<8>()
             .0
