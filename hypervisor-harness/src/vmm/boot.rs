@@ -1,6 +1,12 @@
-//! PVH boot: load the ELF, write hvm_start_info, the memory map, the command line and a GDT.
+//! PVH boot: load the ELF, write hvm_start_info and the memory map (through linux-loader's PVH
+//! configurator), the command line and a GDT.
 
 use super::memory::GuestMem;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_start_info, XEN_HVM_START_MAGIC_VALUE,
+};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use std::fs::File;
@@ -15,7 +21,6 @@ pub const GDT_ADDR: u64 = 0x500;
 pub const HIMEM_START: u64 = 0x10_0000;
 pub const EBDA_START: u64 = 0x9_fc00;
 
-pub const START_INFO_MAGIC: u32 = 0x336e_c578;
 pub const E820_RAM: u32 = 1;
 pub const E820_RESERVED: u32 = 2;
 
@@ -62,38 +67,33 @@ pub fn load_kernel(mem: &GuestMem, path: &Path) -> Result<u64, BootError> {
     }
 }
 
-/// The memory map handed to the guest: (addr, size, type).
-pub fn memory_map(mem_size: u64) -> Vec<(u64, u64, u32)> {
+/// The memory map handed to the guest: low RAM, the EBDA and legacy hole (reserved), and RAM
+/// from 1 MiB to the end.
+pub fn memory_map(mem_size: u64) -> Vec<hvm_memmap_table_entry> {
+    let entry = |addr, size, type_| hvm_memmap_table_entry {
+        addr,
+        size,
+        type_,
+        reserved: 0,
+    };
     vec![
-        (0, EBDA_START, E820_RAM),
-        (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED),
-        (HIMEM_START, mem_size - HIMEM_START, E820_RAM),
+        entry(0, EBDA_START, E820_RAM),
+        entry(EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED),
+        entry(HIMEM_START, mem_size - HIMEM_START, E820_RAM),
     ]
 }
 
-/// hvm_start_info (version 1), 56 bytes.
-pub fn start_info_bytes(cmdline_paddr: u64, memmap_paddr: u64, memmap_entries: u32) -> [u8; 56] {
-    let mut b = [0u8; 56];
-    b[0..4].copy_from_slice(&START_INFO_MAGIC.to_le_bytes());
-    b[4..8].copy_from_slice(&1u32.to_le_bytes()); // version
-                                                  // flags 0, nr_modules 0, modlist_paddr 0
-    b[24..32].copy_from_slice(&cmdline_paddr.to_le_bytes());
-    // rsdp_paddr 0
-    b[40..48].copy_from_slice(&memmap_paddr.to_le_bytes());
-    b[48..52].copy_from_slice(&memmap_entries.to_le_bytes());
-    b
-}
-
-/// hvm_memmap_table_entry, 24 bytes each.
-pub fn memmap_bytes(map: &[(u64, u64, u32)]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(map.len() * 24);
-    for &(addr, size, ty) in map {
-        v.extend_from_slice(&addr.to_le_bytes());
-        v.extend_from_slice(&size.to_le_bytes());
-        v.extend_from_slice(&ty.to_le_bytes());
-        v.extend_from_slice(&0u32.to_le_bytes());
+/// hvm_start_info (version 1) pointing at the command line and a memory map of `memmap_entries`
+/// entries; no modules, no RSDP.
+pub fn start_info(cmdline_paddr: u64, memmap_paddr: u64, memmap_entries: u32) -> hvm_start_info {
+    hvm_start_info {
+        magic: XEN_HVM_START_MAGIC_VALUE,
+        version: 1,
+        cmdline_paddr,
+        memmap_paddr,
+        memmap_entries,
+        ..Default::default()
     }
-    v
 }
 
 pub fn check_cmdline(cmdline: &str) -> Result<(), String> {
@@ -113,15 +113,15 @@ pub fn check_cmdline(cmdline: &str) -> Result<(), String> {
 pub fn write_boot_info(mem: &GuestMem, mem_size: u64, cmdline: &str) -> Result<(), BootError> {
     check_cmdline(cmdline).map_err(BootError::Other)?;
     let map = memory_map(mem_size);
+    let info = start_info(CMDLINE_ADDR, MEMMAP_ADDR, map.len() as u32);
+    let mut params = BootParams::new(&info, GuestAddress(START_INFO_ADDR));
+    params.set_sections(&map, GuestAddress(MEMMAP_ADDR));
+    PvhBootConfigurator::write_bootparams(&params, mem)
+        .map_err(|e| BootError::Other(format!("writing the PVH start info: {e}")))?;
     let w = |data: &[u8], at: u64| {
         mem.write_slice(data, GuestAddress(at))
             .map_err(|e| BootError::Other(format!("writing boot data at {at:#x}: {e}")))
     };
-    w(&memmap_bytes(&map), MEMMAP_ADDR)?;
-    w(
-        &start_info_bytes(CMDLINE_ADDR, MEMMAP_ADDR, map.len() as u32),
-        START_INFO_ADDR,
-    )?;
     let mut c = cmdline.as_bytes().to_vec();
     c.push(0);
     w(&c, CMDLINE_ADDR)?;
