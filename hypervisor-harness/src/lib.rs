@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod devices;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod ktap;
 pub mod platform;

@@ -1,0 +1,366 @@
+//! Fuzz entry points for the device models (ARCHITECTURE.md, "Tests, in layers", layer 4), one
+//! module per device: [`virtio_blk`](mod@virtio_blk), [`ide`](mod@ide),
+//! [`pci_config`](mod@pci_config) and [`msix`](mod@msix), with the input decoding, disk images
+//! and interrupt fakes they share here. Not part of the production harness: compiled for
+//! `cargo test` and with the `fuzzing` feature, which the cargo-fuzz crate in
+//! `hypervisor-harness/fuzz/` enables.
+//!
+//! Each entry point reads its input as a program: a header (which disks, how guest memory starts
+//! out) and then a bounded sequence of operations, each an opcode byte and its operands, as a
+//! guest would issue them: bus reads and writes of any width at offsets in and just around the
+//! device's ranges, register programming, queue and PRD table setup, notifies, writes into guest
+//! memory (rings, descriptor tables with loops, huge lengths, addresses outside RAM), resets.
+//! Missing bytes read as zero, so every input is a valid program.
+//!
+//! The contract: no panic, bounded work per input ([`MAX_OPS`] operations on a 64 KiB guest and
+//! 16-sector disks), and the device's invariants hold after every operation and at the end
+//! (status registers sane, interrupts only on vectors that exist, the disk files neither grew
+//! nor, when read-only, changed, and the device still works after a reset). A violation is a
+//! panic, which is what cargo-fuzz and each module's seeded smoke tests report.
+//!
+//! Guest memory is a real `GuestMemoryMmap` touched only through vm-memory's checked accessors.
+//! virtio-blk's disk images are two small files per thread in the temporary directory (one
+//! read-write, restored to its pattern before each input, and one opened read-only), removed
+//! when the thread ends. IDE drives are memory disks
+//! ([`MemDisk`](crate::backends::mem_disk::MemDisk)), new for each input, with failures the
+//! program injects: no file I/O per input.
+
+use crate::backends::disk::RawDisk;
+use crate::devices::pci::config::PciConfig;
+use crate::devices::pci::msix::MsiMessage;
+use crate::devices::pci::PciFunction;
+use crate::devices::virtio::{Memory, VirtioInterrupt};
+use crate::devices::Interrupt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use vm_memory::{Bytes, GuestAddress};
+
+pub mod ide;
+pub mod msix;
+pub mod pci_config;
+pub mod virtio_blk;
+
+pub use ide::{ide, iop, run_ide, IdeSummary};
+pub use msix::msix;
+pub use pci_config::{pci_config, pop};
+pub use virtio_blk::{run_virtio_blk, virtio_blk, vop, VirtioSummary};
+
+/// Most operations one input runs.
+pub const MAX_OPS: usize = 96;
+/// Guest RAM: 64 KiB at GPA 0.
+pub const MEM_SIZE: u64 = 0x1_0000;
+/// Size of each disk image, in sectors.
+pub const DISK_SECTORS: u64 = 16;
+const SECTOR: usize = 512;
+
+/// Where the virtio-pci BAR and the IDE BAR4 sit on their buses.
+const VIRTIO_BAR: u64 = crate::devices::pci::MMIO_BAR_START;
+const IDE_BAR4: u64 = crate::devices::pci::IO_BAR_START;
+
+// ---------------------------------------------------------------------------------------------
+// Input decoding
+
+/// The unread rest of an input; reads past the end give zeros.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+    fn u64(&mut self) -> u64 {
+        self.u32() as u64 | (self.u32() as u64) << 32
+    }
+    fn bytes(&mut self, n: usize) -> &'a [u8] {
+        let (a, b) = self.0.split_at(n.min(self.0.len()));
+        self.0 = b;
+        a
+    }
+    /// An access width: mostly 1, 2, 4 or 8, sometimes 0, 3, 6 or 16.
+    fn width(&mut self) -> usize {
+        const W: [usize; 16] = [1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 0, 3, 6, 16];
+        W[(self.u8() % 16) as usize]
+    }
+    /// `width` bytes of access data.
+    fn value(&mut self, width: usize) -> Vec<u8> {
+        let mut v = self.bytes(width).to_vec();
+        v.resize(width, 0);
+        v
+    }
+    /// A guest physical address: mostly in RAM, else straddling its end, beyond it, near the
+    /// top of the address space or anything.
+    fn gpa(&mut self) -> u64 {
+        match self.u8() % 8 {
+            0..=3 => self.u16() as u64 % MEM_SIZE,
+            4 => MEM_SIZE - 1 - (self.u8() as u64),
+            5 => MEM_SIZE + self.u16() as u64,
+            6 => u64::MAX - self.u16() as u64,
+            _ => self.u64(),
+        }
+    }
+    /// A buffer length: small, whole sectors, or huge.
+    fn len32(&mut self) -> u32 {
+        match self.u8() % 8 {
+            0 => 0,
+            1 => 1,
+            2 | 3 => 512 * (1 + self.u8() as u32 % 4),
+            4 => 16,
+            5 => self.u16() as u32,
+            6 => u32::MAX - self.u8() as u32,
+            _ => self.u32(),
+        }
+    }
+}
+
+fn new_memory(seed_from: Option<&[u8]>) -> Memory {
+    let mem = Memory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
+        .expect("64 KiB of anonymous guest memory");
+    if let Some(seed) = seed_from.filter(|s| !s.is_empty()) {
+        let mut at = 0u64;
+        while at < MEM_SIZE {
+            let n = seed.len().min((MEM_SIZE - at) as usize);
+            let _ = mem.write_slice(&seed[..n], GuestAddress(at));
+            at += n as u64;
+        }
+    }
+    mem
+}
+
+/// A guest write that may fall partly or wholly outside RAM (then the rest is dropped).
+fn poke(mem: &Memory, addr: u64, bytes: &[u8]) {
+    let _ = mem.write_slice(bytes, GuestAddress(addr));
+}
+
+fn peek_u16(mem: &Memory, addr: u64) -> u16 {
+    mem.read_obj::<u16>(GuestAddress(addr)).unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Disk images
+
+fn image_pattern() -> &'static [u8] {
+    static P: OnceLock<Vec<u8>> = OnceLock::new();
+    P.get_or_init(|| {
+        (0..DISK_SECTORS as usize * SECTOR)
+            .map(|i| (i / SECTOR) as u8 ^ (i as u8).wrapping_mul(7))
+            .collect()
+    })
+}
+
+/// One thread's two images: `rw` (restored before each input) and `ro` (opened read-only).
+struct Images {
+    rw: PathBuf,
+    ro: PathBuf,
+}
+
+impl Images {
+    fn new() -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir();
+        let name = |k: &str| dir.join(format!("hh-fuzz-{}-{n}-{k}.img", std::process::id()));
+        let img = Self {
+            rw: name("rw"),
+            ro: name("ro"),
+        };
+        for p in [&img.rw, &img.ro] {
+            std::fs::write(p, image_pattern()).expect("cannot create a fuzz disk image");
+        }
+        img
+    }
+
+    /// Put the read-write image back to its pattern (only written when it changed).
+    fn restore(&self) {
+        if std::fs::read(&self.rw).ok().as_deref() != Some(image_pattern()) {
+            std::fs::write(&self.rw, image_pattern()).expect("cannot restore a fuzz disk image");
+        }
+    }
+
+    fn open(&self, read_only: bool) -> RawDisk {
+        let p = if read_only { &self.ro } else { &self.rw };
+        RawDisk::open(p, read_only).expect("fuzz disk image opens")
+    }
+
+    /// The images did not grow, and the read-only one did not change.
+    fn check(&self) {
+        let len = DISK_SECTORS * SECTOR as u64;
+        let rw = std::fs::metadata(&self.rw).map(|m| m.len()).ok();
+        assert_eq!(rw, Some(len), "read-write image changed size");
+        let ro = std::fs::read(&self.ro).ok();
+        assert!(
+            ro.as_deref() == Some(image_pattern()),
+            "read-only image was modified"
+        );
+    }
+}
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.rw);
+        let _ = std::fs::remove_file(&self.ro);
+    }
+}
+
+thread_local! {
+    static IMAGES: Images = Images::new();
+}
+
+fn with_images<R>(f: impl FnOnce(&Images) -> R) -> R {
+    IMAGES.with(|img| {
+        img.restore();
+        let out = f(img);
+        img.check();
+        out
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interrupt fakes
+
+#[derive(Default)]
+struct EdgeIrq(AtomicU64);
+
+impl Interrupt for EdgeIrq {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Records virtio-pci interrupts and notes any on a vector the function does not have.
+struct VirtioIrq {
+    vectors: u16,
+    msis: AtomicU64,
+    bad_vector: AtomicBool,
+    intx_level: AtomicBool,
+}
+
+impl VirtioIrq {
+    fn new(vectors: u16) -> Self {
+        Self {
+            vectors,
+            msis: AtomicU64::new(0),
+            bad_vector: AtomicBool::new(false),
+            intx_level: AtomicBool::new(false),
+        }
+    }
+}
+
+impl VirtioInterrupt for VirtioIrq {
+    fn msi(&self, vector: u16, _msg: MsiMessage) -> std::io::Result<()> {
+        if vector >= self.vectors {
+            self.bad_vector.store(true, Ordering::Relaxed);
+        }
+        self.msis.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    fn msi_update(&self, vector: u16, _msg: MsiMessage) {
+        if vector >= self.vectors {
+            self.bad_vector.store(true, Ordering::Relaxed);
+        }
+    }
+    fn intx_assert(&self) -> std::io::Result<()> {
+        self.intx_level.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+    fn intx_deassert(&self) {
+        self.intx_level.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Walk a function's capability list: (offset, id) pairs. Panics on a list that loops or points
+/// into the header.
+fn capabilities(f: &mut dyn PciFunction) -> Vec<(u8, u8)> {
+    let mut b = [0u8; 2];
+    f.config_read(0x34, &mut b[..1]);
+    let mut p = b[0];
+    let mut caps = Vec::new();
+    while p != 0 {
+        assert!(caps.len() < 48, "capability list loops");
+        assert!(p >= 0x40 && p % 4 == 0, "capability pointer {p:#x}");
+        f.config_read(p as u64, &mut b);
+        caps.push((p, b[0]));
+        p = b[1];
+    }
+    caps
+}
+
+/// Typed BAR invariants: every implemented BAR decodes an address aligned to its size and
+/// keeps its type bits.
+fn check_bars(c: &PciConfig) {
+    use crate::devices::pci::config::BarKind;
+    for i in 0..6 {
+        let Some(bar) = c.bar(i) else { continue };
+        let addr = c.bar_address(i).expect("implemented BAR has an address");
+        assert_eq!(addr & (bar.size - 1), 0, "BAR{i} {addr:#x} not aligned");
+        let low = c.read_u32(0x10 + 4 * i);
+        let want = match bar.kind {
+            BarKind::Io => (low & 3, 1),
+            BarKind::Mem32 { prefetchable } => (low & 0xf, if prefetchable { 8 } else { 0 }),
+            BarKind::Mem64 { prefetchable } => (low & 0xf, if prefetchable { 0xc } else { 4 }),
+        };
+        assert_eq!(want.0, want.1, "BAR{i} type bits changed");
+    }
+    assert_eq!(c.command() & !0x0547, 0, "read-only command bits set");
+}
+
+/// What the per-device smoke tests share: seeded random programs and a program builder.
+#[cfg(test)]
+pub(crate) mod test_util {
+    /// splitmix64: deterministic inputs without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn input(&mut self, max: usize) -> Vec<u8> {
+            let n = self.next() as usize % max;
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    /// `n` random programs; every other one starts with `prelude` (after its header byte) so
+    /// that the random part runs on a device that is already set up.
+    pub fn random(seed: u64, n: usize, max_len: usize, prelude: &[u8], f: fn(&[u8])) {
+        let mut rng = Rng(seed);
+        for i in 0..n {
+            let mut input = rng.input(max_len);
+            if i % 2 == 1 && !input.is_empty() {
+                input.splice(1..1, prelude.iter().copied());
+            }
+            let r = std::panic::catch_unwind(|| f(&input));
+            assert!(r.is_ok(), "input {i} (seed {seed:#x}) failed: {input:02x?}");
+        }
+    }
+
+    /// A program builder: opcodes and operands as the decoders read them.
+    #[derive(Default)]
+    pub struct P(pub Vec<u8>);
+
+    impl P {
+        pub fn op(mut self, bytes: &[u8]) -> Self {
+            self.0.extend_from_slice(bytes);
+            self
+        }
+    }
+}
