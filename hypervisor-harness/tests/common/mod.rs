@@ -2,7 +2,7 @@
 //! handling and a self-deleting temporary directory.
 #![allow(dead_code)] // each test file uses its own part
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub const KERNEL: &str = env!("KERNEL_IMAGE");
@@ -83,4 +83,63 @@ impl TempDir {
         std::fs::File::create(&p).unwrap().set_len(len).unwrap();
         p
     }
+}
+
+// ---- seeded disk images ----
+
+pub const SECTOR: usize = 512;
+/// An odd capacity: the last 128 KiB request is partial.
+pub const SECTORS: u64 = 4096 + 7;
+pub const WRITE_REGION: u64 = 64;
+
+/// The kernel's seeded pattern (kernel/src/pattern.rs), written again here on purpose: the two
+/// sides share no code.
+pub fn fill(seed: u64, lba: u64, buf: &mut [u8]) {
+    for (i, sector) in buf.as_chunks_mut::<SECTOR>().0.iter_mut().enumerate() {
+        let mut state = seed ^ (lba + i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        for word in sector.as_chunks_mut::<8>().0 {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            *word = (z ^ (z >> 31)).to_le_bytes();
+        }
+    }
+}
+
+pub fn make_image(path: &Path, seed: u64) {
+    let mut data = vec![0u8; SECTORS as usize * SECTOR];
+    fill(seed, 0, &mut data);
+    std::fs::write(path, data).unwrap();
+}
+
+/// Check the image: `written` sectors hold the write pattern, every other the original.
+pub fn verify_image(
+    path: &Path,
+    seed: u64,
+    wseed: u64,
+    written: std::ops::Range<u64>,
+) -> Result<(), String> {
+    let data = std::fs::read(path).map_err(|e| e.to_string())?;
+    if data.len() != SECTORS as usize * SECTOR {
+        return Err(format!("{} changed size to {}", path.display(), data.len()));
+    }
+    let mut expect = [0u8; SECTOR];
+    for (lba, sector) in data.as_chunks::<SECTOR>().0.iter().enumerate() {
+        let lba = lba as u64;
+        let s = if written.contains(&lba) { wseed } else { seed };
+        fill(s, lba, &mut expect);
+        if *sector != expect {
+            let what = if written.contains(&lba) {
+                "the guest's write"
+            } else {
+                "the original"
+            };
+            return Err(format!(
+                "{}: sector {lba} does not hold {what}",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }

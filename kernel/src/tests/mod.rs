@@ -2,6 +2,7 @@
 
 mod boot;
 pub mod disk;
+mod foreign_virtio_blk;
 pub mod ide;
 mod irq;
 mod pci;
@@ -31,6 +32,9 @@ pub static REGISTRY: &[Test] = &[
     Test::in_all("ide_interrupts", ide::interrupts),
     // Never in `all`: the host kills the VMM while it sleeps.
     Test::by_name("virtio_blk_durability", virtio_blk::durability),
+    // Never in `all`: a second virtio-blk driver (the virtio-drivers crate's) on the same disk
+    // would only repeat the checks the host tests run it for on their own.
+    Test::by_name("foreign_virtio_blk", foreign_virtio_blk::run),
     // Self-tests of the machinery: each must fail, hang or crash, so they are never in `all`.
     Test::by_name("selftest_fail", selftest::fail),
     Test::by_name("selftest_hang", selftest::hang),
