@@ -35,13 +35,12 @@ extern "C" fn ring0_entry(start_info: u64) -> ! {
     idt::init();
     disable_pic();
     let stack_top = (&raw const USER_STACK) as u64 + core::mem::size_of::<UserStack>() as u64;
+    gdt::load_user_data_segments();
     // SAFETY: GDT, TSS (with RSP0) and IDT are loaded, so ring 3 can trap back; the stack and
     // `user_main` are mapped user-accessible. IF=1 in the pushed RFLAGS: interrupts arrive while
     // ring 3 runs.
     unsafe {
         core::arch::asm!(
-            "mov ds, {ds:x}",
-            "mov es, {ds:x}",
             "push {ds}",
             "push {stack}",
             "push 0x202",

@@ -1,14 +1,17 @@
 //! The kernel's implementation of `drivers::platform::Platform`, for ring 3: port I/O through the
-//! TSS bitmap, MMIO through the user-accessible identity map, DMA memory from the heap (identity
-//! mapped, so virtual = physical), interrupts counted by the ring-0 stubs.
+//! TSS bitmap, MMIO through the user-accessible identity map (as `volatile` pointers), DMA
+//! memory from the heap (identity mapped, so virtual = physical), interrupts counted by the
+//! ring-0 stubs.
 
 use crate::arch::{idt, kcall};
 use crate::{port, time};
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
-use core::ptr::{read_volatile, write_volatile};
+use core::mem::size_of;
+use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 use drivers::ata::PortStrings;
 use drivers::platform::{DmaBuffer, MmioRegion, Platform, PlatformError};
+use volatile::VolatilePtr;
 
 pub struct KernelPlatform;
 
@@ -21,7 +24,9 @@ const DMA_ALIGN: usize = 4096;
 const MMIO_WINDOW: core::ops::Range<u64> = 0xc000_0000..0x1_0000_0000;
 
 impl KernelPlatform {
-    fn mmio_ptr(region: &MmioRegion, offset: u64, width: u64) -> usize {
+    /// The register of `T` at `offset` in `region`, bounds-checked.
+    fn mmio<T>(region: &MmioRegion, offset: u64) -> VolatilePtr<'static, T> {
+        let width = size_of::<T>() as u64;
         assert!(
             offset
                 .checked_add(width)
@@ -29,7 +34,10 @@ impl KernelPlatform {
             "MMIO access at {offset:#x} outside a {:#x}-byte region",
             region.len
         );
-        (region.phys + offset) as usize
+        let addr = NonNull::new((region.phys + offset) as *mut T).expect("no MMIO at address 0");
+        // SAFETY: inside a region accepted by map_mmio: the uncached, identity-mapped,
+        // user-accessible MMIO window, mapped for the kernel's whole life.
+        unsafe { VolatilePtr::new(addr) }
     }
 }
 
@@ -63,28 +71,22 @@ impl Platform for KernelPlatform {
         }
     }
     fn mmio_read8(&self, r: &MmioRegion, off: u64) -> u8 {
-        // SAFETY: inside a region accepted by map_mmio (uncached, identity-mapped, user).
-        unsafe { read_volatile(Self::mmio_ptr(r, off, 1) as *const u8) }
+        Self::mmio::<u8>(r, off).read()
     }
     fn mmio_read16(&self, r: &MmioRegion, off: u64) -> u16 {
-        // SAFETY: as in mmio_read8.
-        unsafe { read_volatile(Self::mmio_ptr(r, off, 2) as *const u16) }
+        Self::mmio::<u16>(r, off).read()
     }
     fn mmio_read32(&self, r: &MmioRegion, off: u64) -> u32 {
-        // SAFETY: as in mmio_read8.
-        unsafe { read_volatile(Self::mmio_ptr(r, off, 4) as *const u32) }
+        Self::mmio::<u32>(r, off).read()
     }
     fn mmio_write8(&self, r: &MmioRegion, off: u64, v: u8) {
-        // SAFETY: as in mmio_read8.
-        unsafe { write_volatile(Self::mmio_ptr(r, off, 1) as *mut u8, v) }
+        Self::mmio::<u8>(r, off).write(v)
     }
     fn mmio_write16(&self, r: &MmioRegion, off: u64, v: u16) {
-        // SAFETY: as in mmio_read8.
-        unsafe { write_volatile(Self::mmio_ptr(r, off, 2) as *mut u16, v) }
+        Self::mmio::<u16>(r, off).write(v)
     }
     fn mmio_write32(&self, r: &MmioRegion, off: u64, v: u32) {
-        // SAFETY: as in mmio_read8.
-        unsafe { write_volatile(Self::mmio_ptr(r, off, 4) as *mut u32, v) }
+        Self::mmio::<u32>(r, off).write(v)
     }
 
     fn dma_alloc(&self, len: usize, align: usize) -> Result<DmaBuffer, PlatformError> {

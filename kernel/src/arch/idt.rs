@@ -1,10 +1,15 @@
-//! IDT: 256 fixed-size entry stubs. Vectors 0..31 go to `trap::exception_entry` with a full
-//! register frame; vectors 32..255 only count the interrupt and send the LAPIC EOI (in assembly,
-//! a handful of emulated instructions), because interrupt handlers acknowledge and record, and
-//! the completion work runs in ring 3.
+//! IDT: 256 fixed-size entry stubs (assembly), in gates built with the `x86_64` crate. Vectors
+//! 0..31 go to `trap::exception_entry` with a full register frame; vectors 32..255 only count
+//! the interrupt and send the LAPIC EOI (a handful of emulated instructions), because interrupt
+//! handlers acknowledge and record, and the completion work runs in ring 3.
 
 use core::arch::global_asm;
+use core::mem::size_of;
 use core::sync::atomic::{AtomicU64, AtomicU8};
+use x86_64::instructions::tables::lidt;
+use x86_64::structures::idt::{Entry, HandlerFunc};
+use x86_64::structures::DescriptorTablePointer;
+use x86_64::{PrivilegeLevel, VirtAddr};
 
 /// Interrupts seen per vector since boot. Ring 3 reads these to notice completions.
 #[no_mangle]
@@ -118,39 +123,38 @@ extern "C" {
     static idt_stubs: u8;
 }
 
+/// All 256 gates as the crate's `Entry`, rather than its `InterruptDescriptorTable`, whose
+/// reserved exception vectors (15, 22..27, 31) cannot be set: every vector gets a handler here.
 #[repr(C, align(16))]
-struct Idt([[u64; 2]; 256]);
+struct Idt([Entry<HandlerFunc>; 256]);
 
-static mut IDT: Idt = Idt([[0; 2]; 256]);
+const _: () = assert!(size_of::<Idt>() == 256 * 16);
 
-/// Fill and load the IDT. Ring 0 only; called once at boot.
+static mut IDT: Idt = Idt([const { Entry::missing() }; 256]);
+
+/// Fill and load the IDT. Ring 0 only; called once at boot, after the GDT (each gate takes the
+/// code selector loaded then).
 pub fn init() {
-    // SAFETY: boot-time, single-threaded; the stubs are 16-byte spaced code emitted above.
+    // SAFETY: boot-time, single-threaded; the stubs are 16-byte spaced code emitted above, each
+    // a complete entry point; IST index 0 (the TSS's IST1) has a stack (gdt::init); the table
+    // is never changed after it is loaded.
     unsafe {
-        let base = &raw const idt_stubs as u64;
+        let base = VirtAddr::from_ptr(&raw const idt_stubs);
         let idt = &raw mut IDT;
-        for v in 0..256u64 {
-            let handler = base + v * STUB_SIZE;
+        for (v, entry) in (*idt).0.iter_mut().enumerate() {
+            let options = entry.set_handler_addr(base + v as u64 * STUB_SIZE);
             // #BP is the kernel-call gate from ring 3 (`int3`), so DPL3; all others DPL0.
-            let dpl: u64 = if v == 3 { 3 } else { 0 };
+            if v == 3 {
+                options.set_privilege_level(PrivilegeLevel::Ring3);
+            }
             // Double fault, NMI and machine check run on IST1, so a broken stack still reports.
-            let ist: u64 = if v == 2 || v == 8 || v == 18 { 1 } else { 0 };
-            let low = (handler & 0xffff)
-                | ((super::gdt::KERNEL_CS as u64) << 16)
-                | (ist << 32)
-                | ((0x8e | (dpl << 5)) << 40)
-                | ((handler >> 16) & 0xffff) << 48;
-            (*idt).0[v as usize] = [low, handler >> 32];
+            if v == 2 || v == 8 || v == 18 {
+                options.set_stack_index(0);
+            }
         }
-        #[repr(C, packed)]
-        struct Ptr {
-            limit: u16,
-            base: u64,
-        }
-        let ptr = Ptr {
-            limit: (256 * 16 - 1) as u16,
-            base: idt as u64,
-        };
-        core::arch::asm!("lidt [{}]", in(reg) &ptr);
+        lidt(&DescriptorTablePointer {
+            limit: (size_of::<Idt>() - 1) as u16,
+            base: VirtAddr::from_ptr(idt),
+        });
     }
 }

@@ -4,6 +4,7 @@
 
 use super::idt::IRQ_TOTAL;
 use core::sync::atomic::Ordering;
+use x86_64::instructions::interrupts;
 
 /// Sleep in `hlt` until an interrupt arrives, unless one arrived after the caller last looked
 /// (argument: the `IRQ_TOTAL` the caller saw). Returns the new total.
@@ -20,9 +21,11 @@ pub fn dispatch(number: u64, arg0: u64, _arg1: u64) -> u64 {
     match number {
         WAIT_FOR_INTERRUPT => {
             if IRQ_TOTAL.load(Ordering::Acquire) == arg0 {
-                // SAFETY: `sti; hlt` is atomic with respect to interrupts (the STI shadow), so
-                // an interrupt cannot slip in between the check above and the halt.
-                unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+                // `sti; hlt` is atomic with respect to interrupts (the STI shadow), so an
+                // interrupt cannot slip in between the check above and the halt. The rest of
+                // the trap runs with interrupts off again.
+                interrupts::enable_and_hlt();
+                interrupts::disable();
             }
             IRQ_TOTAL.load(Ordering::Acquire)
         }

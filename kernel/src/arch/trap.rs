@@ -3,6 +3,7 @@
 
 use super::kcall;
 use crate::{exit, serial};
+use x86_64::registers::control::Cr2;
 
 /// Registers saved by `exception_common`, then what the CPU pushed.
 #[repr(C)]
@@ -74,9 +75,8 @@ extern "C" fn exception_entry(frame: &mut TrapFrame) {
         frame.rax = kcall::dispatch(frame.rax, frame.rdi, frame.rsi);
         return;
     }
-    let cr2: u64;
-    // SAFETY: reading CR2 in ring 0 has no side effects.
-    unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2) };
+    // Raw: a fault on a non-canonical address is worth reporting as it is.
+    let cr2 = Cr2::read_raw();
     let mut w = serial::EmergencyWriter;
     use core::fmt::Write;
     let _ = write!(

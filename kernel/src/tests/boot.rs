@@ -39,10 +39,9 @@ pub fn boot_info() -> Outcome {
 }
 
 pub fn ring3() -> Outcome {
-    let cs: u16;
-    // SAFETY: reading CS has no side effects.
-    unsafe { core::arch::asm!("mov {:x}, cs", out(reg) cs) };
-    check!(cs & 3 == 3, "tests run at CPL {}, expected 3", cs & 3);
+    use x86_64::instructions::segmentation::{Segment, CS};
+    let cpl = CS::get_reg().rpl() as u8;
+    check!(cpl == 3, "tests run at CPL {}, expected 3", cpl);
     Outcome::Pass
 }
 
