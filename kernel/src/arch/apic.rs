@@ -13,8 +13,14 @@ const TIMER_INITIAL: usize = 0x380;
 const TIMER_DIVIDE: usize = 0x3e0;
 
 const SVR_ENABLE: u32 = 1 << 8;
-const LVT_MASKED: u32 = 1 << 16;
-const LVT_PERIODIC: u32 = 1 << 17;
+bitflags::bitflags! {
+    /// Flag bits of the LVT timer entry; the vector is bits 0..8.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct LvtTimer: u32 {
+        const MASKED = 1 << 16;
+        const PERIODIC = 1 << 17;
+    }
+}
 
 /// One 32-bit LAPIC register; `reg` is one of the 16-byte-aligned offsets above.
 fn register(reg: usize) -> VolatilePtr<'static, u32> {
@@ -44,12 +50,12 @@ pub fn id() -> u32 {
 /// Periodic timer on `vector`, divide by 1, `count` bus cycles per tick.
 pub fn timer_start_periodic(vector: u8, count: u32) {
     write(TIMER_DIVIDE, 0b1011);
-    write(LVT_TIMER, LVT_PERIODIC | vector as u32);
+    write(LVT_TIMER, LvtTimer::PERIODIC.bits() | vector as u32);
     write(TIMER_INITIAL, count);
 }
 
 pub fn timer_stop() {
-    write(LVT_TIMER, LVT_MASKED);
+    write(LVT_TIMER, LvtTimer::MASKED.bits());
     write(TIMER_INITIAL, 0);
 }
 

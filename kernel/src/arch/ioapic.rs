@@ -13,8 +13,15 @@ const IOWIN: usize = 0x10;
 const VERSION: u32 = 0x01;
 const REDIRECTION_BASE: u32 = 0x10;
 
-const MASKED: u32 = 1 << 16;
-const LEVEL: u32 = 1 << 15;
+bitflags::bitflags! {
+    /// Flag bits of a redirection entry's low word; the vector is bits 0..8. (The interrupt
+    /// stub sets MASKED in assembly.)
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct Redirection: u32 {
+        const LEVEL = 1 << 15;
+        const MASKED = 1 << 16;
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
@@ -50,26 +57,23 @@ pub fn pins() -> u32 {
 /// Route `pin` to `vector` on the LAPIC with id `dest`, unmasked.
 pub fn route(pin: u8, vector: u8, trigger: Trigger, dest: u32) {
     let reg = REDIRECTION_BASE + 2 * pin as u32;
-    let mut low = vector as u32;
-    let level_pin = if trigger == Trigger::Level {
-        low |= LEVEL;
-        pin
-    } else {
-        0xff
+    let (flags, level_pin) = match trigger {
+        Trigger::Level => (Redirection::LEVEL, pin),
+        Trigger::Edge => (Redirection::empty(), 0xff),
     };
-    write(reg, MASKED);
+    write(reg, Redirection::MASKED.bits());
     IRQ_LEVEL_PIN[vector as usize].store(level_pin, Ordering::SeqCst);
     write(reg + 1, dest << 24);
-    write(reg, low);
+    write(reg, flags.bits() | vector as u32);
 }
 
 pub fn mask(pin: u8) {
     let reg = REDIRECTION_BASE + 2 * pin as u32;
-    write(reg, read(reg) | MASKED);
+    write(reg, read(reg) | Redirection::MASKED.bits());
 }
 
 /// Unmask `pin` (after a level-triggered interrupt has been serviced).
 pub fn unmask(pin: u8) {
     let reg = REDIRECTION_BASE + 2 * pin as u32;
-    write(reg, read(reg) & !MASKED);
+    write(reg, read(reg) & !Redirection::MASKED.bits());
 }
