@@ -14,6 +14,11 @@
 //!
 //! Each queue has its own notify address, so `vmm/` can bind one ioeventfd per queue.
 //!
+//! The transport is three parts with a lock each: the register half ([`VirtioPciDevice`]: PCI
+//! configuration, the common configuration of [`super::common_config`], the status machine),
+//! the [`QueueEngine`] around the device model, and [`PciInterrupt`] (ISR, MSI-X, INTx), which
+//! the model holds as its [`InterruptTrigger`] from DRIVER_OK to reset.
+//!
 //! The guest is not trusted: queue registers are validated as they are written, rings are
 //! checked against guest memory before use, and a broken ring sets DEVICE_NEEDS_RESET (status
 //! bit 64) and raises a configuration interrupt instead of stopping anything.
