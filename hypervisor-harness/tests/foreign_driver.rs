@@ -7,12 +7,9 @@
 mod common;
 use common::*;
 
-// The runs under our harness are ignored for now: the crate's `VirtIOBlk::new` writes
-// ACKNOWLEDGE | DRIVER to device_status in one write (virtio 1.x allows it: the driver sets the
-// bits of the steps it has done), and our virtio-pci model accepts only one new status bit per
-// write, so the device never starts and the guest test fails with "no answer in 10 s". QEMU
-// accepts it. `cargo test --test foreign_driver -- --ignored` runs them; drop the `ignore`
-// with the model's fix.
+// The crate's `VirtIOBlk::new` writes ACKNOWLEDGE | DRIVER to device_status in one write; our
+// model once refused that (one new bit per write) and the device never started. These runs
+// keep it from coming back.
 
 fn boot(sub: &str, cmdline: &str, disk: &str) -> (Option<i32>, String) {
     let o = harness()
@@ -97,7 +94,6 @@ fn wrong_seed_fails_on(sub: &str) {
 }
 
 #[test]
-#[ignore = "our virtio-pci model refuses several status bits in one write"]
 fn foreign_driver_writable_disk_under_the_harness() {
     if have_kvm("foreign_driver_writable_disk_under_the_harness") {
         writable_on("run");
@@ -105,7 +101,6 @@ fn foreign_driver_writable_disk_under_the_harness() {
 }
 
 #[test]
-#[ignore = "our virtio-pci model refuses several status bits in one write"]
 fn foreign_driver_read_only_disk_under_the_harness() {
     if have_kvm("foreign_driver_read_only_disk_under_the_harness") {
         read_only_on("run");
@@ -113,7 +108,6 @@ fn foreign_driver_read_only_disk_under_the_harness() {
 }
 
 #[test]
-#[ignore = "our virtio-pci model refuses several status bits in one write"]
 fn foreign_driver_wrong_seed_fails_under_the_harness() {
     if have_kvm("foreign_driver_wrong_seed_fails_under_the_harness") {
         wrong_seed_fails_on("run");

@@ -166,13 +166,16 @@ impl BarBlock {
 const STATUS_ACKNOWLEDGE: u8 = VIRTIO_CONFIG_S_ACKNOWLEDGE as u8;
 const STATUS_DRIVER: u8 = VIRTIO_CONFIG_S_DRIVER as u8;
 const STATUS_FAILED: u8 = VIRTIO_CONFIG_S_FAILED as u8;
-/// ACKNOWLEDGE | DRIVER: the driver is reading and writing features.
-const STATUS_NEGOTIATING: u8 = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
-/// ... | FEATURES_OK: the device accepted them; queues are set up next.
-const STATUS_FEATURES_DONE: u8 = STATUS_NEGOTIATING | STATUS_FEATURES_OK;
 const STATUS_DRIVER_OK: u8 = VIRTIO_CONFIG_S_DRIVER_OK as u8;
 const STATUS_FEATURES_OK: u8 = VIRTIO_CONFIG_S_FEATURES_OK as u8;
 const STATUS_NEEDS_RESET: u8 = VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+/// The initialisation steps, in the order a driver takes them (§3.1.1).
+const INIT_STEPS: [u8; 4] = [
+    STATUS_ACKNOWLEDGE,
+    STATUS_DRIVER,
+    STATUS_FEATURES_OK,
+    STATUS_DRIVER_OK,
+];
 /// Command register: INTx disable.
 const CMD_INTX_DISABLE: u16 = 1 << 10;
 
@@ -636,13 +639,16 @@ impl VirtioPciDevice {
     /// - write 0: reset, from any state;
     /// - set FAILED, from any state (the other bits of that write are ignored); after FAILED
     ///   only a reset is accepted;
-    /// - add the next bit of ACKNOWLEDGE -> DRIVER -> FEATURES_OK -> DRIVER_OK, one per write,
-    ///   keeping the bits it has (FEATURES_OK is refused, as the spec says, if the features it
-    ///   wrote are not acceptable; DRIVER_OK activates the device, once per reset);
+    /// - take the next steps of ACKNOWLEDGE -> DRIVER -> FEATURES_OK -> DRIVER_OK in order,
+    ///   keeping the bits it has: one step per write, or several at once (the `virtio-drivers`
+    ///   crate writes ACKNOWLEDGE | DRIVER together; QEMU and cloud-hypervisor accept it). The
+    ///   steps are taken one by one: FEATURES_OK is refused, as the spec says, if the features
+    ///   written are not acceptable, and then nothing after it is taken; DRIVER_OK activates
+    ///   the device, once per reset;
     /// - write the current value again (no change).
     ///
-    /// Anything else (skipping a step, several steps at once, clearing a bit, a reserved bit)
-    /// is ignored: the status stays as it was, so the driver sees its write did not take, and
+    /// Anything else (skipping a step, clearing a bit, a reserved bit) is ignored: the status
+    /// stays as it was, so the driver sees its write did not take, and
     /// `stats.illegal_status_writes` counts it. NEEDS_RESET is the device's: a driver writing it
     /// is not an error, the bit is simply not the driver's to change.
     fn write_status(&mut self, v: u8) {
@@ -663,34 +669,37 @@ impl VirtioPciDevice {
             self.common.status |= STATUS_FAILED;
             return;
         }
-        let next = match old {
-            0 => STATUS_ACKNOWLEDGE,
-            STATUS_ACKNOWLEDGE => STATUS_DRIVER,
-            STATUS_NEGOTIATING => STATUS_FEATURES_OK,
-            STATUS_FEATURES_DONE => STATUS_DRIVER_OK,
-            _ => 0,
-        };
-        if next == 0 || v != old | next {
+        // Legal: the new value keeps every bit set so far and is a prefix of INIT_STEPS.
+        let is_prefix = INIT_STEPS
+            .iter()
+            .scan(0u8, |prefix, &step| {
+                *prefix |= step;
+                Some(*prefix)
+            })
+            .any(|prefix| prefix == v);
+        if v & old != old || !is_prefix {
             self.stats.illegal_status_writes += 1;
             return;
         }
-        match next {
-            STATUS_FEATURES_OK if !self.common.features_acceptable() => return,
-            STATUS_DRIVER_OK => {
-                if self.activated {
-                    self.stats.illegal_status_writes += 1;
-                    return;
+        for step in INIT_STEPS.into_iter().filter(|&step| v & !old & step != 0) {
+            match step {
+                STATUS_FEATURES_OK if !self.common.features_acceptable() => return,
+                STATUS_DRIVER_OK => {
+                    if self.activated {
+                        self.stats.illegal_status_writes += 1;
+                        return;
+                    }
+                    self.activated = true;
+                    if let Err(e) = self.activate() {
+                        self.common.status |= step;
+                        self.set_needs_reset(format!("activation failed: {e}"));
+                        return;
+                    }
                 }
-                self.activated = true;
-                if let Err(e) = self.activate() {
-                    self.common.status |= next;
-                    self.set_needs_reset(format!("activation failed: {e}"));
-                    return;
-                }
+                _ => {}
             }
-            _ => {}
+            self.common.status |= step;
         }
-        self.common.status |= next;
     }
 
     /// DRIVER_OK: the device gets its memory, the programmed queues, its features and the
@@ -1421,21 +1430,45 @@ mod tests {
     #[test]
     fn status_skipping_a_step_is_ignored() {
         let mut t = setup(false);
-        // From reset: DRIVER, FEATURES_OK or DRIVER_OK before ACKNOWLEDGE.
-        for v in [2, 8, 4, 3, 11, 15] {
+        // From reset: DRIVER, FEATURES_OK or DRIVER_OK before ACKNOWLEDGE, alone or with
+        // other steps but a gap.
+        for v in [2, 8, 4, 2 | 8, 1 | 8, 1 | 4, 1 | 2 | 4, 2 | 8 | 4] {
             walk(&mut t, &[]);
             refused(&mut t, v);
         }
         // From ACKNOWLEDGE: FEATURES_OK or DRIVER_OK before DRIVER.
-        for v in [1 | 8, 1 | 4, 11, 15] {
+        for v in [1 | 8, 1 | 4, 1 | 8 | 4] {
             walk(&mut t, &[1]);
             refused(&mut t, v);
         }
         // From DRIVER: DRIVER_OK before FEATURES_OK.
         walk(&mut t, &[1, 3]);
         refused(&mut t, 3 | 4);
-        refused(&mut t, 15);
         assert_eq!(t.activated.load(Ordering::SeqCst), 0);
+    }
+
+    /// Several steps in one write, in order, as the `virtio-drivers` crate writes them
+    /// (ACKNOWLEDGE | DRIVER, then | FEATURES_OK, then | DRIVER_OK); each step is still checked.
+    #[test]
+    fn status_may_take_several_steps_in_order() {
+        let mut t = setup(false);
+        walk(&mut t, &[3]);
+        walk(&mut t, &[3, 11, 15]);
+        assert_eq!(t.activated.load(Ordering::SeqCst), 1);
+        // Everything at once, features never written: ACKNOWLEDGE and DRIVER are taken,
+        // FEATURES_OK is refused (VERSION_1 missing), so DRIVER_OK is not reached.
+        w(&mut t.dev, common::DEVICE_STATUS, 1, 0);
+        w(&mut t.dev, common::DEVICE_STATUS, 1, 15);
+        assert_eq!(status(&mut t.dev), 3);
+        assert_eq!(t.activated.load(Ordering::SeqCst), 1);
+        // With acceptable features written first, one write of 15 activates once.
+        w(&mut t.dev, common::DEVICE_STATUS, 1, 0);
+        w(&mut t.dev, common::DEVICE_STATUS, 1, 3);
+        w(&mut t.dev, common::DRIVER_FEATURE_SELECT, 4, 1);
+        w(&mut t.dev, common::DRIVER_FEATURE, 4, 1);
+        w(&mut t.dev, common::DEVICE_STATUS, 1, 15);
+        assert_eq!(status(&mut t.dev), 15);
+        assert_eq!(t.activated.load(Ordering::SeqCst), 2);
     }
 
     #[test]
