@@ -78,6 +78,20 @@ impl MemDisk {
         Self::new(vec![0; len], read_only)
     }
 
+    /// `sectors` sectors whose byte at offset `i` is `byte(i)` (a pattern that tells sectors
+    /// apart, say).
+    pub fn patterned(
+        sectors: u64,
+        read_only: bool,
+        byte: impl Fn(usize) -> u8,
+    ) -> Result<Self, String> {
+        let disk = Self::zeroed(sectors, read_only)?;
+        for (i, b) in disk.state().data.iter_mut().enumerate() {
+            *b = byte(i);
+        }
+        Ok(disk)
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A test that panicked while holding the lock left consistent bytes behind.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -189,6 +203,9 @@ mod tests {
         assert!(MemDisk::zeroed(u64::MAX, false).is_err());
         let d = MemDisk::zeroed(8, true).unwrap();
         assert_eq!((d.len(), d.sectors(), d.read_only()), (4096, 8, true));
+        let p = MemDisk::patterned(2, false, |i| (i * 7 + i / 512) as u8).unwrap();
+        assert_eq!(p.contents(), pattern(1024));
+        assert!(MemDisk::patterned(0, false, |_| 1).is_err());
     }
 
     #[test]

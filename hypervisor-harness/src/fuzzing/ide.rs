@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::backends::disk::DiskBackend;
-use crate::backends::mem_disk::{Fault, Faults, MemDisk};
+use crate::backends::mem_disk::{Faults, MemDisk};
 use crate::devices::bus::Bus;
 use crate::devices::ide::ata::{self, DeviceControl, DeviceReg, Status, TaskfileReg};
 use crate::devices::ide::bmdma::{BmCommand, BmReg, BmStatus, PrdEntry};
@@ -271,18 +271,7 @@ impl IdeRig {
             iop::DMA => self.dma(r),
             _ => {
                 let drive = r.u8() as usize;
-                let b = r.u8();
-                let fault = |bits: u8| match bits & 3 {
-                    0 => None,
-                    1 => Some(Fault::Eio),
-                    2 => Some(Fault::ShortRead),
-                    _ => Some(Fault::NoSpace),
-                };
-                let faults = Faults {
-                    read: fault(b),
-                    write: fault(b >> 2),
-                    flush: fault(b >> 4),
-                };
+                let faults = r.faults();
                 if !self.disks.is_empty() {
                     self.disks[drive % self.disks.len()].set_faults(faults);
                 }
@@ -468,10 +457,8 @@ pub fn run_ide(data: &[u8]) -> IdeSummary {
     let flags = r.u8();
     let mem = new_memory((flags & 1 != 0).then_some(data));
     let n = ((flags >> 1) & 7).min(4) as usize;
-    let ro: Vec<bool> = (0..n).map(|i| flags & (0x10 << i) != 0).collect();
-    let disks: Vec<MemDisk> = ro
-        .iter()
-        .map(|&ro| MemDisk::new(image_pattern().to_vec(), ro).expect("fuzz memory disk"))
+    let disks: Vec<MemDisk> = (0..n)
+        .map(|i| image_disk(flags & (0x10 << i) != 0))
         .collect();
     let mut rig = IdeRig::new(mem, disks.clone());
     let mut summary = IdeSummary::default();
@@ -485,12 +472,8 @@ pub fn run_ide(data: &[u8]) -> IdeSummary {
     summary.irqs = [0, 1].map(|i| rig.irqs[i].0.load(Ordering::Relaxed));
     let images: Vec<Vec<u8>> = disks.iter().map(MemDisk::contents).collect();
     rig.check_alive(&images);
-    for (d, ro) in disks.iter().zip(ro) {
-        assert_eq!(d.len(), DISK_SECTORS * SECTOR as u64, "disk changed size");
-        assert!(
-            !ro || d.contents() == image_pattern(),
-            "read-only disk was modified"
-        );
+    for d in &disks {
+        check_image_disk(d);
     }
     summary
 }

@@ -14,24 +14,22 @@
 //!
 //! The contract: no panic, bounded work per input ([`MAX_OPS`] operations on a 64 KiB guest and
 //! 16-sector disks), and the device's invariants hold after every operation and at the end
-//! (status registers sane, interrupts only on vectors that exist, the disk files neither grew
-//! nor, when read-only, changed, and the device still works after a reset). A violation is a
+//! (status registers sane, interrupts only on vectors that exist, the disks neither grew nor,
+//! when read-only, changed, and the device still works after a reset). A violation is a
 //! panic, which is what cargo-fuzz and each module's seeded smoke tests report.
 //!
 //! Guest memory is a real `GuestMemoryMmap` touched only through vm-memory's checked accessors.
-//! virtio-blk's disk images are two small files per thread in the temporary directory (one
-//! read-write, restored to its pattern before each input, and one opened read-only), removed
-//! when the thread ends. IDE drives are memory disks
+//! Disks (virtio-blk's and the IDE drives) are memory disks
 //! ([`MemDisk`](crate::backends::mem_disk::MemDisk)), new for each input, with failures the
-//! program injects: no file I/O per input.
+//! program injects and heals before the end-of-run checks: no file I/O per input.
 
-use crate::backends::disk::RawDisk;
+use crate::backends::disk::DiskBackend;
+use crate::backends::mem_disk::{Fault, Faults, MemDisk};
 use crate::devices::pci::config::PciConfig;
 use crate::devices::pci::msix::MsiMessage;
 use crate::devices::pci::PciFunction;
 use crate::devices::virtio::{Memory, VirtioInterrupt};
 use crate::devices::Interrupt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use vm_memory::{Bytes, GuestAddress};
@@ -113,6 +111,22 @@ impl<'a> Reader<'a> {
             _ => self.u64(),
         }
     }
+    /// A backend fault program: 2 bits each for reads, writes and flushes (0 works, 1 EIO,
+    /// 2 short read, 3 ENOSPC).
+    fn faults(&mut self) -> Faults {
+        let b = self.u8();
+        let fault = |bits: u8| match bits & 3 {
+            0 => None,
+            1 => Some(Fault::Eio),
+            2 => Some(Fault::ShortRead),
+            _ => Some(Fault::NoSpace),
+        };
+        Faults {
+            read: fault(b),
+            write: fault(b >> 2),
+            flush: fault(b >> 4),
+        }
+    }
     /// A buffer length: small, whole sectors, or huge.
     fn len32(&mut self) -> u32 {
         match self.u8() % 8 {
@@ -162,71 +176,19 @@ fn image_pattern() -> &'static [u8] {
     })
 }
 
-/// One thread's two images: `rw` (restored before each input) and `ro` (opened read-only).
-struct Images {
-    rw: PathBuf,
-    ro: PathBuf,
+/// A memory disk holding the fuzz image, new for each input.
+fn image_disk(read_only: bool) -> MemDisk {
+    MemDisk::new(image_pattern().to_vec(), read_only).expect("fuzz memory disk")
 }
 
-impl Images {
-    fn new() -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir();
-        let name = |k: &str| dir.join(format!("hh-fuzz-{}-{n}-{k}.img", std::process::id()));
-        let img = Self {
-            rw: name("rw"),
-            ro: name("ro"),
-        };
-        for p in [&img.rw, &img.ro] {
-            std::fs::write(p, image_pattern()).expect("cannot create a fuzz disk image");
-        }
-        img
-    }
-
-    /// Put the read-write image back to its pattern (only written when it changed).
-    fn restore(&self) {
-        if std::fs::read(&self.rw).ok().as_deref() != Some(image_pattern()) {
-            std::fs::write(&self.rw, image_pattern()).expect("cannot restore a fuzz disk image");
-        }
-    }
-
-    fn open(&self, read_only: bool) -> RawDisk {
-        let p = if read_only { &self.ro } else { &self.rw };
-        RawDisk::open(p, read_only).expect("fuzz disk image opens")
-    }
-
-    /// The images did not grow, and the read-only one did not change.
-    fn check(&self) {
-        let len = DISK_SECTORS * SECTOR as u64;
-        let rw = std::fs::metadata(&self.rw).map(|m| m.len()).ok();
-        assert_eq!(rw, Some(len), "read-write image changed size");
-        let ro = std::fs::read(&self.ro).ok();
-        assert!(
-            ro.as_deref() == Some(image_pattern()),
-            "read-only image was modified"
-        );
-    }
-}
-
-impl Drop for Images {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.rw);
-        let _ = std::fs::remove_file(&self.ro);
-    }
-}
-
-thread_local! {
-    static IMAGES: Images = Images::new();
-}
-
-fn with_images<R>(f: impl FnOnce(&Images) -> R) -> R {
-    IMAGES.with(|img| {
-        img.restore();
-        let out = f(img);
-        img.check();
-        out
-    })
+/// A disk that ends a run as it began: its size, and when read-only its bytes.
+fn check_image_disk(disk: &MemDisk) {
+    let now = disk.contents();
+    assert_eq!(now.len(), image_pattern().len(), "disk changed size");
+    assert!(
+        !disk.read_only() || now == image_pattern(),
+        "read-only disk was modified"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! virtio-blk behind the virtio-pci transport.
 
 use super::*;
-use crate::backends::disk::RawDisk;
+use crate::backends::mem_disk::{Faults, MemDisk};
 use crate::devices::bus::Bus;
 use crate::devices::pci::config::{CMD_BUS_MASTER, CMD_IO, CMD_MEM, REG_COMMAND};
 use crate::devices::pci::msix;
@@ -19,7 +19,7 @@ use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
-/// Opcodes of [`virtio_blk()`] programs (the opcode byte is taken modulo 16).
+/// Opcodes of [`virtio_blk()`] programs (the opcode byte is taken modulo 17).
 pub mod vop {
     pub const READ: u8 = 0;
     pub const WRITE: u8 = 1;
@@ -37,6 +37,9 @@ pub mod vop {
     pub const MSIX: u8 = 13;
     pub const RESET: u8 = 14;
     pub const ISR: u8 = 15;
+    /// Make the disk's backend fail (or heal): a byte with 2 bits each for reads, writes and
+    /// flushes (0 works, 1 EIO, 2 short read, 3 ENOSPC).
+    pub const FAULT: u8 = 16;
 }
 
 /// Canonical ring layout for queue 0 (room for 256 entries each).
@@ -92,6 +95,8 @@ struct VirtioRig {
     offered: u64,
     msix_cap: u64,
     requests: Arc<AtomicU64>,
+    /// The disk, shared with the model (to inject faults and look inside).
+    disk: MemDisk,
 }
 
 /// [`Blk`] counting the chains it completes (the count is the transport's business otherwise).
@@ -146,8 +151,8 @@ impl VirtioDevice for CountingBlk {
 }
 
 impl VirtioRig {
-    fn new(mem: Memory, disk: RawDisk) -> Self {
-        let blk = Blk::on_raw(disk);
+    fn new(mem: Memory, disk: MemDisk) -> Self {
+        let blk = Blk::new(Box::new(disk.clone()), *b"fuzz-virtio-blk\0\0\0\0\0");
         let offered = blk.features() | 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
         let requests = Arc::new(AtomicU64::new(0));
         let dev = CountingBlk {
@@ -181,6 +186,7 @@ impl VirtioRig {
             offered,
             msix_cap,
             requests,
+            disk,
         }
     }
 
@@ -229,7 +235,7 @@ impl VirtioRig {
     }
 
     fn op(&mut self, r: &mut Reader) {
-        match r.u8() % 16 {
+        match r.u8() % 17 {
             op @ (vop::READ | vop::WRITE) => {
                 // A region of the BAR (or the whole BAR), and an offset a little around it.
                 let (base, len) = match r.u8() % 6 {
@@ -378,7 +384,7 @@ impl VirtioRig {
                 self.w(base + 12, 4, mask);
             }
             vop::RESET => self.w(common::DEVICE_STATUS, 1, 0),
-            _ => {
+            vop::ISR => {
                 let decode = lock(&self.dev).config().command() & CMD_MEM != 0;
                 let isr = self.r(tp::ISR_OFFSET, 1);
                 if decode {
@@ -387,6 +393,7 @@ impl VirtioRig {
                     assert_eq!(isr, 0xff, "BAR0 answered with memory decode off");
                 }
             }
+            _ => self.disk.set_faults(r.faults()),
         }
     }
 
@@ -498,8 +505,11 @@ impl VirtioRig {
         );
     }
 
-    /// At the end: the transport still answers, and after a reset the device works.
-    fn check_alive(&mut self, disk_now: &[u8]) {
+    /// At the end: the disk heals, the transport still answers, and after a reset the device
+    /// works.
+    fn check_alive(&mut self) {
+        self.disk.set_faults(Faults::NONE);
+        let disk_now = self.disk.contents();
         // A driver's probe: decode and bus mastering on (the program may have turned them off).
         lock(&self.dev).config_write(
             REG_COMMAND as u64,
@@ -557,31 +567,27 @@ pub fn run_virtio_blk(data: &[u8]) -> VirtioSummary {
     let mut r = Reader(data);
     let flags = r.u8();
     let mem = new_memory((flags & 1 != 0).then_some(data));
-    with_images(|img| {
-        let read_only = flags & 2 != 0;
-        let mut rig = VirtioRig::new(mem, img.open(read_only));
-        for _ in 0..MAX_OPS {
-            if r.is_empty() {
-                break;
-            }
-            rig.op(&mut r);
-            rig.check();
+    let mut rig = VirtioRig::new(mem, image_disk(flags & 2 != 0));
+    for _ in 0..MAX_OPS {
+        if r.is_empty() {
+            break;
         }
-        let summary = {
-            let d = lock(&rig.dev);
-            VirtioSummary {
-                notifies: d.stats().notifies,
-                queue_interrupts: d.stats().queue_interrupts,
-                needs_reset: d.broken().is_some(),
-                broken: d.broken().map(str::to_string),
-                requests: rig.requests.load(Ordering::Relaxed),
-            }
-        };
-        let path = if read_only { &img.ro } else { &img.rw };
-        let now = std::fs::read(path).expect("image readable");
-        rig.check_alive(&now);
-        summary
-    })
+        rig.op(&mut r);
+        rig.check();
+    }
+    let summary = {
+        let d = lock(&rig.dev);
+        VirtioSummary {
+            notifies: d.stats().notifies,
+            queue_interrupts: d.stats().queue_interrupts,
+            needs_reset: d.broken().is_some(),
+            broken: d.broken().map(str::to_string),
+            requests: rig.requests.load(Ordering::Relaxed),
+        }
+    };
+    rig.check_alive();
+    check_image_disk(&rig.disk);
+    summary
 }
 
 #[cfg(test)]
@@ -616,6 +622,32 @@ mod tests {
         assert_eq!(s.requests, 1);
         assert_eq!(s.queue_interrupts, 1);
         assert!(!s.needs_reset);
+    }
+
+    #[test]
+    fn virtio_backend_fault_gets_ioerr_and_the_disk_heals_for_the_end_checks() {
+        // FAULT: reads fail with EIO; then the read of `virtio_well_formed_read_completes`.
+        let p =
+            virtio_ready()
+                .op(&[vop::FAULT, 0b01])
+                .op(&[vop::REQUEST, 0, 0, 0, 3, 0, 1, 0, 0, 0]);
+        // The end-of-run read (after healing) succeeds.
+        let s = run_virtio_blk(&p.0);
+        assert_eq!(s.requests, 1);
+        assert!(!s.needs_reset, "{s:?}");
+        // The faulted request itself completed with IOERR.
+        let mut rig = VirtioRig::new(new_memory(None), image_disk(false));
+        let mut r = Reader(&p.0[1..]);
+        while !r.is_empty() {
+            rig.op(&mut r);
+            rig.check();
+        }
+        let status: u8 = rig.mem.read_obj(GuestAddress(STATUS_AT)).unwrap();
+        assert_eq!(
+            status,
+            virtio_bindings::virtio_blk::VIRTIO_BLK_S_IOERR as u8
+        );
+        rig.check_alive();
     }
 
     #[test]

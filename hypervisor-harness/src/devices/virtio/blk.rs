@@ -537,9 +537,8 @@ impl VirtioDevice for Blk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::test_util::RecordingTrigger;
-    use std::io;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use crate::backends::mem_disk::MemDisk;
+    use crate::devices::virtio::test_util::{pattern_byte, RecordingTrigger};
     use std::sync::Arc;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::RawDescriptor;
@@ -552,55 +551,13 @@ mod tests {
     const STATUS: u64 = 0x30_000;
     const MEM: u64 = 0x100_000;
 
-    /// An in-memory disk that counts flushes.
-    struct MemDisk {
-        data: std::sync::Mutex<Vec<u8>>,
-        ro: bool,
-        flushes: Arc<AtomicU32>,
-    }
-
-    impl DiskBackend for MemDisk {
-        fn len(&self) -> u64 {
-            self.data.lock().unwrap().len() as u64
-        }
-        fn read_only(&self) -> bool {
-            self.ro
-        }
-        fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-            let d = self.data.lock().unwrap();
-            let o = offset as usize;
-            buf.copy_from_slice(&d[o..o + buf.len()]);
-            Ok(())
-        }
-        fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-            let mut d = self.data.lock().unwrap();
-            let o = offset as usize;
-            d[o..o + buf.len()].copy_from_slice(buf);
-            Ok(())
-        }
-        fn flush(&self) -> io::Result<()> {
-            self.flushes.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
-
     fn mem() -> Memory {
         Memory::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap()
     }
 
-    fn disk(sectors: usize, ro: bool) -> (MemDisk, Arc<AtomicU32>) {
-        let flushes = Arc::new(AtomicU32::new(0));
-        let data = (0..sectors * 512)
-            .map(|i| (i / 512) as u8 ^ i as u8)
-            .collect();
-        (
-            MemDisk {
-                data: std::sync::Mutex::new(data),
-                ro,
-                flushes: flushes.clone(),
-            },
-            flushes,
-        )
+    /// A disk of `sectors` pattern sectors.
+    fn disk(sectors: u64, ro: bool) -> MemDisk {
+        MemDisk::patterned(sectors, ro, pattern_byte).unwrap()
     }
 
     fn header(m: &Memory, ty: u32, sector: u64) {
@@ -639,20 +596,20 @@ mod tests {
     #[test]
     fn read_sectors() {
         let m = mem();
-        let (dk, _) = disk(8, false);
+        let dk = disk(8, false);
         header(&m, VIRTIO_BLK_T_IN, 2);
         m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
         assert_eq!(run(&m, &std3(0, 2, 1024, true), &dk), 1025);
         assert_eq!(status(&m), VIRTIO_BLK_S_OK as u8);
         let mut got = vec![0u8; 1024];
         m.read_slice(&mut got, GuestAddress(DATA)).unwrap();
-        assert_eq!(got, dk.data.lock().unwrap()[1024..2048]);
+        assert_eq!(got, dk.contents()[1024..2048]);
     }
 
     #[test]
     fn read_split_over_odd_segments_and_status_in_data_descriptor() {
         let m = mem();
-        let (dk, _) = disk(8, false);
+        let dk = disk(8, false);
         header(&m, VIRTIO_BLK_T_IN, 0);
         // 100 + 411 data bytes + status as the last byte of the second writable descriptor.
         let descs = [
@@ -663,7 +620,7 @@ mod tests {
         assert_eq!(run(&m, &descs, &dk), 513);
         let mut got = vec![0u8; 512];
         m.read_slice(&mut got, GuestAddress(DATA)).unwrap();
-        assert_eq!(got, dk.data.lock().unwrap()[..512]);
+        assert_eq!(got, dk.contents()[..512]);
         assert_eq!(
             m.read_obj::<u8>(GuestAddress(DATA + 512)).unwrap(),
             VIRTIO_BLK_S_OK as u8
@@ -673,17 +630,17 @@ mod tests {
     #[test]
     fn write_then_flush() {
         let m = mem();
-        let (dk, flushes) = disk(8, false);
+        let dk = disk(8, false);
         header(&m, VIRTIO_BLK_T_OUT, 7);
         m.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
         assert_eq!(run(&m, &std3(0, 0, 512, false), &dk), 1);
         assert_eq!(status(&m), VIRTIO_BLK_S_OK as u8);
-        assert_eq!(dk.data.lock().unwrap()[7 * 512..], [0xab; 512]);
+        assert_eq!(dk.contents()[7 * 512..], [0xab; 512]);
         header(&m, VIRTIO_BLK_T_FLUSH, 0);
         let descs = [d(HDR, 16, NEXT, 1), d(STATUS, 1, WRITE, 0)];
         assert_eq!(run(&m, &descs, &dk), 1);
         assert_eq!(status(&m), VIRTIO_BLK_S_OK as u8);
-        assert_eq!(flushes.load(Ordering::SeqCst), 1);
+        assert_eq!(dk.flushes(), 1);
     }
 
     #[test]
@@ -719,7 +676,7 @@ mod tests {
     #[test]
     fn get_id() {
         let m = mem();
-        let (dk, _) = disk(1, false);
+        let dk = disk(1, false);
         header(&m, VIRTIO_BLK_T_GET_ID, 0);
         assert_eq!(run(&m, &std3(0, 0, 20, true), &dk), 21);
         let mut id = [0u8; 20];
@@ -735,7 +692,7 @@ mod tests {
     #[test]
     fn errors_get_ioerr_or_unsupp() {
         let m = mem();
-        let (dk, flushes) = disk(8, false);
+        let dk = disk(8, false);
         let cases: [(u32, u64, u32, bool, u8); 6] = [
             // Out of range, straddling the end, not whole sectors, overflowing sector.
             (VIRTIO_BLK_T_IN, 8, 512, true, VIRTIO_BLK_S_IOERR as u8),
@@ -752,23 +709,23 @@ mod tests {
             (11, 0, 512, false, VIRTIO_BLK_S_UNSUPP as u8),
             (0x1234, 0, 512, false, VIRTIO_BLK_S_UNSUPP as u8),
         ];
-        let before = dk.data.lock().unwrap().clone();
+        let before = dk.contents();
         for (ty, sector, len, write, want) in cases {
             header(&m, ty, sector);
             assert_eq!(run(&m, &std3(ty, sector, len, write), &dk), 1, "type {ty}");
             assert_eq!(status(&m), want, "type {ty} sector {sector} len {len}");
         }
-        assert_eq!(*dk.data.lock().unwrap(), before);
-        assert_eq!(flushes.load(Ordering::SeqCst), 0);
+        assert_eq!(dk.contents(), before);
+        assert_eq!(dk.flushes(), 0);
     }
 
     /// A backend that fails (EIO, a short read, ENOSPC, a failed flush): IOERR, never a panic;
     /// the same disk healed serves the same requests with OK.
     #[test]
     fn failing_backend_gets_ioerr() {
-        use crate::backends::mem_disk::{Fault, Faults, MemDisk as FaultyDisk};
+        use crate::backends::mem_disk::{Fault, Faults};
         let m = mem();
-        let dk = FaultyDisk::zeroed(8, false).unwrap();
+        let dk = MemDisk::zeroed(8, false).unwrap();
         let flush = [d(HDR, 16, NEXT, 1), d(STATUS, 1, WRITE, 0)];
         let requests = [
             (VIRTIO_BLK_T_IN, std3(0, 1, 1024, true)),
@@ -802,8 +759,8 @@ mod tests {
     #[test]
     fn read_only_disk_refuses_writes() {
         let m = mem();
-        let (dk, _) = disk(8, true);
-        let blk = Blk::new(Box::new(disk(8, true).0), [0; 20]);
+        let dk = disk(8, true);
+        let blk = Blk::new(Box::new(disk(8, true)), [0; 20]);
         assert_ne!(blk.features() & 1 << VIRTIO_BLK_F_RO, 0);
         header(&m, VIRTIO_BLK_T_OUT, 0);
         assert_eq!(run(&m, &std3(0, 0, 512, false), &dk), 1);
@@ -816,7 +773,7 @@ mod tests {
     #[test]
     fn malformed_chains() {
         let m = mem();
-        let (dk, _) = disk(8, false);
+        let dk = disk(8, false);
         let ioerr = VIRTIO_BLK_S_IOERR as u8;
         // Short header: IOERR.
         header(&m, VIRTIO_BLK_T_IN, 0);
@@ -887,7 +844,7 @@ mod tests {
     #[test]
     fn descriptor_loop_and_bad_next() {
         let m = mem();
-        let (dk, _) = disk(8, false);
+        let dk = disk(8, false);
         header(&m, VIRTIO_BLK_T_IN, 0);
         m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
         // 0 -> 1 -> 2 -> 1 -> ...: virtio-queue stops after the table size; used 0.
@@ -906,7 +863,7 @@ mod tests {
     #[test]
     fn chain_over_4gib() {
         let m = mem();
-        let (dk, _) = disk(8, false);
+        let dk = disk(8, false);
         header(&m, VIRTIO_BLK_T_IN, 0);
         m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
         let huge = [
@@ -931,7 +888,7 @@ mod tests {
     fn blk_queue(m: &Memory) -> (MockSplitQueue<'_, Memory>, Queue, Blk) {
         let vq = MockSplitQueue::new(m, 16);
         let q: Queue = vq.create_queue().unwrap();
-        let (dk, _) = disk(8, false);
+        let dk = disk(8, false);
         (vq, q, Blk::new(Box::new(dk), [0; 20]))
     }
 
@@ -1079,7 +1036,7 @@ mod tests {
 
     #[test]
     fn config_space() {
-        let (dk, _) = disk(8, false);
+        let dk = disk(8, false);
         let blk = Blk::new(Box::new(dk), [0; 20]);
         let mut b = [0u8; 8];
         blk.read_config(0, &mut b);

@@ -52,7 +52,7 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::test_util::{BlkRig, PatternDisk};
+    use crate::devices::virtio::test_util::{pattern_disk, pattern_sector, BlkRig, GatedDisk};
     use crate::devices::virtio::transport_pci::common;
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
@@ -74,7 +74,7 @@ mod tests {
 
     #[test]
     fn eventfd_wakes_the_thread_which_completes_a_request() {
-        let mut rig = BlkRig::new(Box::new(PatternDisk::new(8)));
+        let mut rig = BlkRig::new(Box::new(pattern_disk(8)));
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let writer = evt.try_clone().unwrap();
         spawn("test-io", rig.dev.clone(), vec![(0, evt)]).unwrap();
@@ -84,7 +84,7 @@ mod tests {
         // Head descriptor 0; 512 data bytes plus the status byte; status OK; the data.
         assert_eq!(rig.used_elem(0), (0, 513));
         assert_eq!(rig.status_byte(), VIRTIO_BLK_S_OK as u8);
-        assert_eq!(rig.data(), PatternDisk::expected(3)[..512]);
+        assert_eq!(rig.data(), pattern_sector(3));
         // The completion interrupt was raised (INTx: MSI-X is off) and the ISR says queue.
         assert_eq!(rig.irq.intx_count(), 1);
         assert_eq!(
@@ -95,7 +95,7 @@ mod tests {
 
     #[test]
     fn register_reads_do_not_wait_for_a_blocked_disk() {
-        let (disk, entered, release) = PatternDisk::gated(8);
+        let (disk, entered, release) = GatedDisk::new(pattern_disk(8));
         let mut rig = BlkRig::new(Box::new(disk));
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let writer = evt.try_clone().unwrap();
@@ -131,6 +131,6 @@ mod tests {
         wait_for_used(&rig, 1);
         assert_eq!(rig.used_elem(0), (0, 513));
         assert_eq!(rig.status_byte(), VIRTIO_BLK_S_OK as u8);
-        assert_eq!(rig.data(), PatternDisk::expected(5)[..512]);
+        assert_eq!(rig.data(), pattern_sector(5));
     }
 }

@@ -31,7 +31,8 @@ pub trait VirtioInterrupt: Send + Sync {
     fn intx_deassert(&self);
 }
 
-#[cfg(test)]
+/// Fakes and rigs for the virtio tests, and for the fuzz targets (`fuzzing` feature).
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod test_util {
     use super::{MsiMessage, VirtioInterrupt};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,6 +97,7 @@ pub mod test_util {
     use super::device::{InterruptTrigger, InterruptType};
     use super::transport_pci::{common, BarRegion, VirtioPciDevice};
     use super::Memory;
+    use crate::backends::mem_disk::MemDisk;
     use crate::devices::bus::BusDevice;
     use crate::devices::pci::config::{CMD_BUS_MASTER, CMD_MEM, REG_COMMAND};
     use crate::devices::pci::PciFunction;
@@ -104,67 +106,65 @@ pub mod test_util {
     use std::time::Duration;
     use vm_memory::{Bytes, GuestAddress};
 
-    /// A disk of `sectors` sectors whose byte i is `i / 512 ^ i`. With a gate, every read first
-    /// says so on `entered` and then waits for `release` (at most a minute, so that a failing
-    /// test cannot hang the suite).
-    pub struct PatternDisk {
-        pub data: Mutex<Vec<u8>>,
-        gate: Option<(SyncSender<()>, Mutex<Receiver<()>>)>,
+    /// Byte `i` of a [`pattern_disk`]: `i / 512 ^ i`, so that every sector differs.
+    pub fn pattern_byte(i: usize) -> u8 {
+        (i / 512) as u8 ^ i as u8
     }
 
-    impl PatternDisk {
-        pub fn new(sectors: usize) -> Self {
-            let data = (0..sectors * 512)
-                .map(|i| (i / 512) as u8 ^ i as u8)
-                .collect();
-            Self {
-                data: Mutex::new(data),
-                gate: None,
-            }
-        }
+    /// A read-write memory disk of `sectors` sectors holding [`pattern_byte`]s.
+    pub fn pattern_disk(sectors: u64) -> MemDisk {
+        MemDisk::patterned(sectors, false, pattern_byte).expect("a disk of at least one sector")
+    }
 
-        /// A disk whose reads block until released: (disk, entered, release).
-        pub fn gated(sectors: usize) -> (Self, Receiver<()>, SyncSender<()>) {
-            let (entered_tx, entered_rx) = std::sync::mpsc::sync_channel(16);
-            let (release_tx, release_rx) = std::sync::mpsc::sync_channel(16);
-            let mut d = Self::new(sectors);
-            d.gate = Some((entered_tx, Mutex::new(release_rx)));
-            (d, entered_rx, release_tx)
-        }
+    /// What sector `sector` of a [`pattern_disk`] holds.
+    pub fn pattern_sector(sector: u64) -> Vec<u8> {
+        let start = sector as usize * 512;
+        (start..start + 512).map(pattern_byte).collect()
+    }
 
-        pub fn expected(sector: u64) -> Vec<u8> {
-            Self::new(sector as usize + 1).data.lock().unwrap()[sector as usize * 512..].to_vec()
+    /// A disk whose every read first says so on `entered` and then waits for `release` (at
+    /// most a minute, so that a failing test cannot hang the suite).
+    pub struct GatedDisk<D> {
+        disk: D,
+        entered: SyncSender<()>,
+        release: Mutex<Receiver<()>>,
+    }
+
+    impl<D: DiskBackend> GatedDisk<D> {
+        /// (disk, entered, release).
+        pub fn new(disk: D) -> (Self, Receiver<()>, SyncSender<()>) {
+            let (entered, entered_rx) = std::sync::mpsc::sync_channel(16);
+            let (release_tx, release) = std::sync::mpsc::sync_channel(16);
+            let gated = Self {
+                disk,
+                entered,
+                release: Mutex::new(release),
+            };
+            (gated, entered_rx, release_tx)
         }
     }
 
-    impl DiskBackend for PatternDisk {
+    impl<D: DiskBackend> DiskBackend for GatedDisk<D> {
         fn len(&self) -> u64 {
-            self.data.lock().unwrap().len() as u64
+            self.disk.len()
         }
         fn read_only(&self) -> bool {
-            false
+            self.disk.read_only()
         }
         fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-            if let Some((entered, release)) = &self.gate {
-                let _ = entered.send(());
-                let _ = release
-                    .lock()
-                    .unwrap()
-                    .recv_timeout(Duration::from_secs(60));
-            }
-            let d = self.data.lock().unwrap();
-            let src = usize::try_from(offset)
-                .ok()
-                .and_then(|o| d.get(o..o.checked_add(buf.len())?))
-                .ok_or_else(|| std::io::Error::other("out of range"))?;
-            buf.copy_from_slice(src);
-            Ok(())
+            let _ = self.entered.send(());
+            let _ = self
+                .release
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(60));
+            self.disk.read_at(offset, buf)
         }
-        fn write_at(&self, _offset: u64, _buf: &[u8]) -> std::io::Result<()> {
-            Ok(())
+        fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+            self.disk.write_at(offset, buf)
         }
         fn flush(&self) -> std::io::Result<()> {
-            Ok(())
+            self.disk.flush()
         }
     }
 

@@ -1636,8 +1636,8 @@ mod tests {
 
     #[test]
     fn no_dma_without_bus_mastering_and_the_request_waits_for_it() {
-        use crate::devices::virtio::test_util::{BlkRig, PatternDisk};
-        let mut rig = BlkRig::with_command(Box::new(PatternDisk::new(8)), CMD_MEM);
+        use crate::devices::virtio::test_util::{pattern_disk, pattern_sector, BlkRig};
+        let mut rig = BlkRig::with_command(Box::new(pattern_disk(8)), CMD_MEM);
         rig.post_read(2);
         rig.write(VirtioPciDevice::notify_offset(0), &0u16.to_le_bytes());
         // Guest memory untouched: no used entry, status byte and data buffer as posted.
@@ -1654,7 +1654,7 @@ mod tests {
         assert_eq!(rig.used_idx(), 1);
         assert_eq!(rig.used_elem(0), (0, 513));
         assert_eq!(rig.status_byte(), 0);
-        assert_eq!(rig.data(), PatternDisk::expected(2)[..512]);
+        assert_eq!(rig.data(), pattern_sector(2));
         assert_eq!(rig.irq.intx_count(), 1);
         // Off again and a reset: nothing is left waiting.
         lock(&rig.dev).config_write(REG_COMMAND as u64, &CMD_MEM.to_le_bytes());
