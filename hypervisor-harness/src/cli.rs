@@ -9,6 +9,7 @@ use crate::shared::{
 };
 use crate::vmm::{self, memory, IoMode, RunConfig, VmEnd};
 use clap::{Args, Parser, Subcommand};
+use std::borrow::Cow;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -137,7 +138,7 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
     }
     if let Some(p) = &c.exits_json {
         let doc = RunJson {
-            vmm: "harness",
+            vmm: "harness".into(),
             accel: None,
             platform: Platform::detect().to_json(),
             outcome: OutcomeJson::new(&outcome, code, &msg),
@@ -148,9 +149,9 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
                 bar1: r.floor_bars.1,
             }),
             exits: Some(r.counters.to_json()),
-            kvm_stats: Some(&r.kvm_stats),
-            notes: &r.notes,
-            phases: &r.phases,
+            kvm_stats: Some(Cow::Borrowed(&r.kvm_stats)),
+            notes: Cow::Borrowed(&r.notes),
+            phases: Cow::Borrowed(&r.phases),
         };
         write_json(p, &doc)?;
     }
@@ -193,17 +194,17 @@ fn cmd_qemu(a: &QemuArgs) -> Result<i32, HarnessError> {
     }
     if let Some(p) = &c.exits_json {
         let doc = RunJson {
-            vmm: "qemu",
-            accel: Some(r.accel),
+            vmm: "qemu".into(),
+            accel: Some(r.accel.into()),
             platform: Platform::detect().to_json(),
             outcome: OutcomeJson::new(&r.outcome, code, &msg),
             ktap: (&r.ktap).into(),
             elapsed_ms: r.elapsed.as_secs_f64() * 1e3,
             floor: None,
             exits: None,
-            kvm_stats: r.stats.as_ref(),
-            notes: &r.notes,
-            phases: &r.phases,
+            kvm_stats: r.stats.as_ref().map(Cow::Borrowed),
+            notes: Cow::Borrowed(&r.notes),
+            phases: Cow::Borrowed(&r.phases),
         };
         write_json(p, &doc)?;
     }

@@ -38,7 +38,7 @@ impl Platform {
 }
 
 /// A [`Platform`] in JSON output, with its one-line description.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PlatformJson {
     pub kvm: String,
     pub nested: bool,

@@ -1,6 +1,7 @@
 //! What `cli`, `bench` and `qemu` share: the QEMU accelerator choice, how a guest run ended
-//! and its exit code, the bench arguments, the default kernel image and the JSON output. It
-//! lives apart so that those three import it, not one another.
+//! and its exit code, the bench arguments, the default kernel image and the JSON output (the
+//! `--exits-json` document is written by `run` and `qemu` and read back by `bench`, through the
+//! same types). It lives apart so that those three import it, not one another.
 
 use crate::error::*;
 use crate::ktap::KtapSummary;
@@ -8,7 +9,8 @@ use crate::platform::PlatformJson;
 use crate::vmm::exits::{ExitsJson, KvmStats, PhaseMark};
 use crate::vmm::memory;
 use clap::{Args, ValueEnum};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// QEMU's accelerator.
@@ -118,10 +120,10 @@ pub fn outcome_code(o: &Outcome, ktap: &KtapSummary) -> (i32, Option<String>) {
 }
 
 /// How a run ended, in `--exits-json`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutcomeJson {
     /// "debug_exit", "timeout" or "abnormal".
-    pub kind: &'static str,
+    pub kind: Cow<'static, str>,
     /// The value the guest wrote to the debug-exit port.
     pub guest_value: Option<u32>,
     pub exit_code: i32,
@@ -136,7 +138,7 @@ impl OutcomeJson {
             Outcome::Abnormal(_) => ("abnormal", None),
         };
         Self {
-            kind,
+            kind: kind.into(),
             guest_value,
             exit_code,
             message: message.clone(),
@@ -145,14 +147,14 @@ impl OutcomeJson {
 }
 
 /// The KTAP summary in `--exits-json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KtapJson<'a> {
     pub plan: Option<u32>,
     pub passed: u32,
     pub failed: u32,
     pub skipped: u32,
     pub complete: bool,
-    pub missing: &'a [u32],
+    pub missing: Cow<'a, [u32]>,
 }
 
 impl<'a> From<&'a KtapSummary> for KtapJson<'a> {
@@ -163,13 +165,13 @@ impl<'a> From<&'a KtapSummary> for KtapJson<'a> {
             failed: k.failed,
             skipped: k.skipped,
             complete: k.complete,
-            missing: &k.missing,
+            missing: Cow::Borrowed(&k.missing),
         }
     }
 }
 
 /// The floor device's BARs, where the harness put them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FloorBars {
     pub bar0: u64,
     pub bar1: u64,
@@ -177,11 +179,12 @@ pub struct FloorBars {
 
 /// The `--exits-json` document of `run` (`vmm` "harness") and `qemu` (`vmm` "qemu"). `accel`
 /// is QEMU's only; `floor` and `exits` (the harness's own counters) the harness's only.
-#[derive(Debug, Serialize)]
+/// Written borrowing the run's results; `bench` reads it back owned (`RunJson<'static>`).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RunJson<'a> {
-    pub vmm: &'static str,
+    pub vmm: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub accel: Option<&'a str>,
+    pub accel: Option<Cow<'a, str>>,
     pub platform: PlatformJson,
     pub outcome: OutcomeJson,
     pub ktap: KtapJson<'a>,
@@ -191,9 +194,9 @@ pub struct RunJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exits: Option<ExitsJson<'a>>,
     /// KVM's statistics; null when QEMU gave none.
-    pub kvm_stats: Option<&'a KvmStats>,
-    pub notes: &'a [String],
-    pub phases: &'a [PhaseMark],
+    pub kvm_stats: Option<Cow<'a, KvmStats>>,
+    pub notes: Cow<'a, [String]>,
+    pub phases: Cow<'a, [PhaseMark]>,
 }
 
 /// Write `v` as pretty-printed JSON and a newline.

@@ -8,8 +8,8 @@
 
 use super::{parse_bench_line, spawn_self, BenchLine};
 use crate::error::HarnessError;
+use crate::vmm::exits::PhaseMark;
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -63,35 +63,16 @@ impl BlkRow {
     }
 }
 
-/// Exit counts at one phase marker, from `--exits-json`'s `phases`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PhaseMark {
-    pub device_exits: BTreeMap<String, u64>,
-    pub kvm_exits: Option<u64>,
-}
-
-/// `(begin, end)` marks per row name, from a run's JSON document.
-pub fn phases(doc: &Value) -> BTreeMap<String, (PhaseMark, PhaseMark)> {
+/// `(begin, end)` marks per row name, from a run's `phases`.
+pub fn phases(marks: &[PhaseMark]) -> BTreeMap<&str, (&PhaseMark, &PhaseMark)> {
     let mut begins = BTreeMap::new();
     let mut out = BTreeMap::new();
-    for p in doc["phases"].as_array().into_iter().flatten() {
-        let Some(marker) = p["marker"].as_str() else {
-            continue;
-        };
-        let mark = PhaseMark {
-            device_exits: p["device_exits"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
-                .collect(),
-            kvm_exits: p["kvm_exits"].as_u64(),
-        };
-        if let Some(name) = marker.strip_prefix("begin ") {
-            begins.insert(name.to_string(), mark);
-        } else if let Some(name) = marker.strip_prefix("end ") {
+    for mark in marks {
+        if let Some(name) = mark.marker.strip_prefix("begin ") {
+            begins.insert(name, mark);
+        } else if let Some(name) = mark.marker.strip_prefix("end ") {
             if let Some(b) = begins.remove(name) {
-                out.insert(name.to_string(), (b, mark));
+                out.insert(name, (b, mark));
             }
         }
     }
@@ -116,15 +97,15 @@ fn device_prefixes(path: &str) -> &'static [&'static str] {
     }
 }
 
-/// Rows of one child run, with exits per I/O filled in from its phases.
-pub fn rows_of(vmm: &str, stdout: &str, doc: Option<&Value>) -> Vec<BlkRow> {
-    let marks = doc.map(phases).unwrap_or_default();
+/// Rows of one child run, with exits per I/O filled in from its phase marks.
+pub fn rows_of(vmm: &str, stdout: &str, phase_marks: &[PhaseMark]) -> Vec<BlkRow> {
+    let marks = phases(phase_marks);
     stdout
         .lines()
         .filter_map(parse_bench_line)
         .filter_map(|b| {
             let mut row = BlkRow::from_line(vmm, &b)?;
-            if let Some((begin, end)) = marks.get(&b.name) {
+            if let Some((begin, end)) = marks.get(b.name.as_str()) {
                 if row.n > 0 {
                     // Per-device counts exist only under our harness (QEMU's come from QMP).
                     if !end.device_exits.is_empty() {
@@ -280,7 +261,11 @@ pub fn run_section(
         if r.code != 0 {
             notes.push(format!("{label}: exit code {}: {}", r.code, r.last_err));
         }
-        let got = rows_of(label, &r.stdout, r.json.as_ref());
+        if let Err(e) = &r.json {
+            notes.push(format!("{label}: {e}"));
+        }
+        let phase_marks = r.json.as_ref().map_or(&[][..], |j| &j.phases[..]);
+        let got = rows_of(label, &r.stdout, phase_marks);
         if got.is_empty() {
             notes.push(format!("{label}: the guest printed no blk rows"));
         }
@@ -388,23 +373,27 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn marks(v: serde_json::Value) -> Vec<PhaseMark> {
+        serde_json::from_value(v).unwrap()
+    }
+
     #[test]
     fn rows_and_phases() {
         let out = "# phase: begin blk.virtio_msix.randread_4k_qd32\n\
                    # bench: blk.virtio_msix.randread_4k_qd32 ns=700000 p99=1800000 min=1 max=2 n=100 bytes=409600 total_ns=1000000000\n\
                    # bench: blk.ide_pio.randread_4k_qd1 ns=1 n=0\n";
-        let doc = json!({"phases": [
+        let doc = marks(json!([
             {"marker": "begin blk.virtio_msix.randread_4k_qd32", "device_exits": {"virtio-blk0-notify": 10, "com1": 5, "ide0-cmd": 3}, "kvm_exits": 1000},
             {"marker": "end blk.virtio_msix.randread_4k_qd32", "device_exits": {"virtio-blk0-notify": 60, "com1": 900, "ide0-cmd": 3}, "kvm_exits": 1400},
-        ]});
-        let qemu_doc = json!({"phases": [
+        ]));
+        let qemu_doc = marks(json!([
             {"marker": "begin blk.virtio_msix.randread_4k_qd32", "device_exits": {}, "kvm_exits": 10},
             {"marker": "end blk.virtio_msix.randread_4k_qd32", "device_exits": {}, "kvm_exits": 210},
-        ]});
-        let q = &rows_of("qemu", out, Some(&qemu_doc))[0];
+        ]));
+        let q = &rows_of("qemu", out, &qemu_doc)[0];
         assert_eq!(q.user_exits_per_io, None, "QEMU has no per-device counts");
         assert_eq!(q.kvm_exits_per_io, Some(2.0));
-        let rows = rows_of("harness-thread", out, Some(&doc));
+        let rows = rows_of("harness-thread", out, &doc);
         assert_eq!(rows.len(), 1, "the malformed ide row is dropped");
         let r = &rows[0];
         assert_eq!(
@@ -423,8 +412,10 @@ mod tests {
 
     #[test]
     fn unmatched_phases_are_ignored() {
-        let doc =
-            json!({"phases": [{"marker": "end x", "device_exits": {}}, {"marker": "begin y"}]});
+        let doc = [
+            PhaseMark::kvm_only("end x".into(), None),
+            PhaseMark::kvm_only("begin y".into(), None),
+        ];
         assert!(phases(&doc).is_empty());
     }
 

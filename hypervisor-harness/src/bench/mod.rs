@@ -1,14 +1,15 @@
 //! `bench`: the floor (what one exit costs, per path) and boot time against QEMU.
-//! Every run is a child process (our own binary), so each VM gets a fresh process.
+//! Every run is a child process (our own binary), so each VM gets a fresh process; its
+//! `--exits-json` document is read back as the [`RunJson`] it wrote.
 
 pub mod blk;
 pub mod report;
 
 use crate::error::HarnessError;
 use crate::platform::Platform;
-use crate::shared::{kernel_or_default, write_json, BenchArgs};
+use crate::shared::{kernel_or_default, write_json, BenchArgs, RunJson};
+use crate::vmm::exits::ExitsJson;
 use report::{BenchReport, BootRow, FloorRow, Stat};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -80,14 +81,13 @@ pub fn floor_site(name: &str) -> Option<(&'static str, u64, usize)> {
     })
 }
 
-/// Exits recorded at (space, addr) in a `run --exits-json` document.
-pub fn exits_at(doc: &Value, space: &str, addr: u64) -> u64 {
-    doc["exits"]["by_addr"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["space"] == space && e["addr"].as_u64() == Some(addr))
-        .filter_map(|e| e["count"].as_u64())
+/// Exits recorded at (space, addr) in a `run --exits-json` document's `exits`.
+pub fn exits_at(exits: &ExitsJson, space: &str, addr: u64) -> u64 {
+    exits
+        .by_addr
+        .iter()
+        .filter(|e| e.space == space && e.addr == addr)
+        .map(|e| e.count)
         .sum()
 }
 
@@ -96,7 +96,19 @@ pub struct ChildRun {
     pub stdout: String,
     pub last_err: String,
     pub secs: f64,
-    pub json: Option<Value>,
+    /// Its `--exits-json` document, or why there is none.
+    pub json: Result<RunJson<'static>, String>,
+}
+
+/// A child's `--exits-json` document: missing, empty (the child never wrote it) and malformed
+/// are errors that say which.
+fn read_run_json(path: &Path) -> Result<RunJson<'static>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read its --exits-json {}: {e}", path.display()))?;
+    if text.trim().is_empty() {
+        return Err("it wrote no --exits-json document".into());
+    }
+    serde_json::from_str(&text).map_err(|e| format!("its --exits-json document is malformed: {e}"))
 }
 
 /// Spawn our own binary with `args` (plus `--exits-json` to a temp file).
@@ -117,9 +129,7 @@ pub fn spawn_self(args: &[String], tag: &str) -> Result<ChildRun, HarnessError> 
         .output()
         .map_err(|e| HarnessError::Other(format!("cannot spawn the harness: {e}")))?;
     let secs = start.elapsed().as_secs_f64();
-    let json = std::fs::read_to_string(json_path)
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok());
+    let json = read_run_json(json_path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last_err = stderr
         .lines()
@@ -165,17 +175,16 @@ fn floor_section(
             r.last_err
         )));
     }
-    let note = (r.code != 0).then(|| format!("floor run exit code {}: {}", r.code, r.last_err));
-    let (bar0, bar1) = r
-        .json
-        .as_ref()
-        .map(|j| {
-            (
-                j["floor"]["bar0"].as_u64().unwrap_or(0),
-                j["floor"]["bar1"].as_u64().unwrap_or(0),
-            )
-        })
-        .unwrap_or((0, 0));
+    let exit_note =
+        (r.code != 0).then(|| format!("floor run exit code {}: {}", r.code, r.last_err));
+    let json_note = r.json.as_ref().err().map(|e| format!("floor run: {e}"));
+    let note = match (exit_note, json_note) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    };
+    let doc = r.json.as_ref().ok();
+    let bars = doc.and_then(|j| j.floor);
+    let exits = doc.and_then(|j| j.exits.as_ref());
     let mut rows = Vec::new();
     for line in r.stdout.lines() {
         let Some(b) = parse_bench_line(line) else {
@@ -184,10 +193,10 @@ fn floor_section(
         let Some(short) = b.name.strip_prefix("floor.") else {
             continue;
         };
-        let exits = match (floor_site(short), &r.json) {
-            (Some((space, off, bar)), Some(j)) => {
-                let base = if bar == 0 { bar0 } else { bar1 };
-                Some(exits_at(j, space, base + off))
+        let exits = match (floor_site(short), doc) {
+            (Some((space, off, bar)), Some(_)) => {
+                let base = bars.map_or(0, |f| if bar == 0 { f.bar0 } else { f.bar1 });
+                Some(exits.map_or(0, |e| exits_at(e, space, base + off)))
             }
             _ => None,
         };
@@ -227,8 +236,11 @@ fn boot_runs(
             note = Some(format!("exit code {}: {}", r.code, r.last_err));
         }
         times.push(r.secs);
-        if first_json.is_none() {
-            first_json = r.json;
+        match r.json {
+            Ok(j) if first_json.is_none() => first_json = Some(j),
+            Ok(_) => {}
+            Err(e) if note.is_none() => note = Some(format!("run {i}: {e}")),
+            Err(_) => {}
         }
     }
     Ok(BootRow::from_runs(sub, Stat::of(&times), first_json, note))
@@ -345,15 +357,40 @@ mod tests {
 
     #[test]
     fn exits_lookup() {
-        let doc: Value = serde_json::json!({"exits": {"by_addr": [
-            {"space": "pio", "addr": 0xc000, "dir": "write", "count": 1000},
-            {"space": "pio", "addr": 0xc000, "dir": "read", "count": 2},
-            {"space": "mmio", "addr": 0xc000, "dir": "write", "count": 7},
-        ]}});
+        let doc: ExitsJson = serde_json::from_value(serde_json::json!({
+        "total": 1009, "by_reason": {"io": 1002, "mmio": 7}, "by_device": [],
+        "mmio_addr_overflow": 0, "pio_addr_overflow": 0,
+        "by_addr": [
+            {"space": "pio", "addr": 0xc000, "device": "floor", "dir": "write", "count": 1000},
+            {"space": "pio", "addr": 0xc000, "device": "floor", "dir": "read", "count": 2},
+            {"space": "mmio", "addr": 0xc000, "device": "floor", "dir": "write", "count": 7},
+        ]}))
+        .unwrap();
         assert_eq!(exits_at(&doc, "pio", 0xc000), 1002);
         assert_eq!(exits_at(&doc, "mmio", 0xc000), 7);
         assert_eq!(exits_at(&doc, "pio", 0xc004), 0);
         assert_eq!(floor_site("mmio_write_ioeventfd"), Some(("mmio", 0x100, 1)));
         assert_eq!(floor_site("loop_ring3"), None);
+    }
+
+    #[test]
+    fn child_json_errors_say_what_went_wrong() {
+        let dir = TempDir::new_with_prefix(std::env::temp_dir().join("hh-bench-test-")).unwrap();
+        let path = dir.as_path().join("exits.json");
+        let err = read_run_json(&path).unwrap_err();
+        assert!(err.starts_with("cannot read its --exits-json"), "{err}");
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(
+            read_run_json(&path).unwrap_err(),
+            "it wrote no --exits-json document"
+        );
+        for bad in ["{", "[]", r#"{"vmm": "harness"}"#, r#"{"vmm": 5}"#] {
+            std::fs::write(&path, bad).unwrap();
+            let err = read_run_json(&path).unwrap_err();
+            assert!(
+                err.starts_with("its --exits-json document is malformed: "),
+                "{err}"
+            );
+        }
     }
 }

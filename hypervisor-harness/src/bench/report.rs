@@ -3,8 +3,8 @@
 use super::blk::BlkSectionJson;
 use super::BenchLine;
 use crate::platform::{Platform, PlatformJson};
+use crate::shared::RunJson;
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -52,13 +52,13 @@ impl FloorRow {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct BootRow {
     pub vmm: String,
     /// Wall seconds from spawn to exit.
     pub time: Option<Stat>,
     /// The first run's --exits-json document.
-    pub json: Option<Value>,
+    pub json: Option<RunJson<'static>>,
     pub note: Option<String>,
 }
 
@@ -75,7 +75,7 @@ impl BootRow {
     pub fn from_runs(
         vmm: &str,
         time: Option<Stat>,
-        json: Option<Value>,
+        json: Option<RunJson<'static>>,
         note: Option<String>,
     ) -> Self {
         Self {
@@ -89,21 +89,33 @@ impl BootRow {
     /// Exit counts of one boot.
     pub fn exits(&self) -> Option<BootExits> {
         let j = self.json.as_ref()?;
+        let stat = |scope: &str, name: &str| {
+            j.kvm_stats
+                .as_deref()
+                .and_then(|s| s.get(scope))
+                .and_then(|m| m.get(name))
+                .copied()
+        };
         if self.vmm == "run" {
-            let e = &j["exits"];
+            let by_reason = |r: &str| {
+                j.exits
+                    .as_ref()
+                    .and_then(|e| e.by_reason.get(r))
+                    .copied()
+                    .unwrap_or(0)
+            };
             Some(BootExits {
-                userspace: e["total"].as_u64(),
-                kvm: j["kvm_stats"]["vcpu0"]["exits"].as_u64(),
-                io: Some(e["by_reason"]["io"].as_u64().unwrap_or(0)),
-                mmio: Some(e["by_reason"]["mmio"].as_u64().unwrap_or(0)),
+                userspace: j.exits.as_ref().map(|e| e.total),
+                kvm: stat("vcpu0", "exits"),
+                io: Some(by_reason("io")),
+                mmio: Some(by_reason("mmio")),
             })
         } else {
-            let s = &j["kvm_stats"]["vcpu"];
             Some(BootExits {
                 userspace: None,
-                kvm: s["exits"].as_u64(),
-                io: s["io_exits"].as_u64(),
-                mmio: s["mmio_exits"].as_u64(),
+                kvm: stat("vcpu", "exits"),
+                io: stat("vcpu", "io_exits"),
+                mmio: stat("vcpu", "mmio_exits"),
             })
         }
     }
@@ -203,7 +215,7 @@ impl BenchReport {
                 s += &format!("             note: {n}\n");
             }
         }
-        if let Some(acc) = self.qemu.json.as_ref().and_then(|j| j["accel"].as_str()) {
+        if let Some(acc) = self.qemu.json.as_ref().and_then(|j| j.accel.as_deref()) {
             s += &format!("  qemu accel: {acc}\n");
         }
         s += "  user exits: handled by the VMM in userspace (exact, harness only); kvm exits: KVM's\n  vCPU `exits` statistic (also counts exits handled inside KVM); qemu io/mmio: KVM stats\n";
@@ -254,7 +266,7 @@ impl BootRow {
         BootJson {
             time_s: self.time,
             exits: self.exits(),
-            accel: self.json.as_ref().and_then(|j| j["accel"].as_str()),
+            accel: self.json.as_ref().and_then(|j| j.accel.as_deref()),
             note: self.note.as_deref(),
         }
     }
@@ -343,7 +355,22 @@ mod tests {
             harness: BootRow::from_runs(
                 "run",
                 Stat::of(&[0.1, 0.2]),
-                Some(json!({"exits": {"total": 50, "by_reason": {"io": 40}}})),
+                Some(
+                    serde_json::from_value(json!({
+                        "vmm": "harness",
+                        "platform": {"kvm": "kvm_pvm", "nested": true, "description": "x"},
+                        "outcome": {"kind": "debug_exit", "guest_value": 16, "exit_code": 0,
+                                    "message": null},
+                        "ktap": {"plan": 0, "passed": 0, "failed": 0, "skipped": 0,
+                                 "complete": true, "missing": []},
+                        "elapsed_ms": 1.0,
+                        "exits": {"total": 50, "by_reason": {"io": 40}, "by_device": [],
+                                  "by_addr": [], "mmio_addr_overflow": 0,
+                                  "pio_addr_overflow": 0},
+                        "kvm_stats": null, "notes": [], "phases": []
+                    }))
+                    .unwrap(),
+                ),
                 None,
             ),
             qemu: BootRow::unavailable("qemu", "QEMU is not installed"),

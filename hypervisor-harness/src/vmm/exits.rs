@@ -2,7 +2,8 @@
 
 use crate::devices::bus::Claim;
 use kvm_bindings::{kvm_stats_desc, kvm_stats_header};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -188,14 +189,18 @@ impl ExitCounters {
     pub fn to_json(&self) -> ExitsJson<'_> {
         ExitsJson {
             total: self.total,
-            by_reason: self.by_reason.iter().map(|(r, c)| (r.name(), *c)).collect(),
+            by_reason: self
+                .by_reason
+                .iter()
+                .map(|(r, c)| (r.name().into(), *c))
+                .collect(),
             by_device: self
                 .by_device
                 .iter()
                 .map(|((sp, dev, dir), c)| DeviceExitsJson {
-                    space: sp.name(),
-                    device: dev,
-                    dir: dir.name(),
+                    space: sp.name().into(),
+                    device: dev.into(),
+                    dir: dir.name().into(),
                     count: *c,
                 })
                 .collect(),
@@ -203,10 +208,10 @@ impl ExitCounters {
                 .by_addr
                 .iter()
                 .map(|((sp, addr, dir), (dev, c))| AddrExitsJson {
-                    space: sp.name(),
+                    space: sp.name().into(),
                     addr: *addr,
-                    device: dev,
-                    dir: dir.name(),
+                    device: dev.into(),
+                    dir: dir.name().into(),
                     count: *c,
                 })
                 .collect(),
@@ -216,12 +221,12 @@ impl ExitCounters {
     }
 }
 
-/// [`ExitCounters`] in JSON output.
-#[derive(Debug, Serialize)]
+/// [`ExitCounters`] in JSON output, and as `bench` reads it back (then owned).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ExitsJson<'a> {
     pub total: u64,
     /// Reason name -> count.
-    pub by_reason: BTreeMap<&'static str, u64>,
+    pub by_reason: BTreeMap<Cow<'a, str>, u64>,
     pub by_device: Vec<DeviceExitsJson<'a>>,
     pub by_addr: Vec<AddrExitsJson<'a>>,
     pub mmio_addr_overflow: u64,
@@ -229,21 +234,21 @@ pub struct ExitsJson<'a> {
 }
 
 /// Exits at one device in one direction.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct DeviceExitsJson<'a> {
-    pub space: &'static str,
-    pub device: &'a str,
-    pub dir: &'static str,
+    pub space: Cow<'a, str>,
+    pub device: Cow<'a, str>,
+    pub dir: Cow<'a, str>,
     pub count: u64,
 }
 
 /// Exits at one address in one direction, and the device there.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct AddrExitsJson<'a> {
-    pub space: &'static str,
+    pub space: Cow<'a, str>,
     pub addr: u64,
-    pub device: &'a str,
-    pub dir: &'static str,
+    pub device: Cow<'a, str>,
+    pub dir: Cow<'a, str>,
     pub count: u64,
 }
 
@@ -455,8 +460,9 @@ impl PhaseLog {
 }
 
 /// Counters at one `# phase: <marker>` line of the guest: userspace exits per device, and KVM's
-/// own count of every exit of the vCPU. Serialized as one of `phases` in `--exits-json`.
-#[derive(Debug, Clone, Serialize)]
+/// own count of every exit of the vCPU. One of `phases` in `--exits-json`, written by the run
+/// and read back by `bench`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhaseMark {
     pub marker: String,
     pub device_exits: BTreeMap<String, u64>,
