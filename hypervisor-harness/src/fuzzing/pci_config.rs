@@ -8,50 +8,12 @@ use crate::devices::pci::config::{PciConfig, CMD_IO, CMD_MEM, REG_COMMAND};
 use crate::devices::pci::host_bridge::HostBridge;
 use crate::devices::pci::msix::{self};
 use crate::devices::pci::{Bdf, PciConfigIo, PciFunction, SharedFunction};
-use crate::devices::virtio::device::{Activation, QueueBroken, VirtioDevice};
+use crate::devices::virtio::test_util::InertDevice;
 use crate::devices::virtio::transport_pci::{self as tp, VirtioPciDevice};
 use crate::devices::virtio::Memory;
 use crate::devices::{lock, Interrupt};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-
-/// A virtio device with two queues that does nothing (the transport's config space is the
-/// point here).
-struct NullVirtio([u16; 2], Option<Activation>);
-
-impl VirtioDevice for NullVirtio {
-    fn device_type(&self) -> u16 {
-        1
-    }
-    fn features(&self) -> u64 {
-        0
-    }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.0
-    }
-    fn config_len(&self) -> usize {
-        8
-    }
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn activate(&mut self, activation: Activation) -> Result<(), String> {
-        self.1 = Some(activation);
-        Ok(())
-    }
-    fn activation(&self) -> Option<&Activation> {
-        self.1.as_ref()
-    }
-    fn activation_mut(&mut self) -> Option<&mut Activation> {
-        self.1.as_mut()
-    }
-    fn process_queue(&mut self, _: usize) -> Result<(), QueueBroken> {
-        Ok(())
-    }
-    fn reset(&mut self) {
-        self.1 = None;
-    }
-}
 
 /// A config space built from the input through the firmware-side API.
 struct RawFunction(PciConfig);
@@ -186,7 +148,8 @@ pub fn pci_config(data: &[u8]) {
     let raw = raw_function(&mut r);
     let virtio_irq = Arc::new(VirtioIrq::new(3));
     let mut virtio = VirtioPciDevice::new(
-        Box::new(NullVirtio([16, 8], None)),
+        // Two queues, nothing behind them: the transport's config space is the point here.
+        Box::new(InertDevice::new(1, &[16, 8])),
         mem.clone(),
         virtio_irq.clone(),
         11,

@@ -317,55 +317,21 @@ fn msix_vectors_of(device: &dyn VirtioDevice) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::device::{Activation, QueueBroken};
-    use crate::devices::virtio::test_util::RecordingIrq;
+    use crate::devices::virtio::test_util::{InertDevice, RecordingIrq};
     use crate::devices::virtio::Memory;
-
-    /// A device with `sizes.len()` queues and nothing else.
-    struct Queues(Vec<u16>, Option<Activation>);
-
-    impl VirtioDevice for Queues {
-        fn device_type(&self) -> u16 {
-            2
-        }
-        fn features(&self) -> u64 {
-            0
-        }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &self.0
-        }
-        fn config_len(&self) -> usize {
-            0
-        }
-        fn read_config(&self, _: u64, _: &mut [u8]) {}
-        fn activate(&mut self, activation: Activation) -> Result<(), String> {
-            self.1 = Some(activation);
-            Ok(())
-        }
-        fn activation(&self) -> Option<&Activation> {
-            self.1.as_ref()
-        }
-        fn activation_mut(&mut self) -> Option<&mut Activation> {
-            self.1.as_mut()
-        }
-        fn process_queue(&mut self, _: usize) -> Result<(), QueueBroken> {
-            Ok(())
-        }
-        fn reset(&mut self) {
-            self.1 = None;
-        }
-    }
 
     #[test]
     fn msix_vectors_come_from_the_queue_count() {
         let mem = Memory::from_ranges(&[(vm_memory::GuestAddress(0), 0x1000)]).unwrap();
         for n in [1, 2, 4, 9] {
-            let dev = Queues(vec![16; n], None);
+            let sizes = vec![16; n];
+            let dev = InertDevice::new(2, &sizes);
             assert_eq!(msix_vectors_of(&dev), n + 1, "{n} queues");
             // The GSIs the wiring allocates match the transport's table.
             let irq = Arc::new(RecordingIrq::default());
-            let t = VirtioPciDevice::new(Box::new(Queues(vec![16; n], None)), mem.clone(), irq, 11)
-                .unwrap();
+            let t =
+                VirtioPciDevice::new(Box::new(InertDevice::new(2, &sizes)), mem.clone(), irq, 11)
+                    .unwrap();
             assert_eq!(t.msix().vectors() as usize, msix_vectors_of(&dev));
         }
     }

@@ -94,7 +94,7 @@ pub mod test_util {
     }
 
     use super::blk::{Blk, DiskBackend};
-    use super::device::{InterruptTrigger, InterruptType};
+    use super::device::{Activation, InterruptTrigger, InterruptType, QueueBroken, VirtioDevice};
     use super::transport_pci::{common, BarRegion, VirtioPciDevice};
     use super::Memory;
     use crate::backends::mem_disk::MemDisk;
@@ -165,6 +165,56 @@ pub mod test_util {
         }
         fn flush(&self) -> std::io::Result<()> {
             self.disk.flush()
+        }
+    }
+
+    /// A virtio device with queues and nothing else: no features, no configuration, notifies
+    /// that do nothing. It keeps its activation, as a model does, for the transport to see.
+    pub struct InertDevice {
+        device_type: u16,
+        queue_max_sizes: Vec<u16>,
+        active: Option<Activation>,
+    }
+
+    impl InertDevice {
+        pub fn new(device_type: u16, queue_max_sizes: &[u16]) -> Self {
+            Self {
+                device_type,
+                queue_max_sizes: queue_max_sizes.to_vec(),
+                active: None,
+            }
+        }
+    }
+
+    impl VirtioDevice for InertDevice {
+        fn device_type(&self) -> u16 {
+            self.device_type
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &self.queue_max_sizes
+        }
+        fn config_len(&self) -> usize {
+            0
+        }
+        fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
+        fn activate(&mut self, activation: Activation) -> Result<(), String> {
+            self.active = Some(activation);
+            Ok(())
+        }
+        fn activation(&self) -> Option<&Activation> {
+            self.active.as_ref()
+        }
+        fn activation_mut(&mut self) -> Option<&mut Activation> {
+            self.active.as_mut()
+        }
+        fn process_queue(&mut self, _index: usize) -> Result<(), QueueBroken> {
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.active = None;
         }
     }
 
