@@ -140,6 +140,8 @@ struct Machine {
     /// Set with each new marker, so the run loop takes the lock only when there is one.
     phase_pending: Arc<AtomicBool>,
     floor_bars: (u64, u64),
+    /// The virtio functions, whose transports report what their drivers did wrong.
+    virtio: Vec<virtio_wiring::Attached>,
     vm: vm::Vm,
     mem: GuestMem,
 }
@@ -217,7 +219,8 @@ impl Machine {
         let floor_bars = floor_wiring::attach(&mut dm)?;
         // Disks, in guest order. virtio disks are one PCI function each; IDE disks share one
         // PIIX-style controller (primary master, primary slave, secondary master, secondary slave).
-        for note in virtio_wiring::attach_all(&mut dm, &mem, disks.virtio, cfg.io_mode)? {
+        let (virtio, notes) = virtio_wiring::attach_all(&mut dm, &mem, disks.virtio, cfg.io_mode)?;
+        for note in notes {
             verbose(cfg, &note);
         }
         ide_wiring::attach(&mut dm, &mem, disks.ide)?;
@@ -247,6 +250,7 @@ impl Machine {
             phase_lines,
             phase_pending,
             floor_bars,
+            virtio,
             vm,
             mem,
         })
@@ -394,6 +398,9 @@ impl Machine {
             std::mem::take(&mut log.marks)
         };
         self.vm.notes.extend(lock(&self.serial).note());
+        for function in &self.virtio {
+            self.vm.notes.extend(function.notes());
+        }
 
         let mut kvm_stats = KvmStats::new();
         for (scope, fd) in [

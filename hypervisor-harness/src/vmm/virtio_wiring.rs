@@ -192,30 +192,45 @@ impl VirtioInterrupt for KvmVirtioIrq {
     }
 }
 
-/// Attach every `--disk virtio:...` in order. Returns notes for --verbose.
+/// A virtio-pci function of the machine, kept for the run's report.
+pub struct Attached {
+    /// `virtio-blk0`, ...
+    pub name: String,
+    pub dev: Arc<Mutex<VirtioPciDevice>>,
+}
+
+impl Attached {
+    /// The run's notes about this function: what its driver did wrong, if anything.
+    pub fn notes(&self) -> Vec<String> {
+        let stats = lock(&self.dev).stats();
+        stats
+            .driver_errors()
+            .into_iter()
+            .map(|e| format!("{}: {e}", self.name))
+            .collect()
+    }
+}
+
+/// Attach every `--disk virtio:...` in order. Returns the functions, and a line about each for
+/// --verbose.
 pub fn attach_all(
     dm: &mut DeviceManager,
     mem: &GuestMem,
     opened: Vec<VirtioDisk>,
     io_mode: IoMode,
-) -> Result<Vec<String>, HarnessError> {
+) -> Result<(Vec<Attached>, Vec<String>), HarnessError> {
+    let mut attached = Vec::new();
     let mut notes = Vec::new();
     if opened.is_empty() {
-        return Ok(notes);
+        return Ok((attached, notes));
     }
     let router = Arc::new(Mutex::new(GsiRouter::new(&dm.vm.kvm, &dm.vm.fd)?));
     for (n, disk) in opened.into_iter().enumerate() {
-        notes.push(attach_blk(
-            dm,
-            mem,
-            n,
-            disk,
-            INTX_GSIS[n],
-            io_mode,
-            &router,
-        )?);
+        let (function, note) = attach_blk(dm, mem, n, disk, INTX_GSIS[n], io_mode, &router)?;
+        attached.push(function);
+        notes.push(note);
     }
-    Ok(notes)
+    Ok((attached, notes))
 }
 
 fn attach_blk(
@@ -226,7 +241,7 @@ fn attach_blk(
     gsi: u8,
     io_mode: IoMode,
     router: &Arc<Mutex<GsiRouter>>,
-) -> Result<String, HarnessError> {
+) -> Result<(Attached, String), HarnessError> {
     let name = format!("virtio-blk{n}");
     let path = disk.disk.path().display().to_string();
     let with_msix = disk.msix;
@@ -286,6 +301,10 @@ fn attach_blk(
         )?;
     }
 
+    let attached = Attached {
+        name: name.clone(),
+        dev: dev.clone(),
+    };
     let mut mode = "inline";
     if io_mode == IoMode::Thread {
         let mut notifies = Vec::new();
@@ -303,9 +322,10 @@ fn attach_blk(
             mode = "thread";
         }
     }
-    Ok(format!(
+    let note = format!(
         "{name}: {path} at {bdf}, BAR0 {bar:#x}, INTx GSI {gsi}, {vectors} MSI-X vectors, I/O {mode}"
-    ))
+    );
+    Ok((attached, note))
 }
 
 /// MSI-X vectors (one GSI and irqfd each) of a device's function: one per queue plus the
@@ -319,6 +339,33 @@ mod tests {
     use super::*;
     use crate::devices::virtio::test_util::{InertDevice, RecordingIrq};
     use crate::devices::virtio::Memory;
+
+    /// What the transport counts reaches the function's notes, under its name.
+    #[test]
+    fn attached_functions_note_their_drivers_errors() {
+        use crate::devices::bus::BusDevice;
+        use crate::devices::pci::config::CMD_MEM;
+        use transport_pci::common;
+        let mem = Memory::from_ranges(&[(vm_memory::GuestAddress(0), 0x1000)]).unwrap();
+        let irq = Arc::new(RecordingIrq::default());
+        let mut t =
+            VirtioPciDevice::new(Box::new(InertDevice::new(2, &[16])), mem, irq, 11).unwrap();
+        t.config_mut().enable(CMD_MEM);
+        let function = Attached {
+            name: "virtio-blk0".into(),
+            dev: Arc::new(Mutex::new(t)),
+        };
+        let mut bar = BarRegion::new(function.dev.clone(), 0);
+        // ACKNOWLEDGE, then DRIVER_OK twice without DRIVER and FEATURES_OK: refused.
+        bar.write(common::DEVICE_STATUS, &[1]);
+        assert_eq!(function.notes(), Vec::<String>::new());
+        bar.write(common::DEVICE_STATUS, &[1 | 4]);
+        bar.write(common::DEVICE_STATUS, &[1 | 4]);
+        assert_eq!(
+            function.notes(),
+            ["virtio-blk0: 2 device-status writes ignored (illegal transitions)"]
+        );
+    }
 
     #[test]
     fn msix_vectors_come_from_the_queue_count() {

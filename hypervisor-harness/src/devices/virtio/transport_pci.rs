@@ -229,6 +229,39 @@ pub struct TransportStats {
     pub undecoded_accesses: u64,
 }
 
+impl TransportStats {
+    /// What a driver did that the transport ignored or held back, one line per kind of event
+    /// (none when it did nothing wrong): the first thing to look at when a driver misbehaves.
+    pub fn driver_errors(&self) -> Vec<String> {
+        let plural =
+            |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut out = Vec::new();
+        if self.illegal_status_writes != 0 {
+            out.push(format!(
+                "{} ignored (illegal transitions)",
+                plural(
+                    self.illegal_status_writes,
+                    "device-status write",
+                    "device-status writes"
+                )
+            ));
+        }
+        if self.deferred_notifies != 0 {
+            out.push(format!(
+                "{} with bus mastering off (held until it is on)",
+                plural(self.deferred_notifies, "queue notify", "queue notifies")
+            ));
+        }
+        if self.undecoded_accesses != 0 {
+            out.push(format!(
+                "{} with memory decode off (reads all-ones, writes dropped)",
+                plural(self.undecoded_accesses, "BAR0 access", "BAR0 accesses")
+            ));
+        }
+        out
+    }
+}
+
 /// The routing half of a function's interrupts: ISR, MSI-X table and vectors, INTx. A device
 /// model holds it (as its [`InterruptTrigger`]) from activation on and triggers it from
 /// wherever it completes work; the register half takes its lock for ISR reads, MSI-X table and
@@ -1666,5 +1699,43 @@ mod tests {
             &(CMD_MEM | CMD_BUS_MASTER).to_le_bytes(),
         );
         assert_eq!(rig.used_idx(), 1);
+    }
+
+    #[test]
+    fn driver_errors_name_each_nonzero_counter() {
+        assert_eq!(
+            TransportStats::default().driver_errors(),
+            Vec::<String>::new()
+        );
+        let quiet = TransportStats {
+            notifies: 5,
+            queue_interrupts: 5,
+            config_interrupts: 1,
+            resets: 2,
+            ..TransportStats::default()
+        };
+        assert_eq!(quiet.driver_errors(), Vec::<String>::new(), "normal events");
+        let one = TransportStats {
+            illegal_status_writes: 1,
+            ..TransportStats::default()
+        };
+        assert_eq!(
+            one.driver_errors(),
+            ["1 device-status write ignored (illegal transitions)"]
+        );
+        let all = TransportStats {
+            illegal_status_writes: 3,
+            deferred_notifies: 2,
+            undecoded_accesses: 4,
+            ..TransportStats::default()
+        };
+        assert_eq!(
+            all.driver_errors(),
+            [
+                "3 device-status writes ignored (illegal transitions)",
+                "2 queue notifies with bus mastering off (held until it is on)",
+                "4 BAR0 accesses with memory decode off (reads all-ones, writes dropped)",
+            ]
+        );
     }
 }
