@@ -11,12 +11,16 @@
 //! not produce a second edge.
 
 use super::bmdma::DmaRequest;
+use super::identify::*;
 use crate::backends::disk::{DiskBackend, SECTOR_SIZE};
 use crate::devices::Interrupt;
 use bitflags::bitflags;
 use std::sync::Arc;
+use vm_memory::ByteValued;
 
 const SECTOR: usize = SECTOR_SIZE as usize;
+// IDENTIFY data goes out through the PIO buffer as one block.
+const _: () = assert!(IDENTIFY_LEN == SECTOR);
 
 /// The command block registers, by their offset from the block's base (ATA-7 §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,73 +228,63 @@ impl Drive {
         (self.sectors() / per_cyl.max(1)).min(16383) as u16
     }
 
-    /// IDENTIFY DEVICE data (256 words), integrity word included.
-    pub fn identify(&self) -> [u16; 256] {
-        let mut w = [0u16; 256];
+    /// IDENTIFY DEVICE data, integrity word included.
+    pub fn identify(&self) -> IdentifyData {
         let sectors = self.sectors();
-        let lba28 = sectors.min(LBA28_MAX_SECTORS) as u32;
+        let lba28 = sectors.min(LBA28_MAX_SECTORS);
         let cyls = self.cylinders();
-        w[0] = 0x0040; // fixed device
-        w[1] = cyls;
-        w[3] = self.heads;
-        w[6] = self.spt;
-        put_string(&mut w[10..20], &self.serial);
-        put_string(&mut w[23..27], FIRMWARE);
-        put_string(&mut w[27..47], MODEL);
-        w[47] = 0x8000; // READ/WRITE MULTIPLE not supported
-        w[49] = (1 << 11) | (1 << 9) | (1 << 8); // IORDY, LBA, DMA
-        w[50] = 0x4000;
-        w[51] = 0x0200;
-        w[52] = 0x0200;
-        w[53] = 0x0007; // words 54-58, 64-70 and 88 valid
-        let chs = cyls as u32 * self.heads as u32 * self.spt as u32;
-        w[54] = cyls;
-        w[55] = self.heads;
-        w[56] = self.spt;
-        w[57] = chs as u16;
-        w[58] = (chs >> 16) as u16;
-        w[60] = lba28 as u16;
-        w[61] = (lba28 >> 16) as u16;
-        w[63] = 0x0007; // multiword DMA 0-2
-        w[64] = 0x0003; // PIO 3-4
-        w[65] = 120;
-        w[66] = 120;
-        w[67] = 120;
-        w[68] = 120;
-        w[80] = 0x00f0; // ATA-4 .. ATA/ATAPI-7
-        w[82] = (1 << 14) | (1 << 5); // NOP, volatile write cache
-        w[83] = (1 << 14) | (1 << 13) | (1 << 12) | (1 << 10); // FLUSH EXT, FLUSH, LBA48
-        w[84] = 1 << 14;
-        w[85] = (1 << 14) | (1 << 5);
-        w[86] = (1 << 13) | (1 << 12) | (1 << 10);
-        w[87] = 1 << 14;
-        w[88] = 0x003f; // UDMA 0-5
-        match self.mode {
-            Mode::Pio => {}
-            Mode::MultiwordDma(n) => w[63] |= 1 << (8 + n),
-            Mode::UltraDma(n) => w[88] |= 1 << (8 + n),
-        }
-        w[93] = (1 << 14) | (1 << 13) | 1;
-        for (i, word) in w[100..104].iter_mut().enumerate() {
-            *word = (sectors >> (16 * i)) as u16;
-        }
-        w[106] = 0x4000;
-        w[255] = 0x00a5;
-        let sum = w[..255].iter().fold(0xa5u8, |s, v| {
-            s.wrapping_add(*v as u8).wrapping_add((v >> 8) as u8)
-        });
-        w[255] |= (sum.wrapping_neg() as u16) << 8;
-        w
-    }
-}
-
-/// ATA strings: two characters per word, the first in the high byte, padded with spaces.
-fn put_string(words: &mut [u16], s: &str) {
-    let mut bytes = s.bytes().chain(std::iter::repeat(b' '));
-    for w in words {
-        let hi = bytes.next().unwrap_or(b' ');
-        let lo = bytes.next().unwrap_or(b' ');
-        *w = (hi as u16) << 8 | lo as u16;
+        let chs = cyls as u64 * self.heads as u64 * self.spt as u64;
+        let selected = |n: u8| 1u16 << (DMA_MODE_SELECTED_SHIFT + n);
+        let (mwdma_selected, udma_selected) = match self.mode {
+            Mode::Pio => (0, 0),
+            Mode::MultiwordDma(n) => (selected(n), 0),
+            Mode::UltraDma(n) => (0, selected(n)),
+        };
+        let mut id = IdentifyData {
+            general_config: GENERAL_CONFIG_FIXED.into(),
+            cylinders: cyls.into(),
+            heads: self.heads.into(),
+            sectors_per_track: self.spt.into(),
+            serial: ata_string(&self.serial),
+            firmware: ata_string(FIRMWARE),
+            model: ata_string(MODEL),
+            max_sectors_per_multiple: MULTIPLE_NOT_SUPPORTED.into(),
+            capabilities: (CAP_IORDY | CAP_LBA | CAP_DMA).into(),
+            capabilities_2: WORD_VALID.into(),
+            pio_timing: LEGACY_TIMING_MODE_2.into(),
+            dma_timing: LEGACY_TIMING_MODE_2.into(),
+            field_validity: (VALID_54_58 | VALID_64_70 | VALID_88).into(),
+            current_cylinders: cyls.into(),
+            current_heads: self.heads.into(),
+            current_sectors_per_track: self.spt.into(),
+            current_chs_sectors: le_words(chs),
+            lba28_sectors: le_words(lba28),
+            multiword_dma: (MWDMA_0_2_SUPPORTED | mwdma_selected).into(),
+            pio_modes: PIO_3_4_SUPPORTED.into(),
+            min_mwdma_cycle_ns: MIN_CYCLE_NS.into(),
+            recommended_mwdma_cycle_ns: MIN_CYCLE_NS.into(),
+            min_pio_cycle_ns: MIN_CYCLE_NS.into(),
+            min_pio_iordy_cycle_ns: MIN_CYCLE_NS.into(),
+            major_version: MAJOR_VERSION_ATA4_TO_7.into(),
+            commands_supported: (FEATURE_NOP | FEATURE_WRITE_CACHE).into(),
+            commands_supported_2: (WORD_VALID
+                | FEATURE2_FLUSH_CACHE_EXT
+                | FEATURE2_FLUSH_CACHE
+                | FEATURE2_LBA48)
+                .into(),
+            commands_supported_ext: WORD_VALID.into(),
+            commands_enabled: (FEATURE_NOP | FEATURE_WRITE_CACHE).into(),
+            commands_enabled_2: (FEATURE2_FLUSH_CACHE_EXT | FEATURE2_FLUSH_CACHE | FEATURE2_LBA48)
+                .into(),
+            commands_default: WORD_VALID.into(),
+            ultra_dma: (UDMA_0_5_SUPPORTED | udma_selected).into(),
+            hardware_reset_result: HW_RESET_RESULT.into(),
+            lba48_sectors: le_words(sectors),
+            sector_size: WORD_VALID.into(),
+            ..IdentifyData::zeroed()
+        };
+        id.seal();
+        id
     }
 }
 
@@ -720,13 +714,11 @@ impl AtaChannel {
         self.dma = None;
         match cmd {
             CMD_IDENTIFY => {
-                let words = match self.drives[i].as_ref() {
+                let id = match self.drives[i].as_ref() {
                     Some(d) => d.identify(),
                     None => return,
                 };
-                for (chunk, w) in self.buf.as_chunks_mut::<2>().0.iter_mut().zip(words) {
-                    *chunk = w.to_le_bytes();
-                }
+                self.buf.copy_from_slice(id.as_slice());
                 self.pio = Pio::InOnce;
                 self.set_status(Status::DRDY | Status::DSC | Status::DRQ, ErrorReg::empty());
                 self.raise();
@@ -1001,6 +993,12 @@ pub(crate) mod tests {
         words
     }
 
+    /// The block as the data port hands it out, word by word.
+    fn words(id: &IdentifyData) -> [u16; 256] {
+        let b = id.as_slice();
+        std::array::from_fn(|i| u16::from_le_bytes([b[2 * i], b[2 * i + 1]]))
+    }
+
     fn string(words: &[u16]) -> String {
         words
             .iter()
@@ -1046,7 +1044,7 @@ pub(crate) mod tests {
         let sectors = 0x1000_0000u64 + 8;
         f.set_len(sectors * SECTOR_SIZE).unwrap();
         let d = Drive::new(Box::new(img.open(true)), 0);
-        let id = d.identify();
+        let id = words(&d.identify());
         assert_eq!(id[60] as u32 | (id[61] as u32) << 16, 0x0fff_ffff);
         let lba48: u64 = (0..4).map(|i| (id[100 + i] as u64) << (16 * i)).sum();
         assert_eq!(lba48, sectors);
