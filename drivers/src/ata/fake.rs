@@ -217,6 +217,18 @@ pub struct State {
     /// device 0 not executed).
     pub phantom_master: bool,
     phantom_status: u8,
+    /// Perform a software reset only this many port accesses after SRST falls, as QEMU does (it
+    /// runs SRST in a bottom half on its main loop). Meanwhile device-register writes are
+    /// ignored, so the drive selected before the reset stays selected.
+    pub reset_lag: u32,
+    reset_pending: u32,
+}
+
+impl State {
+    /// Set the device register directly (as firmware left it before the driver starts).
+    pub fn set_device_register(&mut self, v: u8) {
+        self.device = v;
+    }
 }
 
 pub struct Fake {
@@ -268,6 +280,8 @@ impl Fake {
                 lose_irqs: false,
                 phantom_master: false,
                 phantom_status: DRDY | DSC,
+                reset_lag: 0,
+                reset_pending: 0,
             }),
             log: RefCell::new(Vec::new()),
             clock: Cell::new(1_000_000),
@@ -443,6 +457,7 @@ impl Fake {
         if !st.present {
             return 0xFF;
         }
+        Self::advance_reset(&mut st);
         let sel = Self::sel(&st);
         let hob = st.control & 0x80 != 0;
         let pick = |r: &Reg2| if hob { r.prev } else { r.cur };
@@ -469,6 +484,40 @@ impl Fake {
             0x1F6 => st.device,
             _ => 0xFF,
         }
+    }
+
+    /// A deferred reset (see [`State::reset_lag`]) comes one port access closer.
+    fn advance_reset(st: &mut State) {
+        if st.reset_pending > 0 {
+            st.reset_pending -= 1;
+            if st.reset_pending == 0 {
+                Self::finish_reset(st);
+            }
+        }
+    }
+
+    /// Reset done: signatures, device 0 selected.
+    fn finish_reset(st: &mut State) {
+        st.busy_left = st.disks[0].as_ref().map_or(0, |d| d.busy_reads);
+        st.device = 0;
+        st.count = Reg2 { cur: 1, prev: 0 };
+        st.lba = [Reg2 { cur: 1, prev: 0 }, Reg2::default(), Reg2::default()];
+        let atapi = st.disks[0].as_ref().is_some_and(|d| d.atapi);
+        if atapi {
+            st.lba[1].cur = 0x14;
+            st.lba[2].cur = 0xEB;
+        }
+        if st.disks[0].is_none() && st.phantom_master {
+            // QEMU's signature for a position without a drive.
+            st.lba[1].cur = 0xFF;
+            st.lba[2].cur = 0xFF;
+            st.phantom_status = DRDY | DSC;
+        }
+        st.status = if atapi { 0 } else { DRDY | DSC };
+        st.error = 1;
+        st.phase = Phase::Idle;
+        st.intrq = false;
+        st.irq_pending = false;
     }
 
     fn busy(st: &State) -> bool {
@@ -516,29 +565,17 @@ impl Fake {
                 st.busy_left = u32::MAX;
             }
             if v & 0x04 == 0 && old & 0x04 != 0 {
-                // Reset done: signatures, device 0 selected.
-                st.busy_left = st.disks[0].as_ref().map_or(0, |d| d.busy_reads);
-                st.device = 0;
-                st.count = Reg2 { cur: 1, prev: 0 };
-                st.lba = [Reg2 { cur: 1, prev: 0 }, Reg2::default(), Reg2::default()];
-                let atapi = st.disks[0].as_ref().is_some_and(|d| d.atapi);
-                if atapi {
-                    st.lba[1].cur = 0x14;
-                    st.lba[2].cur = 0xEB;
+                if st.reset_lag > 0 {
+                    st.reset_pending = st.reset_lag;
+                } else {
+                    Self::finish_reset(&mut st);
                 }
-                if st.disks[0].is_none() && st.phantom_master {
-                    // QEMU's signature for a position without a drive.
-                    st.lba[1].cur = 0xFF;
-                    st.lba[2].cur = 0xFF;
-                    st.phantom_status = DRDY | DSC;
-                }
-                st.status = if atapi { 0 } else { DRDY | DSC };
-                st.error = 1;
-                st.phase = Phase::Idle;
-                st.intrq = false;
-                st.irq_pending = false;
             }
             return;
+        }
+        Self::advance_reset(&mut st);
+        if port == 0x1F6 && st.reset_pending > 0 {
+            return; // QEMU: the drives are busy with the reset, the write is dropped
         }
         if (0x1F1..=0x1F7).contains(&port) && Self::busy(&st) && st.disks[Self::sel(&st)].is_some()
         {

@@ -723,7 +723,12 @@ impl<'p, P: PortStrings + ?Sized> IdeChannel<'p, P> {
         self.platform.outb(self.ports.control, ctl.bits());
         let t = self.platform.now_ns();
         self.spin_until(t, 2_000_000);
-        // Device 0 is selected after a reset.
+        // Device 0 is selected after a reset, but a VMM may finish the reset later than the
+        // 2 ms (QEMU runs SRST in a bottom half on its main loop): until then the drive
+        // selected before stays selected and ignores a device-register write, and an absent
+        // slave reads status 0, which looks idle. So the reset is done only when BSY is clear
+        // and device 0 reads back as selected; while it does not, select it again (never
+        // writing the taskfile while BSY).
         let timeout = self.timeouts.reset_ns;
         let start = self.platform.now_ns();
         loop {
@@ -732,7 +737,11 @@ impl<'p, P: PortStrings + ?Sized> IdeChannel<'p, P> {
                 return Err(AtaError::NoDevice);
             }
             if !status.contains(Status::BSY) {
-                return Ok(());
+                let device = DeviceReg::from_bits_retain(self.platform.inb(self.port(reg::DEVICE)));
+                if !device.contains(DeviceReg::DEV) {
+                    return Ok(());
+                }
+                self.write_reg(reg::DEVICE, Drive::Master.device_bits().bits());
             }
             if self.platform.now_ns().wrapping_sub(start) >= timeout {
                 return Err(AtaError::Timeout {

@@ -236,3 +236,37 @@ fn secondary_channel_ports_bus_master_and_irq() {
     let f = Fake::secondary(Some(Disk::new(1000, false)), None);
     assert_eq!(probe(&f), [Ok(Presence::Floating); 2]);
 }
+
+/// QEMU performs a software reset later, in a bottom half on its main loop: until it has run,
+/// the drive selected before the reset stays selected and device-register writes are dropped.
+/// With an absent slave selected (SeaBIOS leaves it so), status then reads 0, which looks
+/// idle; a probe that trusted it found the master "empty" on a loaded host. The reset must
+/// wait until device 0 really is selected.
+#[test]
+fn probe_waits_for_a_reset_the_vmm_finishes_late() {
+    for lag in [1, 7, 40, 300] {
+        let f = Fake::new(Some(Disk::new(1000, false)), None);
+        {
+            let mut st = f.st.borrow_mut();
+            st.reset_lag = lag;
+            st.set_device_register(0xB0); // the slave, as firmware left it
+        }
+        assert_eq!(
+            probe(&f),
+            [Ok(Presence::Ata), Ok(Presence::Empty)],
+            "reset finished {lag} port accesses late"
+        );
+    }
+    // A reset that never finishes is a timeout, not an empty channel.
+    let f = Fake::new(Some(Disk::new(1000, false)), None);
+    {
+        let mut st = f.st.borrow_mut();
+        st.reset_lag = u32::MAX;
+        st.set_device_register(0xB0);
+    }
+    let [master, _] = probe(&f);
+    assert!(
+        matches!(master, Err(AtaError::Timeout { .. })),
+        "{master:?}"
+    );
+}
