@@ -531,7 +531,6 @@ mod tests {
     use super::*;
     use crate::ata::fake::{self, pattern, Disk, Fake, BM, IDNF};
     use crate::ata::ide::{ChannelPorts, ErrorReg, Timeouts};
-    use crate::pci::{PciAddress, PciFunction};
     use alloc::vec;
 
     const MS: u64 = 1_000_000;
@@ -813,24 +812,7 @@ mod tests {
     #[test]
     fn from_pci_and_table_lifetime() {
         let f = Fake::new(Some(Disk::new(100, false)), None);
-        let mut func = PciFunction {
-            address: PciAddress::new(0, 1, 1),
-            vendor_id: 0x8086,
-            device_id: 0x7010,
-            class: 1,
-            subclass: 1,
-            prog_if: 0x80,
-            revision: 0,
-            header_type: 0,
-            subsystem_vendor_id: 0,
-            subsystem_id: 0,
-            interrupt_line: 0,
-            interrupt_pin: 0,
-            bars: [None; 6],
-            capabilities: Vec::new(),
-            secondary_bus: None,
-            issues: Vec::new(),
-        };
+        let mut func = fake::piix_function();
         assert!(matches!(
             BusMasterDma::from_pci(&f, &func, false),
             Err(AtaError::NoBusMaster)

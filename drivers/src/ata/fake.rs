@@ -12,6 +12,7 @@ use std::string::String;
 use std::vec::Vec;
 
 use super::PortStrings;
+use crate::pci::{PciAddress, PciFunction};
 use crate::platform::{DmaBuffer, MmioRegion, Platform, PlatformError};
 
 pub const CMD: u16 = 0x1F0;
@@ -1187,3 +1188,26 @@ impl Platform for Looping<'_> {
 }
 
 impl PortStrings for Looping<'_> {}
+
+/// The PIIX IDE function (8086:7010, compatibility mode on both channels, bus master) as
+/// enumeration would report it, without BARs; tests add the BARs they need.
+pub fn piix_function() -> PciFunction {
+    PciFunction {
+        address: PciAddress::new(0, 1, 1),
+        vendor_id: 0x8086,
+        device_id: 0x7010,
+        class: 1,
+        subclass: 1,
+        prog_if: 0x80,
+        revision: 0,
+        header_type: 0,
+        subsystem_vendor_id: 0,
+        subsystem_id: 0,
+        interrupt_line: 0,
+        interrupt_pin: 0,
+        bars: [None; 6],
+        capabilities: Vec::new(),
+        secondary_bus: None,
+        issues: Vec::new(),
+    }
+}

@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::ata::fake::{self, pattern, Disk, Fake, Io, Looping, ABRT, CMD, CTRL, IDNF, UNC};
-use crate::pci::{PciAddress, PciFunction};
 use crate::platform::Platform;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -518,24 +517,7 @@ fn interrupt_driven_pio() {
 
 #[test]
 fn ports_from_pci() {
-    let mut func = PciFunction {
-        address: PciAddress::new(0, 1, 1),
-        vendor_id: 0x8086,
-        device_id: 0x7010,
-        class: 1,
-        subclass: 1,
-        prog_if: 0x80,
-        revision: 0,
-        header_type: 0,
-        subsystem_vendor_id: 0,
-        subsystem_id: 0,
-        interrupt_line: 0,
-        interrupt_pin: 0,
-        bars: [None; 6],
-        capabilities: Vec::new(),
-        secondary_bus: None,
-        issues: Vec::new(),
-    };
+    let mut func = fake::piix_function();
     assert_eq!(
         ChannelPorts::from_pci(&func, false),
         Some(ChannelPorts::PRIMARY)
