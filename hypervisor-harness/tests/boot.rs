@@ -149,3 +149,23 @@ fn floor_bench_reports_exit_costs_under_the_harness() {
         );
     }
 }
+
+/// The harness publishes the TSC frequency in CPUID 0x40000010 (from KVM_GET_TSC_KHZ) and the
+/// kernel takes it from there instead of calibrating against the PIT. The kernel must ask
+/// through ring 0: on kvm_pvm a ring-3 `cpuid` runs natively and sees the host's leaves, which
+/// is how the leaf went unread before. The `tsc` test still cross-checks it against the PIT.
+#[test]
+fn the_kernel_takes_the_tsc_frequency_from_the_harness() {
+    if !have_kvm("the_kernel_takes_the_tsc_frequency_from_the_harness") {
+        return;
+    }
+    let o = boot("run", "tests=tsc", 60);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(passed(&t, "tsc"), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("# kernel:") && l.ends_with("kHz from cpuid 0x40000010")),
+        "the kernel did not use the harness's timing leaf:\n{t}"
+    );
+}

@@ -1,8 +1,9 @@
 //! Time: the TSC, with its frequency from CPUID when the hypervisor publishes it (leaf 0x40000010,
 //! or Intel's 0x15/0x16), otherwise calibrated against PIT channel 2.
 
+use crate::arch::kcall::cpuid;
 use crate::port::{inb, outb};
-use core::arch::x86_64::{__cpuid, __cpuid_count, _rdtsc};
+use core::arch::x86_64::_rdtsc;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
@@ -62,20 +63,21 @@ pub fn init() -> (u64, TscSource) {
 }
 
 fn from_cpuid() -> Option<(u64, TscSource)> {
-    let leaf1 = __cpuid(1);
+    // Through ring 0: the VMM's CPUID, not the host CPU's (see kcall::CPUID).
+    let leaf1 = cpuid(1, 0);
     let hypervisor = leaf1.ecx & (1 << 31) != 0;
     if hypervisor {
-        let max = __cpuid(0x4000_0000).eax;
+        let max = cpuid(0x4000_0000, 0).eax;
         if max >= 0x4000_0010 {
-            let khz = __cpuid(0x4000_0010).eax as u64;
+            let khz = cpuid(0x4000_0010, 0).eax as u64;
             if khz != 0 {
                 return Some((khz * 1000, TscSource::HypervisorLeaf));
             }
         }
     }
-    let max_std = __cpuid(0).eax;
+    let max_std = cpuid(0, 0).eax;
     if max_std >= 0x15 {
-        let l = __cpuid_count(0x15, 0);
+        let l = cpuid(0x15, 0);
         if l.eax != 0 && l.ebx != 0 && l.ecx != 0 {
             return Some((
                 l.ecx as u64 * l.ebx as u64 / l.eax as u64,
@@ -84,7 +86,7 @@ fn from_cpuid() -> Option<(u64, TscSource)> {
         }
     }
     if max_std >= 0x16 {
-        let mhz = __cpuid(0x16).eax as u64 & 0xffff;
+        let mhz = cpuid(0x16, 0).eax as u64 & 0xffff;
         if mhz != 0 {
             return Some((mhz * 1_000_000, TscSource::CpuidBase));
         }

@@ -15,9 +15,14 @@ pub const EXIT: u64 = 1;
 pub const RING0_LOOP: u64 = 2;
 /// Execute `ud2` in ring 0: proves that a ring-0 exception is reported (self-test only).
 pub const RING0_FAULT: u64 = 3;
+/// CPUID as the VMM defines it: argument 0 is `leaf | subleaf << 32`, argument 1 picks the
+/// half of the answer (0: EAX | EBX << 32, 1: ECX | EDX << 32). Ring 0 is needed because on
+/// kvm_pvm ring-3 code runs natively, so a ring-3 `cpuid` answers with the host CPU's leaves,
+/// not the VMM's (the TSC frequency the harness publishes in 0x40000010 was never seen).
+pub const CPUID: u64 = 4;
 
 /// Ring-0 side, called from the #BP handler with interrupts off.
-pub fn dispatch(number: u64, arg0: u64, _arg1: u64) -> u64 {
+pub fn dispatch(number: u64, arg0: u64, arg1: u64) -> u64 {
     match number {
         WAIT_FOR_INTERRUPT => {
             if IRQ_TOTAL.load(Ordering::Acquire) == arg0 {
@@ -35,12 +40,31 @@ pub fn dispatch(number: u64, arg0: u64, _arg1: u64) -> u64 {
             crate::time::spin_loop(arg0);
             crate::time::rdtsc() - start
         }
+        CPUID => {
+            let r = core::arch::x86_64::__cpuid_count(arg0 as u32, (arg0 >> 32) as u32);
+            match arg1 {
+                0 => u64::from(r.eax) | u64::from(r.ebx) << 32,
+                _ => u64::from(r.ecx) | u64::from(r.edx) << 32,
+            }
+        }
         RING0_FAULT => {
             // SAFETY: deliberately raises #UD; the handler reports it and ends the run.
             unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
             u64::MAX
         }
         _ => u64::MAX,
+    }
+}
+
+/// CPUID `leaf`/`subleaf` as the VMM answers it (through ring 0; see [`CPUID`]).
+pub fn cpuid(leaf: u32, subleaf: u32) -> core::arch::x86_64::CpuidResult {
+    let arg = u64::from(leaf) | u64::from(subleaf) << 32;
+    let (ab, cd) = (call(CPUID, arg, 0), call(CPUID, arg, 1));
+    core::arch::x86_64::CpuidResult {
+        eax: ab as u32,
+        ebx: (ab >> 32) as u32,
+        ecx: cd as u32,
+        edx: (cd >> 32) as u32,
     }
 }
 
