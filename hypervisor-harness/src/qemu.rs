@@ -106,11 +106,15 @@ pub fn resolve_accel(a: Accel) -> Result<&'static str, HarnessError> {
 }
 
 /// The -cpu model. kvm_pvm cannot set IA32_ARCH_CAPABILITIES (MSR 0x10a), which QEMU 7.2's
-/// `-cpu host` insists on, so that feature is dropped there.
+/// `-cpu host` insists on, so that feature is dropped there. With KVM, QEMU publishes the TSC
+/// frequency in CPUID 0x40000010 (as our harness does) when asked with `+invtsc` and
+/// `vmware-cpuid-freq=on`, so the guest need not calibrate against the PIT; a host without an
+/// invariant TSC only gets a warning and no leaf, and the guest falls back to the PIT. TCG
+/// knows no TSC frequency to publish.
 pub fn cpu_model(accel: &str, kvm_module: &str) -> &'static str {
     match (accel, kvm_module) {
-        ("kvm", "kvm_pvm") => "host,-arch-capabilities",
-        ("kvm", _) => "host",
+        ("kvm", "kvm_pvm") => "host,-arch-capabilities,+invtsc,vmware-cpuid-freq=on",
+        ("kvm", _) => "host,+invtsc,vmware-cpuid-freq=on",
         _ => "max",
     }
 }
@@ -525,8 +529,14 @@ mod tests {
         assert!(build_args(&cfg, "kvm", "host", Path::new("/q"))
             .join(" ")
             .ends_with("-accel kvm -cpu host"));
-        assert_eq!(cpu_model("kvm", "kvm_pvm"), "host,-arch-capabilities");
-        assert_eq!(cpu_model("kvm", "kvm_intel"), "host");
+        assert_eq!(
+            cpu_model("kvm", "kvm_pvm"),
+            "host,-arch-capabilities,+invtsc,vmware-cpuid-freq=on"
+        );
+        assert_eq!(
+            cpu_model("kvm", "kvm_intel"),
+            "host,+invtsc,vmware-cpuid-freq=on"
+        );
         assert_eq!(cpu_model("tcg", "kvm_pvm"), "max");
     }
 

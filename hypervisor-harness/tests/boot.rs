@@ -169,3 +169,27 @@ fn the_kernel_takes_the_tsc_frequency_from_the_harness() {
         "the kernel did not use the harness's timing leaf:\n{t}"
     );
 }
+
+/// QEMU with KVM publishes the same leaf when asked (`+invtsc,vmware-cpuid-freq=on`, which the
+/// runner adds), so the kernel skips the PIT there too; under TCG it has no leaf to offer.
+#[test]
+fn the_kernel_takes_the_tsc_frequency_from_qemu_with_kvm() {
+    if !have_qemu("the_kernel_takes_the_tsc_frequency_from_qemu_with_kvm") {
+        return;
+    }
+    if !hypervisor_harness::qemu::kvm_usable() {
+        eprintln!(
+            "SKIP the_kernel_takes_the_tsc_frequency_from_qemu_with_kvm: QEMU runs on TCG here"
+        );
+        return;
+    }
+    let o = boot("qemu", "tests=tsc", 60);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(passed(&t, "tsc"), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("# kernel:") && l.ends_with("kHz from cpuid 0x40000010")),
+        "the kernel did not use QEMU's timing leaf:\n{t}"
+    );
+}
