@@ -174,13 +174,8 @@ fn the_kernel_takes_the_tsc_frequency_from_the_harness() {
 /// runner adds), so the kernel skips the PIT there too; under TCG it has no leaf to offer.
 #[test]
 fn the_kernel_takes_the_tsc_frequency_from_qemu_with_kvm() {
-    if !have_qemu("the_kernel_takes_the_tsc_frequency_from_qemu_with_kvm") {
-        return;
-    }
-    if !hypervisor_harness::qemu::kvm_usable() {
-        eprintln!(
-            "SKIP the_kernel_takes_the_tsc_frequency_from_qemu_with_kvm: QEMU runs on TCG here"
-        );
+    let name = "the_kernel_takes_the_tsc_frequency_from_qemu_with_kvm";
+    if !have_qemu(name) || !have_kvm(name) {
         return;
     }
     let o = boot("qemu", "tests=tsc", 60);
