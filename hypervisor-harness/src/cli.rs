@@ -152,6 +152,7 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
             kvm_stats: Some(Cow::Borrowed(&r.kvm_stats)),
             notes: Cow::Borrowed(&r.notes),
             phases: Cow::Borrowed(&r.phases),
+            timing: Some(r.timing.clone()),
         };
         write_json(p, &doc)?;
     }
@@ -205,6 +206,7 @@ fn cmd_qemu(a: &QemuArgs) -> Result<i32, HarnessError> {
             kvm_stats: r.stats.as_ref().map(Cow::Borrowed),
             notes: Cow::Borrowed(&r.notes),
             phases: Cow::Borrowed(&r.phases),
+            timing: None,
         };
         write_json(p, &doc)?;
     }
@@ -216,6 +218,7 @@ fn cmd_qemu(a: &QemuArgs) -> Result<i32, HarnessError> {
 
 /// Parse arguments and run; returns the process exit code. Errors print one `error:` line.
 pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
+    vmm::timing::mark_process_start();
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {

@@ -8,6 +8,7 @@ use crate::ktap::KtapSummary;
 use crate::platform::PlatformJson;
 use crate::vmm::exits::{ExitsJson, KvmStats, PhaseMark};
 use crate::vmm::memory;
+use crate::vmm::timing::TimingJson;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -197,6 +198,9 @@ pub struct RunJson<'a> {
     pub kvm_stats: Option<Cow<'a, KvmStats>>,
     pub notes: Cow<'a, [String]>,
     pub phases: Cow<'a, [PhaseMark]>,
+    /// Start-up phases and resident memory (the harness's only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<TimingJson>,
 }
 
 /// Write `v` as pretty-printed JSON and a newline.

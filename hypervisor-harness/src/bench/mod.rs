@@ -7,9 +7,9 @@ pub mod report;
 
 use crate::error::HarnessError;
 use crate::platform::Platform;
-use crate::shared::{kernel_or_default, write_json, BenchArgs, RunJson};
+use crate::shared::{kernel_or_default, write_json, Accel, BenchArgs, RunJson};
 use crate::vmm::exits::ExitsJson;
-use report::{BenchReport, BootRow, FloorRow, Stat};
+use report::{BenchReport, BootPhases, BootRow, FloorRow, Stat};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -96,6 +96,8 @@ pub struct ChildRun {
     pub stdout: String,
     pub last_err: String,
     pub secs: f64,
+    /// CLOCK_MONOTONIC just before the spawn (the child reports its first KVM_RUN on it).
+    pub spawn_monotonic_ns: u64,
     /// Its `--exits-json` document, or why there is none.
     pub json: Result<RunJson<'static>, String>,
 }
@@ -120,6 +122,7 @@ pub fn spawn_self(args: &[String], tag: &str) -> Result<ChildRun, HarnessError> 
         TempFile::new_with_prefix(std::env::temp_dir().join(format!("hh-bench-{tag}-")))
             .map_err(|e| HarnessError::Other(format!("cannot create a temporary file: {e}")))?;
     let json_path = json_file.as_path();
+    let spawn_monotonic_ns = crate::vmm::timing::monotonic_ns();
     let start = Instant::now();
     let out = Command::new(exe)
         .args(args)
@@ -142,6 +145,7 @@ pub fn spawn_self(args: &[String], tag: &str) -> Result<ChildRun, HarnessError> 
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         last_err,
         secs,
+        spawn_monotonic_ns,
         json,
     })
 }
@@ -219,7 +223,8 @@ fn boot_runs(
     args.extend(["--serial-log".to_string(), "/dev/null".to_string()]);
     args.extend_from_slice(extra);
     let mut times = Vec::new();
-    let mut first_json = None;
+    // Every run's (spawn time, document), for the phases.
+    let mut docs = Vec::new();
     let mut note = None;
     for i in 0..a.runs {
         let r = spawn_self(&args, &format!("{sub}{i}"))?;
@@ -237,13 +242,18 @@ fn boot_runs(
         }
         times.push(r.secs);
         match r.json {
-            Ok(j) if first_json.is_none() => first_json = Some(j),
-            Ok(_) => {}
+            Ok(j) => docs.push((r.spawn_monotonic_ns, r.secs, j)),
             Err(e) if note.is_none() => note = Some(format!("run {i}: {e}")),
             Err(_) => {}
         }
     }
-    Ok(BootRow::from_runs(sub, Stat::of(&times), first_json, note))
+    let phases = (!docs.is_empty())
+        .then(|| BootPhases::of(docs.iter().map(|(spawn, secs, j)| (*spawn, *secs, j))));
+    // The first run's document stays in the row, as before.
+    let first_json = docs.into_iter().next().map(|(_, _, j)| j);
+    let mut row = BootRow::from_runs(sub, Stat::of(&times), first_json, note);
+    row.phases = phases;
+    Ok(row)
 }
 
 pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
@@ -259,19 +269,31 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
     let (floor, floor_note) = floor_section(&kernel, a)?;
     eprintln!("bench: boot runs under the harness ({})...", a.runs);
     let harness = boot_runs("run", &kernel, a, &[])?;
-    eprintln!("bench: boot runs under QEMU ({})...", a.runs);
-    let accel = a.qemu_accel.name();
-    let qemu = boot_runs(
-        "qemu",
-        &kernel,
-        a,
-        &[
-            "--accel".into(),
-            accel.into(),
-            "--qemu".into(),
-            a.qemu.clone(),
-        ],
-    )?;
+    // QEMU with each accelerator on the same image; `qemu` (the row and JSON key of old) is
+    // the one --qemu-accel names, auto meaning KVM when QEMU could use it.
+    let qemu_boot = |accel: &str| {
+        eprintln!("bench: boot runs under QEMU -accel {accel} ({})...", a.runs);
+        boot_runs(
+            "qemu",
+            &kernel,
+            a,
+            &[
+                "--accel".into(),
+                accel.into(),
+                "--qemu".into(),
+                a.qemu.clone(),
+            ],
+        )
+    };
+    let qemu_kvm = qemu_boot("kvm")?;
+    let qemu_tcg = qemu_boot("tcg")?;
+    let qemu_primary = match a.qemu_accel {
+        Accel::Kvm => Accel::Kvm,
+        Accel::Tcg => Accel::Tcg,
+        Accel::Auto if qemu_kvm.time.is_some() => Accel::Kvm,
+        Accel::Auto => Accel::Tcg,
+    };
+    let accel = qemu_primary.name();
     let blk = if a.skip_storage {
         None
     } else {
@@ -313,7 +335,9 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
         floor,
         floor_note,
         harness,
-        qemu,
+        qemu_kvm,
+        qemu_tcg,
+        qemu_primary,
         runs: a.runs,
         blk,
     };

@@ -3,7 +3,7 @@
 use super::blk::BlkSectionJson;
 use super::BenchLine;
 use crate::platform::{Platform, PlatformJson};
-use crate::shared::RunJson;
+use crate::shared::{Accel, RunJson};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -60,6 +60,199 @@ pub struct BootRow {
     /// The first run's --exits-json document.
     pub json: Option<RunJson<'static>>,
     pub note: Option<String>,
+    /// Phases and per-boot figures over every run whose document came back.
+    pub phases: Option<BootPhases>,
+}
+
+/// A boot's phases and per-boot figures, each a [`Stat`] over the runs that reported it
+/// (None when none did: QEMU reports no phases, only its KVM statistics).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BootPhases {
+    /// The bench's spawn of the child to its first KVM_RUN (fork, exec and the loader included).
+    pub spawn_to_first_run_ms: Option<Stat>,
+    /// The child's main to its first KVM_RUN, wall.
+    pub start_to_first_run_ms: Option<Stat>,
+    /// The child's process CPU time (since exec, all threads) at its first KVM_RUN.
+    pub cpu_to_first_run_ms: Option<Stat>,
+    /// The first KVM_RUN to the first KTAP line on the serial port.
+    pub first_run_to_ktap_ms: Option<Stat>,
+    /// The first KTAP line to the guest's exit.
+    pub ktap_to_exit_ms: Option<Stat>,
+    /// Spawn to exit, wall.
+    pub total_ms: Option<Stat>,
+    /// The child's process CPU time at the end of the run loop.
+    pub cpu_total_ms: Option<Stat>,
+    /// KVM's `insn_emulation` (ring-0 instructions emulated, on kvm_pvm).
+    pub insn_emulation: Option<Stat>,
+    /// VmRSS beyond the resident part of guest memory, KiB.
+    pub overhead_rss_kib: Option<Stat>,
+    /// The resident part of guest memory, KiB.
+    pub guest_rss_kib: Option<Stat>,
+    /// KVM's vCPU exit statistics by kind (`*_exits`), as KVM names them.
+    pub kvm_exits: BTreeMap<String, Stat>,
+    /// The exits the VMM handled in userspace, by reason (the harness's own counters).
+    pub user_exits: BTreeMap<String, Stat>,
+}
+
+impl BootPhases {
+    /// From each run's (spawn CLOCK_MONOTONIC ns, wall seconds, --exits-json document).
+    pub fn of<'a>(runs: impl IntoIterator<Item = (u64, f64, &'a RunJson<'static>)>) -> Self {
+        let mut cols: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+        let mut kvm: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut user: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for (spawn_ns, secs, j) in runs {
+            let mut put = |k: &'static str, v: Option<f64>| {
+                if let Some(v) = v {
+                    cols.entry(k).or_default().push(v);
+                }
+            };
+            put("total", Some(secs * 1e3));
+            if let Some(t) = &j.timing {
+                put(
+                    "spawn",
+                    t.first_run_monotonic_ns
+                        .filter(|&n| n >= spawn_ns && spawn_ns > 0)
+                        .map(|n| (n - spawn_ns) as f64 / 1e6),
+                );
+                put("start", t.start_to_first_run_ms);
+                put("cpu", t.cpu_to_first_run_ms);
+                put("ktap", t.first_run_to_ktap_ms);
+                put("exit", t.ktap_to_exit_ms);
+                put("cpu_total", t.cpu_total_ms);
+                put("overhead", t.overhead_rss_kib().map(|k| k as f64));
+                put("guest", t.guest_rss_kib.map(|k| k as f64));
+            }
+            // The harness's vCPU is "vcpu0"; QEMU's query-stats gives "vcpu".
+            let vcpu = j
+                .kvm_stats
+                .as_deref()
+                .and_then(|s| s.get("vcpu0").or_else(|| s.get("vcpu")));
+            if let Some(m) = vcpu {
+                put("insn", m.get("insn_emulation").map(|&v| v as f64));
+                for (k, v) in m.iter().filter(|(k, _)| k.ends_with("exits")) {
+                    kvm.entry(k.clone()).or_default().push(*v as f64);
+                }
+            }
+            if let Some(e) = &j.exits {
+                for (k, v) in &e.by_reason {
+                    user.entry(k.to_string()).or_default().push(*v as f64);
+                }
+            }
+        }
+        let stat = |k: &str| cols.get(k).and_then(|v| Stat::of(v));
+        let stats = |m: BTreeMap<String, Vec<f64>>| {
+            m.into_iter()
+                .filter_map(|(k, v)| Some((k, Stat::of(&v)?)))
+                .collect()
+        };
+        Self {
+            spawn_to_first_run_ms: stat("spawn"),
+            start_to_first_run_ms: stat("start"),
+            cpu_to_first_run_ms: stat("cpu"),
+            first_run_to_ktap_ms: stat("ktap"),
+            ktap_to_exit_ms: stat("exit"),
+            total_ms: stat("total"),
+            cpu_total_ms: stat("cpu_total"),
+            insn_emulation: stat("insn"),
+            overhead_rss_kib: stat("overhead"),
+            guest_rss_kib: stat("guest"),
+            kvm_exits: stats(kvm),
+            user_exits: stats(user),
+        }
+    }
+
+    /// The phase table, one indented line each.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let mut line = |what: &str, v: Option<Stat>, unit: &str, prec: usize| {
+            if let Some(v) = v {
+                s += &format!(
+                    "    {what:<40} {:>10.prec$} {:>10.prec$} {:>10.prec$} {unit}\n",
+                    v.median, v.min, v.max
+                );
+            }
+        };
+        line(
+            "spawn -> first KVM_RUN, wall",
+            self.spawn_to_first_run_ms,
+            "ms",
+            2,
+        );
+        line(
+            "main -> first KVM_RUN, wall",
+            self.start_to_first_run_ms,
+            "ms",
+            2,
+        );
+        line(
+            "process CPU at first KVM_RUN",
+            self.cpu_to_first_run_ms,
+            "ms",
+            2,
+        );
+        line(
+            "first KVM_RUN -> first KTAP line",
+            self.first_run_to_ktap_ms,
+            "ms",
+            2,
+        );
+        line("first KTAP line -> exit", self.ktap_to_exit_ms, "ms", 2);
+        line("total, spawn -> exit", self.total_ms, "ms", 2);
+        line("process CPU at exit", self.cpu_total_ms, "ms", 2);
+        line(
+            "emulated instructions (insn_emulation)",
+            self.insn_emulation,
+            "",
+            0,
+        );
+        line(
+            "RSS beyond guest memory touched",
+            self.overhead_rss_kib,
+            "KiB",
+            0,
+        );
+        line("guest memory resident", self.guest_rss_kib, "KiB", 0);
+        let kinds = |m: &BTreeMap<String, Stat>| {
+            m.iter()
+                .filter(|(_, v)| v.max > 0.0)
+                .map(|(k, v)| format!("{k}={}", v.median))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        if !self.kvm_exits.is_empty() {
+            s += &format!(
+                "    exits by kind, KVM (median): {}\n",
+                kinds(&self.kvm_exits)
+            );
+        }
+        if !self.user_exits.is_empty() {
+            s += &format!(
+                "    exits by kind, userspace (median): {}\n",
+                kinds(&self.user_exits)
+            );
+        }
+        s
+    }
+}
+
+/// The targets for an empty run, each with what was measured and whether it was met.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Target {
+    pub what: &'static str,
+    pub limit: f64,
+    pub measured: Option<f64>,
+    pub met: Option<bool>,
+}
+
+impl Target {
+    fn new(what: &'static str, limit: f64, measured: Option<f64>) -> Self {
+        Self {
+            what,
+            limit,
+            measured,
+            met: measured.map(|m| m <= limit),
+        }
+    }
 }
 
 impl BootRow {
@@ -69,6 +262,7 @@ impl BootRow {
             time: None,
             json: None,
             note: Some(format!("n/a: {why}")),
+            phases: None,
         }
     }
 
@@ -83,6 +277,7 @@ impl BootRow {
             time,
             json,
             note,
+            phases: None,
         }
     }
 
@@ -137,7 +332,10 @@ pub struct BenchReport {
     pub floor: Vec<FloorRow>,
     pub floor_note: Option<String>,
     pub harness: BootRow,
-    pub qemu: BootRow,
+    pub qemu_kvm: BootRow,
+    pub qemu_tcg: BootRow,
+    /// Which of the two is `qemu`, the row and JSON key of old (--qemu-accel).
+    pub qemu_primary: Accel,
     pub runs: u32,
     /// The storage section (absent with `--skip-storage`).
     pub blk: Option<super::blk::BlkSection>,
@@ -148,12 +346,87 @@ fn opt(v: Option<f64>, prec: usize) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// The ratio of two medians.
+fn ratio(a: &BootRow, b: &BootRow) -> Option<f64> {
+    match (a.time, b.time) {
+        (Some(h), Some(q)) if q.median > 0.0 => Some(h.median / q.median),
+        _ => None,
+    }
+}
+
 impl BenchReport {
-    pub fn ratio(&self) -> Option<f64> {
-        match (self.harness.time, self.qemu.time) {
-            (Some(h), Some(q)) if q.median > 0.0 => Some(h.median / q.median),
-            _ => None,
+    /// The QEMU row --qemu-accel chose.
+    pub fn qemu(&self) -> &BootRow {
+        match self.qemu_primary {
+            Accel::Tcg => &self.qemu_tcg,
+            _ => &self.qemu_kvm,
         }
+    }
+
+    /// The other QEMU row, and its label.
+    fn qemu_other(&self) -> (&'static str, &BootRow) {
+        match self.qemu_primary {
+            Accel::Tcg => ("qemu-kvm", &self.qemu_kvm),
+            _ => ("qemu-tcg", &self.qemu_tcg),
+        }
+    }
+
+    pub fn ratio(&self) -> Option<f64> {
+        ratio(&self.harness, self.qemu())
+    }
+
+    pub fn ratio_kvm(&self) -> Option<f64> {
+        ratio(&self.harness, &self.qemu_kvm)
+    }
+
+    pub fn ratio_tcg(&self) -> Option<f64> {
+        ratio(&self.harness, &self.qemu_tcg)
+    }
+
+    /// The targets, from the measurements.
+    pub fn targets(&self) -> Vec<Target> {
+        let p = self.harness.phases.as_ref();
+        let med = |f: fn(&BootPhases) -> Option<Stat>| p.and_then(f).map(|s| s.median);
+        vec![
+            Target::new(
+                "empty run, wall ms",
+                20.0,
+                self.harness.time.map(|t| t.median * 1e3),
+            ),
+            Target::new("harness/QEMU-TCG time", 0.2, self.ratio_tcg()),
+            Target::new(
+                "CPU ms, process start -> guest entry",
+                8.0,
+                med(|p| p.cpu_to_first_run_ms),
+            ),
+            Target::new(
+                "emulated ring-0 instructions",
+                2000.0,
+                med(|p| p.insn_emulation),
+            ),
+            Target::new(
+                "MiB RSS beyond guest memory touched",
+                5.0,
+                med(|p| p.overhead_rss_kib).map(|k| k / 1024.0),
+            ),
+        ]
+    }
+
+    fn targets_text(&self) -> String {
+        let parts: Vec<String> = self
+            .targets()
+            .iter()
+            .map(|t| {
+                let verdict = match t.met {
+                    Some(true) => "met",
+                    Some(false) => "missed",
+                    None => "not measured",
+                };
+                let m = t.measured.map(|m| format!("{m:.2}")).unwrap_or("-".into());
+                format!("{} <= {}: {m} {verdict}", t.what, t.limit)
+            })
+            .collect();
+        format!("  targets: {}\n", parts.join("; "))
     }
 
     pub fn to_text(&self) -> String {
@@ -196,7 +469,12 @@ impl BenchReport {
             "  {:<10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10}\n",
             "vmm", "median s", "min s", "max s", "user exits", "kvm exits", "io", "mmio"
         );
-        for (label, r) in [("harness", &self.harness), ("qemu", &self.qemu)] {
+        let (other_label, other) = self.qemu_other();
+        for (label, r) in [
+            ("harness", &self.harness),
+            ("qemu", self.qemu()),
+            (other_label, other),
+        ] {
             let (t, e) = (r.time, r.exits());
             let na = if r.time.is_none() { "n/a" } else { "-" };
             let num = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or(na.into());
@@ -215,7 +493,7 @@ impl BenchReport {
                 s += &format!("             note: {n}\n");
             }
         }
-        if let Some(acc) = self.qemu.json.as_ref().and_then(|j| j.accel.as_deref()) {
+        if let Some(acc) = self.qemu().json.as_ref().and_then(|j| j.accel.as_deref()) {
             s += &format!("  qemu accel: {acc}\n");
         }
         s += "  user exits: handled by the VMM in userspace (exact, harness only); kvm exits: KVM's\n  vCPU `exits` statistic (also counts exits handled inside KVM); qemu io/mmio: KVM stats\n";
@@ -225,6 +503,20 @@ impl BenchReport {
                 .map(|r| format!("{r:.2}"))
                 .unwrap_or("n/a".into())
         );
+        let fmt_ratio = |r: Option<f64>| r.map(|r| format!("{r:.2}")).unwrap_or("n/a".into());
+        s += &format!(
+            "  ratio harness/qemu-kvm: {}, harness/qemu-tcg: {}\n",
+            fmt_ratio(self.ratio_kvm()),
+            fmt_ratio(self.ratio_tcg())
+        );
+        if let Some(p) = &self.harness.phases {
+            s += &format!(
+                "  harness phases over {} runs: {:>10} {:>10} {:>10}\n",
+                self.runs, "median", "min", "max"
+            );
+            s += &p.to_text();
+        }
+        s += &self.targets_text();
         if let Some(b) = &self.blk {
             s += &b.to_text();
         }
@@ -253,8 +545,13 @@ impl BenchReport {
             boot: BootSectionJson {
                 runs: self.runs,
                 harness: self.harness.to_json(),
-                qemu: self.qemu.to_json(),
+                qemu: self.qemu().to_json(),
                 ratio_harness_over_qemu: self.ratio(),
+                qemu_kvm: self.qemu_kvm.to_json(),
+                qemu_tcg: self.qemu_tcg.to_json(),
+                ratio_harness_over_qemu_kvm: self.ratio_kvm(),
+                ratio_harness_over_qemu_tcg: self.ratio_tcg(),
+                targets: self.targets(),
             },
             storage: self.blk.as_ref().map(|b| b.to_json()),
         }
@@ -268,6 +565,7 @@ impl BootRow {
             exits: self.exits(),
             accel: self.json.as_ref().and_then(|j| j.accel.as_deref()),
             note: self.note.as_deref(),
+            phases: self.phases.as_ref(),
         }
     }
 }
@@ -304,6 +602,12 @@ pub struct BootSectionJson<'a> {
     pub harness: BootJson<'a>,
     pub qemu: BootJson<'a>,
     pub ratio_harness_over_qemu: Option<f64>,
+    pub qemu_kvm: BootJson<'a>,
+    pub qemu_tcg: BootJson<'a>,
+    pub ratio_harness_over_qemu_kvm: Option<f64>,
+    pub ratio_harness_over_qemu_tcg: Option<f64>,
+    /// The targets for an empty run, measured.
+    pub targets: Vec<Target>,
 }
 
 /// One VMM's boot runs.
@@ -314,6 +618,8 @@ pub struct BootJson<'a> {
     pub exits: Option<BootExits>,
     pub accel: Option<&'a str>,
     pub note: Option<&'a str>,
+    /// The phases and per-boot figures (None for a VMM that never ran).
+    pub phases: Option<&'a BootPhases>,
 }
 
 #[cfg(test)]
@@ -333,6 +639,144 @@ mod tests {
             })
         );
         assert_eq!(Stat::of(&[4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
+    }
+
+    fn harness_doc(timing: serde_json::Value, insn: u64, io: u64) -> RunJson<'static> {
+        serde_json::from_value(json!({
+            "vmm": "harness",
+            "platform": {"kvm": "kvm_pvm", "nested": true, "description": "x"},
+            "outcome": {"kind": "debug_exit", "guest_value": 16, "exit_code": 0, "message": null},
+            "ktap": {"plan": 0, "passed": 0, "failed": 0, "skipped": 0, "complete": true,
+                     "missing": []},
+            "elapsed_ms": 1.0,
+            "exits": {"total": io, "by_reason": {"io": io}, "by_device": [], "by_addr": [],
+                      "mmio_addr_overflow": 0, "pio_addr_overflow": 0},
+            "kvm_stats": {"vcpu0": {"exits": io + 5, "io_exits": io, "halt_exits": 0,
+                                    "insn_emulation": insn}},
+            "notes": [], "phases": [],
+            "timing": timing
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn phases_over_runs() {
+        let docs = [
+            harness_doc(
+                json!({"start_to_first_run_ms": 4.0, "cpu_to_first_run_ms": 3.0,
+                       "first_run_monotonic_ns": 1_005_000_000u64,
+                       "first_run_to_ktap_ms": 10.0, "ktap_to_exit_ms": 1.0,
+                       "vm_rss_kib": 6000, "guest_rss_kib": 2000}),
+                3000,
+                40,
+            ),
+            harness_doc(
+                json!({"start_to_first_run_ms": 2.0, "cpu_to_first_run_ms": 1.0,
+                       "first_run_monotonic_ns": 2_003_000_000u64,
+                       "first_run_to_ktap_ms": 30.0, "ktap_to_exit_ms": 3.0,
+                       "vm_rss_kib": 5000, "guest_rss_kib": null}),
+                1000,
+                60,
+            ),
+            // An old child without `timing`: only its wall time and stats count.
+            serde_json::from_value(json!({
+                "vmm": "harness",
+                "platform": {"kvm": "kvm_pvm", "nested": true, "description": "x"},
+                "outcome": {"kind": "debug_exit", "guest_value": 16, "exit_code": 0,
+                            "message": null},
+                "ktap": {"plan": 0, "passed": 0, "failed": 0, "skipped": 0,
+                         "complete": true, "missing": []},
+                "elapsed_ms": 1.0, "kvm_stats": null, "notes": [], "phases": []
+            }))
+            .unwrap(),
+        ];
+        let runs = [
+            (1_000_000_000, 0.020, &docs[0]),
+            (2_000_000_000, 0.040, &docs[1]),
+            (3_000_000_000, 0.030, &docs[2]),
+        ];
+        let p = BootPhases::of(runs);
+        let st = |median, min, max| Some(Stat { median, min, max });
+        assert_eq!(p.spawn_to_first_run_ms, st(4.0, 3.0, 5.0));
+        assert_eq!(p.start_to_first_run_ms, st(3.0, 2.0, 4.0));
+        assert_eq!(p.cpu_to_first_run_ms, st(2.0, 1.0, 3.0));
+        assert_eq!(p.first_run_to_ktap_ms, st(20.0, 10.0, 30.0));
+        assert_eq!(p.ktap_to_exit_ms, st(2.0, 1.0, 3.0));
+        assert_eq!(p.total_ms, st(30.0, 20.0, 40.0));
+        assert_eq!(p.insn_emulation, st(2000.0, 1000.0, 3000.0));
+        // Only the run that could read its guest mapping gives an overhead.
+        assert_eq!(p.overhead_rss_kib, st(4000.0, 4000.0, 4000.0));
+        assert_eq!(p.kvm_exits["io_exits"], st(50.0, 40.0, 60.0).unwrap());
+        assert_eq!(p.kvm_exits["exits"], st(50.0 + 5.0, 45.0, 65.0).unwrap());
+        assert!(!p.kvm_exits.contains_key("insn_emulation"));
+        assert_eq!(p.user_exits["io"], st(50.0, 40.0, 60.0).unwrap());
+        let t = p.to_text();
+        assert!(t.contains("first KVM_RUN -> first KTAP line"), "{t}");
+        assert!(t.contains("io_exits=50"), "{t}");
+        assert!(!t.contains("halt_exits"), "{t}");
+        // A spawn mark after the child's entry (clocks gone wrong) is left out, not negative.
+        let p = BootPhases::of([(9_000_000_000, 0.02, &docs[0])]);
+        assert_eq!(p.spawn_to_first_run_ms, None);
+    }
+
+    #[test]
+    fn targets_from_measurements() {
+        let doc = harness_doc(
+            json!({"cpu_to_first_run_ms": 3.0, "vm_rss_kib": 10240, "guest_rss_kib": 2048}),
+            2500,
+            10,
+        );
+        let mut harness = BootRow::from_runs("run", Stat::of(&[0.010]), None, None);
+        harness.phases = Some(BootPhases::of([(0, 0.010, &doc)]));
+        let rep = BenchReport {
+            platform: Platform {
+                kvm: "kvm_pvm".into(),
+                nested: true,
+            },
+            floor: vec![],
+            floor_note: None,
+            harness,
+            qemu_kvm: BootRow::unavailable("qemu", "no KVM"),
+            qemu_tcg: BootRow::from_runs("qemu", Stat::of(&[0.100]), None, None),
+            qemu_primary: Accel::Tcg,
+            runs: 1,
+            blk: None,
+        };
+        let met: Vec<Option<bool>> = rep.targets().iter().map(|t| t.met).collect();
+        // 10 ms <= 20; 0.1 <= 0.2; 3 CPU-ms <= 8; 2500 > 2000; 8 MiB > 5.
+        assert_eq!(
+            met,
+            [Some(true), Some(true), Some(true), Some(false), Some(false)]
+        );
+        let t = rep.to_text();
+        assert!(
+            t.contains("targets: empty run, wall ms <= 20: 10.00 met"),
+            "{t}"
+        );
+        assert!(
+            t.contains("harness/qemu-kvm: n/a, harness/qemu-tcg: 0.10"),
+            "{t}"
+        );
+        assert!(t.contains("  qemu-kvm "), "{t}");
+        let j = serde_json::to_value(rep.to_json()).unwrap();
+        assert_eq!(
+            j["boot"]["ratio_harness_over_qemu"],
+            j["boot"]["ratio_harness_over_qemu_tcg"]
+        );
+        assert!(j["boot"]["ratio_harness_over_qemu_kvm"].is_null());
+        assert_eq!(j["boot"]["targets"][3]["met"], false);
+        assert_eq!(
+            j["boot"]["harness"]["phases"]["insn_emulation"]["median"],
+            2500.0
+        );
+        // Nothing measured: no verdict.
+        let none = BootRow::unavailable("run", "no KVM");
+        let rep = BenchReport {
+            harness: none,
+            ..rep
+        };
+        assert!(rep.targets().iter().all(|t| t.met.is_none()));
+        assert!(rep.to_text().contains("not measured"));
     }
 
     #[test]
@@ -373,7 +817,9 @@ mod tests {
                 ),
                 None,
             ),
-            qemu: BootRow::unavailable("qemu", "QEMU is not installed"),
+            qemu_kvm: BootRow::unavailable("qemu", "QEMU is not installed"),
+            qemu_tcg: BootRow::unavailable("qemu", "QEMU is not installed"),
+            qemu_primary: Accel::Kvm,
             runs: 2,
             blk: None,
         };

@@ -8,6 +8,7 @@ pub mod floor_wiring;
 pub mod ide_wiring;
 pub mod memory;
 pub mod pio;
+pub mod timing;
 pub mod vcpu;
 pub mod virtio_wiring;
 pub mod vm;
@@ -29,7 +30,7 @@ use std::io::Write;
 use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use vcpu::CpuSnapshot;
 
@@ -77,6 +78,8 @@ pub struct RunResult {
     pub notes: Vec<String>,
     /// Counter snapshots at the guest's `# phase:` lines.
     pub phases: Vec<PhaseMark>,
+    /// Start-up phases and resident memory.
+    pub timing: timing::TimingJson,
 }
 
 fn verbose(cfg: &RunConfig, msg: &str) {
@@ -120,6 +123,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
     let watchdog = Watchdog::start(cfg.timeout)?;
     let start = Instant::now();
     let (end, counters) = machine.run_loop(&watchdog);
+    machine.marks.mark_end();
     let elapsed = start.elapsed();
     drop(watchdog);
     Ok(machine.report(end, counters, elapsed))
@@ -139,6 +143,9 @@ struct Machine {
     phase_lines: Arc<Mutex<PhaseLog>>,
     /// Set with each new marker, so the run loop takes the lock only when there is one.
     phase_pending: Arc<AtomicBool>,
+    /// When the serial port gave the first `KTAP version` line.
+    first_ktap: Arc<OnceLock<Instant>>,
+    marks: timing::BootMarks,
     floor_bars: (u64, u64),
     /// The virtio functions, whose transports report what their drivers did wrong.
     virtio: Vec<virtio_wiring::Attached>,
@@ -194,9 +201,14 @@ impl Machine {
         let phase_lines: Arc<Mutex<PhaseLog>> = Arc::default();
         let phase_pending = Arc::new(AtomicBool::new(false));
         let (p2, pp2) = (phase_lines.clone(), phase_pending.clone());
+        let first_ktap: Arc<OnceLock<Instant>> = Arc::default();
+        let fk2 = first_ktap.clone();
         let tee = LineTee::new(
             out,
             Box::new(move |line| {
+                if fk2.get().is_none() && line.trim_start().starts_with("KTAP version") {
+                    let _ = fk2.set(Instant::now());
+                }
                 lock(&k2).feed(line);
                 if let Some(marker) = line.trim_start().strip_prefix("# phase: ") {
                     lock(&p2).push(marker.trim());
@@ -249,6 +261,8 @@ impl Machine {
             ktap,
             phase_lines,
             phase_pending,
+            first_ktap,
+            marks: timing::BootMarks::default(),
             floor_bars,
             virtio,
             vm,
@@ -266,6 +280,7 @@ impl Machine {
             phase_lines,
             phase_pending,
             mem,
+            marks,
             ..
         } = self;
         let mut counters = ExitCounters::default();
@@ -288,6 +303,7 @@ impl Machine {
                 break VmEnd::Timeout;
             }
             let mut pio_exit: Option<(u16, Dir)> = None;
+            marks.mark_first_run();
             let exit = match vcpu.run() {
                 Ok(e) => e,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -415,6 +431,14 @@ impl Machine {
             }
         }
         let summary = lock(&self.ktap).summary();
+        self.marks.first_ktap = self.first_ktap.get().copied();
+        use vm_memory::GuestMemoryBackend;
+        let guest_host_addr = self
+            .mem
+            .get_host_address(vm_memory::GuestAddress(0))
+            .ok()
+            .map(|p| p as u64);
+        let timing = self.marks.to_json(guest_host_addr);
         RunResult {
             end,
             counters,
@@ -424,6 +448,7 @@ impl Machine {
             elapsed,
             notes: self.vm.notes,
             phases,
+            timing,
         }
     }
 }
