@@ -2,11 +2,12 @@
 //! VMM (our harness, or QEMU's PVH option ROM) enters in 32-bit protected mode with paging off and
 //! EBX = physical address of `hvm_start_info`.
 //!
-//! The stub identity-maps the first 4 GiB with 2 MiB pages, all user-accessible (ring 3 runs the
-//! workloads and touches RAM, DMA buffers and device MMIO directly; 3..4 GiB is uncached), turns
-//! on long mode and calls `kernel::ring0_entry(start_info)`. Every instruction here runs in ring 0,
-//! which kvm_pvm emulates one by one, so it is kept short. Page tables live in .bss: fresh guest
-//! RAM is zero, so nothing is cleared.
+//! The stub identity-maps the first 4 GiB, all user-accessible (ring 3 runs the workloads and
+//! touches RAM, DMA buffers and device MMIO directly; 3..4 GiB is uncached), turns on long mode
+//! and calls `kernel::ring0_entry(start_info)`. Every instruction here runs in ring 0, which
+//! kvm_pvm emulates one by one, so it is kept short: the page tables are assembled into .data
+//! (one set with 1 GiB pages, one with 2 MiB pages for CPUs without them) and the stub only picks
+//! one by CPUID, where building 2048 entries in a loop took about 8,000 emulated instructions.
 
 use core::arch::global_asm;
 
@@ -40,6 +41,31 @@ pub struct HvmMemmapEntry {
 
 pub const E820_RAM: u32 = 1;
 
+extern "C" {
+    static boot_pdpt_1g: u64;
+    static boot_pd: u64;
+}
+
+/// The leaf size of the identity map the stub chose (1 GiB or 2 MiB), from the accessed bit the
+/// CPU sets in the first leaf of whichever tables it walks (0..2 MiB holds the kernel, so that
+/// leaf is always used); `None` if neither shows it.
+pub fn identity_map_leaf_size() -> Option<u64> {
+    const ACCESSED: u64 = 1 << 5;
+    // SAFETY: 8-byte aligned entries of the page tables assembled below, which live forever;
+    // only read, volatile because the CPU writes them behind the compiler's back.
+    let (gib, mib2) = unsafe {
+        (
+            (&raw const boot_pdpt_1g).read_volatile(),
+            (&raw const boot_pd).read_volatile(),
+        )
+    };
+    match (gib & ACCESSED != 0, mib2 & ACCESSED != 0) {
+        (true, false) => Some(1 << 30),
+        (false, true) => Some(2 << 20),
+        _ => None,
+    }
+}
+
 global_asm!(
     r#"
     .section .note.Xen, "a"
@@ -61,36 +87,20 @@ pvh_start32:
     movl %ebx, %edi                     /* start_info, survives to the Rust entry */
     movl $boot_stack_top, %esp
 
-    /* PML4[0] -> PDPT; PDPT[0..4] -> PD0..PD3 */
-    movl $boot_pdpt + 7, boot_pml4
-    movl $boot_pd + 7, %eax
-    xorl %ecx, %ecx
-1:  movl %eax, boot_pdpt(,%ecx,8)
-    addl $0x1000, %eax
-    incl %ecx
-    cmpl $4, %ecx
-    jb 1b
-
-    /* 2048 x 2 MiB: present, writable, user, PS; 3..4 GiB also PCD|PWT (device MMIO) */
-    movl $0x87, %eax
-    xorl %ecx, %ecx
-2:  movl %eax, boot_pd(,%ecx,8)
-    addl $0x200000, %eax
-    incl %ecx
-    cmpl $1536, %ecx
-    jb 2b
-    orl $0x18, %eax
-3:  movl %eax, boot_pd(,%ecx,8)
-    addl $0x200000, %eax
-    incl %ecx
-    cmpl $2048, %ecx
-    jb 3b
-
+    /* The page tables are data, built by the assembler: only the choice between them runs.
+       1 GiB pages where CPUID 0x80000001 EDX bit 26 (pdpe1gb) offers them. Ring 0 sees the
+       VMM's CPUID here (on kvm_pvm a ring-3 cpuid would answer with the host's). */
+    movl $0x80000001, %eax
+    cpuid
+    movl $boot_pml4_2m, %esi
+    btl $26, %edx
+    jnc 1f
+    movl $boot_pml4_1g, %esi
+1:
     movl %cr4, %eax
     orl $0x20, %eax                     /* PAE */
     movl %eax, %cr4
-    movl $boot_pml4, %eax
-    movl %eax, %cr3
+    movl %esi, %cr3
     movl $0xc0000080, %ecx              /* EFER.LME */
     rdmsr
     orl $0x100, %eax
@@ -128,11 +138,36 @@ boot_gdt_ptr:
     .word boot_gdt_end - boot_gdt - 1
     .long boot_gdt
 
-    .section .bss
+    /* Identity map of 0..4 GiB: present, writable, user (0x07), PS (0x80) in the leaves; the
+       3..4 GiB leaves also PCD|PWT (0x18): device MMIO there must not be cached. In .data, not
+       .rodata: the CPU sets the accessed and dirty bits. */
+    .section .data
+    .global boot_pdpt_1g, boot_pd
     .p2align 12
-boot_pml4: .skip 4096
-boot_pdpt: .skip 4096
-boot_pd:   .skip 4 * 4096
+boot_pml4_1g:
+    .quad boot_pdpt_1g + 0x07
+    .p2align 12
+boot_pdpt_1g:
+    .quad 0x00000087, 0x40000087, 0x80000087, 0xc000009f
+    .p2align 12
+boot_pml4_2m:
+    .quad boot_pdpt_2m + 0x07
+    .p2align 12
+boot_pdpt_2m:
+    .quad boot_pd + 0x07, boot_pd + 0x1007, boot_pd + 0x2007, boot_pd + 0x3007
+    .p2align 12
+boot_pd:
+    .set leaf, 0
+    .rept 2048
+    .if leaf < 0xc0000000
+    .quad leaf + 0x87
+    .else
+    .quad leaf + 0x9f
+    .endif
+    .set leaf, leaf + 0x200000
+    .endr
+
+    .section .bss
     .p2align 4
 boot_stack: .skip 64 * 1024
 boot_stack_top:

@@ -45,6 +45,21 @@ pub fn ring3() -> Outcome {
     Outcome::Pass
 }
 
+/// The identity map uses 1 GiB pages exactly when the VMM's CPUID offers them (pdpe1gb).
+pub fn identity_map() -> Outcome {
+    let pdpe1gb = crate::arch::kcall::cpuid(0x8000_0001, 0).edx & (1 << 26) != 0;
+    let leaf = crate::boot::pvh::identity_map_leaf_size();
+    println!("# pdpe1gb {}, identity map leaves {:?}", pdpe1gb, leaf);
+    let expected = if pdpe1gb { 1 << 30 } else { 2 << 20 };
+    check!(
+        leaf == Some(expected),
+        "identity map leaf size {:?}, expected {:#x}",
+        leaf,
+        expected
+    );
+    Outcome::Pass
+}
+
 pub fn heap() -> Outcome {
     let before = mem::heap::used();
     {

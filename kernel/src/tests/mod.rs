@@ -16,6 +16,7 @@ pub static REGISTRY: &[Test] = &[
     Test::in_all("boot_info", boot::boot_info),
     Test::in_all("boot_info_checks", boot::boot_info_checks),
     Test::in_all("ring3", boot::ring3),
+    Test::in_all("identity_map", boot::identity_map),
     Test::in_all("heap", boot::heap),
     Test::in_all("tsc", time::tsc),
     Test::in_all("irq_lapic_timer", irq::lapic_timer),
