@@ -29,16 +29,18 @@ struct UserStack([u8; 1 << 20]);
 static mut USER_STACK: UserStack = UserStack([0; 1 << 20]);
 
 /// First Rust code, ring 0, from `pvh_start64`: descriptor tables, then straight to ring 3.
+/// Nothing here loops: kvm_pvm emulates every ring-0 instruction.
 #[no_mangle]
 extern "C" fn ring0_entry(start_info: u64) -> ! {
     gdt::init();
-    idt::init();
+    idt::load();
     disable_pic();
     let stack_top = (&raw const USER_STACK) as u64 + core::mem::size_of::<UserStack>() as u64;
     gdt::load_user_data_segments();
-    // SAFETY: GDT, TSS (with RSP0) and IDT are loaded, so ring 3 can trap back; the stack and
-    // `user_main` are mapped user-accessible. IF=1 in the pushed RFLAGS: interrupts arrive while
-    // ring 3 runs.
+    // SAFETY: GDT, TSS (with RSP0) and IDT are loaded, and `user_main` fills the IDT before
+    // anything can trap, so ring 3 can trap back; the stack and `user_main` are mapped
+    // user-accessible. IF=1 in the pushed RFLAGS: interrupts arrive while ring 3 runs (the PIC
+    // is masked, and no other source is on until `user_main` turns the LAPIC on).
     unsafe {
         core::arch::asm!(
             "push {ds}",
@@ -73,6 +75,8 @@ fn disable_pic() {
 
 /// Ring 3 from here on.
 extern "C" fn user_main(start_info: u64) -> ! {
+    // First: until the gates are written, an interrupt or exception would triple-fault.
+    idt::fill();
     serial::init();
     let info = match bootinfo::BootInfo::parse(start_info) {
         Ok(info) => info,

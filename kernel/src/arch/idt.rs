@@ -1,12 +1,15 @@
-//! IDT: 256 fixed-size entry stubs (assembly), in gates built with the `x86_64` crate. Vectors
+//! IDT: 256 fixed-size entry stubs (assembly), in gates built with the `x86_64` crate; ring 0
+//! only loads the table, ring 3 writes the gates (see [`fill`]). Vectors
 //! 0..31 go to `trap::exception_entry` with a full register frame; vectors 32..255 only count
 //! the interrupt and send the LAPIC EOI (a handful of emulated instructions), because interrupt
 //! handlers acknowledge and record, and the completion work runs in ring 3.
 
+use super::gdt;
 use core::arch::global_asm;
 use core::mem::size_of;
 use core::sync::atomic::{AtomicU64, AtomicU8};
 use x86_64::instructions::tables::lidt;
+use x86_64::structures::gdt::SegmentSelector;
 use x86_64::structures::idt::{Entry, HandlerFunc};
 use x86_64::structures::DescriptorTablePointer;
 use x86_64::{PrivilegeLevel, VirtAddr};
@@ -132,17 +135,38 @@ const _: () = assert!(size_of::<Idt>() == 256 * 16);
 
 static mut IDT: Idt = Idt([const { Entry::missing() }; 256]);
 
-/// Fill and load the IDT. Ring 0 only; called once at boot, after the GDT (each gate takes the
-/// code selector loaded then).
-pub fn init() {
-    // SAFETY: boot-time, single-threaded; the stubs are 16-byte spaced code emitted above, each
-    // a complete entry point; IST index 0 (the TSS's IST1) has a stack (gdt::init); the table
-    // is never changed after it is loaded.
+/// Load the IDT, still empty: [`fill`] writes its gates from ring 3. Ring 0 only; called once
+/// at boot.
+pub fn load() {
+    // SAFETY: the table is a static that lives forever. Until `fill` has run, any interrupt or
+    // exception would find a not-present gate and triple-fault; nothing can raise one before
+    // it runs (the PIC is masked, the LAPIC and IOAPIC pins are still off, and the code between
+    // here and `fill` does not fault).
+    unsafe {
+        lidt(&DescriptorTablePointer {
+            limit: (size_of::<Idt>() - 1) as u16,
+            base: VirtAddr::from_ptr(&raw const IDT),
+        });
+    }
+}
+
+/// Write all 256 gates of the loaded IDT. Ring 3, first thing after entering it: every ring-0
+/// instruction is emulated on kvm_pvm, and filling the table there took about 7,000. Ring 3 can
+/// write the table because all memory is user-mapped; the CPU reads it only when it delivers
+/// an interrupt or exception.
+pub fn fill() {
+    let kernel_code = SegmentSelector::new(gdt::KERNEL_CS >> 3, PrivilegeLevel::Ring0);
+    // SAFETY: called once, before anything can raise an interrupt or exception (see `load`),
+    // so no gate is read while it is written; the stubs are 16-byte spaced code emitted above,
+    // each a complete entry point; IST index 0 (the TSS's IST1) has a stack (gdt::init); the
+    // gates take the kernel code selector explicitly, because in ring 3 `set_handler_addr`
+    // would take the current (user) CS.
     unsafe {
         let base = VirtAddr::from_ptr(&raw const idt_stubs);
         let idt = &raw mut IDT;
         for (v, entry) in (*idt).0.iter_mut().enumerate() {
             let options = entry.set_handler_addr(base + v as u64 * STUB_SIZE);
+            options.set_code_selector(kernel_code);
             // #BP is the kernel-call gate from ring 3 (`int3`), so DPL3; all others DPL0.
             if v == 3 {
                 options.set_privilege_level(PrivilegeLevel::Ring3);
@@ -152,9 +176,5 @@ pub fn init() {
                 options.set_stack_index(0);
             }
         }
-        lidt(&DescriptorTablePointer {
-            limit: (size_of::<Idt>() - 1) as u16,
-            base: VirtAddr::from_ptr(idt),
-        });
     }
 }
