@@ -120,6 +120,8 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
         verbose: c.verbose,
         disks: c.disk.clone(),
         io_mode: c.io_mode,
+        // We exit right after the run.
+        hand_off_teardown: true,
     };
     let r = vmm::run(&cfg)?;
     let outcome = vm_end_outcome(&r.end, c.timeout);

@@ -8,6 +8,7 @@ pub mod floor_wiring;
 pub mod ide_wiring;
 pub mod memory;
 pub mod pio;
+pub mod teardown;
 pub mod timing;
 pub mod vcpu;
 pub mod virtio_wiring;
@@ -45,6 +46,9 @@ pub struct RunConfig {
     /// Disks in guest order (`--disk`).
     pub disks: Vec<DiskSpec>,
     pub io_mode: IoMode,
+    /// Hand the VM's teardown to a helper process ([`teardown`]): for a process that exits
+    /// right after the run.
+    pub hand_off_teardown: bool,
 }
 
 /// Where virtio queue processing runs.
@@ -126,7 +130,17 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
     machine.marks.mark_end();
     let elapsed = start.elapsed();
     drop(watchdog);
-    Ok(machine.report(end, counters, elapsed))
+    let mut result = machine.report(end, counters, elapsed);
+    // The guest is done and its results are read: destroying the VM need not hold up our exit.
+    if cfg.hand_off_teardown {
+        if let Err(e) = teardown::hand_off() {
+            result
+                .notes
+                .push(format!("VM teardown stays in this process: {e}"));
+        }
+    }
+    drop(machine);
+    Ok(result)
 }
 
 /// A machine built and ready to run: the VM with its vCPU and devices, and the handles the run
@@ -167,10 +181,13 @@ impl Machine {
         boot::write_boot_info(&mem, cfg.mem, &cfg.cmdline).map_err(|e| match e {
             boot::BootError::Image(m) | boot::BootError::Other(m) => HarnessError::Other(m),
         })?;
-        verbose(
-            cfg,
-            &format!("platform: {}", crate::platform::Platform::detect()),
-        );
+        if cfg.verbose {
+            // Only then: detecting the platform reads /proc/cpuinfo.
+            verbose(
+                cfg,
+                &format!("platform: {}", crate::platform::Platform::detect()),
+            );
+        }
         verbose(
             cfg,
             &format!(
@@ -406,7 +423,8 @@ impl Machine {
     }
 
     /// Drain the serial line and the phase log, read KVM's statistics, and collect the result.
-    fn report(mut self, end: VmEnd, counters: ExitCounters, elapsed: Duration) -> RunResult {
+    /// (The machine stays alive, so that its teardown can be handed off: see [`teardown`].)
+    fn report(&mut self, end: VmEnd, counters: ExitCounters, elapsed: Duration) -> RunResult {
         lock(&self.serial).finish();
         let phases = {
             let mut log = lock(&self.phase_lines);
@@ -446,7 +464,7 @@ impl Machine {
             ktap: summary,
             floor_bars: self.floor_bars,
             elapsed,
-            notes: self.vm.notes,
+            notes: std::mem::take(&mut self.vm.notes),
             phases,
             timing,
         }
