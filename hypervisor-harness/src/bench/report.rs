@@ -503,7 +503,7 @@ impl BenchReport {
                 .map(|r| format!("{r:.2}"))
                 .unwrap_or("n/a".into())
         );
-        let fmt_ratio = |r: Option<f64>| r.map(|r| format!("{r:.2}")).unwrap_or("n/a".into());
+        let fmt_ratio = |r: Option<f64>| r.map(|r| format!("{r:.3}")).unwrap_or("n/a".into());
         s += &format!(
             "  ratio harness/qemu-kvm: {}, harness/qemu-tcg: {}\n",
             fmt_ratio(self.ratio_kvm()),
@@ -754,7 +754,7 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("harness/qemu-kvm: n/a, harness/qemu-tcg: 0.10"),
+            t.contains("harness/qemu-kvm: n/a, harness/qemu-tcg: 0.100"),
             "{t}"
         );
         assert!(t.contains("  qemu-kvm "), "{t}");
