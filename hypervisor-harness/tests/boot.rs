@@ -188,3 +188,21 @@ fn the_kernel_takes_the_tsc_frequency_from_qemu_with_kvm() {
         "the kernel did not use QEMU's timing leaf:\n{t}"
     );
 }
+
+/// The smallest guest the CLI accepts (`--mem 32M`) boots and passes: the heap shrinks to fit
+/// instead of the kernel giving up ("no RAM range above the kernel can hold the heap").
+#[test]
+fn the_smallest_guest_boots() {
+    on_each_platform("the_smallest_guest_boots", |sub| {
+        let o = harness()
+            .args([sub, "--kernel", KERNEL, "--mem", "32M", "--timeout", "120"])
+            .args(["--cmdline", "tests=boot_info,boot_info_checks,heap"])
+            .output()
+            .expect("spawn the harness");
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{sub}: {t}");
+        for name in ["boot_info", "boot_info_checks", "heap"] {
+            assert!(passed(&t, name), "{sub}: {name} did not pass:\n{t}");
+        }
+    });
+}

@@ -9,6 +9,9 @@ use linked_list_allocator::LockedHeap;
 static ALLOCATOR: LockedHeap = LockedHeap::empty();
 
 pub const HEAP_SIZE: u64 = 32 << 20;
+/// The smallest heap worth booting with; a guest with less RAM than the full heap above the
+/// kernel (`--mem 32M`) gets the largest power-of-two heap between this and HEAP_SIZE that fits.
+pub const MIN_HEAP_SIZE: u64 = 4 << 20;
 
 extern "C" {
     static __kernel_end: u8;
@@ -66,11 +69,28 @@ pub fn init(
     reserved: &[Range<u64>],
 ) -> Result<(u64, u64), &'static str> {
     let kernel_end = &raw const __kernel_end as u64;
-    let start = place(memmap, kernel_end, reserved, HEAP_SIZE)?;
+    let (start, size) = place_largest(memmap, kernel_end, reserved)?;
     // SAFETY: the range is RAM per the memory map, above the kernel image, inside the identity
     // map, clear of the boot structures, and handed to the allocator exactly once.
-    unsafe { ALLOCATOR.lock().init(start as *mut u8, HEAP_SIZE as usize) };
-    Ok((start, start + HEAP_SIZE))
+    unsafe { ALLOCATOR.lock().init(start as *mut u8, size as usize) };
+    Ok((start, start + size))
+}
+
+/// The largest heap from HEAP_SIZE down to MIN_HEAP_SIZE (halving) that [`place`] finds room
+/// for, and where.
+pub fn place_largest(
+    memmap: &[HvmMemmapEntry],
+    kernel_end: u64,
+    reserved: &[Range<u64>],
+) -> Result<(u64, u64), &'static str> {
+    let mut size = HEAP_SIZE;
+    loop {
+        match place(memmap, kernel_end, reserved, size) {
+            Ok(start) => return Ok((start, size)),
+            Err(e) if size / 2 < MIN_HEAP_SIZE => return Err(e),
+            Err(_) => size /= 2,
+        }
+    }
 }
 
 pub fn used() -> usize {

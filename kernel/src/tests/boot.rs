@@ -184,6 +184,18 @@ pub fn boot_info_checks() -> Outcome {
         place(&[ram(mib, u64::MAX)], 3 * mib, &[], 32 * mib).is_err(),
         "a heap was placed in a wrapping entry"
     );
+    // A small guest (32 MiB of RAM) gets a smaller heap rather than none.
+    let small = [ram(0, 0xA_0000), ram(mib, 31 * mib)];
+    let got = mem::heap::place_largest(&small, 3 * mib, &[]);
+    check!(
+        got == Ok((4 * mib, 16 * mib)),
+        "small guest: heap {:x?}",
+        got
+    );
+    check!(
+        mem::heap::place_largest(&[ram(mib, 4 * mib)], 3 * mib, &[]).is_err(),
+        "a heap below the minimum was placed"
+    );
     // A hole between two RAM ranges: the heap goes to the second.
     let holed = [ram(mib, 8 * mib), ram(64 * mib, 64 * mib)];
     let at = place(&holed, 3 * mib, &[], 32 * mib);
