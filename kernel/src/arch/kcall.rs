@@ -1,5 +1,6 @@
 //! Kernel calls: the few things ring 3 needs ring 0 for. Ring 3 enters with `int3` (a DPL3 #BP
-//! gate), call number in RAX, arguments in RDI/RSI, result in RAX. `int n` and `syscall` don't
+//! gate), call number in RAX, arguments in RDI/RSI, result in RAX (and, for a call with a
+//! second result, RDI; other calls leave RDI as it was). `int n` and `syscall` don't
 //! work from ring 3 on kvm_pvm; `int3` does, on it and on hardware alike.
 
 use super::idt::IRQ_TOTAL;
@@ -15,15 +16,15 @@ pub const EXIT: u64 = 1;
 pub const RING0_LOOP: u64 = 2;
 /// Execute `ud2` in ring 0: proves that a ring-0 exception is reported (self-test only).
 pub const RING0_FAULT: u64 = 3;
-/// CPUID as the VMM defines it: argument 0 is `leaf | subleaf << 32`, argument 1 picks the
-/// half of the answer (0: EAX | EBX << 32, 1: ECX | EDX << 32). Ring 0 is needed because on
+/// CPUID as the VMM defines it: argument 0 is `leaf | subleaf << 32`; the answer comes back as
+/// EAX | EBX << 32 in RAX and ECX | EDX << 32 in RDI, in one call. Ring 0 is needed because on
 /// kvm_pvm ring-3 code runs natively, so a ring-3 `cpuid` answers with the host CPU's leaves,
 /// not the VMM's (the TSC frequency the harness publishes in 0x40000010 was never seen).
 pub const CPUID: u64 = 4;
 
-/// Ring-0 side, called from the #BP handler with interrupts off.
-pub fn dispatch(number: u64, arg0: u64, arg1: u64) -> u64 {
-    match number {
+/// Ring-0 side, called from the #BP handler with interrupts off. Returns the new RAX and RDI.
+pub fn dispatch(number: u64, arg0: u64, _arg1: u64) -> (u64, u64) {
+    let rax = match number {
         WAIT_FOR_INTERRUPT => {
             if IRQ_TOTAL.load(Ordering::Acquire) == arg0 {
                 // `sti; hlt` is atomic with respect to interrupts (the STI shadow), so an
@@ -42,10 +43,10 @@ pub fn dispatch(number: u64, arg0: u64, arg1: u64) -> u64 {
         }
         CPUID => {
             let r = core::arch::x86_64::__cpuid_count(arg0 as u32, (arg0 >> 32) as u32);
-            match arg1 {
-                0 => u64::from(r.eax) | u64::from(r.ebx) << 32,
-                _ => u64::from(r.ecx) | u64::from(r.edx) << 32,
-            }
+            return (
+                u64::from(r.eax) | u64::from(r.ebx) << 32,
+                u64::from(r.ecx) | u64::from(r.edx) << 32,
+            );
         }
         RING0_FAULT => {
             // SAFETY: deliberately raises #UD; the handler reports it and ends the run.
@@ -53,13 +54,13 @@ pub fn dispatch(number: u64, arg0: u64, arg1: u64) -> u64 {
             u64::MAX
         }
         _ => u64::MAX,
-    }
+    };
+    (rax, arg0)
 }
 
-/// CPUID `leaf`/`subleaf` as the VMM answers it (through ring 0; see [`CPUID`]).
+/// CPUID `leaf`/`subleaf` as the VMM answers it (through ring 0, one call; see [`CPUID`]).
 pub fn cpuid(leaf: u32, subleaf: u32) -> core::arch::x86_64::CpuidResult {
-    let arg = u64::from(leaf) | u64::from(subleaf) << 32;
-    let (ab, cd) = (call(CPUID, arg, 0), call(CPUID, arg, 1));
+    let (ab, cd) = call2(CPUID, u64::from(leaf) | u64::from(subleaf) << 32, 0);
     core::arch::x86_64::CpuidResult {
         eax: ab as u32,
         ebx: (ab >> 32) as u32,
@@ -71,10 +72,21 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> core::arch::x86_64::CpuidResult {
 /// Ring-3 side.
 #[inline(always)]
 pub fn call(number: u64, arg0: u64, arg1: u64) -> u64 {
-    let ret: u64;
-    // SAFETY: the #BP gate saves and restores every register except RAX, the result.
+    call2(number, arg0, arg1).0
+}
+
+/// Ring-3 side, for a call with two results (RAX, RDI).
+#[inline(always)]
+pub fn call2(number: u64, arg0: u64, arg1: u64) -> (u64, u64) {
+    let (rax, rdi): (u64, u64);
+    // SAFETY: the #BP gate saves and restores every register except RAX and RDI, the results.
     unsafe {
-        core::arch::asm!("int3", inlateout("rax") number => ret, in("rdi") arg0, in("rsi") arg1)
+        core::arch::asm!(
+            "int3",
+            inlateout("rax") number => rax,
+            inlateout("rdi") arg0 => rdi,
+            in("rsi") arg1
+        )
     };
-    ret
+    (rax, rdi)
 }

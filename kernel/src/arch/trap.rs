@@ -72,7 +72,7 @@ const NAMES: [&str; 32] = [
 extern "C" fn exception_entry(frame: &mut TrapFrame) {
     let ring = frame.cs & 3;
     if frame.vector == 3 && ring == 3 {
-        frame.rax = kcall::dispatch(frame.rax, frame.rdi, frame.rsi);
+        (frame.rax, frame.rdi) = kcall::dispatch(frame.rax, frame.rdi, frame.rsi);
         return;
     }
     // Raw: a fault on a non-canonical address is worth reporting as it is.
