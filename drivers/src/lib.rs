@@ -3,6 +3,7 @@
 extern crate alloc;
 
 pub mod ata;
+pub mod net;
 pub mod pci;
 pub mod platform;
 pub mod virtio;

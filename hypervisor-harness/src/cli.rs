@@ -1,6 +1,7 @@
 //! Command line: `run`, `qemu`, `bench`, and the mapping from outcomes to exit codes.
 
 use crate::backends::disk::DiskSpec;
+use crate::backends::net::spec::NetSpec;
 use crate::error::*;
 use crate::platform::Platform;
 use crate::shared::{
@@ -68,6 +69,11 @@ pub struct CommonArgs {
     /// gives a virtio disk no MSI-X capability (QEMU's `vectors=0`), so the guest uses INTx.
     #[arg(long, value_name = "KIND:PATH[,OPTIONS]", value_parser = DiskSpec::parse)]
     pub disk: Vec<DiskSpec>,
+    /// A NIC: `MODEL[:BACKEND][,mac=..][,queues=N][,vnet_hdr=on|off]`, MODEL virtio, e1000 or
+    /// rtl8139; BACKEND peer (the in-process peer, the default), stream:PATH (QEMU's
+    /// `-netdev stream` framing), tap:NAME or user. Repeatable: one NIC each, in order.
+    #[arg(long, value_name = "MODEL[:BACKEND][,OPTIONS]", value_parser = NetSpec::parse)]
+    pub net: Vec<NetSpec>,
     /// Where virtio queues are processed: on an I/O thread woken by ioeventfd (completion by
     /// irqfd), or inline in the vCPU thread on the notify exit.
     #[arg(long, value_enum, default_value = "thread")]

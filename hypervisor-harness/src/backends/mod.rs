@@ -1,3 +1,4 @@
 //! Backends: where device models' data comes from and goes to.
 pub mod disk;
 pub mod mem_disk;
+pub mod net;
