@@ -182,6 +182,7 @@ fn cmd_qemu(a: &QemuArgs) -> Result<i32, HarnessError> {
         serial_log: c.serial_log.clone(),
         verbose: c.verbose,
         disks: c.disk.clone(),
+        nets: c.net.clone(),
     };
     let r = crate::qemu::run(&cfg)?;
     let (code, msg) = outcome_code(&r.outcome, &r.ktap);

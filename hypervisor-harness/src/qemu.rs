@@ -2,6 +2,7 @@
 //! own KVM counters through QMP `query-stats`.
 
 use crate::backends::disk::{DiskKind, DiskSpec};
+use crate::backends::net::spec::{BackendSpec, NetSpec, NicModel};
 use crate::devices::lock;
 use crate::devices::serial::MAX_LINE;
 use crate::error::HarnessError;
@@ -12,7 +13,7 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,9 @@ pub struct QemuConfig {
     pub verbose: bool,
     /// Disks, as for our harness: virtio-blk-pci devices and IDE drives in this order.
     pub disks: Vec<DiskSpec>,
+    /// NICs, as for our harness, in this order. QEMU cannot reach our in-process peer, so a
+    /// `peer` backend becomes a `-netdev stream` to a `hypervisor-harness peer --listen` child.
+    pub nets: Vec<NetSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,7 +123,15 @@ pub fn cpu_model(accel: &str, kvm_module: &str) -> &'static str {
     }
 }
 
-pub fn build_args(cfg: &QemuConfig, accel: &str, cpu: &str, qmp: &Path) -> Vec<String> {
+/// QEMU's arguments. `peer_socket` is where the peer child listens, for `peer` backends
+/// (`run` starts it; without one, `net_args` refuses a `peer` NIC).
+pub fn build_args(
+    cfg: &QemuConfig,
+    accel: &str,
+    cpu: &str,
+    qmp: &Path,
+    peer_socket: Option<&Path>,
+) -> Result<Vec<String>, HarnessError> {
     let mut a: Vec<String> = [
         "-machine",
         "pc",
@@ -181,7 +193,124 @@ pub fn build_args(cfg: &QemuConfig, accel: &str, cpu: &str, qmp: &Path) -> Vec<S
             }
         }
     }
-    a
+    a.extend(net_args(&cfg.nets, peer_socket)?);
+    Ok(a)
+}
+
+/// `-netdev` and `-device` for each NIC. The device keeps QEMU's default properties (the
+/// guest driver must cope with what a user gets), except what several queue pairs need:
+/// `mq=on` and `vectors=2N+2` (a vector per queue, one for config, one for the control queue).
+pub fn net_args(nets: &[NetSpec], peer_socket: Option<&Path>) -> Result<Vec<String>, HarnessError> {
+    let mut a = Vec::new();
+    for (i, n) in nets.iter().enumerate() {
+        let id = format!("net{i}");
+        let stream = |path: &Path| {
+            let path = path.display().to_string().replace(',', ",,");
+            format!("stream,id={id},server=off,addr.type=unix,addr.path={path}")
+        };
+        let netdev = match &n.backend {
+            BackendSpec::Peer => stream(peer_socket.ok_or_else(|| {
+                HarnessError::Other(format!("--net {}: no peer socket to attach to", i))
+            })?),
+            BackendSpec::Stream(path) => stream(path),
+            BackendSpec::User => format!("user,id={id}"),
+            BackendSpec::Tap { name, vnet_hdr } => {
+                let vnet_hdr = if *vnet_hdr { "on" } else { "off" };
+                format!("tap,id={id},ifname={name},script=no,downscript=no,vnet_hdr={vnet_hdr}")
+            }
+        };
+        let queues = match (&n.backend, n.queues) {
+            (_, 1) => String::new(),
+            (BackendSpec::Tap { .. }, q) => format!(",queues={q}"),
+            (b, _) => {
+                return Err(HarnessError::Usage(format!(
+                    "--net {i}: queues={} under QEMU needs a tap backend (QEMU's {} netdev has \
+                     one queue)",
+                    n.queues,
+                    b.kind()
+                )))
+            }
+        };
+        a.push("-netdev".into());
+        a.push(format!("{netdev}{queues}"));
+        let mac = n.mac_or_default(i).map(|b| format!("{b:02x}")).join(":");
+        let device = match n.model {
+            NicModel::VirtioNet if n.queues > 1 => format!(
+                "virtio-net-pci,netdev={id},mac={mac},mq=on,vectors={}",
+                2 * u32::from(n.queues) + 2
+            ),
+            NicModel::VirtioNet => format!("virtio-net-pci,netdev={id},mac={mac}"),
+            NicModel::E1000 => format!("e1000,netdev={id},mac={mac}"),
+            NicModel::Rtl8139 => format!("rtl8139,netdev={id},mac={mac}"),
+        };
+        a.push("-device".into());
+        a.push(device);
+    }
+    Ok(a)
+}
+
+/// A `hypervisor-harness peer --listen PATH` child (this same binary), for QEMU's `peer`
+/// NICs; killed when dropped.
+struct PeerChild(Child);
+
+impl PeerChild {
+    /// How long the child may take to start listening.
+    const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn start(socket: &Path, verbose: bool) -> Result<Self, HarnessError> {
+        let exe = std::env::current_exe()
+            .map_err(|e| HarnessError::Other(format!("cannot find our own binary: {e}")))?;
+        if verbose {
+            eprintln!(
+                "harness: {} peer --listen {}",
+                exe.display(),
+                socket.display()
+            );
+        }
+        let child = Command::new(&exe)
+            .arg("peer")
+            .arg("--listen")
+            .arg(socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| HarnessError::Other(format!("cannot start the peer: {e}")))?;
+        let mut peer = PeerChild(child);
+        // QEMU's stream client gives up if nobody listens yet, so wait until a connection is
+        // accepted (the peer sees one client come and go).
+        let deadline = Instant::now() + Self::START_TIMEOUT;
+        loop {
+            if let Some(st) = peer
+                .0
+                .try_wait()
+                .map_err(|e| HarnessError::Other(format!("waiting for the peer: {e}")))?
+            {
+                return Err(HarnessError::Other(format!(
+                    "the peer (`{} peer --listen`) exited before listening: {st}",
+                    exe.display()
+                )));
+            }
+            if UnixStream::connect(socket).is_ok() {
+                return Ok(peer);
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::Other(format!(
+                    "the peer did not listen on {} within {:?}",
+                    socket.display(),
+                    Self::START_TIMEOUT
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for PeerChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// QEMU's exit status with isa-debug-exit is (V << 1) | 1.
@@ -290,7 +419,21 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
         .map_err(|e| HarnessError::Other(format!("cannot create a temporary directory: {e}")))?;
     let qmp_path = qmp_dir.as_path().join("qmp.sock");
     let platform = crate::platform::Platform::detect();
-    let args = build_args(cfg, accel, cpu_model(accel, &platform.kvm), &qmp_path);
+    let wants_peer = cfg.nets.iter().any(|n| n.backend == BackendSpec::Peer);
+    let peer_path = qmp_dir.as_path().join("peer.sock");
+    let peer_socket = wants_peer.then_some(peer_path.as_path());
+    let args = build_args(
+        cfg,
+        accel,
+        cpu_model(accel, &platform.kvm),
+        &qmp_path,
+        peer_socket,
+    )?;
+    // Lives until this function returns, after QEMU has exited.
+    let _peer = match peer_socket {
+        Some(path) => Some(PeerChild::start(path, cfg.verbose)?),
+        None => None,
+    };
     if cfg.verbose {
         eprintln!("harness: platform: {platform}");
         eprintln!("harness: {} {}", cfg.qemu, args.join(" "));
@@ -467,13 +610,62 @@ mod tests {
             serial_log: None,
             verbose: false,
             disks: disks.iter().map(|d| DiskSpec::parse(d).unwrap()).collect(),
+            nets: Vec::new(),
         }
+    }
+
+    /// The `-netdev`/`-device` pairs for these `--net` arguments.
+    fn nets(nets: &[&str], peer: Option<&Path>) -> Result<String, HarnessError> {
+        let nets: Vec<NetSpec> = nets.iter().map(|n| NetSpec::parse(n).unwrap()).collect();
+        net_args(&nets, peer).map(|a| a.join(" "))
+    }
+
+    #[test]
+    fn net_args_per_backend() {
+        let peer = Some(Path::new("/run/p,q.sock"));
+        assert_eq!(
+            nets(&["virtio"], peer).unwrap(),
+            "-netdev stream,id=net0,server=off,addr.type=unix,addr.path=/run/p,,q.sock \
+             -device virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"
+        );
+        assert_eq!(
+            nets(
+                &[
+                    "virtio:user",
+                    "e1000:stream:/s",
+                    "rtl8139:user,mac=02:00:00:00:00:0a"
+                ],
+                None
+            )
+            .unwrap(),
+            "-netdev user,id=net0 -device virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56 \
+             -netdev stream,id=net1,server=off,addr.type=unix,addr.path=/s \
+             -device e1000,netdev=net1,mac=52:54:00:12:34:57 \
+             -netdev user,id=net2 -device rtl8139,netdev=net2,mac=02:00:00:00:00:0a"
+        );
+        assert_eq!(
+            nets(&["virtio:tap:t0,vnet_hdr=off"], None).unwrap(),
+            "-netdev tap,id=net0,ifname=t0,script=no,downscript=no,vnet_hdr=off \
+             -device virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"
+        );
+        // Several queue pairs: the tap's queues, the device's mq and one vector per queue
+        // plus config and control.
+        assert_eq!(
+            nets(&["virtio:tap:t0,queues=3"], None).unwrap(),
+            "-netdev tap,id=net0,ifname=t0,script=no,downscript=no,vnet_hdr=on,queues=3 \
+             -device virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,mq=on,vectors=8"
+        );
+        match nets(&["virtio:user,queues=2"], None) {
+            Err(HarnessError::Usage(m)) => assert!(m.contains("needs a tap backend"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(nets(&["virtio"], None).is_err());
     }
 
     #[test]
     fn disk_args() {
         let cfg = config(&["virtio:/a,b.img,ro", "ide:/c.img", "virtio:/d.img,msix=off"]);
-        let args = build_args(&cfg, "tcg", "max", Path::new("/q"));
+        let args = build_args(&cfg, "tcg", "max", Path::new("/q"), None).unwrap();
         let a = args.join(" ");
         // QEMU's own device as a user types it: no disable-legacy, no vectors, unless asked.
         assert!(
@@ -494,7 +686,7 @@ mod tests {
     #[test]
     fn ide_drive_indices() {
         let ide = |disks: &[&str]| -> Vec<String> {
-            let a = build_args(&config(disks), "tcg", "max", Path::new("/q"));
+            let a = build_args(&config(disks), "tcg", "max", Path::new("/q"), None).unwrap();
             a.iter().filter(|x| x.contains("if=ide")).cloned().collect()
         };
         assert_eq!(
@@ -520,13 +712,16 @@ mod tests {
     #[test]
     fn args() {
         let cfg = config(&[]);
-        let a = build_args(&cfg, "tcg", "max", Path::new("/tmp/q.sock")).join(" ");
+        let a = build_args(&cfg, "tcg", "max", Path::new("/tmp/q.sock"), None)
+            .unwrap()
+            .join(" ");
         assert!(a.contains("-machine pc -nodefaults -no-reboot -display none -m 256M -kernel /k"));
         assert!(a.contains("-append tests=all -serial stdio"));
         assert!(a.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"));
         assert!(a.contains("-qmp unix:/tmp/q.sock,server=on,wait=off"));
         assert!(a.ends_with("-accel tcg -cpu max"));
-        assert!(build_args(&cfg, "kvm", "host", Path::new("/q"))
+        assert!(build_args(&cfg, "kvm", "host", Path::new("/q"), None)
+            .unwrap()
             .join(" ")
             .ends_with("-accel kvm -cpu host"));
         assert_eq!(
