@@ -9,6 +9,8 @@
 
 use core::fmt;
 
+pub mod checksum;
+
 /// Largest frame a driver sends or accepts: 14-byte Ethernet header + 1500-byte MTU.
 pub const ETH_FRAME_MAX: usize = 1514;
 /// Smallest valid Ethernet frame without FCS; shorter frames are padded by the sender.
@@ -142,7 +144,8 @@ pub trait Nic {
     fn receive(&mut self, deliver: &mut dyn FnMut(&[u8], RxInfo)) -> Result<bool, NicError>;
 
     /// Turn the device's interrupts on or off (off: the caller polls). A driver whose device
-    /// has no usable interrupt stays polled and returns `false`.
+    /// has no usable interrupt stays polled and returns `false`; otherwise `true` (the request
+    /// took effect, whichever it was).
     fn set_interrupts(&mut self, enabled: bool) -> bool;
 
     /// Acknowledge the device's interrupt (read its cause register) and say what it reported.

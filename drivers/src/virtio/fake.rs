@@ -2,7 +2,7 @@
 //! rust-vmm's `virtio_queue` can act as the device), one fake virtio-pci function behind fake PCI
 //! config ports, and its MMIO BAR.
 
-use super::pci::{common, NO_VECTOR};
+use super::pci::{common, ISR_CONFIG, ISR_QUEUE, NO_VECTOR};
 use super::{feature, status};
 use crate::pci::{PciAddress, PciFunction, CONFIG_ADDRESS, CONFIG_DATA};
 use crate::platform::{DmaBuffer, MmioRegion, Platform, PlatformError};
@@ -376,11 +376,28 @@ impl FakePlatform {
         };
         if dev.backend.process(i, q, &self.mem) {
             let entry = dev.regs[usize::from(i)].msix;
-            self.interrupt(dev, entry);
+            self.interrupt(dev, entry, ISR_QUEUE);
         }
     }
 
-    fn interrupt(&self, dev: &mut FakeDevice, entry: u16) {
+    /// Interrupt for queue `i` as the device does after adding used buffers (for devices that
+    /// complete outside `process`, e.g. an RX frame arriving).
+    pub fn queue_interrupt(&self, i: u16) {
+        let mut dev = self.dev.borrow_mut();
+        let Some(entry) = dev.regs.get(usize::from(i)).map(|r| r.msix) else {
+            return;
+        };
+        self.interrupt(&mut dev, entry, ISR_QUEUE);
+    }
+
+    /// A configuration change notification (ISR bit 1, or the config MSI-X vector).
+    pub fn config_interrupt(&self) {
+        let mut dev = self.dev.borrow_mut();
+        let entry = dev.config_msix;
+        self.interrupt(&mut dev, entry, ISR_CONFIG);
+    }
+
+    fn interrupt(&self, dev: &mut FakeDevice, entry: u16, isr_bit: u8) {
         let cfg = self.cfg.borrow();
         let control = u16::from_le_bytes([cfg[CAP_MSIX + 2], cfg[CAP_MSIX + 3]]);
         if control & 0x8000 != 0 {
@@ -395,7 +412,7 @@ impl FakePlatform {
             self.msi_addresses.borrow_mut().push(word(0));
             *self.irqs.borrow_mut().entry(word(8) as u8).or_default() += 1;
         } else {
-            dev.isr |= 1;
+            dev.isr |= isr_bit;
             *self.irqs.borrow_mut().entry(INTX_VECTOR).or_default() += 1;
         }
     }

@@ -1,6 +1,7 @@
 //! virtio 1.x over PCI (modern transport, split virtqueue).
 
 pub mod blk;
+pub mod net;
 pub mod pci;
 pub mod queue;
 
@@ -24,3 +25,7 @@ pub mod feature {
 
 #[cfg(test)]
 pub(crate) mod fake;
+#[cfg(test)]
+pub(crate) mod fake_net;
+#[cfg(test)]
+mod net_tests;
