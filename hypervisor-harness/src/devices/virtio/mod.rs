@@ -1,5 +1,5 @@
 //! virtio (1.x) devices: a transport-agnostic [`device::VirtioDevice`] trait, the virtio-pci
-//! modern transport (with its common configuration), device models (blk), and the I/O-thread
+//! modern transport (with its common configuration), device models (blk, net), and the I/O-thread
 //! glue.
 //!
 //! A device model raises interrupts through the [`device::InterruptTrigger`] it gets at
@@ -11,6 +11,7 @@ pub mod blk;
 pub mod common_config;
 pub mod device;
 pub mod io_thread;
+pub mod net;
 pub mod transport_pci;
 
 pub use crate::devices::pci::msix::MsiMessage;

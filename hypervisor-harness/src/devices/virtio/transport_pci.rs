@@ -785,6 +785,22 @@ impl VirtioPciDevice {
         self.interrupt.reset();
     }
 
+    /// The device's configuration changed by itself (virtio-net's link status): the driver
+    /// sees the new bytes with a new configuration generation, and a configuration interrupt
+    /// once the device runs.
+    pub fn device_config_changed(&mut self) {
+        let mut fresh = vec![0u8; self.device_config.len()];
+        lock(&self.engine).device.read_config(0, &mut fresh);
+        if fresh == self.device_config {
+            return;
+        }
+        self.device_config = fresh;
+        self.common.config_generation = self.common.config_generation.wrapping_add(1);
+        if self.common.status & STATUS_DRIVER_OK != 0 {
+            self.interrupt.trigger(InterruptType::Config);
+        }
+    }
+
     // ---- interrupts ----
 
     fn set_needs_reset(&mut self, why: String) {

@@ -1,0 +1,136 @@
+//! The threads of a virtio-net function. Every NIC has one whatever the I/O mode, since its
+//! backend needs one: it sleeps in epoll on the backend's `rx_ready_fd` (and the backend's
+//! `poll()` timeout, for a peer's timers), and on a backend event runs the device's receive
+//! pass through the transport ([`QueueWorker`], so that admission, epochs and NEEDS_RESET are
+//! the transport's as for a notify). If the device did not run (not started, reset, broken,
+//! bus mastering off) it drains the backend instead, counting the drops.
+//!
+//! With `IoMode::Thread` each queue pair has a thread of its own woken by its queues' notify
+//! ioeventfds; the first also takes the control queue and the backend. The queues still run
+//! one at a time under the transport's engine lock.
+
+use super::NetShared;
+use crate::devices::virtio::transport_pci::{QueueWorker, VirtioPciDevice};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+const TOKEN_BACKEND: u64 = u64::MAX;
+const TOKEN_STOP: u64 = u64::MAX - 1;
+/// The queue a backend event runs: receive queue 0 (the pass fills every pair's).
+const RX_KICK_QUEUE: usize = 0;
+
+/// Ends its thread when dropped.
+pub struct EventLoop {
+    stop: EventFd,
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+    }
+}
+
+/// Spawn a thread for `notifies` (queue index, eventfd) and, with `backend`, the NIC's backend.
+pub fn spawn(
+    name: &str,
+    dev: &Arc<Mutex<VirtioPciDevice>>,
+    backend: Option<Arc<NetShared>>,
+    notifies: Vec<(usize, EventFd)>,
+) -> io::Result<EventLoop> {
+    let epoll = Epoll::new()?;
+    let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+    epoll.ctl(
+        ControlOperation::Add,
+        stop.as_raw_fd(),
+        EpollEvent::new(EventSet::IN, TOKEN_STOP),
+    )?;
+    for (i, (_, evt)) in notifies.iter().enumerate() {
+        epoll.ctl(
+            ControlOperation::Add,
+            evt.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, i as u64),
+        )?;
+    }
+    let backend_fd = match &backend {
+        Some(shared) => {
+            let fd = shared.backend().rx_ready_fd();
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, TOKEN_BACKEND),
+            )?;
+            Some(fd)
+        }
+        None => None,
+    };
+    let worker = QueueWorker::new(dev);
+    let stop_rx = stop.try_clone()?;
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let _stop = stop_rx;
+            let mut events = vec![EpollEvent::default(); notifies.len() + 2];
+            let mut watching_backend = backend_fd.is_some();
+            loop {
+                let timeout = backend
+                    .as_ref()
+                    .and_then(|b| b.backend().poll())
+                    .map_or(-1, timeout_ms);
+                let n = match epoll.wait(timeout, &mut events) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return,
+                };
+                for ev in &events[..n] {
+                    match ev.data() {
+                        TOKEN_STOP => return,
+                        TOKEN_BACKEND => {
+                            if let Some(shared) = &backend {
+                                backend_event(&worker, shared);
+                            }
+                        }
+                        i => {
+                            let Some((queue, evt)) = notifies.get(i as usize) else {
+                                continue;
+                            };
+                            // Non-blocking: a spurious wakeup just finds nothing.
+                            if evt.read().is_ok() {
+                                worker.process(*queue);
+                            }
+                        }
+                    }
+                }
+                // A backend that is gone stays readable (EOF): stop watching it.
+                if let (Some(shared), Some(fd), true) = (&backend, backend_fd, watching_backend) {
+                    if shared.backend_gone() {
+                        let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                        watching_backend = false;
+                    }
+                }
+            }
+        })?;
+    Ok(EventLoop { stop })
+}
+
+/// The backend has frames: run the receive pass, or drain if the device did not run.
+fn backend_event(worker: &QueueWorker, shared: &NetShared) {
+    let before = shared.rx_passes.load(Ordering::SeqCst);
+    shared.backend_event.store(true, Ordering::SeqCst);
+    worker.process(RX_KICK_QUEUE);
+    // Not consumed: the device did not run.
+    shared.backend_event.store(false, Ordering::SeqCst);
+    if shared.rx_passes.load(Ordering::SeqCst) == before {
+        shared.drain_inactive();
+    }
+}
+
+fn timeout_ms(d: Duration) -> i32 {
+    // Round up, so that a wait of less than a millisecond does not spin.
+    let ms = d.as_micros().div_ceil(1000);
+    i32::try_from(ms).unwrap_or(i32::MAX)
+}
