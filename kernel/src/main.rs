@@ -13,6 +13,7 @@ mod bootinfo;
 mod exit;
 mod ktap;
 mod mem;
+mod net;
 mod pattern;
 mod pci;
 mod platform;

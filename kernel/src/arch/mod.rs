@@ -14,6 +14,11 @@ pub mod vectors {
     pub const VIRTIO_CONFIG: u8 = 0x41;
     pub const VIRTIO_QUEUE: u8 = 0x42;
     pub const VIRTIO_INTX: u8 = 0x43;
+    /// virtio-net: its config change (and control queue), then one vector per queue pair
+    /// (`NET_PAIR0 + i`, up to 8 pairs), and INTx.
+    pub const NET_CONFIG: u8 = 0x50;
+    pub const NET_PAIR0: u8 = 0x51;
+    pub const NET_INTX: u8 = 0x59;
     pub const IDE_PRIMARY: u8 = 0x4e;
     pub const IDE_SECONDARY: u8 = 0x4f;
 }

@@ -5,6 +5,7 @@ pub mod disk;
 mod foreign_virtio_blk;
 pub mod ide;
 mod irq;
+pub mod net;
 mod pci;
 mod selftest;
 mod time;
@@ -31,6 +32,16 @@ pub static REGISTRY: &[Test] = &[
     Test::in_all("ide_pio_integrity", ide::pio_integrity),
     Test::in_all("ide_dma_integrity", ide::dma_integrity),
     Test::in_all("ide_interrupts", ide::interrupts),
+    Test::in_all("net_link", net::link),
+    Test::in_all("net_ping", net::ping),
+    Test::in_all("net_udp_echo", net::udp_echo),
+    Test::in_all("net_tcp_echo", net::tcp_echo),
+    Test::in_all("net_tcp_tx", net::tcp_tx),
+    Test::in_all("net_tcp_rx", net::tcp_rx),
+    // Never in `all`: DHCP needs a DHCP server (QEMU's user-mode network), MQ a device with
+    // several queue pairs.
+    Test::by_name("net_dhcp", net::dhcp),
+    Test::by_name("net_mq", net::mq),
     // Never in `all`: the host kills the VMM while it sleeps.
     Test::by_name("virtio_blk_durability", virtio_blk::durability),
     // Never in `all`: a second virtio-blk driver (the virtio-drivers crate's) on the same disk

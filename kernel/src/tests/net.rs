@@ -1,0 +1,948 @@
+//! Networking through the whole guest stack: smoltcp (kernel/src/net) over the virtio-net
+//! driver, against the host peer of notes/net_contract.md (ping, UDP 7 echo, TCP 7 echo, TCP
+//! 9 sink with an FNV-1a report, TCP 19 source of the seeded pattern) or, for `net_dhcp`,
+//! QEMU's user-mode network. Each test opens the first virtio-net function (`net_nic=N`
+//! another) and SKIPs if there is none.
+
+use crate::arch::{apic, ioapic, vectors};
+use crate::ktap::Outcome;
+use crate::net::{IpSetup, NetArgs, Stack};
+use crate::platform::{KernelPlatform, PLATFORM};
+use crate::{fail, pattern, pci, println, time};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use drivers::net::{LinkState, Nic, NicError, TxChecksum};
+use drivers::pci::PciFunction;
+use drivers::virtio::net::{NetInterrupts, NetOptions, VirtioNet};
+use drivers::virtio::pci::{device_type, msix_table_size, virtio_device_type, InterruptPlan};
+use smoltcp::iface::SocketHandle;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::socket::{icmp, tcp, udp};
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, IpEndpoint, Ipv4Address};
+
+pub type Net = VirtioNet<'static, KernelPlatform>;
+
+/// Bytes each way of the bulk TCP tests, and the seeds of their patterns.
+const BULK_BYTES: u64 = 16 << 20;
+const TX_SEED: u64 = 0x7e57_0009;
+const RX_SEED: u64 = 0x7e57_0019;
+/// smoltcp socket buffers for bulk TCP: a 256 KiB window (window scaling on).
+const TCP_BUFFER: usize = 256 << 10;
+const SECOND: u64 = 1_000_000_000;
+/// Most queue pairs the tests ask for (one vector each from `vectors::NET_PAIR0`).
+const MAX_PAIRS: u16 = 8;
+
+/// Every virtio-net function a modern driver may bind, in bus order.
+pub fn all() -> impl Iterator<Item = &'static PciFunction> {
+    pci::devices()
+        .iter()
+        .filter(|f| virtio_device_type(f) == Some(device_type::NET))
+}
+
+/// Interrupts for `f` wanting `pairs` pairs: MSI-X (config + a vector per pair), INTx on its
+/// line, or polling, whichever its capabilities allow first.
+fn interrupts(f: &PciFunction, pairs: u16) -> (NetInterrupts, InterruptPlan) {
+    let table = msix_table_size(&PLATFORM, f).unwrap_or(None);
+    let wanted = VirtioNet::<KernelPlatform>::msix_entries_for(pairs, true);
+    let plan = InterruptPlan::choose(f, table, wanted, ioapic::pins());
+    let mode = match plan {
+        InterruptPlan::Msix { .. } => NetInterrupts::Msix {
+            dest_apic_id: apic::id() as u8,
+            config: vectors::NET_CONFIG,
+            pairs: (0..pairs).map(|i| vectors::NET_PAIR0 + i as u8).collect(),
+        },
+        InterruptPlan::Intx { line } => {
+            ioapic::route(line, vectors::NET_INTX, ioapic::Trigger::Level, apic::id());
+            NetInterrupts::Intx {
+                vector: vectors::NET_INTX,
+            }
+        }
+        InterruptPlan::Polled => NetInterrupts::Polled,
+    };
+    (mode, plan)
+}
+
+/// Open virtio-net function `f` with up to `pairs` queue pairs, logging what was negotiated.
+pub fn open(f: &PciFunction, pairs: u16) -> Result<Net, String> {
+    let (mode, plan) = interrupts(f, pairs.clamp(1, MAX_PAIRS));
+    let options = NetOptions {
+        queue_pairs: pairs,
+        interrupts: mode,
+        ..NetOptions::default()
+    };
+    let mut nic = VirtioNet::new(&PLATFORM, f, options)
+        .map_err(|e| format!("virtio-net {}: init: {}", f.address, e))?;
+    let o = nic.offloads();
+    let mac = nic.mac().map(|b| format!("{b:02x}")).join(":");
+    println!(
+        "# net: virtio-net {}: mac {}, features {:#x}, {} queue pair(s){}, interrupts: {}, \
+         offload tx_csum={} rx_csum={}, link {:?}",
+        f.address,
+        mac,
+        nic.features(),
+        nic.queue_pairs(),
+        if nic.mq_refused() {
+            " (the device refused more)"
+        } else {
+            ""
+        },
+        plan,
+        o.tx_checksum,
+        o.rx_checksum,
+        nic.link()
+    );
+    Ok(nic)
+}
+
+/// The NIC the command line picks (`net_nic=`), opened with up to `pairs` pairs.
+fn open_selected(args: &NetArgs, pairs: u16) -> Result<Option<Net>, String> {
+    match all().nth(args.nic) {
+        Some(f) => open(f, pairs).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Run `body` on a stack over the selected NIC (SKIP without one), then log the counters.
+fn with_stack(
+    pairs: u16,
+    ip: Option<IpSetup>,
+    body: impl FnOnce(&mut Stack<'_>, &NetArgs) -> Result<(), String>,
+) -> Outcome {
+    let args = match NetArgs::from_cmdline() {
+        Ok(a) => a,
+        Err(e) => fail!("{}", e),
+    };
+    let mut nic = match open_selected(&args, pairs) {
+        Ok(Some(n)) => n,
+        Ok(None) => return Outcome::Skip("no virtio-net device"),
+        Err(e) => fail!("{}", e),
+    };
+    let result = {
+        let mut stack = match Stack::new(&mut nic, ip.unwrap_or(args.ip)) {
+            Ok(s) => s,
+            Err(e) => fail!("{}", e),
+        };
+        let r = body(&mut stack, &args);
+        report(&mut stack);
+        r
+    };
+    for i in 0..usize::from(nic.queue_pairs()) {
+        if let Some(p) = nic.pair_counters(i) {
+            println!(
+                "# net: pair {}: tx {} rx {} packets, {} interrupts, {} notifies, {} device \
+                 errors, {} merged, {} csum completed",
+                i,
+                p.nic.tx_packets,
+                p.nic.rx_packets,
+                p.nic.interrupts,
+                p.nic.notifies,
+                p.device_errors,
+                p.rx_merged,
+                p.rx_csum_completed
+            );
+        }
+    }
+    match result {
+        Ok(()) => Outcome::Pass,
+        Err(e) => Outcome::Fail(e),
+    }
+}
+
+fn report(stack: &mut Stack<'_>) {
+    let interrupts = stack.interrupts();
+    let d = &mut stack.device;
+    let c = d.nic().counters();
+    let b = d.counters();
+    println!(
+        "# net: nic: tx {} ({} bytes, {} drops), rx {} ({} bytes, {} drops), {} interrupts ({}), \
+         {} notifies",
+        c.tx_packets,
+        c.tx_bytes,
+        c.tx_drops,
+        c.rx_packets,
+        c.rx_bytes,
+        c.rx_drops,
+        c.interrupts,
+        if interrupts {
+            "interrupt-driven"
+        } else {
+            "polled"
+        },
+        c.notifies
+    );
+    println!(
+        "# net: bridge: tx {} ({} checksums offloaded, {} dropped, {} full waits, {} flushes), \
+         rx {} (checksum: {} by the device, {} here, {} bad), last error {:?}",
+        b.tx_frames,
+        b.tx_partial,
+        b.tx_dropped,
+        b.tx_full_waits,
+        b.flushes,
+        b.rx_frames,
+        b.rx_checksum_by_device,
+        b.rx_checksum_here,
+        b.rx_bad_checksum,
+        d.last_error()
+    );
+}
+
+/// The peer address as smoltcp's.
+fn peer(args: &NetArgs) -> IpAddress {
+    IpAddress::Ipv4(args.peer)
+}
+
+fn tcp_socket(stack: &mut Stack<'_>, buffer: usize) -> SocketHandle {
+    let s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; buffer]),
+        tcp::SocketBuffer::new(vec![0; buffer]),
+    );
+    stack.sockets.add(s)
+}
+
+fn udp_socket(stack: &mut Stack<'_>, port: u16) -> Result<SocketHandle, String> {
+    let mut s = udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 16 << 10]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 16 << 10]),
+    );
+    s.bind(port)
+        .map_err(|e| format!("UDP bind {port}: {e:?}"))?;
+    Ok(stack.sockets.add(s))
+}
+
+/// A local port for the test's own connections: distinct per call, so a test that runs after
+/// another does not reuse a 4-tuple the peer may still hold.
+fn local_port() -> u16 {
+    static NEXT: core::sync::atomic::AtomicU16 = core::sync::atomic::AtomicU16::new(0);
+    50_000 + NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed) % 10_000
+}
+
+/// Connect `h` to `remote` from `port` and wait until established.
+fn connect(
+    stack: &mut Stack<'_>,
+    h: SocketHandle,
+    remote: IpEndpoint,
+    port: u16,
+) -> Result<(), String> {
+    let cx = stack.iface.context();
+    stack
+        .sockets
+        .get_mut::<tcp::Socket>(h)
+        .connect(cx, remote, port)
+        .map_err(|e| format!("TCP connect to {remote}: {e:?}"))?;
+    let ok = stack.poll_until(10 * SECOND, |s| {
+        let st = s.sockets.get::<tcp::Socket>(h).state();
+        st == tcp::State::Established || st == tcp::State::Closed
+    });
+    let state = stack.sockets.get::<tcp::Socket>(h).state();
+    if !ok || state != tcp::State::Established {
+        return Err(format!("TCP connect to {remote}: {state} after 10 s"));
+    }
+    Ok(())
+}
+
+/// FNV-1a 64, as the sink reports it.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+    fn update(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// The contract's seeded byte stream: the disk pattern's sectors 0, 1, 2, ... concatenated.
+struct PatternStream {
+    seed: u64,
+    sector: u64,
+    buf: [u8; pattern::SECTOR],
+    /// Bytes of `buf` already used.
+    used: usize,
+}
+
+impl PatternStream {
+    fn new(seed: u64) -> Self {
+        let mut s = Self {
+            seed,
+            sector: 0,
+            buf: [0; pattern::SECTOR],
+            used: 0,
+        };
+        pattern::fill(seed, 0, &mut s.buf);
+        s
+    }
+
+    /// The next `n` (≤ what is left of this sector) bytes.
+    fn take(&mut self, n: usize) -> &[u8] {
+        if self.used == pattern::SECTOR {
+            self.sector += 1;
+            pattern::fill(self.seed, self.sector, &mut self.buf);
+            self.used = 0;
+        }
+        let n = n.min(pattern::SECTOR - self.used);
+        let out = &self.buf[self.used..self.used + n];
+        self.used += n;
+        out
+    }
+
+    /// Fill `out` with the next bytes.
+    fn fill(&mut self, mut out: &mut [u8]) {
+        while !out.is_empty() {
+            let chunk = self.take(out.len());
+            let n = chunk.len();
+            out[..n].copy_from_slice(chunk);
+            out = &mut out[n..];
+        }
+    }
+
+    /// Whether `data` is the next bytes; the offset into `data` of the first that is not.
+    fn check(&mut self, mut data: &[u8]) -> Result<(), usize> {
+        let mut at = 0;
+        while !data.is_empty() {
+            let chunk = self.take(data.len());
+            let n = chunk.len();
+            if let Some(i) = chunk.iter().zip(data).position(|(a, b)| a != b) {
+                return Err(at + i);
+            }
+            at += n;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+}
+
+/// One echo request of `size` payload bytes to `to`; waits for the matching reply.
+fn ping_once(
+    stack: &mut Stack<'_>,
+    h: SocketHandle,
+    to: IpAddress,
+    ident: u16,
+    seq_no: u16,
+    size: usize,
+) -> Result<u64, String> {
+    let data: Vec<u8> = (0..size).map(|i| (i as u8) ^ (seq_no as u8)).collect();
+    let caps = ChecksumCapabilities::default();
+    let req = Icmpv4Repr::EchoRequest {
+        ident,
+        seq_no,
+        data: &data,
+    };
+    let start = time::now_ns();
+    {
+        let s = stack.sockets.get_mut::<icmp::Socket>(h);
+        let buf = s
+            .send(req.buffer_len(), to)
+            .map_err(|e| format!("ping {to}: send: {e:?}"))?;
+        req.emit(&mut Icmpv4Packet::new_unchecked(buf), &caps);
+    }
+    let mut answer: Option<Result<(), String>> = None;
+    stack.poll_until(3 * SECOND, |s| {
+        let sock = s.sockets.get_mut::<icmp::Socket>(h);
+        while let Ok((bytes, from)) = sock.recv() {
+            let Ok(packet) = Icmpv4Packet::new_checked(bytes) else {
+                continue;
+            };
+            match Icmpv4Repr::parse(&packet, &caps) {
+                Ok(Icmpv4Repr::EchoReply {
+                    ident: i,
+                    seq_no: n,
+                    data: d,
+                }) if i == ident && n == seq_no => {
+                    answer = Some(if from != to {
+                        Err(format!("ping {to}: reply from {from}"))
+                    } else if d != &data[..] {
+                        Err(format!("ping {to}: {size}-byte reply differs"))
+                    } else {
+                        Ok(())
+                    });
+                }
+                _ => {}
+            }
+        }
+        answer.is_some()
+    });
+    match answer {
+        Some(Ok(())) => Ok(time::now_ns() - start),
+        Some(Err(e)) => Err(e),
+        None => Err(format!(
+            "ping {to} ({size} bytes, seq {seq_no}): no reply in 3 s"
+        )),
+    }
+}
+
+/// Ping `to` with each of `sizes`; the first may wait for ARP.
+fn ping_sizes(stack: &mut Stack<'_>, to: IpAddress, sizes: &[usize]) -> Result<(), String> {
+    let mut s = icmp::Socket::new(
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 8192]),
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 8192]),
+    );
+    let ident = 0x4e54;
+    s.bind(icmp::Endpoint::Ident(ident))
+        .map_err(|e| format!("ICMP bind: {e:?}"))?;
+    let h = stack.sockets.add(s);
+    for (seq, &size) in sizes.iter().enumerate() {
+        let ns = ping_once(stack, h, to, ident, seq as u16, size)?;
+        println!("# net: ping {} {} bytes: {} us", to, size, ns / 1000);
+    }
+    stack.sockets.remove(h);
+    Ok(())
+}
+
+const PING_SIZES: [usize; 6] = [0, 1, 56, 512, 1000, 1472];
+
+/// ARP and ICMP echo to the peer, several sizes up to a full frame.
+pub fn ping() -> Outcome {
+    with_stack(1, None, |stack, args| {
+        ping_sizes(stack, peer(args), &PING_SIZES)
+    })
+}
+
+/// Send `payload` to `to` from `h` and wait for the same bytes back from there.
+fn udp_round_trip(
+    stack: &mut Stack<'_>,
+    h: SocketHandle,
+    to: IpEndpoint,
+    payload: &[u8],
+    buf: &mut [u8],
+) -> Result<bool, String> {
+    stack
+        .sockets
+        .get_mut::<udp::Socket>(h)
+        .send_slice(payload, to)
+        .map_err(|e| format!("UDP send of {} bytes: {e:?}", payload.len()))?;
+    let mut got: Option<Result<(), String>> = None;
+    stack.poll_until(SECOND, |s| {
+        let sock = s.sockets.get_mut::<udp::Socket>(h);
+        while let Ok((n, meta)) = sock.recv_slice(buf) {
+            got = Some(if meta.endpoint != to {
+                Err(format!("UDP echo from {} instead of {to}", meta.endpoint))
+            } else if buf[..n] != *payload {
+                let at = buf[..n]
+                    .iter()
+                    .zip(payload)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(n.min(payload.len()));
+                Err(format!(
+                    "UDP echo of {} bytes came back as {n} bytes, first difference at {at}",
+                    payload.len()
+                ))
+            } else {
+                Ok(())
+            });
+        }
+        got.is_some()
+    });
+    match got {
+        Some(Ok(())) => Ok(true),
+        Some(Err(e)) => Err(e),
+        None => Ok(false),
+    }
+}
+
+/// Every UDP payload size from 1 to 1472 bytes through the echo service, byte for byte.
+pub fn udp_echo() -> Outcome {
+    with_stack(1, None, |stack, args| {
+        let h = udp_socket(stack, local_port())?;
+        let to = IpEndpoint::new(peer(args), 7);
+        let mut buf = vec![0u8; 2048];
+        let mut lost = 0;
+        let start = time::now_ns();
+        for size in 1..=1472usize {
+            let payload: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+            // A datagram may be lost on the way (UDP); the same size is retried, a few times.
+            let mut tries = 0;
+            while !udp_round_trip(stack, h, to, &payload, &mut buf)? {
+                lost += 1;
+                tries += 1;
+                if tries == 3 {
+                    return Err(format!("UDP echo of {size} bytes: no answer in 3 tries"));
+                }
+            }
+        }
+        println!(
+            "# net: udp echo 1..=1472 bytes: {} ms, {} datagrams lost and resent",
+            (time::now_ns() - start) / 1_000_000,
+            lost
+        );
+        Ok(())
+    })
+}
+
+/// Stream `length` bytes of the `seed` pattern into connected socket `h`, then close our
+/// half; returns our FNV-1a of what was sent.
+fn stream_pattern(
+    stack: &mut Stack<'_>,
+    h: SocketHandle,
+    length: u64,
+    seed: u64,
+    timeout_ns: u64,
+) -> Result<Fnv, String> {
+    let mut source = PatternStream::new(seed);
+    let mut fnv = Fnv::new();
+    let mut sent = 0u64;
+    let mut error = None;
+    stack.poll_until(timeout_ns, |s| {
+        let sock = s.sockets.get_mut::<tcp::Socket>(h);
+        while sent < length && sock.can_send() {
+            let r = sock.send(|buf| {
+                let n = buf.len().min((length - sent) as usize);
+                source.fill(&mut buf[..n]);
+                fnv.update(&buf[..n]);
+                (n, n)
+            });
+            match r {
+                Ok(n) => sent += n as u64,
+                Err(e) => {
+                    error = Some(format!("TCP send: {e:?}"));
+                    break;
+                }
+            }
+        }
+        if !sock.may_send() && sent < length {
+            error = Some(format!(
+                "TCP connection lost ({}) after {sent} bytes",
+                sock.state()
+            ));
+        }
+        error.is_some() || (sent == length && sock.send_queue() == 0)
+    });
+    if let Some(e) = error {
+        return Err(e);
+    }
+    if sent < length {
+        return Err(format!(
+            "TCP: {sent} of {length} bytes sent (and acknowledged) in {} s",
+            timeout_ns / SECOND
+        ));
+    }
+    stack.sockets.get_mut::<tcp::Socket>(h).close();
+    Ok(fnv)
+}
+
+/// Read until the peer closes; `consume` gets each chunk. Returns the bytes read.
+fn read_to_close(
+    stack: &mut Stack<'_>,
+    h: SocketHandle,
+    timeout_ns: u64,
+    mut consume: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<u64, String> {
+    let mut total = 0u64;
+    let mut error = None;
+    let closed = stack.poll_until(timeout_ns, |s| {
+        let sock = s.sockets.get_mut::<tcp::Socket>(h);
+        while sock.can_recv() {
+            let r = sock.recv(|buf| (buf.len(), consume(buf).map(|()| buf.len())));
+            match r {
+                Ok(Ok(n)) => total += n as u64,
+                Ok(Err(e)) => error = Some(e),
+                Err(e) => error = Some(format!("TCP recv: {e:?}")),
+            }
+            if error.is_some() {
+                break;
+            }
+        }
+        error.is_some() || !sock.may_recv()
+    });
+    if let Some(e) = error {
+        return Err(e);
+    }
+    if !closed {
+        return Err(format!(
+            "TCP: the peer did not close within {} s ({total} bytes read)",
+            timeout_ns / SECOND
+        ));
+    }
+    Ok(total)
+}
+
+/// MB/s of `bytes` in `ns`.
+fn mb_per_s(bytes: u64, ns: u64) -> u64 {
+    bytes * 1000 / ns.max(1)
+}
+
+/// Send `length` bytes of the `seed` pattern to the sink (TCP 9) from `port`; check its report.
+fn sink_transfer(
+    stack: &mut Stack<'_>,
+    args: &NetArgs,
+    port: u16,
+    length: u64,
+    seed: u64,
+) -> Result<u64, String> {
+    let h = tcp_socket(stack, TCP_BUFFER);
+    connect(stack, h, IpEndpoint::new(peer(args), 9), port)?;
+    let start = time::now_ns();
+    let ours = stream_pattern(stack, h, length, seed, 120 * SECOND)?;
+    let mut report = Vec::new();
+    read_to_close(stack, h, 10 * SECOND, |b| {
+        report.extend_from_slice(b);
+        Ok(())
+    })?;
+    let ns = time::now_ns() - start;
+    stack.sockets.remove(h);
+    if report.len() != 16 {
+        return Err(format!(
+            "sink report is {} bytes, not 16: {report:02x?}",
+            report.len()
+        ));
+    }
+    let total = u64::from_le_bytes(report[..8].try_into().expect("8 bytes"));
+    let fnv = u64::from_le_bytes(report[8..].try_into().expect("8 bytes"));
+    if total != length || fnv != ours.0 {
+        return Err(format!(
+            "sink got {total} bytes, FNV {fnv:#018x}; we sent {length}, FNV {:#018x}",
+            ours.0
+        ));
+    }
+    Ok(ns)
+}
+
+/// 16 MiB of the seeded pattern to the TCP sink; its FNV-1a must match ours.
+pub fn tcp_tx() -> Outcome {
+    with_stack(1, None, |stack, args| {
+        let ns = sink_transfer(stack, args, local_port(), BULK_BYTES, TX_SEED)?;
+        println!(
+            "# net: tcp tx {} bytes: {} ms, {} MB/s",
+            BULK_BYTES,
+            ns / 1_000_000,
+            mb_per_s(BULK_BYTES, ns)
+        );
+        Ok(())
+    })
+}
+
+/// 16 MiB from the TCP source, checked against the seeded pattern as it arrives.
+pub fn tcp_rx() -> Outcome {
+    with_stack(1, None, |stack, args| {
+        let h = tcp_socket(stack, TCP_BUFFER);
+        connect(stack, h, IpEndpoint::new(peer(args), 19), local_port())?;
+        let mut request = [0u8; 16];
+        request[..8].copy_from_slice(&BULK_BYTES.to_le_bytes());
+        request[8..].copy_from_slice(&RX_SEED.to_le_bytes());
+        stack
+            .sockets
+            .get_mut::<tcp::Socket>(h)
+            .send_slice(&request)
+            .map_err(|e| format!("TCP send: {e:?}"))?;
+        let start = time::now_ns();
+        let mut expect = PatternStream::new(RX_SEED);
+        let mut offset = 0u64;
+        let total = read_to_close(stack, h, 120 * SECOND, |chunk| {
+            let r = expect.check(chunk).map_err(|i| {
+                format!(
+                    "TCP source: byte {} differs from the pattern",
+                    offset + i as u64
+                )
+            });
+            offset += chunk.len() as u64;
+            r
+        })?;
+        let ns = time::now_ns() - start;
+        stack.sockets.get_mut::<tcp::Socket>(h).close();
+        stack.poll_until(SECOND, |s| {
+            s.sockets.get::<tcp::Socket>(h).state() == tcp::State::Closed
+        });
+        stack.sockets.remove(h);
+        if total != BULK_BYTES {
+            return Err(format!(
+                "TCP source sent {total} bytes, asked for {BULK_BYTES}"
+            ));
+        }
+        println!(
+            "# net: tcp rx {} bytes: {} ms, {} MB/s",
+            total,
+            ns / 1_000_000,
+            mb_per_s(total, ns)
+        );
+        Ok(())
+    })
+}
+
+/// A few messages through the TCP echo service, compared byte for byte.
+pub fn tcp_echo() -> Outcome {
+    with_stack(1, None, |stack, args| {
+        let h = tcp_socket(stack, 64 << 10);
+        connect(stack, h, IpEndpoint::new(peer(args), 7), local_port())?;
+        let mut source = PatternStream::new(0xec40);
+        for size in [1usize, 100, 1460, 1461, 4096, 20000] {
+            let mut msg = vec![0u8; size];
+            source.fill(&mut msg);
+            let mut sent = 0;
+            let mut back = Vec::with_capacity(size);
+            let mut error = None;
+            let done = stack.poll_until(10 * SECOND, |s| {
+                let sock = s.sockets.get_mut::<tcp::Socket>(h);
+                if sent < size {
+                    match sock.send_slice(&msg[sent..]) {
+                        Ok(n) => sent += n,
+                        Err(e) => error = Some(format!("TCP send: {e:?}")),
+                    }
+                }
+                while sock.can_recv() {
+                    let _ = sock.recv(|b| {
+                        back.extend_from_slice(b);
+                        (b.len(), ())
+                    });
+                }
+                error.is_some() || back.len() >= size
+            });
+            if let Some(e) = error {
+                return Err(e);
+            }
+            if !done || back != msg {
+                return Err(format!(
+                    "TCP echo of {size} bytes: {} bytes back{}",
+                    back.len(),
+                    if back.len() == size {
+                        ", different"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        stack.sockets.get_mut::<tcp::Socket>(h).close();
+        stack.poll_until(2 * SECOND, |s| {
+            s.sockets.get::<tcp::Socket>(h).state() == tcp::State::Closed
+        });
+        Ok(())
+    })
+}
+
+/// The link state as the device reports it; it must be what `net_expect_link=` says (up by
+/// default). A link that is down must refuse to send with [`NicError::LinkDown`].
+pub fn link() -> Outcome {
+    let args = match NetArgs::from_cmdline() {
+        Ok(a) => a,
+        Err(e) => fail!("{}", e),
+    };
+    let mut nic = match open_selected(&args, 1) {
+        Ok(Some(n)) => n,
+        Ok(None) => return Outcome::Skip("no virtio-net device"),
+        Err(e) => fail!("{}", e),
+    };
+    let state = nic.link();
+    let expected = if args.expect_link_down {
+        LinkState::Down
+    } else {
+        LinkState::Up
+    };
+    println!("# net: link {:?} (expected {:?})", state, expected);
+    if state != expected {
+        fail!("link is {:?}, expected {:?}", state, expected);
+    }
+    if state == LinkState::Down {
+        // A broadcast ARP-sized frame: the contents do not matter, the refusal does.
+        let mut frame = [0u8; 60];
+        frame[..6].fill(0xff);
+        frame[6..12].copy_from_slice(&nic.mac());
+        frame[12..14].copy_from_slice(&[0x08, 0x06]);
+        match nic.send(&frame, TxChecksum::Complete) {
+            Err(NicError::LinkDown) => println!("# net: send with the link down: refused"),
+            other => fail!("send with the link down: {:?}, not LinkDown", other),
+        }
+    }
+    Outcome::Pass
+}
+
+/// DHCPv4 (whatever `net_ip=` says), then ping the router it names. Under QEMU's user-mode
+/// network the lease is 10.0.2.15/24 with router 10.0.2.2 (the host test checks that).
+pub fn dhcp() -> Outcome {
+    with_stack(1, Some(IpSetup::Dhcp), |stack, _| {
+        let start = time::now_ns();
+        if !stack.poll_until(15 * SECOND, |s| s.lease.is_some()) {
+            return Err(String::from("DHCP: no lease in 15 s"));
+        }
+        let lease = stack.lease.expect("checked");
+        println!(
+            "# net: dhcp lease {} router {} in {} ms",
+            lease.address,
+            lease
+                .router
+                .map_or(String::from("none"), |r| format!("{r}")),
+            (time::now_ns() - start) / 1_000_000
+        );
+        let Some(router) = lease.router else {
+            return Err(String::from("DHCP: the lease names no router to ping"));
+        };
+        ping_sizes(stack, IpAddress::Ipv4(router), &[0, 56, 1472])
+    })
+}
+
+/// A local port whose flow the driver sends on `pair` (of `pairs`), to `remote`:`remote_port`
+/// over protocol `proto`, found by asking the driver about a header-only frame.
+fn port_for_pair(
+    nic: &Net,
+    src: Ipv4Address,
+    remote: Ipv4Address,
+    proto: u8,
+    remote_port: u16,
+    pair: usize,
+    start: u16,
+) -> u16 {
+    let mut frame = [0u8; 14 + 20 + 8];
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    frame[14] = 0x45;
+    frame[14 + 9] = proto;
+    frame[14 + 12..14 + 16].copy_from_slice(&src.octets());
+    frame[14 + 16..14 + 20].copy_from_slice(&remote.octets());
+    frame[34 + 2..34 + 4].copy_from_slice(&remote_port.to_be_bytes());
+    for port in start..start.saturating_add(4096) {
+        frame[34..36].copy_from_slice(&port.to_be_bytes());
+        if nic.tx_pair_for(&frame) == pair {
+            return port;
+        }
+    }
+    start
+}
+
+/// With several queue pairs: a UDP echo flow and a TCP sink flow on every pair at once
+/// (ports chosen so the driver's flow hash puts each on its pair); every pair must have
+/// carried traffic both ways. The host checks the device's per-queue counters too.
+pub fn mq() -> Outcome {
+    let args = match NetArgs::from_cmdline() {
+        Ok(a) => a,
+        Err(e) => fail!("{}", e),
+    };
+    let IpSetup::Static(cidr) = args.ip else {
+        return Outcome::Skip("net_mq needs a static net_ip=");
+    };
+    let mut nic = match open_selected(&args, MAX_PAIRS) {
+        Ok(Some(n)) => n,
+        Ok(None) => return Outcome::Skip("no virtio-net device"),
+        Err(e) => fail!("{}", e),
+    };
+    let pairs = usize::from(nic.queue_pairs());
+    if pairs < 2 {
+        return Outcome::Skip("the device gave one queue pair");
+    }
+    let flows: Vec<(u16, u16)> = (0..pairs)
+        .map(|p| {
+            let base = 20_000 + 1000 * p as u16;
+            (
+                port_for_pair(&nic, cidr.address(), args.peer, 17, 7, p, base),
+                port_for_pair(&nic, cidr.address(), args.peer, 6, 9, p, base + 500),
+            )
+        })
+        .collect();
+    let before: Vec<_> = (0..pairs).filter_map(|i| nic.pair_counters(i)).collect();
+    let result = {
+        let mut stack = match Stack::new(&mut nic, args.ip) {
+            Ok(s) => s,
+            Err(e) => fail!("{}", e),
+        };
+        let r = mq_traffic(&mut stack, &args, &flows);
+        report(&mut stack);
+        r
+    };
+    if let Err(e) = result {
+        return Outcome::Fail(e);
+    }
+    let mut idle = Vec::new();
+    for (i, b) in before.iter().enumerate() {
+        let a = nic.pair_counters(i).unwrap_or_default();
+        let (tx, rx) = (
+            a.nic.tx_packets - b.nic.tx_packets,
+            a.nic.rx_packets - b.nic.rx_packets,
+        );
+        println!(
+            "# net: mq pair {}: tx {} rx {} packets, {} interrupts (udp port {}, tcp port {})",
+            i,
+            tx,
+            rx,
+            a.nic.interrupts - b.nic.interrupts,
+            flows[i].0,
+            flows[i].1
+        );
+        if tx == 0 || rx == 0 {
+            idle.push(i);
+        }
+    }
+    if !idle.is_empty() {
+        fail!(
+            "queue pairs {:?} of {} carried no traffic one way",
+            idle,
+            pairs
+        );
+    }
+    Outcome::Pass
+}
+
+/// 1 MiB per flow: all TCP flows connected, then streamed together; then UDP echoes per flow.
+fn mq_traffic(stack: &mut Stack<'_>, args: &NetArgs, flows: &[(u16, u16)]) -> Result<(), String> {
+    const PER_FLOW: u64 = 1 << 20;
+    let remote = IpEndpoint::new(peer(args), 9);
+    let mut handles = Vec::new();
+    for &(_, tcp_port) in flows {
+        let h = tcp_socket(stack, 64 << 10);
+        connect(stack, h, remote, tcp_port)?;
+        handles.push(h);
+    }
+    // Interleaved: every socket is fed in each round, so the pairs carry traffic at once.
+    let mut sources: Vec<(PatternStream, Fnv, u64)> = (0..handles.len())
+        .map(|i| (PatternStream::new(TX_SEED + i as u64), Fnv::new(), 0))
+        .collect();
+    let done = stack.poll_until(60 * SECOND, |s| {
+        let mut all = true;
+        for (h, (src, fnv, sent)) in handles.iter().zip(sources.iter_mut()) {
+            let sock = s.sockets.get_mut::<tcp::Socket>(*h);
+            while *sent < PER_FLOW && sock.can_send() {
+                let Ok(n) = sock.send(|buf| {
+                    let n = buf.len().min((PER_FLOW - *sent) as usize);
+                    src.fill(&mut buf[..n]);
+                    fnv.update(&buf[..n]);
+                    (n, n)
+                }) else {
+                    break;
+                };
+                *sent += n as u64;
+            }
+            if *sent == PER_FLOW && sock.send_queue() == 0 {
+                sock.close();
+            } else {
+                all = false;
+            }
+        }
+        all
+    });
+    if !done {
+        return Err(String::from("mq: TCP flows did not finish in 60 s"));
+    }
+    for (i, h) in handles.iter().enumerate() {
+        let mut report = Vec::new();
+        read_to_close(stack, *h, 10 * SECOND, |b| {
+            report.extend_from_slice(b);
+            Ok(())
+        })?;
+        let fnv = report
+            .get(8..16)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+        if fnv != Some(sources[i].1 .0) {
+            return Err(format!(
+                "mq: TCP flow {i}: the sink's report {report:02x?} differs"
+            ));
+        }
+        stack.sockets.remove(*h);
+    }
+    let mut buf = vec![0u8; 2048];
+    for &(udp_port, _) in flows {
+        let h = udp_socket(stack, udp_port)?;
+        for k in 0..32usize {
+            let payload: Vec<u8> = (0..64 + k * 40).map(|i| (i + k) as u8).collect();
+            let mut tries = 0;
+            while !udp_round_trip(stack, h, IpEndpoint::new(peer(args), 7), &payload, &mut buf)? {
+                tries += 1;
+                if tries == 3 {
+                    return Err(format!("mq: UDP echo from port {udp_port}: no answer"));
+                }
+            }
+        }
+        stack.sockets.remove(h);
+    }
+    Ok(())
+}
