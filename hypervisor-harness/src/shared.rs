@@ -60,6 +60,9 @@ pub struct BenchArgs {
     /// Leave out the storage section (IDE against virtio-blk).
     #[arg(long)]
     pub skip_storage: bool,
+    /// Leave out the network section (virtio-net over each backend, against QEMU).
+    #[arg(long)]
+    pub skip_net: bool,
 }
 
 /// The image the build produced, if build.rs set KERNEL_IMAGE.

@@ -3,6 +3,7 @@
 //! `--exits-json` document is read back as the [`RunJson`] it wrote.
 
 pub mod blk;
+pub mod net;
 pub mod report;
 
 use crate::error::HarnessError;
@@ -115,6 +116,16 @@ fn read_run_json(path: &Path) -> Result<RunJson<'static>, String> {
 
 /// Spawn our own binary with `args` (plus `--exits-json` to a temp file).
 pub fn spawn_self(args: &[String], tag: &str) -> Result<ChildRun, HarnessError> {
+    spawn_self_under(&[], args, tag)
+}
+
+/// [`spawn_self`] under `wrapper` (a command that runs ours, e.g. `ip netns exec NS`), or
+/// directly when it is empty.
+pub fn spawn_self_under(
+    wrapper: &[String],
+    args: &[String],
+    tag: &str,
+) -> Result<ChildRun, HarnessError> {
     let exe = std::env::current_exe()
         .map_err(|e| HarnessError::Other(format!("cannot find our own binary: {e}")))?;
     // The child's --exits-json: an empty file until it writes one, removed when dropped.
@@ -124,7 +135,15 @@ pub fn spawn_self(args: &[String], tag: &str) -> Result<ChildRun, HarnessError> 
     let json_path = json_file.as_path();
     let spawn_monotonic_ns = crate::vmm::timing::monotonic_ns();
     let start = Instant::now();
-    let out = Command::new(exe)
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let out = cmd
         .args(args)
         .arg("--exits-json")
         .arg(json_path)
@@ -330,6 +349,32 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
             dir.as_path(),
         )?)
     };
+    let net = if a.skip_net {
+        None
+    } else {
+        let qemu_extra = vec![
+            "--accel".to_string(),
+            accel.to_string(),
+            "--qemu".to_string(),
+            a.qemu.clone(),
+        ];
+        let floor_roundtrip_ns = floor
+            .iter()
+            .find(|r| r.name == "notify_irq_roundtrip")
+            .and_then(|r| r.line.ns);
+        // The peer's socket, removed with the directory when it drops.
+        let dir =
+            TempDir::new_with_prefix(std::env::temp_dir().join("hh-bench-net-")).map_err(|e| {
+                HarnessError::Other(format!("cannot create a temporary directory: {e}"))
+            })?;
+        let cmdline = net::guest_cmdline(false);
+        Some(net::run_section(
+            &|sub| common_args(sub, &kernel, a, &cmdline),
+            &qemu_extra,
+            dir.as_path(),
+            floor_roundtrip_ns,
+        )?)
+    };
     let rep = BenchReport {
         platform,
         floor,
@@ -340,6 +385,7 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
         qemu_primary,
         runs: a.runs,
         blk,
+        net,
     };
     print!("{}", rep.to_text());
     if let Some(p) = &a.json {

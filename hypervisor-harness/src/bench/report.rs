@@ -1,6 +1,7 @@
 //! Bench results: a plain-text table and JSON, both naming the platform.
 
 use super::blk::BlkSectionJson;
+use super::net::NetSectionJson;
 use super::BenchLine;
 use crate::platform::{Platform, PlatformJson};
 use crate::shared::{Accel, RunJson};
@@ -339,6 +340,8 @@ pub struct BenchReport {
     pub runs: u32,
     /// The storage section (absent with `--skip-storage`).
     pub blk: Option<super::blk::BlkSection>,
+    /// The network section (absent with `--skip-net`).
+    pub net: Option<super::net::NetSection>,
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {
@@ -520,6 +523,9 @@ impl BenchReport {
         if let Some(b) = &self.blk {
             s += &b.to_text();
         }
+        if let Some(n) = &self.net {
+            s += &n.to_text();
+        }
         s
     }
 
@@ -554,6 +560,7 @@ impl BenchReport {
                 targets: self.targets(),
             },
             storage: self.blk.as_ref().map(|b| b.to_json()),
+            net: self.net.as_ref().map(|n| n.to_json()),
         }
     }
 }
@@ -579,6 +586,8 @@ pub struct BenchJson<'a> {
     pub boot: BootSectionJson<'a>,
     /// Absent (null) with `--skip-storage`.
     pub storage: Option<BlkSectionJson<'a>>,
+    /// Absent (null) with `--skip-net`.
+    pub net: Option<NetSectionJson<'a>>,
 }
 
 /// One floor measurement.
@@ -741,6 +750,7 @@ mod tests {
             qemu_primary: Accel::Tcg,
             runs: 1,
             blk: None,
+            net: None,
         };
         let met: Vec<Option<bool>> = rep.targets().iter().map(|t| t.met).collect();
         // 10 ms <= 20; 0.1 <= 0.2; 3 CPU-ms <= 8; 2500 > 2000; 8 MiB > 5.
@@ -822,6 +832,7 @@ mod tests {
             qemu_primary: Accel::Kvm,
             runs: 2,
             blk: None,
+            net: None,
         };
         let t = rep.to_text();
         assert!(t.contains("kvm_pvm"));

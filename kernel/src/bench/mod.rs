@@ -4,6 +4,7 @@
 
 mod blk;
 mod floor;
+mod net;
 
 use crate::exit::ExitCode;
 use crate::ktap::{self, Test};
@@ -12,6 +13,7 @@ pub static REGISTRY: &[Test] = &[
     Test::in_all("floor_device", floor::device),
     Test::in_all("floor_loops", floor::loops),
     Test::in_all("blk", blk::blk),
+    Test::in_all("net", net::net),
 ];
 
 /// `bench=floor` is both floor rows; `bench=all` everything.

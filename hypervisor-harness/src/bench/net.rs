@@ -1,0 +1,816 @@
+//! The network section of `bench`: the guest's `bench=net` over virtio-net, under our harness
+//! (queues on I/O threads, and inline on the notify exit; one and two queue pairs) and under
+//! QEMU, against the backends side by side: the in-process `peer`, a `stream` to a
+//! `hypervisor-harness peer --listen` child (both VMMs attach to it), and `tap` with
+//! `vnet_hdr` on and off inside a network namespace of its own, where the machine allows one.
+//!
+//! Exits per packet come from the phase snapshots at the guest's `# phase:` lines, as storage
+//! does: userspace exits at the NIC's devices, and KVM's count of every exit; interrupts per
+//! packet from the guest's own count on the NIC's vectors. The per-packet denominator is every
+//! frame the NIC moved during the row (`frames=` on the guest's line).
+
+use super::blk::{device_exits_between, phases};
+use super::{parse_bench_line, BenchLine, ChildRun};
+use crate::error::HarnessError;
+use crate::vmm::exits::PhaseMark;
+use serde::Serialize;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workloads the guest runs, in its order.
+pub const WORKLOADS: [&str; 7] = [
+    "tx_1514", "tx_64", "rx_1514", "rx_64", "rtt_udp", "tcp_tx", "tcp_rx",
+];
+
+/// Rows whose packets move in bulk (the exits target); `rtt_udp` is one packet at a time.
+pub fn is_bulk(workload: &str) -> bool {
+    workload != "rtt_udp"
+}
+
+/// Device-name prefix of the NIC's exits in the harness's counters.
+const NIC_DEVICE_PREFIX: &str = "virtio-net";
+
+/// One `net.<workload>` row of one configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NetRow {
+    /// `harness-thread`, `harness-inline`, `qemu`.
+    pub vmm: String,
+    pub nic: String,
+    /// `peer`, `stream`, `tap`, `tap-novnet`.
+    pub backend: String,
+    pub queues: u16,
+    pub workload: String,
+    /// The row's own unit: frames sent, datagrams received, round trips, TCP frames.
+    #[serde(skip)]
+    pub n: u64,
+    #[serde(skip)]
+    pub bytes: u64,
+    #[serde(skip)]
+    pub total_ns: f64,
+    /// Every frame the NIC moved in the row.
+    #[serde(skip)]
+    pub frames: u64,
+    #[serde(skip)]
+    pub irqs: Option<u64>,
+    /// RX rows: datagrams asked of the source.
+    #[serde(skip)]
+    pub requested: Option<u64>,
+    pub p50_ns: Option<f64>,
+    pub p99_ns: Option<f64>,
+    /// Userspace exits at the NIC per packet (harness only).
+    pub user_exits_per_packet: Option<f64>,
+    /// Every exit KVM counted during the row, per packet (QEMU's from QMP, approximate).
+    pub kvm_exits_per_packet: Option<f64>,
+}
+
+impl NetRow {
+    /// Packets for the per-packet figures: every frame moved, or the row's count if the guest
+    /// reported none.
+    pub fn packets(&self) -> u64 {
+        if self.frames > 0 {
+            self.frames
+        } else {
+            self.n
+        }
+    }
+
+    pub fn pps(&self) -> Option<f64> {
+        (self.total_ns > 0.0).then(|| self.n as f64 / self.total_ns * 1e9)
+    }
+
+    pub fn mb_per_s(&self) -> Option<f64> {
+        (self.total_ns > 0.0).then(|| self.bytes as f64 / self.total_ns * 1e3)
+    }
+
+    pub fn irqs_per_packet(&self) -> Option<f64> {
+        let p = self.packets();
+        self.irqs.filter(|_| p > 0).map(|i| i as f64 / p as f64)
+    }
+
+    /// RX rows: datagrams asked for that never arrived.
+    pub fn drops(&self) -> Option<u64> {
+        self.requested.map(|r| r.saturating_sub(self.n))
+    }
+
+    fn from_line(cfg: &NetConfig, b: &BenchLine) -> Option<Self> {
+        let workload = b.name.strip_prefix("net.")?;
+        let num = |k: &str| b.extra.get(k).and_then(|v| v.parse::<u64>().ok());
+        Some(Self {
+            vmm: cfg.vmm.to_string(),
+            nic: "virtio-net".into(),
+            backend: cfg.backend.to_string(),
+            queues: cfg.queues,
+            workload: workload.to_string(),
+            n: b.n?,
+            bytes: num("bytes")?,
+            total_ns: num("total_ns")? as f64,
+            frames: num("frames").unwrap_or(0),
+            irqs: num("irqs"),
+            requested: num("requested"),
+            p50_ns: b.ns,
+            p99_ns: b.extra.get("p99").and_then(|v| v.parse().ok()),
+            user_exits_per_packet: None,
+            kvm_exits_per_packet: None,
+        })
+    }
+}
+
+/// One child run of the guest benchmark: which VMM, attached how.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub vmm: &'static str,
+    /// `run` or `qemu`.
+    pub sub: &'static str,
+    pub backend: &'static str,
+    pub queues: u16,
+    /// Arguments after the common ones (`--net`, `--io-mode`, QEMU's).
+    pub args: Vec<String>,
+    /// A command the child runs under (`ip netns exec NS`), empty for none.
+    pub wrapper: Vec<String>,
+}
+
+/// Rows of one child run, with exits per packet from its phase marks.
+pub fn rows_of(cfg: &NetConfig, stdout: &str, phase_marks: &[PhaseMark]) -> Vec<NetRow> {
+    let marks = phases(phase_marks);
+    stdout
+        .lines()
+        .filter_map(parse_bench_line)
+        .filter_map(|b| {
+            let mut row = NetRow::from_line(cfg, &b)?;
+            let packets = row.packets();
+            if let (Some((begin, end)), true) = (marks.get(b.name.as_str()), packets > 0) {
+                // Per-device counts exist only under our harness (QEMU's come from QMP).
+                if !end.device_exits.is_empty() {
+                    let dev = device_exits_between(begin, end, &[NIC_DEVICE_PREFIX]);
+                    row.user_exits_per_packet = Some(dev as f64 / packets as f64);
+                }
+                row.kvm_exits_per_packet = match (begin.kvm_exits, end.kvm_exits) {
+                    (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / packets as f64),
+                    _ => None,
+                };
+            }
+            Some(row)
+        })
+        .collect()
+}
+
+/// The guest's command line for the section.
+pub fn guest_cmdline(quick: bool) -> String {
+    let mut c = String::from("bench=net");
+    if quick {
+        c += " net_quick=1";
+    }
+    c
+}
+
+/// A `hypervisor-harness peer --listen PATH` child, killed when dropped.
+pub struct PeerChild {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl PeerChild {
+    const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+    pub fn start(socket: &Path) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find our binary: {e}"))?;
+        let child = Command::new(exe)
+            .arg("peer")
+            .arg("--listen")
+            .arg(socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start `peer --listen`: {e}"))?;
+        let mut peer = Self {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        // QEMU's stream client gives up if nobody listens yet: wait until a connect works.
+        let deadline = Instant::now() + Self::START_TIMEOUT;
+        loop {
+            if let Ok(Some(st)) = peer.child.try_wait() {
+                return Err(format!("`peer --listen` exited before listening: {st}"));
+            }
+            if UnixStream::connect(socket).is_ok() {
+                return Ok(peer);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "`peer --listen` did not listen on {} within {:?}",
+                    socket.display(),
+                    Self::START_TIMEOUT
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for PeerChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--net` for one NIC.
+fn net_arg(backend: &str, queues: u16) -> String {
+    let mut a = format!("virtio:{backend}");
+    if queues > 1 {
+        a += &format!(",queues={queues}");
+    }
+    a
+}
+
+/// The harness configurations on the in-process peer: both I/O modes, one and two pairs.
+pub fn peer_configs() -> Vec<NetConfig> {
+    let mut v = Vec::new();
+    for (vmm, mode) in [("harness-thread", "thread"), ("harness-inline", "inline")] {
+        for queues in [1, 2] {
+            v.push(NetConfig {
+                vmm,
+                sub: "run",
+                backend: "peer",
+                queues,
+                args: vec![
+                    "--net".into(),
+                    net_arg("peer", queues),
+                    "--io-mode".into(),
+                    mode.into(),
+                ],
+                wrapper: vec![],
+            });
+        }
+    }
+    v
+}
+
+/// Our harness and QEMU on one stream peer at `socket`.
+pub fn stream_configs(socket: &Path, qemu_extra: &[String]) -> Vec<NetConfig> {
+    let net = net_arg(&format!("stream:{}", socket.display()), 1);
+    let mut qemu_args = vec!["--net".to_string(), net.clone()];
+    qemu_args.extend_from_slice(qemu_extra);
+    vec![
+        NetConfig {
+            vmm: "harness-thread",
+            sub: "run",
+            backend: "stream",
+            queues: 1,
+            args: vec!["--net".into(), net, "--io-mode".into(), "thread".into()],
+            wrapper: vec![],
+        },
+        NetConfig {
+            vmm: "qemu",
+            sub: "qemu",
+            backend: "stream",
+            queues: 1,
+            args: qemu_args,
+            wrapper: vec![],
+        },
+    ]
+}
+
+/// The whole network section.
+#[derive(Debug, Default)]
+pub struct NetSection {
+    pub rows: Vec<NetRow>,
+    pub notes: Vec<String>,
+    /// The floor's notify-to-interrupt round trip (median ns), for the RTT target.
+    pub floor_roundtrip_ns: Option<f64>,
+}
+
+/// Runs one child: its arguments, the wrapper it runs under, a tag for its temp files.
+pub type SpawnChild<'a> =
+    dyn FnMut(&[String], &[String], &str) -> Result<ChildRun, HarnessError> + 'a;
+
+/// Run each configuration and collect its rows; `spawn` runs one child (args, wrapper, tag).
+pub fn run_configs(
+    section: &mut NetSection,
+    configs: &[NetConfig],
+    base_args: &dyn Fn(&str) -> Vec<String>,
+    spawn: &mut SpawnChild,
+) -> Result<(), HarnessError> {
+    for cfg in configs {
+        let label = format!("{} {} q{}", cfg.vmm, cfg.backend, cfg.queues);
+        eprintln!("bench: network under {label}...");
+        let mut args = base_args(cfg.sub);
+        args.extend(cfg.args.iter().cloned());
+        let r = spawn(
+            &args,
+            &cfg.wrapper,
+            &format!("net-{}-{}-q{}", cfg.vmm, cfg.backend, cfg.queues),
+        )?;
+        if r.code == 69 && cfg.sub == "qemu" {
+            section.notes.push(format!("{label}: n/a ({})", r.last_err));
+            continue;
+        }
+        if r.code != 0 {
+            section
+                .notes
+                .push(format!("{label}: exit code {}: {}", r.code, r.last_err));
+        }
+        if let Err(e) = &r.json {
+            section.notes.push(format!("{label}: {e}"));
+        }
+        // The guest's own remarks (a skipped row, lost echoes, a failure) go to the notes.
+        for l in r.stdout.lines() {
+            let l = l.trim();
+            if let Some(n) = l.strip_prefix("# net: ") {
+                section.notes.push(format!("{label}: {n}"));
+            } else if l.starts_with("ok ") && l.contains("# SKIP") {
+                section.notes.push(format!("{label}: {l}"));
+            }
+        }
+        let marks = r.json.as_ref().map_or(&[][..], |j| &j.phases[..]);
+        let got = rows_of(cfg, &r.stdout, marks);
+        if got.is_empty() {
+            section
+                .notes
+                .push(format!("{label}: the guest printed no net rows"));
+        }
+        section.rows.extend(got);
+    }
+    Ok(())
+}
+
+/// The whole section: the peer rows, then both VMMs on one stream peer, then TAP. `base_args`
+/// gives a subcommand's common arguments (kernel, memory, the guest's command line); the peer's
+/// socket goes into `dir`, which the caller removes.
+pub fn run_section(
+    base_args: &dyn Fn(&str) -> Vec<String>,
+    qemu_extra: &[String],
+    dir: &Path,
+    floor_roundtrip_ns: Option<f64>,
+) -> Result<NetSection, HarnessError> {
+    let mut section = NetSection {
+        floor_roundtrip_ns,
+        ..NetSection::default()
+    };
+    let mut spawn = |args: &[String], wrapper: &[String], tag: &str| {
+        super::spawn_self_under(wrapper, args, tag)
+    };
+    run_configs(&mut section, &peer_configs(), base_args, &mut spawn)?;
+    let socket = dir.join("peer.sock");
+    match PeerChild::start(&socket) {
+        Ok(peer) => {
+            let configs = stream_configs(&peer.socket, qemu_extra);
+            run_configs(&mut section, &configs, base_args, &mut spawn)?;
+        }
+        Err(e) => section.notes.push(format!("stream rows skipped: {e}")),
+    }
+    Ok(section)
+}
+
+/// One of the issue's targets, measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NetTarget {
+    pub what: &'static str,
+    /// `<=` or `>=`.
+    pub op: &'static str,
+    pub limit: f64,
+    pub measured: Option<f64>,
+    /// Which row the measurement came from.
+    pub row: Option<String>,
+    pub met: Option<bool>,
+}
+
+impl NetTarget {
+    fn new(what: &'static str, op: &'static str, limit: f64, found: Option<(f64, String)>) -> Self {
+        let (measured, row) = found.map_or((None, None), |(m, r)| (Some(m), Some(r)));
+        Self {
+            what,
+            op,
+            limit,
+            measured,
+            row,
+            met: measured.map(|m| if op == ">=" { m >= limit } else { m <= limit }),
+        }
+    }
+}
+
+fn row_label(r: &NetRow) -> String {
+    format!("{} {} q{} {}", r.vmm, r.backend, r.queues, r.workload)
+}
+
+impl NetSection {
+    /// The QEMU row this one compares with: same workload and pairs, same backend, or for
+    /// `peer` QEMU's stream to a peer child (QEMU has no in-process peer).
+    pub fn qemu_counterpart(&self, r: &NetRow) -> Option<&NetRow> {
+        if r.vmm == "qemu" {
+            return None;
+        }
+        let same = |backend: &str| {
+            self.rows.iter().find(|q| {
+                q.vmm == "qemu"
+                    && q.backend == backend
+                    && q.queues == r.queues
+                    && q.workload == r.workload
+            })
+        };
+        same(&r.backend).or_else(|| (r.backend == "peer").then(|| same("stream")).flatten())
+    }
+
+    /// This row's packets per second over QEMU's (for RTT: QEMU's p50 over ours, so that
+    /// above 1 is better there too).
+    pub fn ratio_to_qemu(&self, r: &NetRow) -> Option<f64> {
+        let q = self.qemu_counterpart(r)?;
+        if r.workload == "rtt_udp" {
+            return Some(q.p50_ns? / r.p50_ns?);
+        }
+        Some(r.pps()? / q.pps()?).filter(|v| v.is_finite())
+    }
+
+    /// The issue's targets, from this run.
+    pub fn targets(&self) -> Vec<NetTarget> {
+        let harness = || self.rows.iter().filter(|r| r.vmm.starts_with("harness"));
+        // Bulk: the worst harness row, every exit KVM saw.
+        let worst_exits = harness()
+            .filter(|r| is_bulk(&r.workload))
+            .filter_map(|r| Some((r.kvm_exits_per_packet?, row_label(r))))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        // RTT: the best harness row on the in-process peer (the floor of every network row),
+        // over the floor's notify-to-interrupt round trip.
+        let rtt = self
+            .floor_roundtrip_ns
+            .filter(|f| *f > 0.0)
+            .and_then(|floor| {
+                harness()
+                    .filter(|r| r.workload == "rtt_udp" && r.backend == "peer")
+                    .filter_map(|r| Some((r.p50_ns? / floor, row_label(r))))
+                    .min_by(|a, b| a.0.total_cmp(&b.0))
+            });
+        // Packets per second against QEMU on every row both ran on the same backend.
+        let worst_ratio = harness()
+            .filter(|r| r.workload != "rtt_udp")
+            .filter(|r| {
+                self.qemu_counterpart(r)
+                    .is_some_and(|q| q.backend == r.backend)
+            })
+            .filter_map(|r| Some((self.ratio_to_qemu(r)?, row_label(r))))
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+        vec![
+            NetTarget::new(
+                "bulk exits/packet (worst harness row)",
+                "<=",
+                0.1,
+                worst_exits,
+            ),
+            NetTarget::new(
+                "UDP RTT p50 / floor notify->irq round trip (best harness peer row)",
+                "<=",
+                1.5,
+                rtt,
+            ),
+            NetTarget::new(
+                "harness/QEMU pps on shared rows (worst row)",
+                ">=",
+                1.2,
+                worst_ratio,
+            ),
+        ]
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut s = String::from(
+            "\nnetwork (guest bench=net over virtio-net; pps and MB/s over the row's time)\n",
+        );
+        let head = format!(
+            "  {:<14} {:<10} {:>2} {:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}\n",
+            "vmm",
+            "backend",
+            "q",
+            "workload",
+            "pps",
+            "MB/s",
+            "p50 us",
+            "p99 us",
+            "exits/pk",
+            "kvm ex/pk",
+            "irqs/pk",
+            "drops",
+            "x qemu"
+        );
+        s += &head;
+        let f = |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or("-".into());
+        let order = |w: &str| WORKLOADS.iter().position(|x| *x == w).unwrap_or(usize::MAX);
+        let mut sorted: Vec<&NetRow> = self.rows.iter().collect();
+        sorted.sort_by(|a, b| {
+            (order(&a.workload), &a.backend, a.queues, &a.vmm).cmp(&(
+                order(&b.workload),
+                &b.backend,
+                b.queues,
+                &b.vmm,
+            ))
+        });
+        for r in sorted {
+            s += &format!(
+                "  {:<14} {:<10} {:>2} {:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}\n",
+                r.vmm,
+                r.backend,
+                r.queues,
+                r.workload,
+                f(r.pps(), 0),
+                f(r.mb_per_s(), 1),
+                f(r.p50_ns.map(|v| v / 1e3), 1),
+                f(r.p99_ns.map(|v| v / 1e3), 1),
+                f(r.user_exits_per_packet, 3),
+                f(r.kvm_exits_per_packet, 3),
+                f(r.irqs_per_packet(), 3),
+                r.drops().map(|d| d.to_string()).unwrap_or("-".into()),
+                f(self.ratio_to_qemu(r), 2),
+            );
+        }
+        if self.rows.is_empty() {
+            s += "  (no rows)\n";
+        }
+        s +=
+            "  pps: the row's packets (frames sent, datagrams received, round trips, TCP frames)\n";
+        s += "  per second; MB/s: Ethernet frame bytes (TCP: payload); per packet: per frame the\n";
+        s += "  NIC moved. exits/pk: userspace exits at the NIC (harness); kvm ex/pk: every exit\n";
+        s += "  KVM counted in the row (QEMU: QMP query-stats at the phase lines, approximate);\n";
+        s += "  irqs/pk: the guest's interrupts on the NIC's vectors; drops: datagrams asked of\n";
+        s +=
+            "  the source that never came. x qemu: pps over QEMU's on the same backend and pairs\n";
+        s += "  (peer rows: QEMU's stream to a peer child); rtt_udp: QEMU's p50 over ours.\n";
+        s += &format!("  targets: {}\n", self.targets_text());
+        for n in &self.notes {
+            s += &format!("  note: {n}\n");
+        }
+        s
+    }
+
+    fn targets_text(&self) -> String {
+        self.targets()
+            .iter()
+            .map(|t| {
+                let verdict = match t.met {
+                    Some(true) => "met",
+                    Some(false) => "missed",
+                    None => "not measured",
+                };
+                let m = t.measured.map(|m| format!("{m:.3}")).unwrap_or("-".into());
+                let row = t
+                    .row
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default();
+                format!("{} {} {}: {m}{row} {verdict}", t.what, t.op, t.limit)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The section as `net` in `bench --json`.
+    pub fn to_json(&self) -> NetSectionJson<'_> {
+        NetSectionJson {
+            rows: self
+                .rows
+                .iter()
+                .map(|r| NetRowJson {
+                    row: r,
+                    pps: r.pps(),
+                    mb_per_s: r.mb_per_s(),
+                    irqs_per_packet: r.irqs_per_packet(),
+                    ratio_to_qemu: self.ratio_to_qemu(r),
+                    n: r.n,
+                    drops: r.drops(),
+                })
+                .collect(),
+            notes: &self.notes,
+            floor_roundtrip_ns: self.floor_roundtrip_ns,
+            targets: self.targets(),
+        }
+    }
+}
+
+/// `net` in `bench --json`.
+#[derive(Debug, Serialize)]
+pub struct NetSectionJson<'a> {
+    pub rows: Vec<NetRowJson<'a>>,
+    pub notes: &'a [String],
+    pub floor_roundtrip_ns: Option<f64>,
+    pub targets: Vec<NetTarget>,
+}
+
+/// One row: the issue's fields, plus the row's packet count and (RX rows) its drops.
+#[derive(Debug, Serialize)]
+pub struct NetRowJson<'a> {
+    #[serde(flatten)]
+    pub row: &'a NetRow,
+    pub pps: Option<f64>,
+    pub mb_per_s: Option<f64>,
+    pub irqs_per_packet: Option<f64>,
+    pub ratio_to_qemu: Option<f64>,
+    pub n: u64,
+    pub drops: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn marks(v: serde_json::Value) -> Vec<PhaseMark> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn cfg(vmm: &'static str, backend: &'static str, queues: u16) -> NetConfig {
+        NetConfig {
+            vmm,
+            sub: if vmm == "qemu" { "qemu" } else { "run" },
+            backend,
+            queues,
+            args: vec![],
+            wrapper: vec![],
+        }
+    }
+
+    /// What the guest prints for one run (tx, rx with drops, rtt), and a malformed line.
+    const OUT: &str = "\
+# phase: begin net.tx_64\n\
+# phase: end net.tx_64\n\
+# bench: net.tx_64 n=1000 bytes=60000 total_ns=1000000 frames=1000 irqs=10\n\
+# bench: net.rx_64 n=900 bytes=54000 total_ns=2000000 frames=901 irqs=90 requested=1024 drops=124\n\
+# bench: net.rtt_udp ns=40000 p99=90000 min=1 max=2 n=100 bytes=12000 total_ns=5000000 frames=200 irqs=100\n\
+# bench: net.tx_1514 n=5\n\
+# bench: blk.virtio_msix.randread_4k_qd1 ns=1 n=1 bytes=1 total_ns=1\n";
+
+    #[test]
+    fn rows_and_exits_per_packet() {
+        let doc = marks(json!([
+            {"marker": "begin net.tx_64", "device_exits": {"virtio-net0-notify": 10, "com1": 5}, "kvm_exits": 1000},
+            {"marker": "end net.tx_64", "device_exits": {"virtio-net0-notify": 60, "com1": 900}, "kvm_exits": 1100},
+        ]));
+        let rows = rows_of(&cfg("harness-thread", "peer", 2), OUT, &doc);
+        assert_eq!(rows.len(), 3, "the malformed and the blk line are dropped");
+        let tx = &rows[0];
+        assert_eq!(
+            (
+                tx.vmm.as_str(),
+                tx.backend.as_str(),
+                tx.queues,
+                tx.workload.as_str()
+            ),
+            ("harness-thread", "peer", 2, "tx_64")
+        );
+        assert_eq!(tx.user_exits_per_packet, Some(0.05), "com1 does not count");
+        assert_eq!(tx.kvm_exits_per_packet, Some(0.1));
+        assert_eq!(tx.irqs_per_packet(), Some(0.01));
+        assert_eq!(tx.pps(), Some(1e6));
+        assert_eq!(tx.mb_per_s(), Some(60.0));
+        assert_eq!(tx.drops(), None);
+        let rx = &rows[1];
+        assert_eq!(rx.drops(), Some(124));
+        assert_eq!(rx.packets(), 901);
+        assert_eq!(rx.user_exits_per_packet, None, "no phase marks for it");
+        let rtt = &rows[2];
+        assert_eq!((rtt.p50_ns, rtt.p99_ns), (Some(40000.0), Some(90000.0)));
+        assert_eq!(rtt.irqs_per_packet(), Some(0.5));
+        let q = rows_of(
+            &cfg("qemu", "stream", 1),
+            OUT,
+            &marks(json!([
+                {"marker": "begin net.tx_64", "device_exits": {}, "kvm_exits": 10},
+                {"marker": "end net.tx_64", "device_exits": {}, "kvm_exits": 510},
+            ])),
+        );
+        assert_eq!(
+            q[0].user_exits_per_packet, None,
+            "QEMU has no per-device counts"
+        );
+        assert_eq!(q[0].kvm_exits_per_packet, Some(0.5));
+    }
+
+    fn section() -> NetSection {
+        let mut rows = Vec::new();
+        for (c, factor) in [
+            (cfg("harness-thread", "peer", 1), 3.0),
+            (cfg("harness-thread", "stream", 1), 1.5),
+            (cfg("qemu", "stream", 1), 1.0),
+        ] {
+            for mut r in rows_of(&c, OUT, &[]) {
+                r.total_ns /= factor;
+                if let Some(p) = r.p50_ns.as_mut() {
+                    *p /= factor;
+                }
+                r.kvm_exits_per_packet = Some(0.05 * factor);
+                rows.push(r);
+            }
+        }
+        NetSection {
+            rows,
+            notes: vec!["qemu tap: n/a".into()],
+            floor_roundtrip_ns: Some(10000.0),
+        }
+    }
+
+    #[test]
+    fn ratios_and_targets() {
+        let s = section();
+        let find = |vmm: &str, backend: &str, w: &str| {
+            s.rows
+                .iter()
+                .find(|r| r.vmm == vmm && r.backend == backend && r.workload == w)
+                .unwrap()
+        };
+        assert_eq!(
+            s.ratio_to_qemu(find("harness-thread", "stream", "tx_64")),
+            Some(1.5)
+        );
+        assert_eq!(
+            s.ratio_to_qemu(find("harness-thread", "peer", "tx_64")),
+            Some(3.0),
+            "peer rows compare with QEMU's stream"
+        );
+        assert_eq!(
+            s.ratio_to_qemu(find("harness-thread", "peer", "rtt_udp")),
+            Some(3.0)
+        );
+        assert_eq!(s.ratio_to_qemu(find("qemu", "stream", "tx_64")), None);
+        let t = s.targets();
+        // Worst bulk exits: the peer row, 0.15 > 0.1.
+        assert_eq!(t[0].measured, Some(0.15000000000000002));
+        assert_eq!(t[0].met, Some(false));
+        assert!(t[0]
+            .row
+            .as_deref()
+            .unwrap()
+            .starts_with("harness-thread peer q1 "));
+        // RTT: 40 us / 3 over a 10 us floor.
+        assert!((t[1].measured.unwrap() - 4.0 / 3.0).abs() < 1e-9);
+        assert_eq!(t[1].met, Some(true));
+        // Pps: only the stream rows are shared, 1.5 >= 1.2.
+        assert_eq!(t[2].measured, Some(1.5));
+        assert_eq!(t[2].met, Some(true));
+        let text = s.to_text();
+        assert!(
+            text.contains("harness-thread peer        1 tx_64"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bulk exits/packet (worst harness row) <= 0.1: 0.150"),
+            "{text}"
+        );
+        assert!(text.contains("note: qemu tap: n/a"), "{text}");
+        // Nothing measured: no verdicts.
+        let empty = NetSection::default();
+        assert!(empty.targets().iter().all(|t| t.met.is_none()));
+        assert!(empty.to_text().contains("(no rows)"));
+    }
+
+    #[test]
+    fn json_rows_have_the_issue_fields() {
+        let s = section();
+        let j = serde_json::to_value(s.to_json()).unwrap();
+        let row = j["rows"][0].as_object().unwrap();
+        let mut keys: Vec<&str> = row.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "backend",
+                "drops",
+                "irqs_per_packet",
+                "kvm_exits_per_packet",
+                "mb_per_s",
+                "n",
+                "nic",
+                "p50_ns",
+                "p99_ns",
+                "pps",
+                "queues",
+                "ratio_to_qemu",
+                "user_exits_per_packet",
+                "vmm",
+                "workload"
+            ]
+        );
+        assert_eq!(j["rows"][0]["nic"], "virtio-net");
+        assert_eq!(j["rows"][0]["pps"], 3e6);
+        assert_eq!(j["rows"][0]["ratio_to_qemu"], 3.0);
+        assert_eq!(j["rows"][1]["drops"], 124);
+        assert_eq!(j["targets"][2]["op"], ">=");
+        assert_eq!(j["floor_roundtrip_ns"], 10000.0);
+    }
+
+    #[test]
+    fn configs() {
+        let p = peer_configs();
+        assert_eq!(p.len(), 4);
+        assert_eq!(
+            p[1].args,
+            ["--net", "virtio:peer,queues=2", "--io-mode", "thread"]
+        );
+        let s = stream_configs(Path::new("/tmp/x.sock"), &["--accel".into(), "kvm".into()]);
+        assert_eq!(s[0].args[1], "virtio:stream:/tmp/x.sock");
+        assert_eq!(
+            s[1].args,
+            ["--net", "virtio:stream:/tmp/x.sock", "--accel", "kvm"]
+        );
+        assert_eq!(guest_cmdline(true), "bench=net net_quick=1");
+    }
+}

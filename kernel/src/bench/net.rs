@@ -1,0 +1,688 @@
+//! `bench=net`: the network section. Raw Ethernet/IPv4/UDP frames through the [`Nic`] trait
+//! for the packet rows (nothing above the driver but this file), and TCP through the kernel's
+//! smoltcp stack, against the peer of `notes/net_contract`: UDP 9 discard, UDP 19 source,
+//! UDP 7 echo, TCP 9 sink, TCP 19 source at 192.168.76.1 (`net_peer=` overrides it; the guest
+//! is 192.168.76.2 unless `net_ip=` says otherwise).
+//!
+//! Rows (`net_workloads=` a comma list narrows them; `net_quick=1` shortens each):
+//! - `tx_1514`, `tx_64`: one frame built once (1514 / 60 bytes on the wire, no FCS), sent in
+//!   batches of [`TX_BATCH`] with one flush per batch, reclaimed as it goes.
+//! - `rx_1514`, `rx_64`: bursts asked of the UDP source, counted until the burst is complete or
+//!   the line stays quiet for [`RX_IDLE_NS`]; what never came is `drops=`.
+//! - `rtt_udp`: one 18-byte datagram at a time to the echo port, busy-waiting for its answer.
+//!
+//! With several queue pairs the rows use as many flows (UDP source ports), so that a device
+//! that steers by flow spreads them.
+//!
+//! Each row is bracketed by `# phase: begin net.<row>` / `# phase: end net.<row>` (the harness
+//! snapshots its exit counters there) and reported as
+//! `# bench: net.<row> [ns=<p50> p99=<p99>] n=<packets> bytes=<bytes> total_ns=<elapsed>
+//! frames=<frames moved> irqs=<interrupts> [requested=<asked> drops=<missing>]`: `n` is the
+//! row's own unit (frames sent, datagrams received, round trips), `bytes` the Ethernet frame
+//! bytes of those packets, `frames` every frame the NIC moved in the row (the per-packet
+//! denominator), `irqs` the NIC's interrupts in the row.
+
+use crate::ktap::Outcome;
+use crate::platform::PLATFORM;
+use crate::{bootinfo, println, time};
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use drivers::net::{MacAddress, Nic, NicCounters, NicError, RxInfo, TxChecksum, ETH_FRAME_MIN};
+use drivers::platform::Platform;
+
+/// Time budget per row, and under `net_quick=1`.
+const ROW_NS: u64 = 1_000_000_000;
+const QUICK_ROW_NS: u64 = 100_000_000;
+/// Frames per flush on the TX rows.
+const TX_BATCH: usize = 32;
+/// The fewest packets (TX frames, RX datagrams asked for, round trips) a row measures, however
+/// short its budget.
+const MIN_TX: u64 = 512;
+const MIN_RX: u64 = 512;
+const MIN_RTT: usize = 64;
+/// Datagrams asked of the source per request: more than an RX ring holds, so that a guest
+/// slower than the peer shows drops.
+const RX_BURST: u32 = 512;
+/// A burst is over when nothing arrived for this long.
+const RX_IDLE_NS: u64 = 50_000_000;
+/// An echo not back within this long is lost; a row gives up after [`RTT_MAX_LOST`].
+const RTT_TIMEOUT_NS: u64 = 200_000_000;
+const RTT_MAX_LOST: usize = 8;
+/// A TX ring that frees nothing for this long is stuck.
+const TX_STUCK_NS: u64 = 2_000_000_000;
+/// Spin this long on an empty RX ring before sleeping until an interrupt.
+const RX_SPIN_NS: u64 = 50_000;
+
+/// UDP payloads that make 1514- and 60-byte frames (14 Ethernet + 20 IPv4 + 8 UDP).
+const PAYLOAD_1514: usize = 1472;
+const PAYLOAD_64: usize = 18;
+const HEADERS: usize = 14 + 20 + 8;
+
+const PORT_ECHO: u16 = 7;
+const PORT_DISCARD: u16 = 9;
+const PORT_SOURCE: u16 = 19;
+/// The guest's first UDP source port; flow `i` uses `LOCAL_PORT + i`.
+const LOCAL_PORT: u16 = 40000;
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_ARP: u16 = 0x0806;
+const IPPROTO_UDP: u8 = 17;
+const BROADCAST: MacAddress = [0xff; 6];
+
+/// The workloads, in the order they run.
+const WORKLOADS: [&str; 7] = [
+    "tx_1514", "tx_64", "rx_1514", "rx_64", "rtt_udp", "tcp_tx", "tcp_rx",
+];
+
+fn row_ns() -> u64 {
+    if bootinfo::get().arg("net_quick") == Some("1") {
+        QUICK_ROW_NS
+    } else {
+        ROW_NS
+    }
+}
+
+/// Whether `net_workloads=` (a comma list; default all) selects `w`.
+fn selected(w: &str) -> bool {
+    bootinfo::get()
+        .arg("net_workloads")
+        .is_none_or(|list| list.split(',').any(|p| p == w))
+}
+
+/// `A.B.C.D`.
+fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split('.');
+    for b in &mut out {
+        *b = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// The addresses from the command line (contract defaults). `net_ip=dhcp` has no static
+/// address for raw frames: the raw rows then use the default.
+fn addresses() -> ([u8; 4], [u8; 4]) {
+    let info = bootinfo::get();
+    let ip = info
+        .arg("net_ip")
+        .and_then(parse_ipv4)
+        .unwrap_or([192, 168, 76, 2]);
+    let peer = info
+        .arg("net_peer")
+        .and_then(parse_ipv4)
+        .unwrap_or([192, 168, 76, 1]);
+    (ip, peer)
+}
+
+/// The Internet checksum (RFC 1071) of `data`, starting from `sum`.
+fn checksum(mut sum: u32, data: &[u8]) -> u16 {
+    let (words, rest) = data.as_chunks::<2>();
+    for w in words {
+        sum += u32::from(u16::from_be_bytes(*w));
+    }
+    if let [last] = rest {
+        sum += u32::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+fn get16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Who talks to whom.
+#[derive(Clone, Copy)]
+struct Addrs {
+    mac: MacAddress,
+    peer_mac: MacAddress,
+    ip: [u8; 4],
+    peer_ip: [u8; 4],
+}
+
+impl Addrs {
+    /// An Ethernet II header into `f`.
+    fn ethernet(&self, f: &mut [u8], dst: MacAddress, ethertype: u16) {
+        f[0..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&self.mac);
+        put16(f, 12, ethertype);
+    }
+
+    /// A complete UDP datagram to the peer, checksums filled in, padded to the Ethernet
+    /// minimum. `payload` writes the payload in place.
+    fn udp(&self, src: u16, dst: u16, len: usize, payload: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        let mut f = alloc::vec![0u8; (HEADERS + len).max(ETH_FRAME_MIN)];
+        self.ethernet(&mut f, self.peer_mac, ETHERTYPE_IPV4);
+        let ip = &mut f[14..];
+        ip[0] = 0x45; // IPv4, 20-byte header
+        put16(ip, 2, (20 + 8 + len) as u16);
+        ip[6] = 0x40; // don't fragment
+        ip[8] = 64; // TTL
+        ip[9] = IPPROTO_UDP;
+        ip[12..16].copy_from_slice(&self.ip);
+        ip[16..20].copy_from_slice(&self.peer_ip);
+        let c = checksum(0, &ip[..20]);
+        put16(ip, 10, c);
+        let udp = &mut ip[20..20 + 8 + len];
+        put16(udp, 0, src);
+        put16(udp, 2, dst);
+        put16(udp, 4, (8 + len) as u16);
+        payload(&mut udp[8..]);
+        // The pseudo-header: addresses, protocol, UDP length.
+        let mut sum = u32::from(IPPROTO_UDP) + (8 + len) as u32;
+        for pair in [self.ip, self.peer_ip] {
+            sum += u32::from(get16(&pair, 0)) + u32::from(get16(&pair, 2));
+        }
+        let c = match checksum(sum, udp) {
+            0 => 0xffff, // 0 means "no checksum" in UDP over IPv4
+            c => c,
+        };
+        put16(udp, 6, c);
+        f
+    }
+
+    /// An ARP request (`reply: None`) for the peer, or a reply to `reply` (its MAC and IP).
+    fn arp(&self, reply: Option<(MacAddress, [u8; 4])>) -> Vec<u8> {
+        let mut f = alloc::vec![0u8; ETH_FRAME_MIN];
+        let (dst, op, tha, tpa) = match reply {
+            None => (BROADCAST, 1, [0; 6], self.peer_ip),
+            Some((mac, ip)) => (mac, 2, mac, ip),
+        };
+        self.ethernet(&mut f, dst, ETHERTYPE_ARP);
+        let a = &mut f[14..];
+        put16(a, 0, 1); // Ethernet
+        put16(a, 2, ETHERTYPE_IPV4);
+        a[4] = 6;
+        a[5] = 4;
+        put16(a, 6, op);
+        a[8..14].copy_from_slice(&self.mac);
+        a[14..18].copy_from_slice(&self.ip);
+        a[18..24].copy_from_slice(&tha);
+        a[24..28].copy_from_slice(&tpa);
+        f
+    }
+}
+
+/// What a received frame is, as far as these rows care.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame<'a> {
+    /// An ARP request or reply: sender MAC and IP, target IP, whether it is a request.
+    Arp {
+        request: bool,
+        mac: MacAddress,
+        ip: [u8; 4],
+        target: [u8; 4],
+    },
+    /// A UDP datagram to us.
+    Udp {
+        src_port: u16,
+        dst_port: u16,
+        payload: &'a [u8],
+    },
+    Other,
+}
+
+/// Parse just enough of `f` to count it; lengths are checked, checksums are not.
+fn classify<'a>(f: &'a [u8], my_ip: [u8; 4]) -> Frame<'a> {
+    if f.len() < 14 {
+        return Frame::Other;
+    }
+    let body = &f[14..];
+    match get16(f, 12) {
+        ETHERTYPE_ARP if body.len() >= 28 && get16(body, 2) == ETHERTYPE_IPV4 => {
+            let mut mac = [0; 6];
+            mac.copy_from_slice(&body[8..14]);
+            let mut ip = [0; 4];
+            ip.copy_from_slice(&body[14..18]);
+            let mut target = [0; 4];
+            target.copy_from_slice(&body[24..28]);
+            Frame::Arp {
+                request: get16(body, 6) == 1,
+                mac,
+                ip,
+                target,
+            }
+        }
+        ETHERTYPE_IPV4 if body.len() >= 20 && body[0] >> 4 == 4 => {
+            let ihl = usize::from(body[0] & 0xf) * 4;
+            let total = usize::from(get16(body, 2));
+            if ihl < 20 || total > body.len() || total < ihl + 8 || body[9] != IPPROTO_UDP {
+                return Frame::Other;
+            }
+            if body[16..20] != my_ip {
+                return Frame::Other;
+            }
+            let udp = &body[ihl..total];
+            let len = usize::from(get16(udp, 4));
+            if len < 8 || len > udp.len() {
+                return Frame::Other;
+            }
+            Frame::Udp {
+                src_port: get16(udp, 0),
+                dst_port: get16(udp, 2),
+                payload: &udp[8..len],
+            }
+        }
+        _ => Frame::Other,
+    }
+}
+
+/// What [`Link::poll`] hands a UDP datagram to: source port, destination port, payload.
+type UdpSink<'a> = dyn FnMut(u16, u16, &[u8], RxInfo) + 'a;
+
+/// A NIC with the addresses the rows use, answering ARP on the side.
+struct Link<'a> {
+    nic: &'a mut dyn Nic,
+    addrs: Addrs,
+    /// Distinct flows (queue pairs).
+    flows: u16,
+    /// A request from the peer for our MAC, answered at the next chance.
+    pending_arp: Option<(MacAddress, [u8; 4])>,
+    /// Interrupts seen so far (sum over the NIC's vectors), to know when to acknowledge.
+    irqs_seen: u64,
+}
+
+impl Link<'_> {
+    /// Interrupts on the NIC's vectors so far.
+    fn irqs(&self) -> u64 {
+        self.nic
+            .interrupt_vectors()
+            .iter()
+            .map(|&v| PLATFORM.interrupt_count(v))
+            .sum()
+    }
+
+    /// Acknowledge the device if it interrupted since the last look (a level line stays
+    /// masked until then).
+    fn service(&mut self) {
+        let n = self.irqs();
+        if n != self.irqs_seen {
+            self.irqs_seen = n;
+            self.nic.handle_interrupt();
+        }
+    }
+
+    /// Send one frame now: queue, flush, reclaim; a full ring is waited out.
+    fn send_now(&mut self, frame: &[u8]) -> Result<(), String> {
+        let start = time::rdtsc();
+        loop {
+            match self.nic.send(frame, TxChecksum::Complete) {
+                Ok(()) => break,
+                Err(NicError::TxFull) => {
+                    self.nic
+                        .reclaim()
+                        .map_err(|e| alloc::format!("reclaim: {e}"))?;
+                    if time::cycles_to_ns(time::rdtsc() - start) > TX_STUCK_NS {
+                        return Err("the TX ring stayed full".into());
+                    }
+                }
+                Err(e) => return Err(alloc::format!("send: {e}")),
+            }
+        }
+        self.nic.flush().map_err(|e| alloc::format!("flush: {e}"))?;
+        self.nic
+            .reclaim()
+            .map(drop)
+            .map_err(|e| alloc::format!("reclaim: {e}"))
+    }
+
+    /// Hand the next frame's UDP datagram (if it is one) to `on_udp`, answering ARP requests
+    /// for our address and learning the peer's MAC from its ARP traffic. False if nothing was
+    /// waiting.
+    fn poll(&mut self, on_udp: &mut UdpSink) -> Result<bool, String> {
+        self.service();
+        let (my_ip, peer_ip) = (self.addrs.ip, self.addrs.peer_ip);
+        let mut arp = None;
+        let got = self
+            .nic
+            .receive(&mut |f, info| match classify(f, my_ip) {
+                Frame::Udp {
+                    src_port,
+                    dst_port,
+                    payload,
+                } => on_udp(src_port, dst_port, payload, info),
+                Frame::Arp {
+                    request,
+                    mac,
+                    ip,
+                    target,
+                } if target == my_ip || (!request && ip == peer_ip) => {
+                    arp = Some((request, mac, ip))
+                }
+                _ => {}
+            })
+            .map_err(|e| alloc::format!("receive: {e}"))?;
+        match arp {
+            Some((true, mac, ip)) => {
+                if ip == peer_ip {
+                    self.addrs.peer_mac = mac;
+                }
+                self.pending_arp = Some((mac, ip));
+            }
+            Some((false, mac, _)) => self.addrs.peer_mac = mac,
+            None => {}
+        }
+        if let Some(who) = self.pending_arp.take() {
+            let reply = self.addrs.arp(Some(who));
+            self.send_now(&reply)?;
+        }
+        Ok(got)
+    }
+
+    /// Take every waiting frame, ignoring UDP.
+    fn drain(&mut self) -> Result<(), String> {
+        while self.poll(&mut |_, _, _, _| {})? {}
+        Ok(())
+    }
+
+    /// Learn the peer's MAC by ARP (three tries, 500 ms each).
+    fn resolve_peer(&mut self) -> Result<(), String> {
+        for _ in 0..3 {
+            let req = self.addrs.arp(None);
+            self.send_now(&req)?;
+            let start = time::rdtsc();
+            while time::cycles_to_ns(time::rdtsc() - start) < 500_000_000 {
+                self.poll(&mut |_, _, _, _| {})?;
+                if self.addrs.peer_mac != BROADCAST {
+                    return Ok(());
+                }
+            }
+        }
+        Err("the peer does not answer ARP".into())
+    }
+}
+
+/// What one row measured, for its `# bench:` line.
+#[derive(Default)]
+struct Row {
+    n: u64,
+    bytes: u64,
+    total_ns: u64,
+    latencies: Vec<u64>,
+    /// RX rows: datagrams asked for.
+    requested: Option<u64>,
+    before: NicCounters,
+    irqs_before: u64,
+}
+
+impl Row {
+    fn begin(link: &Link, name: &str) -> Self {
+        println!("# phase: begin net.{}", name);
+        Self {
+            before: link.nic.counters(),
+            irqs_before: link.irqs(),
+            ..Self::default()
+        }
+    }
+
+    /// Close the phase and print the row.
+    fn end(mut self, link: &Link, name: &str) {
+        let after = link.nic.counters();
+        let irqs = link.irqs() - self.irqs_before;
+        println!("# phase: end net.{}", name);
+        let frames = (after.tx_packets + after.rx_packets)
+            .saturating_sub(self.before.tx_packets + self.before.rx_packets);
+        let mut line = alloc::format!("# bench: net.{}", name);
+        if !self.latencies.is_empty() {
+            self.latencies.sort_unstable();
+            let l = &self.latencies;
+            line += &alloc::format!(
+                " ns={} p99={} min={} max={}",
+                l[l.len() / 2],
+                l[(l.len() * 99 / 100).min(l.len() - 1)],
+                l[0],
+                l[l.len() - 1]
+            );
+        }
+        line += &alloc::format!(
+            " n={} bytes={} total_ns={} frames={} irqs={}",
+            self.n,
+            self.bytes,
+            self.total_ns,
+            frames,
+            irqs
+        );
+        if let Some(r) = self.requested {
+            line += &alloc::format!(" requested={} drops={}", r, r.saturating_sub(self.n));
+        }
+        println!("{}", line);
+    }
+}
+
+/// `tx_*`: the same frame per flow, batch after batch, until the budget is spent and every
+/// frame is back.
+fn tx_row(link: &mut Link, name: &str, payload: usize) -> Result<(), String> {
+    let frames: Vec<Vec<u8>> = (0..link.flows)
+        .map(|i| {
+            link.addrs
+                .udp(LOCAL_PORT + i, PORT_DISCARD, payload, |p| p.fill(0x5a))
+        })
+        .collect();
+    let budget = row_ns();
+    let mut row = Row::begin(link, name);
+    let start = time::rdtsc();
+    let (mut sent, mut done) = (0u64, 0u64);
+    let mut last_progress = start;
+    while sent < MIN_TX || time::cycles_to_ns(time::rdtsc() - start) < budget {
+        let mut queued = 0;
+        while queued < TX_BATCH {
+            let f = &frames[(sent % frames.len() as u64) as usize];
+            match link.nic.send(f, TxChecksum::Complete) {
+                Ok(()) => {
+                    sent += 1;
+                    queued += 1;
+                    row.bytes += f.len() as u64;
+                }
+                Err(NicError::TxFull) => break,
+                Err(e) => return Err(alloc::format!("send: {e}")),
+            }
+        }
+        if queued > 0 {
+            link.nic.flush().map_err(|e| alloc::format!("flush: {e}"))?;
+        }
+        let freed = link
+            .nic
+            .reclaim()
+            .map_err(|e| alloc::format!("reclaim: {e}"))?;
+        done += freed as u64;
+        let now = time::rdtsc();
+        if queued > 0 || freed > 0 {
+            last_progress = now;
+        } else if time::cycles_to_ns(now - last_progress) > TX_STUCK_NS {
+            return Err(alloc::format!(
+                "TX stuck with {} frames in flight",
+                sent - done
+            ));
+        }
+        // Stray frames (the peer's ARP) would otherwise wait in the RX ring.
+        link.drain()?;
+    }
+    let wait = time::rdtsc();
+    while done < sent {
+        done += link
+            .nic
+            .reclaim()
+            .map_err(|e| alloc::format!("reclaim: {e}"))? as u64;
+        if time::cycles_to_ns(time::rdtsc() - wait) > TX_STUCK_NS {
+            return Err(alloc::format!("{} TX frames never completed", sent - done));
+        }
+    }
+    row.total_ns = time::cycles_to_ns(time::rdtsc() - start);
+    row.n = sent;
+    row.end(link, name);
+    Ok(())
+}
+
+/// `rx_*`: bursts of `payload`-byte datagrams from the source, one request per flow, until the
+/// budget is spent. The time counted is from each request to the burst's last datagram.
+fn rx_row(link: &mut Link, name: &str, payload: usize) -> Result<(), String> {
+    let budget = row_ns();
+    let flows = link.flows;
+    let per_flow = RX_BURST / u32::from(flows);
+    let requests: Vec<Vec<u8>> = (0..flows)
+        .map(|i| {
+            link.addrs.udp(LOCAL_PORT + i, PORT_SOURCE, 8, |p| {
+                p[0..4].copy_from_slice(&per_flow.to_le_bytes());
+                p[4..6].copy_from_slice(&(payload as u16).to_le_bytes());
+            })
+        })
+        .collect();
+    let frame_len = (HEADERS + payload).max(ETH_FRAME_MIN) as u64;
+    link.drain()?;
+    let mut row = Row::begin(link, name);
+    let row_start = time::rdtsc();
+    let mut requested = 0u64;
+    let mut received = 0u64;
+    let mut busy_cycles = 0u64;
+    let idle_cycles = RX_IDLE_NS * time::tsc_hz() / 1_000_000_000;
+    let spin_cycles = RX_SPIN_NS * time::tsc_hz() / 1_000_000_000;
+    while requested < MIN_RX || time::cycles_to_ns(time::rdtsc() - row_start) < budget {
+        let burst_start = time::rdtsc();
+        for r in &requests {
+            link.send_now(r)?;
+        }
+        let want = u64::from(per_flow) * u64::from(flows);
+        requested += want;
+        let mut got = 0u64;
+        let mut last = burst_start;
+        while got < want {
+            let epoch = PLATFORM.interrupt_epoch();
+            let mut count = |src: u16, dst: u16, _: &[u8], _: RxInfo| {
+                if src == PORT_SOURCE && (LOCAL_PORT..LOCAL_PORT + flows).contains(&dst) {
+                    got += 1;
+                }
+            };
+            if link.poll(&mut count)? {
+                last = time::rdtsc();
+                continue;
+            }
+            let now = time::rdtsc();
+            if now - last > idle_cycles {
+                break;
+            }
+            // Busy a moment (the next frame is usually close), then sleep until the device
+            // interrupts (or the 100 Hz tick).
+            if now - last > spin_cycles && !link.nic.interrupt_vectors().is_empty() {
+                PLATFORM.wait_for_interrupt(epoch);
+            }
+        }
+        received += got;
+        busy_cycles += last - burst_start;
+    }
+    row.total_ns = time::cycles_to_ns(busy_cycles);
+    row.n = received;
+    row.bytes = received * frame_len;
+    row.requested = Some(requested);
+    row.end(link, name);
+    Ok(())
+}
+
+/// `rtt_udp`: an 18-byte datagram to the echo port and back, one at a time, busy-waiting.
+fn rtt_row(link: &mut Link, name: &str) -> Result<(), String> {
+    let budget = row_ns();
+    let frame_len = (HEADERS + PAYLOAD_64).max(ETH_FRAME_MIN) as u64;
+    link.drain()?;
+    let mut row = Row::begin(link, name);
+    let start = time::rdtsc();
+    let timeout = RTT_TIMEOUT_NS * time::tsc_hz() / 1_000_000_000;
+    let mut lost = 0;
+    let mut seq = 0u32;
+    while row.latencies.len() < MIN_RTT || time::cycles_to_ns(time::rdtsc() - start) < budget {
+        seq += 1;
+        let port = LOCAL_PORT + (seq % u32::from(link.flows)) as u16;
+        let frame = link.addrs.udp(port, PORT_ECHO, PAYLOAD_64, |p| {
+            p[..4].copy_from_slice(&seq.to_le_bytes())
+        });
+        let t0 = time::rdtsc();
+        link.send_now(&frame)?;
+        let mut back = false;
+        while !back {
+            let mut check = |src: u16, dst: u16, p: &[u8], _: RxInfo| {
+                back |= src == PORT_ECHO && dst == port && p.get(..4) == Some(&seq.to_le_bytes());
+            };
+            link.poll(&mut check)?;
+            if !back && time::rdtsc() - t0 > timeout {
+                break;
+            }
+        }
+        if back {
+            row.latencies.push(time::cycles_to_ns(time::rdtsc() - t0));
+        } else {
+            lost += 1;
+            if lost >= RTT_MAX_LOST {
+                return Err(alloc::format!("{lost} echoes lost"));
+            }
+        }
+    }
+    row.total_ns = time::cycles_to_ns(time::rdtsc() - start);
+    row.n = row.latencies.len() as u64;
+    row.bytes = 2 * row.n * frame_len;
+    row.end(link, name);
+    if lost > 0 {
+        println!("# net: rtt_udp: {} echoes lost", lost);
+    }
+    Ok(())
+}
+
+/// The NIC under test and how many queue pairs it drives, or why there is none.
+fn open_nic() -> Result<(Box<dyn Nic>, u16), &'static str> {
+    Err("no virtio-net driver in this build")
+}
+
+fn rows(nic: &mut dyn Nic, flows: u16) -> Result<(), String> {
+    let (ip, peer_ip) = addresses();
+    let mut link = Link {
+        addrs: Addrs {
+            mac: nic.mac(),
+            peer_mac: BROADCAST,
+            ip,
+            peer_ip,
+        },
+        nic,
+        flows: flows.max(1),
+        pending_arp: None,
+        irqs_seen: 0,
+    };
+    link.resolve_peer()?;
+    for w in WORKLOADS.into_iter().filter(|w| selected(w)) {
+        match w {
+            "tx_1514" => tx_row(&mut link, w, PAYLOAD_1514)?,
+            "tx_64" => tx_row(&mut link, w, PAYLOAD_64)?,
+            "rx_1514" => rx_row(&mut link, w, PAYLOAD_1514)?,
+            "rx_64" => rx_row(&mut link, w, PAYLOAD_64)?,
+            "rtt_udp" => rtt_row(&mut link, w)?,
+            _ => println!("# net: {}: not in this build yet, row skipped", w),
+        }
+    }
+    Ok(())
+}
+
+pub fn net() -> Outcome {
+    let (mut nic, queues) = match open_nic() {
+        Ok(n) => n,
+        Err(why) => return Outcome::Skip(why),
+    };
+    let c = nic.counters();
+    match rows(nic.as_mut(), queues) {
+        Ok(()) => {
+            let after = nic.counters();
+            println!(
+                "# net: {} frames out, {} in, {} TX drops, {} RX drops, {} interrupts",
+                after.tx_packets - c.tx_packets,
+                after.rx_packets - c.rx_packets,
+                after.tx_drops - c.tx_drops,
+                after.rx_drops - c.rx_drops,
+                after.interrupts - c.interrupts
+            );
+            Outcome::Pass
+        }
+        Err(e) => Outcome::Fail(e),
+    }
+}
