@@ -348,6 +348,10 @@ pub struct VirtioNet<'p, P: Platform + ?Sized> {
     last_status_poll_ns: u64,
 }
 
+// SAFETY: the DMA regions (raw pointers) are owned by the driver alone, and nothing in it is
+// tied to a thread; moving the driver moves that ownership. `P: Sync` because `&P` is held.
+unsafe impl<P: Platform + Sync + ?Sized> Send for VirtioNet<'_, P> {}
+
 /// Token of RX/TX buffers: the slot index.
 fn slot_offset(slot: u64) -> usize {
     SLOT_SIZE * slot as usize
@@ -873,6 +877,10 @@ impl<'p, P: Platform + ?Sized> VirtioNet<'p, P> {
             } else {
                 pair.counters.nic.rx_drops += 1;
             }
+            if !self.rx_interrupts {
+                // Popping moved used_event along (event idx): keep RX interrupts off.
+                pair.rx.vq.set_interrupts(false);
+            }
             if buffers == 1 {
                 self.repost(i, slot)?;
             }
@@ -981,6 +989,8 @@ impl<P: Platform + ?Sized> Nic for VirtioNet<'_, P> {
         self.mac
     }
 
+    /// Reads the device's status and config (two register reads): a caller that polls often
+    /// should watch [`NicEvents::link_changed`] instead.
     fn link(&mut self) -> LinkState {
         if self.fatal.is_none() {
             self.refresh_status();
