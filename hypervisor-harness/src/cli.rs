@@ -125,6 +125,7 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
         serial_log: c.serial_log.clone(),
         verbose: c.verbose,
         disks: c.disk.clone(),
+        nets: c.net.clone(),
         io_mode: c.io_mode,
         // We exit right after the run.
         hand_off_teardown: true,

@@ -7,6 +7,7 @@ pub mod exits;
 pub mod floor_wiring;
 pub mod ide_wiring;
 pub mod memory;
+pub mod net_wiring;
 pub mod pio;
 pub mod teardown;
 pub mod timing;
@@ -15,6 +16,7 @@ pub mod virtio_wiring;
 pub mod vm;
 
 use crate::backends::disk::{DiskSpec, OpenedDisks};
+use crate::backends::net::spec::NetSpec;
 use crate::devices::bus::Bus;
 use crate::devices::debug_exit::{DebugExit, ExitRequest, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 use crate::devices::ide::piix::MAX_DRIVES as MAX_IDE_DRIVES;
@@ -45,6 +47,8 @@ pub struct RunConfig {
     pub verbose: bool,
     /// Disks in guest order (`--disk`).
     pub disks: Vec<DiskSpec>,
+    /// NICs in guest order (`--net`), after the virtio disks.
+    pub nets: Vec<NetSpec>,
     pub io_mode: IoMode,
     /// Hand the VM's teardown to a helper process ([`teardown`]): for a process that exits
     /// right after the run.
@@ -163,6 +167,8 @@ struct Machine {
     floor_bars: (u64, u64),
     /// The virtio functions, whose transports report what their drivers did wrong.
     virtio: Vec<virtio_wiring::Attached>,
+    /// The NICs, whose counters the report carries.
+    nics: Vec<net_wiring::AttachedNic>,
     vm: vm::Vm,
     mem: GuestMem,
 }
@@ -200,6 +206,12 @@ impl Machine {
 
         let disks = OpenedDisks::open(&cfg.disks, virtio_wiring::MAX_DISKS, MAX_IDE_DRIVES)
             .map_err(HarnessError::Usage)?;
+        net_wiring::check_specs(&cfg.nets, disks.virtio.len())?;
+        // Backends open before anything else starts, so a missing one is an error up front.
+        let mut nets = Vec::with_capacity(cfg.nets.len());
+        for spec in &cfg.nets {
+            nets.push((spec.clone(), net_wiring::open_backend(&spec.backend)?));
+        }
         let mut vm = vm::Vm::open()?;
         vm.setup(&mem)?;
         let other =
@@ -248,10 +260,34 @@ impl Machine {
         let floor_bars = floor_wiring::attach(&mut dm)?;
         // Disks, in guest order. virtio disks are one PCI function each; IDE disks share one
         // PIIX-style controller (primary master, primary slave, secondary master, secondary slave).
-        let (virtio, notes) = virtio_wiring::attach_all(&mut dm, &mem, disks.virtio, cfg.io_mode)?;
-        for note in notes {
-            verbose(cfg, &note);
-        }
+        // One GSI routing table for every virtio function's MSI routes.
+        let n_virtio_disks = disks.virtio.len();
+        let router = if n_virtio_disks + nets.len() > 0 {
+            Some(Arc::new(Mutex::new(virtio_wiring::GsiRouter::new(
+                &dm.vm.kvm, &dm.vm.fd,
+            )?)))
+        } else {
+            None
+        };
+        let (virtio, nics) = match &router {
+            Some(router) => {
+                let (virtio, notes) =
+                    virtio_wiring::attach_all(&mut dm, &mem, disks.virtio, cfg.io_mode, router)?;
+                let (nics, net_notes) = net_wiring::attach_all(
+                    &mut dm,
+                    &mem,
+                    nets,
+                    n_virtio_disks,
+                    cfg.io_mode,
+                    router,
+                )?;
+                for note in notes.iter().chain(&net_notes) {
+                    verbose(cfg, note);
+                }
+                (virtio, nics)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
         ide_wiring::attach(&mut dm, &mem, disks.ide)?;
         let (pio, mmio) = dm.finish()?;
 
@@ -282,6 +318,7 @@ impl Machine {
             marks: timing::BootMarks::default(),
             floor_bars,
             virtio,
+            nics,
             vm,
             mem,
         })
@@ -434,6 +471,9 @@ impl Machine {
         self.vm.notes.extend(lock(&self.serial).note());
         for function in &self.virtio {
             self.vm.notes.extend(function.notes());
+        }
+        for nic in &self.nics {
+            self.vm.notes.extend(nic.notes());
         }
 
         let mut kvm_stats = KvmStats::new();

@@ -36,7 +36,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
-/// INTx lines for virtio functions, in order (10 is the exit-floor device's; 14/15 are IDE's).
+/// INTx lines for virtio functions, in order: the disks, then the NICs (10 is the exit-floor
+/// device's; 14/15 are IDE's).
 pub const INTX_GSIS: [u8; 5] = [11, 5, 9, 7, 6];
 /// How many virtio disks a run can have (one INTx GSI each).
 pub const MAX_DISKS: usize = INTX_GSIS.len();
@@ -211,22 +212,19 @@ impl Attached {
     }
 }
 
-/// Attach every `--disk virtio:...` in order. Returns the functions, and a line about each for
+/// Attach every `--disk virtio:...` in order, their MSI routes in `router` (the VM's one table). Returns the functions, and a line about each for
 /// --verbose.
 pub fn attach_all(
     dm: &mut DeviceManager,
     mem: &GuestMem,
     opened: Vec<VirtioDisk>,
     io_mode: IoMode,
+    router: &Arc<Mutex<GsiRouter>>,
 ) -> Result<(Vec<Attached>, Vec<String>), HarnessError> {
     let mut attached = Vec::new();
     let mut notes = Vec::new();
-    if opened.is_empty() {
-        return Ok((attached, notes));
-    }
-    let router = Arc::new(Mutex::new(GsiRouter::new(&dm.vm.kvm, &dm.vm.fd)?));
     for (n, disk) in opened.into_iter().enumerate() {
-        let (function, note) = attach_blk(dm, mem, n, disk, INTX_GSIS[n], io_mode, &router)?;
+        let (function, note) = attach_blk(dm, mem, n, disk, INTX_GSIS[n], io_mode, router)?;
         attached.push(function);
         notes.push(note);
     }
@@ -247,59 +245,13 @@ fn attach_blk(
     let with_msix = disk.msix;
     let blk = Blk::on_raw(disk.disk);
 
-    // Interrupts: MSI GSIs with routes in place before their irqfds, then INTx. A function
-    // without MSI-X gets none.
     let vectors = if with_msix { msix_vectors_of(&blk) } else { 0 };
-    let mut msi = Vec::new();
-    {
-        let mut r = lock(router);
-        for _ in 0..vectors {
-            let g = r.alloc_gsi();
-            r.msi.insert(g, MsiMessage::default());
-            msi.push(g);
-        }
-        r.apply()
-            .map_err(|e| HarnessError::Other(format!("{name}: {e}")))?;
-    }
-    let mut msi_fds = Vec::new();
-    for g in msi {
-        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| other("eventfd", e))?;
-        dm.vm
-            .fd
-            .register_irqfd(&evt, g)
-            .map_err(|e| other(&format!("{name}: KVM_IRQFD on GSI {g}"), e))?;
-        msi_fds.push((g, evt));
-    }
-    let irq = Arc::new(KvmVirtioIrq {
-        router: router.clone(),
-        msi: msi_fds,
-        vm: lock(router).vm.clone(),
-        intx_gsi: gsi as u32,
-        intx_level: AtomicBool::new(false),
-    });
-
+    let irq = function_irq(dm, router, &name, vectors, gsi)?;
     let dev = VirtioPciDevice::with_msix(Box::new(blk), mem.clone(), irq, gsi, with_msix)
         .map_err(|e| HarnessError::Other(format!("{name}: {e}")))?;
     let num_queues = dev.num_queues();
     let dev = Arc::new(Mutex::new(dev));
-    let bar = dm.alloc_mmio_bar(transport_pci::BAR_SIZE)?;
-    {
-        let mut d = lock(&dev);
-        let c = d.config_mut();
-        c.set_bar_address(transport_pci::BAR, bar)
-            .map_err(|e| other(&format!("{name} BAR0"), e))?;
-        c.enable(DeviceManager::DECODE_ALL);
-    }
-    let bdf = dm.next_bdf()?;
-    dm.add_pci(bdf, dev.clone());
-    for (suffix, off, len) in transport_pci::REGIONS {
-        dm.insert_mmio(
-            &format!("{name}-{suffix}"),
-            bar + off,
-            len,
-            Arc::new(Mutex::new(BarRegion::new(dev.clone(), off))),
-        )?;
-    }
+    let (bar, bdf) = place(dm, &name, &dev)?;
 
     let attached = Attached {
         name: name.clone(),
@@ -326,6 +278,72 @@ fn attach_blk(
         "{name}: {path} at {bdf}, BAR0 {bar:#x}, INTx GSI {gsi}, {vectors} MSI-X vectors, I/O {mode}"
     );
     Ok((attached, note))
+}
+
+/// The KVM side of a function's interrupts: `vectors` MSI GSIs with their routes in place
+/// before their irqfds, then the INTx line `gsi`. A function without MSI-X passes 0 vectors.
+pub fn function_irq(
+    dm: &mut DeviceManager,
+    router: &Arc<Mutex<GsiRouter>>,
+    name: &str,
+    vectors: usize,
+    gsi: u8,
+) -> Result<Arc<KvmVirtioIrq>, HarnessError> {
+    let mut msi = Vec::new();
+    {
+        let mut r = lock(router);
+        for _ in 0..vectors {
+            let g = r.alloc_gsi();
+            r.msi.insert(g, MsiMessage::default());
+            msi.push(g);
+        }
+        r.apply()
+            .map_err(|e| HarnessError::Other(format!("{name}: {e}")))?;
+    }
+    let mut msi_fds = Vec::new();
+    for g in msi {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| other("eventfd", e))?;
+        dm.vm
+            .fd
+            .register_irqfd(&evt, g)
+            .map_err(|e| other(&format!("{name}: KVM_IRQFD on GSI {g}"), e))?;
+        msi_fds.push((g, evt));
+    }
+    Ok(Arc::new(KvmVirtioIrq {
+        router: router.clone(),
+        msi: msi_fds,
+        vm: lock(router).vm.clone(),
+        intx_gsi: gsi as u32,
+        intx_level: AtomicBool::new(false),
+    }))
+}
+
+/// Give a virtio-pci function its BAR0 and the next PCI slot, and put its register blocks on
+/// the MMIO bus as `<name>-common`, `-isr`, ... Returns the BAR address and the slot.
+pub fn place(
+    dm: &mut DeviceManager,
+    name: &str,
+    dev: &Arc<Mutex<VirtioPciDevice>>,
+) -> Result<(u64, crate::devices::pci::Bdf), HarnessError> {
+    let bar = dm.alloc_mmio_bar(transport_pci::BAR_SIZE)?;
+    {
+        let mut d = lock(dev);
+        let c = d.config_mut();
+        c.set_bar_address(transport_pci::BAR, bar)
+            .map_err(|e| other(&format!("{name} BAR0"), e))?;
+        c.enable(DeviceManager::DECODE_ALL);
+    }
+    let bdf = dm.next_bdf()?;
+    dm.add_pci(bdf, dev.clone());
+    for (suffix, off, len) in transport_pci::REGIONS {
+        dm.insert_mmio(
+            &format!("{name}-{suffix}"),
+            bar + off,
+            len,
+            Arc::new(Mutex::new(BarRegion::new(dev.clone(), off))),
+        )?;
+    }
+    Ok((bar, bdf))
 }
 
 /// MSI-X vectors (one GSI and irqfd each) of a device's function: one per queue plus the
