@@ -874,3 +874,102 @@ fn default_options() {
     assert_eq!(o.interrupts, NetInterrupts::Polled);
     assert_eq!(VirtioNet::<FakePlatform>::msix_entries_for(2, true), 6);
 }
+
+#[test]
+fn one_msix_entry_is_shared_by_everything() {
+    let (p, st) = net_platform(ALL, 2, 16);
+    // A table of one entry (message control's size field is the entry count minus one).
+    p.cfg.borrow_mut()[super::fake::CAP_MSIX + 2] = 0;
+    let mut net = open(&p, msix(2));
+    assert_eq!(net.queue_pairs(), 1, "no vector per pair: one pair");
+    assert!(st.borrow().ctrl.is_empty());
+    {
+        let d = p.dev.borrow();
+        assert_eq!(
+            (
+                d.config_msix,
+                d.regs[0].msix,
+                d.regs[1].msix,
+                d.regs[4].msix
+            ),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(d.msix_table[8], 0x50);
+    }
+    assert_eq!(net.interrupt_vectors(), &[0x50]);
+    inject_rx(&p, 0, &udp_frame(1, 10), RxHeader::default(), SLOT_SIZE).unwrap();
+    let ev = net.handle_interrupt();
+    assert!(ev.rx && !ev.link_changed);
+    assert_eq!(net.pair_counters(0).unwrap().nic.interrupts, 1);
+    // A config change arrives on the shared vector and is still seen.
+    st.borrow_mut().status = 0;
+    p.config_interrupt();
+    assert_eq!(p.irq_count(0x50), 2);
+    assert!(net.handle_interrupt().link_changed);
+    assert_eq!(net.link(), LinkState::Down);
+}
+
+#[test]
+fn tx_completion_claiming_written_bytes_frees_the_slot() {
+    let (p, st) = net_platform(ALL, 1, 8);
+    let mut net = open(
+        &p,
+        NetOptions {
+            queue_size: 8,
+            ..polled()
+        },
+    );
+    st.borrow_mut().hold_tx = true;
+    net.send(&arp_frame(), TxChecksum::Complete).unwrap();
+    net.flush().unwrap();
+    let (_, head) = st.borrow_mut().held_tx.pop().unwrap();
+    {
+        let mut dev = p.dev.borrow_mut();
+        let q = dev.queues[1].as_mut().unwrap();
+        push_used_raw(q, &p.mem, u32::from(head), 64); // a read-only chain: nothing written
+    }
+    assert_eq!(net.reclaim().unwrap(), 1);
+    assert_eq!(net.tx_in_flight(0), 0);
+    assert_eq!(net.pair_counters(0).unwrap().device_errors, 1);
+    // All 8 slots usable again.
+    for i in 0..8 {
+        net.send(&udp_frame(i, 10), TxChecksum::Complete).unwrap();
+    }
+}
+
+#[test]
+fn queue_size_is_capped_by_the_options_and_the_device() {
+    let (p, _) = net_platform(ALL, 1, 128);
+    let net = open(
+        &p,
+        NetOptions {
+            queue_size: 32,
+            ..polled()
+        },
+    );
+    assert_eq!(net.rx_posted(0), 32);
+    assert_eq!(p.dev.borrow().regs[1].size, 32);
+    drop(net);
+    let (p, _) = net_platform(ALL, 1, 1024);
+    let net = open(
+        &p,
+        NetOptions {
+            queue_size: 4096,
+            ..polled()
+        },
+    );
+    assert_eq!(net.rx_posted(0), usize::from(DEFAULT_QUEUE_SIZE));
+}
+
+#[test]
+fn fewer_queues_than_max_pairs_need_is_refused() {
+    // The config claims 4 pairs, the function has queues for 2 (and a control queue).
+    let (p, st) = net_platform(ALL, 2, 16);
+    st.borrow_mut().max_pairs = 4;
+    assert_eq!(
+        VirtioNet::new(&p, &p.function(), polled()).err(),
+        Some(NetError::BadConfig("fewer queues than the pairs need"))
+    );
+    assert_ne!(p.dev.borrow().status & status::FAILED, 0);
+    assert!(p.dma_live.borrow().is_empty());
+}
