@@ -1,5 +1,5 @@
 //! Networking end to end: the guest's smoltcp stack over its virtio-net driver, against the
-//! host peer (notes/net_contract.md) under our harness and under QEMU, and against QEMU's
+//! host peer (README, "host peer") under our harness and under QEMU, and against QEMU's
 //! user-mode network for DHCP.
 
 mod common;

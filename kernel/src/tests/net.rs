@@ -1,5 +1,5 @@
 //! Networking through the whole guest stack: smoltcp (kernel/src/net) over the virtio-net
-//! driver, against the host peer of notes/net_contract.md (ping, UDP 7 echo, TCP 7 echo, TCP
+//! driver, against the host peer the README describes (ping, UDP 7 echo, TCP 7 echo, TCP
 //! 9 sink with an FNV-1a report, TCP 19 source of the seeded pattern) or, for `net_dhcp`,
 //! QEMU's user-mode network. Each test opens the first virtio-net function (`net_nic=N`
 //! another) and SKIPs if there is none.
