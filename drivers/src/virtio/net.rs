@@ -307,7 +307,7 @@ struct Pair<'p, P: Platform + ?Sized> {
     rx: RxRing<'p, P>,
     tx: TxRing<'p, P>,
     counters: PairCounters,
-    /// x86 vector of this pair (MSI-X or INTx), and its count last seen.
+    /// x86 vector of this pair (MSI-X or INTx), for its interrupt counter.
     vector: Option<u8>,
 }
 
@@ -383,8 +383,8 @@ impl<'p, P: Platform + ?Sized> VirtioNet<'p, P> {
             wanted &= !net_feature::MQ;
         }
         // Pairs, vectors and the interrupt mode depend on the config (max_virtqueue_pairs) and
-        // on what the MSI-X table holds, so read those first; the config can be read before
-        // the features are set (§3.1.1 step 7 only needs it valid, and MQ's field is static).
+        // on what the MSI-X table holds, so read those first: a driver may read the device
+        // config before accepting features, to check it can drive the device (§3.1.1 step 4).
         let mq_offered = offered & wanted & net_feature::MQ != 0;
         let max_pairs = if mq_offered {
             let m = transport.config_read16(cfg::MAX_PAIRS)?;
@@ -1011,6 +1011,7 @@ impl<P: Platform + ?Sized> Nic for VirtioNet<'_, P> {
     fn send(&mut self, frame: &[u8], checksum: TxChecksum) -> Result<(), NicError> {
         self.check_fatal()?;
         if !(ETH_HEADER_LEN..=ETH_FRAME_MAX).contains(&frame.len()) {
+            self.extra.tx_drops += 1;
             return Err(NicError::BadFrameLength(frame.len()));
         }
         let i = self.tx_pair_for(frame);

@@ -277,6 +277,8 @@ fn bad_lengths_and_missing_offload_are_refused() {
     );
     net.flush().unwrap();
     assert!(st.borrow().tx.is_empty());
+    assert_eq!(net.counters().tx_drops, 2, "the two bad lengths");
+    assert_eq!(net.counters().tx_packets, 0);
     // With CSUM, a checksum field past the frame is refused too.
     let (p, _) = net_platform(BASIC | bits::CSUM, 1, 16);
     let mut net = open(&p, polled());
