@@ -39,9 +39,10 @@ pub static REGISTRY: &[Test] = &[
     Test::in_all("net_tcp_tx", net::tcp_tx),
     Test::in_all("net_tcp_rx", net::tcp_rx),
     // Never in `all`: DHCP needs a DHCP server (QEMU's user-mode network), MQ a device with
-    // several queue pairs.
+    // several queue pairs, the pair test a second VM on the same switch (net_role=).
     Test::by_name("net_dhcp", net::dhcp),
     Test::by_name("net_mq", net::mq),
+    Test::by_name("net_tcp_pair", net::tcp_pair),
     // Never in `all`: the host kills the VMM while it sleeps.
     Test::by_name("virtio_blk_durability", virtio_blk::durability),
     // Never in `all`: a second virtio-blk driver (the virtio-drivers crate's) on the same disk

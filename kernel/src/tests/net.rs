@@ -8,7 +8,7 @@ use crate::arch::{apic, ioapic, vectors};
 use crate::ktap::Outcome;
 use crate::net::{IpSetup, NetArgs, Stack};
 use crate::platform::{KernelPlatform, PLATFORM};
-use crate::{fail, pattern, pci, println, time};
+use crate::{bootinfo, fail, pattern, pci, println, time};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
@@ -944,5 +944,106 @@ fn mq_traffic(stack: &mut Stack<'_>, args: &NetArgs, flows: &[(u16, u16)]) -> Re
         }
         stack.sockets.remove(h);
     }
+    Ok(())
+}
+
+/// The two-VM test's port, length each way, and the seeds of its two streams.
+const PAIR_PORT: u16 = 5001;
+const PAIR_BYTES: u64 = 4 << 20;
+const PAIR_SEED_UP: u64 = 0x7e57_5001;
+const PAIR_SEED_DOWN: u64 = 0x7e57_5002;
+
+/// Two VMs on one switch (`net_role=server` on one, `net_role=client` with `net_peer=` the
+/// server's address on the other, distinct `net_ip=` and MACs): the client streams 4 MiB of
+/// one pattern to the server and closes its half, the server checks it and streams 4 MiB of
+/// another back, which the client checks.
+pub fn tcp_pair() -> Outcome {
+    let role = bootinfo::get().arg("net_role");
+    with_stack(1, None, |stack, args| match role {
+        Some("server") => pair_server(stack),
+        Some("client") => pair_client(stack, args),
+        _ => Err(String::from(
+            "net_tcp_pair needs net_role=server or net_role=client",
+        )),
+    })
+}
+
+/// Read to the other side's FIN, checking the `seed` pattern; the byte count must be `length`.
+fn read_pattern(
+    stack: &mut Stack<'_>,
+    h: SocketHandle,
+    length: u64,
+    seed: u64,
+) -> Result<u64, String> {
+    let start = time::now_ns();
+    let mut expect = PatternStream::new(seed);
+    let mut offset = 0u64;
+    let total = read_to_close(stack, h, 120 * SECOND, |chunk| {
+        let r = expect
+            .check(chunk)
+            .map_err(|i| format!("byte {} differs from the pattern", offset + i as u64));
+        offset += chunk.len() as u64;
+        r
+    })?;
+    if total != length {
+        return Err(format!("{total} bytes arrived, {length} expected"));
+    }
+    Ok(time::now_ns() - start)
+}
+
+fn pair_server(stack: &mut Stack<'_>) -> Result<(), String> {
+    let h = tcp_socket(stack, TCP_BUFFER);
+    stack
+        .sockets
+        .get_mut::<tcp::Socket>(h)
+        .listen(PAIR_PORT)
+        .map_err(|e| format!("TCP listen {PAIR_PORT}: {e:?}"))?;
+    if !stack.poll_until(60 * SECOND, |s| {
+        s.sockets.get::<tcp::Socket>(h).state() == tcp::State::Established
+    }) {
+        return Err(String::from("pair server: no client within 60 s"));
+    }
+    let up = read_pattern(stack, h, PAIR_BYTES, PAIR_SEED_UP)?;
+    let start = time::now_ns();
+    stream_pattern(stack, h, PAIR_BYTES, PAIR_SEED_DOWN, 120 * SECOND)?;
+    stack.poll_until(5 * SECOND, |s| {
+        s.sockets.get::<tcp::Socket>(h).state() == tcp::State::Closed
+    });
+    println!(
+        "# net: pair server: {} bytes in {} ms, {} bytes out in {} ms",
+        PAIR_BYTES,
+        up / 1_000_000,
+        PAIR_BYTES,
+        (time::now_ns() - start) / 1_000_000
+    );
+    Ok(())
+}
+
+fn pair_client(stack: &mut Stack<'_>, args: &NetArgs) -> Result<(), String> {
+    let remote = IpEndpoint::new(peer(args), PAIR_PORT);
+    let h = tcp_socket(stack, TCP_BUFFER);
+    // The server VM may not be listening yet (a refused connect closes the socket): retry.
+    let deadline = time::now_ns() + 60 * SECOND;
+    loop {
+        match connect(stack, h, remote, local_port()) {
+            Ok(()) => break,
+            Err(e) if time::now_ns() >= deadline => return Err(e),
+            Err(_) => {
+                stack.sockets.get_mut::<tcp::Socket>(h).abort();
+                stack.poll_until(200_000_000, |_| false);
+            }
+        }
+    }
+    let start = time::now_ns();
+    stream_pattern(stack, h, PAIR_BYTES, PAIR_SEED_UP, 120 * SECOND)?;
+    let up = time::now_ns() - start;
+    let down = read_pattern(stack, h, PAIR_BYTES, PAIR_SEED_DOWN)?;
+    println!(
+        "# net: pair client: {} bytes out in {} ms, {} bytes in in {} ms",
+        PAIR_BYTES,
+        up / 1_000_000,
+        PAIR_BYTES,
+        down / 1_000_000
+    );
     Ok(())
 }
