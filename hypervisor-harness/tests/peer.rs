@@ -1,0 +1,721 @@
+//! The in-process peer against a second smoltcp stack playing the guest: every service of the
+//! network contract, several connections at once, and hostile frames. No KVM needed.
+
+use hypervisor_harness::backends::net::peer::{
+    Fnv1a64, PatternStream, PeerBackend, PeerHandle, PEER_IP, PEER_MAC, SOURCE_QUEUE_FRAMES,
+};
+use hypervisor_harness::backends::net::{FrameMeta, NetBackend, MAX_FRAME};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::Instant as SmolInstant;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpProtocol,
+    Ipv4Address, Ipv4Packet, Ipv4Repr,
+};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+const GUEST_IP: Ipv4Address = Ipv4Address::new(192, 168, 76, 2);
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+const MIB16: u64 = 16 << 20;
+
+/// The guest side's wire: frames in both directions, in memory.
+#[derive(Default)]
+struct Queues {
+    rx: VecDeque<Vec<u8>>,
+    tx: Vec<Vec<u8>>,
+}
+
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a mut Vec<Vec<u8>>);
+
+impl RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut v = vec![0; len];
+        let r = f(&mut v);
+        self.0.push(v);
+        r
+    }
+}
+
+impl Device for Queues {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+    fn receive(&mut self, _: SmolInstant) -> Option<(Rx, Tx<'_>)> {
+        let f = self.rx.pop_front()?;
+        Some((Rx(f), Tx(&mut self.tx)))
+    }
+    fn transmit(&mut self, _: SmolInstant) -> Option<Tx<'_>> {
+        Some(Tx(&mut self.tx))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ethernet;
+        c.max_transmission_unit = 1514;
+        c
+    }
+}
+
+/// A guest stack wired to a peer backend.
+struct Guest {
+    iface: Interface,
+    wire: Queues,
+    sockets: SocketSet<'static>,
+    peer: Box<dyn NetBackend>,
+    handle: PeerHandle,
+    epoch: Instant,
+    next_port: u16,
+    buf: Vec<u8>,
+}
+
+impl Guest {
+    fn new() -> Self {
+        let peer = PeerBackend::new().unwrap();
+        let handle = peer.handle();
+        let mut wire = Queues::default();
+        let cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(GUEST_MAC)));
+        let mut iface = Interface::new(cfg, &mut wire, SmolInstant::ZERO);
+        iface.update_ip_addrs(|a| a.push(IpCidr::new(IpAddress::Ipv4(GUEST_IP), 24)).unwrap());
+        Self {
+            iface,
+            wire,
+            sockets: SocketSet::new(Vec::new()),
+            peer: Box::new(peer),
+            handle,
+            epoch: Instant::now(),
+            next_port: 49152,
+            buf: vec![0; MAX_FRAME],
+        }
+    }
+
+    fn now(&self) -> SmolInstant {
+        SmolInstant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    }
+
+    /// Frames the peer has for the guest, drained.
+    fn drain_peer(&mut self) -> Vec<Vec<u8>> {
+        self.drain_peer_at_most(usize::MAX)
+    }
+
+    /// At most `limit` frames (a guest's RX ring).
+    fn drain_peer_at_most(&mut self, limit: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some((n, meta)) = self.peer.receive(&mut self.buf).unwrap() else {
+                break;
+            };
+            assert_eq!(meta, FrameMeta::default());
+            out.push(self.buf[..n].to_vec());
+        }
+        out
+    }
+
+    /// One round: the guest stack runs, its frames go to the peer, the peer's come back.
+    /// Returns whether any frame moved.
+    fn step(&mut self) -> bool {
+        let now = self.now();
+        self.iface.poll(now, &mut self.wire, &mut self.sockets);
+        let mut moved = false;
+        for f in std::mem::take(&mut self.wire.tx) {
+            self.peer.transmit(&FrameMeta::default(), &f).unwrap();
+            moved = true;
+        }
+        // As many as the guest's UDP socket buffers hold, like a guest's RX ring.
+        let back = self.drain_peer_at_most(128);
+        moved |= !back.is_empty();
+        self.wire.rx.extend(back);
+        moved
+    }
+
+    /// Run until `done` holds (panics after 60 s), with the peer's timers when idle.
+    fn run_until(&mut self, what: &str, mut done: impl FnMut(&mut Self) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            if !self.step() {
+                let d = self.peer.poll();
+                // The fd rule: readable only if poll() queued frames.
+                let back = self.drain_peer_at_most(128);
+                if back.is_empty() {
+                    std::thread::sleep(
+                        d.unwrap_or(Duration::from_millis(1))
+                            .min(Duration::from_millis(1)),
+                    );
+                }
+                self.wire.rx.extend(back);
+            }
+        }
+    }
+
+    fn tcp(&mut self, port: u16) -> SocketHandle {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 1 << 20]),
+            tcp::SocketBuffer::new(vec![0; 1 << 20]),
+        );
+        self.next_port += 1;
+        s.connect(self.iface.context(), (PEER_IP, port), self.next_port)
+            .unwrap();
+        self.sockets.add(s)
+    }
+
+    fn udp(&mut self) -> SocketHandle {
+        let buf =
+            || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0; 256 * 1500]);
+        let mut s = udp::Socket::new(buf(), buf());
+        self.next_port += 1;
+        s.bind(self.next_port).unwrap();
+        self.sockets.add(s)
+    }
+}
+
+fn eth(ty: EthernetProtocol, dst: [u8; 6], payload_len: usize) -> (Vec<u8>, EthernetRepr) {
+    let repr = EthernetRepr {
+        src_addr: EthernetAddress(GUEST_MAC),
+        dst_addr: EthernetAddress(dst),
+        ethertype: ty,
+    };
+    (vec![0; repr.buffer_len() + payload_len], repr)
+}
+
+fn arp_request(target: Ipv4Address) -> Vec<u8> {
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: EthernetAddress(GUEST_MAC),
+        source_protocol_addr: GUEST_IP,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    let (mut f, e) = eth(EthernetProtocol::Arp, [0xff; 6], arp.buffer_len());
+    let mut frame = EthernetFrame::new_unchecked(&mut f);
+    e.emit(&mut frame);
+    arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    f
+}
+
+fn ping(seq: u16, data: &[u8]) -> Vec<u8> {
+    let icmp = Icmpv4Repr::EchoRequest {
+        ident: 0x4242,
+        seq_no: seq,
+        data,
+    };
+    let ip = Ipv4Repr {
+        src_addr: GUEST_IP,
+        dst_addr: PEER_IP,
+        next_header: IpProtocol::Icmp,
+        payload_len: icmp.buffer_len(),
+        hop_limit: 64,
+    };
+    let (mut f, e) = eth(
+        EthernetProtocol::Ipv4,
+        PEER_MAC,
+        ip.buffer_len() + icmp.buffer_len(),
+    );
+    let mut frame = EthernetFrame::new_unchecked(&mut f);
+    e.emit(&mut frame);
+    let mut p = Ipv4Packet::new_unchecked(frame.payload_mut());
+    ip.emit(&mut p, &Default::default());
+    icmp.emit(
+        &mut Icmpv4Packet::new_unchecked(p.payload_mut()),
+        &Default::default(),
+    );
+    f
+}
+
+#[test]
+fn arp_and_ping() {
+    let mut g = Guest::new();
+    g.peer
+        .transmit(&FrameMeta::default(), &arp_request(PEER_IP))
+        .unwrap();
+    let replies = g.drain_peer();
+    assert_eq!(
+        replies.len(),
+        1,
+        "one ARP reply, ready right after transmit"
+    );
+    let frame = EthernetFrame::new_checked(&replies[0][..]).unwrap();
+    assert_eq!(frame.dst_addr(), EthernetAddress(GUEST_MAC));
+    let arp = ArpRepr::parse(&ArpPacket::new_checked(frame.payload()).unwrap()).unwrap();
+    match arp {
+        ArpRepr::EthernetIpv4 {
+            operation,
+            source_hardware_addr,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        } => {
+            assert_eq!(operation, ArpOperation::Reply);
+            assert_eq!(source_hardware_addr, EthernetAddress(PEER_MAC));
+            assert_eq!(source_protocol_addr, PEER_IP);
+            assert_eq!(target_protocol_addr, GUEST_IP);
+        }
+        other => panic!("{other:?}"),
+    }
+    // An ARP for another address gets nothing.
+    g.peer
+        .transmit(
+            &FrameMeta::default(),
+            &arp_request(Ipv4Address::new(192, 168, 76, 9)),
+        )
+        .unwrap();
+    assert!(g.drain_peer().is_empty());
+
+    for seq in 0..3u16 {
+        let data: Vec<u8> = (0..56).map(|i| (i as u16 + seq) as u8).collect();
+        g.peer
+            .transmit(&FrameMeta::default(), &ping(seq, &data))
+            .unwrap();
+        let replies = g.drain_peer();
+        assert_eq!(replies.len(), 1);
+        let frame = EthernetFrame::new_checked(&replies[0][..]).unwrap();
+        let ip = Ipv4Packet::new_checked(frame.payload()).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (PEER_IP, GUEST_IP));
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        let repr = Icmpv4Repr::parse(&icmp, &Default::default()).unwrap();
+        assert_eq!(
+            repr,
+            Icmpv4Repr::EchoReply {
+                ident: 0x4242,
+                seq_no: seq,
+                data: &data
+            }
+        );
+    }
+    assert_eq!(g.handle.counters().icmp_echo_requests, 3);
+    let c = g.peer.counters();
+    assert_eq!((c.tx_frames, c.rx_frames), (5, 4));
+}
+
+#[test]
+fn udp_echo_every_size() {
+    let mut g = Guest::new();
+    let h = g.udp();
+    for size in 1..=1472usize {
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+        g.sockets
+            .get_mut::<udp::Socket>(h)
+            .send_slice(&data, (PEER_IP, 7))
+            .unwrap();
+        let mut got = None;
+        g.run_until("an echo", |g| {
+            if let Ok((d, meta)) = g.sockets.get_mut::<udp::Socket>(h).recv() {
+                assert_eq!(meta.endpoint.port, 7);
+                got = Some(d.to_vec());
+            }
+            got.is_some()
+        });
+        assert_eq!(got.unwrap(), data, "size {size}");
+    }
+    let c = g.handle.counters();
+    assert_eq!(c.udp_echo_datagrams, 1472);
+    assert_eq!(c.udp_echo_bytes, 1472 * 1473 / 2);
+    // Discard counts and answers nothing.
+    let s = g.sockets.get_mut::<udp::Socket>(h);
+    s.send_slice(&[1, 2, 3], (PEER_IP, 9)).unwrap();
+    g.run_until("the discard", |g| {
+        g.handle.counters().udp_discard_datagrams == 1
+    });
+    assert_eq!(g.handle.counters().udp_discard_bytes, 3);
+}
+
+/// Send `len` bytes of the seed's pattern to the sink on a connection; returns the report.
+fn sink(g: &mut Guest, h: SocketHandle, len: u64, seed: u64) -> [u8; 16] {
+    let mut pattern = PatternStream::new(seed);
+    let mut report = Vec::new();
+    let mut closed = false;
+    g.run_until("the sink's report", |g| {
+        let s = g.sockets.get_mut::<tcp::Socket>(h);
+        while s.can_send() && pattern.position() < len {
+            let left = len - pattern.position();
+            s.send(|buf| {
+                let n = buf.len().min(left as usize);
+                pattern.fill(&mut buf[..n]);
+                (n, ())
+            })
+            .unwrap();
+        }
+        if pattern.position() == len && !closed {
+            s.close();
+            closed = true;
+        }
+        while let Ok(n) = s.recv(|d| {
+            report.extend_from_slice(d);
+            (d.len(), d.len())
+        }) {
+            if n == 0 {
+                break;
+            }
+        }
+        !s.may_recv() && closed
+    });
+    report.try_into().expect("16 bytes of report")
+}
+
+#[test]
+fn tcp_sink_16_mib_reports_count_and_fnv() {
+    let mut g = Guest::new();
+    let h = g.tcp(9);
+    let started = Instant::now();
+    let report = sink(&mut g, h, MIB16, 0x5EED);
+    let elapsed = started.elapsed();
+    let mut expect = vec![0u8; MIB16 as usize];
+    PatternStream::new(0x5EED).fill(&mut expect);
+    let mut fnv = Fnv1a64::default();
+    fnv.update(&expect);
+    assert_eq!(u64::from_le_bytes(report[..8].try_into().unwrap()), MIB16);
+    assert_eq!(u64::from_le_bytes(report[8..].try_into().unwrap()), fnv.0);
+    let c = g.handle.counters();
+    assert_eq!((c.tcp_sink_bytes, c.tcp_sink_reports), (MIB16, 1));
+    eprintln!("16 MiB to the sink in {elapsed:?}");
+}
+
+/// Ask the source for `len` bytes with `seed` and check every byte; returns how many came.
+fn source(g: &mut Guest, h: SocketHandle, len: u64, seed: u64) -> u64 {
+    let mut request = [0u8; 16];
+    request[..8].copy_from_slice(&len.to_le_bytes());
+    request[8..].copy_from_slice(&seed.to_le_bytes());
+    let mut sent = false;
+    let mut pattern = PatternStream::new(seed);
+    let mut good = true;
+    g.run_until("the source's stream", |g| {
+        let s = g.sockets.get_mut::<tcp::Socket>(h);
+        if !sent && s.may_send() {
+            assert_eq!(s.send_slice(&request), Ok(16));
+            sent = true;
+        }
+        while let Ok(n) = s.recv(|d| {
+            good &= pattern.matches(d);
+            (d.len(), d.len())
+        }) {
+            if n == 0 {
+                break;
+            }
+        }
+        let over = sent && !s.may_recv() && s.recv_queue() == 0;
+        if over {
+            s.close();
+        }
+        over
+    });
+    assert!(good, "the source's bytes differ from the pattern");
+    pattern.position()
+}
+
+#[test]
+fn tcp_source_16_mib_is_the_pattern() {
+    let mut g = Guest::new();
+    let h = g.tcp(19);
+    let started = Instant::now();
+    assert_eq!(source(&mut g, h, MIB16, 77), MIB16);
+    eprintln!("16 MiB from the source in {:?}", started.elapsed());
+    let c = g.handle.counters();
+    assert_eq!((c.tcp_source_bytes, c.tcp_source_done), (MIB16, 1));
+}
+
+#[test]
+fn udp_source_count_size_and_bounded_queue() {
+    let mut g = Guest::new();
+    let h = g.udp();
+    // Resolve ARP first so the flood is not waiting on it.
+    g.peer
+        .transmit(&FrameMeta::default(), &arp_request(PEER_IP))
+        .unwrap();
+    g.drain_peer();
+    let request = |count: u32, size: u16| {
+        let mut r = [0u8; 8];
+        r[..4].copy_from_slice(&count.to_le_bytes());
+        r[4..6].copy_from_slice(&size.to_le_bytes());
+        r
+    };
+    for (count, size) in [(1000u32, 1472u16), (3, 1)] {
+        g.sockets
+            .get_mut::<udp::Socket>(h)
+            .send_slice(&request(count, size), (PEER_IP, 19))
+            .unwrap();
+        let mut k = 0u32;
+        g.run_until("the source's datagrams", |g| {
+            while let Ok((d, meta)) = g.sockets.get_mut::<udp::Socket>(h).recv() {
+                assert_eq!(meta.endpoint.port, 19);
+                assert_eq!(d.len(), usize::from(size));
+                assert!(
+                    d.iter()
+                        .enumerate()
+                        .all(|(i, &b)| b == (k as usize + i) as u8),
+                    "datagram {k}"
+                );
+                k += 1;
+            }
+            k == count
+        });
+    }
+    // A flood is produced as the guest drains, not all at once.
+    let before = g.handle.counters().udp_source_datagrams;
+    g.sockets
+        .get_mut::<udp::Socket>(h)
+        .send_slice(&request(50_000, 64), (PEER_IP, 19))
+        .unwrap();
+    let now = g.now();
+    g.iface.poll(now, &mut g.wire, &mut g.sockets);
+    for f in std::mem::take(&mut g.wire.tx) {
+        g.peer.transmit(&FrameMeta::default(), &f).unwrap();
+    }
+    let produced = g.handle.counters().udp_source_datagrams - before;
+    assert!(
+        produced > 0 && produced as usize <= 2 * SOURCE_QUEUE_FRAMES,
+        "{produced} datagrams produced before the guest drained any"
+    );
+    let mut frames = 0u64;
+    while let Some((_, _)) = g.peer.receive(&mut g.buf).unwrap() {
+        frames += 1;
+    }
+    assert_eq!(frames, 50_000, "draining receives the whole flood");
+    let c = g.handle.counters();
+    assert_eq!(c.udp_source_requests, 3);
+    assert_eq!(c.udp_source_datagrams, 51_003);
+    assert_eq!(c.rx_queue_overflows, 0);
+    // Malformed requests: wrong length, size 0, size over 1472, nonzero padding.
+    let s = g.sockets.get_mut::<udp::Socket>(h);
+    for bad in [
+        &request(1, 8)[..7],
+        &request(1, 0),
+        &request(1, 1473),
+        &[1, 0, 0, 0, 8, 0, 1, 0],
+    ] {
+        s.send_slice(bad, (PEER_IP, 19)).unwrap();
+    }
+    g.run_until("refused requests", |g| {
+        g.handle.counters().udp_source_bad_requests == 4
+    });
+}
+
+#[test]
+fn several_tcp_connections_at_once() {
+    let mut g = Guest::new();
+    let echoes: Vec<SocketHandle> = (0..8).map(|_| g.tcp(7)).collect();
+    let sinks: Vec<SocketHandle> = (0..8).map(|_| g.tcp(9)).collect();
+    let sources: Vec<SocketHandle> = (0..8).map(|_| g.tcp(19)).collect();
+    const LEN: usize = 256 << 10;
+    let data = |i: usize| -> Vec<u8> { (0..LEN).map(|j| (j * 31 + i) as u8).collect() };
+    let mut sent = [0usize; 8];
+    let mut got: Vec<Vec<u8>> = vec![Vec::new(); 8];
+    let mut reports: Vec<Vec<u8>> = vec![Vec::new(); 8];
+    let mut sink_sent = [0u64; 8];
+    let mut src_patterns: Vec<PatternStream> =
+        (0..8).map(|i| PatternStream::new(i as u64)).collect();
+    let mut src_asked = [false; 8];
+    let mut src_good = true;
+    g.run_until("24 connections' work", |g| {
+        let mut all = true;
+        for i in 0..8 {
+            let s = g.sockets.get_mut::<tcp::Socket>(echoes[i]);
+            let d = data(i);
+            if s.can_send() && sent[i] < LEN {
+                sent[i] += s.send_slice(&d[sent[i]..]).unwrap();
+            }
+            while let Ok(n) = s.recv(|b| {
+                got[i].extend_from_slice(b);
+                (b.len(), b.len())
+            }) {
+                if n == 0 {
+                    break;
+                }
+            }
+            all &= got[i].len() == LEN;
+
+            let s = g.sockets.get_mut::<tcp::Socket>(sinks[i]);
+            if s.can_send() && sink_sent[i] < LEN as u64 {
+                let mut p = PatternStream::new(100 + i as u64);
+                let mut chunk = vec![0u8; LEN];
+                p.fill(&mut chunk);
+                sink_sent[i] += s.send_slice(&chunk[sink_sent[i] as usize..]).unwrap() as u64;
+                if sink_sent[i] == LEN as u64 {
+                    s.close();
+                }
+            }
+            while let Ok(n) = s.recv(|b| {
+                reports[i].extend_from_slice(b);
+                (b.len(), b.len())
+            }) {
+                if n == 0 {
+                    break;
+                }
+            }
+            all &= reports[i].len() == 16;
+
+            let s = g.sockets.get_mut::<tcp::Socket>(sources[i]);
+            if !src_asked[i] && s.may_send() {
+                let mut r = [0u8; 16];
+                r[..8].copy_from_slice(&(LEN as u64).to_le_bytes());
+                r[8..].copy_from_slice(&(i as u64).to_le_bytes());
+                s.send_slice(&r).unwrap();
+                src_asked[i] = true;
+            }
+            let p = &mut src_patterns[i];
+            while let Ok(n) = s.recv(|b| {
+                src_good &= p.matches(b);
+                (b.len(), b.len())
+            }) {
+                if n == 0 {
+                    break;
+                }
+            }
+            all &= p.position() == LEN as u64;
+        }
+        all
+    });
+    assert!(src_good);
+    for i in 0..8 {
+        assert!(got[i] == data(i), "echo connection {i}");
+        let mut expect = vec![0u8; LEN];
+        PatternStream::new(100 + i as u64).fill(&mut expect);
+        let mut fnv = Fnv1a64::default();
+        fnv.update(&expect);
+        assert_eq!(&reports[i][..8], &(LEN as u64).to_le_bytes());
+        assert_eq!(
+            &reports[i][8..],
+            &fnv.0.to_le_bytes(),
+            "sink connection {i}"
+        );
+    }
+    assert_eq!(g.handle.counters().tcp_accepted, 24);
+}
+
+#[test]
+fn hostile_frames_are_dropped_and_counted() {
+    let mut g = Guest::new();
+    let meta = FrameMeta::default();
+    // Too short and too long for the backend.
+    for len in [0usize, 1, 13, MAX_FRAME + 1, 9000, 65536] {
+        g.peer.transmit(&meta, &vec![0xA5; len]).unwrap();
+    }
+    assert_eq!(g.peer.counters().tx_dropped, 6);
+    // Garbage of every length, then headers that lie: smoltcp ignores them.
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for len in 14..=MAX_FRAME {
+        let mut f: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if len % 3 == 0 {
+            // Addressed to the peer as IPv4, so the stack parses further.
+            f[..6].copy_from_slice(&PEER_MAC);
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            if len > 34 {
+                f[14] = 0x45;
+                f[26..30].copy_from_slice(&[192, 168, 76, 2]);
+                f[30..34].copy_from_slice(&[192, 168, 76, 1]);
+                f[23] = [1u8, 6, 17][len % 9 / 3];
+            }
+        }
+        g.peer.transmit(&meta, &f).unwrap();
+        g.drain_peer();
+        g.peer.poll();
+    }
+    // A ping with a truncated ICMP header and one claiming a longer IP total length.
+    let mut p = ping(1, &[0; 8]);
+    p.truncate(14 + 20 + 3);
+    g.peer.transmit(&meta, &p).unwrap();
+    let mut p = ping(1, &[0; 8]);
+    p[16..18].copy_from_slice(&1500u16.to_be_bytes());
+    g.peer.transmit(&meta, &p).unwrap();
+    // A receive buffer too small for a frame drops it, never truncates it.
+    g.peer.transmit(&meta, &arp_request(PEER_IP)).unwrap();
+    let mut small = [0u8; 20];
+    assert!(g.peer.receive(&mut small).unwrap().is_none());
+    assert!(g.peer.counters().rx_dropped >= 1);
+    // And the peer still works.
+    g.peer.transmit(&meta, &arp_request(PEER_IP)).unwrap();
+    assert_eq!(g.drain_peer().len(), 1);
+    g.peer.transmit(&meta, &ping(9, b"still alive")).unwrap();
+    assert_eq!(g.drain_peer().len(), 1);
+}
+
+#[test]
+fn open_names_what_is_missing() {
+    use hypervisor_harness::backends::net::{open, spec::BackendSpec};
+    let peer = open(&BackendSpec::Peer).unwrap();
+    assert_eq!(peer.describe(), "peer");
+    let e = open(&BackendSpec::User).err().unwrap();
+    assert!(e.to_string().contains("not supported yet"), "{e}");
+}
+
+fn readable(fd: std::os::fd::RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    unsafe { libc::poll(&mut p, 1, 0) == 1 }
+}
+
+#[test]
+fn rx_ready_fd_only_from_poll() {
+    let mut g = Guest::new();
+    let fd = g.peer.rx_ready_fd();
+    let meta = FrameMeta::default();
+    // A reply to a transmit is there at once, without the fd.
+    g.peer.transmit(&meta, &arp_request(PEER_IP)).unwrap();
+    assert!(!readable(fd));
+    assert_eq!(g.drain_peer().len(), 1);
+    // A frame left waiting makes poll() signal; draining to None clears it.
+    g.peer.transmit(&meta, &arp_request(PEER_IP)).unwrap();
+    g.peer.poll();
+    assert!(readable(fd));
+    assert_eq!(g.drain_peer().len(), 1);
+    assert!(!readable(fd));
+    // A timer's frame: a UDP echo from a neighbour the peer has not resolved gets an ARP
+    // request now and, unanswered, another one from poll() a second later.
+    let other = Ipv4Address::new(192, 168, 76, 3);
+    let udp = smoltcp::wire::UdpRepr {
+        src_port: 4000,
+        dst_port: 7,
+    };
+    let ip = Ipv4Repr {
+        src_addr: other,
+        dst_addr: PEER_IP,
+        next_header: IpProtocol::Udp,
+        payload_len: udp.header_len() + 4,
+        hop_limit: 64,
+    };
+    let (mut f, e) = eth(EthernetProtocol::Ipv4, PEER_MAC, ip.buffer_len() + 8 + 4);
+    let mut frame = EthernetFrame::new_unchecked(&mut f);
+    e.emit(&mut frame);
+    let mut p = Ipv4Packet::new_unchecked(frame.payload_mut());
+    ip.emit(&mut p, &Default::default());
+    udp.emit(
+        &mut smoltcp::wire::UdpPacket::new_unchecked(p.payload_mut()),
+        &IpAddress::Ipv4(other),
+        &IpAddress::Ipv4(PEER_IP),
+        4,
+        |b| b.copy_from_slice(b"ping"),
+        &Default::default(),
+    );
+    g.peer.transmit(&meta, &f).unwrap();
+    let first = g.drain_peer();
+    assert_eq!(first.len(), 1, "an ARP request for the sender");
+    assert!(!readable(fd));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !readable(fd) {
+        assert!(Instant::now() < deadline, "no ARP retry from poll()");
+        let d = g.peer.poll().unwrap_or(Duration::from_millis(10));
+        if !readable(fd) {
+            std::thread::sleep(d.min(Duration::from_millis(100)));
+        }
+    }
+    let again = g.drain_peer();
+    assert_eq!(again, first, "the same ARP request, again");
+    assert!(!readable(fd));
+}
