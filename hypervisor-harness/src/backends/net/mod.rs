@@ -10,8 +10,11 @@
 //! and `receive` returns `Ok(None)` when nothing is waiting. A device thread that wants to sleep
 //! until a frame arrives waits on [`NetBackend::rx_ready_fd`].
 
+pub mod peer;
 pub mod spec;
 
+use crate::error::HarnessError;
+use spec::BackendSpec;
 use std::fmt;
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -105,4 +108,27 @@ pub trait NetBackend: Send {
     }
 
     fn counters(&self) -> BackendCounters;
+}
+
+/// Open the backend `spec` names, for one NIC. Errors say what is missing: exit code 69
+/// (`Unavailable`) for a socket or TAP device the host does not give us, 64 (`Usage`) for a
+/// backend this harness does not have yet.
+pub fn open(spec: &BackendSpec) -> Result<Box<dyn NetBackend>, HarnessError> {
+    match spec {
+        BackendSpec::Peer => peer::PeerBackend::new()
+            .map(|p| Box::new(p) as Box<dyn NetBackend>)
+            .map_err(|e| HarnessError::Other(format!("--net peer: eventfd: {e}"))),
+        BackendSpec::Stream(path) => Err(HarnessError::Usage(format!(
+            "--net stream:{}: the stream backend is not supported yet",
+            path.display()
+        ))),
+        BackendSpec::Tap { name, .. } => Err(HarnessError::Usage(format!(
+            "--net tap:{name}: the TAP backend is not supported yet"
+        ))),
+        BackendSpec::User => Err(HarnessError::Usage(
+            "--net ...:user: user-mode networking is not supported yet; use peer, \
+             stream:PATH or tap:NAME"
+                .into(),
+        )),
+    }
 }
