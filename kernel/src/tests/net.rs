@@ -75,6 +75,11 @@ pub fn open(f: &PciFunction, pairs: u16) -> Result<Net, String> {
     let mut nic = VirtioNet::new(&PLATFORM, f, options)
         .map_err(|e| format!("virtio-net {}: init: {}", f.address, e))?;
     let o = nic.offloads();
+    // What the driver made of the plan: it fits the pairs to the MSI-X table.
+    let plan = match plan {
+        InterruptPlan::Msix { .. } => format!("msix, vectors {:x?}", nic.interrupt_vectors()),
+        other => format!("{other}"),
+    };
     let mac = nic.mac().map(|b| format!("{b:02x}")).join(":");
     println!(
         "# net: virtio-net {}: mac {}, features {:#x}, {} queue pair(s){}, interrupts: {}, \
