@@ -34,6 +34,19 @@ pub enum Cmd {
     Qemu(QemuArgs),
     /// Floor (exit cost) and boot-time benchmarks.
     Bench(BenchArgs),
+    /// Serve the network peer on a UNIX socket to `-netdev stream` clients (QEMU or
+    /// `--net MODEL:stream:PATH`), switching frames between them; runs until SIGTERM/SIGINT.
+    Peer(PeerArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PeerArgs {
+    /// The socket to listen on (a stale socket file there is replaced).
+    #[arg(long, value_name = "PATH")]
+    pub listen: PathBuf,
+    /// Log clients coming and going on stderr.
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -258,6 +271,7 @@ pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Cmd::Run(a) => cmd_run(a),
         Cmd::Qemu(a) => cmd_qemu(a),
         Cmd::Bench(a) => crate::bench::cmd_bench(a),
+        Cmd::Peer(a) => crate::backends::net::peer::switch::serve(&a.listen, a.verbose).map(|_| 0),
     };
     match res {
         Ok(code) => code,

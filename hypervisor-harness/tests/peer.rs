@@ -80,15 +80,25 @@ impl Guest {
     fn new() -> Self {
         let peer = PeerBackend::new().unwrap();
         let handle = peer.handle();
+        Self::with_backend(Box::new(peer), handle, GUEST_MAC, GUEST_IP)
+    }
+
+    /// A guest on any backend; `handle` is only read by tests of the in-process peer.
+    fn with_backend(
+        peer: Box<dyn NetBackend>,
+        handle: PeerHandle,
+        mac: [u8; 6],
+        ip: Ipv4Address,
+    ) -> Self {
         let mut wire = Queues::default();
-        let cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(GUEST_MAC)));
+        let cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         let mut iface = Interface::new(cfg, &mut wire, SmolInstant::ZERO);
-        iface.update_ip_addrs(|a| a.push(IpCidr::new(IpAddress::Ipv4(GUEST_IP), 24)).unwrap());
+        iface.update_ip_addrs(|a| a.push(IpCidr::new(IpAddress::Ipv4(ip), 24)).unwrap());
         Self {
             iface,
             wire,
             sockets: SocketSet::new(Vec::new()),
-            peer: Box::new(peer),
+            peer,
             handle,
             epoch: Instant::now(),
             next_port: 49152,
@@ -718,4 +728,222 @@ fn rx_ready_fd_only_from_poll() {
     let again = g.drain_peer();
     assert_eq!(again, first, "the same ARP request, again");
     assert!(!readable(fd));
+}
+
+/// `hypervisor-harness peer --listen` as a child, on a socket in its own temporary directory.
+struct ListeningPeer {
+    child: Option<std::process::Child>,
+    path: std::path::PathBuf,
+    _dir: vmm_sys_util::tempdir::TempDir,
+}
+
+fn peer_command(path: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hypervisor-harness"));
+    c.args(["peer", "--verbose", "--listen"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+impl ListeningPeer {
+    fn start(tag: &str) -> Self {
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix(
+            std::env::temp_dir().join(format!("hh-peer-{tag}-")),
+        )
+        .unwrap();
+        let path = dir.as_path().join("peer.sock");
+        let child = peer_command(&path).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&path).is_err() {
+            assert!(Instant::now() < deadline, "the peer did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self {
+            child: Some(child),
+            path,
+            _dir: dir,
+        }
+    }
+
+    fn client(&self) -> Box<dyn NetBackend> {
+        use hypervisor_harness::backends::net::{open, spec::BackendSpec};
+        open(&BackendSpec::Stream(self.path.clone())).unwrap()
+    }
+
+    /// SIGTERM; the exit status and stderr.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let child = self.child.take().unwrap();
+        // SAFETY: a signal to our own child, which has not been waited for.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for ListeningPeer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn raw(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&0x88B5u16.to_be_bytes()); // local experimental ethertype
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The next frame on `be` with our experimental ethertype (others, such as ARP broadcasts,
+/// are skipped), within 5 s.
+fn next_raw(be: &mut dyn NetBackend) -> Option<Vec<u8>> {
+    let mut buf = [0u8; MAX_FRAME];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match be.receive(&mut buf).unwrap() {
+            Some((n, _)) if buf[12..14] == [0x88, 0xB5] => return Some(buf[..n].to_vec()),
+            Some(_) => {}
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    None
+}
+
+/// Nothing with our ethertype arrives within 200 ms.
+fn quiet(be: &mut dyn NetBackend) -> bool {
+    let mut buf = [0u8; MAX_FRAME];
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < deadline {
+        match be.receive(&mut buf).unwrap() {
+            Some((_, _)) if buf[12..14] == [0x88, 0xB5] => return false,
+            Some(_) => {}
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    true
+}
+
+#[test]
+fn listen_switches_between_clients_and_serves_the_stack() {
+    let server = ListeningPeer::start("switch");
+    let (mac_a, mac_b) = ([0x52, 0x54, 0, 0, 0, 0x0a], [0x52, 0x54, 0, 0, 0, 0x0b]);
+    let mut a = server.client();
+    let mut b = server.client();
+    let meta = FrameMeta::default();
+    // Broadcast: to the other client, not back.
+    let hello = raw([0xff; 6], mac_a, b"hello everyone");
+    a.transmit(&meta, &hello).unwrap();
+    assert_eq!(next_raw(&mut *b).as_deref(), Some(&hello[..]));
+    assert!(quiet(&mut *a));
+    // b answers a (learned from the broadcast), and a's unicast reaches b.
+    let to_a = raw(mac_a, mac_b, b"to a");
+    b.transmit(&meta, &to_a).unwrap();
+    assert_eq!(next_raw(&mut *a).as_deref(), Some(&to_a[..]));
+    let to_b = raw(mac_b, mac_a, b"to b");
+    a.transmit(&meta, &to_b).unwrap();
+    assert_eq!(next_raw(&mut *b).as_deref(), Some(&to_b[..]));
+    // A third client sees neither learned unicast, but does see an unknown one (flooded).
+    let mut c = server.client();
+    a.transmit(&meta, &to_b).unwrap();
+    assert_eq!(next_raw(&mut *b).as_deref(), Some(&to_b[..]));
+    assert!(quiet(&mut *c));
+    let unknown = raw([0x52, 0x54, 0, 0, 0, 0x99], mac_a, b"who?");
+    a.transmit(&meta, &unknown).unwrap();
+    assert_eq!(next_raw(&mut *b).as_deref(), Some(&unknown[..]));
+    assert_eq!(next_raw(&mut *c).as_deref(), Some(&unknown[..]));
+    drop(c);
+
+    // A smoltcp guest on client a talks to the peer's stack: ping by ARP, TCP both ways.
+    let dummy = PeerBackend::new().unwrap().handle();
+    let mut g = Guest::with_backend(a, dummy, GUEST_MAC, GUEST_IP);
+    g.peer.transmit(&meta, &arp_request(PEER_IP)).unwrap();
+    g.peer
+        .transmit(&meta, &ping(1, b"over the switch"))
+        .unwrap();
+    let mut replies = 0;
+    g.run_until("the stack's ARP and ping replies", |g| {
+        for f in g.wire.rx.drain(..) {
+            let frame = EthernetFrame::new_checked(&f[..]).unwrap();
+            if frame.src_addr() == EthernetAddress(PEER_MAC) {
+                replies += 1;
+            }
+        }
+        replies == 2
+    });
+    let h = g.tcp(9);
+    let report = sink(&mut g, h, 4 << 20, 3);
+    assert_eq!(u64::from_le_bytes(report[..8].try_into().unwrap()), 4 << 20);
+    let h = g.tcp(19);
+    assert_eq!(source(&mut g, h, 4 << 20, 4), 4 << 20);
+
+    // A client with a bad length prefix is dropped; the others go on.
+    let mut bad = std::os::unix::net::UnixStream::connect(&server.path).unwrap();
+    use std::io::{Read, Write};
+    bad.write_all(&0u32.to_be_bytes()).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        bad.read(&mut byte).unwrap(),
+        0,
+        "the switch closes a bad client"
+    );
+    let again = raw(mac_b, GUEST_MAC, b"still switching");
+    g.peer.transmit(&meta, &again).unwrap();
+    assert_eq!(next_raw(&mut *b).as_deref(), Some(&again[..]));
+
+    let (status, stderr) = server.stop();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(stderr.contains("1 framing errors"), "{stderr}");
+    assert!(stderr.contains("framing error: length 0"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn listen_refuses_a_live_socket_and_replaces_a_stale_one() {
+    let server = ListeningPeer::start("busy");
+    let out = peer_command(&server.path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("in use by a live listener"), "{stderr}");
+    let (status, _) = server.stop();
+    assert!(status.success());
+
+    // A socket file nobody listens on is replaced.
+    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix(
+        std::env::temp_dir().join("hh-peer-stale-"),
+    )
+    .unwrap();
+    let path = dir.as_path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let mut child = peer_command(&path).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&path).is_err() {
+        assert!(Instant::now() < deadline, "no listener on the stale path");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+    assert!(!path.exists(), "the socket file is removed at exit");
+
+    // A file that is not a socket is left alone.
+    std::fs::write(&path, b"keep me").unwrap();
+    let out = peer_command(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+
+    use hypervisor_harness::backends::net::{open, spec::BackendSpec};
+    let e = open(&BackendSpec::Stream(dir.as_path().join("nobody.sock")))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("peer --listen"), "{e}");
 }

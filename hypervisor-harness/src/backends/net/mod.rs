@@ -12,6 +12,7 @@
 
 pub mod peer;
 pub mod spec;
+pub mod stream;
 
 use crate::error::HarnessError;
 use spec::BackendSpec;
@@ -118,10 +119,22 @@ pub fn open(spec: &BackendSpec) -> Result<Box<dyn NetBackend>, HarnessError> {
         BackendSpec::Peer => peer::PeerBackend::new()
             .map(|p| Box::new(p) as Box<dyn NetBackend>)
             .map_err(|e| HarnessError::Other(format!("--net peer: eventfd: {e}"))),
-        BackendSpec::Stream(path) => Err(HarnessError::Usage(format!(
-            "--net stream:{}: the stream backend is not supported yet",
-            path.display()
-        ))),
+        BackendSpec::Stream(path) => match stream::StreamBackend::connect(path) {
+            Ok(s) => Ok(Box::new(s)),
+            Err(e) => Err(HarnessError::Unavailable(format!(
+                "--net stream:{}: cannot connect: {e}{}",
+                path.display(),
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) {
+                    " (start `hypervisor-harness peer --listen PATH` or a QEMU with \
+                     -netdev stream,server=on there first)"
+                } else {
+                    ""
+                }
+            ))),
+        },
         BackendSpec::Tap { name, .. } => Err(HarnessError::Usage(format!(
             "--net tap:{name}: the TAP backend is not supported yet"
         ))),

@@ -36,6 +36,7 @@
 
 pub(crate) mod pattern;
 mod stack;
+pub mod switch;
 
 pub use pattern::{Fnv1a64, PatternStream};
 pub use stack::{
