@@ -13,6 +13,7 @@
 pub mod peer;
 pub mod spec;
 pub mod stream;
+pub mod tap;
 
 use crate::error::HarnessError;
 use spec::BackendSpec;
@@ -135,9 +136,13 @@ pub fn open(spec: &BackendSpec) -> Result<Box<dyn NetBackend>, HarnessError> {
                 }
             ))),
         },
-        BackendSpec::Tap { name, .. } => Err(HarnessError::Usage(format!(
-            "--net tap:{name}: the TAP backend is not supported yet"
-        ))),
+        BackendSpec::Tap { name, vnet_hdr } => match tap::TapBackend::open(name, *vnet_hdr) {
+            Ok(t) => Ok(Box::new(t)),
+            Err(e @ (tap::TapError::NoTunDevice(_) | tap::TapError::Permission(_))) => {
+                Err(HarnessError::Unavailable(format!("--net tap:{name}: {e}")))
+            }
+            Err(e) => Err(HarnessError::Other(format!("--net tap:{name}: {e}"))),
+        },
         BackendSpec::User => Err(HarnessError::Usage(
             "--net ...:user: user-mode networking is not supported yet; use peer, \
              stream:PATH or tap:NAME"
