@@ -4,6 +4,7 @@
 
 pub mod blk;
 pub mod net;
+mod net_tap;
 pub mod report;
 
 use crate::error::HarnessError;

@@ -10,7 +10,7 @@
 //! frame the NIC moved during the row (`frames=` on the guest's line).
 
 use super::blk::{device_exits_between, phases};
-use super::{parse_bench_line, BenchLine, ChildRun};
+use super::{net_tap, parse_bench_line, BenchLine, ChildRun};
 use crate::error::HarnessError;
 use crate::vmm::exits::PhaseMark;
 use serde::Serialize;
@@ -274,6 +274,34 @@ pub fn stream_configs(socket: &Path, qemu_extra: &[String]) -> Vec<NetConfig> {
     ]
 }
 
+/// Our harness and QEMU on the TAP device `tap` with `vnet_hdr` on and off, each run under
+/// `wrapper` (inside the TAP's namespace).
+pub fn tap_configs(tap: &str, wrapper: &[String], qemu_extra: &[String]) -> Vec<NetConfig> {
+    let mut v = Vec::new();
+    for (backend, vnet_hdr) in [("tap", "on"), ("tap-novnet", "off")] {
+        let net = net_arg(&format!("tap:{tap},vnet_hdr={vnet_hdr}"), 1);
+        let mut qemu_args = vec!["--net".to_string(), net.clone()];
+        qemu_args.extend_from_slice(qemu_extra);
+        v.push(NetConfig {
+            vmm: "harness-thread",
+            sub: "run",
+            backend,
+            queues: 1,
+            args: vec!["--net".into(), net, "--io-mode".into(), "thread".into()],
+            wrapper: wrapper.to_vec(),
+        });
+        v.push(NetConfig {
+            vmm: "qemu",
+            sub: "qemu",
+            backend,
+            queues: 1,
+            args: qemu_args,
+            wrapper: wrapper.to_vec(),
+        });
+    }
+    v
+}
+
 /// The whole network section.
 #[derive(Debug, Default)]
 pub struct NetSection {
@@ -362,6 +390,32 @@ pub fn run_section(
         }
         Err(e) => section.notes.push(format!("stream rows skipped: {e}")),
     }
+    if let Some(why) = net_tap::unavailable() {
+        section.notes.push(format!("tap rows skipped: {why}"));
+        return Ok(section);
+    }
+    let ns = match net_tap::TapNamespace::create() {
+        Ok(ns) => ns,
+        Err(e) => {
+            section.notes.push(format!(
+                "tap rows skipped: no namespace with a TAP device: {e}"
+            ));
+            return Ok(section);
+        }
+    };
+    match net_tap::LinuxPeer::start(&ns) {
+        Ok(services) => {
+            let configs = tap_configs(net_tap::TAP_NAME, &ns.wrapper(), qemu_extra);
+            let r = run_configs(&mut section, &configs, base_args, &mut spawn);
+            // The services go before their namespace.
+            drop(services);
+            r?;
+        }
+        Err(e) => section
+            .notes
+            .push(format!("tap rows skipped: the Linux-side services: {e}")),
+    }
+    drop(ns);
     Ok(section)
 }
 
@@ -811,6 +865,13 @@ mod tests {
             s[1].args,
             ["--net", "virtio:stream:/tmp/x.sock", "--accel", "kvm"]
         );
+        let t = tap_configs("hhtap0", &["ip".into(), "netns".into()], &[]);
+        assert_eq!(t.len(), 4);
+        assert_eq!(
+            (t[2].backend, t[2].args[1].as_str()),
+            ("tap-novnet", "virtio:tap:hhtap0,vnet_hdr=off")
+        );
+        assert_eq!(t[3].wrapper, ["ip", "netns"]);
         assert_eq!(guest_cmdline(true), "bench=net net_quick=1");
     }
 }

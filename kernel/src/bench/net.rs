@@ -10,26 +10,34 @@
 //! - `rx_1514`, `rx_64`: bursts asked of the UDP source, counted until the burst is complete or
 //!   the line stays quiet for [`RX_IDLE_NS`]; what never came is `drops=`.
 //! - `rtt_udp`: one 18-byte datagram at a time to the echo port, busy-waiting for its answer.
+//! - `tcp_tx`, `tcp_rx`: through smoltcp (kernel/src/net), one connection streaming to the sink
+//!   until the budget is spent (timed to the sink's report), and transfers from the source.
 //!
-//! With several queue pairs the rows use as many flows (UDP source ports), so that a device
-//! that steers by flow spreads them.
+//! `net_pairs=N` asks the device for N queue pairs (default 1); with several the raw rows use
+//! as many flows (UDP source ports), which the driver and the device steer by flow hash.
 //!
 //! Each row is bracketed by `# phase: begin net.<row>` / `# phase: end net.<row>` (the harness
 //! snapshots its exit counters there) and reported as
 //! `# bench: net.<row> [ns=<p50> p99=<p99>] n=<packets> bytes=<bytes> total_ns=<elapsed>
 //! frames=<frames moved> irqs=<interrupts> [requested=<asked> drops=<missing>]`: `n` is the
-//! row's own unit (frames sent, datagrams received, round trips), `bytes` the Ethernet frame
-//! bytes of those packets, `frames` every frame the NIC moved in the row (the per-packet
+//! row's own unit (frames sent, datagrams received, round trips; TCP: every frame), `bytes`
+//! the Ethernet frame bytes of those packets (TCP: payload), `frames` every frame the NIC moved in the row (the per-packet
 //! denominator), `irqs` the NIC's interrupts in the row.
 
 use crate::ktap::Outcome;
+use crate::net::{IpSetup, NetArgs, Stack, DEFAULT_IP};
 use crate::platform::PLATFORM;
+use crate::tests::net as nets;
 use crate::{bootinfo, println, time};
-use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
+use drivers::net::checksum::{fold, internet_checksum, sum_words};
 use drivers::net::{MacAddress, Nic, NicCounters, NicError, RxInfo, TxChecksum, ETH_FRAME_MIN};
 use drivers::platform::Platform;
+use drivers::virtio::net::VirtioNet;
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use smoltcp::wire::{IpAddress, IpEndpoint};
 
 /// Time budget per row, and under `net_quick=1`.
 const ROW_NS: u64 = 1_000_000_000;
@@ -41,11 +49,12 @@ const TX_BATCH: usize = 32;
 const MIN_TX: u64 = 512;
 const MIN_RX: u64 = 512;
 const MIN_RTT: usize = 64;
-/// Datagrams asked of the source per request: more than an RX ring holds, so that a guest
-/// slower than the peer shows drops.
-const RX_BURST: u32 = 512;
+/// Datagrams asked of the source per request and flow: an RX ring's worth (the driver's
+/// default queue size), so that a guest keeping up loses none, and one that does not shows
+/// drops.
+const RX_BURST: u32 = 256;
 /// A burst is over when nothing arrived for this long.
-const RX_IDLE_NS: u64 = 50_000_000;
+const RX_IDLE_NS: u64 = 20_000_000;
 /// An echo not back within this long is lost; a row gives up after [`RTT_MAX_LOST`].
 const RTT_TIMEOUT_NS: u64 = 200_000_000;
 const RTT_MAX_LOST: usize = 8;
@@ -53,6 +62,14 @@ const RTT_MAX_LOST: usize = 8;
 const TX_STUCK_NS: u64 = 2_000_000_000;
 /// Spin this long on an empty RX ring before sleeping until an interrupt.
 const RX_SPIN_NS: u64 = 50_000;
+
+/// smoltcp socket buffers of the TCP rows (a 256 KiB window, window scaling on), the fewest
+/// bytes `tcp_tx` sends, the bytes of each `tcp_rx` transfer (a quarter under `net_quick=1`),
+/// and how long any TCP step may take.
+const TCP_BUFFER: usize = 256 << 10;
+const MIN_TCP_BYTES: u64 = 1 << 20;
+const TCP_RX_CHUNK: u64 = 8 << 20;
+const TCP_TIMEOUT_NS: u64 = 30_000_000_000;
 
 /// UDP payloads that make 1514- and 60-byte frames (14 Ethernet + 20 IPv4 + 8 UDP).
 const PAYLOAD_1514: usize = 1472;
@@ -90,44 +107,14 @@ fn selected(w: &str) -> bool {
         .is_none_or(|list| list.split(',').any(|p| p == w))
 }
 
-/// `A.B.C.D`.
-fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
-    let mut out = [0u8; 4];
-    let mut parts = s.split('.');
-    for b in &mut out {
-        *b = parts.next()?.parse().ok()?;
-    }
-    parts.next().is_none().then_some(out)
-}
-
-/// The addresses from the command line (contract defaults). `net_ip=dhcp` has no static
-/// address for raw frames: the raw rows then use the default.
-fn addresses() -> ([u8; 4], [u8; 4]) {
-    let info = bootinfo::get();
-    let ip = info
-        .arg("net_ip")
-        .and_then(parse_ipv4)
-        .unwrap_or([192, 168, 76, 2]);
-    let peer = info
-        .arg("net_peer")
-        .and_then(parse_ipv4)
-        .unwrap_or([192, 168, 76, 1]);
-    (ip, peer)
-}
-
-/// The Internet checksum (RFC 1071) of `data`, starting from `sum`.
-fn checksum(mut sum: u32, data: &[u8]) -> u16 {
-    let (words, rest) = data.as_chunks::<2>();
-    for w in words {
-        sum += u32::from(u16::from_be_bytes(*w));
-    }
-    if let [last] = rest {
-        sum += u32::from(*last) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+/// Our address and the peer's, from the command line (contract defaults). Raw frames need a
+/// static address: under `net_ip=dhcp` the raw rows use the default one.
+fn addresses(args: &NetArgs) -> ([u8; 4], [u8; 4]) {
+    let ip = match args.ip {
+        IpSetup::Static(cidr) => cidr.address(),
+        IpSetup::Dhcp => DEFAULT_IP.address(),
+    };
+    (ip.octets(), args.peer.octets())
 }
 
 fn put16(b: &mut [u8], at: usize, v: u16) {
@@ -168,7 +155,7 @@ impl Addrs {
         ip[9] = IPPROTO_UDP;
         ip[12..16].copy_from_slice(&self.ip);
         ip[16..20].copy_from_slice(&self.peer_ip);
-        let c = checksum(0, &ip[..20]);
+        let c = internet_checksum(&ip[..20]);
         put16(ip, 10, c);
         let udp = &mut ip[20..20 + 8 + len];
         put16(udp, 0, src);
@@ -176,11 +163,11 @@ impl Addrs {
         put16(udp, 4, (8 + len) as u16);
         payload(&mut udp[8..]);
         // The pseudo-header: addresses, protocol, UDP length.
-        let mut sum = u32::from(IPPROTO_UDP) + (8 + len) as u32;
-        for pair in [self.ip, self.peer_ip] {
-            sum += u32::from(get16(&pair, 0)) + u32::from(get16(&pair, 2));
-        }
-        let c = match checksum(sum, udp) {
+        let pseudo = sum_words(
+            &self.peer_ip,
+            sum_words(&self.ip, u32::from(IPPROTO_UDP) + (8 + len) as u32),
+        );
+        let c = match !fold(sum_words(udp, pseudo)) {
             0 => 0xffff, // 0 means "no checksum" in UDP over IPv4
             c => c,
         };
@@ -274,12 +261,33 @@ fn classify<'a>(f: &'a [u8], my_ip: [u8; 4]) -> Frame<'a> {
     }
 }
 
+/// Interrupts on `nic`'s vectors so far.
+fn nic_irqs(nic: &dyn Nic) -> u64 {
+    nic.interrupt_vectors()
+        .iter()
+        .map(|&v| PLATFORM.interrupt_count(v))
+        .sum()
+}
+
 /// What [`Link::poll`] hands a UDP datagram to: source port, destination port, payload.
 type UdpSink<'a> = dyn FnMut(u16, u16, &[u8], RxInfo) + 'a;
 
+/// What the rows need of a NIC beyond [`Nic`]: how many TX frames are still out.
+trait BenchNic: Nic {
+    fn tx_in_flight(&self) -> usize;
+}
+
+impl BenchNic for nets::Net {
+    fn tx_in_flight(&self) -> usize {
+        (0..usize::from(self.queue_pairs()))
+            .map(|i| VirtioNet::tx_in_flight(self, i))
+            .sum()
+    }
+}
+
 /// A NIC with the addresses the rows use, answering ARP on the side.
 struct Link<'a> {
-    nic: &'a mut dyn Nic,
+    nic: &'a mut dyn BenchNic,
     addrs: Addrs,
     /// Distinct flows (queue pairs).
     flows: u16,
@@ -292,11 +300,7 @@ struct Link<'a> {
 impl Link<'_> {
     /// Interrupts on the NIC's vectors so far.
     fn irqs(&self) -> u64 {
-        self.nic
-            .interrupt_vectors()
-            .iter()
-            .map(|&v| PLATFORM.interrupt_count(v))
-            .sum()
+        nic_irqs(self.nic)
     }
 
     /// Acknowledge the device if it interrupted since the last look (a level line stays
@@ -408,27 +412,32 @@ struct Row {
     latencies: Vec<u64>,
     /// RX rows: datagrams asked for.
     requested: Option<u64>,
+    /// TCP rows count frames (`n` is then every frame moved).
+    n_is_frames: bool,
     before: NicCounters,
     irqs_before: u64,
 }
 
 impl Row {
-    fn begin(link: &Link, name: &str) -> Self {
+    fn begin(nic: &dyn Nic, name: &str) -> Self {
         println!("# phase: begin net.{}", name);
         Self {
-            before: link.nic.counters(),
-            irqs_before: link.irqs(),
+            before: nic.counters(),
+            irqs_before: nic_irqs(nic),
             ..Self::default()
         }
     }
 
     /// Close the phase and print the row.
-    fn end(mut self, link: &Link, name: &str) {
-        let after = link.nic.counters();
-        let irqs = link.irqs() - self.irqs_before;
+    fn end(mut self, nic: &dyn Nic, name: &str) {
+        let after = nic.counters();
+        let irqs = nic_irqs(nic) - self.irqs_before;
         println!("# phase: end net.{}", name);
         let frames = (after.tx_packets + after.rx_packets)
             .saturating_sub(self.before.tx_packets + self.before.rx_packets);
+        if self.n_is_frames {
+            self.n = frames;
+        }
         let mut line = alloc::format!("# bench: net.{}", name);
         if !self.latencies.is_empty() {
             self.latencies.sort_unstable();
@@ -466,9 +475,9 @@ fn tx_row(link: &mut Link, name: &str, payload: usize) -> Result<(), String> {
         })
         .collect();
     let budget = row_ns();
-    let mut row = Row::begin(link, name);
+    let mut row = Row::begin(link.nic, name);
     let start = time::rdtsc();
-    let (mut sent, mut done) = (0u64, 0u64);
+    let mut sent = 0u64;
     let mut last_progress = start;
     while sent < MIN_TX || time::cycles_to_ns(time::rdtsc() - start) < budget {
         let mut queued = 0;
@@ -491,32 +500,35 @@ fn tx_row(link: &mut Link, name: &str, payload: usize) -> Result<(), String> {
             .nic
             .reclaim()
             .map_err(|e| alloc::format!("reclaim: {e}"))?;
-        done += freed as u64;
         let now = time::rdtsc();
         if queued > 0 || freed > 0 {
             last_progress = now;
         } else if time::cycles_to_ns(now - last_progress) > TX_STUCK_NS {
             return Err(alloc::format!(
                 "TX stuck with {} frames in flight",
-                sent - done
+                link.nic.tx_in_flight()
             ));
         }
         // Stray frames (the peer's ARP) would otherwise wait in the RX ring.
         link.drain()?;
     }
     let wait = time::rdtsc();
-    while done < sent {
-        done += link
-            .nic
+    // `send` reclaims on its own when the ring is full, so count what is still out instead
+    // of what came back.
+    while link.nic.tx_in_flight() > 0 {
+        link.nic
             .reclaim()
-            .map_err(|e| alloc::format!("reclaim: {e}"))? as u64;
+            .map_err(|e| alloc::format!("reclaim: {e}"))?;
         if time::cycles_to_ns(time::rdtsc() - wait) > TX_STUCK_NS {
-            return Err(alloc::format!("{} TX frames never completed", sent - done));
+            return Err(alloc::format!(
+                "{} TX frames never completed",
+                link.nic.tx_in_flight()
+            ));
         }
     }
     row.total_ns = time::cycles_to_ns(time::rdtsc() - start);
     row.n = sent;
-    row.end(link, name);
+    row.end(link.nic, name);
     Ok(())
 }
 
@@ -525,7 +537,7 @@ fn tx_row(link: &mut Link, name: &str, payload: usize) -> Result<(), String> {
 fn rx_row(link: &mut Link, name: &str, payload: usize) -> Result<(), String> {
     let budget = row_ns();
     let flows = link.flows;
-    let per_flow = RX_BURST / u32::from(flows);
+    let per_flow = RX_BURST;
     let requests: Vec<Vec<u8>> = (0..flows)
         .map(|i| {
             link.addrs.udp(LOCAL_PORT + i, PORT_SOURCE, 8, |p| {
@@ -536,7 +548,7 @@ fn rx_row(link: &mut Link, name: &str, payload: usize) -> Result<(), String> {
         .collect();
     let frame_len = (HEADERS + payload).max(ETH_FRAME_MIN) as u64;
     link.drain()?;
-    let mut row = Row::begin(link, name);
+    let mut row = Row::begin(link.nic, name);
     let row_start = time::rdtsc();
     let mut requested = 0u64;
     let mut received = 0u64;
@@ -580,7 +592,7 @@ fn rx_row(link: &mut Link, name: &str, payload: usize) -> Result<(), String> {
     row.n = received;
     row.bytes = received * frame_len;
     row.requested = Some(requested);
-    row.end(link, name);
+    row.end(link.nic, name);
     Ok(())
 }
 
@@ -589,7 +601,7 @@ fn rtt_row(link: &mut Link, name: &str) -> Result<(), String> {
     let budget = row_ns();
     let frame_len = (HEADERS + PAYLOAD_64).max(ETH_FRAME_MIN) as u64;
     link.drain()?;
-    let mut row = Row::begin(link, name);
+    let mut row = Row::begin(link.nic, name);
     let start = time::rdtsc();
     let timeout = RTT_TIMEOUT_NS * time::tsc_hz() / 1_000_000_000;
     let mut lost = 0;
@@ -624,20 +636,164 @@ fn rtt_row(link: &mut Link, name: &str) -> Result<(), String> {
     row.total_ns = time::cycles_to_ns(time::rdtsc() - start);
     row.n = row.latencies.len() as u64;
     row.bytes = 2 * row.n * frame_len;
-    row.end(link, name);
+    row.end(link.nic, name);
     if lost > 0 {
-        println!("# net: rtt_udp: {} echoes lost", lost);
+        println!("# net bench: rtt_udp: {} echoes lost", lost);
     }
     Ok(())
 }
 
-/// The NIC under test and how many queue pairs it drives, or why there is none.
-fn open_nic() -> Result<(Box<dyn Nic>, u16), &'static str> {
-    Err("no virtio-net driver in this build")
+/// A fresh local TCP port per connection, so that no 4-tuple the peer may still hold is reused.
+fn tcp_port() -> u16 {
+    static NEXT: core::sync::atomic::AtomicU16 = core::sync::atomic::AtomicU16::new(0);
+    45_000 + NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed) % 5_000
 }
 
-fn rows(nic: &mut dyn Nic, flows: u16) -> Result<(), String> {
-    let (ip, peer_ip) = addresses();
+/// A TCP socket connected to the peer's `port`.
+fn tcp_connect(stack: &mut Stack, peer: IpAddress, port: u16) -> Result<SocketHandle, String> {
+    let h = stack.sockets.add(tcp::Socket::new(
+        tcp::SocketBuffer::new(alloc::vec![0; TCP_BUFFER]),
+        tcp::SocketBuffer::new(alloc::vec![0; TCP_BUFFER]),
+    ));
+    let cx = stack.iface.context();
+    stack
+        .sockets
+        .get_mut::<tcp::Socket>(h)
+        .connect(cx, IpEndpoint::new(peer, port), tcp_port())
+        .map_err(|e| alloc::format!("TCP connect to port {port}: {e:?}"))?;
+    stack.poll_until(TCP_TIMEOUT_NS, |s| {
+        let st = s.sockets.get::<tcp::Socket>(h).state();
+        st == tcp::State::Established || st == tcp::State::Closed
+    });
+    match stack.sockets.get::<tcp::Socket>(h).state() {
+        tcp::State::Established => Ok(h),
+        st => Err(alloc::format!("TCP connect to port {port}: {st}")),
+    }
+}
+
+/// Read from `h` until the peer closes; `consume` sees every chunk. The bytes read.
+fn tcp_read_to_close(
+    stack: &mut Stack,
+    h: SocketHandle,
+    mut consume: impl FnMut(&[u8]),
+) -> Result<u64, String> {
+    let mut total = 0u64;
+    let closed = stack.poll_until(TCP_TIMEOUT_NS, |s| {
+        let sock = s.sockets.get_mut::<tcp::Socket>(h);
+        while let Ok(n) = sock.recv(|b| {
+            consume(b);
+            (b.len(), b.len())
+        }) {
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        !sock.may_recv()
+    });
+    if !closed {
+        return Err(alloc::format!(
+            "TCP: no close from the peer after {total} bytes"
+        ));
+    }
+    Ok(total)
+}
+
+/// Close `h` and let the close finish (bounded), then forget it.
+fn tcp_close(stack: &mut Stack, h: SocketHandle) {
+    stack.sockets.get_mut::<tcp::Socket>(h).close();
+    stack.poll_until(1_000_000_000, |s| {
+        s.sockets.get::<tcp::Socket>(h).state() == tcp::State::Closed
+    });
+    stack.sockets.remove(h);
+}
+
+/// `tcp_tx`: stream to the sink until the budget is spent, close, and wait for its report
+/// (every byte acknowledged and counted); the time runs to the report.
+fn tcp_tx_row(stack: &mut Stack, peer: IpAddress, name: &str) -> Result<(), String> {
+    let h = tcp_connect(stack, peer, PORT_DISCARD)?;
+    let budget = row_ns();
+    let mut row = Row::begin(stack.device.nic(), name);
+    row.n_is_frames = true;
+    let start = time::now_ns();
+    let mut sent = 0u64;
+    let mut error = None;
+    stack.poll_until(budget + TCP_TIMEOUT_NS, |s| {
+        if time::now_ns() - start >= budget && sent >= MIN_TCP_BYTES {
+            return true;
+        }
+        let sock = s.sockets.get_mut::<tcp::Socket>(h);
+        // The payload is whatever the socket buffer holds: the sink only counts it.
+        while sock.can_send() {
+            match sock.send(|buf| (buf.len(), buf.len())) {
+                Ok(n) => sent += n as u64,
+                Err(e) => {
+                    error = Some(alloc::format!("TCP send: {e:?}"));
+                    return true;
+                }
+            }
+        }
+        !sock.may_send()
+    });
+    if let Some(e) = error {
+        return Err(e);
+    }
+    stack.sockets.get_mut::<tcp::Socket>(h).close();
+    let mut report = Vec::new();
+    tcp_read_to_close(stack, h, |b| report.extend_from_slice(b))?;
+    row.total_ns = time::now_ns() - start;
+    row.bytes = sent;
+    row.end(stack.device.nic(), name);
+    tcp_close(stack, h);
+    let counted = report
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    if counted != Some(sent) {
+        return Err(alloc::format!(
+            "the sink counted {counted:?} bytes of {sent} sent"
+        ));
+    }
+    Ok(())
+}
+
+/// `tcp_rx`: transfers of [`TCP_RX_CHUNK`] bytes from the source, one connection each, until
+/// the budget is spent.
+fn tcp_rx_row(stack: &mut Stack, peer: IpAddress, name: &str) -> Result<(), String> {
+    let budget = row_ns();
+    let chunk = if budget < ROW_NS {
+        TCP_RX_CHUNK / 4
+    } else {
+        TCP_RX_CHUNK
+    };
+    let mut row = Row::begin(stack.device.nic(), name);
+    row.n_is_frames = true;
+    let start = time::now_ns();
+    while row.bytes == 0 || time::now_ns() - start < budget {
+        let h = tcp_connect(stack, peer, PORT_SOURCE)?;
+        let mut request = [0u8; 16];
+        request[..8].copy_from_slice(&chunk.to_le_bytes());
+        request[8..].copy_from_slice(&0x0b1c_5eed_u64.to_le_bytes());
+        stack
+            .sockets
+            .get_mut::<tcp::Socket>(h)
+            .send_slice(&request)
+            .map_err(|e| alloc::format!("TCP send: {e:?}"))?;
+        let got = tcp_read_to_close(stack, h, |_| {})?;
+        tcp_close(stack, h);
+        if got != chunk {
+            return Err(alloc::format!("the source sent {got} of {chunk} bytes"));
+        }
+        row.bytes += got;
+    }
+    row.total_ns = time::now_ns() - start;
+    row.end(stack.device.nic(), name);
+    Ok(())
+}
+
+fn raw_rows(nic: &mut dyn BenchNic, args: &NetArgs, pairs: u16) -> Result<(), String> {
+    let (ip, peer_ip) = addresses(args);
+    // The raw rows poll the ring and sleep on the NIC's interrupt when it is idle.
+    nic.set_interrupts(true);
     let mut link = Link {
         addrs: Addrs {
             mac: nic.mac(),
@@ -646,7 +802,7 @@ fn rows(nic: &mut dyn Nic, flows: u16) -> Result<(), String> {
             peer_ip,
         },
         nic,
-        flows: flows.max(1),
+        flows: pairs.max(1),
         pending_arp: None,
         irqs_seen: 0,
     };
@@ -658,31 +814,61 @@ fn rows(nic: &mut dyn Nic, flows: u16) -> Result<(), String> {
             "rx_1514" => rx_row(&mut link, w, PAYLOAD_1514)?,
             "rx_64" => rx_row(&mut link, w, PAYLOAD_64)?,
             "rtt_udp" => rtt_row(&mut link, w)?,
-            _ => println!("# net: {}: not in this build yet, row skipped", w),
+            _ => {}
         }
     }
     Ok(())
 }
 
+fn tcp_rows(nic: &mut dyn Nic, args: &NetArgs) -> Result<(), String> {
+    let mut stack = Stack::new(nic, args.ip)?;
+    let peer = IpAddress::Ipv4(args.peer);
+    if selected("tcp_tx") {
+        tcp_tx_row(&mut stack, peer, "tcp_tx")?;
+    }
+    if selected("tcp_rx") {
+        tcp_rx_row(&mut stack, peer, "tcp_rx")?;
+    }
+    Ok(())
+}
+
 pub fn net() -> Outcome {
-    let (mut nic, queues) = match open_nic() {
-        Ok(n) => n,
-        Err(why) => return Outcome::Skip(why),
+    let args = match NetArgs::from_cmdline() {
+        Ok(a) => a,
+        Err(e) => return Outcome::Fail(e),
     };
+    let Some(f) = nets::all().nth(args.nic) else {
+        return Outcome::Skip("no virtio-net device");
+    };
+    // `net_pairs=`: the queue pairs to ask for (the device may offer fewer).
+    let wanted = bootinfo::get()
+        .arg_u64("net_pairs")
+        .map_or(1, |p| p.clamp(1, 8) as u16);
+    let mut nic = match nets::open(f, wanted) {
+        Ok(n) => n,
+        Err(e) => return Outcome::Fail(e),
+    };
+    let pairs = nic.queue_pairs();
     let c = nic.counters();
-    match rows(nic.as_mut(), queues) {
-        Ok(()) => {
-            let after = nic.counters();
-            println!(
-                "# net: {} frames out, {} in, {} TX drops, {} RX drops, {} interrupts",
-                after.tx_packets - c.tx_packets,
-                after.rx_packets - c.rx_packets,
-                after.tx_drops - c.tx_drops,
-                after.rx_drops - c.rx_drops,
-                after.interrupts - c.interrupts
-            );
-            Outcome::Pass
+    let result = raw_rows(&mut nic, &args, pairs).and_then(|()| {
+        if selected("tcp_tx") || selected("tcp_rx") {
+            tcp_rows(&mut nic, &args)
+        } else {
+            Ok(())
         }
+    });
+    let after = nic.counters();
+    println!(
+        "# net bench: {} pair(s); {} frames out, {} in, {} TX drops, {} RX drops, {} interrupts",
+        pairs,
+        after.tx_packets - c.tx_packets,
+        after.rx_packets - c.rx_packets,
+        after.tx_drops - c.tx_drops,
+        after.rx_drops - c.rx_drops,
+        after.interrupts - c.interrupts
+    );
+    match result {
+        Ok(()) => Outcome::Pass,
         Err(e) => Outcome::Fail(e),
     }
 }
