@@ -38,11 +38,13 @@ pub mod ide;
 pub mod msix;
 pub mod pci_config;
 pub mod virtio_blk;
+pub mod virtio_net;
 
 pub use ide::{ide, iop, run_ide, IdeSummary};
 pub use msix::msix;
 pub use pci_config::{pci_config, pop};
 pub use virtio_blk::{run_virtio_blk, virtio_blk, vop, VirtioSummary};
+pub use virtio_net::{nop, run_virtio_net, virtio_net, NetSummary};
 
 /// Most operations one input runs.
 pub const MAX_OPS: usize = 96;

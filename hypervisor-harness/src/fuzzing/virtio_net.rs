@@ -1,0 +1,1265 @@
+//! virtio-net (1 or 2 queue pairs) behind the virtio-pci transport, on a fake backend that
+//! injects frames of any size and can fail.
+//!
+//! Guest memory has a fixed plan: queue q's rings at `q * RING_STRIDE` (descriptors, avail,
+//! used), then a gap filled with a pattern, then the buffer area the TX, RX and control ops
+//! allocate from. Raw ops (MEM, DESC, AVAIL, BAR writes, ring layouts from the input) can put
+//! anything anywhere; they mark the run *hostile* when they could break a ring.
+//!
+//! Checks after every op, besides the transport's: every byte the device wrote in guest
+//! memory lies in a used ring or in a device-writable descriptor's buffer (found by diffing
+//! memory against a shadow the program's own writes also go to); each new used entry names a
+//! head the avail ring holds, with a length within that chain's writable bytes; NEEDS_RESET
+//! only in a hostile run. At the end: the backend heals and after a reset the device carries
+//! a frame each way (and with MQ, the control queue sets two pairs).
+
+use super::*;
+use crate::backends::net::{
+    BackendCounters, ChecksumRequest, FrameMeta, NetBackend, NetBackendError, MAX_FRAME,
+};
+use crate::devices::bus::Bus;
+use crate::devices::pci::config::{CMD_BUS_MASTER, CMD_IO, CMD_MEM, REG_COMMAND};
+use crate::devices::pci::msix;
+use crate::devices::pci::PciFunction;
+use crate::devices::virtio::device::VirtioDevice;
+use crate::devices::virtio::net::{Net, NetShared};
+use crate::devices::virtio::transport_pci::{
+    self as tp, common, BarRegion, VirtioPciDevice, NO_VECTOR,
+};
+use crate::devices::virtio::Memory;
+use crate::devices::{le_value, lock};
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
+};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_F_CSUM,
+    VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_OK,
+};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress};
+
+/// Opcodes of [`virtio_net()`] programs (the opcode byte is taken modulo 17).
+pub mod nop {
+    pub const READ: u8 = 0;
+    pub const WRITE: u8 = 1;
+    /// Queue registers: selector, size, layout (canonical: the rings are zeroed), vector,
+    /// enable.
+    pub const QUEUE: u8 = 2;
+    /// Status steps with a feature set chosen bit by bit (or raw).
+    pub const NEGOTIATE: u8 = 3;
+    pub const NOTIFY: u8 = 4;
+    pub const MEM: u8 = 5;
+    pub const DESC: u8 = 6;
+    pub const AVAIL: u8 = 7;
+    /// A TX chain: header (sane or garbage), frame, split anywhere, maybe a wrong-direction
+    /// descriptor, an address outside RAM or a loop.
+    pub const TX: u8 = 8;
+    /// An RX chain of odd-sized buffers, maybe readable or outside RAM.
+    pub const RX: u8 = 9;
+    /// A control command with garbage class, command and length, maybe no ack byte.
+    pub const CTRL: u8 = 10;
+    /// The backend gets frames for the guest (any size, partial checksums anywhere).
+    pub const INJECT: u8 = 11;
+    /// The backend fails (I/O errors, disconnected) or heals; partial checksums on or off.
+    pub const BACKEND: u8 = 12;
+    pub const CFG: u8 = 13;
+    /// Device configuration reads and writes; the link goes up or down.
+    pub const DEVCFG: u8 = 14;
+    pub const RESET: u8 = 15;
+    pub const MSIX: u8 = 16;
+}
+
+/// Rings: queue q's descriptor table at `q * RING_STRIDE`, its avail ring at +0x400 and its
+/// used ring at +0x800; canonical layouts fit queues of up to [`CANON_MAX`] entries.
+const RING_STRIDE: u64 = 0x1000;
+const AVAIL_OFF: u64 = 0x400;
+const USED_OFF: u64 = 0x800;
+const CANON_MAX: u16 = 64;
+/// 5 queues (2 pairs and control) of rings, then a patterned gap no op allocates from.
+const RINGS_END: u64 = 5 * RING_STRIDE;
+const GAP_END: u64 = 0x6000;
+/// Buffers (frames, RX buffers, commands) are allocated here, wrapping.
+const BUF_START: u64 = GAP_END;
+const BUF_END: u64 = MEM_SIZE;
+const GAP_PATTERN: u8 = 0x5a;
+
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
+const HEADER_LEN: usize = 12;
+
+// ---------------------------------------------------------------------------------------------
+// The backend
+
+#[derive(Default)]
+struct Wire {
+    to_guest: VecDeque<(Vec<u8>, FrameMeta)>,
+    sent: u64,
+    /// 0 works, 1 transmit fails (I/O), 2 receive fails (I/O), 3 both disconnected.
+    fault: u8,
+    partial_ok: bool,
+}
+
+/// Frames in and out, failures on demand. No event loop runs in the fuzzer, so nothing polls
+/// its readiness fd.
+#[derive(Clone, Default)]
+struct FuzzBackend(Arc<Mutex<Wire>>);
+
+impl NetBackend for FuzzBackend {
+    fn describe(&self) -> String {
+        "fuzz".into()
+    }
+    fn accepts_partial_checksum(&self) -> bool {
+        lock(&self.0).partial_ok
+    }
+    fn transmit(&mut self, meta: &FrameMeta, frame: &[u8]) -> Result<(), NetBackendError> {
+        let mut w = lock(&self.0);
+        assert!(
+            frame.len() <= MAX_FRAME,
+            "{}-byte frame transmitted",
+            frame.len()
+        );
+        assert!(
+            w.partial_ok || meta.needs_csum.is_none(),
+            "partial checksum to a backend that cannot take it"
+        );
+        match w.fault {
+            1 => Err(NetBackendError::Io(std::io::Error::other("fuzz"))),
+            3 => Err(NetBackendError::Disconnected("fuzz".into())),
+            _ => {
+                w.sent += 1;
+                Ok(())
+            }
+        }
+    }
+    fn receive(&mut self, buf: &mut [u8]) -> Result<Option<(usize, FrameMeta)>, NetBackendError> {
+        assert!(buf.len() >= MAX_FRAME, "receive buffer of {}", buf.len());
+        let mut w = lock(&self.0);
+        match w.fault {
+            2 => return Err(NetBackendError::Io(std::io::Error::other("fuzz"))),
+            3 => return Err(NetBackendError::Disconnected("fuzz".into())),
+            _ => {}
+        }
+        // A frame longer than `buf` is dropped, as the trait says.
+        while let Some((frame, meta)) = w.to_guest.pop_front() {
+            if let Some(dst) = buf.get_mut(..frame.len()) {
+                dst.copy_from_slice(&frame);
+                return Ok(Some((frame.len(), meta)));
+            }
+        }
+        Ok(None)
+    }
+    fn rx_ready_fd(&self) -> RawFd {
+        -1
+    }
+    fn counters(&self) -> BackendCounters {
+        BackendCounters::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guest memory views
+
+/// A descriptor as read from a memory image.
+fn desc_at(img: &[u8], at: u64) -> Option<(u64, u32, u16, u16)> {
+    let a = usize::try_from(at).ok()?;
+    let d = img.get(a..a.checked_add(16)?)?;
+    let u16_at = |o: usize| u16::from_le_bytes([d[o], d[o + 1]]);
+    Some((
+        u64::from_le_bytes(d[..8].try_into().ok()?),
+        u32::from_le_bytes(d[8..12].try_into().ok()?),
+        u16_at(12),
+        u16_at(14),
+    ))
+}
+
+fn u16_at(img: &[u8], at: u64) -> Option<u16> {
+    let a = usize::try_from(at).ok()?;
+    img.get(a..a.checked_add(2)?)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+}
+
+fn u32_at(img: &[u8], at: u64) -> Option<u32> {
+    let a = usize::try_from(at).ok()?;
+    img.get(a..a.checked_add(4)?)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// A queue as the transport has it programmed.
+#[derive(Clone, Copy)]
+struct Layout {
+    ready: bool,
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+}
+
+impl Layout {
+    fn used_end(&self) -> u64 {
+        self.used.saturating_add(6 + 8 * self.size as u64)
+    }
+}
+
+/// Device-writable ranges [start, end) reachable from a descriptor table: its writable
+/// descriptors, and those of the indirect tables it names (virtio-queue follows them whether
+/// or not the feature was negotiated).
+fn writable_ranges(img: &[u8], l: &Layout, out: &mut Vec<(u64, u64)>) {
+    for i in 0..l.size as u64 {
+        let Some((addr, len, flags, _)) = desc_at(img, l.desc.wrapping_add(16 * i)) else {
+            continue;
+        };
+        if flags & F_INDIRECT != 0 {
+            for j in 0..(len / 16).min(MEM_SIZE as u32 / 16) as u64 {
+                if let Some((a, n, f, _)) = desc_at(img, addr.wrapping_add(16 * j)) {
+                    if f & F_WRITE != 0 {
+                        out.push((a, a.saturating_add(n as u64)));
+                    }
+                }
+            }
+        } else if flags & F_WRITE != 0 {
+            out.push((addr, addr.saturating_add(len as u64)));
+        }
+    }
+}
+
+/// The writable bytes of the chain at `head`, walked as virtio-queue walks it (bounded by the
+/// table's size, one level of indirection).
+fn chain_writable(img: &[u8], l: &Layout, head: u16) -> u64 {
+    let (mut table, mut size, mut ttl, mut next) = (l.desc, l.size as u32, l.size as u32, head);
+    let mut indirect = false;
+    let mut total = 0u64;
+    while ttl > 0 && (next as u32) < size {
+        let Some((addr, len, flags, nx)) = desc_at(img, table.wrapping_add(16 * next as u64))
+        else {
+            break;
+        };
+        if flags & F_INDIRECT != 0 {
+            if indirect || len % 16 != 0 {
+                break;
+            }
+            (table, size, ttl, next, indirect) = (addr, len / 16, len / 16, 0, true);
+            continue;
+        }
+        if flags & F_WRITE != 0 {
+            total += len as u64;
+        }
+        if flags & F_NEXT == 0 {
+            break;
+        }
+        next = nx;
+        ttl -= 1;
+    }
+    total
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rig
+
+/// What a [`virtio_net()`] run did (for the smoke tests).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NetSummary {
+    pub pairs: u16,
+    pub hostile: bool,
+    pub needs_reset: bool,
+    pub sent: u64,
+    /// Frames and commands the device completed, over all queues.
+    pub completed: u64,
+    pub drops: u64,
+    pub queue_interrupts: u64,
+}
+
+struct NetRig {
+    dev: Arc<Mutex<VirtioPciDevice>>,
+    shared: Arc<NetShared>,
+    bus: Bus,
+    irq: Arc<VirtioIrq>,
+    mem: Memory,
+    backend: FuzzBackend,
+    pairs: u16,
+    offered: u64,
+    msix_cap: u64,
+    /// Guest memory as the program left it: its own writes go here too, so what differs
+    /// after an op is what the device wrote.
+    shadow: Vec<u8>,
+    /// The program did something that may break a ring (NEEDS_RESET is then allowed).
+    hostile: bool,
+    /// Per queue: the next descriptor the chain ops use.
+    next_desc: Vec<u16>,
+    next_buf: u64,
+}
+
+impl NetRig {
+    fn new(mem: Memory, pairs: u16) -> Self {
+        let backend = FuzzBackend::default();
+        let net = Net::new(
+            Box::new(backend.clone()),
+            [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            pairs,
+        );
+        let shared = net.shared();
+        let offered = net.features();
+        let nq = 2 * pairs as usize + 1;
+        let irq = Arc::new(VirtioIrq::new(tp::msix_vectors(nq)));
+        let mut pci = VirtioPciDevice::new(Box::new(net), mem.clone(), irq.clone(), 11)
+            .expect("virtio-net transport");
+        pci.config_mut()
+            .set_bar_address(tp::BAR, VIRTIO_BAR)
+            .expect("BAR address");
+        pci.config_mut().enable(CMD_IO | CMD_MEM | CMD_BUS_MASTER);
+        let msix_cap = capabilities(&mut pci)
+            .iter()
+            .find(|c| c.1 == msix::CAP_ID)
+            .map(|c| c.0 as u64)
+            .expect("virtio-pci has MSI-X");
+        let dev = Arc::new(Mutex::new(pci));
+        let mut bus = Bus::new();
+        for (name, off, len) in tp::REGIONS {
+            let region = Arc::new(Mutex::new(BarRegion::new(dev.clone(), off)));
+            bus.insert(name, VIRTIO_BAR + off, len, region)
+                .expect("BAR layout");
+        }
+        let mut rig = Self {
+            dev,
+            shared,
+            bus,
+            irq,
+            mem,
+            backend,
+            pairs,
+            offered,
+            msix_cap,
+            shadow: vec![0; MEM_SIZE as usize],
+            hostile: false,
+            next_desc: vec![0; nq],
+            next_buf: BUF_START,
+        };
+        rig.poke(RINGS_END, &[GAP_PATTERN; (GAP_END - RINGS_END) as usize]);
+        rig.resync();
+        rig
+    }
+
+    fn nq(&self) -> usize {
+        2 * self.pairs as usize + 1
+    }
+
+    fn resync(&mut self) {
+        self.mem
+            .read_slice(&mut self.shadow, GuestAddress(0))
+            .expect("guest RAM");
+    }
+
+    /// A guest write (the part outside RAM is dropped), mirrored in the shadow.
+    fn poke(&mut self, addr: u64, bytes: &[u8]) {
+        poke(&self.mem, addr, bytes);
+        if addr < MEM_SIZE {
+            let n = bytes.len().min((MEM_SIZE - addr) as usize);
+            self.shadow[addr as usize..addr as usize + n].copy_from_slice(&bytes[..n]);
+        }
+    }
+
+    fn w(&mut self, off: u64, len: usize, v: u64) {
+        let mut b = v.to_le_bytes().to_vec();
+        b.resize(len, 0);
+        self.bus.write(VIRTIO_BAR + off, &b);
+    }
+
+    fn r(&mut self, off: u64, len: usize) -> u64 {
+        let mut b = vec![0u8; len];
+        self.bus.read(VIRTIO_BAR + off, &mut b);
+        le_value(&b)
+    }
+
+    fn layout(&self, q: usize) -> Option<Layout> {
+        let d = lock(&self.dev);
+        let q = d.queue(q)?;
+        Some(Layout {
+            ready: q.ready(),
+            size: q.size(),
+            desc: q.desc_table(),
+            avail: q.avail_ring(),
+            used: q.used_ring(),
+        })
+    }
+
+    fn canonical(q: usize) -> [u64; 3] {
+        let base = q as u64 * RING_STRIDE;
+        [base, base + AVAIL_OFF, base + USED_OFF]
+    }
+
+    fn setup_queue(&mut self, sel: u16, size: u16, layout: [u64; 3], vector: u16, enable: bool) {
+        self.w(common::QUEUE_SELECT, 2, sel as u64);
+        self.w(common::QUEUE_SIZE, 2, size as u64);
+        self.w(common::QUEUE_DESC, 8, layout[0]);
+        self.w(common::QUEUE_DRIVER, 8, layout[1]);
+        self.w(common::QUEUE_DEVICE, 8, layout[2]);
+        self.w(common::QUEUE_MSIX_VECTOR, 2, vector as u64);
+        if enable {
+            self.w(common::QUEUE_ENABLE, 2, 1);
+        }
+    }
+
+    fn negotiate(&mut self, features: u64, driver_ok: bool) {
+        self.w(common::DEVICE_STATUS, 1, 1);
+        self.w(common::DEVICE_STATUS, 1, 3);
+        self.w(common::DRIVER_FEATURE_SELECT, 4, 0);
+        self.w(common::DRIVER_FEATURE, 4, features & 0xffff_ffff);
+        self.w(common::DRIVER_FEATURE_SELECT, 4, 1);
+        self.w(common::DRIVER_FEATURE, 4, features >> 32);
+        self.w(common::DEVICE_STATUS, 1, 11);
+        if driver_ok {
+            self.w(common::DEVICE_STATUS, 1, 15);
+        }
+    }
+
+    fn notify(&mut self, q: usize) {
+        self.w(VirtioPciDevice::notify_offset(q), 2, q as u64);
+    }
+
+    /// `len` bytes of buffer area (wrapping to its start when it runs out).
+    fn alloc(&mut self, len: u64) -> u64 {
+        let len = len.min(BUF_END - BUF_START);
+        if self.next_buf + len > BUF_END {
+            self.next_buf = BUF_START;
+        }
+        let at = self.next_buf;
+        self.next_buf = (at + len.max(1)).next_multiple_of(4);
+        at
+    }
+
+    fn put_desc(&mut self, table: u64, i: u64, d: (u64, u32, u16), next: u16) {
+        let (addr, len, flags) = d;
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&addr.to_le_bytes());
+        b[8..12].copy_from_slice(&len.to_le_bytes());
+        b[12..14].copy_from_slice(&flags.to_le_bytes());
+        b[14..].copy_from_slice(&next.to_le_bytes());
+        if let Some(a) = i.checked_mul(16).and_then(|o| table.checked_add(o)) {
+            self.poke(a, &b);
+        }
+    }
+
+    /// Put `head` on queue `q`'s avail ring. Overfilling the ring (more chains out than it
+    /// has entries) is a driver bug that may break it.
+    fn push_avail(&mut self, l: &Layout, head: u16) {
+        let size = l.size.max(1);
+        let idx = u16_at(&self.shadow, l.avail.wrapping_add(2)).unwrap_or(0);
+        let used = u16_at(&self.shadow, l.used.wrapping_add(2)).unwrap_or(0);
+        if idx.wrapping_sub(used) >= size || head >= size {
+            self.hostile = true;
+        }
+        let slot = l.avail.wrapping_add(4 + 2 * (idx % size) as u64);
+        self.poke(slot, &head.to_le_bytes());
+        self.poke(l.avail.wrapping_add(2), &idx.wrapping_add(1).to_le_bytes());
+    }
+
+    /// Write `descs` as one chain on queue `q` (NEXT added; a loop back to the head when
+    /// `looped`), make it available and maybe notify.
+    fn post_chain(&mut self, q: usize, descs: &[(u64, u32, u16)], looped: bool, notify: bool) {
+        let Some(l) = self.layout(q) else { return };
+        if l.size == 0 {
+            return;
+        }
+        let head = self.next_desc[q] % l.size;
+        let n = descs.len() as u16;
+        for (k, &(addr, len, flags)) in descs.iter().enumerate() {
+            let i = (head + k as u16) % l.size;
+            let last = k as u16 + 1 == n;
+            let (flags, next) = match (last, looped) {
+                (false, _) => (flags | F_NEXT, (i + 1) % l.size),
+                (true, true) => (flags | F_NEXT, head),
+                (true, false) => (flags, 0),
+            };
+            // A writable buffer over the rings (or the gap) lets the device scribble there.
+            if flags & F_WRITE != 0
+                && (addr < BUF_START || addr.saturating_add(len as u64) > BUF_END)
+            {
+                self.hostile = true;
+            }
+            self.put_desc(l.desc, i as u64, (addr, len, flags), next);
+        }
+        self.next_desc[q] = (head + n) % l.size;
+        self.push_avail(&l, head);
+        if notify {
+            self.notify(q);
+        }
+    }
+
+    fn driver_features_or_offered(&self) -> u64 {
+        match lock(&self.dev).driver_features() & self.offered {
+            0 => self.offered,
+            f => f | 1 << VIRTIO_F_VERSION_1,
+        }
+    }
+
+    fn queue_index(&self, r: &mut Reader) -> usize {
+        r.u8() as usize % self.nq()
+    }
+
+    fn op(&mut self, r: &mut Reader) {
+        match r.u8() % 17 {
+            op @ (nop::READ | nop::WRITE) => {
+                let (base, len) = match r.u8() % 6 {
+                    5 => (0, tp::BAR_SIZE),
+                    i => (tp::REGIONS[i as usize].1, tp::REGIONS[i as usize].2),
+                };
+                let off = (base + r.u16() as u64 % (len + 32)).wrapping_sub(16);
+                let width = r.width();
+                if op == nop::READ {
+                    let mut b = vec![0u8; width];
+                    self.bus.read(VIRTIO_BAR.wrapping_add(off), &mut b);
+                } else {
+                    // Queue registers, status and features written anyhow.
+                    self.hostile = true;
+                    let v = r.value(width);
+                    self.bus.write(VIRTIO_BAR.wrapping_add(off), &v);
+                }
+            }
+            nop::QUEUE => {
+                let sel = match r.u8() {
+                    b if b < 0xf0 => b as u16 % self.nq() as u16,
+                    _ => r.u16(),
+                };
+                let b = r.u8();
+                let size = if b < 0xc0 { 1 << (b % 7) } else { r.u16() };
+                let canonical = r.u8() & 3 != 0;
+                let running = lock(&self.dev).status() & VIRTIO_CONFIG_S_DRIVER_OK as u8 != 0;
+                let layout = if canonical && (sel as usize) < self.nq() {
+                    let l = Self::canonical(sel as usize);
+                    // A driver starts a queue on zeroed rings.
+                    self.poke(l[0], &[0; RING_STRIDE as usize]);
+                    self.next_desc[sel as usize] = 0;
+                    l
+                } else {
+                    [r.gpa(), r.gpa(), r.gpa()]
+                };
+                // Zeroing the rings of a running queue breaks them as surely as garbage does.
+                if running || !canonical || size > CANON_MAX || !size.is_power_of_two() {
+                    self.hostile = true;
+                }
+                let vector = match r.u8() % 4 {
+                    0 => sel,
+                    1 => 0,
+                    2 => NO_VECTOR,
+                    _ => r.u16(),
+                };
+                let enable = !r.u8().is_multiple_of(4);
+                self.setup_queue(sel, size, layout, vector, enable);
+            }
+            nop::NEGOTIATE => {
+                let mode = r.u8();
+                let features = if mode & 1 == 0 {
+                    // Each optional feature by one bit of the input.
+                    const OPTIONAL: [u32; 9] = [
+                        VIRTIO_NET_F_CSUM,
+                        VIRTIO_NET_F_GUEST_CSUM,
+                        VIRTIO_NET_F_MRG_RXBUF,
+                        VIRTIO_NET_F_MQ,
+                        VIRTIO_RING_F_EVENT_IDX,
+                        VIRTIO_NET_F_CTRL_VQ,
+                        VIRTIO_NET_F_CTRL_RX,
+                        VIRTIO_NET_F_MAC,
+                        VIRTIO_NET_F_STATUS,
+                    ];
+                    let bits = r.u16();
+                    let mut f = 1u64 << VIRTIO_F_VERSION_1;
+                    for (i, b) in OPTIONAL.iter().enumerate() {
+                        if bits & (1 << i) != 0 {
+                            f |= 1 << b;
+                        }
+                    }
+                    f & self.offered
+                } else {
+                    r.u64()
+                };
+                self.negotiate(features, mode & 2 == 0);
+            }
+            nop::NOTIFY => {
+                let q = r.u8();
+                let off = tp::NOTIFY_OFFSET + 4 * (q % 8) as u64 + (q >> 6) as u64 % 4;
+                let width = [2, 4, 1, 8][(q >> 3) as usize % 4];
+                self.w(off, width, (q % 8) as u64);
+            }
+            nop::MEM => {
+                let addr = r.u16() as u64;
+                let n = r.u8() as usize % 32;
+                if addr < RINGS_END {
+                    self.hostile = true;
+                }
+                let bytes = r.bytes(n).to_vec();
+                self.poke(addr, &bytes);
+            }
+            nop::DESC => {
+                let q = self.queue_index(r);
+                let Some(l) = self.layout(q) else { return };
+                let size = l.size.max(1);
+                let i = match r.u8() {
+                    b if b < 0xf0 => b as u64 % size as u64,
+                    _ => r.u16() as u64,
+                };
+                let (addr, len) = (r.gpa(), r.len32());
+                let flags = r.u8() as u16 & 7;
+                let next = match r.u8() {
+                    b if b < 0xf0 => b as u16 % size,
+                    _ => r.u16(),
+                };
+                if flags & F_INDIRECT != 0
+                    || flags & F_WRITE != 0
+                        && (addr < BUF_START || addr.saturating_add(len as u64) > BUF_END)
+                {
+                    self.hostile = true;
+                }
+                self.put_desc(l.desc, i, (addr, len, flags), next);
+            }
+            nop::AVAIL => {
+                let q = self.queue_index(r);
+                let Some(l) = self.layout(q) else { return };
+                match r.u8() % 4 {
+                    0 => {
+                        self.hostile = true;
+                        let v = r.u16();
+                        self.poke(l.avail.wrapping_add(2), &v.to_le_bytes());
+                    }
+                    1 => {
+                        let head = r.u16();
+                        self.push_avail(&l, head);
+                    }
+                    _ => {
+                        let head = r.u8() as u16 % l.size.max(1);
+                        self.push_avail(&l, head);
+                    }
+                }
+            }
+            nop::TX => self.tx(r),
+            nop::RX => self.rx(r),
+            nop::CTRL => self.ctrl(r),
+            nop::INJECT => self.inject(r),
+            nop::BACKEND => {
+                let b = r.u8();
+                let mut w = lock(&self.backend.0);
+                w.fault = if b & 8 != 0 { b & 3 } else { 0 };
+                w.partial_ok = b & 4 != 0;
+            }
+            nop::CFG => {
+                let write = r.u8() & 1 == 0;
+                let off = match r.u8() % 4 {
+                    0 => self.msix_cap + 2,
+                    1 => REG_COMMAND as u64,
+                    2 => r.u8() as u64,
+                    _ => r.u16() as u64 % 0x120,
+                };
+                let width = r.width();
+                let mut v = r.value(width);
+                // Mostly a driver's own command writes: decode and bus mastering stay on.
+                if off == REG_COMMAND as u64 && r.u8() % 8 != 0 {
+                    for (b, keep) in v.iter_mut().zip((CMD_MEM | CMD_BUS_MASTER).to_le_bytes()) {
+                        *b |= keep;
+                    }
+                }
+                if write {
+                    lock(&self.dev).config_write(off, &v);
+                } else {
+                    lock(&self.dev).config_read(off, &mut v);
+                }
+            }
+            nop::DEVCFG => {
+                let b = r.u8();
+                let off = tp::DEVICE_OFFSET + r.u8() as u64 % 32;
+                let width = r.width();
+                match b % 4 {
+                    0 => {
+                        let mut v = vec![0u8; width];
+                        self.bus.read(VIRTIO_BAR + off, &mut v);
+                    }
+                    1 => {
+                        let v = r.value(width);
+                        self.bus.write(VIRTIO_BAR + off, &v);
+                    }
+                    _ => {
+                        // Down one time in four; a link that is down drops every frame.
+                        self.shared.set_link(b & 0x0c != 0);
+                        lock(&self.dev).device_config_changed();
+                    }
+                }
+            }
+            nop::RESET => {
+                let how = r.u8();
+                if how % 4 < 2 {
+                    // A fresh start: rings are zeroed when set up again (QUEUE).
+                    self.hostile = false;
+                }
+                if how % 4 == 0 {
+                    self.w(common::DEVICE_STATUS, 1, 0);
+                } else if how % 4 == 1 {
+                    // A driver recovering: reset, zeroed canonical rings, the same features.
+                    let features = self.driver_features_or_offered();
+                    self.w(common::DEVICE_STATUS, 1, 0);
+                    for q in 0..self.nq() {
+                        let l = Self::canonical(q);
+                        self.poke(l[0], &[0; RING_STRIDE as usize]);
+                        self.next_desc[q] = 0;
+                        self.setup_queue(q as u16, 16, l, q as u16, true);
+                    }
+                    self.negotiate(features, true);
+                } else {
+                    let decode = lock(&self.dev).config().command() & CMD_MEM != 0;
+                    let isr = self.r(tp::ISR_OFFSET, 1);
+                    assert!(!decode || isr <= 3, "ISR {isr:#x}");
+                }
+            }
+            _ => {
+                let v = r.u8() as u64 % (tp::msix_vectors(self.nq()) as u64 + 1);
+                let base = tp::MSIX_TABLE_OFFSET + 16 * v;
+                let (addr, data, mask) = (r.u32(), r.u32(), r.u8() as u64 & 1);
+                self.w(base, 4, addr as u64);
+                self.w(base + 4, 4, 0);
+                self.w(base + 8, 4, data as u64);
+                self.w(base + 12, 4, mask);
+            }
+        }
+    }
+
+    /// A 12-byte header: mostly sane (no flags, or NEEDS_CSUM somewhere plausible), else
+    /// garbage.
+    fn header(r: &mut Reader) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        match r.u8() % 4 {
+            0 | 1 => {}
+            2 => {
+                h[0] = 1; // NEEDS_CSUM
+                h[6..8].copy_from_slice(&(14 + r.u8() as u16 % 40).to_le_bytes());
+                h[8..10].copy_from_slice(&[6u16, 16][r.u8() as usize % 2].to_le_bytes());
+            }
+            _ => h.copy_from_slice(&r.value(HEADER_LEN)),
+        }
+        h
+    }
+
+    fn tx(&mut self, r: &mut Reader) {
+        let pair = r.u8() as usize % self.pairs as usize;
+        let header = Self::header(r);
+        let len = match r.u8() % 6 {
+            0 => 0,
+            1 => r.u8() as usize % 20,
+            2 => 42 + r.u8() as usize,
+            3 => MAX_FRAME - r.u8() as usize % 4,
+            4 => MAX_FRAME + 1 + r.u8() as usize % 64,
+            _ => r.u16() as usize % 2048,
+        };
+        let mut bytes = header.to_vec();
+        // An IPv4/UDP-looking frame (its flow steers replies), the rest from the input.
+        let mut frame = vec![0u8; len];
+        let head = [
+            2, 0, 0, 0x76, 0, 1, 0x52, 0x54, 0, 0x12, 0x34, 0x56, 8, 0, 0x45,
+        ];
+        let n = head.len().min(len);
+        frame[..n].copy_from_slice(&head[..n]);
+        // A few bytes from the input (ports, protocol); the rest stays zero.
+        let fill_len = r.u8() as usize % 16;
+        let fill = r.bytes(len.saturating_sub(n).min(fill_len));
+        frame[n..n + fill.len()].copy_from_slice(fill);
+        bytes.extend_from_slice(&frame);
+        let at = self.alloc(bytes.len() as u64);
+        self.poke(at, &bytes);
+        // Split points (a split header among them, often), then the oddities.
+        let total = bytes.len() as u32;
+        let mut cuts: Vec<u32> = (0..r.u8() % 4)
+            .map(|_| r.u8() as u32 % total.max(1))
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut descs = Vec::new();
+        let mut pos = 0;
+        for c in cuts.into_iter().chain([total]) {
+            if c > pos || c == total {
+                descs.push((at + pos as u64, c - pos, 0u16));
+                pos = c;
+            }
+        }
+        let odd = r.u8();
+        let k = (odd >> 4) as usize % descs.len();
+        match odd % 8 {
+            0 => descs[k].2 = F_WRITE,
+            1 => descs[k].0 = r.gpa(),
+            2 => descs[k].1 = r.len32(),
+            _ => {}
+        }
+        self.post_chain(Net::tx_queue(pair), &descs, odd % 8 == 3, r.u8() & 3 != 0);
+    }
+
+    fn rx(&mut self, r: &mut Reader) {
+        let pair = r.u8() as usize % self.pairs as usize;
+        let mut descs = Vec::new();
+        for _ in 0..1 + r.u8() % 3 {
+            let b = r.u8();
+            let len = match b % 8 {
+                0 => 1,
+                1 => 11,
+                2 => 12,
+                3 => 13,
+                4 => 60,
+                5 => (HEADER_LEN + MAX_FRAME) as u32,
+                6 => 0,
+                _ => r.u16() as u32 % 2048,
+            };
+            let mut addr = self.alloc(len as u64);
+            let mut flags = F_WRITE;
+            match b >> 5 {
+                0 => flags = 0,
+                1 => addr = r.gpa(),
+                _ => {}
+            }
+            descs.push((addr, len, flags));
+        }
+        let looped = r.u8() % 8 == 0;
+        self.post_chain(Net::rx_queue(pair), &descs, looped, r.u8() & 1 == 0);
+    }
+
+    fn ctrl(&mut self, r: &mut Reader) {
+        let class = match r.u8() % 4 {
+            0 => VIRTIO_NET_CTRL_MQ as u8,
+            1 => VIRTIO_NET_CTRL_RX as u8,
+            _ => r.u8(),
+        };
+        let cmd = match r.u8() % 3 {
+            0 => VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET as u8,
+            1 => 1,
+            _ => r.u8(),
+        };
+        let data_len = match r.u8() % 4 {
+            0 => 2,
+            1 => 1,
+            2 => 0,
+            _ => r.u8() as usize % 40,
+        };
+        let mut cmd_bytes = vec![class, cmd];
+        let pairs = [1u16, 2, 0, 3, 0x8000][r.u8() as usize % 5];
+        let mut data = pairs.to_le_bytes().to_vec();
+        data.resize(data_len, r.u8());
+        cmd_bytes.extend_from_slice(&data);
+        let at = self.alloc(cmd_bytes.len() as u64);
+        self.poke(at, &cmd_bytes);
+        let ack = self.alloc(4);
+        self.poke(ack, &[0xff]);
+        let shape = r.u8();
+        let mut descs = match shape % 4 {
+            // Class and command apart from the data.
+            0 if cmd_bytes.len() > 2 => vec![
+                (at, 2, 0),
+                (at + 2, cmd_bytes.len() as u32 - 2, 0),
+                (ack, 1, F_WRITE),
+            ],
+            // No ack byte.
+            1 => vec![(at, cmd_bytes.len() as u32, 0)],
+            // Ack of length 0, or readable.
+            2 => vec![
+                (at, cmd_bytes.len() as u32, 0),
+                (ack, (shape >> 2) as u32 % 2, (shape as u16 >> 3) & F_WRITE),
+            ],
+            _ => vec![(at, cmd_bytes.len() as u32, 0), (ack, 1, F_WRITE)],
+        };
+        if shape & 0x80 != 0 {
+            descs[0].1 = r.len32();
+        }
+        let q = match r.u8() % 4 {
+            0 => 2,
+            _ => Net::ctrl_queue(self.pairs),
+        };
+        self.post_chain(q, &descs, false, true);
+    }
+
+    fn inject(&mut self, r: &mut Reader) {
+        let n = 1 + r.u8() % 4;
+        for _ in 0..n {
+            let len = match r.u8() % 6 {
+                0 => 0,
+                1 => r.u8() as usize % 20,
+                2 => 42 + r.u8() as usize,
+                3 => MAX_FRAME,
+                4 => MAX_FRAME + 1,
+                _ => r.u16() as usize % 2048,
+            };
+            let mut frame = vec![0u8; len];
+            let fill_len = r.u8() as usize % 40;
+            let fill = r.bytes(len.min(fill_len));
+            frame[..fill.len()].copy_from_slice(fill);
+            let m = r.u8();
+            let meta = FrameMeta {
+                needs_csum: (m & 1 != 0).then(|| ChecksumRequest {
+                    start: if m & 2 != 0 { r.u16() } else { 34 },
+                    offset: if m & 4 != 0 { r.u16() } else { 6 },
+                }),
+                data_valid: m & 8 != 0,
+            };
+            lock(&self.backend.0).to_guest.push_back((frame, meta));
+        }
+        // The frames wait for a receive pass: a kick of a receive queue, or any later one.
+        let kick = r.u8();
+        if kick & 1 == 0 {
+            self.notify(Net::rx_queue((kick >> 1) as usize % self.pairs as usize));
+        }
+    }
+
+    /// Invariants that hold after every operation.
+    fn check(&mut self) {
+        let (status, broken, driver_features) = {
+            let d = lock(&self.dev);
+            (
+                d.status(),
+                d.broken().map(str::to_string),
+                d.driver_features(),
+            )
+        };
+        let needs_reset = status & VIRTIO_CONFIG_S_NEEDS_RESET as u8 != 0;
+        assert_eq!(needs_reset, broken.is_some(), "NEEDS_RESET vs broken");
+        assert!(
+            !needs_reset || self.hostile,
+            "NEEDS_RESET in a run that kept its rings intact: {broken:?}"
+        );
+        if status & VIRTIO_CONFIG_S_FEATURES_OK as u8 != 0 {
+            assert_eq!(driver_features & !self.offered, 0, "features not offered");
+        }
+        assert!(
+            !self
+                .irq
+                .bad_vector
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "MSI on a vector the function does not have"
+        );
+        self.check_memory(status & VIRTIO_CONFIG_S_DRIVER_OK as u8 != 0);
+    }
+
+    /// What the device wrote in guest memory in the last op: only used rings and writable
+    /// buffers, and used entries that make sense.
+    fn check_memory(&mut self, running: bool) {
+        let mut now = vec![0u8; MEM_SIZE as usize];
+        self.mem
+            .read_slice(&mut now, GuestAddress(0))
+            .expect("guest RAM");
+        // The device touches the rings of ready queues only.
+        let layouts: Vec<Layout> = (0..self.nq())
+            .filter_map(|q| self.layout(q))
+            .filter(|l| l.ready)
+            .collect();
+        if now == self.shadow {
+            return;
+        }
+        assert!(
+            running,
+            "guest memory written by a device that is not running"
+        );
+        // Writable ranges, from the tables as the program left them and as they are now (a
+        // used ring over a table can change descriptors mid-op).
+        let mut writable = Vec::new();
+        for l in &layouts {
+            writable_ranges(&self.shadow, l, &mut writable);
+            writable_ranges(&now, l, &mut writable);
+        }
+        // Everything the device may write, merged into sorted disjoint ranges.
+        let mut allowed: Vec<(u64, u64)> = layouts.iter().map(|l| (l.used, l.used_end())).collect();
+        allowed.extend_from_slice(&writable);
+        allowed.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(allowed.len());
+        for (s, e) in allowed {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        let mut ranges = merged.iter().peekable();
+        // Chunk by chunk (a byte loop over all of RAM is slow in debug builds).
+        const CHUNK: usize = 64;
+        let chunks = now.chunks(CHUNK).zip(self.shadow.chunks(CHUNK));
+        let changed = chunks.enumerate().filter(|(_, (x, y))| x != y);
+        let bytes = changed.flat_map(|(c, (x, y))| {
+            let diff = x
+                .iter()
+                .zip(y.iter())
+                .enumerate()
+                .filter(|(_, (x, y))| x != y);
+            diff.map(move |(i, (&x, &y))| (c * CHUNK + i, x, y))
+        });
+        for (a, x, y) in bytes {
+            let a = a as u64;
+            while ranges.peek().is_some_and(|r| r.1 <= a) {
+                ranges.next();
+            }
+            assert!(
+                ranges.peek().is_some_and(|r| r.0 <= a),
+                "device wrote {a:#x} ({y:#04x} -> {x:#04x}), outside every used ring and \
+                 writable buffer"
+            );
+        }
+        // New used entries, where nothing but the device's used-ring writes touched the ring.
+        for (i, l) in layouts.iter().enumerate() {
+            if l.size == 0 || !l.size.is_power_of_two() {
+                continue;
+            }
+            if !Self::used_ring_clean(&layouts, i, &writable) {
+                continue;
+            }
+            let (Some(before), Some(after)) = (
+                u16_at(&self.shadow, l.used.wrapping_add(2)),
+                u16_at(&now, l.used.wrapping_add(2)),
+            ) else {
+                continue;
+            };
+            let new = after.wrapping_sub(before);
+            if new == 0 {
+                continue;
+            }
+            assert!(
+                new <= l.size,
+                "{new} used entries at once on a {}-entry ring",
+                l.size
+            );
+            for k in 0..new {
+                let slot = l.used + 4 + 8 * (before.wrapping_add(k) % l.size) as u64;
+                let (Some(id), Some(len)) = (u32_at(&now, slot), u32_at(&now, slot + 4)) else {
+                    continue;
+                };
+                assert!(
+                    id < l.size as u32,
+                    "used id {id} on a {}-entry ring",
+                    l.size
+                );
+                let id = id as u16;
+                let offered = (0..l.size).any(|s| {
+                    u16_at(&self.shadow, l.avail.wrapping_add(4 + 2 * s as u64)) == Some(id)
+                });
+                assert!(offered, "used id {id} was never made available");
+                let room = chain_writable(&self.shadow, l, id).max(chain_writable(&now, l, id));
+                assert!(
+                    len as u64 <= room,
+                    "used length {len} for a chain with {room} writable bytes"
+                );
+            }
+        }
+        self.shadow = now;
+    }
+
+    /// Whether queue `i`'s used entries can only have been written by its own used-ring
+    /// updates, and its descriptors and avail ring only by the program: no writable buffer
+    /// over any of its rings, no used ring over its table or avail ring, no other queue's
+    /// used ring over its own. Otherwise its entries are not checked (the memory check still
+    /// is).
+    fn used_ring_clean(layouts: &[Layout], i: usize, writable: &[(u64, u64)]) -> bool {
+        let l = &layouts[i];
+        let size = l.size as u64;
+        let desc = (l.desc, l.desc.saturating_add(16 * size));
+        let avail = (l.avail, l.avail.saturating_add(6 + 2 * size));
+        let used = (l.used, l.used_end());
+        let meets = |a: (u64, u64), b: (u64, u64)| a.0 < b.1 && b.0 < a.1;
+        let rings = [desc, avail, used];
+        !writable.iter().any(|&w| rings.iter().any(|&r| meets(w, r)))
+            && layouts.iter().enumerate().all(|(j, o)| {
+                let o_used = (o.used, o.used_end());
+                !meets(o_used, desc) && !meets(o_used, avail) && (j == i || !meets(o_used, used))
+            })
+    }
+
+    /// At the end: the backend heals, and after a reset the device sends and receives a
+    /// frame (with two pairs, after setting them over the control queue, on pair 1 too).
+    fn check_alive(&mut self) {
+        {
+            let mut w = lock(&self.backend.0);
+            w.fault = 0;
+            w.to_guest.clear();
+        }
+        self.shared.set_link(true);
+        lock(&self.dev).config_write(
+            REG_COMMAND as u64,
+            &(CMD_IO | CMD_MEM | CMD_BUS_MASTER).to_le_bytes(),
+        );
+        let mut id = [0u8; 4];
+        lock(&self.dev).config_read(0, &mut id);
+        assert_eq!(u32::from_le_bytes(id), 0x1041_1af4);
+        assert_eq!(self.r(common::NUM_QUEUES, 2), self.nq() as u64);
+
+        self.w(common::DEVICE_STATUS, 1, 0);
+        assert_eq!(self.r(common::DEVICE_STATUS, 1), 0);
+        self.hostile = false;
+        self.next_buf = BUF_START;
+        for q in 0..self.nq() {
+            let l = Self::canonical(q);
+            self.poke(l[0], &[0; RING_STRIDE as usize]);
+            self.next_desc[q] = 0;
+            self.setup_queue(q as u16, 16, l, NO_VECTOR, true);
+        }
+        let mut f = 1u64 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_NET_F_MRG_RXBUF
+            | 1 << VIRTIO_NET_F_CTRL_VQ
+            | 1 << VIRTIO_NET_F_CTRL_RX;
+        if self.pairs > 1 {
+            f |= 1 << VIRTIO_NET_F_MQ;
+        }
+        self.negotiate(f, true);
+        assert_eq!(self.r(common::DEVICE_STATUS, 1), 15, "device did not start");
+        self.resync();
+        let pairs = self.pairs as usize;
+        if pairs > 1 {
+            let at = self.alloc(4);
+            let ack = self.alloc(1);
+            let mut cmd = vec![
+                VIRTIO_NET_CTRL_MQ as u8,
+                VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET as u8,
+            ];
+            cmd.extend_from_slice(&(pairs as u16).to_le_bytes());
+            self.poke(at, &cmd);
+            self.poke(ack, &[0xff]);
+            self.post_chain(
+                Net::ctrl_queue(self.pairs),
+                &[(at, 4, 0), (ack, 1, F_WRITE)],
+                false,
+                true,
+            );
+            assert_eq!(
+                self.mem.read_obj::<u8>(GuestAddress(ack)).ok(),
+                Some(VIRTIO_NET_OK as u8)
+            );
+        }
+        for pair in 0..pairs {
+            let sent = lock(&self.backend.0).sent;
+            let frame = [0x11u8; 60];
+            let at = self.alloc((HEADER_LEN + frame.len()) as u64);
+            self.poke(at, &[0; HEADER_LEN]);
+            self.poke(at + HEADER_LEN as u64, &frame);
+            self.post_chain(Net::tx_queue(pair), &[(at, 72, 0)], false, true);
+            assert_eq!(
+                lock(&self.backend.0).sent,
+                sent + 1,
+                "pair {pair}: frame not sent"
+            );
+        }
+        // A frame for the guest (not IPv4: no flow, so it goes to pair 0).
+        let buf = self.alloc(2048);
+        self.post_chain(Net::rx_queue(0), &[(buf, 2048, F_WRITE)], false, false);
+        if !self.shared.backend_gone() {
+            // A disconnected backend stays gone: there is nothing to receive from.
+            let mut reply = vec![0x22u8; 100];
+            reply[12] = 0x86;
+            lock(&self.backend.0)
+                .to_guest
+                .push_back((reply.clone(), FrameMeta::default()));
+            self.notify(Net::rx_queue(0));
+            assert_eq!(peek_u16(&self.mem, USED_OFF + 2), 1, "frame not received");
+            let len: u32 = self.mem.read_obj(GuestAddress(USED_OFF + 8)).unwrap_or(0);
+            assert_eq!(len as usize, HEADER_LEN + reply.len());
+            let mut got = vec![0u8; reply.len()];
+            self.mem
+                .read_slice(&mut got, GuestAddress(buf + HEADER_LEN as u64))
+                .expect("in RAM");
+            assert_eq!(got, reply, "received frame corrupted");
+        }
+        self.check();
+        assert_eq!(lock(&self.dev).broken(), None);
+    }
+}
+
+/// virtio-net over virtio-pci: header byte (bits 0 and 4 both set: seed guest memory from the
+/// input; bit 1: two queue pairs), then operations ([`nop`]).
+pub fn virtio_net(data: &[u8]) {
+    run_virtio_net(data);
+}
+
+/// [`virtio_net()`], returning what happened.
+pub fn run_virtio_net(data: &[u8]) -> NetSummary {
+    let mut r = Reader(data);
+    let flags = r.u8();
+    let seeded = flags & 0x11 == 0x11;
+    let pairs = if flags & 2 != 0 { 2 } else { 1 };
+    let mut rig = NetRig::new(new_memory(seeded.then_some(data)), pairs);
+    rig.hostile = seeded && !data.is_empty();
+    for _ in 0..MAX_OPS {
+        if r.is_empty() {
+            break;
+        }
+        rig.op(&mut r);
+        rig.check();
+    }
+    let summary = {
+        let stats = rig.shared.stats();
+        let d = lock(&rig.dev);
+        NetSummary {
+            pairs,
+            hostile: rig.hostile,
+            needs_reset: d.broken().is_some(),
+            sent: lock(&rig.backend.0).sent,
+            completed: stats.queues.iter().map(|q| q.frames).sum(),
+            drops: stats.drops.iter().sum(),
+            queue_interrupts: d.stats().queue_interrupts,
+        }
+    };
+    rig.check_alive();
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzzing::test_util::{random, P};
+
+    /// Two pairs; every queue canonical with 16 entries and its own vector; all features but
+    /// EVENT_IDX, then DRIVER_OK.
+    fn net_ready() -> P {
+        let mut p = P(vec![2]);
+        for q in 0..5u8 {
+            p = p.op(&[nop::QUEUE, q, 4, 1, 0, 1]);
+        }
+        // CSUM GUEST_CSUM MRG_RXBUF MQ . CTRL_VQ CTRL_RX MAC STATUS
+        p.op(&[nop::NEGOTIATE, 0, 0b1110_1111, 1])
+    }
+
+    #[test]
+    fn virtio_net_random_programs() {
+        random(0x5eed_00e7, 3000, 400, &net_ready().0[1..], virtio_net);
+    }
+
+    #[test]
+    fn a_frame_each_way_on_a_ready_device() {
+        // TX on pair 0: sane header, 42+18 bytes, no cuts, no oddity, notify.
+        let p = net_ready()
+            .op(&[nop::TX, 0, 0, 2, 18, 0, 0, 7, 1])
+            // RX on pair 0: one buffer of 1530 bytes, not looped, kick.
+            .op(&[nop::RX, 0, 0, 5 | 0x40, 1, 0])
+            // Inject one 60-byte frame, no meta, kick rx0.
+            .op(&[nop::INJECT, 0, 2, 18, 0, 0, 0]);
+        let s = run_virtio_net(&p.0);
+        assert!(!s.hostile && !s.needs_reset, "{s:?}");
+        assert_eq!(s.sent, 1, "{s:?}");
+        assert_eq!(s.completed, 2, "{s:?}");
+        assert!(s.queue_interrupts >= 2, "{s:?}");
+    }
+
+    #[test]
+    fn hostile_tx_chains_are_dropped_without_needs_reset() {
+        let mut p = net_ready();
+        // On pair 1: a wrong-direction descriptor, one outside RAM, one of almost 4 GiB, a
+        // loop.
+        for odd in [&[0u8][..], &[1, 6, 0x10, 0], &[2, 6, 0], &[3]] {
+            let mut op = vec![nop::TX, 1, 0, 2, 18, 0, 0];
+            op.extend_from_slice(odd);
+            op.push(1);
+            p = p.op(&op);
+        }
+        let s = run_virtio_net(&p.0);
+        assert!(!s.needs_reset, "{s:?}");
+        assert_eq!(s.sent, 0, "{s:?}");
+        assert!(s.drops >= 4, "{s:?}");
+    }
+
+    #[test]
+    fn an_avail_index_jump_needs_a_reset_and_the_device_recovers() {
+        let p = net_ready()
+            .op(&[nop::AVAIL, 1, 0, 0x00, 0x80])
+            .op(&[nop::NOTIFY, 1]);
+        let s = run_virtio_net(&p.0);
+        assert!(s.hostile && s.needs_reset, "{s:?}");
+    }
+}
