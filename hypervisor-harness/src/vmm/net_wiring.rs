@@ -164,13 +164,10 @@ pub fn check_specs(nets: &[NetSpec], first_intx: usize) -> Result<(), HarnessErr
     Ok(())
 }
 
-/// Open a NIC's backend (`backends::net::open` once the backends land; until then this build
-/// has none, which is a usage error before the guest starts).
+/// Open a NIC's backend: a failure (no socket, no TAP permission, `user` not built yet) is an
+/// error before the guest starts.
 pub fn open_backend(spec: &BackendSpec) -> Result<Box<dyn NetBackend>, HarnessError> {
-    Err(HarnessError::Usage(format!(
-        "--net virtio:{}: this build has no network backend yet",
-        spec.kind()
-    )))
+    crate::backends::net::open(spec)
 }
 
 /// Attach every `--net` in order, with its opened backend. `first_intx` is the index in
