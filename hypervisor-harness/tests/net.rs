@@ -4,6 +4,11 @@
 
 mod common;
 use common::*;
+use hypervisor_harness::vmm::net_wiring::{NicJson, COUNTERS_NOTE};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// `qemu --net virtio:user`: DHCP from QEMU's built-in server gets the address QEMU always
 /// hands out, and the gateway answers pings.
@@ -25,4 +30,429 @@ fn dhcp_under_qemu_user_networking() {
         "not QEMU's lease:\n{t}"
     );
     assert!(t.contains("# net: ping 10.0.2.2 1472 bytes"), "{t}");
+}
+
+/// The tests every peer serves, in the order they run.
+const PEER_TESTS: [&str; 6] = [
+    "net_link",
+    "net_ping",
+    "net_udp_echo",
+    "net_tcp_echo",
+    "net_tcp_tx",
+    "net_tcp_rx",
+];
+
+/// `sub` (`run` or `qemu`) with `--net net` and the peer tests.
+fn peer_tests(sub: &str, net: &str, cmdline_extra: &str, extra_args: &[&str]) -> Command {
+    let mut c = harness();
+    c.args([sub, "--kernel", KERNEL, "--timeout", "300", "--net", net])
+        .arg("--cmdline")
+        .arg(format!("tests={} {cmdline_extra}", PEER_TESTS.join(",")))
+        .args(extra_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Every peer test passed; the 16 MiB transfers' timings go to stderr.
+fn check_peer_tests(what: &str, o: &Output) {
+    let t = text(o);
+    assert_eq!(o.status.code(), Some(0), "{what}: {t}");
+    for name in PEER_TESTS {
+        assert!(passed(&t, name), "{what}: {name} not run or skipped:\n{t}");
+    }
+    for l in t.lines().filter(|l| l.starts_with("# net: tcp ")) {
+        eprintln!("{what}: {l}");
+    }
+}
+
+/// Boot `sub` with `--net net` and the peer tests; all must pass.
+fn peer_tests_on(sub: &str, net: &str, cmdline_extra: &str, extra_args: &[&str]) {
+    let o = peer_tests(sub, net, cmdline_extra, extra_args)
+        .output()
+        .unwrap();
+    check_peer_tests(&format!("{sub} --net {net} {extra_args:?}"), &o);
+}
+
+#[test]
+fn peer_under_the_harness() {
+    if have_kvm("peer_under_the_harness") {
+        peer_tests_on("run", "virtio", "", &["--io-mode", "thread"]);
+    }
+}
+
+#[test]
+fn peer_under_the_harness_inline_io() {
+    if have_kvm("peer_under_the_harness_inline_io") {
+        peer_tests_on("run", "virtio", "", &["--io-mode", "inline"]);
+    }
+}
+
+/// QEMU cannot reach the in-process peer: the runner starts `peer --listen` as a child and
+/// attaches `-netdev stream` to it.
+#[test]
+fn peer_under_qemu() {
+    if have_qemu("peer_under_qemu") {
+        peer_tests_on("qemu", "virtio", "", &[]);
+    }
+}
+
+/// The `net-counters:` note of the run's `--exits-json` (one NIC).
+fn nic_counters(exits_json: &std::path::Path) -> NicJson {
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(exits_json).unwrap()).unwrap();
+    let note = doc["notes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str()?.strip_prefix(COUNTERS_NOTE))
+        .next()
+        .unwrap_or_else(|| panic!("no {COUNTERS_NOTE:?} note in {doc}"));
+    serde_json::from_str(note).unwrap()
+}
+
+/// Two queue pairs: the guest's net_mq puts a UDP and a TCP flow on each, and the device's
+/// own per-queue counters show frames on every RX and TX queue.
+#[test]
+fn mq_under_the_harness() {
+    if !have_kvm("mq_under_the_harness") {
+        return;
+    }
+    for mode in ["thread", "inline"] {
+        let dir = TempDir::new("mq");
+        let json = dir.0.join("exits.json");
+        let o = harness()
+            .args(["run", "--kernel", KERNEL, "--timeout", "120"])
+            .args(["--net", "virtio,queues=2", "--io-mode", mode])
+            .args(["--cmdline", "tests=net_mq", "--exits-json"])
+            .arg(&json)
+            .output()
+            .unwrap();
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{mode}: {t}");
+        assert!(
+            passed(&t, "net_mq"),
+            "{mode}: net_mq not run or skipped:\n{t}"
+        );
+        let nic = nic_counters(&json);
+        assert_eq!(nic.active_pairs, 2, "{mode}: {nic:?}");
+        for q in ["rx0", "tx0", "rx1", "tx1"] {
+            let c = nic.queues.iter().find(|c| c.queue == q);
+            assert!(
+                c.is_some_and(|c| c.frames > 0),
+                "{mode}: queue {q} carried nothing: {nic:?}"
+            );
+        }
+    }
+}
+
+/// A `hypervisor-harness peer --listen` of the test's own (a switch with the peer on it),
+/// killed when dropped.
+struct ListeningPeer {
+    child: Child,
+    socket: PathBuf,
+    _dir: TempDir,
+}
+
+impl ListeningPeer {
+    fn start(tag: &str) -> Self {
+        let dir = TempDir::new(tag);
+        let socket = dir.0.join("peer.sock");
+        let mut child = harness()
+            .args(["peer", "--listen"])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&socket).is_err() {
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!("peer --listen exited: {st}");
+            }
+            assert!(Instant::now() < deadline, "peer --listen never listened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    /// `--net` for a NIC attached to this peer with `mac`.
+    fn net(&self, mac: &str) -> String {
+        format!("virtio:stream:{},mac={mac}", self.socket.display())
+    }
+}
+
+impl Drop for ListeningPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The guest under our harness and the guest under QEMU, at once, on one `peer --listen`
+/// (distinct addresses and MACs): both pass the peer tests.
+#[test]
+fn both_vmms_on_one_peer() {
+    if !have_kvm("both_vmms_on_one_peer") || !have_qemu("both_vmms_on_one_peer") {
+        return;
+    }
+    let peer = ListeningPeer::start("both-vmms");
+    let ours = peer_tests(
+        "run",
+        &peer.net("52:54:00:76:00:03"),
+        "net_ip=192.168.76.3",
+        &[],
+    )
+    .spawn()
+    .unwrap();
+    let qemu = peer_tests(
+        "qemu",
+        &peer.net("52:54:00:76:00:04"),
+        "net_ip=192.168.76.4",
+        &[],
+    )
+    .spawn()
+    .unwrap();
+    check_peer_tests("run on peer --listen", &ours.wait_with_output().unwrap());
+    check_peer_tests("qemu on peer --listen", &qemu.wait_with_output().unwrap());
+}
+
+/// Two VMs on one `peer --listen` exchange a TCP stream each way (net_tcp_pair): both under
+/// our harness, then our harness serving a guest under QEMU.
+#[test]
+fn two_vms_exchange_a_tcp_stream() {
+    if !have_kvm("two_vms_exchange_a_tcp_stream") {
+        return;
+    }
+    let pair = |client_sub: &str| {
+        let peer = ListeningPeer::start("pair");
+        let vm = |sub: &str, mac: &str, cmdline: &str| {
+            harness()
+                .args([
+                    sub,
+                    "--kernel",
+                    KERNEL,
+                    "--timeout",
+                    "120",
+                    "--net",
+                    &peer.net(mac),
+                ])
+                .arg("--cmdline")
+                .arg(format!("tests=net_tcp_pair {cmdline}"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let server = vm(
+            "run",
+            "52:54:00:76:00:10",
+            "net_role=server net_ip=192.168.76.10",
+        );
+        let client = vm(
+            client_sub,
+            "52:54:00:76:00:11",
+            "net_role=client net_ip=192.168.76.11 net_peer=192.168.76.10",
+        );
+        for (role, child) in [("server", server), ("client", client)] {
+            let o = child.wait_with_output().unwrap();
+            let t = text(&o);
+            let what = format!("{role} (client under {client_sub})");
+            assert_eq!(o.status.code(), Some(0), "{what}: {t}");
+            assert!(passed(&t, "net_tcp_pair"), "{what}:\n{t}");
+            for l in t.lines().filter(|l| l.contains(" bytes out in ")) {
+                eprintln!("{what}: {l}");
+            }
+        }
+    };
+    pair("run");
+    if have_qemu("two_vms_exchange_a_tcp_stream (QEMU client)") {
+        pair("qemu");
+    }
+}
+
+/// The Linux kernel as the peer: a TAP device in a network namespace of the test's own, at
+/// the peer's address, with the contract's TCP and UDP services served by threads of this
+/// test inside that namespace (Linux itself answers ARP and ping). The guest runs the same
+/// tests as against our peer.
+mod linux_peer {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+
+    pub const TAP: &str = "hhnet0";
+
+    /// Root, /dev/net/tun and `ip`; SKIP (or, under CI=true, fail) without them.
+    pub fn can_run(test: &str) -> bool {
+        let reason = if !std::path::Path::new("/dev/net/tun").exists() {
+            Some("/dev/net/tun is missing")
+        // SAFETY: geteuid has no preconditions.
+        } else if unsafe { libc::geteuid() } != 0 {
+            Some("not root (a TAP and a network namespace need CAP_NET_ADMIN/CAP_SYS_ADMIN)")
+        } else if Command::new("ip").arg("-V").output().is_err() {
+            Some("the `ip` command (iproute2) is missing")
+        } else {
+            None
+        };
+        let Some(reason) = reason else {
+            return true;
+        };
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "{test}: {reason}, and CI=true demands it");
+        eprintln!("SKIP {test}: {reason}");
+        false
+    }
+
+    fn ip(args: &[&str]) {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Run `f` on a thread in a new network namespace holding TAP (multi-queue if asked) at
+    /// 192.168.76.1/24 and the services. Children (the VMM) inherit the namespace; the
+    /// namespace, its TAP and its listeners go when the last of them is gone.
+    pub fn with_tap<R: Send>(multi_queue: bool, f: impl FnOnce() -> R + Send) -> R {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: unshare affects only this thread's namespaces.
+                let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+                assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+                let mut add = vec!["tuntap", "add", "dev", TAP, "mode", "tap"];
+                if multi_queue {
+                    add.push("multi_queue");
+                }
+                ip(&add);
+                ip(&["addr", "add", "192.168.76.1/24", "dev", TAP]);
+                ip(&["link", "set", TAP, "up"]);
+                ip(&["link", "set", "lo", "up"]);
+                serve();
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    /// One thread per listener, one per connection; they live as long as the test process
+    /// (threads spawned here stay in this namespace).
+    fn serve() {
+        let tcp = |port: u16, handle: fn(TcpStream)| {
+            let l = TcpListener::bind(("192.168.76.1", port)).unwrap();
+            std::thread::spawn(move || {
+                for c in l.incoming().flatten() {
+                    std::thread::spawn(move || handle(c));
+                }
+            });
+        };
+        tcp(7, |mut c| {
+            let mut r = c.try_clone().unwrap();
+            let _ = std::io::copy(&mut r, &mut c);
+        });
+        tcp(9, |mut c| {
+            let (mut total, mut fnv) = (0u64, 0xcbf2_9ce4_8422_2325u64);
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n @ 1..) = c.read(&mut buf) {
+                total += n as u64;
+                for &b in &buf[..n] {
+                    fnv = (fnv ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+                }
+            }
+            let mut report = total.to_le_bytes().to_vec();
+            report.extend_from_slice(&fnv.to_le_bytes());
+            let _ = c.write_all(&report);
+        });
+        tcp(19, |mut c| {
+            let mut req = [0u8; 16];
+            if c.read_exact(&mut req).is_err() {
+                return;
+            }
+            let length = u64::from_le_bytes(req[..8].try_into().unwrap());
+            let seed = u64::from_le_bytes(req[8..].try_into().unwrap());
+            let mut chunk = vec![0u8; 64 * SECTOR];
+            let (mut sent, mut lba) = (0u64, 0u64);
+            while sent < length {
+                fill(seed, lba, &mut chunk);
+                let n = chunk.len().min((length - sent) as usize);
+                if c.write_all(&chunk[..n]).is_err() {
+                    return;
+                }
+                sent += n as u64;
+                lba += 64;
+            }
+        });
+        let u = UdpSocket::bind(("192.168.76.1", 7)).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = u.recv_from(&mut buf) {
+                let _ = u.send_to(&buf[..n], from);
+            }
+        });
+    }
+}
+
+/// The peer tests against Linux over TAP, with the virtio-net header (checksum offload both
+/// ways) and without, under QEMU and under our harness.
+fn linux_peer_on(sub: &str) {
+    for vnet_hdr in ["on", "off"] {
+        linux_peer::with_tap(false, || {
+            let net = format!("virtio:tap:{},vnet_hdr={vnet_hdr}", linux_peer::TAP);
+            peer_tests_on(sub, &net, "", &[]);
+        });
+    }
+}
+
+#[test]
+fn linux_peer_over_tap_under_qemu() {
+    if linux_peer::can_run("linux_peer_over_tap_under_qemu")
+        && have_qemu("linux_peer_over_tap_under_qemu")
+    {
+        linux_peer_on("qemu");
+    }
+}
+
+#[test]
+fn linux_peer_over_tap_under_the_harness() {
+    if linux_peer::can_run("linux_peer_over_tap_under_the_harness")
+        && have_kvm("linux_peer_over_tap_under_the_harness")
+    {
+        linux_peer_on("run");
+    }
+}
+
+/// QEMU's multiqueue virtio-net needs a multi-queue TAP (its stream and user netdevs have
+/// one queue): two pairs against Linux, which steers each flow back to the queue it came
+/// from; the guest sees traffic both ways on every pair.
+#[test]
+fn mq_over_tap_under_qemu() {
+    if !linux_peer::can_run("mq_over_tap_under_qemu") || !have_qemu("mq_over_tap_under_qemu") {
+        return;
+    }
+    linux_peer::with_tap(true, || {
+        let net = format!("virtio:tap:{},queues=2", linux_peer::TAP);
+        let o = harness()
+            .args([
+                "qemu",
+                "--kernel",
+                KERNEL,
+                "--timeout",
+                "120",
+                "--net",
+                &net,
+            ])
+            .args(["--cmdline", "tests=net_mq"])
+            .output()
+            .unwrap();
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{t}");
+        assert!(passed(&t, "net_mq"), "net_mq not run or skipped:\n{t}");
+        assert!(t.contains("2 queue pair(s)"), "{t}");
+    });
 }
