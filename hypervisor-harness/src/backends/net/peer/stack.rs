@@ -282,6 +282,9 @@ fn tcp_listener(service: TcpService) -> tcp::Socket<'static> {
         tcp::SocketBuffer::new(vec![0; tx]),
     );
     s.set_nagle_enabled(false);
+    // ACK at once: a delayed ACK's timer only fires when the device calls `poll`, and a
+    // guest waiting on it would stall for the whole delay.
+    s.set_ack_delay(None);
     s.listen(service.port())
         .expect("a fresh socket listens on a nonzero port");
     s
