@@ -679,3 +679,266 @@ fn a_backend_that_fails_is_reported_not_fatal() {
     assert!(s.backend_error.unwrap().contains("disconnected"));
     assert!(rig.net.shared().backend_gone());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Through the virtio-pci transport: the event loop's backend path, and link changes.
+
+mod through_the_transport {
+    use super::*;
+    use crate::devices::pci::config::{CMD_BUS_MASTER, CMD_MEM};
+    use crate::devices::virtio::test_util::RecordingIrq;
+    use crate::devices::virtio::transport_pci::{common, VirtioPciDevice, ISR_CONFIG, ISR_QUEUE};
+    use crate::devices::virtio::transport_pci::{DEVICE_OFFSET, ISR_OFFSET};
+    use std::time::{Duration, Instant};
+    use virtio_bindings::virtio_net::VIRTIO_NET_S_LINK_UP;
+    use vmm_sys_util::eventfd::EventFd;
+
+    /// A started function: every queue 16 entries at `ring_base`, no MSI-X (interrupts are
+    /// INTx), features VERSION_1, MAC, STATUS, MRG_RXBUF (and MQ with several pairs).
+    struct PciRig {
+        mem: Memory,
+        dev: Arc<Mutex<VirtioPciDevice>>,
+        shared: Arc<NetShared>,
+        irq: Arc<RecordingIrq>,
+        avail: Vec<u16>,
+        next_desc: Vec<u16>,
+        next_buf: u64,
+    }
+
+    impl PciRig {
+        fn new(pairs: u16, backend: TestBackend) -> Self {
+            let mem = mem();
+            let net = Net::new(Box::new(backend), [0x52, 0x54, 0, 0x12, 0x34, 0x56], pairs);
+            let shared = net.shared();
+            let irq = Arc::new(RecordingIrq::default());
+            let mut dev = VirtioPciDevice::new(Box::new(net), mem.clone(), irq.clone(), 5).unwrap();
+            dev.config_mut().enable(CMD_MEM | CMD_BUS_MASTER);
+            let nq = 2 * pairs as usize + 1;
+            let w = |dev: &mut VirtioPciDevice, off: u64, len: usize, v: u64| {
+                dev.bar_write(off, &v.to_le_bytes()[..len]);
+            };
+            w(&mut dev, common::DEVICE_STATUS, 1, 3);
+            let mut features = 1u64 << VIRTIO_F_VERSION_1
+                | 1 << VIRTIO_NET_F_MAC
+                | 1 << VIRTIO_NET_F_STATUS
+                | 1 << VIRTIO_NET_F_MRG_RXBUF;
+            if pairs > 1 {
+                features |= 1 << VIRTIO_NET_F_MQ;
+            }
+            for sel in 0..2 {
+                w(&mut dev, common::DRIVER_FEATURE_SELECT, 4, sel);
+                w(
+                    &mut dev,
+                    common::DRIVER_FEATURE,
+                    4,
+                    features >> (32 * sel) & 0xffff_ffff,
+                );
+            }
+            w(&mut dev, common::DEVICE_STATUS, 1, 11);
+            for q in 0..nq {
+                let base = ring_base(q);
+                w(&mut dev, common::QUEUE_SELECT, 2, q as u64);
+                w(&mut dev, common::QUEUE_SIZE, 2, QSIZE as u64);
+                w(&mut dev, common::QUEUE_DESC, 8, base);
+                w(&mut dev, common::QUEUE_DRIVER, 8, base + 0x1000);
+                w(&mut dev, common::QUEUE_DEVICE, 8, base + 0x2000);
+                w(&mut dev, common::QUEUE_ENABLE, 2, 1);
+            }
+            w(&mut dev, common::DEVICE_STATUS, 1, 15);
+            assert_eq!(dev.status(), 15, "device did not start");
+            Self {
+                mem,
+                dev: Arc::new(Mutex::new(dev)),
+                shared,
+                irq,
+                avail: vec![0; nq],
+                next_desc: vec![0; nq],
+                next_buf: BUFS,
+            }
+        }
+
+        fn alloc(&mut self, bytes: &[u8]) -> u64 {
+            let at = self.next_buf;
+            self.next_buf += (bytes.len() as u64).max(1).next_multiple_of(0x100);
+            self.mem.write_slice(bytes, GuestAddress(at)).unwrap();
+            at
+        }
+
+        /// One chain on queue `q` (NEXT added), made available without a notify.
+        fn post(&mut self, q: usize, descs: &[(u64, u32, u16)]) {
+            let base = ring_base(q);
+            let head = self.next_desc[q];
+            for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+                let idx = (head + i as u16) % QSIZE;
+                let at = base + 16 * idx as u64;
+                let last = i + 1 == descs.len();
+                self.mem.write_obj(addr, GuestAddress(at)).unwrap();
+                self.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+                let flags = flags | if last { 0 } else { NEXT };
+                self.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+                self.mem
+                    .write_obj((idx + 1) % QSIZE, GuestAddress(at + 14))
+                    .unwrap();
+            }
+            self.next_desc[q] = (head + descs.len() as u16) % QSIZE;
+            let slot = base + 0x1000 + 4 + 2 * (self.avail[q] % QSIZE) as u64;
+            self.mem.write_obj(head, GuestAddress(slot)).unwrap();
+            self.avail[q] = self.avail[q].wrapping_add(1);
+            self.mem
+                .write_obj(self.avail[q], GuestAddress(base + 0x1000 + 2))
+                .unwrap();
+        }
+
+        fn used_idx(&self, q: usize) -> u16 {
+            self.mem
+                .read_obj(GuestAddress(ring_base(q) + 0x2000 + 2))
+                .unwrap()
+        }
+
+        fn used(&self, q: usize, i: u16) -> (u32, u32) {
+            let at = ring_base(q) + 0x2000 + 4 + 8 * (i % QSIZE) as u64;
+            (
+                self.mem.read_obj(GuestAddress(at)).unwrap(),
+                self.mem.read_obj(GuestAddress(at + 4)).unwrap(),
+            )
+        }
+
+        fn read(&self, at: u64, len: usize) -> Vec<u8> {
+            let mut b = vec![0u8; len];
+            self.mem.read_slice(&mut b, GuestAddress(at)).unwrap();
+            b
+        }
+
+        fn bar_read(&self, off: u64, len: usize) -> u64 {
+            let mut b = vec![0u8; len];
+            lock(&self.dev).bar_read(off, &mut b);
+            crate::devices::le_value(&b)
+        }
+
+        /// Wait (at most 5 s) until `done` holds: the event loop runs on its own thread.
+        fn wait_for(&self, what: &str, done: impl Fn(&Self) -> bool) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !done(self) {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+
+        /// A frame the backend holds reaches the RX buffer posted at `buf` on pair 0, as the
+        /// `nth` used entry, and the queue interrupt is raised (INTx, ISR queue bit).
+        fn check_received(&self, buf: u64, nth: u16, frame: &[u8], irqs_before: u32) {
+            self.wait_for("the frame in the guest's RX ring", |r| r.used_idx(0) > nth);
+            let (_, len) = self.used(0, nth);
+            assert_eq!(len as usize, HEADER_LEN + frame.len());
+            assert_eq!(self.read(buf + HEADER_LEN as u64, frame.len()), frame);
+            self.wait_for("the queue interrupt", |r| r.irq.intx_count() > irqs_before);
+            assert!(self.irq.level());
+            assert_eq!(self.bar_read(ISR_OFFSET, 1) as u8 & ISR_QUEUE, ISR_QUEUE);
+        }
+    }
+
+    use crate::devices::virtio::net::header::HEADER_LEN;
+
+    #[test]
+    fn inline_mode_a_backend_frame_reaches_an_idle_guest_through_the_event_loop() {
+        // Inline mode: the notifies exit (none here) and one thread waits on the backend.
+        let backend = TestBackend::new();
+        let mut rig = PciRig::new(1, backend.clone());
+        let buf = rig.alloc(&[0xee; 1526]);
+        rig.post(0, &[(buf, 1526, WRITE)]);
+        let _loop =
+            event_loop::spawn("t-net-rx", &rig.dev, Some(rig.shared.clone()), Vec::new()).unwrap();
+        // Nothing happens until the backend has a frame: the device is idle.
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(rig.used_idx(0), 0);
+        let frame = udp_frame(7, 9, b"while you were idle");
+        backend.push(&frame, FrameMeta::default());
+        rig.check_received(buf, 0, &frame, 0);
+        let s = rig.shared.stats();
+        assert_eq!(s.queues[0].frames, 1);
+        assert_eq!(s.queues[0].interrupts, 1);
+        assert_eq!(
+            s.queues[0].notifies, 0,
+            "a backend event is not a driver notify"
+        );
+        assert_eq!(backend.waiting(), 0);
+    }
+
+    #[test]
+    fn thread_mode_notifies_by_ioeventfd_and_backend_frames_reach_the_guest() {
+        // Thread mode as the wiring has it: pair 0's thread takes queues 0, 1, the control
+        // queue and the backend; pair 1's thread queues 2 and 3.
+        let backend = TestBackend::new();
+        let mut rig = PciRig::new(2, backend.clone());
+        let evts: Vec<EventFd> = (0..5)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+            .collect();
+        let notifies = |qs: &[usize]| -> Vec<(usize, EventFd)> {
+            qs.iter()
+                .map(|&q| (q, evts[q].try_clone().unwrap()))
+                .collect()
+        };
+        let (pair0, pair1) = (notifies(&[0, 1, 4]), notifies(&[2, 3]));
+        let _t0 = event_loop::spawn("t-net-q0", &rig.dev, Some(rig.shared.clone()), pair0).unwrap();
+        let _t1 = event_loop::spawn("t-net-q1", &rig.dev, None, pair1).unwrap();
+
+        // TX on pair 1, kicked through its ioeventfd.
+        let frame = udp_frame(1, 2, b"out on pair 1");
+        let mut bytes = hdr().as_slice().to_vec();
+        bytes.extend_from_slice(&frame);
+        let at = rig.alloc(&bytes);
+        rig.post(3, &[(at, bytes.len() as u32, 0)]);
+        evts[3].write(1).unwrap();
+        rig.wait_for("the TX frame at the backend", |_| {
+            !backend.sent().is_empty()
+        });
+        assert_eq!(backend.sent()[0].1, frame);
+        rig.wait_for("the TX completion", |r| r.used_idx(3) == 1);
+        // Its interrupt is counted once the pass is over.
+        rig.wait_for("the TX interrupt", |r| {
+            r.shared.stats().queues[3].interrupts == 1
+        });
+
+        // RX: a buffer posted and kicked while nothing waits, then a frame from the backend.
+        let buf = rig.alloc(&[0xee; 1526]);
+        rig.post(0, &[(buf, 1526, WRITE)]);
+        evts[0].write(1).unwrap();
+        rig.wait_for("the RX notify", |r| {
+            r.shared.stats().queues[0].notifies == 1
+        });
+        assert_eq!(rig.used_idx(0), 0);
+        let before = rig.irq.intx_count();
+        let frame = udp_frame(9, 7, b"in on pair 0");
+        backend.push(&frame, FrameMeta::default());
+        rig.check_received(buf, 0, &frame, before);
+        let s = rig.shared.stats();
+        assert_eq!((s.queues[3].frames, s.queues[0].frames), (1, 1));
+    }
+
+    #[test]
+    fn link_down_raises_the_config_interrupt_and_status_reads_without_link_up() {
+        let rig = PciRig::new(1, TestBackend::new());
+        let status_at = DEVICE_OFFSET + 6;
+        assert_eq!(rig.bar_read(status_at, 2), VIRTIO_NET_S_LINK_UP as u64);
+        let generation = rig.bar_read(common::CONFIG_GENERATION, 1);
+        assert_eq!(rig.irq.intx_count(), 0);
+
+        rig.shared.set_link(false);
+        lock(&rig.dev).device_config_changed();
+        assert_eq!(rig.irq.intx_count(), 1, "no configuration interrupt");
+        assert_eq!(lock(&rig.dev).stats().config_interrupts, 1);
+        assert_eq!(rig.bar_read(ISR_OFFSET, 1) as u8, ISR_CONFIG);
+        assert!(!rig.irq.level(), "reading the ISR lowers INTx");
+        assert_eq!(rig.bar_read(status_at, 2) & VIRTIO_NET_S_LINK_UP as u64, 0);
+        assert_ne!(rig.bar_read(common::CONFIG_GENERATION, 1), generation);
+
+        // No change, no interrupt; link up again is one more.
+        lock(&rig.dev).device_config_changed();
+        assert_eq!(rig.irq.intx_count(), 1);
+        rig.shared.set_link(true);
+        lock(&rig.dev).device_config_changed();
+        assert_eq!(rig.irq.intx_count(), 2);
+        assert_eq!(rig.bar_read(status_at, 2), VIRTIO_NET_S_LINK_UP as u64);
+        assert!(lock(&rig.dev).broken().is_none());
+    }
+}
