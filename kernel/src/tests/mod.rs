@@ -6,6 +6,7 @@ mod foreign_virtio_blk;
 pub mod ide;
 mod irq;
 pub mod net;
+mod net_bridge;
 mod pci;
 mod selftest;
 mod time;
@@ -32,6 +33,7 @@ pub static REGISTRY: &[Test] = &[
     Test::in_all("ide_pio_integrity", ide::pio_integrity),
     Test::in_all("ide_dma_integrity", ide::dma_integrity),
     Test::in_all("ide_interrupts", ide::interrupts),
+    Test::in_all("net_bridge_checksums", net_bridge::checksums),
     Test::in_all("net_link", net::link),
     Test::in_all("net_ping", net::ping),
     Test::in_all("net_udp_echo", net::udp_echo),
