@@ -368,11 +368,11 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
             TempDir::new_with_prefix(std::env::temp_dir().join("hh-bench-net-")).map_err(|e| {
                 HarnessError::Other(format!("cannot create a temporary directory: {e}"))
             })?;
-        let cmdline = net::guest_cmdline(false);
         Some(net::run_section(
-            &|sub| common_args(sub, &kernel, a, &cmdline),
+            &|sub, cmdline| common_args(sub, &kernel, a, cmdline),
             &qemu_extra,
             dir.as_path(),
+            false,
             floor_roundtrip_ns,
         )?)
     };

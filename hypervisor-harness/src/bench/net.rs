@@ -13,6 +13,7 @@ use super::blk::{device_exits_between, phases};
 use super::{net_tap, parse_bench_line, BenchLine, ChildRun};
 use crate::error::HarnessError;
 use crate::vmm::exits::PhaseMark;
+use crate::vmm::net_wiring::NicJson;
 use serde::Serialize;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -131,6 +132,25 @@ pub struct NetConfig {
     pub wrapper: Vec<String>,
 }
 
+/// The guest's remarks worth a note: its `# net bench:` lines, a skipped test, and the reason
+/// a failed one gave (the diagnostic line just before its `not ok`).
+pub fn guest_remarks(stdout: &str) -> impl Iterator<Item = String> + '_ {
+    let mut previous = "";
+    stdout.lines().filter_map(move |l| {
+        let l = l.trim();
+        let prev = std::mem::replace(&mut previous, l);
+        if let Some(n) = l.strip_prefix("# net bench: ") {
+            Some(n.to_string())
+        } else if l.starts_with("ok ") && l.contains("# SKIP") {
+            Some(l.to_string())
+        } else if l.starts_with("not ok ") {
+            Some(format!("{l}: {}", prev.trim_start_matches("# ")))
+        } else {
+            None
+        }
+    })
+}
+
 /// Rows of one child run, with exits per packet from its phase marks.
 pub fn rows_of(cfg: &NetConfig, stdout: &str, phase_marks: &[PhaseMark]) -> Vec<NetRow> {
     let marks = phases(phase_marks);
@@ -156,13 +176,36 @@ pub fn rows_of(cfg: &NetConfig, stdout: &str, phase_marks: &[PhaseMark]) -> Vec<
         .collect()
 }
 
-/// The guest's command line for the section.
-pub fn guest_cmdline(quick: bool) -> String {
-    let mut c = String::from("bench=net");
+/// The guest's command line for a configuration with `queues` pairs.
+pub fn guest_cmdline(queues: u16, quick: bool) -> String {
+    let mut c = format!("bench=net net_pairs={queues}");
     if quick {
         c += " net_quick=1";
     }
     c
+}
+
+/// What the harness's NIC counters (its `net-counters` note) say about a run: which queues
+/// carried frames, and the device's drops by reason.
+pub fn device_note(notes: &[String]) -> Option<String> {
+    let nic = notes.iter().find_map(|n| NicJson::from_note(n))?;
+    let queues: Vec<String> = nic
+        .queues
+        .iter()
+        .filter(|q| q.queue != "ctrl")
+        .map(|q| format!("{} {}", q.queue, q.frames))
+        .collect();
+    let mut s = format!(
+        "device: {} of {} pairs active; frames {}",
+        nic.active_pairs,
+        nic.pairs,
+        queues.join(", ")
+    );
+    if !nic.drops.is_empty() {
+        let drops: Vec<String> = nic.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        s += &format!("; drops {}", drops.join(", "));
+    }
+    Some(s)
 }
 
 /// A `hypervisor-harness peer --listen PATH` child, killed when dropped.
@@ -315,17 +358,21 @@ pub struct NetSection {
 pub type SpawnChild<'a> =
     dyn FnMut(&[String], &[String], &str) -> Result<ChildRun, HarnessError> + 'a;
 
+/// A subcommand's common arguments (kernel, memory, timeout) for a guest command line.
+pub type BaseArgs<'a> = dyn Fn(&str, &str) -> Vec<String> + 'a;
+
 /// Run each configuration and collect its rows; `spawn` runs one child (args, wrapper, tag).
 pub fn run_configs(
     section: &mut NetSection,
     configs: &[NetConfig],
-    base_args: &dyn Fn(&str) -> Vec<String>,
+    base_args: &BaseArgs,
+    quick: bool,
     spawn: &mut SpawnChild,
 ) -> Result<(), HarnessError> {
     for cfg in configs {
         let label = format!("{} {} q{}", cfg.vmm, cfg.backend, cfg.queues);
         eprintln!("bench: network under {label}...");
-        let mut args = base_args(cfg.sub);
+        let mut args = base_args(cfg.sub, &guest_cmdline(cfg.queues, quick));
         args.extend(cfg.args.iter().cloned());
         let r = spawn(
             &args,
@@ -341,18 +388,17 @@ pub fn run_configs(
                 .notes
                 .push(format!("{label}: exit code {}: {}", r.code, r.last_err));
         }
-        if let Err(e) = &r.json {
-            section.notes.push(format!("{label}: {e}"));
-        }
-        // The guest's own remarks (a skipped row, lost echoes, a failure) go to the notes.
-        for l in r.stdout.lines() {
-            let l = l.trim();
-            if let Some(n) = l.strip_prefix("# net: ") {
-                section.notes.push(format!("{label}: {n}"));
-            } else if l.starts_with("ok ") && l.contains("# SKIP") {
-                section.notes.push(format!("{label}: {l}"));
+        match &r.json {
+            Err(e) => section.notes.push(format!("{label}: {e}")),
+            Ok(j) => {
+                if let Some(n) = device_note(&j.notes) {
+                    section.notes.push(format!("{label}: {n}"));
+                }
             }
         }
+        section
+            .notes
+            .extend(guest_remarks(&r.stdout).map(|n| format!("{label}: {n}")));
         let marks = r.json.as_ref().map_or(&[][..], |j| &j.phases[..]);
         let got = rows_of(cfg, &r.stdout, marks);
         if got.is_empty() {
@@ -369,9 +415,10 @@ pub fn run_configs(
 /// gives a subcommand's common arguments (kernel, memory, the guest's command line); the peer's
 /// socket goes into `dir`, which the caller removes.
 pub fn run_section(
-    base_args: &dyn Fn(&str) -> Vec<String>,
+    base_args: &BaseArgs,
     qemu_extra: &[String],
     dir: &Path,
+    quick: bool,
     floor_roundtrip_ns: Option<f64>,
 ) -> Result<NetSection, HarnessError> {
     let mut section = NetSection {
@@ -381,12 +428,12 @@ pub fn run_section(
     let mut spawn = |args: &[String], wrapper: &[String], tag: &str| {
         super::spawn_self_under(wrapper, args, tag)
     };
-    run_configs(&mut section, &peer_configs(), base_args, &mut spawn)?;
+    run_configs(&mut section, &peer_configs(), base_args, quick, &mut spawn)?;
     let socket = dir.join("peer.sock");
     match PeerChild::start(&socket) {
         Ok(peer) => {
             let configs = stream_configs(&peer.socket, qemu_extra);
-            run_configs(&mut section, &configs, base_args, &mut spawn)?;
+            run_configs(&mut section, &configs, base_args, quick, &mut spawn)?;
         }
         Err(e) => section.notes.push(format!("stream rows skipped: {e}")),
     }
@@ -406,7 +453,7 @@ pub fn run_section(
     match net_tap::LinuxPeer::start(&ns) {
         Ok(services) => {
             let configs = tap_configs(net_tap::TAP_NAME, &ns.wrapper(), qemu_extra);
-            let r = run_configs(&mut section, &configs, base_args, &mut spawn);
+            let r = run_configs(&mut section, &configs, base_args, quick, &mut spawn);
             // The services go before their namespace.
             drop(services);
             r?;
@@ -872,6 +919,30 @@ mod tests {
             ("tap-novnet", "virtio:tap:hhtap0,vnet_hdr=off")
         );
         assert_eq!(t[3].wrapper, ["ip", "netns"]);
-        assert_eq!(guest_cmdline(true), "bench=net net_quick=1");
+        assert_eq!(guest_cmdline(2, true), "bench=net net_pairs=2 net_quick=1");
+    }
+
+    #[test]
+    fn notes_from_the_guest_and_the_device() {
+        let out = "# net: virtio-net 00:02.0: mac ...\n\
+                   # net bench: rtt_udp: 2 echoes lost\n\
+                   ok 1 floor # SKIP no floor\n\
+                   # TX stuck with 3 frames in flight\n\
+                   not ok 2 net\n";
+        let got: Vec<String> = guest_remarks(out).collect();
+        assert_eq!(
+            got,
+            [
+                "rtt_udp: 2 echoes lost",
+                "ok 1 floor # SKIP no floor",
+                "not ok 2 net: TX stuck with 3 frames in flight"
+            ]
+        );
+        let note = r#"net-counters: {"name":"virtio-net0","backend":"peer","pairs":2,"active_pairs":2,"queues":[{"queue":"rx0","frames":5,"bytes":1,"drops":0,"notifies":0,"interrupts":0},{"queue":"tx0","frames":6,"bytes":1,"drops":0,"notifies":0,"interrupts":0},{"queue":"ctrl","frames":1,"bytes":1,"drops":0,"notifies":0,"interrupts":0}],"drops":{"rx_overrun":7}}"#;
+        assert_eq!(
+            device_note(&["other".into(), note.into()]).as_deref(),
+            Some("device: 2 of 2 pairs active; frames rx0 5, tx0 6; drops rx_overrun 7")
+        );
+        assert_eq!(device_note(&["other".into()]), None);
     }
 }
