@@ -194,6 +194,7 @@ fn u32_at(img: &[u8], at: u64) -> Option<u32> {
 /// A queue as the transport has it programmed.
 #[derive(Clone, Copy)]
 struct Layout {
+    index: usize,
     ready: bool,
     size: u16,
     desc: u64,
@@ -290,6 +291,9 @@ struct NetRig {
     shadow: Vec<u8>,
     /// The program did something that may break a ring (NEEDS_RESET is then allowed).
     hostile: bool,
+    /// Per queue: the program wrote into its used ring, so the device's used index and the
+    /// one in memory may disagree (its used entries are then not checked).
+    used_tampered: Vec<bool>,
     /// Per queue: the next descriptor the chain ops use.
     next_desc: Vec<u16>,
     next_buf: u64,
@@ -337,6 +341,7 @@ impl NetRig {
             msix_cap,
             shadow: vec![0; MEM_SIZE as usize],
             hostile: false,
+            used_tampered: vec![false; nq],
             next_desc: vec![0; nq],
             next_buf: BUF_START,
         };
@@ -358,6 +363,14 @@ impl NetRig {
     /// A guest write (the part outside RAM is dropped), mirrored in the shadow.
     fn poke(&mut self, addr: u64, bytes: &[u8]) {
         poke(&self.mem, addr, bytes);
+        let end = addr.saturating_add(bytes.len() as u64);
+        for q in 0..self.nq() {
+            if let Some(l) = self.layout(q) {
+                if addr < l.used_end() && l.used < end {
+                    self.used_tampered[q] = true;
+                }
+            }
+        }
         if addr < MEM_SIZE {
             let n = bytes.len().min((MEM_SIZE - addr) as usize);
             self.shadow[addr as usize..addr as usize + n].copy_from_slice(&bytes[..n]);
@@ -378,8 +391,10 @@ impl NetRig {
 
     fn layout(&self, q: usize) -> Option<Layout> {
         let d = lock(&self.dev);
+        let index = q;
         let q = d.queue(q)?;
         Some(Layout {
+            index,
             ready: q.ready(),
             size: q.size(),
             desc: q.desc_table(),
@@ -535,6 +550,9 @@ impl NetRig {
                     // A driver starts a queue on zeroed rings.
                     self.poke(l[0], &[0; RING_STRIDE as usize]);
                     self.next_desc[sel as usize] = 0;
+                    if !running {
+                        self.used_tampered[sel as usize] = false;
+                    }
                     l
                 } else {
                     [r.gpa(), r.gpa(), r.gpa()]
@@ -691,22 +709,30 @@ impl NetRig {
             nop::RESET => {
                 let how = r.u8();
                 if how % 4 < 2 {
-                    // A fresh start: rings are zeroed when set up again (QUEUE).
-                    self.hostile = false;
-                }
-                if how % 4 == 0 {
-                    self.w(common::DEVICE_STATUS, 1, 0);
-                } else if how % 4 == 1 {
-                    // A driver recovering: reset, zeroed canonical rings, the same features.
                     let features = self.driver_features_or_offered();
                     self.w(common::DEVICE_STATUS, 1, 0);
-                    for q in 0..self.nq() {
-                        let l = Self::canonical(q);
-                        self.poke(l[0], &[0; RING_STRIDE as usize]);
-                        self.next_desc[q] = 0;
-                        self.setup_queue(q as u16, 16, l, q as u16, true);
+                    // A write with memory decode off does not reach the device.
+                    let fresh = lock(&self.dev).status() == 0;
+                    if how % 4 == 1 {
+                        // A driver recovering: zeroed canonical rings, the same features.
+                        for q in 0..self.nq() {
+                            let l = Self::canonical(q);
+                            self.poke(l[0], &[0; RING_STRIDE as usize]);
+                            self.next_desc[q] = 0;
+                            self.setup_queue(q as u16, 16, l, q as u16, true);
+                        }
                     }
-                    self.negotiate(features, true);
+                    // After a reset the rings start over (zeroed when set up again, as in
+                    // QUEUE); without one, zeroing them under the device breaks them.
+                    if fresh {
+                        self.hostile = false;
+                        self.used_tampered.fill(false);
+                    } else if how % 4 == 1 {
+                        self.hostile = true;
+                    }
+                    if how % 4 == 1 {
+                        self.negotiate(features, true);
+                    }
                 } else {
                     let decode = lock(&self.dev).config().command() & CMD_MEM != 0;
                     let isr = self.r(tp::ISR_OFFSET, 1);
@@ -1001,7 +1027,7 @@ impl NetRig {
             if l.size == 0 || !l.size.is_power_of_two() {
                 continue;
             }
-            if !Self::used_ring_clean(&layouts, i, &writable) {
+            if self.used_tampered[l.index] || !Self::used_ring_clean(&layouts, i, &writable) {
                 continue;
             }
             let (Some(before), Some(after)) = (
@@ -1085,6 +1111,7 @@ impl NetRig {
         self.w(common::DEVICE_STATUS, 1, 0);
         assert_eq!(self.r(common::DEVICE_STATUS, 1), 0);
         self.hostile = false;
+        self.used_tampered.fill(false);
         self.next_buf = BUF_START;
         for q in 0..self.nq() {
             let l = Self::canonical(q);
@@ -1092,6 +1119,7 @@ impl NetRig {
             self.next_desc[q] = 0;
             self.setup_queue(q as u16, 16, l, NO_VECTOR, true);
         }
+        self.used_tampered.fill(false);
         let mut f = 1u64 << VIRTIO_F_VERSION_1
             | 1 << VIRTIO_NET_F_MRG_RXBUF
             | 1 << VIRTIO_NET_F_CTRL_VQ
@@ -1252,6 +1280,19 @@ mod tests {
         assert!(!s.needs_reset, "{s:?}");
         assert_eq!(s.sent, 0, "{s:?}");
         assert!(s.drops >= 4, "{s:?}");
+    }
+
+    #[test]
+    fn a_reset_that_does_not_reach_the_device_keeps_the_run_hostile() {
+        // The ring breaks; memory decode goes off (command = bus mastering only), so the
+        // reset write is dropped and the device still needs a reset.
+        let p = net_ready()
+            .op(&[nop::AVAIL, 1, 0, 0x00, 0x80])
+            .op(&[nop::NOTIFY, 1])
+            .op(&[nop::CFG, 0, 1, 1, 0x04, 0x00, 0])
+            .op(&[nop::RESET, 0]);
+        let s = run_virtio_net(&p.0);
+        assert!(s.hostile && s.needs_reset, "{s:?}");
     }
 
     #[test]
