@@ -242,7 +242,7 @@ fn chain_writable(img: &[u8], l: &Layout, head: u16) -> u64 {
             break;
         };
         if flags & F_INDIRECT != 0 {
-            if indirect || len % 16 != 0 {
+            if indirect || !len.is_multiple_of(16) {
                 break;
             }
             (table, size, ttl, next, indirect) = (addr, len / 16, len / 16, 0, true);
@@ -675,7 +675,7 @@ impl NetRig {
                 let width = r.width();
                 let mut v = r.value(width);
                 // Mostly a driver's own command writes: decode and bus mastering stay on.
-                if off == REG_COMMAND as u64 && r.u8() % 8 != 0 {
+                if off == REG_COMMAND as u64 && !r.u8().is_multiple_of(8) {
                     for (b, keep) in v.iter_mut().zip((CMD_MEM | CMD_BUS_MASTER).to_le_bytes()) {
                         *b |= keep;
                     }
@@ -843,7 +843,7 @@ impl NetRig {
             }
             descs.push((addr, len, flags));
         }
-        let looped = r.u8() % 8 == 0;
+        let looped = r.u8().is_multiple_of(8);
         self.post_chain(Net::rx_queue(pair), &descs, looped, r.u8() & 1 == 0);
     }
 
