@@ -441,28 +441,42 @@ pub fn run_section(
         section.notes.push(format!("tap rows skipped: {why}"));
         return Ok(section);
     }
-    let ns = match net_tap::TapNamespace::create() {
-        Ok(ns) => ns,
-        Err(e) => {
-            section.notes.push(format!(
-                "tap rows skipped: no namespace with a TAP device: {e}"
-            ));
-            return Ok(section);
+    let wrapper = net_tap::TapNamespace::wrapper_for(&net_tap::TapNamespace::name());
+    for cfg in tap_configs(net_tap::TAP_NAME, &wrapper, qemu_extra) {
+        // A namespace and TAP device of its own per run: a persistent TAP keeps the offloads
+        // its last user set (TUNSETOFFLOAD), so a vnet_hdr=off run after a vnet_hdr=on one
+        // would be handed partial checksums it has no header to learn of.
+        let ns = match net_tap::TapNamespace::create() {
+            Ok(ns) => ns,
+            Err(e) => {
+                section.notes.push(format!(
+                    "tap rows skipped: no namespace with a TAP device: {e}"
+                ));
+                break;
+            }
+        };
+        match net_tap::LinuxPeer::start(&ns) {
+            Ok(services) => {
+                let r = run_configs(
+                    &mut section,
+                    std::slice::from_ref(&cfg),
+                    base_args,
+                    quick,
+                    &mut spawn,
+                );
+                // The services go before their namespace.
+                drop(services);
+                drop(ns);
+                r?;
+            }
+            Err(e) => {
+                section
+                    .notes
+                    .push(format!("tap rows skipped: the Linux-side services: {e}"));
+                break;
+            }
         }
-    };
-    match net_tap::LinuxPeer::start(&ns) {
-        Ok(services) => {
-            let configs = tap_configs(net_tap::TAP_NAME, &ns.wrapper(), qemu_extra);
-            let r = run_configs(&mut section, &configs, base_args, quick, &mut spawn);
-            // The services go before their namespace.
-            drop(services);
-            r?;
-        }
-        Err(e) => section
-            .notes
-            .push(format!("tap rows skipped: the Linux-side services: {e}")),
     }
-    drop(ns);
     Ok(section)
 }
 

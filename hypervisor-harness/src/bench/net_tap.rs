@@ -63,8 +63,13 @@ pub struct TapNamespace {
 }
 
 impl TapNamespace {
+    /// The namespace's name: one per bench process, made and removed for each run.
+    pub fn name() -> String {
+        format!("hh-bench-{}", std::process::id())
+    }
+
     pub fn create() -> Result<Self, String> {
-        let name = format!("hh-bench-{}", std::process::id());
+        let name = Self::name();
         ip(&["netns", "add", &name])?;
         // From here on Drop cleans up, whatever fails next.
         let ns = Self { name };
@@ -76,11 +81,9 @@ impl TapNamespace {
         Ok(ns)
     }
 
-    /// The wrapper that runs a command inside the namespace.
-    pub fn wrapper(&self) -> Vec<String> {
-        ["ip", "netns", "exec", &self.name]
-            .map(String::from)
-            .to_vec()
+    /// The wrapper that runs a command inside namespace `name`.
+    pub fn wrapper_for(name: &str) -> Vec<String> {
+        ["ip", "netns", "exec", name].map(String::from).to_vec()
     }
 
     /// Enter the namespace on the calling thread only (setns affects one thread).
