@@ -41,9 +41,11 @@ pub static REGISTRY: &[Test] = &[
     Test::in_all("net_tcp_tx", net::tcp_tx),
     Test::in_all("net_tcp_rx", net::tcp_rx),
     // Never in `all`: DHCP needs a DHCP server (QEMU's user-mode network), MQ a device with
-    // several queue pairs, the pair test a second VM on the same switch (net_role=).
+    // several queue pairs, the pair test a second VM on the same switch (net_role=), the
+    // flood the peer's UDP source.
     Test::by_name("net_dhcp", net::dhcp),
     Test::by_name("net_mq", net::mq),
+    Test::by_name("net_rx_flood", net::rx_flood),
     Test::by_name("net_tcp_pair", net::tcp_pair),
     // Never in `all`: the host kills the VMM while it sleeps.
     Test::by_name("virtio_blk_durability", virtio_blk::durability),

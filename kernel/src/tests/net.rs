@@ -1052,3 +1052,89 @@ fn pair_client(stack: &mut Stack<'_>, args: &NetArgs) -> Result<(), String> {
     );
     Ok(())
 }
+
+/// Datagrams asked of the UDP source in the flood test, and their size.
+const FLOOD_COUNT: u32 = 20_000;
+const FLOOD_SIZE: u16 = 1472;
+/// How long the guest looks away after asking: far longer than its RX ring lasts.
+const FLOOD_PAUSE_NS: u64 = 50_000_000;
+
+/// An RX flood: ask the UDP source for 20000 full-size datagrams, stop polling for 50 ms so
+/// the RX ring overruns, then take what comes until the line is quiet. No hang; every
+/// datagram that arrives is intact (byte i of datagram k is `k + i`); the rest were dropped
+/// (the host counts where); afterwards UDP echo still works.
+pub fn rx_flood() -> Outcome {
+    with_stack(1, None, |stack, args| {
+        let mut s = udp::Socket::new(
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; 128 << 10]),
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
+        );
+        let port = local_port();
+        s.bind(port)
+            .map_err(|e| format!("UDP bind {port}: {e:?}"))?;
+        let h = stack.sockets.add(s);
+        // The echoes have a socket of their own: flood datagrams may still trickle in.
+        let echoes = udp_socket(stack, local_port())?;
+        // ARP first (an echo), so the request is not the one held back for it.
+        let echo = IpEndpoint::new(peer(args), 7);
+        let mut buf = vec![0u8; 2048];
+        if !udp_round_trip(stack, echoes, echo, b"before the flood", &mut buf)? {
+            return Err(String::from("UDP echo before the flood: no answer"));
+        }
+        let mut request = [0u8; 8];
+        request[..4].copy_from_slice(&FLOOD_COUNT.to_le_bytes());
+        request[4..6].copy_from_slice(&FLOOD_SIZE.to_le_bytes());
+        stack
+            .sockets
+            .get_mut::<udp::Socket>(h)
+            .send_slice(&request, IpEndpoint::new(peer(args), 19))
+            .map_err(|e| format!("UDP send: {e:?}"))?;
+        stack.poll();
+        let pause_end = time::now_ns() + FLOOD_PAUSE_NS;
+        while time::now_ns() < pause_end {
+            core::hint::spin_loop();
+        }
+        let (mut received, mut bad) = (0u64, None);
+        let start = time::now_ns();
+        let mut last = start;
+        stack.poll_until(30 * SECOND, |s| {
+            let sock = s.sockets.get_mut::<udp::Socket>(h);
+            while let Ok((data, _)) = sock.recv() {
+                received += 1;
+                last = time::now_ns();
+                let first = data.first().copied().unwrap_or(0);
+                let intact = data.len() == usize::from(FLOOD_SIZE)
+                    && data
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &b)| b == first.wrapping_add(i as u8));
+                if !intact && bad.is_none() {
+                    bad = Some(received);
+                }
+            }
+            time::now_ns() - last > 200_000_000
+        });
+        if let Some(n) = bad {
+            return Err(format!("flood datagram {n} is not the source's pattern"));
+        }
+        println!(
+            "# net: rx flood: {} of {} datagrams of {} bytes arrived ({} lost) in {} ms",
+            received,
+            FLOOD_COUNT,
+            FLOOD_SIZE,
+            u64::from(FLOOD_COUNT) - received.min(u64::from(FLOOD_COUNT)),
+            (last - start) / 1_000_000
+        );
+        if received > u64::from(FLOOD_COUNT) {
+            return Err(format!("{received} datagrams for {FLOOD_COUNT} asked"));
+        }
+        // The ring recovered: echoes go through again.
+        for k in 0..8u8 {
+            let payload = [k; 100];
+            if !udp_round_trip(stack, echoes, echo, &payload, &mut buf)? {
+                return Err(format!("UDP echo {k} after the flood: no answer"));
+            }
+        }
+        Ok(())
+    })
+}
