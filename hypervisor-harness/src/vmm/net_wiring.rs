@@ -97,7 +97,7 @@ impl NicJson {
 fn queue_name(i: usize, pairs: u16) -> String {
     if i == Net::ctrl_queue(pairs) {
         "ctrl".into()
-    } else if i % 2 == 0 {
+    } else if i.is_multiple_of(2) {
         format!("rx{}", i / 2)
     } else {
         format!("tx{}", i / 2)

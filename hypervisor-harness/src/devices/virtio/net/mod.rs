@@ -442,7 +442,7 @@ impl Net {
         if f & (1 << VIRTIO_NET_F_CTRL_VQ) != 0 && index == ctrl {
             Role::Ctrl
         } else if index < 2 * usable_pairs {
-            if index % 2 == 0 {
+            if index.is_multiple_of(2) {
                 Role::Rx(index / 2)
             } else {
                 Role::Tx(index / 2)
@@ -547,8 +547,8 @@ impl Net {
         }
         for _round in 0..2 {
             // Frames already waiting go first, in order.
-            for p in 0..self.pending.len() {
-                while let Some((frame, meta)) = self.pending[p].front() {
+            for (p, pending) in self.pending.iter_mut().enumerate() {
+                while let Some((frame, meta)) = pending.front() {
                     let qi = Self::rx_queue(p);
                     let out = deliver_one(r, qi, frame, meta, &mut self.rx_used)?;
                     match out {
@@ -561,7 +561,7 @@ impl Net {
                         }
                         Delivery::Dropped(why) => self.stats.count_drop(Some(qi), why),
                     }
-                    self.pending[p].pop();
+                    pending.pop();
                 }
             }
             // Then the backend.
