@@ -31,13 +31,17 @@ use crate::tests::net as nets;
 use crate::{bootinfo, println, time};
 use alloc::string::String;
 use alloc::vec::Vec;
-use drivers::net::checksum::{fold, internet_checksum, sum_words};
 use drivers::net::{MacAddress, Nic, NicCounters, NicError, RxInfo, TxChecksum, ETH_FRAME_MIN};
 use drivers::platform::Platform;
 use drivers::virtio::net::VirtioNet;
 use smoltcp::iface::SocketHandle;
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp;
-use smoltcp::wire::{IpAddress, IpEndpoint};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, IpAddress, IpEndpoint, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket,
+    UdpRepr,
+};
 
 /// Time budget per row, and under `net_quick=1`.
 const ROW_NS: u64 = 1_000_000_000;
@@ -82,9 +86,6 @@ const PORT_SOURCE: u16 = 19;
 /// The guest's first UDP source port; flow `i` uses `LOCAL_PORT + i`.
 const LOCAL_PORT: u16 = 40000;
 
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_ARP: u16 = 0x0806;
-const IPPROTO_UDP: u8 = 17;
 const BROADCAST: MacAddress = [0xff; 6];
 
 /// The workloads, in the order they run.
@@ -117,14 +118,6 @@ fn addresses(args: &NetArgs) -> ([u8; 4], [u8; 4]) {
     (ip.octets(), args.peer.octets())
 }
 
-fn put16(b: &mut [u8], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-
-fn get16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
 /// Who talks to whom.
 #[derive(Clone, Copy)]
 struct Addrs {
@@ -135,65 +128,72 @@ struct Addrs {
 }
 
 impl Addrs {
-    /// An Ethernet II header into `f`.
-    fn ethernet(&self, f: &mut [u8], dst: MacAddress, ethertype: u16) {
-        f[0..6].copy_from_slice(&dst);
-        f[6..12].copy_from_slice(&self.mac);
-        put16(f, 12, ethertype);
+    /// A frame of `len` bytes (padded to the Ethernet minimum) whose Ethernet header is
+    /// written; `body` writes the rest.
+    fn frame(
+        &self,
+        dst: MacAddress,
+        ethertype: EthernetProtocol,
+        len: usize,
+        body: impl FnOnce(&mut [u8]),
+    ) -> Vec<u8> {
+        let mut f = alloc::vec![0u8; len.max(ETH_FRAME_MIN)];
+        let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
+        EthernetRepr {
+            src_addr: EthernetAddress(self.mac),
+            dst_addr: EthernetAddress(dst),
+            ethertype,
+        }
+        .emit(&mut eth);
+        body(eth.payload_mut());
+        f
     }
 
-    /// A complete UDP datagram to the peer, checksums filled in, padded to the Ethernet
-    /// minimum. `payload` writes the payload in place.
+    /// A complete UDP datagram of `len` payload bytes to the peer, checksums filled in;
+    /// `payload` writes the payload in place.
     fn udp(&self, src: u16, dst: u16, len: usize, payload: impl FnOnce(&mut [u8])) -> Vec<u8> {
-        let mut f = alloc::vec![0u8; (HEADERS + len).max(ETH_FRAME_MIN)];
-        self.ethernet(&mut f, self.peer_mac, ETHERTYPE_IPV4);
-        let ip = &mut f[14..];
-        ip[0] = 0x45; // IPv4, 20-byte header
-        put16(ip, 2, (20 + 8 + len) as u16);
-        ip[6] = 0x40; // don't fragment
-        ip[8] = 64; // TTL
-        ip[9] = IPPROTO_UDP;
-        ip[12..16].copy_from_slice(&self.ip);
-        ip[16..20].copy_from_slice(&self.peer_ip);
-        let c = internet_checksum(&ip[..20]);
-        put16(ip, 10, c);
-        let udp = &mut ip[20..20 + 8 + len];
-        put16(udp, 0, src);
-        put16(udp, 2, dst);
-        put16(udp, 4, (8 + len) as u16);
-        payload(&mut udp[8..]);
-        // The pseudo-header: addresses, protocol, UDP length.
-        let pseudo = sum_words(
-            &self.peer_ip,
-            sum_words(&self.ip, u32::from(IPPROTO_UDP) + (8 + len) as u32),
-        );
-        let c = match !fold(sum_words(udp, pseudo)) {
-            0 => 0xffff, // 0 means "no checksum" in UDP over IPv4
-            c => c,
-        };
-        put16(udp, 6, c);
-        f
+        let (ip, peer) = (Ipv4Address::from(self.ip), Ipv4Address::from(self.peer_ip));
+        let caps = ChecksumCapabilities::default();
+        self.frame(
+            self.peer_mac,
+            EthernetProtocol::Ipv4,
+            HEADERS + len,
+            |body| {
+                let mut packet = Ipv4Packet::new_unchecked(body);
+                Ipv4Repr {
+                    src_addr: ip,
+                    dst_addr: peer,
+                    next_header: IpProtocol::Udp,
+                    payload_len: 8 + len,
+                    hop_limit: 64,
+                }
+                .emit(&mut packet, &caps);
+                let mut udp = UdpPacket::new_unchecked(packet.payload_mut());
+                UdpRepr {
+                    src_port: src,
+                    dst_port: dst,
+                }
+                .emit(&mut udp, &ip.into(), &peer.into(), len, payload, &caps);
+            },
+        )
     }
 
     /// An ARP request (`reply: None`) for the peer, or a reply to `reply` (its MAC and IP).
     fn arp(&self, reply: Option<(MacAddress, [u8; 4])>) -> Vec<u8> {
-        let mut f = alloc::vec![0u8; ETH_FRAME_MIN];
-        let (dst, op, tha, tpa) = match reply {
-            None => (BROADCAST, 1, [0; 6], self.peer_ip),
-            Some((mac, ip)) => (mac, 2, mac, ip),
+        let (dst, operation, tha, tpa) = match reply {
+            None => (BROADCAST, ArpOperation::Request, [0; 6], self.peer_ip),
+            Some((mac, ip)) => (mac, ArpOperation::Reply, mac, ip),
         };
-        self.ethernet(&mut f, dst, ETHERTYPE_ARP);
-        let a = &mut f[14..];
-        put16(a, 0, 1); // Ethernet
-        put16(a, 2, ETHERTYPE_IPV4);
-        a[4] = 6;
-        a[5] = 4;
-        put16(a, 6, op);
-        a[8..14].copy_from_slice(&self.mac);
-        a[14..18].copy_from_slice(&self.ip);
-        a[18..24].copy_from_slice(&tha);
-        a[24..28].copy_from_slice(&tpa);
-        f
+        let repr = ArpRepr::EthernetIpv4 {
+            operation,
+            source_hardware_addr: EthernetAddress(self.mac),
+            source_protocol_addr: self.ip.into(),
+            target_hardware_addr: EthernetAddress(tha),
+            target_protocol_addr: tpa.into(),
+        };
+        self.frame(dst, EthernetProtocol::Arp, 14 + repr.buffer_len(), |body| {
+            repr.emit(&mut ArpPacket::new_unchecked(body))
+        })
     }
 }
 
@@ -216,45 +216,45 @@ enum Frame<'a> {
     Other,
 }
 
-/// Parse just enough of `f` to count it; lengths are checked, checksums are not.
+/// Parse just enough of `f` to count it: lengths are checked (smoltcp's `new_checked`),
+/// checksums are not.
 fn classify<'a>(f: &'a [u8], my_ip: [u8; 4]) -> Frame<'a> {
-    if f.len() < 14 {
+    let Ok(eth) = EthernetFrame::new_checked(f) else {
         return Frame::Other;
-    }
-    let body = &f[14..];
-    match get16(f, 12) {
-        ETHERTYPE_ARP if body.len() >= 28 && get16(body, 2) == ETHERTYPE_IPV4 => {
-            let mut mac = [0; 6];
-            mac.copy_from_slice(&body[8..14]);
-            let mut ip = [0; 4];
-            ip.copy_from_slice(&body[14..18]);
-            let mut target = [0; 4];
-            target.copy_from_slice(&body[24..28]);
-            Frame::Arp {
-                request: get16(body, 6) == 1,
-                mac,
-                ip,
-                target,
+    };
+    match eth.ethertype() {
+        EthernetProtocol::Arp => {
+            let parsed = ArpPacket::new_checked(eth.payload()).and_then(|p| ArpRepr::parse(&p));
+            match parsed {
+                Ok(ArpRepr::EthernetIpv4 {
+                    operation,
+                    source_hardware_addr,
+                    source_protocol_addr,
+                    target_protocol_addr,
+                    ..
+                }) => Frame::Arp {
+                    request: operation == ArpOperation::Request,
+                    mac: source_hardware_addr.0,
+                    ip: source_protocol_addr.octets(),
+                    target: target_protocol_addr.octets(),
+                },
+                _ => Frame::Other,
             }
         }
-        ETHERTYPE_IPV4 if body.len() >= 20 && body[0] >> 4 == 4 => {
-            let ihl = usize::from(body[0] & 0xf) * 4;
-            let total = usize::from(get16(body, 2));
-            if ihl < 20 || total > body.len() || total < ihl + 8 || body[9] != IPPROTO_UDP {
+        EthernetProtocol::Ipv4 => {
+            let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+                return Frame::Other;
+            };
+            if ip.next_header() != IpProtocol::Udp || ip.dst_addr().octets() != my_ip {
                 return Frame::Other;
             }
-            if body[16..20] != my_ip {
-                return Frame::Other;
-            }
-            let udp = &body[ihl..total];
-            let len = usize::from(get16(udp, 4));
-            if len < 8 || len > udp.len() {
-                return Frame::Other;
-            }
-            Frame::Udp {
-                src_port: get16(udp, 0),
-                dst_port: get16(udp, 2),
-                payload: &udp[8..len],
+            match UdpPacket::new_checked(ip.payload()) {
+                Ok(udp) => Frame::Udp {
+                    src_port: udp.src_port(),
+                    dst_port: udp.dst_port(),
+                    payload: udp.payload(),
+                },
+                Err(_) => Frame::Other,
             }
         }
         _ => Frame::Other,
