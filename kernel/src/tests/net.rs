@@ -1057,9 +1057,9 @@ fn pair_client(stack: &mut Stack<'_>, args: &NetArgs) -> Result<(), String> {
 const FLOOD_COUNT: u32 = 20_000;
 const FLOOD_SIZE: u16 = 1472;
 /// How long the guest looks away after asking: far longer than its RX ring lasts.
-const FLOOD_PAUSE_NS: u64 = 50_000_000;
+const FLOOD_PAUSE_NS: u64 = 200_000_000;
 
-/// An RX flood: ask the UDP source for 20000 full-size datagrams, stop polling for 50 ms so
+/// An RX flood: ask the UDP source for 20000 full-size datagrams, stop polling for 200 ms so
 /// the RX ring overruns, then take what comes until the line is quiet. No hang; every
 /// datagram that arrives is intact (byte i of datagram k is `k + i`); the rest were dropped
 /// (the host counts where); afterwards UDP echo still works.
