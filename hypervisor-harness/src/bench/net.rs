@@ -719,6 +719,8 @@ pub struct NetRowJson<'a> {
     pub pps: Option<f64>,
     pub mb_per_s: Option<f64>,
     pub irqs_per_packet: Option<f64>,
+    /// pps over QEMU's on the same backend and pairs (`peer`: QEMU's stream to a peer
+    /// child); for `rtt_udp` QEMU's p50 over ours, so that above 1 means faster here too.
     pub ratio_to_qemu: Option<f64>,
     pub n: u64,
     pub drops: Option<u64>,
