@@ -352,6 +352,19 @@ fn kernel_answers_over_tap_without_vnet_hdr() {
     }
 }
 
+/// A persistent TAP keeps the offloads its last user set: after a vnet_hdr=on user left
+/// TUN_F_CSUM on it, a vnet_hdr=off user still gets whole checksums (open clears them).
+#[test]
+fn vnet_hdr_off_clears_what_an_earlier_user_offloaded() {
+    if can_run("vnet_hdr_off_clears_what_an_earlier_user_offloaded") {
+        in_new_netns(|| {
+            ip(&["tuntap", "add", "dev", TAP, "mode", "tap"]);
+            drop(TapBackend::open(TAP, true).expect("open the persistent TAP with vnet_hdr"));
+            kernel_answers(false);
+        });
+    }
+}
+
 #[test]
 fn open_names_the_step_that_failed() {
     use hypervisor_harness::backends::net::{open, spec::BackendSpec};

@@ -8,7 +8,8 @@
 //! arrive with `NEEDS_CSUM` (a device whose guest did not negotiate `GUEST_CSUM` completes
 //! them) or `DATA_VALID`. No GSO is offered, so no frame is larger than the MTU; one that
 //! claims GSO anyway is dropped and counted. The header is little-endian, the host's (x86)
-//! order, as virtio 1.x has it.
+//! order, as virtio 1.x has it. With `vnet_hdr=off` the offloads are cleared
+//! (`TUNSETOFFLOAD(0)`), so every frame arrives with its checksum whole.
 
 use super::{BackendCounters, ChecksumRequest, FrameMeta, NetBackend, NetBackendError};
 use std::fs::{File, OpenOptions};
@@ -147,12 +148,14 @@ impl TapBackend {
             let mut len = VNET_HDR_LEN as libc::c_int;
             ioctl_ptr(fd, libc::TUNSETVNETHDRSZ, &mut len)
                 .map_err(|e| TapError::Other("TUNSETVNETHDRSZ", e))?;
-            // SAFETY: TUNSETOFFLOAD takes its flags by value, not through a pointer.
-            if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, libc::TUN_F_CSUM as libc::c_ulong) }
-                < 0
-            {
-                return Err(TapError::Other("TUNSETOFFLOAD", io::Error::last_os_error()));
-            }
+        }
+        // Set with vnet_hdr, cleared without: a persistent TAP keeps the offloads its last
+        // user set, and with TUN_F_CSUM left on the kernel would hand us partial checksums
+        // that, without a header, nothing announces.
+        let offloads = if vnet_hdr { libc::TUN_F_CSUM } else { 0 };
+        // SAFETY: TUNSETOFFLOAD takes its flags by value, not through a pointer.
+        if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, offloads as libc::c_ulong) } < 0 {
+            return Err(TapError::Other("TUNSETOFFLOAD", io::Error::last_os_error()));
         }
         Ok(Self {
             name: name.to_owned(),
