@@ -54,6 +54,12 @@ pub struct NicJson {
     pub queues: Vec<QueueJson>,
     /// Drops by reason (only those that happened).
     pub drops: BTreeMap<String, u64>,
+    /// Times the device held frames back in the backend (no receive buffers).
+    #[serde(default)]
+    pub rx_holds: u64,
+    /// Frames for the guest the backend itself dropped (its queue full, too large).
+    #[serde(default)]
+    pub backend_rx_dropped: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_error: Option<String>,
 }
@@ -84,6 +90,8 @@ impl NicJson {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
+            rx_holds: s.rx_holds,
+            backend_rx_dropped: 0,
             backend_error: s.backend_error.clone(),
         }
     }
@@ -115,12 +123,14 @@ pub struct AttachedNic {
 
 impl AttachedNic {
     pub fn counters(&self) -> NicJson {
-        NicJson::new(
+        let mut json = NicJson::new(
             &self.function.name,
             &self.backend,
             self.pairs,
             &self.shared.stats(),
-        )
+        );
+        json.backend_rx_dropped = self.shared.backend().counters().rx_dropped;
+        json
     }
 
     /// The run's notes: the driver's errors, then the counters.

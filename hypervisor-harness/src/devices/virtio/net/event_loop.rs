@@ -5,11 +5,18 @@
 //! the transport's as for a notify). If the device did not run (not started, reset, broken,
 //! bus mastering off) it drains the backend instead, counting the drops.
 //!
+//! While the receive pass holds frames back in the backend ([`NetShared::rx_blocked`]: the
+//! guest has no receive buffers), the thread stops waiting on the backend's fd, which being
+//! level-triggered would wake it at once, again and again. The pass that unblocks (the
+//! driver's receive notify, on whatever thread or vCPU runs it) writes the thread's resume
+//! eventfd, and the thread watches the backend again.
+//!
 //! With `IoMode::Thread` each queue pair has a thread of its own woken by its queues' notify
 //! ioeventfds; the first also takes the control queue and the backend. The queues still run
 //! one at a time under the transport's engine lock.
 
 use super::NetShared;
+use crate::devices::lock;
 use crate::devices::virtio::transport_pci::{QueueWorker, VirtioPciDevice};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -21,6 +28,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 const TOKEN_BACKEND: u64 = u64::MAX;
 const TOKEN_STOP: u64 = u64::MAX - 1;
+const TOKEN_RESUME: u64 = u64::MAX - 2;
 /// The queue a backend event runs: receive queue 0 (the pass fills every pair's).
 const RX_KICK_QUEUE: usize = 0;
 
@@ -64,6 +72,13 @@ pub fn spawn(
                 fd,
                 EpollEvent::new(EventSet::IN, TOKEN_BACKEND),
             )?;
+            let resume = EventFd::new(libc::EFD_NONBLOCK)?;
+            epoll.ctl(
+                ControlOperation::Add,
+                resume.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_RESUME),
+            )?;
+            shared.set_rx_resume(resume);
             Some(fd)
         }
         None => None,
@@ -74,7 +89,7 @@ pub fn spawn(
         .name(name.to_string())
         .spawn(move || {
             let _stop = stop_rx;
-            let mut events = vec![EpollEvent::default(); notifies.len() + 2];
+            let mut events = vec![EpollEvent::default(); notifies.len() + 3];
             let mut watching_backend = backend_fd.is_some();
             loop {
                 let timeout = backend
@@ -86,9 +101,19 @@ pub fn spawn(
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => return,
                 };
+                if let Some(shared) = &backend {
+                    shared.note_backend_wakeup();
+                }
                 for ev in &events[..n] {
                     match ev.data() {
                         TOKEN_STOP => return,
+                        TOKEN_RESUME => {
+                            if let Some(shared) = &backend {
+                                if let Some(evt) = lock(&shared.rx_resume).as_ref() {
+                                    let _ = evt.read();
+                                }
+                            }
+                        }
                         TOKEN_BACKEND => {
                             if let Some(shared) = &backend {
                                 backend_event(&worker, shared);
@@ -105,11 +130,20 @@ pub fn spawn(
                         }
                     }
                 }
-                // A backend that is gone stays readable (EOF): stop watching it.
-                if let (Some(shared), Some(fd), true) = (&backend, backend_fd, watching_backend) {
-                    if shared.backend_gone() {
-                        let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
-                        watching_backend = false;
+                // A backend that is gone stays readable (EOF): stop watching it for good. One
+                // held back (blocked) is watched again once the pass resumes.
+                if let (Some(shared), Some(fd)) = (&backend, backend_fd) {
+                    let watch = !shared.backend_gone() && !shared.rx_blocked();
+                    if watch != watching_backend {
+                        let op = if watch {
+                            ControlOperation::Add
+                        } else {
+                            ControlOperation::Delete
+                        };
+                        let ev = EpollEvent::new(EventSet::IN, TOKEN_BACKEND);
+                        if epoll.ctl(op, fd, ev).is_ok() {
+                            watching_backend = watch;
+                        }
                     }
                 }
             }

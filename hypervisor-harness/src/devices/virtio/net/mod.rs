@@ -14,8 +14,12 @@
 //! Receive steering follows the spec's automatic steering (§5.1.6.5.6.1): a frame goes to the
 //! pair its flow was last sent from (a 256-entry table by a symmetric hash of the IPv4
 //! addresses and ports), else to pair 0. A frame for a pair without buffers waits in that pair's
-//! bounded queue ([`PENDING_FRAMES`]); when that is full it is dropped and counted
-//! ([`DropReason::RxOverrun`]), so an RX flood costs counted drops, never memory.
+//! bounded queue ([`PENDING_FRAMES`]); when that is full the device stops taking frames from
+//! the backend (backpressure, as QEMU does): they wait in the backend (its socket, TAP queue
+//! or the peer's queue, each bounded and counting its own drops), the event loop stops
+//! waiting on the backend's readiness, and the driver's next receive notify (it is asked for
+//! one) resumes both. So an RX flood costs no memory, and drops happen only where the
+//! backend's own queue overflows.
 
 pub mod checksum;
 pub mod ctrl;
@@ -44,6 +48,7 @@ use virtio_bindings::virtio_net::{
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{ByteValued, Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
 
 pub const DEVICE_TYPE: u16 = 1;
 pub const QUEUE_SIZE: u16 = 256;
@@ -84,7 +89,8 @@ pub enum DropReason {
     TxBackend,
     /// The link is down (frames both ways are dropped).
     LinkDown,
-    /// A frame for a pair whose receive ring and pending queue were both full.
+    /// A frame for a pair whose receive ring and pending queue were both full (with
+    /// backpressure only a frame the pending queue cannot hold at all).
     RxOverrun,
     /// An RX chain with a device-readable descriptor, outside guest memory, or no room.
     RxBadBuffer,
@@ -168,6 +174,9 @@ pub struct NetStats {
     pub queues: Vec<QueueCounters>,
     pub drops: [u64; DropReason::ALL.len()],
     pub ctrl: CtrlState,
+    /// Times the receive pass began holding frames back in the backend (a pair's ring and
+    /// pending queue full).
+    pub rx_holds: u64,
     /// The backend's last error, if it failed.
     pub backend_error: Option<String>,
 }
@@ -204,6 +213,14 @@ pub struct NetShared {
     rx_passes: AtomicU64,
     /// The backend reported it is gone: nothing waits on it any more.
     backend_gone: AtomicBool,
+    /// The receive pass stopped taking frames from the backend: a pair's pending queue is
+    /// full. The backend's thread then stops waiting on its (level-triggered) readiness fd.
+    rx_blocked: AtomicBool,
+    /// Written when the receive pass is unblocked (the driver added buffers, a reset): the
+    /// backend's thread, which set it, watches the backend again.
+    rx_resume: Mutex<Option<EventFd>>,
+    /// Times the backend's thread woke (tests: no busy loop while blocked).
+    backend_wakeups: AtomicU64,
 }
 
 impl NetShared {
@@ -223,6 +240,31 @@ impl NetShared {
     }
     pub fn backend_gone(&self) -> bool {
         self.backend_gone.load(Ordering::SeqCst)
+    }
+    /// Whether the receive pass is holding frames back in the backend (see [`NetShared`]).
+    pub fn rx_blocked(&self) -> bool {
+        self.rx_blocked.load(Ordering::SeqCst)
+    }
+    pub fn backend_wakeups(&self) -> u64 {
+        self.backend_wakeups.load(Ordering::SeqCst)
+    }
+    fn note_backend_wakeup(&self) {
+        self.backend_wakeups.fetch_add(1, Ordering::Relaxed);
+    }
+    /// The eventfd the receive pass writes when it is unblocked.
+    fn set_rx_resume(&self, evt: EventFd) {
+        *lock(&self.rx_resume) = Some(evt);
+    }
+    /// Record whether the pass is blocked; wake the backend's thread on the way out of it.
+    /// True when it just became blocked.
+    fn set_rx_blocked(&self, blocked: bool) -> bool {
+        let was = self.rx_blocked.swap(blocked, Ordering::SeqCst);
+        if was && !blocked {
+            if let Some(evt) = lock(&self.rx_resume).as_ref() {
+                let _ = evt.write(1);
+            }
+        }
+        blocked && !was
     }
     fn note_backend_error(&self, e: &NetBackendError) {
         if matches!(e, NetBackendError::Disconnected(_)) {
@@ -271,6 +313,9 @@ impl Pending {
     }
     fn is_empty(&self) -> bool {
         self.len == 0
+    }
+    fn is_full(&self) -> bool {
+        self.len == self.frames.len()
     }
     fn push(&mut self, frame: &[u8], meta: FrameMeta) -> bool {
         if self.len == self.frames.len() || frame.len() > MAX_FRAME {
@@ -390,6 +435,9 @@ impl Net {
             backend_event: AtomicBool::new(false),
             rx_passes: AtomicU64::new(0),
             backend_gone: AtomicBool::new(false),
+            rx_blocked: AtomicBool::new(false),
+            rx_resume: Mutex::new(None),
+            backend_wakeups: AtomicU64::new(0),
         });
         Self {
             shared,
@@ -528,7 +576,8 @@ impl Net {
     }
 
     /// Move frames waiting in the pending queues and the backend into the guest's receive
-    /// buffers, and interrupt once per pair that got any.
+    /// buffers, and interrupt once per pair that got any. The backend is left alone while a
+    /// pair's pending queue is full (backpressure).
     fn pump_rx(&mut self) -> Result<(), QueueBroken> {
         self.shared.rx_passes.fetch_add(1, Ordering::SeqCst);
         let Some(r) = self.running.as_mut() else {
@@ -545,6 +594,7 @@ impl Net {
                 }
             }
         }
+        let mut blocked = false;
         for _round in 0..2 {
             // Frames already waiting go first, in order.
             for (p, pending) in self.pending.iter_mut().enumerate() {
@@ -564,8 +614,9 @@ impl Net {
                     pending.pop();
                 }
             }
-            // Then the backend.
-            if !self.shared.backend_gone() {
+            // Then the backend, unless a pair can hold no more.
+            blocked = self.pending[..active].iter().any(Pending::is_full);
+            if !blocked && !self.shared.backend_gone() {
                 let mut backend = lock(&self.shared.backend);
                 for _ in 0..RX_BUDGET {
                     let (len, mut meta) = match backend.receive(&mut self.rx_buf[..]) {
@@ -617,6 +668,10 @@ impl Net {
                             if !self.pending[p].push(frame, meta) {
                                 self.stats.count_drop(Some(qi), DropReason::RxOverrun);
                             }
+                            if self.pending[p].is_full() {
+                                blocked = true;
+                                break;
+                            }
                         }
                         Delivery::Dropped(why) => self.stats.count_drop(Some(qi), why),
                     }
@@ -638,6 +693,9 @@ impl Net {
             if !again {
                 break;
             }
+        }
+        if self.shared.set_rx_blocked(blocked) {
+            self.stats.rx_holds += 1;
         }
         for (p, _) in delivered.iter().enumerate().filter(|(_, &d)| d) {
             let qi = Self::rx_queue(p);
@@ -791,6 +849,7 @@ impl VirtioDevice for Net {
         for p in &mut self.pending {
             p.clear();
         }
+        self.shared.set_rx_blocked(false);
         self.running = Some(Running {
             mergeable: f & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
             guest_csum: f & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0,
@@ -833,6 +892,9 @@ impl VirtioDevice for Net {
         for p in &mut self.pending {
             p.clear();
         }
+        // What the backend holds back is now for a device that is not running: the event
+        // loop drains it (counted as RxInactive).
+        self.shared.set_rx_blocked(false);
     }
 }
 

@@ -480,30 +480,52 @@ fn rx_data_valid_only_when_guest_csum_is_negotiated() {
 }
 
 #[test]
-fn rx_overrun_is_bounded_and_counted_and_waiting_frames_arrive_later() {
+fn without_rx_buffers_frames_wait_in_the_backend_and_flow_after_the_refill_notify() {
     let backend = TestBackend::new();
     let mut rig = Rig::new(1, backend.clone());
     let n = PENDING_FRAMES + 8;
     for i in 0..n {
         backend.push(&udp_frame(i as u16, 1, b"flood"), FrameMeta::default());
     }
-    // No receive buffers: the backend is drained, PENDING_FRAMES wait, the rest are drops.
+    // No receive buffers: PENDING_FRAMES are taken to wait, the rest stay in the backend
+    // (backpressure), nothing is dropped.
     rig.notify(0).unwrap();
-    assert_eq!(backend.waiting(), 0);
+    assert_eq!(backend.waiting(), 8, "the backend was drained");
+    assert!(rig.net.shared().rx_blocked());
     let s = rig.stats();
-    assert_eq!(s.drop_count(DropReason::RxOverrun), 8);
-    assert_eq!(s.queues[0].drops, 8);
+    assert_eq!(s.nonzero_drops(), vec![]);
+    assert_eq!(s.queues[0].drops, 0);
     assert_eq!(rig.queue_irqs(0), 0);
-    // The driver adds buffers (fewer than waiting) and notifies: they fill, in order.
-    let bufs: Vec<u64> = (0..QSIZE).flat_map(|_| rig.post_rx(0, &[1526])).collect();
+    // The driver is asked for a notify when it adds buffers (VRING_USED_F_NO_NOTIFY clear).
+    let used_flags: u16 = rig
+        .mem
+        .read_obj(GuestAddress(ring_base(0) + 0x2000))
+        .unwrap();
+    assert_eq!(used_flags, 0);
+    // A TX notify's receive pass leaves the backend alone too.
+    rig.notify(1).unwrap();
+    assert_eq!(backend.waiting(), 8);
+    // The driver adds buffers (fewer than waiting) and notifies: they fill, in order, and
+    // the pass takes the backend's frames again.
+    let mut bufs: Vec<u64> = (0..QSIZE).flat_map(|_| rig.post_rx(0, &[1526])).collect();
     rig.notify(0).unwrap();
     assert_eq!(rig.used(0).len(), QSIZE as usize);
+    assert_eq!(backend.waiting(), 0);
+    assert!(!rig.net.shared().rx_blocked());
+    assert_eq!(rig.queue_irqs(0), 1, "one interrupt for the batch");
+    // The rest as the ring is refilled: every frame arrives, in order.
+    while bufs.len() < n {
+        let more = (n - bufs.len()).min(QSIZE as usize);
+        bufs.extend((0..more).flat_map(|_| rig.post_rx(0, &[1526])));
+        rig.notify(0).unwrap();
+    }
     for (i, b) in bufs.iter().enumerate() {
         let f = rig.read(b + 12, 42);
         assert_eq!(&f[34..36], &(i as u16).to_be_bytes(), "frame {i} in order");
     }
-    assert_eq!(rig.queue_irqs(0), 1, "one interrupt for the batch");
-    assert_eq!(rig.stats().queues[0].frames, QSIZE as u64);
+    let s = rig.stats();
+    assert_eq!(s.queues[0].frames, n as u64);
+    assert_eq!(s.nonzero_drops(), vec![]);
 }
 
 #[test]
@@ -913,6 +935,77 @@ mod through_the_transport {
         rig.check_received(buf, 0, &frame, before);
         let s = rig.shared.stats();
         assert_eq!((s.queues[3].frames, s.queues[0].frames), (1, 1));
+    }
+
+    /// Backpressure through the event loop: with no receive buffers the backend keeps what
+    /// does not fit and the backend's thread stops waking for it; the driver's refill notify
+    /// (inline: the notify write; thread mode: the RX ioeventfd) resumes it, and the thread
+    /// watches the backend again.
+    fn backpressure_resumes_on_the_refill_notify(thread_mode: bool) {
+        let backend = TestBackend::new();
+        let mut rig = PciRig::new(1, backend.clone());
+        let rx_kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let notifies = if thread_mode {
+            vec![(0, rx_kick.try_clone().unwrap())]
+        } else {
+            Vec::new()
+        };
+        let _loop =
+            event_loop::spawn("t-net-bp", &rig.dev, Some(rig.shared.clone()), notifies).unwrap();
+        let n = PENDING_FRAMES + 8;
+        for i in 0..n {
+            backend.push(&udp_frame(i as u16, 1, b"flood"), FrameMeta::default());
+        }
+        rig.wait_for("the pass to block", |r| r.shared.rx_blocked());
+        assert_eq!(backend.waiting(), 8);
+        // The backend's fd stays readable: a thread still waiting on it would spin.
+        std::thread::sleep(Duration::from_millis(20));
+        let wakeups = rig.shared.backend_wakeups();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            rig.shared.backend_wakeups() <= wakeups + 1,
+            "the backend's thread woke {} times while blocked",
+            rig.shared.backend_wakeups() - wakeups
+        );
+        assert_eq!(backend.waiting(), 8);
+        // Refill and notify.
+        let bufs: Vec<u64> = (0..QSIZE)
+            .map(|_| {
+                let b = rig.alloc(&[0xee; 1526]);
+                rig.post(0, &[(b, 1526, WRITE)]);
+                b
+            })
+            .collect();
+        if thread_mode {
+            rx_kick.write(1).unwrap();
+        } else {
+            let at = VirtioPciDevice::notify_offset(0);
+            lock(&rig.dev).bar_write(at, &0u16.to_le_bytes());
+        }
+        rig.wait_for("the refill", |r| r.used_idx(0) == QSIZE);
+        rig.wait_for("the backend drained", |_| backend.waiting() == 0);
+        assert!(!rig.shared.rx_blocked());
+        // Watching the backend again: buffers added without a notify, then one more frame
+        // from the backend; its event runs the pass, which fills them.
+        for _ in 0..QSIZE {
+            let b = rig.alloc(&[0xee; 1526]);
+            rig.post(0, &[(b, 1526, WRITE)]);
+        }
+        backend.push(&udp_frame(n as u16, 1, b"flood"), FrameMeta::default());
+        rig.wait_for("the backend event", |r| r.used_idx(0) == 2 * QSIZE);
+        let f = rig.read(bufs[3] + HEADER_LEN as u64, 42);
+        assert_eq!(&f[34..36], &3u16.to_be_bytes());
+        assert_eq!(rig.shared.stats().nonzero_drops(), vec![]);
+    }
+
+    #[test]
+    fn inline_mode_backpressure_resumes_on_the_notify_exit() {
+        backpressure_resumes_on_the_refill_notify(false);
+    }
+
+    #[test]
+    fn thread_mode_backpressure_resumes_on_the_rx_ioeventfd() {
+        backpressure_resumes_on_the_refill_notify(true);
     }
 
     #[test]
