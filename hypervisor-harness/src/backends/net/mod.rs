@@ -92,8 +92,16 @@ pub trait NetBackend: Send {
     }
 
     /// Send one frame from the guest to the network. Never blocks; a frame the far side cannot
-    /// take now is dropped and counted (`Ok`), as a wire would.
+    /// take now is dropped and counted (`Ok`), as a wire would. A backend may hold the frame
+    /// back until [`NetBackend::flush`].
     fn transmit(&mut self, meta: &FrameMeta, frame: &[u8]) -> Result<(), NetBackendError>;
+
+    /// The end of a TX batch (the NIC model calls it after the frames of one pass over its
+    /// ring): a backend that gathers frames (one system call for many) sends them now. The
+    /// same rules as `transmit`: never blocks, drops and counts what cannot go.
+    fn flush(&mut self) -> Result<(), NetBackendError> {
+        Ok(())
+    }
 
     /// The next frame for the guest, copied into `buf` (at least [`MAX_FRAME`] bytes): its
     /// length and metadata, or `Ok(None)` when nothing is waiting. A frame longer than `buf` is

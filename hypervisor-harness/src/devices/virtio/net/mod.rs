@@ -500,14 +500,27 @@ impl Net {
         }
     }
 
+    /// Copy the counters to the shared side after a run, field by field (no allocation: this
+    /// runs after every notify and backend event).
     fn publish(&self) {
+        let NetStats {
+            queues,
+            drops,
+            ctrl,
+            rx_holds,
+            backend_error,
+        } = &self.stats;
         let mut s = lock(&self.shared.stats);
-        let backend_error = s.backend_error.take();
-        let inactive = s.drops[DropReason::RxInactive.index()];
-        *s = self.stats.clone();
+        s.queues.clone_from(queues);
         // The event loop's are kept on the shared side.
-        s.backend_error = self.stats.backend_error.clone().or(backend_error);
+        let inactive = s.drops[DropReason::RxInactive.index()];
+        s.drops = *drops;
         s.drops[DropReason::RxInactive.index()] += inactive;
+        s.ctrl = *ctrl;
+        s.rx_holds = *rx_holds;
+        if backend_error.is_some() && s.backend_error != *backend_error {
+            s.backend_error.clone_from(backend_error);
+        }
     }
 
     fn process_tx(&mut self, pair: usize) -> Result<(), QueueBroken> {
@@ -524,6 +537,7 @@ impl Net {
         let mut backend = lock(&self.shared.backend);
         let partial_ok = backend.accepts_partial_checksum();
         let mut used_any = false;
+        let mut unflushed = false;
         loop {
             queue.disable_notification(mem).map_err(broken)?;
             while let Some(chain) = queue.iter(mem).map_err(broken)?.next() {
@@ -562,6 +576,16 @@ impl Net {
                 }
                 queue.add_used(mem, head, 0).map_err(broken)?;
                 used_any = true;
+                unflushed = true;
+            }
+            // The batch is out: a backend that gathers frames writes them now.
+            if std::mem::take(&mut unflushed) {
+                if let Err(e) = backend.flush() {
+                    self.stats.backend_error = Some(e.to_string());
+                    if matches!(e, NetBackendError::Disconnected(_)) {
+                        self.shared.backend_gone.store(true, Ordering::SeqCst);
+                    }
+                }
             }
             if !queue.enable_notification(mem).map_err(broken)? {
                 break;

@@ -20,6 +20,8 @@ pub struct Wire {
     pub partial_ok: bool,
     /// Fail every call with Disconnected.
     pub gone: bool,
+    /// At each `flush`: how many frames had been sent.
+    pub flushes: Vec<usize>,
     pub counters: BackendCounters,
 }
 
@@ -83,6 +85,12 @@ impl NetBackend for TestBackend {
             w.to_guest.push_back((frame.to_vec(), FrameMeta::default()));
             let _ = self.ready.write(1);
         }
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), NetBackendError> {
+        let mut w = lock(&self.wire);
+        let sent = w.sent.len();
+        w.flushes.push(sent);
         Ok(())
     }
     fn receive(&mut self, buf: &mut [u8]) -> Result<Option<(usize, FrameMeta)>, NetBackendError> {

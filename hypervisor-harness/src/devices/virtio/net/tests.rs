@@ -529,6 +529,24 @@ fn without_rx_buffers_frames_wait_in_the_backend_and_flow_after_the_refill_notif
 }
 
 #[test]
+fn the_backend_is_flushed_once_per_tx_batch() {
+    let backend = TestBackend::new();
+    let mut rig = Rig::new(1, backend.clone());
+    for i in 0..3 {
+        rig.send(0, hdr(), &udp_frame(i, 9, b"batch"), &[]);
+    }
+    rig.notify(1).unwrap();
+    assert_eq!(lock(&backend.wire).flushes, vec![3]);
+    for i in 0..2 {
+        rig.send(0, hdr(), &udp_frame(i, 9, b"batch"), &[]);
+    }
+    rig.notify(1).unwrap();
+    // A notify with nothing new sends nothing and flushes nothing.
+    rig.notify(1).unwrap();
+    assert_eq!(lock(&backend.wire).flushes, vec![3, 5]);
+}
+
+#[test]
 fn replies_of_a_synchronous_backend_arrive_in_the_same_notify() {
     let backend = TestBackend::echo();
     let mut rig = Rig::new(1, backend.clone());
