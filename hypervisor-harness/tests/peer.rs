@@ -4,6 +4,7 @@
 use hypervisor_harness::backends::net::peer::{
     Fnv1a64, PatternStream, PeerBackend, PeerHandle, PEER_IP, PEER_MAC, SOURCE_QUEUE_FRAMES,
 };
+use hypervisor_harness::backends::net::stream::StreamBackend;
 use hypervisor_harness::backends::net::{FrameMeta, NetBackend, MAX_FRAME};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
@@ -946,4 +947,119 @@ fn listen_refuses_a_live_socket_and_replaces_a_stale_one() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("peer --listen"), "{e}");
+}
+
+fn source_request(count: u32, size: u16) -> [u8; 8] {
+    let mut r = [0u8; 8];
+    r[..4].copy_from_slice(&count.to_le_bytes());
+    r[4..6].copy_from_slice(&size.to_le_bytes());
+    r
+}
+
+/// Bytes on the stream for one UDP source datagram of `size` bytes: the length prefix,
+/// Ethernet, IPv4 and UDP headers, the payload.
+fn flood_frame_bytes(size: usize) -> usize {
+    4 + 14 + 20 + 8 + size
+}
+
+/// Read the stream's bytes straight off the socket, blocking, as fast as they come (so the
+/// socket is drained while the switch writes), into `got`, until it holds `upto` bytes or
+/// 10 s pass without any.
+fn read_stream(sock: &mut std::os::unix::net::UnixStream, got: &mut Vec<u8>, upto: usize) {
+    use std::io::Read;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut chunk = vec![0u8; 1 << 20];
+    while got.len() < upto {
+        match sock.read(&mut chunk) {
+            Ok(0) => panic!("the switch closed the stream"),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// The UDP source datagrams (from port 19) framed in `stream`, each checked against the
+/// pattern: how many.
+fn count_source_flood(stream: &[u8], size: usize) -> u32 {
+    let mut k = 0u32;
+    let mut rest = stream;
+    while let Some((len, after)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_be_bytes(*len) as usize;
+        let (f, after) = after.split_at(len.min(after.len()));
+        rest = after;
+        let Ok(frame) = EthernetFrame::new_checked(f) else {
+            continue;
+        };
+        if frame.ethertype() != EthernetProtocol::Ipv4 {
+            continue;
+        }
+        let Ok(ip) = Ipv4Packet::new_checked(frame.payload()) else {
+            continue;
+        };
+        let Ok(udp) = smoltcp::wire::UdpPacket::new_checked(ip.payload()) else {
+            continue;
+        };
+        if ip.next_header() != IpProtocol::Udp || udp.src_port() != 19 {
+            continue;
+        }
+        let d = udp.payload();
+        assert_eq!(d.len(), size);
+        assert!(
+            d.iter()
+                .enumerate()
+                .all(|(i, &b)| b == (k as usize + i) as u8),
+            "datagram {k}"
+        );
+        k += 1;
+    }
+    k
+}
+
+/// A stream client that stops reading during a UDP flood gets the rest of it once it reads
+/// again, without sending anything: the switch holds the stack back while a client is
+/// behind, and must go on once the socket has taken what waited (it slept until some client
+/// sent when a fast reader had taken it all during the write: seen as net_rx_flood stalling
+/// under QEMU and our stream backend).
+#[test]
+fn listen_resumes_a_flood_for_a_client_that_paused() {
+    let server = ListeningPeer::start("pause");
+    let mut sock = std::os::unix::net::UnixStream::connect(&server.path).unwrap();
+    let be = StreamBackend::from_stream(sock.try_clone().unwrap(), "stream:pause".into()).unwrap();
+    let dummy = PeerBackend::new().unwrap().handle();
+    let mut g = Guest::with_backend(Box::new(be), dummy, GUEST_MAC, GUEST_IP);
+    let h = g.udp();
+    // An echo first, so ARP is resolved both ways before the flood.
+    g.sockets
+        .get_mut::<udp::Socket>(h)
+        .send_slice(b"hello", (PEER_IP, 7))
+        .unwrap();
+    g.run_until("the echo", |g| {
+        g.sockets.get_mut::<udp::Socket>(h).recv().is_ok()
+    });
+    const COUNT: u32 = 20_000;
+    g.sockets
+        .get_mut::<udp::Socket>(h)
+        .send_slice(&source_request(COUNT, 1472), (PEER_IP, 19))
+        .unwrap();
+    let now = g.now();
+    g.iface.poll(now, &mut g.wire, &mut g.sockets);
+    for f in std::mem::take(&mut g.wire.tx) {
+        g.peer.transmit(&FrameMeta::default(), &f).unwrap();
+    }
+    // From here on the socket is read here, blocking (the guest's backend reads no more).
+    sock.set_nonblocking(false).unwrap();
+    let whole = COUNT as usize * flood_frame_bytes(1472);
+    let mut stream = Vec::with_capacity(whole);
+    // Reading as fast as it comes, then not at all for a while (the socket and the switch's
+    // buffer for us fill up), then again.
+    read_stream(&mut sock, &mut stream, whole / 4);
+    std::thread::sleep(Duration::from_millis(300));
+    read_stream(&mut sock, &mut stream, whole);
+    let (status, stderr) = server.stop();
+    let got = count_source_flood(&stream, 1472);
+    assert_eq!(got, COUNT, "the flood stalled after {got}: {stderr}");
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(stderr.contains("0 dropped (full)"), "{stderr}");
 }

@@ -7,7 +7,10 @@
 //! included; a unicast frame for an unknown MAC goes to every other client (the stack takes
 //! only its own MAC, 02:00:00:76:00:01). A client that sends a length of 0 or over
 //! [`MAX_FRAME`] has desynchronised its stream: it is counted and dropped, the others go on.
-//! A client that does not read has frames dropped (counted) once 1 MiB waits for it.
+//! A client that does not read has frames dropped (counted) once 1 MiB waits for it. The
+//! stack's own output (a UDP flood, say) is held back while any client has more than 256 KiB
+//! waiting, and goes on when that client has taken it: the loop waits for POLLOUT while bytes
+//! wait, and comes round at once when a write took them all (no POLLOUT comes then).
 //!
 //! One thread, one `poll(2)` loop. SIGTERM and SIGINT end it with exit status 0 and a summary
 //! line on stderr; the socket file is removed at start (if stale) and at exit.
@@ -149,8 +152,16 @@ pub fn serve(path: &Path, verbose: bool) -> Result<SwitchCounters, HarnessError>
             // Round up so a timer due in 0.3 ms does not spin.
             d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
         });
-        sw.pump_stack();
+        let held_back = sw.pump_stack();
         sw.flush_all();
+        // Held back for a client that has since taken it all: no POLLOUT will come, and the
+        // stack's output (a UDP flood, say) would wait for some client to send. Go round
+        // again at once, after a look at the sockets.
+        let timeout = if held_back && !sw.any_client_behind() {
+            0
+        } else {
+            timeout
+        };
         fds.clear();
         let fd = |fd: RawFd, events| libc::pollfd {
             fd,
@@ -337,14 +348,21 @@ impl Switch {
         }
     }
 
-    /// Switch the stack's frames while every client keeps up.
-    fn pump_stack(&mut self) {
+    /// Whether some client has more than [`STACK_PACE`] waiting (then it also waits for
+    /// POLLOUT).
+    fn any_client_behind(&self) -> bool {
+        self.clients.iter().any(|c| c.writer.pending() > STACK_PACE)
+    }
+
+    /// Switch the stack's frames while every client keeps up; true if it stopped for a
+    /// client that is behind (the stack may have more).
+    fn pump_stack(&mut self) -> bool {
         loop {
-            if self.clients.iter().any(|c| c.writer.pending() > STACK_PACE) {
-                return;
+            if self.any_client_behind() {
+                return true;
             }
             let Some(frame) = self.stack.output() else {
-                return;
+                return false;
             };
             self.switch(Port::Stack, &frame);
             self.stack.recycle(frame);
