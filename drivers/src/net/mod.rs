@@ -10,6 +10,7 @@
 use core::fmt;
 
 pub mod checksum;
+pub mod e1000;
 
 /// Largest frame a driver sends or accepts: 14-byte Ethernet header + 1500-byte MTU.
 pub const ETH_FRAME_MAX: usize = 1514;
