@@ -121,7 +121,7 @@ fn with_stack(
     };
     let mut nic = match open_selected(&args, pairs) {
         Ok(Some(n)) => n,
-        Ok(None) => return Outcome::Skip("no virtio-net device"),
+        Ok(None) => return e1000_stack(&args, ip, body),
         Err(e) => fail!("{}", e),
     };
     let result = {
@@ -1137,4 +1137,66 @@ pub fn rx_flood() -> Outcome {
         }
         Ok(())
     })
+}
+
+/// Without a virtio-net function, the `net_nic=`th 82540EM (e1000) runs the same tests, on
+/// its INTx line (or polled).
+fn e1000_stack(
+    args: &NetArgs,
+    ip: Option<IpSetup>,
+    body: impl FnOnce(&mut Stack<'_>, &NetArgs) -> Result<(), String>,
+) -> Outcome {
+    use drivers::net::e1000::{is_e1000, E1000Interrupts, E1000Options, E1000};
+    let Some(f) = pci::devices().iter().filter(|f| is_e1000(f)).nth(args.nic) else {
+        return Outcome::Skip("no virtio-net or e1000 device");
+    };
+    let interrupts = match InterruptPlan::choose(f, None, 1, ioapic::pins()) {
+        InterruptPlan::Intx { line } => {
+            ioapic::route(line, vectors::NET_INTX, ioapic::Trigger::Level, apic::id());
+            E1000Interrupts::Intx {
+                vector: vectors::NET_INTX,
+            }
+        }
+        _ => E1000Interrupts::Polled,
+    };
+    let options = E1000Options {
+        interrupts,
+        ..E1000Options::default()
+    };
+    let mut nic = match E1000::new(&PLATFORM, f, options) {
+        Ok(n) => n,
+        Err(e) => fail!("e1000 {}: init: {}", f.address, e),
+    };
+    let mac = nic.mac().map(|b| format!("{b:02x}")).join(":");
+    println!(
+        "# net: e1000 {}: mac {}, rings {:?}, interrupts: {:?}, offload tx_csum={}, link {:?}",
+        f.address,
+        mac,
+        nic.ring_sizes(),
+        interrupts,
+        nic.offloads().tx_checksum,
+        nic.link()
+    );
+    let result = {
+        let mut stack = match Stack::new(&mut nic, ip.unwrap_or(args.ip)) {
+            Ok(s) => s,
+            Err(e) => fail!("{}", e),
+        };
+        let r = body(&mut stack, args);
+        report(&mut stack);
+        r
+    };
+    let x = nic.extra_counters();
+    println!(
+        "# net: e1000: rx {} bad lengths, {} errors, {} overruns; tx {} contexts; failure {:?}",
+        x.rx_bad_length,
+        x.rx_errors,
+        x.rx_overruns,
+        x.tx_contexts,
+        nic.failure()
+    );
+    match result {
+        Ok(()) => Outcome::Pass,
+        Err(e) => Outcome::Fail(e),
+    }
 }
