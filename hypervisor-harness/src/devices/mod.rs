@@ -5,6 +5,7 @@ pub mod bus;
 pub mod debug_exit;
 pub mod floor;
 pub mod ide;
+pub mod net;
 pub mod pci;
 pub mod serial;
 pub mod virtio;

@@ -1,0 +1,282 @@
+//! Transmit: on a TDT write, the descriptors from TDH up to TDT. Legacy descriptors and the
+//! extended pair (a context descriptor giving the checksum offsets, data descriptors carrying
+//! the buffers and POPTS) gather a frame until EOP; the IP and TCP/UDP checksums are inserted as
+//! the context says (the driver has put the pseudo-header sum in the TCP/UDP field); DD is
+//! written back when RS asks for it.
+
+use super::regs::*;
+use super::stats::Stats;
+use super::{Counters, E1000};
+use crate::backends::net::{FrameMeta, MAX_FRAME};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+/// The last context descriptor's checksum fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxContext {
+    pub ipcss: u8,
+    pub ipcso: u8,
+    /// Inclusive end; 0 means the end of the frame.
+    pub ipcse: u16,
+    pub tucss: u8,
+    pub tucso: u8,
+    pub tucse: u16,
+}
+
+/// Where to sum and where to store: `[start, end]` inclusive, the result at `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChecksumSpec {
+    start: usize,
+    end: Option<usize>,
+    at: usize,
+}
+
+#[derive(Default)]
+pub struct TxState {
+    context: TxContext,
+    frame: Vec<u8>,
+    /// The frame under assembly is already lost (too long, a buffer outside RAM, TSE).
+    lost: Option<Loss>,
+    /// Checksums the frame's first data descriptor asked for (POPTS), or a legacy IC.
+    sums: Vec<ChecksumSpec>,
+    in_frame: bool,
+}
+
+impl TxState {
+    fn abandon(&mut self) {
+        self.frame.clear();
+        self.sums.clear();
+        self.lost = None;
+        self.in_frame = false;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    Oversize,
+    Fault,
+    Tso,
+}
+
+/// One descriptor's common fields.
+struct Desc {
+    bytes: [u8; 16],
+}
+
+impl Desc {
+    fn addr(&self) -> u64 {
+        u64::from_le_bytes(self.bytes[0..8].try_into().unwrap_or_default())
+    }
+    fn dword2(&self) -> u32 {
+        u32::from_le_bytes(self.bytes[8..12].try_into().unwrap_or_default())
+    }
+    fn cmd(&self) -> TxCmd {
+        TxCmd::from_bits_retain(self.bytes[11])
+    }
+}
+
+/// The Internet checksum (RFC 1071) of `data`, finished, 0 given as 0xFFFF (as a UDP sender
+/// must, and harmless for TCP and IP).
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let (pairs, rest) = data.as_chunks::<2>();
+    for c in pairs {
+        sum += u32::from(u16::from_be_bytes(*c));
+    }
+    if let [last] = rest {
+        sum += u32::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    match !(sum as u16) {
+        0 => 0xffff,
+        v => v,
+    }
+}
+
+/// Insert one checksum; false if its offsets do not fit the frame.
+fn insert(frame: &mut [u8], spec: ChecksumSpec) -> bool {
+    let end = spec
+        .end
+        .map_or(frame.len(), |e| e.saturating_add(1).min(frame.len()));
+    if spec.start >= end || spec.at.saturating_add(2) > frame.len() {
+        return false;
+    }
+    let sum = internet_checksum(&frame[spec.start..end]);
+    frame[spec.at..spec.at + 2].copy_from_slice(&sum.to_be_bytes());
+    true
+}
+
+impl<M: GuestMemory> E1000<M> {
+    /// Process TDH..TDT; true if any descriptor was consumed.
+    pub(super) fn tx_process(&mut self) -> bool {
+        if !self.tctl.contains(Tctl::EN) || !self.bus_master() {
+            return false;
+        }
+        let count = self.tx_ring.count();
+        if count == 0 || self.tx_ring.head >= count {
+            return false;
+        }
+        let mut done = 0u32;
+        // At most one lap: a head/tail pair that never met would otherwise spin.
+        while self.tx_ring.head != self.tx_ring.tail && done < count {
+            done += 1;
+            let at = self.tx_ring.desc_addr(self.tx_ring.head);
+            let mut bytes = [0u8; 16];
+            match at.map(|a| self.mem.read_slice(&mut bytes, GuestAddress(a))) {
+                Some(Ok(())) => {
+                    let desc = Desc { bytes };
+                    self.tx_descriptor(&desc);
+                    if desc.cmd().contains(TxCmd::RS) {
+                        let status = [bytes[12] | TX_STATUS_DD];
+                        let addr = at.unwrap_or(0) + 12;
+                        if self.mem.write_slice(&status, GuestAddress(addr)).is_err() {
+                            self.counters.tx_desc_fault += 1;
+                        }
+                    }
+                }
+                _ => {
+                    // The ring itself is not in RAM: a frame under way is abandoned.
+                    self.counters.tx_desc_fault += 1;
+                    self.tx.abandon();
+                }
+            }
+            self.tx_ring.head = (self.tx_ring.head + 1) % count;
+        }
+        if done > 0 {
+            // The end of the batch: a gathering backend sends what it holds.
+            if self.backend.flush().is_err() {
+                self.counters.tx_backend_errors += 1;
+            }
+            let mut causes = Cause::TXDW;
+            if self.tx_ring.head == self.tx_ring.tail {
+                causes |= Cause::TXQE;
+            }
+            self.raise(causes);
+        }
+        done > 0
+    }
+
+    fn tx_descriptor(&mut self, d: &Desc) {
+        let cmd = d.cmd();
+        let dword2 = d.dword2();
+        if !cmd.contains(TxCmd::DEXT) {
+            let len = (dword2 & 0xffff) as usize;
+            if cmd.contains(TxCmd::IC_TSE) && cmd.contains(TxCmd::EOP) {
+                self.tx.sums.push(ChecksumSpec {
+                    start: usize::from(d.bytes[13]),
+                    end: None,
+                    at: usize::from(d.bytes[10]),
+                });
+            }
+            self.tx_gather(d.addr(), len, cmd);
+            return;
+        }
+        match (dword2 >> 20) & 0xf {
+            DTYP_CONTEXT => {
+                let b = &d.bytes;
+                self.tx.context = TxContext {
+                    ipcss: b[0],
+                    ipcso: b[1],
+                    ipcse: u16::from_le_bytes([b[2], b[3]]),
+                    tucss: b[4],
+                    tucso: b[5],
+                    tucse: u16::from_le_bytes([b[6], b[7]]),
+                };
+            }
+            DTYP_DATA => {
+                let len = (dword2 & 0xf_ffff) as usize;
+                if !self.tx.in_frame {
+                    let popts = d.bytes[13];
+                    let c = self.tx.context;
+                    if popts & POPTS_IXSM != 0 {
+                        self.tx.sums.push(ChecksumSpec {
+                            start: usize::from(c.ipcss),
+                            end: (c.ipcse != 0).then_some(usize::from(c.ipcse)),
+                            at: usize::from(c.ipcso),
+                        });
+                    }
+                    if popts & POPTS_TXSM != 0 {
+                        self.tx.sums.push(ChecksumSpec {
+                            start: usize::from(c.tucss),
+                            end: (c.tucse != 0).then_some(usize::from(c.tucse)),
+                            at: usize::from(c.tucso),
+                        });
+                    }
+                    if cmd.contains(TxCmd::IC_TSE) {
+                        self.tx.lost.get_or_insert(Loss::Tso);
+                    }
+                }
+                self.tx_gather(d.addr(), len, cmd);
+            }
+            _ => self.counters.tx_bad_desc_type += 1,
+        }
+    }
+
+    /// Append one buffer to the frame; at EOP send it (or count why it was lost).
+    fn tx_gather(&mut self, addr: u64, len: usize, cmd: TxCmd) {
+        self.tx.in_frame = true;
+        if self.tx.lost.is_none() {
+            let have = self.tx.frame.len();
+            if have + len > MAX_FRAME {
+                self.tx.lost = Some(Loss::Oversize);
+            } else {
+                self.tx.frame.resize(have + len, 0);
+                if self
+                    .mem
+                    .read_slice(&mut self.tx.frame[have..], GuestAddress(addr))
+                    .is_err()
+                {
+                    self.tx.lost = Some(Loss::Fault);
+                }
+            }
+        }
+        if cmd.contains(TxCmd::EOP) {
+            self.tx_send();
+        }
+    }
+
+    fn tx_send(&mut self) {
+        let mut frame = std::mem::take(&mut self.tx.frame);
+        let sums = std::mem::take(&mut self.tx.sums);
+        let lost = self.tx.lost.take();
+        self.tx.in_frame = false;
+        match lost {
+            Some(Loss::Oversize) => self.counters.tx_oversize += 1,
+            Some(Loss::Fault) => self.counters.tx_buffer_fault += 1,
+            Some(Loss::Tso) => self.counters.tx_tso_dropped += 1,
+            None if frame.is_empty() => {}
+            None => {
+                for s in sums {
+                    if !insert(&mut frame, s) {
+                        self.counters.tx_bad_checksum_offsets += 1;
+                    }
+                }
+                transmit(
+                    &mut *self.backend,
+                    &mut self.stats,
+                    &mut self.counters,
+                    &frame,
+                );
+            }
+        }
+        // Keep the allocation for the next frame.
+        frame.clear();
+        self.tx.frame = frame;
+    }
+}
+
+fn transmit(
+    backend: &mut dyn crate::backends::net::NetBackend,
+    stats: &mut Stats,
+    counters: &mut Counters,
+    frame: &[u8],
+) {
+    match backend.transmit(&FrameMeta::default(), frame) {
+        Ok(()) => {
+            counters.tx_frames += 1;
+            stats.tx_frame(frame.len(), &frame[..frame.len().min(6)]);
+        }
+        Err(_) => counters.tx_backend_errors += 1,
+    }
+}
