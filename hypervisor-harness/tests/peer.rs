@@ -1063,3 +1063,89 @@ fn listen_resumes_a_flood_for_a_client_that_paused() {
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(stderr.contains("0 dropped (full)"), "{stderr}");
 }
+
+/// Whether `f` is an IPv4 frame from the peer's UDP or TCP `port`.
+fn from_peer_port(f: &[u8], port: u16) -> bool {
+    let Ok(frame) = EthernetFrame::new_checked(f) else {
+        return false;
+    };
+    let Ok(ip) = Ipv4Packet::new_checked(frame.payload()) else {
+        return false;
+    };
+    frame.ethertype() == EthernetProtocol::Ipv4
+        && ip.src_addr() == PEER_IP
+        && matches!(ip.next_header(), IpProtocol::Udp | IpProtocol::Tcp)
+        && ip.payload().get(..2) == Some(&port.to_be_bytes()[..])
+}
+
+/// A client that disconnects in the middle of a UDP flood and a TCP stream from the peer:
+/// both end with it, so the next client with the same MAC and IP gets none of them (the
+/// source went on sending the gone VM's flood to it).
+#[test]
+fn listen_ends_the_flows_of_a_client_that_left() {
+    let server = ListeningPeer::start("gone");
+    let dummy = PeerBackend::new().unwrap().handle();
+    let mut a = Guest::with_backend(server.client(), dummy.clone(), GUEST_MAC, GUEST_IP);
+    let u = a.udp();
+    a.sockets
+        .get_mut::<udp::Socket>(u)
+        .send_slice(b"hello", (PEER_IP, 7))
+        .unwrap();
+    a.run_until("the echo", |g| {
+        g.sockets.get_mut::<udp::Socket>(u).recv().is_ok()
+    });
+    let t = a.tcp(19);
+    a.run_until("the TCP source's connection", |g| {
+        g.sockets.get::<tcp::Socket>(t).may_send()
+    });
+    let mut request = [0u8; 16];
+    request[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let s = a.sockets.get_mut::<tcp::Socket>(t);
+    assert_eq!(s.send_slice(&request), Ok(16));
+    a.sockets
+        .get_mut::<udp::Socket>(u)
+        .send_slice(&source_request(u32::MAX, 1472), (PEER_IP, 19))
+        .unwrap();
+    let (mut datagrams, mut bytes) = (0, 0);
+    a.run_until("both flows under way", |g| {
+        while g.sockets.get_mut::<udp::Socket>(u).recv().is_ok() {
+            datagrams += 1;
+        }
+        let s = g.sockets.get_mut::<tcp::Socket>(t);
+        while let Ok(n) = s.recv(|d| (d.len(), d.len())) {
+            if n == 0 {
+                break;
+            }
+            bytes += n;
+        }
+        datagrams > 100 && bytes > 100_000
+    });
+    drop(a);
+    std::thread::sleep(Duration::from_millis(200));
+
+    // The same MAC and IP again: its ARP request teaches the switch where it is.
+    let mut b = server.client();
+    b.transmit(&FrameMeta::default(), &arp_request(PEER_IP))
+        .unwrap();
+    let (mut arp_replies, mut flows) = (0, 0);
+    let mut buf = [0u8; MAX_FRAME];
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        match b.receive(&mut buf).unwrap() {
+            Some((n, _)) if from_peer_port(&buf[..n], 19) => flows += 1,
+            Some((n, _)) => {
+                let f = EthernetFrame::new_checked(&buf[..n]).unwrap();
+                arp_replies += usize::from(f.ethertype() == EthernetProtocol::Arp);
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    let (status, stderr) = server.stop();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert_eq!(
+        flows, 0,
+        "the gone client's flows reached its successor: {stderr}"
+    );
+    assert_eq!(arp_replies, 1, "{stderr}");
+    assert!(stderr.contains("2 flows of gone clients ended"), "{stderr}");
+}

@@ -378,6 +378,39 @@ impl PeerStack {
         self.wire.out.recycle(frame);
     }
 
+    /// Hosts that left the wire (a switch client that disconnected): end the UDP source jobs
+    /// and TCP connections toward `ips` (the sockets removed without a RST: nobody is there
+    /// to take it), and drop the frames queued for `macs`. Otherwise a flood would go on to
+    /// whoever next has that address. Returns (jobs, connections) ended.
+    pub fn forget_hosts(&mut self, ips: &[Ipv4Address], macs: &[[u8; 6]]) -> (usize, usize) {
+        let gone = |addr: IpAddress| matches!(addr, IpAddress::Ipv4(a) if ips.contains(&a));
+        let jobs = self.jobs.len();
+        self.jobs.retain(|j| !gone(j.to.addr));
+        let jobs = jobs - self.jobs.len();
+        let sockets = &mut self.sockets;
+        let connections = self.connections.len();
+        self.connections.retain(|c| {
+            let to_gone = sockets
+                .get::<tcp::Socket>(c.handle)
+                .remote_endpoint()
+                .is_some_and(|e| gone(e.addr));
+            if to_gone {
+                sockets.remove(c.handle);
+            }
+            !to_gone
+        });
+        let connections = connections - self.connections.len();
+        let out = &mut self.wire.out;
+        let (kept, dropped): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut out.queue)
+            .into_iter()
+            .partition(|f| f.first_chunk::<6>().is_none_or(|dst| !macs.contains(dst)));
+        out.queue = kept;
+        for f in dropped {
+            out.recycle(f);
+        }
+        (jobs, connections)
+    }
+
     /// Frames waiting in the output queue.
     pub fn queued(&self) -> usize {
         self.wire.out.queue.len()

@@ -19,6 +19,7 @@ use super::{PeerStack, PEER_MAC};
 use crate::backends::net::stream::{FrameReader, FrameWriter};
 use crate::backends::net::MAX_FRAME;
 use crate::error::HarnessError;
+use smoltcp::wire::Ipv4Address;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -31,6 +32,9 @@ const CLIENT_WRITE_BUFFER: usize = 1 << 20;
 /// The stack's output is taken only while every client has less than this waiting, so a UDP
 /// flood follows the slowest reader instead of filling buffers.
 const STACK_PACE: usize = 256 << 10;
+/// The stack's frames switched per turn of the loop at most, so that clients are read and
+/// signals seen between them even when they go nowhere (their client gone).
+const PUMP_BATCH: usize = 4096;
 
 /// What the switch counted, printed at exit.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +51,9 @@ pub struct SwitchCounters {
     pub dropped_runt: u64,
     /// Clients dropped for a bad length prefix.
     pub framing_errors: u64,
+    /// UDP source jobs and TCP connections of the stack ended because the client their
+    /// address was learned on went away.
+    pub flows_ended: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,6 +73,8 @@ struct Switch {
     stack: PeerStack,
     clients: Vec<Client>,
     macs: HashMap<[u8; 6], Port>,
+    /// IPv4 source addresses (of IPv4 and ARP frames) by the client port they came in on.
+    ips: HashMap<Ipv4Address, Port>,
     next_id: u64,
     counters: SwitchCounters,
     verbose: bool,
@@ -142,6 +151,7 @@ pub fn serve(path: &Path, verbose: bool) -> Result<SwitchCounters, HarnessError>
         stack: PeerStack::new(),
         clients: Vec::new(),
         macs: HashMap::new(),
+        ips: HashMap::new(),
         next_id: 0,
         counters: SwitchCounters::default(),
         verbose,
@@ -154,9 +164,9 @@ pub fn serve(path: &Path, verbose: bool) -> Result<SwitchCounters, HarnessError>
         });
         let held_back = sw.pump_stack();
         sw.flush_all();
-        // Held back for a client that has since taken it all: no POLLOUT will come, and the
-        // stack's output (a UDP flood, say) would wait for some client to send. Go round
-        // again at once, after a look at the sockets.
+        // Held back for a client that has since taken it all (no POLLOUT will come, and the
+        // stack's output, a UDP flood say, would wait for some client to send), or at the
+        // batch's end: go round again at once, after a look at the sockets.
         let timeout = if held_back && !sw.any_client_behind() {
             0
         } else {
@@ -209,7 +219,7 @@ pub fn serve(path: &Path, verbose: bool) -> Result<SwitchCounters, HarnessError>
     let c = sw.counters;
     eprintln!(
         "peer: {} clients ({} dropped), {} frames in, {} to the stack, {} delivered, {} flooded, \
-         {} dropped (full), {} runts, {} framing errors",
+         {} dropped (full), {} runts, {} framing errors, {} flows of gone clients ended",
         c.clients_accepted,
         c.clients_dropped,
         c.frames_in,
@@ -218,9 +228,21 @@ pub fn serve(path: &Path, verbose: bool) -> Result<SwitchCounters, HarnessError>
         c.frames_flooded,
         c.dropped_full,
         c.dropped_runt,
-        c.framing_errors
+        c.framing_errors,
+        c.flows_ended
     );
     Ok(c)
+}
+
+/// The sender's IPv4 address of an IPv4 or ARP (Ethernet/IPv4) frame.
+fn source_ipv4(frame: &[u8]) -> Option<Ipv4Address> {
+    let at = match frame.get(12..14)? {
+        [0x08, 0x00] => 14 + 12,
+        [0x08, 0x06] => 14 + 14,
+        _ => return None,
+    };
+    let a: [u8; 4] = frame.get(at..at + 4)?.try_into().ok()?;
+    Some(Ipv4Address::from(a))
 }
 
 impl Switch {
@@ -251,8 +273,24 @@ impl Switch {
     }
 
     fn drop_client(&mut self, id: u64, why: &str) {
+        let port = Port::Client(id);
         self.clients.retain(|c| c.id != id);
-        self.macs.retain(|_, p| *p != Port::Client(id));
+        let macs: Vec<[u8; 6]> = self
+            .macs
+            .iter()
+            .filter(|(_, p)| **p == port)
+            .map(|(m, _)| *m)
+            .collect();
+        self.macs.retain(|_, p| *p != port);
+        let ips: Vec<Ipv4Address> = self
+            .ips
+            .iter()
+            .filter(|(_, p)| **p == port)
+            .map(|(a, _)| *a)
+            .collect();
+        self.ips.retain(|_, p| *p != port);
+        let (jobs, connections) = self.stack.forget_hosts(&ips, &macs);
+        self.counters.flows_ended += (jobs + connections) as u64;
         self.counters.clients_dropped += 1;
         if self.verbose {
             eprintln!("peer: client {id} dropped: {why}");
@@ -310,6 +348,9 @@ impl Switch {
         let src: [u8; 6] = src.try_into().expect("six bytes");
         if src[0] & 1 == 0 && from != Port::Stack {
             self.macs.insert(src, from);
+            if let Some(ip) = source_ipv4(frame) {
+                self.ips.insert(ip, from);
+            }
         }
         let to_stack = from != Port::Stack && (dst[0] & 1 != 0 || *dst == PEER_MAC);
         if to_stack {
@@ -354,10 +395,11 @@ impl Switch {
         self.clients.iter().any(|c| c.writer.pending() > STACK_PACE)
     }
 
-    /// Switch the stack's frames while every client keeps up; true if it stopped for a
-    /// client that is behind (the stack may have more).
+    /// Switch the stack's frames while every client keeps up, at most [`PUMP_BATCH`] of
+    /// them; true if it stopped for a client that is behind or at the batch's end (the stack
+    /// may have more).
     fn pump_stack(&mut self) -> bool {
-        loop {
+        for _ in 0..PUMP_BATCH {
             if self.any_client_behind() {
                 return true;
             }
@@ -367,6 +409,7 @@ impl Switch {
             self.switch(Port::Stack, &frame);
             self.stack.recycle(frame);
         }
+        true
     }
 
     fn flush_all(&mut self) {
