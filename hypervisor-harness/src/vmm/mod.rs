@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod device_manager;
+pub mod e1000_wiring;
 pub mod exits;
 pub mod floor_wiring;
 pub mod ide_wiring;
@@ -16,7 +17,7 @@ pub mod virtio_wiring;
 pub mod vm;
 
 use crate::backends::disk::{DiskSpec, OpenedDisks};
-use crate::backends::net::spec::NetSpec;
+use crate::backends::net::spec::{NetSpec, NicModel};
 use crate::devices::bus::Bus;
 use crate::devices::debug_exit::{DebugExit, ExitRequest, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 use crate::devices::ide::piix::MAX_DRIVES as MAX_IDE_DRIVES;
@@ -169,6 +170,8 @@ struct Machine {
     virtio: Vec<virtio_wiring::Attached>,
     /// The NICs, whose counters the report carries.
     nics: Vec<net_wiring::AttachedNic>,
+    /// The e1000 NICs (after the virtio ones on the bus), likewise.
+    e1000s: Vec<e1000_wiring::AttachedE1000>,
     vm: vm::Vm,
     mem: GuestMem,
 }
@@ -206,11 +209,30 @@ impl Machine {
 
         let disks = OpenedDisks::open(&cfg.disks, virtio_wiring::MAX_DISKS, MAX_IDE_DRIVES)
             .map_err(HarnessError::Usage)?;
-        net_wiring::check_specs(&cfg.nets, disks.virtio.len())?;
+        // e1000s are attached on their own; every other model goes to virtio-net's check,
+        // which refuses what is not built yet. Each NIC's default MAC is fixed first by its
+        // place among all `--net`s, as QEMU numbers them.
+        let (e1000_specs, virtio_specs): (Vec<NetSpec>, Vec<NetSpec>) = cfg
+            .nets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| NetSpec {
+                mac: Some(s.mac_or_default(i)),
+                ..s.clone()
+            })
+            .partition(|s| s.model == NicModel::E1000);
+        net_wiring::check_specs(&virtio_specs, disks.virtio.len())?;
+        let first_e1000_intx = disks.virtio.len() + virtio_specs.len();
+        e1000_wiring::check_specs(&e1000_specs, first_e1000_intx)?;
         // Backends open before anything else starts, so a missing one is an error up front.
-        let mut nets = Vec::with_capacity(cfg.nets.len());
-        for spec in &cfg.nets {
+        let mut nets = Vec::with_capacity(virtio_specs.len());
+        for spec in &virtio_specs {
             nets.push((spec.clone(), net_wiring::open_backend(&spec.backend)?));
+        }
+        let mut e1000_nets = Vec::with_capacity(e1000_specs.len());
+        for spec in e1000_specs {
+            let backend = net_wiring::open_backend(&spec.backend)?;
+            e1000_nets.push((spec, backend));
         }
         let mut vm = vm::Vm::open()?;
         vm.setup(&mem)?;
@@ -288,6 +310,11 @@ impl Machine {
             }
             None => (Vec::new(), Vec::new()),
         };
+        let (e1000s, e1000_notes) =
+            e1000_wiring::attach_all(&mut dm, &mem, e1000_nets, first_e1000_intx)?;
+        for note in &e1000_notes {
+            verbose(cfg, note);
+        }
         ide_wiring::attach(&mut dm, &mem, disks.ide)?;
         let (pio, mmio) = dm.finish()?;
 
@@ -319,6 +346,7 @@ impl Machine {
             floor_bars,
             virtio,
             nics,
+            e1000s,
             vm,
             mem,
         })
@@ -473,6 +501,9 @@ impl Machine {
             self.vm.notes.extend(function.notes());
         }
         for nic in &self.nics {
+            self.vm.notes.extend(nic.notes());
+        }
+        for nic in &self.e1000s {
             self.vm.notes.extend(nic.notes());
         }
 

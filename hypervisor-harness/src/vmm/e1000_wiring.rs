@@ -1,0 +1,336 @@
+//! Attaches e1000 NICs (`--net e1000[:BACKEND][,mac=..]`), after the virtio NICs: one 82540EM
+//! function each (`e1000<N>`), BAR0 (128 KiB of registers) on the MMIO bus, BAR1 (the
+//! IOADDR/IODATA window) on the port bus, INTA on its own GSI as a real level line
+//! (`KVM_IRQ_LINE` high while `ICR & IMS`, low when ICR is read), and one thread per NIC for
+//! its backend: it sleeps on the backend's `rx_ready_fd` and `poll()` timeout and runs the
+//! model's receive pass. While the ring is full (the model holds the frame back) it stops
+//! watching the level-triggered fd, and the register write that makes room wakes it through
+//! the resume eventfd.
+//!
+//! The report gets one note per NIC: `e1000-counters: ` and the model's counters as JSON.
+
+use super::device_manager::DeviceManager;
+use super::memory::GuestMem;
+use super::virtio_wiring::INTX_GSIS;
+use crate::backends::net::spec::{BackendSpec, NetSpec, NicModel};
+use crate::backends::net::NetBackend;
+use crate::devices::lock;
+use crate::devices::net::e1000::regs::{IO_SIZE, MMIO_SIZE};
+use crate::devices::net::e1000::{
+    E1000Function, E1000Io, E1000Mmio, SharedE1000, BAR_IO, BAR_MMIO, E1000,
+};
+use crate::devices::net::IrqLevel;
+use crate::error::HarnessError;
+use kvm_ioctls::VmFd;
+use serde::Serialize;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+/// The prefix of an e1000's counters note.
+pub const COUNTERS_NOTE: &str = "e1000-counters: ";
+
+const TOKEN_BACKEND: u64 = 0;
+const TOKEN_STOP: u64 = 1;
+const TOKEN_RESUME: u64 = 2;
+
+/// INTA through `KVM_IRQ_LINE` on the function's GSI.
+struct KvmLevelLine {
+    vm: VmFd,
+    gsi: u32,
+}
+
+impl IrqLevel for KvmLevelLine {
+    fn set_level(&self, high: bool) {
+        // A failure here leaves the line where it was; the guest's timeouts still run.
+        let _ = self.vm.set_irq_line(self.gsi, high);
+    }
+}
+
+/// A handle on the VM of its own (a dup of the VM fd), so the line can outlive the borrow the
+/// device manager holds and be raised from the backend thread.
+fn own_vm_fd(dm: &DeviceManager) -> Result<VmFd, HarnessError> {
+    // SAFETY: dup has no memory-safety preconditions; the result is checked below.
+    let fd = unsafe { libc::dup(dm.vm.fd.as_raw_fd()) };
+    if fd < 0 {
+        return Err(HarnessError::Other(format!(
+            "dup VM fd: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: `fd` is a fresh duplicate of a valid VM fd that nothing else owns; the VmFd
+    // takes ownership and closes it.
+    unsafe { dm.vm.kvm.create_vmfd_from_rawfd(fd) }
+        .map_err(|e| HarnessError::Other(format!("VM fd: {e}")))
+}
+
+#[derive(Serialize)]
+struct CountersJson<'a> {
+    name: &'a str,
+    backend: &'a str,
+    tx_frames: u64,
+    rx_frames: u64,
+    tx_desc_fault: u64,
+    tx_buffer_fault: u64,
+    tx_oversize: u64,
+    tx_tso_dropped: u64,
+    tx_bad_checksum_offsets: u64,
+    tx_bad_desc_type: u64,
+    tx_backend_errors: u64,
+    bad_index_writes: u64,
+    rx_desc_fault: u64,
+    rx_buffer_fault: u64,
+    rx_dropped: u64,
+    rx_filtered: u64,
+    rx_holds: u64,
+    rx_backend_errors: u64,
+    backend_rx_dropped: u64,
+}
+
+/// An e1000 of the machine: kept for the run (its thread) and its report.
+pub struct AttachedE1000 {
+    pub name: String,
+    pub dev: SharedE1000<GuestMem>,
+    pub backend: String,
+    _thread: BackendThread,
+}
+
+impl AttachedE1000 {
+    pub fn notes(&self) -> Vec<String> {
+        let d = lock(&self.dev);
+        let c = d.counters();
+        let json = CountersJson {
+            name: &self.name,
+            backend: &self.backend,
+            tx_frames: c.tx_frames,
+            rx_frames: c.rx_frames,
+            tx_desc_fault: c.tx_desc_fault,
+            tx_buffer_fault: c.tx_buffer_fault,
+            tx_oversize: c.tx_oversize,
+            tx_tso_dropped: c.tx_tso_dropped,
+            tx_bad_checksum_offsets: c.tx_bad_checksum_offsets,
+            tx_bad_desc_type: c.tx_bad_desc_type,
+            tx_backend_errors: c.tx_backend_errors,
+            bad_index_writes: c.bad_index_writes,
+            rx_desc_fault: c.rx_desc_fault,
+            rx_buffer_fault: c.rx_buffer_fault,
+            rx_dropped: c.rx_dropped,
+            rx_filtered: c.rx_filtered,
+            rx_holds: c.rx_holds,
+            rx_backend_errors: c.rx_backend_errors,
+            backend_rx_dropped: d.backend().counters().rx_dropped,
+        };
+        serde_json::to_string(&json)
+            .map(|j| vec![format!("{COUNTERS_NOTE}{j}")])
+            .unwrap_or_default()
+    }
+}
+
+/// Ends its thread when dropped.
+struct BackendThread {
+    stop: EventFd,
+}
+
+impl Drop for BackendThread {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+    }
+}
+
+/// Refuse what cannot be attached: `user` networking, more INTx lines than there are.
+/// `first_intx` is the index in [`INTX_GSIS`] of the first e1000's line.
+pub fn check_specs(nets: &[NetSpec], first_intx: usize) -> Result<(), HarnessError> {
+    for (i, spec) in nets.iter().enumerate() {
+        debug_assert_eq!(spec.model, NicModel::E1000);
+        if spec.backend == BackendSpec::User {
+            return Err(HarnessError::Usage(
+                "--net e1000:user: user-mode networking is not supported yet".into(),
+            ));
+        }
+        if first_intx + i >= INTX_GSIS.len() {
+            return Err(HarnessError::Usage(format!(
+                "--net e1000: at most {} virtio disks, virtio NICs and e1000s together",
+                INTX_GSIS.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Attach every e1000 in order, with its opened backend (the MAC: the spec's, else QEMU's
+/// default for its index among the e1000s; `run` presets it by place among all NICs).
+pub fn attach_all(
+    dm: &mut DeviceManager,
+    mem: &GuestMem,
+    nets: Vec<(NetSpec, Box<dyn NetBackend>)>,
+    first_intx: usize,
+) -> Result<(Vec<AttachedE1000>, Vec<String>), HarnessError> {
+    let mut attached = Vec::new();
+    let mut notes = Vec::new();
+    for (i, (spec, backend)) in nets.into_iter().enumerate() {
+        let gsi = *INTX_GSIS
+            .get(first_intx + i)
+            .ok_or_else(|| HarnessError::Usage("too many INTx functions".into()))?;
+        let (nic, note) = attach_one(dm, mem, i, spec.mac_or_default(i), backend, gsi)?;
+        attached.push(nic);
+        notes.push(note);
+    }
+    Ok((attached, notes))
+}
+
+fn attach_one(
+    dm: &mut DeviceManager,
+    mem: &GuestMem,
+    n: usize,
+    mac: [u8; 6],
+    backend: Box<dyn NetBackend>,
+    gsi: u8,
+) -> Result<(AttachedE1000, String), HarnessError> {
+    let name = format!("e1000-{n}");
+    let other =
+        |what: &str, e: &dyn std::fmt::Display| HarnessError::Other(format!("{name}: {what}: {e}"));
+    let described = backend.describe();
+    let backend_fd = backend.rx_ready_fd();
+    let line = Arc::new(KvmLevelLine {
+        vm: own_vm_fd(dm)?,
+        gsi: u32::from(gsi),
+    });
+    let mmio = dm.alloc_mmio_bar(MMIO_SIZE)?;
+    let io = dm.alloc_io_bar(IO_SIZE)?;
+    let mut e1000 = E1000::new(mem.clone(), backend, mac, line, gsi);
+    {
+        let c = e1000.config_mut();
+        c.set_bar_address(BAR_MMIO, mmio)
+            .map_err(|e| other("BAR0", &e))?;
+        c.set_bar_address(BAR_IO, io)
+            .map_err(|e| other("BAR1", &e))?;
+        c.enable(DeviceManager::DECODE_ALL);
+    }
+    let resume = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| other("eventfd", &e))?;
+    e1000.set_rx_resume(resume.try_clone().map_err(|e| other("eventfd", &e))?);
+    let dev = Arc::new(Mutex::new(e1000));
+    let bdf = dm.next_bdf()?;
+    dm.add_pci(bdf, Arc::new(Mutex::new(E1000Function(dev.clone()))));
+    dm.insert_mmio(
+        &format!("{name}-regs"),
+        mmio,
+        MMIO_SIZE,
+        Arc::new(Mutex::new(E1000Mmio(dev.clone()))),
+    )?;
+    dm.insert_pio(
+        &format!("{name}-io"),
+        io,
+        IO_SIZE,
+        Arc::new(Mutex::new(E1000Io(dev.clone()))),
+    )?;
+    let thread = spawn_backend_thread(&name, dev.clone(), backend_fd, resume)
+        .map_err(|e| other("backend thread", &e))?;
+    let mac_text = mac.map(|b| format!("{b:02x}")).join(":");
+    let note = format!(
+        "{name}: {described}, MAC {mac_text}, 82540EM at {bdf}, BAR0 {mmio:#x}, BAR1 \
+         {io:#x}, INTA GSI {gsi}"
+    );
+    Ok((
+        AttachedE1000 {
+            name,
+            dev,
+            backend: described,
+            _thread: thread,
+        },
+        note,
+    ))
+}
+
+fn spawn_backend_thread(
+    name: &str,
+    dev: SharedE1000<GuestMem>,
+    backend_fd: RawFd,
+    resume: EventFd,
+) -> std::io::Result<BackendThread> {
+    let epoll = Epoll::new()?;
+    let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+    for (fd, token) in [
+        (stop.as_raw_fd(), TOKEN_STOP),
+        (resume.as_raw_fd(), TOKEN_RESUME),
+    ] {
+        epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, token),
+        )?;
+    }
+    let stop_thread = stop.try_clone()?;
+    std::thread::Builder::new()
+        .name(format!("{name}-rx"))
+        .spawn(move || backend_loop(&dev, &epoll, backend_fd, &resume, &stop_thread))?;
+    Ok(BackendThread { stop })
+}
+
+fn backend_loop(
+    dev: &SharedE1000<GuestMem>,
+    epoll: &Epoll,
+    backend_fd: RawFd,
+    resume: &EventFd,
+    stop: &EventFd,
+) {
+    let mut watching = false;
+    let mut events = [EpollEvent::default(); 4];
+    loop {
+        let (blocked, wait) = {
+            let mut d = lock(dev);
+            let wait = d.backend_poll();
+            d.rx_pass();
+            (d.rx_blocked(), wait)
+        };
+        // The backend's fd is level-triggered: watched only while the device can take frames.
+        if blocked == watching {
+            let op = if blocked {
+                ControlOperation::Delete
+            } else {
+                ControlOperation::Add
+            };
+            if epoll
+                .ctl(op, backend_fd, EpollEvent::new(EventSet::IN, TOKEN_BACKEND))
+                .is_ok()
+            {
+                watching = !blocked;
+            }
+        }
+        let timeout = wait.map_or(-1, |d: Duration| d.as_millis().min(1000) as i32);
+        let n = match epoll.wait(timeout, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        for ev in &events[..n] {
+            match ev.data() {
+                TOKEN_STOP => {
+                    let _ = stop.read();
+                    return;
+                }
+                TOKEN_RESUME => {
+                    let _ = resume.read();
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_checked() {
+        let e1000 = NetSpec::parse("e1000").unwrap();
+        check_specs(std::slice::from_ref(&e1000), 0).unwrap();
+        check_specs(&[e1000.clone(), e1000.clone()], INTX_GSIS.len() - 2).unwrap();
+        let e = check_specs(&[e1000.clone(), e1000], INTX_GSIS.len() - 1).unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
+        let e = check_specs(&[NetSpec::parse("e1000:user").unwrap()], 0).unwrap_err();
+        assert!(e.to_string().contains("not supported yet"), "{e}");
+    }
+}
