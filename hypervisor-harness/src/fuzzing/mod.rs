@@ -1,5 +1,5 @@
 //! Fuzz entry points for the device models (ARCHITECTURE.md, "Tests, in layers", layer 4), one
-//! module per device: [`virtio_blk`](mod@virtio_blk), [`ide`](mod@ide),
+//! module per device: [`virtio_blk`](mod@virtio_blk), [`ide`](mod@ide), [`e1000`](mod@e1000),
 //! [`pci_config`](mod@pci_config) and [`msix`](mod@msix), with the input decoding, disk images
 //! and interrupt fakes they share here. Not part of the production harness: compiled for
 //! `cargo test` and with the `fuzzing` feature, which the cargo-fuzz crate in
@@ -34,12 +34,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use vm_memory::{Bytes, GuestAddress};
 
+pub mod e1000;
 pub mod ide;
 pub mod msix;
 pub mod pci_config;
 pub mod virtio_blk;
 pub mod virtio_net;
 
+pub use e1000::{e1000, run_e1000, E1000Summary};
 pub use ide::{ide, iop, run_ide, IdeSummary};
 pub use msix::msix;
 pub use pci_config::{pci_config, pop};
