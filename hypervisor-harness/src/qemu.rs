@@ -160,6 +160,10 @@ pub fn build_args(
     );
     a.push("-qmp".into());
     a.push(format!("unix:{},server=on,wait=off", qmp.display()));
+    if !links_down(&cfg.nets).is_empty() {
+        // Paused until QMP has taken the links down (`set_link`), then `cont`.
+        a.push("-S".into());
+    }
     a.push("-accel".into());
     a.push(accel.into());
     a.push("-cpu".into());
@@ -195,6 +199,15 @@ pub fn build_args(
     }
     a.extend(net_args(&cfg.nets, peer_socket)?);
     Ok(a)
+}
+
+/// The netdev ids (`net{i}`, as [`net_args`] names them) of the NICs with `link=down`.
+pub fn links_down(nets: &[NetSpec]) -> Vec<String> {
+    nets.iter()
+        .enumerate()
+        .filter(|(_, n)| !n.link_up)
+        .map(|(i, _)| format!("net{i}"))
+        .collect()
 }
 
 /// `-netdev` and `-device` for each NIC. The device keeps QEMU's default properties (the
@@ -507,10 +520,19 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
         qmp_path.clone(),
         phases.clone(),
     );
+    let links_down = links_down(&cfg.nets);
     let poller = std::thread::spawn(move || {
         let Some(mut q) = Qmp::connect(&p2, &s2) else {
             return;
         };
+        if !links_down.is_empty() {
+            // QEMU started paused (-S): the links go down before the guest's first instruction.
+            // A refused set_link still lets the guest run, to fail its link test.
+            for id in &links_down {
+                q.cmd(&json!({"execute": "set_link", "arguments": {"name": id, "up": false}}));
+            }
+            q.cmd(&json!({"execute": "cont"}));
+        }
         let mut marker = None;
         while !s2.load(Ordering::SeqCst) {
             match q.stats() {
@@ -660,6 +682,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(nets(&["virtio"], None).is_err());
+        // link=down: the netdev ids QMP's set_link takes down before `cont`.
+        let specs: Vec<NetSpec> = ["virtio:user", "virtio:user,link=down"]
+            .iter()
+            .map(|n| NetSpec::parse(n).unwrap())
+            .collect();
+        assert_eq!(links_down(&specs), ["net1"]);
+        assert!(links_down(&specs[..1]).is_empty());
     }
 
     #[test]

@@ -581,3 +581,42 @@ fn rx_flood_through_peer_listen() {
         run("run", &peer.net("52:54:00:12:34:56"));
     }
 }
+
+/// `--net virtio,link=down` under both VMMs (ours: the status without LINK_UP from the start;
+/// QEMU: paused with -S until QMP `set_link` took it down): net_link with
+/// `net_expect_link=down` sees the link down and `Nic::send` refused with LinkDown. The same
+/// test with the link up fails, so it can.
+#[test]
+fn link_down_is_reported() {
+    let run = |sub: &str, net: &str| {
+        let o = harness()
+            .args([sub, "--kernel", KERNEL, "--timeout", "60", "--net", net])
+            .args(["--cmdline", "tests=net_link net_expect_link=down"])
+            .output()
+            .unwrap();
+        (o.status.code(), text(&o))
+    };
+    for (sub, available) in [
+        ("run", have_kvm("link_down_is_reported (harness)")),
+        ("qemu", have_qemu("link_down_is_reported (QEMU)")),
+    ] {
+        if !available {
+            continue;
+        }
+        let (code, t) = run(sub, "virtio,link=down");
+        assert_eq!(code, Some(0), "{sub}: {t}");
+        assert!(passed(&t, "net_link"), "{sub}:\n{t}");
+        assert!(
+            t.contains("# net: link Down (expected Down)"),
+            "{sub}:\n{t}"
+        );
+        assert!(
+            t.contains("# net: send with the link down: refused"),
+            "{sub}:\n{t}"
+        );
+        let (code, t) = run(sub, "virtio,link=up");
+        assert_ne!(code, Some(0), "{sub}: link up, down expected, passed:\n{t}");
+        assert!(t.contains("not ok 1 net_link"), "{sub}:\n{t}");
+        assert!(t.contains("link is Up, expected Down"), "{sub}:\n{t}");
+    }
+}

@@ -197,6 +197,11 @@ pub fn attach_all(
             .get(first_intx + i)
             .ok_or_else(|| HarnessError::Usage("too many virtio functions".into()))?;
         let (nic, note) = attach_net(dm, mem, i, &spec, backend, gsi, io_mode, router)?;
+        // `link=down`: the status the transport shows lacks LINK_UP from the driver's first
+        // read (no configuration interrupt: the driver is not running yet).
+        if !spec.link_up {
+            nic.set_link(false);
+        }
         attached.push(nic);
         notes.push(note);
     }

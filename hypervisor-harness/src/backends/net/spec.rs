@@ -4,7 +4,8 @@
 //! - BACKEND: `peer` (the default: the in-process peer), `stream:PATH` (a UNIX stream socket in
 //!   QEMU's `-netdev stream` framing), `tap:NAME` (a TAP device), `user` (user-mode networking).
 //! - OPTIONS: `mac=52:54:00:12:34:56` (QEMU's `-net nic,macaddr=`), `queues=N` (virtio-net
-//!   queue pairs, 1..=8, QEMU's `queues=`), `vnet_hdr=on|off` (TAP only; default on).
+//!   queue pairs, 1..=8, QEMU's `queues=`), `vnet_hdr=on|off` (TAP only; default on),
+//!   `link=up|down` (the NIC's link when the guest starts; QEMU's QMP `set_link`).
 //!
 //! Several `--net` give several NICs, in order. Parsing only: opening a backend is the
 //! backend's own module's job.
@@ -70,6 +71,8 @@ pub struct NetSpec {
     pub mac: Option<[u8; 6]>,
     /// virtio-net queue pairs (1 unless `queues=` says more).
     pub queues: u16,
+    /// `link=`: whether the link is up when the guest starts (default up).
+    pub link_up: bool,
 }
 
 impl NetSpec {
@@ -88,7 +91,7 @@ impl NetSpec {
     /// Parse one `--net` value (clap's value parser).
     pub fn parse(s: &str) -> Result<Self, String> {
         let usage = "expected MODEL[:BACKEND][,OPTION...] with MODEL virtio, e1000 or rtl8139, \
-                     BACKEND peer, stream:PATH, tap:NAME or user, OPTIONs mac=, queues=, vnet_hdr=";
+                     BACKEND peer, stream:PATH, tap:NAME or user, OPTIONs mac=, queues=, vnet_hdr=, link=";
         let mut parts = s.split(',');
         let head = parts.next().unwrap_or_default();
         let (model, backend) = match head.split_once(':') {
@@ -123,6 +126,7 @@ impl NetSpec {
             backend: BackendSpec::Peer,
             mac: None,
             queues: 1,
+            link_up: true,
         };
         for opt in parts {
             let (key, value) = opt
@@ -161,6 +165,13 @@ impl NetSpec {
                         BackendSpec::Tap { vnet_hdr, .. } => *vnet_hdr = on,
                         _ => return Err(format!("--net {s:?}: vnet_hdr is a TAP option")),
                     }
+                }
+                "link" => {
+                    spec.link_up = match value {
+                        "up" => true,
+                        "down" => false,
+                        _ => return Err(format!("--net {s:?}: link is up or down")),
+                    };
                 }
                 _ => return Err(format!("--net {s:?}: unknown option {key:?}; {usage}")),
             }
@@ -202,6 +213,9 @@ mod tests {
             (NicModel::VirtioNet, &BackendSpec::Peer, None, 1)
         );
         assert_eq!(s.mac_or_default(1), [0x52, 0x54, 0, 0x12, 0x34, 0x57]);
+        assert!(s.link_up);
+        assert!(!NetSpec::parse("virtio,link=down").unwrap().link_up);
+        assert!(NetSpec::parse("e1000:stream:/s,link=up").unwrap().link_up);
         let s =
             NetSpec::parse("virtio:stream:/tmp/a:b.sock,mac=02:00:00:00:00:01,queues=2").unwrap();
         assert_eq!(s.backend, BackendSpec::Stream("/tmp/a:b.sock".into()));
@@ -239,6 +253,8 @@ mod tests {
             ("e1000,queues=2", "only virtio-net"),
             ("virtio,vnet_hdr=on", "TAP option"),
             ("virtio:tap:t0,vnet_hdr=yes", "on or off"),
+            ("virtio,link=off", "up or down"),
+            ("virtio,link=", "up or down"),
             ("virtio,speed", "KEY=VALUE"),
             ("virtio,speed=10", "unknown option"),
         ] {
