@@ -11,7 +11,7 @@
 //! of never panics: it gets VIRTIO_BLK_S_IOERR when a status byte can be written, else it is
 //! returned with used length 0.
 
-use super::device::{Activation, InterruptType, QueueBroken, VirtioDevice};
+use super::device::{driver_wants_interrupt, Activation, InterruptType, QueueBroken, VirtioDevice};
 use super::Memory;
 use crate::backends::disk::RawDisk;
 use std::mem::{offset_of, size_of};
@@ -22,7 +22,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
@@ -415,10 +415,6 @@ impl Blk {
     }
 }
 
-fn broken(e: virtio_queue::Error) -> QueueBroken {
-    QueueBroken(e.to_string())
-}
-
 /// Handle every chain available on `queue`, counting them in `requests`. Ok(true): the driver
 /// wants an interrupt (event index, or VRING_AVAIL_F_NO_INTERRUPT clear).
 pub fn drain_queue(
@@ -430,29 +426,22 @@ pub fn drain_queue(
 ) -> Result<bool, QueueBroken> {
     let mut used_any = false;
     loop {
-        queue.disable_notification(mem).map_err(broken)?;
-        while let Some(chain) = queue.iter(mem).map_err(broken)?.next() {
+        queue.disable_notification(mem)?;
+        while let Some(chain) = queue.iter(mem)?.next() {
             let head = chain.head_index();
             let used = handle_chain(mem, chain, disk, id);
-            queue.add_used(mem, head, used).map_err(broken)?;
+            queue.add_used(mem, head, used)?;
             *requests += 1;
             used_any = true;
         }
-        if !queue.enable_notification(mem).map_err(broken)? {
+        if !queue.enable_notification(mem)? {
             break;
         }
     }
     if !used_any {
         return Ok(false);
     }
-    if queue.event_idx_enabled() {
-        return queue.needs_notification(mem).map_err(broken);
-    }
-    // virtio-queue leaves VRING_AVAIL_F_NO_INTERRUPT to us.
-    let flags: u16 = mem
-        .read_obj(GuestAddress(queue.avail_ring()))
-        .map_err(|e| QueueBroken(format!("avail flags: {e}")))?;
-    Ok(u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
+    driver_wants_interrupt(queue, mem)
 }
 
 impl VirtioDevice for Blk {
@@ -540,7 +529,9 @@ mod tests {
     use crate::backends::mem_disk::MemDisk;
     use crate::devices::virtio::test_util::{pattern_byte, RecordingTrigger};
     use std::sync::Arc;
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_bindings::virtio_ring::{
+        VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
 

@@ -11,7 +11,9 @@
 use super::Memory;
 use std::fmt;
 use std::sync::Arc;
-use virtio_queue::Queue;
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
 
 /// The driver broke a virtqueue (unreadable ring, an available index that runs ahead by more
 /// than the queue size, an out-of-range head): the device needs a reset.
@@ -25,6 +27,25 @@ impl fmt::Display for QueueBroken {
 }
 
 impl std::error::Error for QueueBroken {}
+
+impl From<virtio_queue::Error> for QueueBroken {
+    fn from(e: virtio_queue::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// After a device added used buffers to `queue`: does the driver want an interrupt? With the
+/// event index, virtio-queue decides; without it, VRING_AVAIL_F_NO_INTERRUPT in the avail
+/// ring's flags, which virtio-queue leaves to the device.
+pub fn driver_wants_interrupt(queue: &mut Queue, mem: &Memory) -> Result<bool, QueueBroken> {
+    if queue.event_idx_enabled() {
+        return Ok(queue.needs_notification(mem)?);
+    }
+    let flags: u16 = mem
+        .read_obj(GuestAddress(queue.avail_ring()))
+        .map_err(|e| QueueBroken(format!("avail flags: {e}")))?;
+    Ok(u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
+}
 
 /// Why a device interrupts the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,8 +30,7 @@ pub mod rx;
 pub mod test_util;
 pub mod tx;
 
-use super::device::{Activation, InterruptType, QueueBroken, VirtioDevice};
-use super::Memory;
+use super::device::{driver_wants_interrupt, Activation, InterruptType, QueueBroken, VirtioDevice};
 use crate::backends::net::{FrameMeta, NetBackend, NetBackendError, MAX_FRAME};
 use crate::devices::lock;
 use ctrl::{CtrlOutcome, CtrlState};
@@ -45,9 +44,9 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{ByteValued, Bytes, GuestAddress};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{QueueOwnedT, QueueT};
+use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::EventFd;
 
 pub const DEVICE_TYPE: u16 = 1;
@@ -539,8 +538,8 @@ impl Net {
         let mut used_any = false;
         let mut unflushed = false;
         loop {
-            queue.disable_notification(mem).map_err(broken)?;
-            while let Some(chain) = queue.iter(mem).map_err(broken)?.next() {
+            queue.disable_notification(mem)?;
+            while let Some(chain) = queue.iter(mem)?.next() {
                 let head = chain.head_index();
                 let result = tx::gather(mem, chain, &mut self.tx_buf[..])
                     .and_then(|n| tx::prepare(&mut self.tx_buf[..], n, partial_ok))
@@ -574,7 +573,7 @@ impl Net {
                     }
                     Err(why) => self.stats.count_drop(Some(qi), why),
                 }
-                queue.add_used(mem, head, 0).map_err(broken)?;
+                queue.add_used(mem, head, 0)?;
                 used_any = true;
                 unflushed = true;
             }
@@ -587,12 +586,12 @@ impl Net {
                     }
                 }
             }
-            if !queue.enable_notification(mem).map_err(broken)? {
+            if !queue.enable_notification(mem)? {
                 break;
             }
         }
         drop(backend);
-        if used_any && wants_interrupt(queue, mem)? {
+        if used_any && driver_wants_interrupt(queue, mem)? {
             self.stats.queues[qi].interrupts += 1;
             act.interrupt.trigger(InterruptType::Queue(qi));
         }
@@ -614,7 +613,7 @@ impl Net {
         for p in 0..active {
             if let Some(q) = r.act.queues.get_mut(Self::rx_queue(p)) {
                 if q.ready() {
-                    q.disable_notification(&r.act.mem).map_err(broken)?;
+                    q.disable_notification(&r.act.mem)?;
                 }
             }
         }
@@ -709,7 +708,7 @@ impl Net {
                     continue;
                 }
                 if let Some(q) = r.act.queues.get_mut(Self::rx_queue(p)) {
-                    if q.ready() && q.enable_notification(&r.act.mem).map_err(broken)? {
+                    if q.ready() && q.enable_notification(&r.act.mem)? {
                         again = true;
                     }
                 }
@@ -726,7 +725,7 @@ impl Net {
             let Some(q) = r.act.queues.get_mut(qi) else {
                 continue;
             };
-            if wants_interrupt(q, &r.act.mem)? {
+            if driver_wants_interrupt(q, &r.act.mem)? {
                 self.stats.queues[qi].interrupts += 1;
                 r.act.interrupt.trigger(InterruptType::Queue(qi));
             }
@@ -744,8 +743,8 @@ impl Net {
         };
         let mut used_any = false;
         loop {
-            queue.disable_notification(mem).map_err(broken)?;
-            while let Some(chain) = queue.iter(mem).map_err(broken)?.next() {
+            queue.disable_notification(mem)?;
+            while let Some(chain) = queue.iter(mem)?.next() {
                 let head = chain.head_index();
                 let len = match ctrl::handle(mem, chain, &mut r.ctrl) {
                     CtrlOutcome::Acked(_) => {
@@ -757,24 +756,20 @@ impl Net {
                         0
                     }
                 };
-                queue.add_used(mem, head, len).map_err(broken)?;
+                queue.add_used(mem, head, len)?;
                 used_any = true;
             }
-            if !queue.enable_notification(mem).map_err(broken)? {
+            if !queue.enable_notification(mem)? {
                 break;
             }
         }
         self.stats.ctrl = r.ctrl;
-        if used_any && wants_interrupt(queue, mem)? {
+        if used_any && driver_wants_interrupt(queue, mem)? {
             self.stats.queues[qi].interrupts += 1;
             r.act.interrupt.trigger(InterruptType::Queue(qi));
         }
         Ok(())
     }
-}
-
-fn broken(e: virtio_queue::Error) -> QueueBroken {
-    QueueBroken(e.to_string())
 }
 
 /// One frame into receive queue `qi`, if that queue is ready.
@@ -790,18 +785,6 @@ fn deliver_one(
     };
     let header = NetHeader::rx(&meta, r.guest_csum, 1);
     rx::deliver(q, &r.act.mem, frame, header, r.mergeable, used)
-}
-
-/// After used buffers were added: does the driver want an interrupt (event index, or
-/// VRING_AVAIL_F_NO_INTERRUPT clear)?
-fn wants_interrupt(queue: &mut Queue, mem: &Memory) -> Result<bool, QueueBroken> {
-    if queue.event_idx_enabled() {
-        return queue.needs_notification(mem).map_err(broken);
-    }
-    let flags: u16 = mem
-        .read_obj(GuestAddress(queue.avail_ring()))
-        .map_err(|e| QueueBroken(format!("avail flags: {e}")))?;
-    Ok(u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
 }
 
 impl VirtioDevice for Net {

@@ -22,10 +22,6 @@ pub enum Delivery {
     Dropped(DropReason),
 }
 
-fn broken(e: virtio_queue::Error) -> QueueBroken {
-    QueueBroken(e.to_string())
-}
-
 /// Write `stream[pos..pos + len]` of the byte stream `header ++ frame` at `addr`.
 fn write_stream(
     mem: &Memory,
@@ -113,7 +109,7 @@ pub fn deliver(
     let mut written = 0usize;
     let give_back = |queue: &mut Queue, used: &[(u16, u32)]| -> Result<(), QueueBroken> {
         for &(head, _) in used {
-            queue.add_used(mem, head, 0).map_err(broken)?;
+            queue.add_used(mem, head, 0)?;
         }
         Ok(())
     };
@@ -123,7 +119,7 @@ pub fn deliver(
             give_back(queue, used)?;
             return Ok(Delivery::Dropped(DropReason::RxBadBuffer));
         }
-        let Some(chain) = queue.iter(mem).map_err(broken)?.next() else {
+        let Some(chain) = queue.iter(mem)?.next() else {
             queue.set_next_avail(start);
             return Ok(Delivery::NoBuffers);
         };
@@ -159,7 +155,7 @@ pub fn deliver(
         }
     }
     for &(head, n) in used.iter() {
-        queue.add_used(mem, head, n).map_err(broken)?;
+        queue.add_used(mem, head, n)?;
     }
     Ok(Delivery::Delivered { buffers })
 }

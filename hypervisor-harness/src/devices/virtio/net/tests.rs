@@ -4,10 +4,13 @@ use super::test_util::{reply_of, udp_frame, TestBackend};
 use super::*;
 use crate::backends::net::ChecksumRequest;
 use crate::devices::virtio::test_util::RecordingTrigger;
+use crate::devices::virtio::Memory;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX,
     VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_OK,
 };
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress};
 
 const NEXT: u16 = 1;
 const WRITE: u16 = 2;
