@@ -5,7 +5,8 @@
 //! its backend: it sleeps on the backend's `rx_ready_fd` and `poll()` timeout and runs the
 //! model's receive pass. While the ring is full (the model holds the frame back) it stops
 //! watching the level-triggered fd, and the register write that makes room wakes it through
-//! the resume eventfd.
+//! the resume eventfd. The same thread raises interrupts that ITR moderation held back, when
+//! their time comes (the model writes the eventfd when it starts holding one).
 //!
 //! The report gets one note per NIC: `e1000-counters: ` and the model's counters as JSON.
 
@@ -280,8 +281,14 @@ fn backend_loop(
     loop {
         let (blocked, wait) = {
             let mut d = lock(dev);
-            let wait = d.backend_poll();
+            d.irq_timer();
+            let mut wait = d.backend_poll();
             d.rx_pass();
+            // A moderated interrupt (ITR) waiting for its time.
+            if let Some(due) = d.irq_deadline() {
+                let until = due.saturating_duration_since(std::time::Instant::now());
+                wait = Some(wait.map_or(until, |w| w.min(until)));
+            }
             (d.rx_blocked(), wait)
         };
         // The backend's fd is level-triggered: watched only while the device can take frames.
@@ -298,7 +305,10 @@ fn backend_loop(
                 watching = !blocked;
             }
         }
-        let timeout = wait.map_or(-1, |d: Duration| d.as_millis().min(1000) as i32);
+        // Rounded up: a wake before the deadline would only wait again.
+        let timeout = wait.map_or(-1, |d: Duration| {
+            d.as_micros().div_ceil(1000).min(1000) as i32
+        });
         let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

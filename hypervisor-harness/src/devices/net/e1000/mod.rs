@@ -7,8 +7,11 @@
 //! thread that calls [`E1000::rx_pass`] when the backend has frames.
 //!
 //! Interrupts: the line's level is `(ICR & IMS) != 0`, recomputed after every access and pass;
-//! reading ICR clears it. ITR (moderation) is stored but not timed: causes collect in ICR
-//! while the line is high, so a batch (a TDT write's frames, an RX pass) raises it once.
+//! reading ICR clears it. Causes collect in ICR while the line is high, so a batch (a TDT
+//! write's frames, an RX pass) raises it once. ITR (moderation, in 256 ns units) is honoured
+//! as QEMU's `mitigation` does: after the line rises it may not rise again until the interval
+//! has passed; a cause in between waits in ICR ([`E1000::irq_deadline`]) and the backend
+//! thread raises it when the time comes ([`E1000::irq_timer`]).
 //!
 //! Guest mistakes are counted in [`Counters`], never a panic: descriptors or buffers outside
 //! RAM, head/tail writes beyond the ring (ignored), frames over 1518 bytes (dropped).
@@ -35,6 +38,7 @@ use regs::*;
 use stats::Stats;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -125,6 +129,12 @@ pub struct E1000<M> {
     mem: M,
     irq: Arc<dyn IrqLevel>,
     irq_level: bool,
+    /// ITR: the line may not rise again before this.
+    irq_not_before: Option<Instant>,
+    /// A rise waits for `irq_not_before`.
+    irq_deferred: bool,
+    /// The time source (a fake in the tests).
+    clock: fn() -> Instant,
     backend: Box<dyn NetBackend>,
     mac: [u8; 6],
     eeprom: Eeprom,
@@ -173,6 +183,9 @@ impl<M: GuestMemory> E1000<M> {
             mem,
             irq,
             irq_level: false,
+            irq_not_before: None,
+            irq_deferred: false,
+            clock: Instant::now,
             backend,
             mac,
             eeprom: Eeprom::new(mac, DEVICE, VENDOR),
@@ -227,6 +240,8 @@ impl<M: GuestMemory> E1000<M> {
         self.eeprom.reset_pins();
         self.phy = Phy::new();
         self.tx = tx::TxState::default();
+        self.irq_not_before = None;
+        self.irq_deferred = false;
         if self.rx.drop_pending() {
             self.counters.rx_dropped += 1;
         }
@@ -290,12 +305,57 @@ impl<M: GuestMemory> E1000<M> {
         self.update_irq();
     }
 
+    /// The ITR interval (0: no moderation).
+    fn itr_interval(&self) -> Duration {
+        let itr = self.plain.get(&ITR).copied().unwrap_or(0) & 0xffff;
+        Duration::from_nanos(u64::from(itr) * 256)
+    }
+
     fn update_irq(&mut self) {
         let level = self.icr.intersects(self.ims);
-        if level != self.irq_level {
-            self.irq_level = level;
-            self.irq.set_level(level);
+        if level == self.irq_level {
+            return;
         }
+        if !level {
+            self.irq_deferred = false;
+            self.irq_level = false;
+            self.irq.set_level(false);
+            return;
+        }
+        let now = (self.clock)();
+        if self.irq_not_before.is_some_and(|t| now < t) {
+            if !self.irq_deferred {
+                self.irq_deferred = true;
+                // The backend thread times it: wake it to take the new deadline.
+                if let Some(evt) = &self.rx_resume {
+                    let _ = evt.write(1);
+                }
+            }
+            return;
+        }
+        self.irq_deferred = false;
+        let interval = self.itr_interval();
+        self.irq_not_before = (!interval.is_zero()).then(|| now + interval);
+        self.irq_level = true;
+        self.irq.set_level(true);
+    }
+
+    /// When a moderated interrupt is due (None: nothing waits).
+    pub fn irq_deadline(&self) -> Option<Instant> {
+        self.irq_not_before.filter(|_| self.irq_deferred)
+    }
+
+    /// Raise a moderated interrupt whose interval has passed.
+    pub fn irq_timer(&mut self) {
+        if self.irq_deadline().is_some_and(|t| (self.clock)() >= t) {
+            self.irq_not_before = None;
+            self.update_irq();
+        }
+    }
+
+    #[cfg(test)]
+    fn set_clock(&mut self, clock: fn() -> Instant) {
+        self.clock = clock;
     }
 
     pub fn irq_level(&self) -> bool {
@@ -458,6 +518,14 @@ impl<M: GuestMemory> E1000<M> {
                 }
             }
             STATS_BASE..STATS_END => {}
+            ITR => {
+                self.plain.insert(ITR, value);
+                if value & 0xffff == 0 {
+                    // Moderation off: what waits goes now.
+                    self.irq_not_before = None;
+                    self.update_irq();
+                }
+            }
             _ if PLAIN.contains(&reg) => {
                 self.plain.insert(reg, value);
             }

@@ -731,3 +731,51 @@ fn command_register_honoured() {
     rig.dev.config_write(4, &0u16.to_le_bytes());
     assert_eq!(rig.r(STATUS), 0xffff_ffff);
 }
+
+/// The fake clock of [`itr_moderates_interrupts`]: a fixed base plus microseconds set by it.
+static FAKE_MICROS: AtomicU64 = AtomicU64::new(0);
+
+fn fake_now() -> std::time::Instant {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(std::time::Instant::now)
+        + std::time::Duration::from_micros(FAKE_MICROS.load(Ordering::SeqCst))
+}
+
+/// ITR: once the line rose, it rises again only after the interval; a cause in between waits
+/// in ICR, and the timer (or any access after the deadline) raises it. ITR = 0 lets it go.
+#[test]
+fn itr_moderates_interrupts() {
+    let mut rig = Rig::new();
+    rig.dev.set_clock(fake_now);
+    let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    rig.dev.set_rx_resume(wake.try_clone().unwrap());
+    // 1000 * 256 ns = 256 us.
+    rig.w(ITR, 1000);
+    assert_eq!(rig.r(ITR), 1000);
+    rig.w(IMS, Cause::TXDW.bits());
+    rig.w(ICS, Cause::TXDW.bits());
+    assert!(rig.level(), "the first interrupt goes at once");
+    assert_ne!(rig.r(ICR), 0);
+    assert!(!rig.level());
+    FAKE_MICROS.fetch_add(100, Ordering::SeqCst);
+    rig.w(ICS, Cause::TXDW.bits());
+    assert!(!rig.level(), "held: 100 of 256 us");
+    let due = rig.dev.irq_deadline().expect("a deadline");
+    assert_eq!(due - fake_now(), std::time::Duration::from_micros(156));
+    assert_eq!(wake.read().unwrap(), 1, "the thread was woken to time it");
+    rig.dev.irq_timer();
+    assert!(!rig.level(), "not yet due");
+    FAKE_MICROS.fetch_add(156, Ordering::SeqCst);
+    rig.dev.irq_timer();
+    assert!(rig.level(), "due");
+    assert_eq!(rig.dev.irq_deadline(), None);
+    // Causes that come while the line is high need no new interrupt.
+    rig.w(ICS, Cause::RXT0.bits());
+    assert_eq!(rig.r(ICR) & Cause::TXDW.bits(), Cause::TXDW.bits());
+    // Held again; switching moderation off releases it.
+    rig.w(ICS, Cause::TXDW.bits());
+    assert!(!rig.level());
+    rig.w(ITR, 0);
+    assert!(rig.level());
+    assert_eq!(rig.dev.irq_deadline(), None);
+}
