@@ -175,6 +175,11 @@ pub fn attach_all(
             .get(first_intx + i)
             .ok_or_else(|| HarnessError::Usage("too many INTx functions".into()))?;
         let (nic, note) = attach_one(dm, mem, i, spec.mac_or_default(i), backend, gsi)?;
+        // `link=down`: STATUS.LU and the PHY's link bits clear from the driver's first read
+        // (the LSC cause this latches is cleared by the driver's reset; IMS is 0 until then).
+        if !spec.link_up {
+            lock(&nic.dev).set_link(false);
+        }
         attached.push(nic);
         notes.push(note);
     }
