@@ -1188,12 +1188,14 @@ fn e1000_stack(
     };
     let x = nic.extra_counters();
     println!(
-        "# net: e1000: rx {} bad lengths, {} errors, {} overruns; tx {} contexts; failure {:?}",
+        "# net: e1000: rx {} bad lengths, {} errors, {} overruns; tx {} contexts; failure {:?}; \
+         rdh rdt tdh tdt icr / rx_next tx_tail tx_clean {:?}",
         x.rx_bad_length,
         x.rx_errors,
         x.rx_overruns,
         x.tx_contexts,
-        nic.failure()
+        nic.failure(),
+        nic.ring_state()
     );
     match result {
         Ok(()) => Outcome::Pass,

@@ -44,6 +44,12 @@ pub const BUFFER_SIZE: usize = 2048;
 /// Largest ring the driver sets up (RDLEN/TDLEN allow more; this bounds the DMA asked for).
 pub const MAX_RING: u16 = 4096;
 const DESC_SIZE: usize = 16;
+/// RX descriptors given back per RDT write while frames keep coming (at most a quarter of the
+/// ring): fewer exits than one per frame. Once the ring was found full, or the device reported
+/// an overrun (RXO), every descriptor goes back at once until the ring is drained: QEMU's
+/// e1000 with frames queued for a full ring stalled its RX (until the guest transmitted) when
+/// buffers came back in batches (net_rx_flood), and not when they came back one by one.
+const RX_RETURN_BATCH: u16 = 32;
 
 /// How long the device may take to reset, answer an EEPROM read or a PHY access.
 const RESET_TIMEOUT_NS: u64 = 100_000_000;
@@ -226,6 +232,8 @@ pub struct E1000<'p, P: Platform + ?Sized> {
     rx_next: u16,
     /// Descriptors given back but not yet told to the device (RDT written lazily).
     rx_unreturned: u16,
+    /// The device said the ring ran low: give buffers back one by one until it is drained.
+    rx_pressure: bool,
     tx: Ring,
     /// Next free TX descriptor (the tail we will write).
     tx_tail: u16,
@@ -297,6 +305,7 @@ impl<'p, P: Platform + ?Sized> E1000<'p, P> {
             rx,
             rx_next: 0,
             rx_unreturned: 0,
+            rx_pressure: false,
             tx,
             tx_tail: 0,
             tx_clean: 0,
@@ -449,6 +458,23 @@ impl<'p, P: Platform + ?Sized> E1000<'p, P> {
     /// Descriptors in each ring.
     pub fn ring_sizes(&self) -> (u16, u16) {
         (self.rx.size, self.tx.size)
+    }
+
+    /// For diagnosis: the device's RDH, RDT, TDH, TDT and ICR (which a read clears), then
+    /// the driver's next RX descriptor, TX tail and oldest unreclaimed TX descriptor, and the
+    /// status byte of the next RX descriptor.
+    pub fn ring_state(&self) -> [u32; 9] {
+        [
+            self.read32(reg::RDH),
+            self.read32(reg::RDT),
+            self.read32(reg::TDH),
+            self.read32(reg::TDT),
+            self.read32(reg::ICR),
+            u32::from(self.rx_next),
+            u32::from(self.tx_tail),
+            u32::from(self.tx_clean),
+            u32::from(self.rx.read::<RxDesc>(self.rx_next).status),
+        ]
     }
 
     /// The device error that stopped the driver, if any.
@@ -768,11 +794,19 @@ impl<P: Platform + ?Sized> Nic for E1000<'_, P> {
         self.check()?;
         loop {
             if !self.rx_ready() {
+                self.rx_pressure = false;
                 self.return_rx();
                 return Ok(false);
             }
             fence(Ordering::Acquire);
             let i = self.rx_next;
+            if self.rx_unreturned == 0 && !self.rx_pressure {
+                // The last descriptor the device owns is filled: the ring is full (the
+                // device may be holding frames back or dropping them).
+                let last = (i + self.rx.size - 2) % self.rx.size;
+                self.rx_pressure = RxStatus::from_bits_retain(self.rx.read::<RxDesc>(last).status)
+                    .contains(RxStatus::DD);
+            }
             let d = self.rx.read::<RxDesc>(i);
             let len = usize::from(d.length);
             let status = RxStatus::from_bits_retain(d.status);
@@ -803,7 +837,7 @@ impl<P: Platform + ?Sized> Nic for E1000<'_, P> {
             );
             self.rx_next = self.rx.next(i);
             self.rx_unreturned += 1;
-            if self.rx_unreturned >= self.rx.size / 4 {
+            if self.rx_pressure || self.rx_unreturned >= RX_RETURN_BATCH.min(self.rx.size / 4) {
                 self.return_rx();
             }
             if good {
@@ -837,6 +871,9 @@ impl<P: Platform + ?Sized> Nic for E1000<'_, P> {
         if icr.contains(Intr::LSC) {
             self.read_link();
             events.link_changed = true;
+        }
+        if icr.contains(Intr::RXO) {
+            self.rx_pressure = true;
         }
         if icr.contains(Intr::RXO) {
             self.extra.rx_overruns += 1;

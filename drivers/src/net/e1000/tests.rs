@@ -427,3 +427,46 @@ fn dropping_gives_the_dma_memory_back() {
     drop(nic);
     assert_eq!(p.dev.borrow().resets, 4, "reset at bring-up and at drop");
 }
+
+#[test]
+fn rx_buffers_go_back_in_batches_and_one_by_one_after_a_full_ring() {
+    let p = FakePlatform::new();
+    let mut nic = open(
+        &p,
+        E1000Options {
+            rx_ring: 64,
+            ..options()
+        },
+    );
+    let f = ip_frame(false, 30);
+    let base = p.dev.borrow().rdt_writes;
+    for _ in 0..20 {
+        assert!(p.receive_frame(&f));
+    }
+    assert_eq!(receive_all(&mut nic).len(), 20);
+    // A quarter of the ring (16), then the rest when the ring is found empty.
+    assert_eq!(p.dev.borrow().rdt_writes - base, 2);
+
+    // Full: the device holds 63 frames; each buffer goes straight back.
+    for _ in 0..63 {
+        assert!(p.receive_frame(&f));
+    }
+    assert!(!p.receive_frame(&f), "full");
+    let base = p.dev.borrow().rdt_writes;
+    let mut n = 0;
+    while nic.receive(&mut |_: &[u8], _: RxInfo| n += 1).unwrap() {
+        assert_eq!(
+            p.dev.borrow().rdt_writes - base,
+            n,
+            "one RDT write per frame"
+        );
+    }
+    assert_eq!(n, 63);
+    // Drained: batches again.
+    for _ in 0..20 {
+        assert!(p.receive_frame(&f));
+    }
+    let base = p.dev.borrow().rdt_writes;
+    assert_eq!(receive_all(&mut nic).len(), 20);
+    assert_eq!(p.dev.borrow().rdt_writes - base, 2);
+}
