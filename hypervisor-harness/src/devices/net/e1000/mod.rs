@@ -112,6 +112,17 @@ impl Ring {
         self.base().checked_add(u64::from(index) * DESC_SIZE)
     }
 
+    /// A new length keeps head and tail (as the hardware does) unless they fall outside the
+    /// ring, which would leave the device reading beyond it: then they restart at 0.
+    fn set_len(&mut self, value: u32) {
+        self.len = value & 0x000f_ff80;
+        let n = self.count();
+        if self.head >= n || self.tail >= n {
+            self.head = 0;
+            self.tail = 0;
+        }
+    }
+
     /// Store a head or tail write; a value beyond the ring is ignored (and counted).
     fn set_index(which: &mut u32, value: u32, count: u32, bad: &mut u64) -> bool {
         let v = value & 0xffff;
@@ -465,11 +476,7 @@ impl<M: GuestMemory> E1000<M> {
             }
             RDBAL => self.rx_ring.bal = value,
             RDBAH => self.rx_ring.bah = value,
-            RDLEN => {
-                self.rx_ring.len = value & 0x000f_ff80;
-                self.rx_ring.head = 0;
-                self.rx_ring.tail = 0;
-            }
+            RDLEN => self.rx_ring.set_len(value),
             RDH => {
                 let n = self.rx_ring.count();
                 Ring::set_index(
@@ -492,11 +499,7 @@ impl<M: GuestMemory> E1000<M> {
             }
             TDBAL => self.tx_ring.bal = value,
             TDBAH => self.tx_ring.bah = value,
-            TDLEN => {
-                self.tx_ring.len = value & 0x000f_ff80;
-                self.tx_ring.head = 0;
-                self.tx_ring.tail = 0;
-            }
+            TDLEN => self.tx_ring.set_len(value),
             TDH => {
                 let n = self.tx_ring.count();
                 Ring::set_index(

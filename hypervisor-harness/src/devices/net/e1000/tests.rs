@@ -593,6 +593,13 @@ fn hostile_tx() {
     rig.w(TDBAL, OUTSIDE as u32);
     rig.w(TDBAH, 0x10);
     rig.w(TDLEN, 8 * 16);
+    assert_eq!(
+        (rig.r(TDH), rig.r(TDT)),
+        (5, 5),
+        "a new length keeps head and tail"
+    );
+    rig.w(TDH, 0);
+    rig.w(TDT, 0);
     rig.w(TDT, 3);
     assert_eq!(rig.dev.counters().tx_desc_fault, 3);
     assert_eq!(rig.r(TDH), 3);
@@ -600,17 +607,21 @@ fn hostile_tx() {
     rig.w(TDBAL, 0xffff_fff0);
     rig.w(TDBAH, 0xffff_ffff);
     rig.w(TDLEN, 8 * 16);
+    rig.w(TDH, 0);
     rig.w(TDT, 2);
     assert_eq!(rig.dev.counters().tx_desc_fault, 5);
-    // A zero-length ring: nothing happens.
+    // A zero-length ring: nothing happens; indices written meanwhile cannot be checked, and
+    // a length they fall outside of restarts them at 0.
     rig.w(TDLEN, 0);
-    rig.w(TDT, 5);
+    assert_eq!((rig.r(TDH), rig.r(TDT)), (0, 0));
+    rig.w(TDT, 100);
     assert_eq!(rig.r(TDH), 0);
     assert!(rig.backend.sent().is_empty());
     // A TSE data descriptor: not offered, dropped and counted.
     rig.w(TDBAL, TX_RING as u32);
     rig.w(TDBAH, 0);
     rig.w(TDLEN, 8 * 16);
+    assert_eq!((rig.r(TDH), rig.r(TDT)), (0, 0));
     let mut d = [0u8; 16];
     d[0..8].copy_from_slice(&TX_BUFS.to_le_bytes());
     let cmd = TxCmd::DEXT | TxCmd::IC_TSE | TxCmd::EOP;
