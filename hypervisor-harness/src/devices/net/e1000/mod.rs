@@ -65,6 +65,8 @@ pub struct Counters {
     pub tx_buffer_fault: u64,
     /// A TX frame over the largest Ethernet frame (1518 bytes): dropped.
     pub tx_oversize: u64,
+    /// A TX frame of no bytes (EOP on descriptors without buffers): nothing sent.
+    pub tx_empty: u64,
     /// TSE (segmentation offload) asked for: not offered, the frame is dropped.
     pub tx_tso_dropped: u64,
     /// Checksum offsets outside the frame: sent without the checksum.

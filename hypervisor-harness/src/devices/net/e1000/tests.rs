@@ -576,18 +576,22 @@ fn hostile_tx() {
     }
     // A 64 KiB length in one legacy descriptor (the field's maximum).
     rig.tx_legacy(4, TX_BUFS, 0xffff, TxCmd::EOP | TxCmd::RS);
-    rig.w(TDT, 5);
+    // A frame with no buffer.
+    rig.tx_legacy(5, 0, 0, TxCmd::EOP | TxCmd::RS);
+    rig.w(TDT, 6);
     assert!(rig.backend.sent().is_empty());
     let c = rig.dev.counters();
+    assert_eq!(c.tx_empty, 1);
+    assert_eq!(rig.tx_status(5) & TX_STATUS_DD, TX_STATUS_DD);
     assert_eq!(c.tx_buffer_fault, 1);
     assert_eq!(c.tx_oversize, 2);
     assert_eq!(rig.tx_status(0) & TX_STATUS_DD, TX_STATUS_DD);
-    assert_eq!(rig.r(TDH), 5);
+    assert_eq!(rig.r(TDH), 6);
     // TDT beyond the ring: ignored, counted.
     rig.w(TDT, 8);
-    assert_eq!(rig.r(TDT), 5);
+    assert_eq!(rig.r(TDT), 6);
     rig.w(TDH, 100);
-    assert_eq!(rig.r(TDH), 5);
+    assert_eq!(rig.r(TDH), 6);
     assert_eq!(rig.dev.counters().bad_index_writes, 2);
     // The ring itself outside RAM: every descriptor a counted fault, no panic, head moves on.
     rig.w(TDBAL, OUTSIDE as u32);
@@ -595,7 +599,7 @@ fn hostile_tx() {
     rig.w(TDLEN, 8 * 16);
     assert_eq!(
         (rig.r(TDH), rig.r(TDT)),
-        (5, 5),
+        (6, 6),
         "a new length keeps head and tail"
     );
     rig.w(TDH, 0);

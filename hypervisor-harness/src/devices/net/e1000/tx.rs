@@ -245,7 +245,7 @@ impl<M: GuestMemory> E1000<M> {
             Some(Loss::Oversize) => self.counters.tx_oversize += 1,
             Some(Loss::Fault) => self.counters.tx_buffer_fault += 1,
             Some(Loss::Tso) => self.counters.tx_tso_dropped += 1,
-            None if frame.is_empty() => {}
+            None if frame.is_empty() => self.counters.tx_empty += 1,
             None => {
                 for s in sums {
                     if !insert(&mut frame, s) {
