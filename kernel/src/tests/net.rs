@@ -13,6 +13,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
+use drivers::net::e1000::{is_e1000, E1000Interrupts, E1000Options, E1000};
 use drivers::net::{LinkState, Nic, NicError, TxChecksum};
 use drivers::pci::PciFunction;
 use drivers::virtio::net::{NetInterrupts, NetOptions, VirtioNet};
@@ -726,11 +727,18 @@ pub fn link() -> Outcome {
         Ok(a) => a,
         Err(e) => fail!("{}", e),
     };
-    let mut nic = match open_selected(&args, 1) {
-        Ok(Some(n)) => n,
-        Ok(None) => return Outcome::Skip("no virtio-net device"),
-        Err(e) => fail!("{}", e),
-    };
+    match open_selected(&args, 1) {
+        Ok(Some(mut n)) => link_as_expected(&mut n, &args),
+        Ok(None) => match open_e1000(&args) {
+            Ok(Some(mut n)) => link_as_expected(&mut n, &args),
+            Ok(None) => Outcome::Skip("no virtio-net or e1000 device"),
+            Err(e) => Outcome::Fail(e),
+        },
+        Err(e) => Outcome::Fail(e),
+    }
+}
+
+fn link_as_expected(nic: &mut dyn Nic, args: &NetArgs) -> Outcome {
     let state = nic.link();
     let expected = if args.expect_link_down {
         LinkState::Down
@@ -1139,16 +1147,10 @@ pub fn rx_flood() -> Outcome {
     })
 }
 
-/// Without a virtio-net function, the `net_nic=`th 82540EM (e1000) runs the same tests, on
-/// its INTx line (or polled).
-fn e1000_stack(
-    args: &NetArgs,
-    ip: Option<IpSetup>,
-    body: impl FnOnce(&mut Stack<'_>, &NetArgs) -> Result<(), String>,
-) -> Outcome {
-    use drivers::net::e1000::{is_e1000, E1000Interrupts, E1000Options, E1000};
+/// The `net_nic=`th 82540EM (e1000), on its INTx line (or polled), logging what it found.
+fn open_e1000(args: &NetArgs) -> Result<Option<E1000<'static, KernelPlatform>>, String> {
     let Some(f) = pci::devices().iter().filter(|f| is_e1000(f)).nth(args.nic) else {
-        return Outcome::Skip("no virtio-net or e1000 device");
+        return Ok(None);
     };
     let interrupts = match InterruptPlan::choose(f, None, 1, ioapic::pins()) {
         InterruptPlan::Intx { line } => {
@@ -1163,10 +1165,8 @@ fn e1000_stack(
         interrupts,
         ..E1000Options::default()
     };
-    let mut nic = match E1000::new(&PLATFORM, f, options) {
-        Ok(n) => n,
-        Err(e) => fail!("e1000 {}: init: {}", f.address, e),
-    };
+    let mut nic = E1000::new(&PLATFORM, f, options)
+        .map_err(|e| format!("e1000 {}: init: {}", f.address, e))?;
     let mac = nic.mac().map(|b| format!("{b:02x}")).join(":");
     println!(
         "# net: e1000 {}: mac {}, rings {:?}, interrupts: {:?}, offload tx_csum={}, link {:?}",
@@ -1177,6 +1177,20 @@ fn e1000_stack(
         nic.offloads().tx_checksum,
         nic.link()
     );
+    Ok(Some(nic))
+}
+
+/// Without a virtio-net function, the `net_nic=`th e1000 runs the same tests.
+fn e1000_stack(
+    args: &NetArgs,
+    ip: Option<IpSetup>,
+    body: impl FnOnce(&mut Stack<'_>, &NetArgs) -> Result<(), String>,
+) -> Outcome {
+    let mut nic = match open_e1000(args) {
+        Ok(Some(n)) => n,
+        Ok(None) => return Outcome::Skip("no virtio-net or e1000 device"),
+        Err(e) => fail!("{}", e),
+    };
     let result = {
         let mut stack = match Stack::new(&mut nic, ip.unwrap_or(args.ip)) {
             Ok(s) => s,
@@ -1189,7 +1203,7 @@ fn e1000_stack(
     let x = nic.extra_counters();
     println!(
         "# net: e1000: rx {} bad lengths, {} errors, {} overruns; tx {} contexts; failure {:?}; \
-         rdh rdt tdh tdt icr / rx_next tx_tail tx_clean {:?}",
+         rdh rdt tdh tdt icr / rx_next tx_tail tx_clean rx_status {:?}",
         x.rx_bad_length,
         x.rx_errors,
         x.rx_overruns,
