@@ -142,6 +142,8 @@ impl Guest {
             self.peer.transmit(&FrameMeta::default(), &f).unwrap();
             moved = true;
         }
+        // The end of the batch, as a NIC model's TX pass: a stream backend writes it now.
+        self.peer.flush().unwrap();
         // As many as the guest's UDP socket buffers hold, like a guest's RX ring.
         let back = self.drain_peer_at_most(128);
         moved |= !back.is_empty();
@@ -845,22 +847,27 @@ fn listen_switches_between_clients_and_serves_the_stack() {
     // Broadcast: to the other client, not back.
     let hello = raw([0xff; 6], mac_a, b"hello everyone");
     a.transmit(&meta, &hello).unwrap();
+    a.flush().unwrap();
     assert_eq!(next_raw(&mut *b).as_deref(), Some(&hello[..]));
     assert!(quiet(&mut *a));
     // b answers a (learned from the broadcast), and a's unicast reaches b.
     let to_a = raw(mac_a, mac_b, b"to a");
     b.transmit(&meta, &to_a).unwrap();
+    b.flush().unwrap();
     assert_eq!(next_raw(&mut *a).as_deref(), Some(&to_a[..]));
     let to_b = raw(mac_b, mac_a, b"to b");
     a.transmit(&meta, &to_b).unwrap();
+    a.flush().unwrap();
     assert_eq!(next_raw(&mut *b).as_deref(), Some(&to_b[..]));
     // A third client sees neither learned unicast, but does see an unknown one (flooded).
     let mut c = server.client();
     a.transmit(&meta, &to_b).unwrap();
+    a.flush().unwrap();
     assert_eq!(next_raw(&mut *b).as_deref(), Some(&to_b[..]));
     assert!(quiet(&mut *c));
     let unknown = raw([0x52, 0x54, 0, 0, 0, 0x99], mac_a, b"who?");
     a.transmit(&meta, &unknown).unwrap();
+    a.flush().unwrap();
     assert_eq!(next_raw(&mut *b).as_deref(), Some(&unknown[..]));
     assert_eq!(next_raw(&mut *c).as_deref(), Some(&unknown[..]));
     drop(c);
@@ -906,6 +913,7 @@ fn listen_switches_between_clients_and_serves_the_stack() {
     );
     let again = raw(mac_b, GUEST_MAC, b"still switching");
     g.peer.transmit(&meta, &again).unwrap();
+    g.peer.flush().unwrap();
     assert_eq!(next_raw(&mut *b).as_deref(), Some(&again[..]));
 
     let (status, stderr) = server.stop();
@@ -1056,6 +1064,7 @@ fn listen_resumes_a_flood_for_a_client_that_paused() {
     for f in std::mem::take(&mut g.wire.tx) {
         g.peer.transmit(&FrameMeta::default(), &f).unwrap();
     }
+    g.peer.flush().unwrap();
     // From here on the socket is read here, blocking (the guest's backend reads no more).
     sock.set_nonblocking(false).unwrap();
     let whole = COUNT as usize * flood_frame_bytes(1472);
@@ -1135,6 +1144,7 @@ fn listen_ends_the_flows_of_a_client_that_left() {
     let mut b = server.client();
     b.transmit(&FrameMeta::default(), &arp_request(PEER_IP))
         .unwrap();
+    b.flush().unwrap();
     let (mut arp_replies, mut flows) = (0, 0);
     let mut buf = [0u8; MAX_FRAME];
     let deadline = Instant::now() + Duration::from_secs(1);

@@ -2,9 +2,12 @@
 //! 4-byte big-endian length and then the frame. We connect (QEMU's `server=off`), to a
 //! `hypervisor-harness peer --listen PATH` or to a QEMU with `server=on`.
 //!
-//! The socket is non-blocking. Reads are buffered (one `read` may bring many frames), a write
-//! that the socket takes only in part keeps its rest in a bounded buffer, and a frame that
-//! does not fit there is dropped and counted, as a full wire would. A length of 0 or over
+//! The socket is non-blocking. Reads are buffered (one `read` may bring many frames). Writes
+//! are batched: `transmit` only appends the frame to a bounded buffer and
+//! [`NetBackend::flush`] (the end of the NIC's TX pass) writes it, one system call for many
+//! frames; a write the socket takes only in part keeps its tail there. A frame that would
+//! overflow the buffer writes it early, and is dropped and counted only if even then there is
+//! no room, as a full wire would. A length of 0 or over
 //! [`MAX_FRAME`] from the far side is a framing error: the stream can no longer be followed,
 //! so it is counted and the backend is `Disconnected` from then on.
 //!
@@ -109,9 +112,14 @@ impl FrameWriter {
         self.buf.len() - self.sent
     }
 
+    /// Whether a frame of `len` bytes fits under the limit now.
+    pub fn has_room(&self, len: usize) -> bool {
+        self.pending() + LEN_BYTES + len <= self.limit
+    }
+
     /// Queue one frame; false (nothing queued) if it would pass the limit.
     pub fn push(&mut self, frame: &[u8]) -> bool {
-        if self.pending() + LEN_BYTES + frame.len() > self.limit {
+        if !self.has_room(frame.len()) {
             return false;
         }
         if self.sent == self.buf.len() {
@@ -193,7 +201,8 @@ impl StreamBackend {
         }
     }
 
-    fn flush(&mut self) -> Result<(), NetBackendError> {
+    /// Write what the socket takes now (non-blocking; the rest waits in the buffer).
+    fn write_out(&mut self) -> Result<(), NetBackendError> {
         self.writer
             .flush(&mut self.sock)
             .map_err(|e| self.disconnected(format!("write: {e}")))
@@ -211,14 +220,25 @@ impl NetBackend for StreamBackend {
             self.counters.tx_dropped += 1;
             return Ok(());
         }
-        self.flush()?;
+        // Gathered until `flush`; written early only when the buffer would overflow.
+        if !self.writer.has_room(frame.len()) {
+            self.write_out()?;
+        }
         if !self.writer.push(frame) {
             self.counters.tx_dropped += 1;
             return Ok(());
         }
         self.counters.tx_frames += 1;
         self.counters.tx_bytes += frame.len() as u64;
-        self.flush()
+        Ok(())
+    }
+
+    /// Writes the batch; a stream already gone has nothing to write (`transmit` said so).
+    fn flush(&mut self) -> Result<(), NetBackendError> {
+        if self.gone.is_some() || self.writer.pending() == 0 {
+            return Ok(());
+        }
+        self.write_out()
     }
 
     fn receive(&mut self, buf: &mut [u8]) -> Result<Option<(usize, FrameMeta)>, NetBackendError> {
@@ -262,7 +282,7 @@ impl NetBackend for StreamBackend {
         if self.gone.is_some() || self.writer.pending() == 0 {
             return None;
         }
-        let _ = self.flush();
+        let _ = self.write_out();
         (self.writer.pending() > 0).then_some(Duration::from_millis(1))
     }
 
@@ -293,6 +313,7 @@ mod tests {
     fn frames_both_ways_in_qemu_framing() {
         let (mut be, mut far) = pair();
         be.transmit(&FrameMeta::default(), &[1, 2, 3]).unwrap();
+        be.flush().unwrap();
         let mut got = [0u8; 7];
         far.read_exact(&mut got).unwrap();
         assert_eq!(got, [0, 0, 0, 3, 1, 2, 3]);
@@ -379,6 +400,68 @@ mod tests {
         for f in got.chunks(1504) {
             assert_eq!(&f[..4], &1500u32.to_be_bytes());
         }
+    }
+
+    #[test]
+    fn transmits_gather_until_flush_writes_them_at_once() {
+        let (mut be, mut far) = pair();
+        far.set_nonblocking(true).unwrap();
+        const N: usize = 50;
+        for i in 0..N {
+            be.transmit(&FrameMeta::default(), &[i as u8; 1000])
+                .unwrap();
+        }
+        let mut chunk = vec![0u8; 1 << 20];
+        assert_eq!(
+            far.read(&mut chunk).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "nothing is written before the flush"
+        );
+        be.flush().unwrap();
+        assert_eq!(be.writer.pending(), 0, "the socket took the whole batch");
+        let mut got = Vec::new();
+        loop {
+            match far.read(&mut chunk) {
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got.len(), N * 1004);
+        for (i, f) in got.chunks(1004).enumerate() {
+            assert_eq!(f, &framed(&[i as u8; 1000])[..], "frame {i}");
+        }
+        assert_eq!(be.counters().tx_frames, N as u64);
+        // A flush with nothing gathered writes nothing.
+        be.flush().unwrap();
+        assert!(far.read(&mut chunk).is_err());
+    }
+
+    #[test]
+    fn a_batch_over_the_buffer_writes_early_instead_of_dropping() {
+        let (mut be, mut far) = pair();
+        far.set_nonblocking(true).unwrap();
+        // More than the write buffer holds, less than it and the socket together.
+        let frames = WRITE_BUFFER / 1504 + 20;
+        for _ in 0..frames {
+            be.transmit(&FrameMeta::default(), &[0x5A; 1500]).unwrap();
+        }
+        assert_eq!(be.counters().tx_dropped, 0);
+        let mut chunk = vec![0u8; 1 << 20];
+        let early = far.read(&mut chunk).unwrap();
+        assert!(early > 0, "the overflowing frame wrote the buffer out");
+        let mut got = early;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while got < frames * 1504 {
+            assert!(std::time::Instant::now() < deadline);
+            be.flush().unwrap();
+            match far.read(&mut chunk) {
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, frames * 1504);
     }
 
     #[test]
