@@ -67,7 +67,8 @@ pub struct Counters {
     pub tx_oversize: u64,
     /// A TX frame of no bytes (EOP on descriptors without buffers): nothing sent.
     pub tx_empty: u64,
-    /// TSE (segmentation offload) asked for: not offered, the frame is dropped.
+    /// A TSE frame whose context does not fit it (no MSS, headers beyond the header length):
+    /// dropped.
     pub tx_tso_dropped: u64,
     /// Checksum offsets outside the frame: sent without the checksum.
     pub tx_bad_checksum_offsets: u64,

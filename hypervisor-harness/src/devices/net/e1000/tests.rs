@@ -621,7 +621,7 @@ fn hostile_tx() {
     rig.w(TDT, 100);
     assert_eq!(rig.r(TDH), 0);
     assert!(rig.backend.sent().is_empty());
-    // A TSE data descriptor: not offered, dropped and counted.
+    // A TSE data descriptor under a context without MSS: dropped and counted.
     rig.w(TDBAL, TX_RING as u32);
     rig.w(TDBAH, 0);
     rig.w(TDLEN, 8 * 16);
@@ -793,4 +793,91 @@ fn itr_moderates_interrupts() {
     rig.w(ITR, 0);
     assert!(rig.level());
     assert_eq!(rig.dev.irq_deadline(), None);
+}
+
+/// TSE: one 54-byte header and 2500 bytes of payload with MSS 1000 leave as three segments,
+/// each with its IP length and ID, TCP sequence number, FIN/PSH only on the last, and valid
+/// checksums (the driver's TCP field held the pseudo-header sum without the length).
+#[test]
+fn tso_segments_a_tcp_frame() {
+    let mut rig = Rig::new();
+    rig.tx_setup(8);
+    let payload: Vec<u8> = (0..2500u32).map(|i| (i * 7) as u8).collect();
+    let mut f = udp_frame(1000, 80, &[]);
+    f.truncate(34);
+    f[23] = 6;
+    f[22] = 64;
+    f[18..20].copy_from_slice(&7u16.to_be_bytes()); // IP ID
+    f[24..26].fill(0);
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&1000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&5000u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x19; // FIN | PSH | ACK
+    f.extend_from_slice(&tcp);
+    // The pseudo-header sum without the length, as Linux's driver leaves it.
+    let mut p = Vec::new();
+    p.extend_from_slice(&f[26..34]);
+    p.extend_from_slice(&[0, 6, 0, 0]);
+    let partial = ones_sum(&p, 0) as u16;
+    f[50..52].copy_from_slice(&partial.to_be_bytes());
+    f.extend_from_slice(&payload);
+    // Context: IP at 14 (checksum at 24, up to 33), TCP at 34 (checksum at 50), TSE.
+    let mut c = [0u8; 16];
+    c[0] = 14;
+    c[1] = 24;
+    c[2..4].copy_from_slice(&33u16.to_le_bytes());
+    c[4] = 34;
+    c[5] = 50;
+    let tucmd = (TxCmd::DEXT | TxCmd::IC_TSE).bits() | 0x03; // IP | TCP
+    c[8..12].copy_from_slice(&(2500 | DTYP_CONTEXT << 20 | u32::from(tucmd) << 24).to_le_bytes());
+    c[13] = 54;
+    c[14..16].copy_from_slice(&1000u16.to_le_bytes());
+    rig.mem.write_slice(&c, GuestAddress(TX_RING)).unwrap();
+    // The header in one buffer, the payload in another.
+    for (i, part) in [&f[..54], &f[54..]].iter().enumerate() {
+        let addr = TX_BUFS + i as u64 * 0x1000;
+        rig.mem.write_slice(part, GuestAddress(addr)).unwrap();
+        let mut cmd = TxCmd::DEXT | TxCmd::IC_TSE;
+        if i == 1 {
+            cmd |= TxCmd::EOP | TxCmd::RS;
+        }
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        let lower = part.len() as u32 | DTYP_DATA << 20 | u32::from(cmd.bits()) << 24;
+        d[8..12].copy_from_slice(&lower.to_le_bytes());
+        d[13] = POPTS_IXSM | POPTS_TXSM;
+        rig.mem
+            .write_slice(&d, GuestAddress(TX_RING + (i as u64 + 1) * 16))
+            .unwrap();
+    }
+    rig.w(TDT, 3);
+    let sent = rig.backend.sent();
+    assert_eq!(sent.len(), 3);
+    let mut joined = Vec::new();
+    for (i, (_, s)) in sent.iter().enumerate() {
+        let want = if i < 2 { 1000 } else { 500 };
+        assert_eq!(s.len(), 54 + want, "segment {i}");
+        assert_eq!(s[..14], f[..14]);
+        assert_eq!(u16::from_be_bytes([s[16], s[17]]) as usize, 40 + want);
+        assert_eq!(u16::from_be_bytes([s[18], s[19]]), 7 + i as u16);
+        assert_eq!(ones_sum(&s[14..34], 0), 0xffff, "segment {i}: IP checksum");
+        let seq = u32::from_be_bytes([s[38], s[39], s[40], s[41]]);
+        assert_eq!(seq, 5000 + 1000 * i as u32);
+        assert_eq!(
+            s[47],
+            if i == 2 { 0x19 } else { 0x10 },
+            "segment {i}: flags"
+        );
+        assert_eq!(
+            ones_sum(&s[34..], pseudo_sum(s, 6)),
+            0xffff,
+            "segment {i}: TCP checksum"
+        );
+        joined.extend_from_slice(&s[54..]);
+    }
+    assert_eq!(joined, payload);
+    assert_eq!(rig.dev.counters().tx_frames, 3);
+    assert_eq!(rig.dev.counters().tx_tso_dropped, 0);
 }

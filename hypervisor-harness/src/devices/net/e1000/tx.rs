@@ -3,6 +3,12 @@
 //! the buffers and POPTS) gather a frame until EOP; the IP and TCP/UDP checksums are inserted as
 //! the context says (the driver has put the pseudo-header sum in the TCP/UDP field); DD is
 //! written back when RS asks for it.
+//!
+//! TSE (segmentation, as Linux's driver uses it): the context gives the header length, MSS and
+//! whether it is IPv4 and TCP; the gathered frame (up to 64 KiB of payload) goes out as
+//! header + MSS-sized segments, each with its IP total length and ID, TCP sequence number
+//! (FIN and PSH only on the last) or UDP length, and its checksums (the driver's TCP/UDP field
+//! holds the pseudo-header sum without the length, which each segment adds).
 
 use super::regs::*;
 use super::stats::Stats;
@@ -20,7 +26,21 @@ pub struct TxContext {
     pub tucss: u8,
     pub tucso: u8,
     pub tucse: u16,
+    /// TUCMD.IP: the packet is IPv4 (segmentation updates its total length and ID).
+    pub ipv4: bool,
+    /// TUCMD.TCP: the L4 header is TCP (else UDP).
+    pub tcp: bool,
+    pub hdr_len: u8,
+    pub mss: u16,
 }
+
+/// TUCMD bits of a context descriptor (its byte 11) beside DEXT and TSE.
+const TUCMD_TCP: u8 = 1 << 0;
+const TUCMD_IP: u8 = 1 << 1;
+/// The largest frame a TSE context gathers: 64 KiB of payload after a header of up to 255.
+const MAX_TSO_FRAME: usize = (64 << 10) + 255;
+const TCP_FIN: u8 = 0x01;
+const TCP_PSH: u8 = 0x08;
 
 /// Where to sum and where to store: `[start, end]` inclusive, the result at `at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +59,9 @@ pub struct TxState {
     /// Checksums the frame's first data descriptor asked for (POPTS), or a legacy IC.
     sums: Vec<ChecksumSpec>,
     in_frame: bool,
+    /// The frame's first data descriptor asked for TSE; its POPTS.
+    tso: bool,
+    popts: u8,
 }
 
 impl TxState {
@@ -47,6 +70,7 @@ impl TxState {
         self.sums.clear();
         self.lost = None;
         self.in_frame = false;
+        self.tso = false;
     }
 }
 
@@ -54,7 +78,6 @@ impl TxState {
 enum Loss {
     Oversize,
     Fault,
-    Tso,
 }
 
 /// One descriptor's common fields.
@@ -182,6 +205,10 @@ impl<M: GuestMemory> E1000<M> {
                     tucss: b[4],
                     tucso: b[5],
                     tucse: u16::from_le_bytes([b[6], b[7]]),
+                    ipv4: b[11] & TUCMD_IP != 0,
+                    tcp: b[11] & TUCMD_TCP != 0,
+                    hdr_len: b[13],
+                    mss: u16::from_le_bytes([b[14], b[15]]),
                 };
             }
             DTYP_DATA => {
@@ -203,9 +230,8 @@ impl<M: GuestMemory> E1000<M> {
                             at: usize::from(c.tucso),
                         });
                     }
-                    if cmd.contains(TxCmd::IC_TSE) {
-                        self.tx.lost.get_or_insert(Loss::Tso);
-                    }
+                    self.tx.tso = cmd.contains(TxCmd::IC_TSE);
+                    self.tx.popts = popts;
                 }
                 self.tx_gather(d.addr(), len, cmd);
             }
@@ -218,7 +244,12 @@ impl<M: GuestMemory> E1000<M> {
         self.tx.in_frame = true;
         if self.tx.lost.is_none() {
             let have = self.tx.frame.len();
-            if have + len > MAX_FRAME {
+            let max = if self.tx.tso {
+                MAX_TSO_FRAME
+            } else {
+                MAX_FRAME
+            };
+            if have.saturating_add(len) > max {
                 self.tx.lost = Some(Loss::Oversize);
             } else {
                 self.tx.frame.resize(have + len, 0);
@@ -240,12 +271,13 @@ impl<M: GuestMemory> E1000<M> {
         let mut frame = std::mem::take(&mut self.tx.frame);
         let sums = std::mem::take(&mut self.tx.sums);
         let lost = self.tx.lost.take();
+        let tso = std::mem::take(&mut self.tx.tso);
         self.tx.in_frame = false;
         match lost {
             Some(Loss::Oversize) => self.counters.tx_oversize += 1,
             Some(Loss::Fault) => self.counters.tx_buffer_fault += 1,
-            Some(Loss::Tso) => self.counters.tx_tso_dropped += 1,
             None if frame.is_empty() => self.counters.tx_empty += 1,
+            None if tso => self.tx_segment(&frame, &sums),
             None => {
                 for s in sums {
                     if !insert(&mut frame, s) {
@@ -263,6 +295,94 @@ impl<M: GuestMemory> E1000<M> {
         // Keep the allocation for the next frame.
         frame.clear();
         self.tx.frame = frame;
+    }
+}
+
+/// One's complement addition of 16-bit words.
+fn ones_add(a: u16, b: u16) -> u16 {
+    let s = u32::from(a) + u32::from(b);
+    ((s & 0xffff) + (s >> 16)) as u16
+}
+
+fn get_be16(f: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([f[at], f[at + 1]])
+}
+
+fn put_be16(f: &mut [u8], at: usize, v: u16) {
+    f[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+impl<M: GuestMemory> E1000<M> {
+    /// Send a TSE frame as segments of at most MSS payload bytes (see the module comment).
+    /// A context that does not fit the frame drops it, counted in `tx_tso_dropped`.
+    fn tx_segment(&mut self, frame: &[u8], sums: &[ChecksumSpec]) {
+        let c = self.tx.context;
+        let (hdr, mss) = (usize::from(c.hdr_len), usize::from(c.mss));
+        let (ipcss, ipcso, tucss, tucso) = (
+            usize::from(c.ipcss),
+            usize::from(c.ipcso),
+            usize::from(c.tucss),
+            usize::from(c.tucso),
+        );
+        let l4_header = if c.tcp { 20 } else { 8 };
+        let fits = mss != 0
+            && hdr < frame.len()
+            && hdr + mss <= MAX_FRAME
+            && tucss + l4_header <= hdr
+            && tucso + 2 <= hdr
+            && ipcss + 20 <= hdr
+            && ipcso + 2 <= hdr;
+        if !fits {
+            self.counters.tx_tso_dropped += 1;
+            return;
+        }
+        let payload = &frame[hdr..];
+        let ip_id = get_be16(frame, ipcss + 4);
+        let seq = u32::from_be_bytes([
+            frame[tucss + 4],
+            frame[tucss + 5],
+            frame[tucss + 6],
+            frame[tucss + 7],
+        ]);
+        let pseudo = get_be16(frame, tucso);
+        let segments = payload.len().div_ceil(mss);
+        let mut seg = Vec::with_capacity(hdr + mss);
+        for (i, chunk) in payload.chunks(mss).enumerate() {
+            seg.clear();
+            seg.extend_from_slice(&frame[..hdr]);
+            seg.extend_from_slice(chunk);
+            let len = seg.len();
+            if c.ipv4 {
+                put_be16(&mut seg, ipcss + 2, (len - ipcss) as u16);
+                put_be16(&mut seg, ipcss + 4, ip_id.wrapping_add(i as u16));
+            }
+            if c.tcp {
+                let s = seq.wrapping_add((i * mss) as u32);
+                seg[tucss + 4..tucss + 8].copy_from_slice(&s.to_be_bytes());
+                if i + 1 < segments {
+                    seg[tucss + 13] &= !(TCP_FIN | TCP_PSH);
+                }
+            } else {
+                put_be16(&mut seg, tucss + 4, (len - tucss) as u16);
+            }
+            if self.tx.popts & POPTS_IXSM != 0 {
+                put_be16(&mut seg, ipcso, 0);
+            }
+            if self.tx.popts & POPTS_TXSM != 0 {
+                put_be16(&mut seg, tucso, ones_add(pseudo, (len - tucss) as u16));
+            }
+            for &s in sums {
+                if !insert(&mut seg, s) {
+                    self.counters.tx_bad_checksum_offsets += 1;
+                }
+            }
+            transmit(
+                &mut *self.backend,
+                &mut self.stats,
+                &mut self.counters,
+                &seg,
+            );
+        }
     }
 }
 
