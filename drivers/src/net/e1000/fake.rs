@@ -102,6 +102,10 @@ pub struct Device {
     pub eeprom_stuck: bool,
     /// RX descriptors are written back with this length instead of the frame's.
     pub wild_rx_len: Option<u16>,
+    /// RX descriptors are written back with these error bits, and with this status (DD set
+    /// regardless) instead of DD | EOP.
+    pub rx_error_bits: u8,
+    pub rx_status: Option<u8>,
     /// Reads of RDH / TDH return this instead.
     pub rdh_read: Option<u32>,
     pub tdh_read: Option<u32>,
@@ -163,6 +167,8 @@ impl FakePlatform {
                 reset_stuck: false,
                 eeprom_stuck: false,
                 wild_rx_len: None,
+                rx_error_bits: 0,
+                rx_status: None,
                 rdh_read: None,
                 tdh_read: None,
                 tx_stalled: false,
@@ -254,8 +260,8 @@ impl FakePlatform {
         let copy = frame.len().min(2048);
         self.write_phys(d.buffer_addr, &frame[..copy]);
         d.length = dev.wild_rx_len.unwrap_or(copy as u16);
-        d.status = 0x03; // DD | EOP
-        d.errors = 0;
+        d.status = dev.rx_status.map_or(0x03, |s| s | 1); // DD | EOP
+        d.errors = dev.rx_error_bits;
         self.write_phys(at, d.as_bytes());
         dev.rdh = (dev.rdh + 1) % n;
         self.raise(&mut dev, Intr::RXT0);

@@ -234,6 +234,8 @@ pub struct E1000<'p, P: Platform + ?Sized> {
     rx_unreturned: u16,
     /// The device said the ring ran low: give buffers back one by one until it is drained.
     rx_pressure: bool,
+    /// A descriptor without EOP came: drop through the one that ends that frame.
+    rx_discarding: bool,
     tx: Ring,
     /// Next free TX descriptor (the tail we will write).
     tx_tail: u16,
@@ -306,6 +308,7 @@ impl<'p, P: Platform + ?Sized> E1000<'p, P> {
             rx_next: 0,
             rx_unreturned: 0,
             rx_pressure: false,
+            rx_discarding: false,
             tx,
             tx_tail: 0,
             tx_clean: 0,
@@ -374,6 +377,8 @@ impl<'p, P: Platform + ?Sized> E1000<'p, P> {
         self.write32(reg::RDT, u32::from(self.rx.size - 1));
         self.write32(reg::RDTR, 0);
         self.rx_next = 0;
+        self.rx_pressure = false;
+        self.rx_discarding = false;
         self.rx_unreturned = 0;
 
         let tx_phys = self.tx.descs.phys();
@@ -813,12 +818,18 @@ impl<P: Platform + ?Sized> Nic for E1000<'_, P> {
             let good = if len == 0 || len > BUFFER_SIZE {
                 self.extra.rx_bad_length += 1;
                 false
-            } else if d.errors & RxErrors::all().bits() != 0 || !status.contains(RxStatus::EOP) {
+            } else if d.errors & RxErrors::all().bits() != 0
+                || !status.contains(RxStatus::EOP)
+                || self.rx_discarding
+            {
+                // A frame over several descriptors (never with 2048-byte buffers and LPE
+                // off) is dropped whole: this part, and the rest through its EOP.
                 self.extra.rx_errors += 1;
                 false
             } else {
                 true
             };
+            self.rx_discarding = !status.contains(RxStatus::EOP);
             if good {
                 let frame = &self.rx.buffer(i)[..len];
                 deliver(frame, RxInfo::default());

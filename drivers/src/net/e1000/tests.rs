@@ -470,3 +470,25 @@ fn rx_buffers_go_back_in_batches_and_one_by_one_after_a_full_ring() {
     assert_eq!(receive_all(&mut nic).len(), 20);
     assert_eq!(p.dev.borrow().rdt_writes - base, 2);
 }
+
+#[test]
+fn rx_errors_and_partial_frames_are_counted_drops() {
+    let p = FakePlatform::new();
+    let mut nic = open(&p, options());
+    let f = ip_frame(true, 40);
+    p.dev.borrow_mut().rx_error_bits = 0x01; // CRC error
+    assert!(p.receive_frame(&f));
+    p.dev.borrow_mut().rx_error_bits = 0x80; // RX data error
+    assert!(p.receive_frame(&f));
+    p.dev.borrow_mut().rx_error_bits = 0;
+    p.dev.borrow_mut().rx_status = Some(0x01); // DD without EOP: part of a longer frame
+    assert!(p.receive_frame(&f));
+    assert!(p.receive_frame(&f));
+    p.dev.borrow_mut().rx_status = None;
+    assert!(p.receive_frame(&f)); // its last part, with EOP
+    assert!(p.receive_frame(&f));
+    assert_eq!(receive_all(&mut nic), vec![f]);
+    assert_eq!(nic.counters().rx_drops, 5);
+    assert_eq!(nic.extra_counters().rx_errors, 5);
+    assert_eq!(nic.counters().rx_packets, 1);
+}
