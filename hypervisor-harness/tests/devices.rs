@@ -148,3 +148,25 @@ fn e1000_carries_the_network_tests() {
         );
     }
 }
+
+/// `--net e1000,link=down`: the guest's driver sees the link down (STATUS.LU, the PHY) and
+/// refuses to send; the same test fails with the link up.
+#[test]
+fn e1000_link_down_is_reported() {
+    if !have_kvm("e1000_link_down_is_reported") {
+        return;
+    }
+    for (link, code) in [("down", 0), ("up", 1)] {
+        let o = harness()
+            .args(["run", "--kernel", KERNEL, "--net"])
+            .arg(format!("e1000,link={link}"))
+            .args(["--cmdline", "tests=net_link net_expect_link=down"])
+            .output()
+            .unwrap();
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(code), "link={link}: {t}");
+        if link == "down" {
+            assert!(t.contains("send with the link down: refused"), "{t}");
+        }
+    }
+}
