@@ -57,9 +57,16 @@ pub struct NicJson {
     /// Times the device held frames back in the backend (no receive buffers).
     #[serde(default)]
     pub rx_holds: u64,
+    /// Times the device left frames in a transmit ring because the backend could take no
+    /// more (TX backpressure).
+    #[serde(default)]
+    pub tx_holds: u64,
     /// Frames for the guest the backend itself dropped (its queue full, too large).
     #[serde(default)]
     pub backend_rx_dropped: u64,
+    /// Frames from the guest the backend dropped (the far side full).
+    #[serde(default)]
+    pub backend_tx_dropped: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_error: Option<String>,
 }
@@ -91,7 +98,9 @@ impl NicJson {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
             rx_holds: s.rx_holds,
+            tx_holds: s.tx_holds,
             backend_rx_dropped: 0,
+            backend_tx_dropped: 0,
             backend_error: s.backend_error.clone(),
         }
     }
@@ -129,7 +138,9 @@ impl AttachedNic {
             self.pairs,
             &self.shared.stats(),
         );
-        json.backend_rx_dropped = self.shared.backend().counters().rx_dropped;
+        let backend = self.shared.backend().counters();
+        json.backend_rx_dropped = backend.rx_dropped;
+        json.backend_tx_dropped = backend.tx_dropped;
         json
     }
 

@@ -8,7 +8,10 @@
 //!
 //! Backends never block the device: `transmit` drops (and counts) when the far side is full,
 //! and `receive` returns `Ok(None)` when nothing is waiting. A device thread that wants to sleep
-//! until a frame arrives waits on [`NetBackend::rx_ready_fd`].
+//! until a frame arrives waits on [`NetBackend::rx_ready_fd`]. A NIC model that can hold
+//! frames in its guest's ring asks [`NetBackend::tx_ready`] first and, while it is false,
+//! waits for [`NetBackend::tx_wait_fd`] to be writable instead of transmitting (TX
+//! backpressure, as QEMU stops a TX queue on a full socket).
 
 pub mod peer;
 pub mod spec;
@@ -101,6 +104,18 @@ pub trait NetBackend: Send {
     /// same rules as `transmit`: never blocks, drops and counts what cannot go.
     fn flush(&mut self) -> Result<(), NetBackendError> {
         Ok(())
+    }
+
+    /// Whether a frame of up to [`MAX_FRAME`] bytes would be taken now without a drop. May
+    /// try a write of what it holds to make room; never blocks.
+    fn tx_ready(&mut self) -> bool {
+        true
+    }
+
+    /// A file descriptor to poll for writability (`POLLOUT`) while `tx_ready` is false; `None`
+    /// for a backend that is always ready.
+    fn tx_wait_fd(&self) -> Option<RawFd> {
+        None
     }
 
     /// The next frame for the guest, copied into `buf` (at least [`MAX_FRAME`] bytes): its

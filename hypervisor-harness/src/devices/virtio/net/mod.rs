@@ -36,7 +36,7 @@ use crate::devices::lock;
 use ctrl::{CtrlOutcome, CtrlState};
 use header::NetHeader;
 use rx::Delivery;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
@@ -176,6 +176,9 @@ pub struct NetStats {
     /// Times the receive pass began holding frames back in the backend (a pair's ring and
     /// pending queue full).
     pub rx_holds: u64,
+    /// Times a transmit pass stopped taking frames from the guest because the backend could
+    /// take no more (they wait in the ring until it can).
+    pub tx_holds: u64,
     /// The backend's last error, if it failed.
     pub backend_error: Option<String>,
 }
@@ -218,6 +221,10 @@ pub struct NetShared {
     /// Written when the receive pass is unblocked (the driver added buffers, a reset): the
     /// backend's thread, which set it, watches the backend again.
     rx_resume: Mutex<Option<EventFd>>,
+    /// Bit per pair: its transmit pass stopped because the backend was not ready, frames left
+    /// in the ring. The backend's thread waits for the backend's `tx_wait_fd` to be
+    /// writable and runs the pass again.
+    tx_blocked: AtomicU32,
     /// Times the backend's thread woke (tests: no busy loop while blocked).
     backend_wakeups: AtomicU64,
 }
@@ -249,6 +256,36 @@ impl NetShared {
     }
     fn note_backend_wakeup(&self) {
         self.backend_wakeups.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Pairs whose transmit pass is held (see [`NetShared::tx_blocked`]), a bit each.
+    pub fn tx_blocked(&self) -> u32 {
+        self.tx_blocked.load(Ordering::SeqCst)
+    }
+    /// Record whether `pair`'s transmit pass is held; on a change wake the backend's thread,
+    /// which (un)watches the backend's `tx_wait_fd`. True when it just became held.
+    fn set_tx_blocked(&self, pair: usize, blocked: bool) -> bool {
+        let bit = 1u32 << (pair % 32);
+        let was = if blocked {
+            self.tx_blocked.fetch_or(bit, Ordering::SeqCst)
+        } else {
+            self.tx_blocked.fetch_and(!bit, Ordering::SeqCst)
+        } & bit
+            != 0;
+        if was != blocked {
+            self.wake_backend_thread();
+        }
+        blocked && !was
+    }
+    /// No transmit pass is held any more (reset, activation).
+    fn clear_tx_blocked(&self) {
+        if self.tx_blocked.swap(0, Ordering::SeqCst) != 0 {
+            self.wake_backend_thread();
+        }
+    }
+    fn wake_backend_thread(&self) {
+        if let Some(evt) = lock(&self.rx_resume).as_ref() {
+            let _ = evt.write(1);
+        }
     }
     /// The eventfd the receive pass writes when it is unblocked.
     fn set_rx_resume(&self, evt: EventFd) {
@@ -436,6 +473,7 @@ impl Net {
             backend_gone: AtomicBool::new(false),
             rx_blocked: AtomicBool::new(false),
             rx_resume: Mutex::new(None),
+            tx_blocked: AtomicU32::new(0),
             backend_wakeups: AtomicU64::new(0),
         });
         Self {
@@ -507,6 +545,7 @@ impl Net {
             drops,
             ctrl,
             rx_holds,
+            tx_holds,
             backend_error,
         } = &self.stats;
         let mut s = lock(&self.shared.stats);
@@ -517,6 +556,7 @@ impl Net {
         s.drops[DropReason::RxInactive.index()] += inactive;
         s.ctrl = *ctrl;
         s.rx_holds = *rx_holds;
+        s.tx_holds = *tx_holds;
         if backend_error.is_some() && s.backend_error != *backend_error {
             s.backend_error.clone_from(backend_error);
         }
@@ -537,9 +577,23 @@ impl Net {
         let partial_ok = backend.accepts_partial_checksum();
         let mut used_any = false;
         let mut unflushed = false;
+        let mut held = false;
         loop {
             queue.disable_notification(mem)?;
-            while let Some(chain) = queue.iter(mem)?.next() {
+            loop {
+                if queue.ready() {
+                    if queue.avail_idx(mem, Ordering::Acquire)?.0 == queue.next_avail() {
+                        break;
+                    }
+                    // Backpressure: a frame the backend cannot take now stays in the ring.
+                    if !backend.tx_ready() {
+                        held = true;
+                        break;
+                    }
+                }
+                let Some(chain) = queue.iter(mem)?.next() else {
+                    break;
+                };
                 let head = chain.head_index();
                 let result = tx::gather(mem, chain, &mut self.tx_buf[..])
                     .and_then(|n| tx::prepare(&mut self.tx_buf[..], n, partial_ok))
@@ -586,11 +640,16 @@ impl Net {
                     }
                 }
             }
-            if !queue.enable_notification(mem)? {
+            // Held: notifies stay off, the backend's thread runs the pass again once the
+            // backend can take frames.
+            if held || !queue.enable_notification(mem)? {
                 break;
             }
         }
         drop(backend);
+        if self.shared.set_tx_blocked(pair, held) {
+            self.stats.tx_holds += 1;
+        }
         if used_any && driver_wants_interrupt(queue, mem)? {
             self.stats.queues[qi].interrupts += 1;
             act.interrupt.trigger(InterruptType::Queue(qi));
@@ -857,6 +916,7 @@ impl VirtioDevice for Net {
             p.clear();
         }
         self.shared.set_rx_blocked(false);
+        self.shared.clear_tx_blocked();
         self.running = Some(Running {
             mergeable: f & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
             guest_csum: f & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0,
@@ -902,6 +962,8 @@ impl VirtioDevice for Net {
         // What the backend holds back is now for a device that is not running: the event
         // loop drains it (counted as RxInactive).
         self.shared.set_rx_blocked(false);
+        // Frames a held transmit pass left are the reset ring's: nothing to resume.
+        self.shared.clear_tx_blocked();
     }
 }
 

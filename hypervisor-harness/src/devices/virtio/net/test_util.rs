@@ -22,6 +22,10 @@ pub struct Wire {
     pub gone: bool,
     /// At each `flush`: how many frames had been sent.
     pub flushes: Vec<usize>,
+    /// Frames `transmit` takes before `tx_ready` says no (`None`: no limit).
+    pub tx_room: Option<usize>,
+    /// Times `tx_ready` was asked.
+    pub tx_ready_calls: usize,
     pub counters: BackendCounters,
 }
 
@@ -29,6 +33,9 @@ pub struct Wire {
 pub struct TestBackend {
     pub wire: Arc<Mutex<Wire>>,
     ready: Arc<EventFd>,
+    /// The `tx_wait_fd`: an eventfd is writable unless its count is at the maximum, which it
+    /// is while `tx_room` is `Some(0)`.
+    tx_wait: Arc<EventFd>,
 }
 
 impl Default for TestBackend {
@@ -42,6 +49,21 @@ impl TestBackend {
         Self {
             wire: Arc::default(),
             ready: Arc::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")),
+            tx_wait: Arc::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")),
+        }
+    }
+
+    /// How many more frames it takes before it is not ready (`None`: any number).
+    pub fn set_tx_room(&self, room: Option<usize>) {
+        let mut w = lock(&self.wire);
+        w.tx_room = room;
+        self.show_tx_room(&w);
+    }
+
+    fn show_tx_room(&self, w: &Wire) {
+        let _ = self.tx_wait.read();
+        if w.tx_room == Some(0) {
+            let _ = self.tx_wait.write(u64::MAX - 1);
         }
     }
 
@@ -78,6 +100,12 @@ impl NetBackend for TestBackend {
         if w.gone {
             return Err(NetBackendError::Disconnected("test".into()));
         }
+        if let Some(room) = w.tx_room {
+            w.tx_room = Some(room.saturating_sub(1));
+            if room <= 1 {
+                self.show_tx_room(&w);
+            }
+        }
         w.counters.tx_frames += 1;
         w.counters.tx_bytes += frame.len() as u64;
         w.sent.push((*meta, frame.to_vec()));
@@ -92,6 +120,14 @@ impl NetBackend for TestBackend {
         let sent = w.sent.len();
         w.flushes.push(sent);
         Ok(())
+    }
+    fn tx_ready(&mut self) -> bool {
+        let mut w = lock(&self.wire);
+        w.tx_ready_calls += 1;
+        w.tx_room != Some(0)
+    }
+    fn tx_wait_fd(&self) -> Option<RawFd> {
+        Some(self.tx_wait.as_raw_fd())
     }
     fn receive(&mut self, buf: &mut [u8]) -> Result<Option<(usize, FrameMeta)>, NetBackendError> {
         let mut w = lock(&self.wire);

@@ -550,6 +550,59 @@ fn the_backend_is_flushed_once_per_tx_batch() {
 }
 
 #[test]
+fn a_backend_not_ready_leaves_tx_chains_in_the_ring_until_it_is() {
+    let backend = TestBackend::new();
+    let mut rig = Rig::new(1, backend.clone());
+    backend.set_tx_room(Some(2));
+    for i in 0..5 {
+        rig.send(0, hdr(), &udp_frame(i, 9, b"held"), &[]);
+    }
+    rig.notify(1).unwrap();
+    assert_eq!(backend.sent().len(), 2);
+    assert_eq!(rig.used(1).len(), 2, "the rest stay unused in the ring");
+    assert_eq!(rig.net.shared().tx_blocked(), 1);
+    assert_eq!(rig.stats().tx_holds, 1);
+    // Still not ready: nothing more, and the same hold.
+    rig.notify(1).unwrap();
+    assert_eq!((backend.sent().len(), rig.used(1).len()), (2, 2));
+    assert_eq!(rig.stats().tx_holds, 1);
+    // Ready: the pass sends the rest, in order, nothing dropped.
+    backend.set_tx_room(None);
+    rig.notify(1).unwrap();
+    let ports: Vec<u16> = backend
+        .sent()
+        .iter()
+        .map(|(_, f)| u16::from_be_bytes([f[34], f[35]]))
+        .collect();
+    assert_eq!(ports, vec![0, 1, 2, 3, 4]);
+    assert_eq!(rig.used(1).len(), 5);
+    assert_eq!(rig.net.shared().tx_blocked(), 0);
+    assert_eq!(rig.stats().nonzero_drops(), vec![]);
+    // Held again, then a reset: nothing is held any more.
+    backend.set_tx_room(Some(0));
+    rig.send(0, hdr(), &udp_frame(5, 9, b"held"), &[]);
+    rig.notify(1).unwrap();
+    assert_eq!(rig.net.shared().tx_blocked(), 1);
+    assert_eq!(rig.stats().tx_holds, 2);
+    rig.net.reset();
+    assert_eq!(rig.net.shared().tx_blocked(), 0);
+}
+
+#[test]
+fn tx_readiness_is_not_asked_without_a_chain_waiting() {
+    let backend = TestBackend::new();
+    let mut rig = Rig::new(1, backend.clone());
+    backend.set_tx_room(Some(1));
+    rig.send(0, hdr(), &udp_frame(1, 9, b"last"), &[]);
+    rig.notify(1).unwrap();
+    // The one frame used the last room, but nothing else waits: not a hold.
+    assert_eq!(rig.used(1).len(), 1);
+    assert_eq!(rig.net.shared().tx_blocked(), 0);
+    assert_eq!(rig.stats().tx_holds, 0);
+    assert_eq!(lock(&backend.wire).tx_ready_calls, 1);
+}
+
+#[test]
 fn replies_of_a_synchronous_backend_arrive_in_the_same_notify() {
     let backend = TestBackend::echo();
     let mut rig = Rig::new(1, backend.clone());
@@ -1017,6 +1070,76 @@ mod through_the_transport {
         let f = rig.read(bufs[3] + HEADER_LEN as u64, 42);
         assert_eq!(&f[34..36], &3u16.to_be_bytes());
         assert_eq!(rig.shared.stats().nonzero_drops(), vec![]);
+    }
+
+    /// TX backpressure through the event loop: a backend that cannot take frames leaves the
+    /// chains in the ring; the backend's thread sleeps on its `tx_wait_fd` (a bounded number
+    /// of wakeups) and, once it is writable, runs the pass again: all sent in order.
+    fn tx_backpressure_resumes_when_the_backend_has_room(thread_mode: bool) {
+        let backend = TestBackend::new();
+        let mut rig = PciRig::new(1, backend.clone());
+        let tx_kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let notifies = if thread_mode {
+            vec![(1, tx_kick.try_clone().unwrap())]
+        } else {
+            Vec::new()
+        };
+        let _loop =
+            event_loop::spawn("t-net-txbp", &rig.dev, Some(rig.shared.clone()), notifies).unwrap();
+        backend.set_tx_room(Some(0));
+        const N: u16 = QSIZE;
+        for i in 0..N {
+            let frame = udp_frame(i, 9, b"held back");
+            let mut bytes = hdr().as_slice().to_vec();
+            bytes.extend_from_slice(&frame);
+            let at = rig.alloc(&bytes);
+            rig.post(1, &[(at, bytes.len() as u32, 0)]);
+        }
+        if thread_mode {
+            tx_kick.write(1).unwrap();
+        } else {
+            let at = VirtioPciDevice::notify_offset(1);
+            lock(&rig.dev).bar_write(at, &1u16.to_le_bytes());
+        }
+        rig.wait_for("the pass to hold", |r| r.shared.tx_blocked() == 1);
+        std::thread::sleep(Duration::from_millis(20));
+        let wakeups = rig.shared.backend_wakeups();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            rig.shared.backend_wakeups() <= wakeups + 1,
+            "the backend's thread woke {} times while held",
+            rig.shared.backend_wakeups() - wakeups
+        );
+        assert!(backend.sent().is_empty());
+        assert_eq!(rig.used_idx(1), 0, "the chains stay in the ring");
+        // Room: the fd turns writable and the thread resumes the pass.
+        backend.set_tx_room(None);
+        rig.wait_for("the held frames sent", |r| r.used_idx(1) == N);
+        let ports: Vec<u16> = backend
+            .sent()
+            .iter()
+            .map(|(_, f)| u16::from_be_bytes([f[34], f[35]]))
+            .collect();
+        assert_eq!(ports, (0..N).collect::<Vec<_>>());
+        rig.wait_for("the hold released", |r| r.shared.tx_blocked() == 0);
+        let s = rig.shared.stats();
+        assert_eq!(s.tx_holds, 1);
+        assert_eq!(s.nonzero_drops(), vec![]);
+        // Not watching the writable fd any more: the thread sleeps.
+        std::thread::sleep(Duration::from_millis(20));
+        let wakeups = rig.shared.backend_wakeups();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(rig.shared.backend_wakeups() <= wakeups + 1);
+    }
+
+    #[test]
+    fn inline_mode_tx_backpressure_resumes_when_the_backend_has_room() {
+        tx_backpressure_resumes_when_the_backend_has_room(false);
+    }
+
+    #[test]
+    fn thread_mode_tx_backpressure_resumes_when_the_backend_has_room() {
+        tx_backpressure_resumes_when_the_backend_has_room(true);
     }
 
     #[test]
