@@ -676,13 +676,19 @@ impl Net {
                 }
             }
         }
-        let mut blocked = false;
-        for _round in 0..2 {
+        let mut blocked;
+        loop {
+            // Frames that left a pending queue or the backend this round.
+            let mut moved = 0usize;
             // Frames already waiting go first, in order.
             for (p, pending) in self.pending.iter_mut().enumerate() {
                 while let Some((frame, meta)) = pending.front() {
                     let qi = Self::rx_queue(p);
                     let out = deliver_one(r, qi, frame, meta, &mut self.rx_used)?;
+                    if out == Delivery::NoBuffers {
+                        break;
+                    }
+                    moved += 1;
                     match out {
                         Delivery::NoBuffers => break,
                         Delivery::Delivered { .. } => {
@@ -712,6 +718,7 @@ impl Net {
                             break;
                         }
                     };
+                    moved += 1;
                     let frame = &mut self.rx_buf[..len.min(MAX_FRAME)];
                     let p = flow_hash(frame)
                         .map(|h| r.steering[h as usize] as usize)
@@ -760,7 +767,11 @@ impl Net {
                 }
             }
             // A pair with frames waiting asks the driver to notify it when it adds buffers;
-            // if some arrived meanwhile, go round once more.
+            // if some arrived meanwhile, go round again. Stopping there instead (a fixed
+            // number of rounds) lost the wakeup: the driver had added them before it could
+            // see the request, so it did not notify, and RX stalled with frames held back
+            // until the guest next transmitted (net_rx_flood under a loaded host). A round
+            // that moved nothing (buffers too few for the frame at the head) ends the pass.
             let mut again = false;
             for (p, pending) in self.pending.iter().enumerate() {
                 if pending.is_empty() {
@@ -772,7 +783,7 @@ impl Net {
                     }
                 }
             }
-            if !again {
+            if !again || moved == 0 {
                 break;
             }
         }
