@@ -4,6 +4,8 @@
 //! backend plays 192.168.77.2. Needs root and /dev/net/tun: SKIP without them, except under
 //! CI=true, where they are demanded.
 
+mod common;
+use common::have_tap;
 use hypervisor_harness::backends::net::tap::TapBackend;
 use hypervisor_harness::backends::net::{ChecksumRequest, FrameMeta, NetBackend, MAX_FRAME};
 use smoltcp::phy::ChecksumCapabilities;
@@ -20,27 +22,6 @@ const TAP: &str = "hhtap0";
 const HOST_IP: Ipv4Address = Ipv4Address::new(192, 168, 77, 1);
 const OUR_IP: Ipv4Address = Ipv4Address::new(192, 168, 77, 2);
 const OUR_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-
-/// Whether this machine can run the test; SKIP (or, under CI=true, fail) if not.
-fn can_run(test: &str) -> bool {
-    let reason = if !std::path::Path::new("/dev/net/tun").exists() {
-        Some("/dev/net/tun is missing")
-    // SAFETY: geteuid has no preconditions.
-    } else if unsafe { libc::geteuid() } != 0 {
-        Some("not root (a TAP and a network namespace need CAP_NET_ADMIN/CAP_SYS_ADMIN)")
-    } else if Command::new("ip").arg("-V").output().is_err() {
-        Some("the `ip` command (iproute2) is missing")
-    } else {
-        None
-    };
-    let Some(reason) = reason else {
-        return true;
-    };
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(!ci, "{test}: {reason}, and CI=true demands it");
-    eprintln!("SKIP {test}: {reason}");
-    false
-}
 
 /// Run `f` on a thread of its own in a new network namespace.
 fn in_new_netns<R: Send>(f: impl FnOnce() -> R + Send) -> R {
@@ -340,14 +321,14 @@ fn kernel_answers(vnet_hdr: bool) {
 
 #[test]
 fn kernel_answers_over_tap_with_vnet_hdr() {
-    if can_run("kernel_answers_over_tap_with_vnet_hdr") {
+    if have_tap("kernel_answers_over_tap_with_vnet_hdr") {
         in_new_netns(|| kernel_answers(true));
     }
 }
 
 #[test]
 fn kernel_answers_over_tap_without_vnet_hdr() {
-    if can_run("kernel_answers_over_tap_without_vnet_hdr") {
+    if have_tap("kernel_answers_over_tap_without_vnet_hdr") {
         in_new_netns(|| kernel_answers(false));
     }
 }
@@ -356,7 +337,7 @@ fn kernel_answers_over_tap_without_vnet_hdr() {
 /// TUN_F_CSUM on it, a vnet_hdr=off user still gets whole checksums (open clears them).
 #[test]
 fn vnet_hdr_off_clears_what_an_earlier_user_offloaded() {
-    if can_run("vnet_hdr_off_clears_what_an_earlier_user_offloaded") {
+    if have_tap("vnet_hdr_off_clears_what_an_earlier_user_offloaded") {
         in_new_netns(|| {
             ip(&["tuntap", "add", "dev", TAP, "mode", "tap"]);
             drop(TapBackend::open(TAP, true).expect("open the persistent TAP with vnet_hdr"));
@@ -368,7 +349,7 @@ fn vnet_hdr_off_clears_what_an_earlier_user_offloaded() {
 #[test]
 fn open_names_the_step_that_failed() {
     use hypervisor_harness::backends::net::{open, spec::BackendSpec};
-    if !can_run("open_names_the_step_that_failed") {
+    if !have_tap("open_names_the_step_that_failed") {
         return;
     }
     // In a namespace of its own too, in case a kernel took the name.

@@ -36,6 +36,22 @@ pub fn have_kvm(test: &str) -> bool {
     kvm_usable() || platform_missing(test, "/dev/kvm is not usable here")
 }
 
+/// Whether this machine can give a test a TAP device in a network namespace of its own (root,
+/// /dev/net/tun, the `ip` command); if not, SKIP (or, under CI=true, fail) `test`.
+pub fn have_tap(test: &str) -> bool {
+    let reason = if !Path::new("/dev/net/tun").exists() {
+        "/dev/net/tun is missing"
+    // SAFETY: geteuid has no preconditions.
+    } else if unsafe { libc::geteuid() } != 0 {
+        "not root (a TAP and a network namespace need CAP_NET_ADMIN/CAP_SYS_ADMIN)"
+    } else if Command::new("ip").arg("-V").output().is_err() {
+        "the `ip` command (iproute2) is missing"
+    } else {
+        return true;
+    };
+    platform_missing(test, reason)
+}
+
 /// Whether `qemu-system-x86_64` runs; if not, SKIP (or, under CI=true, fail) `test`.
 pub fn have_qemu(test: &str) -> bool {
     qemu_installed() || platform_missing(test, "qemu-system-x86_64 is not installed")
