@@ -58,6 +58,54 @@ const SECTOR: usize = 512;
 
 /// Where the virtio-pci BAR and the IDE BAR4 sit on their buses.
 const VIRTIO_BAR: u64 = crate::devices::pci::MMIO_BAR_START;
+
+/// What the virtio rigs (virtio-blk, virtio-net) do to a virtio-pci function as its driver
+/// would: register accesses in its BAR at [`VIRTIO_BAR`] and the common-config sequences built
+/// on them.
+trait VirtioPciDriver {
+    fn bus(&mut self) -> &mut crate::devices::bus::Bus;
+
+    /// Write `len` bytes of `v` (little-endian) at `off` in the BAR.
+    fn w(&mut self, off: u64, len: usize, v: u64) {
+        let mut b = v.to_le_bytes().to_vec();
+        b.resize(len, 0);
+        self.bus().write(VIRTIO_BAR + off, &b);
+    }
+
+    fn r(&mut self, off: u64, len: usize) -> u64 {
+        let mut b = vec![0u8; len];
+        self.bus().read(VIRTIO_BAR + off, &mut b);
+        crate::devices::le_value(&b)
+    }
+
+    fn setup_queue(&mut self, sel: u16, size: u16, layout: [u64; 3], vector: u16, enable: bool) {
+        use crate::devices::virtio::transport_pci::common;
+        self.w(common::QUEUE_SELECT, 2, sel as u64);
+        self.w(common::QUEUE_SIZE, 2, size as u64);
+        self.w(common::QUEUE_DESC, 8, layout[0]);
+        self.w(common::QUEUE_DRIVER, 8, layout[1]);
+        self.w(common::QUEUE_DEVICE, 8, layout[2]);
+        self.w(common::QUEUE_MSIX_VECTOR, 2, vector as u64);
+        if enable {
+            self.w(common::QUEUE_ENABLE, 2, 1);
+        }
+    }
+
+    /// ACKNOWLEDGE, DRIVER, `features`, FEATURES_OK, and DRIVER_OK if asked.
+    fn negotiate(&mut self, features: u64, driver_ok: bool) {
+        use crate::devices::virtio::transport_pci::common;
+        self.w(common::DEVICE_STATUS, 1, 1);
+        self.w(common::DEVICE_STATUS, 1, 3);
+        self.w(common::DRIVER_FEATURE_SELECT, 4, 0);
+        self.w(common::DRIVER_FEATURE, 4, features & 0xffff_ffff);
+        self.w(common::DRIVER_FEATURE_SELECT, 4, 1);
+        self.w(common::DRIVER_FEATURE, 4, features >> 32);
+        self.w(common::DEVICE_STATUS, 1, 11);
+        if driver_ok {
+            self.w(common::DEVICE_STATUS, 1, 15);
+        }
+    }
+}
 const IDE_BAR4: u64 = crate::devices::pci::IO_BAR_START;
 
 // ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 use super::*;
 use crate::backends::mem_disk::{Faults, MemDisk};
 use crate::devices::bus::Bus;
+use crate::devices::lock;
 use crate::devices::pci::config::{CMD_BUS_MASTER, CMD_IO, CMD_MEM, REG_COMMAND};
 use crate::devices::pci::msix;
 use crate::devices::pci::PciFunction;
@@ -12,7 +13,6 @@ use crate::devices::virtio::transport_pci::{
     self as tp, common, BarRegion, VirtioPciDevice, NO_VECTOR,
 };
 use crate::devices::virtio::Memory;
-use crate::devices::{le_value, lock};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET};
@@ -150,6 +150,12 @@ impl VirtioDevice for CountingBlk {
     }
 }
 
+impl VirtioPciDriver for VirtioRig {
+    fn bus(&mut self) -> &mut Bus {
+        &mut self.bus
+    }
+}
+
 impl VirtioRig {
     fn new(mem: Memory, disk: MemDisk) -> Self {
         let blk = Blk::new(Box::new(disk.clone()), *b"fuzz-virtio-blk\0\0\0\0\0");
@@ -190,48 +196,11 @@ impl VirtioRig {
         }
     }
 
-    fn w(&mut self, off: u64, len: usize, v: u64) {
-        let mut b = v.to_le_bytes().to_vec();
-        b.resize(len, 0);
-        self.bus.write(VIRTIO_BAR + off, &b);
-    }
-
-    fn r(&mut self, off: u64, len: usize) -> u64 {
-        let mut b = vec![0u8; len];
-        self.bus.read(VIRTIO_BAR + off, &mut b);
-        le_value(&b)
-    }
-
     /// (size, desc, avail, used) of queue 0 as the device has them.
     fn queue0(&self) -> (u16, u64, u64, u64) {
         let d = lock(&self.dev);
         let q = d.queue(0).expect("queue 0");
         (q.size(), q.desc_table(), q.avail_ring(), q.used_ring())
-    }
-
-    fn setup_queue(&mut self, sel: u16, size: u16, layout: [u64; 3], vector: u16, enable: bool) {
-        self.w(common::QUEUE_SELECT, 2, sel as u64);
-        self.w(common::QUEUE_SIZE, 2, size as u64);
-        self.w(common::QUEUE_DESC, 8, layout[0]);
-        self.w(common::QUEUE_DRIVER, 8, layout[1]);
-        self.w(common::QUEUE_DEVICE, 8, layout[2]);
-        self.w(common::QUEUE_MSIX_VECTOR, 2, vector as u64);
-        if enable {
-            self.w(common::QUEUE_ENABLE, 2, 1);
-        }
-    }
-
-    fn negotiate(&mut self, features: u64, driver_ok: bool) {
-        self.w(common::DEVICE_STATUS, 1, 1);
-        self.w(common::DEVICE_STATUS, 1, 3);
-        self.w(common::DRIVER_FEATURE_SELECT, 4, 0);
-        self.w(common::DRIVER_FEATURE, 4, features & 0xffff_ffff);
-        self.w(common::DRIVER_FEATURE_SELECT, 4, 1);
-        self.w(common::DRIVER_FEATURE, 4, features >> 32);
-        self.w(common::DEVICE_STATUS, 1, 11);
-        if driver_ok {
-            self.w(common::DEVICE_STATUS, 1, 15);
-        }
     }
 
     fn op(&mut self, r: &mut Reader) {

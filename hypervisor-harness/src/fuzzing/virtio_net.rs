@@ -18,6 +18,7 @@ use crate::backends::net::{
     BackendCounters, ChecksumRequest, FrameMeta, NetBackend, NetBackendError, MAX_FRAME,
 };
 use crate::devices::bus::Bus;
+use crate::devices::lock;
 use crate::devices::pci::config::{CMD_BUS_MASTER, CMD_IO, CMD_MEM, REG_COMMAND};
 use crate::devices::pci::msix;
 use crate::devices::pci::PciFunction;
@@ -27,7 +28,6 @@ use crate::devices::virtio::transport_pci::{
     self as tp, common, BarRegion, VirtioPciDevice, NO_VECTOR,
 };
 use crate::devices::virtio::Memory;
-use crate::devices::{le_value, lock};
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
@@ -299,6 +299,12 @@ struct NetRig {
     next_buf: u64,
 }
 
+impl VirtioPciDriver for NetRig {
+    fn bus(&mut self) -> &mut Bus {
+        &mut self.bus
+    }
+}
+
 impl NetRig {
     fn new(mem: Memory, pairs: u16) -> Self {
         let backend = FuzzBackend::default();
@@ -377,18 +383,6 @@ impl NetRig {
         }
     }
 
-    fn w(&mut self, off: u64, len: usize, v: u64) {
-        let mut b = v.to_le_bytes().to_vec();
-        b.resize(len, 0);
-        self.bus.write(VIRTIO_BAR + off, &b);
-    }
-
-    fn r(&mut self, off: u64, len: usize) -> u64 {
-        let mut b = vec![0u8; len];
-        self.bus.read(VIRTIO_BAR + off, &mut b);
-        le_value(&b)
-    }
-
     fn layout(&self, q: usize) -> Option<Layout> {
         let d = lock(&self.dev);
         let index = q;
@@ -406,31 +400,6 @@ impl NetRig {
     fn canonical(q: usize) -> [u64; 3] {
         let base = q as u64 * RING_STRIDE;
         [base, base + AVAIL_OFF, base + USED_OFF]
-    }
-
-    fn setup_queue(&mut self, sel: u16, size: u16, layout: [u64; 3], vector: u16, enable: bool) {
-        self.w(common::QUEUE_SELECT, 2, sel as u64);
-        self.w(common::QUEUE_SIZE, 2, size as u64);
-        self.w(common::QUEUE_DESC, 8, layout[0]);
-        self.w(common::QUEUE_DRIVER, 8, layout[1]);
-        self.w(common::QUEUE_DEVICE, 8, layout[2]);
-        self.w(common::QUEUE_MSIX_VECTOR, 2, vector as u64);
-        if enable {
-            self.w(common::QUEUE_ENABLE, 2, 1);
-        }
-    }
-
-    fn negotiate(&mut self, features: u64, driver_ok: bool) {
-        self.w(common::DEVICE_STATUS, 1, 1);
-        self.w(common::DEVICE_STATUS, 1, 3);
-        self.w(common::DRIVER_FEATURE_SELECT, 4, 0);
-        self.w(common::DRIVER_FEATURE, 4, features & 0xffff_ffff);
-        self.w(common::DRIVER_FEATURE_SELECT, 4, 1);
-        self.w(common::DRIVER_FEATURE, 4, features >> 32);
-        self.w(common::DEVICE_STATUS, 1, 11);
-        if driver_ok {
-            self.w(common::DEVICE_STATUS, 1, 15);
-        }
     }
 
     fn notify(&mut self, q: usize) {
