@@ -130,6 +130,25 @@ fn nic_counters(exits_json: &std::path::Path) -> NicJson {
     serde_json::from_str(note).unwrap()
 }
 
+/// Run kernel test `test` under our harness with `--net net` and `--io-mode mode`; it must pass.
+/// Returns the output and the NIC's counters from `--exits-json`.
+fn run_with_counters(net: &str, mode: &str, test: &str) -> (String, NicJson) {
+    let dir = TempDir::new("counters");
+    let json = dir.0.join("exits.json");
+    let o = harness()
+        .args(["run", "--kernel", KERNEL, "--timeout", "120"])
+        .args(["--net", net, "--io-mode", mode])
+        .args(["--cmdline", &format!("tests={test}"), "--exits-json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{mode}: {t}");
+    assert!(passed(&t, test), "{mode}: {test} not run or skipped:\n{t}");
+    let nic = nic_counters(&json);
+    (t, nic)
+}
+
 /// Two queue pairs: the guest's net_mq puts a UDP and a TCP flow on each, and the device's
 /// own per-queue counters show frames on every RX and TX queue.
 #[test]
@@ -138,22 +157,7 @@ fn mq_under_the_harness() {
         return;
     }
     for mode in ["thread", "inline"] {
-        let dir = TempDir::new("mq");
-        let json = dir.0.join("exits.json");
-        let o = harness()
-            .args(["run", "--kernel", KERNEL, "--timeout", "120"])
-            .args(["--net", "virtio,queues=2", "--io-mode", mode])
-            .args(["--cmdline", "tests=net_mq", "--exits-json"])
-            .arg(&json)
-            .output()
-            .unwrap();
-        let t = text(&o);
-        assert_eq!(o.status.code(), Some(0), "{mode}: {t}");
-        assert!(
-            passed(&t, "net_mq"),
-            "{mode}: net_mq not run or skipped:\n{t}"
-        );
-        let nic = nic_counters(&json);
+        let (_, nic) = run_with_counters("virtio,queues=2", mode, "net_mq");
         assert_eq!(nic.active_pairs, 2, "{mode}: {nic:?}");
         for q in ["rx0", "tx0", "rx1", "tx1"] {
             let c = nic.queues.iter().find(|c| c.queue == q);
@@ -475,24 +479,12 @@ fn mq_over_tap_under_qemu() {
 fn rx_flood_drops_are_counted() {
     if have_kvm("rx_flood_drops_are_counted") {
         for mode in ["thread", "inline"] {
-            let dir = TempDir::new("flood");
-            let json = dir.0.join("exits.json");
-            let o = harness()
-                .args(["run", "--kernel", KERNEL, "--timeout", "120"])
-                .args(["--net", "virtio", "--io-mode", mode])
-                .args(["--cmdline", "tests=net_rx_flood", "--exits-json"])
-                .arg(&json)
-                .output()
-                .unwrap();
-            let t = text(&o);
-            assert_eq!(o.status.code(), Some(0), "{mode}: {t}");
-            assert!(passed(&t, "net_rx_flood"), "{mode}:\n{t}");
+            let (t, nic) = run_with_counters("virtio", mode, "net_rx_flood");
             let lost: u64 = t
                 .lines()
                 .find_map(|l| l.strip_prefix("# net: rx flood: "))
                 .and_then(|l| l.split_once(" lost)")?.0.rsplit('(').next()?.parse().ok())
                 .unwrap_or_else(|| panic!("{mode}: no rx flood line:\n{t}"));
-            let nic = nic_counters(&json);
             let overruns = nic.drops.get("rx_overrun").copied().unwrap_or(0);
             assert!(
                 nic.rx_holds > 0,
