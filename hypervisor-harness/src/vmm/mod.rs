@@ -1,6 +1,7 @@
 //! The VMM: the only code that talks to KVM. It builds the machine, runs the vCPU and turns
 //! exits into bus calls.
 
+pub mod balloon_control;
 pub mod boot;
 pub mod device_manager;
 pub mod e1000_wiring;
