@@ -139,6 +139,11 @@ pub trait Nic {
     /// Take finished TX buffers back; returns how many.
     fn reclaim(&mut self) -> Result<usize, NicError>;
 
+    /// TX frames queued and not yet reclaimed (all queues): 0 once everything sent is back.
+    /// A caller that must know its frames are out (a benchmark's end, a shutdown) reclaims
+    /// until this is 0.
+    fn tx_in_flight(&self) -> usize;
+
     /// Hand the next received frame to `deliver`, then give its buffer back to the device.
     /// `Ok(false)` if no frame is waiting. Malformed completions are counted as drops and
     /// skipped, never delivered.

@@ -721,7 +721,7 @@ impl<'p, P: Platform + ?Sized> VirtioNet<'p, P> {
     }
 
     /// TX frames on pair `i` not yet reclaimed.
-    pub fn tx_in_flight(&self, i: usize) -> usize {
+    pub fn tx_in_flight_on(&self, i: usize) -> usize {
         self.pairs.get(i).map_or(0, |p| p.tx.vq.in_flight())
     }
 
@@ -1082,6 +1082,10 @@ impl<P: Platform + ?Sized> Nic for VirtioNet<'_, P> {
             n += self.reclaim_pair(i)?;
         }
         Ok(n)
+    }
+
+    fn tx_in_flight(&self) -> usize {
+        (0..self.pairs.len()).map(|i| self.tx_in_flight_on(i)).sum()
     }
 
     fn receive(&mut self, deliver: &mut dyn FnMut(&[u8], RxInfo)) -> Result<bool, NicError> {

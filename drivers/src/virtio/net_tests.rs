@@ -246,11 +246,11 @@ fn tx_full_then_reclaimed_by_send() {
         Err(NicError::TxFull)
     );
     net.flush().unwrap();
-    assert_eq!(net.tx_in_flight(0), 8);
+    assert_eq!(net.tx_in_flight_on(0), 8);
     release_tx(&p, &st);
     // A full ring reclaims on its own.
     net.send(&udp_frame(9, 10), TxChecksum::Complete).unwrap();
-    assert_eq!(net.tx_in_flight(0), 1);
+    assert_eq!(net.tx_in_flight_on(0), 1);
     assert_eq!(net.reclaim().unwrap(), 0);
 }
 
@@ -707,7 +707,7 @@ fn used_ids_out_of_range_or_not_in_flight_are_drops() {
     assert_eq!(net.pair_counters(0).unwrap().device_errors, 3);
     net.flush().unwrap();
     assert_eq!(net.reclaim().unwrap(), 1);
-    assert_eq!(net.tx_in_flight(0), 0);
+    assert_eq!(net.tx_in_flight_on(0), 0);
 }
 
 #[test]
@@ -931,7 +931,7 @@ fn tx_completion_claiming_written_bytes_frees_the_slot() {
         push_used_raw(q, &p.mem, u32::from(head), 64); // a read-only chain: nothing written
     }
     assert_eq!(net.reclaim().unwrap(), 1);
-    assert_eq!(net.tx_in_flight(0), 0);
+    assert_eq!(net.tx_in_flight_on(0), 0);
     assert_eq!(net.pair_counters(0).unwrap().device_errors, 1);
     // All 8 slots usable again.
     for i in 0..8 {

@@ -25,15 +25,14 @@
 //! denominator), `irqs` the NIC's interrupts in the row.
 
 use crate::ktap::Outcome;
+use crate::net::select;
 use crate::net::{IpSetup, NetArgs, Stack, DEFAULT_IP};
 use crate::platform::PLATFORM;
-use crate::tests::net as nets;
 use crate::{bootinfo, println, time};
 use alloc::string::String;
 use alloc::vec::Vec;
 use drivers::net::{MacAddress, Nic, NicCounters, NicError, RxInfo, TxChecksum, ETH_FRAME_MIN};
 use drivers::platform::Platform;
-use drivers::virtio::net::VirtioNet;
 use smoltcp::iface::SocketHandle;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp;
@@ -272,22 +271,9 @@ fn nic_irqs(nic: &dyn Nic) -> u64 {
 /// What [`Link::poll`] hands a UDP datagram to: source port, destination port, payload.
 type UdpSink<'a> = dyn FnMut(u16, u16, &[u8], RxInfo) + 'a;
 
-/// What the rows need of a NIC beyond [`Nic`]: how many TX frames are still out.
-trait BenchNic: Nic {
-    fn tx_in_flight(&self) -> usize;
-}
-
-impl BenchNic for nets::Net {
-    fn tx_in_flight(&self) -> usize {
-        (0..usize::from(self.queue_pairs()))
-            .map(|i| VirtioNet::tx_in_flight(self, i))
-            .sum()
-    }
-}
-
 /// A NIC with the addresses the rows use, answering ARP on the side.
 struct Link<'a> {
-    nic: &'a mut dyn BenchNic,
+    nic: &'a mut dyn Nic,
     addrs: Addrs,
     /// Distinct flows (queue pairs).
     flows: u16,
@@ -790,7 +776,7 @@ fn tcp_rx_row(stack: &mut Stack, peer: IpAddress, name: &str) -> Result<(), Stri
     Ok(())
 }
 
-fn raw_rows(nic: &mut dyn BenchNic, args: &NetArgs, pairs: u16) -> Result<(), String> {
+fn raw_rows(nic: &mut dyn Nic, args: &NetArgs, pairs: u16) -> Result<(), String> {
     let (ip, peer_ip) = addresses(args);
     // The raw rows poll the ring and sleep on the NIC's interrupt when it is idle.
     nic.set_interrupts(true);
@@ -837,29 +823,30 @@ pub fn net() -> Outcome {
         Ok(a) => a,
         Err(e) => return Outcome::Fail(e),
     };
-    let Some(f) = nets::all().nth(args.nic) else {
-        return Outcome::Skip("no virtio-net device");
-    };
     // `net_pairs=`: the queue pairs to ask for (the device may offer fewer).
     let wanted = bootinfo::get()
         .arg_u64("net_pairs")
-        .map_or(1, |p| p.clamp(1, 8) as u16);
-    let mut nic = match nets::open(f, wanted) {
-        Ok(n) => n,
+        .map_or(1, |p| p.clamp(1, u64::from(select::MAX_PAIRS)) as u16);
+    let mut opened = match select::open(&args, wanted) {
+        Ok(Some(n)) => n,
+        Ok(None) => return Outcome::Skip("no NIC of the kind asked for"),
         Err(e) => return Outcome::Fail(e),
     };
-    let pairs = nic.queue_pairs();
+    let kind = opened.kind();
+    let pairs = opened.queue_pairs();
+    let nic = opened.nic();
     let c = nic.counters();
-    let result = raw_rows(&mut nic, &args, pairs).and_then(|()| {
+    let result = raw_rows(nic, &args, pairs).and_then(|()| {
         if selected("tcp_tx") || selected("tcp_rx") {
-            tcp_rows(&mut nic, &args)
+            tcp_rows(nic, &args)
         } else {
             Ok(())
         }
     });
     let after = nic.counters();
     println!(
-        "# net bench: {} pair(s); {} frames out, {} in, {} TX drops, {} RX drops, {} interrupts",
+        "# net bench: {}, {} pair(s); {} frames out, {} in, {} TX drops, {} RX drops, {} interrupts",
+        kind.name(),
         pairs,
         after.tx_packets - c.tx_packets,
         after.rx_packets - c.rx_packets,

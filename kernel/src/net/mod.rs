@@ -4,6 +4,8 @@
 //! or DHCPv4), the sockets, the platform clock and a wait that sleeps for the NIC's interrupt
 //! or smoltcp's next deadline.
 
+pub mod select;
+
 use crate::platform::PLATFORM;
 use crate::{bootinfo, time};
 use alloc::string::String;
@@ -323,7 +325,10 @@ pub struct NetArgs {
     pub ip: IpSetup,
     /// `net_peer=A.B.C.D`: the host peer; default 192.168.76.1.
     pub peer: Ipv4Address,
-    /// `net_nic=N`: which NIC of the kind a test looks for (0: the first).
+    /// `net_model=virtio|e1000|rtl8139`: the kind of NIC to drive; `None`: the first kind
+    /// present ([`select::NicKind::ALL`]).
+    pub model: Option<select::NicKind>,
+    /// `net_nic=N`: which NIC of that kind (0: the first).
     pub nic: usize,
     /// `net_expect_link=down`: the host set the link down; the link test must see that.
     pub expect_link_down: bool,
@@ -355,6 +360,12 @@ impl NetArgs {
                 .parse()
                 .map_err(|_| alloc::format!("net_nic={v:?} is not a number"))?,
         };
+        let model = match info.arg("net_model") {
+            None => None,
+            Some(v) => Some(select::NicKind::parse(v).ok_or_else(|| {
+                alloc::format!("net_model={v:?} is not virtio, e1000 or rtl8139")
+            })?),
+        };
         let expect_link_down = match info.arg("net_expect_link") {
             None | Some("up") => false,
             Some("down") => true,
@@ -363,6 +374,7 @@ impl NetArgs {
         Ok(Self {
             ip,
             peer,
+            model,
             nic,
             expect_link_down,
         })

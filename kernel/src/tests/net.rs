@@ -1,29 +1,23 @@
-//! Networking through the whole guest stack: smoltcp (kernel/src/net) over the virtio-net
-//! driver, against the host peer the README describes (ping, UDP 7 echo, TCP 7 echo, TCP
-//! 9 sink with an FNV-1a report, TCP 19 source of the seeded pattern) or, for `net_dhcp`,
-//! QEMU's user-mode network. Each test opens the first virtio-net function (`net_nic=N`
-//! another) and SKIPs if there is none.
+//! Networking through the whole guest stack: smoltcp (kernel/src/net) over any NIC driver,
+//! against the host peer the README describes (ping, UDP 7 echo, TCP 7 echo, TCP 9 sink with
+//! an FNV-1a report, TCP 19 source of the seeded pattern) or, for `net_dhcp`, QEMU's
+//! user-mode network. Each test opens the NIC `net_model=` and `net_nic=` pick (the
+//! first virtio-net, else the first e1000, else the first RTL8139: see kernel/src/net/select)
+//! and SKIPs if there is none.
 
-use crate::arch::{apic, ioapic, vectors};
 use crate::ktap::Outcome;
+use crate::net::select::{self, Net, OpenedNic, MAX_PAIRS};
 use crate::net::{IpSetup, NetArgs, Stack};
-use crate::platform::{KernelPlatform, PLATFORM};
-use crate::{bootinfo, fail, pattern, pci, println, time};
+use crate::{bootinfo, fail, pattern, println, time};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use drivers::net::e1000::{is_e1000, E1000Interrupts, E1000Options, E1000};
 use drivers::net::{LinkState, Nic, NicError, TxChecksum};
-use drivers::pci::PciFunction;
-use drivers::virtio::net::{NetInterrupts, NetOptions, VirtioNet};
-use drivers::virtio::pci::{device_type, msix_table_size, virtio_device_type, InterruptPlan};
 use smoltcp::iface::SocketHandle;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::{icmp, tcp, udp};
 use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, IpEndpoint, Ipv4Address};
-
-pub type Net = VirtioNet<'static, KernelPlatform>;
 
 /// Bytes each way of the bulk TCP tests, and the seeds of their patterns.
 const BULK_BYTES: u64 = 16 << 20;
@@ -32,83 +26,6 @@ const RX_SEED: u64 = 0x7e57_0019;
 /// smoltcp socket buffers for bulk TCP: a 256 KiB window (window scaling on).
 const TCP_BUFFER: usize = 256 << 10;
 const SECOND: u64 = 1_000_000_000;
-/// Most queue pairs the tests ask for (one vector each from `vectors::NET_PAIR0`).
-const MAX_PAIRS: u16 = 8;
-
-/// Every virtio-net function a modern driver may bind, in bus order.
-pub fn all() -> impl Iterator<Item = &'static PciFunction> {
-    pci::devices()
-        .iter()
-        .filter(|f| virtio_device_type(f) == Some(device_type::NET))
-}
-
-/// Interrupts for `f` wanting `pairs` pairs: MSI-X (config + a vector per pair), INTx on its
-/// line, or polling, whichever its capabilities allow first.
-fn interrupts(f: &PciFunction, pairs: u16) -> (NetInterrupts, InterruptPlan) {
-    let table = msix_table_size(&PLATFORM, f).unwrap_or(None);
-    let wanted = VirtioNet::<KernelPlatform>::msix_entries_for(pairs, true);
-    let plan = InterruptPlan::choose(f, table, wanted, ioapic::pins());
-    let mode = match plan {
-        InterruptPlan::Msix { .. } => NetInterrupts::Msix {
-            dest_apic_id: apic::id() as u8,
-            config: vectors::NET_CONFIG,
-            pairs: (0..pairs).map(|i| vectors::NET_PAIR0 + i as u8).collect(),
-        },
-        InterruptPlan::Intx { line } => {
-            ioapic::route(line, vectors::NET_INTX, ioapic::Trigger::Level, apic::id());
-            NetInterrupts::Intx {
-                vector: vectors::NET_INTX,
-            }
-        }
-        InterruptPlan::Polled => NetInterrupts::Polled,
-    };
-    (mode, plan)
-}
-
-/// Open virtio-net function `f` with up to `pairs` queue pairs, logging what was negotiated.
-pub fn open(f: &PciFunction, pairs: u16) -> Result<Net, String> {
-    let (mode, plan) = interrupts(f, pairs.clamp(1, MAX_PAIRS));
-    let options = NetOptions {
-        queue_pairs: pairs,
-        interrupts: mode,
-        ..NetOptions::default()
-    };
-    let mut nic = VirtioNet::new(&PLATFORM, f, options)
-        .map_err(|e| format!("virtio-net {}: init: {}", f.address, e))?;
-    let o = nic.offloads();
-    // What the driver made of the plan: it fits the pairs to the MSI-X table.
-    let plan = match plan {
-        InterruptPlan::Msix { .. } => format!("msix, vectors {:x?}", nic.interrupt_vectors()),
-        other => format!("{other}"),
-    };
-    let mac = nic.mac().map(|b| format!("{b:02x}")).join(":");
-    println!(
-        "# net: virtio-net {}: mac {}, features {:#x}, {} queue pair(s){}, interrupts: {}, \
-         offload tx_csum={} rx_csum={}, link {:?}",
-        f.address,
-        mac,
-        nic.features(),
-        nic.queue_pairs(),
-        if nic.mq_refused() {
-            " (the device refused more)"
-        } else {
-            ""
-        },
-        plan,
-        o.tx_checksum,
-        o.rx_checksum,
-        nic.link()
-    );
-    Ok(nic)
-}
-
-/// The NIC the command line picks (`net_nic=`), opened with up to `pairs` pairs.
-fn open_selected(args: &NetArgs, pairs: u16) -> Result<Option<Net>, String> {
-    match all().nth(args.nic) {
-        Some(f) => open(f, pairs).map(Some),
-        None => Ok(None),
-    }
-}
 
 /// Run `body` on a stack over the selected NIC (SKIP without one), then log the counters.
 fn with_stack(
@@ -120,13 +37,13 @@ fn with_stack(
         Ok(a) => a,
         Err(e) => fail!("{}", e),
     };
-    let mut nic = match open_selected(&args, pairs) {
+    let mut opened = match select::open(&args, pairs) {
         Ok(Some(n)) => n,
-        Ok(None) => return e1000_stack(&args, ip, body),
+        Ok(None) => return Outcome::Skip("no NIC of the kind asked for"),
         Err(e) => fail!("{}", e),
     };
     let result = {
-        let mut stack = match Stack::new(&mut nic, ip.unwrap_or(args.ip)) {
+        let mut stack = match Stack::new(opened.nic(), ip.unwrap_or(args.ip)) {
             Ok(s) => s,
             Err(e) => fail!("{}", e),
         };
@@ -134,22 +51,7 @@ fn with_stack(
         report(&mut stack);
         r
     };
-    for i in 0..usize::from(nic.queue_pairs()) {
-        if let Some(p) = nic.pair_counters(i) {
-            println!(
-                "# net: pair {}: tx {} rx {} packets, {} interrupts, {} notifies, {} device \
-                 errors, {} merged, {} csum completed",
-                i,
-                p.nic.tx_packets,
-                p.nic.rx_packets,
-                p.nic.interrupts,
-                p.nic.notifies,
-                p.device_errors,
-                p.rx_merged,
-                p.rx_csum_completed
-            );
-        }
-    }
+    opened.log_extras();
     match result {
         Ok(()) => Outcome::Pass,
         Err(e) => Outcome::Fail(e),
@@ -727,13 +629,9 @@ pub fn link() -> Outcome {
         Ok(a) => a,
         Err(e) => fail!("{}", e),
     };
-    match open_selected(&args, 1) {
-        Ok(Some(mut n)) => link_as_expected(&mut n, &args),
-        Ok(None) => match open_e1000(&args) {
-            Ok(Some(mut n)) => link_as_expected(&mut n, &args),
-            Ok(None) => Outcome::Skip("no virtio-net or e1000 device"),
-            Err(e) => Outcome::Fail(e),
-        },
+    match select::open(&args, 1) {
+        Ok(Some(mut n)) => link_as_expected(n.nic(), &args),
+        Ok(None) => Outcome::Skip("no NIC of the kind asked for"),
         Err(e) => Outcome::Fail(e),
     }
 }
@@ -825,9 +723,9 @@ pub fn mq() -> Outcome {
     let IpSetup::Static(cidr) = args.ip else {
         return Outcome::Skip("net_mq needs a static net_ip=");
     };
-    let mut nic = match open_selected(&args, MAX_PAIRS) {
-        Ok(Some(n)) => n,
-        Ok(None) => return Outcome::Skip("no virtio-net device"),
+    let mut nic = match select::open(&args, MAX_PAIRS) {
+        Ok(Some(OpenedNic::Virtio(n))) => n,
+        Ok(_) => return Outcome::Skip("no virtio-net device"),
         Err(e) => fail!("{}", e),
     };
     let pairs = usize::from(nic.queue_pairs());
@@ -845,7 +743,7 @@ pub fn mq() -> Outcome {
         .collect();
     let before: Vec<_> = (0..pairs).filter_map(|i| nic.pair_counters(i)).collect();
     let result = {
-        let mut stack = match Stack::new(&mut nic, args.ip) {
+        let mut stack = match Stack::new(nic.as_mut(), args.ip) {
             Ok(s) => s,
             Err(e) => fail!("{}", e),
         };
@@ -1145,74 +1043,4 @@ pub fn rx_flood() -> Outcome {
         }
         Ok(())
     })
-}
-
-/// The `net_nic=`th 82540EM (e1000), on its INTx line (or polled), logging what it found.
-fn open_e1000(args: &NetArgs) -> Result<Option<E1000<'static, KernelPlatform>>, String> {
-    let Some(f) = pci::devices().iter().filter(|f| is_e1000(f)).nth(args.nic) else {
-        return Ok(None);
-    };
-    let interrupts = match InterruptPlan::choose(f, None, 1, ioapic::pins()) {
-        InterruptPlan::Intx { line } => {
-            ioapic::route(line, vectors::NET_INTX, ioapic::Trigger::Level, apic::id());
-            E1000Interrupts::Intx {
-                vector: vectors::NET_INTX,
-            }
-        }
-        _ => E1000Interrupts::Polled,
-    };
-    let options = E1000Options {
-        interrupts,
-        ..E1000Options::default()
-    };
-    let mut nic = E1000::new(&PLATFORM, f, options)
-        .map_err(|e| format!("e1000 {}: init: {}", f.address, e))?;
-    let mac = nic.mac().map(|b| format!("{b:02x}")).join(":");
-    println!(
-        "# net: e1000 {}: mac {}, rings {:?}, interrupts: {:?}, offload tx_csum={}, link {:?}",
-        f.address,
-        mac,
-        nic.ring_sizes(),
-        interrupts,
-        nic.offloads().tx_checksum,
-        nic.link()
-    );
-    Ok(Some(nic))
-}
-
-/// Without a virtio-net function, the `net_nic=`th e1000 runs the same tests.
-fn e1000_stack(
-    args: &NetArgs,
-    ip: Option<IpSetup>,
-    body: impl FnOnce(&mut Stack<'_>, &NetArgs) -> Result<(), String>,
-) -> Outcome {
-    let mut nic = match open_e1000(args) {
-        Ok(Some(n)) => n,
-        Ok(None) => return Outcome::Skip("no virtio-net or e1000 device"),
-        Err(e) => fail!("{}", e),
-    };
-    let result = {
-        let mut stack = match Stack::new(&mut nic, ip.unwrap_or(args.ip)) {
-            Ok(s) => s,
-            Err(e) => fail!("{}", e),
-        };
-        let r = body(&mut stack, args);
-        report(&mut stack);
-        r
-    };
-    let x = nic.extra_counters();
-    println!(
-        "# net: e1000: rx {} bad lengths, {} errors, {} overruns; tx {} contexts; failure {:?}; \
-         rdh rdt tdh tdt icr / rx_next tx_tail tx_clean rx_status {:?}",
-        x.rx_bad_length,
-        x.rx_errors,
-        x.rx_overruns,
-        x.tx_contexts,
-        nic.failure(),
-        nic.ring_state()
-    );
-    match result {
-        Ok(()) => Outcome::Pass,
-        Err(e) => Outcome::Fail(e),
-    }
 }

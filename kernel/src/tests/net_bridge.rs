@@ -51,6 +51,10 @@ impl Nic for ScriptedNic {
     fn reclaim(&mut self) -> Result<usize, NicError> {
         Ok(0)
     }
+    /// Sent frames are kept, never outstanding.
+    fn tx_in_flight(&self) -> usize {
+        0
+    }
     fn receive(&mut self, deliver: &mut dyn FnMut(&[u8], RxInfo)) -> Result<bool, NicError> {
         match self.rx.pop_front() {
             Some((f, info)) => {

@@ -795,6 +795,11 @@ impl<P: Platform + ?Sized> Nic for E1000<'_, P> {
         Ok(n)
     }
 
+    /// Descriptors the device has not given back (a checksum context counts as one).
+    fn tx_in_flight(&self) -> usize {
+        usize::from((self.tx_tail + self.tx.size - self.tx_clean) % self.tx.size)
+    }
+
     fn receive(&mut self, deliver: &mut dyn FnMut(&[u8], RxInfo)) -> Result<bool, NicError> {
         self.check()?;
         loop {
