@@ -41,6 +41,9 @@ pub trait Backend {
     fn config(&self) -> Vec<u8>;
     /// Handle a notification of `queue`; returns whether to interrupt.
     fn process(&mut self, queue: u16, q: &mut Queue, mem: &Mem) -> bool;
+    /// The driver wrote `width` bytes of device configuration at `offset` (ignored unless the
+    /// device has writable fields).
+    fn write_config(&mut self, _offset: u64, _width: u64, _value: u64) {}
 }
 
 /// A backend that never completes anything.
@@ -510,6 +513,10 @@ impl FakePlatform {
                     );
                     dev.notifies.push(value as u16);
                     dev.auto_process.then_some(value as u16)
+                }
+                0x2000..0x2100 => {
+                    dev.backend.write_config(o - DEVCFG_OFF, width, value);
+                    None
                 }
                 0x3800..0x3880 => {
                     let b = (o - MSIX_TABLE_OFF) as usize;

@@ -1,5 +1,6 @@
 //! virtio 1.x over PCI (modern transport, split virtqueue).
 
+pub mod balloon;
 pub mod blk;
 pub mod net;
 pub mod pci;
@@ -24,7 +25,11 @@ pub mod feature {
 }
 
 #[cfg(test)]
+mod balloon_tests;
+#[cfg(test)]
 pub(crate) mod fake;
+#[cfg(test)]
+pub(crate) mod fake_balloon;
 #[cfg(test)]
 pub(crate) mod fake_net;
 #[cfg(test)]

@@ -982,6 +982,14 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
         Ok(self.read32(w, offset))
     }
 
+    /// Write a 32-bit device configuration field (the few writable ones, such as the
+    /// balloon's `actual`).
+    pub fn config_write32(&self, offset: u64, value: u32) -> Result<(), VirtioError> {
+        let w = self.device_window(offset, 4)?;
+        self.write32(w, offset, value);
+        Ok(())
+    }
+
     /// 64-bit config field, read as two 32-bit halves under the config_generation retry loop.
     pub fn config_read64(&self, offset: u64) -> Result<u64, VirtioError> {
         let w = *self.device_window(offset, 8)?;
