@@ -31,6 +31,7 @@ fn bench_net_rows_come_back_with_exits_per_packet() {
     let cfg = NetConfig {
         vmm: "harness-inline",
         sub: "run",
+        nic: "virtio",
         backend: "peer",
         queues: 2,
         args: vec![],

@@ -3,6 +3,9 @@
 //! QEMU, against the backends side by side: the in-process `peer`, a `stream` to a
 //! `hypervisor-harness peer --listen` child (both VMMs attach to it), and `tap` with
 //! `vnet_hdr` on and off inside a network namespace of its own, where the machine allows one.
+//! The fully emulated NICs, e1000 and RTL8139, run the same workloads on the same backends
+//! (TAP without `vnet_hdr`: they have no header to carry it), so that every row has its
+//! paravirtual counterpart.
 //!
 //! Exits per packet come from the phase snapshots at the guest's `# phase:` lines, as storage
 //! does: userspace exits at the NIC's devices, and KVM's count of every exit; interrupts per
@@ -30,8 +33,20 @@ pub fn is_bulk(workload: &str) -> bool {
     workload != "rtt_udp"
 }
 
-/// Device-name prefix of the NIC's exits in the harness's counters.
-const NIC_DEVICE_PREFIX: &str = "virtio-net";
+/// The NIC models of the section, as `--net` and the guest's `net_model=` name them.
+pub const NICS: [&str; 3] = ["virtio", "e1000", "rtl8139"];
+
+/// The fully emulated NICs (every register access traps).
+pub const EMULATED_NICS: [&str; 2] = ["e1000", "rtl8139"];
+
+/// How rows name a NIC model, which is also the device-name prefix of its exits in the
+/// harness's counters (`virtio-net0-notify`, `e1000-0-regs`, `rtl8139-0-io`).
+pub fn nic_name(model: &str) -> &str {
+    match model {
+        "virtio" => "virtio-net",
+        other => other,
+    }
+}
 
 /// One `net.<workload>` row of one configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -100,7 +115,7 @@ impl NetRow {
         let num = |k: &str| b.extra.get(k).and_then(|v| v.parse::<u64>().ok());
         Some(Self {
             vmm: cfg.vmm.to_string(),
-            nic: "virtio-net".into(),
+            nic: nic_name(cfg.nic).into(),
             backend: cfg.backend.to_string(),
             queues: cfg.queues,
             workload: workload.to_string(),
@@ -124,6 +139,8 @@ pub struct NetConfig {
     pub vmm: &'static str,
     /// `run` or `qemu`.
     pub sub: &'static str,
+    /// The NIC model ([`NICS`]).
+    pub nic: &'static str,
     pub backend: &'static str,
     pub queues: u16,
     /// Arguments after the common ones (`--net`, `--io-mode`, QEMU's).
@@ -163,7 +180,7 @@ pub fn rows_of(cfg: &NetConfig, stdout: &str, phase_marks: &[PhaseMark]) -> Vec<
             if let (Some((begin, end)), true) = (marks.get(b.name.as_str()), packets > 0) {
                 // Per-device counts exist only under our harness (QEMU's come from QMP).
                 if !end.device_exits.is_empty() {
-                    let dev = device_exits_between(begin, end, &[NIC_DEVICE_PREFIX]);
+                    let dev = device_exits_between(begin, end, &[nic_name(cfg.nic)]);
                     row.user_exits_per_packet = Some(dev as f64 / packets as f64);
                 }
                 row.kvm_exits_per_packet = match (begin.kvm_exits, end.kvm_exits) {
@@ -176,9 +193,9 @@ pub fn rows_of(cfg: &NetConfig, stdout: &str, phase_marks: &[PhaseMark]) -> Vec<
         .collect()
 }
 
-/// The guest's command line for a configuration with `queues` pairs.
-pub fn guest_cmdline(queues: u16, quick: bool) -> String {
-    let mut c = format!("bench=net net_pairs={queues}");
+/// The guest's command line for NIC model `nic` with `queues` pairs.
+pub fn guest_cmdline(nic: &str, queues: u16, quick: bool) -> String {
+    let mut c = format!("bench=net net_model={nic} net_pairs={queues}");
     if quick {
         c += " net_quick=1";
     }
@@ -261,15 +278,17 @@ impl Drop for PeerChild {
 }
 
 /// `--net` for one NIC.
-fn net_arg(backend: &str, queues: u16) -> String {
-    let mut a = format!("virtio:{backend}");
+fn net_arg(nic: &str, backend: &str, queues: u16) -> String {
+    let mut a = format!("{nic}:{backend}");
     if queues > 1 {
         a += &format!(",queues={queues}");
     }
     a
 }
 
-/// The harness configurations on the in-process peer: both I/O modes, one and two pairs.
+/// The harness configurations on the in-process peer: virtio-net in both I/O modes with one
+/// and two pairs, then each emulated NIC (their registers are served on the vCPU thread, so
+/// the I/O mode does not apply to them).
 pub fn peer_configs() -> Vec<NetConfig> {
     let mut v = Vec::new();
     for (vmm, mode) in [("harness-thread", "thread"), ("harness-inline", "inline")] {
@@ -277,11 +296,12 @@ pub fn peer_configs() -> Vec<NetConfig> {
             v.push(NetConfig {
                 vmm,
                 sub: "run",
+                nic: "virtio",
                 backend: "peer",
                 queues,
                 args: vec![
                     "--net".into(),
-                    net_arg("peer", queues),
+                    net_arg("virtio", "peer", queues),
                     "--io-mode".into(),
                     mode.into(),
                 ],
@@ -289,58 +309,79 @@ pub fn peer_configs() -> Vec<NetConfig> {
             });
         }
     }
+    for nic in EMULATED_NICS {
+        v.push(NetConfig {
+            vmm: "harness",
+            sub: "run",
+            nic,
+            backend: "peer",
+            queues: 1,
+            args: vec!["--net".into(), net_arg(nic, "peer", 1)],
+            wrapper: vec![],
+        });
+    }
     v
 }
 
-/// Our harness and QEMU on one stream peer at `socket`.
-pub fn stream_configs(socket: &Path, qemu_extra: &[String]) -> Vec<NetConfig> {
-    let net = net_arg(&format!("stream:{}", socket.display()), 1);
-    let mut qemu_args = vec!["--net".to_string(), net.clone()];
+/// The harness's and QEMU's configuration of `nic` on one backend (`--net` NIC:`backend`).
+fn both_vmms(
+    nic: &'static str,
+    label: &'static str,
+    backend: &str,
+    wrapper: &[String],
+    qemu_extra: &[String],
+) -> [NetConfig; 2] {
+    let net = net_arg(nic, backend, 1);
+    let mut harness_args = vec!["--net".to_string(), net.clone()];
+    let vmm = if nic == "virtio" {
+        harness_args.extend(["--io-mode".to_string(), "thread".to_string()]);
+        "harness-thread"
+    } else {
+        "harness"
+    };
+    let mut qemu_args = vec!["--net".to_string(), net];
     qemu_args.extend_from_slice(qemu_extra);
-    vec![
+    [
         NetConfig {
-            vmm: "harness-thread",
+            vmm,
             sub: "run",
-            backend: "stream",
+            nic,
+            backend: label,
             queues: 1,
-            args: vec!["--net".into(), net, "--io-mode".into(), "thread".into()],
-            wrapper: vec![],
+            args: harness_args,
+            wrapper: wrapper.to_vec(),
         },
         NetConfig {
             vmm: "qemu",
             sub: "qemu",
-            backend: "stream",
+            nic,
+            backend: label,
             queues: 1,
             args: qemu_args,
-            wrapper: vec![],
+            wrapper: wrapper.to_vec(),
         },
     ]
 }
 
-/// Our harness and QEMU on the TAP device `tap` with `vnet_hdr` on and off, each run under
-/// `wrapper` (inside the TAP's namespace).
+/// Our harness and QEMU on one stream peer at `socket`, each NIC model in turn.
+pub fn stream_configs(socket: &Path, qemu_extra: &[String]) -> Vec<NetConfig> {
+    let backend = format!("stream:{}", socket.display());
+    NICS.into_iter()
+        .flat_map(|nic| both_vmms(nic, "stream", &backend, &[], qemu_extra))
+        .collect()
+}
+
+/// Our harness and QEMU on the TAP device `tap`, each run under `wrapper` (inside the TAP's
+/// namespace): virtio-net with `vnet_hdr` on and off, the emulated NICs with it off.
 pub fn tap_configs(tap: &str, wrapper: &[String], qemu_extra: &[String]) -> Vec<NetConfig> {
     let mut v = Vec::new();
     for (backend, vnet_hdr) in [("tap", "on"), ("tap-novnet", "off")] {
-        let net = net_arg(&format!("tap:{tap},vnet_hdr={vnet_hdr}"), 1);
-        let mut qemu_args = vec!["--net".to_string(), net.clone()];
-        qemu_args.extend_from_slice(qemu_extra);
-        v.push(NetConfig {
-            vmm: "harness-thread",
-            sub: "run",
-            backend,
-            queues: 1,
-            args: vec!["--net".into(), net, "--io-mode".into(), "thread".into()],
-            wrapper: wrapper.to_vec(),
-        });
-        v.push(NetConfig {
-            vmm: "qemu",
-            sub: "qemu",
-            backend,
-            queues: 1,
-            args: qemu_args,
-            wrapper: wrapper.to_vec(),
-        });
+        let spec = format!("tap:{tap},vnet_hdr={vnet_hdr}");
+        v.extend(both_vmms("virtio", backend, &spec, wrapper, qemu_extra));
+    }
+    for nic in EMULATED_NICS {
+        let spec = format!("tap:{tap},vnet_hdr=off");
+        v.extend(both_vmms(nic, "tap-novnet", &spec, wrapper, qemu_extra));
     }
     v
 }
@@ -370,14 +411,23 @@ pub fn run_configs(
     spawn: &mut SpawnChild,
 ) -> Result<(), HarnessError> {
     for cfg in configs {
-        let label = format!("{} {} q{}", cfg.vmm, cfg.backend, cfg.queues);
+        let label = format!(
+            "{} {} {} q{}",
+            cfg.vmm,
+            nic_name(cfg.nic),
+            cfg.backend,
+            cfg.queues
+        );
         eprintln!("bench: network under {label}...");
-        let mut args = base_args(cfg.sub, &guest_cmdline(cfg.queues, quick));
+        let mut args = base_args(cfg.sub, &guest_cmdline(cfg.nic, cfg.queues, quick));
         args.extend(cfg.args.iter().cloned());
         let r = spawn(
             &args,
             &cfg.wrapper,
-            &format!("net-{}-{}-q{}", cfg.vmm, cfg.backend, cfg.queues),
+            &format!(
+                "net-{}-{}-{}-q{}",
+                cfg.vmm, cfg.nic, cfg.backend, cfg.queues
+            ),
         )?;
         if r.code == 69 && cfg.sub == "qemu" {
             section.notes.push(format!("{label}: n/a ({})", r.last_err));
@@ -508,12 +558,24 @@ impl NetTarget {
 }
 
 fn row_label(r: &NetRow) -> String {
-    format!("{} {} q{} {}", r.vmm, r.backend, r.queues, r.workload)
+    format!(
+        "{} {} {} q{} {}",
+        r.vmm, r.nic, r.backend, r.queues, r.workload
+    )
+}
+
+fn is_emulated(r: &NetRow) -> bool {
+    r.nic != nic_name("virtio")
+}
+
+/// `a` over `b`, when both exist and the ratio is a number.
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a? / b?).filter(|v| v.is_finite())
 }
 
 impl NetSection {
-    /// The QEMU row this one compares with: same workload and pairs, same backend, or for
-    /// `peer` QEMU's stream to a peer child (QEMU has no in-process peer).
+    /// The QEMU row this one compares with: same NIC, workload and pairs, same backend, or
+    /// for `peer` QEMU's stream to a peer child (QEMU has no in-process peer).
     pub fn qemu_counterpart(&self, r: &NetRow) -> Option<&NetRow> {
         if r.vmm == "qemu" {
             return None;
@@ -521,6 +583,7 @@ impl NetSection {
         let same = |backend: &str| {
             self.rows.iter().find(|q| {
                 q.vmm == "qemu"
+                    && q.nic == r.nic
                     && q.backend == backend
                     && q.queues == r.queues
                     && q.workload == r.workload
@@ -536,12 +599,103 @@ impl NetSection {
         if r.workload == "rtt_udp" {
             return Some(q.p50_ns? / r.p50_ns?);
         }
-        Some(r.pps()? / q.pps()?).filter(|v| v.is_finite())
+        ratio(r.pps(), q.pps())
+    }
+
+    /// The row of `nic` that `r` (a virtio-net row) compares with for the virtio-over-emulated
+    /// summary: same VMM kind, backend and workload, one queue pair.
+    fn emulated_counterpart(&self, r: &NetRow, nic: &str) -> Option<&NetRow> {
+        let vmm_kind = |v: &str| v.starts_with("harness");
+        self.rows.iter().find(|e| {
+            e.nic == nic
+                && vmm_kind(&e.vmm) == vmm_kind(&r.vmm)
+                && e.backend == r.backend
+                && e.workload == r.workload
+                && e.queues == 1
+        })
+    }
+
+    /// virtio-net's figure over `e`'s (pps; for RTT the emulated NIC's p50 over virtio-net's,
+    /// so that above 1 means virtio-net is ahead there too).
+    fn virtio_over(v: &NetRow, e: &NetRow) -> Option<f64> {
+        if v.workload == "rtt_udp" {
+            ratio(e.p50_ns, v.p50_ns)
+        } else {
+            ratio(v.pps(), e.pps())
+        }
+    }
+
+    /// The virtio-net rows the summary compares: one queue pair, threaded on our harness, on
+    /// the in-process peer (ours) and on the stream peer (QEMU's), per workload.
+    fn summary_bases(&self, workload: &str) -> Vec<&NetRow> {
+        let mut v: Vec<&NetRow> = self
+            .rows
+            .iter()
+            .filter(|r| r.nic == nic_name("virtio") && r.workload == workload && r.queues == 1)
+            .filter(|r| {
+                (r.vmm == "harness-thread" && r.backend == "peer")
+                    || (r.vmm == "qemu" && r.backend == "stream")
+            })
+            .collect();
+        v.sort_by_key(|r| r.vmm != "harness-thread");
+        v
+    }
+
+    /// One line per workload: virtio-net over e1000 and over RTL8139, under each VMM.
+    pub fn summary_lines(&self) -> Vec<String> {
+        let f = |v: Option<f64>| v.map(|v| format!("{v:.1}x")).unwrap_or("-".into());
+        WORKLOADS
+            .iter()
+            .filter_map(|w| {
+                let parts: Vec<String> = self
+                    .summary_bases(w)
+                    .into_iter()
+                    .map(|v| {
+                        let per_nic: Vec<String> = EMULATED_NICS
+                            .iter()
+                            .map(|nic| {
+                                let e = self.emulated_counterpart(v, nic);
+                                format!("{} {nic}", f(e.and_then(|e| Self::virtio_over(v, e))))
+                            })
+                            .collect();
+                        let vmm = if v.vmm == "qemu" { "qemu" } else { "harness" };
+                        format!("{vmm} ({}) {}", v.backend, per_nic.join(", "))
+                    })
+                    .collect();
+                (!parts.is_empty()).then(|| {
+                    let what = if *w == "rtt_udp" {
+                        "p50 latency"
+                    } else {
+                        "pps"
+                    };
+                    format!(
+                        "virtio-net over emulated, {w} ({what}): {}",
+                        parts.join("; ")
+                    )
+                })
+            })
+            .collect()
     }
 
     /// The issue's targets, from this run.
     pub fn targets(&self) -> Vec<NetTarget> {
-        let harness = || self.rows.iter().filter(|r| r.vmm.starts_with("harness"));
+        let harness = || {
+            self.rows
+                .iter()
+                .filter(|r| r.vmm.starts_with("harness") && !is_emulated(r))
+        };
+        let emulated = || {
+            self.rows
+                .iter()
+                .filter(|r| r.vmm.starts_with("harness") && is_emulated(r))
+        };
+        // An emulated NIC's rows with QEMU's on the same backend.
+        let emulated_shared = || {
+            emulated().filter_map(|r| {
+                let q = self.qemu_counterpart(r)?;
+                (q.backend == r.backend).then_some((r, q))
+            })
+        };
         // Bulk: the worst harness row, every exit KVM saw.
         let worst_exits = harness()
             .filter(|r| is_bulk(&r.workload))
@@ -567,6 +721,31 @@ impl NetSection {
             })
             .filter_map(|r| Some((self.ratio_to_qemu(r)?, row_label(r))))
             .min_by(|a, b| a.0.total_cmp(&b.0));
+        // Emulated NICs: every exit KVM saw per packet, ours over QEMU's for the same guest
+        // (the worst row), and packets per second against QEMU (the worst row).
+        let worst_emulated_exits = emulated_shared()
+            .filter_map(|(r, q)| {
+                Some((
+                    ratio(r.kvm_exits_per_packet, q.kvm_exits_per_packet)?,
+                    row_label(r),
+                ))
+            })
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let worst_emulated_ratio = emulated_shared()
+            .filter(|(r, _)| r.workload != "rtt_udp")
+            .filter_map(|(r, _)| Some((self.ratio_to_qemu(r)?, row_label(r))))
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+        // virtio-net over e1000 in 64-byte packets per second, on our harness's peer rows.
+        let virtio_over_e1000 = self
+            .summary_bases("tx_64")
+            .into_iter()
+            .chain(self.summary_bases("rx_64"))
+            .filter(|v| v.vmm == "harness-thread")
+            .filter_map(|v| {
+                let e = self.emulated_counterpart(v, "e1000")?;
+                Some((Self::virtio_over(v, e)?, row_label(e)))
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0));
         vec![
             NetTarget::new(
                 "bulk exits/packet (worst harness row)",
@@ -586,16 +765,37 @@ impl NetSection {
                 1.2,
                 worst_ratio,
             ),
+            NetTarget::new(
+                "emulated NIC kvm exits/packet over QEMU's (worst row)",
+                "<=",
+                1.0,
+                worst_emulated_exits,
+            ),
+            NetTarget::new(
+                "emulated NIC harness/QEMU pps (worst row)",
+                ">=",
+                1.2,
+                worst_emulated_ratio,
+            ),
+            NetTarget::new(
+                "virtio-net/e1000 64-byte pps (harness peer, worst of tx_64 and rx_64)",
+                ">=",
+                10.0,
+                virtio_over_e1000,
+            ),
         ]
     }
 
     pub fn to_text(&self) -> String {
         let mut s = String::from(
-            "\nnetwork (guest bench=net over virtio-net; pps and MB/s over the row's time)\n",
+            "\nnetwork (guest bench=net over virtio-net, e1000 and RTL8139; pps and MB/s over the \
+             row's time)\n",
         );
         let head = format!(
-            "  {:<14} {:<10} {:>2} {:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}\n",
+            "  {:<14} {:<10} {:<10} {:>2} {:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} \
+             {:>7}\n",
             "vmm",
+            "nic",
             "backend",
             "q",
             "workload",
@@ -613,18 +813,33 @@ impl NetSection {
         let f = |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or("-".into());
         let order = |w: &str| WORKLOADS.iter().position(|x| *x == w).unwrap_or(usize::MAX);
         let mut sorted: Vec<&NetRow> = self.rows.iter().collect();
+        let nic_order = |n: &str| {
+            NICS.iter()
+                .position(|x| nic_name(x) == n)
+                .unwrap_or(usize::MAX)
+        };
         sorted.sort_by(|a, b| {
-            (order(&a.workload), &a.backend, a.queues, &a.vmm).cmp(&(
-                order(&b.workload),
-                &b.backend,
-                b.queues,
-                &b.vmm,
-            ))
+            (
+                order(&a.workload),
+                nic_order(&a.nic),
+                &a.backend,
+                a.queues,
+                &a.vmm,
+            )
+                .cmp(&(
+                    order(&b.workload),
+                    nic_order(&b.nic),
+                    &b.backend,
+                    b.queues,
+                    &b.vmm,
+                ))
         });
         for r in sorted {
             s += &format!(
-                "  {:<14} {:<10} {:>2} {:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}\n",
+                "  {:<14} {:<10} {:<10} {:>2} {:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} \
+                 {:>7}\n",
                 r.vmm,
+                r.nic,
                 r.backend,
                 r.queues,
                 r.workload,
@@ -651,6 +866,9 @@ impl NetSection {
         s +=
             "  the source that never came. x qemu: pps over QEMU's on the same backend and pairs\n";
         s += "  (peer rows: QEMU's stream to a peer child); rtt_udp: QEMU's p50 over ours.\n";
+        for l in self.summary_lines() {
+            s += &format!("  {l}\n");
+        }
         s += &format!("  targets: {}\n", self.targets_text());
         for n in &self.notes {
             s += &format!("  note: {n}\n");
@@ -697,6 +915,7 @@ impl NetSection {
                 .collect(),
             notes: &self.notes,
             floor_roundtrip_ns: self.floor_roundtrip_ns,
+            summary: self.summary_lines(),
             targets: self.targets(),
         }
     }
@@ -708,6 +927,8 @@ pub struct NetSectionJson<'a> {
     pub rows: Vec<NetRowJson<'a>>,
     pub notes: &'a [String],
     pub floor_roundtrip_ns: Option<f64>,
+    /// virtio-net over each emulated NIC, per workload (the text's summary lines).
+    pub summary: Vec<String>,
     pub targets: Vec<NetTarget>,
 }
 
@@ -736,9 +957,19 @@ mod tests {
     }
 
     fn cfg(vmm: &'static str, backend: &'static str, queues: u16) -> NetConfig {
+        nic_cfg(vmm, "virtio", backend, queues)
+    }
+
+    fn nic_cfg(
+        vmm: &'static str,
+        nic: &'static str,
+        backend: &'static str,
+        queues: u16,
+    ) -> NetConfig {
         NetConfig {
             vmm,
             sub: if vmm == "qemu" { "qemu" } else { "run" },
+            nic,
             backend,
             queues,
             args: vec![],
@@ -856,7 +1087,7 @@ mod tests {
             .row
             .as_deref()
             .unwrap()
-            .starts_with("harness-thread peer q1 "));
+            .starts_with("harness-thread virtio-net peer q1 "));
         // RTT: 40 us / 3 over a 10 us floor.
         assert!((t[1].measured.unwrap() - 4.0 / 3.0).abs() < 1e-9);
         assert_eq!(t[1].met, Some(true));
@@ -865,7 +1096,7 @@ mod tests {
         assert_eq!(t[2].met, Some(true));
         let text = s.to_text();
         assert!(
-            text.contains("harness-thread peer        1 tx_64"),
+            text.contains("harness-thread virtio-net peer        1 tx_64"),
             "{text}"
         );
         assert!(
@@ -917,25 +1148,135 @@ mod tests {
     #[test]
     fn configs() {
         let p = peer_configs();
-        assert_eq!(p.len(), 4);
+        assert_eq!(p.len(), 6);
         assert_eq!(
             p[1].args,
             ["--net", "virtio:peer,queues=2", "--io-mode", "thread"]
         );
+        assert_eq!(
+            (p[4].vmm, p[4].nic, p[4].args.as_slice()),
+            (
+                "harness",
+                "e1000",
+                &["--net".to_string(), "e1000:peer".into()][..]
+            )
+        );
+        assert_eq!(p[5].nic, "rtl8139");
         let s = stream_configs(Path::new("/tmp/x.sock"), &["--accel".into(), "kvm".into()]);
+        assert_eq!(s.len(), 6, "both VMMs for each of the three NICs");
         assert_eq!(s[0].args[1], "virtio:stream:/tmp/x.sock");
         assert_eq!(
             s[1].args,
             ["--net", "virtio:stream:/tmp/x.sock", "--accel", "kvm"]
         );
+        assert_eq!(
+            (s[2].vmm, s[2].args.as_slice()),
+            (
+                "harness",
+                &["--net".to_string(), "e1000:stream:/tmp/x.sock".into()][..]
+            ),
+            "no --io-mode for an emulated NIC"
+        );
+        assert_eq!((s[5].vmm, s[5].nic), ("qemu", "rtl8139"));
         let t = tap_configs("hhtap0", &["ip".into(), "netns".into()], &[]);
-        assert_eq!(t.len(), 4);
+        assert_eq!(t.len(), 8);
         assert_eq!(
             (t[2].backend, t[2].args[1].as_str()),
             ("tap-novnet", "virtio:tap:hhtap0,vnet_hdr=off")
         );
         assert_eq!(t[3].wrapper, ["ip", "netns"]);
-        assert_eq!(guest_cmdline(2, true), "bench=net net_pairs=2 net_quick=1");
+        assert_eq!(
+            (t[6].backend, t[6].args[1].as_str()),
+            ("tap-novnet", "rtl8139:tap:hhtap0,vnet_hdr=off")
+        );
+        assert_eq!(
+            guest_cmdline("e1000", 2, true),
+            "bench=net net_model=e1000 net_pairs=2 net_quick=1"
+        );
+    }
+
+    /// The emulated NICs' rows: their exits counted under their own device names, compared
+    /// with QEMU's same NIC (never with virtio-net), and set against virtio-net per workload.
+    #[test]
+    fn emulated_rows_targets_and_summary() {
+        let doc = marks(json!([
+            {"marker": "begin net.tx_64", "device_exits": {"virtio-net0-notify": 1, "e1000-0-regs": 100}, "kvm_exits": 1000},
+            {"marker": "end net.tx_64", "device_exits": {"virtio-net0-notify": 900, "e1000-0-regs": 3100}, "kvm_exits": 5000},
+        ]));
+        let e = rows_of(&nic_cfg("harness", "e1000", "peer", 1), OUT, &doc);
+        assert_eq!(e[0].nic, "e1000");
+        assert_eq!(e[0].user_exits_per_packet, Some(3.0), "only e1000-* exits");
+        let mut s = section();
+        let mut add = |c: NetConfig, pps_factor: f64, exits: f64| {
+            for mut r in rows_of(&c, OUT, &[]) {
+                r.total_ns *= pps_factor;
+                if let Some(p) = r.p50_ns.as_mut() {
+                    *p *= 2.0;
+                }
+                r.kvm_exits_per_packet = Some(exits);
+                s.rows.push(r);
+            }
+        };
+        // virtio-net's peer row runs at 3x the base rate: e1000 at 1/4 of it, 12x apart.
+        add(nic_cfg("harness", "e1000", "peer", 1), 4.0, 4.0);
+        add(nic_cfg("harness", "e1000", "stream", 1), 2.0, 4.0);
+        add(nic_cfg("qemu", "e1000", "stream", 1), 3.0, 5.0);
+        add(nic_cfg("harness", "rtl8139", "stream", 1), 2.0, 6.0);
+        add(nic_cfg("qemu", "rtl8139", "stream", 1), 1.0, 5.0);
+        let find = |nic: &str, vmm: &str, backend: &str| {
+            s.rows
+                .iter()
+                .find(|r| r.nic == nic && r.vmm == vmm && r.backend == backend)
+                .unwrap()
+        };
+        let q = s
+            .qemu_counterpart(find("e1000", "harness", "stream"))
+            .unwrap();
+        assert_eq!((q.nic.as_str(), q.vmm.as_str()), ("e1000", "qemu"));
+        assert_eq!(
+            s.ratio_to_qemu(find("e1000", "harness", "stream")),
+            Some(1.5)
+        );
+        let t = s.targets();
+        assert_eq!(t.len(), 6);
+        // The virtio-net targets ignore the emulated rows (their exits would be the worst).
+        assert_eq!(t[0].measured, Some(0.15000000000000002));
+        assert_eq!(t[2].measured, Some(1.5));
+        // Exits: RTL8139's 6 over QEMU's 5 is the worst; missed.
+        assert_eq!(t[3].measured, Some(1.2));
+        assert!(
+            t[3].row.as_deref().unwrap().contains("rtl8139"),
+            "{:?}",
+            t[3]
+        );
+        assert_eq!(t[3].met, Some(false));
+        // Pps: RTL8139 on the stream at half QEMU's rate.
+        assert_eq!(t[4].measured, Some(0.5));
+        assert_eq!(t[4].met, Some(false));
+        // virtio-net over e1000 at 64 bytes: 3x the base against a quarter of it.
+        assert_eq!(t[5].measured, Some(12.0));
+        assert_eq!(t[5].met, Some(true));
+        let lines = s.summary_lines();
+        assert_eq!(lines.len(), 3, "tx_64, rx_64, rtt_udp: {lines:?}");
+        assert_eq!(
+            lines[0],
+            "virtio-net over emulated, tx_64 (pps): harness (peer) 12.0x e1000, - rtl8139; \
+             qemu (stream) 3.0x e1000, 1.0x rtl8139"
+        );
+        // RTT: the emulated rows' p50 is twice the base, virtio-net's peer row a third of it.
+        assert!(
+            lines[2].starts_with(
+                "virtio-net over emulated, rtt_udp (p50 latency): harness (peer) 6.0x e1000"
+            ),
+            "{}",
+            lines[2]
+        );
+        let text = s.to_text();
+        assert!(text.contains(&lines[0]), "{text}");
+        assert!(
+            text.contains("harness        e1000      peer        1 tx_64"),
+            "{text}"
+        );
     }
 
     #[test]
