@@ -7,6 +7,7 @@
 //! level, which leave through [`VirtioInterrupt`]. `vmm/` implements that with KVM irqfds
 //! (MSI routes) and KVM_IRQ_LINE (INTx). Nothing here talks to KVM.
 
+pub mod balloon;
 pub mod blk;
 pub mod common_config;
 pub mod device;
