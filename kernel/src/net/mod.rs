@@ -328,6 +328,9 @@ pub struct NetArgs {
     /// `net_model=virtio|e1000|rtl8139`: the kind of NIC to drive; `None`: the first kind
     /// present ([`select::NicKind::ALL`]).
     pub model: Option<select::NicKind>,
+    /// `net_model=each`: every NIC of the VM in turn, in bus order, each on its own network
+    /// (a test passes when it passes on all of them).
+    pub each: bool,
     /// `net_nic=N`: which NIC of that kind (0: the first).
     pub nic: usize,
     /// `net_expect_link=down`: the host set the link down; the link test must see that.
@@ -360,10 +363,11 @@ impl NetArgs {
                 .parse()
                 .map_err(|_| alloc::format!("net_nic={v:?} is not a number"))?,
         };
+        let each = info.arg("net_model") == Some("each");
         let model = match info.arg("net_model") {
-            None => None,
+            None | Some("each") => None,
             Some(v) => Some(select::NicKind::parse(v).ok_or_else(|| {
-                alloc::format!("net_model={v:?} is not virtio, e1000 or rtl8139")
+                alloc::format!("net_model={v:?} is not virtio, e1000, rtl8139 or each")
             })?),
         };
         let expect_link_down = match info.arg("net_expect_link") {
@@ -375,6 +379,7 @@ impl NetArgs {
             ip,
             peer,
             model,
+            each,
             nic,
             expect_link_down,
         })

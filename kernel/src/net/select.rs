@@ -11,6 +11,7 @@ use crate::{pci, println};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use drivers::net::e1000::{is_e1000, E1000Interrupts, E1000Options, E1000};
 use drivers::net::Nic;
 use drivers::pci::PciFunction;
@@ -131,6 +132,30 @@ impl OpenedNic {
             }
         }
     }
+}
+
+/// The NICs a test runs on: the one `net_model=` and `net_nic=` pick, or with
+/// `net_model=each` every NIC of a kind the kernel drives, in bus order, each as the
+/// arguments that pick it alone.
+pub fn targets(args: &NetArgs) -> Vec<NetArgs> {
+    if !args.each {
+        return alloc::vec![*args];
+    }
+    let mut seen = [0usize; NicKind::ALL.len()];
+    pci::devices()
+        .iter()
+        .filter_map(|f| {
+            let k = NicKind::ALL.iter().position(|k| k.matches(f))?;
+            let nic = seen[k];
+            seen[k] += 1;
+            Some(NetArgs {
+                model: Some(NicKind::ALL[k]),
+                each: false,
+                nic,
+                ..*args
+            })
+        })
+        .collect()
 }
 
 /// The NIC the command line picks (`net_model=`, `net_nic=`), opened with up to `pairs` queue
