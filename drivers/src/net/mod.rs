@@ -11,6 +11,7 @@ use core::fmt;
 
 pub mod checksum;
 pub mod e1000;
+pub mod rtl8139;
 
 /// Largest frame a driver sends or accepts: 14-byte Ethernet header + 1500-byte MTU.
 pub const ETH_FRAME_MAX: usize = 1514;
