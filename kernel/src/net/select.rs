@@ -13,6 +13,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use drivers::net::e1000::{is_e1000, E1000Interrupts, E1000Options, E1000};
+use drivers::net::rtl8139::{is_rtl8139, Rtl8139, Rtl8139Interrupts, Rtl8139Options};
 use drivers::net::Nic;
 use drivers::pci::PciFunction;
 use drivers::virtio::net::{NetInterrupts, NetOptions, VirtioNet};
@@ -56,8 +57,7 @@ impl NicKind {
         match self {
             Self::Virtio => virtio_device_type(f) == Some(device_type::NET),
             Self::E1000 => is_e1000(f),
-            // No driver yet: nothing matches, so `net_model=rtl8139` SKIPs.
-            Self::Rtl8139 => false,
+            Self::Rtl8139 => is_rtl8139(f),
         }
     }
 
@@ -71,6 +71,7 @@ impl NicKind {
 pub enum OpenedNic {
     Virtio(Box<Net>),
     E1000(Box<E1000<'static, KernelPlatform>>),
+    Rtl8139(Box<Rtl8139<'static, KernelPlatform>>),
 }
 
 impl OpenedNic {
@@ -78,6 +79,7 @@ impl OpenedNic {
         match self {
             Self::Virtio(n) => n.as_mut(),
             Self::E1000(n) => n.as_mut(),
+            Self::Rtl8139(n) => n.as_mut(),
         }
     }
 
@@ -85,6 +87,7 @@ impl OpenedNic {
         match self {
             Self::Virtio(_) => NicKind::Virtio,
             Self::E1000(_) => NicKind::E1000,
+            Self::Rtl8139(_) => NicKind::Rtl8139,
         }
     }
 
@@ -126,6 +129,27 @@ impl OpenedNic {
                     x.rx_errors,
                     x.rx_overruns,
                     x.tx_contexts,
+                    nic.failure(),
+                    nic.ring_state()
+                );
+            }
+            Self::Rtl8139(nic) => {
+                let x = nic.extra_counters();
+                println!(
+                    "# net: rtl8139: rx {} bad lengths, {} errors, {} in progress, {} overruns \
+                     ({} missed), {} past the end; tx {} errors, {} timeouts; {} resets, {} isr \
+                     storms; failure {:?}; cr capr cbr isr imr / rx_offset tsd0-3 clean<<4|used \
+                     {:x?}",
+                    x.rx_bad_length,
+                    x.rx_errors,
+                    x.rx_in_progress,
+                    x.rx_overruns,
+                    x.rx_missed,
+                    x.rx_past_end,
+                    x.tx_errors,
+                    x.tx_timeouts,
+                    x.resets,
+                    x.isr_storms,
                     nic.failure(),
                     nic.ring_state()
                 );
@@ -177,7 +201,7 @@ pub fn open(args: &NetArgs, pairs: u16) -> Result<Option<OpenedNic>, String> {
     Ok(Some(match kind {
         NicKind::Virtio => OpenedNic::Virtio(Box::new(open_virtio(f, pairs)?)),
         NicKind::E1000 => OpenedNic::E1000(Box::new(open_e1000(f)?)),
-        NicKind::Rtl8139 => return Ok(None),
+        NicKind::Rtl8139 => OpenedNic::Rtl8139(Box::new(open_rtl8139(f)?)),
     }))
 }
 
@@ -272,6 +296,33 @@ fn open_e1000(f: &PciFunction) -> Result<E1000<'static, KernelPlatform>, String>
         nic.ring_sizes(),
         interrupts,
         nic.offloads().tx_checksum,
+        nic.link()
+    );
+    Ok(nic)
+}
+
+/// Open RTL8139 function `f` on its INTx line (or polled), logging what it found.
+fn open_rtl8139(f: &PciFunction) -> Result<Rtl8139<'static, KernelPlatform>, String> {
+    let interrupts = match intx_line(f) {
+        Some(vector) => Rtl8139Interrupts::Intx { vector },
+        None => Rtl8139Interrupts::Polled,
+    };
+    let options = Rtl8139Options {
+        interrupts,
+        ..Rtl8139Options::default()
+    };
+    let mut nic = Rtl8139::new(&PLATFORM, f, options)
+        .map_err(|e| format!("rtl8139 {}: init: {}", f.address, e))?;
+    let mac = nic.mac().map(|b| format!("{b:02x}")).join(":");
+    println!(
+        "# net: rtl8139 {}: revision {:#04x}, mac {} ({:?}), rx ring {} KiB, interrupts: {:?}, \
+         link {:?}",
+        f.address,
+        f.revision,
+        mac,
+        nic.mac_source(),
+        nic.rx_buffer_bytes() / 1024,
+        interrupts,
         nic.link()
     );
     Ok(nic)
