@@ -17,6 +17,7 @@ pub mod peer;
 pub mod spec;
 pub mod stream;
 pub mod tap;
+pub mod watch;
 
 use crate::error::HarnessError;
 use spec::BackendSpec;

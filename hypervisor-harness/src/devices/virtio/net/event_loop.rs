@@ -22,11 +22,12 @@
 //! ioeventfds; the first also takes the control queue and the backend. The queues still run
 //! one at a time under the transport's engine lock.
 
+use crate::backends::net::watch::BackendWatches;
 use super::{Net, NetShared};
 use crate::devices::lock;
 use crate::devices::virtio::transport_pci::{QueueWorker, VirtioPciDevice};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -80,12 +81,7 @@ pub fn spawn(
                 let b = shared.backend();
                 (b.rx_ready_fd(), b.tx_wait_fd())
             };
-            let mut w = Watches {
-                rx_fd: fd,
-                tx_fd,
-                rx_on: false,
-                tx_on: false,
-            };
+            let mut w = BackendWatches::new(fd, tx_fd, TOKEN_BACKEND, TOKEN_TX_READY);
             w.update(&epoll, true, false)?;
             let resume = EventFd::new(libc::EFD_NONBLOCK)?;
             epoll.ctl(
@@ -108,7 +104,7 @@ pub fn spawn(
             loop {
                 let mut wait = backend.as_ref().and_then(|b| b.backend().poll());
                 if let (Some(shared), Some(w)) = (&backend, &watches) {
-                    if w.tx_fd.is_none() && shared.tx_blocked() != 0 {
+                    if !w.has_tx_fd() && shared.tx_blocked() != 0 {
                         wait = Some(wait.map_or(TX_RETRY, |d| d.min(TX_RETRY)));
                     }
                 }
@@ -121,7 +117,7 @@ pub fn spawn(
                 if let Some(shared) = &backend {
                     shared.note_backend_wakeup();
                     // A held pass on a backend without a wait fd: retried on each wakeup.
-                    if n == 0 && watches.as_ref().is_some_and(|w| w.tx_fd.is_none()) {
+                    if n == 0 && watches.as_ref().is_some_and(|w| !w.has_tx_fd()) {
                         tx_event(&worker, shared);
                     }
                 }
@@ -139,14 +135,13 @@ pub fn spawn(
                             let (Some(shared), Some(w)) = (&backend, &watches) else {
                                 continue;
                             };
-                            let set = ev.event_set();
-                            let any = EventSet::HANG_UP | EventSet::ERROR;
-                            let on_rx_fd = ev.data() == TOKEN_BACKEND;
-                            if on_rx_fd && w.rx_on && set.intersects(EventSet::IN | any) {
+                            let Some(ready) = w.readiness(ev) else {
+                                continue;
+                            };
+                            if ready.rx {
                                 backend_event(&worker, shared);
                             }
-                            let tx_here = !on_rx_fd || w.tx_fd == Some(w.rx_fd);
-                            if tx_here && w.tx_on && set.intersects(EventSet::OUT | any) {
+                            if ready.tx {
                                 tx_event(&worker, shared);
                             }
                         }
@@ -173,65 +168,6 @@ pub fn spawn(
             }
         })?;
     Ok(EventLoop { stop })
-}
-
-/// The backend's fds as registered with the thread's epoll: its readiness fd (for frames) and
-/// its `tx_wait_fd` (for room), one registration when they are the same fd.
-struct Watches {
-    rx_fd: RawFd,
-    tx_fd: Option<RawFd>,
-    rx_on: bool,
-    tx_on: bool,
-}
-
-impl Watches {
-    fn update(&mut self, epoll: &Epoll, rx: bool, tx: bool) -> io::Result<()> {
-        let tx = tx && self.tx_fd.is_some();
-        match self.tx_fd {
-            Some(fd) if fd == self.rx_fd => {
-                let set = |rx: bool, tx: bool| {
-                    let mut s = EventSet::empty();
-                    if rx {
-                        s |= EventSet::IN;
-                    }
-                    if tx {
-                        s |= EventSet::OUT;
-                    }
-                    s
-                };
-                let (had, want) = (set(self.rx_on, self.tx_on), set(rx, tx));
-                if had != want {
-                    let op = match (had.is_empty(), want.is_empty()) {
-                        (true, _) => ControlOperation::Add,
-                        (false, true) => ControlOperation::Delete,
-                        (false, false) => ControlOperation::Modify,
-                    };
-                    epoll.ctl(op, fd, EpollEvent::new(want, TOKEN_BACKEND))?;
-                }
-                (self.rx_on, self.tx_on) = (rx, tx);
-            }
-            tx_fd => {
-                if rx != self.rx_on {
-                    watch(epoll, self.rx_fd, rx, EventSet::IN, TOKEN_BACKEND)?;
-                    self.rx_on = rx;
-                }
-                if let Some(fd) = tx_fd.filter(|_| tx != self.tx_on) {
-                    watch(epoll, fd, tx, EventSet::OUT, TOKEN_TX_READY)?;
-                    self.tx_on = tx;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn watch(epoll: &Epoll, fd: RawFd, on: bool, set: EventSet, token: u64) -> io::Result<()> {
-    let op = if on {
-        ControlOperation::Add
-    } else {
-        ControlOperation::Delete
-    };
-    epoll.ctl(op, fd, EpollEvent::new(set, token))
 }
 
 /// The backend may have room: run the held transmit passes again. A pass that did not run
