@@ -33,7 +33,8 @@ pub struct QemuConfig {
     /// Disks, as for our harness: virtio-blk-pci devices and IDE drives in this order.
     pub disks: Vec<DiskSpec>,
     /// NICs, as for our harness, in this order. QEMU cannot reach our in-process peer, so a
-    /// `peer` backend becomes a `-netdev stream` to a `hypervisor-harness peer --listen` child.
+    /// `peer` backend becomes a `-netdev stream` to a `hypervisor-harness peer --listen` child,
+    /// one per NIC: each `peer` NIC has a network of its own, as under our harness.
     pub nets: Vec<NetSpec>,
 }
 
@@ -123,14 +124,19 @@ pub fn cpu_model(accel: &str, kvm_module: &str) -> &'static str {
     }
 }
 
-/// QEMU's arguments. `peer_socket` is where the peer child listens, for `peer` backends
-/// (`run` starts it; without one, `net_args` refuses a `peer` NIC).
+/// Where the peer child of `--net` number `i` listens, in the run's directory `dir`.
+pub fn peer_socket(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("peer{i}.sock"))
+}
+
+/// QEMU's arguments. `peer_dir` holds the sockets the peer children listen on, one per `peer`
+/// backend ([`peer_socket`]; `run` starts them; without it, `net_args` refuses a `peer` NIC).
 pub fn build_args(
     cfg: &QemuConfig,
     accel: &str,
     cpu: &str,
     qmp: &Path,
-    peer_socket: Option<&Path>,
+    peer_dir: Option<&Path>,
 ) -> Result<Vec<String>, HarnessError> {
     let mut a: Vec<String> = [
         "-machine",
@@ -197,7 +203,7 @@ pub fn build_args(
             }
         }
     }
-    a.extend(net_args(&cfg.nets, peer_socket)?);
+    a.extend(net_args(&cfg.nets, peer_dir)?);
     Ok(a)
 }
 
@@ -213,7 +219,7 @@ pub fn links_down(nets: &[NetSpec]) -> Vec<String> {
 /// `-netdev` and `-device` for each NIC. The device keeps QEMU's default properties (the
 /// guest driver must cope with what a user gets), except what several queue pairs need:
 /// `mq=on` and `vectors=2N+2` (a vector per queue, one for config, one for the control queue).
-pub fn net_args(nets: &[NetSpec], peer_socket: Option<&Path>) -> Result<Vec<String>, HarnessError> {
+pub fn net_args(nets: &[NetSpec], peer_dir: Option<&Path>) -> Result<Vec<String>, HarnessError> {
     let mut a = Vec::new();
     for (i, n) in nets.iter().enumerate() {
         let id = format!("net{i}");
@@ -222,9 +228,12 @@ pub fn net_args(nets: &[NetSpec], peer_socket: Option<&Path>) -> Result<Vec<Stri
             format!("stream,id={id},server=off,addr.type=unix,addr.path={path}")
         };
         let netdev = match &n.backend {
-            BackendSpec::Peer => stream(peer_socket.ok_or_else(|| {
-                HarnessError::Other(format!("--net {}: no peer socket to attach to", i))
-            })?),
+            BackendSpec::Peer => stream(&peer_socket(
+                peer_dir.ok_or_else(|| {
+                    HarnessError::Other(format!("--net {}: no peer socket to attach to", i))
+                })?,
+                i,
+            )),
             BackendSpec::Stream(path) => stream(path),
             BackendSpec::User => format!("user,id={id}"),
             BackendSpec::Tap { name, vnet_hdr } => {
@@ -432,21 +441,22 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
         .map_err(|e| HarnessError::Other(format!("cannot create a temporary directory: {e}")))?;
     let qmp_path = qmp_dir.as_path().join("qmp.sock");
     let platform = crate::platform::Platform::detect();
-    let wants_peer = cfg.nets.iter().any(|n| n.backend == BackendSpec::Peer);
-    let peer_path = qmp_dir.as_path().join("peer.sock");
-    let peer_socket = wants_peer.then_some(peer_path.as_path());
     let args = build_args(
         cfg,
         accel,
         cpu_model(accel, &platform.kvm),
         &qmp_path,
-        peer_socket,
+        Some(qmp_dir.as_path()),
     )?;
-    // Lives until this function returns, after QEMU has exited.
-    let _peer = match peer_socket {
-        Some(path) => Some(PeerChild::start(path, cfg.verbose)?),
-        None => None,
-    };
+    // One peer child per `peer` NIC; they live until this function returns, after QEMU has
+    // exited.
+    let _peers = cfg
+        .nets
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.backend == BackendSpec::Peer)
+        .map(|(i, _)| PeerChild::start(&peer_socket(qmp_dir.as_path(), i), cfg.verbose))
+        .collect::<Result<Vec<_>, _>>()?;
     if cfg.verbose {
         eprintln!("harness: platform: {platform}");
         eprintln!("harness: {} {}", cfg.qemu, args.join(" "));
@@ -644,11 +654,20 @@ mod tests {
 
     #[test]
     fn net_args_per_backend() {
-        let peer = Some(Path::new("/run/p,q.sock"));
+        let peer = Some(Path::new("/run/p,q"));
         assert_eq!(
             nets(&["virtio"], peer).unwrap(),
-            "-netdev stream,id=net0,server=off,addr.type=unix,addr.path=/run/p,,q.sock \
+            "-netdev stream,id=net0,server=off,addr.type=unix,addr.path=/run/p,,q/peer0.sock \
              -device virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"
+        );
+        // A peer of its own for each `peer` NIC.
+        assert_eq!(
+            nets(&["e1000", "virtio:user", "rtl8139"], peer).unwrap(),
+            "-netdev stream,id=net0,server=off,addr.type=unix,addr.path=/run/p,,q/peer0.sock \
+             -device e1000,netdev=net0,mac=52:54:00:12:34:56 \
+             -netdev user,id=net1 -device virtio-net-pci,netdev=net1,mac=52:54:00:12:34:57 \
+             -netdev stream,id=net2,server=off,addr.type=unix,addr.path=/run/p,,q/peer2.sock \
+             -device rtl8139,netdev=net2,mac=52:54:00:12:34:58"
         );
         assert_eq!(
             nets(
