@@ -139,7 +139,10 @@ mod tests {
         assert_eq!(ev.len(), 1);
         assert_eq!(
             w.readiness(&ev[0]),
-            Some(Readiness { rx: false, tx: true })
+            Some(Readiness {
+                rx: false,
+                tx: true
+            })
         );
         std::io::Write::write_all(&mut &b, b"x").unwrap();
         let ev = events(&epoll);
@@ -163,8 +166,20 @@ mod tests {
         std::io::Write::write_all(&mut &b, b"x").unwrap();
         let ev = events(&epoll);
         let r: Vec<Readiness> = ev.iter().filter_map(|e| w.readiness(e)).collect();
-        assert!(r.contains(&Readiness { rx: true, tx: false }), "{r:?}");
-        assert!(r.contains(&Readiness { rx: false, tx: true }), "{r:?}");
+        assert!(
+            r.contains(&Readiness {
+                rx: true,
+                tx: false
+            }),
+            "{r:?}"
+        );
+        assert!(
+            r.contains(&Readiness {
+                rx: false,
+                tx: true
+            }),
+            "{r:?}"
+        );
         // No wait fd: asking for room watches nothing.
         let mut none = BackendWatches::new(a.as_raw_fd(), None, 3, 4);
         let epoll = Epoll::new().unwrap();

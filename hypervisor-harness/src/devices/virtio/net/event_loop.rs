@@ -22,8 +22,8 @@
 //! ioeventfds; the first also takes the control queue and the backend. The queues still run
 //! one at a time under the transport's engine lock.
 
-use crate::backends::net::watch::BackendWatches;
 use super::{Net, NetShared};
+use crate::backends::net::watch::BackendWatches;
 use crate::devices::lock;
 use crate::devices::virtio::transport_pci::{QueueWorker, VirtioPciDevice};
 use std::io;
