@@ -224,7 +224,8 @@ pub struct Rtl8139Counters {
     pub rx_in_progress: u64,
     /// RXOVW / FIFOOVW reports: frames the chip had no room for.
     pub rx_overruns: u64,
-    /// Frames the chip counted as missed (MPC), read at each overrun.
+    /// The chip's missed-packet count (MPC), read at each overrun: frames it had no room
+    /// for (QEMU counts each attempt at a frame it queues and delivers later).
     pub rx_missed: u64,
     /// Frames that ran past the end of the ring: into the slack (WRAP) or wrapped (64 KiB).
     pub rx_past_end: u64,
@@ -839,13 +840,14 @@ impl<P: Platform + ?Sized> Nic for Rtl8139<'_, P> {
             events.link_changed = true;
         }
         if isr.intersects(Intr::RXOVW | Intr::FIFOOVW) {
-            // The chip dropped what did not fit and goes on once CAPR moves: the frames
-            // already in the ring are good. MPC says how many were lost.
+            // The chip had no room for a frame and goes on once CAPR moves: the frames
+            // already in the ring are good. One drop per report, as the e1000 counts RXO;
+            // MPC is kept apart, since QEMU counts a frame it holds back and delivers later
+            // there too.
             self.extra.rx_overruns += 1;
-            let missed = u64::from(self.in32(reg::MPC) & 0xFF_FFFF).max(1);
+            self.counters.rx_drops += 1;
+            self.extra.rx_missed += u64::from(self.in32(reg::MPC) & 0xFF_FFFF);
             self.out32(reg::MPC, 0);
-            self.extra.rx_missed += missed;
-            self.counters.rx_drops += missed;
         }
         if self.failed.is_none() {
             events.rx = isr.intersects(Intr::ROK | Intr::RER | Intr::RXOVW | Intr::FIFOOVW)
