@@ -195,6 +195,10 @@ pub struct VirtioBalloon<'p, P: Platform + ?Sized> {
     platform: &'p P,
 }
 
+// SAFETY: the DMA buffers (raw pointers) are owned by the driver alone, and nothing in it is
+// tied to a thread; moving the driver moves that ownership. `P: Sync` because `&P` is held.
+unsafe impl<P: Platform + Sync + ?Sized> Send for VirtioBalloon<'_, P> {}
+
 /// Statistics sent per report: free, total, available.
 const STATS_SENT: usize = 3;
 

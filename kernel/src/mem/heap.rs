@@ -73,7 +73,20 @@ pub fn init(
     // SAFETY: the range is RAM per the memory map, above the kernel image, inside the identity
     // map, clear of the boot structures, and handed to the allocator exactly once.
     unsafe { ALLOCATOR.lock().init(start as *mut u8, size as usize) };
+    RANGE.call_once(|| start..start + size);
     Ok((start, start + size))
+}
+
+/// Where the heap lies, once [`init`] placed it (the frame allocator takes the RAM above).
+static RANGE: spin::Once<Range<u64>> = spin::Once::new();
+
+pub fn range() -> Option<Range<u64>> {
+    RANGE.get().cloned()
+}
+
+/// The heap's free bytes.
+pub fn free() -> usize {
+    ALLOCATOR.lock().free()
 }
 
 /// The largest heap from HEAP_SIZE down to MIN_HEAP_SIZE (halving) that [`place`] finds room

@@ -1,5 +1,6 @@
 //! Kernel tests, registered by name; `tests=` on the command line selects them.
 
+mod balloon;
 mod boot;
 pub mod disk;
 mod foreign_virtio_blk;
@@ -33,6 +34,9 @@ pub static REGISTRY: &[Test] = &[
     Test::in_all("ide_pio_integrity", ide::pio_integrity),
     Test::in_all("ide_dma_integrity", ide::dma_integrity),
     Test::in_all("ide_interrupts", ide::interrupts),
+    Test::in_all("balloon_inflate", balloon::inflate),
+    Test::in_all("balloon_deflate_reuse", balloon::deflate_reuse),
+    Test::in_all("balloon_deflate_on_oom", balloon::deflate_on_oom),
     Test::in_all("net_bridge_checksums", net_bridge::checksums),
     Test::in_all("net_link", net::link),
     Test::in_all("net_ping", net::ping),

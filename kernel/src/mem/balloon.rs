@@ -1,0 +1,139 @@
+//! The kernel's side of the virtio balloon: the page source over the frame allocator, and one
+//! driver for the whole kernel (tests and the `idle` loop share it), started on first use.
+//!
+//! A frame in the balloon is allocated to the balloon driver and nothing else: the kernel never
+//! touches it until a deflate hands it back to the frame allocator.
+
+use super::frames;
+use crate::platform::{KernelPlatform, PLATFORM};
+use crate::{pci, println};
+use drivers::pci::PciFunction;
+use drivers::virtio::balloon::{BalloonError, MemStats, PageSource, VirtioBalloon};
+use drivers::virtio::pci::{device_type, virtio_device_type, InterruptMode};
+
+pub type Balloon = VirtioBalloon<'static, KernelPlatform>;
+
+/// Pages taken back per allocation that finds the frame allocator empty (Linux's
+/// VIRTIO_BALLOON_OOM_NR_PAGES).
+pub const OOM_DEFLATE_PAGES: u32 = 256;
+
+/// Frames for the balloon, from the frame allocator.
+pub struct KernelFrames;
+
+impl PageSource for KernelFrames {
+    fn take_page(&mut self) -> Option<u64> {
+        frames::alloc()
+    }
+
+    fn return_page(&mut self, phys: u64) {
+        if !frames::free(phys) {
+            println!("# balloon: frame {:#x} given back twice or not ours", phys);
+        }
+    }
+
+    fn mem_stats(&self) -> MemStats {
+        let (free, total) = frames::with(|m| (m.free_bytes(), m.total_bytes()));
+        let heap_free = super::heap::free() as u64;
+        let ram = crate::bootinfo::get().ram_bytes();
+        MemStats {
+            free: free + heap_free,
+            total: ram.max(total),
+            available: free + heap_free,
+        }
+    }
+}
+
+enum State {
+    Unprobed,
+    Absent,
+    Failed(BalloonError),
+    Running(alloc::boxed::Box<Balloon>),
+}
+
+static BALLOON: spin::Mutex<State> = spin::Mutex::new(State::Unprobed);
+
+/// The first virtio-balloon function.
+pub fn find() -> Option<&'static PciFunction> {
+    pci::devices()
+        .iter()
+        .find(|f| virtio_device_type(f) == Some(device_type::BALLOON))
+}
+
+/// Run `f` on the balloon driver, started (polled: config changes are seen through the
+/// config generation) the first time. Ok(None): there is no balloon.
+pub fn with<R>(f: impl FnOnce(&mut Balloon) -> R) -> Result<Option<R>, BalloonError> {
+    let mut state = BALLOON.lock();
+    if matches!(*state, State::Unprobed) {
+        *state = match find() {
+            None => State::Absent,
+            Some(function) => {
+                match VirtioBalloon::new(&PLATFORM, function, InterruptMode::Polled, &KernelFrames)
+                {
+                    Ok(b) => {
+                        let b = alloc::boxed::Box::new(b);
+                        println!(
+                            "# virtio-balloon {}: features {:#x}",
+                            function.address,
+                            b.features()
+                        );
+                        State::Running(b)
+                    }
+                    Err(e) => State::Failed(e),
+                }
+            }
+        };
+    }
+    match &mut *state {
+        State::Running(b) => Ok(Some(f(b))),
+        State::Failed(e) => Err(*e),
+        State::Absent | State::Unprobed => Ok(None),
+    }
+}
+
+/// One round of the `idle` loop: follow the target when the device changed it (the config
+/// generation moved), and refill the stats buffer if the device returned it.
+// Until the `idle` loop (kernel/src/idle.rs) calls it.
+#[allow(dead_code)]
+pub fn serve_idle() {
+    let r = with(|b| {
+        if b.config_changed() {
+            b.serve(&mut KernelFrames).map(|_| ())
+        } else {
+            b.serve_stats(&KernelFrames).map(|_| ())
+        }
+    });
+    if let Ok(Some(Err(e))) | Err(e) = r {
+        // Once: the loop comes round every few milliseconds.
+        if !IDLE_ERROR_SHOWN.swap(true, core::sync::atomic::Ordering::Relaxed) {
+            println!("# balloon: {}", e);
+        }
+    }
+}
+
+#[allow(dead_code)]
+static IDLE_ERROR_SHOWN: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
+/// Why [`alloc_frame_or_deflate`] found no frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutOfFrames {
+    /// No balloon to take pages from.
+    NoBalloon,
+    /// The balloon may not give pages back for this (no DEFLATE_ON_OOM), or failed to.
+    Balloon(BalloonError),
+    /// The balloon was empty too.
+    Exhausted,
+}
+
+/// A frame, taking pages back from the balloon if the allocator is empty and DEFLATE_ON_OOM
+/// allows it.
+pub fn alloc_frame_or_deflate() -> Result<u64, OutOfFrames> {
+    if let Some(f) = frames::alloc() {
+        return Ok(f);
+    }
+    with(|b| b.deflate_for_oom(&mut KernelFrames, OOM_DEFLATE_PAGES))
+        .map_err(OutOfFrames::Balloon)?
+        .ok_or(OutOfFrames::NoBalloon)?
+        .map_err(OutOfFrames::Balloon)?;
+    frames::alloc().ok_or(OutOfFrames::Exhausted)
+}
