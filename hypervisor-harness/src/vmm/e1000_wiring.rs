@@ -6,7 +6,9 @@
 //! model's receive pass. While the ring is full (the model holds the frame back) it stops
 //! watching the level-triggered fd, and the register write that makes room wakes it through
 //! the resume eventfd. The same thread raises interrupts that ITR moderation held back, when
-//! their time comes (the model writes the eventfd when it starts holding one).
+//! their time comes (the model writes the eventfd when it starts holding one), and finishes a
+//! transmit that stalled for want of room in the backend (a full stream socket or TAP queue)
+//! when the backend's `tx_wait_fd` turns writable, so nothing the guest sent is dropped.
 //!
 //! The report gets one note per NIC: `e1000-counters: ` and the model's counters as JSON.
 
@@ -14,6 +16,7 @@ use super::device_manager::DeviceManager;
 use super::memory::GuestMem;
 use super::virtio_wiring::INTX_GSIS;
 use crate::backends::net::spec::{BackendSpec, NetSpec, NicModel};
+use crate::backends::net::watch::BackendWatches;
 use crate::backends::net::NetBackend;
 use crate::devices::lock;
 use crate::devices::net::e1000::regs::{IO_SIZE, MMIO_SIZE};
@@ -36,11 +39,15 @@ pub const COUNTERS_NOTE: &str = "e1000-counters: ";
 const TOKEN_BACKEND: u64 = 0;
 const TOKEN_STOP: u64 = 1;
 const TOKEN_RESUME: u64 = 2;
+const TOKEN_TX_READY: u64 = 3;
 
-/// INTA through `KVM_IRQ_LINE` on the function's GSI.
-struct KvmLevelLine {
-    vm: VmFd,
-    gsi: u32,
+/// How soon a stalled transmit is tried again on a backend without a wait fd.
+const TX_RETRY: Duration = Duration::from_millis(1);
+
+/// INTA through `KVM_IRQ_LINE` on the function's GSI (the RTL8139's too).
+pub(super) struct KvmLevelLine {
+    pub(super) vm: VmFd,
+    pub(super) gsi: u32,
 }
 
 impl IrqLevel for KvmLevelLine {
@@ -52,7 +59,7 @@ impl IrqLevel for KvmLevelLine {
 
 /// A handle on the VM of its own (a dup of the VM fd), so the line can outlive the borrow the
 /// device manager holds and be raised from the backend thread.
-fn own_vm_fd(dm: &DeviceManager) -> Result<VmFd, HarnessError> {
+pub(super) fn own_vm_fd(dm: &DeviceManager) -> Result<VmFd, HarnessError> {
     // SAFETY: dup has no memory-safety preconditions; the result is checked below.
     let fd = unsafe { libc::dup(dm.vm.fd.as_raw_fd()) };
     if fd < 0 {
@@ -87,6 +94,7 @@ struct CountersJson<'a> {
     rx_dropped: u64,
     rx_filtered: u64,
     rx_holds: u64,
+    tx_stalls: u64,
     rx_backend_errors: u64,
     backend_rx_dropped: u64,
 }
@@ -122,6 +130,7 @@ impl AttachedE1000 {
             rx_dropped: c.rx_dropped,
             rx_filtered: c.rx_filtered,
             rx_holds: c.rx_holds,
+            tx_stalls: c.tx_stalls,
             rx_backend_errors: c.rx_backend_errors,
             backend_rx_dropped: d.backend().counters().rx_dropped,
         };
@@ -200,7 +209,7 @@ fn attach_one(
     let other =
         |what: &str, e: &dyn std::fmt::Display| HarnessError::Other(format!("{name}: {what}: {e}"));
     let described = backend.describe();
-    let backend_fd = backend.rx_ready_fd();
+    let (backend_fd, tx_wait_fd) = (backend.rx_ready_fd(), backend.tx_wait_fd());
     let line = Arc::new(KvmLevelLine {
         vm: own_vm_fd(dm)?,
         gsi: u32::from(gsi),
@@ -233,7 +242,7 @@ fn attach_one(
         IO_SIZE,
         Arc::new(Mutex::new(E1000Io(dev.clone()))),
     )?;
-    let thread = spawn_backend_thread(&name, dev.clone(), backend_fd, resume)
+    let thread = spawn_backend_thread(&name, dev.clone(), (backend_fd, tx_wait_fd), resume)
         .map_err(|e| other("backend thread", &e))?;
     let mac_text = mac.map(|b| format!("{b:02x}")).join(":");
     let note = format!(
@@ -254,7 +263,7 @@ fn attach_one(
 fn spawn_backend_thread(
     name: &str,
     dev: SharedE1000<GuestMem>,
-    backend_fd: RawFd,
+    (backend_fd, tx_wait_fd): (RawFd, Option<RawFd>),
     resume: EventFd,
 ) -> std::io::Result<BackendThread> {
     let epoll = Epoll::new()?;
@@ -272,7 +281,7 @@ fn spawn_backend_thread(
     let stop_thread = stop.try_clone()?;
     std::thread::Builder::new()
         .name(format!("{name}-rx"))
-        .spawn(move || backend_loop(&dev, &epoll, backend_fd, &resume, &stop_thread))?;
+        .spawn(move || backend_loop(&dev, &epoll, backend_fd, tx_wait_fd, &resume, &stop_thread))?;
     Ok(BackendThread { stop })
 }
 
@@ -280,37 +289,32 @@ fn backend_loop(
     dev: &SharedE1000<GuestMem>,
     epoll: &Epoll,
     backend_fd: RawFd,
+    tx_wait_fd: Option<RawFd>,
     resume: &EventFd,
     stop: &EventFd,
 ) {
-    let mut watching = false;
+    let mut watches = BackendWatches::new(backend_fd, tx_wait_fd, TOKEN_BACKEND, TOKEN_TX_READY);
     let mut events = [EpollEvent::default(); 4];
     loop {
-        let (blocked, wait) = {
+        let (blocked, stalled, mut wait) = {
             let mut d = lock(dev);
             d.irq_timer();
             let mut wait = d.backend_poll();
+            d.tx_retry();
             d.rx_pass();
             // A moderated interrupt (ITR) waiting for its time.
             if let Some(due) = d.irq_deadline() {
                 let until = due.saturating_duration_since(std::time::Instant::now());
                 wait = Some(wait.map_or(until, |w| w.min(until)));
             }
-            (d.rx_blocked(), wait)
+            (d.rx_blocked(), d.tx_stalled(), wait)
         };
-        // The backend's fd is level-triggered: watched only while the device can take frames.
-        if blocked == watching {
-            let op = if blocked {
-                ControlOperation::Delete
-            } else {
-                ControlOperation::Add
-            };
-            if epoll
-                .ctl(op, backend_fd, EpollEvent::new(EventSet::IN, TOKEN_BACKEND))
-                .is_ok()
-            {
-                watching = !blocked;
-            }
+        // The backend's fd is level-triggered: watched for frames only while the device can
+        // take them, and for room only while a transmit waits for it. A failed update is
+        // tried again next round.
+        let _ = watches.update(epoll, !blocked, stalled);
+        if stalled && !watches.has_tx_fd() {
+            wait = Some(wait.map_or(TX_RETRY, |w| w.min(TX_RETRY)));
         }
         // Rounded up: a wake before the deadline would only wait again.
         let timeout = wait.map_or(-1, |d: Duration| {
@@ -330,6 +334,7 @@ fn backend_loop(
                 TOKEN_RESUME => {
                     let _ = resume.read();
                 }
+                // Frames or room: the next round's passes look.
                 _ => {}
             }
         }
@@ -393,7 +398,8 @@ mod tests {
         w(RDLEN, 128);
         w(RDT, 2);
         w(RCTL, (Rctl::EN | Rctl::SECRC).bits());
-        let _thread = spawn_backend_thread("e1000-test", dev.clone(), fd, resume).unwrap();
+        let tx_fd = backend.tx_wait_fd();
+        let _thread = spawn_backend_thread("e1000-test", dev.clone(), (fd, tx_fd), resume).unwrap();
         let frame = |seed: u8| {
             let mut f = vec![seed; 64];
             f[..6].copy_from_slice(&mac);
@@ -420,6 +426,49 @@ mod tests {
         mem.read_slice(&mut got, GuestAddress(0x8000 + 4 * 2048))
             .unwrap();
         assert_eq!(got.to_vec(), frame(5));
+    }
+
+    /// A transmit stalled on a backend without room is finished by the backend thread when
+    /// the backend's wait fd says there is room, with no further register write.
+    #[test]
+    fn backend_thread_finishes_a_stalled_transmit() {
+        let mem = super::super::memory::create(1 << 20).unwrap();
+        let backend = TestBackend::new();
+        let mut e = E1000::new(
+            mem.clone(),
+            Box::new(backend.clone()),
+            [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            Arc::new(NoLine),
+            11,
+        );
+        e.config_mut().enable(CMD_MEM | CMD_BUS_MASTER);
+        let resume = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        e.set_rx_resume(resume.try_clone().unwrap());
+        let dev = Arc::new(Mutex::new(e));
+        let fds = (backend.rx_ready_fd(), backend.tx_wait_fd());
+        let _thread = spawn_backend_thread("e1000-test", dev.clone(), fds, resume).unwrap();
+        let w = |reg: u64, v: u32| lock(&dev).mmio_write(reg, &v.to_le_bytes());
+        for i in 0..6u64 {
+            let mut d = [0u8; 16];
+            d[0..8].copy_from_slice(&(0x8000 + i * 2048).to_le_bytes());
+            d[8..10].copy_from_slice(&60u16.to_le_bytes());
+            d[11] = (TxCmd::EOP | TxCmd::RS).bits();
+            mem.write_slice(&d, GuestAddress(0x1000 + i * 16)).unwrap();
+        }
+        w(TDBAL, 0x1000);
+        w(TDLEN, 8 * 16);
+        w(TCTL, Tctl::EN.bits());
+        backend.set_tx_room(Some(1));
+        w(TDT, 6);
+        assert_eq!(backend.sent().len(), 1);
+        assert!(lock(&dev).tx_stalled());
+        // Still no room: the thread must not spin it out or drop anything.
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(backend.sent().len(), 1);
+        backend.set_tx_room(None);
+        wait_for("the rest sent", || backend.sent().len() == 6);
+        assert!(!lock(&dev).tx_stalled());
+        assert_eq!(lock(&dev).counters().tx_backend_errors, 0);
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct Counters {
     pub rx_filtered: u64,
     /// Times a frame was held in the backend for want of free descriptors.
     pub rx_holds: u64,
+    /// Times transmission stopped, descriptors waiting, until the backend had room.
+    pub tx_stalls: u64,
     pub rx_backend_errors: u64,
 }
 
@@ -172,8 +174,9 @@ pub struct E1000<M> {
     counters: Counters,
     tx: tx::TxState,
     rx: rx::RxState,
-    /// Written when a register write lets a held frame in: the backend thread, which stopped
-    /// watching the backend while the ring was full, watches it again.
+    /// Written when the backend thread must look again: a register write let a held frame in
+    /// (it stopped watching the backend while the ring was full), or a transmit pass stalled
+    /// (it watches for room while one is).
     rx_resume: Option<EventFd>,
 }
 
@@ -294,6 +297,24 @@ impl<M: GuestMemory> E1000<M> {
     /// the backend thread then waits for [`Self::set_rx_resume`]'s eventfd instead.
     pub fn rx_blocked(&self) -> bool {
         self.rx.blocked
+    }
+
+    /// Whether transmission waits for the backend to have room (see [`Self::tx_retry`]).
+    pub fn tx_stalled(&self) -> bool {
+        self.tx.stalled
+    }
+
+    /// The backend may have room: run the stalled transmit pass again.
+    pub fn tx_retry(&mut self) {
+        if self.tx.stalled {
+            self.tx_kick();
+        }
+    }
+
+    fn wake_backend_thread(&self) {
+        if let Some(evt) = &self.rx_resume {
+            let _ = evt.write(1);
+        }
     }
 
     /// Give the backend its time (timers); how long until it wants it again.
@@ -581,9 +602,7 @@ impl<M: GuestMemory> E1000<M> {
         let was_blocked = self.rx.blocked;
         self.rx_pass();
         if was_blocked && !self.rx.blocked {
-            if let Some(evt) = &self.rx_resume {
-                let _ = evt.write(1);
-            }
+            self.wake_backend_thread();
         }
     }
 

@@ -881,3 +881,41 @@ fn tso_segments_a_tcp_frame() {
     assert_eq!(rig.dev.counters().tx_frames, 3);
     assert_eq!(rig.dev.counters().tx_tso_dropped, 0);
 }
+
+/// A backend without room (a full stream socket or TAP queue) stops transmission at a
+/// frame's first descriptor: TDH stays there, the descriptor is not done, nothing is dropped.
+/// A retry without room changes nothing; with room it sends the rest.
+#[test]
+fn tx_waits_for_backend_room() {
+    let mut rig = Rig::new();
+    rig.tx_setup(8);
+    for i in 0..5u64 {
+        let buf = TX_BUFS + i * 2048;
+        rig.mem
+            .write_slice(&[i as u8 + 1; 60], GuestAddress(buf))
+            .unwrap();
+        rig.tx_legacy(i, buf, 60, TxCmd::EOP | TxCmd::RS);
+    }
+    rig.backend.set_tx_room(Some(2));
+    rig.w(TDT, 5);
+    assert_eq!(rig.backend.sent().len(), 2);
+    assert_eq!(rig.r(TDH), 2);
+    assert!(rig.dev.tx_stalled());
+    assert_eq!(rig.tx_status(1) & TX_STATUS_DD, TX_STATUS_DD);
+    assert_eq!(rig.tx_status(2) & TX_STATUS_DD, 0, "not sent, not done");
+    rig.dev.tx_retry();
+    assert_eq!(rig.backend.sent().len(), 2);
+    assert_eq!(
+        rig.dev.counters().tx_stalls,
+        1,
+        "one stall, however often retried"
+    );
+    rig.backend.set_tx_room(None);
+    rig.dev.tx_retry();
+    assert!(!rig.dev.tx_stalled());
+    assert_eq!(rig.r(TDH), 5);
+    let sent: Vec<u8> = rig.backend.sent().iter().map(|(_, f)| f[0]).collect();
+    assert_eq!(sent, [1, 2, 3, 4, 5], "all of them, in order");
+    let c = rig.dev.counters();
+    assert_eq!((c.tx_frames, c.tx_backend_errors), (5, 0));
+}

@@ -62,6 +62,9 @@ pub struct TxState {
     /// The frame's first data descriptor asked for TSE; its POPTS.
     tso: bool,
     popts: u8,
+    /// The last pass stopped at a frame's first descriptor because the backend had no room:
+    /// TDH stays there, and the backend thread runs the pass again when room comes.
+    pub(super) stalled: bool,
 }
 
 impl TxState {
@@ -141,8 +144,17 @@ impl<M: GuestMemory> E1000<M> {
             return false;
         }
         let mut done = 0u32;
+        let was_stalled = self.tx.stalled;
+        self.tx.stalled = false;
         // At most one lap: a head/tail pair that never met would otherwise spin.
         while self.tx_ring.head != self.tx_ring.tail && done < count {
+            // A frame starts here: only if the backend can take it now. A wire would drop it;
+            // a stream socket or TAP queue that is full is the host's backpressure, and the
+            // guest's ring is the right place to wait.
+            if !self.tx.in_frame && !self.backend.tx_ready() {
+                self.tx.stalled = true;
+                break;
+            }
             done += 1;
             let at = self.tx_ring.desc_addr(self.tx_ring.head);
             let mut bytes = [0u8; 16];
@@ -165,6 +177,11 @@ impl<M: GuestMemory> E1000<M> {
                 }
             }
             self.tx_ring.head = (self.tx_ring.head + 1) % count;
+        }
+        if self.tx.stalled && !was_stalled {
+            self.counters.tx_stalls += 1;
+            // The backend thread watches for room only while a pass is stalled.
+            self.wake_backend_thread();
         }
         if done > 0 {
             // The end of the batch: a gathering backend sends what it holds.
