@@ -11,6 +11,7 @@ pub mod ide_wiring;
 pub mod memory;
 pub mod net_wiring;
 pub mod pio;
+pub mod rtl8139_wiring;
 pub mod teardown;
 pub mod timing;
 pub mod vcpu;
@@ -173,6 +174,8 @@ struct Machine {
     nics: Vec<net_wiring::AttachedNic>,
     /// The e1000 NICs (after the virtio ones on the bus), likewise.
     e1000s: Vec<e1000_wiring::AttachedE1000>,
+    /// The RTL8139 NICs (after the e1000s), likewise.
+    rtl8139s: Vec<rtl8139_wiring::AttachedRtl8139>,
     vm: vm::Vm,
     mem: GuestMem,
 }
@@ -210,7 +213,7 @@ impl Machine {
 
         let disks = OpenedDisks::open(&cfg.disks, virtio_wiring::MAX_DISKS, MAX_IDE_DRIVES)
             .map_err(HarnessError::Usage)?;
-        // e1000s are attached on their own; every other model goes to virtio-net's check,
+        // e1000s and RTL8139s are attached on their own; the rest goes to virtio-net's check,
         // which refuses what is not built yet. Each NIC's default MAC is fixed first by its
         // place among all `--net`s, as QEMU numbers them.
         let (e1000_specs, virtio_specs): (Vec<NetSpec>, Vec<NetSpec>) = cfg
@@ -222,9 +225,14 @@ impl Machine {
                 ..s.clone()
             })
             .partition(|s| s.model == NicModel::E1000);
+        let (rtl8139_specs, virtio_specs): (Vec<NetSpec>, Vec<NetSpec>) = virtio_specs
+            .into_iter()
+            .partition(|s| s.model == NicModel::Rtl8139);
         net_wiring::check_specs(&virtio_specs, disks.virtio.len())?;
         let first_e1000_intx = disks.virtio.len() + virtio_specs.len();
         e1000_wiring::check_specs(&e1000_specs, first_e1000_intx)?;
+        let first_rtl8139_intx = first_e1000_intx + e1000_specs.len();
+        rtl8139_wiring::check_specs(&rtl8139_specs, first_rtl8139_intx)?;
         // Backends open before anything else starts, so a missing one is an error up front.
         let mut nets = Vec::with_capacity(virtio_specs.len());
         for spec in &virtio_specs {
@@ -234,6 +242,11 @@ impl Machine {
         for spec in e1000_specs {
             let backend = net_wiring::open_backend(&spec.backend)?;
             e1000_nets.push((spec, backend));
+        }
+        let mut rtl8139_nets = Vec::with_capacity(rtl8139_specs.len());
+        for spec in rtl8139_specs {
+            let backend = net_wiring::open_backend(&spec.backend)?;
+            rtl8139_nets.push((spec, backend));
         }
         let mut vm = vm::Vm::open()?;
         vm.setup(&mem)?;
@@ -316,6 +329,11 @@ impl Machine {
         for note in &e1000_notes {
             verbose(cfg, note);
         }
+        let (rtl8139s, rtl8139_notes) =
+            rtl8139_wiring::attach_all(&mut dm, &mem, rtl8139_nets, first_rtl8139_intx)?;
+        for note in &rtl8139_notes {
+            verbose(cfg, note);
+        }
         ide_wiring::attach(&mut dm, &mem, disks.ide)?;
         let (pio, mmio) = dm.finish()?;
 
@@ -348,6 +366,7 @@ impl Machine {
             virtio,
             nics,
             e1000s,
+            rtl8139s,
             vm,
             mem,
         })
@@ -505,6 +524,9 @@ impl Machine {
             self.vm.notes.extend(nic.notes());
         }
         for nic in &self.e1000s {
+            self.vm.notes.extend(nic.notes());
+        }
+        for nic in &self.rtl8139s {
             self.vm.notes.extend(nic.notes());
         }
 
