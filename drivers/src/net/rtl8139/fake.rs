@@ -105,6 +105,7 @@ pub struct Device {
     pub sent: Vec<Vec<u8>>,
     pub tsd_writes: u32,
     pub capr_writes: u32,
+    pub cr_reads: Cell<u32>,
     pub resets: u32,
     // Misbehaviour.
     /// CR.RST never clears.
@@ -203,6 +204,7 @@ impl FakePlatform {
             sent: Vec::new(),
             tsd_writes: 0,
             capr_writes: 0,
+            cr_reads: Cell::new(0),
             resets: 0,
             reset_stuck: false,
             tx_stalled: false,
@@ -389,6 +391,7 @@ impl FakePlatform {
         let v = match (off, width) {
             (0..=5, 1) => u32::from(dev.idr[usize::from(off)]),
             (reg::CR, 1) => {
+                dev.cr_reads.set(dev.cr_reads.get() + 1);
                 let empty = dev.cbr == dev.read_ptr && !dev.bufe_never;
                 u32::from(dev.cr) | u32::from(empty)
             }
@@ -411,6 +414,13 @@ impl FakePlatform {
             (0x10..=0x1C, 4) if off.is_multiple_of(4) => dev.tsd[usize::from(off - 0x10) / 4],
             (0x20..=0x2C, 4) if off.is_multiple_of(4) => dev.tsad[usize::from(off - 0x20) / 4],
             (reg::RBSTART, 4) => dev.rbstart,
+            (reg::TX_SUMMARY, 2) => (0..4).fold(0, |v, i| {
+                let t = Tsd::from_bits_retain(dev.tsd[i]);
+                v | u32::from(t.contains(Tsd::OWN)) << i
+                    | u32::from(t.contains(Tsd::TABT)) << (4 + i)
+                    | u32::from(t.contains(Tsd::TUN)) << (8 + i)
+                    | u32::from(t.contains(Tsd::TOK)) << (12 + i)
+            }),
             _ => panic!("unexpected {width}-byte read of register {off:#x}"),
         };
         v

@@ -35,9 +35,9 @@ use core::fmt;
 use core::sync::atomic::{fence, Ordering};
 
 use regs::{
-    reg, tsad, tsd, Config1, Cr, Cr9346, Intr, Msr, Rcr, RxStatus, Tsd, EEPROM_ID, EEPROM_MAC_WORD,
-    RCR_MXDMA_UNLIMITED, RCR_RBLEN_SHIFT, RCR_RXFTH_NONE, RX_LENGTH_IN_PROGRESS, TCR_IFG_STANDARD,
-    TCR_MXDMA_1024, TSD_ERTXTH_256,
+    reg, tsad, tsd, Config1, Cr, Cr9346, Intr, Msr, Rcr, RxStatus, TxSummary, EEPROM_ID,
+    EEPROM_MAC_WORD, RCR_MXDMA_UNLIMITED, RCR_RBLEN_SHIFT, RCR_RXFTH_NONE, RX_LENGTH_IN_PROGRESS,
+    TCR_IFG_STANDARD, TCR_MXDMA_1024, TSD_ERTXTH_256,
 };
 
 use super::{
@@ -534,6 +534,21 @@ impl<'p, P: Platform + ?Sized> Rtl8139<'p, P> {
         self.counters.rx_packets + self.counters.rx_drops + self.counters.tx_packets
     }
 
+    /// The RX header at `offset` in the ring.
+    fn rx_header(&self, offset: usize) -> u32 {
+        assert!(offset + RX_HEADER_LEN <= self.rx.len() && offset.is_multiple_of(4));
+        // SAFETY: in bounds (checked) and dword-aligned inside the 4096-aligned ring buffer;
+        // the chip may write it at any time, hence volatile.
+        let raw = unsafe {
+            self.rx
+                .as_mut_ptr()
+                .add(offset)
+                .cast::<u32>()
+                .read_volatile()
+        };
+        u32::from_le(raw)
+    }
+
     /// Copy the frame at `offset` (after its header) out of the ring, where it may run past
     /// the end: into the slack (WRAP), or wrapped to the start (64 KiB). `len` excludes the
     /// CRC and is at most [`RX_LENGTH_MAX`].
@@ -699,16 +714,20 @@ impl<P: Platform + ?Sized> Nic for Rtl8139<'_, P> {
 
     fn reclaim(&mut self) -> Result<usize, NicError> {
         self.check()?;
+        if self.tx.handed_over() == 0 {
+            return Ok(0);
+        }
+        // One read for the four slots instead of a TSD read each.
+        let status = TxSummary(self.in16(reg::TX_SUMMARY));
         let mut n = 0;
         while self.tx.handed_over() > 0 {
             let i = self.tx.clean;
-            let status = Tsd::from_bits_retain(self.in32(tsd(i)));
-            if status.intersects(Tsd::TUN | Tsd::TABT) {
+            if status.tun(i) || status.tabt(i) {
                 // Lost on the wire; no retransmission (TCR.CLRABT) for a frame the stack
                 // will retransmit if it matters.
                 self.extra.tx_errors += 1;
                 self.counters.tx_drops += 1;
-            } else if !status.contains(Tsd::TOK) {
+            } else if !status.tok(i) {
                 if self.platform.now_ns().saturating_sub(self.tx.handed_at[i]) > TX_TIMEOUT_NS {
                     self.extra.tx_timeouts += 1;
                     self.counters.tx_drops += self.tx.handed_over() as u64;
@@ -733,23 +752,17 @@ impl<P: Platform + ?Sized> Nic for Rtl8139<'_, P> {
         // Each pass consumes at least a minimum frame of the ring, and consumed headers are
         // zeroed, so a lap of the ring is as far as bad frames can take it.
         for _ in 0..ring / RX_LENGTH_MIN + 1 {
-            if Cr::from_bits_retain(self.in8(reg::CR)).contains(Cr::BUFE) {
+            let offset = self.rx_offset;
+            // Consumed headers are zeroed: a zero header means nothing new, without asking
+            // the chip (an exit). Anything else may be a frame still being written, or one
+            // left from before a reset: CR.BUFE decides, and the header is read again after.
+            if self.rx_header(offset) == 0
+                || Cr::from_bits_retain(self.in8(reg::CR)).contains(Cr::BUFE)
+            {
                 return Ok(false);
             }
-            let offset = self.rx_offset;
-            debug_assert!(offset < ring && offset.is_multiple_of(4));
-            // SAFETY: offset < ring and dword-aligned, inside the 4096-aligned ring buffer,
-            // so the 4-byte read is in bounds and aligned; the chip may write it at any time,
-            // hence volatile.
-            let header = unsafe {
-                self.rx
-                    .as_mut_ptr()
-                    .add(offset)
-                    .cast::<u32>()
-                    .read_volatile()
-            };
             fence(Ordering::Acquire);
-            let header = u32::from_le(header);
+            let header = self.rx_header(offset);
             let status = RxStatus::from_bits_retain(header as u16);
             let length = (header >> 16) as u16;
             if length == RX_LENGTH_IN_PROGRESS {
@@ -776,9 +789,9 @@ impl<P: Platform + ?Sized> Nic for Rtl8139<'_, P> {
                 self.extra.rx_errors += 1;
                 self.counters.rx_drops += 1;
             }
-            // A stale header is never read as a new one: a chip that says there is data
-            // where it wrote none shows a length of 0 here, and the ring is reset.
-            // SAFETY: as for the read above.
+            // Zeroed, so a stale header is never read as a new one (and the next look at
+            // this offset needs no exit).
+            // SAFETY: as in `rx_header`: in bounds (offset < ring) and aligned.
             unsafe {
                 self.rx
                     .as_mut_ptr()

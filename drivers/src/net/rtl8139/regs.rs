@@ -36,6 +36,9 @@ pub mod reg {
     pub const CONFIG1: u16 = 0x52;
     /// Media status (8-bit).
     pub const MSR: u16 = 0x58;
+    /// Transmit status of all descriptors (16-bit, read-only): TOK, TUN, TABT and OWN of
+    /// each slot, so one read reclaims all four.
+    pub const TX_SUMMARY: u16 = 0x60;
     /// Basic mode control and status of the internal PHY (16-bit each).
     pub const BMCR: u16 = 0x62;
     pub const BMSR: u16 = 0x64;
@@ -50,6 +53,28 @@ pub const fn tsd(i: usize) -> u16 {
 
 pub const fn tsad(i: usize) -> u16 {
     reg::TSAD0 + 4 * i as u16
+}
+
+/// TX_SUMMARY's bits for slot `i`: `own`, `tabt`, `tun`, `tok` at 0, 4, 8, 12 plus `i`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxSummary(pub u16);
+
+impl TxSummary {
+    pub fn tok(self, i: usize) -> bool {
+        self.0 >> (12 + i) & 1 != 0
+    }
+
+    pub fn tun(self, i: usize) -> bool {
+        self.0 >> (8 + i) & 1 != 0
+    }
+
+    pub fn tabt(self, i: usize) -> bool {
+        self.0 >> (4 + i) & 1 != 0
+    }
+
+    pub fn own(self, i: usize) -> bool {
+        self.0 >> i & 1 != 0
+    }
 }
 
 bitflags! {
