@@ -440,6 +440,34 @@ fn linux_peer_over_tap_under_the_harness() {
     }
 }
 
+/// The emulated NICs against Linux over TAP: the same peer tests (they have no virtio-net
+/// header, so the TAP carries finished checksums only).
+fn emulated_nics_with_linux_peer_on(sub: &str) {
+    for nic in ["e1000"] {
+        linux_peer::with_tap(false, || {
+            let net = format!("{nic}:tap:{},vnet_hdr=off", linux_peer::TAP);
+            let t = peer_tests_on(sub, &net, "", &[]);
+            assert_eq!(offloaded_checksums(&t).1, 0, "{sub} {net}:\n{t}");
+        });
+    }
+}
+
+#[test]
+fn emulated_nics_with_linux_peer_over_tap_under_qemu() {
+    let what = "emulated_nics_with_linux_peer_over_tap_under_qemu";
+    if have_tap(what) && have_qemu(what) {
+        emulated_nics_with_linux_peer_on("qemu");
+    }
+}
+
+#[test]
+fn emulated_nics_with_linux_peer_over_tap_under_the_harness() {
+    let what = "emulated_nics_with_linux_peer_over_tap_under_the_harness";
+    if have_tap(what) && have_kvm(what) {
+        emulated_nics_with_linux_peer_on("run");
+    }
+}
+
 /// QEMU's multiqueue virtio-net needs a multi-queue TAP (its stream and user netdevs have
 /// one queue): two pairs against Linux, which steers each flow back to the queue it came
 /// from; the guest sees traffic both ways on every pair.
