@@ -11,6 +11,7 @@ mod bench;
 mod boot;
 mod bootinfo;
 mod exit;
+mod idle;
 mod ktap;
 mod mem;
 mod net;
@@ -101,6 +102,9 @@ extern "C" fn user_main(start_info: u64) -> ! {
     );
     bootinfo::set(info.clone());
 
+    if idle::requested(info.cmdline) {
+        idle::run();
+    }
     let code = if let Some(which) = info.arg("bench") {
         bench::run(which)
     } else {
