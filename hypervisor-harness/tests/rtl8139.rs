@@ -129,6 +129,34 @@ fn link_down_is_seen(sub: &str) {
     );
 }
 
+/// The smallest and the largest RX ring (`rtl8139_rx_kib=`): with 8 KiB frames run past the
+/// end into the slack (RCR.WRAP); the 64 KiB ring ignores WRAP and wraps them to its start,
+/// so the driver puts them back together. UDP echo and the TCP stream check every byte.
+fn ring_sizes_pass(sub: &str) {
+    for kib in [8, 64] {
+        let what = format!("{sub} --net rtl8139 rtl8139_rx_kib={kib}");
+        let tests = ["net_udp_echo", "net_tcp_rx", "net_rx_flood"];
+        let cmdline = format!("tests={} rtl8139_rx_kib={kib}", tests.join(","));
+        let o = boot(sub, "rtl8139", "300", &cmdline);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{what}: {t}");
+        for name in tests {
+            assert!(passed(&t, name), "{what}: {name} not run or skipped:\n{t}");
+        }
+        assert!(
+            t.contains(&format!("rx ring {kib} KiB")),
+            "{what}: not that ring:\n{t}"
+        );
+        device_was_sane(&what, &t);
+        assert!(
+            t.lines()
+                .filter(|l| l.starts_with("# net: rtl8139: "))
+                .any(|l| !l.contains(", 0 past the end;")),
+            "{what}: no frame crossed the end of the ring:\n{t}"
+        );
+    }
+}
+
 #[test]
 fn rtl8139_peer_tests_under_qemu() {
     if have_qemu("rtl8139_peer_tests_under_qemu") {
@@ -168,5 +196,19 @@ fn rtl8139_rx_flood_under_the_harness() {
 fn rtl8139_link_down_under_the_harness() {
     if have_kvm("rtl8139_link_down_under_the_harness") {
         link_down_is_seen("run");
+    }
+}
+
+#[test]
+fn rtl8139_ring_sizes_under_qemu() {
+    if have_qemu("rtl8139_ring_sizes_under_qemu") {
+        ring_sizes_pass("qemu");
+    }
+}
+
+#[test]
+fn rtl8139_ring_sizes_under_the_harness() {
+    if have_kvm("rtl8139_ring_sizes_under_the_harness") {
+        ring_sizes_pass("run");
     }
 }

@@ -7,13 +7,13 @@
 use super::NetArgs;
 use crate::arch::{apic, ioapic, vectors};
 use crate::platform::{KernelPlatform, PLATFORM};
-use crate::{pci, println};
+use crate::{bootinfo, pci, println};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use drivers::net::e1000::{is_e1000, E1000Interrupts, E1000Options, E1000};
-use drivers::net::rtl8139::{is_rtl8139, Rtl8139, Rtl8139Interrupts, Rtl8139Options};
+use drivers::net::rtl8139::{is_rtl8139, Rtl8139, Rtl8139Interrupts, Rtl8139Options, RxBufferSize};
 use drivers::net::Nic;
 use drivers::pci::PciFunction;
 use drivers::virtio::net::{NetInterrupts, NetOptions, VirtioNet};
@@ -301,15 +301,24 @@ fn open_e1000(f: &PciFunction) -> Result<E1000<'static, KernelPlatform>, String>
     Ok(nic)
 }
 
-/// Open RTL8139 function `f` on its INTx line (or polled), logging what it found.
+/// Open RTL8139 function `f` on its INTx line (or polled), with the RX ring
+/// `rtl8139_rx_kib=8|16|32|64` asks for (default 32), logging what it found.
 fn open_rtl8139(f: &PciFunction) -> Result<Rtl8139<'static, KernelPlatform>, String> {
+    let rx_buffer = match bootinfo::get().arg("rtl8139_rx_kib") {
+        None => Rtl8139Options::default().rx_buffer,
+        Some("8") => RxBufferSize::K8,
+        Some("16") => RxBufferSize::K16,
+        Some("32") => RxBufferSize::K32,
+        Some("64") => RxBufferSize::K64,
+        Some(v) => return Err(format!("rtl8139_rx_kib={v:?} is not 8, 16, 32 or 64")),
+    };
     let interrupts = match intx_line(f) {
         Some(vector) => Rtl8139Interrupts::Intx { vector },
         None => Rtl8139Interrupts::Polled,
     };
     let options = Rtl8139Options {
         interrupts,
-        ..Rtl8139Options::default()
+        rx_buffer,
     };
     let mut nic = Rtl8139::new(&PLATFORM, f, options)
         .map_err(|e| format!("rtl8139 {}: init: {}", f.address, e))?;
