@@ -91,6 +91,32 @@ pub struct CommonArgs {
     /// irqfd), or inline in the vCPU thread on the notify exit.
     #[arg(long, value_enum, default_value = "thread")]
     pub io_mode: IoMode,
+    /// Add a virtio-balloon device (under `qemu`, `-device virtio-balloon-pci`).
+    #[arg(long)]
+    pub balloon: bool,
+    /// With --balloon: the guest memory to ask for from the start, as the monitor's
+    /// `balloon <MiB>` does (a plain number is MiB; K, M or G suffix).
+    #[arg(long, value_name = "SIZE", requires = "balloon", value_parser = parse_balloon_target)]
+    pub balloon_target: Option<u64>,
+}
+
+/// A guest memory size for --balloon-target: as --mem's sizes, without its 32 MiB floor.
+fn parse_balloon_target(s: &str) -> Result<u64, String> {
+    let digits = s.trim_end_matches(|c: char| !c.is_ascii_digit());
+    let suffix = &s[digits.len()..];
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (try 192 or 192M)"))?;
+    let shift = match suffix.to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mib" => 20,
+        "k" | "kb" | "kib" => 10,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("'{s}' has an unknown unit (use K, M or G)")),
+    };
+    match n.checked_mul(1 << shift) {
+        Some(b) if b > 0 => Ok(b),
+        _ => Err(format!("'{s}' is not a size above zero")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -142,6 +168,8 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
         io_mode: c.io_mode,
         // We exit right after the run.
         hand_off_teardown: true,
+        balloon: c.balloon,
+        balloon_target: c.balloon_target,
     };
     let r = vmm::run(&cfg)?;
     let outcome = vm_end_outcome(&r.end, c.timeout);
@@ -197,6 +225,8 @@ fn cmd_qemu(a: &QemuArgs) -> Result<i32, HarnessError> {
         verbose: c.verbose,
         disks: c.disk.clone(),
         nets: c.net.clone(),
+        balloon: c.balloon,
+        balloon_target: c.balloon_target,
     };
     let r = crate::qemu::run(&cfg)?;
     let (code, msg) = outcome_code(&r.outcome, &r.ktap);

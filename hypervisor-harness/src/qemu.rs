@@ -36,6 +36,10 @@ pub struct QemuConfig {
     /// `peer` backend becomes a `-netdev stream` to a `hypervisor-harness peer --listen` child,
     /// one per NIC: each `peer` NIC has a network of its own, as under our harness.
     pub nets: Vec<NetSpec>,
+    /// `--balloon`: a `virtio-balloon-pci` with QEMU's defaults; `--balloon-target` (bytes of
+    /// guest memory) goes to it by QMP `balloon` once QEMU runs.
+    pub balloon: bool,
+    pub balloon_target: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +208,10 @@ pub fn build_args(
         }
     }
     a.extend(net_args(&cfg.nets, peer_dir)?);
+    if cfg.balloon {
+        a.push("-device".into());
+        a.push("virtio-balloon-pci".into());
+    }
     Ok(a)
 }
 
@@ -531,10 +539,15 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
         phases.clone(),
     );
     let links_down = links_down(&cfg.nets);
+    let balloon_target = cfg.balloon_target.filter(|_| cfg.balloon);
     let poller = std::thread::spawn(move || {
         let Some(mut q) = Qmp::connect(&p2, &s2) else {
             return;
         };
+        if let Some(bytes) = balloon_target {
+            // The guest waits a few seconds for a target to appear.
+            q.cmd(&json!({"execute": "balloon", "arguments": {"value": bytes}}));
+        }
         if !links_down.is_empty() {
             // QEMU started paused (-S): the links go down before the guest's first instruction.
             // A refused set_link still lets the guest run, to fail its link test.
@@ -643,6 +656,8 @@ mod tests {
             verbose: false,
             disks: disks.iter().map(|d| DiskSpec::parse(d).unwrap()).collect(),
             nets: Vec::new(),
+            balloon: false,
+            balloon_target: None,
         }
     }
 

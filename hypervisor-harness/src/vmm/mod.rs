@@ -2,6 +2,7 @@
 //! exits into bus calls.
 
 pub mod balloon_control;
+pub mod balloon_wiring;
 pub mod boot;
 pub mod device_manager;
 pub mod e1000_wiring;
@@ -56,6 +57,10 @@ pub struct RunConfig {
     /// Hand the VM's teardown to a helper process ([`teardown`]): for a process that exits
     /// right after the run.
     pub hand_off_teardown: bool,
+    /// Add a virtio-balloon (`--balloon`).
+    pub balloon: bool,
+    /// With it, the guest memory to ask for from the start (`--balloon-target`, bytes).
+    pub balloon_target: Option<u64>,
 }
 
 /// Where virtio queue processing runs.
@@ -176,6 +181,9 @@ struct Machine {
     e1000s: Vec<e1000_wiring::AttachedE1000>,
     /// The RTL8139 NICs (after the e1000s), likewise.
     rtl8139s: Vec<rtl8139_wiring::AttachedRtl8139>,
+    /// The balloon (`--balloon`): its `control` is what the monitor drives, and the report
+    /// carries its notes (RSS at each phase mark).
+    balloon_device: Option<balloon_wiring::AttachedBalloon>,
     vm: vm::Vm,
     mem: GuestMem,
 }
@@ -233,6 +241,13 @@ impl Machine {
         e1000_wiring::check_specs(&e1000_specs, first_e1000_intx)?;
         let first_rtl8139_intx = first_e1000_intx + e1000_specs.len();
         rtl8139_wiring::check_specs(&rtl8139_specs, first_rtl8139_intx)?;
+        let balloon_intx = first_rtl8139_intx + rtl8139_specs.len();
+        if cfg.balloon && balloon_intx >= virtio_wiring::INTX_GSIS.len() {
+            return Err(HarnessError::Usage(format!(
+                "--balloon: at most {} disks and NICs with it",
+                virtio_wiring::INTX_GSIS.len() - 1
+            )));
+        }
         // Backends open before anything else starts, so a missing one is an error up front.
         let mut nets = Vec::with_capacity(virtio_specs.len());
         for spec in &virtio_specs {
@@ -298,7 +313,7 @@ impl Machine {
         // PIIX-style controller (primary master, primary slave, secondary master, secondary slave).
         // One GSI routing table for every virtio function's MSI routes.
         let n_virtio_disks = disks.virtio.len();
-        let router = if n_virtio_disks + nets.len() > 0 {
+        let router = if n_virtio_disks + nets.len() > 0 || cfg.balloon {
             Some(Arc::new(Mutex::new(virtio_wiring::GsiRouter::new(
                 &dm.vm.kvm, &dm.vm.fd,
             )?)))
@@ -334,6 +349,21 @@ impl Machine {
         for note in &rtl8139_notes {
             verbose(cfg, note);
         }
+        let balloon_device = match (&router, cfg.balloon) {
+            (Some(router), true) => {
+                let (b, note) = balloon_wiring::attach(
+                    &mut dm,
+                    &mem,
+                    virtio_wiring::INTX_GSIS[balloon_intx],
+                    cfg.io_mode,
+                    router,
+                    cfg.balloon_target,
+                )?;
+                verbose(cfg, &note);
+                Some(b)
+            }
+            _ => None,
+        };
         ide_wiring::attach(&mut dm, &mem, disks.ide)?;
         let (pio, mmio) = dm.finish()?;
 
@@ -367,6 +397,7 @@ impl Machine {
             nics,
             e1000s,
             rtl8139s,
+            balloon_device,
             vm,
             mem,
         })
@@ -383,6 +414,7 @@ impl Machine {
             phase_pending,
             mem,
             marks,
+            balloon_device,
             ..
         } = self;
         let mut counters = ExitCounters::default();
@@ -394,6 +426,9 @@ impl Machine {
             if phase_pending.swap(false, Ordering::Acquire) {
                 let mut log = lock(phase_lines);
                 for marker in log.take_inbox() {
+                    if let Some(b) = balloon_device {
+                        b.mark(&marker, mem);
+                    }
                     let mark = PhaseMark::take(marker, &counters, vcpu_stats.as_ref());
                     log.record(mark);
                 }
@@ -528,6 +563,9 @@ impl Machine {
         }
         for nic in &self.rtl8139s {
             self.vm.notes.extend(nic.notes());
+        }
+        if let Some(b) = &self.balloon_device {
+            self.vm.notes.extend(b.notes(&self.mem));
         }
 
         let mut kvm_stats = KvmStats::new();
