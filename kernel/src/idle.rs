@@ -30,4 +30,6 @@ pub fn run() -> ! {
 /// One round of device services, called after every wakeup. Each device that needs the guest
 /// to act while it idles (a balloon following its target, say) adds its poll call here; a call
 /// must return promptly, as the next round comes with the next interrupt.
-fn serve_devices() {}
+fn serve_devices() {
+    crate::mem::balloon::serve_idle();
+}

@@ -90,16 +90,19 @@ pub fn with<R>(f: impl FnOnce(&mut Balloon) -> R) -> Result<Option<R>, BalloonEr
     }
 }
 
-/// One round of the `idle` loop: follow the target when the device changed it (the config
-/// generation moved), and refill the stats buffer if the device returned it.
-// Until the `idle` loop (kernel/src/idle.rs) calls it.
-#[allow(dead_code)]
+/// One round of the `idle` loop: follow the target on the first round and whenever the device
+/// changed it (the config generation moved; the loop comes round at least every 10 ms), and
+/// refill the stats buffer if the device returned it.
 pub fn serve_idle() {
     let r = with(|b| {
-        if b.config_changed() {
+        let first = !IDLE_SERVED.swap(true, core::sync::atomic::Ordering::Relaxed);
+        if b.config_changed() || first {
             b.serve(&mut KernelFrames).map(|_| ())
-        } else {
+        } else if stats_due() {
+            // Fresh numbers at most once a second: each refill is a notify exit.
             b.serve_stats(&KernelFrames).map(|_| ())
+        } else {
+            Ok(())
         }
     });
     if let Ok(Some(Err(e))) | Err(e) = r {
@@ -110,7 +113,19 @@ pub fn serve_idle() {
     }
 }
 
-#[allow(dead_code)]
+/// Whether a second has passed since the idle loop last refilled the stats buffer.
+fn stats_due() -> bool {
+    let now = crate::time::now_ns();
+    let last = IDLE_STATS_NS.load(core::sync::atomic::Ordering::Relaxed);
+    if now.saturating_sub(last) < 1_000_000_000 {
+        return false;
+    }
+    IDLE_STATS_NS.store(now, core::sync::atomic::Ordering::Relaxed);
+    true
+}
+
+static IDLE_STATS_NS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static IDLE_SERVED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 static IDLE_ERROR_SHOWN: core::sync::atomic::AtomicBool =
     core::sync::atomic::AtomicBool::new(false);
 
