@@ -443,7 +443,7 @@ fn linux_peer_over_tap_under_the_harness() {
 /// The emulated NICs against Linux over TAP: the same peer tests (they have no virtio-net
 /// header, so the TAP carries finished checksums only).
 fn emulated_nics_with_linux_peer_on(sub: &str) {
-    for nic in ["e1000"] {
+    for nic in ["e1000", "rtl8139"] {
         linux_peer::with_tap(false, || {
             let net = format!("{nic}:tap:{},vnet_hdr=off", linux_peer::TAP);
             let t = peer_tests_on(sub, &net, "", &[]);
