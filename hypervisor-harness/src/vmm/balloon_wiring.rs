@@ -15,7 +15,7 @@ use super::virtio_wiring::{function_irq, place, Attached, GsiRouter};
 use super::IoMode;
 use crate::devices::lock;
 use crate::devices::virtio::balloon::stats::{TAG_AVAIL, TAG_MEMFREE, TAG_MEMTOT};
-use crate::devices::virtio::balloon::{Balloon, BalloonShared};
+use crate::devices::virtio::balloon::{Balloon, BalloonShared, NUM_QUEUES};
 use crate::devices::virtio::io_thread;
 use crate::devices::virtio::transport_pci::{self, VirtioPciDevice};
 use crate::error::HarnessError;
@@ -77,6 +77,7 @@ impl AttachedBalloon {
             "balloon: phase={marker} guest_rss_kib={rss} target_pages={} actual_pages={} \
              inflated={} discarded={} deflated={} outside_ram={} duplicates={} \
              not_in_balloon={} malformed={} discard_errors={} config_writes_ignored={} \
+             reported={} report_refused={} \
              stats_updates={} stats_free={} stats_total={} stats_available={}",
             self.shared.target_pages(),
             self.shared.actual_pages(),
@@ -89,6 +90,8 @@ impl AttachedBalloon {
             c.malformed,
             c.discard_errors,
             c.config_writes_ignored,
+            c.reported,
+            c.report_refused,
             s.updates,
             stat(TAG_MEMFREE),
             stat(TAG_MEMTOT),
@@ -148,7 +151,7 @@ pub fn attach(
         shared.set_target_pages(pages);
     }
     let balloon = Balloon::new(mem, shared.clone());
-    let vectors = transport_pci::msix_vectors(3) as usize;
+    let vectors = transport_pci::msix_vectors(NUM_QUEUES) as usize;
     let irq = function_irq(dm, router, &name, vectors, gsi)?;
     let dev = VirtioPciDevice::with_msix(Box::new(balloon), mem.clone(), irq, gsi, true)
         .map_err(|e| HarnessError::Other(format!("{name}: {e}")))?;

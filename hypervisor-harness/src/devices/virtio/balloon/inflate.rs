@@ -1,7 +1,8 @@
 //! The inflate and deflate queues: PFN arrays out of descriptor chains, the device's record of
 //! which guest pages are in the balloon, and giving inflated pages back to the host with
 //! `madvise(MADV_DONTNEED)` on the guest-memory mapping (a deflated page then comes back
-//! zero-filled when the guest first touches it).
+//! zero-filled when the guest first touches it). Free page reporting discards the same way,
+//! without taking the pages into the balloon.
 
 use super::BalloonCounters;
 use crate::devices::virtio::Memory;
@@ -170,6 +171,29 @@ pub fn deflate(mem: &Memory, map: &mut PageBitmap, pfns: &[u32], c: &mut Balloon
             c.deflated += 1;
         } else {
             c.not_in_balloon += 1;
+        }
+    }
+}
+
+/// Free page reporting: every device-writable descriptor of the chain is a run of free guest
+/// pages (whole 4 KiB pages of RAM) the host may drop; the guest keeps them and may use them
+/// again at any time. Anything else is ignored and counted.
+pub fn report<M>(mem: &Memory, chain: DescriptorChain<M>, c: &mut BalloonCounters)
+where
+    M: std::ops::Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    for d in chain {
+        let (addr, len) = (d.addr().0, u64::from(d.len()));
+        let whole_pages = d.is_write_only()
+            && len > 0
+            && addr.is_multiple_of(PAGE_SIZE)
+            && len.is_multiple_of(PAGE_SIZE);
+        if whole_pages && mem.check_range(d.addr(), len as usize) && discard(mem, addr, len).is_ok()
+        {
+            c.reported += len / PAGE_SIZE;
+        } else {
+            c.report_refused += 1;
         }
     }
 }

@@ -7,7 +7,8 @@
 //! demand. The guest writes `actual`. The stats queue carries the guest's memory statistics
 //! ([`stats`]); the device keeps the latest and returns the buffer at once, so the guest
 //! refills it when it next serves the balloon (QEMU instead holds it for its polling
-//! interval).
+//! interval). With free page reporting the guest hands over free pages it keeps: the device
+//! discards them the same way, and the guest may use them again at any time.
 //!
 //! PFNs outside guest RAM, duplicates and PFNs that are not in the balloon are ignored and
 //! counted ([`BalloonCounters`]); nothing the guest writes can make the device panic or
@@ -34,6 +35,10 @@ pub const QUEUE_SIZE: u16 = 128;
 pub const INFLATE_QUEUE: usize = 0;
 pub const DEFLATE_QUEUE: usize = 1;
 pub const STATS_QUEUE: usize = 2;
+/// The queues the device declares: inflate, deflate, stats, reporting. The stats and
+/// reporting queues exist only with their features, and a later one takes the index of an
+/// earlier one that does not (as Linux numbers them): see [`queue_role`].
+pub const NUM_QUEUES: usize = 4;
 /// `num_pages`, `actual`, `free_page_hint_cmd_id`, `poison_val` (le32 each).
 pub const CONFIG_LEN: usize = 16;
 const CONFIG_ACTUAL: u64 = 4;
@@ -42,6 +47,34 @@ const CONFIG_ACTUAL: u64 = 4;
 pub const F_MUST_TELL_HOST: u64 = 1 << 0;
 pub const F_STATS_VQ: u64 = 1 << 1;
 pub const F_DEFLATE_ON_OOM: u64 = 1 << 2;
+pub const F_PAGE_REPORTING: u64 = 1 << 5;
+
+/// What a queue is for, given the negotiated features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueRole {
+    Inflate,
+    Deflate,
+    Stats,
+    Reporting,
+}
+
+/// The role of queue `index`: inflate and deflate, then stats (with STATS_VQ) and reporting
+/// (with PAGE_REPORTING) in that order, each only if negotiated.
+pub fn queue_role(index: usize, features: u64) -> Option<QueueRole> {
+    let optional = [
+        (F_STATS_VQ, QueueRole::Stats),
+        (F_PAGE_REPORTING, QueueRole::Reporting),
+    ];
+    match index {
+        INFLATE_QUEUE => Some(QueueRole::Inflate),
+        DEFLATE_QUEUE => Some(QueueRole::Deflate),
+        i => optional
+            .iter()
+            .filter(|(f, _)| features & f != 0)
+            .map(|&(_, r)| r)
+            .nth(i - 2),
+    }
+}
 
 /// What the device did and what it refused, for the run's report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -64,6 +97,10 @@ pub struct BalloonCounters {
     pub discard_errors: u64,
     /// Device-configuration writes to fields other than `actual` (ignored).
     pub config_writes_ignored: u64,
+    /// Free pages the guest reported (and the host discarded).
+    pub reported: u64,
+    /// Reported ranges that were not whole pages of guest RAM (ignored).
+    pub report_refused: u64,
 }
 
 /// The balloon's state that the outside (the monitor, the report) reads and sets while the
@@ -129,7 +166,7 @@ impl BalloonShared {
 
 pub struct Balloon {
     shared: Arc<BalloonShared>,
-    sizes: [u16; 3],
+    sizes: [u16; NUM_QUEUES],
     /// Pages in the balloon, one bit per guest page.
     pages: PageBitmap,
     active: Option<Activation>,
@@ -142,7 +179,7 @@ impl Balloon {
         let end = mem.last_addr().0.saturating_add(1);
         Self {
             shared,
-            sizes: [QUEUE_SIZE; 3],
+            sizes: [QUEUE_SIZE; NUM_QUEUES],
             pages: PageBitmap::new(end),
             active: None,
         }
@@ -191,7 +228,7 @@ impl VirtioDevice for Balloon {
     }
 
     fn features(&self) -> u64 {
-        1u64 << VIRTIO_F_VERSION_1 | F_STATS_VQ | F_DEFLATE_ON_OOM
+        1u64 << VIRTIO_F_VERSION_1 | F_STATS_VQ | F_DEFLATE_ON_OOM | F_PAGE_REPORTING
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -226,7 +263,10 @@ impl VirtioDevice for Balloon {
 
     fn activate(&mut self, activation: Activation) -> Result<(), String> {
         if activation.queues.len() != self.sizes.len() {
-            return Err(format!("{} queues for three", activation.queues.len()));
+            return Err(format!(
+                "{} queues for {NUM_QUEUES}",
+                activation.queues.len()
+            ));
         }
         self.active = Some(activation);
         Ok(())
@@ -253,24 +293,27 @@ impl VirtioDevice for Balloon {
         let Some(queue) = queues.get_mut(index) else {
             return Ok(());
         };
-        // The stats queue exists only with STATS_VQ; a queue the driver left off is not used.
-        if !queue.ready() || (index == STATS_QUEUE && *features & F_STATS_VQ == 0) {
+        // A queue the driver left off, or one its features do not create, is not used.
+        let Some(role) = queue_role(index, *features).filter(|_| queue.ready()) else {
             return Ok(());
-        }
+        };
         let mut counters = BalloonCounters::default();
         let pages = &mut self.pages;
         let shared = &self.shared;
-        let wants = match index {
-            INFLATE_QUEUE | DEFLATE_QUEUE => drain(queue, mem, |chain| {
+        let wants = match role {
+            QueueRole::Inflate | QueueRole::Deflate => drain(queue, mem, |chain| {
                 let (pfns, malformed) = inflate::chain_pfns(mem, chain);
                 counters.malformed += u64::from(malformed);
-                if index == INFLATE_QUEUE {
+                if role == QueueRole::Inflate {
                     inflate::inflate(mem, pages, &pfns, &mut counters);
                 } else {
                     inflate::deflate(mem, pages, &pfns, &mut counters);
                 }
             })?,
-            _ => drain(queue, mem, |chain| lock(&shared.stats).update(mem, chain))?,
+            QueueRole::Stats => drain(queue, mem, |chain| lock(&shared.stats).update(mem, chain))?,
+            QueueRole::Reporting => drain(queue, mem, |chain| {
+                inflate::report(mem, chain, &mut counters)
+            })?,
         };
         add_counters(&mut lock(&self.shared.counters), &counters);
         if wants {
@@ -297,4 +340,6 @@ fn add_counters(total: &mut BalloonCounters, c: &BalloonCounters) {
     total.malformed += c.malformed;
     total.discard_errors += c.discard_errors;
     total.config_writes_ignored += c.config_writes_ignored;
+    total.reported += c.reported;
+    total.report_refused += c.report_refused;
 }

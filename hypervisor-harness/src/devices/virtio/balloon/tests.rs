@@ -9,7 +9,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 
 const MEM: usize = 0x10_0000;
-const QUEUE_BASES: [u64; 3] = [0x0, 0x4000, 0x8000];
+const QUEUE_BASES: [u64; NUM_QUEUES] = [0x0, 0x4000, 0x8000, 0xc000];
 const PFN_BUF: u64 = 0x2_0000;
 const PFN_BUF2: u64 = 0x2_1000;
 
@@ -24,7 +24,7 @@ struct Rig<'m> {
     trigger: Arc<RecordingTrigger>,
     shared: Arc<BalloonShared>,
     /// Next free descriptor per queue.
-    next_desc: [u16; 3],
+    next_desc: [u16; NUM_QUEUES],
 }
 
 impl<'m> Rig<'m> {
@@ -50,7 +50,7 @@ impl<'m> Rig<'m> {
             dev,
             trigger,
             shared,
-            next_desc: [0; 3],
+            next_desc: [0; NUM_QUEUES],
         }
     }
 
@@ -95,15 +95,15 @@ fn page(m: &Memory, pfn: u64) -> Vec<u8> {
     b
 }
 
-const ALL: u64 = 1 << 32 | F_STATS_VQ | F_DEFLATE_ON_OOM;
+const ALL: u64 = 1 << 32 | F_STATS_VQ | F_DEFLATE_ON_OOM | F_PAGE_REPORTING;
 
 #[test]
-fn offers_version_1_stats_and_deflate_on_oom() {
+fn offers_version_1_stats_deflate_on_oom_and_page_reporting() {
     let m = mem();
     let dev = Balloon::new(&m, Arc::new(BalloonShared::new(MEM as u64)));
     assert_eq!(dev.features(), ALL);
     assert_eq!(dev.device_type(), 5);
-    assert_eq!(dev.queue_max_sizes().len(), 3);
+    assert_eq!(dev.queue_max_sizes().len(), 4);
     assert_eq!(dev.config_len(), 16);
 }
 
@@ -280,4 +280,55 @@ fn bitmap() {
     assert!(b.remove(69));
     assert!(!b.remove(69));
     assert!(!b.remove(u64::MAX));
+}
+
+#[test]
+fn queue_roles_follow_the_negotiated_features() {
+    use QueueRole::*;
+    let v1 = 1u64 << 32;
+    let roles = |f: u64| (0..4).map(|i| queue_role(i, f)).collect::<Vec<_>>();
+    assert_eq!(
+        roles(ALL),
+        [Some(Inflate), Some(Deflate), Some(Stats), Some(Reporting)]
+    );
+    assert_eq!(roles(v1), [Some(Inflate), Some(Deflate), None, None]);
+    // Without STATS_VQ the reporting queue takes index 2.
+    assert_eq!(
+        roles(v1 | F_PAGE_REPORTING),
+        [Some(Inflate), Some(Deflate), Some(Reporting), None]
+    );
+}
+
+#[test]
+fn reported_free_pages_are_discarded_but_stay_the_guests() {
+    let m = mem();
+    let mut rig = Rig::new(&m, ALL);
+    for pfn in 0xa0..0xa4 {
+        fill_page(&m, pfn, 0x5a);
+    }
+    let write = VRING_DESC_F_WRITE as u16;
+    let next = VRING_DESC_F_NEXT as u16;
+    // Two pages, then one, then a range that is not whole pages and one outside RAM.
+    rig.post(
+        3,
+        &[
+            (0xa0 * PAGE_SIZE, 2 * PAGE_SIZE as u32, write | next),
+            (0xa3 * PAGE_SIZE, PAGE_SIZE as u32, write | next),
+            (0xa2 * PAGE_SIZE + 8, PAGE_SIZE as u32, write | next),
+            (MEM as u64, PAGE_SIZE as u32, write),
+        ],
+    );
+    assert_eq!(rig.used_idx(3), 1);
+    for pfn in [0xa0, 0xa1, 0xa3] {
+        assert_eq!(page(&m, pfn), vec![0; 4096], "PFN {pfn:#x} not discarded");
+    }
+    assert_eq!(page(&m, 0xa2), vec![0x5a; 4096]);
+    let c = rig.shared.counters();
+    assert_eq!((c.reported, c.report_refused), (3, 2));
+    // Not in the balloon: nothing to deflate.
+    assert_eq!(rig.dev.pages_held(), 0);
+    // A device-readable descriptor is not a report.
+    rig.post(3, &[(0xa2 * PAGE_SIZE, PAGE_SIZE as u32, 0)]);
+    assert_eq!(rig.shared.counters().report_refused, 3);
+    assert_eq!(page(&m, 0xa2), vec![0x5a; 4096]);
 }
