@@ -87,6 +87,24 @@ impl<M: GuestMemory> Rtl8139<M> {
         self.rx.blocked
     }
 
+    /// The guest memory a received frame may be written to: the ring and, with WRAP (below
+    /// 64 KiB), the slack a frame's record may run into past its end.
+    pub fn rx_window(&self) -> std::ops::Range<u64> {
+        let size = self.rx_ring_size();
+        let slack = if size < 65536 && self.rcr.contains(Rcr::WRAP) {
+            (HEADER_LEN + MAX_FRAME + CRC_LEN) as u64
+        } else {
+            0
+        };
+        let start = u64::from(self.rbstart);
+        start..start + u64::from(size) + slack
+    }
+
+    /// CBR and the read pointer (CAPR + 16), both offsets in the ring.
+    pub fn rx_offsets(&self) -> (u32, u32) {
+        (self.rx_write, self.rx_read)
+    }
+
     /// The header status for a frame to `dest`, or `None` when the filters refuse it.
     pub fn rx_filter(&self, dest: &[u8; 6]) -> Option<RxStatus> {
         let mut status = RxStatus::ROK;
