@@ -34,6 +34,9 @@ pub enum Cmd {
     Qemu(QemuArgs),
     /// Floor (exit cost) and boot-time benchmarks.
     Bench(BenchArgs),
+    /// Send one command to a VM's monitor socket (`--monitor`, or `--qmp` with `--qmp` here;
+    /// ours or QEMU's) and print the reply.
+    Monitor(MonitorArgs),
     /// Serve the network peer on a UNIX socket to `-netdev stream` clients (QEMU or
     /// `--net MODEL:stream:PATH`), switching frames between them; runs until SIGTERM/SIGINT.
     Peer(PeerArgs),
@@ -47,6 +50,19 @@ pub struct PeerArgs {
     /// Log clients coming and going on stderr.
     #[arg(long, short)]
     pub verbose: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MonitorArgs {
+    /// The monitor's socket.
+    pub path: PathBuf,
+    /// The command: a human-monitor command line (`info status`), or with `--qmp` one QMP
+    /// command as JSON (`{"execute": "query-status"}`).
+    #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+    /// The socket speaks QMP: negotiate capabilities, send the command, print the reply.
+    #[arg(long)]
+    pub qmp: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -98,6 +114,13 @@ pub struct CommonArgs {
     /// `balloon <MiB>` does (a plain number is MiB; K, M or G suffix).
     #[arg(long, value_name = "SIZE", requires = "balloon", value_parser = parse_balloon_target)]
     pub balloon_target: Option<u64>,
+    /// Serve QEMU's human monitor (`info status`, `info pci`, `quit`, ...) on a UNIX socket:
+    /// `unix:PATH` (under `qemu`, QEMU's own `-monitor`). `quit` ends the run with success.
+    #[arg(long, value_name = "unix:PATH", value_parser = crate::monitor::parse_socket_spec)]
+    pub monitor: Option<PathBuf>,
+    /// Serve QMP on a UNIX socket: `unix:PATH` (under `qemu`, QEMU's own `-qmp`).
+    #[arg(long, value_name = "unix:PATH", value_parser = crate::monitor::parse_socket_spec)]
+    pub qmp: Option<PathBuf>,
 }
 
 /// A guest memory size for --balloon-target: as --mem's sizes, without its 32 MiB floor.
@@ -141,6 +164,7 @@ pub fn vm_end_outcome(end: &VmEnd, timeout: u64) -> Outcome {
     match end {
         VmEnd::DebugExit(v) => Outcome::DebugExit(*v),
         VmEnd::Timeout => Outcome::Timeout(timeout),
+        VmEnd::Quit => Outcome::Quit,
         VmEnd::Shutdown(cpu) => {
             Outcome::Abnormal(format!("KVM_EXIT_SHUTDOWN (triple fault) at {cpu}"))
         }
@@ -170,11 +194,16 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
         hand_off_teardown: true,
         balloon: c.balloon,
         balloon_target: c.balloon_target,
+        monitor: c.monitor.clone(),
+        qmp: c.qmp.clone(),
     };
     let r = vmm::run(&cfg)?;
     let outcome = vm_end_outcome(&r.end, c.timeout);
     let (code, msg) = outcome_code(&outcome, &r.ktap);
     eprintln!("{}", r.ktap);
+    if outcome == Outcome::Quit {
+        eprintln!("harness: the VM was quit by the monitor");
+    }
     if c.exits {
         eprint!("{}", r.counters.table());
         eprint!("{}", vmm::exits::stats_table(&r.kvm_stats));
@@ -227,10 +256,15 @@ fn cmd_qemu(a: &QemuArgs) -> Result<i32, HarnessError> {
         nets: c.net.clone(),
         balloon: c.balloon,
         balloon_target: c.balloon_target,
+        monitor: c.monitor.clone(),
+        qmp: c.qmp.clone(),
     };
     let r = crate::qemu::run(&cfg)?;
     let (code, msg) = outcome_code(&r.outcome, &r.ktap);
     eprintln!("{}", r.ktap);
+    if r.outcome == Outcome::Quit {
+        eprintln!("harness: QEMU was quit by its monitor");
+    }
     for n in &r.notes {
         eprintln!("note: {n}");
     }
@@ -269,6 +303,25 @@ fn cmd_qemu(a: &QemuArgs) -> Result<i32, HarnessError> {
     Ok(code)
 }
 
+/// One command to a monitor; 0 when it was answered (and, for QMP, not with an error).
+fn cmd_monitor(a: &MonitorArgs) -> Result<i32, HarnessError> {
+    use crate::monitor::client;
+    let command = a.command.join(" ");
+    if a.qmp {
+        let reply = client::qmp_command(&a.path, &command).map_err(HarnessError::Unavailable)?;
+        println!("{reply}");
+        Ok(if reply.get("error").is_some() {
+            EXIT_FAILED
+        } else {
+            EXIT_PASSED
+        })
+    } else {
+        let reply = client::hmp_command(&a.path, &command).map_err(HarnessError::Unavailable)?;
+        print!("{reply}");
+        Ok(EXIT_PASSED)
+    }
+}
+
 /// Parse arguments and run; returns the process exit code. Errors print one `error:` line.
 pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
     vmm::timing::mark_process_start();
@@ -301,6 +354,7 @@ pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Cmd::Run(a) => cmd_run(a),
         Cmd::Qemu(a) => cmd_qemu(a),
         Cmd::Bench(a) => crate::bench::cmd_bench(a),
+        Cmd::Monitor(a) => cmd_monitor(a),
         Cmd::Peer(a) => crate::backends::net::peer::switch::serve(&a.listen, a.verbose).map(|_| 0),
     };
     match res {
@@ -342,6 +396,9 @@ mod tests {
             &["qemu", "--accel", "hvf"],
             &["bench", "--runs", "0"],
             &["frobnicate"],
+            &["run", "--monitor", "/tmp/m.sock"],
+            &["run", "--qmp", "tcp:localhost:4444"],
+            &["monitor", "/tmp/m.sock"],
         ] {
             assert!(parse(a).is_err(), "{a:?} accepted");
         }
@@ -351,6 +408,28 @@ mod tests {
         );
         assert_eq!(main(["hh"].map(OsString::from)), EXIT_USAGE);
         assert_eq!(main(["hh", "--help"].map(OsString::from)), 0);
+    }
+
+    #[test]
+    fn monitor_sockets_and_client() {
+        let Cmd::Run(r) = parse(&["run", "--monitor", "unix:/tmp/m", "--qmp", "unix:/tmp/q"])
+            .unwrap()
+            .cmd
+        else {
+            panic!()
+        };
+        assert_eq!(r.common.monitor, Some(PathBuf::from("/tmp/m")));
+        assert_eq!(r.common.qmp, Some(PathBuf::from("/tmp/q")));
+        let Cmd::Monitor(m) = parse(&["monitor", "/tmp/m", "info", "status"]).unwrap().cmd else {
+            panic!()
+        };
+        assert_eq!(m.command.join(" "), "info status");
+        assert!(!m.qmp);
+        // Nobody listens there: the client says so, it does not hang.
+        assert_eq!(
+            main(["hh", "monitor", "/nonexistent/m.sock", "info", "status"].map(OsString::from)),
+            EXIT_UNAVAILABLE
+        );
     }
 
     #[test]

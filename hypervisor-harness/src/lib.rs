@@ -9,6 +9,7 @@ pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod ktap;
+pub mod monitor;
 pub mod platform;
 pub mod qemu;
 pub mod shared;

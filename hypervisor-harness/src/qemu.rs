@@ -40,6 +40,11 @@ pub struct QemuConfig {
     /// guest memory) goes to it by QMP `balloon` once QEMU runs.
     pub balloon: bool,
     pub balloon_target: Option<u64>,
+    /// QEMU's own human monitor and QMP on these UNIX sockets (`-monitor`, `-qmp`), beside
+    /// the QMP socket this runner polls. A run that QEMU ends with status 0 then counts as quit
+    /// by the monitor.
+    pub monitor: Option<PathBuf>,
+    pub qmp: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -170,6 +175,13 @@ pub fn build_args(
     );
     a.push("-qmp".into());
     a.push(format!("unix:{},server=on,wait=off", qmp.display()));
+    for (option, path) in [("-monitor", &cfg.monitor), ("-qmp", &cfg.qmp)] {
+        if let Some(path) = path {
+            a.push(option.into());
+            let path = path.display().to_string().replace(',', ",,");
+            a.push(format!("unix:{path},server=on,wait=off"));
+        }
+    }
     if !links_down(&cfg.nets).is_empty() {
         // Paused until QMP has taken the links down (`set_link`), then `cont`.
         a.push("-S".into());
@@ -578,8 +590,12 @@ pub fn run(cfg: &QemuConfig) -> Result<QemuResult, HarnessError> {
         }
     });
 
+    // With a monitor of the user's, status 0 is its `quit` (a guest reset would give 0 as
+    // well; the guest's own end is a debug-exit status, which is odd).
+    let monitored = cfg.monitor.is_some() || cfg.qmp.is_some();
     let outcome = loop {
         match child.try_wait() {
+            Ok(Some(st)) if monitored && st.code() == Some(0) => break Outcome::Quit,
             Ok(Some(st)) => break status_outcome(st.code()),
             Ok(None) => {}
             Err(e) => break Outcome::Abnormal(format!("waiting for QEMU: {e}")),
@@ -658,6 +674,8 @@ mod tests {
             nets: Vec::new(),
             balloon: false,
             balloon_target: None,
+            monitor: None,
+            qmp: None,
         }
     }
 
@@ -787,6 +805,18 @@ mod tests {
             .unwrap()
             .join(" ")
             .ends_with("-accel kvm -cpu host"));
+        // The user's monitors go to QEMU beside the runner's own QMP socket.
+        let monitored = QemuConfig {
+            monitor: Some("/tmp/m".into()),
+            qmp: Some("/tmp/a,b".into()),
+            ..config(&[])
+        };
+        let a = build_args(&monitored, "tcg", "max", Path::new("/tmp/q.sock"), None)
+            .unwrap()
+            .join(" ");
+        assert!(a.contains("-qmp unix:/tmp/q.sock,server=on,wait=off"));
+        assert!(a.contains("-monitor unix:/tmp/m,server=on,wait=off"));
+        assert!(a.contains("-qmp unix:/tmp/a,,b,server=on,wait=off"));
         assert_eq!(
             cpu_model("kvm", "kvm_pvm"),
             "host,-arch-capabilities,+invtsc,vmware-cpuid-freq=on"

@@ -81,6 +81,8 @@ pub fn kernel_or_default(k: &Option<PathBuf>) -> Result<PathBuf, HarnessError> {
 pub enum Outcome {
     DebugExit(u32),
     Timeout(u64),
+    /// Ended by the monitor's `quit` (a success: the guest ran until it was told to stop).
+    Quit,
     Abnormal(String),
 }
 
@@ -115,6 +117,7 @@ pub fn outcome_code(o: &Outcome, ktap: &KtapSummary) -> (i32, Option<String>) {
                 "guest wrote unknown exit code {v:#x} to the debug-exit port"
             )),
         ),
+        Outcome::Quit => (EXIT_PASSED, None),
         Outcome::Timeout(s) => (
             EXIT_TIMEOUT,
             Some(format!("guest did not exit within {s} s")),
@@ -126,7 +129,7 @@ pub fn outcome_code(o: &Outcome, ktap: &KtapSummary) -> (i32, Option<String>) {
 /// How a run ended, in `--exits-json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutcomeJson {
-    /// "debug_exit", "timeout" or "abnormal".
+    /// "debug_exit", "timeout", "quit" (by the monitor) or "abnormal".
     pub kind: Cow<'static, str>,
     /// The value the guest wrote to the debug-exit port.
     pub guest_value: Option<u32>,
@@ -139,6 +142,7 @@ impl OutcomeJson {
         let (kind, guest_value) = match o {
             Outcome::DebugExit(v) => ("debug_exit", Some(*v)),
             Outcome::Timeout(_) => ("timeout", None),
+            Outcome::Quit => ("quit", None),
             Outcome::Abnormal(_) => ("abnormal", None),
         };
         Self {
@@ -252,6 +256,11 @@ mod tests {
             (3, Some("guest did not exit within 5 s".into()))
         );
         assert_eq!(outcome_code(&Outcome::DebugExit(0x42), &ok).0, 4);
+        // Quit needs no KTAP: an idle guest runs none.
+        assert_eq!(
+            outcome_code(&Outcome::Quit, &KtapSummary::default()),
+            (0, None)
+        );
         assert_eq!(outcome_code(&Outcome::Abnormal("x".into()), &ok).0, 4);
     }
 }

@@ -24,6 +24,8 @@ pub struct DeviceManager<'v> {
     pub pio: Bus,
     pub mmio: Bus,
     pci: PciConfigIo,
+    /// The functions on the bus, for the monitor's `info pci`.
+    functions: Vec<(Bdf, SharedFunction)>,
     next_io: u64,
     next_mmio: u64,
     next_slot: u8,
@@ -36,6 +38,7 @@ impl<'v> DeviceManager<'v> {
             pio: Bus::new(),
             mmio: Bus::new(),
             pci: PciConfigIo::new(),
+            functions: Vec::new(),
             next_io: IO_BAR_START,
             next_mmio: MMIO_BAR_START,
             next_slot: 0,
@@ -94,7 +97,13 @@ impl<'v> DeviceManager<'v> {
 
     /// Put a function on the PCI bus at `bdf`.
     pub fn add_pci(&mut self, bdf: Bdf, f: SharedFunction) {
+        self.functions.push((bdf, f.clone()));
         self.pci.add(bdf, f);
+    }
+
+    /// The functions put on the bus so far, in slot order.
+    pub fn pci_functions(&self) -> Vec<(Bdf, SharedFunction)> {
+        self.functions.clone()
     }
 
     /// An edge interrupt on `gsi`, through an irqfd.

@@ -10,6 +10,7 @@ pub mod exits;
 pub mod floor_wiring;
 pub mod ide_wiring;
 pub mod memory;
+pub mod monitor_target;
 pub mod net_wiring;
 pub mod pio;
 pub mod rtl8139_wiring;
@@ -33,6 +34,7 @@ use device_manager::DeviceManager;
 use exits::{Dir, ExitCounters, KvmStats, PhaseLog, PhaseMark, Reason, Space};
 use kvm_ioctls::VcpuExit;
 use memory::GuestMem;
+use monitor_target::{QuitRequest, VirtioFunction, VmView};
 use std::io::Write;
 use std::marker::PhantomData;
 use std::path::PathBuf;
@@ -61,6 +63,10 @@ pub struct RunConfig {
     pub balloon: bool,
     /// With it, the guest memory to ask for from the start (`--balloon-target`, bytes).
     pub balloon_target: Option<u64>,
+    /// Serve QEMU's human monitor on this UNIX socket (`--monitor unix:PATH`).
+    pub monitor: Option<PathBuf>,
+    /// Serve QMP on this UNIX socket (`--qmp unix:PATH`).
+    pub qmp: Option<PathBuf>,
 }
 
 /// Where virtio queue processing runs.
@@ -76,10 +82,21 @@ pub enum IoMode {
 pub enum VmEnd {
     DebugExit(u32),
     Timeout,
+    /// The monitor's `quit`.
+    Quit,
     Shutdown(CpuSnapshot),
-    InternalError { suberror: u32, cpu: CpuSnapshot },
-    FailEntry { reason: u64, cpu: CpuSnapshot },
-    Unexpected { what: String, cpu: CpuSnapshot },
+    InternalError {
+        suberror: u32,
+        cpu: CpuSnapshot,
+    },
+    FailEntry {
+        reason: u64,
+        cpu: CpuSnapshot,
+    },
+    Unexpected {
+        what: String,
+        cpu: CpuSnapshot,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -136,12 +153,29 @@ pub fn check_mem(mem: u64) -> Result<(), HarnessError> {
 /// Build the machine, run it to the end and collect the counters.
 pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
     let mut machine = Machine::build(cfg)?;
-    let watchdog = Watchdog::start(cfg.timeout)?;
+    let watchdog = Watchdog::start(cfg.timeout, machine.quit.clone())?;
+    // The monitors live until the run ends: a `quit` after that finds no socket.
+    let mut monitors = Vec::new();
+    let sockets = [
+        (&cfg.monitor, crate::monitor::Protocol::Hmp),
+        (&cfg.qmp, crate::monitor::Protocol::Qmp),
+    ];
+    if sockets.iter().any(|(path, _)| path.is_some()) {
+        let view: Arc<dyn crate::monitor::MonitorTarget> = Arc::new(machine.monitor_view());
+        for (path, protocol) in sockets {
+            if let Some(path) = path {
+                let server = crate::monitor::MonitorServer::start(path, protocol, view.clone())
+                    .map_err(HarnessError::Usage)?;
+                monitors.push(server);
+            }
+        }
+    }
     let start = Instant::now();
     let (end, counters) = machine.run_loop(&watchdog);
     machine.marks.mark_end();
     let elapsed = start.elapsed();
     drop(watchdog);
+    drop(monitors);
     let mut result = machine.report(end, counters, elapsed);
     // The guest is done and its results are read: destroying the VM need not hold up our exit.
     if cfg.hand_off_teardown {
@@ -181,9 +215,19 @@ struct Machine {
     e1000s: Vec<e1000_wiring::AttachedE1000>,
     /// The RTL8139 NICs (after the e1000s), likewise.
     rtl8139s: Vec<rtl8139_wiring::AttachedRtl8139>,
-    /// The balloon (`--balloon`): its `control` is what the monitor drives, and the report
-    /// carries its notes (RSS at each phase mark).
+    /// The exit counters, shared with the monitor while the vCPU runs.
+    counters: Arc<Mutex<ExitCounters>>,
+    /// The functions on the PCI bus, for the monitor.
+    pci_functions: Vec<(
+        crate::devices::pci::Bdf,
+        crate::devices::pci::SharedFunction,
+    )>,
+    /// What the monitor's `balloon` commands drive (`--balloon`).
+    balloon: Option<Arc<dyn balloon_control::BalloonControl>>,
+    /// The balloon itself, whose notes (RSS at each phase mark) the report carries.
     balloon_device: Option<balloon_wiring::AttachedBalloon>,
+    /// Set by the monitor's `quit`.
+    quit: QuitRequest,
     vm: vm::Vm,
     mem: GuestMem,
 }
@@ -365,6 +409,7 @@ impl Machine {
             _ => None,
         };
         ide_wiring::attach(&mut dm, &mem, disks.ide)?;
+        let pci_functions = dm.pci_functions();
         let (pio, mmio) = dm.finish()?;
 
         // vCPU.
@@ -397,10 +442,46 @@ impl Machine {
             nics,
             e1000s,
             rtl8139s,
+            counters: Arc::default(),
+            pci_functions,
+            balloon: balloon_device.as_ref().map(|b| b.control.clone()),
             balloon_device,
+            quit: QuitRequest::default(),
             vm,
             mem,
         })
+    }
+
+    /// What the monitor sees of the machine while it runs.
+    fn monitor_view(&self) -> VmView {
+        let virtio = self
+            .virtio
+            .iter()
+            .chain(self.nics.iter().map(|n| &n.function))
+            .map(|a| {
+                // The function's slot: the PCI entry that is this very device.
+                let bdf = self
+                    .pci_functions
+                    .iter()
+                    .find(|(_, f)| std::ptr::addr_eq(Arc::as_ptr(f), Arc::as_ptr(&a.dev)))
+                    .map_or(crate::devices::pci::Bdf::new(0xff, 0x1f, 7), |(b, _)| *b);
+                VirtioFunction {
+                    name: a.name.clone(),
+                    bdf,
+                    dev: a.dev.clone(),
+                }
+            })
+            .collect();
+        VmView {
+            counters: self.counters.clone(),
+            vm_stats: exits::stats_fd(&self.vm.fd).ok(),
+            vcpu_stats: exits::stats_fd(&self.vcpu).ok(),
+            pci: self.pci_functions.clone(),
+            virtio,
+            mem: self.mem.clone(),
+            balloon: self.balloon.clone(),
+            quit: self.quit.clone(),
+        }
     }
 
     /// Run the vCPU until the guest exits, the VM ends abnormally or the watchdog fires.
@@ -414,10 +495,13 @@ impl Machine {
             phase_pending,
             mem,
             marks,
+            counters,
+            quit,
             balloon_device,
             ..
         } = self;
-        let mut counters = ExitCounters::default();
+        // Taken per exit, never across KVM_RUN, so the monitor reads it while the vCPU runs.
+        let counters = &**counters;
         // The data of the last `out`, and the reusable buffer of the last `in`.
         let mut out_buf: Vec<u8> = Vec::new();
         let mut in_buf: Vec<u8> = Vec::new();
@@ -429,12 +513,15 @@ impl Machine {
                     if let Some(b) = balloon_device {
                         b.mark(&marker, mem);
                     }
-                    let mark = PhaseMark::take(marker, &counters, vcpu_stats.as_ref());
+                    let mark = PhaseMark::take(marker, &lock(counters), vcpu_stats.as_ref());
                     log.record(mark);
                 }
             }
             if let Some(v) = exit_req.get() {
                 break VmEnd::DebugExit(v);
+            }
+            if quit.requested() {
+                break VmEnd::Quit;
             }
             if watchdog.timed_out() {
                 break VmEnd::Timeout;
@@ -444,7 +531,7 @@ impl Machine {
             let exit = match vcpu.run() {
                 Ok(e) => e,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    counters.record(Reason::Intr);
+                    lock(counters).record(Reason::Intr);
                     continue;
                 }
                 Err(e) => {
@@ -470,29 +557,29 @@ impl Machine {
                 }
                 VcpuExit::MmioWrite(addr, data) => {
                     let c = mmio.write(addr, data);
-                    counters.record_access(Space::Mmio, addr, Dir::Write, &c);
+                    lock(counters).record_access(Space::Mmio, addr, Dir::Write, &c);
                 }
                 VcpuExit::MmioRead(addr, data) => {
                     let c = mmio.read(addr, data);
-                    counters.record_access(Space::Mmio, addr, Dir::Read, &c);
+                    lock(counters).record_access(Space::Mmio, addr, Dir::Read, &c);
                 }
                 VcpuExit::Hlt => {
                     // Only without an in-kernel LAPIC; nothing can wake us, so it's the end.
-                    counters.record(Reason::Hlt);
+                    lock(counters).record(Reason::Hlt);
                     let cpu = vcpu::snapshot(vcpu, mem);
                     break VmEnd::Unexpected {
                         what: "guest halted (KVM_EXIT_HLT)".into(),
                         cpu,
                     };
                 }
-                VcpuExit::IrqWindowOpen => counters.record(Reason::IrqWindow),
-                VcpuExit::Intr => counters.record(Reason::Intr),
+                VcpuExit::IrqWindowOpen => lock(counters).record(Reason::IrqWindow),
+                VcpuExit::Intr => lock(counters).record(Reason::Intr),
                 VcpuExit::Shutdown => {
-                    counters.record(Reason::Shutdown);
+                    lock(counters).record(Reason::Shutdown);
                     break VmEnd::Shutdown(vcpu::snapshot(vcpu, mem));
                 }
                 VcpuExit::InternalError => {
-                    counters.record(Reason::InternalError);
+                    lock(counters).record(Reason::InternalError);
                     // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
                     // active union member.
                     let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
@@ -502,14 +589,14 @@ impl Machine {
                     };
                 }
                 VcpuExit::FailEntry(reason, _) => {
-                    counters.record(Reason::FailEntry);
+                    lock(counters).record(Reason::FailEntry);
                     break VmEnd::FailEntry {
                         reason,
                         cpu: vcpu::snapshot(vcpu, mem),
                     };
                 }
                 VcpuExit::SystemEvent(ty, _) => {
-                    counters.record(Reason::SystemEvent);
+                    lock(counters).record(Reason::SystemEvent);
                     let what = format!("KVM_EXIT_SYSTEM_EVENT type {ty}");
                     break VmEnd::Unexpected {
                         what,
@@ -517,7 +604,7 @@ impl Machine {
                     };
                 }
                 other_exit => {
-                    counters.record(Reason::Other);
+                    lock(counters).record(Reason::Other);
                     let what = format!("unexpected exit {other_exit:?}");
                     break VmEnd::Unexpected {
                         what,
@@ -536,9 +623,10 @@ impl Machine {
                         c
                     }
                 };
-                counters.record_access(Space::Pio, port as u64, dir, &claim);
+                lock(counters).record_access(Space::Pio, port as u64, dir, &claim);
             }
         };
+        let counters = lock(counters).clone();
         (end, counters)
     }
 
@@ -603,9 +691,9 @@ impl Machine {
     }
 }
 
-/// Stops a run that outlives its timeout: after the deadline it keeps kicking the vCPU thread
-/// (the one that started it) out of KVM_RUN with a signal until the run loop notices. Dropping
-/// it ends the kicks; it cannot leave the thread it kicks.
+/// Stops a run that outlives its timeout, or that the monitor quit: from then on it keeps
+/// kicking the vCPU thread (the one that started it) out of KVM_RUN with a signal until the run
+/// loop notices. Dropping it ends the kicks; it cannot leave the thread it kicks.
 struct Watchdog {
     timed_out: Arc<AtomicBool>,
     done: Arc<(Mutex<bool>, Condvar)>,
@@ -614,10 +702,11 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn start(timeout: Duration) -> Result<Self, HarnessError> {
+    fn start(timeout: Duration, quit: QuitRequest) -> Result<Self, HarnessError> {
         let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler);
         let timed_out = Arc::new(AtomicBool::new(false));
-        let done = Arc::new((Mutex::new(false), Condvar::new()));
+        // The quit request wakes the same condition variable that ends the watchdog.
+        let done = quit.wake.clone();
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         {
@@ -630,8 +719,11 @@ impl Watchdog {
                     let mut finished = lock(m);
                     while !*finished {
                         let now = Instant::now();
-                        if now >= deadline {
-                            timed_out.store(true, Ordering::SeqCst);
+                        let quitting = quit.requested();
+                        if quitting || now >= deadline {
+                            if !quitting {
+                                timed_out.store(true, Ordering::SeqCst);
+                            }
                             // SAFETY: `me` is the vCPU thread, alive until it drops the
                             // Watchdog, which sets `done` (checked under the lock we hold).
                             unsafe { libc::pthread_kill(me, kick_signal()) };
