@@ -8,9 +8,10 @@
 //! `actual`.
 //!
 //! Negotiated when offered: `STATS_VQ` (free, total and available memory, as the page source
-//! knows them) and `DEFLATE_ON_OOM` ([`VirtioBalloon::deflate_for_oom`]). `MUST_TELL_HOST` is
-//! not requested, but frames go back to the source only after the device has used the deflate
-//! buffer anyway.
+//! knows them), `DEFLATE_ON_OOM` ([`VirtioBalloon::deflate_for_oom`]) and `PAGE_REPORTING`
+//! ([`VirtioBalloon::report_free`]: free frames lent to the device for the host to drop, and
+//! taken back as soon as it has used the report). `MUST_TELL_HOST` is not requested, but
+//! frames go back to the source only after the device has used the deflate buffer anyway.
 //!
 //! A hostile device cannot hang or crash the driver: a target beyond the guest's memory is
 //! clamped to what the page source holds, every wait has a deadline, and a used entry with a
@@ -41,6 +42,9 @@ const INFLATE_QUEUE: u16 = 0;
 const DEFLATE_QUEUE: u16 = 1;
 const STATS_QUEUE: u16 = 2;
 const QUEUE_SIZE: u16 = 64;
+/// Most runs of consecutive frames (descriptors) in one report, and most frames.
+pub const REPORT_RUNS: usize = 32;
+pub const REPORT_PAGES: u32 = 4096;
 
 /// virtio-balloon feature bits (§5.5.3).
 pub mod balloon_feature {
@@ -122,6 +126,8 @@ pub enum BalloonError {
     /// DEFLATE_ON_OOM was not negotiated: the balloon's frames may not be taken back for an
     /// allocation.
     DeflateOnOomNotNegotiated,
+    /// PAGE_REPORTING was not negotiated.
+    PageReportingNotNegotiated,
     /// The page source gave a frame that is not 4 KiB aligned or beyond 32-bit PFNs.
     BadFrame(u64),
 }
@@ -135,6 +141,7 @@ impl fmt::Display for BalloonError {
             Self::NotBalloon(t) => write!(f, "not a virtio balloon (device type {t:?})"),
             Self::Timeout { queue } => write!(f, "the device did not use queue {queue}'s buffer"),
             Self::DeflateOnOomNotNegotiated => write!(f, "DEFLATE_ON_OOM was not negotiated"),
+            Self::PageReportingNotNegotiated => write!(f, "PAGE_REPORTING was not negotiated"),
             Self::BadFrame(p) => write!(f, "page source gave an unusable frame {p:#x}"),
         }
     }
@@ -182,6 +189,8 @@ pub struct VirtioBalloon<'p, P: Platform + ?Sized> {
     inflate_q: VirtQueue<'p, P>,
     deflate_q: VirtQueue<'p, P>,
     stats_q: Option<VirtQueue<'p, P>>,
+    /// The reporting queue and its index (after the stats queue when there is one).
+    report_q: Option<(u16, VirtQueue<'p, P>)>,
     /// One batch of PFNs for the device to read (taken only by drop).
     pfn_buf: Option<DmaBuffer>,
     stats_buf: Option<DmaBuffer>,
@@ -217,8 +226,10 @@ impl<'p, P: Platform + ?Sized> VirtioBalloon<'p, P> {
             return Err(BalloonError::NotBalloon(ty));
         }
         let mut transport = VirtioPci::new(platform, function)?;
-        let wanted =
-            feature::VERSION_1 | balloon_feature::STATS_VQ | balloon_feature::DEFLATE_ON_OOM;
+        let wanted = feature::VERSION_1
+            | balloon_feature::STATS_VQ
+            | balloon_feature::DEFLATE_ON_OOM
+            | balloon_feature::PAGE_REPORTING;
         let features = transport.begin_init(wanted, mode)?;
         let inflate_q = transport.setup_queue(INFLATE_QUEUE, QUEUE_SIZE)?;
         let deflate_q = transport.setup_queue(DEFLATE_QUEUE, QUEUE_SIZE)?;
@@ -241,6 +252,23 @@ impl<'p, P: Platform + ?Sized> VirtioBalloon<'p, P> {
                     .map_err(|e| fail(&transport, e.into()))?,
             );
         }
+        let mut report_q = None;
+        if features & balloon_feature::PAGE_REPORTING != 0 {
+            // Queues that do not exist take no index: reporting follows stats if there is one.
+            let index = STATS_QUEUE + u16::from(stats_q.is_some());
+            match transport.setup_queue(index, QUEUE_SIZE) {
+                Ok(mut q) => {
+                    q.set_interrupts(false);
+                    report_q = Some((index, q));
+                }
+                Err(e) => {
+                    if let Some(b) = stats_buf {
+                        platform.dma_free(b);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
         let pfn_buf = match platform.dma_alloc(PFNS_PER_BATCH * 4, 8) {
             Ok(b) => b,
             Err(e) => {
@@ -256,6 +284,7 @@ impl<'p, P: Platform + ?Sized> VirtioBalloon<'p, P> {
             inflate_q,
             deflate_q,
             stats_q,
+            report_q,
             pfn_buf: Some(pfn_buf),
             stats_buf,
             stats_posted: false,
@@ -426,6 +455,89 @@ impl<'p, P: Platform + ?Sized> VirtioBalloon<'p, P> {
         self.deflate(source, pages)
     }
 
+    /// Report up to `pages` free frames (taken from the source, lowest first as it gives them)
+    /// so that the host can drop them: runs of consecutive frames, one device-writable
+    /// descriptor each, up to [`REPORT_RUNS`] runs and [`REPORT_PAGES`] frames per report. The
+    /// frames go back to the source once the device has used each report (they read zero
+    /// afterwards, unless written). Returns how many were reported.
+    pub fn report_free(
+        &mut self,
+        source: &mut dyn PageSource,
+        pages: u32,
+    ) -> Result<u32, BalloonError> {
+        let Some((index, q)) = self.report_q.as_mut() else {
+            return Err(BalloonError::PageReportingNotNegotiated);
+        };
+        let index = *index;
+        if q.is_broken() {
+            return Err(BalloonError::Queue(QueueError::Broken));
+        }
+        let mut done = 0u32;
+        // Reported frames stay out of the source until the end, so none is reported twice.
+        let mut reported: Vec<(u64, u32)> = Vec::new();
+        let give_back = |source: &mut dyn PageSource, runs: &[(u64, u32)]| {
+            for &(start, len) in runs {
+                for page in 0..u64::from(len) / PAGE_SIZE {
+                    source.return_page(start + page * PAGE_SIZE);
+                }
+            }
+        };
+        while done < pages {
+            let want = (pages - done).min(REPORT_PAGES);
+            let mut runs: Vec<(u64, u32)> = Vec::with_capacity(REPORT_RUNS);
+            let mut taken = 0u32;
+            let mut dry = false;
+            while taken < want {
+                let Some(phys) = source.take_page() else {
+                    dry = true;
+                    break;
+                };
+                let page = PAGE_SIZE as u32;
+                let full = runs.len() == REPORT_RUNS;
+                match runs.last_mut() {
+                    Some((start, len)) if *start + u64::from(*len) == phys => *len += page,
+                    Some((start, len)) if phys + PAGE_SIZE == *start => {
+                        *start = phys;
+                        *len += page;
+                    }
+                    _ if full => {
+                        // No descriptor left for it: it waits for the next report.
+                        source.return_page(phys);
+                        break;
+                    }
+                    _ => runs.push((phys, page)),
+                }
+                taken += 1;
+            }
+            if runs.is_empty() {
+                break;
+            }
+            q.add(&[], &runs, 0)?;
+            if q.kick_needed() {
+                self.transport.notify(index);
+            }
+            match self.transport.wait_used(index, q, self.timeout_ns) {
+                Ok(_) => {}
+                Err(e) => {
+                    // The device may still drop this report's frames: never give them back.
+                    q.mark_broken();
+                    give_back(source, &reported);
+                    return Err(match e {
+                        VirtioError::Timeout => BalloonError::Timeout { queue: index },
+                        e => e.into(),
+                    });
+                }
+            }
+            reported.extend_from_slice(&runs);
+            done += taken;
+            if dry {
+                break;
+            }
+        }
+        give_back(source, &reported);
+        Ok(done)
+    }
+
     /// If the device returned the stats buffer, fill it with fresh numbers and give it back.
     /// Returns whether it did.
     pub fn serve_stats(&mut self, source: &dyn PageSource) -> Result<bool, BalloonError> {
@@ -521,6 +633,9 @@ impl<P: Platform + ?Sized> Drop for VirtioBalloon<'_, P> {
             self.inflate_q.leak_rings();
             self.deflate_q.leak_rings();
             if let Some(q) = self.stats_q.as_mut() {
+                q.leak_rings();
+            }
+            if let Some((_, q)) = self.report_q.as_mut() {
                 q.leak_rings();
             }
             // DmaBuffer has no destructor: dropping without `dma_free` leaks.

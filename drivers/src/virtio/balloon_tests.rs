@@ -58,13 +58,13 @@ fn open<'p>(p: &'p FakePlatform, src: &Frames) -> VirtioBalloon<'p, FakePlatform
 
 #[test]
 fn negotiates_and_reports_stats_at_start() {
-    let (p, st) = balloon_platform(ALL | 1 << 5, 0);
+    let (p, st) = balloon_platform(ALL | 1 << 0 | 1 << 3, 0);
     let src = Frames::new(1000);
     let b = open(&p, &src);
     assert_eq!(
         b.features(),
         ALL,
-        "VERSION_1, STATS_VQ, DEFLATE_ON_OOM and nothing else"
+        "VERSION_1, STATS_VQ, DEFLATE_ON_OOM and nothing else (no MUST_TELL_HOST, no hints)"
     );
     let st = st.borrow();
     assert_eq!(st.stats.len(), 1);
@@ -264,4 +264,84 @@ fn drop_frees_dma_buffers() {
         b.deflate(&mut src, 5).unwrap();
     }
     assert!(p.dma_live.borrow().is_empty(), "{:?}", p.dma_live.borrow());
+}
+
+#[test]
+fn free_pages_are_reported_in_runs_and_given_back() {
+    for features in [
+        ALL | bits::PAGE_REPORTING,
+        bits::VERSION_1 | bits::PAGE_REPORTING,
+    ] {
+        let (p, st) = balloon_platform(features, 0);
+        let mut src = Frames::new(10_000);
+        let mut b = open(&p, &src);
+        assert_eq!(b.features(), features);
+        // 1000 frames from the source: consecutive, so one run for each report.
+        assert_eq!(b.report_free(&mut src, 1000).unwrap(), 1000);
+        {
+            let st = st.borrow();
+            assert_eq!(st.reports.len(), 1, "{features:#x}");
+            assert_eq!(st.reports[0], [(1 << 30, 1000 * 4096, true)]);
+        }
+        assert!(
+            src.out.is_empty(),
+            "reported frames went back to the source"
+        );
+        assert_eq!(b.actual(), 0, "reporting does not inflate");
+        // More than a report holds: several reports.
+        assert_eq!(b.report_free(&mut src, 9000).unwrap(), 9000);
+        assert_eq!(st.borrow().reports.len(), 4);
+        // More than the source has: what it has.
+        assert_eq!(b.report_free(&mut src, 20_000).unwrap(), 10_000);
+    }
+}
+
+#[test]
+fn scattered_frames_make_runs_of_at_most_32_descriptors() {
+    let (p, st) = balloon_platform(ALL | bits::PAGE_REPORTING, 0);
+    let mut src = Frames::new(200);
+    // Every other frame held elsewhere: no two free frames are consecutive.
+    let all: Vec<u64> = (0..200).map(|_| src.take_page().unwrap()).collect();
+    let mut held = Vec::new();
+    for (i, f) in all.into_iter().enumerate() {
+        if i % 2 == 0 {
+            held.push(f);
+        } else {
+            src.return_page(f);
+        }
+    }
+    let mut b = open(&p, &src);
+    assert_eq!(b.report_free(&mut src, 100).unwrap(), 100);
+    let st = st.borrow();
+    let sizes: Vec<usize> = st.reports.iter().map(|r| r.len()).collect();
+    assert_eq!(sizes, [32, 32, 32, 4]);
+    assert!(st
+        .reports
+        .iter()
+        .flatten()
+        .all(|&(_, len, w)| len == 4096 && w));
+    drop(held);
+}
+
+#[test]
+fn reporting_needs_the_feature_and_a_held_report_keeps_its_frames() {
+    let (p, _st) = balloon_platform(ALL, 0);
+    let mut src = Frames::new(10);
+    let mut b = open(&p, &src);
+    assert_eq!(
+        b.report_free(&mut src, 1),
+        Err(BalloonError::PageReportingNotNegotiated)
+    );
+
+    let (p, st) = balloon_platform(ALL | bits::PAGE_REPORTING, 0);
+    st.borrow_mut().misbehave = Misbehave::Hold;
+    let mut src = Frames::new(10);
+    let mut b = open(&p, &src);
+    b.set_timeout_ns(50_000_000);
+    assert!(matches!(
+        b.report_free(&mut src, 5),
+        Err(BalloonError::Timeout { queue: 3 })
+    ));
+    // The device may still drop them: the frames are not given back.
+    assert_eq!(src.out.len(), 5);
 }

@@ -16,6 +16,7 @@ use vm_memory::{Bytes, GuestAddress};
 pub mod bits {
     pub const STATS_VQ: u64 = 1 << 1;
     pub const DEFLATE_ON_OOM: u64 = 1 << 2;
+    pub const PAGE_REPORTING: u64 = 1 << 5;
     pub const VERSION_1: u64 = 1 << 32;
 }
 
@@ -40,6 +41,8 @@ pub struct BalloonState {
     /// PFNs per inflate buffer, in order.
     pub inflated: Vec<Vec<u32>>,
     pub deflated: Vec<Vec<u32>>,
+    /// (address, length, device-writable) of each descriptor of each report.
+    pub reports: Vec<Vec<(u64, u32, bool)>>,
     /// (tag, value) pairs of each stats buffer.
     pub stats: Vec<Vec<(u16, u64)>>,
     /// Keep the stats buffer instead of returning it (as QEMU does without a polling interval).
@@ -83,8 +86,26 @@ impl Backend for FakeBalloon {
     fn process(&mut self, queue: u16, q: &mut Queue, mem: &Mem) -> bool {
         let mut st = self.state.borrow_mut();
         let mut used = false;
+        // The reporting queue follows the stats queue, or takes its index without STATS_VQ.
+        let reporting = if st.features & bits::STATS_VQ != 0 {
+            3
+        } else {
+            2
+        };
         while let Some(chain) = q.pop_descriptor_chain(mem) {
             let head = chain.head_index();
+            if queue == reporting {
+                let descs = chain
+                    .map(|d| (d.addr().0, d.len(), d.is_write_only()))
+                    .collect();
+                st.reports.push(descs);
+                if st.misbehave == Misbehave::Hold {
+                    continue;
+                }
+                q.add_used(mem, head, 0).unwrap();
+                used = true;
+                continue;
+            }
             let bytes = readable_bytes(chain, mem);
             if queue == 2 {
                 let stats = bytes
@@ -140,7 +161,7 @@ impl Backend for FakeBalloon {
     }
 }
 
-/// A fake balloon function (1af4:1045) offering `features` with three queues.
+/// A fake balloon function (1af4:1045) offering `features` with four queues.
 pub fn balloon_platform(
     features: u64,
     num_pages: u32,
@@ -154,7 +175,7 @@ pub fn balloon_platform(
         Box::new(FakeBalloon {
             state: state.clone(),
         }),
-        vec![128, 128, 128],
+        vec![128, 128, 128, 128],
     );
     p.cfg.borrow_mut()[2..4].copy_from_slice(&0x1045u16.to_le_bytes());
     p.cfg.borrow_mut()[0x0B] = 0x05; // memory controller
