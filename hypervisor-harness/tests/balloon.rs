@@ -149,6 +149,38 @@ fn deflate_on_oom_lets_an_allocation_past_the_limit_succeed() {
 }
 
 #[test]
+fn free_page_reporting_lowers_rss_after_a_large_free() {
+    if !have_kvm("free_page_reporting_lowers_rss_after_a_large_free") {
+        return;
+    }
+    let dir = TempDir::new("balloon-report");
+    let (t, notes) = run_harness(&dir, "balloon_free_page_reporting");
+    assert!(passed(&t, "balloon_free_page_reporting"), "{t}");
+    // 32 MiB written, freed and reported: the host drops them, the guest keeps them.
+    const REPORTED: u64 = 32 * MIB;
+    let freed = at(&notes, "balloon-freed");
+    let reported = at(&notes, "balloon-reported");
+    let fell = (num(freed, "guest_rss_kib") - num(reported, "guest_rss_kib")) * 1024;
+    assert!(
+        fell * 100 >= REPORTED * 95,
+        "RSS fell by {} KiB of {} KiB reported: {freed:?} -> {reported:?}",
+        fell >> 10,
+        REPORTED >> 10
+    );
+    assert_eq!(num(reported, "reported"), REPORTED / 4096);
+    assert_eq!(num(reported, "report_refused"), 0);
+    assert_eq!(
+        num(reported, "actual_pages"),
+        0,
+        "reporting is not inflating"
+    );
+    assert!(
+        t.contains("reported 8192 free pages; 8192 of them read back zero; 0 reused with wrong"),
+        "{t}"
+    );
+}
+
+#[test]
 fn a_target_beyond_the_ram_is_a_usage_error() {
     if !have_kvm("a_target_beyond_the_ram_is_a_usage_error") {
         return;
@@ -179,7 +211,8 @@ fn under_qemu_with_its_defaults() {
         .args(["--balloon", "--balloon-target", "192"])
         .args([
             "--cmdline",
-            "tests=balloon_inflate,balloon_deflate_reuse,balloon_deflate_on_oom",
+            "tests=balloon_inflate,balloon_deflate_reuse,balloon_deflate_on_oom,\
+             balloon_free_page_reporting",
         ])
         .output()
         .unwrap();
@@ -194,4 +227,6 @@ fn under_qemu_with_its_defaults() {
     }
     assert!(t.contains("inflated 16384 (64 MiB), actual 16384"), "{t}");
     assert!(t.contains("DEFLATE_ON_OOM not negotiated"), "{t}");
+    // QEMU's default is free-page-reporting=off: the test skips.
+    assert!(t.contains("ok 4 balloon_free_page_reporting # SKIP"), "{t}");
 }

@@ -254,3 +254,57 @@ pub fn deflate_on_oom() -> Outcome {
     give_back(held);
     outcome
 }
+
+/// Free page reporting: write 32 MiB of frames and free them, report the free frames (the
+/// host drops them: it measures its RSS at the `# phase:` marks), then take the same frames
+/// again and use them: the memory was lent, not given up.
+pub fn free_page_reporting() -> Outcome {
+    const PAGES: u32 = 8192;
+    let features = match balloon::with(|b| b.features()) {
+        Ok(None) => return Outcome::Skip("no virtio-balloon"),
+        Err(e) => fail!("balloon start: {}", e),
+        Ok(Some(f)) => f,
+    };
+    if features & balloon_feature::PAGE_REPORTING == 0 {
+        return Outcome::Skip("PAGE_REPORTING not offered (QEMU: free-page-reporting=on)");
+    }
+    let Some(buffer) = take(PAGES) else {
+        fail!("fewer than {} free frames", PAGES);
+    };
+    for &f in &buffer {
+        fill(f);
+    }
+    let mut expect = buffer.clone();
+    expect.sort_unstable();
+    give_back(buffer);
+    println!("# phase: balloon-freed");
+    let reported = try_or_fail!(
+        balloon::with(|b| b.report_free(&mut KernelFrames, PAGES)).map(|o| o.unwrap_or(Ok(0))),
+        "report"
+    );
+    let reported = try_or_fail!(reported, "report {} free pages", PAGES);
+    println!("# phase: balloon-reported");
+    check!(reported == PAGES, "reported {} of {}", reported, PAGES);
+    let Some(again) = take(PAGES) else {
+        fail!("the reported frames are not free");
+    };
+    let mut got = again.clone();
+    got.sort_unstable();
+    check!(
+        got == expect,
+        "the allocator gave other frames than the reported ones"
+    );
+    let zero = again.iter().filter(|&&f| is_zero(f)).count();
+    for &f in &again {
+        fill(f);
+    }
+    let bad = again.iter().filter(|&&f| !holds_pattern(f)).count();
+    give_back(again);
+    println!(
+        "# balloon: reported {} free pages; {} of them read back zero; {} reused with wrong contents",
+        reported, zero, bad
+    );
+    println!("# phase: balloon-reused-reported");
+    check!(bad == 0, "{} reported frames lost their contents", bad);
+    Outcome::Pass
+}

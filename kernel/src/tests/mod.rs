@@ -37,6 +37,7 @@ pub static REGISTRY: &[Test] = &[
     Test::in_all("balloon_inflate", balloon::inflate),
     Test::in_all("balloon_deflate_reuse", balloon::deflate_reuse),
     Test::in_all("balloon_deflate_on_oom", balloon::deflate_on_oom),
+    Test::in_all("balloon_free_page_reporting", balloon::free_page_reporting),
     Test::in_all("net_bridge_checksums", net_bridge::checksums),
     Test::in_all("net_link", net::link),
     Test::in_all("net_ping", net::ping),
