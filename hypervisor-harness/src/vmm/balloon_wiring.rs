@@ -197,7 +197,41 @@ pub fn attach(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::test_util::RecordingIrq;
+    use crate::devices::virtio::transport_pci::{common, DEVICE_OFFSET};
     use vm_memory::GuestAddress;
+
+    /// The monitor's `balloon <MiB>`: num_pages for the rest of the RAM, a new config
+    /// generation for the driver; nonsense is refused and changes nothing.
+    #[test]
+    fn set_guest_memory_sets_the_target_and_bumps_the_generation() {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 256 << 20)]).unwrap();
+        let shared = Arc::new(BalloonShared::new(256 << 20));
+        let balloon = Balloon::new(&mem, shared.clone());
+        let irq = Arc::new(RecordingIrq::default());
+        let dev = VirtioPciDevice::new(Box::new(balloon), mem, irq, 11).unwrap();
+        let dev = Arc::new(Mutex::new(dev));
+        let handle = BalloonHandle {
+            shared,
+            dev: dev.clone(),
+        };
+        let read = |off: u64, len: usize| {
+            let mut b = vec![0u8; len];
+            lock(&dev).bar_read(off, &mut b);
+            crate::devices::le_value(&b)
+        };
+        let generation = read(common::CONFIG_GENERATION, 1);
+        handle.set_guest_memory(192 << 20).unwrap();
+        assert_eq!(read(DEVICE_OFFSET, 4), 16384, "num_pages");
+        assert_ne!(read(common::CONFIG_GENERATION, 1), generation);
+        let info = handle.info();
+        assert_eq!((info.ram_bytes, info.target_pages), (256 << 20, 16384));
+        assert_eq!(info.actual_bytes(), 256 << 20, "nothing in the balloon yet");
+        for bad in [0, (256 << 20) + 1, u64::MAX] {
+            assert!(handle.set_guest_memory(bad).is_err(), "{bad}");
+        }
+        assert_eq!(handle.info().target_pages, 16384);
+    }
 
     #[test]
     fn resident_bytes_follow_touches_and_discards() {
