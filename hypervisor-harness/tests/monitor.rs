@@ -355,3 +355,119 @@ fn qmp_with_qemus_python_client_drives_both_vmms() {
         "QEMU's KVM exits: {theirs}"
     );
 }
+
+/// The monitor drives the balloon through its seam (`BalloonControl`): QEMU's `info balloon`
+/// text and QMP's `query-balloon` bytes, a target accepted, one beyond RAM refused in one line,
+/// and without `--balloon` QEMU's "No balloon device has been activated".
+#[test]
+fn balloon_commands_reach_the_device() {
+    if !have_kvm("balloon_commands_reach_the_device") {
+        return;
+    }
+    let dir = TempDir::new("monitor-balloon");
+    let hmp_sock = dir.0.join("m.sock");
+    let qmp_sock = dir.0.join("q.sock");
+    let mut vm = Vmm::start(
+        &dir,
+        &[
+            "run",
+            "--kernel",
+            KERNEL,
+            "--mem",
+            "256M",
+            "--cmdline",
+            "idle",
+            "--timeout",
+            "300",
+            "--balloon",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([
+            "--monitor".into(),
+            unix(&hmp_sock),
+            "--qmp".into(),
+            unix(&qmp_sock),
+        ])
+        .collect::<Vec<_>>(),
+    );
+    vm.wait_for_socket(&hmp_sock);
+    vm.wait_for_socket(&qmp_sock);
+    assert_eq!(hmp(&hmp_sock, "info balloon"), "balloon: actual=256\n");
+    assert_eq!(hmp(&hmp_sock, "balloon 192"), "");
+    let refused = hmp(&hmp_sock, "balloon 512");
+    assert!(
+        refused.starts_with("balloon: ") && refused.lines().count() == 1,
+        "{refused:?}"
+    );
+    let qmp = |cmd: &str| -> Value {
+        let o = harness()
+            .arg("monitor")
+            .arg("--qmp")
+            .arg(&qmp_sock)
+            .arg(cmd)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)))
+    };
+    let actual = qmp(r#"{"execute": "query-balloon"}"#);
+    assert!(actual["return"]["actual"].as_u64().is_some(), "{actual}");
+    assert_eq!(
+        qmp(r#"{"execute": "balloon", "arguments": {"value": 201326592}}"#),
+        serde_json::json!({"return": {}})
+    );
+    assert_eq!(
+        qmp(r#"{"execute": "balloon", "arguments": {"value": 0}}"#)["error"]["class"],
+        "GenericError"
+    );
+    assert_eq!(hmp(&hmp_sock, "quit"), "");
+    assert_eq!(vm.wait_end(Duration::from_secs(20)).code(), Some(0));
+    drop(vm);
+
+    // Without a balloon: QEMU's words and error class.
+    let dir = TempDir::new("monitor-noballoon");
+    let qmp_sock = dir.0.join("q.sock");
+    let mut vm = Vmm::start(
+        &dir,
+        &[
+            "run",
+            "--kernel",
+            KERNEL,
+            "--cmdline",
+            "idle",
+            "--timeout",
+            "300",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain(["--qmp".into(), unix(&qmp_sock)])
+        .collect::<Vec<_>>(),
+    );
+    vm.wait_for_socket(&qmp_sock);
+    let o = harness()
+        .args(["monitor", "--qmp"])
+        .arg(&qmp_sock)
+        .arg(r#"{"execute": "query-balloon"}"#)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a QMP error is exit 1: {}",
+        text(&o)
+    );
+    let reply: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(reply["error"]["class"], "DeviceNotActive");
+    assert_eq!(
+        reply["error"]["desc"],
+        "No balloon device has been activated"
+    );
+    let o = harness()
+        .args(["monitor", "--qmp"])
+        .arg(&qmp_sock)
+        .arg(r#"{"execute": "quit"}"#)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(vm.wait_end(Duration::from_secs(20)).code(), Some(0));
+}
