@@ -171,30 +171,23 @@ pub fn check_specs(nets: &[NetSpec], first_intx: usize) -> Result<(), HarnessErr
     Ok(())
 }
 
-/// Attach every e1000 in order, with its opened backend (the MAC: the spec's, else QEMU's
-/// default for its index among the e1000s; `run` presets it by place among all NICs).
-pub fn attach_all(
+/// Attach one e1000 (`--net` number `n` of this model, its GSI given) with its opened
+/// backend.
+pub fn attach(
     dm: &mut DeviceManager,
     mem: &GuestMem,
-    nets: Vec<(NetSpec, Box<dyn NetBackend>)>,
-    first_intx: usize,
-) -> Result<(Vec<AttachedE1000>, Vec<String>), HarnessError> {
-    let mut attached = Vec::new();
-    let mut notes = Vec::new();
-    for (i, (spec, backend)) in nets.into_iter().enumerate() {
-        let gsi = *INTX_GSIS
-            .get(first_intx + i)
-            .ok_or_else(|| HarnessError::Usage("too many INTx functions".into()))?;
-        let (nic, note) = attach_one(dm, mem, i, spec.mac_or_default(i), backend, gsi)?;
-        // `link=down`: STATUS.LU and the PHY's link bits clear from the driver's first read
-        // (the LSC cause this latches is cleared by the driver's reset; IMS is 0 until then).
-        if !spec.link_up {
-            lock(&nic.dev).set_link(false);
-        }
-        attached.push(nic);
-        notes.push(note);
+    n: usize,
+    spec: &NetSpec,
+    backend: Box<dyn NetBackend>,
+    gsi: u8,
+) -> Result<(AttachedE1000, String), HarnessError> {
+    let (nic, note) = attach_one(dm, mem, n, spec.mac_or_default(n), backend, gsi)?;
+    // `link=down`: STATUS.LU and the PHY's link bits clear from the driver's first read
+    // (the LSC cause this latches is cleared by the driver's reset; IMS is 0 until then).
+    if !spec.link_up {
+        lock(&nic.dev).set_link(false);
     }
-    Ok((attached, notes))
+    Ok((nic, note))
 }
 
 fn attach_one(

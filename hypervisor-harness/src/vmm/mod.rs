@@ -265,10 +265,10 @@ impl Machine {
 
         let disks = OpenedDisks::open(&cfg.disks, virtio_wiring::MAX_DISKS, MAX_IDE_DRIVES)
             .map_err(HarnessError::Usage)?;
-        // e1000s and RTL8139s are attached on their own; the rest goes to virtio-net's check,
-        // which refuses what is not built yet. Each NIC's default MAC is fixed first by its
-        // place among all `--net`s, as QEMU numbers them.
-        let (e1000_specs, virtio_specs): (Vec<NetSpec>, Vec<NetSpec>) = cfg
+        // Each NIC's default MAC is fixed first by its place among all `--net`s, as QEMU
+        // numbers them; each model's wiring checks its own (what it cannot attach is a usage
+        // error), the INTx lines counted over all of them.
+        let net_specs: Vec<NetSpec> = cfg
             .nets
             .iter()
             .enumerate()
@@ -276,10 +276,15 @@ impl Machine {
                 mac: Some(s.mac_or_default(i)),
                 ..s.clone()
             })
-            .partition(|s| s.model == NicModel::E1000);
-        let (rtl8139_specs, virtio_specs): (Vec<NetSpec>, Vec<NetSpec>) = virtio_specs
-            .into_iter()
-            .partition(|s| s.model == NicModel::Rtl8139);
+            .collect();
+        let of_model = |m: NicModel| -> Vec<NetSpec> {
+            net_specs.iter().filter(|s| s.model == m).cloned().collect()
+        };
+        let (virtio_specs, e1000_specs, rtl8139_specs) = (
+            of_model(NicModel::VirtioNet),
+            of_model(NicModel::E1000),
+            of_model(NicModel::Rtl8139),
+        );
         net_wiring::check_specs(&virtio_specs, disks.virtio.len())?;
         let first_e1000_intx = disks.virtio.len() + virtio_specs.len();
         e1000_wiring::check_specs(&e1000_specs, first_e1000_intx)?;
@@ -293,19 +298,10 @@ impl Machine {
             )));
         }
         // Backends open before anything else starts, so a missing one is an error up front.
-        let mut nets = Vec::with_capacity(virtio_specs.len());
-        for spec in &virtio_specs {
-            nets.push((spec.clone(), net_wiring::open_backend(&spec.backend)?));
-        }
-        let mut e1000_nets = Vec::with_capacity(e1000_specs.len());
-        for spec in e1000_specs {
+        let mut nets = Vec::with_capacity(net_specs.len());
+        for spec in net_specs {
             let backend = net_wiring::open_backend(&spec.backend)?;
-            e1000_nets.push((spec, backend));
-        }
-        let mut rtl8139_nets = Vec::with_capacity(rtl8139_specs.len());
-        for spec in rtl8139_specs {
-            let backend = net_wiring::open_backend(&spec.backend)?;
-            rtl8139_nets.push((spec, backend));
+            nets.push((spec, backend));
         }
         let mut vm = vm::Vm::open()?;
         vm.setup(&mem)?;
@@ -357,41 +353,65 @@ impl Machine {
         // PIIX-style controller (primary master, primary slave, secondary master, secondary slave).
         // One GSI routing table for every virtio function's MSI routes.
         let n_virtio_disks = disks.virtio.len();
-        let router = if n_virtio_disks + nets.len() > 0 || cfg.balloon {
+        let router = if n_virtio_disks + virtio_specs.len() > 0 || cfg.balloon {
             Some(Arc::new(Mutex::new(virtio_wiring::GsiRouter::new(
                 &dm.vm.kvm, &dm.vm.fd,
             )?)))
         } else {
             None
         };
-        let (virtio, nics) = match &router {
+        let virtio = match &router {
             Some(router) => {
                 let (virtio, notes) =
                     virtio_wiring::attach_all(&mut dm, &mem, disks.virtio, cfg.io_mode, router)?;
-                let (nics, net_notes) = net_wiring::attach_all(
-                    &mut dm,
-                    &mem,
-                    nets,
-                    n_virtio_disks,
-                    cfg.io_mode,
-                    router,
-                )?;
-                for note in notes.iter().chain(&net_notes) {
+                for note in &notes {
                     verbose(cfg, note);
                 }
-                (virtio, nics)
+                virtio
             }
-            None => (Vec::new(), Vec::new()),
+            None => Vec::new(),
         };
-        let (e1000s, e1000_notes) =
-            e1000_wiring::attach_all(&mut dm, &mem, e1000_nets, first_e1000_intx)?;
-        for note in &e1000_notes {
-            verbose(cfg, note);
-        }
-        let (rtl8139s, rtl8139_notes) =
-            rtl8139_wiring::attach_all(&mut dm, &mem, rtl8139_nets, first_rtl8139_intx)?;
-        for note in &rtl8139_notes {
-            verbose(cfg, note);
+        // NICs take PCI slots and INTx lines in `--net` order, whatever their model, as
+        // QEMU's `-device` order gives them; each model numbers its own (virtio-net0, e1000-0).
+        let (mut nics, mut e1000s, mut rtl8139s) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, (spec, backend)) in nets.into_iter().enumerate() {
+            let gsi = *virtio_wiring::INTX_GSIS
+                .get(n_virtio_disks + k)
+                .ok_or_else(|| HarnessError::Usage("--net: too many INTx functions".into()))?;
+            let note = match spec.model {
+                NicModel::VirtioNet => {
+                    let router = router.as_ref().ok_or_else(|| {
+                        HarnessError::Other("virtio-net without a GSI router".into())
+                    })?;
+                    let n = nics.len();
+                    let (nic, note) = net_wiring::attach(
+                        &mut dm,
+                        &mem,
+                        n,
+                        &spec,
+                        backend,
+                        gsi,
+                        cfg.io_mode,
+                        router,
+                    )?;
+                    nics.push(nic);
+                    note
+                }
+                NicModel::E1000 => {
+                    let n = e1000s.len();
+                    let (nic, note) = e1000_wiring::attach(&mut dm, &mem, n, &spec, backend, gsi)?;
+                    e1000s.push(nic);
+                    note
+                }
+                NicModel::Rtl8139 => {
+                    let n = rtl8139s.len();
+                    let (nic, note) =
+                        rtl8139_wiring::attach(&mut dm, &mem, n, &spec, backend, gsi)?;
+                    rtl8139s.push(nic);
+                    note
+                }
+            };
+            verbose(cfg, &note);
         }
         let balloon_device = match (&router, cfg.balloon) {
             (Some(router), true) => {

@@ -191,32 +191,26 @@ pub fn open_backend(spec: &BackendSpec) -> Result<Box<dyn NetBackend>, HarnessEr
     crate::backends::net::open(spec)
 }
 
-/// Attach every `--net` in order, with its opened backend. `first_intx` is the index in
-/// [`INTX_GSIS`] of the first NIC's line (after the disks').
-pub fn attach_all(
+/// Attach one virtio-net (`--net` number `n` of this model, its INTx GSI given) with its
+/// opened backend.
+#[allow(clippy::too_many_arguments)]
+pub fn attach(
     dm: &mut DeviceManager,
     mem: &GuestMem,
-    nets: Vec<(NetSpec, Box<dyn NetBackend>)>,
-    first_intx: usize,
+    n: usize,
+    spec: &NetSpec,
+    backend: Box<dyn NetBackend>,
+    gsi: u8,
     io_mode: IoMode,
     router: &Arc<Mutex<GsiRouter>>,
-) -> Result<(Vec<AttachedNic>, Vec<String>), HarnessError> {
-    let mut attached = Vec::new();
-    let mut notes = Vec::new();
-    for (i, (spec, backend)) in nets.into_iter().enumerate() {
-        let gsi = *INTX_GSIS
-            .get(first_intx + i)
-            .ok_or_else(|| HarnessError::Usage("too many virtio functions".into()))?;
-        let (nic, note) = attach_net(dm, mem, i, &spec, backend, gsi, io_mode, router)?;
-        // `link=down`: the status the transport shows lacks LINK_UP from the driver's first
-        // read (no configuration interrupt: the driver is not running yet).
-        if !spec.link_up {
-            nic.set_link(false);
-        }
-        attached.push(nic);
-        notes.push(note);
+) -> Result<(AttachedNic, String), HarnessError> {
+    let (nic, note) = attach_net(dm, mem, n, spec, backend, gsi, io_mode, router)?;
+    // `link=down`: the status the transport shows lacks LINK_UP from the driver's first
+    // read (no configuration interrupt: the driver is not running yet).
+    if !spec.link_up {
+        nic.set_link(false);
     }
-    Ok((attached, notes))
+    Ok((nic, note))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -141,30 +141,23 @@ pub fn check_specs(nets: &[NetSpec], first_intx: usize) -> Result<(), HarnessErr
     Ok(())
 }
 
-/// Attach every RTL8139 in order, with its opened backend (the MAC: the spec's, else QEMU's
-/// default for its index among the RTL8139s; `run` presets it by place among all NICs).
-pub fn attach_all(
+/// Attach one RTL8139 (`--net` number `n` of this model, its GSI given) with its opened
+/// backend.
+pub fn attach(
     dm: &mut DeviceManager,
     mem: &GuestMem,
-    nets: Vec<(NetSpec, Box<dyn NetBackend>)>,
-    first_intx: usize,
-) -> Result<(Vec<AttachedRtl8139>, Vec<String>), HarnessError> {
-    let mut attached = Vec::new();
-    let mut notes = Vec::new();
-    for (i, (spec, backend)) in nets.into_iter().enumerate() {
-        let gsi = *INTX_GSIS
-            .get(first_intx + i)
-            .ok_or_else(|| HarnessError::Usage("too many INTx functions".into()))?;
-        let (nic, note) = attach_one(dm, mem, i, spec.mac_or_default(i), backend, gsi)?;
-        // `link=down`: MSR.LINKB set and BMSR's link bit clear from the driver's first read
-        // (the LinkChg this latches is cleared by the driver's reset; IMR is 0 until then).
-        if !spec.link_up {
-            lock(&nic.dev).set_link(false);
-        }
-        attached.push(nic);
-        notes.push(note);
+    n: usize,
+    spec: &NetSpec,
+    backend: Box<dyn NetBackend>,
+    gsi: u8,
+) -> Result<(AttachedRtl8139, String), HarnessError> {
+    let (nic, note) = attach_one(dm, mem, n, spec.mac_or_default(n), backend, gsi)?;
+    // `link=down`: MSR.LINKB set and BMSR's link bit clear from the driver's first read
+    // (the LinkChg this latches is cleared by the driver's reset; IMR is 0 until then).
+    if !spec.link_up {
+        lock(&nic.dev).set_link(false);
     }
-    Ok((attached, notes))
+    Ok((nic, note))
 }
 
 fn attach_one(
