@@ -113,6 +113,13 @@ impl MonitorTarget for FakeTarget {
                     function_masked: false,
                     table_bar: 0,
                     table_offset: 0x2000,
+                    entries: vec![MsixEntryInfo {
+                        vector: 0,
+                        addr: 0xfee0_0000,
+                        data: 0x41,
+                        masked: false,
+                        pending: false,
+                    }],
                 }),
             },
         ]

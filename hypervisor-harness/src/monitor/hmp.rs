@@ -117,7 +117,7 @@ fn format_pci(functions: &[PciFunctionInfo]) -> String {
             let pin = char::from(b'A' + (f.irq_pin - 1).min(3));
             let _ = writeln!(s, "  INTx: pin {pin}, line {}", f.irq_line);
         }
-        if let Some(m) = f.msix {
+        if let Some(m) = &f.msix {
             let _ = writeln!(
                 s,
                 "  MSI-X: {} vectors, {}{}, table in BAR{} at {:#x}",
@@ -131,6 +131,21 @@ fn format_pci(functions: &[PciFunctionInfo]) -> String {
                 m.table_bar,
                 m.table_offset
             );
+            for e in &m.entries {
+                // An x86 MSI: the destination APIC ID in address bits 19:12, the vector in
+                // data bits 7:0.
+                let _ = writeln!(
+                    s,
+                    "    vector {}: address {:#x} data {:#06x} (APIC {}, vector {:#04x}){}{}",
+                    e.vector,
+                    e.addr,
+                    e.data,
+                    (e.addr >> 12) & 0xff,
+                    e.data & 0xff,
+                    if e.masked { ", masked" } else { "" },
+                    if e.pending { ", pending" } else { "" }
+                );
+            }
         }
     }
     s
@@ -239,6 +254,10 @@ mod tests {
         assert!(pci.contains("  INTx: pin A, line 10\n"), "{pci}");
         assert!(
             pci.contains("  MSI-X: 2 vectors, enabled, table in BAR0 at 0x2000\n"),
+            "{pci}"
+        );
+        assert!(
+            pci.contains("    vector 0: address 0xfee00000 data 0x0041 (APIC 0, vector 0x41)\n"),
             "{pci}"
         );
         let q = run(&t, "info queues");

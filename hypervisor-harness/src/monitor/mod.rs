@@ -51,7 +51,7 @@ pub struct PciBarInfo {
     pub mem64: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MsixInfo {
     pub table_size: u16,
     pub enabled: bool,
@@ -59,6 +59,18 @@ pub struct MsixInfo {
     /// BAR index and offset of the table.
     pub table_bar: u8,
     pub table_offset: u32,
+    /// The table's entries, where the VMM can read them (its own virtio functions).
+    pub entries: Vec<MsixEntryInfo>,
+}
+
+/// One MSI-X table entry as the driver programmed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsixEntryInfo {
+    pub vector: u16,
+    pub addr: u64,
+    pub data: u32,
+    pub masked: bool,
+    pub pending: bool,
 }
 
 /// One virtqueue as the transport and guest memory show it.

@@ -478,6 +478,7 @@ impl Machine {
             .virtio
             .iter()
             .chain(self.nics.iter().map(|n| &n.function))
+            .chain(self.balloon_device.iter().map(|b| &b.function))
             .map(|a| {
                 // The function's slot: the PCI entry that is this very device.
                 let bdf = self

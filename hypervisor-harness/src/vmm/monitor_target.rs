@@ -9,8 +9,8 @@ use crate::devices::lock;
 use crate::devices::pci::{Bdf, SharedFunction};
 use crate::devices::virtio::transport_pci::VirtioPciDevice;
 use crate::monitor::{
-    MonitorTarget, MsixInfo, PciBarInfo, PciFunctionInfo, QueueInfo, StatsProvider, StatsTarget,
-    VirtioQueuesInfo,
+    MonitorTarget, MsixEntryInfo, MsixInfo, PciBarInfo, PciFunctionInfo, QueueInfo, StatsProvider,
+    StatsTarget, VirtioQueuesInfo,
 };
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,6 +126,7 @@ pub fn describe(bdf: Bdf, f: &SharedFunction) -> PciFunctionInfo {
                     function_masked: control & 0x4000 != 0,
                     table_bar: (table & 7) as u8,
                     table_offset: table & !7,
+                    entries: Vec::new(),
                 });
                 break;
             }
@@ -196,7 +197,31 @@ impl MonitorTarget for VmView {
     }
 
     fn pci(&self) -> Vec<PciFunctionInfo> {
-        self.pci.iter().map(|(bdf, f)| describe(*bdf, f)).collect()
+        self.pci
+            .iter()
+            .map(|(bdf, f)| {
+                let mut info = describe(*bdf, f);
+                // Our virtio functions' tables, read from their interrupt routing.
+                let virtio = self.virtio.iter().find(|v| v.bdf == *bdf);
+                if let (Some(v), Some(m)) = (virtio, info.msix.as_mut()) {
+                    let dev = lock(&v.dev);
+                    let msix = dev.msix();
+                    m.entries = (0..msix.vectors())
+                        .map(|vector| {
+                            let msg = msix.message(vector).unwrap_or_default();
+                            MsixEntryInfo {
+                                vector,
+                                addr: msg.addr,
+                                data: msg.data,
+                                masked: msix.is_masked(vector),
+                                pending: msix.is_pending(vector),
+                            }
+                        })
+                        .collect();
+                }
+                info
+            })
+            .collect()
     }
 
     fn queues(&self) -> Vec<VirtioQueuesInfo> {
