@@ -140,6 +140,7 @@ impl MonitorTarget for FakeTarget {
                 avail_idx: Some(12),
                 used_idx: Some(12),
                 notify_exits: 12,
+                msix_vector: Some(1),
             }],
         }]
     }

@@ -165,9 +165,12 @@ fn format_queues(functions: &[VirtioQueuesInfo]) -> String {
             f.name, f.bdf, f.status, f.notifies, f.queue_interrupts, f.config_interrupts
         );
         for q in &f.queues {
+            let vector = q.msix_vector.map_or("no MSI-X vector".to_string(), |v| {
+                format!("MSI-X vector {v}")
+            });
             let _ = writeln!(
                 s,
-                "  queue {}: size {}, {}, avail.idx {}, used.idx {}, {} notify exits",
+                "  queue {}: size {}, {}, avail.idx {}, used.idx {}, {} notify exits, {vector}",
                 q.index,
                 q.size,
                 if q.ready { "ready" } else { "not ready" },
@@ -266,7 +269,10 @@ mod tests {
             "{q}"
         );
         assert!(
-            q.contains("  queue 0: size 256, ready, avail.idx 12, used.idx 12, 12 notify exits"),
+            q.contains(
+                "  queue 0: size 256, ready, avail.idx 12, used.idx 12, 12 notify exits, \
+                 MSI-X vector 1\n"
+            ),
             "{q}"
         );
     }

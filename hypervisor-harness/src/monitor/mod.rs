@@ -85,6 +85,8 @@ pub struct QueueInfo {
     pub used_idx: Option<u16>,
     /// Exits at the queue's notify register (notifies that came by ioeventfd never exit).
     pub notify_exits: u64,
+    /// The MSI-X vector its interrupts go to (None: none assigned).
+    pub msix_vector: Option<u16>,
 }
 
 /// A virtio function's queues and its transport's counters (which are per function: the

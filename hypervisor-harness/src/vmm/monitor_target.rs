@@ -7,7 +7,7 @@ use super::exits::{self, ExitCounters, Space};
 use super::memory::GuestMem;
 use crate::devices::lock;
 use crate::devices::pci::{Bdf, SharedFunction};
-use crate::devices::virtio::transport_pci::VirtioPciDevice;
+use crate::devices::virtio::transport_pci::{self, VirtioPciDevice};
 use crate::monitor::{
     MonitorTarget, MsixEntryInfo, MsixInfo, PciBarInfo, PciFunctionInfo, QueueInfo, StatsProvider,
     StatsTarget, VirtioQueuesInfo,
@@ -244,6 +244,9 @@ impl MonitorTarget for VmView {
                             avail_idx: ready.then(|| self.ring_idx(q.avail_ring())).flatten(),
                             used_idx: ready.then(|| self.ring_idx(q.used_ring())).flatten(),
                             notify_exits: counters.at(Space::Mmio, notify, None),
+                            msix_vector: dev
+                                .queue_vector(i)
+                                .filter(|&v| v != transport_pci::NO_VECTOR),
                         })
                     })
                     .collect();

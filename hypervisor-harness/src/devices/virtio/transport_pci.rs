@@ -634,6 +634,11 @@ impl VirtioPciDevice {
         self.common.driver_features()
     }
 
+    /// The MSI-X vector the driver gave queue `index` (NO_VECTOR for none), for diagnostics.
+    pub fn queue_vector(&self, index: usize) -> Option<u16> {
+        self.common.queue_vectors().get(index).copied()
+    }
+
     /// Why DEVICE_NEEDS_RESET is set, if it is.
     pub fn broken(&self) -> Option<&str> {
         self.broken.as_deref()
