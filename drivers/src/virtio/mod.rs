@@ -2,6 +2,7 @@
 
 pub mod balloon;
 pub mod blk;
+pub mod console;
 pub mod net;
 pub mod pci;
 pub mod queue;
@@ -27,9 +28,13 @@ pub mod feature {
 #[cfg(test)]
 mod balloon_tests;
 #[cfg(test)]
+mod console_tests;
+#[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
 pub(crate) mod fake_balloon;
+#[cfg(test)]
+pub(crate) mod fake_console;
 #[cfg(test)]
 pub(crate) mod fake_net;
 #[cfg(test)]
