@@ -13,10 +13,10 @@
 //! The report gets one note per NIC: `e1000-counters: ` and the model's counters as JSON.
 
 use super::device_manager::DeviceManager;
+use super::emulated_nic_thread::{self, BackendFds, BackendThread, EmulatedNic};
 use super::memory::GuestMem;
 use super::virtio_wiring::INTX_GSIS;
-use crate::backends::net::spec::{BackendSpec, NetSpec, NicModel};
-use crate::backends::net::watch::BackendWatches;
+use crate::backends::net::spec::{NetSpec, NicModel};
 use crate::backends::net::NetBackend;
 use crate::devices::lock;
 use crate::devices::net::e1000::regs::{IO_SIZE, MMIO_SIZE};
@@ -27,22 +27,13 @@ use crate::devices::net::IrqLevel;
 use crate::error::HarnessError;
 use kvm_ioctls::VmFd;
 use serde::Serialize;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 /// The prefix of an e1000's counters note.
 pub const COUNTERS_NOTE: &str = "e1000-counters: ";
-
-const TOKEN_BACKEND: u64 = 0;
-const TOKEN_STOP: u64 = 1;
-const TOKEN_RESUME: u64 = 2;
-const TOKEN_TX_READY: u64 = 3;
-
-/// How soon a stalled transmit is tried again on a backend without a wait fd.
-const TX_RETRY: Duration = Duration::from_millis(1);
 
 /// INTA through `KVM_IRQ_LINE` on the function's GSI (the RTL8139's too).
 pub(super) struct KvmLevelLine {
@@ -140,27 +131,11 @@ impl AttachedE1000 {
     }
 }
 
-/// Ends its thread when dropped.
-struct BackendThread {
-    stop: EventFd,
-}
-
-impl Drop for BackendThread {
-    fn drop(&mut self) {
-        let _ = self.stop.write(1);
-    }
-}
-
-/// Refuse what cannot be attached: `user` networking, more INTx lines than there are.
+/// Refuse what cannot be attached: more INTx lines than there are.
 /// `first_intx` is the index in [`INTX_GSIS`] of the first e1000's line.
 pub fn check_specs(nets: &[NetSpec], first_intx: usize) -> Result<(), HarnessError> {
     for (i, spec) in nets.iter().enumerate() {
         debug_assert_eq!(spec.model, NicModel::E1000);
-        if spec.backend == BackendSpec::User {
-            return Err(HarnessError::Usage(
-                "--net e1000:user: user-mode networking is not supported yet".into(),
-            ));
-        }
         if first_intx + i >= INTX_GSIS.len() {
             return Err(HarnessError::Usage(format!(
                 "--net e1000: at most {} virtio disks, virtio NICs and e1000s together",
@@ -235,7 +210,11 @@ fn attach_one(
         IO_SIZE,
         Arc::new(Mutex::new(E1000Io(dev.clone()))),
     )?;
-    let thread = spawn_backend_thread(&name, dev.clone(), (backend_fd, tx_wait_fd), resume)
+    let fds = BackendFds {
+        rx: backend_fd,
+        tx_wait: tx_wait_fd,
+    };
+    let thread = emulated_nic_thread::spawn(&name, dev.clone(), fds, resume)
         .map_err(|e| other("backend thread", &e))?;
     let mac_text = mac.map(|b| format!("{b:02x}")).join(":");
     let note = format!(
@@ -253,84 +232,26 @@ fn attach_one(
     ))
 }
 
-fn spawn_backend_thread(
-    name: &str,
-    dev: SharedE1000<GuestMem>,
-    (backend_fd, tx_wait_fd): (RawFd, Option<RawFd>),
-    resume: EventFd,
-) -> std::io::Result<BackendThread> {
-    let epoll = Epoll::new()?;
-    let stop = EventFd::new(libc::EFD_NONBLOCK)?;
-    for (fd, token) in [
-        (stop.as_raw_fd(), TOKEN_STOP),
-        (resume.as_raw_fd(), TOKEN_RESUME),
-    ] {
-        epoll.ctl(
-            ControlOperation::Add,
-            fd,
-            EpollEvent::new(EventSet::IN, token),
-        )?;
+impl EmulatedNic for E1000<GuestMem> {
+    fn service(&mut self) -> Option<Duration> {
+        self.irq_timer();
+        let mut wait = self.backend_poll();
+        self.tx_retry();
+        self.rx_pass();
+        // A moderated interrupt (ITR) waiting for its time.
+        if let Some(due) = self.irq_deadline() {
+            let until = due.saturating_duration_since(std::time::Instant::now());
+            wait = Some(wait.map_or(until, |w| w.min(until)));
+        }
+        wait
     }
-    let stop_thread = stop.try_clone()?;
-    std::thread::Builder::new()
-        .name(format!("{name}-rx"))
-        .spawn(move || backend_loop(&dev, &epoll, backend_fd, tx_wait_fd, &resume, &stop_thread))?;
-    Ok(BackendThread { stop })
-}
 
-fn backend_loop(
-    dev: &SharedE1000<GuestMem>,
-    epoll: &Epoll,
-    backend_fd: RawFd,
-    tx_wait_fd: Option<RawFd>,
-    resume: &EventFd,
-    stop: &EventFd,
-) {
-    let mut watches = BackendWatches::new(backend_fd, tx_wait_fd, TOKEN_BACKEND, TOKEN_TX_READY);
-    let mut events = [EpollEvent::default(); 4];
-    loop {
-        let (blocked, stalled, mut wait) = {
-            let mut d = lock(dev);
-            d.irq_timer();
-            let mut wait = d.backend_poll();
-            d.tx_retry();
-            d.rx_pass();
-            // A moderated interrupt (ITR) waiting for its time.
-            if let Some(due) = d.irq_deadline() {
-                let until = due.saturating_duration_since(std::time::Instant::now());
-                wait = Some(wait.map_or(until, |w| w.min(until)));
-            }
-            (d.rx_blocked(), d.tx_stalled(), wait)
-        };
-        // The backend's fd is level-triggered: watched for frames only while the device can
-        // take them, and for room only while a transmit waits for it. A failed update is
-        // tried again next round.
-        let _ = watches.update(epoll, !blocked, stalled);
-        if stalled && !watches.has_tx_fd() {
-            wait = Some(wait.map_or(TX_RETRY, |w| w.min(TX_RETRY)));
-        }
-        // Rounded up: a wake before the deadline would only wait again.
-        let timeout = wait.map_or(-1, |d: Duration| {
-            d.as_micros().div_ceil(1000).min(1000) as i32
-        });
-        let n = match epoll.wait(timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
-        };
-        for ev in &events[..n] {
-            match ev.data() {
-                TOKEN_STOP => {
-                    let _ = stop.read();
-                    return;
-                }
-                TOKEN_RESUME => {
-                    let _ = resume.read();
-                }
-                // Frames or room: the next round's passes look.
-                _ => {}
-            }
-        }
+    fn rx_blocked(&self) -> bool {
+        E1000::rx_blocked(self)
+    }
+
+    fn tx_waiting(&self) -> bool {
+        self.tx_stalled()
     }
 }
 
@@ -392,7 +313,11 @@ mod tests {
         w(RDT, 2);
         w(RCTL, (Rctl::EN | Rctl::SECRC).bits());
         let tx_fd = backend.tx_wait_fd();
-        let _thread = spawn_backend_thread("e1000-test", dev.clone(), (fd, tx_fd), resume).unwrap();
+        let fds = BackendFds {
+            rx: fd,
+            tx_wait: tx_fd,
+        };
+        let _thread = emulated_nic_thread::spawn("e1000-test", dev.clone(), fds, resume).unwrap();
         let frame = |seed: u8| {
             let mut f = vec![seed; 64];
             f[..6].copy_from_slice(&mac);
@@ -439,7 +364,11 @@ mod tests {
         e.set_rx_resume(resume.try_clone().unwrap());
         let dev = Arc::new(Mutex::new(e));
         let fds = (backend.rx_ready_fd(), backend.tx_wait_fd());
-        let _thread = spawn_backend_thread("e1000-test", dev.clone(), fds, resume).unwrap();
+        let fds = BackendFds {
+            rx: fds.0,
+            tx_wait: fds.1,
+        };
+        let _thread = emulated_nic_thread::spawn("e1000-test", dev.clone(), fds, resume).unwrap();
         let w = |reg: u64, v: u32| lock(&dev).mmio_write(reg, &v.to_le_bytes());
         for i in 0..6u64 {
             let mut d = [0u8; 16];
@@ -471,7 +400,7 @@ mod tests {
         check_specs(&[e1000.clone(), e1000.clone()], INTX_GSIS.len() - 2).unwrap();
         let e = check_specs(&[e1000.clone(), e1000], INTX_GSIS.len() - 1).unwrap_err();
         assert!(e.to_string().contains("at most"), "{e}");
-        let e = check_specs(&[NetSpec::parse("e1000:user").unwrap()], 0).unwrap_err();
-        assert!(e.to_string().contains("not supported yet"), "{e}");
+        // user-mode networking attaches like any backend.
+        check_specs(&[NetSpec::parse("e1000:user").unwrap()], 0).unwrap();
     }
 }

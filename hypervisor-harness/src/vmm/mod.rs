@@ -6,6 +6,7 @@ pub mod balloon_wiring;
 pub mod boot;
 pub mod device_manager;
 pub mod e1000_wiring;
+pub mod emulated_nic_thread;
 pub mod exits;
 pub mod floor_wiring;
 pub mod ide_wiring;

@@ -13,9 +13,10 @@
 
 use super::device_manager::DeviceManager;
 use super::e1000_wiring::{own_vm_fd, KvmLevelLine};
+use super::emulated_nic_thread::{self, BackendFds, BackendThread, EmulatedNic};
 use super::memory::GuestMem;
 use super::virtio_wiring::INTX_GSIS;
-use crate::backends::net::spec::{BackendSpec, NetSpec, NicModel};
+use crate::backends::net::spec::{NetSpec, NicModel};
 use crate::backends::net::NetBackend;
 use crate::devices::lock;
 use crate::devices::net::rtl8139::regs::REGS_SIZE;
@@ -24,21 +25,12 @@ use crate::devices::net::rtl8139::{
 };
 use crate::error::HarnessError;
 use serde::Serialize;
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 /// The prefix of an RTL8139's counters note.
 pub const COUNTERS_NOTE: &str = "rtl8139-counters: ";
-
-const TOKEN_BACKEND: u64 = 0;
-const TOKEN_STOP: u64 = 1;
-const TOKEN_WAKE: u64 = 2;
-const TOKEN_TX_ROOM: u64 = 3;
-/// How often a TX slot held for a backend without a `tx_wait_fd` is retried.
-const TX_RETRY: Duration = Duration::from_millis(1);
 
 #[derive(Serialize)]
 struct CountersJson<'a> {
@@ -103,28 +95,12 @@ impl AttachedRtl8139 {
     }
 }
 
-/// Ends its thread when dropped.
-struct BackendThread {
-    stop: EventFd,
-}
-
-impl Drop for BackendThread {
-    fn drop(&mut self) {
-        let _ = self.stop.write(1);
-    }
-}
-
-/// Refuse what cannot be attached: `user` networking, more INTx lines than there are (several
+/// Refuse what cannot be attached: more INTx lines than there are (several
 /// queues are refused when `--net` is parsed). `first_intx` is the index in [`INTX_GSIS`] of
 /// the first RTL8139's line.
 pub fn check_specs(nets: &[NetSpec], first_intx: usize) -> Result<(), HarnessError> {
     for (i, spec) in nets.iter().enumerate() {
         debug_assert_eq!(spec.model, NicModel::Rtl8139);
-        if spec.backend == BackendSpec::User {
-            return Err(HarnessError::Usage(
-                "--net rtl8139:user: user-mode networking is not supported yet".into(),
-            ));
-        }
         if spec.queues != 1 {
             return Err(HarnessError::Usage(
                 "--net rtl8139: the RTL8139 has one queue (no queues=)".into(),
@@ -174,7 +150,7 @@ fn attach_one(
     let described = backend.describe();
     let fds = BackendFds {
         rx: backend.rx_ready_fd(),
-        tx_room: backend.tx_wait_fd(),
+        tx_wait: backend.tx_wait_fd(),
     };
     let line = Arc::new(KvmLevelLine {
         vm: own_vm_fd(dm)?,
@@ -208,7 +184,7 @@ fn attach_one(
         REGS_SIZE,
         Arc::new(Mutex::new(Rtl8139Mmio(dev.clone()))),
     )?;
-    let thread = spawn_backend_thread(&name, dev.clone(), fds, wake)
+    let thread = emulated_nic_thread::spawn(&name, dev.clone(), fds, wake)
         .map_err(|e| other("backend thread", &e))?;
     let mac_text = mac.map(|b| format!("{b:02x}")).join(":");
     let note = format!(
@@ -226,140 +202,20 @@ fn attach_one(
     ))
 }
 
-/// The backend's descriptors the thread polls: readable for frames, writable for TX room
-/// (often the same socket).
-#[derive(Clone, Copy)]
-struct BackendFds {
-    rx: RawFd,
-    tx_room: Option<RawFd>,
-}
-
-/// One fd's epoll registration, changed only when the wanted events change.
-struct Watch {
-    fd: RawFd,
-    token: u64,
-    events: EventSet,
-}
-
-impl Watch {
-    fn set(&mut self, epoll: &Epoll, wanted: EventSet) {
-        if wanted == self.events {
-            return;
-        }
-        let op = if wanted.is_empty() {
-            ControlOperation::Delete
-        } else if self.events.is_empty() {
-            ControlOperation::Add
-        } else {
-            ControlOperation::Modify
-        };
-        if epoll
-            .ctl(op, self.fd, EpollEvent::new(wanted, self.token))
-            .is_ok()
-        {
-            self.events = wanted;
-        }
+impl EmulatedNic for Rtl8139<GuestMem> {
+    fn service(&mut self) -> Option<Duration> {
+        let wait = self.backend_poll();
+        self.tx_resume();
+        self.rx_pass();
+        wait
     }
-}
 
-fn spawn_backend_thread(
-    name: &str,
-    dev: SharedRtl8139<GuestMem>,
-    fds: BackendFds,
-    wake: EventFd,
-) -> std::io::Result<BackendThread> {
-    let epoll = Epoll::new()?;
-    let stop = EventFd::new(libc::EFD_NONBLOCK)?;
-    for (fd, token) in [
-        (stop.as_raw_fd(), TOKEN_STOP),
-        (wake.as_raw_fd(), TOKEN_WAKE),
-    ] {
-        epoll.ctl(
-            ControlOperation::Add,
-            fd,
-            EpollEvent::new(EventSet::IN, token),
-        )?;
+    fn rx_blocked(&self) -> bool {
+        Rtl8139::rx_blocked(self)
     }
-    let stop_thread = stop.try_clone()?;
-    std::thread::Builder::new()
-        .name(format!("{name}-rx"))
-        .spawn(move || backend_loop(&dev, &epoll, fds, &wake, &stop_thread))?;
-    Ok(BackendThread { stop })
-}
 
-fn backend_loop(
-    dev: &SharedRtl8139<GuestMem>,
-    epoll: &Epoll,
-    fds: BackendFds,
-    wake: &EventFd,
-    stop: &EventFd,
-) {
-    let mut rx_watch = Watch {
-        fd: fds.rx,
-        token: TOKEN_BACKEND,
-        events: EventSet::empty(),
-    };
-    // A separate registration only when the TX room fd is not the RX one.
-    let mut tx_watch = fds.tx_room.filter(|&fd| fd != fds.rx).map(|fd| Watch {
-        fd,
-        token: TOKEN_TX_ROOM,
-        events: EventSet::empty(),
-    });
-    let mut events = [EpollEvent::default(); 4];
-    loop {
-        let (rx_blocked, tx_blocked, mut wait) = {
-            let mut d = lock(dev);
-            let wait = d.backend_poll();
-            d.tx_resume();
-            d.rx_pass();
-            (d.rx_blocked(), d.tx_blocked(), wait)
-        };
-        // The backend's fds are level-triggered: watched only while there is work for them.
-        let rx_events = if rx_blocked {
-            EventSet::empty()
-        } else {
-            EventSet::IN
-        };
-        let tx_events = if tx_blocked {
-            EventSet::OUT
-        } else {
-            EventSet::empty()
-        };
-        match (&mut tx_watch, fds.tx_room) {
-            (Some(tx), _) => {
-                rx_watch.set(epoll, rx_events);
-                tx.set(epoll, tx_events);
-            }
-            // The same socket: one registration for both.
-            (None, Some(_)) => rx_watch.set(epoll, rx_events | tx_events),
-            (None, None) => {
-                rx_watch.set(epoll, rx_events);
-                if tx_blocked {
-                    wait = Some(wait.map_or(TX_RETRY, |w| w.min(TX_RETRY)));
-                }
-            }
-        }
-        // Rounded up: a wake before the deadline would only wait again.
-        let timeout = wait.map_or(-1, |d: Duration| {
-            d.as_micros().div_ceil(1000).min(1000) as i32
-        });
-        let n = match epoll.wait(timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
-        };
-        for ev in &events[..n] {
-            match ev.data() {
-                TOKEN_STOP => {
-                    let _ = stop.read();
-                    return;
-                }
-                TOKEN_WAKE => {
-                    let _ = wake.read();
-                }
-                _ => {}
-            }
-        }
+    fn tx_waiting(&self) -> bool {
+        self.tx_blocked()
     }
 }
 
@@ -420,9 +276,9 @@ mod tests {
         w(&dev, RCR, &Rcr::APM.bits().to_le_bytes());
         let fds = BackendFds {
             rx: backend.rx_ready_fd(),
-            tx_room: None,
+            tx_wait: None,
         };
-        let _thread = spawn_backend_thread("rtl8139-test", dev.clone(), fds, wake).unwrap();
+        let _thread = emulated_nic_thread::spawn("rtl8139-test", dev.clone(), fds, wake).unwrap();
         let frame = |seed: u8| {
             let mut f = vec![seed; 1000];
             f[..6].copy_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
@@ -463,9 +319,9 @@ mod tests {
         w(&dev, CR, &[Cmd::TE.bits()]);
         let fds = BackendFds {
             rx: backend.rx_ready_fd(),
-            tx_room: backend.tx_wait_fd(),
+            tx_wait: backend.tx_wait_fd(),
         };
-        let _thread = spawn_backend_thread("rtl8139-test", dev.clone(), fds, wake).unwrap();
+        let _thread = emulated_nic_thread::spawn("rtl8139-test", dev.clone(), fds, wake).unwrap();
         backend.set_tx_room(Some(0));
         mem.write_slice(&[0xab; 64], GuestAddress(0x2000)).unwrap();
         w(&dev, TSAD0, &0x2000u32.to_le_bytes());
@@ -489,8 +345,8 @@ mod tests {
         check_specs(&[rtl.clone(), rtl.clone()], INTX_GSIS.len() - 2).unwrap();
         let e = check_specs(&[rtl.clone(), rtl.clone()], INTX_GSIS.len() - 1).unwrap_err();
         assert!(e.to_string().contains("at most"), "{e}");
-        let e = check_specs(&[NetSpec::parse("rtl8139:user").unwrap()], 0).unwrap_err();
-        assert!(e.to_string().contains("not supported yet"), "{e}");
+        // user-mode networking attaches like any backend.
+        check_specs(&[NetSpec::parse("rtl8139:user").unwrap()], 0).unwrap();
         let many = NetSpec { queues: 2, ..rtl };
         let e = check_specs(&[many], 0).unwrap_err();
         assert!(e.to_string().contains("one queue"), "{e}");
