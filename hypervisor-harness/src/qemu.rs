@@ -255,7 +255,7 @@ pub fn net_args(nets: &[NetSpec], peer_dir: Option<&Path>) -> Result<Vec<String>
                 i,
             )),
             BackendSpec::Stream(path) => stream(path),
-            BackendSpec::User => format!("user,id={id}"),
+            BackendSpec::User(opts) => format!("user,id={id}{}", opts.qemu_suffix()),
             BackendSpec::Tap { name, vnet_hdr } => {
                 let vnet_hdr = if *vnet_hdr { "on" } else { "off" };
                 format!("tap,id={id},ifname={name},script=no,downscript=no,vnet_hdr={vnet_hdr}")

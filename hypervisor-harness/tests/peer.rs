@@ -663,8 +663,8 @@ fn open_names_what_is_missing() {
     use hypervisor_harness::backends::net::{open, spec::BackendSpec};
     let peer = open(&BackendSpec::Peer).unwrap();
     assert_eq!(peer.describe(), "peer");
-    let e = open(&BackendSpec::User).err().unwrap();
-    assert!(e.to_string().contains("not supported yet"), "{e}");
+    let user = open(&BackendSpec::User(Default::default())).unwrap();
+    assert_eq!(user.describe(), "user:10.0.2.0/24");
 }
 
 fn readable(fd: std::os::fd::RawFd) -> bool {

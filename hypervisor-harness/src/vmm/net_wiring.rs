@@ -170,11 +170,6 @@ pub fn check_specs(nets: &[NetSpec], first_intx: usize) -> Result<(), HarnessErr
                 spec.model.name()
             )));
         }
-        if spec.backend == BackendSpec::User {
-            return Err(HarnessError::Usage(
-                "--net virtio:user: user-mode networking is not supported yet".into(),
-            ));
-        }
         if first_intx + i >= INTX_GSIS.len() {
             return Err(HarnessError::Usage(format!(
                 "--net: at most {} virtio disks and NICs together",
@@ -297,8 +292,8 @@ mod tests {
     fn unsupported_models_and_backends_are_usage_errors() {
         let e = check_specs(&[NetSpec::parse("e1000").unwrap()], 0).unwrap_err();
         assert!(e.to_string().contains("not supported yet"), "{e}");
-        let e = check_specs(&[NetSpec::parse("virtio:user").unwrap()], 0).unwrap_err();
-        assert!(e.to_string().contains("not supported yet"), "{e}");
+        // user-mode networking attaches like any backend.
+        check_specs(&[NetSpec::parse("virtio:user").unwrap()], 0).unwrap();
         let e = check_specs(&[NetSpec::parse("virtio").unwrap()], INTX_GSIS.len()).unwrap_err();
         assert!(e.to_string().contains("at most"), "{e}");
         check_specs(&[NetSpec::parse("virtio,queues=2").unwrap()], 1).unwrap();

@@ -17,6 +17,7 @@ pub mod peer;
 pub mod spec;
 pub mod stream;
 pub mod tap;
+pub mod user;
 pub mod watch;
 
 use crate::error::HarnessError;
@@ -167,10 +168,8 @@ pub fn open(spec: &BackendSpec) -> Result<Box<dyn NetBackend>, HarnessError> {
             }
             Err(e) => Err(HarnessError::Other(format!("--net tap:{name}: {e}"))),
         },
-        BackendSpec::User => Err(HarnessError::Usage(
-            "--net ...:user: user-mode networking is not supported yet; use peer, \
-             stream:PATH or tap:NAME"
-                .into(),
-        )),
+        BackendSpec::User(opts) => user::UserBackend::new(opts.clone())
+            .map(|u| Box::new(u) as Box<dyn NetBackend>)
+            .map_err(|e| HarnessError::Other(format!("--net user: epoll/eventfd: {e}"))),
     }
 }

@@ -10,6 +10,7 @@
 //! Several `--net` give several NICs, in order. Parsing only: opening a backend is the
 //! backend's own module's job.
 
+use super::user::options::{UserOptions, USER_OPTIONS};
 use std::path::PathBuf;
 
 /// Which NIC the guest sees.
@@ -40,8 +41,9 @@ pub enum BackendSpec {
     Stream(PathBuf),
     /// A TAP device of this name; `vnet_hdr` passes the virtio-net header through.
     Tap { name: String, vnet_hdr: bool },
-    /// User-mode networking.
-    User,
+    /// User-mode networking, with its options (`net=`, `host=`, `dhcpstart=`, `dns=`,
+    /// `restrict=`).
+    User(UserOptions),
 }
 
 impl BackendSpec {
@@ -54,7 +56,7 @@ impl BackendSpec {
             Self::Tap {
                 vnet_hdr: false, ..
             } => "tap-novnet",
-            Self::User => "user",
+            Self::User(_) => "user",
         }
     }
 }
@@ -91,7 +93,7 @@ impl NetSpec {
     /// Parse one `--net` value (clap's value parser).
     pub fn parse(s: &str) -> Result<Self, String> {
         let usage = "expected MODEL[:BACKEND][,OPTION...] with MODEL virtio, e1000 or rtl8139, \
-                     BACKEND peer, stream:PATH, tap:NAME or user, OPTIONs mac=, queues=, vnet_hdr=, link=";
+                     BACKEND peer, stream:PATH, tap:NAME or user, OPTIONs mac=, queues=, vnet_hdr=, link= (user: net=, host=, dhcpstart=, dns=, restrict=)";
         let mut parts = s.split(',');
         let head = parts.next().unwrap_or_default();
         let (model, backend) = match head.split_once(':') {
@@ -106,7 +108,7 @@ impl NetSpec {
         };
         let mut backend = match backend {
             None | Some("peer") => BackendSpec::Peer,
-            Some("user") => BackendSpec::User,
+            Some("user") => BackendSpec::User(UserOptions::default()),
             Some(b) => match b.split_once(':') {
                 Some(("stream", path)) if !path.is_empty() => BackendSpec::Stream(path.into()),
                 Some(("tap", name)) if valid_ifname(name) => BackendSpec::Tap {
@@ -121,6 +123,7 @@ impl NetSpec {
                 _ => return Err(format!("--net {s:?}: unknown backend {b:?}; {usage}")),
             },
         };
+        let mut user_options = Vec::new();
         let mut spec = NetSpec {
             model,
             backend: BackendSpec::Peer,
@@ -173,8 +176,15 @@ impl NetSpec {
                         _ => return Err(format!("--net {s:?}: link is up or down")),
                     };
                 }
+                k if USER_OPTIONS.contains(&k) => match backend {
+                    BackendSpec::User(_) => user_options.push((k.to_owned(), value.to_owned())),
+                    _ => return Err(format!("--net {s:?}: {k} is a user backend option")),
+                },
                 _ => return Err(format!("--net {s:?}: unknown option {key:?}; {usage}")),
             }
+        }
+        if let BackendSpec::User(opts) = &mut backend {
+            *opts = UserOptions::parse(&user_options).map_err(|e| format!("--net {s:?}: {e}"))?;
         }
         spec.backend = backend;
         Ok(spec)
@@ -232,8 +242,18 @@ mod tests {
         assert_eq!(s.backend.kind(), "tap-novnet");
         assert_eq!(
             NetSpec::parse("rtl8139:user").unwrap().backend,
-            BackendSpec::User
+            BackendSpec::User(UserOptions::default())
         );
+        let BackendSpec::User(o) =
+            NetSpec::parse("e1000:user,net=10.0.3.0/24,dhcpstart=10.0.3.40,restrict=on")
+                .unwrap()
+                .backend
+        else {
+            panic!("not user");
+        };
+        assert_eq!(o.dhcp_start, std::net::Ipv4Addr::new(10, 0, 3, 40));
+        assert_eq!(o.host, std::net::Ipv4Addr::new(10, 0, 3, 2));
+        assert!(o.restrict);
     }
 
     #[test]
@@ -257,6 +277,9 @@ mod tests {
             ("virtio,link=", "up or down"),
             ("virtio,speed", "KEY=VALUE"),
             ("virtio,speed=10", "unknown option"),
+            ("virtio,net=10.0.3.0/24", "user backend option"),
+            ("virtio:user,dhcpstart=10.0.3.15", "not inside"),
+            ("virtio:user,restrict=maybe", "on or off"),
         ] {
             let e = NetSpec::parse(arg).expect_err(arg);
             assert!(e.contains(why), "{arg:?}: {e}");

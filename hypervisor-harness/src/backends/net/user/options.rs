@@ -1,0 +1,209 @@
+//! The options of `--net MODEL:user,...`, with QEMU's `-netdev user` names and defaults:
+//! `net=ADDR[/MASK]` (10.0.2.0/24; MASK a prefix length or a dotted mask), `host=` (the
+//! host alias, net + 2), `dhcpstart=` (the first leased address, net + 15), `dns=` (net + 3),
+//! `restrict=on|off` (off). Addresses must lie inside the network, and none may be its network
+//! or broadcast address.
+
+use std::net::Ipv4Addr;
+
+/// The option names this module takes (spec.rs hands it those).
+pub const USER_OPTIONS: [&str; 5] = ["net", "host", "dhcpstart", "dns", "restrict"];
+
+/// A user-mode network's addresses, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserOptions {
+    /// The network address (host bits zero) and its prefix length.
+    pub net: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The host alias: ARP, ping, and the TCP/UDP proxy to the host's loopback.
+    pub host: Ipv4Addr,
+    /// The first address the DHCP server leases.
+    pub dhcp_start: Ipv4Addr,
+    /// The DNS address the leases name (it answers ARP and ping; no forwarder yet).
+    pub dns: Ipv4Addr,
+    /// `restrict=on`: the guest reaches nothing but the host alias's services.
+    pub restrict: bool,
+    /// The options as written, in order, for QEMU's `-netdev user`.
+    pub given: Vec<(String, String)>,
+}
+
+impl Default for UserOptions {
+    fn default() -> Self {
+        Self::parse(&[]).expect("the defaults are valid")
+    }
+}
+
+fn offset(net: Ipv4Addr, n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net).wrapping_add(n))
+}
+
+impl UserOptions {
+    /// Resolve `key=value` pairs (keys from [`USER_OPTIONS`]); an error says which value is
+    /// wrong and why.
+    pub fn parse(pairs: &[(String, String)]) -> Result<Self, String> {
+        let mut net = (Ipv4Addr::new(10, 0, 2, 0), 24u8);
+        let (mut host, mut dhcp_start, mut dns, mut restrict) = (None, None, None, false);
+        let addr = |k: &str, v: &str| -> Result<Ipv4Addr, String> {
+            v.parse()
+                .map_err(|_| format!("user option {k}={v:?} is not an address A.B.C.D"))
+        };
+        for (k, v) in pairs {
+            match k.as_str() {
+                "net" => net = parse_net(v)?,
+                "host" => host = Some(addr(k, v)?),
+                "dhcpstart" => dhcp_start = Some(addr(k, v)?),
+                "dns" => dns = Some(addr(k, v)?),
+                "restrict" => {
+                    restrict = match v.as_str() {
+                        "on" | "yes" | "y" => true,
+                        "off" | "no" | "n" => false,
+                        _ => return Err(format!("user option restrict={v:?} is on or off")),
+                    }
+                }
+                _ => return Err(format!("unknown user option {k:?}")),
+            }
+        }
+        let (net, prefix_len) = net;
+        let opts = Self {
+            net,
+            prefix_len,
+            host: host.unwrap_or(offset(net, 2)),
+            dhcp_start: dhcp_start.unwrap_or(offset(net, 15)),
+            dns: dns.unwrap_or(offset(net, 3)),
+            restrict,
+            given: pairs.to_vec(),
+        };
+        for (name, a) in [
+            ("host", opts.host),
+            ("dhcpstart", opts.dhcp_start),
+            ("dns", opts.dns),
+        ] {
+            if !opts.contains(a) {
+                return Err(format!(
+                    "user option {name}={a} is not inside net={net}/{prefix_len}"
+                ));
+            }
+            if a == net || a == opts.broadcast() {
+                return Err(format!(
+                    "user option {name}={a} is the network's own or broadcast address"
+                ));
+            }
+        }
+        if opts.host == opts.dns {
+            return Err(format!("user options host and dns are both {}", opts.host));
+        }
+        Ok(opts)
+    }
+
+    pub fn mask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(prefix_mask(self.prefix_len))
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.net) | !prefix_mask(self.prefix_len))
+    }
+
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        u32::from(a) & prefix_mask(self.prefix_len) == u32::from(self.net)
+    }
+
+    /// `,key=value...` as written, for QEMU's `-netdev user,id=...`.
+    pub fn qemu_suffix(&self) -> String {
+        self.given
+            .iter()
+            .map(|(k, v)| format!(",{k}={}", v.replace(',', ",,")))
+            .collect()
+    }
+}
+
+fn prefix_mask(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+}
+
+/// `ADDR[/PREFIX]` or `ADDR/DOTTED.MASK`, 8..=30 bits; the address's host bits are dropped,
+/// as QEMU does.
+fn parse_net(v: &str) -> Result<(Ipv4Addr, u8), String> {
+    let bad = |why: &str| format!("user option net={v:?}: {why}; expected ADDR[/MASK]");
+    let (a, m) = v.split_once('/').unwrap_or((v, "24"));
+    let a: Ipv4Addr = a.parse().map_err(|_| bad("not an address"))?;
+    let len = match m.parse::<u8>() {
+        Ok(n) => n,
+        Err(_) => {
+            let mask: Ipv4Addr = m
+                .parse()
+                .map_err(|_| bad("mask is neither N nor A.B.C.D"))?;
+            let bits = u32::from(mask);
+            if bits.leading_ones() + bits.trailing_zeros() != 32 {
+                return Err(bad("mask is not contiguous"));
+            }
+            bits.leading_ones() as u8
+        }
+    };
+    if !(8..=30).contains(&len) {
+        return Err(bad("mask must be 8..=30 bits"));
+    }
+    Ok((Ipv4Addr::from(u32::from(a) & prefix_mask(len)), len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &[(&str, &str)]) -> Result<UserOptions, String> {
+        let pairs: Vec<_> = s
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        UserOptions::parse(&pairs)
+    }
+
+    #[test]
+    fn defaults_are_qemus() {
+        let o = UserOptions::default();
+        assert_eq!((o.net, o.prefix_len), (Ipv4Addr::new(10, 0, 2, 0), 24));
+        assert_eq!(o.host, Ipv4Addr::new(10, 0, 2, 2));
+        assert_eq!(o.dns, Ipv4Addr::new(10, 0, 2, 3));
+        assert_eq!(o.dhcp_start, Ipv4Addr::new(10, 0, 2, 15));
+        assert_eq!(o.mask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert!(!o.restrict);
+        assert_eq!(o.qemu_suffix(), "");
+    }
+
+    #[test]
+    fn net_moves_every_default() {
+        let o = parse(&[("net", "192.168.100.7/16"), ("restrict", "on")]).unwrap();
+        assert_eq!((o.net, o.prefix_len), (Ipv4Addr::new(192, 168, 0, 0), 16));
+        assert_eq!(o.host, Ipv4Addr::new(192, 168, 0, 2));
+        assert_eq!(o.dhcp_start, Ipv4Addr::new(192, 168, 0, 15));
+        assert_eq!(o.broadcast(), Ipv4Addr::new(192, 168, 255, 255));
+        assert!(o.restrict);
+        assert_eq!(o.qemu_suffix(), ",net=192.168.100.7/16,restrict=on");
+        let o = parse(&[
+            ("net", "10.9.0.0/255.255.255.0"),
+            ("dhcpstart", "10.9.0.50"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (o.prefix_len, o.dhcp_start),
+            (24, Ipv4Addr::new(10, 9, 0, 50))
+        );
+    }
+
+    #[test]
+    fn refuses_with_the_reason() {
+        for (pairs, why) in [
+            (&[("net", "10.0.2")][..], "not an address"),
+            (&[("net", "10.0.2.0/33")], "8..=30"),
+            (&[("net", "10.0.2.0/255.0.255.0")], "not contiguous"),
+            (&[("net", "10.0.2.0/x")], "neither"),
+            (&[("host", "10.0.3.2")], "not inside"),
+            (&[("dhcpstart", "10.0.2.255")], "broadcast"),
+            (&[("dns", "10.0.2.2")], "both"),
+            (&[("restrict", "maybe")], "on or off"),
+            (&[("dns", "nameserver")], "not an address"),
+        ] {
+            let e = parse(pairs).expect_err(why);
+            assert!(e.contains(why), "{pairs:?}: {e}");
+        }
+    }
+}
