@@ -63,6 +63,14 @@ pub struct BenchArgs {
     /// Leave out the network section (virtio-net over each backend, against QEMU).
     #[arg(long)]
     pub skip_net: bool,
+    /// Instead of the benchmarks: the CI profile, a short storage run whose exact exit counts
+    /// per I/O (IDE PIO, IDE DMA, virtio-blk MSI-X on an I/O thread and inline) must match
+    /// hypervisor-harness/bench-profile.json; exit code 1 when they do not.
+    #[arg(long)]
+    pub ci_profile: bool,
+    /// Test only: the guest adds one exit per IDE I/O, which the profile must catch.
+    #[arg(long, hide = true, requires = "ci_profile")]
+    pub ci_profile_inject_exit: bool,
 }
 
 /// The image the build produced, if build.rs set KERNEL_IMAGE.

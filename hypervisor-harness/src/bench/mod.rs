@@ -5,6 +5,7 @@
 pub mod blk;
 pub mod net;
 mod net_tap;
+pub mod profile;
 pub mod report;
 
 use crate::error::HarnessError;
@@ -277,6 +278,9 @@ fn boot_runs(
 }
 
 pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
+    if a.ci_profile {
+        return profile::cmd_ci_profile(a);
+    }
     let kernel = kernel_or_default(&a.kernel)?;
     if !kernel.is_file() {
         return Err(HarnessError::Image(format!(

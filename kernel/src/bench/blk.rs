@@ -6,7 +6,11 @@
 //! Each row is bracketed by `# phase: begin <row>` / `# phase: end <row>` lines, at which the
 //! harness snapshots its exit counters, and reported as
 //! `# bench: blk.<path>.<workload> ns=<p50> p99=<p99> min= max= n=<ops> bytes=<total> total_ns=<elapsed>`.
-
+//!
+//! `blk_ops=N` sizes every row by count instead (exactly N operations, no time budget), so
+//! that exit counts are the same from run to run: the harness's `bench --ci-profile` asserts
+//! them. `blk_extra_exit=1` adds one IDE alternate-status read per IDE I/O, an extra exit on
+//! purpose, for the test that proves the profile catches one.
 use crate::arch::vectors;
 use crate::ktap::Outcome;
 use crate::platform::{Dma, KernelPlatform, PLATFORM};
@@ -23,6 +27,38 @@ const RAND_BYTES: usize = 4096;
 /// Time budget per row, and the most operations a row does.
 const ROW_NS: u64 = 400_000_000;
 const ROW_MAX_OPS: usize = 20_000;
+
+/// How rows are sized: `blk_ops=N` (a fixed count), else by time up to ROW_MAX_OPS.
+#[derive(Clone, Copy)]
+struct RowSize {
+    max_ops: usize,
+    timed: bool,
+}
+
+impl RowSize {
+    fn from_cmdline() -> Self {
+        match crate::bootinfo::get().arg_u64("blk_ops") {
+            Some(n) if n > 0 => Self {
+                max_ops: n as usize,
+                timed: false,
+            },
+            _ => Self {
+                max_ops: ROW_MAX_OPS,
+                timed: true,
+            },
+        }
+    }
+
+    /// Whether a row that has done `done` operations (and has `inflight` more) submits again.
+    fn more(self, done: usize, inflight: usize, now: u64, deadline: u64) -> bool {
+        done + inflight < self.max_ops && (done == 0 || !self.timed || now < deadline)
+    }
+}
+
+/// `blk_extra_exit=1`: one more exit per IDE I/O (the CI profile's failure test).
+fn extra_exit_requested() -> bool {
+    crate::bootinfo::get().arg("blk_extra_exit") == Some("1")
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Workload {
@@ -144,12 +180,11 @@ fn run_qd1(
         bytes: 0,
         total_ns: 0,
     };
+    let size = RowSize::from_cmdline();
     println!("# phase: begin blk.{}.{}", path, name);
     let start = time::rdtsc();
     let budget = ROW_NS * time::tsc_hz() / 1_000_000_000;
-    while row.latencies.len() < ROW_MAX_OPS
-        && (row.latencies.is_empty() || time::rdtsc() - start < budget)
-    {
+    while size.more(row.latencies.len(), 0, time::rdtsc(), start + budget) {
         let lba = offsets.next();
         let t0 = time::rdtsc();
         op(lba)?;
@@ -181,6 +216,14 @@ fn ide_rows() -> Result<(), alloc::string::String> {
         .bus_master(found.channel)
         .map_err(|e| alloc::format!("bus master: {}", e))?;
     let ide: &mut IdeChannel<'static, KernelPlatform> = all.channel(found.channel);
+    let alt_status_port = ide.ports().control;
+    let extra_exit = extra_exit_requested();
+    // Reading the alternate status has no side effect on the drive.
+    let maybe_extra_exit = || {
+        if extra_exit {
+            PLATFORM.inb(alt_status_port);
+        }
+    };
     let mut buf = alloc::vec![0u8; SEQ_BYTES];
     for w in Workload::ALL.into_iter().filter(|_| selected("ide_pio")) {
         run_qd1("ide_pio", w, capacity, |lba| {
@@ -190,6 +233,7 @@ fn ide_rows() -> Result<(), alloc::string::String> {
             } else {
                 ide.read_pio(drive, lba, b)
             };
+            maybe_extra_exit();
             r.map_err(|e| alloc::format!("IDE PIO at {}: {}", lba, e))
         })?;
     }
@@ -202,6 +246,7 @@ fn ide_rows() -> Result<(), alloc::string::String> {
             } else {
                 bm.read(ide, drive, lba, &mut buf)
             };
+            maybe_extra_exit();
             r.map_err(|e| alloc::format!("IDE DMA at {}: {}", lba, e))
         })?;
     }
@@ -234,14 +279,14 @@ fn run_virtio(
         total_ns: 0,
     };
     let mut error = None;
+    let size = RowSize::from_cmdline();
     println!("# phase: begin blk.{}.{}", path, name);
     let start = time::rdtsc();
     let budget = ROW_NS * time::tsc_hz() / 1_000_000_000;
     let deadline = start + budget;
     loop {
         let submitting = error.is_none()
-            && row.latencies.len() + inflight.len() < ROW_MAX_OPS
-            && (row.latencies.is_empty() || time::rdtsc() < deadline);
+            && size.more(row.latencies.len(), inflight.len(), time::rdtsc(), deadline);
         if submitting && !free.is_empty() {
             while let Some(b) = free.pop() {
                 let lba = offsets.next();
