@@ -34,19 +34,27 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use vm_memory::{Bytes, GuestAddress};
 
+pub mod debug_exit;
 pub mod e1000;
+pub mod exit_dispatch;
+pub mod floor;
 pub mod ide;
 pub mod msix;
 pub mod pci_config;
 pub mod rtl8139;
+pub mod serial;
 pub mod virtio_blk;
 pub mod virtio_net;
 
+pub use debug_exit::debug_exit;
 pub use e1000::{e1000, run_e1000, E1000Summary};
+pub use exit_dispatch::exit_dispatch;
+pub use floor::floor;
 pub use ide::{ide, iop, run_ide, IdeSummary};
 pub use msix::msix;
 pub use pci_config::{pci_config, pop};
 pub use rtl8139::{rtl8139, run_rtl8139, Rtl8139Summary};
+pub use serial::serial;
 pub use virtio_blk::{run_virtio_blk, virtio_blk, vop, VirtioSummary};
 pub use virtio_net::{nop, run_virtio_net, virtio_net, NetSummary};
 

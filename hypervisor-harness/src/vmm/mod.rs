@@ -5,6 +5,7 @@ pub mod balloon_control;
 pub mod balloon_wiring;
 pub mod boot;
 pub mod device_manager;
+pub mod dispatch;
 pub mod e1000_wiring;
 pub mod emulated_nic_thread;
 pub mod exits;
@@ -32,7 +33,8 @@ use crate::devices::{lock, Interrupt};
 use crate::error::HarnessError;
 use crate::ktap::{KtapParser, KtapSummary};
 use device_manager::DeviceManager;
-use exits::{Dir, ExitCounters, KvmStats, PhaseLog, PhaseMark, Reason, Space};
+use dispatch::IoExit;
+use exits::{Dir, ExitCounters, KvmStats, PhaseLog, PhaseMark, Reason};
 use kvm_ioctls::VcpuExit;
 use memory::GuestMem;
 use monitor_target::{QuitRequest, VirtioFunction, VmView};
@@ -578,12 +580,10 @@ impl Machine {
                     pio_exit = Some((port, Dir::Read));
                 }
                 VcpuExit::MmioWrite(addr, data) => {
-                    let c = mmio.write(addr, data);
-                    lock(counters).record_access(Space::Mmio, addr, Dir::Write, &c);
+                    dispatch::dispatch(pio, mmio, counters, IoExit::MmioWrite { addr, data });
                 }
                 VcpuExit::MmioRead(addr, data) => {
-                    let c = mmio.read(addr, data);
-                    lock(counters).record_access(Space::Mmio, addr, Dir::Read, &c);
+                    dispatch::dispatch(pio, mmio, counters, IoExit::MmioRead { addr, data });
                 }
                 VcpuExit::Hlt => {
                     // Only without an in-kernel LAPIC; nothing can wake us, so it's the end.
@@ -637,15 +637,27 @@ impl Machine {
             // `count` accesses of `size` bytes each at the same port (`rep ins/outs`).
             if let Some((port, dir)) = pio_exit {
                 let size = io_size(vcpu);
-                let claim = match dir {
-                    Dir::Write => pio::write(pio, port, size, &out_buf),
-                    Dir::Read => {
-                        let c = pio::read(pio, port, size, &mut in_buf);
-                        io_in_data(vcpu, &in_buf);
-                        c
+                match dir {
+                    Dir::Write => {
+                        let data = &out_buf;
+                        dispatch::dispatch(
+                            pio,
+                            mmio,
+                            counters,
+                            IoExit::PortOut { port, size, data },
+                        );
                     }
-                };
-                lock(counters).record_access(Space::Pio, port as u64, dir, &claim);
+                    Dir::Read => {
+                        let data = &mut in_buf;
+                        dispatch::dispatch(
+                            pio,
+                            mmio,
+                            counters,
+                            IoExit::PortIn { port, size, data },
+                        );
+                        io_in_data(vcpu, &in_buf);
+                    }
+                }
             }
         };
         let counters = lock(counters).clone();
