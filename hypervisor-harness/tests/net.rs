@@ -507,7 +507,16 @@ fn mq_over_tap_under_qemu() {
 fn rx_flood_drops_are_counted() {
     if have_kvm("rx_flood_drops_are_counted") {
         for mode in ["thread", "inline"] {
-            let (t, nic) = run_with_counters("virtio", mode, "net_rx_flood");
+            // The guest looks away for 200 ms; a host too loaded to deliver a ring's worth in
+            // that time tested no backpressure, so such a run is tried again (3 runs at most).
+            let (mut t, mut nic) = run_with_counters("virtio", mode, "net_rx_flood");
+            for _ in 0..2 {
+                if nic.rx_holds > 0 {
+                    break;
+                }
+                eprintln!("{mode}: the flood did not fill the ring in the pause; again");
+                (t, nic) = run_with_counters("virtio", mode, "net_rx_flood");
+            }
             let lost: u64 = t
                 .lines()
                 .find_map(|l| l.strip_prefix("# net: rx flood: "))
@@ -516,7 +525,7 @@ fn rx_flood_drops_are_counted() {
             let overruns = nic.drops.get("rx_overrun").copied().unwrap_or(0);
             assert!(
                 nic.rx_holds > 0,
-                "{mode}: the flood never filled the ring:\n{t}"
+                "{mode}: the flood never filled the ring in 3 runs:\n{t}"
             );
             assert_eq!(
                 overruns + nic.backend_rx_dropped,
