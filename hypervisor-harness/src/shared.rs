@@ -9,7 +9,7 @@ use crate::platform::PlatformJson;
 use crate::vmm::exits::{ExitsJson, KvmStats, PhaseMark};
 use crate::vmm::memory;
 use crate::vmm::timing::TimingJson;
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,10 @@ impl Accel {
 
 /// `bench`: its arguments.
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub action: Option<BenchAction>,
     /// Kernel image (PVH ELF). Defaults to the image this build produced.
     #[arg(long)]
     pub kernel: Option<PathBuf>,
@@ -71,6 +74,21 @@ pub struct BenchArgs {
     /// Test only: the guest adds one exit per IDE I/O, which the profile must catch.
     #[arg(long, hide = true, requires = "ci_profile")]
     pub ci_profile_inject_exit: bool,
+}
+
+/// `bench`'s subcommands (without one, `bench` runs the benchmarks).
+#[derive(Subcommand, Debug)]
+pub enum BenchAction {
+    /// Compare two `bench --json` documents row by row: the change in median with a 95%
+    /// interval and a Mann-Whitney U test, and exits per operation exactly. Exit code 1 when a
+    /// row got significantly slower by more than the threshold or its exits changed.
+    Compare {
+        a: PathBuf,
+        b: PathBuf,
+        /// The smallest slowdown that counts, in percent.
+        #[arg(long, value_name = "PCT", default_value_t = 10.0)]
+        threshold: f64,
+    },
 }
 
 /// The image the build produced, if build.rs set KERNEL_IMAGE.

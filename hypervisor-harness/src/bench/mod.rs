@@ -3,6 +3,7 @@
 //! `--exits-json` document is read back as the [`RunJson`] it wrote.
 
 pub mod blk;
+pub mod compare;
 pub mod net;
 mod net_tap;
 pub mod profile;
@@ -10,7 +11,7 @@ pub mod report;
 
 use crate::error::HarnessError;
 use crate::platform::Platform;
-use crate::shared::{kernel_or_default, write_json, Accel, BenchArgs, RunJson};
+use crate::shared::{kernel_or_default, write_json, Accel, BenchAction, BenchArgs, RunJson};
 use crate::vmm::exits::ExitsJson;
 use report::{BenchReport, BootPhases, BootRow, FloorRow, Stat};
 use std::collections::BTreeMap;
@@ -278,6 +279,9 @@ fn boot_runs(
 }
 
 pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
+    if let Some(BenchAction::Compare { a, b, threshold }) = &a.action {
+        return compare::cmd_compare(a, b, *threshold);
+    }
     if a.ci_profile {
         return profile::cmd_ci_profile(a);
     }
