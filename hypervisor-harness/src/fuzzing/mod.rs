@@ -60,8 +60,19 @@ pub use virtio_net::{nop, run_virtio_net, virtio_net, NetSummary};
 
 /// Most operations one input runs.
 pub const MAX_OPS: usize = 96;
-/// Guest RAM: 64 KiB at GPA 0.
+/// The first region of guest RAM: 64 KiB at GPA 0, where the rigs keep their rings and
+/// buffers.
 pub const MEM_SIZE: u64 = 0x1_0000;
+/// Guest RAM as every target lays it out ([`new_memory`]): (GPA, size) of each region. After
+/// the first, a 4 KiB hole, then two 4 KiB regions back to back (one guest range, two host
+/// mappings), and one far above past a hole of almost 1 MiB; the guest's addresses
+/// ([`Reader::gpa`]) land on the edges, so buffers straddle region ends and holes.
+pub const MEM_REGIONS: [(u64, u64); 4] = [
+    (0, MEM_SIZE),
+    (MEM_SIZE + 0x1000, 0x1000),
+    (MEM_SIZE + 0x2000, 0x1000),
+    (0x10_0000, 0x1000),
+];
 /// Size of each disk image, in sectors.
 pub const DISK_SECTORS: u64 = 16;
 const SECTOR: usize = 512;
@@ -162,13 +173,18 @@ impl<'a> Reader<'a> {
         v.resize(width, 0);
         v
     }
-    /// A guest physical address: mostly in RAM, else straddling its end, beyond it, near the
-    /// top of the address space or anything.
+    /// A guest physical address: mostly in the first region, else straddling its end, around
+    /// the edges of the other regions and their holes, near the top of the address space or
+    /// anything.
     fn gpa(&mut self) -> u64 {
         match self.u8() % 8 {
             0..=3 => self.u16() as u64 % MEM_SIZE,
             4 => MEM_SIZE - 1 - (self.u8() as u64),
-            5 => MEM_SIZE + self.u16() as u64,
+            5 => {
+                let (base, len) = MEM_REGIONS[1 + self.u8() as usize % 3];
+                let edge = if self.u8() % 2 == 0 { base } else { base + len };
+                (edge + self.u8() as u64).wrapping_sub(0x80)
+            }
             6 => u64::MAX - self.u16() as u64,
             _ => self.u64(),
         }
@@ -203,19 +219,18 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Guest memory laid out as [`MEM_REGIONS`], each region filled with `seed_from` repeated
+/// (else zero).
 fn new_memory(seed_from: Option<&[u8]>) -> Memory {
-    let mem = Memory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
-        .expect("64 KiB of anonymous guest memory");
+    let ranges = MEM_REGIONS.map(|(gpa, len)| (GuestAddress(gpa), len as usize));
+    let mem = Memory::from_ranges(&ranges).expect("the fuzz layout of anonymous guest memory");
     if let Some(seed) = seed_from.filter(|s| !s.is_empty()) {
-        // The seed repeated, written at once: a short seed would otherwise cost thousands of
-        // guest writes per input.
-        let image: Vec<u8> = seed
-            .iter()
-            .copied()
-            .cycle()
-            .take(MEM_SIZE as usize)
-            .collect();
-        let _ = mem.write_slice(&image, GuestAddress(0));
+        for (gpa, len) in MEM_REGIONS {
+            // The seed repeated, written at once: a short seed would otherwise cost thousands
+            // of guest writes per input.
+            let image: Vec<u8> = seed.iter().copied().cycle().take(len as usize).collect();
+            let _ = mem.write_slice(&image, GuestAddress(gpa));
+        }
     }
     mem
 }
@@ -389,5 +404,31 @@ pub(crate) mod test_util {
             self.0.extend_from_slice(bytes);
             self
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout_has_holes_and_back_to_back_regions() {
+        let mem = new_memory(Some(&[0xa5]));
+        let (r1, r2) = (MEM_REGIONS[1].0, MEM_REGIONS[2].0);
+        // Across two back-to-back regions: one guest range.
+        let mut b = [0u8; 16];
+        mem.read_slice(&mut b, GuestAddress(r2 - 8)).unwrap();
+        assert_eq!(b, [0xa5; 16], "seeded in every region");
+        // Into or across a hole: refused (vm-memory moves the part before the hole at most).
+        assert!(mem.read_slice(&mut b, GuestAddress(MEM_SIZE - 8)).is_err());
+        assert!(mem.read_slice(&mut b, GuestAddress(r1 - 8)).is_err());
+        assert!(mem
+            .read_slice(&mut b, GuestAddress(MEM_SIZE + 0x10))
+            .is_err());
+        // The addresses the guest makes reach every region edge, from both sides.
+        let mut r = Reader(&[5, 0, 0, 0x70, 5, 1, 1, 0x90, 5, 2, 0, 0x80]);
+        assert_eq!(r.gpa(), r1 - 0x10);
+        assert_eq!(r.gpa(), r2 + 0x1000 + 0x10);
+        assert_eq!(r.gpa(), MEM_REGIONS[3].0);
     }
 }

@@ -645,8 +645,9 @@ mod tests {
 
     #[test]
     fn virtio_ring_outside_ram_and_huge_lengths() {
-        // Rings near the top of the address space; then a descriptor of almost 4 GiB.
-        let top = [5u8, 0x10, 0x00];
+        // Rings outside RAM (at 0x1_0010, in the hole after the first region, as any GPA);
+        // then a descriptor of almost 4 GiB.
+        let top = [7u8, 0x10, 0x00, 0x01, 0, 0, 0, 0, 0];
         let mut q = vec![vop::QUEUE, 0, 4, 1];
         for _ in 0..3 {
             q.extend_from_slice(&top);
