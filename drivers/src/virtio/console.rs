@@ -387,6 +387,42 @@ impl<'p, P: Platform + ?Sized> VirtioConsole<'p, P> {
         self.ports.iter().map(|p| &p.info)
     }
 
+    /// Serve control messages until a port satisfies `wanted`, up to `timeout_ns` (the device
+    /// adds ports after DEVICE_READY, at its own pace). Without MULTIPORT only port 0 is
+    /// looked at, at once. Err(Timeout) if none did.
+    pub fn wait_for_port(
+        &mut self,
+        timeout_ns: u64,
+        mut wanted: impl FnMut(&PortInfo) -> bool,
+    ) -> Result<PortInfo, ConsoleError> {
+        let deadline = self.platform.now_ns().saturating_add(timeout_ns);
+        loop {
+            if let Some(p) = self.ports.iter().find(|p| wanted(&p.info)) {
+                return Ok(p.info.clone());
+            }
+            if self.control.is_none() || self.platform.now_ns() >= deadline {
+                return Err(ConsoleError::Timeout {
+                    queue: CONTROL_RX_QUEUE,
+                });
+            }
+            if self.serve_control()? == 0 {
+                let Some(c) = self.control.as_ref() else {
+                    continue;
+                };
+                let slice = deadline
+                    .saturating_sub(self.platform.now_ns())
+                    .min(10_000_000);
+                match self
+                    .transport
+                    .wait_for(CONTROL_RX_QUEUE, slice, || c.rx_q.has_used().then_some(()))
+                {
+                    Ok(()) | Err(VirtioError::Timeout) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+
     /// The port the device named `name`.
     pub fn port_named(&self, name: &str) -> Option<u32> {
         self.ports()

@@ -196,6 +196,36 @@ fn second_port_exchanges_data() {
 }
 
 #[test]
+fn wait_for_port_serves_control_until_the_port_comes() {
+    let (p, st) = multiport_console(&[(2, "late")]);
+    let mut c = open(&p, true);
+    // Nothing delivered yet: the device has not added any port.
+    assert!(!c.ports().any(|i| i.present));
+    c.set_timeout_ns(1_000_000_000);
+    assert_eq!(
+        c.wait_for_port(20_000_000, |i| i.name.is_some()),
+        Err(ConsoleError::Timeout { queue: 2 }),
+        "control messages are only delivered when the device processes queue 2"
+    );
+    deliver_control(&p);
+    let p0 = c
+        .wait_for_port(1_000_000_000, |i| i.id == 0 && i.present)
+        .unwrap();
+    assert!(p0.present);
+    settle(&p, &mut c);
+    let late = c
+        .wait_for_port(1_000_000_000, |i| i.name.is_some())
+        .unwrap();
+    assert_eq!((late.id, late.name.as_deref()), (2, Some("late")));
+    assert!(st.borrow().control_in.contains(&(2, ev::PORT_READY, 1)));
+    // Without MULTIPORT only port 0, at once.
+    let (p1, _st1) = console_platform(bits::VERSION_1, 1);
+    let mut c1 = open(&p1, true);
+    assert_eq!(c1.wait_for_port(1, |i| i.id == 0).unwrap().id, 0);
+    assert!(c1.wait_for_port(1, |i| i.id == 1).is_err());
+}
+
+#[test]
 fn garbage_control_messages_are_counted_not_fatal() {
     let (p, st) = multiport_console(&[(1, "ok")]);
     let mut c = open(&p, true);
