@@ -8,6 +8,7 @@ use crate::shared::{
     kernel_or_default, outcome_code, write_json, Accel, BenchArgs, FloorBars, Outcome, OutcomeJson,
     RunJson,
 };
+use crate::vmm::console_wiring::{ConsoleTarget, NamedPort};
 use crate::vmm::{self, memory, IoMode, RunConfig, VmEnd};
 use clap::{Args, Parser, Subcommand};
 use std::borrow::Cow;
@@ -114,6 +115,14 @@ pub struct CommonArgs {
     /// `balloon <MiB>` does (a plain number is MiB; K, M or G suffix).
     #[arg(long, value_name = "SIZE", requires = "balloon", value_parser = parse_balloon_target)]
     pub balloon_target: Option<u64>,
+    /// Add a virtio-console: port 0 to the terminal (`stdio`) or to a UNIX socket the harness
+    /// listens on (`socket:PATH`). Under `qemu`, virtio-serial-pci with a virtconsole.
+    #[arg(long, value_name = "stdio|socket:PATH", value_parser = ConsoleTarget::parse)]
+    pub console: Option<ConsoleTarget>,
+    /// With --console: a named extra port to a UNIX socket (MULTIPORT). Repeatable. Under
+    /// `qemu`, a virtserialport with that name.
+    #[arg(long, value_name = "NAME=socket:PATH", requires = "console", value_parser = NamedPort::parse)]
+    pub console_port: Vec<NamedPort>,
     /// Serve QEMU's human monitor (`info status`, `info pci`, `quit`, ...) on a UNIX socket:
     /// `unix:PATH` (under `qemu`, QEMU's own `-monitor`). `quit` ends the run with success.
     #[arg(long, value_name = "unix:PATH", value_parser = crate::monitor::parse_socket_spec)]
@@ -194,6 +203,8 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
         hand_off_teardown: true,
         balloon: c.balloon,
         balloon_target: c.balloon_target,
+        console: c.console.clone(),
+        console_ports: c.console_port.clone(),
         monitor: c.monitor.clone(),
         qmp: c.qmp.clone(),
     };
@@ -256,6 +267,8 @@ fn cmd_qemu(a: &QemuArgs) -> Result<i32, HarnessError> {
         nets: c.net.clone(),
         balloon: c.balloon,
         balloon_target: c.balloon_target,
+        console: c.console.clone(),
+        console_ports: c.console_port.clone(),
         monitor: c.monitor.clone(),
         qmp: c.qmp.clone(),
     };

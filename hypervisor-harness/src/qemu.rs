@@ -8,6 +8,7 @@ use crate::devices::serial::MAX_LINE;
 use crate::error::HarnessError;
 use crate::ktap::{KtapParser, KtapSummary};
 use crate::shared::{Accel, Outcome};
+use crate::vmm::console_wiring::{ConsoleTarget, NamedPort};
 use crate::vmm::exits::{KvmStats, PhaseLog, PhaseMark};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -40,6 +41,10 @@ pub struct QemuConfig {
     /// guest memory) goes to it by QMP `balloon` once QEMU runs.
     pub balloon: bool,
     pub balloon_target: Option<u64>,
+    /// `--console socket:PATH`: virtio-serial-pci with a virtconsole on a listening socket
+    /// chardev, and a virtserialport per `--console-port` (QEMU's defaults).
+    pub console: Option<ConsoleTarget>,
+    pub console_ports: Vec<NamedPort>,
     /// QEMU's own human monitor and QMP on these UNIX sockets (`-monitor`, `-qmp`), beside
     /// the QMP socket this runner polls. A run that QEMU ends with status 0 then counts as quit
     /// by the monitor.
@@ -223,6 +228,41 @@ pub fn build_args(
     if cfg.balloon {
         a.push("-device".into());
         a.push("virtio-balloon-pci".into());
+    }
+    if let Some(target) = &cfg.console {
+        a.extend(console_args(target, &cfg.console_ports)?);
+    }
+    Ok(a)
+}
+
+/// QEMU's arguments for `--console` and its `--console-port`s.
+fn console_args(target: &ConsoleTarget, ports: &[NamedPort]) -> Result<Vec<String>, HarnessError> {
+    let ConsoleTarget::Socket(path) = target else {
+        return Err(HarnessError::Usage(
+            "--console stdio: under qemu the terminal carries the serial port; use socket:PATH"
+                .into(),
+        ));
+    };
+    // QEMU's option syntax doubles a comma inside a value.
+    let path_arg = |p: &Path| p.display().to_string().replace(',', ",,");
+    let mut a = vec!["-device".into(), "virtio-serial-pci".into()];
+    let chardev = |a: &mut Vec<String>, id: &str, p: &Path| {
+        a.push("-chardev".into());
+        a.push(format!(
+            "socket,id={id},path={},server=on,wait=off",
+            path_arg(p)
+        ));
+    };
+    chardev(&mut a, "console0", path);
+    a.extend(["-device".into(), "virtconsole,chardev=console0".into()]);
+    for (i, port) in ports.iter().enumerate() {
+        let id = format!("console-port{i}");
+        chardev(&mut a, &id, &port.path);
+        a.push("-device".into());
+        a.push(format!(
+            "virtserialport,chardev={id},name={}",
+            port.name.replace(',', ",,")
+        ));
     }
     Ok(a)
 }
@@ -674,6 +714,8 @@ mod tests {
             nets: Vec::new(),
             balloon: false,
             balloon_target: None,
+            console: None,
+            console_ports: Vec::new(),
             monitor: None,
             qmp: None,
         }

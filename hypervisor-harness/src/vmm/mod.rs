@@ -4,6 +4,7 @@
 pub mod balloon_control;
 pub mod balloon_wiring;
 pub mod boot;
+pub mod console_wiring;
 pub mod device_manager;
 pub mod dispatch;
 pub mod e1000_wiring;
@@ -66,6 +67,10 @@ pub struct RunConfig {
     pub balloon: bool,
     /// With it, the guest memory to ask for from the start (`--balloon-target`, bytes).
     pub balloon_target: Option<u64>,
+    /// Add a virtio-console with port 0 there (`--console`).
+    pub console: Option<console_wiring::ConsoleTarget>,
+    /// With it, named extra ports (`--console-port`).
+    pub console_ports: Vec<console_wiring::NamedPort>,
     /// Serve QEMU's human monitor on this UNIX socket (`--monitor unix:PATH`).
     pub monitor: Option<PathBuf>,
     /// Serve QMP on this UNIX socket (`--qmp unix:PATH`).
@@ -229,6 +234,7 @@ struct Machine {
     balloon: Option<Arc<dyn balloon_control::BalloonControl>>,
     /// The balloon itself, whose notes (RSS at each phase mark) the report carries.
     balloon_device: Option<balloon_wiring::AttachedBalloon>,
+    console_device: Option<console_wiring::AttachedConsole>,
     /// Set by the monitor's `quit`.
     quit: QuitRequest,
     vm: vm::Vm,
@@ -356,13 +362,21 @@ impl Machine {
         // PIIX-style controller (primary master, primary slave, secondary master, secondary slave).
         // One GSI routing table for every virtio function's MSI routes.
         let n_virtio_disks = disks.virtio.len();
-        let router = if n_virtio_disks + virtio_specs.len() > 0 || cfg.balloon {
-            Some(Arc::new(Mutex::new(virtio_wiring::GsiRouter::new(
-                &dm.vm.kvm, &dm.vm.fd,
-            )?)))
-        } else {
-            None
-        };
+        let console_intx = balloon_intx + usize::from(cfg.balloon);
+        if cfg.console.is_some() && console_intx >= virtio_wiring::INTX_GSIS.len() {
+            return Err(HarnessError::Usage(format!(
+                "--console: at most {} disks, NICs and balloon with it",
+                virtio_wiring::INTX_GSIS.len() - 1
+            )));
+        }
+        let router =
+            if n_virtio_disks + virtio_specs.len() > 0 || cfg.balloon || cfg.console.is_some() {
+                Some(Arc::new(Mutex::new(virtio_wiring::GsiRouter::new(
+                    &dm.vm.kvm, &dm.vm.fd,
+                )?)))
+            } else {
+                None
+            };
         let virtio = match &router {
             Some(router) => {
                 let (virtio, notes) =
@@ -431,6 +445,22 @@ impl Machine {
             }
             _ => None,
         };
+        let console_device = match (&router, &cfg.console) {
+            (Some(router), Some(target)) => {
+                let (c, note) = console_wiring::attach(
+                    &mut dm,
+                    &mem,
+                    virtio_wiring::INTX_GSIS[console_intx],
+                    cfg.io_mode,
+                    router,
+                    target,
+                    &cfg.console_ports,
+                )?;
+                verbose(cfg, &note);
+                Some(c)
+            }
+            _ => None,
+        };
         ide_wiring::attach(&mut dm, &mem, disks.ide)?;
         let pci_functions = dm.pci_functions();
         let (pio, mmio) = dm.finish()?;
@@ -469,6 +499,7 @@ impl Machine {
             pci_functions,
             balloon: balloon_device.as_ref().map(|b| b.control.clone()),
             balloon_device,
+            console_device,
             quit: QuitRequest::default(),
             vm,
             mem,
@@ -482,6 +513,7 @@ impl Machine {
             .iter()
             .chain(self.nics.iter().map(|n| &n.function))
             .chain(self.balloon_device.iter().map(|b| &b.function))
+            .chain(self.console_device.iter().map(|c| &c.function))
             .map(|a| {
                 // The function's slot: the PCI entry that is this very device.
                 let bdf = self
@@ -688,6 +720,9 @@ impl Machine {
         }
         if let Some(b) = &self.balloon_device {
             self.vm.notes.extend(b.notes(&self.mem));
+        }
+        if let Some(c) = &self.console_device {
+            self.vm.notes.extend(c.notes());
         }
 
         let mut kvm_stats = KvmStats::new();

@@ -10,6 +10,7 @@
 pub mod balloon;
 pub mod blk;
 pub mod common_config;
+pub mod console;
 pub mod device;
 pub mod io_thread;
 pub mod net;
