@@ -2,6 +2,7 @@
 
 mod balloon;
 mod boot;
+mod console;
 pub mod disk;
 mod foreign_virtio_blk;
 pub mod ide;
@@ -52,6 +53,8 @@ pub static REGISTRY: &[Test] = &[
     Test::by_name("net_mq", net::mq),
     Test::by_name("net_rx_flood", net::rx_flood),
     Test::by_name("net_tcp_pair", net::tcp_pair),
+    // Never in `all`: the host drives it through the console's sockets.
+    Test::by_name("console_roundtrip", console::roundtrip),
     // Never in `all`: the host kills the VMM while it sleeps.
     Test::by_name("virtio_blk_durability", virtio_blk::durability),
     // Never in `all`: a second virtio-blk driver (the virtio-drivers crate's) on the same disk
