@@ -775,6 +775,82 @@ mod tests {
         assert_eq!(rig.status(0), Status::DRDY | Status::DSC);
     }
 
+    /// The primary master's disk fails (EIO on reads, then a short DMA write, then a slow
+    /// disk): each of its commands ends with ERR and UNC, while the secondary channel's drive,
+    /// used in between, reads its own right bytes; healed, the primary reads its unchanged
+    /// data again.
+    #[test]
+    fn a_failing_drive_errs_and_the_other_channel_goes_on() {
+        use crate::backends::faulty_disk::{Fault, FaultPlan, FaultyDisk};
+        use crate::backends::mem_disk::MemDisk;
+        let mem = Mem::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+        let byte = |salt: u8| move |i: usize| (i / 512) as u8 ^ (i as u8).wrapping_mul(salt);
+        let primary = MemDisk::patterned(64, false, byte(3)).unwrap();
+        let secondary = MemDisk::patterned(64, false, byte(5)).unwrap();
+        let (faulty, switch) = FaultyDisk::new(primary.clone());
+        let irqs = [
+            Arc::new(CountingIrq::default()),
+            Arc::new(CountingIrq::default()),
+        ];
+        let disks = [
+            Some(Box::new(faulty) as Box<dyn DiskBackend>),
+            None,
+            Some(Box::new(secondary.clone()) as Box<dyn DiskBackend>),
+            None,
+        ];
+        let ide = PiixIde::new(mem.clone(), disks, [irqs[0].clone(), irqs[1].clone()]).unwrap();
+        let mut rig = Rig {
+            ide,
+            mem,
+            irqs,
+            _imgs: Vec::new(),
+        };
+        let failed = Status::DRDY | Status::DSC | Status::ERR;
+        let original = primary.contents();
+        let sector = |disk: &MemDisk, lba: usize| disk.contents()[lba * 512..][..512].to_vec();
+
+        switch.set(FaultPlan {
+            read: Some(Fault::Eio),
+            ..FaultPlan::default()
+        });
+        rig.dma_cmd(0, 0xe0, 3, 1, CMD_READ_SECTORS);
+        assert_eq!(rig.status(0), failed, "PIO read on EIO");
+        assert_eq!(rig.error(0), ErrorReg::UNC);
+        assert_eq!(rig.pio_read_one(1, 0xe0, 3), sector(&secondary, 3));
+
+        switch.set(FaultPlan {
+            write: Some(Fault::Short),
+            times: Some(1),
+            ..FaultPlan::default()
+        });
+        rig.mem
+            .write_slice(&[0x77; 1024], GuestAddress(0x10000))
+            .unwrap();
+        rig.prd(0x1000, &[(0x10000, 1024, true)]);
+        rig.ide.bm_write(4, &0x1000u32.to_le_bytes());
+        rig.dma_cmd(0, 0xe0, 8, 2, CMD_WRITE_DMA);
+        rig.ide.bm_write(0, &[WRITE_START]);
+        assert_eq!(rig.bm_status(0) & ENGINE, BmStatus::INTERRUPT);
+        assert_eq!(rig.status(0), failed, "DMA write cut short");
+        assert_eq!(rig.error(0), ErrorReg::UNC);
+        rig.ide.bm_write(0, &[0]);
+        rig.ide.bm_write(2, &[ACK]);
+        assert_eq!(rig.pio_read_one(1, 0xe0, 9), sector(&secondary, 9));
+
+        // Healed but slow: the primary works again; only the failed write's sectors changed,
+        // and the guest was told.
+        switch.set(FaultPlan {
+            delay: std::time::Duration::from_millis(2),
+            ..FaultPlan::default()
+        });
+        assert_eq!(rig.pio_read_one(0, 0xe0, 3), original[3 * 512..4 * 512]);
+        let now = primary.contents();
+        assert_eq!(now[..8 * 512], original[..8 * 512]);
+        assert_eq!(now[10 * 512..], original[10 * 512..]);
+        assert_eq!(switch.injected(), 2);
+        assert_eq!(rig.irqs[0].count(), 3);
+    }
+
     #[test]
     fn pio_interrupts_latch_bus_master_bit() {
         let (mut rig, _) = rig(1, 8);

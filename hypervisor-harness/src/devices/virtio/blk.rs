@@ -1052,4 +1052,115 @@ mod tests {
         assert_eq!(blk.features() & 1 << VIRTIO_BLK_F_RO, 0);
         assert_ne!(blk.features() & 1 << VIRTIO_BLK_F_FLUSH, 0);
     }
+
+    /// One request of a batch: its header, data and status each at their own place.
+    fn request(m: &Memory, slot: u64, ty: u32, sector: u64, len: u32) -> Vec<RawDescriptor> {
+        let (hdr, data, status) = (HDR + 0x100 * slot, DATA + 0x1000 * slot, STATUS + slot);
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&ty.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        m.write_slice(&h, GuestAddress(hdr)).unwrap();
+        m.write_obj(0xffu8, GuestAddress(status)).unwrap();
+        let head = 3 * slot as u16;
+        let data_flags = if ty == VIRTIO_BLK_T_IN { WRITE } else { 0 };
+        vec![
+            d(hdr, 16, NEXT, head + 1),
+            d(data, len, NEXT | data_flags, head + 2),
+            d(status, 1, WRITE, 0),
+        ]
+    }
+
+    /// A batch on one queue whose first request meets a failing disk (a short read, once):
+    /// that request alone completes with IOERR; the rest of the batch, queued behind it, is
+    /// served with OK and the right bytes, and the disk is as it was apart from the write.
+    #[test]
+    fn a_failing_request_gets_ioerr_and_the_queue_goes_on() {
+        use crate::backends::faulty_disk::{Fault, FaultPlan, FaultyDisk};
+        let m = mem();
+        let image = disk(8, false);
+        let (faulty, switch) = FaultyDisk::new(image.clone());
+        let mut blk = Blk::new(Box::new(faulty), [0; 20]);
+        let vq = MockSplitQueue::new(&m, 16);
+        let irq = activate(&mut blk, vq.create_queue().unwrap(), &m);
+        m.write_slice(&[0xab; 512], GuestAddress(DATA + 0x1000))
+            .unwrap();
+        let mut descs = request(&m, 0, VIRTIO_BLK_T_IN, 1, 1024);
+        descs.extend(request(&m, 1, VIRTIO_BLK_T_OUT, 4, 512));
+        descs.extend(request(&m, 2, VIRTIO_BLK_T_IN, 1, 1024));
+        descs.extend(request(&m, 3, VIRTIO_BLK_T_IN, 4, 512));
+        vq.add_desc_chains(&descs, 0).unwrap();
+        switch.set(FaultPlan {
+            read: Some(Fault::Short),
+            times: Some(1),
+            ..FaultPlan::default()
+        });
+        let before = image.contents();
+        assert_eq!(process(&mut blk, &irq), Ok(true));
+        assert_eq!(switch.injected(), 1);
+        assert_eq!(vq.used().idx().load(), 4);
+        let ids: Vec<u32> = (0..4)
+            .map(|i| vq.used().ring().ref_at(i).unwrap().load().id())
+            .collect();
+        assert_eq!(ids, [0, 3, 6, 9], "each request completed once, in order");
+        let status = |slot: u64| m.read_obj::<u8>(GuestAddress(STATUS + slot)).unwrap();
+        assert_eq!(
+            status(0),
+            VIRTIO_BLK_S_IOERR as u8,
+            "the short read is an error"
+        );
+        for slot in 1..4 {
+            assert_eq!(status(slot), VIRTIO_BLK_S_OK as u8, "request {slot}");
+        }
+        let mut got = vec![0u8; 1024];
+        m.read_slice(&mut got, GuestAddress(DATA + 0x2000)).unwrap();
+        assert_eq!(got, before[512..1536], "the same read, retried, is whole");
+        m.read_slice(&mut got[..512], GuestAddress(DATA + 0x3000))
+            .unwrap();
+        assert_eq!(got[..512], [0xab; 512]);
+        let mut want = before;
+        want[2048..2560].fill(0xab);
+        assert_eq!(image.contents(), want, "only the write changed the disk");
+    }
+
+    /// Failing writes (ENOSPC, a short write, EIO) and flushes get IOERR, each once; the same
+    /// requests then succeed, on a disk that is slow throughout, and what the last write said
+    /// is what the disk holds.
+    #[test]
+    fn failed_writes_and_flushes_then_recovery_on_a_slow_disk() {
+        use crate::backends::faulty_disk::{Fault, FaultPlan, FaultyDisk};
+        let m = mem();
+        let image = disk(8, false);
+        let (faulty, switch) = FaultyDisk::new(image.clone());
+        let flush = [d(HDR, 16, NEXT, 1), d(STATUS, 1, WRITE, 0)];
+        let delay = std::time::Duration::from_millis(2);
+        for fault in [Fault::NoSpace, Fault::Short, Fault::Eio] {
+            switch.set(FaultPlan {
+                write: Some(fault),
+                flush: Some(fault),
+                delay,
+                ..FaultPlan::default()
+            });
+            m.write_slice(&[fault as u8 + 1; 1024], GuestAddress(DATA))
+                .unwrap();
+            header(&m, VIRTIO_BLK_T_OUT, 2);
+            run(&m, &std3(0, 2, 1024, false), &faulty);
+            assert_eq!(status(&m), VIRTIO_BLK_S_IOERR as u8, "write {fault:?}");
+            header(&m, VIRTIO_BLK_T_FLUSH, 0);
+            run(&m, &flush, &faulty);
+            assert_eq!(status(&m), VIRTIO_BLK_S_IOERR as u8, "flush {fault:?}");
+            switch.set(FaultPlan {
+                delay,
+                ..FaultPlan::default()
+            });
+            header(&m, VIRTIO_BLK_T_OUT, 2);
+            run(&m, &std3(0, 2, 1024, false), &faulty);
+            assert_eq!(status(&m), VIRTIO_BLK_S_OK as u8, "write after {fault:?}");
+            header(&m, VIRTIO_BLK_T_FLUSH, 0);
+            run(&m, &flush, &faulty);
+            assert_eq!(status(&m), VIRTIO_BLK_S_OK as u8, "flush after {fault:?}");
+            assert_eq!(image.contents()[1024..2048], [fault as u8 + 1; 1024]);
+        }
+        assert_eq!(switch.injected(), 6);
+        assert_eq!(image.flushes(), 3);
+    }
 }
