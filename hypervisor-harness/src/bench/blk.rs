@@ -33,6 +33,10 @@ pub struct BlkRow {
     pub user_exits_per_io: Option<f64>,
     /// Every exit KVM counted (all causes) per I/O (harness only).
     pub kvm_exits_per_io: Option<f64>,
+    /// The p50 of each batch of consecutive I/Os (the guest's `batch_p50=`): the row's samples
+    /// for `bench compare`, written as `storage.samples`.
+    #[serde(skip)]
+    pub batch_p50_ns: Vec<f64>,
 }
 
 impl BlkRow {
@@ -59,6 +63,12 @@ impl BlkRow {
             p99_ns: num("p99"),
             user_exits_per_io: None,
             kvm_exits_per_io: None,
+            // An older guest prints none; a malformed list is no samples rather than no row.
+            batch_p50_ns: b
+                .extra
+                .get("batch_p50")
+                .and_then(|v| v.split(',').map(|x| x.parse().ok()).collect())
+                .unwrap_or_default(),
         })
     }
 }
@@ -178,6 +188,7 @@ pub fn native_rows(image: &Path, budget_ns: u64) -> Vec<BlkRow> {
             lat.push(t.elapsed().as_nanos() as f64);
         }
         let total_ns = start.elapsed().as_nanos() as f64;
+        let batch_p50_ns = batch_medians(&lat);
         lat.sort_by(|a, b| a.total_cmp(b));
         rows.push(BlkRow {
             vmm: "native".into(),
@@ -190,9 +201,27 @@ pub fn native_rows(image: &Path, budget_ns: u64) -> Vec<BlkRow> {
             p99_ns: Some(lat[(lat.len() * 99 / 100).min(lat.len() - 1)]),
             user_exits_per_io: None,
             kvm_exits_per_io: None,
+            batch_p50_ns,
         });
     }
     rows
+}
+
+/// The median of each of up to 16 batches of consecutive latencies, as the guest reports its
+/// rows' `batch_p50=`.
+pub fn batch_medians(latencies: &[f64]) -> Vec<f64> {
+    let batches = 16.min(latencies.len());
+    (0..batches)
+        .map(|i| {
+            let (from, to) = (
+                i * latencies.len() / batches,
+                (i + 1) * latencies.len() / batches,
+            );
+            let mut batch = latencies[from..to].to_vec();
+            batch.sort_by(f64::total_cmp);
+            batch[batch.len() / 2]
+        })
+        .collect()
 }
 
 /// A 4096-aligned heap buffer, as a guest's DMA buffer would be.
@@ -346,6 +375,17 @@ impl BlkSection {
                     ratio_mb_per_s_to_qemu: self.ratio_to_qemu(r),
                 })
                 .collect(),
+            samples: self
+                .rows
+                .iter()
+                .filter(|r| !r.batch_p50_ns.is_empty())
+                .map(|r| BlkSamplesJson {
+                    vmm: &r.vmm,
+                    path: &r.path,
+                    workload: &r.workload,
+                    p50_ns: &r.batch_p50_ns,
+                })
+                .collect(),
             notes: &self.notes,
         }
     }
@@ -355,7 +395,18 @@ impl BlkSection {
 #[derive(Debug, Serialize)]
 pub struct BlkSectionJson<'a> {
     pub rows: Vec<BlkRowJson<'a>>,
+    /// Per row, its batches' p50s (what `bench compare` tests).
+    pub samples: Vec<BlkSamplesJson<'a>>,
     pub notes: &'a [String],
+}
+
+/// One row's samples, matched to it by vmm, path and workload.
+#[derive(Debug, Serialize)]
+pub struct BlkSamplesJson<'a> {
+    pub vmm: &'a str,
+    pub path: &'a str,
+    pub workload: &'a str,
+    pub p50_ns: &'a [f64],
 }
 
 /// One row: what was measured, and the figures derived from it.
@@ -411,6 +462,34 @@ mod tests {
     }
 
     #[test]
+    fn batch_samples_from_the_guest_and_the_host() {
+        let out = "# bench: blk.ide_dma.randread_4k_qd1 ns=5 p99=9 n=3 bytes=12288 total_ns=100 batch_p50=4,5,9\n\
+                   # bench: blk.ide_pio.randread_4k_qd1 ns=5 n=3 bytes=12288 total_ns=100 batch_p50=4,x\n";
+        let rows = rows_of("harness-thread", out, &[]);
+        assert_eq!(rows[0].batch_p50_ns, [4.0, 5.0, 9.0]);
+        assert!(
+            rows[1].batch_p50_ns.is_empty(),
+            "a malformed list is dropped"
+        );
+        let s = BlkSection {
+            rows,
+            notes: vec![],
+        };
+        let j = serde_json::to_value(s.to_json()).unwrap();
+        assert_eq!(
+            j["samples"],
+            json!([{"vmm": "harness-thread", "path": "ide_dma", "workload": "randread_4k_qd1",
+                    "p50_ns": [4.0, 5.0, 9.0]}])
+        );
+        let lat: Vec<f64> = (0..40).map(f64::from).collect();
+        let b = batch_medians(&lat);
+        assert_eq!(b.len(), 16);
+        assert_eq!((b[0], b[15]), (1.0, 38.0));
+        assert_eq!(batch_medians(&[7.0, 3.0]), [7.0, 3.0]);
+        assert!(batch_medians(&[]).is_empty());
+    }
+
+    #[test]
     fn unmatched_phases_are_ignored() {
         let doc = [
             PhaseMark::kvm_only("end x".into(), None),
@@ -432,6 +511,7 @@ mod tests {
             p99_ns: None,
             user_exits_per_io: None,
             kvm_exits_per_io: None,
+            batch_p50_ns: vec![],
         };
         let s = BlkSection {
             rows: vec![mk("harness-thread", 300), mk("qemu", 100)],

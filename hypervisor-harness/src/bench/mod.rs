@@ -275,6 +275,7 @@ fn boot_runs(
     let first_json = docs.into_iter().next().map(|(_, _, j)| j);
     let mut row = BootRow::from_runs(sub, Stat::of(&times), first_json, note);
     row.phases = phases;
+    row.samples_s = times;
     Ok(row)
 }
 

@@ -63,6 +63,8 @@ pub struct BootRow {
     pub note: Option<String>,
     /// Phases and per-boot figures over every run whose document came back.
     pub phases: Option<BootPhases>,
+    /// Every run's wall seconds, in order: the samples `bench compare` tests.
+    pub samples_s: Vec<f64>,
 }
 
 /// A boot's phases and per-boot figures, each a [`Stat`] over the runs that reported it
@@ -264,6 +266,7 @@ impl BootRow {
             json: None,
             note: Some(format!("n/a: {why}")),
             phases: None,
+            samples_s: Vec::new(),
         }
     }
 
@@ -279,6 +282,7 @@ impl BootRow {
             json,
             note,
             phases: None,
+            samples_s: Vec::new(),
         }
     }
 
@@ -573,6 +577,7 @@ impl BootRow {
             accel: self.json.as_ref().and_then(|j| j.accel.as_deref()),
             note: self.note.as_deref(),
             phases: self.phases.as_ref(),
+            time_samples_s: &self.samples_s,
         }
     }
 }
@@ -629,6 +634,8 @@ pub struct BootJson<'a> {
     pub note: Option<&'a str>,
     /// The phases and per-boot figures (None for a VMM that never ran).
     pub phases: Option<&'a BootPhases>,
+    /// Every run's wall seconds (empty for a VMM that never ran).
+    pub time_samples_s: &'a [f64],
 }
 
 #[cfg(test)]
@@ -787,6 +794,17 @@ mod tests {
         };
         assert!(rep.targets().iter().all(|t| t.met.is_none()));
         assert!(rep.to_text().contains("not measured"));
+    }
+
+    #[test]
+    fn boot_rows_keep_every_run() {
+        let mut row = BootRow::from_runs("run", Stat::of(&[0.03, 0.01, 0.02]), None, None);
+        row.samples_s = vec![0.03, 0.01, 0.02];
+        let j = serde_json::to_value(row.to_json()).unwrap();
+        assert_eq!(j["time_samples_s"], json!([0.03, 0.01, 0.02]));
+        assert_eq!(j["time_s"]["median"], 0.02);
+        let j = serde_json::to_value(BootRow::unavailable("qemu", "no").to_json()).unwrap();
+        assert_eq!(j["time_samples_s"], json!([]));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! Each row is bracketed by `# phase: begin <row>` / `# phase: end <row>` lines, at which the
 //! harness snapshots its exit counters, and reported as
-//! `# bench: blk.<path>.<workload> ns=<p50> p99=<p99> min= max= n=<ops> bytes=<total> total_ns=<elapsed>`.
+//! `# bench: blk.<path>.<workload> ns=<p50> p99=<p99> min= max= n=<ops> bytes=<total> total_ns=<elapsed>
+//! batch_p50=<p50 of each of up to 16 batches of consecutive operations>`.
 //!
 //! `blk_ops=N` sizes every row by count instead (exactly N operations, no time budget), so
 //! that exit counts are the same from run to run: the harness's `bench --ci-profile` asserts
@@ -137,16 +138,40 @@ struct Row {
     total_ns: u64,
 }
 
+/// Batches a row's latencies are split into, in the order they were measured.
+const SAMPLE_BATCHES: usize = 16;
+
+/// The median of each of up to SAMPLE_BATCHES runs of consecutive operations, comma-separated:
+/// samples of the row's p50 that the harness's `bench compare` can test for a change.
+fn batch_medians(latencies: &[u64]) -> alloc::string::String {
+    let batches = SAMPLE_BATCHES.min(latencies.len()).max(1);
+    let mut out = alloc::string::String::new();
+    for i in 0..batches {
+        let (from, to) = (
+            i * latencies.len() / batches,
+            (i + 1) * latencies.len() / batches,
+        );
+        let mut batch = latencies[from..to].to_vec();
+        batch.sort_unstable();
+        if i > 0 {
+            out.push(',');
+        }
+        out += &alloc::format!("{}", batch[batch.len() / 2]);
+    }
+    out
+}
+
 fn report(path: &str, workload: &str, mut row: Row) {
     if row.latencies.is_empty() {
         println!("# bench: blk.{}.{} n=0", path, workload);
         return;
     }
+    let batch_p50 = batch_medians(&row.latencies);
     row.latencies.sort_unstable();
     let l = &row.latencies;
     let p99 = l[(l.len() * 99 / 100).min(l.len() - 1)];
     println!(
-        "# bench: blk.{}.{} ns={} p99={} min={} max={} n={} bytes={} total_ns={}",
+        "# bench: blk.{}.{} ns={} p99={} min={} max={} n={} bytes={} total_ns={} batch_p50={}",
         path,
         workload,
         l[l.len() / 2],
@@ -155,7 +180,8 @@ fn report(path: &str, workload: &str, mut row: Row) {
         l[l.len() - 1],
         l.len(),
         row.bytes,
-        row.total_ns
+        row.total_ns,
+        batch_p50
     );
 }
 
