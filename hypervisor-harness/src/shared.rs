@@ -83,8 +83,13 @@ pub enum BenchAction {
     /// interval and a Mann-Whitney U test, and exits per operation exactly. Exit code 1 when a
     /// row got significantly slower by more than the threshold or its exits changed.
     Compare {
-        a: PathBuf,
-        b: PathBuf,
+        /// A's document, or several runs of A comma-separated (then each row is tested over
+        /// the runs' medians).
+        #[arg(value_delimiter = ',', num_args = 1, required = true)]
+        a: Vec<PathBuf>,
+        /// B's, likewise.
+        #[arg(value_delimiter = ',', num_args = 1, required = true)]
+        b: Vec<PathBuf>,
         /// The smallest slowdown that counts, in percent.
         #[arg(long, value_name = "PCT", default_value_t = 10.0)]
         threshold: f64,

@@ -2,6 +2,10 @@
 //!
 //! Each row's timing is a set of samples: a storage row's per-batch p50s (the guest splits the
 //! row into up to 16 batches in time order and prints each batch's median), a boot row's runs.
+//! Batches share one run's conditions (the machine's load, the host's page cache), so with one
+//! document a side the test tells whether that run differed, not whether the build did. Given
+//! several documents a side (`A1.json,A2.json,...`), a row's samples are instead the median of
+//! each run: a rank test over the runs, which needs 4 or more a side to reach p < 0.05.
 //! For those the change in median comes with a 95% bootstrap interval and a two-sided
 //! Mann-Whitney U test, and a row is flagged only when the change is significant (p < 0.05)
 //! AND worse than the threshold. A row with a single sample on either side (the floor, the
@@ -15,7 +19,7 @@
 
 use crate::error::{HarnessError, EXIT_FAILED, EXIT_PASSED};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The confidence of the interval, and the test's significance level.
 const ALPHA: f64 = 0.05;
@@ -256,6 +260,28 @@ fn fmt_value(v: f64, unit: &str) -> String {
     }
 }
 
+/// Several runs of one side as one: each row's samples become the median of every run that
+/// has the row, its exits the first run's. One run stays as it is.
+pub fn pool(runs: Vec<Vec<Measure>>) -> Vec<Measure> {
+    if runs.len() == 1 {
+        return runs.into_iter().next().unwrap_or_default();
+    }
+    let mut out: Vec<Measure> = Vec::new();
+    for run in runs {
+        for m in run {
+            let med = median(&m.samples);
+            match out.iter_mut().find(|o| o.key == m.key) {
+                Some(o) => o.samples.extend(med),
+                None => out.push(Measure {
+                    samples: med.into_iter().collect(),
+                    ..m
+                }),
+            }
+        }
+    }
+    out
+}
+
 /// Compare every row present in both, `threshold` a fraction (0.10 for 10%).
 pub fn compare(a: &[Measure], b: &[Measure], threshold: f64) -> Comparison {
     let mut rows = Vec::new();
@@ -466,16 +492,34 @@ fn read_doc(path: &Path) -> Result<Vec<Measure>, HarnessError> {
     measures(&doc).map_err(usage)
 }
 
-/// `bench compare`: 0 when nothing regressed, 1 when something did.
-pub fn cmd_compare(a: &Path, b: &Path, threshold_pct: f64) -> Result<i32, HarnessError> {
+/// `bench compare`: 0 when nothing regressed, 1 when something did. Each side is one or more
+/// documents (runs of one build).
+pub fn cmd_compare(a: &[PathBuf], b: &[PathBuf], threshold_pct: f64) -> Result<i32, HarnessError> {
     if !(threshold_pct.is_finite() && threshold_pct >= 0.0) {
         return Err(HarnessError::Usage(format!(
             "--threshold {threshold_pct}: a percentage of 0 or more"
         )));
     }
-    let (ma, mb) = (read_doc(a)?, read_doc(b)?);
+    let side = |paths: &[PathBuf]| -> Result<Vec<Measure>, HarnessError> {
+        if paths.is_empty() {
+            return Err(HarnessError::Usage(
+                "compare: a side without documents".into(),
+            ));
+        }
+        Ok(pool(
+            paths
+                .iter()
+                .map(|p| read_doc(p))
+                .collect::<Result<_, _>>()?,
+        ))
+    };
+    let (ma, mb) = (side(a)?, side(b)?);
     let c = compare(&ma, &mb, threshold_pct / 100.0);
-    println!("A: {}\nB: {}", a.display(), b.display());
+    let names = |paths: &[PathBuf]| {
+        let v: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        v.join(", ")
+    };
+    println!("A: {}\nB: {}", names(a), names(b));
     print!("{}", c.to_text());
     Ok(if c.regressed() {
         EXIT_FAILED
@@ -642,6 +686,38 @@ mod tests {
     }
 
     #[test]
+    fn several_runs_a_side_are_tested_over_the_runs() {
+        let side = |seeds: std::ops::Range<u64>, slow: f64| {
+            pool(
+                seeds
+                    .map(|s| measures(&rows(s, slow, 12.5)).unwrap())
+                    .collect(),
+            )
+        };
+        let a = side(0..5, 1.0);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a[1].samples.len(), 5, "one median per run");
+        assert_eq!(a[1].exits, Some((12.5, 1000)));
+        let c = compare(&a, &side(10..15, 1.0), 0.10);
+        assert!(!c.regressed(), "{}", c.to_text());
+        let c = compare(&a, &side(20..25, 1.2), 0.10);
+        let flagged: Vec<&str> = c
+            .rows
+            .iter()
+            .filter(|r| r.flagged())
+            .map(|r| r.key.as_str())
+            .collect();
+        assert_eq!(flagged, ["storage harness-thread ide_dma randread_4k_qd1"]);
+        // Two runs a side can never be significant (the smallest p is 1/3): shown, not flagged.
+        let c = compare(&side(0..2, 1.0), &side(20..22, 1.2), 0.10);
+        assert!(!c.regressed(), "{}", c.to_text());
+        assert!(c.rows[1].p.unwrap() > 0.3);
+        // One run stays as it is.
+        let one = measures(&rows(3, 1.0, 12.5)).unwrap();
+        assert_eq!(pool(vec![one.clone()]), one);
+    }
+
+    #[test]
     fn mann_whitney_against_known_values() {
         // Complete separation of 5 and 5: the exact two-sided p is 2/252.
         let p = mann_whitney_p(&[1.0, 2.0, 3.0, 4.0, 5.0], &[6.0, 7.0, 8.0, 9.0, 10.0]);
@@ -674,9 +750,16 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (a.to_str(), b.to_str(), threshold),
-            (Some("a.json"), Some("b.json"), 5.0)
+            (a, b, threshold),
+            (vec!["a.json".into()], vec!["b.json".into()], 5.0)
         );
+        let Ok(Cmd::Bench(b)) = parse(&["compare", "a1,a2", "b1,b2,b3"]) else {
+            panic!()
+        };
+        let Some(BenchAction::Compare { a, b, .. }) = b.action else {
+            panic!()
+        };
+        assert_eq!((a.len(), b.len()), (2, 3));
         let Ok(Cmd::Bench(b)) = parse(&["compare", "a", "b"]) else {
             panic!()
         };
@@ -708,14 +791,16 @@ mod tests {
             (&missing, &good, "cannot read it"),
             (&good, &bad, "not valid JSON"),
         ] {
-            let e = cmd_compare(a, b, 10.0).unwrap_err();
+            let e =
+                cmd_compare(std::slice::from_ref(a), std::slice::from_ref(b), 10.0).unwrap_err();
             assert_eq!(e.exit_code(), 64);
             assert!(e.to_string().contains(what), "{e}");
         }
+        let (good, slow) = (vec![good], vec![dir.as_path().join("slow.json")]);
         assert_eq!(cmd_compare(&good, &good, -1.0).unwrap_err().exit_code(), 64);
+        assert_eq!(cmd_compare(&good, &[], 10.0).unwrap_err().exit_code(), 64);
         assert_eq!(cmd_compare(&good, &good, 10.0), Ok(EXIT_PASSED));
-        let slow = dir.as_path().join("slow.json");
-        std::fs::write(&slow, rows(100, 1.2, 12.5).to_string()).unwrap();
+        std::fs::write(&slow[0], rows(100, 1.2, 12.5).to_string()).unwrap();
         assert_eq!(cmd_compare(&good, &slow, 10.0), Ok(EXIT_FAILED));
         // The same slowdown under a 25% threshold is not a regression.
         assert_eq!(cmd_compare(&good, &slow, 25.0), Ok(EXIT_PASSED));
