@@ -4,6 +4,7 @@
 
 pub mod blk;
 pub mod compare;
+pub mod console;
 pub mod net;
 mod net_tap;
 pub mod profile;
@@ -385,6 +386,24 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
             floor_roundtrip_ns,
         )?)
     };
+    // Its own small table after the report's (not in --json).
+    let console = {
+        let qemu_extra = [
+            "--accel".to_string(),
+            accel.to_string(),
+            "--qemu".to_string(),
+            a.qemu.clone(),
+        ];
+        let dir = TempDir::new_with_prefix(std::env::temp_dir().join("hh-bench-console-"))
+            .map_err(|e| {
+                HarnessError::Other(format!("cannot create a temporary directory: {e}"))
+            })?;
+        console::run_section(
+            &|sub, cmdline| common_args(sub, &kernel, a, cmdline),
+            &qemu_extra,
+            dir.as_path(),
+        )?
+    };
     let rep = BenchReport {
         platform,
         floor,
@@ -398,6 +417,7 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
         net,
     };
     print!("{}", rep.to_text());
+    print!("{}", console.to_text());
     if let Some(p) = &a.json {
         write_json(p, &rep.to_json())?;
     }

@@ -3,6 +3,7 @@
 //! which the harness parses; exits per op come from the harness's own counters.
 
 mod blk;
+mod console;
 mod floor;
 mod net;
 
@@ -14,6 +15,8 @@ pub static REGISTRY: &[Test] = &[
     Test::in_all("floor_loops", floor::loops),
     Test::in_all("blk", blk::blk),
     Test::in_all("net", net::net),
+    // Never in `all`: the host's bench drains the console's socket.
+    Test::by_name("console", console::console),
 ];
 
 /// `bench=floor` is both floor rows; `bench=all` everything.
