@@ -41,6 +41,8 @@ pub mod floor;
 pub mod ide;
 pub mod msix;
 pub mod pci_config;
+#[cfg(test)]
+mod racing;
 pub mod rtl8139;
 pub mod serial;
 pub mod virtio_blk;
