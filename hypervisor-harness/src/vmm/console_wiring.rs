@@ -94,8 +94,9 @@ impl AttachedConsole {
             let c = p.counters();
             let name = p.name.as_deref().unwrap_or("console");
             line.push_str(&format!(
-                " port{id}({name}) to_guest={} from_guest={} dropped={} connections={};",
-                c.to_guest, c.from_guest, c.dropped, c.host_connections
+                " port{id}({name}) to_guest={} from_guest={} dropped={} input_lost={} \
+                 connections={};",
+                c.to_guest, c.from_guest, c.dropped, c.input_lost, c.host_connections
             ));
         }
         let c = *lock(&self.counters);

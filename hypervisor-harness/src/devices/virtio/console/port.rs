@@ -21,6 +21,8 @@ pub struct PortCounters {
     pub from_guest: u64,
     /// Guest bytes dropped: no host connected, or the host's write failed.
     pub dropped: u64,
+    /// Host bytes lost at a guest receive buffer outside RAM.
+    pub input_lost: u64,
     pub host_connections: u64,
 }
 
@@ -126,7 +128,7 @@ impl PortShared {
     pub fn lost_input(&self, n: usize) {
         let mut c = lock(&self.counters);
         c.to_guest = c.to_guest.saturating_sub(n as u64);
-        c.dropped += n as u64;
+        c.input_lost += n as u64;
     }
 
     /// The guest transmitted `data`: to the host if connected, else dropped (counted).
