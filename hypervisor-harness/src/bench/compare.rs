@@ -1,15 +1,16 @@
 //! `bench compare A.json B.json`: two `bench --json` documents, row by row.
 //!
-//! Each row's timing is a set of samples: a storage row's per-batch p50s (the guest splits the
-//! row into up to 16 batches in time order and prints each batch's median), a boot row's runs.
+//! Each row's timing is a set of samples: a storage or floor row's per-batch p50s (the guest
+//! splits the row into up to 16 batches in time order and prints each batch's median), a boot
+//! row's runs.
 //! Batches share one run's conditions (the machine's load, the host's page cache), so with one
 //! document a side the test tells whether that run differed, not whether the build did. Given
 //! several documents a side (`A1.json,A2.json,...`), a row's samples are instead the median of
 //! each run: a rank test over the runs, which needs 4 or more a side to reach p < 0.05.
 //! For those the change in median comes with a 95% bootstrap interval and a two-sided
 //! Mann-Whitney U test, and a row is flagged only when the change is significant (p < 0.05)
-//! AND worse than the threshold. A row with a single sample on either side (the floor, the
-//! network rows, a document from before the samples) shows its change and is never flagged:
+//! AND worse than the threshold. A row with a single sample on either side (the network rows,
+//! a document from before the samples) shows its change and is never flagged:
 //! one number per run cannot tell a slowdown from noise.
 //!
 //! Exits per operation do not depend on noise and are compared exactly: any change of at least
@@ -68,7 +69,12 @@ pub fn measures(doc: &Value) -> Result<Vec<Measure>, String> {
             key: format!("floor {}", text(r, "name")),
             unit: "ns",
             higher_is_better: false,
-            samples: num(r, "ns").into_iter().collect(),
+            samples: r
+                .get("extra")
+                .and_then(|e| e.get("batch_p50"))
+                .and_then(Value::as_str)
+                .and_then(|v| v.split(',').map(|x| x.parse().ok()).collect())
+                .unwrap_or_else(|| num(r, "ns").into_iter().collect()),
             exits: num(r, "exits_per_op").zip(n),
         });
     }
@@ -667,6 +673,21 @@ mod tests {
             &runs(&[0.030, 0.031, 0.029, 0.032, 0.030]),
         );
         assert_eq!(c.rows[0].verdict, Verdict::Regressed, "{}", c.to_text());
+    }
+
+    #[test]
+    fn floor_batches_are_its_samples() {
+        let doc = |batches: &str| {
+            json!({"floor": [{"name": "port_out_userspace", "ns": 1.0, "n": 1600,
+                              "exits": 1600, "exits_per_op": 1.0,
+                              "extra": {"batch_p50": batches, "ring": "3"}}]})
+        };
+        let a = measures(&doc("100,101,99,100,102,98,100,101")).unwrap();
+        assert_eq!(a[0].samples.len(), 8);
+        let b = measures(&doc("130,131,129,130,132,128,130,131")).unwrap();
+        assert_eq!(compare(&a, &b, 0.1).rows[0].verdict, Verdict::Regressed);
+        // A malformed list falls back to the one median.
+        assert_eq!(measures(&doc("1,x")).unwrap()[0].samples, [1.0]);
     }
 
     #[test]

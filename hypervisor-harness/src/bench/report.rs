@@ -444,10 +444,12 @@ impl BenchReport {
             "path", "median ns", "min ns", "max ns", "ops", "exits", "exits/op", "other"
         );
         for r in &self.floor {
+            // The batches' p50s are samples for `bench compare` (in the JSON), not a column.
             let extra: Vec<String> = r
                 .line
                 .extra
                 .iter()
+                .filter(|(k, _)| k.as_str() != "batch_p50")
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             s += &format!(
@@ -810,7 +812,7 @@ mod tests {
     #[test]
     fn report_with_qemu_missing() {
         let line = super::super::parse_bench_line(
-            "# bench: floor.port_out_userspace ns=60000 min=1 max=2 n=100 x=y",
+            "# bench: floor.port_out_userspace ns=60000 min=1 max=2 n=100 x=y batch_p50=1,2",
         )
         .unwrap();
         let rep = BenchReport {
@@ -853,6 +855,7 @@ mod tests {
             net: None,
         };
         let t = rep.to_text();
+        assert!(t.contains("x=y") && !t.contains("batch_p50"), "{t}");
         assert!(t.contains("kvm_pvm"));
         assert!(t.contains("1.000"));
         assert!(t.contains("n/a"));

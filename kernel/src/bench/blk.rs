@@ -138,35 +138,12 @@ struct Row {
     total_ns: u64,
 }
 
-/// Batches a row's latencies are split into, in the order they were measured.
-const SAMPLE_BATCHES: usize = 16;
-
-/// The median of each of up to SAMPLE_BATCHES runs of consecutive operations, comma-separated:
-/// samples of the row's p50 that the harness's `bench compare` can test for a change.
-fn batch_medians(latencies: &[u64]) -> alloc::string::String {
-    let batches = SAMPLE_BATCHES.min(latencies.len()).max(1);
-    let mut out = alloc::string::String::new();
-    for i in 0..batches {
-        let (from, to) = (
-            i * latencies.len() / batches,
-            (i + 1) * latencies.len() / batches,
-        );
-        let mut batch = latencies[from..to].to_vec();
-        batch.sort_unstable();
-        if i > 0 {
-            out.push(',');
-        }
-        out += &alloc::format!("{}", batch[batch.len() / 2]);
-    }
-    out
-}
-
 fn report(path: &str, workload: &str, mut row: Row) {
     if row.latencies.is_empty() {
         println!("# bench: blk.{}.{} n=0", path, workload);
         return;
     }
-    let batch_p50 = batch_medians(&row.latencies);
+    let batch_p50 = super::batch_medians(&row.latencies);
     row.latencies.sort_unstable();
     let l = &row.latencies;
     let p99 = l[(l.len() * 99 / 100).min(l.len() - 1)];

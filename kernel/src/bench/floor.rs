@@ -16,19 +16,22 @@ const VENDOR: u16 = 0x1234;
 const DEVICE: u16 = 0xf100;
 const LOOP_ITERATIONS: u64 = 1000;
 
-/// Median, min and max of per-op times, printed as one `# bench:` line.
+/// Median, min and max of per-op times (and the medians of batches of them, in order),
+/// printed as one `# bench:` line.
 fn report(name: &str, mut ns: Vec<u64>) {
     if ns.is_empty() {
         return;
     }
+    let batch_p50 = super::batch_medians(&ns);
     ns.sort_unstable();
     println!(
-        "# bench: floor.{} ns={} min={} max={} n={}",
+        "# bench: floor.{} ns={} min={} max={} n={} batch_p50={}",
         name,
         ns[ns.len() / 2],
         ns[0],
         ns[ns.len() - 1],
-        ns.len()
+        ns.len(),
+        batch_p50
     );
 }
 

@@ -25,3 +25,29 @@ pub fn run(which: &str) -> ExitCode {
     let (selected, unknown) = ktap::select(REGISTRY, &which);
     ktap::run(&selected, &unknown)
 }
+
+/// Batches a row's latencies are split into, in the order they were measured.
+const SAMPLE_BATCHES: usize = 16;
+
+/// The median of each of up to SAMPLE_BATCHES runs of consecutive operations, comma-separated:
+/// samples of the row's p50 that the harness's `bench compare` can test for a change.
+pub(crate) fn batch_medians(latencies: &[u64]) -> alloc::string::String {
+    let mut out = alloc::string::String::new();
+    if latencies.is_empty() {
+        return out;
+    }
+    let batches = SAMPLE_BATCHES.min(latencies.len());
+    for i in 0..batches {
+        let (from, to) = (
+            i * latencies.len() / batches,
+            (i + 1) * latencies.len() / batches,
+        );
+        let mut batch = latencies[from..to].to_vec();
+        batch.sort_unstable();
+        if i > 0 {
+            out.push(',');
+        }
+        out += &alloc::format!("{}", batch[batch.len() / 2]);
+    }
+    out
+}
