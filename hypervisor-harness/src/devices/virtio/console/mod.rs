@@ -117,7 +117,7 @@ impl Console {
         if port >= self.ports.len() {
             return None;
         }
-        Some(if index % 2 == 0 {
+        Some(if index.is_multiple_of(2) {
             QueueRole::Receive(port)
         } else {
             QueueRole::Transmit(port)
