@@ -728,6 +728,24 @@ mod tests {
     }
 
     #[test]
+    fn console_args_are_a_virtio_serial_pci_with_socket_chardevs() {
+        let ports = [NamedPort::parse("org.test.echo=socket:/run/p,1").unwrap()];
+        let a = console_args(&ConsoleTarget::Socket("/run/c0".into()), &ports).unwrap();
+        assert_eq!(
+            a.join(" "),
+            "-device virtio-serial-pci \
+             -chardev socket,id=console0,path=/run/c0,server=on,wait=off \
+             -device virtconsole,chardev=console0 \
+             -chardev socket,id=console-port0,path=/run/p,,1,server=on,wait=off \
+             -device virtserialport,chardev=console-port0,name=org.test.echo"
+        );
+        assert!(matches!(
+            console_args(&ConsoleTarget::Stdio, &[]),
+            Err(HarnessError::Usage(_))
+        ));
+    }
+
+    #[test]
     fn net_args_per_backend() {
         let peer = Some(Path::new("/run/p,q"));
         assert_eq!(
