@@ -6,6 +6,7 @@
 use super::blk::phases;
 use super::{parse_bench_line, spawn_self};
 use crate::error::HarnessError;
+use serde::Serialize;
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -127,7 +128,42 @@ pub fn run_section(
     Ok(section)
 }
 
+/// One row as `bench --json` writes it.
+#[derive(Debug, Serialize)]
+pub struct ConsoleRowJson<'a> {
+    pub vmm: &'a str,
+    pub name: &'a str,
+    pub kib: u64,
+    pub ns_per_kib: f64,
+    pub bytes_per_s: f64,
+    pub kvm_exits_per_kib: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConsoleSectionJson<'a> {
+    pub rows: Vec<ConsoleRowJson<'a>>,
+    pub notes: &'a [String],
+}
+
 impl ConsoleSection {
+    pub fn to_json(&self) -> ConsoleSectionJson<'_> {
+        ConsoleSectionJson {
+            rows: self
+                .rows
+                .iter()
+                .map(|r| ConsoleRowJson {
+                    vmm: &r.vmm,
+                    name: &r.name,
+                    kib: r.kib,
+                    ns_per_kib: r.ns_per_kib,
+                    bytes_per_s: r.bytes_per_sec(),
+                    kvm_exits_per_kib: r.kvm_exits_per_kib,
+                })
+                .collect(),
+            notes: &self.notes,
+        }
+    }
+
     pub fn to_text(&self) -> String {
         let mut out = String::from(
             "\nconsole (guest -> host, port 0 against COM1)\n  \
@@ -189,5 +225,9 @@ mod tests {
         assert!(t.contains("2048.00"), "{t}");
         assert!(t.contains("1000x"), "{t}");
         assert!(t.contains("note: qemu: n/a"), "{t}");
+        let j = serde_json::to_value(s.to_json()).unwrap();
+        assert_eq!(j["rows"][1]["name"], "virtio_tx");
+        assert_eq!(j["rows"][1]["kvm_exits_per_kib"], 0.05);
+        assert_eq!(j["rows"][0]["bytes_per_s"], 10240.0);
     }
 }

@@ -386,7 +386,6 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
             floor_roundtrip_ns,
         )?)
     };
-    // Its own small table after the report's (not in --json).
     let console = {
         let qemu_extra = [
             "--accel".to_string(),
@@ -415,9 +414,9 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
         runs: a.runs,
         blk,
         net,
+        console: Some(console),
     };
     print!("{}", rep.to_text());
-    print!("{}", console.to_text());
     if let Some(p) = &a.json {
         write_json(p, &rep.to_json())?;
     }

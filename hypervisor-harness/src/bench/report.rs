@@ -346,6 +346,8 @@ pub struct BenchReport {
     pub blk: Option<super::blk::BlkSection>,
     /// The network section (absent with `--skip-net`).
     pub net: Option<super::net::NetSection>,
+    /// The console section (16550 against virtio-console).
+    pub console: Option<super::console::ConsoleSection>,
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {
@@ -532,6 +534,9 @@ impl BenchReport {
         if let Some(n) = &self.net {
             s += &n.to_text();
         }
+        if let Some(c) = &self.console {
+            s += &c.to_text();
+        }
         s
     }
 
@@ -567,6 +572,7 @@ impl BenchReport {
             },
             storage: self.blk.as_ref().map(|b| b.to_json()),
             net: self.net.as_ref().map(|n| n.to_json()),
+            console: self.console.as_ref().map(|c| c.to_json()),
         }
     }
 }
@@ -595,6 +601,7 @@ pub struct BenchJson<'a> {
     pub storage: Option<BlkSectionJson<'a>>,
     /// Absent (null) with `--skip-net`.
     pub net: Option<NetSectionJson<'a>>,
+    pub console: Option<super::console::ConsoleSectionJson<'a>>,
 }
 
 /// One floor measurement.
@@ -760,6 +767,7 @@ mod tests {
             runs: 1,
             blk: None,
             net: None,
+            console: None,
         };
         let met: Vec<Option<bool>> = rep.targets().iter().map(|t| t.met).collect();
         // 10 ms <= 20; 0.1 <= 0.2; 3 CPU-ms <= 8; 2500 > 2000; 8 MiB > 5.
@@ -853,6 +861,7 @@ mod tests {
             runs: 2,
             blk: None,
             net: None,
+            console: None,
         };
         let t = rep.to_text();
         assert!(t.contains("x=y") && !t.contains("batch_p50"), "{t}");
