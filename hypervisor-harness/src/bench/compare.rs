@@ -691,6 +691,29 @@ mod tests {
     }
 
     #[test]
+    fn network_rows_are_rates_or_round_trips() {
+        let doc = |pps: f64, rtt: f64| {
+            json!({"boot": {}, "net": {"rows": [
+                {"vmm": "harness-thread", "nic": "virtio", "backend": "peer", "queues": 1,
+                 "workload": "tx_1514", "pps": pps, "p50_ns": null},
+                {"vmm": "harness-thread", "nic": "virtio", "backend": "peer", "queues": 1,
+                 "workload": "rtt_udp", "pps": 1000.0, "p50_ns": rtt},
+            ]}})
+        };
+        let a = measures(&doc(200_000.0, 50_000.0)).unwrap();
+        assert_eq!(a[0].key, "net harness-thread virtio peer q1 tx_1514");
+        assert_eq!((a[0].unit, a[0].higher_is_better), ("pps", true));
+        assert_eq!(
+            (a[1].unit, a[1].samples.as_slice()),
+            ("ns", &[50_000.0][..])
+        );
+        let c = compare(&a, &measures(&doc(100_000.0, 100_000.0)).unwrap(), 0.1);
+        assert!(c.rows.iter().all(|r| r.verdict == Verdict::Untested));
+        assert!(!c.regressed());
+        assert!(c.to_text().contains("200k pps"), "{}", c.to_text());
+    }
+
+    #[test]
     fn rows_only_on_one_side_are_listed() {
         let a = storage_doc(&[("ide_pio", vec![1.0, 2.0], 1.0)]);
         let b = storage_doc(&[("ide_dma", vec![1.0, 2.0], 1.0)]);
