@@ -336,6 +336,18 @@ impl<'p, P: Platform + ?Sized> VirtioBalloon<'p, P> {
         changed
     }
 
+    /// Whether the device raised a configuration-change interrupt (a new target, say) since
+    /// the last call, from interrupts alone (see [`VirtioPci::take_config_interrupt`]); always
+    /// false when polled, where [`Self::config_changed`] is the way to know.
+    pub fn take_config_interrupt(&mut self) -> bool {
+        self.transport.take_config_interrupt()
+    }
+
+    /// How the device signals this driver.
+    pub fn interrupt_mode(&self) -> &InterruptMode {
+        self.transport.interrupt_mode()
+    }
+
     /// Move the balloon to the device's target, clamped to the memory the page source
     /// knows: inflate or deflate in batches of up to [`PFNS_PER_BATCH`], writing `actual`
     /// after each. Then refill the stats buffer if the device returned it.

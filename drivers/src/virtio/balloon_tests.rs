@@ -345,3 +345,48 @@ fn reporting_needs_the_feature_and_a_held_report_keeps_its_frames() {
     // The device may still drop them: the frames are not given back.
     assert_eq!(src.out.len(), 5);
 }
+
+#[test]
+fn msix_config_vector_signals_target_changes_and_queue_interrupts_do_not() {
+    let (p, st) = balloon_platform(ALL, 300);
+    let mut src = Frames::new(1000);
+    let mode = InterruptMode::Msix {
+        dest_apic_id: 0,
+        vectors: vec![0x60, 0x61],
+    };
+    let mut b = VirtioBalloon::new(&p, &p.function(), mode, &src).unwrap();
+    b.serve(&mut src).unwrap();
+    assert!(p.irq_count(0x61) > 0, "the inflate batches were interrupts");
+    assert!(
+        !b.take_config_interrupt(),
+        "queue interrupts are not config changes"
+    );
+    set_target(&p, &st, 40);
+    assert!(b.take_config_interrupt(), "the config vector fired");
+    assert!(!b.take_config_interrupt(), "taken once");
+    assert_eq!(b.serve(&mut src).unwrap().actual, 40);
+}
+
+#[test]
+fn intx_config_bit_seen_by_a_queue_wait_is_kept_for_the_driver() {
+    let (p, st) = balloon_platform(ALL, 0);
+    let mut src = Frames::new(1000);
+    let mode = InterruptMode::Intx {
+        vector: super::fake::INTX_VECTOR,
+    };
+    let mut b = VirtioBalloon::new(&p, &p.function(), mode, &src).unwrap();
+    assert!(!b.take_config_interrupt(), "nothing yet");
+    set_target(&p, &st, 300);
+    // A queue wait (one page inflated) reads, and so clears, the ISR before the driver looks.
+    b.inflate(&mut src, 1).unwrap();
+    assert!(
+        b.take_config_interrupt(),
+        "the config bit survived the wait"
+    );
+    assert!(!b.take_config_interrupt(), "taken once");
+    assert_eq!(b.serve(&mut src).unwrap().actual, 300);
+    assert!(
+        !b.take_config_interrupt(),
+        "queue interrupts are not config changes"
+    );
+}

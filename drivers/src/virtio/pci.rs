@@ -3,6 +3,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 use core::mem::{offset_of, size_of};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -470,6 +471,11 @@ pub struct VirtioPci<'p, P: Platform + ?Sized> {
     msix_cap: Option<u8>,
     queues: Vec<QueueInfo>,
     features: u64,
+    /// The ISR's config bit, seen by a queue wait (reading the ISR clears it) and not yet
+    /// taken by [`Self::take_config_interrupt`].
+    config_isr_seen: AtomicBool,
+    /// The interrupt count of the vector that signals config changes, when last taken.
+    config_vector_count: u64,
 }
 
 impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
@@ -592,6 +598,8 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
             msix_cap,
             queues: Vec::new(),
             features: 0,
+            config_isr_seen: AtomicBool::new(false),
+            config_vector_count: 0,
         })
     }
 
@@ -785,6 +793,10 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
             }
         }
         self.mode = mode;
+        // Interrupts before this driver (of an earlier user of the vector) are not its news.
+        self.config_vector_count = self
+            .config_vector()
+            .map_or(0, |v| self.platform.interrupt_count(v));
         Ok(())
     }
 
@@ -872,12 +884,52 @@ impl<'p, P: Platform + ?Sized> VirtioPci<'p, P> {
         }
     }
 
-    /// Read (and thereby clear) the ISR status.
+    /// Read (and thereby clear) the ISR status. A config bit is also kept for
+    /// [`Self::take_config_interrupt`], so that a queue wait does not swallow it.
     pub fn read_isr(&self) -> IsrStatus {
         let v = self.read8(&self.isr, 0);
-        IsrStatus {
+        let isr = IsrStatus {
             queue: v & ISR_QUEUE != 0,
             config: v & ISR_CONFIG != 0,
+        };
+        if isr.config {
+            self.config_isr_seen.store(true, Ordering::Relaxed);
+        }
+        isr
+    }
+
+    /// x86 vector that signals configuration changes, in MSI-X (table entry 0, which with one
+    /// vector is shared with the queues) or INTx mode.
+    pub fn config_vector(&self) -> Option<u8> {
+        match &self.mode {
+            InterruptMode::Polled => None,
+            InterruptMode::Intx { vector } => Some(*vector),
+            InterruptMode::Msix { vectors, .. } => vectors.first().copied(),
+        }
+    }
+
+    /// Whether the device raised a configuration-change interrupt since the last call,
+    /// judged from interrupts alone, without reading the configuration: MSI-X, the config
+    /// vector fired (with one shared vector, any interrupt of the function counts); INTx, the
+    /// line fired and the ISR's config bit was set (read here, acknowledging the line, or
+    /// seen by a queue wait since). Polled mode has no interrupt: always false.
+    pub fn take_config_interrupt(&mut self) -> bool {
+        let Some(vector) = self.config_vector() else {
+            return false;
+        };
+        let count = self.platform.interrupt_count(vector);
+        let fired = count != self.config_vector_count;
+        self.config_vector_count = count;
+        match self.mode {
+            InterruptMode::Intx { .. } => {
+                if fired {
+                    let _ = self.read_isr();
+                    // The line is deasserted now; let the next assertion through.
+                    self.platform.ack_interrupt(vector);
+                }
+                self.config_isr_seen.swap(false, Ordering::Relaxed)
+            }
+            _ => fired,
         }
     }
 

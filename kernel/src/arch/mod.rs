@@ -19,6 +19,11 @@ pub mod vectors {
     pub const NET_CONFIG: u8 = 0x50;
     pub const NET_PAIR0: u8 = 0x51;
     pub const NET_INTX: u8 = 0x59;
+    /// virtio-balloon: its config change (a new target), its queues (one vector for all),
+    /// and INTx.
+    pub const BALLOON_CONFIG: u8 = 0x5a;
+    pub const BALLOON_QUEUES: u8 = 0x5b;
+    pub const BALLOON_INTX: u8 = 0x5c;
     pub const IDE_PRIMARY: u8 = 0x4e;
     pub const IDE_SECONDARY: u8 = 0x4f;
 }

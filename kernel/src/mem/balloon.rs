@@ -5,11 +5,14 @@
 //! touches it until a deflate hands it back to the frame allocator.
 
 use super::frames;
+use crate::arch::{apic, ioapic, vectors};
 use crate::platform::{KernelPlatform, PLATFORM};
 use crate::{pci, println};
 use drivers::pci::PciFunction;
 use drivers::virtio::balloon::{BalloonError, MemStats, PageSource, VirtioBalloon};
-use drivers::virtio::pci::{device_type, virtio_device_type, InterruptMode};
+use drivers::virtio::pci::{
+    device_type, msix_table_size, virtio_device_type, InterruptMode, InterruptPlan,
+};
 
 pub type Balloon = VirtioBalloon<'static, KernelPlatform>;
 
@@ -59,22 +62,52 @@ pub fn find() -> Option<&'static PciFunction> {
         .find(|f| virtio_device_type(f) == Some(device_type::BALLOON))
 }
 
-/// Run `f` on the balloon driver, started (polled: config changes are seen through the
-/// config generation) the first time. Ok(None): there is no balloon.
+/// How the balloon at `f` signals: MSI-X (a config vector for new targets and one for the
+/// queues, or one shared), else INTx on its line, else polled.
+fn interrupt_mode(f: &PciFunction) -> InterruptMode {
+    let table = msix_table_size(&PLATFORM, f).unwrap_or(None);
+    match InterruptPlan::choose(f, table, 2, ioapic::pins()) {
+        InterruptPlan::Msix { vectors } => InterruptMode::Msix {
+            dest_apic_id: apic::id() as u8,
+            vectors: if vectors >= 2 {
+                alloc::vec![vectors::BALLOON_CONFIG, vectors::BALLOON_QUEUES]
+            } else {
+                alloc::vec![vectors::BALLOON_CONFIG]
+            },
+        },
+        InterruptPlan::Intx { line } => {
+            ioapic::route(
+                line,
+                vectors::BALLOON_INTX,
+                ioapic::Trigger::Level,
+                apic::id(),
+            );
+            InterruptMode::Intx {
+                vector: vectors::BALLOON_INTX,
+            }
+        }
+        InterruptPlan::Polled => InterruptMode::Polled,
+    }
+}
+
+/// Run `f` on the balloon driver, started the first time (taking the device's interrupts
+/// as it allows: a config-change interrupt says the target moved). Ok(None): there is no
+/// balloon.
 pub fn with<R>(f: impl FnOnce(&mut Balloon) -> R) -> Result<Option<R>, BalloonError> {
     let mut state = BALLOON.lock();
     if matches!(*state, State::Unprobed) {
         *state = match find() {
             None => State::Absent,
             Some(function) => {
-                match VirtioBalloon::new(&PLATFORM, function, InterruptMode::Polled, &KernelFrames)
-                {
+                let mode = interrupt_mode(function);
+                match VirtioBalloon::new(&PLATFORM, function, mode, &KernelFrames) {
                     Ok(b) => {
                         let b = alloc::boxed::Box::new(b);
                         println!(
-                            "# virtio-balloon {}: features {:#x}",
+                            "# virtio-balloon {}: features {:#x}, interrupts: {}",
                             function.address,
-                            b.features()
+                            b.features(),
+                            b.interrupt_mode()
                         );
                         State::Running(b)
                     }
@@ -90,13 +123,23 @@ pub fn with<R>(f: impl FnOnce(&mut Balloon) -> R) -> Result<Option<R>, BalloonEr
     }
 }
 
-/// One round of the `idle` loop: follow the target on the first round and whenever the device
-/// changed it (the config generation moved; the loop comes round at least every 10 ms), and
+/// Whether the device signalled a new target since the last call: by its config-change
+/// interrupt, or, for a balloon without interrupts, a new config generation.
+pub fn target_signalled(b: &mut Balloon) -> bool {
+    if matches!(b.interrupt_mode(), InterruptMode::Polled) {
+        b.config_changed()
+    } else {
+        b.take_config_interrupt()
+    }
+}
+
+/// One round of the `idle` loop (which wakes on every interrupt, and at least every 10 ms):
+/// follow the target on the first round and whenever the device signalled a change, and
 /// refill the stats buffer if the device returned it.
 pub fn serve_idle() {
     let r = with(|b| {
         let first = !IDLE_SERVED.swap(true, core::sync::atomic::Ordering::Relaxed);
-        if b.config_changed() || first {
+        if target_signalled(b) || first {
             b.serve(&mut KernelFrames).map(|_| ())
         } else if stats_due() {
             // Fresh numbers at most once a second: each refill is a notify exit.

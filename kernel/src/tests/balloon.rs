@@ -308,3 +308,76 @@ pub fn free_page_reporting() -> Outcome {
     check!(bad == 0, "{} reported frames lost their contents", bad);
     Outcome::Pass
 }
+
+/// How long `balloon_follows_interrupts` waits for the host to move the target.
+const INTERRUPT_WAIT_NS: u64 = 60_000_000_000;
+
+/// The host moves the target while the test sleeps: follow the current target, say so, then
+/// sleep on interrupts alone (the platform's epoch and wait, never reading the configuration)
+/// until the device's config-change interrupt, and follow the new target from there. Fails if
+/// no such interrupt comes, whatever the device's configuration holds by then.
+pub fn follows_interrupts() -> Outcome {
+    use drivers::platform::Platform;
+    let platform = crate::platform::KernelPlatform;
+    let start = balloon::with(|b| {
+        let p = b.serve(&mut KernelFrames)?;
+        // What came before the serve is followed by it.
+        let _ = balloon::target_signalled(b);
+        Ok::<_, BalloonError>((p, alloc::format!("{}", b.interrupt_mode())))
+    });
+    let (before, mode) = match start {
+        Ok(None) => return Outcome::Skip("no virtio-balloon"),
+        Err(e) => fail!("balloon start: {}", e),
+        Ok(Some(Err(e))) => fail!("follow the first target: {}", e),
+        Ok(Some(Ok(p))) => p,
+    };
+    if mode == "polled" {
+        return Outcome::Skip("the balloon has no interrupt (no MSI-X, no INTx line)");
+    }
+    println!(
+        "# balloon: waiting for a config-change interrupt ({}; target {} pages, actual {})",
+        mode, before.requested, before.actual
+    );
+    let deadline = time::now_ns() + INTERRUPT_WAIT_NS;
+    let mut wakeups = 0u64;
+    loop {
+        let epoch = platform.interrupt_epoch();
+        let signalled = balloon::with(balloon::target_signalled)
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+        if signalled {
+            let (p, _) = try_or_fail!(serve(), "follow the new target");
+            if p.requested != before.requested {
+                println!(
+                    "# balloon: config-change interrupt after {} wakeups: target {} -> {} pages, \
+                     actual {}",
+                    wakeups, before.requested, p.requested, p.actual
+                );
+                check!(
+                    p.actual == p.target && !p.short,
+                    "{} of {} pages in the balloon",
+                    p.actual,
+                    p.target
+                );
+                let device_actual = balloon::with(|b| b.device_actual()).ok().flatten();
+                check!(
+                    device_actual == Some(Ok(p.target)),
+                    "the device's actual is {:?}, not {}",
+                    device_actual,
+                    p.target
+                );
+                return Outcome::Pass;
+            }
+        }
+        if time::now_ns() >= deadline {
+            fail!(
+                "no config-change interrupt with a new target in {} s ({} wakeups)",
+                INTERRUPT_WAIT_NS / 1_000_000_000,
+                wakeups
+            );
+        }
+        platform.wait_for_interrupt(epoch);
+        wakeups += 1;
+    }
+}
