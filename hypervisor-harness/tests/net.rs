@@ -205,7 +205,12 @@ impl ListeningPeer {
 
     /// `--net` for a NIC attached to this peer with `mac`.
     fn net(&self, mac: &str) -> String {
-        format!("virtio:stream:{},mac={mac}", self.socket.display())
+        self.nic_net("virtio", mac)
+    }
+
+    /// `--net` for NIC model `model` on this peer.
+    fn nic_net(&self, model: &str, mac: &str) -> String {
+        format!("{model}:stream:{},mac={mac}", self.socket.display())
     }
 }
 
@@ -217,31 +222,35 @@ impl Drop for ListeningPeer {
 }
 
 /// The guest under our harness and the guest under QEMU, at once, on one `peer --listen`
-/// (distinct addresses and MACs): both pass the peer tests.
+/// (distinct addresses and MACs): both pass the peer tests, with each NIC model in turn.
 #[test]
 fn both_vmms_on_one_peer() {
     if !have_kvm("both_vmms_on_one_peer") || !have_qemu("both_vmms_on_one_peer") {
         return;
     }
-    let peer = ListeningPeer::start("both-vmms");
-    let ours = peer_tests(
-        "run",
-        &peer.net("52:54:00:76:00:03"),
-        "net_ip=192.168.76.3",
-        &[],
-    )
-    .spawn()
-    .unwrap();
-    let qemu = peer_tests(
-        "qemu",
-        &peer.net("52:54:00:76:00:04"),
-        "net_ip=192.168.76.4",
-        &[],
-    )
-    .spawn()
-    .unwrap();
-    check_peer_tests("run on peer --listen", &ours.wait_with_output().unwrap());
-    check_peer_tests("qemu on peer --listen", &qemu.wait_with_output().unwrap());
+    for (i, model) in ["virtio", "e1000", "rtl8139"].into_iter().enumerate() {
+        let peer = ListeningPeer::start(&format!("both-vmms-{model}"));
+        let (ours, theirs) = (3 + 2 * i, 4 + 2 * i);
+        let ours = peer_tests(
+            "run",
+            &peer.nic_net(model, &format!("52:54:00:76:00:{ours:02x}")),
+            &format!("net_ip=192.168.76.{ours}"),
+            &[],
+        )
+        .spawn()
+        .unwrap();
+        let qemu = peer_tests(
+            "qemu",
+            &peer.nic_net(model, &format!("52:54:00:76:00:{theirs:02x}")),
+            &format!("net_ip=192.168.76.{theirs}"),
+            &[],
+        )
+        .spawn()
+        .unwrap();
+        let what = |vmm: &str| format!("{vmm} {model} on peer --listen");
+        check_peer_tests(&what("run"), &ours.wait_with_output().unwrap());
+        check_peer_tests(&what("qemu"), &qemu.wait_with_output().unwrap());
+    }
 }
 
 /// Two VMs on one `peer --listen` exchange a TCP stream each way (net_tcp_pair): both under
