@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::backends::disk::DiskBackend;
-use crate::backends::mem_disk::{Faults, MemDisk};
+use crate::backends::faulty_disk::FaultSwitch;
+use crate::backends::mem_disk::MemDisk;
 use crate::devices::bus::Bus;
 use crate::devices::ide::ata::{self, DeviceControl, DeviceReg, Status, TaskfileReg};
 use crate::devices::ide::bmdma::{BmCommand, BmReg, BmStatus, PrdEntry};
@@ -94,8 +95,9 @@ struct IdeRig {
     irqs: [Arc<EdgeIrq>; 2],
     /// Which drives exist: [primary master, primary slave, secondary master, secondary slave].
     present: [bool; 4],
-    /// The drives' disks, shared with the model (to inject faults and look inside).
-    disks: Vec<MemDisk>,
+    /// The switches of the faulty disks the model owns, one per drive (the caller keeps the
+    /// memory disks inside them, to look into).
+    switches: Vec<FaultSwitch>,
 }
 
 impl IdeRig {
@@ -106,8 +108,11 @@ impl IdeRig {
         let lines: [Arc<dyn Interrupt>; 2] = [irqs[0].clone(), irqs[1].clone()];
         // Dense placement: the first `disks.len()` positions.
         let mut slots: [Option<Box<dyn DiskBackend>>; piix::MAX_DRIVES] = Default::default();
+        let mut switches = Vec::new();
         for (slot, d) in slots.iter_mut().zip(&disks) {
-            *slot = Some(Box::new(d.clone()));
+            let (backend, switch) = faulty(d);
+            *slot = Some(backend);
+            switches.push(switch);
         }
         let mut ide = PiixIde::new(mem.clone(), slots, lines).expect("PIIX IDE");
         ide.config_mut()
@@ -132,7 +137,7 @@ impl IdeRig {
             mem,
             irqs,
             present,
-            disks,
+            switches,
         }
     }
 
@@ -272,8 +277,8 @@ impl IdeRig {
             _ => {
                 let drive = r.u8() as usize;
                 let faults = r.faults();
-                if !self.disks.is_empty() {
-                    self.disks[drive % self.disks.len()].set_faults(faults);
+                if !self.switches.is_empty() {
+                    self.switches[drive % self.switches.len()].set(faults);
                 }
             }
         }
@@ -399,8 +404,8 @@ impl IdeRig {
     /// At the end: firmware re-enables decoding, the disks heal; each master resets and
     /// answers IDENTIFY and a one-sector read.
     fn check_alive(&mut self, images: &[Vec<u8>]) {
-        for d in &self.disks {
-            d.set_faults(Faults::NONE);
+        for s in &self.switches {
+            s.heal();
         }
         {
             let mut ide = lock(&self.ide);

@@ -20,11 +20,14 @@
 //!
 //! Guest memory is a real `GuestMemoryMmap` touched only through vm-memory's checked accessors.
 //! Disks (virtio-blk's and the IDE drives) are memory disks
-//! ([`MemDisk`](crate::backends::mem_disk::MemDisk)), new for each input, with failures the
-//! program injects and heals before the end-of-run checks: no file I/O per input.
+//! ([`MemDisk`](crate::backends::mem_disk::MemDisk)), new for each input, behind a
+//! [`FaultyDisk`] whose failures (EIO, short reads and writes, ENOSPC, for a few operations or
+//! until healed) the program injects and heals before the end-of-run checks: no file I/O per
+//! input.
 
 use crate::backends::disk::DiskBackend;
-use crate::backends::mem_disk::{Fault, Faults, MemDisk};
+use crate::backends::faulty_disk::{Fault, FaultPlan, FaultSwitch, FaultyDisk};
+use crate::backends::mem_disk::MemDisk;
 use crate::devices::pci::config::PciConfig;
 use crate::devices::pci::msix::MsiMessage;
 use crate::devices::pci::PciFunction;
@@ -192,19 +195,25 @@ impl<'a> Reader<'a> {
         }
     }
     /// A backend fault program: 2 bits each for reads, writes and flushes (0 works, 1 EIO,
-    /// 2 short read, 3 ENOSPC).
-    fn faults(&mut self) -> Faults {
+    /// 2 short, 3 ENOSPC), and 2 for how long (0 until healed, else that many faulty
+    /// operations).
+    fn faults(&mut self) -> FaultPlan {
         let b = self.u8();
         let fault = |bits: u8| match bits & 3 {
             0 => None,
             1 => Some(Fault::Eio),
-            2 => Some(Fault::ShortRead),
+            2 => Some(Fault::Short),
             _ => Some(Fault::NoSpace),
         };
-        Faults {
+        FaultPlan {
             read: fault(b),
             write: fault(b >> 2),
             flush: fault(b >> 4),
+            times: match b >> 6 {
+                0 => None,
+                n => Some(n as u64),
+            },
+            ..FaultPlan::default()
         }
     }
     /// A buffer length: small, whole sectors, or huge.
@@ -261,6 +270,13 @@ fn image_pattern() -> &'static [u8] {
 /// A memory disk holding the fuzz image, new for each input.
 fn image_disk(read_only: bool) -> MemDisk {
     MemDisk::new(image_pattern().to_vec(), read_only).expect("fuzz memory disk")
+}
+
+/// `disk` behind a [`FaultyDisk`], for a model to own; the program fails it through the
+/// switch.
+fn faulty(disk: &MemDisk) -> (Box<dyn DiskBackend>, FaultSwitch) {
+    let (faulty, switch) = FaultyDisk::new(disk.clone());
+    (Box::new(faulty), switch)
 }
 
 /// A disk that ends a run as it began: its size, and when read-only its bytes.

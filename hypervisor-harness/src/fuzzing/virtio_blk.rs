@@ -1,7 +1,8 @@
 //! virtio-blk behind the virtio-pci transport.
 
 use super::*;
-use crate::backends::mem_disk::{Faults, MemDisk};
+use crate::backends::faulty_disk::FaultSwitch;
+use crate::backends::mem_disk::MemDisk;
 use crate::devices::bus::Bus;
 use crate::devices::lock;
 use crate::devices::pci::config::{CMD_BUS_MASTER, CMD_IO, CMD_MEM, REG_COMMAND};
@@ -95,8 +96,10 @@ struct VirtioRig {
     offered: u64,
     msix_cap: u64,
     requests: Arc<AtomicU64>,
-    /// The disk, shared with the model (to inject faults and look inside).
+    /// The disk, shared with the model (to look inside), and the switch of the faulty disk
+    /// around it, which the model owns.
     disk: MemDisk,
+    switch: FaultSwitch,
 }
 
 /// [`Blk`] counting the chains it completes (the count is the transport's business otherwise).
@@ -158,7 +161,8 @@ impl VirtioPciDriver for VirtioRig {
 
 impl VirtioRig {
     fn new(mem: Memory, disk: MemDisk) -> Self {
-        let blk = Blk::new(Box::new(disk.clone()), *b"fuzz-virtio-blk\0\0\0\0\0");
+        let (backend, switch) = faulty(&disk);
+        let blk = Blk::new(backend, *b"fuzz-virtio-blk\0\0\0\0\0");
         let offered = blk.features() | 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
         let requests = Arc::new(AtomicU64::new(0));
         let dev = CountingBlk {
@@ -193,6 +197,7 @@ impl VirtioRig {
             msix_cap,
             requests,
             disk,
+            switch,
         }
     }
 
@@ -362,7 +367,7 @@ impl VirtioRig {
                     assert_eq!(isr, 0xff, "BAR0 answered with memory decode off");
                 }
             }
-            _ => self.disk.set_faults(r.faults()),
+            _ => self.switch.set(r.faults()),
         }
     }
 
@@ -477,7 +482,7 @@ impl VirtioRig {
     /// At the end: the disk heals, the transport still answers, and after a reset the device
     /// works.
     fn check_alive(&mut self) {
-        self.disk.set_faults(Faults::NONE);
+        self.switch.heal();
         let disk_now = self.disk.contents();
         // A driver's probe: decode and bus mastering on (the program may have turned them off).
         lock(&self.dev).config_write(
