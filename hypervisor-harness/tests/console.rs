@@ -201,3 +201,67 @@ fn console_arguments_are_checked() {
         .unwrap();
     assert_usage_error(&o, "use socket:PATH");
 }
+
+/// The kernel's command prompt on port 0, driven through the socket: replies to each command,
+/// an unknown one answered, `quit` ends the test.
+fn prompt(vmm: &str, tag: &str) {
+    let dir = TempDir::new(tag);
+    let p0 = dir.0.join("console.sock");
+    let child = harness()
+        .args([vmm, "--kernel", KERNEL, "--timeout", "120"])
+        .arg("--console")
+        .arg(format!("socket:{}", p0.display()))
+        .args(["--cmdline", "tests=console_prompt"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut s = connect(&p0);
+    s.write_all(b"help\necho hello console\nuptime\r\nbogus\n\nmem\nquit\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"bye\n") {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("{e} after {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    let replies = String::from_utf8_lossy(&got).to_string();
+    let o = child.wait_with_output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(passed(&t, "console_prompt"), "{t}");
+    assert!(t.contains("# console: prompt served 6 commands"), "{t}");
+    for want in [
+        "kernel console; type help\n> ",
+        "commands: help, echo TEXT, uptime, mem, quit\n> ",
+        "hello console\n> ",
+        "up ",
+        "unknown command \"bogus\"\n> ",
+        "frames: ",
+        "bye\n",
+    ] {
+        assert!(replies.contains(want), "{want:?} not in {replies:?}");
+    }
+}
+
+#[test]
+fn the_kernel_prompt_takes_commands_under_the_harness() {
+    if !have_kvm("the_kernel_prompt_takes_commands_under_the_harness") {
+        return;
+    }
+    prompt("run", "console-prompt-harness");
+}
+
+#[test]
+fn the_kernel_prompt_takes_commands_under_qemu() {
+    if !have_kvm("the_kernel_prompt_takes_commands_under_qemu")
+        || !have_qemu("the_kernel_prompt_takes_commands_under_qemu")
+    {
+        return;
+    }
+    prompt("qemu", "console-prompt-qemu");
+}

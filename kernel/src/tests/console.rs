@@ -1,6 +1,7 @@
 //! virtio-console through the guest driver, against our harness's model and QEMU's
 //! virtio-serial-pci with a virtconsole (and a virtserialport) alike: `console_roundtrip`
-//! echoes what the host sends on port 0, then on the first named port (MULTIPORT).
+//! echoes what the host sends on port 0, then on the first named port (MULTIPORT);
+//! `console_prompt` is a tiny command prompt on port 0 (input into the kernel).
 //!
 //! The protocol, per port: the host sends frames of `le32 length` then that many bytes; the
 //! guest echoes each frame as it arrives (header, then the bytes in the chunks it reads), and
@@ -135,4 +136,68 @@ pub fn roundtrip() -> Outcome {
         k.messages, k.short, k.unknown_event, k.port_out_of_range, k.bad_name, k.bad_used
     );
     Outcome::Pass
+}
+
+/// The longest command line kept; the rest of a longer line is dropped.
+const LINE_MAX: usize = 128;
+
+/// A tiny command prompt on port 0: input into the kernel. `help`, `echo TEXT`, `uptime`,
+/// `mem`, `quit` (ends the test, passing); anything else is answered `unknown command`. Lines
+/// end at `\n` or `\r`.
+pub fn prompt() -> Outcome {
+    let Some(function) = pci::devices()
+        .iter()
+        .find(|f| virtio_device_type(f) == Some(device_type::CONSOLE))
+    else {
+        return Outcome::Skip("no virtio-console");
+    };
+    let mut c = try_or_fail!(
+        VirtioConsole::new(&PLATFORM, function, InterruptMode::Polled, true),
+        "virtio-console {}",
+        function.address
+    );
+    try_or_fail!(
+        c.wait_for_port(PORT_WAIT_NS, |p| p.id == 0 && p.present),
+        "port 0 never added"
+    );
+    let say = |c: &mut Console, text: &str| c.write(0, text.as_bytes());
+    try_or_fail!(say(&mut c, "kernel console; type help\n> "), "prompt");
+    let mut line = String::new();
+    let mut commands = 0u64;
+    let mut buf = [0u8; 256];
+    loop {
+        let n = try_or_fail!(c.read_wait(0, &mut buf, HOST_WAIT_NS), "console input");
+        for &b in &buf[..n] {
+            if b != b'\n' && b != b'\r' {
+                if line.len() < LINE_MAX {
+                    line.push(char::from(b));
+                }
+                continue;
+            }
+            let cmd = core::mem::take(&mut line);
+            let cmd = cmd.trim();
+            if cmd.is_empty() {
+                continue;
+            }
+            commands += 1;
+            let (word, rest) = cmd.split_once(' ').unwrap_or((cmd, ""));
+            let reply = match word {
+                "help" => String::from("commands: help, echo TEXT, uptime, mem, quit"),
+                "echo" => String::from(rest),
+                "uptime" => format!("up {} ms", crate::time::now_ns() / 1_000_000),
+                "mem" => {
+                    let (free, total) =
+                        crate::mem::frames::with(|m| (m.free_bytes(), m.total_bytes()));
+                    format!("frames: {} KiB free of {} KiB", free >> 10, total >> 10)
+                }
+                "quit" => {
+                    try_or_fail!(say(&mut c, "bye\n"), "reply");
+                    println!("# console: prompt served {} commands", commands);
+                    return Outcome::Pass;
+                }
+                _ => format!("unknown command {:?}", word),
+            };
+            try_or_fail!(say(&mut c, &format!("{reply}\n> ")), "reply");
+        }
+    }
 }

@@ -57,6 +57,7 @@ pub static REGISTRY: &[Test] = &[
     Test::by_name("net_tcp_pair", net::tcp_pair),
     // Never in `all`: the host drives it through the console's sockets.
     Test::by_name("console_roundtrip", console::roundtrip),
+    Test::by_name("console_prompt", console::prompt),
     // Never in `all`: the host kills the VMM while it sleeps.
     Test::by_name("virtio_blk_durability", virtio_blk::durability),
     // Never in `all`: a second virtio-blk driver (the virtio-drivers crate's) on the same disk
