@@ -403,6 +403,32 @@ fn balloon_commands_reach_the_device() {
     let queues = hmp(&hmp_sock, "info queues");
     assert!(queues.contains("virtio-balloon"), "{queues}");
     assert_eq!(hmp(&hmp_sock, "balloon 192"), "");
+    // The guest follows by inflating through queue 0 (ioeventfd notifies, used-buffer
+    // interrupts), and never uses the deflate queue (1): info queues counts per queue.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hmp(&hmp_sock, "info balloon") != "balloon: actual=192\n" {
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not follow 192 MiB"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let queues = hmp(&hmp_sock, "info queues");
+    let counts = |queue: &str| -> (u64, u64) {
+        let mut lines = queues.lines().skip_while(|l| !l.starts_with(queue));
+        let counts = lines
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {queue}: {queues}"));
+        let n: Vec<u64> = counts
+            .split_whitespace()
+            .filter_map(|w| w.trim_end_matches(',').parse().ok())
+            .collect();
+        assert_eq!(n.len(), 2, "{counts:?}: {queues}");
+        (n[0], n[1])
+    };
+    let (notifies, interrupts) = counts("  queue 0:");
+    assert!(notifies > 0 && interrupts > 0, "inflate queue: {queues}");
+    assert_eq!(counts("  queue 1:"), (0, 0), "deflate queue: {queues}");
     let refused = hmp(&hmp_sock, "balloon 512");
     assert!(
         refused.starts_with("balloon: ") && refused.lines().count() == 1,

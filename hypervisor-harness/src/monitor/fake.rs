@@ -140,6 +140,8 @@ impl MonitorTarget for FakeTarget {
                 avail_idx: Some(12),
                 used_idx: Some(12),
                 notify_exits: 12,
+                notifies: 12,
+                interrupts: 11,
                 msix_vector: Some(1),
             }],
         }]

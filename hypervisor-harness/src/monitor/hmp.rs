@@ -161,7 +161,7 @@ fn format_queues(functions: &[VirtioQueuesInfo]) -> String {
         let _ = writeln!(
             s,
             "{} ({}): status {:#04x}, {} notifies, {} queue interrupts, {} config interrupts \
-             (counted per device, not per queue)",
+             (the function's totals)",
             f.name, f.bdf, f.status, f.notifies, f.queue_interrupts, f.config_interrupts
         );
         for q in &f.queues {
@@ -177,6 +177,11 @@ fn format_queues(functions: &[VirtioQueuesInfo]) -> String {
                 idx(q.avail_idx),
                 idx(q.used_idx),
                 q.notify_exits
+            );
+            let _ = writeln!(
+                s,
+                "    {} notifies, {} interrupts",
+                q.notifies, q.interrupts
             );
         }
     }
@@ -273,6 +278,10 @@ mod tests {
                 "  queue 0: size 256, ready, avail.idx 12, used.idx 12, 12 notify exits, \
                  MSI-X vector 1\n"
             ),
+            "{q}"
+        );
+        assert!(
+            q.contains("MSI-X vector 1\n    12 notifies, 11 interrupts\n"),
             "{q}"
         );
     }

@@ -85,12 +85,15 @@ pub struct QueueInfo {
     pub used_idx: Option<u16>,
     /// Exits at the queue's notify register (notifies that came by ioeventfd never exit).
     pub notify_exits: u64,
+    /// Notifies of this queue the transport saw, by ioeventfd and by exit.
+    pub notifies: u64,
+    /// Interrupts the device raised for this queue.
+    pub interrupts: u64,
     /// The MSI-X vector its interrupts go to (None: none assigned).
     pub msix_vector: Option<u16>,
 }
 
-/// A virtio function's queues and its transport's counters (which are per function: the
-/// transport does not count notifies or interrupts per queue).
+/// A virtio function's queues (each with its own counters) and its transport's totals.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VirtioQueuesInfo {
     pub name: String,

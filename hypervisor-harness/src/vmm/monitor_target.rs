@@ -244,6 +244,8 @@ impl MonitorTarget for VmView {
                             avail_idx: ready.then(|| self.ring_idx(q.avail_ring())).flatten(),
                             used_idx: ready.then(|| self.ring_idx(q.used_ring())).flatten(),
                             notify_exits: counters.at(Space::Mmio, notify, None),
+                            notifies: dev.queue_counters().notifies(i),
+                            interrupts: dev.queue_counters().interrupts(i),
                             msix_vector: dev
                                 .queue_vector(i)
                                 .filter(|&v| v != transport_pci::NO_VECTOR),

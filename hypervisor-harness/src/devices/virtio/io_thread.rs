@@ -42,7 +42,7 @@ pub fn spawn(
                     };
                     // Non-blocking: a spurious wakeup just finds nothing.
                     if evt.read().is_ok() {
-                        worker.process(*queue);
+                        worker.notified(*queue);
                     }
                 }
             }

@@ -33,6 +33,7 @@ use crate::devices::pci::msix::{self, Msix, Trigger};
 use crate::devices::pci::PciFunction;
 use std::mem::{offset_of, size_of};
 use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
@@ -262,6 +263,47 @@ impl TransportStats {
     }
 }
 
+/// Per-queue notifies and interrupts, counted lock-free where they happen: an I/O thread's
+/// ioeventfd read ([`QueueWorker::notified`]), a vCPU's notify write that exited
+/// ([`VirtioPciDevice::bar_write`]), a device's queue interrupt ([`PciInterrupt`]'s trigger,
+/// whether or not a vector or INTx was there to deliver it, as `queue_interrupts` counts).
+/// Indices beyond the function's queues are not counted.
+#[derive(Debug)]
+pub struct QueueCounters {
+    notifies: Box<[AtomicU64]>,
+    interrupts: Box<[AtomicU64]>,
+}
+
+impl QueueCounters {
+    fn new(num_queues: usize) -> Self {
+        let zeros = || (0..num_queues).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            notifies: zeros(),
+            interrupts: zeros(),
+        }
+    }
+
+    fn bump(counters: &[AtomicU64], index: usize) {
+        if let Some(c) = counters.get(index) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn read(counters: &[AtomicU64], index: usize) -> u64 {
+        counters.get(index).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Notifies of queue `index`, by ioeventfd and by exit.
+    pub fn notifies(&self, index: usize) -> u64 {
+        Self::read(&self.notifies, index)
+    }
+
+    /// Interrupts the device raised for queue `index`.
+    pub fn interrupts(&self, index: usize) -> u64 {
+        Self::read(&self.interrupts, index)
+    }
+}
+
 /// The routing half of a function's interrupts: ISR, MSI-X table and vectors, INTx. A device
 /// model holds it (as its [`InterruptTrigger`]) from activation on and triggers it from
 /// wherever it completes work; the register half takes its lock for ISR reads, MSI-X table and
@@ -270,6 +312,7 @@ impl TransportStats {
 pub struct PciInterrupt {
     state: Mutex<InterruptState>,
     lines: Arc<dyn VirtioInterrupt>,
+    queue_counters: Arc<QueueCounters>,
 }
 
 struct InterruptState {
@@ -286,7 +329,12 @@ struct InterruptState {
 }
 
 impl PciInterrupt {
-    fn new(msix: Msix, num_queues: usize, lines: Arc<dyn VirtioInterrupt>) -> Self {
+    fn new(
+        msix: Msix,
+        num_queues: usize,
+        lines: Arc<dyn VirtioInterrupt>,
+        queue_counters: Arc<QueueCounters>,
+    ) -> Self {
         Self {
             state: Mutex::new(InterruptState {
                 msix,
@@ -298,6 +346,7 @@ impl PciInterrupt {
                 config_interrupts: 0,
             }),
             lines,
+            queue_counters,
         }
     }
 
@@ -367,6 +416,7 @@ impl InterruptTrigger for PciInterrupt {
             InterruptType::Queue(index) => {
                 st.isr |= ISR_QUEUE;
                 st.queue_interrupts += 1;
+                QueueCounters::bump(&self.queue_counters.interrupts, index);
                 st.queue_vectors.get(index).copied().unwrap_or(NO_VECTOR)
             }
             InterruptType::Config => {
@@ -440,18 +490,29 @@ impl QueueEngine {
 pub struct QueueWorker {
     regs: Arc<Mutex<VirtioPciDevice>>,
     engine: Arc<Mutex<QueueEngine>>,
+    queue_counters: Arc<QueueCounters>,
 }
 
 impl QueueWorker {
     pub fn new(regs: &Arc<Mutex<VirtioPciDevice>>) -> Self {
-        let engine = lock(regs).engine.clone();
+        let r = lock(regs);
+        let (engine, queue_counters) = (r.engine.clone(), r.queue_counters.clone());
+        drop(r);
         Self {
             regs: regs.clone(),
             engine,
+            queue_counters,
         }
     }
 
-    /// The driver notified queue `index` (its ioeventfd fired).
+    /// The driver notified queue `index`: its ioeventfd fired and was read. Counted, then
+    /// processed.
+    pub fn notified(&self, index: usize) {
+        QueueCounters::bump(&self.queue_counters.notifies, index);
+        self.process(index);
+    }
+
+    /// Process queue `index` (after a notify, or when a backend has work for it).
     pub fn process(&self, index: usize) {
         let Some(epoch) = lock(&self.regs).admit(index) else {
             return;
@@ -487,6 +548,8 @@ pub struct VirtioPciDevice {
     broken: Option<String>,
     /// Counted here; the interrupt counts are the routing half's (see [`Self::stats`]).
     stats: TransportStats,
+    /// Per queue, shared with the routing half and the I/O threads' workers.
+    queue_counters: Arc<QueueCounters>,
 }
 
 impl VirtioPciDevice {
@@ -576,7 +639,8 @@ impl VirtioPciDevice {
             epoch: 0,
             activations: 0,
         };
-        let interrupt = PciInterrupt::new(msix, nq, irq);
+        let queue_counters = Arc::new(QueueCounters::new(nq));
+        let interrupt = PciInterrupt::new(msix, nq, irq, queue_counters.clone());
         interrupt.state().intx_disabled = config.command() & CMD_INTX_DISABLE != 0;
         Ok(Self {
             config,
@@ -590,6 +654,7 @@ impl VirtioPciDevice {
             epoch: 0,
             broken: None,
             stats: TransportStats::default(),
+            queue_counters,
         })
     }
 
@@ -623,6 +688,11 @@ impl VirtioPciDevice {
             config_interrupts: st.config_interrupts,
             ..self.stats
         }
+    }
+
+    /// Per-queue notifies and interrupts.
+    pub fn queue_counters(&self) -> &QueueCounters {
+        &self.queue_counters
     }
 
     /// Queue `index` as its registers were programmed (the running copy is the engine's).
@@ -918,7 +988,9 @@ impl VirtioPciDevice {
             }
             BarBlock::Notify(off) => {
                 if off.is_multiple_of(NOTIFY_MULTIPLIER as u64) {
-                    self.process_queue((off / NOTIFY_MULTIPLIER as u64) as usize);
+                    let index = (off / NOTIFY_MULTIPLIER as u64) as usize;
+                    QueueCounters::bump(&self.queue_counters.notifies, index);
+                    self.process_queue(index);
                 }
             }
             BarBlock::MsixTable(o) if self.msix_cap.is_some() => {
@@ -1348,6 +1420,36 @@ mod tests {
         w(d, VirtioPciDevice::notify_offset(0), 2, 0);
         assert_eq!(t.irq.intx_count(), 1);
         assert_eq!(r(d, ISR_OFFSET, 1), 1);
+    }
+
+    #[test]
+    fn a_notify_and_an_interrupt_on_queue_1_count_on_queue_1_only() {
+        let mut t = setup(false);
+        let d = &mut t.dev;
+        setup_queue(d, 0, 256);
+        setup_queue(d, 1, 16);
+        assert_eq!(negotiate(d, 0, 1), 11);
+        w(d, common::DEVICE_STATUS, 1, 15);
+        // By exit: the notify write lands on the register; the fake interrupts for it.
+        w(d, VirtioPciDevice::notify_offset(1), 2, 1);
+        assert_eq!(t.processed.load(Ordering::SeqCst), 1);
+        let c = d.queue_counters();
+        assert_eq!((c.notifies(1), c.interrupts(1)), (1, 1));
+        assert_eq!((c.notifies(0), c.interrupts(0)), (0, 0));
+        // By ioeventfd: the I/O thread's worker counts what it read.
+        let regs = Arc::new(Mutex::new(t.dev));
+        let worker = QueueWorker::new(&regs);
+        worker.notified(1);
+        // A backend's kick is not a notify; the interrupt it brings is queue 1's.
+        worker.process(1);
+        // Beyond the queues: neither counted nor a panic.
+        worker.notified(7);
+        let d = lock(&regs);
+        let c = d.queue_counters();
+        assert_eq!((c.notifies(1), c.interrupts(1)), (2, 3));
+        assert_eq!((c.notifies(0), c.interrupts(0)), (0, 0));
+        assert_eq!((c.notifies(7), c.interrupts(7)), (0, 0));
+        assert_eq!(d.stats().queue_interrupts, 3, "the function's total agrees");
     }
 
     #[test]
