@@ -24,7 +24,7 @@ pub fn debug_exit(input: &[u8]) {
             _ => r.u64(),
         };
         let width = r.width();
-        if op % 2 == 0 {
+        if op.is_multiple_of(2) {
             let v = r.value(width);
             dev.write(off, &v);
             if want.is_none() && off == 0 && !v.is_empty() {

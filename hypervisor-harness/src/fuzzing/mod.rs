@@ -187,7 +187,11 @@ impl<'a> Reader<'a> {
             4 => MEM_SIZE - 1 - (self.u8() as u64),
             5 => {
                 let (base, len) = MEM_REGIONS[1 + self.u8() as usize % 3];
-                let edge = if self.u8() % 2 == 0 { base } else { base + len };
+                let edge = if self.u8().is_multiple_of(2) {
+                    base
+                } else {
+                    base + len
+                };
                 (edge + self.u8() as u64).wrapping_sub(0x80)
             }
             6 => u64::MAX - self.u16() as u64,

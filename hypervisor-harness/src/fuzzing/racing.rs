@@ -142,7 +142,8 @@ fn next(s: &mut u64) -> u64 {
 
 /// Heads the guest may publish: the honest chains' and even hostile descriptors.
 fn published(head: u16) -> bool {
-    (head < 4 * HONEST && head % 4 == 0) || ((16..QUEUE_SIZE).contains(&head) && head % 2 == 0)
+    (head < 4 * HONEST && head.is_multiple_of(4))
+        || ((16..QUEUE_SIZE).contains(&head) && head.is_multiple_of(2))
 }
 
 /// The second vCPU until `stop`: one step at a time, publishes chains (honest or hostile),
@@ -150,7 +151,7 @@ fn published(head: u16) -> bool {
 /// steps, big jumps and backwards. Returns how many steps it took.
 fn racer(mem: &Memory, stop: &AtomicBool, seed: u64) -> u64 {
     let mut rng = seed;
-    let mut steps = 0;
+    let mut steps: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         steps += 1;
         // The device side's reset may have set it back to 0.
@@ -186,7 +187,7 @@ fn racer(mem: &Memory, stop: &AtomicBool, seed: u64) -> u64 {
                 let bytes: Vec<u8> = junk.iter().copied().cycle().take(n).collect();
                 poke(mem, addr, &bytes);
             }
-            5 if (r >> 20) % 4 == 0 => {
+            5 if (r >> 20).is_multiple_of(4) => {
                 // The avail index: a jump (which breaks the queue) or a step back. Rarer than
                 // the rest: a broken queue serves nothing until the reset.
                 let delta = match (r >> 8) % 4 {
@@ -202,7 +203,7 @@ fn racer(mem: &Memory, stop: &AtomicBool, seed: u64) -> u64 {
         }
         // On a machine with fewer free cores than threads, let the device run between bursts
         // rather than see only the end of a long one.
-        if steps % 64 == 0 {
+        if steps.is_multiple_of(64) {
             std::thread::yield_now();
         }
     }
