@@ -52,6 +52,7 @@ pub static REGISTRY: &[Test] = &[
     // several queue pairs, the pair test a second VM on the same switch (net_role=), the
     // flood the peer's UDP source.
     Test::by_name("net_dhcp", net::dhcp),
+    Test::by_name("net_host_tcp", net::host_tcp),
     Test::by_name("net_mq", net::mq),
     Test::by_name("net_rx_flood", net::rx_flood),
     Test::by_name("net_tcp_pair", net::tcp_pair),

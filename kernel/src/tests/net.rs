@@ -604,51 +604,81 @@ pub fn tcp_rx() -> Outcome {
 /// A few messages through the TCP echo service, compared byte for byte.
 pub fn tcp_echo() -> Outcome {
     with_stack(1, None, |stack, args| {
-        let h = tcp_socket(stack, 64 << 10);
-        connect(stack, h, IpEndpoint::new(peer(args), 7), local_port())?;
-        let mut source = PatternStream::new(0xec40);
-        for size in [1usize, 100, 1460, 1461, 4096, 20000] {
-            let mut msg = vec![0u8; size];
-            source.fill(&mut msg);
-            let mut sent = 0;
-            let mut back = Vec::with_capacity(size);
-            let mut error = None;
-            let done = stack.poll_until(10 * SECOND, |s| {
-                let sock = s.sockets.get_mut::<tcp::Socket>(h);
-                if sent < size {
-                    match sock.send_slice(&msg[sent..]) {
-                        Ok(n) => sent += n,
-                        Err(e) => error = Some(format!("TCP send: {e:?}")),
-                    }
+        tcp_echo_to(stack, IpEndpoint::new(peer(args), 7))
+    })
+}
+
+/// Messages of sizes from 1 byte to 20000 through one connection to the echo at `remote`;
+/// each must come back whole and unchanged.
+fn tcp_echo_to(stack: &mut Stack<'_>, remote: IpEndpoint) -> Result<(), String> {
+    let h = tcp_socket(stack, 64 << 10);
+    connect(stack, h, remote, local_port())?;
+    let mut source = PatternStream::new(0xec40);
+    for size in [1usize, 100, 1460, 1461, 4096, 20000] {
+        let mut msg = vec![0u8; size];
+        source.fill(&mut msg);
+        let mut sent = 0;
+        let mut back = Vec::with_capacity(size);
+        let mut error = None;
+        let done = stack.poll_until(10 * SECOND, |s| {
+            let sock = s.sockets.get_mut::<tcp::Socket>(h);
+            if sent < size {
+                match sock.send_slice(&msg[sent..]) {
+                    Ok(n) => sent += n,
+                    Err(e) => error = Some(format!("TCP send: {e:?}")),
                 }
-                while sock.can_recv() {
-                    let _ = sock.recv(|b| {
-                        back.extend_from_slice(b);
-                        (b.len(), ())
-                    });
-                }
-                error.is_some() || back.len() >= size
-            });
-            if let Some(e) = error {
-                return Err(e);
             }
-            if !done || back != msg {
-                return Err(format!(
-                    "TCP echo of {size} bytes: {} bytes back{}",
-                    back.len(),
-                    if back.len() == size {
-                        ", different"
-                    } else {
-                        ""
-                    }
-                ));
+            while sock.can_recv() {
+                let _ = sock.recv(|b| {
+                    back.extend_from_slice(b);
+                    (b.len(), ())
+                });
             }
-        }
-        stack.sockets.get_mut::<tcp::Socket>(h).close();
-        stack.poll_until(2 * SECOND, |s| {
-            s.sockets.get::<tcp::Socket>(h).state() == tcp::State::Closed
+            error.is_some() || back.len() >= size
         });
-        Ok(())
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if !done || back != msg {
+            return Err(format!(
+                "TCP echo of {size} bytes: {} bytes back{}",
+                back.len(),
+                if back.len() == size {
+                    ", different"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    stack.sockets.get_mut::<tcp::Socket>(h).close();
+    stack.poll_until(2 * SECOND, |s| {
+        s.sockets.get::<tcp::Socket>(h).state() == tcp::State::Closed
+    });
+    Ok(())
+}
+
+/// Under user-mode networking (by name): DHCP, then the TCP echo through the host alias (the
+/// lease's router) to port `net_host_port=`, which the VMM proxies to that port on the host's
+/// loopback, where the test runs an echo server.
+pub fn host_tcp() -> Outcome {
+    let Some(port) = bootinfo::get()
+        .arg_u64("net_host_port")
+        .and_then(|p| u16::try_from(p).ok())
+    else {
+        fail!("net_host_tcp needs net_host_port=PORT");
+    };
+    with_stack(1, Some(IpSetup::Dhcp), |stack, _| {
+        if !stack.poll_until(15 * SECOND, |s| s.lease.is_some()) {
+            return Err(String::from("DHCP: no lease in 15 s"));
+        }
+        let Some(host) = stack.lease.and_then(|l| l.router) else {
+            return Err(String::from(
+                "DHCP: the lease names no router (the host alias)",
+            ));
+        };
+        println!("# net: TCP echo through the host alias {host}:{port}");
+        tcp_echo_to(stack, IpEndpoint::new(IpAddress::Ipv4(host), port))
     })
 }
 
