@@ -15,8 +15,7 @@
 use super::device_manager::DeviceManager;
 use super::emulated_nic_thread::{self, BackendFds, BackendThread, EmulatedNic};
 use super::memory::GuestMem;
-use super::virtio_wiring::INTX_GSIS;
-use crate::backends::net::spec::{NetSpec, NicModel};
+use crate::backends::net::spec::NetSpec;
 use crate::backends::net::NetBackend;
 use crate::devices::lock;
 use crate::devices::net::e1000::regs::{IO_SIZE, MMIO_SIZE};
@@ -129,21 +128,6 @@ impl AttachedE1000 {
             .map(|j| vec![format!("{COUNTERS_NOTE}{j}")])
             .unwrap_or_default()
     }
-}
-
-/// Refuse what cannot be attached: more INTx lines than there are.
-/// `first_intx` is the index in [`INTX_GSIS`] of the first e1000's line.
-pub fn check_specs(nets: &[NetSpec], first_intx: usize) -> Result<(), HarnessError> {
-    for (i, spec) in nets.iter().enumerate() {
-        debug_assert_eq!(spec.model, NicModel::E1000);
-        if first_intx + i >= INTX_GSIS.len() {
-            return Err(HarnessError::Usage(format!(
-                "--net e1000: at most {} virtio disks, virtio NICs and e1000s together",
-                INTX_GSIS.len()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Attach one e1000 (`--net` number `n` of this model, its GSI given) with its opened
@@ -391,16 +375,5 @@ mod tests {
         wait_for("the rest sent", || backend.sent().len() == 6);
         assert!(!lock(&dev).tx_stalled());
         assert_eq!(lock(&dev).counters().tx_backend_errors, 0);
-    }
-
-    #[test]
-    fn specs_checked() {
-        let e1000 = NetSpec::parse("e1000").unwrap();
-        check_specs(std::slice::from_ref(&e1000), 0).unwrap();
-        check_specs(&[e1000.clone(), e1000.clone()], INTX_GSIS.len() - 2).unwrap();
-        let e = check_specs(&[e1000.clone(), e1000], INTX_GSIS.len() - 1).unwrap_err();
-        assert!(e.to_string().contains("at most"), "{e}");
-        // user-mode networking attaches like any backend.
-        check_specs(&[NetSpec::parse("e1000:user").unwrap()], 0).unwrap();
     }
 }

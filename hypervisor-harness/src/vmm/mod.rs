@@ -286,26 +286,22 @@ impl Machine {
                 ..s.clone()
             })
             .collect();
-        let of_model = |m: NicModel| -> Vec<NetSpec> {
-            net_specs.iter().filter(|s| s.model == m).cloned().collect()
-        };
-        let (virtio_specs, e1000_specs, rtl8139_specs) = (
-            of_model(NicModel::VirtioNet),
-            of_model(NicModel::E1000),
-            of_model(NicModel::Rtl8139),
-        );
-        net_wiring::check_specs(&virtio_specs, disks.virtio.len())?;
-        let first_e1000_intx = disks.virtio.len() + virtio_specs.len();
-        e1000_wiring::check_specs(&e1000_specs, first_e1000_intx)?;
-        let first_rtl8139_intx = first_e1000_intx + e1000_specs.len();
-        rtl8139_wiring::check_specs(&rtl8139_specs, first_rtl8139_intx)?;
-        let balloon_intx = first_rtl8139_intx + rtl8139_specs.len();
-        if cfg.balloon && balloon_intx >= virtio_wiring::INTX_GSIS.len() {
-            return Err(HarnessError::Usage(format!(
-                "--balloon: at most {} disks and NICs with it",
-                virtio_wiring::INTX_GSIS.len() - 1
-            )));
+        for spec in &net_specs {
+            match spec.model {
+                NicModel::VirtioNet => net_wiring::check_spec(spec)?,
+                NicModel::E1000 => {}
+                NicModel::Rtl8139 => rtl8139_wiring::check_spec(spec)?,
+            }
         }
+        virtio_wiring::check_intx_lines(
+            disks.virtio.len(),
+            net_specs.len(),
+            cfg.balloon,
+            cfg.console.is_some(),
+        )?;
+        let balloon_intx = disks.virtio.len() + net_specs.len();
+        let console_intx = balloon_intx + usize::from(cfg.balloon);
+        let any_virtio_net = net_specs.iter().any(|s| s.model == NicModel::VirtioNet);
         // Backends open before anything else starts, so a missing one is an error up front.
         let mut nets = Vec::with_capacity(net_specs.len());
         for spec in net_specs {
@@ -362,21 +358,14 @@ impl Machine {
         // PIIX-style controller (primary master, primary slave, secondary master, secondary slave).
         // One GSI routing table for every virtio function's MSI routes.
         let n_virtio_disks = disks.virtio.len();
-        let console_intx = balloon_intx + usize::from(cfg.balloon);
-        if cfg.console.is_some() && console_intx >= virtio_wiring::INTX_GSIS.len() {
-            return Err(HarnessError::Usage(format!(
-                "--console: at most {} disks, NICs and balloon with it",
-                virtio_wiring::INTX_GSIS.len() - 1
-            )));
-        }
-        let router =
-            if n_virtio_disks + virtio_specs.len() > 0 || cfg.balloon || cfg.console.is_some() {
-                Some(Arc::new(Mutex::new(virtio_wiring::GsiRouter::new(
-                    &dm.vm.kvm, &dm.vm.fd,
-                )?)))
-            } else {
-                None
-            };
+        let router = if n_virtio_disks > 0 || any_virtio_net || cfg.balloon || cfg.console.is_some()
+        {
+            Some(Arc::new(Mutex::new(virtio_wiring::GsiRouter::new(
+                &dm.vm.kvm, &dm.vm.fd,
+            )?)))
+        } else {
+            None
+        };
         let virtio = match &router {
             Some(router) => {
                 let (virtio, notes) =

@@ -14,7 +14,7 @@
 
 use super::device_manager::DeviceManager;
 use super::memory::GuestMem;
-use super::virtio_wiring::{function_irq, place, Attached, GsiRouter, INTX_GSIS};
+use super::virtio_wiring::{function_irq, place, Attached, GsiRouter};
 use super::IoMode;
 use crate::backends::net::spec::{BackendSpec, NetSpec, NicModel};
 use crate::backends::net::NetBackend;
@@ -160,22 +160,15 @@ impl AttachedNic {
     }
 }
 
-/// Refuse what this harness cannot attach yet, with the reason.
-pub fn check_specs(nets: &[NetSpec], first_intx: usize) -> Result<(), HarnessError> {
-    for (i, spec) in nets.iter().enumerate() {
-        if spec.model != NicModel::VirtioNet {
-            return Err(HarnessError::Usage(format!(
-                "--net {}: the {} NIC is not supported yet (use virtio)",
-                spec.model.name(),
-                spec.model.name()
-            )));
-        }
-        if first_intx + i >= INTX_GSIS.len() {
-            return Err(HarnessError::Usage(format!(
-                "--net: at most {} virtio disks and NICs together",
-                INTX_GSIS.len()
-            )));
-        }
+/// Refuse what this harness cannot attach as a virtio-net NIC, with the reason (the INTx
+/// lines are counted for all NICs at once: [`super::virtio_wiring::check_intx_lines`]).
+pub fn check_spec(spec: &NetSpec) -> Result<(), HarnessError> {
+    if spec.model != NicModel::VirtioNet {
+        return Err(HarnessError::Usage(format!(
+            "--net {}: the {} NIC is not supported yet (use virtio)",
+            spec.model.name(),
+            spec.model.name()
+        )));
     }
     Ok(())
 }
@@ -290,13 +283,30 @@ mod tests {
 
     #[test]
     fn unsupported_models_and_backends_are_usage_errors() {
-        let e = check_specs(&[NetSpec::parse("e1000").unwrap()], 0).unwrap_err();
+        let e = check_spec(&NetSpec::parse("e1000").unwrap()).unwrap_err();
         assert!(e.to_string().contains("not supported yet"), "{e}");
         // user-mode networking attaches like any backend.
-        check_specs(&[NetSpec::parse("virtio:user").unwrap()], 0).unwrap();
-        let e = check_specs(&[NetSpec::parse("virtio").unwrap()], INTX_GSIS.len()).unwrap_err();
+        check_spec(&NetSpec::parse("virtio:user").unwrap()).unwrap();
+        check_spec(&NetSpec::parse("virtio,queues=2").unwrap()).unwrap();
+    }
+
+    /// One INTx line per virtio disk, NIC and the balloon, counted over all of them.
+    #[test]
+    fn intx_lines_are_counted_over_disks_nics_and_the_balloon() {
+        use super::super::virtio_wiring::{check_intx_lines, INTX_GSIS};
+        let n = INTX_GSIS.len();
+        check_intx_lines(0, 1, false, false).unwrap();
+        check_intx_lines(n - 2, 2, false, false).unwrap();
+        let e = check_intx_lines(n - 1, 2, false, false).unwrap_err();
         assert!(e.to_string().contains("at most"), "{e}");
-        check_specs(&[NetSpec::parse("virtio,queues=2").unwrap()], 1).unwrap();
+        let e = check_intx_lines(n, 1, false, false).unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
+        check_intx_lines(0, n - 1, true, false).unwrap();
+        let e = check_intx_lines(0, n, true, false).unwrap_err();
+        assert!(e.to_string().contains("--balloon: at most"), "{e}");
+        check_intx_lines(0, n - 2, true, true).unwrap();
+        let e = check_intx_lines(0, n - 1, true, true).unwrap_err();
+        assert!(e.to_string().contains("--console: at most"), "{e}");
     }
 
     #[test]

@@ -15,7 +15,6 @@ use super::device_manager::DeviceManager;
 use super::e1000_wiring::{own_vm_fd, KvmLevelLine};
 use super::emulated_nic_thread::{self, BackendFds, BackendThread, EmulatedNic};
 use super::memory::GuestMem;
-use super::virtio_wiring::INTX_GSIS;
 use crate::backends::net::spec::{NetSpec, NicModel};
 use crate::backends::net::NetBackend;
 use crate::devices::lock;
@@ -95,24 +94,14 @@ impl AttachedRtl8139 {
     }
 }
 
-/// Refuse what cannot be attached: more INTx lines than there are (several
-/// queues are refused when `--net` is parsed). `first_intx` is the index in [`INTX_GSIS`] of
-/// the first RTL8139's line.
-pub fn check_specs(nets: &[NetSpec], first_intx: usize) -> Result<(), HarnessError> {
-    for (i, spec) in nets.iter().enumerate() {
-        debug_assert_eq!(spec.model, NicModel::Rtl8139);
-        if spec.queues != 1 {
-            return Err(HarnessError::Usage(
-                "--net rtl8139: the RTL8139 has one queue (no queues=)".into(),
-            ));
-        }
-        if first_intx + i >= INTX_GSIS.len() {
-            return Err(HarnessError::Usage(format!(
-                "--net rtl8139: at most {} virtio disks, virtio NICs, e1000s and RTL8139s \
-                 together",
-                INTX_GSIS.len()
-            )));
-        }
+/// Refuse what the RTL8139 cannot be: several queues (the INTx lines are counted for all NICs
+/// at once: [`super::virtio_wiring::check_intx_lines`]).
+pub fn check_spec(spec: &NetSpec) -> Result<(), HarnessError> {
+    debug_assert_eq!(spec.model, NicModel::Rtl8139);
+    if spec.queues != 1 {
+        return Err(HarnessError::Usage(
+            "--net rtl8139: the RTL8139 has one queue (no queues=)".into(),
+        ));
     }
     Ok(())
 }
@@ -341,14 +330,11 @@ mod tests {
     #[test]
     fn specs_checked() {
         let rtl = NetSpec::parse("rtl8139").unwrap();
-        check_specs(std::slice::from_ref(&rtl), 0).unwrap();
-        check_specs(&[rtl.clone(), rtl.clone()], INTX_GSIS.len() - 2).unwrap();
-        let e = check_specs(&[rtl.clone(), rtl.clone()], INTX_GSIS.len() - 1).unwrap_err();
-        assert!(e.to_string().contains("at most"), "{e}");
+        check_spec(&rtl).unwrap();
         // user-mode networking attaches like any backend.
-        check_specs(&[NetSpec::parse("rtl8139:user").unwrap()], 0).unwrap();
+        check_spec(&NetSpec::parse("rtl8139:user").unwrap()).unwrap();
         let many = NetSpec { queues: 2, ..rtl };
-        let e = check_specs(&[many], 0).unwrap_err();
+        let e = check_spec(&many).unwrap_err();
         assert!(e.to_string().contains("one queue"), "{e}");
     }
 }

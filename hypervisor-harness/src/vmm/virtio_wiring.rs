@@ -39,6 +39,35 @@ use vmm_sys_util::eventfd::EventFd;
 /// INTx lines for virtio functions, in order: the disks, then the NICs (10 is the exit-floor
 /// device's; 14/15 are IDE's).
 pub const INTX_GSIS: [u8; 5] = [11, 5, 9, 7, 6];
+/// Every virtio disk, every NIC (in `--net` order), the balloon and the console take one line
+/// of [`INTX_GSIS`], in that order: refuse a machine that needs more than there are.
+pub fn check_intx_lines(
+    virtio_disks: usize,
+    nics: usize,
+    balloon: bool,
+    console: bool,
+) -> Result<(), HarnessError> {
+    if virtio_disks + nics > INTX_GSIS.len() {
+        return Err(HarnessError::Usage(format!(
+            "--net: at most {} virtio disks and NICs together (one INTx line each)",
+            INTX_GSIS.len()
+        )));
+    }
+    if balloon && virtio_disks + nics >= INTX_GSIS.len() {
+        return Err(HarnessError::Usage(format!(
+            "--balloon: at most {} disks and NICs with it",
+            INTX_GSIS.len() - 1
+        )));
+    }
+    if console && virtio_disks + nics + usize::from(balloon) >= INTX_GSIS.len() {
+        return Err(HarnessError::Usage(format!(
+            "--console: at most {} disks, NICs and balloon with it",
+            INTX_GSIS.len() - 1
+        )));
+    }
+    Ok(())
+}
+
 /// How many virtio disks a run can have (one INTx GSI each).
 pub const MAX_DISKS: usize = INTX_GSIS.len();
 /// First GSI for MSI routes (0..23 are the IOAPIC pins).
