@@ -325,6 +325,9 @@ pub struct NetArgs {
     pub ip: IpSetup,
     /// `net_peer=A.B.C.D`: the host peer; default 192.168.76.1.
     pub peer: Ipv4Address,
+    /// `net_gw=A.B.C.D`: the default route of a static address (a peer off its subnet is
+    /// reached through it, as behind a NAT gateway); default none.
+    pub gateway: Option<Ipv4Address>,
     /// `net_model=virtio|e1000|rtl8139`: the kind of NIC to drive; `None`: the first kind
     /// present ([`select::NicKind::ALL`]).
     pub model: Option<select::NicKind>,
@@ -357,6 +360,13 @@ impl NetArgs {
                 .parse()
                 .map_err(|_| alloc::format!("net_peer={v:?} is not A.B.C.D"))?,
         };
+        let gateway = match info.arg("net_gw") {
+            None => None,
+            Some(v) => Some(
+                v.parse()
+                    .map_err(|_| alloc::format!("net_gw={v:?} is not A.B.C.D"))?,
+            ),
+        };
         let nic = match info.arg("net_nic") {
             None => 0,
             Some(v) => v
@@ -378,6 +388,7 @@ impl NetArgs {
         Ok(Self {
             ip,
             peer,
+            gateway,
             model,
             each,
             nic,

@@ -35,7 +35,15 @@ fn with_stack(
     mut body: impl FnMut(&mut Stack<'_>, &NetArgs) -> Result<(), String>,
 ) -> Outcome {
     on_each_nic(pairs, |nic, args| {
-        let mut stack = Stack::new(nic, ip.unwrap_or(args.ip))?;
+        let ip = ip.unwrap_or(args.ip);
+        let mut stack = Stack::new(nic, ip)?;
+        if let (IpSetup::Static(_), Some(gw)) = (ip, args.gateway) {
+            stack
+                .iface
+                .routes_mut()
+                .add_default_ipv4_route(gw)
+                .map_err(|e| format!("net_gw={gw}: {e:?}"))?;
+        }
         let r = body(&mut stack, args);
         report(&mut stack);
         r
