@@ -9,6 +9,7 @@ pub mod ide;
 mod irq;
 pub mod net;
 mod net_bridge;
+mod net_services;
 mod pci;
 mod selftest;
 mod time;
@@ -53,6 +54,7 @@ pub static REGISTRY: &[Test] = &[
     // flood the peer's UDP source.
     Test::by_name("net_dhcp", net::dhcp),
     Test::by_name("net_host_tcp", net::host_tcp),
+    Test::by_name("net_host_udp", net_services::host_udp),
     Test::by_name("net_mq", net::mq),
     Test::by_name("net_rx_flood", net::rx_flood),
     Test::by_name("net_tcp_pair", net::tcp_pair),

@@ -25,11 +25,11 @@ const TX_SEED: u64 = 0x7e57_0009;
 const RX_SEED: u64 = 0x7e57_0019;
 /// smoltcp socket buffers for bulk TCP: a 256 KiB window (window scaling on).
 const TCP_BUFFER: usize = 256 << 10;
-const SECOND: u64 = 1_000_000_000;
+pub(super) const SECOND: u64 = 1_000_000_000;
 
 /// Run `body` on a stack over the selected NIC (SKIP without one), then log the counters;
 /// with `net_model=each`, on every NIC in turn (see [`on_each_nic`]).
-fn with_stack(
+pub(super) fn with_stack(
     pairs: u16,
     ip: Option<IpSetup>,
     mut body: impl FnMut(&mut Stack<'_>, &NetArgs) -> Result<(), String>,
@@ -147,7 +147,7 @@ fn tcp_socket(stack: &mut Stack<'_>, buffer: usize) -> SocketHandle {
     stack.sockets.add(s)
 }
 
-fn udp_socket(stack: &mut Stack<'_>, port: u16) -> Result<SocketHandle, String> {
+pub(super) fn udp_socket(stack: &mut Stack<'_>, port: u16) -> Result<SocketHandle, String> {
     let mut s = udp::Socket::new(
         udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 16 << 10]),
         udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 16 << 10]),
@@ -159,7 +159,7 @@ fn udp_socket(stack: &mut Stack<'_>, port: u16) -> Result<SocketHandle, String> 
 
 /// A local port for the test's own connections: distinct per call, so a test that runs after
 /// another does not reuse a 4-tuple the peer may still hold.
-fn local_port() -> u16 {
+pub(super) fn local_port() -> u16 {
     static NEXT: core::sync::atomic::AtomicU16 = core::sync::atomic::AtomicU16::new(0);
     50_000 + NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed) % 10_000
 }
@@ -350,7 +350,7 @@ pub fn ping() -> Outcome {
 }
 
 /// Send `payload` to `to` from `h` and wait for the same bytes back from there.
-fn udp_round_trip(
+pub(super) fn udp_round_trip(
     stack: &mut Stack<'_>,
     h: SocketHandle,
     to: IpEndpoint,

@@ -6,6 +6,8 @@
 //! - the guest's TCP connections to the host alias proxied to the host's own loopback: a
 //!   guest connect to HOST:P is a host connect to 127.0.0.1:P (refused there: a RST to the
 //!   guest), bytes both ways, a FIN either way becomes a FIN the other way, a reset a reset.
+//! - the guest's UDP flows to the host alias proxied likewise, one connected host socket per
+//!   flow ([`udp`]).
 //!
 //! Nothing is routed out: frames to any other address are dropped and counted, whatever
 //! `restrict=` says. `restrict=on` refuses the proxy too (a RST), leaving DHCP, ARP and ping.
@@ -21,6 +23,7 @@ pub mod dhcp;
 pub mod frame;
 pub mod limits;
 pub mod options;
+pub mod udp;
 
 use super::{BackendCounters, FrameMeta, NetBackend, NetBackendError, MAX_FRAME};
 use limits::{Expiry, FlowLimits, Refusal};
@@ -51,6 +54,8 @@ const MIN_FRAME: usize = 14;
 const ETHERNET_MTU: usize = 1514;
 /// The epoll token of the readiness eventfd; flows use their ids (from 1).
 const READY_TOKEN: u64 = 0;
+/// The epoll token of the UDP proxy's own epoll set (its host sockets).
+const UDP_TOKEN: u64 = u64::MAX;
 
 /// What the user network did, for reports and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,6 +75,8 @@ pub struct UserCounters {
     /// Bytes guest to host and host to guest.
     pub tcp_bytes_to_host: u64,
     pub tcp_bytes_to_guest: u64,
+    /// The UDP proxy's flows and datagrams.
+    pub udp: udp::UdpCounters,
     /// IPv4 frames for addresses nothing answers (nothing is routed out).
     pub dropped_not_routed: u64,
     /// Frames for the guest dropped because [`RX_QUEUE_FRAMES`] were waiting.
@@ -166,6 +173,7 @@ pub struct UserBackend {
     dhcp: dhcp::DhcpServer,
     flows: Vec<TcpFlow>,
     next_id: u64,
+    udp: udp::UdpProxy,
     limits: FlowLimits,
     counters: UserCounters,
     backend_counters: BackendCounters,
@@ -201,6 +209,12 @@ impl UserBackend {
             ready.as_raw_fd(),
             EpollEvent::new(EventSet::IN, READY_TOKEN),
         )?;
+        let udp = udp::UdpProxy::new(mac)?;
+        epoll.ctl(
+            ControlOperation::Add,
+            udp.ready_fd(),
+            EpollEvent::new(EventSet::IN, UDP_TOKEN),
+        )?;
         Ok(Self {
             dhcp: dhcp::DhcpServer::new(&opts, mac),
             opts,
@@ -210,6 +224,7 @@ impl UserBackend {
             sockets: SocketSet::new(Vec::new()),
             flows: Vec::new(),
             next_id: 1,
+            udp,
             limits,
             counters: UserCounters::default(),
             backend_counters: BackendCounters::default(),
@@ -229,6 +244,7 @@ impl UserBackend {
         let mut c = self.counters;
         c.dhcp = self.dhcp.counters;
         c.tcp_open = self.flows.len() as u64;
+        c.udp = self.udp.counters();
         c
     }
 
@@ -240,6 +256,9 @@ impl UserBackend {
     fn input(&mut self, frame: &[u8]) {
         if let Some(reply) = self.dhcp.handle(frame) {
             self.wire.push(reply);
+            return;
+        }
+        if self.udp_input(frame) {
             return;
         }
         if let Some((dst, syn_from)) = self.classify(frame) {
@@ -379,6 +398,8 @@ impl UserBackend {
                 break;
             }
         }
+        let wire = &mut self.wire;
+        self.udp.pump(|f| wire.push(f));
         self.counters.rx_queue_overflows += std::mem::take(&mut self.wire.overflows);
         self.update_interests();
     }
@@ -601,6 +622,7 @@ impl NetBackend for UserBackend {
 
     fn poll(&mut self) -> Option<Duration> {
         let expiry = self.expire();
+        let udp_expiry = self.udp.expire(&self.limits);
         self.run();
         if !self.wire.out.is_empty() && !self.signalled {
             self.ready.write(1).ok();
@@ -611,10 +633,7 @@ impl NetBackend for UserBackend {
             .iface
             .poll_delay(now, &self.sockets)
             .map(|d| Duration::from_micros(d.total_micros()));
-        match (stack, expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [stack, expiry, udp_expiry].into_iter().flatten().min()
     }
 
     fn counters(&self) -> BackendCounters {

@@ -1,0 +1,84 @@
+//! User-mode networking's UDP services under our harness and under QEMU's `-netdev user`
+//! (slirp) with the same options: UDP through the host alias to the host's loopback
+//! (`net_host_udp`). (Beside tests/user_net.rs, which holds DHCP, ping, TCP and hostfwd.)
+
+mod common;
+use common::*;
+use std::net::UdpSocket;
+
+/// A UDP echo server on the host's loopback, on a port of its own; its thread lives as long
+/// as the test process.
+fn loopback_udp_echo() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = s.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    port
+}
+
+/// Boot `sub` (`run` or `qemu`) with `--net net` and the kernel arguments `cmdline`.
+fn boot(sub: &str, net: &str, cmdline: &str) -> (Option<i32>, String) {
+    let o = harness()
+        .args([sub, "--kernel", KERNEL, "--timeout", "120", "--net", net])
+        .args(["--cmdline", cmdline])
+        .output()
+        .unwrap();
+    (o.status.code(), text(&o))
+}
+
+/// The VMMs this machine can run: ours with KVM, QEMU when installed.
+fn vmms(test: &str) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if have_kvm(test) {
+        v.push("run");
+    }
+    if have_qemu(test) {
+        v.push("qemu");
+    }
+    v
+}
+
+/// `net_host_udp`: the guest's datagrams through the host alias reach a UDP echo server on
+/// the host's 127.0.0.1 (our proxy, or slirp's) and come back whole.
+#[test]
+fn udp_to_a_loopback_server_under_both_vmms() {
+    let port = loopback_udp_echo();
+    for sub in vmms("udp_to_a_loopback_server_under_both_vmms") {
+        for net in ["virtio:user", "e1000:user"] {
+            let (code, t) = boot(
+                sub,
+                net,
+                &format!("tests=net_host_udp net_host_port={port}"),
+            );
+            assert_eq!(code, Some(0), "{sub} --net {net}: {t}");
+            assert!(passed(&t, "net_host_udp"), "{sub} --net {net}:\n{t}");
+            assert!(
+                t.contains(&format!("UDP echo through the host alias 10.0.2.2:{port}")),
+                "{sub} --net {net}:\n{t}"
+            );
+        }
+    }
+}
+
+/// Nothing answers on the host port: the guest hears nothing back and the test fails.
+#[test]
+fn udp_to_a_silent_loopback_port_fails() {
+    if !have_kvm("udp_to_a_silent_loopback_port_fails") {
+        return;
+    }
+    // Bound, so no other test takes the port, but never read.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let (code, t) = boot(
+        "run",
+        "virtio:user",
+        &format!("tests=net_host_udp net_host_port={port}"),
+    );
+    assert_ne!(code, Some(0), "{t}");
+    assert!(t.contains("not ok 1 net_host_udp"), "{t}");
+    assert!(t.contains("no answer in 3 tries"), "{t}");
+}
