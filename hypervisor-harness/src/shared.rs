@@ -48,6 +48,9 @@ pub struct BenchArgs {
     /// Write the results as JSON.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// Also write the results as a report: DIR/index.html with an SVG chart per figure.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
     /// QEMU accelerator for the comparison runs.
     #[arg(long, value_enum, default_value = "auto")]
     pub qemu_accel: Accel,
@@ -93,6 +96,14 @@ pub enum BenchAction {
         /// The smallest slowdown that counts, in percent.
         #[arg(long, value_name = "PCT", default_value_t = 10.0)]
         threshold: f64,
+    },
+    /// Draw a `bench --json` document as `bench --report` does.
+    Report {
+        /// The document.
+        json: PathBuf,
+        /// Where index.html and the SVGs go (created when missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 

@@ -9,6 +9,7 @@ pub mod net;
 mod net_tap;
 pub mod profile;
 pub mod report;
+pub mod report_html;
 
 use crate::error::HarnessError;
 use crate::platform::Platform;
@@ -280,9 +281,21 @@ fn boot_runs(
     Ok(row)
 }
 
+/// `bench --json`'s document: where the run came from, then the report.
+#[derive(serde::Serialize)]
+struct BenchDoc<'a> {
+    meta: report_html::RunMeta,
+    #[serde(flatten)]
+    report: report::BenchJson<'a>,
+}
+
 pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
-    if let Some(BenchAction::Compare { a, b, threshold }) = &a.action {
-        return compare::cmd_compare(a, b, *threshold);
+    match &a.action {
+        Some(BenchAction::Compare { a, b, threshold }) => {
+            return compare::cmd_compare(a, b, *threshold)
+        }
+        Some(BenchAction::Report { json, out }) => return report_html::cmd_report(json, out),
+        None => {}
     }
     if a.ci_profile {
         return profile::cmd_ci_profile(a);
@@ -417,8 +430,21 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
         console: Some(console),
     };
     print!("{}", rep.to_text());
+    let doc = BenchDoc {
+        meta: report_html::RunMeta::now(&rep.platform.kvm),
+        report: rep.to_json(),
+    };
     if let Some(p) = &a.json {
-        write_json(p, &rep.to_json())?;
+        write_json(p, &doc)?;
+    }
+    if let Some(dir) = &a.report {
+        let doc = serde_json::to_value(&doc).map_err(|e| HarnessError::Other(e.to_string()))?;
+        let svgs = report_html::write_report(&doc, dir)?;
+        eprintln!(
+            "bench: report with {} charts in {}",
+            svgs.len(),
+            dir.join("index.html").display()
+        );
     }
     Ok(0)
 }
