@@ -82,7 +82,8 @@ pub struct Counters {
     pub rx_desc_fault: u64,
     /// An RX buffer outside RAM: the descriptor is written back with the RX error bit.
     pub rx_buffer_fault: u64,
-    /// Frames that could never fit the ring (too few, too small buffers) or were too long.
+    /// Frames that could never fit the ring (too few, too small buffers), were too long, or
+    /// came with a partial checksum outside them.
     pub rx_dropped: u64,
     /// Frames not for us (destination filter).
     pub rx_filtered: u64,

@@ -13,6 +13,7 @@ use super::regs::*;
 use super::stats;
 use super::E1000;
 use crate::backends::net::MAX_FRAME;
+use crate::devices::virtio::net::checksum;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 /// Shortest Ethernet frame without FCS.
@@ -118,13 +119,22 @@ impl<M: GuestMemory> E1000<M> {
             let total = match self.rx.pending {
                 Some(t) => t,
                 None => match self.backend.receive(&mut self.rx.buf) {
-                    Ok(Some((len, _))) => {
+                    Ok(Some((len, meta))) => {
                         let len = len.min(MAX_FRAME);
                         let dest: Option<[u8; 6]> =
                             self.rx.buf.get(..6).and_then(|d| d.try_into().ok());
                         if len < 6 || !dest.is_some_and(|d| self.rx_accepts(&d)) {
                             self.counters.rx_filtered += 1;
                             continue;
+                        }
+                        // A TAP with vnet_hdr may hand over the host's TCP/UDP checksum
+                        // unfinished; a wire never does, so the guest's driver gets it whole.
+                        if let Some(req) = meta.needs_csum {
+                            let frame = &mut self.rx.buf[..len];
+                            if checksum::complete(frame, req.start, req.offset).is_err() {
+                                self.counters.rx_dropped += 1;
+                                continue;
+                            }
                         }
                         let mut total = len.max(MIN_FRAME);
                         self.rx.buf[len..total].fill(0);

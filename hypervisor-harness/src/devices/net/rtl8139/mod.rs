@@ -73,7 +73,8 @@ pub struct Counters {
     pub tx_holds: u64,
     /// A received frame whose place in the ring lies outside RAM: dropped, MPC and SERR.
     pub rx_buffer_fault: u64,
-    /// Frames that could never fit the ring: dropped, MPC and RXOVW.
+    /// Frames that could never fit the ring: dropped, MPC and RXOVW; and frames with a
+    /// partial checksum outside them: dropped.
     pub rx_dropped: u64,
     /// Frames not for us (RCR's filters, the MAR hash).
     pub rx_filtered: u64,

@@ -22,6 +22,7 @@
 use super::regs::*;
 use super::Rtl8139;
 use crate::backends::net::MAX_FRAME;
+use crate::devices::virtio::net::checksum;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 const HEADER_LEN: usize = 4;
@@ -193,11 +194,11 @@ impl<M: GuestMemory> Rtl8139<M> {
     }
 
     /// Take one frame from the backend into `buf` with its header and CRC, held as pending:
-    /// its length after the header. `Err(true)`: filtered; `Err(false)`: the backend failed.
+    /// its length after the header. `Err(true)`: filtered (or dropped); `Err(false)`: the backend failed.
     fn receive_one(&mut self) -> Result<Option<usize>, bool> {
         let frame = &mut self.rx.buf[HEADER_LEN..HEADER_LEN + MAX_FRAME];
-        let len = match self.backend.receive(frame) {
-            Ok(Some((len, _))) => len.min(MAX_FRAME),
+        let (len, meta) = match self.backend.receive(frame) {
+            Ok(Some((len, meta))) => (len.min(MAX_FRAME), meta),
             Ok(None) => return Ok(None),
             Err(_) => {
                 self.counters.rx_backend_errors += 1;
@@ -213,6 +214,15 @@ impl<M: GuestMemory> Rtl8139<M> {
                 return Err(true);
             }
         };
+        // A TAP with vnet_hdr may hand over the host's TCP/UDP checksum unfinished; a wire
+        // never does, so the guest's driver gets it whole.
+        if let Some(req) = meta.needs_csum {
+            let frame = &mut self.rx.buf[HEADER_LEN..HEADER_LEN + len];
+            if checksum::complete(frame, req.start, req.offset).is_err() {
+                self.counters.rx_dropped += 1;
+                return Err(true);
+            }
+        }
         let padded = len.max(MIN_FRAME);
         let buf = &mut self.rx.buf;
         buf[HEADER_LEN + len..HEADER_LEN + padded].fill(0);
