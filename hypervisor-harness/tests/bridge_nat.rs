@@ -409,6 +409,57 @@ fn bridge_guests_reach_the_physical_host() {
     assert!(!topo.server.tcp_peers().is_empty());
 }
 
+/// Bridge mode, VM to VM: for each NIC model, pairs of guests on br0 exchange 4 MiB each way
+/// over TCP (net_tcp_pair), all pairs at once: both under our harness, both under QEMU, and
+/// our harness serving a client under QEMU.
+#[test]
+fn bridge_guests_reach_each_other() {
+    let test = "bridge_guests_reach_each_other";
+    if !have_topology(test) {
+        return;
+    }
+    let pairs: &[(&str, &str)] = if have_qemu(test) {
+        &[("run", "run"), ("qemu", "qemu"), ("run", "qemu")]
+    } else {
+        &[("run", "run")]
+    };
+    let topo = Topology::new(Mode::Bridge, 2 * pairs.len());
+    for model in MODELS {
+        let vms: Vec<Vm> = pairs
+            .iter()
+            .enumerate()
+            .flat_map(|(p, (server_vmm, client_vmm))| {
+                let (server, client) = (2 * p, 2 * p + 1);
+                let server_ip = format!("{BRIDGE_NET}.{}", 100 + server);
+                let client_ip = format!("{BRIDGE_NET}.{}", 100 + client);
+                [
+                    topo.vm(
+                        server_vmm,
+                        model,
+                        server,
+                        "net_tcp_pair",
+                        &format!("net_role=server net_ip={server_ip}/24"),
+                    ),
+                    topo.vm(
+                        client_vmm,
+                        model,
+                        client,
+                        "net_tcp_pair",
+                        &format!("net_role=client net_ip={client_ip}/24 net_peer={server_ip}"),
+                    ),
+                ]
+            })
+            .collect();
+        for vm in vms {
+            let what = vm.what.clone();
+            let t = vm.passes("net_tcp_pair");
+            for l in t.lines().filter(|l| l.contains(" bytes out in ")) {
+                eprintln!("{what}: {l}");
+            }
+        }
+    }
+}
+
 /// NAT mode, libvirt's default network: for each NIC model, a guest under each VMM at once,
 /// on 192.168.122.0/24 behind the gateway 192.168.122.1, pings the phys host 10.77.0.2 and
 /// runs the TCP echo against it. The server sees every connection come from the bridge
