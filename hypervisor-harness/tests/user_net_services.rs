@@ -1,6 +1,6 @@
 //! User-mode networking's UDP services under our harness and under QEMU's `-netdev user`
 //! (slirp) with the same options: UDP through the host alias to the host's loopback
-//! (`net_host_udp`). (Beside tests/user_net.rs, which holds DHCP, ping, TCP and hostfwd.)
+//! (`net_host_udp`) and a TFTP fetch from `tftp=DIR` (`net_tftp`). (Beside tests/user_net.rs, which holds DHCP, ping, TCP and hostfwd.)
 
 mod common;
 use common::*;
@@ -81,4 +81,62 @@ fn udp_to_a_silent_loopback_port_fails() {
     assert_ne!(code, Some(0), "{t}");
     assert!(t.contains("not ok 1 net_host_udp"), "{t}");
     assert!(t.contains("no answer in 3 tries"), "{t}");
+}
+
+/// FNV-1a 64, as `net_tftp` reports it.
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// `net_tftp` of `file` from `tftp=dir`, checked against `content`.
+fn tftp_fetch(
+    sub: &str,
+    net: &str,
+    dir: &std::path::Path,
+    file: &str,
+    content: &[u8],
+) -> (Option<i32>, String) {
+    boot(
+        sub,
+        &format!("{net},tftp={}", dir.display()),
+        &format!(
+            "tests=net_tftp net_tftp_file={file} net_tftp_len={} net_tftp_fnv={:#x}",
+            content.len(),
+            fnv1a(content)
+        ),
+    )
+}
+
+/// A 100 KB file fetched over TFTP from the host alias, under both VMMs (our server, slirp's),
+/// matches; a file that is not there fails the guest test with the server's error.
+#[test]
+fn tftp_fetches_a_file_and_a_missing_one_fails_under_both_vmms() {
+    let dir = TempDir::new("tftp");
+    let content: Vec<u8> = (0..100 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.0.join("boot.bin"), &content).unwrap();
+    for sub in vmms("tftp_fetches_a_file_and_a_missing_one_fails_under_both_vmms") {
+        for net in ["virtio:user", "e1000:user"] {
+            let (code, t) = tftp_fetch(sub, net, &dir.0, "boot.bin", &content);
+            assert_eq!(code, Some(0), "{sub} --net {net}: {t}");
+            assert!(passed(&t, "net_tftp"), "{sub} --net {net}:\n{t}");
+            assert!(
+                t.contains(&format!(
+                    "# net: tftp boot.bin from 10.0.2.2: {} bytes",
+                    content.len()
+                )),
+                "{sub} --net {net}:\n{t}"
+            );
+        }
+        let (code, t) = tftp_fetch(sub, "virtio:user", &dir.0, "missing.bin", &content);
+        assert_ne!(code, Some(0), "{sub}: {t}");
+        assert!(t.contains("not ok 1 net_tftp"), "{sub}: {t}");
+        assert!(
+            t.contains("TFTP missing.bin from 10.0.2.2: error 1"),
+            "{sub}: {t}"
+        );
+    }
 }

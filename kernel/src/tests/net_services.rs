@@ -1,6 +1,7 @@
 //! The user-mode network's UDP services, as a guest uses them (by name: each needs a VMM's
 //! user network, ours or QEMU's slirp): a UDP echo through the host alias to a server on the
-//! host's loopback. Each takes its address from the DHCP lease.
+//! host's loopback, and a TFTP fetch from the host alias. Each takes its address from the DHCP
+//! lease.
 
 use super::net::{local_port, udp_round_trip, udp_socket, with_stack, SECOND};
 use crate::ktap::Outcome;
@@ -67,6 +68,184 @@ pub fn host_udp() -> Outcome {
             (time::now_ns() - start) / 1_000_000
         );
         stack.sockets.remove(h);
+        Ok(())
+    })
+}
+
+/// FNV-1a 64 of `data`, as the host test computes the file's.
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+const TFTP_PORT: u16 = 69;
+const TFTP_RRQ: u16 = 1;
+const TFTP_DATA: u16 = 3;
+const TFTP_ACK: u16 = 4;
+const TFTP_ERROR: u16 = 5;
+const TFTP_OACK: u16 = 6;
+/// The block size asked for (RFC 2348): a DATA packet in one 1500-byte frame.
+const TFTP_BLKSIZE: usize = 1432;
+/// Sends of one packet before the transfer is given up (one second apart).
+const TFTP_TRIES: u32 = 5;
+/// The largest file fetched, so that a runaway server cannot fill the heap.
+const TFTP_MAX_FILE: usize = 8 << 20;
+
+fn tftp_packet(op: u16, rest: &[&[u8]]) -> Vec<u8> {
+    let mut p = op.to_be_bytes().to_vec();
+    for r in rest {
+        p.extend_from_slice(r);
+    }
+    p
+}
+
+/// Fetch `name` from the TFTP server at `server`:69 (RFC 1350, octet mode, asking for
+/// blksize): the file's bytes and the block size used, or the server's error.
+fn tftp_fetch(
+    stack: &mut Stack<'_>,
+    server: Ipv4Address,
+    name: &str,
+) -> Result<(Vec<u8>, usize), String> {
+    let h = udp_socket(stack, local_port())?;
+    let blksize = format!("{TFTP_BLKSIZE}");
+    let mut to = IpEndpoint::new(IpAddress::Ipv4(server), TFTP_PORT);
+    let mut packet = tftp_packet(
+        TFTP_RRQ,
+        &[
+            name.as_bytes(),
+            b"\0octet\0blksize\0",
+            blksize.as_bytes(),
+            b"\0",
+        ],
+    );
+    // The server answers from a port of its choosing (its TID): the first answer's.
+    let mut tid: Option<IpEndpoint> = None;
+    let (mut content, mut block_size, mut expected) = (Vec::new(), 512usize, 1u16);
+    let mut tries = 0;
+    let mut buf = vec![0u8; 2048];
+    let result = loop {
+        if tries == TFTP_TRIES {
+            break Err(format!(
+                "TFTP {name} from {server}: no answer after {} bytes ({TFTP_TRIES} tries)",
+                content.len()
+            ));
+        }
+        stack
+            .sockets
+            .get_mut::<smoltcp::socket::udp::Socket>(h)
+            .send_slice(&packet, to)
+            .map_err(|e| format!("TFTP send: {e:?}"))?;
+        tries += 1;
+        // Wait for the answer to this packet; anything else is skipped.
+        let mut answer: Option<(u16, u16, Vec<u8>)> = None;
+        stack.poll_until(SECOND, |s| {
+            let sock = s.sockets.get_mut::<smoltcp::socket::udp::Socket>(h);
+            while let Ok((n, meta)) = sock.recv_slice(&mut buf) {
+                if n < 4 || tid.is_some_and(|t| t != meta.endpoint) {
+                    continue;
+                }
+                let op = u16::from_be_bytes([buf[0], buf[1]]);
+                let arg = u16::from_be_bytes([buf[2], buf[3]]);
+                let fresh = match op {
+                    TFTP_DATA => arg == expected,
+                    TFTP_OACK => expected == 1 && content.is_empty(),
+                    TFTP_ERROR => true,
+                    _ => false,
+                };
+                if fresh {
+                    tid = Some(meta.endpoint);
+                    answer = Some((op, arg, buf[4..n].to_vec()));
+                    return true;
+                }
+            }
+            false
+        });
+        let Some((op, arg, body)) = answer else {
+            continue; // nothing in a second: the same packet again
+        };
+        to = tid.expect("set with the answer");
+        tries = 0;
+        match op {
+            TFTP_ERROR => {
+                let message = body.split(|&b| b == 0).next().unwrap_or(&[]);
+                break Err(format!(
+                    "TFTP {name} from {server}: error {arg}: {}",
+                    String::from_utf8_lossy(message)
+                ));
+            }
+            TFTP_OACK => {
+                // The options granted: the OACK's body starts two bytes early (no block).
+                let mut all = arg.to_be_bytes().to_vec();
+                all.extend_from_slice(&body);
+                let fields: Vec<&[u8]> = all.split(|&b| b == 0).collect();
+                for pair in fields.chunks(2) {
+                    if let [k, v] = pair {
+                        if k.eq_ignore_ascii_case(b"blksize") {
+                            block_size = core::str::from_utf8(v)
+                                .ok()
+                                .and_then(|v| v.parse().ok())
+                                .filter(|&b| (8..=TFTP_BLKSIZE).contains(&b))
+                                .ok_or_else(|| format!("TFTP OACK: bad blksize {v:?}"))?;
+                        }
+                    }
+                }
+                packet = tftp_packet(TFTP_ACK, &[&0u16.to_be_bytes()]);
+            }
+            _ => {
+                content.extend_from_slice(&body);
+                if content.len() > TFTP_MAX_FILE {
+                    break Err(format!("TFTP {name}: more than {TFTP_MAX_FILE} bytes"));
+                }
+                packet = tftp_packet(TFTP_ACK, &[&arg.to_be_bytes()]);
+                expected = expected.wrapping_add(1);
+                if body.len() < block_size {
+                    // The last block: acknowledged once, not waited on.
+                    let _ = stack
+                        .sockets
+                        .get_mut::<smoltcp::socket::udp::Socket>(h)
+                        .send_slice(&packet, to);
+                    stack.poll_until(SECOND / 10, |_| false);
+                    break Ok((core::mem::take(&mut content), block_size));
+                }
+            }
+        }
+    };
+    stack.sockets.remove(h);
+    result
+}
+
+/// Under user-mode networking with `tftp=DIR`: DHCP, then a TFTP fetch of `net_tftp_file=`
+/// from the host alias; its length must be `net_tftp_len=` and its FNV-1a 64
+/// `net_tftp_fnv=` (each checked when given). A TFTP error from the server fails the test
+/// with the server's message.
+pub fn tftp() -> Outcome {
+    let info = bootinfo::get();
+    let Some(name) = info.arg("net_tftp_file") else {
+        fail!("net_tftp needs net_tftp_file=NAME");
+    };
+    let (want_len, want_fnv) = (info.arg_u64("net_tftp_len"), info.arg_u64("net_tftp_fnv"));
+    with_stack(1, Some(IpSetup::Dhcp), |stack, _| {
+        let server = lease_router(stack)?;
+        let start = time::now_ns();
+        let (content, block_size) = tftp_fetch(stack, server, name)?;
+        let fnv = fnv1a(&content);
+        println!(
+            "# net: tftp {name} from {server}: {} bytes in blocks of {block_size}, fnv {fnv:#018x}, {} ms",
+            content.len(),
+            (time::now_ns() - start) / 1_000_000
+        );
+        if let Some(len) = want_len.filter(|&l| l != content.len() as u64) {
+            return Err(format!(
+                "TFTP {name}: {} bytes, expected {len}",
+                content.len()
+            ));
+        }
+        if let Some(f) = want_fnv.filter(|&f| f != fnv) {
+            return Err(format!(
+                "TFTP {name}: FNV-1a {fnv:#018x}, expected {f:#018x}"
+            ));
+        }
         Ok(())
     })
 }

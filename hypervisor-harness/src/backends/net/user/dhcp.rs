@@ -16,6 +16,8 @@ pub const POOL_SIZE: usize = 16;
 /// Lease time offered, seconds (slirp's LEASE_TIME: a day).
 pub const LEASE_SECONDS: u32 = 24 * 3600;
 const OPT_DNS: u8 = 6;
+/// The BOOTP header's `file` field (128 bytes), where slirp names `bootfile=`.
+const FILE_FIELD: std::ops::Range<usize> = 108..236;
 
 /// What the server did, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,6 +33,7 @@ pub struct DhcpServer {
     server: Ipv4Address,
     mask: Ipv4Address,
     dns: Ipv4Address,
+    bootfile: Option<String>,
     pool_start: u32,
     /// The MAC holding each pool address.
     leases: [Option<EthernetAddress>; POOL_SIZE],
@@ -44,6 +47,7 @@ impl DhcpServer {
             server: opts.host,
             mask: opts.mask(),
             dns: opts.dns,
+            bootfile: opts.bootfile.clone(),
             pool_start: u32::from(opts.dhcp_start),
             leases: [None; POOL_SIZE],
             server_mac,
@@ -94,6 +98,10 @@ impl DhcpServer {
         let mut payload = vec![0u8; repr.buffer_len()];
         repr.emit(&mut DhcpPacket::new_unchecked(&mut payload[..]))
             .ok()?;
+        if let Some(name) = &self.bootfile {
+            // Options checked its length: at most 127 bytes, so the field ends in a NUL.
+            payload[FILE_FIELD][..name.len()].copy_from_slice(name.as_bytes());
+        }
         Some(udp_frame(
             self.server_mac,
             src_mac,
@@ -267,5 +275,25 @@ mod tests {
         // Not DHCP at all: not ours, not counted.
         assert!(s.handle(&[0u8; 60]).is_none());
         assert_eq!(s.counters.ignored, 1);
+    }
+
+    #[test]
+    fn bootfile_is_in_the_offers_file_field() {
+        let pairs = [("bootfile".to_string(), "boot/pxe.0".to_string())];
+        let mut s = DhcpServer::new(&UserOptions::parse(&pairs).unwrap(), SERVER_MAC);
+        let reply = s
+            .handle(&request(DhcpMessageType::Discover, CLIENT, None))
+            .unwrap();
+        let file = &parse_udp(&reply).unwrap().payload[FILE_FIELD];
+        assert_eq!(&file[..10], b"boot/pxe.0");
+        assert!(file[10..].iter().all(|&b| b == 0));
+        // Without it the field stays empty.
+        let mut s = DhcpServer::new(&UserOptions::default(), SERVER_MAC);
+        let reply = s
+            .handle(&request(DhcpMessageType::Discover, CLIENT, None))
+            .unwrap();
+        assert!(parse_udp(&reply).unwrap().payload[FILE_FIELD]
+            .iter()
+            .all(|&b| b == 0));
     }
 }

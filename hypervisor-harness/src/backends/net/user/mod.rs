@@ -7,7 +7,8 @@
 //!   guest connect to HOST:P is a host connect to 127.0.0.1:P (refused there: a RST to the
 //!   guest), bytes both ways, a FIN either way becomes a FIN the other way, a reset a reset.
 //! - the guest's UDP flows to the host alias proxied likewise, one connected host socket per
-//!   flow ([`udp`]).
+//!   flow ([`udp`]);
+//! - a read-only TFTP server at the host alias's port 69 for `tftp=DIR` ([`tftp`]).
 //!
 //! Nothing is routed out: frames to any other address are dropped and counted, whatever
 //! `restrict=` says. `restrict=on` refuses the proxy too (a RST), leaving DHCP, ARP and ping.
@@ -23,6 +24,7 @@ pub mod dhcp;
 pub mod frame;
 pub mod limits;
 pub mod options;
+pub mod tftp;
 pub mod udp;
 
 use super::{BackendCounters, FrameMeta, NetBackend, NetBackendError, MAX_FRAME};
@@ -77,6 +79,8 @@ pub struct UserCounters {
     pub tcp_bytes_to_guest: u64,
     /// The UDP proxy's flows and datagrams.
     pub udp: udp::UdpCounters,
+    /// The TFTP server's transfers.
+    pub tftp: tftp::TftpCounters,
     /// IPv4 frames for addresses nothing answers (nothing is routed out).
     pub dropped_not_routed: u64,
     /// Frames for the guest dropped because [`RX_QUEUE_FRAMES`] were waiting.
@@ -174,6 +178,7 @@ pub struct UserBackend {
     flows: Vec<TcpFlow>,
     next_id: u64,
     udp: udp::UdpProxy,
+    tftp: tftp::TftpServer,
     limits: FlowLimits,
     counters: UserCounters,
     backend_counters: BackendCounters,
@@ -215,6 +220,7 @@ impl UserBackend {
             udp.ready_fd(),
             EpollEvent::new(EventSet::IN, UDP_TOKEN),
         )?;
+        let tftp = tftp::TftpServer::new(opts.tftp.as_deref(), mac)?;
         Ok(Self {
             dhcp: dhcp::DhcpServer::new(&opts, mac),
             opts,
@@ -225,6 +231,7 @@ impl UserBackend {
             flows: Vec::new(),
             next_id: 1,
             udp,
+            tftp,
             limits,
             counters: UserCounters::default(),
             backend_counters: BackendCounters::default(),
@@ -245,6 +252,7 @@ impl UserBackend {
         c.dhcp = self.dhcp.counters;
         c.tcp_open = self.flows.len() as u64;
         c.udp = self.udp.counters();
+        c.tftp = self.tftp.counters();
         c
     }
 
@@ -623,6 +631,8 @@ impl NetBackend for UserBackend {
     fn poll(&mut self) -> Option<Duration> {
         let expiry = self.expire();
         let udp_expiry = self.udp.expire(&self.limits);
+        let wire = &mut self.wire;
+        let tftp_resend = self.tftp.tick(|f| wire.push(f));
         self.run();
         if !self.wire.out.is_empty() && !self.signalled {
             self.ready.write(1).ok();
@@ -633,7 +643,10 @@ impl NetBackend for UserBackend {
             .iface
             .poll_delay(now, &self.sockets)
             .map(|d| Duration::from_micros(d.total_micros()));
-        [stack, expiry, udp_expiry].into_iter().flatten().min()
+        [stack, expiry, udp_expiry, tftp_resend]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn counters(&self) -> BackendCounters {

@@ -3,11 +3,22 @@
 //! host alias, net + 2), `dhcpstart=` (the first leased address, net + 15), `dns=` (net + 3),
 //! `restrict=on|off` (off). Addresses must lie inside the network, and none may be its network
 //! or broadcast address.
+//!
+//! `tftp=DIR` (an existing directory) is what the TFTP server ([`super::tftp`]) serves, read
+//! only; `bootfile=FILE` is the name the DHCP offer gives a guest to boot (its file field).
 
 use std::net::Ipv4Addr;
 
 /// The option names this module takes (spec.rs hands it those).
-pub const USER_OPTIONS: [&str; 5] = ["net", "host", "dhcpstart", "dns", "restrict"];
+pub const USER_OPTIONS: [&str; 7] = [
+    "net",
+    "host",
+    "dhcpstart",
+    "dns",
+    "restrict",
+    "tftp",
+    "bootfile",
+];
 
 /// A user-mode network's addresses, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +34,10 @@ pub struct UserOptions {
     pub dns: Ipv4Addr,
     /// `restrict=on`: the guest reaches nothing but the host alias's services.
     pub restrict: bool,
+    /// `tftp=DIR`, canonical: the TFTP server's files; `None`: no TFTP service.
+    pub tftp: Option<std::path::PathBuf>,
+    /// `bootfile=FILE`: the boot file the DHCP offer names.
+    pub bootfile: Option<String>,
     /// The options as written, in order, for QEMU's `-netdev user`.
     pub given: Vec<(String, String)>,
 }
@@ -43,6 +58,7 @@ impl UserOptions {
     pub fn parse(pairs: &[(String, String)]) -> Result<Self, String> {
         let mut net = (Ipv4Addr::new(10, 0, 2, 0), 24u8);
         let (mut host, mut dhcp_start, mut dns, mut restrict) = (None, None, None, false);
+        let (mut tftp, mut bootfile) = (None, None);
         let addr = |k: &str, v: &str| -> Result<Ipv4Addr, String> {
             v.parse()
                 .map_err(|_| format!("user option {k}={v:?} is not an address A.B.C.D"))
@@ -60,6 +76,20 @@ impl UserOptions {
                         _ => return Err(format!("user option restrict={v:?} is on or off")),
                     }
                 }
+                "tftp" => {
+                    let dir = std::path::Path::new(v).canonicalize();
+                    match dir {
+                        Ok(d) if d.is_dir() => tftp = Some(d),
+                        _ => return Err(format!("user option tftp={v:?} is not a directory")),
+                    }
+                }
+                "bootfile" => {
+                    // The DHCP offer's file field: 128 bytes, NUL-terminated.
+                    if v.is_empty() || v.len() > 127 || v.contains('\0') {
+                        return Err(format!("user option bootfile={v:?} is not 1 to 127 bytes"));
+                    }
+                    bootfile = Some(v.clone());
+                }
                 _ => return Err(format!("unknown user option {k:?}")),
             }
         }
@@ -71,6 +101,8 @@ impl UserOptions {
             dhcp_start: dhcp_start.unwrap_or(offset(net, 15)),
             dns: dns.unwrap_or(offset(net, 3)),
             restrict,
+            tftp,
+            bootfile,
             given: pairs.to_vec(),
         };
         for (name, a) in [
@@ -187,6 +219,31 @@ mod tests {
             (o.prefix_len, o.dhcp_start),
             (24, Ipv4Addr::new(10, 9, 0, 50))
         );
+    }
+
+    #[test]
+    fn tftp_is_an_existing_directory_and_bootfile_fits_the_offer() {
+        let dir = std::env::temp_dir();
+        let d = dir.to_str().unwrap();
+        let o = parse(&[("tftp", d), ("bootfile", "pxelinux.0")]).unwrap();
+        assert_eq!(o.tftp, Some(dir.canonicalize().unwrap()));
+        assert_eq!(o.bootfile.as_deref(), Some("pxelinux.0"));
+        assert!(o.qemu_suffix().ends_with(",bootfile=pxelinux.0"));
+        assert_eq!(UserOptions::default().tftp, None);
+        let long = "b".repeat(128);
+        let file = dir.join(format!("hh-options-{}", std::process::id()));
+        std::fs::write(&file, b"").unwrap();
+        let f = file.to_str().unwrap();
+        for (pairs, why) in [
+            (&[("tftp", "/nonexistent/tftp")][..], "not a directory"),
+            (&[("tftp", f)], "not a directory"),
+            (&[("bootfile", "")], "1 to 127 bytes"),
+            (&[("bootfile", long.as_str())], "1 to 127 bytes"),
+        ] {
+            let e = parse(pairs).expect_err(why);
+            assert!(e.contains(why), "{pairs:?}: {e}");
+        }
+        std::fs::remove_file(file).unwrap();
     }
 
     #[test]

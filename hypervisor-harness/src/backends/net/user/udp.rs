@@ -268,6 +268,12 @@ impl super::UserBackend {
         if d.dst_ip != self.opts.host {
             return false;
         }
+        // The TFTP server, even under restrict=on (as slirp's).
+        if d.dst_port == super::tftp::PORT {
+            let wire = &mut self.wire;
+            self.tftp.handle(&d, |f| wire.push(f));
+            return true;
+        }
         if self.opts.restrict {
             self.udp.count_restricted();
             return false;
