@@ -273,7 +273,7 @@ pub fn run_section(
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for (label, sub, extra, paths) in vmms {
-        eprintln!("bench: storage under {label}...");
+        super::progress::stage(&format!("storage under {label}"));
         let mut args = base_args(sub, &format!("bench=blk blk_paths={paths}"));
         args.extend([
             "--disk".to_string(),

@@ -71,7 +71,7 @@ pub fn run_section(
 ) -> Result<ConsoleSection, HarnessError> {
     let mut section = ConsoleSection::default();
     for (label, sub, extra) in [("harness", "run", &[][..]), ("qemu", "qemu", qemu_extra)] {
-        eprintln!("bench: console under {label}...");
+        super::progress::stage(&format!("console under {label}"));
         let sock = dir.join(format!("console-{label}.sock"));
         let mut args = base_args(sub, "bench=console");
         args.extend([

@@ -8,6 +8,7 @@ pub mod console;
 pub mod net;
 mod net_tap;
 pub mod profile;
+pub mod progress;
 pub mod report;
 pub mod report_html;
 
@@ -131,6 +132,10 @@ pub fn spawn_self_under(
     args: &[String],
     tag: &str,
 ) -> Result<ChildRun, HarnessError> {
+    progress::child(tag, || spawn_child(wrapper, args, tag))
+}
+
+fn spawn_child(wrapper: &[String], args: &[String], tag: &str) -> Result<ChildRun, HarnessError> {
     let exe = std::env::current_exe()
         .map_err(|e| HarnessError::Other(format!("cannot find our own binary: {e}")))?;
     // The child's --exits-json: an empty file until it writes one, removed when dropped.
@@ -281,6 +286,28 @@ fn boot_runs(
     Ok(row)
 }
 
+/// The storage section's VMMs: (label, subcommand, its arguments, the paths it runs).
+fn storage_vmms(
+    qemu_extra: Vec<String>,
+) -> [(&'static str, &'static str, Vec<String>, &'static str); 3] {
+    let all = "virtio_polled,virtio_msix,ide_pio,ide_dma";
+    [
+        (
+            "harness-thread",
+            "run",
+            vec!["--io-mode".to_string(), "thread".to_string()],
+            all,
+        ),
+        (
+            "harness-inline",
+            "run",
+            vec!["--io-mode".to_string(), "inline".to_string()],
+            "virtio_polled,virtio_msix",
+        ),
+        ("qemu", "qemu", qemu_extra, all),
+    ]
+}
+
 /// `bench --json`'s document: where the run came from, then the report.
 #[derive(serde::Serialize)]
 struct BenchDoc<'a> {
@@ -308,14 +335,28 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
         )));
     }
     let platform = Platform::detect();
-    eprintln!("bench: platform {platform}; floor run...");
+    let storage_runs = if a.skip_storage {
+        0
+    } else {
+        storage_vmms(vec![]).len()
+    };
+    let net_runs = if a.skip_net {
+        0
+    } else {
+        net::peer_configs().len()
+            + net::stream_configs(Path::new("peer.sock"), &[]).len()
+            + net::tap_configs(net_tap::TAP_NAME, &[], &[]).len()
+    };
+    // The floor, three VMMs' boots, storage, network, the console under both VMMs.
+    progress::begin((1 + 3 * a.runs as usize + storage_runs + net_runs + 2) as u64);
+    progress::stage(&format!("platform {platform}; floor run"));
     let (floor, floor_note) = floor_section(&kernel, a)?;
-    eprintln!("bench: boot runs under the harness ({})...", a.runs);
+    progress::stage(&format!("boot runs under the harness ({})", a.runs));
     let harness = boot_runs("run", &kernel, a, &[])?;
     // QEMU with each accelerator on the same image; `qemu` (the row and JSON key of old) is
     // the one --qemu-accel names, auto meaning KVM when QEMU could use it.
     let qemu_boot = |accel: &str| {
-        eprintln!("bench: boot runs under QEMU -accel {accel} ({})...", a.runs);
+        progress::stage(&format!("boot runs under QEMU -accel {accel} ({})", a.runs));
         boot_runs(
             "qemu",
             &kernel,
@@ -346,22 +387,7 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
             "--qemu".to_string(),
             a.qemu.clone(),
         ];
-        let all = "virtio_polled,virtio_msix,ide_pio,ide_dma";
-        let vmms = [
-            (
-                "harness-thread",
-                "run",
-                vec!["--io-mode".to_string(), "thread".to_string()],
-                all,
-            ),
-            (
-                "harness-inline",
-                "run",
-                vec!["--io-mode".to_string(), "inline".to_string()],
-                "virtio_polled,virtio_msix",
-            ),
-            ("qemu", "qemu", qemu_extra, all),
-        ];
+        let vmms = storage_vmms(qemu_extra);
         // The disk images, removed with the directory when it drops.
         let dir =
             TempDir::new_with_prefix(std::env::temp_dir().join("hh-bench-")).map_err(|e| {
@@ -429,6 +455,7 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
         net,
         console: Some(console),
     };
+    progress::end();
     print!("{}", rep.to_text());
     let doc = BenchDoc {
         meta: report_html::RunMeta::now(&rep.platform.kvm),

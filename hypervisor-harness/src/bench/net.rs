@@ -418,7 +418,7 @@ pub fn run_configs(
             cfg.backend,
             cfg.queues
         );
-        eprintln!("bench: network under {label}...");
+        super::progress::stage(&format!("network under {label}"));
         let mut args = base_args(cfg.sub, &guest_cmdline(cfg.nic, cfg.queues, quick));
         args.extend(cfg.args.iter().cloned());
         let r = spawn(
