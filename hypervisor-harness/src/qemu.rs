@@ -283,6 +283,11 @@ pub fn net_args(nets: &[NetSpec], peer_dir: Option<&Path>) -> Result<Vec<String>
     let mut a = Vec::new();
     for (i, n) in nets.iter().enumerate() {
         let id = format!("net{i}");
+        if n.faults.is_some() {
+            return Err(HarnessError::Usage(format!(
+                "--net {i}: faults= is our harness's backend wrapper; QEMU has none"
+            )));
+        }
         let stream = |path: &Path| {
             let path = path.display().to_string().replace(',', ",,");
             format!("stream,id={id},server=off,addr.type=unix,addr.path={path}")

@@ -223,6 +223,8 @@ struct Machine {
     e1000s: Vec<e1000_wiring::AttachedE1000>,
     /// The RTL8139 NICs (after the e1000s), likewise.
     rtl8139s: Vec<rtl8139_wiring::AttachedRtl8139>,
+    /// `faults=`: each faulty NIC's `--net` index and its fault counts, for the report.
+    net_faults: Vec<(usize, crate::backends::net::faulty::SharedFaultCounts)>,
     /// The exit counters, shared with the monitor while the vCPU runs.
     counters: Arc<Mutex<ExitCounters>>,
     /// The functions on the PCI bus, for the monitor.
@@ -304,8 +306,12 @@ impl Machine {
         let any_virtio_net = net_specs.iter().any(|s| s.model == NicModel::VirtioNet);
         // Backends open before anything else starts, so a missing one is an error up front.
         let mut nets = Vec::with_capacity(net_specs.len());
-        for spec in net_specs {
+        let mut net_faults = Vec::new();
+        for (k, spec) in net_specs.into_iter().enumerate() {
             let backend = net_wiring::open_backend(&spec.backend)?;
+            let (backend, faults) = crate::backends::net::faulty::wrap(backend, spec.faults)
+                .map_err(|e| HarnessError::Other(format!("--net faults=: epoll/eventfd: {e}")))?;
+            net_faults.extend(faults.map(|f| (k, f)));
             nets.push((spec, backend));
         }
         let mut vm = vm::Vm::open()?;
@@ -484,6 +490,7 @@ impl Machine {
             nics,
             e1000s,
             rtl8139s,
+            net_faults,
             counters: Arc::default(),
             pci_functions,
             balloon: balloon_device.as_ref().map(|b| b.control.clone()),
@@ -706,6 +713,14 @@ impl Machine {
         }
         for nic in &self.rtl8139s {
             self.vm.notes.extend(nic.notes());
+        }
+        for (nic, counts) in &self.net_faults {
+            let counts = *lock(counts);
+            let note = crate::backends::net::faulty::FaultNote { nic: *nic, counts };
+            if let Ok(json) = serde_json::to_string(&note) {
+                let prefix = crate::backends::net::faulty::FAULTS_NOTE;
+                self.vm.notes.push(format!("{prefix}{json}"));
+            }
         }
         if let Some(b) = &self.balloon_device {
             self.vm.notes.extend(b.notes(&self.mem));

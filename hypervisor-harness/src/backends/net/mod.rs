@@ -13,6 +13,7 @@
 //! waits for [`NetBackend::tx_wait_fd`] to be writable instead of transmitting (TX
 //! backpressure, as QEMU stops a TX queue on a full socket).
 
+pub mod faulty;
 pub mod peer;
 pub mod spec;
 pub mod stream;

@@ -5,11 +5,14 @@
 //!   QEMU's `-netdev stream` framing), `tap:NAME` (a TAP device), `user` (user-mode networking).
 //! - OPTIONS: `mac=52:54:00:12:34:56` (QEMU's `-net nic,macaddr=`), `queues=N` (virtio-net
 //!   queue pairs, 1..=8, QEMU's `queues=`), `vnet_hdr=on|off` (TAP only; default on),
-//!   `link=up|down` (the NIC's link when the guest starts; QEMU's QMP `set_link`).
+//!   `link=up|down` (the NIC's link when the guest starts; QEMU's QMP `set_link`),
+//!   `faults=drop:5%+dup:2%+reorder:3%+truncate:1%+seed:N` (our harness only: the backend
+//!   behind [`super::faulty::FaultyNet`], which breaks frames both ways on a seeded schedule).
 //!
 //! Several `--net` give several NICs, in order. Parsing only: opening a backend is the
 //! backend's own module's job.
 
+use super::faulty::FaultPlan;
 use super::user::options::{UserOptions, USER_OPTIONS};
 use std::path::PathBuf;
 
@@ -75,6 +78,8 @@ pub struct NetSpec {
     pub queues: u16,
     /// `link=`: whether the link is up when the guest starts (default up).
     pub link_up: bool,
+    /// `faults=`: frames broken on a seeded schedule between the NIC and its backend.
+    pub faults: Option<FaultPlan>,
 }
 
 impl NetSpec {
@@ -93,7 +98,7 @@ impl NetSpec {
     /// Parse one `--net` value (clap's value parser).
     pub fn parse(s: &str) -> Result<Self, String> {
         let usage = "expected MODEL[:BACKEND][,OPTION...] with MODEL virtio, e1000 or rtl8139, \
-                     BACKEND peer, stream:PATH, tap:NAME or user, OPTIONs mac=, queues=, vnet_hdr=, link= (user: net=, host=, dhcpstart=, dns=, restrict=)";
+                     BACKEND peer, stream:PATH, tap:NAME or user, OPTIONs mac=, queues=, vnet_hdr=, link=, faults= (user: net=, host=, dhcpstart=, dns=, restrict=)";
         let mut parts = s.split(',');
         let head = parts.next().unwrap_or_default();
         let (model, backend) = match head.split_once(':') {
@@ -130,6 +135,7 @@ impl NetSpec {
             mac: None,
             queues: 1,
             link_up: true,
+            faults: None,
         };
         for opt in parts {
             let (key, value) = opt
@@ -175,6 +181,10 @@ impl NetSpec {
                         "down" => false,
                         _ => return Err(format!("--net {s:?}: link is up or down")),
                     };
+                }
+                "faults" => {
+                    spec.faults =
+                        Some(FaultPlan::parse(value).map_err(|e| format!("--net {s:?}: {e}"))?);
                 }
                 k if USER_OPTIONS.contains(&k) => match backend {
                     BackendSpec::User(_) => user_options.push((k.to_owned(), value.to_owned())),
@@ -254,6 +264,16 @@ mod tests {
         assert_eq!(o.dhcp_start, std::net::Ipv4Addr::new(10, 0, 3, 40));
         assert_eq!(o.host, std::net::Ipv4Addr::new(10, 0, 3, 2));
         assert!(o.restrict);
+        let s = NetSpec::parse("e1000:peer,faults=drop:5%+seed:9,link=up").unwrap();
+        assert_eq!(
+            s.faults,
+            Some(FaultPlan {
+                drop: 500,
+                seed: 9,
+                ..Default::default()
+            })
+        );
+        assert_eq!(NetSpec::parse("virtio").unwrap().faults, None);
     }
 
     #[test]
@@ -280,6 +300,7 @@ mod tests {
             ("virtio,net=10.0.3.0/24", "user backend option"),
             ("virtio:user,dhcpstart=10.0.3.15", "not inside"),
             ("virtio:user,restrict=maybe", "on or off"),
+            ("virtio,faults=drop:5", "not a rate"),
         ] {
             let e = NetSpec::parse(arg).expect_err(arg);
             assert!(e.contains(why), "{arg:?}: {e}");

@@ -4,7 +4,7 @@
 /// One sector of the pattern, as in kernel/src/pattern.rs (shared by definition, not by code).
 const SECTOR: usize = 512;
 
-fn splitmix(state: &mut u64) -> u64 {
+pub(crate) fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
