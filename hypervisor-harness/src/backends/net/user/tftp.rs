@@ -244,7 +244,7 @@ impl TftpServer {
     }
 
     /// A read request's file and the options granted; or the error to send.
-    fn open(&self, request: &[u8]) -> Result<(Arc<[u8]>, Options), (u16, String)> {
+    fn open(&self, request: &[u8]) -> Result<(Arc<[u8]>, Options), ErrorReply> {
         let mut fields = request.split(|&b| b == 0);
         let (Some(name), Some(mode)) = (fields.next(), fields.next()) else {
             return Err((ERR_ILLEGAL, "malformed request".into()));
@@ -284,6 +284,9 @@ impl TftpServer {
     }
 }
 
+/// The error packet to send instead: its code and message.
+type ErrorReply = (u16, String);
+
 #[derive(Default)]
 struct Options {
     block_size: Option<usize>,
@@ -317,7 +320,7 @@ impl Session {
 impl Served {
     /// The file a request names, or the error to send: the name must be relative, without
     /// `..`, and not through a symlink that leads outside DIR.
-    fn lookup(&self, name: &str) -> Result<Arc<[u8]>, (u16, String)> {
+    fn lookup(&self, name: &str) -> Result<Arc<[u8]>, ErrorReply> {
         let denied = || (ERR_ACCESS, "access violation".to_string());
         if name.is_empty() || name.starts_with('/') {
             return Err(denied());
