@@ -406,11 +406,12 @@ fn parse_cidr(s: &str) -> Option<Ipv4Cidr> {
     Some(Ipv4Cidr::new(addr.parse().ok()?, len))
 }
 
-/// The address DHCP gave, and the router.
+/// The address DHCP gave, the router, and the first name server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DhcpLease {
     pub address: Ipv4Cidr,
     pub router: Option<Ipv4Address>,
+    pub dns: Option<Ipv4Address>,
 }
 
 /// The interface, its sockets and its device.
@@ -511,6 +512,7 @@ impl<'n> Stack<'n> {
                 let lease = DhcpLease {
                     address: cfg.address,
                     router: cfg.router,
+                    dns: cfg.dns_servers.first().copied(),
                 };
                 self.iface.update_ip_addrs(|a| {
                     a.clear();

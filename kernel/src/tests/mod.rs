@@ -56,6 +56,7 @@ pub static REGISTRY: &[Test] = &[
     Test::by_name("net_host_tcp", net::host_tcp),
     Test::by_name("net_host_udp", net_services::host_udp),
     Test::by_name("net_tftp", net_services::tftp),
+    Test::by_name("net_dns", net_services::dns),
     Test::by_name("net_mq", net::mq),
     Test::by_name("net_rx_flood", net::rx_flood),
     Test::by_name("net_tcp_pair", net::tcp_pair),

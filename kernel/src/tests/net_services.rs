@@ -1,7 +1,7 @@
 //! The user-mode network's UDP services, as a guest uses them (by name: each needs a VMM's
 //! user network, ours or QEMU's slirp): a UDP echo through the host alias to a server on the
-//! host's loopback, and a TFTP fetch from the host alias. Each takes its address from the DHCP
-//! lease.
+//! host's loopback, a DNS query to the lease's name server, and a TFTP fetch from the host
+//! alias. Each takes its address from the DHCP lease.
 
 use super::net::{local_port, udp_round_trip, udp_socket, with_stack, SECOND};
 use crate::ktap::Outcome;
@@ -247,5 +247,133 @@ pub fn tftp() -> Outcome {
             ));
         }
         Ok(())
+    })
+}
+
+const DNS_PORT: u16 = 53;
+const DNS_TYPE_A: u16 = 1;
+const DNS_CLASS_IN: u16 = 1;
+/// RFC 1035's response codes this test names.
+const DNS_RCODE_NXDOMAIN: u8 = 3;
+
+/// A standard query for `name`'s A record, with `id`, recursion desired.
+fn dns_query(id: u16, name: &str) -> Result<Vec<u8>, String> {
+    let mut q = Vec::with_capacity(18 + name.len());
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    for label in name.trim_end_matches('.').split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!("DNS name {name:?}: a label is empty or too long"));
+        }
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&DNS_TYPE_A.to_be_bytes());
+    q.extend_from_slice(&DNS_CLASS_IN.to_be_bytes());
+    Ok(q)
+}
+
+/// The offset after the (possibly compressed) name at `at`.
+fn dns_skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let len = *msg.get(at)?;
+        match len {
+            0 => return Some(at + 1),
+            l if l & 0xc0 == 0xc0 => return Some(at + 2), // a pointer ends the name
+            l => at += 1 + usize::from(l),
+        }
+    }
+}
+
+/// A response's code and A records, if it answers query `id`.
+fn dns_answer(msg: &[u8], id: u16) -> Option<(u8, Vec<Ipv4Address>)> {
+    let be16 = |at: usize| Some(u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?]));
+    if msg.len() < 12 || be16(0)? != id || msg[2] & 0x80 == 0 {
+        return None; // not ours, or not a response
+    }
+    let rcode = msg[3] & 0x0f;
+    let (questions, answers) = (be16(4)?, be16(6)?);
+    let mut at = 12;
+    for _ in 0..questions {
+        at = dns_skip_name(msg, at)? + 4;
+    }
+    let mut addresses = Vec::new();
+    for _ in 0..answers {
+        at = dns_skip_name(msg, at)?;
+        let (kind, class, len) = (be16(at)?, be16(at + 2)?, usize::from(be16(at + 8)?));
+        let data = msg.get(at + 10..at + 10 + len)?;
+        if kind == DNS_TYPE_A && class == DNS_CLASS_IN && len == 4 {
+            addresses.push(Ipv4Address::new(data[0], data[1], data[2], data[3]));
+        }
+        at += 10 + len;
+    }
+    Some((rcode, addresses))
+}
+
+/// Under user-mode networking: DHCP, then an A query for `net_dns_name=` to the name server
+/// the lease names (the VMM's forwarder to the host's resolver); the answer must hold
+/// `net_dns_expect=` (A.B.C.D). A name the resolver does not know fails with NXDOMAIN.
+pub fn dns() -> Outcome {
+    let info = bootinfo::get();
+    let Some(name) = info.arg("net_dns_name") else {
+        fail!("net_dns needs net_dns_name=NAME");
+    };
+    let expect: Option<Ipv4Address> = match info.arg("net_dns_expect").map(str::parse) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => fail!("net_dns_expect= is not A.B.C.D"),
+    };
+    with_stack(1, Some(IpSetup::Dhcp), |stack, _| {
+        lease_router(stack)?;
+        let Some(server) = stack.lease.and_then(|l| l.dns) else {
+            return Err(String::from("DHCP: the lease names no DNS server"));
+        };
+        let h = udp_socket(stack, local_port())?;
+        let to = IpEndpoint::new(IpAddress::Ipv4(server), DNS_PORT);
+        let id = 0x4e53 ^ (time::now_ns() as u16);
+        let query = dns_query(id, name)?;
+        let start = time::now_ns();
+        let mut buf = vec![0u8; 1500];
+        let mut answer = None;
+        for _ in 0..3 {
+            stack
+                .sockets
+                .get_mut::<smoltcp::socket::udp::Socket>(h)
+                .send_slice(&query, to)
+                .map_err(|e| format!("DNS send: {e:?}"))?;
+            stack.poll_until(2 * SECOND, |s| {
+                let sock = s.sockets.get_mut::<smoltcp::socket::udp::Socket>(h);
+                while let Ok((n, meta)) = sock.recv_slice(&mut buf) {
+                    if meta.endpoint == to {
+                        answer = dns_answer(&buf[..n], id);
+                    }
+                }
+                answer.is_some()
+            });
+            if answer.is_some() {
+                break;
+            }
+        }
+        stack.sockets.remove(h);
+        let Some((rcode, addresses)) = answer else {
+            return Err(format!("DNS {name} via {server}: no answer in 3 tries"));
+        };
+        println!(
+            "# net: dns {name} via {server}: rcode {rcode}, {addresses:?}, {} ms",
+            (time::now_ns() - start) / 1_000_000
+        );
+        match rcode {
+            0 => {}
+            DNS_RCODE_NXDOMAIN => return Err(format!("DNS {name} via {server}: NXDOMAIN")),
+            r => return Err(format!("DNS {name} via {server}: rcode {r}")),
+        }
+        match expect {
+            Some(a) if !addresses.contains(&a) => Err(format!(
+                "DNS {name} via {server}: {addresses:?}, expected {a}"
+            )),
+            _ if addresses.is_empty() => Err(format!("DNS {name} via {server}: no A record")),
+            _ => Ok(()),
+        }
     })
 }

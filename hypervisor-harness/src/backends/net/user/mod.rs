@@ -8,7 +8,8 @@
 //!   guest), bytes both ways, a FIN either way becomes a FIN the other way, a reset a reset.
 //! - the guest's UDP flows to the host alias proxied likewise, one connected host socket per
 //!   flow ([`udp`]);
-//! - a read-only TFTP server at the host alias's port 69 for `tftp=DIR` ([`tftp`]).
+//! - a read-only TFTP server at the host alias's port 69 for `tftp=DIR` ([`tftp`]);
+//! - a DNS forwarder at the `dns` address's port 53 to the host's resolver ([`dns`]).
 //!
 //! Nothing is routed out: frames to any other address are dropped and counted, whatever
 //! `restrict=` says. `restrict=on` refuses the proxy too (a RST), leaving DHCP, ARP and ping.
@@ -21,6 +22,7 @@
 //! for writing only while guest bytes wait for the host socket.
 
 pub mod dhcp;
+pub mod dns;
 pub mod frame;
 pub mod limits;
 pub mod options;
@@ -81,6 +83,8 @@ pub struct UserCounters {
     pub udp: udp::UdpCounters,
     /// The TFTP server's transfers.
     pub tftp: tftp::TftpCounters,
+    /// The DNS forwarder's queries.
+    pub dns: dns::DnsCounters,
     /// IPv4 frames for addresses nothing answers (nothing is routed out).
     pub dropped_not_routed: u64,
     /// Frames for the guest dropped because [`RX_QUEUE_FRAMES`] were waiting.
@@ -179,6 +183,7 @@ pub struct UserBackend {
     next_id: u64,
     udp: udp::UdpProxy,
     tftp: tftp::TftpServer,
+    dns: dns::DnsForwarder,
     limits: FlowLimits,
     counters: UserCounters,
     backend_counters: BackendCounters,
@@ -232,6 +237,7 @@ impl UserBackend {
             next_id: 1,
             udp,
             tftp,
+            dns: dns::DnsForwarder::from_host(),
             limits,
             counters: UserCounters::default(),
             backend_counters: BackendCounters::default(),
@@ -253,6 +259,7 @@ impl UserBackend {
         c.tcp_open = self.flows.len() as u64;
         c.udp = self.udp.counters();
         c.tftp = self.tftp.counters();
+        c.dns = self.dns.counters;
         c
     }
 

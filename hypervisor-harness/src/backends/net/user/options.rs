@@ -30,7 +30,8 @@ pub struct UserOptions {
     pub host: Ipv4Addr,
     /// The first address the DHCP server leases.
     pub dhcp_start: Ipv4Addr,
-    /// The DNS address the leases name (it answers ARP and ping; no forwarder yet).
+    /// The DNS address the leases name: it answers ARP and ping, and forwards queries to the
+    /// host's resolver ([`super::dns`]).
     pub dns: Ipv4Addr,
     /// `restrict=on`: the guest reaches nothing but the host alias's services.
     pub restrict: bool,

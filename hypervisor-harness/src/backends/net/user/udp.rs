@@ -265,6 +265,10 @@ impl super::UserBackend {
         let Some(d) = parse_udp(frame) else {
             return false;
         };
+        if d.dst_ip == self.opts.dns && d.dst_port == super::dns::PORT {
+            self.dns_input(&d);
+            return true;
+        }
         if d.dst_ip != self.opts.host {
             return false;
         }
