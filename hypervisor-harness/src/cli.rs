@@ -155,6 +155,21 @@ fn parse_balloon_target(s: &str) -> Result<u64, String> {
 pub struct RunArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Run each vCPU, device I/O, NIC backend, console port, monitor and watchdog thread under
+    /// a seccomp filter of its kind; a forbidden system call ends the run with exit code 148.
+    /// `off` is for debugging.
+    #[arg(long, value_enum, default_value = "on")]
+    pub seccomp: OnOff,
+    /// Test only: the first thread of this kind makes a forbidden system call once its filter
+    /// is in place.
+    #[arg(long, value_enum, hide = true, value_name = "KIND")]
+    pub seccomp_selftest: Option<crate::seccomp::ThreadKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Args, Debug)]
@@ -207,6 +222,10 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
         console_ports: c.console_port.clone(),
         monitor: c.monitor.clone(),
         qmp: c.qmp.clone(),
+        seccomp: crate::seccomp::SeccompConfig {
+            enabled: a.seccomp == OnOff::On,
+            selftest: a.seccomp_selftest,
+        },
     };
     let r = vmm::run(&cfg)?;
     let outcome = vm_end_outcome(&r.end, c.timeout);

@@ -12,5 +12,6 @@ pub mod ktap;
 pub mod monitor;
 pub mod platform;
 pub mod qemu;
+pub mod seccomp;
 pub mod shared;
 pub mod vmm;

@@ -197,6 +197,7 @@ pub fn spawn_doorbell_thread(
     std::thread::Builder::new()
         .name("floor-doorbell".into())
         .spawn(move || {
+            crate::seccomp::enter(crate::seccomp::ThreadKind::DeviceIo);
             while let Ok(n) = doorbell.read() {
                 if !lock(&function).io_decode() {
                     stats.undecoded.fetch_add(n, Ordering::Relaxed);

@@ -199,7 +199,10 @@ impl MonitorServer {
                 Protocol::Hmp => "monitor".into(),
                 Protocol::Qmp => "qmp".into(),
             })
-            .spawn(move || serve(&listener, protocol, &*target, &stop2))
+            .spawn(move || {
+                crate::seccomp::enter(crate::seccomp::ThreadKind::Monitor);
+                serve(&listener, protocol, &*target, &stop2)
+            })
             .map_err(|e| format!("monitor thread: {e}"))?;
         Ok(Self {
             stop,

@@ -204,6 +204,7 @@ pub fn attach(
         let spawned = std::thread::Builder::new()
             .name(format!("{name}-port{id}"))
             .spawn(move || {
+                crate::seccomp::enter(crate::seccomp::ThreadKind::ConsolePort);
                 let kick = || worker.process(rx);
                 let kick_control = || {
                     if multiport {

@@ -73,7 +73,10 @@ pub fn spawn<N: EmulatedNic>(
     let stop_thread = stop.try_clone()?;
     std::thread::Builder::new()
         .name(format!("{name}-rx"))
-        .spawn(move || run(&dev, &epoll, fds, &wake, &stop_thread))?;
+        .spawn(move || {
+            crate::seccomp::enter(crate::seccomp::ThreadKind::NicBackend);
+            run(&dev, &epoll, fds, &wake, &stop_thread)
+        })?;
     Ok(BackendThread { stop })
 }
 

@@ -75,6 +75,8 @@ pub struct RunConfig {
     pub monitor: Option<PathBuf>,
     /// Serve QMP on this UNIX socket (`--qmp unix:PATH`).
     pub qmp: Option<PathBuf>,
+    /// The threads' seccomp filters (`--seccomp`, `--seccomp-selftest`).
+    pub seccomp: crate::seccomp::SeccompConfig,
 }
 
 /// Where virtio queue processing runs.
@@ -160,8 +162,8 @@ pub fn check_mem(mem: u64) -> Result<(), HarnessError> {
 
 /// Build the machine, run it to the end and collect the counters.
 pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
+    crate::seccomp::configure(cfg.seccomp).map_err(HarnessError::Other)?;
     let mut machine = Machine::build(cfg)?;
-    let watchdog = Watchdog::start(cfg.timeout, machine.quit.clone())?;
     // The monitors live until the run ends: a `quit` after that finds no socket.
     let mut monitors = Vec::new();
     let sockets = [
@@ -178,11 +180,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
             }
         }
     }
-    let start = Instant::now();
-    let (end, counters) = machine.run_loop(&watchdog);
-    machine.marks.mark_end();
-    let elapsed = start.elapsed();
-    drop(watchdog);
+    let (end, counters, elapsed) = machine.run_vcpu(cfg.timeout)?;
     drop(monitors);
     let mut result = machine.report(end, counters, elapsed);
     // The guest is done and its results are read: destroying the VM need not hold up our exit.
@@ -536,8 +534,43 @@ impl Machine {
         }
     }
 
+    /// Run the vCPU on a thread of its own under its seccomp filter, this thread waiting: what
+    /// follows the run (the report, the teardown's fork, the JSON file) needs system calls the
+    /// vCPU's filter leaves out.
+    fn run_vcpu(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(VmEnd, ExitCounters, Duration), HarnessError> {
+        let quit = self.quit.clone();
+        std::thread::scope(|scope| {
+            let vcpu_thread = std::thread::Builder::new()
+                .name("vcpu0".into())
+                .spawn_scoped(scope, || {
+                    // The watchdog kicks the thread that starts it.
+                    let watchdog = Watchdog::start(timeout, quit)?;
+                    // Read at each phase mark; opened before the filter forbids it.
+                    let vcpu_stats = exits::stats_fd(&self.vcpu).ok();
+                    crate::seccomp::enter(crate::seccomp::ThreadKind::Vcpu);
+                    let start = Instant::now();
+                    let (end, counters) = self.run_loop(&watchdog, vcpu_stats.as_ref());
+                    self.marks.mark_end();
+                    let elapsed = start.elapsed();
+                    drop(watchdog);
+                    Ok((end, counters, elapsed))
+                })
+                .map_err(|e| HarnessError::Other(format!("vCPU thread: {e}")))?;
+            vcpu_thread
+                .join()
+                .map_err(|_| HarnessError::Other("the vCPU thread panicked".into()))?
+        })
+    }
+
     /// Run the vCPU until the guest exits, the VM ends abnormally or the watchdog fires.
-    fn run_loop(&mut self, watchdog: &Watchdog) -> (VmEnd, ExitCounters) {
+    fn run_loop(
+        &mut self,
+        watchdog: &Watchdog,
+        vcpu_stats: Option<&std::os::fd::OwnedFd>,
+    ) -> (VmEnd, ExitCounters) {
         let Self {
             vcpu,
             pio,
@@ -557,7 +590,6 @@ impl Machine {
         // The data of the last `out`, and the reusable buffer of the last `in`.
         let mut out_buf: Vec<u8> = Vec::new();
         let mut in_buf: Vec<u8> = Vec::new();
-        let vcpu_stats = exits::stats_fd(vcpu).ok();
         let end = loop {
             if phase_pending.swap(false, Ordering::Acquire) {
                 let mut log = lock(phase_lines);
@@ -565,7 +597,7 @@ impl Machine {
                     if let Some(b) = balloon_device {
                         b.mark(&marker, mem);
                     }
-                    let mark = PhaseMark::take(marker, &lock(counters), vcpu_stats.as_ref());
+                    let mark = PhaseMark::take(marker, &lock(counters), vcpu_stats);
                     log.record(mark);
                 }
             }
@@ -787,6 +819,7 @@ impl Watchdog {
             std::thread::Builder::new()
                 .name("watchdog".into())
                 .spawn(move || {
+                    crate::seccomp::enter(crate::seccomp::ThreadKind::Watchdog);
                     let (m, cv) = &*done;
                     let deadline = Instant::now() + timeout;
                     let mut finished = lock(m);

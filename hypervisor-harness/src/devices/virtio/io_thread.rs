@@ -29,6 +29,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
+            crate::seccomp::enter(crate::seccomp::ThreadKind::DeviceIo);
             let mut events = vec![EpollEvent::default(); notifies.len().max(1)];
             loop {
                 let n = match epoll.wait(-1, &mut events) {

@@ -99,6 +99,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
+            crate::seccomp::enter(crate::seccomp::ThreadKind::NicBackend);
             let _stop = stop_rx;
             let mut events = vec![EpollEvent::default(); notifies.len() + 4];
             loop {
