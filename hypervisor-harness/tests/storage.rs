@@ -225,21 +225,32 @@ fn verifier_notices_damage() {
 /// After the guest's flush is acknowledged, SIGKILL the VMM: the data is in the file.
 #[test]
 fn flushed_data_survives_kill_9() {
-    if !have_kvm("flushed_data_survives_kill_9") {
-        return;
+    if have_kvm("flushed_data_survives_kill_9") {
+        flushed_data_survives_kill_9_on("virtio", "virtio_blk_durability");
     }
-    let dir = TempDir::new("durable");
+}
+
+/// The same for an IDE disk: PIO and DMA writes, then FLUSH CACHE acknowledged.
+#[test]
+fn flushed_ide_data_survives_kill_9() {
+    if have_kvm("flushed_ide_data_survives_kill_9") {
+        flushed_data_survives_kill_9_on("ide", "ide_durability");
+    }
+}
+
+/// Boot kernel test `test` on one `kind` disk, SIGKILL the VMM at the guest's "flush
+/// acknowledged" line, and check the image holds the written region.
+fn flushed_data_survives_kill_9_on(kind: &str, test: &str) {
+    let dir = TempDir::new(&format!("durable-{kind}"));
     let img = dir.0.join("d.img");
     let (seed, wseed) = (11u64, 12u64);
     make_image(&img, seed);
     let mut child = harness()
         .args(["run", "--kernel", KERNEL, "--timeout", "120"])
         .arg("--cmdline")
-        .arg(format!(
-            "tests=virtio_blk_durability disk_seed={seed} write_seed={wseed}"
-        ))
+        .arg(format!("tests={test} disk_seed={seed} write_seed={wseed}"))
         .arg("--disk")
-        .arg(format!("virtio:{}", img.display()))
+        .arg(format!("{kind}:{}", img.display()))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -257,19 +268,19 @@ fn flushed_data_survives_kill_9() {
         }
         assert!(
             start.elapsed() < Duration::from_secs(120),
-            "no flush ack: {seen:?}"
+            "{kind}: no flush ack: {seen:?}"
         );
     }
     let status = child.wait().unwrap();
     assert!(
         seen.iter().any(|l| l.contains("flush acknowledged")),
-        "guest never acknowledged the flush: {seen:?}"
+        "{kind}: guest never acknowledged the flush: {seen:?}"
     );
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
         status.signal(),
         Some(libc::SIGKILL),
-        "the VMM was not killed: {status:?}"
+        "{kind}: the VMM was not killed: {status:?}"
     );
     let s = SECTORS / 2;
     verify_image(&img, seed, wseed, s..s + WRITE_REGION).unwrap();

@@ -331,3 +331,38 @@ fn interrupts_on(ide: &mut Ide, d: Found) -> Outcome {
     );
     Outcome::Pass
 }
+
+/// The first drive gets the checked region written (its first sectors by PIO, the rest by
+/// DMA) and flushed (FLUSH CACHE), then announces it and sleeps: the host kills the VMM with
+/// SIGKILL at the announcement and checks the image file. Never in `all`.
+pub fn durability() -> Outcome {
+    let Some(wseed) = disk::write_seed() else {
+        return Outcome::Skip("no write_seed=");
+    };
+    let mut ide = match open_all() {
+        Ok(v) => v,
+        Err(outcome) => return outcome,
+    };
+    let d = ide.drives[0];
+    let mut bm = try_or_fail!(ide.bus_master(d.channel), "bus master");
+    let ch = ide.channel(d.channel);
+    let start = pattern::write_region_start(d.sectors);
+    let pio_sectors = pattern::IDE_PIO_WRITE_SECTORS;
+    let mut pio = vec![0u8; (pio_sectors * 512) as usize];
+    pattern::fill(wseed, start, &mut pio);
+    try_or_fail!(ch.write_pio(d.drive, start, &pio), "PIO write {}", start);
+    let dma_start = start + pio_sectors;
+    let dma_sectors = pattern::WRITE_REGION_SECTORS - pio_sectors;
+    let mut part = try_or_fail!(Dma::new(dma_sectors as usize * 512), "dma");
+    pattern::fill(wseed, dma_start, part.as_mut_slice());
+    try_or_fail!(
+        bm.write(ch, d.drive, dma_start, &part),
+        "DMA write {}",
+        dma_start
+    );
+    try_or_fail!(ch.flush(d.drive), "flush");
+    println!("# durability: flush acknowledged ({})", d.position());
+    loop {
+        PLATFORM.wait_for_interrupt(PLATFORM.interrupt_epoch());
+    }
+}
