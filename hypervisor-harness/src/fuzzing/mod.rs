@@ -46,6 +46,8 @@ pub mod msix;
 pub mod pci_config;
 #[cfg(test)]
 mod racing;
+#[cfg(test)]
+mod racing_net;
 pub mod rtl8139;
 pub mod serial;
 pub mod virtio_blk;
