@@ -9,6 +9,7 @@ pub mod ide;
 mod irq;
 pub mod net;
 mod net_bridge;
+mod net_serve;
 mod net_services;
 mod pci;
 mod selftest;
@@ -60,6 +61,7 @@ pub static REGISTRY: &[Test] = &[
     Test::by_name("net_mq", net::mq),
     Test::by_name("net_rx_flood", net::rx_flood),
     Test::by_name("net_tcp_pair", net::tcp_pair),
+    Test::by_name("net_tcp_serve", net_serve::tcp_serve),
     // Never in `all`: the host drives it through the console's sockets.
     Test::by_name("console_roundtrip", console::roundtrip),
     Test::by_name("console_prompt", console::prompt),

@@ -139,7 +139,7 @@ fn peer(args: &NetArgs) -> IpAddress {
     IpAddress::Ipv4(args.peer)
 }
 
-fn tcp_socket(stack: &mut Stack<'_>, buffer: usize) -> SocketHandle {
+pub(super) fn tcp_socket(stack: &mut Stack<'_>, buffer: usize) -> SocketHandle {
     let s = tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; buffer]),
         tcp::SocketBuffer::new(vec![0; buffer]),

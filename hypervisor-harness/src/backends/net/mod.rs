@@ -171,6 +171,6 @@ pub fn open(spec: &BackendSpec) -> Result<Box<dyn NetBackend>, HarnessError> {
         },
         BackendSpec::User(opts) => user::UserBackend::new(opts.clone())
             .map(|u| Box::new(u) as Box<dyn NetBackend>)
-            .map_err(|e| HarnessError::Other(format!("--net user: epoll/eventfd: {e}"))),
+            .map_err(|e| HarnessError::Other(format!("--net user: {e}"))),
     }
 }

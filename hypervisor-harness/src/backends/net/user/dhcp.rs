@@ -1,7 +1,8 @@
 //! The user network's DHCP server (RFC 2131), as QEMU's slirp behaves: one lease per client
 //! MAC from a pool of [`POOL_SIZE`] addresses starting at `dhcpstart`, the host alias as
 //! router and server identifier, the DNS address as the name server. Replies go to the
-//! client's MAC and the limited broadcast address (the client has no address yet).
+//! client's MAC and the limited broadcast address (the client has no address yet). Under
+//! `restrict=on` the lease names neither router nor name server, as slirp's does.
 
 use super::frame::{parse_udp, udp_frame, UdpDatagram};
 use super::options::UserOptions;
@@ -34,6 +35,7 @@ pub struct DhcpServer {
     mask: Ipv4Address,
     dns: Ipv4Address,
     bootfile: Option<String>,
+    restrict: bool,
     pool_start: u32,
     /// The MAC holding each pool address.
     leases: [Option<EthernetAddress>; POOL_SIZE],
@@ -48,6 +50,7 @@ impl DhcpServer {
             mask: opts.mask(),
             dns: opts.dns,
             bootfile: opts.bootfile.clone(),
+            restrict: opts.restrict,
             pool_start: u32::from(opts.dhcp_start),
             leases: [None; POOL_SIZE],
             server_mac,
@@ -92,7 +95,7 @@ impl DhcpServer {
             data: &options,
         }];
         let repr = DhcpRepr {
-            additional_options: if lease { &dns } else { &[] },
+            additional_options: if lease && !self.restrict { &dns } else { &[] },
             ..repr
         };
         let mut payload = vec![0u8; repr.buffer_len()];
@@ -149,7 +152,7 @@ impl DhcpServer {
                 client_ip: Ipv4Address::UNSPECIFIED,
                 your_ip,
                 server_ip: self.server,
-                router: lease.then_some(self.server),
+                router: (lease && !self.restrict).then_some(self.server),
                 subnet_mask: lease.then_some(self.mask),
                 relay_agent_ip: Ipv4Address::UNSPECIFIED,
                 broadcast: req.broadcast,

@@ -11,8 +11,13 @@
 //! - a read-only TFTP server at the host alias's port 69 for `tftp=DIR` ([`tftp`]);
 //! - a DNS forwarder at the `dns` address's port 53 to the host's resolver ([`dns`]).
 //!
+//! - `hostfwd=` rules ([`hostfwd`]): host loopback ports forwarded into the guest, a flow
+//!   like the proxied ones but opened from the host alias's side.
+//!
 //! Nothing is routed out: frames to any other address are dropped and counted, whatever
-//! `restrict=` says. `restrict=on` refuses the proxy too (a RST), leaving DHCP, ARP and ping.
+//! `restrict=` says. `restrict=on` refuses the proxy too, leaving DHCP, ARP, ping and the
+//! `hostfwd=` flows: the guest's SYNs to the host alias are dropped, as slirp drops them (its
+//! connect times out rather than being reset).
 //! Flows are bounded by [`limits::FlowLimits`].
 //!
 //! # Readiness
@@ -23,7 +28,10 @@
 
 pub mod dhcp;
 pub mod dns;
+#[cfg(test)]
+mod flood_tests;
 pub mod frame;
+pub mod hostfwd;
 pub mod limits;
 pub mod options;
 pub mod tftp;
@@ -68,11 +76,15 @@ pub struct UserCounters {
     /// TCP flows proxied to the host, in all; open now.
     pub tcp_opened: u64,
     pub tcp_open: u64,
-    /// Guest SYNs refused: the host refused (nothing listening), a limit, `restrict=on`.
+    /// Guest SYNs refused: the host refused (nothing listening), a limit, `restrict=on` (those
+    /// dropped).
     pub tcp_refused_by_host: u64,
     pub tcp_refused_too_many: u64,
     pub tcp_refused_half_open: u64,
     pub tcp_refused_restricted: u64,
+    /// `hostfwd=` connections forwarded into the guest; failed for a host-side reason.
+    pub tcp_forwarded: u64,
+    pub tcp_forward_failed: u64,
     /// Flows the limiter closed.
     pub tcp_closed_half_open: u64,
     pub tcp_closed_idle: u64,
@@ -184,6 +196,8 @@ pub struct UserBackend {
     udp: udp::UdpProxy,
     tftp: tftp::TftpServer,
     dns: dns::DnsForwarder,
+    listeners: Vec<hostfwd::Listener>,
+    local_port_seq: u16,
     limits: FlowLimits,
     counters: UserCounters,
     backend_counters: BackendCounters,
@@ -226,7 +240,8 @@ impl UserBackend {
             EpollEvent::new(EventSet::IN, UDP_TOKEN),
         )?;
         let tftp = tftp::TftpServer::new(opts.tftp.as_deref(), mac)?;
-        Ok(Self {
+        let listeners = hostfwd::listen(&opts.hostfwd)?;
+        let backend = Self {
             dhcp: dhcp::DhcpServer::new(&opts, mac),
             opts,
             mac,
@@ -238,6 +253,8 @@ impl UserBackend {
             udp,
             tftp,
             dns: dns::DnsForwarder::from_host(),
+            listeners,
+            local_port_seq: 0,
             limits,
             counters: UserCounters::default(),
             backend_counters: BackendCounters::default(),
@@ -245,7 +262,9 @@ impl UserBackend {
             ready,
             signalled: false,
             epoch: Instant::now(),
-        })
+        };
+        backend.watch_listeners()?;
+        Ok(backend)
     }
 
     /// The host alias's MAC.
@@ -282,6 +301,11 @@ impl UserBackend {
                 return;
             }
             if let Some((guest, port)) = syn_from {
+                if dst == self.opts.host && self.opts.restrict {
+                    // Dropped, not reset: slirp's restrict=on drops the guest's segments.
+                    self.counters.tcp_refused_restricted += 1;
+                    return;
+                }
                 if dst == self.opts.host {
                     self.open_tcp(guest, port);
                 }
@@ -323,7 +347,7 @@ impl UserBackend {
     }
 
     /// A guest SYN to the host alias's `port`: a host connection and a listener to take the
-    /// SYN, unless the SYN is a retransmission, a limit or `restrict=on` says no, or the host
+    /// SYN, unless the SYN is a retransmission, or a limit says no, or the host
     /// refuses (then no listener: smoltcp answers with a RST).
     fn open_tcp(&mut self, guest: IpEndpoint, port: u16) {
         let sockets = &self.sockets;
@@ -332,10 +356,6 @@ impl UserBackend {
             (f.port == port && s.is_listening()) || s.remote_endpoint() == Some(guest)
         });
         if known {
-            return;
-        }
-        if self.opts.restrict {
-            self.counters.tcp_refused_restricted += 1;
             return;
         }
         let half_open = self.flows.iter().filter(|f| !f.established).count();
@@ -406,6 +426,7 @@ impl UserBackend {
     }
 
     fn run(&mut self) {
+        self.accept_forwarded();
         loop {
             let now = self.now();
             self.iface.poll(now, &mut self.wire, &mut self.sockets);

@@ -1,21 +1,22 @@
 //! The options of `--net MODEL:user,...`, with QEMU's `-netdev user` names and defaults:
 //! `net=ADDR[/MASK]` (10.0.2.0/24; MASK a prefix length or a dotted mask), `host=` (the
 //! host alias, net + 2), `dhcpstart=` (the first leased address, net + 15), `dns=` (net + 3),
-//! `restrict=on|off` (off). Addresses must lie inside the network, and none may be its network
-//! or broadcast address.
+//! `restrict=on|off` (off), `hostfwd=` (repeatable; see [`super::hostfwd`]). Addresses must
+//! lie inside the network, and none may be its network or broadcast address.
 //!
 //! `tftp=DIR` (an existing directory) is what the TFTP server ([`super::tftp`]) serves, read
 //! only; `bootfile=FILE` is the name the DHCP offer gives a guest to boot (its file field).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// The option names this module takes (spec.rs hands it those).
-pub const USER_OPTIONS: [&str; 7] = [
+pub const USER_OPTIONS: [&str; 8] = [
     "net",
     "host",
     "dhcpstart",
     "dns",
     "restrict",
+    "hostfwd",
     "tftp",
     "bootfile",
 ];
@@ -39,6 +40,8 @@ pub struct UserOptions {
     pub tftp: Option<std::path::PathBuf>,
     /// `bootfile=FILE`: the boot file the DHCP offer names.
     pub bootfile: Option<String>,
+    /// `hostfwd=` rules: the host's listening address and the guest's address it leads to.
+    pub hostfwd: Vec<(SocketAddrV4, SocketAddrV4)>,
     /// The options as written, in order, for QEMU's `-netdev user`.
     pub given: Vec<(String, String)>,
 }
@@ -60,6 +63,7 @@ impl UserOptions {
         let mut net = (Ipv4Addr::new(10, 0, 2, 0), 24u8);
         let (mut host, mut dhcp_start, mut dns, mut restrict) = (None, None, None, false);
         let (mut tftp, mut bootfile) = (None, None);
+        let mut forwards = Vec::new();
         let addr = |k: &str, v: &str| -> Result<Ipv4Addr, String> {
             v.parse()
                 .map_err(|_| format!("user option {k}={v:?} is not an address A.B.C.D"))
@@ -77,6 +81,7 @@ impl UserOptions {
                         _ => return Err(format!("user option restrict={v:?} is on or off")),
                     }
                 }
+                "hostfwd" => forwards.push(super::hostfwd::parse(v)?),
                 "tftp" => {
                     let dir = std::path::Path::new(v).canonicalize();
                     match dir {
@@ -104,6 +109,7 @@ impl UserOptions {
             restrict,
             tftp,
             bootfile,
+            hostfwd: Vec::new(),
             given: pairs.to_vec(),
         };
         for (name, a) in [
@@ -124,6 +130,25 @@ impl UserOptions {
         }
         if opts.host == opts.dns {
             return Err(format!("user options host and dns are both {}", opts.host));
+        }
+        let mut opts = opts;
+        for f in forwards {
+            let guest = f.guest_addr.unwrap_or(opts.dhcp_start);
+            if !opts.contains(guest)
+                || [opts.net, opts.broadcast(), opts.host, opts.dns].contains(&guest)
+            {
+                return Err(format!(
+                    "user option hostfwd: guest address {guest} is not a guest's address in net={net}/{prefix_len}"
+                ));
+            }
+            if opts.hostfwd.iter().any(|(h, _)| *h == f.host) {
+                return Err(format!(
+                    "user option hostfwd: {} is forwarded twice",
+                    f.host
+                ));
+            }
+            opts.hostfwd
+                .push((f.host, SocketAddrV4::new(guest, f.guest_port)));
         }
         Ok(opts)
     }
@@ -223,6 +248,28 @@ mod tests {
     }
 
     #[test]
+    fn hostfwd_defaults_to_the_first_lease() {
+        let o = parse(&[
+            ("net", "10.0.9.0/24"),
+            ("dhcpstart", "10.0.9.40"),
+            ("hostfwd", "tcp::5555-:22"),
+            ("hostfwd", "tcp:127.0.0.1:5556-10.0.9.41:23"),
+        ])
+        .unwrap();
+        let sa = |s: &str| s.parse::<SocketAddrV4>().unwrap();
+        assert_eq!(
+            o.hostfwd,
+            [
+                (sa("127.0.0.1:5555"), sa("10.0.9.40:22")),
+                (sa("127.0.0.1:5556"), sa("10.0.9.41:23"))
+            ]
+        );
+        assert!(o
+            .qemu_suffix()
+            .ends_with(",hostfwd=tcp::5555-:22,hostfwd=tcp:127.0.0.1:5556-10.0.9.41:23"));
+    }
+
+    #[test]
     fn tftp_is_an_existing_directory_and_bootfile_fits_the_offer() {
         let dir = std::env::temp_dir();
         let d = dir.to_str().unwrap();
@@ -259,6 +306,22 @@ mod tests {
             (&[("dns", "10.0.2.2")], "both"),
             (&[("restrict", "maybe")], "on or off"),
             (&[("dns", "nameserver")], "not an address"),
+            (&[("hostfwd", "tcp::5555")], "no '-'"),
+            (
+                &[("hostfwd", "tcp::5555-10.0.3.15:22")],
+                "not a guest's address",
+            ),
+            (
+                &[("hostfwd", "tcp::5555-10.0.2.2:22")],
+                "not a guest's address",
+            ),
+            (
+                &[
+                    ("hostfwd", "tcp::5555-:22"),
+                    ("hostfwd", "tcp:127.0.0.1:5555-:23"),
+                ],
+                "twice",
+            ),
         ] {
             let e = parse(pairs).expect_err(why);
             assert!(e.contains(why), "{pairs:?}: {e}");
