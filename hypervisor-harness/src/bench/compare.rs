@@ -1,16 +1,17 @@
 //! `bench compare A.json B.json`: two `bench --json` documents, row by row.
 //!
-//! Each row's timing is a set of samples: a storage or floor row's per-batch p50s (the guest
-//! splits the row into up to 16 batches in time order and prints each batch's median), a boot
-//! row's runs.
+//! Each row's timing is a set of samples: a storage, floor or network round-trip row's
+//! per-batch p50s (the guest splits the row into up to 16 batches in time order and prints each
+//! batch's median), a network rate row's pps over each sixteenth of its time, a console row's
+//! ns per KiB over each of 16 batches of its writes, a boot row's runs.
 //! Batches share one run's conditions (the machine's load, the host's page cache), so with one
 //! document a side the test tells whether that run differed, not whether the build did. Given
 //! several documents a side (`A1.json,A2.json,...`), a row's samples are instead the median of
 //! each run: a rank test over the runs, which needs 4 or more a side to reach p < 0.05.
 //! For those the change in median comes with a 95% bootstrap interval and a two-sided
 //! Mann-Whitney U test, and a row is flagged only when the change is significant (p < 0.05)
-//! AND worse than the threshold. A row with a single sample on either side (the network rows,
-//! a document from before the samples) shows its change and is never flagged:
+//! AND worse than the threshold. A row with a single sample on either side (the TCP rows, a
+//! document from before the samples) shows its change and is never flagged:
 //! one number per run cannot tell a slowdown from noise.
 //!
 //! Exits per operation do not depend on noise and are compared exactly: any change of at least
@@ -139,11 +140,31 @@ pub fn measures(doc: &Value) -> Result<Vec<Measure>, String> {
                 Some(pps) if text(r, "workload") != "rtt_udp" => ("pps", true, Some(pps)),
                 _ => ("ns", false, num(r, "p50_ns")),
             };
+            let mut samples = floats(r, "samples");
+            if samples.is_empty() {
+                samples.extend(v);
+            }
             out.push(Measure {
                 key,
                 unit,
                 higher_is_better,
-                samples: v.into_iter().collect(),
+                samples,
+                exits: None,
+            });
+        }
+    }
+    if let Some(console) = doc.get("console") {
+        for r in array(console, "rows") {
+            let mut samples = floats(r, "samples_ns_per_kib");
+            if samples.is_empty() {
+                samples.extend(num(r, "ns_per_kib"));
+            }
+            // KVM's exit count moves with timer interrupts: not an exact figure, not compared.
+            out.push(Measure {
+                key: format!("console {} {}", text(r, "vmm"), text(r, "name")),
+                unit: "ns/KiB",
+                higher_is_better: false,
+                samples,
                 exits: None,
             });
         }
@@ -673,6 +694,62 @@ mod tests {
             &runs(&[0.030, 0.031, 0.029, 0.032, 0.030]),
         );
         assert_eq!(c.rows[0].verdict, Verdict::Regressed, "{}", c.to_text());
+    }
+
+    /// A document with a network rate row, a round-trip row and a console row, each from
+    /// 16 noisy samples; `slow` scales the console row's time and divides the rate row's pps.
+    fn net_console_doc(seed: u64, slow_console: f64, slow_tx: f64) -> Value {
+        let net = |workload: &str, key: &str, v: Vec<f64>| {
+            json!({"vmm": "harness-thread", "nic": "virtio-net", "backend": "peer",
+                   "queues": 1, "workload": workload, key: v[0], "samples": v})
+        };
+        json!({
+            "floor": [],
+            "net": {"rows": [
+                net("tx_64", "pps", noisy(1e6 / slow_tx, 0.05, 16, seed)),
+                net("rtt_udp", "p50_ns", noisy(40_000.0, 0.05, 16, seed + 1)),
+            ]},
+            "console": {"rows": [{"vmm": "harness", "name": "virtio_tx", "ns_per_kib": 1100.0,
+                                  "samples_ns_per_kib":
+                                      noisy(1100.0 * slow_console, 0.05, 16, seed + 2)}]},
+        })
+    }
+
+    #[test]
+    fn net_and_console_rows_are_tested_on_their_samples() {
+        let keys = |c: &Comparison| -> Vec<String> {
+            c.rows
+                .iter()
+                .filter(|r| r.flagged())
+                .map(|r| r.key.clone())
+                .collect()
+        };
+        let a = measures(&net_console_doc(1, 1.0, 1.0)).unwrap();
+        assert_eq!(a.len(), 3);
+        assert!(a.iter().all(|m| m.samples.len() == 16), "{a:?}");
+        assert_eq!(a[2].key, "console harness virtio_tx");
+        for seed in [3u64, 50, 999] {
+            let c = run(
+                &net_console_doc(1, 1.0, 1.0),
+                &net_console_doc(seed, 1.0, 1.0),
+            );
+            assert!(!c.regressed(), "{}", c.to_text());
+        }
+        let c = run(&net_console_doc(1, 1.0, 1.0), &net_console_doc(2, 1.2, 1.0));
+        assert_eq!(keys(&c), ["console harness virtio_tx"], "{}", c.to_text());
+        let c = run(&net_console_doc(1, 1.0, 1.0), &net_console_doc(2, 1.0, 1.2));
+        assert_eq!(
+            keys(&c),
+            ["net harness-thread virtio-net peer q1 tx_64"],
+            "{}",
+            c.to_text()
+        );
+        // A document from before the samples: one number a row, shown, not tested.
+        let old = json!({"floor": [], "console": {"rows": [
+            {"vmm": "qemu", "name": "serial_tx", "ns_per_kib": 5e7}]}});
+        let m = measures(&old).unwrap();
+        assert_eq!(m[0].samples, [5e7]);
+        assert_eq!(run(&old, &old).rows[0].verdict, Verdict::Untested);
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct ConsoleRow {
     pub ns_per_kib: f64,
     pub kib: u64,
     pub kvm_exits_per_kib: Option<f64>,
+    /// Each batch's ns per KiB, in the order written (the guest's `batch_ns_per_kib=`): what
+    /// `bench compare` tests. Empty from a guest that printed none.
+    pub samples_ns_per_kib: Vec<f64>,
 }
 
 impl ConsoleRow {
@@ -122,6 +125,11 @@ pub fn run_section(
                 ns_per_kib: ns,
                 kib,
                 kvm_exits_per_kib: exits,
+                samples_ns_per_kib: b
+                    .extra
+                    .get("batch_ns_per_kib")
+                    .and_then(|v| v.split(',').map(|x| x.parse().ok()).collect())
+                    .unwrap_or_default(),
             });
         }
     }
@@ -137,6 +145,7 @@ pub struct ConsoleRowJson<'a> {
     pub ns_per_kib: f64,
     pub bytes_per_s: f64,
     pub kvm_exits_per_kib: Option<f64>,
+    pub samples_ns_per_kib: &'a [f64],
 }
 
 #[derive(Debug, Serialize)]
@@ -158,6 +167,7 @@ impl ConsoleSection {
                     ns_per_kib: r.ns_per_kib,
                     bytes_per_s: r.bytes_per_sec(),
                     kvm_exits_per_kib: r.kvm_exits_per_kib,
+                    samples_ns_per_kib: &r.samples_ns_per_kib,
                 })
                 .collect(),
             notes: &self.notes,
@@ -211,6 +221,7 @@ mod tests {
             ns_per_kib: ns,
             kib: 8,
             kvm_exits_per_kib: Some(exits),
+            samples_ns_per_kib: vec![ns, ns * 1.5],
         };
         let s = ConsoleSection {
             rows: vec![
@@ -229,5 +240,9 @@ mod tests {
         assert_eq!(j["rows"][1]["name"], "virtio_tx");
         assert_eq!(j["rows"][1]["kvm_exits_per_kib"], 0.05);
         assert_eq!(j["rows"][0]["bytes_per_s"], 10240.0);
+        assert_eq!(
+            j["rows"][0]["samples_ns_per_kib"],
+            serde_json::json!([1e8, 1.5e8])
+        );
     }
 }

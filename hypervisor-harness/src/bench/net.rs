@@ -79,6 +79,10 @@ pub struct NetRow {
     pub user_exits_per_packet: Option<f64>,
     /// Every exit KVM counted during the row, per packet (QEMU's from QMP, approximate).
     pub kvm_exits_per_packet: Option<f64>,
+    /// What `bench compare` tests, in the order measured: each batch's p50 in ns for a
+    /// latency row, each slice's pps for a rate row (the guest's `batch_p50=` or
+    /// `batch_pps=`); empty from a guest that printed none, or a malformed list.
+    pub samples: Vec<f64>,
 }
 
 impl NetRow {
@@ -129,6 +133,12 @@ impl NetRow {
             p99_ns: b.extra.get("p99").and_then(|v| v.parse().ok()),
             user_exits_per_packet: None,
             kvm_exits_per_packet: None,
+            samples: b
+                .extra
+                .get("batch_p50")
+                .or(b.extra.get("batch_pps"))
+                .and_then(|v| v.split(',').map(|x| x.parse().ok()).collect())
+                .unwrap_or_default(),
         })
     }
 }
@@ -988,6 +998,23 @@ mod tests {
 # bench: blk.virtio_msix.randread_4k_qd1 ns=1 n=1 bytes=1 total_ns=1\n";
 
     #[test]
+    fn rows_keep_their_samples() {
+        let out = "\
+# bench: net.tx_64 n=1000 bytes=60000 total_ns=1000000 batch_pps=900,1100\n\
+# bench: net.rtt_udp ns=4 p99=9 min=1 max=9 n=3 bytes=1 total_ns=5 batch_p50=4,5\n\
+# bench: net.rx_64 n=9 bytes=9 total_ns=9 batch_pps=1,x\n";
+        let rows = rows_of(&cfg("harness-thread", "peer", 1), out, &[]);
+        assert_eq!(rows[0].samples, [900.0, 1100.0]);
+        assert_eq!(rows[1].samples, [4.0, 5.0]);
+        assert!(
+            rows[2].samples.is_empty(),
+            "a malformed list: no samples, still a row"
+        );
+        let j = serde_json::to_value(&rows[0]).unwrap();
+        assert_eq!(j["samples"], json!([900.0, 1100.0]));
+    }
+
+    #[test]
     fn rows_and_exits_per_packet() {
         let doc = marks(json!([
             {"marker": "begin net.tx_64", "device_exits": {"virtio-net0-notify": 10, "com1": 5}, "kvm_exits": 1000},
@@ -1132,6 +1159,7 @@ mod tests {
                 "pps",
                 "queues",
                 "ratio_to_qemu",
+                "samples",
                 "user_exits_per_packet",
                 "vmm",
                 "workload"

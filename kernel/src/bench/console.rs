@@ -20,16 +20,46 @@ const SERIAL_KIB: u64 = 8;
 const VIRTIO_KIB: u64 = 4096;
 const CHUNK: usize = 32 * 1024;
 
-fn report(name: &str, kib: u64, elapsed_ns: u64) {
+/// Batches a row is timed in, for the samples `bench compare` tests.
+const BATCHES: u64 = 16;
+
+/// Run `write` `units` times (each `unit_bytes`), timed in up to [`BATCHES`] equal batches:
+/// the whole row's ns and each batch's ns per KiB.
+fn timed<E>(
+    units: u64,
+    unit_bytes: u64,
+    mut write: impl FnMut() -> Result<(), E>,
+) -> Result<(u64, alloc::vec::Vec<u64>), E> {
+    let per_batch = units.div_ceil(BATCHES).max(1);
+    let mut per_kib = alloc::vec::Vec::new();
+    let t0 = time::now_ns();
+    let mut batch_start = t0;
+    for i in 0..units {
+        write()?;
+        if (i + 1) % per_batch == 0 || i + 1 == units {
+            let now = time::now_ns();
+            let bytes = ((i % per_batch) + 1) * unit_bytes;
+            per_kib.push((now - batch_start) * 1024 / bytes.max(1));
+            batch_start = now;
+        }
+    }
+    Ok((time::now_ns() - t0, per_kib))
+}
+
+/// The row's line: `ns` per KiB over the row, `batch_ns_per_kib=` per batch.
+fn report(name: &str, kib: u64, elapsed_ns: u64, batches: &[u64]) {
     let per_kib = elapsed_ns / kib.max(1);
+    let batches: alloc::vec::Vec<alloc::string::String> =
+        batches.iter().map(|b| alloc::format!("{b}")).collect();
     println!(
-        "# bench: console.{} ns={} min={} max={} n={} bytes={}",
+        "# bench: console.{} ns={} min={} max={} n={} bytes={} batch_ns_per_kib={}",
         name,
         per_kib,
         per_kib,
         per_kib,
         kib,
-        kib * 1024
+        kib * 1024,
+        batches.join(",")
     );
 }
 
@@ -40,13 +70,12 @@ pub fn console() -> Outcome {
     let line = core::str::from_utf8(&line).unwrap_or("#");
     let lines = SERIAL_KIB * 1024 / 64;
     println!("# phase: begin console.serial_tx");
-    let t0 = time::now_ns();
-    for _ in 0..lines {
+    let Ok((serial_ns, batches)) = timed(lines, 64, || {
         println!("{}", line);
-    }
-    let serial_ns = time::now_ns() - t0;
+        Ok::<(), core::convert::Infallible>(())
+    });
     println!("# phase: end console.serial_tx");
-    report("serial_tx", SERIAL_KIB, serial_ns);
+    report("serial_tx", SERIAL_KIB, serial_ns, &batches);
 
     let Some(function) = pci::devices()
         .iter()
@@ -66,12 +95,9 @@ pub fn console() -> Outcome {
     }
     let chunks = VIRTIO_KIB * 1024 / CHUNK as u64;
     println!("# phase: begin console.virtio_tx");
-    let t0 = time::now_ns();
-    for _ in 0..chunks {
-        try_or_fail!(c.write(0, &chunk), "virtio-console write");
-    }
-    let virtio_ns = time::now_ns() - t0;
+    let timing = timed(chunks, CHUNK as u64, || c.write(0, &chunk));
+    let (virtio_ns, batches) = try_or_fail!(timing, "virtio-console write");
     println!("# phase: end console.virtio_tx");
-    report("virtio_tx", VIRTIO_KIB, virtio_ns);
+    report("virtio_tx", VIRTIO_KIB, virtio_ns, &batches);
     Outcome::Pass
 }

@@ -402,6 +402,9 @@ struct Row {
     n_is_frames: bool,
     before: NicCounters,
     irqs_before: u64,
+    /// Rate rows: (ns into the row, packets so far), about every sixteenth of the budget: the
+    /// samples of the row's rate (`batch_pps=`).
+    marks: Vec<(u64, u64)>,
 }
 
 impl Row {
@@ -414,7 +417,34 @@ impl Row {
         }
     }
 
-    /// Close the phase and print the row.
+    /// A rate row has moved `n` packets `elapsed_ns` into it; kept once per sixteenth of the
+    /// row's budget.
+    fn mark(&mut self, elapsed_ns: u64, n: u64) {
+        let slice = row_ns() / 16;
+        let next = self.marks.last().map_or(slice, |(t, _)| t + slice);
+        if elapsed_ns >= next {
+            self.marks.push((elapsed_ns, n));
+        }
+    }
+
+    /// `batch_pps=`: the rate between consecutive marks (from the row's start).
+    fn batch_pps(&self) -> String {
+        let mut out = String::new();
+        let mut from = (0u64, 0u64);
+        for &(t, n) in &self.marks {
+            if t > from.0 {
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                out += &alloc::format!("{}", (n - from.1) * 1_000_000_000 / (t - from.0));
+            }
+            from = (t, n);
+        }
+        out
+    }
+
+    /// Close the phase and print the row, with its samples: `batch_p50=` for a latency row,
+    /// `batch_pps=` for a rate row.
     fn end(mut self, nic: &dyn Nic, name: &str) {
         let after = nic.counters();
         let irqs = nic_irqs(nic) - self.irqs_before;
@@ -426,6 +456,8 @@ impl Row {
         }
         let mut line = alloc::format!("# bench: net.{}", name);
         if !self.latencies.is_empty() {
+            // In the order measured, before the sort.
+            let batches = super::batch_medians(&self.latencies);
             self.latencies.sort_unstable();
             let l = &self.latencies;
             line += &alloc::format!(
@@ -435,6 +467,9 @@ impl Row {
                 l[0],
                 l[l.len() - 1]
             );
+            line += &alloc::format!(" batch_p50={}", batches);
+        } else if self.marks.len() >= 2 {
+            line += &alloc::format!(" batch_pps={}", self.batch_pps());
         }
         line += &alloc::format!(
             " n={} bytes={} total_ns={} frames={} irqs={}",
@@ -487,6 +522,7 @@ fn tx_row(link: &mut Link, name: &str, payload: usize) -> Result<(), String> {
             .reclaim()
             .map_err(|e| alloc::format!("reclaim: {e}"))?;
         let now = time::rdtsc();
+        row.mark(time::cycles_to_ns(now - start), sent);
         if queued > 0 || freed > 0 {
             last_progress = now;
         } else if time::cycles_to_ns(now - last_progress) > TX_STUCK_NS {
@@ -573,6 +609,7 @@ fn rx_row(link: &mut Link, name: &str, payload: usize) -> Result<(), String> {
         }
         received += got;
         busy_cycles += last - burst_start;
+        row.mark(time::cycles_to_ns(busy_cycles), received);
     }
     row.total_ns = time::cycles_to_ns(busy_cycles);
     row.n = received;
