@@ -1234,6 +1234,49 @@ mod tests {
         blk.flush().unwrap();
     }
 
+    /// A device that names ids it never got (past the queue, u32::MAX, a descriptor that is
+    /// not a chain's head): each is a device error, none completes a request, and the real
+    /// completion after them still arrives; a read whose completion never comes times out.
+    #[test]
+    fn wild_used_ids_are_device_errors_not_completions() {
+        let (p, st) = setup(ALL);
+        let mut blk = open(&p, InterruptMode::Polled);
+        blk.set_timeout_ns(50_000_000);
+        st.borrow_mut().defer = true;
+        let id = blk.submit_flush().unwrap();
+        blk.notify();
+        let (head, len) = st.borrow_mut().held.pop().unwrap();
+        {
+            let mut dev = p.dev.borrow_mut();
+            let q = dev.queues[0].as_mut().unwrap();
+            for wild in [40, u32::MAX, u32::from(head) + 1] {
+                crate::virtio::fake_net::push_used_raw(q, &p.mem, wild, 1);
+            }
+            q.add_used(&p.mem, head, len).unwrap();
+        }
+        let c = blk.wait_for(id).unwrap();
+        assert_eq!(c.result.map(|_| ()), Ok(()));
+        let errors = blk.take_device_errors();
+        assert_eq!(
+            errors,
+            [40, u32::MAX, u32::from(head) + 1].map(|id| QueueError::BadUsedId { id }),
+        );
+        // A read the device only ever answers with a wild id: a timeout.
+        let id = blk.submit_read(0, p.dma_alloc(512, 8).unwrap()).unwrap();
+        blk.notify();
+        let (head, _) = st.borrow_mut().held.pop().unwrap();
+        {
+            let mut dev = p.dev.borrow_mut();
+            let q = dev.queues[0].as_mut().unwrap();
+            crate::virtio::fake_net::push_used_raw(q, &p.mem, u32::from(head) + 2, 512);
+        }
+        assert_eq!(
+            blk.wait_for(id).map(|_| ()),
+            Err(BlkError::Virtio(VirtioError::Timeout))
+        );
+        assert_eq!(blk.take_device_errors().len(), 1);
+    }
+
     #[test]
     fn no_version_1_device_is_refused() {
         let (p, _) = setup(blk_feature::FLUSH);
