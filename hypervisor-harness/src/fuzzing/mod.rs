@@ -37,6 +37,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use vm_memory::{Bytes, GuestAddress};
 
+pub mod balloon;
+pub mod console;
 pub mod debug_exit;
 pub mod e1000;
 pub mod exit_dispatch;
@@ -52,7 +54,10 @@ pub mod rtl8139;
 pub mod serial;
 pub mod virtio_blk;
 pub mod virtio_net;
+mod virtio_rig;
 
+pub use balloon::{balloon, run_balloon, BalloonSummary};
+pub use console::{console, run_console, ConsoleSummary};
 pub use debug_exit::debug_exit;
 pub use e1000::{e1000, run_e1000, E1000Summary};
 pub use exit_dispatch::exit_dispatch;
