@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{harness, text, TempDir};
+use common::{harness, have_kvm, text, TempDir};
 use hypervisor_harness::bench::report_html::charts::{HEADER_PX, PALETTE};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -265,4 +265,55 @@ fn a_chart_without_data_is_caught() {
     let marks = chromium_marks(&[empty.clone(), iops.clone()], &dir.0);
     assert_eq!(marks["storage_mb_s"], 0, "{marks:?}");
     assert!(marks["storage_iops"] > 200, "{marks:?}");
+}
+
+/// `bench --report DIR` itself, on a short run (the floor, boots and the console): the page
+/// and its charts, named by this run's platform, commit and command line, and the same
+/// document in `--json`.
+#[test]
+fn bench_writes_its_report() {
+    if !have_kvm("bench_writes_its_report") {
+        return;
+    }
+    let dir = TempDir::new("bench-report-run");
+    let (json, report) = (dir.0.join("bench.json"), dir.0.join("report"));
+    let o = harness()
+        .args(["bench", "--kernel", common::KERNEL, "--runs", "1"])
+        .args(["--skip-storage", "--skip-net"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let meta = &doc["meta"];
+    assert_eq!(meta["platform"], doc["platform"]["kvm"]);
+    assert!(
+        meta["command"].as_str().unwrap().contains("--skip-net"),
+        "{meta}"
+    );
+    assert!(meta["date"].as_str().unwrap().ends_with('Z'), "{meta}");
+    let svg = std::fs::read_to_string(report.join("exits_floor.svg")).unwrap();
+    assert!(svg_marks(&report.join("exits_floor.svg")) > 0, "{svg}");
+    assert!(svg.contains(meta["commit"].as_str().unwrap()), "{svg}");
+    for chart in ["boot", "floor_ns", "console_throughput", "exits_console"] {
+        assert!(
+            svg_marks(&report.join(format!("{chart}.svg"))) > 0,
+            "{chart}"
+        );
+    }
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(html.contains("<img src=\"boot.svg\""), "{html}");
+    // Storage and network were skipped: no charts for them.
+    assert!(!report.join("storage_mb_s.svg").exists());
+    // Plain progress lines without a terminal, as before.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bench: boot runs under the harness (1)..."),
+        "{err}"
+    );
+    assert!(!err.contains('\r'), "no bar without a terminal: {err}");
 }

@@ -221,6 +221,32 @@ mod tests {
     }
 
     #[test]
+    fn the_command_line() {
+        use crate::cli::{Cli, Cmd};
+        use crate::shared::BenchAction;
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["hh", "bench"].iter().chain(args).copied()).map(|c| c.cmd)
+        };
+        let Ok(Cmd::Bench(b)) = parse(&["report", "run.json", "--out", "dir"]) else {
+            panic!("bench report JSON --out DIR parses");
+        };
+        let Some(BenchAction::Report { json, out }) = &b.action else {
+            panic!("{b:?}");
+        };
+        assert_eq!(
+            (json.to_str(), out.to_str()),
+            (Some("run.json"), Some("dir"))
+        );
+        assert!(parse(&["report", "run.json"]).is_err(), "--out is required");
+        let Ok(Cmd::Bench(b)) = parse(&["--runs", "2", "--report", "dir"]) else {
+            panic!("bench --report DIR parses");
+        };
+        assert_eq!(b.report.as_deref().and_then(|p| p.to_str()), Some("dir"));
+        assert!(b.action.is_none());
+    }
+
+    #[test]
     fn page_names_each_chart_and_escapes() {
         let doc = json!({"floor": [{"name": "a<b", "ns": 10.0, "min": 9.0, "max": 30.0,
                                     "exits_per_op": 1.0}]});
