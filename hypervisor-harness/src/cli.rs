@@ -164,6 +164,11 @@ pub struct RunArgs {
     /// is in place.
     #[arg(long, value_enum, hide = true, value_name = "KIND")]
     pub seccomp_selftest: Option<crate::seccomp::ThreadKind>,
+    /// End the run (exit code 4, with the vCPU's state) when the guest makes no port or MMIO
+    /// access, serial output included, for this many seconds: a guest spinning without I/O.
+    /// Off by default: an idle guest waiting for interrupts is quiet too.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub stall_timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -187,18 +192,33 @@ pub struct QemuArgs {
 pub fn vm_end_outcome(end: &VmEnd, timeout: u64) -> Outcome {
     match end {
         VmEnd::DebugExit(v) => Outcome::DebugExit(*v),
-        VmEnd::Timeout => Outcome::Timeout(timeout),
+        VmEnd::Timeout(_) => Outcome::Timeout(timeout),
+        VmEnd::NoProgress { seconds, cpu } => Outcome::Abnormal(format!(
+            "no progress: no port or MMIO exit for {seconds} s (--stall-timeout) at {cpu}"
+        )),
         VmEnd::Quit => Outcome::Quit,
         VmEnd::Shutdown(cpu) => {
             Outcome::Abnormal(format!("KVM_EXIT_SHUTDOWN (triple fault) at {cpu}"))
         }
         VmEnd::InternalError { suberror, cpu } => Outcome::Abnormal(format!(
-            "KVM_EXIT_INTERNAL_ERROR suberror {suberror} at {cpu}"
+            "KVM_EXIT_INTERNAL_ERROR suberror {suberror} ({}) at {cpu}",
+            internal_error_name(*suberror)
         )),
         VmEnd::FailEntry { reason, cpu } => {
             Outcome::Abnormal(format!("KVM_EXIT_FAIL_ENTRY reason {reason:#x} at {cpu}"))
         }
         VmEnd::Unexpected { what, cpu } => Outcome::Abnormal(format!("{what} at {cpu}")),
+    }
+}
+
+/// KVM's names for KVM_EXIT_INTERNAL_ERROR's suberrors (<linux/kvm.h>).
+fn internal_error_name(suberror: u32) -> &'static str {
+    match suberror {
+        kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "emulation failure",
+        kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "exception while delivering an exception",
+        kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "exit while delivering an event",
+        kvm_bindings::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON => "unexpected exit reason",
+        _ => "unknown",
     }
 }
 
@@ -209,6 +229,7 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
         mem: c.mem,
         cmdline: c.cmdline.clone(),
         timeout: Duration::from_secs(c.timeout),
+        stall_timeout: a.stall_timeout.map(Duration::from_secs),
         serial_log: c.serial_log.clone(),
         verbose: c.verbose,
         disks: c.disk.clone(),
@@ -233,6 +254,9 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
     eprintln!("{}", r.ktap);
     if outcome == Outcome::Quit {
         eprintln!("harness: the VM was quit by the monitor");
+    }
+    if let VmEnd::Timeout(cpu) = &r.end {
+        eprintln!("harness: at the timeout the vCPU was at {cpu}");
     }
     if c.exits {
         eprint!("{}", r.counters.table());

@@ -15,6 +15,7 @@ type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 vmm_sys_util::ioctl_io_nr!(KVM_RUN, 0xAE, 0x80);
 vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, 0xAE, 0x81, kvm_bindings::kvm_regs);
 vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, 0xAE, 0x83, kvm_bindings::kvm_sregs);
+vmm_sys_util::ioctl_iowr_nr!(KVM_TRANSLATE, 0xAE, 0x85, kvm_bindings::kvm_translation);
 vmm_sys_util::ioctl_iow_nr!(KVM_IRQ_LINE, 0xAE, 0x61, kvm_bindings::kvm_irq_level);
 vmm_sys_util::ioctl_iow_nr!(
     KVM_SET_GSI_ROUTING,
@@ -106,7 +107,8 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
     // Raising an interrupt: an INTx level, or a new MSI route for a vector the guest moved.
     let interrupts = [KVM_IRQ_LINE(), KVM_SET_GSI_ROUTING()];
     let mut v: Vec<u64> = match kind {
-        ThreadKind::Vcpu => vec![KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS()],
+        // The state in a fault's report: registers, and RIP's code through KVM_TRANSLATE.
+        ThreadKind::Vcpu => vec![KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS(), KVM_TRANSLATE()],
         ThreadKind::Watchdog => return vec![],
         ThreadKind::DeviceIo
         | ThreadKind::NicBackend

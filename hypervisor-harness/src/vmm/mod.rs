@@ -42,7 +42,7 @@ use monitor_target::{QuitRequest, VirtioFunction, VmView};
 use std::io::Write;
 use std::marker::PhantomData;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use vcpu::CpuSnapshot;
@@ -53,6 +53,9 @@ pub struct RunConfig {
     pub mem: u64,
     pub cmdline: String,
     pub timeout: Duration,
+    /// End the run when the vCPU makes no port or MMIO exit for this long
+    /// (`--stall-timeout`): a guest spinning without I/O.
+    pub stall_timeout: Option<Duration>,
     pub serial_log: Option<PathBuf>,
     pub verbose: bool,
     /// Disks in guest order (`--disk`).
@@ -91,7 +94,13 @@ pub enum IoMode {
 #[derive(Debug, Clone)]
 pub enum VmEnd {
     DebugExit(u32),
-    Timeout,
+    /// The vCPU where the timeout found it.
+    Timeout(CpuSnapshot),
+    /// No port or MMIO exit for `seconds` (`--stall-timeout`).
+    NoProgress {
+        seconds: u64,
+        cpu: CpuSnapshot,
+    },
     /// The monitor's `quit`.
     Quit,
     Shutdown(CpuSnapshot),
@@ -107,6 +116,61 @@ pub enum VmEnd {
         what: String,
         cpu: CpuSnapshot,
     },
+}
+
+impl VmEnd {
+    /// The vCPU's state, for the ends that carry it.
+    pub fn cpu_mut(&mut self) -> Option<&mut CpuSnapshot> {
+        match self {
+            VmEnd::DebugExit(_) | VmEnd::Quit => None,
+            VmEnd::Timeout(cpu)
+            | VmEnd::NoProgress { cpu, .. }
+            | VmEnd::Shutdown(cpu)
+            | VmEnd::InternalError { cpu, .. }
+            | VmEnd::FailEntry { cpu, .. }
+            | VmEnd::Unexpected { cpu, .. } => Some(cpu),
+        }
+    }
+}
+
+/// The last port or MMIO exit, for a report.
+#[derive(Debug, Clone, Copy)]
+struct LastIo {
+    port: bool,
+    addr: u64,
+    dir: Dir,
+    len: usize,
+}
+
+impl LastIo {
+    fn port(port: u16, dir: Dir, len: usize) -> Self {
+        Self {
+            port: true,
+            addr: port.into(),
+            dir,
+            len,
+        }
+    }
+
+    fn mmio(addr: u64, dir: Dir, len: usize) -> Self {
+        Self {
+            port: false,
+            addr,
+            dir,
+            len,
+        }
+    }
+}
+
+impl std::fmt::Display for LastIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.port { "port" } else { "MMIO" };
+        let dir = match self.dir {
+            Dir::Read => "read",
+            Dir::Write => "write",
+        };
+        write!(f, "{what} {:#x} {dir} ({} B)", self.addr, self.len)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -180,7 +244,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
             }
         }
     }
-    let (end, counters, elapsed) = machine.run_vcpu(cfg.timeout)?;
+    let (end, counters, elapsed) = machine.run_vcpu(cfg.timeout, cfg.stall_timeout)?;
     drop(monitors);
     let mut result = machine.report(end, counters, elapsed);
     // The guest is done and its results are read: destroying the VM need not hold up our exit.
@@ -540,6 +604,7 @@ impl Machine {
     fn run_vcpu(
         &mut self,
         timeout: Duration,
+        stall_timeout: Option<Duration>,
     ) -> Result<(VmEnd, ExitCounters, Duration), HarnessError> {
         let quit = self.quit.clone();
         std::thread::scope(|scope| {
@@ -547,7 +612,7 @@ impl Machine {
                 .name("vcpu0".into())
                 .spawn_scoped(scope, || {
                     // The watchdog kicks the thread that starts it.
-                    let watchdog = Watchdog::start(timeout, quit)?;
+                    let watchdog = Watchdog::start(timeout, stall_timeout, quit)?;
                     // Read at each phase mark; opened before the filter forbids it.
                     let vcpu_stats = exits::stats_fd(&self.vcpu).ok();
                     crate::seccomp::enter(crate::seccomp::ThreadKind::Vcpu);
@@ -590,7 +655,8 @@ impl Machine {
         // The data of the last `out`, and the reusable buffer of the last `in`.
         let mut out_buf: Vec<u8> = Vec::new();
         let mut in_buf: Vec<u8> = Vec::new();
-        let end = loop {
+        let mut last_io: Option<LastIo> = None;
+        let mut end = loop {
             if phase_pending.swap(false, Ordering::Acquire) {
                 let mut log = lock(phase_lines);
                 for marker in log.take_inbox() {
@@ -607,8 +673,14 @@ impl Machine {
             if quit.requested() {
                 break VmEnd::Quit;
             }
+            if let Some(seconds) = watchdog.stalled() {
+                break VmEnd::NoProgress {
+                    seconds,
+                    cpu: vcpu::snapshot(vcpu, mem),
+                };
+            }
             if watchdog.timed_out() {
-                break VmEnd::Timeout;
+                break VmEnd::Timeout(vcpu::snapshot(vcpu, mem));
             }
             let mut pio_exit: Option<(u16, Dir)> = None;
             marks.mark_first_run();
@@ -630,19 +702,27 @@ impl Machine {
                 // Port I/O is handled after the match, once the borrow of kvm_run's data ends and
                 // its element size can be read: see `pio`.
                 VcpuExit::IoOut(port, data) => {
+                    watchdog.note_progress();
+                    last_io = Some(LastIo::port(port, Dir::Write, data.len()));
                     out_buf.clear();
                     out_buf.extend_from_slice(data);
                     pio_exit = Some((port, Dir::Write));
                 }
                 VcpuExit::IoIn(port, data) => {
+                    watchdog.note_progress();
+                    last_io = Some(LastIo::port(port, Dir::Read, data.len()));
                     in_buf.clear();
                     in_buf.resize(data.len(), 0);
                     pio_exit = Some((port, Dir::Read));
                 }
                 VcpuExit::MmioWrite(addr, data) => {
+                    watchdog.note_progress();
+                    last_io = Some(LastIo::mmio(addr, Dir::Write, data.len()));
                     dispatch::dispatch(pio, mmio, counters, IoExit::MmioWrite { addr, data });
                 }
                 VcpuExit::MmioRead(addr, data) => {
+                    watchdog.note_progress();
+                    last_io = Some(LastIo::mmio(addr, Dir::Read, data.len()));
                     dispatch::dispatch(pio, mmio, counters, IoExit::MmioRead { addr, data });
                 }
                 VcpuExit::Hlt => {
@@ -720,6 +800,9 @@ impl Machine {
                 }
             }
         };
+        if let Some(cpu) = end.cpu_mut() {
+            cpu.last_io = last_io.map(|io| io.to_string());
+        }
         let counters = lock(counters).clone();
         (end, counters)
     }
@@ -801,33 +884,58 @@ impl Machine {
 /// loop notices. Dropping it ends the kicks; it cannot leave the thread it kicks.
 struct Watchdog {
     timed_out: Arc<AtomicBool>,
+    /// Port and MMIO exits so far, which the watchdog watches for --stall-timeout.
+    progress: Arc<AtomicU64>,
+    /// Set (to the stall's seconds) when there was none for that long.
+    stalled: Arc<AtomicU64>,
     done: Arc<(Mutex<bool>, Condvar)>,
     /// Not `Send`: it must be dropped on the thread it kicks, before that thread ends.
     _kicked_thread: PhantomData<*const ()>,
 }
 
 impl Watchdog {
-    fn start(timeout: Duration, quit: QuitRequest) -> Result<Self, HarnessError> {
+    fn start(
+        timeout: Duration,
+        stall_timeout: Option<Duration>,
+        quit: QuitRequest,
+    ) -> Result<Self, HarnessError> {
         let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler);
         let timed_out = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicU64::new(0));
+        let stalled = Arc::new(AtomicU64::new(0));
         // The quit request wakes the same condition variable that ends the watchdog.
         let done = quit.wake.clone();
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         {
             let (timed_out, done) = (timed_out.clone(), done.clone());
+            let (progress, stalled) = (progress.clone(), stalled.clone());
             std::thread::Builder::new()
                 .name("watchdog".into())
                 .spawn(move || {
                     crate::seccomp::enter(crate::seccomp::ThreadKind::Watchdog);
                     let (m, cv) = &*done;
                     let deadline = Instant::now() + timeout;
+                    let (mut seen, mut seen_at) =
+                        (progress.load(Ordering::Relaxed), Instant::now());
                     let mut finished = lock(m);
                     while !*finished {
                         let now = Instant::now();
+                        let mut wake = deadline;
+                        if let Some(stall) = stall_timeout {
+                            let p = progress.load(Ordering::Relaxed);
+                            if p != seen {
+                                (seen, seen_at) = (p, now);
+                            } else if now >= seen_at + stall {
+                                stalled.store(stall.as_secs().max(1), Ordering::SeqCst);
+                            }
+                            // Looked at again a quarter of the stall time later.
+                            wake = wake.min(now + stall / 4);
+                        }
                         let quitting = quit.requested();
-                        if quitting || now >= deadline {
-                            if !quitting {
+                        let stalling = stalled.load(Ordering::SeqCst) != 0;
+                        if quitting || stalling || now >= deadline {
+                            if !quitting && !stalling {
                                 timed_out.store(true, Ordering::SeqCst);
                             }
                             // SAFETY: `me` is the vCPU thread, alive until it drops the
@@ -839,7 +947,7 @@ impl Watchdog {
                                 .unwrap_or_else(|e| e.into_inner().0);
                         } else {
                             finished = cv
-                                .wait_timeout(finished, deadline - now)
+                                .wait_timeout(finished, wake.saturating_duration_since(now))
                                 .map(|r| r.0)
                                 .unwrap_or_else(|e| e.into_inner().0);
                         }
@@ -849,6 +957,8 @@ impl Watchdog {
         }
         Ok(Self {
             timed_out,
+            progress,
+            stalled,
             done,
             _kicked_thread: PhantomData,
         })
@@ -856,6 +966,16 @@ impl Watchdog {
 
     fn timed_out(&self) -> bool {
         self.timed_out.load(Ordering::SeqCst)
+    }
+
+    /// The run loop made a port or MMIO exit.
+    fn note_progress(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The stall's seconds, once the watchdog found none for --stall-timeout.
+    fn stalled(&self) -> Option<u64> {
+        Some(self.stalled.load(Ordering::SeqCst)).filter(|&s| s != 0)
     }
 }
 

@@ -173,6 +173,8 @@ pub struct CpuSnapshot {
     pub efer: u64,
     pub code: Vec<u8>,
     pub code_note: Option<String>,
+    /// The last port or MMIO exit before the end, as the run loop saw it.
+    pub last_io: Option<String>,
 }
 
 impl std::fmt::Display for CpuSnapshot {
@@ -188,6 +190,9 @@ impl std::fmt::Display for CpuSnapshot {
         }
         if let Some(n) = &self.code_note {
             write!(f, "; {n}")?;
+        }
+        if let Some(io) = &self.last_io {
+            write!(f, "; last I/O exit: {io}")?;
         }
         Ok(())
     }

@@ -150,6 +150,18 @@ pub fn load() {
     }
 }
 
+/// Mark every gate not present, from ring 3: the next interrupt or exception then
+/// triple-faults (#NP, then #DF, then shutdown). Only for the self-test that proves the VMM
+/// reports a triple fault.
+pub fn clear_for_triple_fault() {
+    // SAFETY: the run is meant to end at the next event; the gates are plain memory that only
+    // the CPU reads, at delivery.
+    unsafe {
+        let idt = &raw mut IDT;
+        core::ptr::write_volatile(idt, Idt([const { Entry::missing() }; 256]));
+    }
+}
+
 /// Write all 256 gates of the loaded IDT. Ring 3, first thing after entering it: every ring-0
 /// instruction is emulated on kvm_pvm, and filling the table there took about 7,000. Ring 3 can
 /// write the table because all memory is user-mapped; the CPU reads it only when it delivers

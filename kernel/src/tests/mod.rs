@@ -67,6 +67,7 @@ pub static REGISTRY: &[Test] = &[
     Test::by_name("console_prompt", console::prompt),
     // Never in `all`: the host kills the VMM while it sleeps.
     Test::by_name("virtio_blk_durability", virtio_blk::durability),
+    Test::by_name("ide_durability", ide::durability),
     // Never in `all`: a second virtio-blk driver (the virtio-drivers crate's) on the same disk
     // would only repeat the checks the host tests run it for on their own.
     Test::by_name("foreign_virtio_blk", foreign_virtio_blk::run),
@@ -76,4 +77,7 @@ pub static REGISTRY: &[Test] = &[
     Test::by_name("selftest_fault", selftest::fault),
     Test::by_name("selftest_ring0_fault", selftest::ring0_fault),
     Test::by_name("selftest_panic", selftest::panic),
+    Test::by_name("selftest_triple_fault", selftest::triple_fault),
+    Test::by_name("selftest_emulation_failure", selftest::emulation_failure),
+    Test::by_name("selftest_spin", selftest::spin),
 ];
