@@ -4,7 +4,7 @@
 //! between ops. Besides the rig's checks: the balloon never holds more pages than guest RAM
 //! has, the counters add up, and at the end a reset balloon inflates and deflates a page.
 
-use super::virtio_rig::{rop, Rig, GENERIC_OPS};
+use super::virtio_rig::{Rig, GENERIC_OPS};
 use super::*;
 use crate::devices::lock;
 use crate::devices::virtio::balloon::{
@@ -12,7 +12,7 @@ use crate::devices::virtio::balloon::{
 };
 use std::sync::Arc;
 
-/// Opcodes past the rig's ([`rop`]).
+/// Opcodes past the rig's ([`virtio_rig::rop`](super::virtio_rig::rop)).
 pub mod bop {
     /// The host sets a new target (num_pages) and signals a configuration change.
     pub const TARGET: u8 = super::GENERIC_OPS;
@@ -66,7 +66,7 @@ pub struct BalloonSummary {
 }
 
 /// virtio-balloon over virtio-pci: header byte (bit 0: seed guest memory from the input),
-/// then operations ([`rop`], [`bop`]).
+/// then operations (the rig's, [`bop`]).
 pub fn balloon(data: &[u8]) {
     run_balloon(data);
 }
@@ -130,6 +130,7 @@ pub fn run_balloon(data: &[u8]) -> BalloonSummary {
 
 #[cfg(test)]
 mod tests {
+    use super::super::virtio_rig::rop;
     use super::*;
     use crate::fuzzing::test_util::{random, P};
 
