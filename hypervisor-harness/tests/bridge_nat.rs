@@ -199,7 +199,9 @@ enum Mode {
 }
 
 /// The two namespaces, the bridge with `taps` TAP devices (`tap0`, `tap1`, ...) and the phys
-/// host's echo services. Fields drop in order: the server, then the namespaces (with them
+/// host's echo services. Every VM gets a TAP of its own, never one a VM before it had: a VMM
+/// that has exited may hold its TAP a moment longer (our harness's teardown helper outlives
+/// it), and a single-queue TAP takes one user at a time (TUNSETIFF: EBUSY). Fields drop in order: the server, then the namespaces (with them
 /// the bridge, the TAPs and the veth).
 struct Topology {
     server: EchoServer,
@@ -399,7 +401,7 @@ fn bridge_guests_reach_the_physical_host() {
         return;
     }
     let vmms = vmms(test);
-    let topo = Topology::new(Mode::Bridge, vmms.len());
+    let topo = Topology::new(Mode::Bridge, MODELS.len() * vmms.len());
     for (m, model) in MODELS.into_iter().enumerate() {
         let vms: Vec<Vm> = vmms
             .iter()
@@ -407,7 +409,7 @@ fn bridge_guests_reach_the_physical_host() {
             .map(|(i, vmm)| {
                 let ip = format!("{BRIDGE_NET}.{}", 10 + 10 * m + i);
                 let cmdline = format!("net_ip={ip}/24 net_peer={BRIDGE_HOST}");
-                topo.vm(vmm, model, i, HOST_TESTS, &cmdline)
+                topo.vm(vmm, model, m * vmms.len() + i, HOST_TESTS, &cmdline)
             })
             .collect();
         for vm in vms {
@@ -431,13 +433,14 @@ fn bridge_guests_reach_each_other() {
     } else {
         &[("run", "run")]
     };
-    let topo = Topology::new(Mode::Bridge, 2 * pairs.len());
-    for model in MODELS {
+    let topo = Topology::new(Mode::Bridge, MODELS.len() * 2 * pairs.len());
+    for (m, model) in MODELS.into_iter().enumerate() {
         let vms: Vec<Vm> = pairs
             .iter()
             .enumerate()
             .flat_map(|(p, (server_vmm, client_vmm))| {
-                let (server, client) = (2 * p, 2 * p + 1);
+                let server = 2 * (m * pairs.len() + p);
+                let client = server + 1;
                 let server_ip = format!("{BRIDGE_NET}.{}", 100 + server);
                 let client_ip = format!("{BRIDGE_NET}.{}", 100 + client);
                 [
@@ -481,7 +484,8 @@ fn nat_guests_reach_the_physical_host_through_masquerade() {
         return;
     }
     let vmms = vmms(test);
-    let topo = Topology::new(Mode::Nat, vmms.len());
+    // A TAP per guest, the negative case's included.
+    let topo = Topology::new(Mode::Nat, (MODELS.len() + 1) * vmms.len());
     let guest = |vmm: &str, model: &str, i: usize, host: usize, tests: &str| {
         let cmdline =
             format!("net_ip={NAT_GUEST_NET}.{host}/24 net_gw={NAT_GATEWAY} net_peer={NAT_HOST}");
@@ -491,7 +495,10 @@ fn nat_guests_reach_the_physical_host_through_masquerade() {
         let vms: Vec<Vm> = vmms
             .iter()
             .enumerate()
-            .map(|(i, vmm)| guest(vmm, model, i, 10 + 10 * m + i, NAT_TESTS))
+            .map(|(i, vmm)| {
+                let tap = m * vmms.len() + i;
+                guest(vmm, model, tap, 10 + 10 * m + i, NAT_TESTS)
+            })
             .collect();
         for vm in vms {
             vm.passes(NAT_TESTS);
@@ -513,7 +520,10 @@ fn nat_guests_reach_the_physical_host_through_masquerade() {
     let vms: Vec<Vm> = vmms
         .iter()
         .enumerate()
-        .map(|(i, vmm)| guest(vmm, "virtio", i, 200 + i, "net_tcp_echo"))
+        .map(|(i, vmm)| {
+            let tap = MODELS.len() * vmms.len() + i;
+            guest(vmm, "virtio", tap, 200 + i, "net_tcp_echo")
+        })
         .collect();
     for vm in vms {
         let (what, o) = vm.output();
