@@ -39,6 +39,8 @@ use vm_memory::{Bytes, GuestAddress};
 
 pub mod balloon;
 pub mod console;
+#[cfg(test)]
+mod corpus;
 pub mod debug_exit;
 pub mod e1000;
 pub mod exit_dispatch;
