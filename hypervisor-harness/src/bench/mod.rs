@@ -7,6 +7,7 @@ pub mod compare;
 pub mod console;
 pub mod net;
 mod net_tap;
+pub mod net_user;
 pub mod profile;
 pub mod progress;
 pub mod report;

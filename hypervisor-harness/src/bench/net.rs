@@ -489,6 +489,7 @@ pub fn run_section(
         super::spawn_self_under(wrapper, args, tag)
     };
     run_configs(&mut section, &peer_configs(), base_args, quick, &mut spawn)?;
+    super::net_user::run_rows(&mut section, base_args, qemu_extra, quick, &mut spawn)?;
     let socket = dir.join("peer.sock");
     match PeerChild::start(&socket) {
         Ok(peer) => {
@@ -554,7 +555,12 @@ pub struct NetTarget {
 }
 
 impl NetTarget {
-    fn new(what: &'static str, op: &'static str, limit: f64, found: Option<(f64, String)>) -> Self {
+    pub(super) fn new(
+        what: &'static str,
+        op: &'static str,
+        limit: f64,
+        found: Option<(f64, String)>,
+    ) -> Self {
         let (measured, row) = found.map_or((None, None), |(m, r)| (Some(m), Some(r)));
         Self {
             what,
@@ -793,6 +799,7 @@ impl NetSection {
                 10.0,
                 virtio_over_e1000,
             ),
+            super::net_user::throughput_target(self),
         ]
     }
 
@@ -1266,7 +1273,9 @@ mod tests {
             Some(1.5)
         );
         let t = s.targets();
-        assert_eq!(t.len(), 6);
+        // The six of the NIC issues, then the user-mode one (no user rows here).
+        assert_eq!(t.len(), 7);
+        assert_eq!(t[6].measured, None);
         // The virtio-net targets ignore the emulated rows (their exits would be the worst).
         assert_eq!(t[0].measured, Some(0.15000000000000002));
         assert_eq!(t[2].measured, Some(1.5));

@@ -13,6 +13,9 @@
 //! - `tcp_tx`, `tcp_rx`: through smoltcp (kernel/src/net), one connection streaming to the sink
 //!   until the budget is spent (timed to the sink's report), and transfers from the source.
 //!
+//! `net_echo_port=` and `net_sink_port=` move `rtt_udp`'s echo and `tcp_tx`'s sink off the
+//! contract's 7 and 9 (a user-mode network proxies them to the host's unprivileged ports).
+//!
 //! `net_pairs=N` asks the device for N queue pairs (default 1); with several the raw rows use
 //! as many flows (UDP source ports), which the driver and the device steer by flow hash.
 //!
@@ -91,6 +94,15 @@ const BROADCAST: MacAddress = [0xff; 6];
 const WORKLOADS: [&str; 7] = [
     "tx_1514", "tx_64", "rx_1514", "rx_64", "rtt_udp", "tcp_tx", "tcp_rx",
 ];
+
+/// Port `name=` from the command line, else `default`.
+fn port_arg(name: &str, default: u16) -> u16 {
+    bootinfo::get()
+        .arg_u64(name)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|&p| p != 0)
+        .unwrap_or(default)
+}
 
 fn row_ns() -> u64 {
     if bootinfo::get().arg("net_quick") == Some("1") {
@@ -629,10 +641,11 @@ fn rtt_row(link: &mut Link, name: &str) -> Result<(), String> {
     let timeout = RTT_TIMEOUT_NS * time::tsc_hz() / 1_000_000_000;
     let mut lost = 0;
     let mut seq = 0u32;
+    let echo = port_arg("net_echo_port", PORT_ECHO);
     while row.latencies.len() < MIN_RTT || time::cycles_to_ns(time::rdtsc() - start) < budget {
         seq += 1;
         let port = LOCAL_PORT + (seq % u32::from(link.flows)) as u16;
-        let frame = link.addrs.udp(port, PORT_ECHO, PAYLOAD_64, |p| {
+        let frame = link.addrs.udp(port, echo, PAYLOAD_64, |p| {
             p[..4].copy_from_slice(&seq.to_le_bytes())
         });
         let t0 = time::rdtsc();
@@ -640,7 +653,7 @@ fn rtt_row(link: &mut Link, name: &str) -> Result<(), String> {
         let mut back = false;
         while !back {
             let mut check = |src: u16, dst: u16, p: &[u8], _: RxInfo| {
-                back |= src == PORT_ECHO && dst == port && p.get(..4) == Some(&seq.to_le_bytes());
+                back |= src == echo && dst == port && p.get(..4) == Some(&seq.to_le_bytes());
             };
             link.poll(&mut check)?;
             if !back && time::rdtsc() - t0 > timeout {
@@ -734,7 +747,7 @@ fn tcp_close(stack: &mut Stack, h: SocketHandle) {
 /// `tcp_tx`: stream to the sink until the budget is spent, close, and wait for its report
 /// (every byte acknowledged and counted); the time runs to the report.
 fn tcp_tx_row(stack: &mut Stack, peer: IpAddress, name: &str) -> Result<(), String> {
-    let h = tcp_connect(stack, peer, PORT_DISCARD)?;
+    let h = tcp_connect(stack, peer, port_arg("net_sink_port", PORT_DISCARD))?;
     let budget = row_ns();
     let mut row = Row::begin(stack.device.nic(), name);
     row.n_is_frames = true;
