@@ -119,15 +119,19 @@ impl EchoServer {
     fn start(ns: &Netns) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let tcp_peers = Arc::new(Mutex::new(Vec::new()));
-        let ready = Arc::new(std::sync::Barrier::new(3));
+        // Each service says once whether it could bind (a failed one must not leave us waiting).
+        let (ready, bound) = std::sync::mpsc::channel::<Result<(), String>>();
         let tcp = {
             let (ns, stop, peers, ready) =
                 (ns.0.clone(), stop.clone(), tcp_peers.clone(), ready.clone());
             std::thread::spawn(move || {
                 enter(&ns);
-                let l = TcpListener::bind("0.0.0.0:7").unwrap();
+                let l = match TcpListener::bind("0.0.0.0:7") {
+                    Ok(l) => l,
+                    Err(e) => return ready.send(Err(format!("TCP 7: {e}"))).unwrap(),
+                };
                 l.set_nonblocking(true).unwrap();
-                ready.wait();
+                ready.send(Ok(())).unwrap();
                 while !stop.load(Ordering::Relaxed) {
                     match l.accept() {
                         Ok((c, from)) => {
@@ -146,10 +150,13 @@ impl EchoServer {
             let (ns, stop, ready) = (ns.0.clone(), stop.clone(), ready.clone());
             std::thread::spawn(move || {
                 enter(&ns);
-                let s = UdpSocket::bind("0.0.0.0:7").unwrap();
+                let s = match UdpSocket::bind("0.0.0.0:7") {
+                    Ok(s) => s,
+                    Err(e) => return ready.send(Err(format!("UDP 7: {e}"))).unwrap(),
+                };
                 s.set_read_timeout(Some(Duration::from_millis(100)))
                     .unwrap();
-                ready.wait();
+                ready.send(Ok(())).unwrap();
                 let mut buf = [0u8; 2048];
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok((n, from)) = s.recv_from(&mut buf) {
@@ -158,7 +165,15 @@ impl EchoServer {
                 }
             })
         };
-        ready.wait();
+        // Only the threads hold senders now: one that died unbound disconnects the channel.
+        drop(ready);
+        for _ in 0..2 {
+            match bound.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("the phys host's echo service: {e}"),
+                Err(e) => panic!("the phys host's echo services did not start: {e}"),
+            }
+        }
         Self {
             stop,
             tcp_peers,
