@@ -214,3 +214,38 @@ fn a_syn_flood_stays_within_the_limits() {
     let (syn_acks, _) = drain(&mut b);
     assert_eq!(syn_acks.len(), 1, "a new connection after the flood");
 }
+
+#[test]
+fn host_connects_settle_without_blocking() {
+    let (open, _sink) = loopback_sink();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut b = UserBackend::new(UserOptions::default()).unwrap();
+    let to = b.mac();
+    arp(&mut b);
+    // Nothing listens: the SYN is reset once the connect fails.
+    let start = std::time::Instant::now();
+    send(&mut b, &segment(to, 41000, closed, 1, None));
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "transmit blocked"
+    );
+    b.poll();
+    assert_eq!(drain(&mut b), (vec![], 1));
+    assert_eq!(b.user_counters().tcp_refused_by_host, 1);
+    // A listener: the SYN is held until the connect is done, then answered; its
+    // retransmission while held is not a second connect.
+    send(&mut b, &segment(to, 41001, open, 1, None));
+    send(&mut b, &segment(to, 41001, open, 1, None));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut syn_acks = Vec::new();
+    while syn_acks.is_empty() && std::time::Instant::now() < deadline {
+        b.poll();
+        syn_acks = drain(&mut b).0;
+    }
+    assert_eq!(syn_acks.len(), 1);
+    assert_eq!(b.user_counters().tcp_opened, 1);
+}

@@ -121,8 +121,8 @@ impl UserBackend {
     }
 
     fn forward(&mut self, host: std::net::TcpStream, guest: IpEndpoint) {
-        let half_open = self.flows.iter().filter(|f| !f.established).count();
-        if let Err(why) = self.limits.admit(self.flows.len(), half_open) {
+        let (flows, half_open) = self.flow_counts();
+        if let Err(why) = self.limits.admit(flows, half_open) {
             match why {
                 super::Refusal::TooMany => self.counters.tcp_refused_too_many += 1,
                 super::Refusal::TooManyHalfOpen => self.counters.tcp_refused_half_open += 1,

@@ -26,6 +26,7 @@
 //! the flow's smoltcp socket has room (so a guest that does not read is not a busy loop) and
 //! for writing only while guest bytes wait for the host socket.
 
+mod connect;
 pub mod dhcp;
 pub mod dns;
 #[cfg(test)]
@@ -46,11 +47,11 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpAddress, IpCidr,
-    IpEndpoint, IpListenEndpoint, IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket,
+    IpEndpoint, IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket,
 };
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -60,8 +61,6 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub const RX_QUEUE_FRAMES: usize = 1024;
 /// Each proxied TCP flow's smoltcp buffers, each way.
 const TCP_BUFFER: usize = 256 << 10;
-/// How long a host connect to loopback may take before the guest's SYN is refused.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const MIN_FRAME: usize = 14;
 const ETHERNET_MTU: usize = 1514;
 /// The epoll token of the readiness eventfd; flows use their ids (from 1).
@@ -192,6 +191,7 @@ pub struct UserBackend {
     sockets: SocketSet<'static>,
     dhcp: dhcp::DhcpServer,
     flows: Vec<TcpFlow>,
+    connecting: Vec<connect::Connecting>,
     next_id: u64,
     udp: udp::UdpProxy,
     tftp: tftp::TftpServer,
@@ -249,6 +249,7 @@ impl UserBackend {
             wire,
             sockets: SocketSet::new(Vec::new()),
             flows: Vec::new(),
+            connecting: Vec::new(),
             next_id: 1,
             udp,
             tftp,
@@ -306,8 +307,9 @@ impl UserBackend {
                     self.counters.tcp_refused_restricted += 1;
                     return;
                 }
-                if dst == self.opts.host {
-                    self.open_tcp(guest, port);
+                if dst == self.opts.host && self.open_tcp(guest, port, frame) {
+                    // Held until the host connect settles ([`connect`]).
+                    return;
                 }
             }
         }
@@ -346,87 +348,39 @@ impl UserBackend {
         Some((dst, syn))
     }
 
-    /// A guest SYN to the host alias's `port`: a host connection and a listener to take the
-    /// SYN, unless the SYN is a retransmission, or a limit says no, or the host
-    /// refuses (then no listener: smoltcp answers with a RST).
-    fn open_tcp(&mut self, guest: IpEndpoint, port: u16) {
+    /// A guest SYN to the host alias's `port`: a host connect, the SYN held until it settles
+    /// (true), unless the SYN is a retransmission or a limit says no (false: it goes on to
+    /// smoltcp, whose listener takes a retransmission and which resets the rest).
+    fn open_tcp(&mut self, guest: IpEndpoint, port: u16, syn: &[u8]) -> bool {
+        if self.connecting.iter().any(|c| c.guest == guest) {
+            return true;
+        }
         let sockets = &self.sockets;
         let known = self.flows.iter().any(|f| {
             let s = sockets.get::<tcp::Socket>(f.handle);
             (f.port == port && s.is_listening()) || s.remote_endpoint() == Some(guest)
         });
         if known {
-            return;
+            return false;
         }
-        let half_open = self.flows.iter().filter(|f| !f.established).count();
-        match self.limits.admit(self.flows.len(), half_open) {
+        let (flows, half_open) = self.flow_counts();
+        match self.limits.admit(flows, half_open) {
             Ok(()) => {}
             Err(Refusal::TooMany) => {
                 self.counters.tcp_refused_too_many += 1;
-                return;
+                return false;
             }
             Err(Refusal::TooManyHalfOpen) => {
                 self.counters.tcp_refused_half_open += 1;
-                return;
+                return false;
             }
         }
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let host = match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-            Ok(h) if h.set_nonblocking(true).is_ok() => h,
-            _ => {
-                self.counters.tcp_refused_by_host += 1;
-                return;
-            }
-        };
-        let _ = host.set_nodelay(true);
-        let mut s = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-        );
-        let endpoint = IpListenEndpoint {
-            addr: Some(IpAddress::Ipv4(self.opts.host)),
-            port,
-        };
-        if s.listen(endpoint).is_err() {
-            self.counters.tcp_refused_by_host += 1;
-            return;
-        }
-        let id = self.next_id;
-        if self
-            .epoll
-            .ctl(
-                ControlOperation::Add,
-                host.as_raw_fd(),
-                EpollEvent::new(EventSet::empty(), id),
-            )
-            .is_err()
-        {
-            self.counters.tcp_refused_by_host += 1;
-            return;
-        }
-        self.next_id += 1;
-        self.counters.tcp_opened += 1;
-        let now = Instant::now();
-        self.flows.push(TcpFlow {
-            id,
-            handle: self.sockets.add(s),
-            host,
-            port,
-            started: now,
-            last_active: now,
-            accepted: false,
-            established: false,
-            host_eof: false,
-            host_write_shut: false,
-            want_write: false,
-            host_dead: false,
-            expired: false,
-            interest: EventSet::empty(),
-        });
+        self.start_connect(guest, port, syn)
     }
 
     fn run(&mut self) {
         self.accept_forwarded();
+        self.finish_connects();
         loop {
             let now = self.now();
             self.iface.poll(now, &mut self.wire, &mut self.sockets);
@@ -657,7 +611,10 @@ impl NetBackend for UserBackend {
     }
 
     fn poll(&mut self) -> Option<Duration> {
-        let expiry = self.expire();
+        let expiry = match (self.expire(), self.expire_connects()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let udp_expiry = self.udp.expire(&self.limits);
         let wire = &mut self.wire;
         let tftp_resend = self.tftp.tick(|f| wire.push(f));
