@@ -139,6 +139,7 @@ impl UserBackend {
             tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
             tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
         );
+        s.set_ack_delay(None);
         let local = IpListenEndpoint {
             addr: Some(IpAddress::Ipv4(self.opts.host)),
             port: self.next_local_port(),
