@@ -104,8 +104,10 @@ fn arp(b: &mut UserBackend) {
     drain(b);
 }
 
+/// One frame as its own TX batch, as a NIC model hands them over (`transmit`, then `flush`).
 fn send(b: &mut UserBackend, frame: &[u8]) {
     b.transmit(&FrameMeta::default(), frame).unwrap();
+    b.flush().unwrap();
 }
 
 fn open_fds() -> usize {

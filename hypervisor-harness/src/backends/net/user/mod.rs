@@ -102,10 +102,10 @@ pub struct UserCounters {
     pub rx_queue_overflows: u64,
 }
 
-/// smoltcp's device: the one inbound frame, and the queue toward the guest.
+/// smoltcp's device: the guest's frames of this TX batch, and the queue toward the guest.
 #[derive(Default)]
 struct Wire {
-    inbound: Option<Vec<u8>>,
+    inbound: VecDeque<Vec<u8>>,
     out: VecDeque<Vec<u8>>,
     overflows: u64,
 }
@@ -143,7 +143,7 @@ impl Device for Wire {
     type TxToken<'a> = Outbound<'a>;
 
     fn receive(&mut self, _: SmolInstant) -> Option<(Inbound, Outbound<'_>)> {
-        let frame = self.inbound.take()?;
+        let frame = self.inbound.pop_front()?;
         Some((Inbound(frame), Outbound(self)))
     }
 
@@ -313,8 +313,9 @@ impl UserBackend {
                 }
             }
         }
-        self.wire.inbound = Some(frame.to_vec());
-        self.run();
+        // smoltcp takes the batch in one poll at `flush` (or the next receive/poll): one ACK
+        // and one host write per flow for the batch instead of one per segment.
+        self.wire.inbound.push_back(frame.to_vec());
     }
 
     fn answers(&self, dst: Ipv4Address) -> bool {
@@ -589,8 +590,15 @@ impl NetBackend for UserBackend {
         Ok(())
     }
 
+    fn flush(&mut self) -> Result<(), NetBackendError> {
+        if !self.wire.inbound.is_empty() {
+            self.run();
+        }
+        Ok(())
+    }
+
     fn receive(&mut self, buf: &mut [u8]) -> Result<Option<(usize, FrameMeta)>, NetBackendError> {
-        if self.wire.out.is_empty() && self.host_ready() {
+        if !self.wire.inbound.is_empty() || (self.wire.out.is_empty() && self.host_ready()) {
             self.run();
         }
         while let Some(frame) = self.wire.out.pop_front() {
