@@ -9,6 +9,9 @@
 //! their time comes (the model writes the eventfd when it starts holding one), and finishes a
 //! transmit that stalled for want of room in the backend (a full stream socket or TAP queue)
 //! when the backend's `tx_wait_fd` turns writable, so nothing the guest sent is dropped.
+//! Frames that move on a vCPU thread (a TDT or RDT write) may arm the backend's timers while
+//! the thread sleeps without a timeout: the model then polls the backend and wakes the thread
+//! if it has a deadline now.
 //!
 //! The report gets one note per NIC: `e1000-counters: ` and the model's counters as JSON.
 
@@ -242,7 +245,7 @@ impl EmulatedNic for E1000<GuestMem> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backends::net::FrameMeta;
+    use crate::backends::net::{FrameMeta, NetBackendError};
     use crate::devices::net::e1000::regs::*;
     use crate::devices::pci::config::{CMD_BUS_MASTER, CMD_MEM};
     use crate::devices::virtio::net::test_util::TestBackend;
@@ -375,5 +378,125 @@ mod tests {
         wait_for("the rest sent", || backend.sent().len() == 6);
         assert!(!lock(&dev).tx_stalled());
         assert_eq!(lock(&dev).counters().tx_backend_errors, 0);
+    }
+
+    /// A backend with a timer that only a transmit arms and only `poll` runs, as the peer's
+    /// TCP retransmission: `poll` says "no deadline" until a frame goes out, then wants a
+    /// round in [`RESEND_AFTER`], when it queues `reply` for the guest and signals it.
+    #[derive(Clone)]
+    struct ResendingBackend {
+        state: Arc<Mutex<ResendState>>,
+        ready: Arc<EventFd>,
+        reply: Vec<u8>,
+    }
+
+    #[derive(Default)]
+    struct ResendState {
+        due: Option<Instant>,
+        to_guest: Option<Vec<u8>>,
+    }
+
+    const RESEND_AFTER: Duration = Duration::from_millis(10);
+
+    impl NetBackend for ResendingBackend {
+        fn describe(&self) -> String {
+            "resending".into()
+        }
+        fn transmit(&mut self, _: &FrameMeta, _: &[u8]) -> Result<(), NetBackendError> {
+            lock(&self.state).due = Some(Instant::now() + RESEND_AFTER);
+            Ok(())
+        }
+        fn receive(
+            &mut self,
+            buf: &mut [u8],
+        ) -> Result<Option<(usize, FrameMeta)>, NetBackendError> {
+            let Some(f) = lock(&self.state).to_guest.take() else {
+                let _ = self.ready.read();
+                return Ok(None);
+            };
+            buf[..f.len()].copy_from_slice(&f);
+            Ok(Some((f.len(), FrameMeta::default())))
+        }
+        fn rx_ready_fd(&self) -> std::os::fd::RawFd {
+            self.ready.as_raw_fd()
+        }
+        fn poll(&mut self) -> Option<Duration> {
+            let mut s = lock(&self.state);
+            let due = s.due?;
+            let now = Instant::now();
+            if now < due {
+                return Some(due - now);
+            }
+            s.due = None;
+            s.to_guest = Some(self.reply.clone());
+            let _ = self.ready.write(1);
+            None
+        }
+        fn counters(&self) -> crate::backends::net::BackendCounters {
+            Default::default()
+        }
+    }
+
+    /// The backend thread first finds the backend with no deadline and sleeps without a
+    /// timeout; a transmit on the vCPU thread then arms the backend's timer. The model must
+    /// give the backend its `poll` and the thread the new deadline, or the frame the timer
+    /// sends (a TCP retransmission) never comes: e1000's stall under `faults=drop`.
+    #[test]
+    fn backend_timer_armed_by_a_transmit_runs() {
+        let mem = super::super::memory::create(1 << 20).unwrap();
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let mut reply = vec![7u8; 64];
+        reply[..6].copy_from_slice(&mac);
+        let backend = ResendingBackend {
+            state: Arc::default(),
+            ready: Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            reply: reply.clone(),
+        };
+        let mut e = E1000::new(
+            mem.clone(),
+            Box::new(backend.clone()),
+            mac,
+            Arc::new(NoLine),
+            11,
+        );
+        e.config_mut().enable(CMD_MEM | CMD_BUS_MASTER);
+        let resume = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        e.set_rx_resume(resume.try_clone().unwrap());
+        let dev = Arc::new(Mutex::new(e));
+        let w = |reg: u64, v: u32| lock(&dev).mmio_write(reg, &v.to_le_bytes());
+        // RX: 8 descriptors at 0x1000, buffers from 0x8000. TX: one frame at 0x2000.
+        for i in 0..8u64 {
+            mem.write_slice(
+                &(0x8000 + i * 2048).to_le_bytes(),
+                GuestAddress(0x1000 + i * 16),
+            )
+            .unwrap();
+        }
+        w(RDBAL, 0x1000);
+        w(RDLEN, 128);
+        w(RDT, 7);
+        w(RCTL, (Rctl::EN | Rctl::SECRC).bits());
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&0x4000u64.to_le_bytes());
+        d[8..10].copy_from_slice(&60u16.to_le_bytes());
+        d[11] = (TxCmd::EOP | TxCmd::RS).bits();
+        mem.write_slice(&d, GuestAddress(0x2000)).unwrap();
+        w(TDBAL, 0x2000);
+        w(TDLEN, 128);
+        w(TCTL, Tctl::EN.bits());
+        let fds = BackendFds {
+            rx: backend.rx_ready_fd(),
+            tx_wait: None,
+        };
+        let _thread = emulated_nic_thread::spawn("e1000-test", dev.clone(), fds, resume).unwrap();
+        // Let the thread's first round find no deadline and go to sleep without one.
+        std::thread::sleep(Duration::from_millis(20));
+        w(TDT, 1);
+        wait_for("the frame the backend's timer sends", || {
+            lock(&dev).counters().rx_frames == 1
+        });
+        let mut got = [0u8; 64];
+        mem.read_slice(&mut got, GuestAddress(0x8000)).unwrap();
+        assert_eq!(got.to_vec(), reply);
     }
 }

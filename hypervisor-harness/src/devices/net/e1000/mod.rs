@@ -179,6 +179,9 @@ pub struct E1000<M> {
     /// (it stopped watching the backend while the ring was full), or a transmit pass stalled
     /// (it watches for room while one is).
     rx_resume: Option<EventFd>,
+    /// The backend's last `poll` set no deadline ("until a frame moves"), so the backend
+    /// thread sleeps without one: frames that move on a vCPU thread must poll it here.
+    backend_idle: bool,
 }
 
 impl<M: GuestMemory> E1000<M> {
@@ -228,6 +231,7 @@ impl<M: GuestMemory> E1000<M> {
             tx: tx::TxState::default(),
             rx: rx::RxState::default(),
             rx_resume: None,
+            backend_idle: true,
         };
         dev.reset();
         dev
@@ -320,7 +324,20 @@ impl<M: GuestMemory> E1000<M> {
 
     /// Give the backend its time (timers); how long until it wants it again.
     pub fn backend_poll(&mut self) -> Option<std::time::Duration> {
-        self.backend.poll()
+        let wait = self.backend.poll();
+        self.backend_idle = wait.is_none();
+        wait
+    }
+
+    /// Frames moved on a vCPU thread (a TDT write's transmits, an RDT write's deliveries).
+    /// A backend whose last `poll` wanted no deadline may have one now (the peer's TCP arms
+    /// its retransmit timer as it sends), while the backend thread sleeps without a timeout:
+    /// poll it, and wake the thread to take the deadline. Otherwise a lost segment that only
+    /// the peer's timer resends stalls the stream for good.
+    fn frames_moved(&mut self) {
+        if self.backend_idle && self.backend_poll().is_some() {
+            self.wake_backend_thread();
+        }
     }
 
     /// Link up or down (the cable): STATUS.LU, the PHY's link bits, and an LSC interrupt.
@@ -592,6 +609,7 @@ impl<M: GuestMemory> E1000<M> {
 
     fn tx_kick(&mut self) {
         if self.tx_process() {
+            self.frames_moved();
             // A synchronous backend (the in-process peer) has its replies ready now.
             self.rx_kick();
         }
@@ -601,9 +619,12 @@ impl<M: GuestMemory> E1000<M> {
     /// command register); if a frame was held and now is not, wake the backend thread.
     fn rx_kick(&mut self) {
         let was_blocked = self.rx.blocked;
+        let delivered_before = self.counters.rx_frames;
         self.rx_pass();
         if was_blocked && !self.rx.blocked {
             self.wake_backend_thread();
+        } else if self.counters.rx_frames != delivered_before {
+            self.frames_moved();
         }
     }
 
