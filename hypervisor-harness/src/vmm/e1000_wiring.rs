@@ -244,8 +244,9 @@ impl EmulatedNic for E1000<GuestMem> {
 
 #[cfg(test)]
 mod tests {
+    use super::emulated_nic_thread::test_backend::ResendingBackend;
     use super::*;
-    use crate::backends::net::{FrameMeta, NetBackendError};
+    use crate::backends::net::FrameMeta;
     use crate::devices::net::e1000::regs::*;
     use crate::devices::pci::config::{CMD_BUS_MASTER, CMD_MEM};
     use crate::devices::virtio::net::test_util::TestBackend;
@@ -380,63 +381,6 @@ mod tests {
         assert_eq!(lock(&dev).counters().tx_backend_errors, 0);
     }
 
-    /// A backend with a timer that only a transmit arms and only `poll` runs, as the peer's
-    /// TCP retransmission: `poll` says "no deadline" until a frame goes out, then wants a
-    /// round in [`RESEND_AFTER`], when it queues `reply` for the guest and signals it.
-    #[derive(Clone)]
-    struct ResendingBackend {
-        state: Arc<Mutex<ResendState>>,
-        ready: Arc<EventFd>,
-        reply: Vec<u8>,
-    }
-
-    #[derive(Default)]
-    struct ResendState {
-        due: Option<Instant>,
-        to_guest: Option<Vec<u8>>,
-    }
-
-    const RESEND_AFTER: Duration = Duration::from_millis(10);
-
-    impl NetBackend for ResendingBackend {
-        fn describe(&self) -> String {
-            "resending".into()
-        }
-        fn transmit(&mut self, _: &FrameMeta, _: &[u8]) -> Result<(), NetBackendError> {
-            lock(&self.state).due = Some(Instant::now() + RESEND_AFTER);
-            Ok(())
-        }
-        fn receive(
-            &mut self,
-            buf: &mut [u8],
-        ) -> Result<Option<(usize, FrameMeta)>, NetBackendError> {
-            let Some(f) = lock(&self.state).to_guest.take() else {
-                let _ = self.ready.read();
-                return Ok(None);
-            };
-            buf[..f.len()].copy_from_slice(&f);
-            Ok(Some((f.len(), FrameMeta::default())))
-        }
-        fn rx_ready_fd(&self) -> std::os::fd::RawFd {
-            self.ready.as_raw_fd()
-        }
-        fn poll(&mut self) -> Option<Duration> {
-            let mut s = lock(&self.state);
-            let due = s.due?;
-            let now = Instant::now();
-            if now < due {
-                return Some(due - now);
-            }
-            s.due = None;
-            s.to_guest = Some(self.reply.clone());
-            let _ = self.ready.write(1);
-            None
-        }
-        fn counters(&self) -> crate::backends::net::BackendCounters {
-            Default::default()
-        }
-    }
-
     /// The backend thread first finds the backend with no deadline and sleeps without a
     /// timeout; a transmit on the vCPU thread then arms the backend's timer. The model must
     /// give the backend its `poll` and the thread the new deadline, or the frame the timer
@@ -447,11 +391,7 @@ mod tests {
         let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
         let mut reply = vec![7u8; 64];
         reply[..6].copy_from_slice(&mac);
-        let backend = ResendingBackend {
-            state: Arc::default(),
-            ready: Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
-            reply: reply.clone(),
-        };
+        let backend = ResendingBackend::new(reply.clone());
         let mut e = E1000::new(
             mem.clone(),
             Box::new(backend.clone()),

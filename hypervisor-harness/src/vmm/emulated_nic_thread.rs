@@ -4,6 +4,12 @@
 //! register write that makes room wakes it through the wake eventfd); while a transmit waits
 //! for room it watches `tx_wait_fd` for writability (or retries on a short timer for a backend
 //! without one). Each model says what it needs through [`EmulatedNic`].
+//!
+//! A backend's `poll` may want no deadline ("until a frame moves"), and the thread then sleeps
+//! without a timeout; but the models move frames on the vCPU thread too (the register write
+//! that starts a transmit), which may arm the backend's timers (the peer's TCP retransmission).
+//! So each model polls the backend after such moves while the thread has no deadline, and
+//! wakes it if there is one now.
 
 use crate::backends::net::watch::BackendWatches;
 use crate::devices::lock;
@@ -123,6 +129,90 @@ fn run<N: EmulatedNic>(
                 // Frames or room: the next round's passes look.
                 _ => {}
             }
+        }
+    }
+}
+
+/// A fake backend for the NIC models' thread tests.
+#[cfg(test)]
+pub(super) mod test_backend {
+    use crate::backends::net::{BackendCounters, FrameMeta, NetBackend, NetBackendError};
+    use crate::devices::lock;
+    use std::os::fd::{AsRawFd, RawFd};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    use vmm_sys_util::eventfd::EventFd;
+
+    /// How long after a transmit the backend's timer fires.
+    const RESEND_AFTER: Duration = Duration::from_millis(10);
+
+    /// A backend with a timer that only a transmit arms and only `poll` runs, as the peer's
+    /// TCP retransmission: `poll` says "no deadline" until a frame goes out, then wants a
+    /// round in [`RESEND_AFTER`], when it queues `reply` for the guest and signals it.
+    #[derive(Clone)]
+    pub struct ResendingBackend {
+        state: Arc<Mutex<ResendState>>,
+        ready: Arc<EventFd>,
+        reply: Vec<u8>,
+    }
+
+    #[derive(Default)]
+    struct ResendState {
+        due: Option<Instant>,
+        to_guest: Option<Vec<u8>>,
+    }
+
+    impl ResendingBackend {
+        pub fn new(reply: Vec<u8>) -> Self {
+            Self {
+                state: Arc::default(),
+                ready: Arc::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")),
+                reply,
+            }
+        }
+    }
+
+    impl NetBackend for ResendingBackend {
+        fn describe(&self) -> String {
+            "resending".into()
+        }
+
+        fn transmit(&mut self, _: &FrameMeta, _: &[u8]) -> Result<(), NetBackendError> {
+            lock(&self.state).due = Some(Instant::now() + RESEND_AFTER);
+            Ok(())
+        }
+
+        fn receive(
+            &mut self,
+            buf: &mut [u8],
+        ) -> Result<Option<(usize, FrameMeta)>, NetBackendError> {
+            let Some(f) = lock(&self.state).to_guest.take() else {
+                let _ = self.ready.read();
+                return Ok(None);
+            };
+            buf[..f.len()].copy_from_slice(&f);
+            Ok(Some((f.len(), FrameMeta::default())))
+        }
+
+        fn rx_ready_fd(&self) -> RawFd {
+            self.ready.as_raw_fd()
+        }
+
+        fn poll(&mut self) -> Option<Duration> {
+            let mut s = lock(&self.state);
+            let due = s.due?;
+            let now = Instant::now();
+            if now < due {
+                return Some(due - now);
+            }
+            s.due = None;
+            s.to_guest = Some(self.reply.clone());
+            let _ = self.ready.write(1);
+            None
+        }
+
+        fn counters(&self) -> BackendCounters {
+            BackendCounters::default()
         }
     }
 }

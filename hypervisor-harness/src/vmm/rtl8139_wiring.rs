@@ -8,6 +8,9 @@
 //! level-triggered fd, and the CAPR write that makes room wakes it through the wake eventfd.
 //! While a TX slot waits for a full backend (the model leaves it unfinished) it watches the
 //! backend's `tx_wait_fd` for room (or retries each millisecond without one) and resumes TX.
+//! Frames that move on a vCPU thread (a TSD or CAPR write) may arm the backend's timers while
+//! the thread sleeps without a timeout: the model then polls the backend and wakes the thread
+//! if it has a deadline now.
 //!
 //! The report gets one note per NIC: `rtl8139-counters: ` and the model's counters as JSON.
 
@@ -210,6 +213,7 @@ impl EmulatedNic for Rtl8139<GuestMem> {
 
 #[cfg(test)]
 mod tests {
+    use super::emulated_nic_thread::test_backend::ResendingBackend;
     use super::*;
     use crate::backends::net::FrameMeta;
     use crate::devices::net::rtl8139::regs::*;
@@ -324,6 +328,45 @@ mod tests {
             let mut b = [0u8; 4];
             lock(&dev).io_read(u64::from(TSD0), &mut b);
             u32::from_le_bytes(b) & Tsd::TOK.bits() != 0
+        });
+    }
+
+    /// The thread first finds the backend with no deadline and sleeps without a timeout; a
+    /// transmit on the vCPU thread then arms the backend's timer (as the peer's TCP arms its
+    /// retransmission). The frame that timer sends must still come.
+    #[test]
+    fn backend_timer_armed_by_a_transmit_runs() {
+        let mem = super::super::memory::create(1 << 20).unwrap();
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let mut reply = vec![7u8; 64];
+        reply[..6].copy_from_slice(&mac);
+        let backend = ResendingBackend::new(reply);
+        let mut nic = Rtl8139::new(
+            mem.clone(),
+            Box::new(backend.clone()),
+            mac,
+            Arc::new(NoLine),
+            11,
+        );
+        nic.config_mut().enable(CMD_IO | CMD_BUS_MASTER);
+        let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        nic.set_wake(wake.try_clone().unwrap());
+        let dev = Arc::new(Mutex::new(nic));
+        w(&dev, RBSTART, &0x1_0000u32.to_le_bytes());
+        w(&dev, CR, &[(Cmd::RE | Cmd::TE).bits()]);
+        w(&dev, RCR, &Rcr::APM.bits().to_le_bytes());
+        let fds = BackendFds {
+            rx: backend.rx_ready_fd(),
+            tx_wait: None,
+        };
+        let _thread = emulated_nic_thread::spawn("rtl8139-test", dev.clone(), fds, wake).unwrap();
+        // Let the thread's first round find no deadline and go to sleep without one.
+        std::thread::sleep(Duration::from_millis(20));
+        mem.write_slice(&[0xab; 64], GuestAddress(0x2000)).unwrap();
+        w(&dev, TSAD0, &0x2000u32.to_le_bytes());
+        w(&dev, TSD0, &64u32.to_le_bytes());
+        wait_for("the frame the backend's timer sends", || {
+            lock(&dev).counters().rx_frames == 1
         });
     }
 

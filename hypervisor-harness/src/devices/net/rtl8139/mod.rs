@@ -135,6 +135,9 @@ pub struct Rtl8139<M> {
     /// Written when the backend thread has to look again: a held RX frame may go in (CAPR
     /// moved), or a TX slot waits for the backend's room.
     wake: Option<EventFd>,
+    /// The backend's last `poll` set no deadline ("until a frame moves"), so the backend
+    /// thread sleeps without one: frames that move on a vCPU thread must poll it here.
+    backend_idle: bool,
 }
 
 impl<M: GuestMemory> Rtl8139<M> {
@@ -193,6 +196,7 @@ impl<M: GuestMemory> Rtl8139<M> {
             tx: tx::TxState::default(),
             rx: rx::RxState::default(),
             wake: None,
+            backend_idle: true,
         };
         dev.reset();
         dev
@@ -256,7 +260,19 @@ impl<M: GuestMemory> Rtl8139<M> {
 
     /// Give the backend its time (timers); how long until it wants it again.
     pub fn backend_poll(&mut self) -> Option<std::time::Duration> {
-        self.backend.poll()
+        let wait = self.backend.poll();
+        self.backend_idle = wait.is_none();
+        wait
+    }
+
+    /// Frames moved on a vCPU thread (a TSD write's transmit, a CAPR write's deliveries). A
+    /// backend whose last `poll` wanted no deadline may have one now (the peer's TCP arms its
+    /// retransmit timer as it sends), while the backend thread sleeps without a timeout: poll
+    /// it, and wake the thread to take the deadline.
+    fn frames_moved(&mut self) {
+        if self.backend_idle && self.backend_poll().is_some() {
+            self.wake_thread();
+        }
     }
 
     /// Link up or down (the cable): MSR.LINKB, BMSR's link bit, and a LinkChg interrupt.
@@ -547,6 +563,7 @@ impl<M: GuestMemory> Rtl8139<M> {
 
     fn tx_kick(&mut self) {
         if self.tx_process() {
+            self.frames_moved();
             // A synchronous backend (the in-process peer) has its replies ready now.
             self.rx_kick();
         }
@@ -556,9 +573,12 @@ impl<M: GuestMemory> Rtl8139<M> {
     /// not, wake the backend thread (it stopped watching the backend).
     fn rx_kick(&mut self) {
         let was_blocked = self.rx.blocked;
+        let delivered_before = self.counters.rx_frames;
         self.rx_pass();
         if was_blocked && !self.rx.blocked {
             self.wake_thread();
+        } else if self.counters.rx_frames != delivered_before {
+            self.frames_moved();
         }
     }
 
