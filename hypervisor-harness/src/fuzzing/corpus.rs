@@ -455,7 +455,7 @@ fn virtio_blk_programs() -> Vec<(&'static str, Vec<u8>)> {
     use super::vop;
     let ready = || {
         Program(vec![0])
-            .op(&[vop::QUEUE, 0, 4, 0, 2, 1])
+            .op(&[vop::QUEUE, 0, 0, 4, 0, 2, 1])
             .op(&[vop::NEGOTIATE, 0])
     };
     // REQUEST: head, type (0 IN, 1 OUT, 2 FLUSH, 3 GET_ID), sector selector, sector, header

@@ -1,6 +1,6 @@
 //! A virtio-pci function around any [`VirtioDevice`], driven as a hostile driver would: what
-//! the balloon and console targets share (virtio-blk and virtio-net keep rigs of their own,
-//! with checks only their devices allow).
+//! the balloon, console and virtio-blk targets share (each adds its device's own ops and
+//! checks).
 //!
 //! Guest memory is the common layout ([`MEM_REGIONS`]); queue q's canonical rings sit at
 //! `q * 0x1000` (descriptors, avail at +0x400, used at +0x800), and CHAIN buffers come from
@@ -9,7 +9,7 @@
 //!
 //! Checks after every op: the transport's status machine (NEEDS_RESET exactly when broken,
 //! FEATURES_OK only with offered features), queue sizes and alignments, interrupt counts, the
-//! MSI-X table's pending bits and vectors. At the end the device answers its identity, and
+//! MSI-X table's pending bits (none past the table) and vectors. At the end the device answers its identity, and
 //! after a reset a canonical setup reaches DRIVER_OK.
 
 use super::*;
@@ -425,6 +425,13 @@ impl Rig {
                 assert!(m.is_masked(v), "vector {v} pending but deliverable");
             }
         }
+        let mut pba = [0u8; 8];
+        m.read_pba(0, &mut pba);
+        assert_eq!(
+            u64::from_le_bytes(pba) >> m.vectors(),
+            0,
+            "PBA beyond table"
+        );
         if m.enabled() {
             assert!(
                 !self.irq.intx_level.load(Ordering::Relaxed),
