@@ -13,28 +13,24 @@
 //! only in a hostile run. At the end: the backend heals and after a reset the device carries
 //! a frame each way (and with MQ, the control queue sets two pairs).
 
+use super::virtio_rig::{
+    canonical, desc_addr, desc_bytes, rop, Rig, CANON_MAX, F_NEXT, F_WRITE, RING_STRIDE, USED_OFF,
+};
 use super::*;
 use crate::backends::net::{
     BackendCounters, ChecksumRequest, FrameMeta, NetBackend, NetBackendError, MAX_FRAME,
 };
 use crate::devices::bus::Bus;
 use crate::devices::lock;
-use crate::devices::pci::config::{CMD_BUS_MASTER, CMD_IO, CMD_MEM, REG_COMMAND};
-use crate::devices::pci::msix;
+use crate::devices::pci::config::{CMD_BUS_MASTER, CMD_MEM, REG_COMMAND};
 use crate::devices::pci::PciFunction;
-use crate::devices::virtio::device::VirtioDevice;
 use crate::devices::virtio::net::{Net, NetShared};
-use crate::devices::virtio::transport_pci::{
-    self as tp, common, BarRegion, VirtioPciDevice, NO_VECTOR,
-};
+use crate::devices::virtio::transport_pci::{self as tp, common, VirtioPciDevice, NO_VECTOR};
 use crate::devices::virtio::Memory;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
-use virtio_bindings::virtio_config::{
-    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
-    VIRTIO_F_VERSION_1,
-};
+use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_F_CSUM,
     VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC,
@@ -75,13 +71,8 @@ pub mod nop {
     pub const MSIX: u8 = 16;
 }
 
-/// Rings: queue q's descriptor table at `q * RING_STRIDE`, its avail ring at +0x400 and its
-/// used ring at +0x800; canonical layouts fit queues of up to [`CANON_MAX`] entries.
-const RING_STRIDE: u64 = 0x1000;
-const AVAIL_OFF: u64 = 0x400;
-const USED_OFF: u64 = 0x800;
-const CANON_MAX: u16 = 64;
-/// 5 queues (2 pairs and control) of rings, then a patterned gap no op allocates from.
+/// 5 queues (2 pairs and control) of rings in the rig's canonical layout ([`canonical`]:
+/// queues of up to [`CANON_MAX`] entries), then a patterned gap no op allocates from.
 const RINGS_END: u64 = 5 * RING_STRIDE;
 const GAP_END: u64 = 0x6000;
 /// Buffers (frames, RX buffers, commands) are allocated here, wrapping.
@@ -89,8 +80,6 @@ const BUF_START: u64 = GAP_END;
 const BUF_END: u64 = MEM_SIZE;
 const GAP_PATTERN: u8 = 0x5a;
 
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
 const HEADER_LEN: usize = 12;
 
@@ -277,15 +266,12 @@ pub struct NetSummary {
 }
 
 struct NetRig {
-    dev: Arc<Mutex<VirtioPciDevice>>,
+    /// The transport and its bus, guest memory, the offered features; its memory-neutral
+    /// ops and its checks.
+    rig: Rig,
     shared: Arc<NetShared>,
-    bus: Bus,
-    irq: Arc<VirtioIrq>,
-    mem: Memory,
     backend: FuzzBackend,
     pairs: u16,
-    offered: u64,
-    msix_cap: u64,
     /// Guest memory as the program left it: its own writes go here too, so what differs
     /// after an op is what the device wrote.
     shadow: Vec<u8>,
@@ -301,8 +287,13 @@ struct NetRig {
 
 impl VirtioPciDriver for NetRig {
     fn bus(&mut self) -> &mut Bus {
-        &mut self.bus
+        &mut self.rig.bus
     }
+}
+
+/// Net's rig makes its own chains (TX, RX, CTRL), so the rig's CHAIN has no payload to make.
+fn no_payload(_: &mut Reader, _: usize) -> Vec<u8> {
+    Vec::new()
 }
 
 impl NetRig {
@@ -314,37 +305,12 @@ impl NetRig {
             pairs,
         );
         let shared = net.shared();
-        let offered = net.features();
         let nq = 2 * pairs as usize + 1;
-        let irq = Arc::new(VirtioIrq::new(tp::msix_vectors(nq)));
-        let mut pci = VirtioPciDevice::new(Box::new(net), mem.clone(), irq.clone(), 11)
-            .expect("virtio-net transport");
-        pci.config_mut()
-            .set_bar_address(tp::BAR, VIRTIO_BAR)
-            .expect("BAR address");
-        pci.config_mut().enable(CMD_IO | CMD_MEM | CMD_BUS_MASTER);
-        let msix_cap = capabilities(&mut pci)
-            .iter()
-            .find(|c| c.1 == msix::CAP_ID)
-            .map(|c| c.0 as u64)
-            .expect("virtio-pci has MSI-X");
-        let dev = Arc::new(Mutex::new(pci));
-        let mut bus = Bus::new();
-        for (name, off, len) in tp::REGIONS {
-            let region = Arc::new(Mutex::new(BarRegion::new(dev.clone(), off)));
-            bus.insert(name, VIRTIO_BAR + off, len, region)
-                .expect("BAR layout");
-        }
         let mut rig = Self {
-            dev,
+            rig: Rig::new(Box::new(net), mem, no_payload),
             shared,
-            bus,
-            irq,
-            mem,
             backend,
             pairs,
-            offered,
-            msix_cap,
             shadow: vec![0; MEM_SIZE as usize],
             hostile: false,
             used_tampered: vec![false; nq],
@@ -361,14 +327,15 @@ impl NetRig {
     }
 
     fn resync(&mut self) {
-        self.mem
+        self.rig
+            .mem
             .read_slice(&mut self.shadow, GuestAddress(0))
             .expect("guest RAM");
     }
 
     /// A guest write (the part outside RAM is dropped), mirrored in the shadow.
     fn poke(&mut self, addr: u64, bytes: &[u8]) {
-        poke(&self.mem, addr, bytes);
+        poke(&self.rig.mem, addr, bytes);
         let end = addr.saturating_add(bytes.len() as u64);
         for q in 0..self.nq() {
             if let Some(l) = self.layout(q) {
@@ -384,7 +351,7 @@ impl NetRig {
     }
 
     fn layout(&self, q: usize) -> Option<Layout> {
-        let d = lock(&self.dev);
+        let d = lock(&self.rig.dev);
         let index = q;
         let q = d.queue(q)?;
         Some(Layout {
@@ -395,11 +362,6 @@ impl NetRig {
             avail: q.avail_ring(),
             used: q.used_ring(),
         })
-    }
-
-    fn canonical(q: usize) -> [u64; 3] {
-        let base = q as u64 * RING_STRIDE;
-        [base, base + AVAIL_OFF, base + USED_OFF]
     }
 
     fn notify(&mut self, q: usize) {
@@ -419,13 +381,8 @@ impl NetRig {
 
     fn put_desc(&mut self, table: u64, i: u64, d: (u64, u32, u16), next: u16) {
         let (addr, len, flags) = d;
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&addr.to_le_bytes());
-        b[8..12].copy_from_slice(&len.to_le_bytes());
-        b[12..14].copy_from_slice(&flags.to_le_bytes());
-        b[14..].copy_from_slice(&next.to_le_bytes());
-        if let Some(a) = i.checked_mul(16).and_then(|o| table.checked_add(o)) {
-            self.poke(a, &b);
+        if let Some(a) = desc_addr(table, i) {
+            self.poke(a, &desc_bytes(addr, len, flags, next));
         }
     }
 
@@ -476,8 +433,8 @@ impl NetRig {
     }
 
     fn driver_features_or_offered(&self) -> u64 {
-        match lock(&self.dev).driver_features() & self.offered {
-            0 => self.offered,
+        match lock(&self.rig.dev).driver_features() & self.rig.offered {
+            0 => self.rig.offered,
             f => f | 1 << VIRTIO_F_VERSION_1,
         }
     }
@@ -488,22 +445,11 @@ impl NetRig {
 
     fn op(&mut self, r: &mut Reader) {
         match r.u8() % 17 {
-            op @ (nop::READ | nop::WRITE) => {
-                let (base, len) = match r.u8() % 6 {
-                    5 => (0, tp::BAR_SIZE),
-                    i => (tp::REGIONS[i as usize].1, tp::REGIONS[i as usize].2),
-                };
-                let off = (base + r.u16() as u64 % (len + 32)).wrapping_sub(16);
-                let width = r.width();
-                if op == nop::READ {
-                    let mut b = vec![0u8; width];
-                    self.bus.read(VIRTIO_BAR.wrapping_add(off), &mut b);
-                } else {
-                    // Queue registers, status and features written anyhow.
-                    self.hostile = true;
-                    let v = r.value(width);
-                    self.bus.write(VIRTIO_BAR.wrapping_add(off), &v);
-                }
+            nop::READ => self.rig.op(rop::READ, r),
+            nop::WRITE => {
+                // Queue registers, status and features written anyhow.
+                self.hostile = true;
+                self.rig.op(rop::WRITE, r);
             }
             nop::QUEUE => {
                 let sel = match r.u8() {
@@ -512,10 +458,10 @@ impl NetRig {
                 };
                 let b = r.u8();
                 let size = if b < 0xc0 { 1 << (b % 7) } else { r.u16() };
-                let canonical = r.u8() & 3 != 0;
-                let running = lock(&self.dev).status() & VIRTIO_CONFIG_S_DRIVER_OK as u8 != 0;
-                let layout = if canonical && (sel as usize) < self.nq() {
-                    let l = Self::canonical(sel as usize);
+                let canonical_layout = r.u8() & 3 != 0;
+                let running = lock(&self.rig.dev).status() & VIRTIO_CONFIG_S_DRIVER_OK as u8 != 0;
+                let layout = if canonical_layout && (sel as usize) < self.nq() {
+                    let l = canonical(sel as usize);
                     // A driver starts a queue on zeroed rings.
                     self.poke(l[0], &[0; RING_STRIDE as usize]);
                     self.next_desc[sel as usize] = 0;
@@ -527,7 +473,7 @@ impl NetRig {
                     [r.gpa(), r.gpa(), r.gpa()]
                 };
                 // Zeroing the rings of a running queue breaks them as surely as garbage does.
-                if running || !canonical || size > CANON_MAX || !size.is_power_of_two() {
+                if running || !canonical_layout || size > CANON_MAX || !size.is_power_of_two() {
                     self.hostile = true;
                 }
                 let vector = match r.u8() % 4 {
@@ -561,18 +507,13 @@ impl NetRig {
                             f |= 1 << b;
                         }
                     }
-                    f & self.offered
+                    f & self.rig.offered
                 } else {
                     r.u64()
                 };
                 self.negotiate(features, mode & 2 == 0);
             }
-            nop::NOTIFY => {
-                let q = r.u8();
-                let off = tp::NOTIFY_OFFSET + 4 * (q % 8) as u64 + (q >> 6) as u64 % 4;
-                let width = [2, 4, 1, 8][(q >> 3) as usize % 4];
-                self.w(off, width, (q % 8) as u64);
-            }
+            nop::NOTIFY => self.rig.op(rop::NOTIFY, r),
             nop::MEM => {
                 let addr = r.u16() as u64;
                 let n = r.u8() as usize % 32;
@@ -635,12 +576,7 @@ impl NetRig {
             }
             nop::CFG => {
                 let write = r.u8() & 1 == 0;
-                let off = match r.u8() % 4 {
-                    0 => self.msix_cap + 2,
-                    1 => REG_COMMAND as u64,
-                    2 => r.u8() as u64,
-                    _ => r.u16() as u64 % 0x120,
-                };
+                let off = self.rig.cfg_offset(r);
                 let width = r.width();
                 let mut v = r.value(width);
                 // Mostly a driver's own command writes: decode and bus mastering stay on.
@@ -650,9 +586,9 @@ impl NetRig {
                     }
                 }
                 if write {
-                    lock(&self.dev).config_write(off, &v);
+                    lock(&self.rig.dev).config_write(off, &v);
                 } else {
-                    lock(&self.dev).config_read(off, &mut v);
+                    lock(&self.rig.dev).config_read(off, &mut v);
                 }
             }
             nop::DEVCFG => {
@@ -662,16 +598,16 @@ impl NetRig {
                 match b % 4 {
                     0 => {
                         let mut v = vec![0u8; width];
-                        self.bus.read(VIRTIO_BAR + off, &mut v);
+                        self.rig.bus.read(VIRTIO_BAR + off, &mut v);
                     }
                     1 => {
                         let v = r.value(width);
-                        self.bus.write(VIRTIO_BAR + off, &v);
+                        self.rig.bus.write(VIRTIO_BAR + off, &v);
                     }
                     _ => {
                         // Down one time in four; a link that is down drops every frame.
                         self.shared.set_link(b & 0x0c != 0);
-                        lock(&self.dev).device_config_changed();
+                        lock(&self.rig.dev).device_config_changed();
                     }
                 }
             }
@@ -681,11 +617,11 @@ impl NetRig {
                     let features = self.driver_features_or_offered();
                     self.w(common::DEVICE_STATUS, 1, 0);
                     // A write with memory decode off does not reach the device.
-                    let fresh = lock(&self.dev).status() == 0;
+                    let fresh = lock(&self.rig.dev).status() == 0;
                     if how % 4 == 1 {
                         // A driver recovering: zeroed canonical rings, the same features.
                         for q in 0..self.nq() {
-                            let l = Self::canonical(q);
+                            let l = canonical(q);
                             self.poke(l[0], &[0; RING_STRIDE as usize]);
                             self.next_desc[q] = 0;
                             self.setup_queue(q as u16, 16, l, q as u16, true);
@@ -703,20 +639,10 @@ impl NetRig {
                         self.negotiate(features, true);
                     }
                 } else {
-                    let decode = lock(&self.dev).config().command() & CMD_MEM != 0;
-                    let isr = self.r(tp::ISR_OFFSET, 1);
-                    assert!(!decode || isr <= 3, "ISR {isr:#x}");
+                    self.rig.op(rop::ISR, r);
                 }
             }
-            _ => {
-                let v = r.u8() as u64 % (tp::msix_vectors(self.nq()) as u64 + 1);
-                let base = tp::MSIX_TABLE_OFFSET + 16 * v;
-                let (addr, data, mask) = (r.u32(), r.u32(), r.u8() as u64 & 1);
-                self.w(base, 4, addr as u64);
-                self.w(base + 4, 4, 0);
-                self.w(base + 8, 4, data as u64);
-                self.w(base + 12, 4, mask);
-            }
+            _ => self.rig.op(rop::MSIX, r),
         }
     }
 
@@ -901,31 +827,17 @@ impl NetRig {
         }
     }
 
-    /// Invariants that hold after every operation.
+    /// Invariants that hold after every operation: the rig's, NEEDS_RESET only in a hostile
+    /// run, and the device's writes to guest memory.
     fn check(&mut self) {
-        let (status, broken, driver_features) = {
-            let d = lock(&self.dev);
-            (
-                d.status(),
-                d.broken().map(str::to_string),
-                d.driver_features(),
-            )
+        self.rig.check();
+        let (status, broken) = {
+            let d = lock(&self.rig.dev);
+            (d.status(), d.broken().map(str::to_string))
         };
-        let needs_reset = status & VIRTIO_CONFIG_S_NEEDS_RESET as u8 != 0;
-        assert_eq!(needs_reset, broken.is_some(), "NEEDS_RESET vs broken");
         assert!(
-            !needs_reset || self.hostile,
+            broken.is_none() || self.hostile,
             "NEEDS_RESET in a run that kept its rings intact: {broken:?}"
-        );
-        if status & VIRTIO_CONFIG_S_FEATURES_OK as u8 != 0 {
-            assert_eq!(driver_features & !self.offered, 0, "features not offered");
-        }
-        assert!(
-            !self
-                .irq
-                .bad_vector
-                .load(std::sync::atomic::Ordering::Relaxed),
-            "MSI on a vector the function does not have"
         );
         self.check_memory(status & VIRTIO_CONFIG_S_DRIVER_OK as u8 != 0);
     }
@@ -934,7 +846,8 @@ impl NetRig {
     /// buffers, and used entries that make sense.
     fn check_memory(&mut self, running: bool) {
         let mut now = vec![0u8; MEM_SIZE as usize];
-        self.mem
+        self.rig
+            .mem
             .read_slice(&mut now, GuestAddress(0))
             .expect("guest RAM");
         // The device touches the rings of ready queues only.
@@ -1068,27 +981,9 @@ impl NetRig {
             w.to_guest.clear();
         }
         self.shared.set_link(true);
-        lock(&self.dev).config_write(
-            REG_COMMAND as u64,
-            &(CMD_IO | CMD_MEM | CMD_BUS_MASTER).to_le_bytes(),
-        );
-        let mut id = [0u8; 4];
-        lock(&self.dev).config_read(0, &mut id);
-        assert_eq!(u32::from_le_bytes(id), 0x1041_1af4);
-        assert_eq!(self.r(common::NUM_QUEUES, 2), self.nq() as u64);
-
-        self.w(common::DEVICE_STATUS, 1, 0);
-        assert_eq!(self.r(common::DEVICE_STATUS, 1), 0);
         self.hostile = false;
-        self.used_tampered.fill(false);
         self.next_buf = BUF_START;
-        for q in 0..self.nq() {
-            let l = Self::canonical(q);
-            self.poke(l[0], &[0; RING_STRIDE as usize]);
-            self.next_desc[q] = 0;
-            self.setup_queue(q as u16, 16, l, NO_VECTOR, true);
-        }
-        self.used_tampered.fill(false);
+        self.next_desc.fill(0);
         let mut f = 1u64 << VIRTIO_F_VERSION_1
             | 1 << VIRTIO_NET_F_MRG_RXBUF
             | 1 << VIRTIO_NET_F_CTRL_VQ
@@ -1096,8 +991,9 @@ impl NetRig {
         if self.pairs > 1 {
             f |= 1 << VIRTIO_NET_F_MQ;
         }
-        self.negotiate(f, true);
-        assert_eq!(self.r(common::DEVICE_STATUS, 1), 15, "device did not start");
+        // Identity, reset, zeroed canonical rings of 16 entries, DRIVER_OK.
+        self.rig.check_alive_with(f);
+        self.used_tampered.fill(false);
         self.resync();
         let pairs = self.pairs as usize;
         if pairs > 1 {
@@ -1117,7 +1013,7 @@ impl NetRig {
                 true,
             );
             assert_eq!(
-                self.mem.read_obj::<u8>(GuestAddress(ack)).ok(),
+                self.rig.mem.read_obj::<u8>(GuestAddress(ack)).ok(),
                 Some(VIRTIO_NET_OK as u8)
             );
         }
@@ -1145,17 +1041,26 @@ impl NetRig {
                 .to_guest
                 .push_back((reply.clone(), FrameMeta::default()));
             self.notify(Net::rx_queue(0));
-            assert_eq!(peek_u16(&self.mem, USED_OFF + 2), 1, "frame not received");
-            let len: u32 = self.mem.read_obj(GuestAddress(USED_OFF + 8)).unwrap_or(0);
+            assert_eq!(
+                peek_u16(&self.rig.mem, USED_OFF + 2),
+                1,
+                "frame not received"
+            );
+            let len: u32 = self
+                .rig
+                .mem
+                .read_obj(GuestAddress(USED_OFF + 8))
+                .unwrap_or(0);
             assert_eq!(len as usize, HEADER_LEN + reply.len());
             let mut got = vec![0u8; reply.len()];
-            self.mem
+            self.rig
+                .mem
                 .read_slice(&mut got, GuestAddress(buf + HEADER_LEN as u64))
                 .expect("in RAM");
             assert_eq!(got, reply, "received frame corrupted");
         }
         self.check();
-        assert_eq!(lock(&self.dev).broken(), None);
+        assert_eq!(lock(&self.rig.dev).broken(), None);
     }
 }
 
@@ -1182,7 +1087,7 @@ pub fn run_virtio_net(data: &[u8]) -> NetSummary {
     }
     let summary = {
         let stats = rig.shared.stats();
-        let d = lock(&rig.dev);
+        let d = lock(&rig.rig.dev);
         NetSummary {
             pairs,
             hostile: rig.hostile,

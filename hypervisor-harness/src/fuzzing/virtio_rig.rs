@@ -1,6 +1,7 @@
 //! A virtio-pci function around any [`VirtioDevice`], driven as a hostile driver would: what
 //! the balloon, console and virtio-blk targets share (each adds its device's own ops and
-//! checks).
+//! checks); virtio-net, which tracks every guest write against a shadow, takes the transport,
+//! the memory-neutral ops and the checks.
 //!
 //! Guest memory is the common layout ([`MEM_REGIONS`]); queue q's canonical rings sit at
 //! `q * 0x1000` (descriptors, avail at +0x400, used at +0x800), and CHAIN buffers come from
@@ -54,21 +55,31 @@ pub const RING_STRIDE: u64 = 0x1000;
 pub const AVAIL_OFF: u64 = 0x400;
 pub const USED_OFF: u64 = 0x800;
 /// Largest queue a canonical layout holds.
-const CANON_MAX: u16 = 64;
+pub const CANON_MAX: u16 = 64;
 pub const BUF_START: u64 = 0x8000;
 const BUF_END: u64 = MEM_SIZE;
 
 pub const F_NEXT: u16 = 1;
 pub const F_WRITE: u16 = 2;
 
-pub fn put_desc(mem: &Memory, table: u64, i: u64, addr: u64, len: u32, flags: u16, next: u16) {
+/// A split-ring descriptor as it sits in the table.
+pub fn desc_bytes(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
     let mut d = [0u8; 16];
     d[..8].copy_from_slice(&addr.to_le_bytes());
     d[8..12].copy_from_slice(&len.to_le_bytes());
     d[12..14].copy_from_slice(&flags.to_le_bytes());
     d[14..].copy_from_slice(&next.to_le_bytes());
-    if let Some(a) = i.checked_mul(16).and_then(|o| table.checked_add(o)) {
-        poke(mem, a, &d);
+    d
+}
+
+/// Where descriptor `i` of the table at `table` sits (none when the address overflows).
+pub fn desc_addr(table: u64, i: u64) -> Option<u64> {
+    i.checked_mul(16).and_then(|o| table.checked_add(o))
+}
+
+pub fn put_desc(mem: &Memory, table: u64, i: u64, addr: u64, len: u32, flags: u16, next: u16) {
+    if let Some(a) = desc_addr(table, i) {
+        poke(mem, a, &desc_bytes(addr, len, flags, next));
     }
 }
 
@@ -99,7 +110,7 @@ pub struct Rig {
     irq: Arc<VirtioIrq>,
     pub mem: Memory,
     pub offered: u64,
-    msix_cap: u64,
+    pub msix_cap: u64,
     pub queues: usize,
     max_sizes: Vec<u16>,
     device_type: u16,
@@ -314,12 +325,7 @@ impl Rig {
                 }
             }
             rop::CFG_WRITE => {
-                let off = match r.u8() % 4 {
-                    0 => self.msix_cap + 2,
-                    1 => REG_COMMAND as u64,
-                    2 => r.u8() as u64,
-                    _ => r.u16() as u64 % 0x120,
-                };
+                let off = self.cfg_offset(r);
                 let width = r.width();
                 let v = r.value(width);
                 lock(&self.dev).config_write(off, &v);
@@ -351,6 +357,16 @@ impl Rig {
             rop::CHAIN => self.chain(r),
             // Not a generic op: the device's own, which its target runs.
             _ => {}
+        }
+    }
+
+    /// A configuration space offset: MSI-X control, the command register, or anywhere.
+    pub fn cfg_offset(&self, r: &mut Reader) -> u64 {
+        match r.u8() % 4 {
+            0 => self.msix_cap + 2,
+            1 => REG_COMMAND as u64,
+            2 => r.u8() as u64,
+            _ => r.u16() as u64 % 0x120,
         }
     }
 
@@ -445,9 +461,14 @@ impl Rig {
     }
 
     /// At the end: the function answers its identity, and after a reset every queue is set
-    /// up canonically (16 entries, rings zeroed) and the device reaches DRIVER_OK. The
-    /// device's own end checks follow.
+    /// up canonically (16 entries, rings zeroed) and the device reaches DRIVER_OK with every
+    /// offered feature. The device's own end checks follow.
     pub fn check_alive(&mut self) {
+        self.check_alive_with(self.offered);
+    }
+
+    /// [`Rig::check_alive`], the driver taking `features`.
+    pub fn check_alive_with(&mut self, features: u64) {
         lock(&self.dev).config_write(
             REG_COMMAND as u64,
             &(CMD_IO | CMD_MEM | CMD_BUS_MASTER).to_le_bytes(),
@@ -471,8 +492,8 @@ impl Rig {
             self.setup_queue(q as u16, 16.min(CANON_MAX), [d, a, u], NO_VECTOR, true);
         }
         self.next_desc.fill(0);
-        self.negotiate(self.offered, true);
-        assert_eq!(self.r(common::DEVICE_STATUS, 1), 15);
+        self.negotiate(features, true);
+        assert_eq!(self.r(common::DEVICE_STATUS, 1), 15, "device did not start");
         assert_eq!(lock(&self.dev).broken(), None);
     }
 
