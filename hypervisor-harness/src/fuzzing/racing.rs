@@ -12,6 +12,7 @@
 //! did not publish, an honest buffer holds its sectors or is untouched, and the canary
 //! memory nobody points at (inside a region and a region of its own, past holes) is as it was.
 
+use super::virtio_rig::put_desc;
 use super::*;
 use crate::devices::virtio::blk::Blk;
 use crate::devices::virtio::device::{Activation, InterruptTrigger, InterruptType, VirtioDevice};
@@ -38,18 +39,56 @@ const HONEST_DATA: u64 = 0x4000;
 const CANARY: (u64, u64) = (0x5000, 0x3000);
 /// Where hostile descriptors and headers point.
 const HOSTILE: (u64, u64) = (0x8000, 0x8000);
-/// The layout: the region above, a hole, a hostile region, a hole, a canary region.
-const REGIONS: [(u64, u64); 3] = [(0, 0x1_0000), (0x1_1000, 0x1000), (0x2_0000, 0x1000)];
-const UNTOUCHED: u8 = 0xee;
 const CANARY_BYTE: u8 = 0xc3;
 const RACE: Duration = Duration::from_millis(2500);
+
+// What racing_net shares: the memory layout, the race's bounds, the queue set-up.
+
+/// The layout: the region above, a hole, a hostile region, a hole, a canary region.
+pub(super) const REGIONS: [(u64, u64); 3] = [(0, 0x1_0000), (0x1_1000, 0x1000), (0x2_0000, 0x1000)];
+pub(super) const UNTOUCHED: u8 = 0xee;
 /// Longer only while the device has completed fewer than [`ENOUGH`] requests (a loaded
 /// machine), so that the checks never pass on an empty run.
-const RACE_MAX: Duration = Duration::from_secs(10);
-const ENOUGH: u64 = 100;
+pub(super) const RACE_MAX: Duration = Duration::from_secs(10);
+pub(super) const ENOUGH: u64 = 100;
+
+/// Guest memory of [`REGIONS`], the `canary` range in the first region and the whole third
+/// region filled with `canary_byte`.
+pub(super) fn racing_memory(canary: (u64, u64), canary_byte: u8) -> Memory {
+    let ranges = REGIONS.map(|(at, len)| (GuestAddress(at), len as usize));
+    let mem = Memory::from_ranges(&ranges).unwrap();
+    fill(&mem, canary, canary_byte);
+    fill(&mem, REGIONS[2], canary_byte);
+    mem
+}
+
+/// A split queue of `size` entries at `rings` (descriptors, avail, used), as a driver's
+/// set-up leaves it.
+pub(super) fn ring_queue(size: u16, rings: [u64; 3], ready: bool) -> Queue {
+    let mut q = Queue::new(size).expect("queue size is a power of two");
+    q.set_size(size);
+    let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+    let (lo, hi) = split(rings[0]);
+    q.set_desc_table_address(lo, hi);
+    let (lo, hi) = split(rings[1]);
+    q.set_avail_ring_address(lo, hi);
+    let (lo, hi) = split(rings[2]);
+    q.set_used_ring_address(lo, hi);
+    q.set_ready(ready);
+    q
+}
+
+pub(super) fn fill(mem: &Memory, (at, len): (u64, u64), byte: u8) {
+    poke(mem, at, &vec![byte; len as usize]);
+}
+
+/// splitmix64, for the racer's choices.
+pub(super) fn next(s: &mut u64) -> u64 {
+    crate::backends::net::peer::pattern::splitmix(s)
+}
 
 #[derive(Default)]
-struct CountingTrigger(AtomicU64);
+pub(super) struct CountingTrigger(AtomicU64);
 
 impl InterruptTrigger for CountingTrigger {
     fn trigger(&self, _why: InterruptType) {
@@ -58,26 +97,7 @@ impl InterruptTrigger for CountingTrigger {
 }
 
 fn write_desc(mem: &Memory, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-    let mut d = [0u8; 16];
-    d[0..8].copy_from_slice(&addr.to_le_bytes());
-    d[8..12].copy_from_slice(&len.to_le_bytes());
-    d[12..14].copy_from_slice(&flags.to_le_bytes());
-    d[14..16].copy_from_slice(&next.to_le_bytes());
-    poke(mem, DESC + 16 * index as u64, &d);
-}
-
-fn queue() -> Queue {
-    let mut q = Queue::new(QUEUE_SIZE).expect("queue size is a power of two");
-    q.set_size(QUEUE_SIZE);
-    let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
-    let (lo, hi) = split(DESC);
-    q.set_desc_table_address(lo, hi);
-    let (lo, hi) = split(AVAIL);
-    q.set_avail_ring_address(lo, hi);
-    let (lo, hi) = split(USED);
-    q.set_used_ring_address(lo, hi);
-    q.set_ready(true);
-    q
+    put_desc(mem, DESC, index.into(), addr, len, flags, next);
 }
 
 fn activate(blk: &mut Blk, mem: &Memory, irq: &Arc<CountingTrigger>) {
@@ -85,7 +105,7 @@ fn activate(blk: &mut Blk, mem: &Memory, irq: &Arc<CountingTrigger>) {
     blk.activate(Activation {
         mem: mem.clone(),
         features: 0,
-        queues: vec![queue()],
+        queues: vec![ring_queue(QUEUE_SIZE, [DESC, AVAIL, USED], true)],
         interrupt: irq.clone(),
     })
     .expect("activation");
@@ -129,15 +149,6 @@ fn hostile_buffer(rng: &mut u64) -> (u64, u32) {
         4 => (0x1_0000 + (r >> 8) % 0x1000, (r >> 32) as u32),
         _ => (u64::MAX - (r >> 8) % 0x1000, (r >> 32) as u32),
     }
-}
-
-/// splitmix64, for the racer's choices.
-fn next(s: &mut u64) -> u64 {
-    *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *s;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Heads the guest may publish: the honest chains' and even hostile descriptors.
@@ -256,10 +267,6 @@ fn device(
     served
 }
 
-fn fill(mem: &Memory, (at, len): (u64, u64), byte: u8) {
-    poke(mem, at, &vec![byte; len as usize]);
-}
-
 fn check_untouched(mem: &Memory, (at, len): (u64, u64), byte: u8, what: &str) {
     let mut now = vec![0u8; len as usize];
     mem.read_slice(&mut now, GuestAddress(at)).expect(what);
@@ -292,10 +299,7 @@ fn check_honest(mem: &Memory) -> u16 {
 
 #[test]
 fn a_racing_guest_never_gets_a_request_it_did_not_make() {
-    let ranges = REGIONS.map(|(at, len)| (GuestAddress(at), len as usize));
-    let mem = Memory::from_ranges(&ranges).unwrap();
-    fill(&mem, CANARY, CANARY_BYTE);
-    fill(&mem, REGIONS[2], CANARY_BYTE);
+    let mem = racing_memory(CANARY, CANARY_BYTE);
     fill(&mem, (HONEST_STATUS, HONEST as u64), UNTOUCHED);
     fill(&mem, (HONEST_DATA, 1024 * HONEST as u64), UNTOUCHED);
     honest_chains(&mem);

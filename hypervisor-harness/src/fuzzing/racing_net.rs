@@ -15,28 +15,32 @@
 //! injected frame or nothing; and the canaries, the honest TX memory and the TX hostile
 //! area's evenness survive.
 
+use super::racing::{
+    fill, next, racing_memory, ring_queue, CountingTrigger, ENOUGH, RACE_MAX, REGIONS, UNTOUCHED,
+};
+use super::virtio_rig::{canonical, put_desc, F_NEXT, F_WRITE};
 use super::*;
 use crate::backends::net::{BackendCounters, FrameMeta, NetBackend, NetBackendError};
-use crate::devices::virtio::device::{Activation, InterruptTrigger, InterruptType, VirtioDevice};
+use crate::devices::virtio::device::{Activation, VirtioDevice};
 use crate::devices::virtio::net::Net;
 use std::os::fd::RawFd;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 
 const QUEUE_SIZE: u16 = 32;
-/// Queue q's (0: RX, 1: TX) descriptors, avail and used rings.
-const fn desc(q: u64) -> u64 {
-    q * 0x1000
+/// Queue q's (0: RX, 1: TX) descriptors, avail and used rings: the rig's canonical ones.
+fn desc(q: u64) -> u64 {
+    canonical(q as usize)[0]
 }
-const fn avail(q: u64) -> u64 {
-    q * 0x1000 + 0x400
+fn avail(q: u64) -> u64 {
+    canonical(q as usize)[1]
 }
-const fn used(q: u64) -> u64 {
-    q * 0x1000 + 0x800
+fn used(q: u64) -> u64 {
+    canonical(q as usize)[2]
 }
 const RX: u64 = 0;
 const TX: u64 = 1;
@@ -54,25 +58,13 @@ const CANARY: (u64, u64) = (0x7000, 0x1000);
 /// reads; it runs to the end of the first region).
 const RX_HOSTILE: (u64, u64) = (0x8000, 0x4000);
 const TX_HOSTILE: (u64, u64) = (0xc000, 0x4000);
-/// The first region, a hole, a hostile region (RX), a hole, a canary region.
-const REGIONS: [(u64, u64); 3] = [(0, 0x1_0000), (0x1_1000, 0x1000), (0x2_0000, 0x1000)];
-const UNTOUCHED: u8 = 0xee;
+// The layout is racing's: the first region, a hole, a hostile region (RX), a hole, a canary
+// region.
 const CANARY_BYTE: u8 = 0xc2;
 /// Frames the backend injects, cycling, and how many per device round at most.
 const INJECTED: usize = 8;
 const RX_PER_ROUND: u32 = 8;
 const RACE: Duration = Duration::from_millis(2000);
-const RACE_MAX: Duration = Duration::from_secs(10);
-const ENOUGH: u64 = 100;
-
-#[derive(Default)]
-struct CountingTrigger(AtomicU64);
-
-impl InterruptTrigger for CountingTrigger {
-    fn trigger(&self, _why: InterruptType) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// Byte j of honest frame `k` (TX k < HONEST, injected k < INJECTED, told apart by `base`):
 /// odd, and each frame's first byte its own.
@@ -146,26 +138,11 @@ impl NetBackend for RacingWire {
 }
 
 fn write_desc(mem: &Memory, q: u64, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-    let mut d = [0u8; 16];
-    d[0..8].copy_from_slice(&addr.to_le_bytes());
-    d[8..12].copy_from_slice(&len.to_le_bytes());
-    d[12..14].copy_from_slice(&flags.to_le_bytes());
-    d[14..16].copy_from_slice(&next.to_le_bytes());
-    poke(mem, desc(q) + 16 * index as u64, &d);
+    put_desc(mem, desc(q), index.into(), addr, len, flags, next);
 }
 
 fn queue(q: u64, ready: bool) -> Queue {
-    let mut queue = Queue::new(QUEUE_SIZE).expect("queue size is a power of two");
-    queue.set_size(QUEUE_SIZE);
-    let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
-    let (lo, hi) = split(desc(q));
-    queue.set_desc_table_address(lo, hi);
-    let (lo, hi) = split(avail(q));
-    queue.set_avail_ring_address(lo, hi);
-    let (lo, hi) = split(used(q));
-    queue.set_used_ring_address(lo, hi);
-    queue.set_ready(ready);
-    queue
+    ring_queue(QUEUE_SIZE, canonical(q as usize), ready)
 }
 
 fn activate(net: &mut Net, mem: &Memory, irq: &Arc<CountingTrigger>) {
@@ -179,9 +156,6 @@ fn activate(net: &mut Net, mem: &Memory, irq: &Arc<CountingTrigger>) {
     })
     .expect("activation");
 }
-
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 
 /// The honest chains and their memory, written once.
 fn honest_chains(mem: &Memory) {
@@ -203,11 +177,6 @@ fn honest_chains(mem: &Memory) {
         );
         write_desc(mem, RX, head, RX_BUF + 0x800 * kk, RX_BUF_LEN, F_WRITE, 0);
     }
-}
-
-/// splitmix64, for the racer's choices.
-fn next(s: &mut u64) -> u64 {
-    crate::backends::net::peer::pattern::splitmix(s)
 }
 
 /// Heads the guest may publish: the honest chains' and even hostile descriptors.
@@ -360,10 +329,6 @@ fn device(
     served
 }
 
-fn fill(mem: &Memory, (at, len): (u64, u64), byte: u8) {
-    poke(mem, at, &vec![byte; len as usize]);
-}
-
 fn read(mem: &Memory, (at, len): (u64, u64)) -> Vec<u8> {
     let mut now = vec![0u8; len as usize];
     mem.read_slice(&mut now, GuestAddress(at)).expect("in RAM");
@@ -418,10 +383,7 @@ fn check_untouched(mem: &Memory) {
 
 #[test]
 fn a_racing_guest_never_gets_a_frame_it_did_not_make() {
-    let ranges = REGIONS.map(|(at, len)| (GuestAddress(at), len as usize));
-    let mem = Memory::from_ranges(&ranges).unwrap();
-    fill(&mem, CANARY, CANARY_BYTE);
-    fill(&mem, REGIONS[2], CANARY_BYTE);
+    let mem = racing_memory(CANARY, CANARY_BYTE);
     fill(&mem, TX_HOSTILE, 0x80);
     fill(&mem, (RX_BUF, 0x800 * HONEST as u64), UNTOUCHED);
     honest_chains(&mem);
