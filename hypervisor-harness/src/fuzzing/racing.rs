@@ -12,7 +12,7 @@
 //! did not publish, an honest buffer holds its sectors or is untouched, and the canary
 //! memory nobody points at (inside a region and a region of its own, past holes) is as it was.
 
-use super::virtio_rig::put_desc;
+use super::virtio_rig::{push_avail, put_desc};
 use super::*;
 use crate::devices::virtio::blk::Blk;
 use crate::devices::virtio::device::{Activation, InterruptTrigger, InterruptType, VirtioDevice};
@@ -85,6 +85,19 @@ pub(super) fn fill(mem: &Memory, (at, len): (u64, u64), byte: u8) {
 /// splitmix64, for the racer's choices.
 pub(super) fn next(s: &mut u64) -> u64 {
     crate::backends::net::peer::pattern::splitmix(s)
+}
+
+/// The racer moves the avail index of a `size`-entry ring at `avail`, as `r` says: a jump
+/// (which breaks the queue) or a step back. (The index is read afresh: the device side's
+/// reset may have set it back to 0.)
+pub(super) fn move_avail_index(mem: &Memory, avail: u64, size: u16, r: u64) {
+    let delta = match (r >> 8) % 4 {
+        0 => (r >> 16) as u16,
+        1 => size + 1,
+        _ => 0u16.wrapping_sub(((r >> 16) % 4) as u16),
+    };
+    let idx = peek_u16(mem, avail + 2).wrapping_add(delta);
+    poke(mem, avail + 2, &idx.to_le_bytes());
 }
 
 #[derive(Default)]
@@ -165,8 +178,6 @@ fn racer(mem: &Memory, stop: &AtomicBool, seed: u64) -> u64 {
     let mut steps: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         steps += 1;
-        // The device side's reset may have set it back to 0.
-        let mut avail_idx = peek_u16(mem, AVAIL + 2);
         let r = next(&mut rng);
         match r % 8 {
             0 | 1 => {
@@ -176,10 +187,7 @@ fn racer(mem: &Memory, stop: &AtomicBool, seed: u64) -> u64 {
                 } else {
                     16 + 2 * ((r >> 9) % 8) as u16
                 };
-                let slot = AVAIL + 4 + 2 * (avail_idx % QUEUE_SIZE) as u64;
-                poke(mem, slot, &head.to_le_bytes());
-                avail_idx = avail_idx.wrapping_add(1);
-                poke(mem, AVAIL + 2, &avail_idx.to_le_bytes());
+                push_avail(mem, AVAIL, QUEUE_SIZE, head);
             }
             2 | 3 => {
                 let index = 16 + ((r >> 8) % 16) as u16;
@@ -198,17 +206,8 @@ fn racer(mem: &Memory, stop: &AtomicBool, seed: u64) -> u64 {
                 let bytes: Vec<u8> = junk.iter().copied().cycle().take(n).collect();
                 poke(mem, addr, &bytes);
             }
-            5 if (r >> 20).is_multiple_of(4) => {
-                // The avail index: a jump (which breaks the queue) or a step back. Rarer than
-                // the rest: a broken queue serves nothing until the reset.
-                let delta = match (r >> 8) % 4 {
-                    0 => (r >> 16) as u16,
-                    1 => QUEUE_SIZE + 1,
-                    _ => 0u16.wrapping_sub(((r >> 16) % 4) as u16),
-                };
-                avail_idx = avail_idx.wrapping_add(delta);
-                poke(mem, AVAIL + 2, &avail_idx.to_le_bytes());
-            }
+            // Rarer than the rest: a broken queue serves nothing until the reset.
+            5 if (r >> 20).is_multiple_of(4) => move_avail_index(mem, AVAIL, QUEUE_SIZE, r),
             6 => poke(mem, AVAIL, &((r >> 8) as u16 & 1).to_le_bytes()),
             _ => std::hint::spin_loop(),
         }

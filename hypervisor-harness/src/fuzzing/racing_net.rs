@@ -16,9 +16,10 @@
 //! area's evenness survive.
 
 use super::racing::{
-    fill, next, racing_memory, ring_queue, CountingTrigger, ENOUGH, RACE_MAX, REGIONS, UNTOUCHED,
+    fill, move_avail_index, next, racing_memory, ring_queue, CountingTrigger, ENOUGH, RACE_MAX,
+    REGIONS, UNTOUCHED,
 };
-use super::virtio_rig::{canonical, put_desc, F_NEXT, F_WRITE};
+use super::virtio_rig::{canonical, push_avail, put_desc, F_NEXT, F_WRITE};
 use super::*;
 use crate::backends::net::{BackendCounters, FrameMeta, NetBackend, NetBackendError};
 use crate::devices::virtio::device::{Activation, VirtioDevice};
@@ -223,7 +224,6 @@ fn racer(mem: &Memory, stop: &AtomicBool, seed: u64) -> u64 {
         steps += 1;
         let r = next(&mut rng);
         let q = (r >> 60) & 1;
-        let mut avail_idx = peek_u16(mem, avail(q) + 2);
         match r % 8 {
             0 | 1 => {
                 let head = if r & 0x100 != 0 {
@@ -231,10 +231,7 @@ fn racer(mem: &Memory, stop: &AtomicBool, seed: u64) -> u64 {
                 } else {
                     16 + 2 * ((r >> 9) % 8) as u16
                 };
-                let slot = avail(q) + 4 + 2 * (avail_idx % QUEUE_SIZE) as u64;
-                poke(mem, slot, &head.to_le_bytes());
-                avail_idx = avail_idx.wrapping_add(1);
-                poke(mem, avail(q) + 2, &avail_idx.to_le_bytes());
+                push_avail(mem, avail(q), QUEUE_SIZE, head);
             }
             2 | 3 => {
                 let index = 16 + ((r >> 8) % 16) as u16;
@@ -250,15 +247,7 @@ fn racer(mem: &Memory, stop: &AtomicBool, seed: u64) -> u64 {
                 let n = (len as usize).min(96);
                 poke(mem, addr, &even_bytes(&mut rng, n));
             }
-            5 if (r >> 20).is_multiple_of(4) => {
-                let delta = match (r >> 8) % 4 {
-                    0 => (r >> 16) as u16,
-                    1 => QUEUE_SIZE + 1,
-                    _ => 0u16.wrapping_sub(((r >> 16) % 4) as u16),
-                };
-                avail_idx = avail_idx.wrapping_add(delta);
-                poke(mem, avail(q) + 2, &avail_idx.to_le_bytes());
-            }
+            5 if (r >> 20).is_multiple_of(4) => move_avail_index(mem, avail(q), QUEUE_SIZE, r),
             6 => poke(mem, avail(q), &((r >> 8) as u16 & 1).to_le_bytes()),
             _ => std::hint::spin_loop(),
         }
