@@ -391,7 +391,7 @@ impl Rig {
                     _ => 1 + r.u16() as u32 % 0x1000,
                 };
                 (self.alloc(u64::from(len)), len)
-            } else if r.u8() % 8 == 0 {
+            } else if r.u8().is_multiple_of(8) {
                 (r.gpa(), r.len32())
             } else {
                 let bytes = (self.payload)(r, q);
