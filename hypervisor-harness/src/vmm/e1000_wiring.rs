@@ -244,6 +244,7 @@ impl EmulatedNic for E1000<GuestMem> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::memory::GuestMem;
     use super::emulated_nic_thread::test_backend::ResendingBackend;
     use super::*;
     use crate::backends::net::FrameMeta;
@@ -269,26 +270,20 @@ mod tests {
         }
     }
 
-    /// The backend thread delivers frames as they arrive, stops while the ring is full, and
-    /// after the RDT write that makes room it delivers frames that arrive later.
-    #[test]
-    fn backend_thread_delivers_and_resumes() {
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    /// An e1000 on `backend` with memory decode and bus mastering on, its RX resume eventfd
+    /// set, and an RX ring of 8 descriptors at 0x1000 (buffers from 0x8000) whose RDT is the
+    /// caller's to write.
+    fn e1000_with_rx_ring(
+        backend: Box<dyn crate::backends::net::NetBackend>,
+    ) -> (GuestMem, Arc<Mutex<E1000<GuestMem>>>, EventFd) {
         let mem = super::super::memory::create(1 << 20).unwrap();
-        let backend = TestBackend::new();
-        let fd = backend.rx_ready_fd();
-        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
-        let mut e = E1000::new(
-            mem.clone(),
-            Box::new(backend.clone()),
-            mac,
-            Arc::new(NoLine),
-            11,
-        );
+        let mut e = E1000::new(mem.clone(), backend, MAC, Arc::new(NoLine), 11);
         e.config_mut().enable(CMD_MEM | CMD_BUS_MASTER);
         let resume = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         e.set_rx_resume(resume.try_clone().unwrap());
         let dev = Arc::new(Mutex::new(e));
-        let w = |reg: u64, v: u32| lock(&dev).mmio_write(reg, &v.to_le_bytes());
         for i in 0..8u64 {
             mem.write_slice(
                 &(0x8000 + i * 2048).to_le_bytes(),
@@ -296,8 +291,20 @@ mod tests {
             )
             .unwrap();
         }
+        let w = |reg: u64, v: u32| lock(&dev).mmio_write(reg, &v.to_le_bytes());
         w(RDBAL, 0x1000);
         w(RDLEN, 128);
+        (mem, dev, resume)
+    }
+
+    /// The backend thread delivers frames as they arrive, stops while the ring is full, and
+    /// after the RDT write that makes room it delivers frames that arrive later.
+    #[test]
+    fn backend_thread_delivers_and_resumes() {
+        let backend = TestBackend::new();
+        let fd = backend.rx_ready_fd();
+        let (mem, dev, resume) = e1000_with_rx_ring(Box::new(backend.clone()));
+        let w = |reg: u64, v: u32| lock(&dev).mmio_write(reg, &v.to_le_bytes());
         w(RDT, 2);
         w(RCTL, (Rctl::EN | Rctl::SECRC).bits());
         let tx_fd = backend.tx_wait_fd();
@@ -308,7 +315,7 @@ mod tests {
         let _thread = emulated_nic_thread::spawn("e1000-test", dev.clone(), fds, resume).unwrap();
         let frame = |seed: u8| {
             let mut f = vec![seed; 64];
-            f[..6].copy_from_slice(&mac);
+            f[..6].copy_from_slice(&MAC);
             f
         };
         let rx_frames = || lock(&dev).counters().rx_frames;
@@ -387,33 +394,12 @@ mod tests {
     /// sends (a TCP retransmission) never comes: e1000's stall under `faults=drop`.
     #[test]
     fn backend_timer_armed_by_a_transmit_runs() {
-        let mem = super::super::memory::create(1 << 20).unwrap();
-        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
         let mut reply = vec![7u8; 64];
-        reply[..6].copy_from_slice(&mac);
+        reply[..6].copy_from_slice(&MAC);
         let backend = ResendingBackend::new(reply.clone());
-        let mut e = E1000::new(
-            mem.clone(),
-            Box::new(backend.clone()),
-            mac,
-            Arc::new(NoLine),
-            11,
-        );
-        e.config_mut().enable(CMD_MEM | CMD_BUS_MASTER);
-        let resume = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        e.set_rx_resume(resume.try_clone().unwrap());
-        let dev = Arc::new(Mutex::new(e));
+        let (mem, dev, resume) = e1000_with_rx_ring(Box::new(backend.clone()));
         let w = |reg: u64, v: u32| lock(&dev).mmio_write(reg, &v.to_le_bytes());
-        // RX: 8 descriptors at 0x1000, buffers from 0x8000. TX: one frame at 0x2000.
-        for i in 0..8u64 {
-            mem.write_slice(
-                &(0x8000 + i * 2048).to_le_bytes(),
-                GuestAddress(0x1000 + i * 16),
-            )
-            .unwrap();
-        }
-        w(RDBAL, 0x1000);
-        w(RDLEN, 128);
+        // TX: one frame at 0x2000.
         w(RDT, 7);
         w(RCTL, (Rctl::EN | Rctl::SECRC).bits());
         let mut d = [0u8; 16];
