@@ -3,3 +3,4 @@ pub mod disk;
 pub mod faulty_disk;
 pub mod mem_disk;
 pub mod net;
+pub mod uring_disk;
