@@ -248,6 +248,17 @@ pub trait DiskBackend: Send {
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
     /// Make acknowledged writes durable.
     fn flush(&self) -> io::Result<()>;
+    /// Deallocate `len` bytes at `offset`: they then read as zeroes or as before
+    /// ([`super::discard`]). The default only checks, keeping the data.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        super::discard::check_write(self, offset, len)
+    }
+    /// Make `len` bytes at `offset` read as zeroes, deallocating them if `may_unmap`
+    /// allows. The default writes zeroes.
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
+        let _ = may_unmap;
+        super::discard::write_zeroes_by_writing(self, offset, len)
+    }
 }
 
 /// The one bounds check on a guest-supplied access: `len` bytes at `offset` lie inside a disk
@@ -344,6 +355,18 @@ impl DiskBackend for RawDisk {
             return Ok(());
         }
         self.file.sync_data()
+    }
+
+    /// A hole punched in the image (`fallocate`), where its file system can.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        super::discard::check_write(self, offset, len)?;
+        super::discard::discard_file(&self.file, offset, len)
+    }
+
+    /// A hole or a zeroed range (`fallocate`), else written zeroes.
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
+        super::discard::check_write(self, offset, len)?;
+        super::discard::write_zeroes_file(self, &self.file, offset, len, may_unmap)
     }
 }
 

@@ -8,6 +8,7 @@
 //! operations or until healed. It can also be slow: every operation first sleeps. The bounds
 //! check and the read-only refusal come first, as on a real backend.
 
+use super::discard::check_write;
 use super::disk::{check_access, read_only_error, DiskBackend};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -184,6 +185,39 @@ impl DiskBackend for FaultyDisk {
             Some(_) => Err(os_error(libc::EIO)),
         }
     }
+
+    /// Fails as a write does (any fault: EIO, nothing discarded).
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_write(self, offset, len)?;
+        let (fault, delay) = self.switch.take(Op::Write);
+        std::thread::sleep(delay);
+        match fault {
+            None => self.inner.discard(offset, len),
+            Some(_) => Err(os_error(libc::EIO)),
+        }
+    }
+
+    /// Fails as a write does: short and ENOSPC zero the first half first.
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
+        check_write(self, offset, len)?;
+        let (fault, delay) = self.switch.take(Op::Write);
+        std::thread::sleep(delay);
+        match fault {
+            None => self.inner.write_zeroes(offset, len, may_unmap),
+            Some(Fault::Short) => {
+                self.inner.write_zeroes(offset, len / 2, may_unmap)?;
+                Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "faulty disk: short write-zeroes (injected)",
+                ))
+            }
+            Some(Fault::NoSpace) => {
+                self.inner.write_zeroes(offset, len / 2, may_unmap)?;
+                Err(os_error(libc::ENOSPC))
+            }
+            Some(Fault::Eio) => Err(os_error(libc::EIO)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -271,6 +305,36 @@ mod tests {
         switch.heal();
         d.read_at(1024, &mut b).unwrap();
         d.flush().unwrap();
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_fail_as_writes() {
+        let mem = MemDisk::new(pattern(2048), false).unwrap();
+        let (d, switch) = FaultyDisk::new(mem.clone());
+        d.discard(0, 512).unwrap();
+        d.write_zeroes(512, 512, false).unwrap();
+        let mut want = pattern(2048);
+        want[..1024].fill(0);
+        assert_eq!(mem.contents(), want);
+        switch.set(FaultPlan {
+            write: Some(Fault::NoSpace),
+            ..FaultPlan::default()
+        });
+        // Bounds first: no fault taken.
+        let e = d.write_zeroes(1024, 2048, true).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(switch.injected(), 0);
+        let e = d.write_zeroes(1024, 1024, true).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        want[1024..1536].fill(0);
+        assert_eq!(mem.contents(), want, "the first half was zeroed");
+        let e = d.discard(1536, 512).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        assert_eq!(mem.contents(), want, "nothing discarded");
+        assert_eq!(switch.injected(), 2);
+        switch.heal();
+        d.discard(1536, 512).unwrap();
+        assert_eq!(mem.contents(), vec![0; 2048]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! writes or flushes the way a real disk does ([`Fault`]), so that a test can check that a
 //! device model turns a failing backend into an error status for the guest, never a panic.
 
+use super::discard::check_write;
 use super::disk::{check_access, check_size, read_only_error, DiskBackend, SECTOR_SIZE};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -184,6 +185,30 @@ impl DiskBackend for MemDisk {
             Some(_) => Err(os_error(libc::EIO)),
         }
     }
+
+    /// Zeroes the range, as a thin disk's deallocated blocks read; fails as a write does.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.write_zeroes(offset, len, true)
+    }
+
+    /// Fails as a write does (ENOSPC: the first half is zeroed).
+    fn write_zeroes(&self, offset: u64, len: u64, _may_unmap: bool) -> io::Result<()> {
+        check_write(self, offset, len)?;
+        let mut st = self.state();
+        // In range, so it fits in the Vec.
+        let range = offset as usize..(offset + len) as usize;
+        match st.faults.write {
+            None => {
+                st.data[range].fill(0);
+                Ok(())
+            }
+            Some(Fault::NoSpace) => {
+                st.data[range.start..range.start + range.len() / 2].fill(0);
+                Err(os_error(libc::ENOSPC))
+            }
+            Some(Fault::Eio | Fault::ShortRead) => Err(os_error(libc::EIO)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +274,39 @@ mod tests {
         let model: Box<dyn DiskBackend> = Box::new(d.clone());
         model.write_at(0, &[5; 4]).unwrap();
         assert_eq!(&d.contents()[..4], &[5; 4]);
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_zero_the_range() {
+        let d = MemDisk::new(pattern(2048), false).unwrap();
+        d.discard(512, 512).unwrap();
+        d.write_zeroes(1536, 256, false).unwrap();
+        let mut want = pattern(2048);
+        want[512..1024].fill(0);
+        want[1536..1792].fill(0);
+        assert_eq!(d.contents(), want);
+        assert!(d.discard(1024, 1025).is_err());
+        assert!(d.write_zeroes(u64::MAX, 2, true).is_err());
+        d.set_faults(Faults {
+            write: Some(Fault::NoSpace),
+            ..Faults::NONE
+        });
+        let e = d.write_zeroes(0, 512, true).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        want[..256].fill(0);
+        assert_eq!(d.contents(), want, "the first half was zeroed");
+        d.set_faults(Faults {
+            write: Some(Fault::Eio),
+            ..Faults::NONE
+        });
+        assert!(d.discard(1792, 256).is_err());
+        assert_eq!(d.contents(), want);
+        let ro = MemDisk::new(pattern(512), true).unwrap();
+        assert_eq!(
+            ro.discard(0, 512).unwrap_err().kind(),
+            io::ErrorKind::PermissionDenied
+        );
+        assert_eq!(ro.contents(), pattern(512));
     }
 
     #[test]

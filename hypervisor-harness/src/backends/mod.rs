@@ -1,4 +1,5 @@
 //! Backends: where device models' data comes from and goes to.
+pub mod discard;
 pub mod disk;
 pub mod faulty_disk;
 pub mod mem_disk;
