@@ -60,7 +60,8 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_exit_group,
 ];
 
-/// A disk backend's I/O (RawDisk: positioned reads and writes, flush).
+/// A disk backend's I/O (RawDisk: positioned reads and writes, flush, and fallocate for
+/// discard and write-zeroes).
 const DISK: &[libc::c_long] = &[
     libc::SYS_pread64,
     libc::SYS_pwrite64,
@@ -69,6 +70,7 @@ const DISK: &[libc::c_long] = &[
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_lseek,
+    libc::SYS_fallocate,
 ];
 
 /// A NIC backend's I/O: TAP and stream reads and writes, and the user-mode backend's host
@@ -205,5 +207,17 @@ mod tests {
         }
         assert_eq!(KVM_RUN(), 0xae80);
         assert_eq!(KVM_IRQ_LINE(), 0x4008_ae61);
+    }
+
+    /// Discard and write-zeroes run on whichever thread serves the queue.
+    #[test]
+    fn disk_threads_may_fallocate() {
+        for kind in [ThreadKind::Vcpu, ThreadKind::DeviceIo] {
+            assert!(
+                rules(kind).unwrap().contains_key(&libc::SYS_fallocate),
+                "{}",
+                kind.name()
+            );
+        }
     }
 }
