@@ -1,0 +1,174 @@
+//! virtio-blk (virtio 1.x §5.2) on a raw image.
+//!
+//! The request logic is pure and apart from the glue: [`parse`] (request.rs) turns a
+//! descriptor chain into a [`Request`] (or says why it can't), [`execute`] (execute.rs) runs a
+//! request against a [`DiskBackend`], and [`handle_chain`] does both and writes the status
+//! byte. config.rs holds the configuration space and the offered features. [`Blk`] is the
+//! [`VirtioDevice`] around them: activated, it owns its queue, drains it when notified
+//! ([`drain_queue`]) and triggers the queue interrupt itself when the driver wants one.
+//!
+//! Every guest address is checked (vm-memory's checked accesses, and `check_range` before any
+//! work), data moves through a bounded bounce buffer, and a chain the device can't make sense
+//! of never panics: it gets VIRTIO_BLK_S_IOERR when a status byte can be written, else it is
+//! returned with used length 0.
+
+mod config;
+mod execute;
+mod request;
+#[cfg(test)]
+mod tests;
+
+pub use config::*;
+pub use execute::{execute, handle_chain};
+pub use request::{parse, BlkHeader, ParseError, Request, RequestType, Seg};
+
+use super::device::{driver_wants_interrupt, Activation, InterruptType, QueueBroken, VirtioDevice};
+use super::Memory;
+use crate::backends::disk::RawDisk;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+
+/// The storage trait lives with the backends; re-exported for the models' and tests' use.
+pub use crate::backends::disk::DiskBackend;
+
+/// The GET_ID string: the image's file name, cut to 20 bytes, zero-padded.
+pub fn serial_from_path(path: &std::path::Path) -> [u8; ID_LEN] {
+    let mut id = [0u8; ID_LEN];
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let b = name.as_bytes();
+    let n = b.len().min(ID_LEN);
+    id[..n].copy_from_slice(&b[..n]);
+    id
+}
+
+pub struct Blk {
+    disk: Box<dyn DiskBackend>,
+    id: [u8; ID_LEN],
+    config: BlkConfig,
+    sizes: [u16; 1],
+    /// Memory, queue and interrupt handle from DRIVER_OK to reset.
+    active: Option<Activation>,
+    /// Requests completed (for diagnostics).
+    pub requests: u64,
+}
+
+impl Blk {
+    pub fn new(disk: Box<dyn DiskBackend>, id: [u8; ID_LEN]) -> Self {
+        let config = BlkConfig::new(disk.len() / SECTOR_SIZE);
+        Self {
+            disk,
+            id,
+            config,
+            sizes: [QUEUE_SIZE],
+            active: None,
+            requests: 0,
+        }
+    }
+
+    /// On a raw image; GET_ID answers with the image's file name.
+    pub fn on_raw(disk: RawDisk) -> Self {
+        let id = serial_from_path(disk.path());
+        Self::new(Box::new(disk), id)
+    }
+}
+
+/// Handle every chain available on `queue`, counting them in `requests`. Ok(true): the driver
+/// wants an interrupt (event index, or VRING_AVAIL_F_NO_INTERRUPT clear).
+pub fn drain_queue(
+    queue: &mut Queue,
+    mem: &Memory,
+    disk: &dyn DiskBackend,
+    id: &[u8; ID_LEN],
+    requests: &mut u64,
+) -> Result<bool, QueueBroken> {
+    let mut used_any = false;
+    loop {
+        queue.disable_notification(mem)?;
+        while let Some(chain) = queue.iter(mem)?.next() {
+            let head = chain.head_index();
+            let used = handle_chain(mem, chain, disk, id);
+            queue.add_used(mem, head, used)?;
+            *requests += 1;
+            used_any = true;
+        }
+        if !queue.enable_notification(mem)? {
+            break;
+        }
+    }
+    if !used_any {
+        return Ok(false);
+    }
+    driver_wants_interrupt(queue, mem)
+}
+
+impl VirtioDevice for Blk {
+    fn device_type(&self) -> u16 {
+        DEVICE_TYPE
+    }
+
+    fn features(&self) -> u64 {
+        device_features(self.disk.read_only())
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.sizes
+    }
+
+    fn config_len(&self) -> usize {
+        CONFIG_LEN
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = start
+            .checked_add(data.len())
+            .and_then(|end| self.config.visible().get(start..end))
+        {
+            data.copy_from_slice(src);
+        }
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), String> {
+        if activation.queues.len() != self.sizes.len() {
+            return Err(format!("{} queues for one", activation.queues.len()));
+        }
+        self.active = Some(activation);
+        Ok(())
+    }
+
+    fn activation(&self) -> Option<&Activation> {
+        self.active.as_ref()
+    }
+
+    fn activation_mut(&mut self) -> Option<&mut Activation> {
+        self.active.as_mut()
+    }
+
+    fn process_queue(&mut self, index: usize) -> Result<(), QueueBroken> {
+        let Some(Activation {
+            mem,
+            queues,
+            interrupt,
+            ..
+        }) = self.active.as_mut()
+        else {
+            return Ok(());
+        };
+        let Some(queue) = queues.get_mut(index) else {
+            return Ok(());
+        };
+        if drain_queue(queue, mem, &*self.disk, &self.id, &mut self.requests)? {
+            interrupt.trigger(InterruptType::Queue(index));
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
