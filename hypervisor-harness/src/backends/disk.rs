@@ -11,6 +11,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::uring_disk::DirectDisk;
+
 pub const SECTOR_SIZE: u64 = 512;
 
 /// Which device model presents the disk to the guest.
@@ -27,6 +29,16 @@ impl fmt::Display for DiskKind {
             Self::Ide => "ide",
         })
     }
+}
+
+/// How a virtio disk reaches its image (QEMU's `-drive cache=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DiskCache {
+    /// Through the host's page cache, synchronous reads and writes (the default).
+    #[default]
+    Writeback,
+    /// `O_DIRECT`, requests in flight through io_uring (QEMU: `cache=none,aio=io_uring`).
+    None,
 }
 
 /// IDE drive positions, as QEMU's `-drive if=ide,index=N` numbers them: 0 primary master,
@@ -55,6 +67,9 @@ pub struct DiskSpec {
     /// virtio only: whether the device has an MSI-X capability (QEMU: `vectors=0` when not).
     /// Without it the guest must fall back to INTx.
     pub msix: bool,
+    /// virtio only: `cache=none` serves the image `O_DIRECT` through io_uring; the default,
+    /// `cache=writeback`, through the host's page cache.
+    pub cache: DiskCache,
 }
 
 impl DiskSpec {
@@ -78,6 +93,7 @@ impl DiskSpec {
         let mut read_only = None;
         let mut index = None;
         let mut msix = None;
+        let mut cache = None;
         let mut first = true;
         while let Some((p, opt)) = path.rsplit_once(',') {
             let seen = match opt {
@@ -105,6 +121,17 @@ impl DiskSpec {
                     }
                     msix.replace(opt == "msix=on").is_some()
                 }
+                _ if opt.starts_with("cache=") => {
+                    if kind != DiskKind::Virtio {
+                        return Err(format!("--disk {s:?}: cache= is for virtio disks only"));
+                    }
+                    let mode = match &opt["cache=".len()..] {
+                        "none" => DiskCache::None,
+                        "writeback" => DiskCache::Writeback,
+                        v => return Err(format!("--disk {s:?}: cache {v:?} is none or writeback")),
+                    };
+                    cache.replace(mode).is_some()
+                }
                 // The path itself may hold commas; only the last segment must be an option.
                 _ if !first => break,
                 _ => {
@@ -128,6 +155,7 @@ impl DiskSpec {
             read_only: read_only.unwrap_or(false),
             index,
             msix: msix.unwrap_or(true),
+            cache: cache.unwrap_or_default(),
         })
     }
 }
@@ -199,6 +227,13 @@ impl OpenedDisks {
                 .map_err(|e| format!("--disk {}: {e}", spec.kind))?;
             match spec.kind {
                 DiskKind::Virtio => disks.virtio.push(VirtioDisk {
+                    direct: match spec.cache {
+                        DiskCache::None => Some(
+                            DirectDisk::open(&spec.path, spec.read_only)
+                                .map_err(|e| format!("--disk {}: {e}", spec.kind))?,
+                        ),
+                        DiskCache::Writeback => None,
+                    },
                     disk,
                     msix: spec.msix,
                 }),
@@ -224,6 +259,8 @@ impl OpenedDisks {
 #[derive(Debug)]
 pub struct VirtioDisk {
     pub disk: RawDisk,
+    /// `cache=none`: the same image opened for io_uring, which then serves the device.
+    pub direct: Option<DirectDisk>,
     /// Whether the function has an MSI-X capability (`msix=off`: INTx only).
     pub msix: bool,
 }
@@ -413,6 +450,7 @@ mod tests {
             read_only,
             index,
             msix: true,
+            cache: DiskCache::Writeback,
         }
     }
 
@@ -440,6 +478,14 @@ mod tests {
                 },
             ),
             ("virtio:v,msix=on", spec(Virtio, "v", false, None)),
+            (
+                "virtio:v,cache=none,ro",
+                DiskSpec {
+                    cache: DiskCache::None,
+                    ..spec(Virtio, "v", true, None)
+                },
+            ),
+            ("virtio:v,cache=writeback", spec(Virtio, "v", false, None)),
         ] {
             assert_eq!(DiskSpec::parse(arg).unwrap(), want, "{arg}");
         }
@@ -459,6 +505,9 @@ mod tests {
             ("ide:x,msix=off", "for virtio disks only"),
             ("virtio:x,msix=no", "unknown option"),
             ("virtio:x,msix=on,msix=off", "given twice"),
+            ("ide:x,cache=none", "for virtio disks only"),
+            ("virtio:x,cache=unsafe", "none or writeback"),
+            ("virtio:x,cache=none,cache=none", "given twice"),
         ] {
             let e = DiskSpec::parse(bad).expect_err(bad);
             assert!(e.contains(why), "{bad}: {e}");

@@ -75,8 +75,8 @@ impl DirectAlign {
 }
 
 /// A raw image for `cache=none`: opened twice, `O_DIRECT` for the ring and buffered for the
-/// rest. Its [`DiskBackend`] methods are the buffered ones (GET_ID-free paths, IDE never
-/// gets one: `cache=` is a virtio option).
+/// rest. Its [`DiskBackend`] methods are the buffered ones: what the device does not put on
+/// the ring (`cache=` is a virtio option; IDE never gets one).
 #[derive(Debug)]
 pub struct DirectDisk {
     buffered: RawDisk,
@@ -149,6 +149,12 @@ impl DiskBackend for DirectDisk {
     }
     fn flush(&self) -> io::Result<()> {
         self.buffered.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.buffered.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
+        self.buffered.write_zeroes(offset, len, may_unmap)
     }
 }
 

@@ -281,3 +281,26 @@ fn wait_idle_waits_for_a_request_in_flight() {
     assert_eq!(b.bytes(), b"sixteen bytes!!!");
     assert_eq!(e.completion_fd().read().unwrap(), 1, "the eventfd saw it");
 }
+
+/// `--disk virtio:PATH,cache=none` opens the image a second time for the ring; the default
+/// does not.
+#[test]
+fn cache_none_opens_the_image_for_the_ring() {
+    use crate::backends::disk::{DiskSpec, OpenedDisks, IDE_POSITIONS};
+    let img = Image::new(64 << 10);
+    let path = img.0.display().to_string();
+    let specs: Vec<DiskSpec> = [
+        format!("virtio:{path},cache=none"),
+        format!("virtio:{path}"),
+    ]
+    .iter()
+    .map(|a| DiskSpec::parse(a).unwrap())
+    .collect();
+    let d = OpenedDisks::open(&specs, 2, IDE_POSITIONS).unwrap();
+    let direct = d.virtio[0].direct.as_ref().expect("cache=none: O_DIRECT");
+    assert_eq!((direct.len(), direct.path()), (64 << 10, img.0.as_path()));
+    assert!(
+        d.virtio[1].direct.is_none(),
+        "writeback: the page cache only"
+    );
+}
