@@ -287,25 +287,59 @@ fn boot_runs(
     Ok(row)
 }
 
-/// The storage section's VMMs: (label, subcommand, its arguments, the paths it runs).
-fn storage_vmms(
-    qemu_extra: Vec<String>,
-) -> [(&'static str, &'static str, Vec<String>, &'static str); 3] {
+/// The storage section's VMMs. Our harness with its queues on an I/O thread (adaptive polling
+/// at its default), without polling, with `cache=none` (O_DIRECT through io_uring), and inline
+/// in the vCPU thread; QEMU with its defaults, with an iothread (its default adaptive
+/// polling), and with that plus `cache=none,aio=io_uring`. The tuned configurations run the
+/// virtio paths only: IDE has no iothread, polling or io_uring on either side.
+fn storage_vmms(qemu_extra: Vec<String>) -> Vec<blk::StorageVmm> {
     let all = "virtio_polled,virtio_msix,ide_pio,ide_dma";
-    [
-        (
-            "harness-thread",
+    let virtio = "virtio_polled,virtio_msix";
+    let io_mode = |mode: &str| vec!["--io-mode".to_string(), mode.to_string()];
+    let qemu_with = |flags: &[&str]| {
+        let mut args = qemu_extra.clone();
+        args.extend(flags.iter().map(|f| f.to_string()));
+        args
+    };
+    let vmm = |label, sub, args, paths, virtio_opts| blk::StorageVmm {
+        label,
+        sub,
+        args,
+        paths,
+        virtio_opts,
+    };
+    vec![
+        vmm("harness-thread", "run", io_mode("thread"), all, ""),
+        vmm(
+            "harness-thread-nopoll",
             "run",
-            vec!["--io-mode".to_string(), "thread".to_string()],
-            all,
+            io_mode("thread"),
+            virtio,
+            ",poll-max-ns=0",
         ),
-        (
-            "harness-inline",
+        vmm(
+            "harness-thread-io_uring",
             "run",
-            vec!["--io-mode".to_string(), "inline".to_string()],
-            "virtio_polled,virtio_msix",
+            io_mode("thread"),
+            virtio,
+            ",cache=none",
         ),
-        ("qemu", "qemu", qemu_extra, all),
+        vmm("harness-inline", "run", io_mode("inline"), virtio, ""),
+        vmm("qemu", "qemu", qemu_with(&[]), all, ""),
+        vmm(
+            "qemu-iothread",
+            "qemu",
+            qemu_with(&["--iothread"]),
+            virtio,
+            "",
+        ),
+        vmm(
+            "qemu-iothread-io_uring",
+            "qemu",
+            qemu_with(&["--iothread", "--cache-none"]),
+            virtio,
+            "",
+        ),
     ]
 }
 
@@ -391,7 +425,7 @@ pub fn cmd_bench(a: &BenchArgs) -> Result<i32, HarnessError> {
         let vmms = storage_vmms(qemu_extra);
         // The disk images, removed with the directory when it drops.
         let dir =
-            TempDir::new_with_prefix(std::env::temp_dir().join("hh-bench-")).map_err(|e| {
+            TempDir::new_with_prefix(blk::image_dir_base().join("hh-bench-")).map_err(|e| {
                 HarnessError::Other(format!("cannot create a temporary directory: {e}"))
             })?;
         Some(blk::run_section(
@@ -524,6 +558,54 @@ mod tests {
         assert_eq!(exits_at(&doc, "pio", 0xc004), 0);
         assert_eq!(floor_site("mmio_write_ioeventfd"), Some(("mmio", 0x100, 1)));
         assert_eq!(floor_site("loop_ring3"), None);
+    }
+
+    #[test]
+    fn storage_vmms_keep_the_defaults_beside_the_tuned() {
+        let q = vec!["--qemu".to_string(), "q".to_string()];
+        let vmms = storage_vmms(q.clone());
+        let labels: Vec<&str> = vmms.iter().map(|v| v.label).collect();
+        assert_eq!(
+            labels,
+            [
+                "harness-thread",
+                "harness-thread-nopoll",
+                "harness-thread-io_uring",
+                "harness-inline",
+                "qemu",
+                "qemu-iothread",
+                "qemu-iothread-io_uring"
+            ]
+        );
+        let by = |l: &str| vmms.iter().find(|v| v.label == l).unwrap();
+        // Today's rows as they were: every path, no disk options, QEMU's defaults.
+        for l in ["harness-thread", "qemu"] {
+            assert_eq!(by(l).paths, "virtio_polled,virtio_msix,ide_pio,ide_dma");
+            assert_eq!(by(l).virtio_opts, "");
+        }
+        assert_eq!(by("qemu").args, q);
+        assert_eq!(by("harness-thread").args, ["--io-mode", "thread"]);
+        assert_eq!(by("harness-inline").args, ["--io-mode", "inline"]);
+        assert_eq!(by("harness-thread-nopoll").virtio_opts, ",poll-max-ns=0");
+        assert_eq!(by("harness-thread-io_uring").virtio_opts, ",cache=none");
+        assert_eq!(by("qemu-iothread").args[2..], ["--iothread"]);
+        assert_eq!(
+            by("qemu-iothread-io_uring").args[2..],
+            ["--iothread", "--cache-none"]
+        );
+        for v in &vmms {
+            assert_eq!(v.sub == "qemu", blk::QEMU_VMMS.contains(&v.label), "{v:?}");
+        }
+        // The tuned configurations run the virtio paths only.
+        for l in [
+            "harness-thread-nopoll",
+            "harness-thread-io_uring",
+            "harness-inline",
+            "qemu-iothread",
+            "qemu-iothread-io_uring",
+        ] {
+            assert_eq!(by(l).paths, "virtio_polled,virtio_msix", "{l}");
+        }
     }
 
     #[test]
