@@ -41,6 +41,8 @@ pub mod blk_feature {
     pub const FLUSH: u64 = 1 << 9;
     pub const TOPOLOGY: u64 = 1 << 10;
     pub const CONFIG_WCE: u64 = 1 << 11;
+    pub const DISCARD: u64 = 1 << 13;
+    pub const WRITE_ZEROES: u64 = 1 << 14;
 }
 
 /// Request types.
@@ -49,6 +51,8 @@ pub mod req_type {
     pub const OUT: u32 = 1;
     pub const FLUSH: u32 = 4;
     pub const GET_ID: u32 = 8;
+    pub const DISCARD: u32 = 11;
+    pub const WRITE_ZEROES: u32 = 13;
 }
 
 /// Request status values.
@@ -123,7 +127,9 @@ pub const DRIVER_FEATURES: u64 = feature::VERSION_1
     | blk_feature::SEG_MAX
     | blk_feature::RO
     | blk_feature::BLK_SIZE
-    | blk_feature::FLUSH;
+    | blk_feature::FLUSH
+    | blk_feature::DISCARD
+    | blk_feature::WRITE_ZEROES;
 
 /// Status byte value before the device writes it.
 const STATUS_UNSET: u8 = 0xFF;
@@ -157,6 +163,18 @@ pub enum BlkError {
     },
     /// The device is read-only (VIRTIO_BLK_F_RO); not submitted.
     ReadOnly,
+    /// The feature a request needs was not negotiated; not submitted.
+    NotNegotiated(u64),
+    /// More discard or write-zeroes segments than the device takes (or none); not submitted.
+    TooManySegments {
+        segments: usize,
+        max: u32,
+    },
+    /// A discard or write-zeroes segment above the device's sector limit; not submitted.
+    TooManySectors {
+        sectors: u32,
+        max: u32,
+    },
     /// The device answered VIRTIO_BLK_S_IOERR.
     IoError,
     /// The device answered VIRTIO_BLK_S_UNSUPP.
@@ -209,6 +227,9 @@ impl From<PlatformError> for BlkError {
         Self::Dma(e)
     }
 }
+
+mod discard;
+pub use discard::{DiscardLimits, DiscardSegment};
 
 /// Identifies a submitted request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
