@@ -443,10 +443,17 @@ impl BlkSection {
         s += "  x qemu: harness MB/s over QEMU's (its defaults) for the same guest path and\n";
         s += "  workload; x best: over the best of qemu, qemu-iothread (an iothread with its\n";
         s += "  adaptive polling) and qemu-iothread-io_uring (also cache=none,aio=io_uring).\n";
+        s += &super::blk_targets::to_text(&self.targets());
         for n in &self.notes {
             s += &format!("  note: {n}\n");
         }
         s
+    }
+
+    /// The storage targets on these rows, exits against the checked-in CI profile.
+    pub fn targets(&self) -> Vec<super::blk_targets::StorageTarget> {
+        let profile = super::profile::Profile::parse(super::profile::EXPECTED).ok();
+        super::blk_targets::evaluate(self, profile.as_ref())
     }
 
     /// The section as `storage` in `bench --json`.
@@ -481,6 +488,7 @@ impl BlkSection {
                 })
                 .collect(),
             notes: &self.notes,
+            targets: self.targets(),
         }
     }
 }
@@ -492,6 +500,8 @@ pub struct BlkSectionJson<'a> {
     /// Per row, its batches' p50s (what `bench compare` tests).
     pub samples: Vec<BlkSamplesJson<'a>>,
     pub notes: &'a [String],
+    /// The storage targets, met or missed.
+    pub targets: Vec<super::blk_targets::StorageTarget>,
 }
 
 /// One row's samples, matched to it by vmm, path and workload.

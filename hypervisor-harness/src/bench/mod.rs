@@ -3,6 +3,7 @@
 //! `--exits-json` document is read back as the [`RunJson`] it wrote.
 
 pub mod blk;
+pub mod blk_targets;
 pub mod compare;
 pub mod console;
 pub mod net;
