@@ -8,14 +8,12 @@
 //! ([`drain_queue`]) and triggers the queue interrupt itself when the driver wants one.
 //!
 //! Every guest address is checked (vm-memory's checked accesses, and `check_range` before any
-//! work), data moves between the image and guest memory without a copy (vectored backend
-//! calls on vm-memory slices; no allocation per request), and a chain the device can't make
-//! sense of never panics: it gets VIRTIO_BLK_S_IOERR when a status byte can be written, else it is
+//! work), data moves through a bounded bounce buffer, and a chain the device can't make sense
+//! of never panics: it gets VIRTIO_BLK_S_IOERR when a status byte can be written, else it is
 //! returned with used length 0.
 
 mod async_exec;
 mod config;
-mod discard;
 mod execute;
 mod request;
 #[cfg(test)]
@@ -23,8 +21,8 @@ mod tests;
 
 pub use async_exec::{drain_queue_async, AsyncCounters, AsyncExec};
 pub use config::*;
-pub use execute::{execute, handle_chain, handle_chain_with, SLICES};
-pub use request::{parse, parse_into, BlkHeader, ParseError, Request, RequestType, Seg};
+pub use execute::{execute, handle_chain};
+pub use request::{parse, BlkHeader, ParseError, Request, RequestType, Seg};
 
 use super::device::{driver_wants_interrupt, Activation, InterruptType, QueueBroken, VirtioDevice};
 use super::Memory;
@@ -54,8 +52,6 @@ pub struct Blk {
     sizes: [u16; 1],
     /// Memory, queue and interrupt handle from DRIVER_OK to reset.
     active: Option<Activation>,
-    /// The request each chain is parsed into, its segment lists reused.
-    scratch: Request,
     /// Requests completed (for diagnostics).
     pub requests: u64,
     /// `cache=none`: the io_uring the queue is served through.
@@ -71,7 +67,6 @@ impl Blk {
             config,
             sizes: [QUEUE_SIZE],
             active: None,
-            scratch: Request::empty(),
             requests: 0,
             exec: None,
         }
@@ -113,24 +108,12 @@ pub fn drain_queue(
     id: &[u8; ID_LEN],
     requests: &mut u64,
 ) -> Result<bool, QueueBroken> {
-    drain_queue_with(&mut Request::empty(), queue, mem, disk, id, requests)
-}
-
-/// [`drain_queue`] parsing every chain into `scratch` (the device's own, reused).
-pub fn drain_queue_with(
-    scratch: &mut Request,
-    queue: &mut Queue,
-    mem: &Memory,
-    disk: &dyn DiskBackend,
-    id: &[u8; ID_LEN],
-    requests: &mut u64,
-) -> Result<bool, QueueBroken> {
     let mut used_any = false;
     loop {
         queue.disable_notification(mem)?;
         while let Some(chain) = queue.iter(mem)?.next() {
             let head = chain.head_index();
-            let used = handle_chain_with(scratch, mem, chain, disk, id);
+            let used = handle_chain(mem, chain, disk, id);
             queue.add_used(mem, head, used)?;
             *requests += 1;
             used_any = true;
@@ -208,14 +191,7 @@ impl VirtioDevice for Blk {
             Some(exec) => {
                 drain_queue_async(queue, mem, &*self.disk, &self.id, &mut self.requests, exec)
             }
-            None => drain_queue_with(
-                &mut self.scratch,
-                queue,
-                mem,
-                &*self.disk,
-                &self.id,
-                &mut self.requests,
-            ),
+            None => drain_queue(queue, mem, &*self.disk, &self.id, &mut self.requests),
         };
         if wants? {
             interrupt.trigger(InterruptType::Queue(index));
