@@ -321,6 +321,44 @@ pub fn charts(doc: &Value) -> Vec<BarChart> {
             );
             out.push(c.log_scale());
         }
+        // virtio-blk with a colour per VMM: our modes beside QEMU's defaults and its tuned
+        // configurations. Only when there is something to draw (an older document has no
+        // ratio_to_qemu_best).
+        let virtio: Vec<&Value> = storage
+            .iter()
+            .filter(|r| text(r, "path").starts_with("virtio"))
+            .collect();
+        let by_vmm = |r: &Value| {
+            (
+                format!("{} {}", text(r, "path"), text(r, "workload")),
+                text(r, "vmm"),
+            )
+        };
+        let charts = [
+            BarChart::grouped(
+                "storage_virtio_by_vmm",
+                "virtio-blk throughput by VMM (log scale)",
+                "MB/s",
+                STORAGE,
+                virtio.iter().copied(),
+                by_vmm,
+                |r| num(r, "mb_per_s"),
+            )
+            .log_scale(),
+            BarChart::grouped(
+                "storage_ratio_to_qemu_best",
+                "virtio-blk: harness MB/s over QEMU at its best (the target is 1.2)",
+                "x QEMU best",
+                STORAGE,
+                virtio
+                    .iter()
+                    .copied()
+                    .filter(|r| num(r, "ratio_to_qemu_best").is_some()),
+                by_vmm,
+                |r| num(r, "ratio_to_qemu_best"),
+            ),
+        ];
+        out.extend(charts.into_iter().filter(BarChart::has_marks));
     }
     if !net.is_empty() {
         let bulk = || net.iter().filter(|r| !is_rtt(r));
@@ -625,6 +663,53 @@ mod tests {
         assert!(cs
             .iter()
             .all(|c| !c.id.contains("net") && !c.id.contains("floor")));
+    }
+
+    #[test]
+    fn virtio_rows_by_vmm_each_vmm_a_colour() {
+        let row = |vmm: &str, path: &str, mb: f64, ratio: Option<f64>| {
+            json!({"vmm": vmm, "path": path, "workload": "randread_4k_qd1", "mb_per_s": mb,
+                   "ratio_to_qemu_best": ratio})
+        };
+        let doc = json!({"storage": {"rows": [
+            row("harness-thread", "virtio_polled", 300.0, Some(1.5)),
+            row("harness-thread-nopoll", "virtio_polled", 200.0, Some(1.0)),
+            row("harness-thread-io_uring", "virtio_polled", 250.0, Some(1.25)),
+            row("harness-inline", "virtio_polled", 100.0, Some(0.5)),
+            row("qemu", "virtio_polled", 150.0, None),
+            row("qemu-iothread", "virtio_polled", 200.0, None),
+            row("qemu-iothread-io_uring", "virtio_polled", 120.0, None),
+            row("harness-thread", "ide_dma", 20.0, Some(1.0)),
+        ]}});
+        let cs = charts(&doc);
+        let by_vmm = cs.iter().find(|c| c.id == "storage_virtio_by_vmm").unwrap();
+        let names: Vec<&str> = by_vmm.series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "harness-thread",
+                "harness-thread-nopoll",
+                "harness-thread-io_uring",
+                "harness-inline",
+                "qemu",
+                "qemu-iothread",
+                "qemu-iothread-io_uring"
+            ]
+        );
+        assert!(names.len() <= PALETTE.len(), "a colour each");
+        assert_eq!(by_vmm.categories, ["virtio_polled randread_4k_qd1"]);
+        let ratio = cs
+            .iter()
+            .find(|c| c.id == "storage_ratio_to_qemu_best")
+            .unwrap();
+        assert_eq!(ratio.series.len(), 4, "harness rows only");
+        assert_eq!(ratio.series[0].values, [Some(1.5)]);
+        // A document from before: no ratio, no chart for it.
+        let old = json!({"storage": {"rows": [
+            {"vmm": "qemu", "path": "virtio_msix", "workload": "w", "mb_per_s": 5.0}]}});
+        let cs = charts(&old);
+        assert!(cs.iter().any(|c| c.id == "storage_virtio_by_vmm"));
+        assert!(!cs.iter().any(|c| c.id == "storage_ratio_to_qemu_best"));
     }
 
     #[test]
