@@ -1,4 +1,7 @@
-//! virtio-blk (virtio 1.x §5.2) over the modern PCI transport, one request queue.
+//! virtio-blk (virtio 1.x §5.2) over the modern PCI transport: one request queue, or up to
+//! [`MAX_QUEUES`] with VIRTIO_BLK_F_MQ (batches go to them in turn). With VIRTIO_F_INDIRECT_DESC
+//! each request takes one ring slot pointing at its own pre-allocated indirect table; with
+//! VIRTIO_F_EVENT_IDX kicks and interrupts follow the event indices (none while polled).
 //!
 //! Two APIs: synchronous [`VirtioBlk::read`] / [`VirtioBlk::write`] / [`VirtioBlk::flush`] /
 //! [`VirtioBlk::get_id`] (bounce buffers, one request at a time), and a submit/complete API for
@@ -7,7 +10,6 @@
 //! buffers) back, in whatever order the device completes them.
 
 use alloc::collections::VecDeque;
-use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 use core::mem::{offset_of, size_of};
@@ -43,6 +45,7 @@ pub mod blk_feature {
     pub const CONFIG_WCE: u64 = 1 << 11;
     pub const DISCARD: u64 = 1 << 13;
     pub const WRITE_ZEROES: u64 = 1 << 14;
+    pub const MQ: u64 = 1 << 12;
 }
 
 /// Request types.
@@ -119,6 +122,9 @@ mod cfg {
     pub const SIZE_MAX: u64 = offset_of!(BlkConfig, size_max) as u64;
     pub const SEG_MAX: u64 = offset_of!(BlkConfig, seg_max) as u64;
     pub const BLK_SIZE: u64 = offset_of!(BlkConfig, blk_size) as u64;
+    /// `num_queues` (§5.2.4): after the 8 bytes of topology at 24, `writeback` and a reserved
+    /// byte.
+    pub const NUM_QUEUES: u64 = 34;
 }
 
 /// Features this driver asks for.
@@ -129,7 +135,16 @@ pub const DRIVER_FEATURES: u64 = feature::VERSION_1
     | blk_feature::BLK_SIZE
     | blk_feature::FLUSH
     | blk_feature::DISCARD
-    | blk_feature::WRITE_ZEROES;
+    | blk_feature::WRITE_ZEROES
+    | FAST_PATH_FEATURES;
+
+/// The fast-path features, asked for when offered and masked off together by the kernel's
+/// `blk_features=none`.
+pub const FAST_PATH_FEATURES: u64 =
+    feature::RING_EVENT_IDX | feature::RING_INDIRECT_DESC | blk_feature::MQ;
+
+/// Request queues set up at most, whatever the device's num_queues.
+pub const MAX_QUEUES: u16 = 4;
 
 /// Status byte value before the device writes it.
 const STATUS_UNSET: u8 = 0xFF;
@@ -141,6 +156,14 @@ const META_STATUS: usize = offset_of!(MetaSlot, status);
 const MAX_SYNC_CHUNK: usize = 64 * 1024;
 /// Tokens at or above this belong to raw chains ([`VirtioBlk::submit_raw`]).
 const RAW_TOKEN_BASE: u64 = 1 << 48;
+/// Descriptors of one request's indirect table: header, data, status.
+const INDIRECT_DESCS: usize = 3;
+/// Bytes of one slot's indirect table.
+const INDIRECT_TABLE: usize = INDIRECT_DESCS * size_of::<super::queue::Descriptor>();
+/// A kick the device's event index suppressed is sent anyway after this long without a
+/// completion on that queue: a device that writes a garbage avail_event then costs a delay,
+/// never a lost request. One background tick of the kernel.
+const REKICK_NS: u64 = 10_000_000;
 
 /// Errors of the block driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,14 +285,153 @@ struct Slot {
     must_write: u32,
 }
 
+/// One request queue and what its requests use: a metadata slot (header and status) and, with
+/// INDIRECT_DESC, an indirect table per ring entry, all allocated once at set-up.
+struct ReqQueue<'p, P: Platform + ?Sized> {
+    index: u16,
+    vq: VirtQueue<'p, P>,
+    meta: Option<DmaBuffer>,
+    tables: Option<DmaBuffer>,
+    slots: Vec<Option<Slot>>,
+    free_slots: Vec<u16>,
+    /// When a kick was last held back by the device's avail_event with requests in flight
+    /// (cleared by a kick or a completion).
+    kick_suppressed_at: Option<u64>,
+    completed: u64,
+}
+
+impl<'p, P: Platform + ?Sized> ReqQueue<'p, P> {
+    fn new(
+        platform: &'p P,
+        transport: &mut VirtioPci<'p, P>,
+        index: u16,
+        max_queue_size: u16,
+        indirect: bool,
+    ) -> Result<Self, BlkError> {
+        let vq = transport.setup_queue(index, max_queue_size)?;
+        let n = usize::from(vq.size());
+        let meta = platform.dma_alloc(META_SLOT * n, 16)?;
+        let tables = if indirect {
+            match platform.dma_alloc(INDIRECT_TABLE * n, 16) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    platform.dma_free(meta);
+                    return Err(e.into());
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Self {
+            index,
+            vq,
+            meta: Some(meta),
+            tables,
+            slots: (0..n).map(|_| None).collect(),
+            free_slots: (0..n as u16).rev().collect(),
+            kick_suppressed_at: None,
+            completed: 0,
+        })
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    fn holds(&self, id: RequestId) -> bool {
+        self.slots.iter().flatten().any(|s| s.id == id.0)
+    }
+
+    /// Kick again a queue whose kick was suppressed and which has seen no completion since.
+    fn rekick_if_stale(&mut self, transport: &VirtioPci<'p, P>, now_ns: impl FnOnce() -> u64) {
+        let Some(since) = self.kick_suppressed_at else {
+            return;
+        };
+        if now_ns().saturating_sub(since) >= REKICK_NS {
+            transport.notify(self.index);
+            self.kick_suppressed_at = None;
+        }
+    }
+
+    /// Move everything the device returned into `ready`.
+    fn reap(&mut self, ready: &mut VecDeque<Completion>, device_errors: &mut Vec<QueueError>) {
+        while let Some(r) = self.vq.pop_used() {
+            let (token, result) = match r {
+                Ok((token, len)) => (token, Ok(len)),
+                Err(e @ QueueError::BadUsedLength { token, .. }) => (token, Err(e)),
+                Err(e) => {
+                    device_errors.push(e);
+                    continue;
+                }
+            };
+            // The device is making progress: a held-back kick is not lost.
+            self.kick_suppressed_at = None;
+            self.completed += 1;
+            if token >= RAW_TOKEN_BASE {
+                ready.push_back(Completion {
+                    id: RequestId(token - RAW_TOKEN_BASE),
+                    result: result.map_err(BlkError::Queue),
+                    buffer: None,
+                });
+                continue;
+            }
+            let index = token as usize;
+            let Some(slot) = self.slots.get_mut(index).and_then(Option::take) else {
+                continue; // cannot happen: the queue only returns tokens we gave it
+            };
+            self.free_slots.push(index as u16);
+            let result = result.map_err(BlkError::Queue).and_then(|len| {
+                let meta = self.meta.as_ref().expect("meta present until drop");
+                // SAFETY: index < n so META_SLOT * index + META_STATUS < meta.len; the chain is
+                // back from the device, so it no longer writes this byte. Volatile: DMA memory.
+                let status = unsafe {
+                    ptr::read_volatile(meta.as_mut_ptr().add(META_SLOT * index + META_STATUS))
+                };
+                match status {
+                    req_status::OK if len < slot.must_write => Err(BlkError::ShortRead {
+                        written: len,
+                        expected: slot.must_write,
+                    }),
+                    req_status::OK => Ok(len),
+                    req_status::IOERR => Err(BlkError::IoError),
+                    req_status::UNSUPP => Err(BlkError::Unsupported),
+                    s => Err(BlkError::BadStatus(s)),
+                }
+            });
+            ready.push_back(Completion {
+                id: RequestId(slot.id),
+                result,
+                buffer: slot.buffer,
+            });
+        }
+    }
+
+    /// Give the memory back (the device has been reset), or leak it if `leak` (it could not be).
+    fn release(&mut self, platform: &P, leak: bool) {
+        if leak {
+            self.vq.leak_rings();
+            // DmaBuffer has no destructor: dropping without `dma_free` leaks.
+            self.meta = None;
+            self.tables = None;
+            self.slots.clear();
+            return;
+        }
+        for b in self.slots.iter_mut().filter_map(|s| s.take()?.buffer) {
+            platform.dma_free(b);
+        }
+        for b in [self.meta.take(), self.tables.take()].into_iter().flatten() {
+            platform.dma_free(b);
+        }
+    }
+}
+
 /// A virtio-blk device.
 pub struct VirtioBlk<'p, P: Platform + ?Sized> {
     platform: &'p P,
     transport: VirtioPci<'p, P>,
-    queue: VirtQueue<'p, P>,
-    meta: Option<DmaBuffer>,
-    slots: Vec<Option<Slot>>,
-    free_slots: Vec<u16>,
+    queues: Vec<ReqQueue<'p, P>>,
+    /// The queue this batch's submissions go to; [`VirtioBlk::notify`] moves it on.
+    submit_queue: usize,
     next_id: u64,
     ready: VecDeque<Completion>,
     device_errors: Vec<QueueError>,
@@ -302,16 +464,12 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
         wanted: u64,
     ) -> Result<Self, BlkError> {
         let mut transport = VirtioPci::new(platform, function)?;
+        let polled = matches!(mode, InterruptMode::Polled);
         let features = transport.begin_init(wanted, mode)?;
-        let queue = transport.setup_queue(0, max_queue_size)?;
-        let n = usize::from(queue.size());
         let fail = |t: &VirtioPci<'p, P>, e: BlkError| {
             t.set_failed();
             e
         };
-        let meta = platform
-            .dma_alloc(META_SLOT * n, 16)
-            .map_err(|e| fail(&transport, e.into()))?;
         let config = (|| -> Result<_, VirtioError> {
             let capacity = transport.config_read64(cfg::CAPACITY)?;
             let blk_size = if features & blk_feature::BLK_SIZE != 0 {
@@ -329,22 +487,45 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
             } else {
                 None
             };
-            Ok((capacity, blk_size, size_max, seg_max))
+            let num_queues = if features & blk_feature::MQ != 0 {
+                transport.config_read16(cfg::NUM_QUEUES)?
+            } else {
+                1
+            };
+            Ok((capacity, blk_size, size_max, seg_max, num_queues))
         })();
-        let (capacity, blk_size, size_max, seg_max) = match config {
+        let (capacity, blk_size, size_max, seg_max, num_queues) = match config {
             Ok(c) => c,
-            Err(e) => {
-                platform.dma_free(meta);
-                return Err(fail(&transport, e.into()));
-            }
+            Err(e) => return Err(fail(&transport, e.into())),
         };
+        // A device that says 0 still has its first queue; the transport may have fewer.
+        let num_queues = num_queues
+            .clamp(1, MAX_QUEUES)
+            .min(transport.num_queues().max(1));
+        let indirect = features & feature::RING_INDIRECT_DESC != 0;
+        let mut queues: Vec<ReqQueue<'p, P>> = Vec::with_capacity(usize::from(num_queues));
+        for index in 0..num_queues {
+            match ReqQueue::new(platform, &mut transport, index, max_queue_size, indirect) {
+                Ok(mut q) => {
+                    if polled {
+                        // Nobody waits for an interrupt: ask the device for none.
+                        q.vq.set_interrupts(false);
+                    }
+                    queues.push(q);
+                }
+                Err(e) => {
+                    for q in &mut queues {
+                        q.release(platform, false);
+                    }
+                    return Err(fail(&transport, e));
+                }
+            }
+        }
         let mut blk = Self {
             platform,
             transport,
-            queue,
-            meta: Some(meta),
-            slots: (0..n).map(|_| None).collect(),
-            free_slots: (0..n as u16).rev().collect(),
+            queues,
+            submit_queue: 0,
             next_id: 0,
             ready: VecDeque::new(),
             device_errors: Vec::new(),
@@ -390,9 +571,25 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
     pub fn transport(&self) -> &VirtioPci<'p, P> {
         &self.transport
     }
-    /// The request queue (for inspection in tests).
+    /// The first request queue (for inspection in tests).
     pub fn queue(&self) -> &VirtQueue<'p, P> {
-        &self.queue
+        &self.queues[0].vq
+    }
+    /// Request queues in use (more than one only with VIRTIO_BLK_F_MQ).
+    pub fn num_queues(&self) -> usize {
+        self.queues.len()
+    }
+    /// Requests completed on queue `index` so far (0 for a queue that does not exist).
+    pub fn completed_on(&self, index: usize) -> u64 {
+        self.queues.get(index).map_or(0, |q| q.completed)
+    }
+    /// Whether requests go through indirect tables (VIRTIO_F_INDIRECT_DESC negotiated).
+    pub fn uses_indirect(&self) -> bool {
+        self.features & feature::RING_INDIRECT_DESC != 0
+    }
+    /// Whether kicks and interrupts follow event indices (VIRTIO_F_EVENT_IDX negotiated).
+    pub fn uses_event_idx(&self) -> bool {
+        self.features & feature::RING_EVENT_IDX != 0
     }
     /// Queue protocol errors that could not be tied to a request (bad used ids).
     pub fn take_device_errors(&mut self) -> Vec<QueueError> {
@@ -400,7 +597,7 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
     }
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_some()).count()
+        self.queues.iter().map(ReqQueue::in_flight).sum()
     }
 
     fn check_data(&self, len: usize) -> Result<u64, BlkError> {
@@ -525,7 +722,7 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
         self.next_id += 1;
         let token = RAW_TOKEN_BASE + id;
         // SAFETY: forwarded to our caller.
-        unsafe { self.queue.add_raw_chain(descs, token) }?;
+        unsafe { self.queues[0].vq.add_raw_chain(descs, token) }?;
         Ok(RequestId(id))
     }
 
@@ -536,27 +733,32 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
         buffer: Option<DmaBuffer>,
         device_writes: bool,
     ) -> Result<RequestId, SubmitError> {
-        if self.queue.is_broken() {
+        let q = &mut self.queues[self.submit_queue];
+        if q.vq.is_broken() {
             return Err(SubmitError {
                 error: BlkError::Queue(QueueError::Broken),
                 buffer,
             });
         }
-        let needed = 2 + usize::from(buffer.is_some());
-        let Some(slot) = self.free_slots.pop() else {
+        let needed = if q.tables.is_some() {
+            1
+        } else {
+            2 + usize::from(buffer.is_some())
+        };
+        let Some(slot) = q.free_slots.pop() else {
             return Err(SubmitError {
                 error: BlkError::QueueFull,
                 buffer,
             });
         };
-        if usize::from(self.queue.num_free()) < needed {
-            self.free_slots.push(slot);
+        if usize::from(q.vq.num_free()) < needed {
+            q.free_slots.push(slot);
             return Err(SubmitError {
                 error: BlkError::QueueFull,
                 buffer,
             });
         }
-        let meta = self.meta.as_ref().expect("meta present until drop");
+        let meta = q.meta.as_ref().expect("meta present until drop");
         let base = META_SLOT * usize::from(slot);
         let header = RequestHeader {
             kind: U32::new(kind),
@@ -574,16 +776,25 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
         let header = (meta.phys() + base as u64, size_of::<RequestHeader>() as u32);
         let status = (meta.phys() + (base + META_STATUS) as u64, 1u32);
         let data = buffer.as_ref().map(|b| (b.phys(), b.len() as u32));
-        let mut out = vec![header];
-        let mut inb = Vec::with_capacity(2);
-        match (data, device_writes) {
-            (Some(d), true) => inb.push(d),
-            (Some(d), false) => out.push(d),
-            (None, _) => {}
-        }
-        inb.push(status);
-        if let Err(e) = self.queue.add(&out, &inb, u64::from(slot)) {
-            self.free_slots.push(slot);
+        // Header, then data (either direction), then status: no allocation per request.
+        let (chain, out_len, len) = match (data, device_writes) {
+            (Some(d), true) => ([header, d, status], 1, 3),
+            (Some(d), false) => ([header, d, status], 2, 3),
+            (None, _) => ([header, status, status], 1, 2),
+        };
+        let (out, inb) = chain[..len].split_at(out_len);
+        let added = match &q.tables {
+            Some(tables) => q.vq.add_indirect(
+                tables,
+                INDIRECT_TABLE * usize::from(slot),
+                out,
+                inb,
+                u64::from(slot),
+            ),
+            None => q.vq.add(out, inb, u64::from(slot)),
+        };
+        if let Err(e) = added {
+            q.free_slots.push(slot);
             return Err(SubmitError {
                 error: e.into(),
                 buffer,
@@ -595,7 +806,7 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
             (req_type::IN, Some((_, len))) => len + 1,
             _ => 0,
         };
-        self.slots[usize::from(slot)] = Some(Slot {
+        q.slots[usize::from(slot)] = Some(Slot {
             id,
             buffer,
             must_write,
@@ -603,10 +814,22 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
         Ok(RequestId(id))
     }
 
-    /// Notify the device if it wants it (call once after a batch of submissions).
+    /// Notify the device if it wants it (call once after a batch of submissions): each queue
+    /// with new requests is kicked unless its event index or flags say the device is looking
+    /// already. The next batch goes to the next queue.
     pub fn notify(&mut self) {
-        if self.queue.kick_needed() {
-            self.transport.notify(0);
+        let batch_posted = self.queues[self.submit_queue].vq.unchecked_publications();
+        for q in &mut self.queues {
+            let published = q.vq.unchecked_publications();
+            if q.vq.kick_needed() {
+                self.transport.notify(q.index);
+                q.kick_suppressed_at = None;
+            } else if published && q.kick_suppressed_at.is_none() {
+                q.kick_suppressed_at = Some(self.platform.now_ns());
+            }
+        }
+        if batch_posted {
+            self.submit_queue = (self.submit_queue + 1) % self.queues.len();
         }
     }
 
@@ -618,77 +841,35 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
 
     /// Move everything the device returned into `ready`.
     fn reap(&mut self) {
-        Self::reap_into(
-            &mut self.queue,
-            &mut self.slots,
-            &mut self.free_slots,
-            self.meta.as_ref(),
-            &mut self.ready,
-            &mut self.device_errors,
-        );
-        if self.queue.is_broken() {
+        let Self {
+            platform,
+            transport,
+            queues,
+            ready,
+            device_errors,
+            ..
+        } = self;
+        Self::reap_into(*platform, transport, queues, ready, device_errors);
+        if self.queues.iter().any(|q| q.vq.is_broken()) {
             self.abort_all();
         }
     }
 
     fn reap_into(
-        queue: &mut VirtQueue<'p, P>,
-        slots: &mut [Option<Slot>],
-        free_slots: &mut Vec<u16>,
-        meta: Option<&DmaBuffer>,
+        platform: &P,
+        transport: &VirtioPci<'p, P>,
+        queues: &mut [ReqQueue<'p, P>],
         ready: &mut VecDeque<Completion>,
         device_errors: &mut Vec<QueueError>,
     ) {
-        while let Some(r) = queue.pop_used() {
-            let (token, result) = match r {
-                Ok((token, len)) => (token, Ok(len)),
-                Err(e @ QueueError::BadUsedLength { token, .. }) => (token, Err(e)),
-                Err(e) => {
-                    device_errors.push(e);
-                    continue;
-                }
-            };
-            if token >= RAW_TOKEN_BASE {
-                ready.push_back(Completion {
-                    id: RequestId(token - RAW_TOKEN_BASE),
-                    result: result.map_err(BlkError::Queue),
-                    buffer: None,
-                });
-                continue;
-            }
-            let index = token as usize;
-            let Some(slot) = slots.get_mut(index).and_then(Option::take) else {
-                continue; // cannot happen: the queue only returns tokens we gave it
-            };
-            free_slots.push(index as u16);
-            let result = result.map_err(BlkError::Queue).and_then(|len| {
-                let meta = meta.expect("meta present until drop");
-                // SAFETY: index < n so META_SLOT * index + META_STATUS < meta.len; the chain is
-                // back from the device, so it no longer writes this byte. Volatile: DMA memory.
-                let status = unsafe {
-                    ptr::read_volatile(meta.as_mut_ptr().add(META_SLOT * index + META_STATUS))
-                };
-                match status {
-                    req_status::OK if len < slot.must_write => Err(BlkError::ShortRead {
-                        written: len,
-                        expected: slot.must_write,
-                    }),
-                    req_status::OK => Ok(len),
-                    req_status::IOERR => Err(BlkError::IoError),
-                    req_status::UNSUPP => Err(BlkError::Unsupported),
-                    s => Err(BlkError::BadStatus(s)),
-                }
-            });
-            ready.push_back(Completion {
-                id: RequestId(slot.id),
-                result,
-                buffer: slot.buffer,
-            });
+        for q in queues {
+            q.reap(ready, device_errors);
+            q.rekick_if_stale(transport, || platform.now_ns());
         }
     }
 
-    /// The queue is broken: stop the device so it no longer touches our buffers, then fail
-    /// everything in flight and give the buffers back.
+    /// A queue is broken: stop the device so it no longer touches our buffers, then fail
+    /// everything in flight on every queue and give the buffers back.
     fn abort_all(&mut self) {
         if self.in_flight() == 0 {
             return;
@@ -697,14 +878,18 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
             // The device may still DMA: keep (leak) the buffers rather than hand them out.
             return;
         }
-        for (i, s) in self.slots.iter_mut().enumerate() {
-            if let Some(slot) = s.take() {
-                self.free_slots.push(i as u16);
-                self.ready.push_back(Completion {
-                    id: RequestId(slot.id),
-                    result: Err(BlkError::Aborted),
-                    buffer: slot.buffer,
-                });
+        for q in &mut self.queues {
+            // The reset stopped every queue, not just the broken one.
+            q.vq.mark_broken();
+            for (i, s) in q.slots.iter_mut().enumerate() {
+                if let Some(slot) = s.take() {
+                    q.free_slots.push(i as u16);
+                    self.ready.push_back(Completion {
+                        id: RequestId(slot.id),
+                        result: Err(BlkError::Aborted),
+                        buffer: slot.buffer,
+                    });
+                }
             }
         }
     }
@@ -719,28 +904,25 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
         if let Some(c) = take(&mut self.ready) {
             return Ok(c);
         }
+        // Wait on the vector of the queue that holds the request (raw chains: queue 0).
+        let wait_queue = self
+            .queues
+            .iter()
+            .find(|q| q.holds(id))
+            .map_or(0, |q| q.index);
         let r = {
             let Self {
+                platform,
                 transport,
-                queue,
-                slots,
-                free_slots,
-                meta,
+                queues,
                 ready,
                 device_errors,
                 timeout_ns,
                 ..
             } = self;
-            transport.wait_for(0, *timeout_ns, || {
-                Self::reap_into(
-                    queue,
-                    slots,
-                    free_slots,
-                    meta.as_ref(),
-                    ready,
-                    device_errors,
-                );
-                if queue.is_broken() {
+            transport.wait_for(wait_queue, *timeout_ns, || {
+                Self::reap_into(*platform, transport, queues, ready, device_errors);
+                if queues.iter().any(|q| q.vq.is_broken()) {
                     return Some(None);
                 }
                 take(ready).map(Some)
@@ -849,21 +1031,14 @@ impl<P: Platform + ?Sized> Drop for VirtioBlk<'_, P> {
     fn drop(&mut self) {
         // Stop the device before its rings and buffers are freed. If it will not reset, leak
         // the memory rather than let it DMA into freed pages.
-        if self.transport.reset().is_err() {
-            self.queue.leak_rings();
-            // DmaBuffer has no destructor: dropping without `dma_free` leaks.
-            self.meta = None;
-            self.slots.clear();
-            return;
+        let leak = self.transport.reset().is_err();
+        if !leak {
+            for b in self.ready.drain(..).filter_map(|c| c.buffer) {
+                self.platform.dma_free(b);
+            }
         }
-        for b in self.ready.drain(..).filter_map(|c| c.buffer) {
-            self.platform.dma_free(b);
-        }
-        for b in self.slots.iter_mut().filter_map(|s| s.take()?.buffer) {
-            self.platform.dma_free(b);
-        }
-        if let Some(m) = self.meta.take() {
-            self.platform.dma_free(m);
+        for q in &mut self.queues {
+            q.release(self.platform, leak);
         }
     }
 }
@@ -891,11 +1066,30 @@ mod tests {
         force_used_len: Option<u32>,
         flushes: u32,
         types_seen: Vec<u32>,
+        /// Requests that came through an indirect table.
+        indirect_chains: u32,
+        /// Leave notifications off after a pass, as a device that polls the ring does.
+        polling: bool,
+        /// Write this avail_event after each pass instead of the true one.
+        garbage_avail_event: Option<GarbageEvent>,
+        /// Interrupts the device raised (after the driver's suppression).
+        interrupts: u32,
+    }
+
+    /// avail_event values a misbehaving device may write.
+    #[derive(Debug, Clone, Copy)]
+    enum GarbageEvent {
+        AllOnes,
+        /// Three entries behind what it has consumed: looks like "no kick needed".
+        Behind,
+        /// Past what the driver has published.
+        Ahead,
     }
 
     /// A virtio-blk device model on rust-vmm's virtio-queue, over an in-memory disk.
     struct FakeBlk {
         features: u64,
+        num_queues: u16,
         state: Rc<RefCell<DiskState>>,
     }
 
@@ -909,13 +1103,45 @@ mod tests {
             c[8..12].copy_from_slice(&4096u32.to_le_bytes()); // size_max
             c[12..16].copy_from_slice(&8u32.to_le_bytes()); // seg_max
             c[20..24].copy_from_slice(&512u32.to_le_bytes()); // blk_size
+            c[34..36].copy_from_slice(&self.num_queues.to_le_bytes()); // num_queues
             c
         }
         fn process(&mut self, _: u16, q: &mut Queue, mem: &Mem) -> bool {
             let mut st = self.state.borrow_mut();
             let mut done = false;
+            // The usual device loop: notifications off while draining the ring, then on again
+            // (which writes avail_event) and a last look for what raced with that.
+            loop {
+                q.disable_notification(mem).unwrap();
+                done |= Self::drain(&mut st, q, mem);
+                if st.polling || !q.enable_notification(mem).unwrap() {
+                    break;
+                }
+            }
+            if let Some(garbage) = st.garbage_avail_event {
+                let value = match garbage {
+                    GarbageEvent::AllOnes => 0xffff,
+                    GarbageEvent::Behind => q.next_avail().wrapping_sub(3),
+                    GarbageEvent::Ahead => q.next_avail().wrapping_add(5),
+                };
+                crate::virtio::fake::write_avail_event(q, mem, value);
+            }
+            let interrupt = done && crate::virtio::fake::driver_wants_interrupt(q, mem);
+            st.interrupts += u32::from(interrupt);
+            interrupt
+        }
+    }
+
+    impl FakeBlk {
+        /// Serve every chain on the avail ring; whether any completed.
+        fn drain(st: &mut DiskState, q: &mut Queue, mem: &Mem) -> bool {
+            let mut done = false;
             while let Some(chain) = q.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
+                if let Some(entries) = crate::virtio::fake::indirect_entries(q, mem, head) {
+                    assert!(entries >= 2, "an indirect request of {entries} descriptors");
+                    st.indirect_chains += 1;
+                }
                 let descs: Vec<_> = chain.collect();
                 assert!(descs.len() >= 2);
                 let (h, s) = (descs[0], descs[descs.len() - 1]);
@@ -977,6 +1203,15 @@ mod tests {
     }
 
     fn setup(features: u64) -> (FakePlatform, Rc<RefCell<DiskState>>) {
+        setup_queues(features, 1, vec![64])
+    }
+
+    /// A device whose config says `num_queues`, with transport queues of `queue_max` entries.
+    fn setup_queues(
+        features: u64,
+        num_queues: u16,
+        queue_max: Vec<u16>,
+    ) -> (FakePlatform, Rc<RefCell<DiskState>>) {
         let state = Rc::new(RefCell::new(DiskState {
             disk: (0..SECTORS as usize * 512)
                 .map(|i| (i / 512) as u8 ^ i as u8)
@@ -985,9 +1220,10 @@ mod tests {
         }));
         let backend = FakeBlk {
             features,
+            num_queues,
             state: state.clone(),
         };
-        (FakePlatform::new(Box::new(backend), vec![64]), state)
+        (FakePlatform::new(Box::new(backend), queue_max), state)
     }
 
     const ALL: u64 = feature::VERSION_1
@@ -1230,7 +1466,13 @@ mod tests {
 
     #[test]
     fn bad_used_length_fails_that_request() {
-        let (p, st) = setup(ALL);
+        for features in [ALL, ALL | feature::RING_INDIRECT_DESC] {
+            bad_used_length_fails_that_request_with(features);
+        }
+    }
+
+    fn bad_used_length_fails_that_request_with(features: u64) {
+        let (p, st) = setup(features);
         let mut blk = open(&p, InterruptMode::Polled);
         st.borrow_mut().defer = true;
         let id = blk.submit_flush().unwrap();
@@ -1260,7 +1502,13 @@ mod tests {
     /// completion after them still arrives; a read whose completion never comes times out.
     #[test]
     fn wild_used_ids_are_device_errors_not_completions() {
-        let (p, st) = setup(ALL);
+        for features in [ALL, ALL | feature::RING_INDIRECT_DESC] {
+            wild_used_ids_with(features);
+        }
+    }
+
+    fn wild_used_ids_with(features: u64) {
+        let (p, st) = setup(features);
         let mut blk = open(&p, InterruptMode::Polled);
         blk.set_timeout_ns(50_000_000);
         st.borrow_mut().defer = true;
@@ -1307,5 +1555,245 @@ mod tests {
             Some(BlkError::Virtio(VirtioError::NoVersion1 { .. }))
         ));
         assert_ne!(p.dev.borrow().status & crate::virtio::status::FAILED, 0);
+    }
+
+    const EVENT_IDX: u64 = feature::RING_EVENT_IDX;
+    const INDIRECT: u64 = feature::RING_INDIRECT_DESC;
+
+    fn msix() -> InterruptMode {
+        InterruptMode::Msix {
+            dest_apic_id: 0,
+            vectors: vec![0x50, 0x51],
+        }
+    }
+
+    /// QD1 costs one kick and (with interrupts) one interrupt per request, with event idx and
+    /// without; polled, the driver asks for no interrupt at all and gets none.
+    #[test]
+    fn kicks_and_interrupts_with_event_idx_on_and_off() {
+        for features in [ALL, ALL | EVENT_IDX] {
+            for (mode, want_irqs) in [(msix(), 8), (InterruptMode::Polled, 0)] {
+                let (p, st) = setup(features);
+                let mut blk = open(&p, mode.clone());
+                assert_eq!(blk.uses_event_idx(), features & EVENT_IDX != 0);
+                let mut buf = [0u8; 512];
+                for lba in 0..8 {
+                    blk.read(lba, &mut buf).unwrap();
+                    assert_eq!(buf[..], st.borrow().disk[lba as usize * 512..][..512]);
+                }
+                assert_eq!(p.dev.borrow().notifies.len(), 8, "{features:#x} {mode:?}");
+                assert_eq!(st.borrow().interrupts, want_irqs, "{features:#x} {mode:?}");
+                let delivered: u64 = p.irqs.borrow().values().sum();
+                assert_eq!(delivered, u64::from(want_irqs));
+            }
+        }
+    }
+
+    /// A batch costs one kick and one interrupt; with event idx, a device that is still
+    /// polling its ring (avail_event left behind) is not kicked at all, and the requests
+    /// complete when it next looks.
+    #[test]
+    fn batch_kicks_once_and_polling_device_not_at_all() {
+        for features in [ALL, ALL | EVENT_IDX] {
+            let (p, st) = setup(features);
+            let mut blk = open(&p, msix());
+            let mut ids = Vec::new();
+            for lba in 0..10 {
+                ids.push(blk.submit_read(lba, p.dma_alloc(512, 8).unwrap()).unwrap());
+            }
+            blk.notify();
+            assert_eq!(p.dev.borrow().notifies.len(), 1, "one kick for the batch");
+            assert_eq!(st.borrow().interrupts, 1, "one interrupt for the batch");
+            for c in blk.poll_completions() {
+                assert_eq!(c.result, Ok(513));
+                p.dma_free(c.buffer.unwrap());
+            }
+            assert_eq!(blk.in_flight(), 0);
+            // The device starts polling: notifications stay off after its next pass.
+            st.borrow_mut().polling = true;
+            blk.read(0, &mut [0u8; 512]).unwrap();
+            let kicks = p.dev.borrow().notifies.len();
+            for lba in 0..10 {
+                ids.push(blk.submit_read(lba, p.dma_alloc(512, 8).unwrap()).unwrap());
+            }
+            blk.notify();
+            assert_eq!(
+                p.dev.borrow().notifies.len(),
+                kicks,
+                "{features:#x}: a polling device gets no kick"
+            );
+            p.process(0); // its next poll
+            let done = blk.poll_completions();
+            assert_eq!(done.len(), 10);
+            for c in done {
+                p.dma_free(c.buffer.unwrap());
+            }
+        }
+    }
+
+    /// A device that writes garbage avail_event (all ones, behind, ahead) costs extra kicks or
+    /// a delay, never a request: sync and batched requests all complete with the right data.
+    #[test]
+    fn garbage_avail_event_never_loses_a_request() {
+        for garbage in [
+            GarbageEvent::AllOnes,
+            GarbageEvent::Behind,
+            GarbageEvent::Ahead,
+        ] {
+            for mode in [msix(), InterruptMode::Polled] {
+                let (p, st) = setup(ALL | EVENT_IDX);
+                let mut blk = open(&p, mode.clone());
+                st.borrow_mut().garbage_avail_event = Some(garbage);
+                let mut buf = [0u8; 1024];
+                for lba in 0..20 {
+                    blk.read(lba, &mut buf).unwrap();
+                    assert_eq!(buf[..], st.borrow().disk[lba as usize * 512..][..1024]);
+                }
+                let mut pending = 0;
+                for lba in 0..6 {
+                    blk.submit_read(lba, p.dma_alloc(512, 8).unwrap()).unwrap();
+                    pending += 1;
+                }
+                blk.notify();
+                for _ in 0..100_000 {
+                    for c in blk.poll_completions() {
+                        assert_eq!(c.result, Ok(513), "{garbage:?}");
+                        p.dma_free(c.buffer.unwrap());
+                        pending -= 1;
+                    }
+                    if pending == 0 {
+                        break;
+                    }
+                }
+                assert_eq!(pending, 0, "{garbage:?} {mode:?}: requests lost");
+                let kicks = p.dev.borrow().notifies.len();
+                assert!(kicks >= 21, "{garbage:?}: {kicks} kicks");
+            }
+        }
+    }
+
+    /// With INDIRECT_DESC every request takes one ring slot: a 32-entry queue holds 32 reads
+    /// (10 when direct), each through its own table, which the device checks; writes, flush and
+    /// GET_ID go the same way, and the tables are one DMA region freed at drop.
+    #[test]
+    fn indirect_requests_take_one_slot_each() {
+        let (p, st) = setup(ALL | INDIRECT);
+        let mut blk = open(&p, InterruptMode::Polled);
+        assert!(blk.uses_indirect());
+        st.borrow_mut().defer = true;
+        for lba in 0..32 {
+            blk.submit_read(lba, p.dma_alloc(512, 8).unwrap()).unwrap();
+        }
+        assert_eq!(blk.queue().num_free(), 0);
+        let e = blk
+            .submit_read(0, p.dma_alloc(512, 8).unwrap())
+            .unwrap_err();
+        assert_eq!(e.error, BlkError::QueueFull);
+        p.dma_free(e.buffer.unwrap());
+        blk.notify();
+        assert_eq!(st.borrow().indirect_chains, 32);
+        let held = std::mem::take(&mut st.borrow_mut().held);
+        {
+            let mut dev = p.dev.borrow_mut();
+            let q = dev.queues[0].as_mut().unwrap();
+            for (head, len) in held.into_iter().rev() {
+                q.add_used(&p.mem, head, len).unwrap();
+            }
+        }
+        st.borrow_mut().defer = false;
+        let done = blk.poll_completions();
+        assert_eq!(done.len(), 32);
+        for c in done {
+            assert_eq!(c.result, Ok(513));
+            p.dma_free(c.buffer.unwrap());
+        }
+        let data: Vec<u8> = (0..8192).map(|i| (i * 13) as u8).collect();
+        blk.write(20, &data).unwrap();
+        assert_eq!(st.borrow().disk[20 * 512..][..8192], data[..]);
+        let mut back = vec![0u8; 8192];
+        blk.read(20, &mut back).unwrap();
+        assert_eq!(back, data);
+        blk.flush().unwrap();
+        assert_eq!(&blk.get_id().unwrap(), b"fake-virtio-blk-0001");
+        assert_eq!(st.borrow().indirect_chains, 32 + 2 + 2 + 1 + 1);
+        assert_eq!(p.dma_live.borrow().len(), 5, "3 rings, metadata, tables");
+        drop(blk);
+        assert!(p.dma_live.borrow().is_empty());
+    }
+
+    /// MQ: two queues (the device's num_queues, bounded by the transport and MAX_QUEUES),
+    /// batches in turn, one kick per batch on its own queue, completions from both, and each
+    /// queue's interrupts on its own MSI-X vector.
+    #[test]
+    fn multiqueue_spreads_batches_over_queues() {
+        for (num_queues, queue_max, want) in [
+            (2, vec![64, 64], 2),
+            (8, vec![64, 64, 64], 3),
+            (16, vec![64; 6], usize::from(MAX_QUEUES)),
+            (0, vec![64, 64], 1),
+        ] {
+            let (p, st) = setup_queues(
+                ALL | blk_feature::MQ | INDIRECT | EVENT_IDX,
+                num_queues,
+                queue_max,
+            );
+            let mut blk = open(&p, InterruptMode::Polled);
+            assert_eq!(blk.num_queues(), want, "num_queues {num_queues}");
+            let mut buf = [0u8; 512];
+            for lba in 0..(2 * want as u64) {
+                blk.read(lba, &mut buf).unwrap();
+                assert_eq!(buf[..], st.borrow().disk[lba as usize * 512..][..512]);
+            }
+            let kicked: Vec<u16> = p.dev.borrow().notifies.clone();
+            let expected: Vec<u16> = (0..2 * want as u16).map(|i| i % want as u16).collect();
+            assert_eq!(kicked, expected, "one kick per request, queues in turn");
+            for q in 0..want {
+                assert_eq!(blk.completed_on(q), 2, "queue {q}");
+            }
+        }
+        let (p, st) = setup_queues(ALL | blk_feature::MQ, 2, vec![64, 64]);
+        let mut blk = VirtioBlk::new(
+            &p,
+            &p.function(),
+            InterruptMode::Msix {
+                dest_apic_id: 0,
+                vectors: vec![0x50, 0x51, 0x52],
+            },
+            32,
+        )
+        .unwrap();
+        st.borrow_mut().defer = true;
+        for batch in 0..2u64 {
+            for lba in 0..5 {
+                blk.submit_read(batch * 5 + lba, p.dma_alloc(512, 8).unwrap())
+                    .unwrap();
+            }
+            blk.notify();
+        }
+        assert_eq!(p.dev.borrow().notifies, [0, 1], "one kick per batch");
+        let held = std::mem::take(&mut st.borrow_mut().held);
+        assert_eq!(held.len(), 10);
+        {
+            let mut dev = p.dev.borrow_mut();
+            for (i, (head, len)) in held.into_iter().enumerate() {
+                dev.queues[i / 5]
+                    .as_mut()
+                    .unwrap()
+                    .add_used(&p.mem, head, len)
+                    .unwrap();
+            }
+        }
+        p.queue_interrupt(0);
+        p.queue_interrupt(1);
+        assert_eq!((p.irq_count(0x51), p.irq_count(0x52)), (1, 1));
+        let done = blk.poll_completions();
+        assert_eq!(done.len(), 10);
+        for c in done {
+            assert_eq!(c.result, Ok(513));
+            p.dma_free(c.buffer.unwrap());
+        }
+        assert_eq!((blk.completed_on(0), blk.completed_on(1)), (5, 5));
+        drop(blk);
+        assert!(p.dma_live.borrow().is_empty());
     }
 }

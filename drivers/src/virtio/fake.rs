@@ -11,7 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::vec::Vec;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 pub type Mem = GuestMemoryMmap<()>;
 
@@ -635,4 +635,74 @@ pub fn device_queue(size: u16, desc: u64, avail: u64, used: u64) -> Queue {
     q.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
     q.set_ready(true);
     q
+}
+
+/// Whether the driver wants an interrupt for what was just added to the used ring: event idx
+/// (virtio-queue's check), else the avail ring's NO_INTERRUPT flag, which virtio-queue does
+/// not look at.
+pub fn driver_wants_interrupt(q: &mut Queue, mem: &Mem) -> bool {
+    if q.event_idx_enabled() {
+        return q.needs_notification(mem).unwrap();
+    }
+    let flags: u16 = mem.read_obj(GuestAddress(q.avail_ring())).unwrap();
+    flags & super::queue::VIRTQ_AVAIL_F_NO_INTERRUPT == 0
+}
+
+/// Overwrite the used ring's `avail_event` (as a misbehaving device would).
+pub fn write_avail_event(q: &Queue, mem: &Mem, value: u16) {
+    let at = q.used_ring() + 4 + 8 * u64::from(q.size());
+    mem.write_obj(value, GuestAddress(at)).unwrap();
+}
+
+/// If the chain at `head` is an indirect descriptor, the number of entries of its table, after
+/// the device-side checks of §2.7.5.3.1 (the fake's own, beside virtio-queue's): the ring
+/// descriptor has neither NEXT nor WRITE, the table is a whole number of descriptors no longer
+/// than the queue and inside guest memory, no entry is itself indirect, and every `next`
+/// stays inside the table.
+pub fn indirect_entries(q: &Queue, mem: &Mem, head: u16) -> Option<usize> {
+    use super::queue::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+    let at = GuestAddress(q.desc_table() + 16 * u64::from(head));
+    let addr: u64 = mem.read_obj(at).unwrap();
+    let len: u32 = mem.read_obj(GuestAddress(at.0 + 8)).unwrap();
+    let flags: u16 = mem.read_obj(GuestAddress(at.0 + 12)).unwrap();
+    if flags & VIRTQ_DESC_F_INDIRECT == 0 {
+        return None;
+    }
+    assert_eq!(
+        flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE),
+        0,
+        "indirect ring descriptor with NEXT or WRITE"
+    );
+    assert!(
+        len > 0 && len.is_multiple_of(16),
+        "indirect table of {len} bytes is not whole descriptors"
+    );
+    let count = (len / 16) as usize;
+    assert!(
+        count <= usize::from(q.size()),
+        "indirect table longer than the queue"
+    );
+    assert!(
+        mem.check_range(GuestAddress(addr), len as usize),
+        "indirect table outside guest memory"
+    );
+    for i in 0..count as u64 {
+        let entry = addr + 16 * i;
+        let flags: u16 = mem.read_obj(GuestAddress(entry + 12)).unwrap();
+        let next: u16 = mem.read_obj(GuestAddress(entry + 14)).unwrap();
+        assert_eq!(flags & VIRTQ_DESC_F_INDIRECT, 0, "nested indirect table");
+        if flags & VIRTQ_DESC_F_NEXT != 0 {
+            assert!(
+                usize::from(next) < count,
+                "indirect next {next} outside the table"
+            );
+        } else {
+            assert_eq!(
+                i as usize + 1,
+                count,
+                "indirect chain ends before its table"
+            );
+        }
+    }
+    Some(count)
 }

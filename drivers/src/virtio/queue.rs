@@ -125,6 +125,9 @@ pub enum QueueError {
     /// The used index moved more than the queue size past the last one seen. The queue is
     /// marked broken.
     BadUsedIndex { last_seen: u16, idx: u16 },
+    /// An indirect table does not fit the space given for it (a driver bug, or a chain longer
+    /// than the queue, which §2.7.5.3.1 forbids).
+    IndirectTableTooSmall { needed: usize, len: usize },
     /// The queue was marked broken by an earlier device error.
     Broken,
 }
@@ -146,6 +149,9 @@ impl fmt::Display for QueueError {
             ),
             Self::BadUsedIndex { last_seen, idx } => {
                 write!(f, "device moved used idx from {last_seen} to {idx}")
+            }
+            Self::IndirectTableTooSmall { needed, len } => {
+                write!(f, "indirect table of {needed} bytes does not fit in {len}")
             }
             Self::Broken => write!(f, "virtqueue is broken"),
         }
@@ -203,6 +209,9 @@ pub struct VirtQueue<'p, P: Platform + ?Sized> {
     /// Next used index we expect to consume.
     last_used: u16,
     event_idx: bool,
+    /// Whether the driver wants used-buffer interrupts ([`Self::set_interrupts`]); with event
+    /// idx, `pop_used` moves `used_event` along only while this holds.
+    interrupts: bool,
     broken: bool,
 }
 
@@ -250,6 +259,7 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
             kicked_idx: 0,
             last_used: 0,
             event_idx: false,
+            interrupts: true,
             broken: false,
         })
     }
@@ -310,6 +320,7 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
 
     /// Ask the device to (not) interrupt on used buffers. A hint only.
     pub fn set_interrupts(&mut self, enabled: bool) {
+        self.interrupts = enabled;
         if self.event_idx {
             // used_event: interrupt when the device passes the entry we expect next.
             let value = if enabled {
@@ -381,6 +392,77 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
         Ok(head)
     }
 
+    /// Post a chain through an indirect table (§2.7.5.3, VIRTIO_F_INDIRECT_DESC negotiated):
+    /// the `out` then `inb` buffers are written as a table into `table` at `offset`, and one
+    /// ring descriptor points at it. The caller keeps `table` alive and untouched until the
+    /// chain comes back from [`Self::pop_used`]; no memory is allocated here.
+    pub fn add_indirect(
+        &mut self,
+        table: &DmaBuffer,
+        offset: usize,
+        out: &[(u64, u32)],
+        inb: &[(u64, u32)],
+        token: u64,
+    ) -> Result<u16, QueueError> {
+        if self.broken {
+            return Err(QueueError::Broken);
+        }
+        let total = out.len() + inb.len();
+        if total == 0 {
+            return Err(QueueError::EmptyChain);
+        }
+        let size = size_of::<Descriptor>();
+        let bytes = size * total;
+        let fits = offset
+            .checked_add(bytes)
+            .is_some_and(|end| end <= table.len());
+        if !fits || total > usize::from(self.size) {
+            return Err(QueueError::IndirectTableTooSmall {
+                needed: bytes,
+                len: table.len().saturating_sub(offset),
+            });
+        }
+        if self.num_free == 0 {
+            return Err(QueueError::QueueFull { needed: 1, free: 0 });
+        }
+        let mut writable = 0u64;
+        let buffers = out
+            .iter()
+            .map(|b| (b, 0))
+            .chain(inb.iter().map(|b| (b, VIRTQ_DESC_F_WRITE)));
+        for (i, (&(addr, len), dir)) in buffers.enumerate() {
+            let last = i + 1 == total;
+            if dir != 0 {
+                writable += u64::from(len);
+            }
+            let desc = Descriptor {
+                addr: U64::new(addr),
+                len: U32::new(len),
+                flags: U16::new(dir | if last { 0 } else { VIRTQ_DESC_F_NEXT }),
+                next: U16::new(if last { 0 } else { i as u16 + 1 }),
+            };
+            // SAFETY: offset + size * total <= table.len (checked above), so entry i lies
+            // inside the caller's DMA buffer; `Descriptor` has alignment 1. Volatile: the
+            // device reads the table once the ring entry that points at it is published.
+            unsafe {
+                let p = table.as_mut_ptr().add(offset + size * i);
+                ptr::write_volatile(p.cast::<Descriptor>(), desc);
+            }
+        }
+        let head = self.free_head;
+        let table_phys = table.phys() + offset as u64;
+        self.write_desc(head, table_phys, bytes as u32, VIRTQ_DESC_F_INDIRECT, 0);
+        self.free_head = self.next[usize::from(head)];
+        self.num_free -= 1;
+        self.in_flight[usize::from(head)] = Some(InFlight {
+            token,
+            count: 1,
+            writable,
+        });
+        self.publish(head);
+        Ok(head)
+    }
+
     /// Post descriptors exactly as given (addr, len, flags, next) into free slots, the first
     /// being the head. For tests of a device's validation (descriptor loops, addresses outside
     /// RAM, huge lengths, wrong directions): the driver does not check anything.
@@ -445,6 +527,11 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
         Ok(head)
     }
 
+    /// Whether chains were published since the last [`Self::kick_needed`].
+    pub fn unchecked_publications(&self) -> bool {
+        self.avail_idx != self.kicked_idx
+    }
+
     /// Whether the device wants a notification for what was published since the last call.
     pub fn kick_needed(&mut self) -> bool {
         // The avail idx store must be visible before we read the device's suppression state.
@@ -457,6 +544,12 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
         }
         if self.event_idx {
             let event = self.read16(Area::Used, self.avail_event_offset());
+            // A device can only ask about entries it has not consumed yet, so an avail_event
+            // past what we published is garbage: kick rather than trust it.
+            let ahead = event.wrapping_sub(new);
+            if ahead != 0 && ahead < 0x8000 {
+                return true;
+            }
             // vring_need_event: notify if `event` lies in the half-open range [old, new).
             new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
         } else {
@@ -494,7 +587,7 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
         let elem = self.read_used_elem(slot);
         let (id, len) = (elem.id.get(), elem.len.get());
         self.last_used = self.last_used.wrapping_add(1);
-        if self.event_idx {
+        if self.event_idx && self.interrupts {
             self.write16(Area::Avail, self.used_event_offset(), self.last_used);
         }
         let Some(entry) = usize::try_from(id)
