@@ -432,3 +432,101 @@ fn bad_ide_index_arguments() {
         }
     }
 }
+
+/// The virtio-blk integrity tests (every sector, the ends, the written region, QD32, the
+/// interrupt modes, hostile chains) with the guest's `blk_features=` set to `features` (`all`
+/// or `none`) on a virtio disk with `disk_options`. The guest's features line says what it
+/// negotiated and what the device offered: the device must offer at least `must_offer`, and
+/// `all` must use every fast-path feature offered (`mq` with `want_queues` queues, when given),
+/// `none` none of them, so a feature that silently went unused fails here. Returns the output.
+fn blk_features_on(
+    sub: &str,
+    features: &str,
+    disk_options: &str,
+    must_offer: &[&str],
+    want_queues: Option<u16>,
+) -> String {
+    let dir = TempDir::new(&format!("feat-{features}-{sub}"));
+    let img = dir.0.join("virtio.img");
+    let (seed, wseed) = (0x5eed_0016u64, 0x0077_0016u64);
+    make_image(&img, seed);
+    let strict = if sub == "run" { " strict_dma=1" } else { "" };
+    let o = harness()
+        .args([sub, "--kernel", KERNEL, "--timeout", "300"])
+        .arg("--cmdline")
+        .arg(format!(
+            "tests=virtio_blk_integrity,virtio_blk_qd32,virtio_blk_interrupt_modes,\
+             virtio_blk_hostile_chains disk_seed={seed} write_seed={wseed}{strict} \
+             blk_features={features}"
+        ))
+        .arg("--disk")
+        .arg(format!("virtio:{}{disk_options}", img.display()))
+        .output()
+        .unwrap();
+    let t = text(&o);
+    let what = format!("{sub} blk_features={features}{disk_options}");
+    assert_eq!(o.status.code(), Some(0), "{what}: {t}");
+    for name in [
+        "virtio_blk_integrity",
+        "virtio_blk_qd32",
+        "virtio_blk_interrupt_modes",
+        "virtio_blk_hostile_chains",
+    ] {
+        assert!(passed(&t, name), "{what}: {name} not run or skipped:\n{t}");
+    }
+    let line = t
+        .lines()
+        .find_map(|l| l.split_once("# virtio-blk features: ").map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("{what}: no features line:\n{t}"));
+    let (negotiated, offered) = line
+        .split_once("; offered: ")
+        .unwrap_or_else(|| panic!("{what}: malformed features line {line:?}"));
+    let negotiated: Vec<&str> = negotiated.split_whitespace().collect();
+    let offered: Vec<&str> = offered.split_whitespace().collect();
+    for f in must_offer {
+        assert!(
+            offered.contains(f),
+            "{what}: the device does not offer {f}: {line:?}"
+        );
+    }
+    match features {
+        "none" => assert_eq!(negotiated, ["none"], "{what}: {line:?}"),
+        _ => {
+            let used: Vec<&str> = negotiated
+                .iter()
+                .map(|w| if w.starts_with("mq=") { "mq" } else { w })
+                .collect();
+            assert_eq!(
+                used, offered,
+                "{what}: an offered feature went unused: {line:?}"
+            );
+            if let Some(n) = want_queues {
+                assert!(
+                    negotiated.contains(&format!("mq={n}").as_str()),
+                    "{what}: not {n} queues: {line:?}"
+                );
+            }
+        }
+    }
+    let start = SECTORS / 2;
+    verify_image(&img, seed, wseed, start..start + WRITE_REGION).unwrap();
+    t
+}
+
+/// Our device offers EVENT_IDX (and, as they land, INDIRECT_DESC and MQ): all on, then off.
+#[test]
+fn blk_features_all_and_none_under_the_harness() {
+    if have_kvm("blk_features_all_and_none_under_the_harness") {
+        blk_features_on("run", "all", "", &["event_idx"], None);
+        blk_features_on("run", "none", "", &["event_idx"], None);
+    }
+}
+
+/// QEMU's virtio-blk-pci offers EVENT_IDX and INDIRECT_DESC by default: all on, then off.
+#[test]
+fn blk_features_all_and_none_under_qemu() {
+    if have_qemu("blk_features_all_and_none_under_qemu") {
+        blk_features_on("qemu", "all", "", &["event_idx", "indirect"], None);
+        blk_features_on("qemu", "none", "", &["event_idx", "indirect"], None);
+    }
+}

@@ -368,8 +368,14 @@ fn virtio_rows() -> Result<(), alloc::string::String> {
         } else {
             InterruptMode::Polled
         };
-        let mut blk = VirtioBlk::new(&PLATFORM, f, mode, virtio_blk::QUEUE_SIZE)
+        let wanted = virtio_blk::wanted_features()?;
+        let mut blk = VirtioBlk::with_features(&PLATFORM, f, mode, virtio_blk::QUEUE_SIZE, wanted)
             .map_err(|e| alloc::format!("virtio-blk init: {}", e))?;
+        println!(
+            "# blk: {} virtio-blk features: {}",
+            path,
+            virtio_blk::fast_path_summary(&blk)
+        );
         let before = PLATFORM.interrupt_count(vectors::VIRTIO_QUEUE);
         for w in Workload::ALL {
             run_virtio(&mut blk, path, w, 1, interrupts)?;

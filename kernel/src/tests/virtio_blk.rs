@@ -11,7 +11,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 use drivers::pci::PciFunction;
 use drivers::platform::Platform;
-use drivers::virtio::blk::{BlkError, VirtioBlk};
+use drivers::virtio::blk::{BlkError, VirtioBlk, DRIVER_FEATURES, FAST_PATH_FEATURES};
+use drivers::virtio::feature;
 use drivers::virtio::pci::{
     device_type, msix_table_size, virtio_device_type, InterruptMode, InterruptPlan,
 };
@@ -49,6 +50,82 @@ pub fn plan(f: &PciFunction) -> InterruptPlan {
     // A config read that fails reads as "no MSI-X": INTx or polling still work.
     let table = msix_table_size(&PLATFORM, f).unwrap_or(None);
     InterruptPlan::choose(f, table, 2, ioapic::pins())
+}
+
+/// The features to ask for, from `blk_features=` on the command line: `all` (or absent) is
+/// everything the driver knows; `none` masks the fast-path ones (event idx, indirect
+/// descriptors, multiqueue); a comma list such as `event_idx,mq` keeps only those.
+pub fn wanted_features() -> Result<u64, alloc::string::String> {
+    let Some(value) = crate::bootinfo::get().arg("blk_features") else {
+        return Ok(DRIVER_FEATURES);
+    };
+    let base = DRIVER_FEATURES & !FAST_PATH_FEATURES;
+    match value {
+        "all" => return Ok(DRIVER_FEATURES),
+        "none" => return Ok(base),
+        _ => {}
+    }
+    value.split(',').try_fold(base, |wanted, name| {
+        let bit = match name {
+            "event_idx" => feature::RING_EVENT_IDX,
+            "indirect" => feature::RING_INDIRECT_DESC,
+            "mq" => drivers::virtio::blk::blk_feature::MQ,
+            other => return Err(alloc::format!("blk_features: unknown feature {:?}", other)),
+        };
+        Ok(wanted | bit)
+    })
+}
+
+/// Names of the fast-path features in `bits`; `mq` with the number of queues in use when
+/// `queues` is given.
+fn fast_path_names(bits: u64, queues: Option<usize>) -> alloc::string::String {
+    let mut words: Vec<alloc::string::String> = Vec::new();
+    if bits & feature::RING_EVENT_IDX != 0 {
+        words.push("event_idx".into());
+    }
+    if bits & feature::RING_INDIRECT_DESC != 0 {
+        words.push("indirect".into());
+    }
+    if bits & drivers::virtio::blk::blk_feature::MQ != 0 {
+        words.push(match queues {
+            Some(n) => alloc::format!("mq={}", n),
+            None => "mq".into(),
+        });
+    }
+    if words.is_empty() {
+        words.push("none".into());
+    }
+    words.join(" ")
+}
+
+/// The fast-path features `blk` negotiated and those its device offered, as the host tests
+/// read them: `event_idx indirect mq=2; offered: event_idx indirect mq`.
+pub fn fast_path_summary(blk: &VirtioBlk<'static, KernelPlatform>) -> alloc::string::String {
+    alloc::format!(
+        "{}; offered: {}",
+        fast_path_names(blk.features(), Some(blk.num_queues())),
+        fast_path_names(blk.transport().device_features(), None)
+    )
+}
+
+/// Completions per request queue, `a b ...`, failing when a queue carried none (with MQ, every
+/// queue must have been used).
+fn per_queue(
+    blk: &VirtioBlk<'static, KernelPlatform>,
+) -> Result<alloc::string::String, alloc::string::String> {
+    let counts: Vec<u64> = (0..blk.num_queues()).map(|q| blk.completed_on(q)).collect();
+    if let Some(idle) = counts.iter().position(|&c| c == 0) {
+        return Err(alloc::format!(
+            "queue {} of {} completed nothing",
+            idle,
+            counts.len()
+        ));
+    }
+    Ok(counts
+        .iter()
+        .map(|c| alloc::format!("{}", c))
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 /// Devices whose interrupt plan has been logged (once each).
@@ -101,7 +178,13 @@ macro_rules! open {
         )
     };
     ($f:expr, $mode:expr) => {
-        match VirtioBlk::new(&PLATFORM, $f, $mode, QUEUE_SIZE) {
+        match VirtioBlk::with_features(
+            &PLATFORM,
+            $f,
+            $mode,
+            QUEUE_SIZE,
+            try_or_fail!(wanted_features(), "virtio-blk"),
+        ) {
             Ok(b) => b,
             Err(e) => fail!("virtio-blk {}: init: {}", $f.address, e),
         }
@@ -150,6 +233,7 @@ pub fn integrity() -> Outcome {
         cap,
         blk.features()
     );
+    println!("# virtio-blk features: {}", fast_path_summary(&blk));
     check!(
         cap > pattern::WRITE_REGION_SECTORS * 2,
         "disk of {} sectors is too small",
@@ -210,6 +294,8 @@ pub fn integrity() -> Outcome {
         "# virtio-blk id {:?}",
         core::str::from_utf8(&id[..len]).unwrap_or("?")
     );
+    let spread = try_or_fail!(per_queue(&blk), "integrity");
+    println!("# virtio-blk integrity: completions per queue: {}", spread);
     Outcome::Pass
 }
 
@@ -314,7 +400,12 @@ pub fn queue_depth_32() -> Outcome {
     let cap = blk.capacity();
     let mut rng = disk::Rng(seed ^ 0x32);
     let mut pending = Vec::new();
-    for _ in 0..32 {
+    // One batch, one notify; with MQ one batch per queue (the driver takes them in turn).
+    let batch = 32 / blk.num_queues();
+    for i in 0..32 {
+        if i > 0 && i % batch == 0 {
+            blk.notify();
+        }
         // Below the region other tests write, so the original pattern is there.
         let lba = rng.below(pattern::write_region_start(cap) - 8);
         let b = try_or_fail!(PLATFORM.dma_alloc(4096, 4096), "dma");
@@ -352,6 +443,12 @@ pub fn queue_depth_32() -> Outcome {
         PLATFORM.wait_for_interrupt(epoch);
     }
     check!(done == 32, "only {} of 32 requests completed", done);
+    let spread = try_or_fail!(per_queue(&blk), "qd32");
+    println!(
+        "# virtio-blk qd32: {}, completions per queue: {}",
+        fast_path_summary(&blk),
+        spread
+    );
     Outcome::Pass
 }
 
