@@ -1,7 +1,7 @@
 //! Boot the same image under QEMU: same streaming, KTAP summary and exit codes, and QEMU's
 //! own KVM counters through QMP `query-stats`.
 
-use crate::backends::disk::{DiskKind, DiskSpec};
+use crate::backends::disk::{DiskCache, DiskKind, DiskSpec};
 use crate::backends::net::spec::{BackendSpec, NetSpec, NicModel};
 use crate::devices::lock;
 use crate::devices::serial::MAX_LINE;
@@ -218,7 +218,8 @@ pub fn build_args(
                 } else {
                     String::new()
                 };
-                let aio = if cfg.virtio_cache_none {
+                // The disk's own `cache=none` is QEMU's too: O_DIRECT through io_uring.
+                let aio = if cfg.virtio_cache_none || d.cache == DiskCache::None {
                     "cache=none,aio=io_uring"
                 } else {
                     "aio=threads"
@@ -907,6 +908,28 @@ mod tests {
         );
         assert!(
             a.contains("-drive file=/c.img,format=raw,if=ide,index=0,aio=threads"),
+            "{a}"
+        );
+    }
+
+    /// `--disk virtio:PATH,cache=none` asks QEMU for the same: that drive alone.
+    #[test]
+    fn a_disks_cache_none_is_qemus_cache_none_with_io_uring() {
+        let a = build_args(
+            &config(&["virtio:/a.img,cache=none", "virtio:/b.img,cache=writeback"]),
+            "tcg",
+            "max",
+            Path::new("/q"),
+            None,
+        )
+        .unwrap()
+        .join(" ");
+        assert!(
+            a.contains("-drive file=/a.img,format=raw,if=none,id=disk0,cache=none,aio=io_uring "),
+            "{a}"
+        );
+        assert!(
+            a.contains("-drive file=/b.img,format=raw,if=none,id=disk1,aio=threads "),
             "{a}"
         );
     }
