@@ -43,7 +43,7 @@ impl BlkConfig {
             size_max: SIZE_MAX.to_le(),
             seg_max: SEG_MAX.to_le(),
             blk_size: (SECTOR_SIZE as u32).to_le(),
-            ..Default::default()
+            ..super::discard::config(capacity)
         })
     }
 
@@ -61,7 +61,8 @@ pub fn device_features(read_only: bool) -> u64 {
         | 1 << VIRTIO_BLK_F_FLUSH
         | 1 << VIRTIO_BLK_F_BLK_SIZE
         | 1 << VIRTIO_BLK_F_SEG_MAX
-        | 1 << VIRTIO_BLK_F_SIZE_MAX;
+        | 1 << VIRTIO_BLK_F_SIZE_MAX
+        | super::discard::FEATURES;
     if read_only {
         f |= 1 << VIRTIO_BLK_F_RO;
     }

@@ -102,6 +102,9 @@ pub fn execute(
             }
             (OK, (ID_LEN.min(total(&req.data_in) as usize)) as u32)
         }
+        RequestType::Discard | RequestType::WriteZeroes => {
+            (super::discard::execute(req, mem, disk), 0)
+        }
         RequestType::Unsupported(_) => (UNSUPP, 0),
     }
 }

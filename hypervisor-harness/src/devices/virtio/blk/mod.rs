@@ -14,6 +14,7 @@
 
 mod async_exec;
 mod config;
+mod discard;
 mod execute;
 mod request;
 #[cfg(test)]

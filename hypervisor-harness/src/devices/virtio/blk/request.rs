@@ -4,7 +4,8 @@
 use super::config::HEADER_LEN;
 use crate::devices::virtio::Memory;
 use virtio_bindings::virtio_blk::{
-    virtio_blk_outhdr, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    virtio_blk_outhdr, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
+    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
@@ -41,6 +42,8 @@ pub enum RequestType {
     Out,
     Flush,
     GetId,
+    Discard,
+    WriteZeroes,
     Unsupported(u32),
 }
 
@@ -51,6 +54,8 @@ impl RequestType {
             VIRTIO_BLK_T_OUT => Self::Out,
             VIRTIO_BLK_T_FLUSH => Self::Flush,
             VIRTIO_BLK_T_GET_ID => Self::GetId,
+            VIRTIO_BLK_T_DISCARD => Self::Discard,
+            VIRTIO_BLK_T_WRITE_ZEROES => Self::WriteZeroes,
             other => Self::Unsupported(other),
         }
     }

@@ -178,7 +178,8 @@ fn errors_get_ioerr_or_unsupp() {
             false,
             VIRTIO_BLK_S_IOERR as u8,
         ),
-        // Unknown types (discard, write zeroes, 0x1234).
+        // A discard of 32 segments, more than max_discard_seg (QEMU's answer too); an
+        // unknown type.
         (11, 0, 512, false, VIRTIO_BLK_S_UNSUPP as u8),
         (0x1234, 0, 512, false, VIRTIO_BLK_S_UNSUPP as u8),
     ];
