@@ -156,8 +156,10 @@ const META_STATUS: usize = offset_of!(MetaSlot, status);
 const MAX_SYNC_CHUNK: usize = 64 * 1024;
 /// Tokens at or above this belong to raw chains ([`VirtioBlk::submit_raw`]).
 const RAW_TOKEN_BASE: u64 = 1 << 48;
-/// Descriptors of one request's indirect table: header, data, status.
-const INDIRECT_DESCS: usize = 3;
+/// Data buffers of one request at most ([`VirtioBlk::submit_read_segments`]).
+pub const MAX_SEGMENTS: usize = 16;
+/// Descriptors of one request's indirect table: header, data segments, status.
+const INDIRECT_DESCS: usize = MAX_SEGMENTS + 2;
 /// Bytes of one slot's indirect table.
 const INDIRECT_TABLE: usize = INDIRECT_DESCS * size_of::<super::queue::Descriptor>();
 /// A kick the device's event index suppressed is sent anyway after this long without a
@@ -188,7 +190,8 @@ pub enum BlkError {
     ReadOnly,
     /// The feature a request needs was not negotiated; not submitted.
     NotNegotiated(u64),
-    /// More discard or write-zeroes segments than the device takes (or none); not submitted.
+    /// More data, discard or write-zeroes segments than the device (or the driver, for data:
+    /// [`MAX_SEGMENTS`]) takes, or none; not submitted.
     TooManySegments {
         segments: usize,
         max: u32,
@@ -258,11 +261,13 @@ pub use discard::{DiscardLimits, DiscardSegment};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId(pub u64);
 
-/// A submission that was refused; the caller gets its buffer back.
+/// A submission that was refused; the caller gets its buffer (or segments) back.
 #[derive(Debug)]
 pub struct SubmitError {
     pub error: BlkError,
     pub buffer: Option<DmaBuffer>,
+    /// The segments of a refused segmented request, in order (empty otherwise).
+    pub segments: Vec<DmaBuffer>,
 }
 
 /// A finished request.
@@ -274,12 +279,16 @@ pub struct Completion {
     /// The data buffer given at submission (for GET_ID, a 20-byte buffer holding the ID).
     /// The caller owns it again and must `dma_free` it eventually.
     pub buffer: Option<DmaBuffer>,
+    /// The data buffers of a segmented request, in order (empty otherwise); the caller owns
+    /// them again.
+    pub segments: Vec<DmaBuffer>,
 }
 
 #[derive(Debug)]
 struct Slot {
     id: u64,
     buffer: Option<DmaBuffer>,
+    segments: Vec<DmaBuffer>,
     /// Bytes the device must report written for a successful read (data + status byte); 0 for
     /// requests whose data it does not fill.
     must_write: u32,
@@ -372,6 +381,7 @@ impl<'p, P: Platform + ?Sized> ReqQueue<'p, P> {
                     id: RequestId(token - RAW_TOKEN_BASE),
                     result: result.map_err(BlkError::Queue),
                     buffer: None,
+                    segments: Vec::new(),
                 });
                 continue;
             }
@@ -402,6 +412,7 @@ impl<'p, P: Platform + ?Sized> ReqQueue<'p, P> {
                 id: RequestId(slot.id),
                 result,
                 buffer: slot.buffer,
+                segments: slot.segments,
             });
         }
     }
@@ -416,8 +427,10 @@ impl<'p, P: Platform + ?Sized> ReqQueue<'p, P> {
             self.slots.clear();
             return;
         }
-        for b in self.slots.iter_mut().filter_map(|s| s.take()?.buffer) {
-            platform.dma_free(b);
+        for slot in self.slots.iter_mut().filter_map(Option::take) {
+            for b in slot.buffer.into_iter().chain(slot.segments) {
+                platform.dma_free(b);
+            }
         }
         for b in [self.meta.take(), self.tables.take()].into_iter().flatten() {
             platform.dma_free(b);
@@ -670,6 +683,7 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
             Err(error) => Err(SubmitError {
                 error,
                 buffer: Some(buffer),
+                segments: Vec::new(),
             }),
         }
     }
@@ -697,6 +711,7 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
             .map_err(|e| SubmitError {
                 error: e.into(),
                 buffer: None,
+                segments: Vec::new(),
             })?;
         self.submit(req_type::GET_ID, 0, Some(buffer), true)
     }
@@ -733,30 +748,110 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
         buffer: Option<DmaBuffer>,
         device_writes: bool,
     ) -> Result<RequestId, SubmitError> {
+        self.submit_chain(kind, sector, buffer, Vec::new(), device_writes)
+    }
+
+    /// Read into `segments` in order, one request from `sector` (header, every segment,
+    /// status): through one indirect table when negotiated. Each segment a multiple of 512
+    /// bytes and at most size_max; at most [`MAX_SEGMENTS`] and seg_max of them. The
+    /// completion gives the segments back in `Completion::segments`.
+    pub fn submit_read_segments(
+        &mut self,
+        sector: u64,
+        segments: Vec<DmaBuffer>,
+    ) -> Result<RequestId, SubmitError> {
+        self.submit_segments_checked(req_type::IN, sector, segments)
+    }
+
+    /// Write `segments` in order, one request at `sector` (see
+    /// [`Self::submit_read_segments`]).
+    pub fn submit_write_segments(
+        &mut self,
+        sector: u64,
+        segments: Vec<DmaBuffer>,
+    ) -> Result<RequestId, SubmitError> {
+        self.submit_segments_checked(req_type::OUT, sector, segments)
+    }
+
+    fn submit_segments_checked(
+        &mut self,
+        kind: u32,
+        sector: u64,
+        segments: Vec<DmaBuffer>,
+    ) -> Result<RequestId, SubmitError> {
+        let device_writes = kind == req_type::IN;
+        let limit = self
+            .seg_max
+            .map_or(MAX_SEGMENTS, |m| (m as usize).min(MAX_SEGMENTS));
+        let checked = (|| {
+            if !device_writes && self.read_only() {
+                return Err(BlkError::ReadOnly);
+            }
+            if segments.is_empty() || segments.len() > limit {
+                return Err(BlkError::TooManySegments {
+                    segments: segments.len(),
+                    max: limit as u32,
+                });
+            }
+            let mut sectors = 0u64;
+            for b in &segments {
+                sectors += self.check_data(b.len())?;
+            }
+            if sectors * SECTOR_SIZE as u64 > u64::from(u32::MAX) {
+                return Err(BlkError::BadLength((sectors as usize) * SECTOR_SIZE));
+            }
+            self.check_range(sector, sectors)
+        })();
+        match checked {
+            Ok(()) => self.submit_chain(kind, sector, None, segments, device_writes),
+            Err(error) => Err(SubmitError {
+                error,
+                buffer: None,
+                segments,
+            }),
+        }
+    }
+
+    /// Post one request: header, the data (`buffer`, or `segments` in order; device-writable
+    /// if `device_writes`), status. Through the slot's indirect table when negotiated.
+    fn submit_chain(
+        &mut self,
+        kind: u32,
+        sector: u64,
+        buffer: Option<DmaBuffer>,
+        segments: Vec<DmaBuffer>,
+        device_writes: bool,
+    ) -> Result<RequestId, SubmitError> {
+        let refuse = |error, buffer, segments| {
+            Err(SubmitError {
+                error,
+                buffer,
+                segments,
+            })
+        };
         let q = &mut self.queues[self.submit_queue];
         if q.vq.is_broken() {
-            return Err(SubmitError {
-                error: BlkError::Queue(QueueError::Broken),
-                buffer,
-            });
+            return refuse(BlkError::Queue(QueueError::Broken), buffer, segments);
+        }
+        let data_count = usize::from(buffer.is_some()) + segments.len();
+        if data_count > MAX_SEGMENTS {
+            let error = BlkError::TooManySegments {
+                segments: data_count,
+                max: MAX_SEGMENTS as u32,
+            };
+            return refuse(error, buffer, segments);
         }
         let needed = if q.tables.is_some() {
             1
         } else {
-            2 + usize::from(buffer.is_some())
+            2 + data_count
         };
         let Some(slot) = q.free_slots.pop() else {
-            return Err(SubmitError {
-                error: BlkError::QueueFull,
-                buffer,
-            });
+            return refuse(BlkError::QueueFull, buffer, segments);
         };
         if usize::from(q.vq.num_free()) < needed {
             q.free_slots.push(slot);
-            return Err(SubmitError {
-                error: BlkError::QueueFull,
-                buffer,
-            });
+            return refuse(BlkError::QueueFull, buffer, segments);
         }
         let meta = q.meta.as_ref().expect("meta present until drop");
         let base = META_SLOT * usize::from(slot);
@@ -775,13 +870,17 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
         }
         let header = (meta.phys() + base as u64, size_of::<RequestHeader>() as u32);
         let status = (meta.phys() + (base + META_STATUS) as u64, 1u32);
-        let data = buffer.as_ref().map(|b| (b.phys(), b.len() as u32));
-        // Header, then data (either direction), then status: no allocation per request.
-        let (chain, out_len, len) = match (data, device_writes) {
-            (Some(d), true) => ([header, d, status], 1, 3),
-            (Some(d), false) => ([header, d, status], 2, 3),
-            (None, _) => ([header, status, status], 1, 2),
-        };
+        // Header, data (either direction), status, in an array: no allocation per request.
+        let mut chain = [(0u64, 0u32); INDIRECT_DESCS];
+        chain[0] = header;
+        let mut data_len = 0u32;
+        for (i, b) in buffer.iter().chain(&segments).enumerate() {
+            chain[1 + i] = (b.phys(), b.len() as u32);
+            data_len = data_len.saturating_add(b.len() as u32);
+        }
+        chain[1 + data_count] = status;
+        let len = 2 + data_count;
+        let out_len = if device_writes { 1 } else { 1 + data_count };
         let (out, inb) = chain[..len].split_at(out_len);
         let added = match &q.tables {
             Some(tables) => q.vq.add_indirect(
@@ -795,20 +894,19 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
         };
         if let Err(e) = added {
             q.free_slots.push(slot);
-            return Err(SubmitError {
-                error: e.into(),
-                buffer,
-            });
+            return refuse(e.into(), buffer, segments);
         }
         let id = self.next_id;
         self.next_id += 1;
-        let must_write = match (kind, data) {
-            (req_type::IN, Some((_, len))) => len + 1,
-            _ => 0,
+        let must_write = if kind == req_type::IN && data_count > 0 {
+            data_len + 1
+        } else {
+            0
         };
         q.slots[usize::from(slot)] = Some(Slot {
             id,
             buffer,
+            segments,
             must_write,
         });
         Ok(RequestId(id))
@@ -888,6 +986,7 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
                         id: RequestId(slot.id),
                         result: Err(BlkError::Aborted),
                         buffer: slot.buffer,
+                        segments: slot.segments,
                     });
                 }
             }
@@ -941,8 +1040,12 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
     fn run(&mut self, submitted: Result<RequestId, SubmitError>) -> Result<Completion, BlkError> {
         let id = match submitted {
             Ok(id) => id,
-            Err(SubmitError { error, buffer }) => {
-                if let Some(b) = buffer {
+            Err(SubmitError {
+                error,
+                buffer,
+                segments,
+            }) => {
+                for b in buffer.into_iter().chain(segments) {
                     self.platform.dma_free(b);
                 }
                 return Err(error);
@@ -1033,8 +1136,10 @@ impl<P: Platform + ?Sized> Drop for VirtioBlk<'_, P> {
         // the memory rather than let it DMA into freed pages.
         let leak = self.transport.reset().is_err();
         if !leak {
-            for b in self.ready.drain(..).filter_map(|c| c.buffer) {
-                self.platform.dma_free(b);
+            for c in self.ready.drain(..) {
+                for b in c.buffer.into_iter().chain(c.segments) {
+                    self.platform.dma_free(b);
+                }
             }
         }
         for q in &mut self.queues {
@@ -1795,5 +1900,131 @@ mod tests {
         assert_eq!((blk.completed_on(0), blk.completed_on(1)), (5, 5));
         drop(blk);
         assert!(p.dma_live.borrow().is_empty());
+    }
+
+    /// Header, N data segments and status in one request, read and written, indirect (one
+    /// ring slot, a table of N + 2 the device checks) and direct (N + 2 slots); the segments
+    /// come back in order with the completion.
+    #[test]
+    fn segmented_requests_indirect_and_direct() {
+        for features in [ALL, ALL | INDIRECT] {
+            let (p, st) = setup(features);
+            let mut blk = open(&p, InterruptMode::Polled);
+            let lens = [512usize, 1024, 2048, 512];
+            let segs: Vec<DmaBuffer> = lens.iter().map(|&l| p.dma_alloc(l, 8).unwrap()).collect();
+            let id = blk.submit_read_segments(3, segs).unwrap();
+            let want_free = if features & INDIRECT != 0 { 31 } else { 26 };
+            assert_eq!(blk.queue().num_free(), want_free, "{features:#x}");
+            blk.notify();
+            let c = blk.wait_for(id).unwrap();
+            assert_eq!(c.result, Ok(4097));
+            assert!(c.buffer.is_none());
+            let mut off = 3 * 512;
+            for (b, &l) in c.segments.iter().zip(&lens) {
+                assert_eq!(b.as_slice(), &st.borrow().disk[off..off + l]);
+                off += l;
+            }
+            assert_eq!(c.segments.len(), 4);
+            // Write back a pattern through 3 segments, read it through the sync API.
+            let mut segs = c.segments;
+            p.dma_free(segs.pop().unwrap());
+            for (i, b) in segs.iter_mut().enumerate() {
+                b.as_mut_slice().fill(0xA0 + i as u8);
+            }
+            let id = blk.submit_write_segments(40, segs).unwrap();
+            blk.notify();
+            let c = blk.wait_for(id).unwrap();
+            assert_eq!(c.result, Ok(1));
+            let mut back = vec![0u8; 3584];
+            blk.read(40, &mut back).unwrap();
+            assert!(back[..512].iter().all(|&b| b == 0xA0));
+            assert!(back[512..1536].iter().all(|&b| b == 0xA1));
+            assert!(back[1536..].iter().all(|&b| b == 0xA2));
+            for b in c.segments {
+                p.dma_free(b);
+            }
+            let indirect = st.borrow().indirect_chains;
+            assert_eq!(indirect, if features & INDIRECT != 0 { 3 } else { 0 });
+            assert_eq!(
+                p.dma_live.borrow().len(),
+                4 + usize::from(features & INDIRECT != 0)
+            );
+        }
+    }
+
+    /// Segmented requests the driver refuses, each handing every segment back: none, more
+    /// than seg_max (8 here), one of a bad length or above size_max, past the end, a write
+    /// on a read-only disk. Nothing reaches the device; a request in flight at drop is freed.
+    #[test]
+    fn segmented_requests_checked_before_submitting() {
+        let (p, st) = setup(ALL | INDIRECT);
+        let mut blk = open(&p, InterruptMode::Polled);
+        let segs = |lens: &[usize]| -> Vec<DmaBuffer> {
+            lens.iter().map(|&l| p.dma_alloc(l, 8).unwrap()).collect()
+        };
+        let cases: [(Vec<usize>, u64, BlkError); 5] = [
+            (
+                vec![],
+                0,
+                BlkError::TooManySegments {
+                    segments: 0,
+                    max: 8,
+                },
+            ),
+            (
+                vec![512; 9],
+                0,
+                BlkError::TooManySegments {
+                    segments: 9,
+                    max: 8,
+                },
+            ),
+            (vec![512, 100], 0, BlkError::BadLength(100)),
+            (
+                vec![512, 8192],
+                0,
+                BlkError::TooLarge {
+                    len: 8192,
+                    max: 4096,
+                },
+            ),
+            (
+                vec![512, 512],
+                SECTORS - 1,
+                BlkError::OutOfRange {
+                    sector: SECTORS - 1,
+                    sectors: 2,
+                    capacity: SECTORS,
+                },
+            ),
+        ];
+        for (lens, sector, error) in cases {
+            let e = blk.submit_read_segments(sector, segs(&lens)).unwrap_err();
+            assert_eq!(e.error, error);
+            assert_eq!(e.segments.len(), lens.len(), "segments handed back");
+            for b in e.segments {
+                p.dma_free(b);
+            }
+        }
+        assert!(
+            st.borrow().types_seen.is_empty(),
+            "nothing reached the device"
+        );
+        st.borrow_mut().defer = true;
+        blk.submit_write_segments(0, segs(&[512, 512])).unwrap();
+        blk.notify();
+        drop(blk);
+        assert!(
+            p.dma_live.borrow().is_empty(),
+            "in-flight segments freed at drop"
+        );
+
+        let (p, _) = setup(ALL | blk_feature::RO);
+        let mut blk = open(&p, InterruptMode::Polled);
+        let e = blk
+            .submit_write_segments(0, vec![p.dma_alloc(512, 8).unwrap()])
+            .unwrap_err();
+        assert_eq!((e.error, e.segments.len()), (BlkError::ReadOnly, 1));
+        p.dma_free(e.segments.into_iter().next().unwrap());
     }
 }

@@ -11,7 +11,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use drivers::pci::PciFunction;
 use drivers::platform::Platform;
-use drivers::virtio::blk::{BlkError, VirtioBlk, DRIVER_FEATURES, FAST_PATH_FEATURES};
+use drivers::virtio::blk::{blk_feature, BlkError, VirtioBlk, DRIVER_FEATURES};
 use drivers::virtio::feature;
 use drivers::virtio::pci::{
     device_type, msix_table_size, virtio_device_type, InterruptMode, InterruptPlan,
@@ -52,44 +52,50 @@ pub fn plan(f: &PciFunction) -> InterruptPlan {
     InterruptPlan::choose(f, table, 2, ioapic::pins())
 }
 
+/// The optional features `blk_features=` can mask, by the names the features line uses.
+const MASKABLE: [(&str, u64); 5] = [
+    ("event_idx", feature::RING_EVENT_IDX),
+    ("indirect", feature::RING_INDIRECT_DESC),
+    ("mq", blk_feature::MQ),
+    ("discard", blk_feature::DISCARD),
+    ("write_zeroes", blk_feature::WRITE_ZEROES),
+];
+
 /// The features to ask for, from `blk_features=` on the command line: `all` (or absent) is
-/// everything the driver knows; `none` masks the fast-path ones (event idx, indirect
-/// descriptors, multiqueue); a comma list such as `event_idx,mq` keeps only those.
+/// everything the driver knows; `none` masks the optional ones ([`MASKABLE`]: event idx,
+/// indirect descriptors, multiqueue, discard, write zeroes); a comma list such as
+/// `event_idx,mq` keeps only those.
 pub fn wanted_features() -> Result<u64, alloc::string::String> {
     let Some(value) = crate::bootinfo::get().arg("blk_features") else {
         return Ok(DRIVER_FEATURES);
     };
-    let base = DRIVER_FEATURES & !FAST_PATH_FEATURES;
+    let base = MASKABLE
+        .iter()
+        .fold(DRIVER_FEATURES, |bits, (_, bit)| bits & !bit);
     match value {
         "all" => return Ok(DRIVER_FEATURES),
         "none" => return Ok(base),
         _ => {}
     }
     value.split(',').try_fold(base, |wanted, name| {
-        let bit = match name {
-            "event_idx" => feature::RING_EVENT_IDX,
-            "indirect" => feature::RING_INDIRECT_DESC,
-            "mq" => drivers::virtio::blk::blk_feature::MQ,
-            other => return Err(alloc::format!("blk_features: unknown feature {:?}", other)),
-        };
-        Ok(wanted | bit)
+        match MASKABLE.iter().find(|(known, _)| *known == name) {
+            Some((_, bit)) => Ok(wanted | bit),
+            None => Err(alloc::format!("blk_features: unknown feature {:?}", name)),
+        }
     })
 }
 
-/// Names of the fast-path features in `bits`; `mq` with the number of queues in use when
-/// `queues` is given.
+/// Names of the optional features in `bits` (or `none`); `mq` with the number of queues in
+/// use when `queues` is given.
 fn fast_path_names(bits: u64, queues: Option<usize>) -> alloc::string::String {
     let mut words: Vec<alloc::string::String> = Vec::new();
-    if bits & feature::RING_EVENT_IDX != 0 {
-        words.push("event_idx".into());
-    }
-    if bits & feature::RING_INDIRECT_DESC != 0 {
-        words.push("indirect".into());
-    }
-    if bits & drivers::virtio::blk::blk_feature::MQ != 0 {
-        words.push(match queues {
-            Some(n) => alloc::format!("mq={}", n),
-            None => "mq".into(),
+    for (name, bit) in MASKABLE {
+        if bits & bit == 0 {
+            continue;
+        }
+        words.push(match (bit, queues) {
+            (blk_feature::MQ, Some(n)) => alloc::format!("mq={}", n),
+            _ => name.into(),
         });
     }
     if words.is_empty() {
@@ -191,6 +197,83 @@ macro_rules! open {
     };
 }
 
+/// Data segments of the multi-segment requests, and the bytes of each.
+const SEGMENTS: usize = 8;
+const SEGMENT: usize = 2048;
+
+/// Run one segmented request and wait for it; the segments come back.
+fn run_segments(
+    blk: &mut VirtioBlk<'static, KernelPlatform>,
+    submitted: Result<drivers::virtio::blk::RequestId, drivers::virtio::blk::SubmitError>,
+) -> Result<Vec<drivers::platform::DmaBuffer>, BlkError> {
+    let id = submitted.map_err(|e| {
+        for b in e.segments {
+            PLATFORM.dma_free(b);
+        }
+        e.error
+    })?;
+    blk.notify();
+    let c = blk.wait_for(id)?;
+    if let Err(e) = c.result {
+        for b in c.segments {
+            PLATFORM.dma_free(b);
+        }
+        return Err(e);
+    }
+    Ok(c.segments)
+}
+
+/// Read [`SEGMENTS`] × [`SEGMENT`] bytes from `sector` as one request.
+fn segmented_read(
+    blk: &mut VirtioBlk<'static, KernelPlatform>,
+    sector: u64,
+) -> Result<Vec<u8>, BlkError> {
+    let mut segments = Vec::with_capacity(SEGMENTS);
+    for _ in 0..SEGMENTS {
+        match PLATFORM.dma_alloc(SEGMENT, 512) {
+            Ok(b) => segments.push(b),
+            Err(e) => {
+                segments.into_iter().for_each(|b| PLATFORM.dma_free(b));
+                return Err(BlkError::Dma(e));
+            }
+        }
+    }
+    let submitted = blk.submit_read_segments(sector, segments);
+    let segments = run_segments(blk, submitted)?;
+    let mut out = Vec::with_capacity(SEGMENTS * SEGMENT);
+    for b in segments {
+        out.extend_from_slice(b.as_slice());
+        PLATFORM.dma_free(b);
+    }
+    Ok(out)
+}
+
+/// Write `data` ([`SEGMENTS`] × [`SEGMENT`] bytes) at `sector` as one request.
+fn segmented_write(
+    blk: &mut VirtioBlk<'static, KernelPlatform>,
+    sector: u64,
+    data: &[u8],
+) -> Result<(), BlkError> {
+    let mut segments = Vec::with_capacity(SEGMENTS);
+    for chunk in data.chunks(SEGMENT) {
+        match PLATFORM.dma_alloc(chunk.len(), 512) {
+            Ok(mut b) => {
+                b.as_mut_slice().copy_from_slice(chunk);
+                segments.push(b);
+            }
+            Err(e) => {
+                segments.into_iter().for_each(|b| PLATFORM.dma_free(b));
+                return Err(BlkError::Dma(e));
+            }
+        }
+    }
+    let submitted = blk.submit_write_segments(sector, segments);
+    for b in run_segments(blk, submitted)? {
+        PLATFORM.dma_free(b);
+    }
+    Ok(())
+}
+
 /// Send a one-sector read or write past the driver's own checks and return the device's answer
 /// (the outer error is the driver failing to get one).
 fn unchecked_sector(
@@ -287,6 +370,20 @@ pub fn integrity() -> Outcome {
         if let Some(bad) = pattern::first_mismatch(wseed, start, &data) {
             fail!("sector {} did not read back as written", bad);
         }
+        // The start of the region again, as one multi-segment write, the same pattern.
+        let part = &data[..SEGMENTS * SEGMENT];
+        try_or_fail!(segmented_write(&mut blk, start, part), "segmented write");
+        try_or_fail!(blk.flush(), "flush");
+        let back = try_or_fail!(segmented_read(&mut blk, start), "segmented read back");
+        if let Some(bad) = pattern::first_mismatch(wseed, start, &back) {
+            fail!("sector {} did not read back as written in segments", bad);
+        }
+    }
+    // One multi-segment read at the start of the disk (header, segments, status: one indirect
+    // table when negotiated).
+    let back = try_or_fail!(segmented_read(&mut blk, 0), "segmented read");
+    if let Some(bad) = disk::first_bad_sector(cap, 0, &back) {
+        fail!("sector {} read in segments does not hold the pattern", bad);
     }
     let id = try_or_fail!(blk.get_id(), "get_id");
     let len = id.iter().position(|&b| b == 0).unwrap_or(id.len());
