@@ -438,13 +438,15 @@ fn bad_ide_index_arguments() {
 /// or `none`) on a virtio disk with `disk_options`. The guest's features line says what it
 /// negotiated and what the device offered: the device must offer at least `must_offer`, and
 /// `all` must use every fast-path feature offered (`mq` with `want_queues` queues, when given),
-/// `none` none of them, so a feature that silently went unused fails here. Returns the output.
+/// `none` none of them, so a feature that silently went unused fails here. `extra_args` go to
+/// the harness. Returns the output.
 fn blk_features_on(
     sub: &str,
     features: &str,
     disk_options: &str,
     must_offer: &[&str],
     want_queues: Option<u16>,
+    extra_args: &[&str],
 ) -> String {
     let dir = TempDir::new(&format!("feat-{features}-{sub}"));
     let img = dir.0.join("virtio.img");
@@ -461,10 +463,11 @@ fn blk_features_on(
         ))
         .arg("--disk")
         .arg(format!("virtio:{}{disk_options}", img.display()))
+        .args(extra_args)
         .output()
         .unwrap();
     let t = text(&o);
-    let what = format!("{sub} blk_features={features}{disk_options}");
+    let what = format!("{sub} blk_features={features}{disk_options} {extra_args:?}");
     assert_eq!(o.status.code(), Some(0), "{what}: {t}");
     for name in [
         "virtio_blk_integrity",
@@ -517,8 +520,8 @@ fn blk_features_on(
 #[test]
 fn blk_features_all_and_none_under_the_harness() {
     if have_kvm("blk_features_all_and_none_under_the_harness") {
-        blk_features_on("run", "all", "", &["event_idx"], None);
-        blk_features_on("run", "none", "", &["event_idx"], None);
+        blk_features_on("run", "all", "", &["event_idx"], None, &[]);
+        blk_features_on("run", "none", "", &["event_idx"], None, &[]);
     }
 }
 
@@ -526,7 +529,36 @@ fn blk_features_all_and_none_under_the_harness() {
 #[test]
 fn blk_features_all_and_none_under_qemu() {
     if have_qemu("blk_features_all_and_none_under_qemu") {
-        blk_features_on("qemu", "all", "", &["event_idx", "indirect"], None);
-        blk_features_on("qemu", "none", "", &["event_idx", "indirect"], None);
+        blk_features_on("qemu", "all", "", &["event_idx", "indirect"], None, &[]);
+        blk_features_on("qemu", "none", "", &["event_idx", "indirect"], None, &[]);
     }
+}
+
+/// Multiqueue against QEMU's device with two queues: with `all` the guest uses both (its
+/// integrity and QD32 tests fail if a queue completed nothing), with `none` one. The `--qemu`
+/// wrapper adds `num-queues=2` to each virtio-blk-pci until `--disk ...,queues=N` reaches
+/// the qemu subcommand.
+#[test]
+fn blk_multiqueue_under_qemu() {
+    if !have_qemu("blk_multiqueue_under_qemu") {
+        return;
+    }
+    let dir = TempDir::new("mq-wrapper");
+    let wrapper = dir.0.join("qemu-num-queues-2");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\n\
+         for a in \"$@\"; do\n\
+         case \"$a\" in virtio-blk-pci*) a=\"$a,num-queues=2\" ;; esac\n\
+         set -- \"$@\" \"$a\"; shift\n\
+         done\n\
+         exec qemu-system-x86_64 \"$@\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let qemu = wrapper.to_str().unwrap();
+    let must = ["event_idx", "indirect", "mq"];
+    blk_features_on("qemu", "all", "", &must, Some(2), &["--qemu", qemu]);
+    blk_features_on("qemu", "none", "", &must, None, &["--qemu", qemu]);
 }
