@@ -14,4 +14,5 @@ pub mod platform;
 pub mod qemu;
 pub mod seccomp;
 pub mod shared;
+pub mod thread_cpu;
 pub mod vmm;

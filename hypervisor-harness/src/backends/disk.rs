@@ -56,7 +56,7 @@ pub fn ide_position_name(index: usize) -> &'static str {
     }
 }
 
-/// One `--disk KIND:PATH[,ro][,index=N][,msix=off]`.
+/// One `--disk KIND:PATH[,ro][,index=N][,msix=off][,poll-max-ns=N]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
     pub kind: DiskKind,
@@ -70,10 +70,14 @@ pub struct DiskSpec {
     /// virtio only: `cache=none` serves the image `O_DIRECT` through io_uring; the default,
     /// `cache=writeback`, through the host's page cache.
     pub cache: DiskCache,
+    /// virtio only: how long the I/O thread may poll the queue after a batch, in ns (QEMU's
+    /// iothread `poll-max-ns`; 0 = never). None: the device's default (32768, QEMU's).
+    pub poll_max_ns: Option<u64>,
 }
 
 impl DiskSpec {
-    /// Parse `virtio:PATH[,ro][,msix=off]` or `ide:PATH[,ro][,index=N]`. Options follow the
+    /// Parse `virtio:PATH[,ro][,msix=off][,poll-max-ns=N]` or `ide:PATH[,ro][,index=N]`.
+    /// Options follow the
     /// path, in any order; a comma before something that is not an option stays part of the
     /// path.
     pub fn parse(s: &str) -> Result<Self, String> {
@@ -94,6 +98,7 @@ impl DiskSpec {
         let mut index = None;
         let mut msix = None;
         let mut cache = None;
+        let mut poll_max_ns = None;
         let mut first = true;
         while let Some((p, opt)) = path.rsplit_once(',') {
             let seen = match opt {
@@ -132,11 +137,23 @@ impl DiskSpec {
                     };
                     cache.replace(mode).is_some()
                 }
+                _ if opt.starts_with("poll-max-ns=") => {
+                    if kind != DiskKind::Virtio {
+                        return Err(format!(
+                            "--disk {s:?}: poll-max-ns= is for virtio disks only"
+                        ));
+                    }
+                    let n = &opt["poll-max-ns=".len()..];
+                    let ns = n.parse::<u64>().map_err(|_| {
+                        format!("--disk {s:?}: poll-max-ns {n:?} is not a number of ns")
+                    })?;
+                    poll_max_ns.replace(ns).is_some()
+                }
                 // The path itself may hold commas; only the last segment must be an option.
                 _ if !first => break,
                 _ => {
                     return Err(format!(
-                        "--disk {s:?}: unknown option {opt:?} (ro, rw, index=N or msix=on|off)"
+                        "--disk {s:?}: unknown option {opt:?} (ro, rw, index=N, msix=on|off or poll-max-ns=N)"
                     ))
                 }
             };
@@ -156,6 +173,7 @@ impl DiskSpec {
             index,
             msix: msix.unwrap_or(true),
             cache: cache.unwrap_or_default(),
+            poll_max_ns,
         })
     }
 }
@@ -236,6 +254,7 @@ impl OpenedDisks {
                     },
                     disk,
                     msix: spec.msix,
+                    poll_max_ns: spec.poll_max_ns,
                 }),
                 DiskKind::Ide => {
                     // `ide_positions` gave one distinct position per IDE spec.
@@ -263,6 +282,8 @@ pub struct VirtioDisk {
     pub direct: Option<DirectDisk>,
     /// Whether the function has an MSI-X capability (`msix=off`: INTx only).
     pub msix: bool,
+    /// `poll-max-ns=`, if given.
+    pub poll_max_ns: Option<u64>,
 }
 
 /// What a disk model needs from its storage: a raw image ([`RawDisk`]), memory
@@ -451,6 +472,7 @@ mod tests {
             index,
             msix: true,
             cache: DiskCache::Writeback,
+            poll_max_ns: None,
         }
     }
 
@@ -486,6 +508,20 @@ mod tests {
                 },
             ),
             ("virtio:v,cache=writeback", spec(Virtio, "v", false, None)),
+            (
+                "virtio:v,poll-max-ns=0,ro",
+                DiskSpec {
+                    poll_max_ns: Some(0),
+                    ..spec(Virtio, "v", true, None)
+                },
+            ),
+            (
+                "virtio:v,poll-max-ns=100000",
+                DiskSpec {
+                    poll_max_ns: Some(100_000),
+                    ..spec(Virtio, "v", false, None)
+                },
+            ),
         ] {
             assert_eq!(DiskSpec::parse(arg).unwrap(), want, "{arg}");
         }
@@ -508,6 +544,11 @@ mod tests {
             ("ide:x,cache=none", "for virtio disks only"),
             ("virtio:x,cache=unsafe", "none or writeback"),
             ("virtio:x,cache=none,cache=none", "given twice"),
+            ("ide:x,poll-max-ns=0", "for virtio disks only"),
+            ("virtio:x,poll-max-ns=", "not a number of ns"),
+            ("virtio:x,poll-max-ns=-1", "not a number of ns"),
+            ("virtio:x,poll-max-ns=1us", "not a number of ns"),
+            ("virtio:x,poll-max-ns=1,poll-max-ns=2", "given twice"),
         ] {
             let e = DiskSpec::parse(bad).expect_err(bad);
             assert!(e.contains(why), "{bad}: {e}");

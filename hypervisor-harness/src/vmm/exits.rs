@@ -1,6 +1,7 @@
 //! Exact exit counters, and KVM's own per-VM / per-vCPU statistics (KVM_GET_STATS_FD).
 
 use crate::devices::bus::Claim;
+use crate::thread_cpu::{self, ThreadCpuClock};
 use kvm_bindings::{kvm_stats_desc, kvm_stats_header};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -459,14 +460,24 @@ impl PhaseLog {
     }
 }
 
-/// Counters at one `# phase: <marker>` line of the guest: userspace exits per device, and KVM's
-/// own count of every exit of the vCPU. One of `phases` in `--exits-json`, written by the run
-/// and read back by `bench`.
+/// Counters at one `# phase: <marker>` line of the guest: userspace exits per device, KVM's
+/// own count of every exit of the vCPU, and the CPU time the harness's threads have used so
+/// far. One of `phases` in `--exits-json`, written by the run and read back by `bench`: the
+/// difference between a row's `begin` and `end` marks is what the row cost.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhaseMark {
     pub marker: String,
     pub device_exits: BTreeMap<String, u64>,
     pub kvm_exits: Option<u64>,
+    /// CPU time of the virtio disks' I/O threads, summed, in ns since they started
+    /// (`CLOCK_THREAD_CPUTIME_ID` of each): what polling costs shows here. None without I/O
+    /// threads (`--io-mode inline`, no virtio disk, QEMU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_thread_cpu_ns: Option<u64>,
+    /// CPU time of the vCPU thread in ns since it started (guest time included: KVM_RUN
+    /// counts as the thread's). None under QEMU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpu_cpu_ns: Option<u64>,
 }
 
 impl PhaseMark {
@@ -482,7 +493,21 @@ impl PhaseMark {
             marker,
             device_exits,
             kvm_exits,
+            io_thread_cpu_ns: None,
+            vcpu_cpu_ns: None,
         }
+    }
+
+    /// The mark with the CPU time of `io_threads` (summed; None if there are none) and of the
+    /// vCPU thread, read now.
+    pub fn with_cpu(
+        mut self,
+        io_threads: &[ThreadCpuClock],
+        vcpu: Option<&ThreadCpuClock>,
+    ) -> Self {
+        self.io_thread_cpu_ns = (!io_threads.is_empty()).then(|| thread_cpu::total_ns(io_threads));
+        self.vcpu_cpu_ns = vcpu.and_then(ThreadCpuClock::read_ns);
+        self
     }
 
     /// A mark with only KVM's exit count (QEMU, read through QMP).
@@ -491,6 +516,8 @@ impl PhaseMark {
             marker,
             device_exits: BTreeMap::new(),
             kvm_exits,
+            io_thread_cpu_ns: None,
+            vcpu_cpu_ns: None,
         }
     }
 }
@@ -558,6 +585,30 @@ mod tests {
             serde_json::to_value(c.to_json()).unwrap()["pio_addr_overflow"],
             7
         );
+    }
+
+    #[test]
+    fn phase_marks_carry_the_threads_cpu_time_in_the_json() {
+        let clock = ThreadCpuClock::current().unwrap();
+        let mark =
+            PhaseMark::kvm_only("begin x".into(), Some(3)).with_cpu(&[clock, clock], Some(&clock));
+        let j = serde_json::to_value(&mark).unwrap();
+        let io = j["io_thread_cpu_ns"].as_u64().expect("io_thread_cpu_ns");
+        let vcpu = j["vcpu_cpu_ns"].as_u64().expect("vcpu_cpu_ns");
+        assert!(io > 0 && vcpu > 0, "{j}");
+        let back: PhaseMark = serde_json::from_value(j).unwrap();
+        assert_eq!(
+            (back.io_thread_cpu_ns, back.vcpu_cpu_ns),
+            (Some(io), Some(vcpu))
+        );
+        // No I/O threads and no vCPU clock (inline I/O, QEMU): the fields are left out, and a
+        // document written before they existed still reads.
+        let bare = PhaseMark::kvm_only("end x".into(), None).with_cpu(&[], None);
+        let j = serde_json::to_value(&bare).unwrap();
+        assert!(j.get("io_thread_cpu_ns").is_none() && j.get("vcpu_cpu_ns").is_none());
+        let old: PhaseMark =
+            serde_json::from_str(r#"{"marker":"end x","device_exits":{},"kvm_exits":5}"#).unwrap();
+        assert_eq!((old.io_thread_cpu_ns, old.vcpu_cpu_ns), (None, None));
     }
 
     #[test]

@@ -279,6 +279,8 @@ struct Machine {
     floor_bars: (u64, u64),
     /// The virtio functions, whose transports report what their drivers did wrong.
     virtio: Vec<virtio_wiring::Attached>,
+    /// The virtio disks' I/O threads, whose CPU time each phase mark takes.
+    io_thread_clocks: Vec<crate::thread_cpu::ThreadCpuClock>,
     /// The NICs, whose counters the report carries.
     nics: Vec<net_wiring::AttachedNic>,
     /// The e1000 NICs (after the virtio ones on the bus), likewise.
@@ -434,16 +436,16 @@ impl Machine {
         } else {
             None
         };
-        let virtio = match &router {
+        let (virtio, io_thread_clocks) = match &router {
             Some(router) => {
-                let (virtio, notes) =
+                let attached =
                     virtio_wiring::attach_all(&mut dm, &mem, disks.virtio, cfg.io_mode, router)?;
-                for note in &notes {
+                for note in &attached.notes {
                     verbose(cfg, note);
                 }
-                virtio
+                (attached.functions, attached.io_thread_clocks)
             }
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
         // NICs take PCI slots and INTx lines in `--net` order, whatever their model, as
         // QEMU's `-device` order gives them; each model numbers its own (virtio-net0, e1000-0).
@@ -549,6 +551,7 @@ impl Machine {
             marks: timing::BootMarks::default(),
             floor_bars,
             virtio,
+            io_thread_clocks,
             nics,
             e1000s,
             rtl8139s,
@@ -648,8 +651,11 @@ impl Machine {
             counters,
             quit,
             balloon_device,
+            io_thread_clocks,
             ..
         } = self;
+        // This is the vCPU thread: its own clock, for the phase marks.
+        let vcpu_clock = crate::thread_cpu::ThreadCpuClock::current().ok();
         // Taken per exit, never across KVM_RUN, so the monitor reads it while the vCPU runs.
         let counters = &**counters;
         // The data of the last `out`, and the reusable buffer of the last `in`.
@@ -663,7 +669,8 @@ impl Machine {
                     if let Some(b) = balloon_device {
                         b.mark(&marker, mem);
                     }
-                    let mark = PhaseMark::take(marker, &lock(counters), vcpu_stats);
+                    let mark = PhaseMark::take(marker, &lock(counters), vcpu_stats)
+                        .with_cpu(io_thread_clocks, vcpu_clock.as_ref());
                     log.record(mark);
                 }
             }

@@ -13,7 +13,9 @@
 //!   the IOAPIC pin was masked, e.g. by a polled driver, stayed high across a device reset and
 //!   fired a stale interrupt the moment a later driver unmasked the pin, as no PCI device does.)
 //! - Notifies: with `IoMode::Thread`, an ioeventfd per queue notify address feeds the device's
-//!   I/O thread; with `IoMode::Inline` the notify write exits and is processed in the vCPU.
+//!   I/O thread, which polls the queue after a batch for up to the disk's `poll-max-ns=`
+//!   (default [`DEFAULT_POLL_MAX_NS`], QEMU's); with `IoMode::Inline` the notify write exits
+//!   and is processed in the vCPU, and nothing polls.
 
 use super::device_manager::DeviceManager;
 use super::memory::GuestMem;
@@ -22,9 +24,12 @@ use crate::backends::disk::VirtioDisk;
 use crate::devices::lock;
 use crate::devices::virtio::blk::Blk;
 use crate::devices::virtio::device::VirtioDevice;
+use crate::devices::virtio::io_thread::IoThreadConfig;
+use crate::devices::virtio::poll::{PollPolicy, DEFAULT_POLL_MAX_NS};
 use crate::devices::virtio::transport_pci::{self, BarRegion, VirtioPciDevice};
 use crate::devices::virtio::{io_thread, MsiMessage, VirtioInterrupt};
 use crate::error::HarnessError;
+use crate::thread_cpu::ThreadCpuClock;
 use kvm_bindings::{
     kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
@@ -241,23 +246,36 @@ impl Attached {
     }
 }
 
-/// Attach every `--disk virtio:...` in order, their MSI routes in `router` (the VM's one table). Returns the functions, and a line about each for
-/// --verbose.
+/// The virtio disks as attached.
+pub struct AttachedDisks {
+    pub functions: Vec<Attached>,
+    /// A line about each disk, for --verbose.
+    pub notes: Vec<String>,
+    /// The CPU clocks of their I/O threads (none with `IoMode::Inline`).
+    pub io_thread_clocks: Vec<ThreadCpuClock>,
+}
+
+/// Attach every `--disk virtio:...` in order, their MSI routes in `router` (the VM's one
+/// table).
 pub fn attach_all(
     dm: &mut DeviceManager,
     mem: &GuestMem,
     opened: Vec<VirtioDisk>,
     io_mode: IoMode,
     router: &Arc<Mutex<GsiRouter>>,
-) -> Result<(Vec<Attached>, Vec<String>), HarnessError> {
-    let mut attached = Vec::new();
-    let mut notes = Vec::new();
+) -> Result<AttachedDisks, HarnessError> {
+    let mut disks = AttachedDisks {
+        functions: Vec::new(),
+        notes: Vec::new(),
+        io_thread_clocks: Vec::new(),
+    };
     for (n, disk) in opened.into_iter().enumerate() {
-        let (function, note) = attach_blk(dm, mem, n, disk, INTX_GSIS[n], io_mode, router)?;
-        attached.push(function);
-        notes.push(note);
+        let (function, note, clocks) = attach_blk(dm, mem, n, disk, INTX_GSIS[n], io_mode, router)?;
+        disks.functions.push(function);
+        disks.notes.push(note);
+        disks.io_thread_clocks.extend(clocks);
     }
-    Ok((attached, notes))
+    Ok(disks)
 }
 
 fn attach_blk(
@@ -268,10 +286,11 @@ fn attach_blk(
     gsi: u8,
     io_mode: IoMode,
     router: &Arc<Mutex<GsiRouter>>,
-) -> Result<(Attached, String), HarnessError> {
+) -> Result<(Attached, String, Vec<ThreadCpuClock>), HarnessError> {
     let name = format!("virtio-blk{n}");
     let path = disk.disk.path().display().to_string();
     let with_msix = disk.msix;
+    let poll_max_ns = disk.poll_max_ns.unwrap_or(DEFAULT_POLL_MAX_NS);
     let blk = Blk::on_raw(disk.disk);
 
     let vectors = if with_msix { msix_vectors_of(&blk) } else { 0 };
@@ -286,7 +305,8 @@ fn attach_blk(
         name: name.clone(),
         dev: dev.clone(),
     };
-    let mut mode = "inline";
+    let mut mode = "inline".to_string();
+    let mut clocks = Vec::new();
     if io_mode == IoMode::Thread {
         let mut notifies = Vec::new();
         for q in 0..num_queues {
@@ -298,15 +318,19 @@ fn attach_blk(
         // Queues whose ioeventfd KVM refused still work: their notify exits and is
         // processed inline.
         if !notifies.is_empty() {
-            io_thread::spawn(&format!("{name}-io"), dev, notifies)
+            let config = IoThreadConfig {
+                poll: PollPolicy::new(poll_max_ns),
+            };
+            let thread = io_thread::spawn_with(&format!("{name}-io"), dev, notifies, config)
                 .map_err(|e| other("I/O thread", e))?;
-            mode = "thread";
+            clocks.push(thread.cpu);
+            mode = format!("thread, polling up to {poll_max_ns} ns");
         }
     }
     let note = format!(
         "{name}: {path} at {bdf}, BAR0 {bar:#x}, INTx GSI {gsi}, {vectors} MSI-X vectors, I/O {mode}"
     );
-    Ok((attached, note))
+    Ok((attached, note, clocks))
 }
 
 /// The KVM side of a function's interrupts: `vectors` MSI GSIs with their routes in place

@@ -14,6 +14,7 @@ pub mod console;
 pub mod device;
 pub mod io_thread;
 pub mod net;
+pub mod poll;
 pub mod transport_pci;
 
 pub use crate::devices::pci::msix::MsiMessage;
@@ -245,6 +246,17 @@ pub mod test_util {
         }
 
         pub fn with_command(disk: Box<dyn DiskBackend>, command: u16) -> Self {
+            Self::build(disk, command, 0)
+        }
+
+        /// As [`Self::new`], with VIRTIO_RING_F_EVENT_IDX negotiated too.
+        pub fn with_event_idx(disk: Box<dyn DiskBackend>) -> Self {
+            let event_idx = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+            Self::build(disk, CMD_MEM | CMD_BUS_MASTER, event_idx)
+        }
+
+        /// `features_lo`: feature bits 0..31 the driver accepts (VERSION_1 is always on).
+        fn build(disk: Box<dyn DiskBackend>, command: u16, features_lo: u64) -> Self {
             let mem = Memory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
             let irq = Arc::new(RecordingIrq::default());
             let blk = Blk::new(disk, [0; 20]);
@@ -262,6 +274,8 @@ pub mod test_util {
             w(common::DEVICE_STATUS, 1, 3);
             w(common::DRIVER_FEATURE_SELECT, 4, 1);
             w(common::DRIVER_FEATURE, 4, 1); // VERSION_1
+            w(common::DRIVER_FEATURE_SELECT, 4, 0);
+            w(common::DRIVER_FEATURE, 4, features_lo);
             w(common::DEVICE_STATUS, 1, 11);
             w(common::QUEUE_SELECT, 2, 0);
             w(common::QUEUE_SIZE, 2, QSIZE as u64);

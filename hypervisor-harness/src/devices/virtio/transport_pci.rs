@@ -41,7 +41,7 @@ use virtio_bindings::virtio_config::{
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::ByteValued;
+use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 pub use super::common_config::{offsets as common, COMMON_LEN, NO_VECTOR};
 
@@ -266,12 +266,14 @@ impl TransportStats {
 /// Per-queue notifies and interrupts, counted lock-free where they happen: an I/O thread's
 /// ioeventfd read ([`QueueWorker::notified`]), a vCPU's notify write that exited
 /// ([`VirtioPciDevice::bar_write`]), a device's queue interrupt ([`PciInterrupt`]'s trigger,
-/// whether or not a vector or INTx was there to deliver it, as `queue_interrupts` counts).
-/// Indices beyond the function's queues are not counted.
+/// whether or not a vector or INTx was there to deliver it, as `queue_interrupts` counts),
+/// and the batches an I/O thread found by polling the avail ring, without a notify
+/// ([`QueueWorker::process_polled`]). Indices beyond the function's queues are not counted.
 #[derive(Debug)]
 pub struct QueueCounters {
     notifies: Box<[AtomicU64]>,
     interrupts: Box<[AtomicU64]>,
+    polled: Box<[AtomicU64]>,
 }
 
 impl QueueCounters {
@@ -280,6 +282,7 @@ impl QueueCounters {
         Self {
             notifies: zeros(),
             interrupts: zeros(),
+            polled: zeros(),
         }
     }
 
@@ -301,6 +304,11 @@ impl QueueCounters {
     /// Interrupts the device raised for queue `index`.
     pub fn interrupts(&self, index: usize) -> u64 {
         Self::read(&self.interrupts, index)
+    }
+
+    /// Batches of queue `index` an I/O thread found by polling (no notify came for them).
+    pub fn polled(&self, index: usize) -> u64 {
+        Self::read(&self.polled, index)
     }
 }
 
@@ -481,7 +489,69 @@ impl QueueEngine {
         }
         result
     }
+
+    /// Queue `index` of the running device, if an I/O thread may poll it: active, ready and
+    /// with its rings in guest memory.
+    fn pollable(&mut self, index: usize) -> Option<&mut Queue> {
+        if !self.active {
+            return None;
+        }
+        let q = self.device.queues_mut().get_mut(index)?;
+        (q.ready() && q.is_valid(&self.mem)).then_some(q)
+    }
+
+    /// Polling begins (see [`super::poll`]): the driver need not notify queue `index` while
+    /// the I/O thread watches its avail ring. Without the event index that is
+    /// VRING_USED_F_NO_NOTIFY; with it, avail_event one behind the next entry the device
+    /// takes, which every avail index the driver can publish next has already passed.
+    /// Returns false if the queue is not there to poll.
+    pub fn suppress_notifications(&mut self, index: usize) -> bool {
+        let mem = self.mem.clone();
+        let Some(q) = self.pollable(index) else {
+            return false;
+        };
+        if !q.event_idx_enabled() {
+            return q.disable_notification(&mem).is_ok();
+        }
+        // used->ring[size] is avail_event (virtio 1.x §2.7.8); in memory: `pollable` checked
+        // the used ring against it.
+        let Some(avail_event) = q
+            .used_ring()
+            .checked_add(USED_RING_HEADER + USED_ELEM_LEN * u64::from(q.size()))
+        else {
+            return false;
+        };
+        let behind = q.next_avail().wrapping_sub(1);
+        mem.write_obj(behind.to_le(), GuestAddress(avail_event))
+            .is_ok()
+    }
+
+    /// While polling: does queue `index` have entries the device has not taken? None if the
+    /// queue can no longer be polled (a reset, a broken ring).
+    pub fn has_available(&mut self, index: usize) -> Option<bool> {
+        let mem = self.mem.clone();
+        let q = self.pollable(index)?;
+        let avail = q.avail_idx(&mem, Ordering::Acquire).ok()?;
+        Some(avail.0 != q.next_avail())
+    }
+
+    /// Polling ends: the driver must notify again. Then the avail ring is read once more
+    /// (after a full fence, virtio-queue's `enable_notification`), so that an entry
+    /// published while notifications were off is not left waiting for a notify that never
+    /// comes. True if there is work (or the ring could not be read: processing it then
+    /// reports the broken queue).
+    pub fn resume_notifications(&mut self, index: usize) -> bool {
+        let mem = self.mem.clone();
+        let Some(q) = self.pollable(index) else {
+            return false;
+        };
+        q.enable_notification(&mem).unwrap_or(true)
+    }
 }
+
+/// The used ring's flags and idx before its elements, and one element (id, len).
+const USED_RING_HEADER: u64 = 2 * size_of::<u16>() as u64;
+const USED_ELEM_LEN: u64 = 2 * size_of::<u32>() as u64;
 
 /// A handle for an I/O thread: admits a notify under the register lock, then lets the device
 /// work under the [`QueueEngine`] lock only (the one step that can take long). The register
@@ -514,12 +584,51 @@ impl QueueWorker {
 
     /// Process queue `index` (after a notify, or when a backend has work for it).
     pub fn process(&self, index: usize) {
-        let Some(epoch) = lock(&self.regs).admit(index) else {
+        let admitted = lock(&self.regs).admit(index);
+        self.run_admitted(index, admitted);
+    }
+
+    /// Process queue `index`, whose work an I/O thread found by polling: admitted as a
+    /// notify would be, but counted as polled, not as a notify. False if it was not admitted
+    /// (the device is not running, or bus mastering is off: then the queue waits for it as
+    /// a notified one does), so that the poller stops polling.
+    pub fn process_polled(&self, index: usize) -> bool {
+        let admitted = lock(&self.regs).admit_work(index);
+        if admitted.is_none() {
+            return false;
+        }
+        QueueCounters::bump(&self.queue_counters.polled, index);
+        self.run_admitted(index, admitted);
+        true
+    }
+
+    fn run_admitted(&self, index: usize, admitted: Option<u64>) {
+        let Some(epoch) = admitted else {
             return;
         };
         if let Err(broken) = lock(&self.engine).run(index, epoch) {
             lock(&self.regs).queue_broken(epoch, broken);
         }
+    }
+
+    /// See [`QueueEngine::suppress_notifications`].
+    pub fn suppress_notifications(&self, index: usize) -> bool {
+        lock(&self.engine).suppress_notifications(index)
+    }
+
+    /// See [`QueueEngine::has_available`].
+    pub fn has_available(&self, index: usize) -> Option<bool> {
+        lock(&self.engine).has_available(index)
+    }
+
+    /// See [`QueueEngine::resume_notifications`].
+    pub fn resume_notifications(&self, index: usize) -> bool {
+        lock(&self.engine).resume_notifications(index)
+    }
+
+    /// Per-queue counters of the function.
+    pub fn queue_counters(&self) -> &QueueCounters {
+        &self.queue_counters
     }
 }
 
@@ -895,6 +1004,11 @@ impl VirtioPciDevice {
     /// mastering off does no DMA, so its rings stay untouched until then).
     fn admit(&mut self, index: usize) -> Option<u64> {
         self.stats.notifies += 1;
+        self.admit_work(index)
+    }
+
+    /// [`Self::admit`] without counting a notify (work an I/O thread found by polling).
+    fn admit_work(&mut self, index: usize) -> Option<u64> {
         if !self.mem_decode() {
             // The notify write was not decoded (it can still reach us through an ioeventfd).
             return None;
