@@ -1099,4 +1099,138 @@ mod tests {
         assert_eq!(vq.pop_used(), Some(Ok((42, 64))));
         assert_eq!(vq.num_free(), 8 - 1 - 1);
     }
+
+    #[test]
+    fn indirect_chain_seen_by_rust_vmm_device() {
+        let p = FakePlatform::dma_only();
+        let mut vq = VirtQueue::new(&p, 8).unwrap();
+        let mut dq = dev_queue(&vq);
+        let table = buf(&p, 16 * 8);
+        let (a, b, c) = (buf(&p, 16), buf(&p, 512), buf(&p, 1));
+        let out = [(a.phys(), 16)];
+        let inb = [(b.phys(), 512), (c.phys(), 1)];
+        let head = vq.add_indirect(&table, 32, &out, &inb, 7).unwrap();
+        assert_eq!(vq.num_free(), 7, "one ring descriptor for three buffers");
+        let ring: (u64, u32, u16) = {
+            let at = vq.desc_phys() + 16 * u64::from(head);
+            (
+                p.mem.read_obj(GuestAddress(at)).unwrap(),
+                p.mem.read_obj(GuestAddress(at + 8)).unwrap(),
+                p.mem.read_obj(GuestAddress(at + 12)).unwrap(),
+            )
+        };
+        assert_eq!(ring, (table.phys() + 32, 48, VIRTQ_DESC_F_INDIRECT));
+        let chain = dq.pop_descriptor_chain(&p.mem).unwrap();
+        assert_eq!(chain.head_index(), head);
+        let got: Vec<(u64, u32, bool)> = chain
+            .map(|d| (d.addr().0, d.len(), d.is_write_only()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (a.phys(), 16, false),
+                (b.phys(), 512, true),
+                (c.phys(), 1, true)
+            ]
+        );
+        // The writable bytes are the table's, not the ring descriptor's.
+        inject_used(&p, &vq, head.into(), 514);
+        assert!(matches!(
+            vq.pop_used(),
+            Some(Err(QueueError::BadUsedLength {
+                token: 7,
+                max: 513,
+                ..
+            }))
+        ));
+        assert_eq!(vq.num_free(), 8);
+        let head = vq.add_indirect(&table, 0, &out, &inb, 8).unwrap();
+        inject_used(&p, &vq, head.into(), 513);
+        assert_eq!(vq.pop_used(), Some(Ok((8, 513))));
+    }
+
+    #[test]
+    fn indirect_table_must_fit() {
+        let p = FakePlatform::dma_only();
+        let mut vq = VirtQueue::new(&p, 4).unwrap();
+        let table = buf(&p, 48);
+        let three = [(0x1000, 16), (0x2000, 512)];
+        let status = [(0x3000, 1)];
+        assert_eq!(
+            vq.add_indirect(&table, 16, &three, &status, 1),
+            Err(QueueError::IndirectTableTooSmall {
+                needed: 48,
+                len: 32
+            })
+        );
+        assert_eq!(
+            vq.add_indirect(&table, usize::MAX, &three, &status, 1),
+            Err(QueueError::IndirectTableTooSmall { needed: 48, len: 0 })
+        );
+        assert_eq!(
+            vq.add_indirect(&table, 0, &[], &[], 1),
+            Err(QueueError::EmptyChain)
+        );
+        // Longer than the queue (§2.7.5.3.1), even with room in the table.
+        let big = buf(&p, 16 * 5);
+        let five = [(0x1000, 1); 5];
+        assert!(matches!(
+            vq.add_indirect(&big, 0, &five, &[], 1),
+            Err(QueueError::IndirectTableTooSmall { .. })
+        ));
+        assert_eq!(vq.num_free(), 4, "refusals take no descriptor");
+        for t in 0..4 {
+            vq.add_indirect(&table, 0, &three, &status, t).unwrap();
+        }
+        assert_eq!(
+            vq.add_indirect(&table, 0, &three, &status, 9),
+            Err(QueueError::QueueFull { needed: 1, free: 0 })
+        );
+    }
+
+    /// An avail_event past what was published is garbage: kick. Behind is what a device that
+    /// polls leaves there: no kick.
+    #[test]
+    fn kick_with_avail_event_ahead_or_behind() {
+        let p = FakePlatform::dma_only();
+        let mut vq = VirtQueue::new(&p, 8).unwrap();
+        vq.set_event_idx(true);
+        let avail_event = GuestAddress(vq.used_phys() + 4 + 8 * 8);
+        for (event, kick) in [(5u16, true), (0x7fff, true), (0xffff, false), (0, false)] {
+            vq.add(&[(0x1000, 1)], &[], 1).unwrap();
+            vq.add(&[(0x1000, 1)], &[], 2).unwrap();
+            assert!(vq.unchecked_publications());
+            let published = vq.avail_idx;
+            p.mem.write_obj(event, avail_event).unwrap();
+            assert_eq!(vq.kick_needed(), kick, "avail_event {event} at {published}");
+            assert!(!vq.unchecked_publications());
+            inject_used(&p, &vq, 0, 0);
+            inject_used(&p, &vq, 1, 0);
+            while vq.pop_used().is_some() {}
+        }
+    }
+
+    /// With event idx and interrupts off, popping leaves used_event where it was; on again,
+    /// it follows the entries consumed.
+    #[test]
+    fn used_event_stays_put_while_interrupts_are_off() {
+        let p = FakePlatform::dma_only();
+        let mut vq = VirtQueue::new(&p, 8).unwrap();
+        vq.set_event_idx(true);
+        let used_event = GuestAddress(vq.avail_phys() + 4 + 2 * 8);
+        vq.set_interrupts(false);
+        assert_eq!(p.mem.read_obj::<u16>(used_event).unwrap(), 0xffff);
+        for t in 0..3 {
+            let h = vq.add(&[], &[(0x1000, 8)], t).unwrap();
+            inject_used(&p, &vq, h.into(), 8);
+            assert_eq!(vq.pop_used(), Some(Ok((t, 8))));
+        }
+        assert_eq!(p.mem.read_obj::<u16>(used_event).unwrap(), 0xffff);
+        vq.set_interrupts(true);
+        assert_eq!(p.mem.read_obj::<u16>(used_event).unwrap(), 3);
+        let h = vq.add(&[], &[(0x1000, 8)], 9).unwrap();
+        inject_used(&p, &vq, h.into(), 8);
+        vq.pop_used().unwrap().unwrap();
+        assert_eq!(p.mem.read_obj::<u16>(used_event).unwrap(), 4);
+    }
 }
