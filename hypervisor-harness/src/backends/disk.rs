@@ -10,6 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use vm_memory::VolatileSlice;
 
 use super::uring_disk::DirectDisk;
 
@@ -304,6 +305,16 @@ pub trait DiskBackend: Send {
     fn read_only(&self) -> bool;
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// Fill `bufs` (guest memory, in order) from `offset`: all of them or an error, as
+    /// `read_at`. The default goes through `read_at` ([`super::vectored::read_through`]).
+    fn read_vectored_at(&self, offset: u64, bufs: &[VolatileSlice<'_>]) -> io::Result<()> {
+        super::vectored::read_through(self, offset, bufs)
+    }
+    /// Write `bufs` (guest memory, in order) at `offset`: all of them or an error, as
+    /// `write_at`. The default goes through `write_at` ([`super::vectored::write_through`]).
+    fn write_vectored_at(&self, offset: u64, bufs: &[VolatileSlice<'_>]) -> io::Result<()> {
+        super::vectored::write_through(self, offset, bufs)
+    }
     /// Make acknowledged writes durable.
     fn flush(&self) -> io::Result<()>;
     /// Deallocate `len` bytes at `offset`: they then read as zeroes or as before
@@ -405,6 +416,21 @@ impl DiskBackend for RawDisk {
         }
         check_access(self.len, offset, buf.len())?;
         self.file.write_all_at(buf, offset)
+    }
+
+    /// `preadv` straight into guest memory.
+    fn read_vectored_at(&self, offset: u64, bufs: &[VolatileSlice<'_>]) -> io::Result<()> {
+        check_access(self.len, offset, super::vectored::total_len(bufs))?;
+        super::vectored::preadv_all(&self.file, offset, bufs)
+    }
+
+    /// `pwritev` straight from guest memory.
+    fn write_vectored_at(&self, offset: u64, bufs: &[VolatileSlice<'_>]) -> io::Result<()> {
+        if self.read_only {
+            return Err(read_only_error());
+        }
+        check_access(self.len, offset, super::vectored::total_len(bufs))?;
+        super::vectored::pwritev_all(&self.file, offset, bufs)
     }
 
     /// `fdatasync`.

@@ -10,9 +10,11 @@
 
 use super::discard::check_write;
 use super::disk::{check_access, read_only_error, DiskBackend};
+use super::vectored::total_len;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use vm_memory::VolatileSlice;
 
 /// How a faulty operation fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +127,42 @@ fn os_error(errno: i32) -> io::Error {
     io::Error::from_raw_os_error(errno)
 }
 
+/// The first `limit` bytes of `bufs` as slices in `out` (at most its length); how many.
+fn first_bytes<'a>(
+    bufs: &[VolatileSlice<'a>],
+    limit: usize,
+    out: &mut [VolatileSlice<'a>],
+) -> usize {
+    let mut left = limit;
+    let mut count = 0;
+    for (b, slot) in bufs.iter().zip(out.iter_mut()) {
+        if left == 0 {
+            break;
+        }
+        let n = b.len().min(left);
+        // n <= b.len(): always a valid subslice.
+        if let Ok(part) = b.subslice(0, n) {
+            *slot = part;
+            count += 1;
+        }
+        left -= n;
+    }
+    count
+}
+
+/// Run `op` on the first half of `bufs` (up to [`HALF_SLOTS`] buffers of it).
+fn on_first_half(
+    bufs: &[VolatileSlice<'_>],
+    op: impl FnOnce(&[VolatileSlice<'_>]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut part = [VolatileSlice::from(&mut [][..]); HALF_SLOTS];
+    let n = first_bytes(bufs, total_len(bufs) / 2, &mut part);
+    op(&part[..n])
+}
+
+/// Buffers a short transfer's first half may span (more are left out: it is shorter still).
+const HALF_SLOTS: usize = 64;
+
 impl DiskBackend for FaultyDisk {
     fn len(&self) -> u64 {
         self.inner.len()
@@ -171,6 +209,50 @@ impl DiskBackend for FaultyDisk {
             }
             Some(Fault::NoSpace) => {
                 self.inner.write_at(offset, half)?;
+                Err(os_error(libc::ENOSPC))
+            }
+            Some(Fault::Eio) => Err(os_error(libc::EIO)),
+        }
+    }
+
+    /// Faults as `read_at`: a short read fills the first half, then fails.
+    fn read_vectored_at(&self, offset: u64, bufs: &[VolatileSlice<'_>]) -> io::Result<()> {
+        check_access(self.len(), offset, total_len(bufs))?;
+        let (fault, delay) = self.switch.take(Op::Read);
+        std::thread::sleep(delay);
+        match fault {
+            None => self.inner.read_vectored_at(offset, bufs),
+            Some(Fault::Short) => {
+                on_first_half(bufs, |half| self.inner.read_vectored_at(offset, half))?;
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "faulty disk: short read (injected)",
+                ))
+            }
+            Some(Fault::Eio | Fault::NoSpace) => Err(os_error(libc::EIO)),
+        }
+    }
+
+    /// Faults as `write_at`: short and ENOSPC store the first half, then fail.
+    fn write_vectored_at(&self, offset: u64, bufs: &[VolatileSlice<'_>]) -> io::Result<()> {
+        if self.read_only() {
+            return Err(read_only_error());
+        }
+        check_access(self.len(), offset, total_len(bufs))?;
+        let (fault, delay) = self.switch.take(Op::Write);
+        std::thread::sleep(delay);
+        let write_half = || on_first_half(bufs, |half| self.inner.write_vectored_at(offset, half));
+        match fault {
+            None => self.inner.write_vectored_at(offset, bufs),
+            Some(Fault::Short) => {
+                write_half()?;
+                Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "faulty disk: short write (injected)",
+                ))
+            }
+            Some(Fault::NoSpace) => {
+                write_half()?;
                 Err(os_error(libc::ENOSPC))
             }
             Some(Fault::Eio) => Err(os_error(libc::EIO)),

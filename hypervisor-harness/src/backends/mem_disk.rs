@@ -7,8 +7,10 @@
 
 use super::discard::check_write;
 use super::disk::{check_access, check_size, read_only_error, DiskBackend, SECTOR_SIZE};
+use super::vectored::total_len;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
+use vm_memory::VolatileSlice;
 
 /// How a faulty operation fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +124,26 @@ fn os_error(errno: i32) -> io::Error {
     io::Error::from_raw_os_error(errno)
 }
 
+/// Copy the first `limit` bytes of `data` into `bufs`, in order.
+fn copy_into(data: &[u8], bufs: &[VolatileSlice<'_>], limit: usize) {
+    let mut at = 0;
+    for b in bufs {
+        let n = b.len().min(limit - at);
+        b.copy_from(&data[at..at + n]);
+        at += n;
+    }
+}
+
+/// Copy the first `limit` bytes of `bufs` into `data`.
+fn copy_out(bufs: &[VolatileSlice<'_>], data: &mut [u8], limit: usize) {
+    let mut at = 0;
+    for b in bufs {
+        let n = b.len().min(limit - at);
+        b.copy_to(&mut data[at..at + n]);
+        at += n;
+    }
+}
+
 impl DiskBackend for MemDisk {
     fn len(&self) -> u64 {
         self.len
@@ -169,6 +191,52 @@ impl DiskBackend for MemDisk {
             Some(Fault::NoSpace) => {
                 let half = buf.len() / 2;
                 st.data[start..start + half].copy_from_slice(&buf[..half]);
+                Err(os_error(libc::ENOSPC))
+            }
+            Some(Fault::Eio | Fault::ShortRead) => Err(os_error(libc::EIO)),
+        }
+    }
+
+    /// As `read_at`, through the slices (a short read fills the first half).
+    fn read_vectored_at(&self, offset: u64, bufs: &[VolatileSlice<'_>]) -> io::Result<()> {
+        let len = total_len(bufs);
+        check_access(self.len, offset, len)?;
+        let st = self.state();
+        // In range, so it fits in the Vec.
+        let src = &st.data[offset as usize..offset as usize + len];
+        match st.faults.read {
+            None => {
+                copy_into(src, bufs, len);
+                Ok(())
+            }
+            Some(Fault::ShortRead) => {
+                copy_into(src, bufs, len / 2);
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "memory disk: short read (injected)",
+                ))
+            }
+            Some(Fault::Eio | Fault::NoSpace) => Err(os_error(libc::EIO)),
+        }
+    }
+
+    /// As `write_at`, through the slices (ENOSPC stores the first half).
+    fn write_vectored_at(&self, offset: u64, bufs: &[VolatileSlice<'_>]) -> io::Result<()> {
+        if self.read_only {
+            return Err(read_only_error());
+        }
+        let len = total_len(bufs);
+        check_access(self.len, offset, len)?;
+        let mut st = self.state();
+        let fault = st.faults.write;
+        let dst = &mut st.data[offset as usize..offset as usize + len];
+        match fault {
+            None => {
+                copy_out(bufs, dst, len);
+                Ok(())
+            }
+            Some(Fault::NoSpace) => {
+                copy_out(bufs, dst, len / 2);
                 Err(os_error(libc::ENOSPC))
             }
             Some(Fault::Eio | Fault::ShortRead) => Err(os_error(libc::EIO)),

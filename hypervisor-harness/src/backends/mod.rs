@@ -5,3 +5,4 @@ pub mod faulty_disk;
 pub mod mem_disk;
 pub mod net;
 pub mod uring_disk;
+pub mod vectored;

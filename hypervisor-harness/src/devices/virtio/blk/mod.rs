@@ -8,8 +8,9 @@
 //! ([`drain_queue`]) and triggers the queue interrupt itself when the driver wants one.
 //!
 //! Every guest address is checked (vm-memory's checked accesses, and `check_range` before any
-//! work), data moves through a bounded bounce buffer, and a chain the device can't make sense
-//! of never panics: it gets VIRTIO_BLK_S_IOERR when a status byte can be written, else it is
+//! work), data moves between the image and guest memory without a copy (vectored backend
+//! calls on vm-memory slices; no allocation per request), and a chain the device can't make
+//! sense of never panics: it gets VIRTIO_BLK_S_IOERR when a status byte can be written, else it is
 //! returned with used length 0.
 
 mod async_exec;
@@ -19,11 +20,13 @@ mod execute;
 mod request;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vectored_tests;
 
 pub use async_exec::{drain_queue_async, AsyncCounters, AsyncExec};
 pub use config::*;
-pub use execute::{execute, handle_chain};
-pub use request::{parse, BlkHeader, ParseError, Request, RequestType, Seg};
+pub use execute::{execute, handle_chain, handle_chain_with, SLICES};
+pub use request::{parse, parse_into, BlkHeader, ParseError, Request, RequestType, Seg};
 
 use super::device::{driver_wants_interrupt, Activation, InterruptType, QueueBroken, VirtioDevice};
 use super::Memory;
@@ -53,6 +56,8 @@ pub struct Blk {
     sizes: [u16; 1],
     /// Memory, queue and interrupt handle from DRIVER_OK to reset.
     active: Option<Activation>,
+    /// The request each chain is parsed into, its segment lists reused.
+    scratch: Request,
     /// Requests completed (for diagnostics).
     pub requests: u64,
     /// `cache=none`: the io_uring the queue is served through.
@@ -68,6 +73,7 @@ impl Blk {
             config,
             sizes: [QUEUE_SIZE],
             active: None,
+            scratch: Request::empty(),
             requests: 0,
             exec: None,
         }
@@ -93,13 +99,6 @@ impl Blk {
         self.exec.as_ref()
     }
 
-    /// Whether an I/O thread watches [`Self::completion_fd`] (see [`AsyncExec::set_watched`]).
-    pub fn set_completions_watched(&mut self, watched: bool) {
-        if let Some(exec) = self.exec.as_mut() {
-            exec.set_watched(watched);
-        }
-    }
-
     /// On a raw image; GET_ID answers with the image's file name.
     pub fn on_raw(disk: RawDisk) -> Self {
         let id = serial_from_path(disk.path());
@@ -116,12 +115,24 @@ pub fn drain_queue(
     id: &[u8; ID_LEN],
     requests: &mut u64,
 ) -> Result<bool, QueueBroken> {
+    drain_queue_with(&mut Request::empty(), queue, mem, disk, id, requests)
+}
+
+/// [`drain_queue`] parsing every chain into `scratch` (the device's own, reused).
+pub fn drain_queue_with(
+    scratch: &mut Request,
+    queue: &mut Queue,
+    mem: &Memory,
+    disk: &dyn DiskBackend,
+    id: &[u8; ID_LEN],
+    requests: &mut u64,
+) -> Result<bool, QueueBroken> {
     let mut used_any = false;
     loop {
         queue.disable_notification(mem)?;
         while let Some(chain) = queue.iter(mem)?.next() {
             let head = chain.head_index();
-            let used = handle_chain(mem, chain, disk, id);
+            let used = handle_chain_with(scratch, mem, chain, disk, id);
             queue.add_used(mem, head, used)?;
             *requests += 1;
             used_any = true;
@@ -199,7 +210,14 @@ impl VirtioDevice for Blk {
             Some(exec) => {
                 drain_queue_async(queue, mem, &*self.disk, &self.id, &mut self.requests, exec)
             }
-            None => drain_queue(queue, mem, &*self.disk, &self.id, &mut self.requests),
+            None => drain_queue_with(
+                &mut self.scratch,
+                queue,
+                mem,
+                &*self.disk,
+                &self.id,
+                &mut self.requests,
+            ),
         };
         if wants? {
             interrupt.trigger(InterruptType::Queue(index));

@@ -90,22 +90,24 @@ pub(super) fn total(segs: &[Seg]) -> u64 {
     segs.iter().map(|s| s.len as u64).sum()
 }
 
-/// Drop the first `skip` bytes of `segs`.
-fn skip_bytes(segs: &[Seg], mut skip: u64) -> Vec<Seg> {
-    let mut out = Vec::new();
-    for s in segs {
-        if skip >= s.len as u64 {
-            skip -= s.len as u64;
-            continue;
-        }
+/// Drop the first `skip` bytes of `segs`, in place.
+fn skip_bytes(segs: &mut Vec<Seg>, mut skip: u64) {
+    let whole = segs
+        .iter()
+        .take_while(|s| {
+            let past = skip >= s.len as u64;
+            if past {
+                skip -= s.len as u64;
+            }
+            past
+        })
+        .count();
+    segs.drain(..whole);
+    if let Some(first) = segs.first_mut() {
         // In range: skip < len, and the address + len was checked against guest memory.
-        out.push(Seg {
-            addr: GuestAddress(s.addr.0 + skip),
-            len: s.len - skip as u32,
-        });
-        skip = 0;
+        first.addr = GuestAddress(first.addr.0 + skip);
+        first.len -= skip as u32;
     }
-    out
 }
 
 /// Fill `buf` from the start of `segs` (which must hold at least buf.len() bytes).
@@ -122,17 +124,77 @@ fn gather(mem: &Memory, segs: &[Seg], buf: &mut [u8]) -> Result<(), vm_memory::G
     Ok(())
 }
 
+impl Request {
+    /// A request with no segments yet: the scratch [`parse_into`] fills.
+    pub fn empty() -> Self {
+        Self {
+            ty: RequestType::Unsupported(0),
+            sector: 0,
+            data_out: Vec::new(),
+            data_in: Vec::new(),
+            status: GuestAddress(0),
+        }
+    }
+}
+
 /// Turn a descriptor chain into a request.
 pub fn parse<M>(mem: &Memory, chain: DescriptorChain<M>) -> Result<Request, ParseError>
 where
     M: std::ops::Deref,
     M::Target: vm_memory::GuestMemory,
 {
+    let mut req = Request::empty();
+    parse_into(mem, chain, &mut req)?;
+    Ok(req)
+}
+
+/// [`parse`] into `req`, whose segment lists are cleared and refilled (their memory kept, so
+/// a device that reuses one `req` allocates nothing per request once they have grown).
+pub fn parse_into<M>(
+    mem: &Memory,
+    chain: DescriptorChain<M>,
+    req: &mut Request,
+) -> Result<(), ParseError>
+where
+    M: std::ops::Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    req.data_out.clear();
+    req.data_in.clear();
+    // The first thing wrong with the buffers, in chain order; reported only once the status
+    // byte is known to be usable (no status outranks it).
+    let mut malformed = None;
+    let mut seen_writable = false;
+    let mut sort = |d: &Descriptor, len: u32, req: &mut Request| {
+        if !mem.check_range(d.addr(), len as usize) {
+            malformed.get_or_insert("buffer outside guest memory");
+        }
+        let seg = Seg {
+            addr: d.addr(),
+            len,
+        };
+        if d.is_write_only() {
+            seen_writable = true;
+            if len > 0 {
+                req.data_in.push(seg);
+            }
+        } else if seen_writable {
+            malformed.get_or_insert("device-readable buffer after a device-writable one");
+        } else if len > 0 {
+            req.data_out.push(seg);
+        }
+    };
     // virtio-queue's iterator stops early (without an error) on a loop, a next index outside
     // the table, an unreadable descriptor or more than 4 GiB in total; the last descriptor
-    // then still has NEXT set.
-    let descs: Vec<Descriptor> = chain.collect();
-    let Some(last) = descs.last() else {
+    // then still has NEXT set. Each descriptor is sorted once the next one shows it is not
+    // the last.
+    let mut last = None;
+    for d in chain {
+        if let Some(prev) = last.replace(d) {
+            sort(&prev, prev.len(), req);
+        }
+    }
+    let Some(last) = last else {
         return Err(ParseError::NoStatus("empty chain"));
     };
     if last.has_next() {
@@ -149,41 +211,19 @@ where
         Some(a) if mem.check_range(GuestAddress(a), 1) => GuestAddress(a),
         _ => return Err(ParseError::NoStatus("status byte outside guest memory")),
     };
+    sort(&last, last.len() - 1, req); // less the status byte
     let bad = |why| ParseError::Malformed { status, why };
-    let mut readable = Vec::new();
-    let mut writable = Vec::new();
-    for (i, d) in descs.iter().enumerate() {
-        let mut len = d.len();
-        if i == descs.len() - 1 {
-            len -= 1; // the status byte
-        }
-        if !mem.check_range(d.addr(), len as usize) {
-            return Err(bad("buffer outside guest memory"));
-        }
-        let seg = Seg {
-            addr: d.addr(),
-            len,
-        };
-        if d.is_write_only() {
-            if len > 0 {
-                writable.push(seg);
-            }
-        } else if !writable.is_empty() || (i > 0 && descs[i - 1].is_write_only()) {
-            return Err(bad("device-readable buffer after a device-writable one"));
-        } else {
-            readable.push(seg);
-        }
+    if let Some(why) = malformed {
+        return Err(bad(why));
     }
-    if total(&readable) < HEADER_LEN as u64 {
+    if total(&req.data_out) < HEADER_LEN as u64 {
         return Err(bad("header shorter than 16 bytes"));
     }
     let mut header = BlkHeader::default();
-    gather(mem, &readable, header.as_mut_slice()).map_err(|_| bad("header unreadable"))?;
-    Ok(Request {
-        ty: RequestType::from_raw(header.request_type()),
-        sector: header.sector(),
-        data_out: skip_bytes(&readable, HEADER_LEN as u64),
-        data_in: writable,
-        status,
-    })
+    gather(mem, &req.data_out, header.as_mut_slice()).map_err(|_| bad("header unreadable"))?;
+    skip_bytes(&mut req.data_out, HEADER_LEN as u64);
+    req.ty = RequestType::from_raw(header.request_type());
+    req.sector = header.sector();
+    req.status = status;
+    Ok(())
 }
