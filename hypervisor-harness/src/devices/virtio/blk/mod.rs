@@ -99,6 +99,13 @@ impl Blk {
         self.exec.as_ref()
     }
 
+    /// Whether an I/O thread watches [`Self::completion_fd`] (see [`AsyncExec::set_watched`]).
+    pub fn set_completions_watched(&mut self, watched: bool) {
+        if let Some(exec) = self.exec.as_mut() {
+            exec.set_watched(watched);
+        }
+    }
+
     /// On a raw image; GET_ID answers with the image's file name.
     pub fn on_raw(disk: RawDisk) -> Self {
         let id = serial_from_path(disk.path());
