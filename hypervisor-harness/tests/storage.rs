@@ -562,3 +562,141 @@ fn blk_multiqueue_under_qemu() {
     blk_features_on("qemu", "all", "", &must, Some(2), &["--qemu", qemu]);
     blk_features_on("qemu", "none", "", &must, None, &["--qemu", qemu]);
 }
+
+// ---- discard and write-zeroes (kernel test virtio_blk_discard) ----
+
+/// The kernel test's layout, in sectors, written again here (the two sides share no code):
+/// write-zeroes at [2048, 4096), with UNMAP at [4096, 6144), a discard at [6144, 8192), two
+/// 8-sector discards in one request at 8192 and 8208, all inside [2048, 8448) which the guest
+/// first fills with the pattern of `write_seed`.
+const DISCARD_IMAGE_SECTORS: u64 = 16 << 11;
+const ZEROED: std::ops::Range<u64> = 2048..6144;
+const DISCARDED: [std::ops::Range<u64>; 3] = [6144..8192, 8192..8200, 8208..8216];
+const DISCARD_REGION: std::ops::Range<u64> = 2048..8448;
+
+/// Boot `virtio_blk_discard` on a 16 MiB patterned image and check the file: the write-zeroes
+/// ranges are zeroes, the discarded ones zeroes or the guest's pattern (`holes`: zeroes, and
+/// at least their 2 MiB fewer blocks on disk), everything else the guest's pattern inside the
+/// region and the original outside. Returns the output.
+fn discard_on(sub: &str, holes: bool) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new(&format!("discard-{sub}"));
+    let img = dir.0.join("discard.img");
+    let (seed, wseed) = (0x5eed_d15cu64, 0x0077_d15cu64);
+    let mut data = vec![0u8; DISCARD_IMAGE_SECTORS as usize * SECTOR];
+    fill(seed, 0, &mut data);
+    std::fs::write(&img, &data).unwrap();
+    let blocks_before = std::fs::metadata(&img).unwrap().blocks();
+    let o = harness()
+        .args([sub, "--kernel", KERNEL, "--timeout", "300"])
+        .arg("--cmdline")
+        .arg(format!("tests=virtio_blk_discard write_seed={wseed}"))
+        .arg("--disk")
+        .arg(format!("virtio:{}", img.display()))
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{sub}: {t}");
+    assert!(
+        passed(&t, "virtio_blk_discard"),
+        "{sub}: not run or skipped:\n{t}"
+    );
+    let after = std::fs::read(&img).unwrap();
+    assert_eq!(after.len(), data.len(), "{sub}: the image changed size");
+    let mut written = vec![0u8; SECTOR];
+    for (lba, sector) in after.as_chunks::<SECTOR>().0.iter().enumerate() {
+        let lba = lba as u64;
+        let zero = sector.iter().all(|&b| b == 0);
+        fill(wseed, lba, &mut written);
+        let ok = if ZEROED.contains(&lba) {
+            zero
+        } else if DISCARDED.iter().any(|r| r.contains(&lba)) {
+            zero || (!holes && *sector == written[..])
+        } else if DISCARD_REGION.contains(&lba) {
+            *sector == written[..]
+        } else {
+            let mut original = vec![0u8; SECTOR];
+            fill(seed, lba, &mut original);
+            *sector == original[..]
+        };
+        assert!(ok, "{sub}: sector {lba} of the image is wrong");
+    }
+    let blocks_after = std::fs::metadata(&img).unwrap().blocks();
+    if holes {
+        // The UNMAP write-zeroes and the big discard: 2 MiB of 512-byte blocks at least.
+        assert!(
+            blocks_after + 4096 <= blocks_before,
+            "{sub}: {blocks_before} blocks before, {blocks_after} after: no holes"
+        );
+    }
+    t
+}
+
+/// Our device punches holes: discards and UNMAP write-zeroes free the image's blocks, and its
+/// limits are the ones it documents.
+#[test]
+fn discard_and_write_zeroes_under_the_harness() {
+    if !have_kvm("discard_and_write_zeroes_under_the_harness") {
+        return;
+    }
+    let t = discard_on("run", true);
+    assert!(
+        t.contains(
+            "# virtio-blk discard: max_discard_sectors=32768 max_discard_seg=16 \
+             discard_sector_alignment=8 max_write_zeroes_sectors=32768 \
+             max_write_zeroes_seg=16 write_zeroes_may_unmap=1"
+        ),
+        "{t}"
+    );
+}
+
+/// QEMU's virtio-blk-pci offers both by default; its -drive keeps QEMU's default
+/// discard=ignore, so a discard succeeds and may leave the data (what the spec allows) and
+/// write-zeroes writes zeroes.
+#[test]
+fn discard_and_write_zeroes_under_qemu() {
+    if have_qemu("discard_and_write_zeroes_under_qemu") {
+        let t = discard_on("qemu", false);
+        let limits = t
+            .lines()
+            .find(|l| l.starts_with("# virtio-blk discard: max"));
+        eprintln!("QEMU's limits: {limits:?}");
+    }
+}
+
+/// A read-only disk: the driver refuses both, the device answers IOERR, the file is untouched.
+fn discard_read_only_on(sub: &str) {
+    let dir = TempDir::new(&format!("discard-ro-{sub}"));
+    let img = dir.0.join("ro.img");
+    let seed = 0x0123_d15cu64;
+    make_image(&img, seed);
+    let o = harness()
+        .args([sub, "--kernel", KERNEL, "--timeout", "300"])
+        .arg("--cmdline")
+        .arg("tests=virtio_blk_discard")
+        .arg("--disk")
+        .arg(format!("virtio:{},ro", img.display()))
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{sub}: {t}");
+    assert!(
+        passed(&t, "virtio_blk_discard"),
+        "{sub}: not run or skipped:\n{t}"
+    );
+    verify_image(&img, seed, seed, 0..0).unwrap();
+}
+
+#[test]
+fn discard_on_a_read_only_disk_under_the_harness() {
+    if have_kvm("discard_on_a_read_only_disk_under_the_harness") {
+        discard_read_only_on("run");
+    }
+}
+
+#[test]
+fn discard_on_a_read_only_disk_under_qemu() {
+    if have_qemu("discard_on_a_read_only_disk_under_qemu") {
+        discard_read_only_on("qemu");
+    }
+}

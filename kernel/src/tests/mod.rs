@@ -15,6 +15,7 @@ mod pci;
 mod selftest;
 mod time;
 pub mod virtio_blk;
+mod virtio_blk_discard;
 
 use crate::ktap::Test;
 
@@ -67,6 +68,8 @@ pub static REGISTRY: &[Test] = &[
     Test::by_name("console_prompt", console::prompt),
     // Never in `all`: the host kills the VMM while it sleeps.
     Test::by_name("virtio_blk_durability", virtio_blk::durability),
+    // Never in `all`: it needs a disk larger than the integrity tests' and changes its data.
+    Test::by_name("virtio_blk_discard", virtio_blk_discard::run),
     Test::by_name("ide_durability", ide::durability),
     // Never in `all`: a second virtio-blk driver (the virtio-drivers crate's) on the same disk
     // would only repeat the checks the host tests run it for on their own.
