@@ -33,6 +33,12 @@ pub struct BlkRow {
     pub user_exits_per_io: Option<f64>,
     /// Every exit KVM counted (all causes) per I/O (harness only).
     pub kvm_exits_per_io: Option<f64>,
+    /// CPU time of the harness's virtio I/O threads per I/O, ns: what polling costs (harness
+    /// with I/O threads only; the phase marks' `io_thread_cpu_ns`).
+    pub io_thread_cpu_ns_per_io: Option<f64>,
+    /// CPU time of the vCPU thread per I/O, ns, guest time included (harness only; the
+    /// phase marks' `vcpu_cpu_ns`).
+    pub vcpu_cpu_ns_per_io: Option<f64>,
     /// The p50 of each batch of consecutive I/Os (the guest's `batch_p50=`): the row's samples
     /// for `bench compare`, written as `storage.samples`.
     #[serde(skip)]
@@ -46,6 +52,14 @@ impl BlkRow {
 
     pub fn iops(&self) -> Option<f64> {
         (self.total_ns > 0.0).then(|| self.n as f64 / self.total_ns * 1e9)
+    }
+
+    /// The harness's CPU time per I/O, ns: its I/O threads' and its vCPU's, those measured.
+    pub fn cpu_ns_per_io(&self) -> Option<f64> {
+        match (self.io_thread_cpu_ns_per_io, self.vcpu_cpu_ns_per_io) {
+            (None, None) => None,
+            (io, vcpu) => Some(io.unwrap_or(0.0) + vcpu.unwrap_or(0.0)),
+        }
     }
 
     fn from_line(vmm: &str, b: &BenchLine) -> Option<Self> {
@@ -63,6 +77,8 @@ impl BlkRow {
             p99_ns: num("p99"),
             user_exits_per_io: None,
             kvm_exits_per_io: None,
+            io_thread_cpu_ns_per_io: None,
+            vcpu_cpu_ns_per_io: None,
             // An older guest prints none; a malformed list is no samples rather than no row.
             batch_p50_ns: b
                 .extra
@@ -122,10 +138,14 @@ pub fn rows_of(vmm: &str, stdout: &str, phase_marks: &[PhaseMark]) -> Vec<BlkRow
                         let dev = device_exits_between(begin, end, device_prefixes(&row.path));
                         row.user_exits_per_io = Some(dev as f64 / row.n as f64);
                     }
-                    row.kvm_exits_per_io = match (begin.kvm_exits, end.kvm_exits) {
+                    let per_io = |a: Option<u64>, b: Option<u64>| match (a, b) {
                         (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / row.n as f64),
                         _ => None,
                     };
+                    row.kvm_exits_per_io = per_io(begin.kvm_exits, end.kvm_exits);
+                    row.io_thread_cpu_ns_per_io =
+                        per_io(begin.io_thread_cpu_ns, end.io_thread_cpu_ns);
+                    row.vcpu_cpu_ns_per_io = per_io(begin.vcpu_cpu_ns, end.vcpu_cpu_ns);
                 }
             }
             Some(row)
@@ -201,6 +221,8 @@ pub fn native_rows(image: &Path, budget_ns: u64) -> Vec<BlkRow> {
             p99_ns: Some(lat[(lat.len() * 99 / 100).min(lat.len() - 1)]),
             user_exits_per_io: None,
             kvm_exits_per_io: None,
+            io_thread_cpu_ns_per_io: None,
+            vcpu_cpu_ns_per_io: None,
             batch_p50_ns,
         });
     }
@@ -397,7 +419,7 @@ impl BlkSection {
         let mut s =
             String::from("\nstorage (guest bench=blk; MB/s and IOPS over the row's wall time)\n");
         s += &format!(
-            "  {:<23} {:<20} {:<16} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}\n",
+            "  {:<23} {:<20} {:<16} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10}\n",
             "vmm",
             "workload",
             "path",
@@ -408,14 +430,16 @@ impl BlkSection {
             "exits/io",
             "kvm ex/io",
             "x qemu",
-            "x best"
+            "x best",
+            "cpu us/io",
+            "iothr us/io"
         );
         let f = |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or("-".into());
         let mut sorted: Vec<&BlkRow> = self.rows.iter().collect();
         sorted.sort_by(|a, b| (&a.workload, &a.path, &a.vmm).cmp(&(&b.workload, &b.path, &b.vmm)));
         for r in sorted {
             s += &format!(
-                "  {:<23} {:<20} {:<16} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}\n",
+                "  {:<23} {:<20} {:<16} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10}\n",
                 r.vmm,
                 r.workload,
                 r.path,
@@ -435,6 +459,8 @@ impl BlkSection {
                 } else {
                     "".into()
                 },
+                f(r.cpu_ns_per_io().map(|v| v / 1e3), 2),
+                f(r.io_thread_cpu_ns_per_io.map(|v| v / 1e3), 2),
             );
         }
         s += "  exits/io: userspace exits at the disk's device per I/O (harness); kvm ex/io: every\n";
@@ -442,7 +468,9 @@ impl BlkSection {
         s += "  for QEMU from QMP query-stats read just after each phase line (approximate);\n";
         s += "  x qemu: harness MB/s over QEMU's (its defaults) for the same guest path and\n";
         s += "  workload; x best: over the best of qemu, qemu-iothread (an iothread with its\n";
-        s += "  adaptive polling) and qemu-iothread-io_uring (also cache=none,aio=io_uring).\n";
+        s += "  adaptive polling) and qemu-iothread-io_uring (also cache=none,aio=io_uring);\n";
+        s += "  cpu us/io: the harness's CPU time per I/O (its I/O threads' and its vCPU's,\n";
+        s += "  guest time included); iothr us/io: the I/O threads' alone, what polling costs.\n";
         s += &super::blk_targets::to_text(&self.targets());
         for n in &self.notes {
             s += &format!("  note: {n}\n");
@@ -466,6 +494,7 @@ impl BlkSection {
                     row: r,
                     mb_per_s: r.mb_per_s(),
                     iops: r.iops(),
+                    cpu_ns_per_io: r.cpu_ns_per_io(),
                     ratio_mb_per_s_to_qemu: self.ratio_to_qemu(r),
                     ratio_to_qemu_best: self.ratio_to_qemu_best(r),
                     qemu_best: r
@@ -520,6 +549,8 @@ pub struct BlkRowJson<'a> {
     pub row: &'a BlkRow,
     pub mb_per_s: Option<f64>,
     pub iops: Option<f64>,
+    /// The I/O threads' and the vCPU's CPU time per I/O, ns (harness only).
+    pub cpu_ns_per_io: Option<f64>,
     pub ratio_mb_per_s_to_qemu: Option<f64>,
     /// A harness row's MB/s over the best QEMU row's ([`QEMU_VMMS`]) of its path and workload.
     pub ratio_to_qemu_best: Option<f64>,
@@ -567,6 +598,47 @@ mod tests {
         assert_eq!(r.kvm_exits_per_io, Some(4.0));
         assert!((r.mb_per_s().unwrap() - 0.4096).abs() < 1e-9);
         assert!((r.iops().unwrap() - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cpu_per_io_from_the_phase_marks() {
+        let out = "# bench: blk.virtio_polled.randread_4k_qd1 ns=5 n=100 bytes=409600 total_ns=1000\n\
+                   # bench: blk.virtio_msix.randread_4k_qd1 ns=5 n=100 bytes=409600 total_ns=1000\n";
+        let doc = marks(json!([
+            {"marker": "begin blk.virtio_polled.randread_4k_qd1", "device_exits": {}, "kvm_exits": 0,
+             "io_thread_cpu_ns": 1_000_000, "vcpu_cpu_ns": 5_000_000},
+            {"marker": "end blk.virtio_polled.randread_4k_qd1", "device_exits": {}, "kvm_exits": 0,
+             "io_thread_cpu_ns": 1_300_000, "vcpu_cpu_ns": 5_100_000},
+            // Inline: no I/O threads, the vCPU alone.
+            {"marker": "begin blk.virtio_msix.randread_4k_qd1", "device_exits": {}, "kvm_exits": 0,
+             "vcpu_cpu_ns": 6_000_000},
+            {"marker": "end blk.virtio_msix.randread_4k_qd1", "device_exits": {}, "kvm_exits": 0,
+             "vcpu_cpu_ns": 6_200_000},
+        ]));
+        let rows = rows_of("harness-thread", out, &doc);
+        assert_eq!(rows[0].io_thread_cpu_ns_per_io, Some(3000.0));
+        assert_eq!(rows[0].vcpu_cpu_ns_per_io, Some(1000.0));
+        assert_eq!(rows[0].cpu_ns_per_io(), Some(4000.0));
+        assert_eq!(rows[1].io_thread_cpu_ns_per_io, None);
+        assert_eq!(rows[1].cpu_ns_per_io(), Some(2000.0));
+        // QEMU's marks carry no CPU time.
+        let q = rows_of("qemu", out, &[]);
+        assert_eq!(q[0].cpu_ns_per_io(), None);
+        let s = BlkSection {
+            rows,
+            notes: vec![],
+        };
+        let line = s
+            .to_text()
+            .lines()
+            .find(|l| l.contains("virtio_polled"))
+            .unwrap()
+            .to_string();
+        assert!(line.trim_end().ends_with("4.00       3.00"), "{line}");
+        let j = serde_json::to_value(s.to_json()).unwrap();
+        assert_eq!(j["rows"][0]["cpu_ns_per_io"], 4000.0);
+        assert_eq!(j["rows"][0]["io_thread_cpu_ns_per_io"], 3000.0);
+        assert!(j["rows"][1]["io_thread_cpu_ns_per_io"].is_null());
     }
 
     #[test]
@@ -619,6 +691,8 @@ mod tests {
             p99_ns: None,
             user_exits_per_io: None,
             kvm_exits_per_io: None,
+            io_thread_cpu_ns_per_io: None,
+            vcpu_cpu_ns_per_io: None,
             batch_p50_ns: vec![],
         };
         let s = BlkSection {
@@ -638,6 +712,8 @@ mod tests {
             keys,
             [
                 "bytes",
+                "cpu_ns_per_io",
+                "io_thread_cpu_ns_per_io",
                 "iops",
                 "kvm_exits_per_io",
                 "mb_per_s",
@@ -650,6 +726,7 @@ mod tests {
                 "ratio_to_qemu_best",
                 "total_ns",
                 "user_exits_per_io",
+                "vcpu_cpu_ns_per_io",
                 "vmm",
                 "workload"
             ]
@@ -671,6 +748,8 @@ mod tests {
             p99_ns: None,
             user_exits_per_io: None,
             kvm_exits_per_io: None,
+            io_thread_cpu_ns_per_io: None,
+            vcpu_cpu_ns_per_io: None,
             batch_p50_ns: vec![],
         }
     }
@@ -729,6 +808,6 @@ mod tests {
             .lines()
             .find(|l| l.contains("harness-thread") && l.contains("randread_4k_qd32"))
             .unwrap();
-        assert!(line.trim_end().ends_with("4.00      2.00"), "{line}");
+        assert!(line.contains(" 4.00      2.00 "), "{line}");
     }
 }

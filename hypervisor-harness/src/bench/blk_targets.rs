@@ -272,6 +272,8 @@ mod tests {
             p99_ns: None,
             user_exits_per_io: vmm.starts_with("harness").then_some(0.0),
             kvm_exits_per_io: None,
+            io_thread_cpu_ns_per_io: None,
+            vcpu_cpu_ns_per_io: None,
             batch_p50_ns: vec![],
         }
     }

@@ -360,6 +360,8 @@ mod tests {
             p99_ns: None,
             user_exits_per_io: Some(37.0 / 3.0),
             kvm_exits_per_io: None,
+            io_thread_cpu_ns_per_io: None,
+            vcpu_cpu_ns_per_io: None,
             batch_p50_ns: vec![],
         };
         assert_eq!(ProfileRow::of(&b).unwrap().user_exits, 37);
