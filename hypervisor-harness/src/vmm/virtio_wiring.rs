@@ -291,7 +291,25 @@ fn attach_blk(
     let path = disk.disk.path().display().to_string();
     let with_msix = disk.msix;
     let poll_max_ns = disk.poll_max_ns.unwrap_or(DEFAULT_POLL_MAX_NS);
-    let blk = Blk::on_raw(disk.disk);
+    // cache=none: the image O_DIRECT through io_uring, whose completions wake the I/O thread
+    // (inline, each drain waits for its own batch).
+    let mut blk = match disk.direct {
+        Some(direct) => {
+            Blk::on_direct(direct).map_err(|e| other(&format!("{name}: io_uring"), e))?
+        }
+        None => Blk::on_raw(disk.disk),
+    };
+    let cache = match blk.completion_fd() {
+        Some(_) => ", cache=none (O_DIRECT, io_uring)",
+        None => "",
+    };
+    let completions = match blk.completion_fd() {
+        Some(fd) if io_mode == IoMode::Thread => {
+            vec![(0, fd.try_clone().map_err(|e| other("eventfd", e))?)]
+        }
+        _ => Vec::new(),
+    };
+    blk.set_completions_watched(!completions.is_empty());
 
     let vectors = if with_msix { msix_vectors_of(&blk) } else { 0 };
     let irq = function_irq(dm, router, &name, vectors, gsi)?;
@@ -317,18 +335,24 @@ fn attach_blk(
         }
         // Queues whose ioeventfd KVM refused still work: their notify exits and is
         // processed inline.
-        if !notifies.is_empty() {
+        if !notifies.is_empty() || !completions.is_empty() {
             let config = IoThreadConfig {
                 poll: PollPolicy::new(poll_max_ns),
             };
-            let thread = io_thread::spawn_with(&format!("{name}-io"), dev, notifies, config)
-                .map_err(|e| other("I/O thread", e))?;
+            let thread = io_thread::spawn_with_completions(
+                &format!("{name}-io"),
+                dev,
+                notifies,
+                completions,
+                config,
+            )
+            .map_err(|e| other("I/O thread", e))?;
             clocks.push(thread.cpu);
             mode = format!("thread, polling up to {poll_max_ns} ns");
         }
     }
     let note = format!(
-        "{name}: {path} at {bdf}, BAR0 {bar:#x}, INTx GSI {gsi}, {vectors} MSI-X vectors, I/O {mode}"
+        "{name}: {path} at {bdf}, BAR0 {bar:#x}, INTx GSI {gsi}, {vectors} MSI-X vectors, I/O {mode}{cache}"
     );
     Ok((attached, note, clocks))
 }

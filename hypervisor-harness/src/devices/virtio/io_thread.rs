@@ -59,8 +59,20 @@ pub fn spawn_with(
     notifies: Vec<(usize, EventFd)>,
     config: IoThreadConfig,
 ) -> io::Result<IoThread> {
+    spawn_with_completions(name, dev, notifies, Vec::new(), config)
+}
+
+/// [`spawn_with`], the thread also woken by `completions`: eventfds that say a queue has
+/// finished work to hand back (cache=none's io_uring). Not notifies: not counted as such.
+pub fn spawn_with_completions(
+    name: &str,
+    dev: Arc<Mutex<VirtioPciDevice>>,
+    notifies: Vec<(usize, EventFd)>,
+    completions: Vec<(usize, EventFd)>,
+    config: IoThreadConfig,
+) -> io::Result<IoThread> {
     let epoll = Epoll::new()?;
-    for (i, (_, evt)) in notifies.iter().enumerate() {
+    for (i, (_, evt)) in notifies.iter().chain(&completions).enumerate() {
         epoll.ctl(
             ControlOperation::Add,
             evt.as_raw_fd(),
@@ -76,8 +88,9 @@ pub fn spawn_with(
             crate::seccomp::enter(crate::seccomp::ThreadKind::DeviceIo);
             Waiter {
                 epoll,
-                events: vec![EpollEvent::default(); notifies.len().max(1)],
+                events: vec![EpollEvent::default(); (notifies.len() + completions.len()).max(1)],
                 notifies,
+                completions,
                 worker,
                 policy: config.poll,
             }
@@ -93,6 +106,8 @@ struct Waiter {
     epoll: Epoll,
     events: Vec<EpollEvent>,
     notifies: Vec<(usize, EventFd)>,
+    /// Epoll data `notifies.len() + i`.
+    completions: Vec<(usize, EventFd)>,
     worker: QueueWorker,
     policy: PollPolicy,
 }
@@ -165,12 +180,16 @@ impl Waiter {
         };
         let woke = Instant::now();
         for ev in &self.events[..n] {
-            let Some((queue, evt)) = self.notifies.get(ev.data() as usize) else {
-                continue;
-            };
-            // Non-blocking: a spurious wakeup just finds nothing.
-            if evt.read().is_ok() {
-                self.worker.notified(*queue);
+            let i = ev.data() as usize;
+            if let Some((queue, evt)) = self.notifies.get(i) {
+                // Non-blocking: a spurious wakeup just finds nothing.
+                if evt.read().is_ok() {
+                    self.worker.notified(*queue);
+                }
+            } else if let Some((queue, evt)) = self.completions.get(i - self.notifies.len()) {
+                if evt.read().is_ok() {
+                    self.worker.process(*queue);
+                }
             }
         }
         Some(woke)
