@@ -213,7 +213,9 @@ impl VirtioDevice for Blk {
         let Some(queue) = queues.get_mut(index) else {
             return Ok(());
         };
-        let wants = match self.exec.as_mut() {
+        // cache=none's ring serves queue 0 (its tags are that queue's heads); other queues
+        // (queues=N) are served synchronously.
+        let wants = match self.exec.as_mut().filter(|_| index == 0) {
             Some(exec) => {
                 drain_queue_async(queue, mem, &*self.disk, &self.id, &mut self.requests, exec)
             }
