@@ -15,7 +15,7 @@
 
 mod async_exec;
 mod config;
-mod discard;
+pub mod discard;
 mod execute;
 mod request;
 #[cfg(test)]
