@@ -307,6 +307,10 @@ struct ReqQueue<'p, P: Platform + ?Sized> {
     /// (cleared by a kick or a completion).
     kick_suppressed_at: Option<u64>,
     completed: u64,
+    /// Notifications [`VirtioBlk::notify`] sent.
+    kicks: u64,
+    /// Notifications sent again for a kick the device's avail_event held back.
+    rekicks: u64,
 }
 
 impl<'p, P: Platform + ?Sized> ReqQueue<'p, P> {
@@ -340,6 +344,8 @@ impl<'p, P: Platform + ?Sized> ReqQueue<'p, P> {
             free_slots: (0..n as u16).rev().collect(),
             kick_suppressed_at: None,
             completed: 0,
+            kicks: 0,
+            rekicks: 0,
         })
     }
 
@@ -358,6 +364,7 @@ impl<'p, P: Platform + ?Sized> ReqQueue<'p, P> {
         };
         if now_ns().saturating_sub(since) >= REKICK_NS {
             transport.notify(self.index);
+            self.rekicks += 1;
             self.kick_suppressed_at = None;
         }
     }
@@ -595,6 +602,14 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
     /// Requests completed on queue `index` so far (0 for a queue that does not exist).
     pub fn completed_on(&self, index: usize) -> u64 {
         self.queues.get(index).map_or(0, |q| q.completed)
+    }
+    /// Notifications [`Self::notify`] sent so far, on every queue.
+    pub fn kicks(&self) -> u64 {
+        self.queues.iter().map(|q| q.kicks).sum()
+    }
+    /// Notifications sent again, after a held-back kick saw no completion for 10 ms.
+    pub fn rekicks(&self) -> u64 {
+        self.queues.iter().map(|q| q.rekicks).sum()
     }
     /// Whether requests go through indirect tables (VIRTIO_F_INDIRECT_DESC negotiated).
     pub fn uses_indirect(&self) -> bool {
@@ -921,6 +936,7 @@ impl<'p, P: Platform + ?Sized> VirtioBlk<'p, P> {
             let published = q.vq.unchecked_publications();
             if q.vq.kick_needed() {
                 self.transport.notify(q.index);
+                q.kicks += 1;
                 q.kick_suppressed_at = None;
             } else if published && q.kick_suppressed_at.is_none() {
                 q.kick_suppressed_at = Some(self.platform.now_ns());
@@ -1687,6 +1703,7 @@ mod tests {
                     assert_eq!(buf[..], st.borrow().disk[lba as usize * 512..][..512]);
                 }
                 assert_eq!(p.dev.borrow().notifies.len(), 8, "{features:#x} {mode:?}");
+                assert_eq!((blk.kicks(), blk.rekicks()), (8, 0));
                 assert_eq!(st.borrow().interrupts, want_irqs, "{features:#x} {mode:?}");
                 let delivered: u64 = p.irqs.borrow().values().sum();
                 assert_eq!(delivered, u64::from(want_irqs));
@@ -1772,6 +1789,17 @@ mod tests {
                 }
                 assert_eq!(pending, 0, "{garbage:?} {mode:?}: requests lost");
                 let kicks = p.dev.borrow().notifies.len();
+                assert_eq!(
+                    blk.kicks() + blk.rekicks(),
+                    kicks as u64,
+                    "every kick counted"
+                );
+                if !matches!(garbage, GarbageEvent::Ahead) {
+                    assert!(
+                        blk.rekicks() > 0,
+                        "{garbage:?}: held-back kicks never resent"
+                    );
+                }
                 assert!(kicks >= 21, "{garbage:?}: {kicks} kicks");
             }
         }

@@ -499,6 +499,7 @@ pub fn queue_depth_32() -> Outcome {
     let mut pending = Vec::new();
     // One batch, one notify; with MQ one batch per queue (the driver takes them in turn).
     let batch = 32 / blk.num_queues();
+    let kicks_before = blk.kicks();
     for i in 0..32 {
         if i > 0 && i % batch == 0 {
             blk.notify();
@@ -541,6 +542,19 @@ pub fn queue_depth_32() -> Outcome {
     }
     check!(done == 32, "only {} of 32 requests completed", done);
     let spread = try_or_fail!(per_queue(&blk), "qd32");
+    // One notify per batch at most (none if the device was polling its ring).
+    let kicks = blk.kicks() - kicks_before;
+    check!(
+        kicks <= blk.num_queues() as u64,
+        "{} notifies for {} batches",
+        kicks,
+        blk.num_queues()
+    );
+    println!(
+        "# virtio-blk qd32: {} notifies, {} resent",
+        kicks,
+        blk.rekicks()
+    );
     println!(
         "# virtio-blk qd32: {}, completions per queue: {}",
         fast_path_summary(&blk),
