@@ -6,7 +6,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_ID_BYTES,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::ByteValued;
 
 pub const DEVICE_TYPE: u16 = 2;
@@ -58,6 +58,7 @@ pub const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
 pub fn device_features(read_only: bool) -> u64 {
     let mut f = 1u64 << VIRTIO_F_VERSION_1
         | 1 << VIRTIO_RING_F_EVENT_IDX
+        | 1 << VIRTIO_RING_F_INDIRECT_DESC
         | 1 << VIRTIO_BLK_F_FLUSH
         | 1 << VIRTIO_BLK_F_BLK_SIZE
         | 1 << VIRTIO_BLK_F_SEG_MAX

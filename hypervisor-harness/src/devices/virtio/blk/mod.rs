@@ -17,6 +17,9 @@ mod async_exec;
 mod config;
 pub mod discard;
 mod execute;
+mod indirect;
+#[cfg(test)]
+mod indirect_tests;
 mod request;
 #[cfg(test)]
 mod tests;
@@ -26,6 +29,7 @@ mod vectored_tests;
 pub use async_exec::{drain_queue_async, AsyncCounters, AsyncExec};
 pub use config::*;
 pub use execute::{execute, handle_chain, handle_chain_with, SLICES};
+pub use indirect::refused_head;
 pub use request::{parse, parse_into, BlkHeader, ParseError, Request, RequestType, Seg};
 
 use super::device::{driver_wants_interrupt, Activation, InterruptType, QueueBroken, VirtioDevice};
@@ -139,7 +143,11 @@ pub fn drain_queue_with(
         queue.disable_notification(mem)?;
         while let Some(chain) = queue.iter(mem)?.next() {
             let head = chain.head_index();
-            let used = handle_chain_with(scratch, mem, chain, disk, id);
+            let used = match refused_head(queue, mem, head) {
+                // Nothing of it is read: no status byte is known.
+                Some(_) => 0,
+                None => handle_chain_with(scratch, mem, chain, disk, id),
+            };
             queue.add_used(mem, head, used)?;
             *requests += 1;
             used_any = true;

@@ -1,7 +1,7 @@
 //! Descriptor chain to [`Request`]: the header read, the data segments sorted by direction,
 //! the status byte found, every buffer checked against guest memory.
 
-use super::config::HEADER_LEN;
+use super::config::{HEADER_LEN, QUEUE_SIZE};
 use crate::devices::virtio::Memory;
 use virtio_bindings::virtio_blk::{
     virtio_blk_outhdr, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
@@ -188,8 +188,12 @@ where
     // the table, an unreadable descriptor or more than 4 GiB in total; the last descriptor
     // then still has NEXT set. Each descriptor is sorted once the next one shows it is not
     // the last.
+    // At most a full queue's worth: an indirect table reached from inside a chain (which the
+    // head check does not see) could otherwise make one request 65535 descriptors long.
     let mut last = None;
-    for d in chain {
+    let mut count = 0;
+    for d in chain.take(usize::from(QUEUE_SIZE) + 1) {
+        count += 1;
         if let Some(prev) = last.replace(d) {
             sort(&prev, prev.len(), req);
         }
@@ -197,6 +201,9 @@ where
     let Some(last) = last else {
         return Err(ParseError::NoStatus("empty chain"));
     };
+    if count > usize::from(QUEUE_SIZE) {
+        return Err(ParseError::NoStatus("chain longer than the largest queue"));
+    }
     if last.has_next() {
         return Err(ParseError::NoStatus(
             "chain does not end (loop, bad next index or over 4 GiB)",
