@@ -163,6 +163,14 @@ impl Waiter {
                     None => {}
                 }
             }
+            // cache=none: completions are handed back while polling too (else each would wait
+            // for the window to run out), the queue's notifications kept off after.
+            for (queue, evt) in &self.completions {
+                if evt.read().is_ok() {
+                    self.worker.process(*queue);
+                    live |= self.worker.suppress_notifications(*queue);
+                }
+            }
             std::hint::spin_loop();
         }
         None
