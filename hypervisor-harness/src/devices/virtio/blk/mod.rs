@@ -16,6 +16,8 @@
 mod async_exec;
 mod config;
 pub mod discard;
+#[cfg(test)]
+mod event_idx_tests;
 mod execute;
 mod indirect;
 #[cfg(test)]
