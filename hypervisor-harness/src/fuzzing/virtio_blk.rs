@@ -1,8 +1,9 @@
 //! virtio-blk behind the virtio-pci transport ([`virtio_rig`](super::virtio_rig)), on a disk
-//! that fails on command. Besides the rig's ops: mostly well-formed requests (REQUEST) and
-//! backend faults (FAULT); besides its checks: a notify completes at most a few rounds of the
-//! ring, interrupts never outnumber their causes, and at the end the healed disk reads back
-//! through a reset device.
+//! that fails on command. Besides the rig's ops: mostly well-formed requests (REQUEST), backend
+//! faults (FAULT), a chain moved into an indirect table, valid or hostile (INDIRECT, in
+//! virtio_blk/hostile.rs), and garbage in `used_event` (USED_EVENT); besides its checks: a
+//! notify completes at most a few rounds of the ring, interrupts never outnumber their causes,
+//! and at the end the healed disk reads back through a reset device.
 
 use super::virtio_rig::{canonical, push_avail, put_desc, Rig, F_NEXT, F_WRITE, GENERIC_OPS};
 use super::*;
@@ -31,8 +32,15 @@ pub mod vop {
     /// Make the disk's backend fail (or heal): a byte with 2 bits each for reads, writes and
     /// flushes (0 works, 1 EIO, 2 short read, 3 ENOSPC).
     pub const FAULT: u8 = super::GENERIC_OPS + 1;
+    /// Move the chain at a head of queue 0 into an indirect table (a mode byte: valid, or a
+    /// bad length, 0, longer than the queue, with NEXT, nested, anywhere, looping), publish it.
+    pub const INDIRECT: u8 = super::GENERIC_OPS + 2;
+    /// Write queue 0's `used_event`: near the used index, 0xffff, or anything.
+    pub const USED_EVENT: u8 = super::GENERIC_OPS + 3;
 }
-const OPS: u8 = GENERIC_OPS + 2;
+const OPS: u8 = GENERIC_OPS + 4;
+
+mod hostile;
 
 /// Request headers, status bytes and data buffers of the REQUEST op: past queue 0's canonical
 /// rings, below the rig's CHAIN buffers.
@@ -197,6 +205,8 @@ impl BlkRig {
         match r.u8() % OPS {
             vop::REQUEST => self.request(r),
             vop::FAULT => self.switch.set(r.faults()),
+            vop::INDIRECT => self.indirect(r),
+            vop::USED_EVENT => self.used_event(r),
             op => self.rig.op(op, r),
         }
     }
