@@ -34,6 +34,8 @@
 //! Frames for the guest wait in a queue of at most [`RX_QUEUE_FRAMES`]; beyond that they are
 //! dropped and counted (`rx_dropped`, [`PeerCounters::rx_queue_overflows`]).
 
+#[cfg(test)]
+mod fin_tests;
 pub(crate) mod pattern;
 mod stack;
 pub mod switch;
