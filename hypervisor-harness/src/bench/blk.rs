@@ -670,6 +670,36 @@ mod tests {
     }
 
     #[test]
+    fn tmpfs_is_told_from_a_disk_by_the_mount_table() {
+        // Every mount point the kernel lists agrees with statfs on whether it is a tmpfs.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let mut checked = 0;
+        for line in mounts.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (dir, fstype) = (Path::new(f[1]), f[2]);
+            let readable = std::fs::read_dir(dir).is_ok();
+            if !matches!(fstype, "tmpfs" | "ext4" | "xfs" | "btrfs") || !readable {
+                continue;
+            }
+            // A later mount over the same point hides this one: judge the last only.
+            let last = mounts
+                .lines()
+                .rev()
+                .find(|l| l.split_whitespace().nth(1) == Some(f[1]));
+            if last != Some(line) {
+                continue;
+            }
+            assert_eq!(is_tmpfs(dir), fstype == "tmpfs", "{line}");
+            checked += 1;
+        }
+        assert!(checked > 0, "{mounts}");
+        assert!(!is_tmpfs(Path::new("/nonexistent/dir")));
+        if !is_tmpfs(&std::env::temp_dir()) {
+            assert_eq!(image_dir_base(), std::env::temp_dir());
+        }
+    }
+
+    #[test]
     fn unmatched_phases_are_ignored() {
         let doc = [
             PhaseMark::kvm_only("end x".into(), None),
