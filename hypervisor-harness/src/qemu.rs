@@ -231,7 +231,14 @@ pub fn build_args(
                 a.push("-device".into());
                 // QEMU's own defaults otherwise: a transitional device, MSI-X on.
                 let vectors = if d.msix { "" } else { ",vectors=0" };
-                a.push(format!("virtio-blk-pci,drive=disk{i}{vectors}{iothread}"));
+                // queues=N: QEMU's num-queues (its default otherwise).
+                let queues = match d.queues {
+                    1 => String::new(),
+                    n => format!(",num-queues={n}"),
+                };
+                a.push(format!(
+                    "virtio-blk-pci,drive=disk{i}{vectors}{queues}{iothread}"
+                ));
             }
             DiskKind::Ide => {
                 let Some(index) = ide_index.next() else {
@@ -832,9 +839,18 @@ mod tests {
 
     #[test]
     fn disk_args() {
-        let cfg = config(&["virtio:/a,b.img,ro", "ide:/c.img", "virtio:/d.img,msix=off"]);
+        let cfg = config(&[
+            "virtio:/a,b.img,ro",
+            "ide:/c.img",
+            "virtio:/d.img,msix=off",
+            "virtio:/e.img,queues=4",
+        ]);
         let args = build_args(&cfg, "tcg", "max", Path::new("/q"), None).unwrap();
         let a = args.join(" ");
+        assert!(
+            a.contains("-device virtio-blk-pci,drive=disk3,num-queues=4"),
+            "{a}"
+        );
         // QEMU's own device as a user types it: no disable-legacy, no vectors, unless asked.
         assert!(
             args.contains(&"virtio-blk-pci,drive=disk0".to_string()),

@@ -563,6 +563,23 @@ fn blk_multiqueue_under_qemu() {
     blk_features_on("qemu", "none", "", &must, None, &["--qemu", qemu]);
 }
 
+/// Multiqueue on our device (`--disk virtio:PATH,queues=N`: one I/O thread per queue), with
+/// polling at its default and off, and inline; and `queues=2` reaching QEMU as num-queues=2.
+#[test]
+fn blk_multiqueue_with_queues_option() {
+    let must = ["event_idx", "mq"];
+    if have_kvm("blk_multiqueue_with_queues_option") {
+        blk_features_on("run", "all", ",queues=2", &must, Some(2), &[]);
+        blk_features_on("run", "all", ",queues=4,poll-max-ns=0", &must, Some(4), &[]);
+        let inline = ["--io-mode", "inline"];
+        blk_features_on("run", "all", ",queues=2", &must, Some(2), &inline);
+        blk_features_on("run", "none", ",queues=2", &must, None, &[]);
+    }
+    if have_qemu("blk_multiqueue_with_queues_option") {
+        blk_features_on("qemu", "all", ",queues=2", &must, Some(2), &[]);
+    }
+}
+
 // ---- discard and write-zeroes (kernel test virtio_blk_discard) ----
 
 /// The kernel test's layout, in sectors, written again here (the two sides share no code):

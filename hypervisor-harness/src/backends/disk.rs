@@ -15,6 +15,8 @@ use vm_memory::VolatileSlice;
 use super::uring_disk::DirectDisk;
 
 pub const SECTOR_SIZE: u64 = 512;
+/// Most request queues a virtio disk may have (`queues=`).
+pub const MAX_QUEUES: u16 = 16;
 
 /// Which device model presents the disk to the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +59,7 @@ pub fn ide_position_name(index: usize) -> &'static str {
     }
 }
 
-/// One `--disk KIND:PATH[,ro][,index=N][,msix=off][,poll-max-ns=N]`.
+/// One `--disk KIND:PATH[,ro][,index=N][,msix=off][,poll-max-ns=N][,queues=N]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
     pub kind: DiskKind,
@@ -74,6 +76,8 @@ pub struct DiskSpec {
     /// virtio only: how long the I/O thread may poll the queue after a batch, in ns (QEMU's
     /// iothread `poll-max-ns`; 0 = never). None: the device's default (32768, QEMU's).
     pub poll_max_ns: Option<u64>,
+    /// virtio only: request queues (VIRTIO_BLK_F_MQ above 1; QEMU's `num-queues`), 1..=16.
+    pub queues: u16,
 }
 
 impl DiskSpec {
@@ -100,6 +104,7 @@ impl DiskSpec {
         let mut msix = None;
         let mut cache = None;
         let mut poll_max_ns = None;
+        let mut queues = None;
         let mut first = true;
         while let Some((p, opt)) = path.rsplit_once(',') {
             let seen = match opt {
@@ -150,11 +155,25 @@ impl DiskSpec {
                     })?;
                     poll_max_ns.replace(ns).is_some()
                 }
+                _ if opt.starts_with("queues=") => {
+                    if kind != DiskKind::Virtio {
+                        return Err(format!("--disk {s:?}: queues= is for virtio disks only"));
+                    }
+                    let n = &opt["queues=".len()..];
+                    let q = n
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|q| (1..=MAX_QUEUES).contains(q))
+                        .ok_or_else(|| {
+                            format!("--disk {s:?}: queues {n:?} is not 1 to {MAX_QUEUES}")
+                        })?;
+                    queues.replace(q).is_some()
+                }
                 // The path itself may hold commas; only the last segment must be an option.
                 _ if !first => break,
                 _ => {
                     return Err(format!(
-                        "--disk {s:?}: unknown option {opt:?} (ro, rw, index=N, msix=on|off or poll-max-ns=N)"
+                        "--disk {s:?}: unknown option {opt:?} (ro, rw, index=N, msix=on|off, poll-max-ns=N or queues=N)"
                     ))
                 }
             };
@@ -175,6 +194,7 @@ impl DiskSpec {
             msix: msix.unwrap_or(true),
             cache: cache.unwrap_or_default(),
             poll_max_ns,
+            queues: queues.unwrap_or(1),
         })
     }
 }
@@ -256,6 +276,7 @@ impl OpenedDisks {
                     disk,
                     msix: spec.msix,
                     poll_max_ns: spec.poll_max_ns,
+                    queues: spec.queues,
                 }),
                 DiskKind::Ide => {
                     // `ide_positions` gave one distinct position per IDE spec.
@@ -285,6 +306,8 @@ pub struct VirtioDisk {
     pub msix: bool,
     /// `poll-max-ns=`, if given.
     pub poll_max_ns: Option<u64>,
+    /// `queues=` (1 unless given).
+    pub queues: u16,
 }
 
 /// What a disk model needs from its storage: a raw image ([`RawDisk`]), memory
@@ -499,6 +522,7 @@ mod tests {
             msix: true,
             cache: DiskCache::Writeback,
             poll_max_ns: None,
+            queues: 1,
         }
     }
 
@@ -542,6 +566,14 @@ mod tests {
                 },
             ),
             (
+                "virtio:v,queues=4,ro",
+                DiskSpec {
+                    queues: 4,
+                    ..spec(Virtio, "v", true, None)
+                },
+            ),
+            ("virtio:v,queues=1", spec(Virtio, "v", false, None)),
+            (
                 "virtio:v,poll-max-ns=100000",
                 DiskSpec {
                     poll_max_ns: Some(100_000),
@@ -575,6 +607,11 @@ mod tests {
             ("virtio:x,poll-max-ns=-1", "not a number of ns"),
             ("virtio:x,poll-max-ns=1us", "not a number of ns"),
             ("virtio:x,poll-max-ns=1,poll-max-ns=2", "given twice"),
+            ("ide:x,queues=2", "for virtio disks only"),
+            ("virtio:x,queues=0", "not 1 to 16"),
+            ("virtio:x,queues=17", "not 1 to 16"),
+            ("virtio:x,queues=", "not 1 to 16"),
+            ("virtio:x,queues=2,queues=2", "given twice"),
         ] {
             let e = DiskSpec::parse(bad).expect_err(bad);
             assert!(e.contains(why), "{bad}: {e}");

@@ -310,6 +310,10 @@ fn attach_blk(
         _ => Vec::new(),
     };
     blk.set_completions_watched(!completions.is_empty());
+    // queues=N: N request queues, a vector and an I/O thread each.
+    let blk = blk
+        .with_queues(disk.queues)
+        .map_err(|e| HarnessError::Usage(format!("--disk virtio: {e}")))?;
 
     let vectors = if with_msix { msix_vectors_of(&blk) } else { 0 };
     let irq = function_irq(dm, router, &name, vectors, gsi)?;
@@ -335,20 +339,43 @@ fn attach_blk(
         }
         // Queues whose ioeventfd KVM refused still work: their notify exits and is
         // processed inline.
-        if !notifies.is_empty() || !completions.is_empty() {
+        // One thread per queue, each with its own epoll and polling window, so the queues
+        // wait for nothing of each other's but the device's lock. cache=none's completions
+        // (one queue only) go to queue 0's.
+        let mut completions = Some(completions);
+        let threads = notifies.len();
+        for (q, evt) in notifies {
             let config = IoThreadConfig {
                 poll: PollPolicy::new(poll_max_ns),
             };
+            let thread_name = match num_queues {
+                1 => format!("{name}-io"),
+                _ => format!("{name}-io{q}"),
+            };
+            let done = if q == 0 { completions.take() } else { None };
             let thread = io_thread::spawn_with_completions(
-                &format!("{name}-io"),
-                dev,
-                notifies,
-                completions,
+                &thread_name,
+                dev.clone(),
+                vec![(q, evt)],
+                done.unwrap_or_default(),
                 config,
             )
             .map_err(|e| other("I/O thread", e))?;
             clocks.push(thread.cpu);
-            mode = format!("thread, polling up to {poll_max_ns} ns");
+        }
+        if let Some(done) = completions.filter(|c| !c.is_empty()) {
+            let thread = io_thread::spawn_with_completions(
+                &format!("{name}-io"),
+                dev,
+                Vec::new(),
+                done,
+                IoThreadConfig::default(),
+            )
+            .map_err(|e| other("I/O thread", e))?;
+            clocks.push(thread.cpu);
+        }
+        if threads > 0 {
+            mode = format!("{threads} thread(s), polling up to {poll_max_ns} ns");
         }
     }
     let note = format!(

@@ -22,6 +22,7 @@ mod execute;
 mod indirect;
 #[cfg(test)]
 mod indirect_tests;
+mod mq;
 mod request;
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,7 @@ pub use async_exec::{drain_queue_async, AsyncCounters, AsyncExec};
 pub use config::*;
 pub use execute::{execute, handle_chain, handle_chain_with, SLICES};
 pub use indirect::refused_head;
+pub use mq::MAX_QUEUES;
 pub use request::{parse, parse_into, BlkHeader, ParseError, Request, RequestType, Seg};
 
 use super::device::{driver_wants_interrupt, Activation, InterruptType, QueueBroken, VirtioDevice};
@@ -59,7 +61,8 @@ pub struct Blk {
     disk: Box<dyn DiskBackend>,
     id: [u8; ID_LEN],
     config: BlkConfig,
-    sizes: [u16; 1],
+    /// One per request queue (`queues=`, [`Blk::with_queues`]).
+    sizes: Vec<u16>,
     /// Memory, queue and interrupt handle from DRIVER_OK to reset.
     active: Option<Activation>,
     /// The request each chain is parsed into, its segment lists reused.
@@ -77,7 +80,7 @@ impl Blk {
             disk,
             id,
             config,
-            sizes: [QUEUE_SIZE],
+            sizes: vec![QUEUE_SIZE],
             active: None,
             scratch: Request::empty(),
             requests: 0,
@@ -170,7 +173,7 @@ impl VirtioDevice for Blk {
     }
 
     fn features(&self) -> u64 {
-        device_features(self.disk.read_only())
+        device_features(self.disk.read_only()) | self.mq_features()
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -196,7 +199,8 @@ impl VirtioDevice for Blk {
 
     fn activate(&mut self, activation: Activation) -> Result<(), String> {
         if activation.queues.len() != self.sizes.len() {
-            return Err(format!("{} queues for one", activation.queues.len()));
+            let (got, have) = (activation.queues.len(), self.sizes.len());
+            return Err(format!("{got} queues for {have}"));
         }
         self.active = Some(activation);
         Ok(())
