@@ -323,3 +323,26 @@ fn on_a_clean_wire_the_fin_goes_once_after_the_data() {
         "{c:?}"
     );
 }
+
+/// A duplicated SYN (the faulty wire's dup) on a peer that has served a connection before, so
+/// that a fresh listener sits in a lower socket slot than the new connection: the second
+/// copy must not make a second connection, whose RST for the client's ACK reset the first
+/// (net_tcp_rx then read 0 bytes).
+#[test]
+fn a_duplicated_syn_leaves_the_connection_alone() {
+    let mut peer = PeerStack::new();
+    let (got, fin, c) = read_source(&mut peer, 50000, NO_LOSSES);
+    assert!(got == pattern() && fin, "the first connection: {c:?}");
+    let losses = Losses {
+        dup_syn: true,
+        ..NO_LOSSES
+    };
+    let (got, fin, c) = read_source(&mut peer, 50001, losses);
+    assert_eq!(c.dup_syns, 1, "{c:?}");
+    assert!(
+        got == pattern(),
+        "{} of {LENGTH} bytes, or not the pattern",
+        got.len()
+    );
+    assert!(fin, "{c:?}");
+}

@@ -9,7 +9,7 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, Icmpv4Message, Icmpv4Packet,
-    IpAddress, IpCidr, IpEndpoint, IpProtocol, Ipv4Address, Ipv4Packet,
+    IpAddress, IpCidr, IpEndpoint, IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket,
 };
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -376,6 +376,9 @@ impl PeerStack {
     /// Garbage is smoltcp's to ignore.
     pub fn input(&mut self, frame: &[u8]) {
         self.count_icmp(frame);
+        if self.is_syn_of_a_connection(frame) {
+            return;
+        }
         self.wire.inbound.clear();
         self.wire.inbound.extend_from_slice(frame);
         self.wire.has_inbound = true;
@@ -453,6 +456,38 @@ impl PeerStack {
         }
         let overflows = std::mem::take(&mut self.wire.out.overflows);
         add(&self.stats.rx_queue_overflows, overflows);
+    }
+
+    /// A SYN from an address and port that already have a connection here: a duplicate, or
+    /// a retransmission that the connection's own SYN-ACK timer answers. smoltcp hands a
+    /// segment to the first socket that takes it, and a fresh listener in a lower slot takes
+    /// a SYN: its second connection then answers the client's ACK, which it does not know,
+    /// with a RST that is in the first connection's window and resets it. So it is dropped.
+    fn is_syn_of_a_connection(&self, frame: &[u8]) -> bool {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return false;
+        };
+        if eth.ethertype() != EthernetProtocol::Ipv4 {
+            return false;
+        }
+        let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+            return false;
+        };
+        if ip.next_header() != IpProtocol::Tcp || ip.dst_addr() != PEER_IP {
+            return false;
+        }
+        let Ok(seg) = TcpPacket::new_checked(ip.payload()) else {
+            return false;
+        };
+        if !seg.syn() || seg.ack() {
+            return false;
+        }
+        let from = IpEndpoint::new(IpAddress::Ipv4(ip.src_addr()), seg.src_port());
+        self.connections.iter().any(|c| {
+            let s = self.sockets.get::<tcp::Socket>(c.handle);
+            s.remote_endpoint() == Some(from)
+                && s.local_endpoint().is_some_and(|l| l.port == seg.dst_port())
+        })
     }
 
     fn count_icmp(&self, frame: &[u8]) {
