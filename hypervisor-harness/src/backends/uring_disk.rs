@@ -12,6 +12,7 @@
 //! with stale data.
 
 use super::disk::{DiskBackend, RawDisk};
+use super::vectored::MAX_IOVECS;
 use io_uring::{opcode, squeue, types, IoUring};
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -193,6 +194,8 @@ pub struct UringCounters {
     pub resubmitted: u64,
     /// `io_uring_enter` calls.
     pub enters: u64,
+    /// Requests finished (through the ring or not) and handed to [`UringEngine::reap`].
+    pub completed: u64,
 }
 
 #[derive(Debug)]
@@ -244,12 +247,14 @@ impl UringEngine {
             .build(u32::from(slots).next_power_of_two())?;
         let completions = EventFd::new(libc::EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(completions.as_raw_fd())?;
-        let slots = (0..slots)
+        // Every slot has room for the largest request (a chain of a full 256-entry queue), so
+        // queueing one never allocates; the pages stay untouched until a request needs them.
+        let slots: Vec<Slot> = (0..slots)
             .map(|_| Slot {
                 busy: false,
                 op: UringOp::Read,
                 offset: 0,
-                iov: Vec::new(),
+                iov: Vec::with_capacity(MAX_IOVECS),
                 first: 0,
                 moved: 0,
                 left: 0,
@@ -261,10 +266,10 @@ impl UringEngine {
             direct,
             buffered,
             align,
+            ready: Vec::with_capacity(slots.len()),
             slots,
             in_flight: 0,
             unsubmitted: 0,
-            ready: Vec::new(),
             counters: UringCounters::default(),
         })
     }
@@ -525,6 +530,7 @@ impl UringEngine {
             if slot.busy {
                 slot.busy = false;
                 self.in_flight -= 1;
+                self.counters.completed += 1;
                 self.ready.push(Completion { tag, result });
             }
         }

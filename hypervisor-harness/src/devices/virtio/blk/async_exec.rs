@@ -13,13 +13,22 @@
 //! exit), each drain waits for its own batch before it returns, so no request waits for a
 //! notify that may never come; the batch is still in flight all at once.
 //!
+//! A head the synchronous path refuses before parsing ([`refused_head`]: INDIRECT with NEXT,
+//! a table longer than the queue) is refused here too, with used length 0. Each chain is
+//! parsed into the executor's own scratch request, and everything a request in flight needs
+//! (its status address, its iovecs in the engine's slot) lives in storage sized once for the
+//! queue when the executor is made: a drain allocates nothing per request.
+//!
 //! Nothing writes guest memory after a reset: [`AsyncExec::abandon`] waits for every request
 //! in flight and forgets them (no status, no used entry), and it runs before the device lets
 //! go of its memory and queue.
 
-use super::{execute, parse, ParseError, Request, RequestType, Seg, ID_LEN, SECTOR_SIZE};
+use super::{
+    execute, parse_into, refused_head, ParseError, Request, RequestType, Seg, ID_LEN, SECTOR_SIZE,
+};
 use crate::backends::disk::DiskBackend;
 use crate::backends::uring_disk::{Completion, UringCounters, UringEngine, UringOp};
+use crate::backends::vectored::MAX_IOVECS;
 use crate::devices::virtio::device::{driver_wants_interrupt, QueueBroken};
 use crate::devices::virtio::Memory;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
@@ -47,16 +56,21 @@ pub struct AsyncCounters {
     pub synchronous: u64,
     /// Requests in flight at a reset, waited for and dropped.
     pub abandoned: u64,
+    /// Heads refused before parsing (used length 0), as the synchronous path refuses them.
+    pub refused: u64,
 }
 
 /// The ring and the requests in it, per head index.
 pub struct AsyncExec {
     engine: UringEngine,
     pending: Vec<Option<Pending>>,
-    /// Reused for each request and each reap: no allocation per request once warm.
+    /// Each chain is parsed into this one (its lists reused).
+    scratch: Request,
+    /// Sized for the largest request and a full queue of completions when made, then reused.
     iov: Vec<libc::iovec>,
     done: Vec<Completion>,
-    /// The mapping the kernel writes into, held while anything is in flight.
+    /// The mapping the kernel writes into: cloned at the first request after a reset and
+    /// kept until the next (a clone per batch would allocate), so it outlives the requests.
     mem: Option<Memory>,
     /// Whether an I/O thread watches [`Self::completion_fd`]; if not, a drain waits for its
     /// batch.
@@ -74,8 +88,9 @@ impl AsyncExec {
         Self {
             engine,
             pending: vec![None; usize::from(queue_size)],
-            iov: Vec::new(),
-            done: Vec::new(),
+            scratch: Request::empty(),
+            iov: Vec::with_capacity(MAX_IOVECS),
+            done: Vec::with_capacity(usize::from(queue_size)),
             mem: None,
             watched: false,
             counters: AsyncCounters::default(),
@@ -111,8 +126,8 @@ impl AsyncExec {
         self.mem = None;
     }
 
-    /// Start `req`, the chain at `head`. `None`: it is in flight; `Some((status, written))`:
-    /// answered now.
+    /// Start the request parsed into `req` (the scratch, lent), the chain at `head`. `None`:
+    /// it is in flight; `Some((status, written))`: answered now.
     fn start(
         &mut self,
         head: u16,
@@ -215,9 +230,6 @@ impl AsyncExec {
             *requests += 1;
             any = true;
         }
-        if self.engine.in_flight() == 0 {
-            self.mem = None;
-        }
         Ok(any)
     }
 
@@ -273,15 +285,28 @@ pub fn drain_queue_async(
             if exec.busy(head) {
                 return Err(busy(head));
             }
-            let answer = match parse(mem, chain) {
-                Ok(req) => exec
-                    .start(head, &req, mem, disk, id)?
-                    .map(|(status, written)| write_status(mem, req.status, status, written)),
+            if refused_head(queue, mem, head).is_some() {
+                // Nothing of it is read: no status byte is known.
+                exec.counters.refused += 1;
+                queue.add_used(mem, head, 0)?;
+                *requests += 1;
+                used_any = true;
+                continue;
+            }
+            // The scratch is lent out for the request's start (the iovecs are copied into the
+            // engine's slot), then put back with its lists' memory.
+            let mut req = std::mem::replace(&mut exec.scratch, Request::empty());
+            let answer = match parse_into(mem, chain, &mut req) {
+                Ok(()) => exec.start(head, &req, mem, disk, id).map(|r| {
+                    r.map(|(status, written)| write_status(mem, req.status, status, written))
+                }),
                 Err(ParseError::Malformed { status, .. }) => {
-                    Some(write_status(mem, status, IOERR, 0))
+                    Ok(Some(write_status(mem, status, IOERR, 0)))
                 }
-                Err(ParseError::NoStatus(_)) => Some(0),
+                Err(ParseError::NoStatus(_)) => Ok(Some(0)),
             };
+            exec.scratch = req;
+            let answer = answer?;
             if let Some(used) = answer {
                 queue.add_used(mem, head, used)?;
                 *requests += 1;

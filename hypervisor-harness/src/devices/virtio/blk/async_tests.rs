@@ -42,12 +42,17 @@ struct Image(PathBuf);
 
 impl Image {
     fn new(len: u64) -> Self {
+        Self::holding(&(0..len).map(pattern).collect::<Vec<u8>>())
+    }
+    fn holding(bytes: &[u8]) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        let p = std::env::temp_dir().join(format!("blk-async-{}-{n}.img", std::process::id()));
-        std::fs::write(&p, (0..len).map(pattern).collect::<Vec<u8>>()).unwrap();
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("blk-async-{}-{n}-{k}.img", std::process::id()));
+        std::fs::write(&p, bytes).unwrap();
         Self(p)
     }
     fn contents(&self) -> Vec<u8> {
@@ -484,4 +489,65 @@ fn blk_reset_with_a_request_in_flight() {
     assert_eq!(vq.used().idx().load(), 0);
     assert!(irq.triggers().is_empty());
     assert_eq!(blk.requests, 0);
+}
+
+/// A cache=none device on `img` (nothing watches its completions: each drain waits).
+fn direct_blk(img: &Image) -> super::super::Blk {
+    super::super::Blk::on_direct(DirectDisk::open(&img.0, false).unwrap()).unwrap()
+}
+
+/// Guest RAM as indirect_tests.rs lays it out: 0..1 MiB, a hole, then 2..3 MiB.
+fn holed_mem() -> Memory {
+    const MIB: usize = 1 << 20;
+    Memory::from_ranges(&[(GuestAddress(0), MIB), (GuestAddress(2 << 20), MIB)]).unwrap()
+}
+
+/// indirect_tests.rs's hostile tables on a cache=none device: each chain gets used length 0
+/// and no status (INDIRECT|NEXT and the tables longer than the queue refused before parsing,
+/// as the synchronous path does), the image is untouched, and the direct read behind them is
+/// served through the engine.
+#[test]
+fn hostile_indirect_tables_on_cache_none() {
+    use crate::devices::virtio::test_util::pattern_byte;
+    let m = holed_mem();
+    let before: Vec<u8> = (0..16 * 512).map(pattern_byte).collect();
+    let img = Image::holding(&before);
+    let mut blk = direct_blk(&img);
+    super::super::indirect_tests::hostile_indirect_tables(&m, &mut blk, &before);
+    let exec = blk.async_exec().unwrap();
+    assert_eq!(exec.counters.refused, 3, "{:?}", exec.counters);
+    assert_eq!(exec.counters.synchronous, 0, "{:?}", exec.counters);
+    assert_eq!(exec.engine_counters().completed, 1, "the direct read");
+    assert_eq!(exec.in_flight(), 0);
+    drop(blk);
+    assert_eq!(img.contents(), before, "no hostile write reached the image");
+}
+
+/// A table reached from inside a direct chain that makes it 301 descriptors long: refused by
+/// the parse's cap on cache=none too (used length 0, nothing queued).
+#[test]
+fn a_chain_through_an_inner_table_longer_than_a_queue_on_cache_none() {
+    use super::super::indirect_tests::serve_on;
+    use virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT;
+    let m = holed_mem();
+    let img = Image::new(8 << 10);
+    let mut blk = direct_blk(&img);
+    let (hdr, data, table) = (0x10_000u64, 0x20_000u64, 0x50_000u64);
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+    m.write_slice(&h, GuestAddress(hdr)).unwrap();
+    let n: u16 = 300;
+    for k in 0..n {
+        let flags = WRITE | if k == n - 1 { 0 } else { NEXT };
+        let entry = d(data + u64::from(k), 1, flags, k + 1);
+        m.write_obj(entry, GuestAddress(table + 16 * u64::from(k)))
+            .unwrap();
+    }
+    let vq = MockSplitQueue::new(&m, 32);
+    let inner = d(table, u32::from(n) * 16, VRING_DESC_F_INDIRECT as u16, 0);
+    vq.desc_table().store(1, inner).unwrap();
+    assert_eq!(serve_on(&m, &[d(hdr, 16, NEXT, 1)], &mut blk), [(0, 0)]);
+    let exec = blk.async_exec().unwrap();
+    assert_eq!(exec.engine_counters().submitted, 0);
+    assert_eq!(exec.in_flight(), 0);
 }

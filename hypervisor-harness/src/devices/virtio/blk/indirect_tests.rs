@@ -83,13 +83,17 @@ fn request_table(i: u16, data_flags: u16) -> [RawDescriptor; 3] {
 /// Publish `heads` (ring descriptors 0..) as one chain each, let an activated device with
 /// `disk` serve them, and return the used ring's (id, len) entries.
 fn serve(m: &Memory, heads: &[RawDescriptor], disk: MemDisk) -> Vec<(u32, u32)> {
+    serve_on(m, heads, &mut Blk::new(Box::new(disk), [0; 20]))
+}
+
+/// [`serve`] by `blk` (cache=none's tests bring their own device).
+pub(super) fn serve_on(m: &Memory, heads: &[RawDescriptor], blk: &mut Blk) -> Vec<(u32, u32)> {
     let vq = MockSplitQueue::new(m, QSIZE);
     for (i, head) in heads.iter().enumerate() {
         vq.desc_table().store(i as u16, *head).unwrap();
         vq.avail().ring().ref_at(i).unwrap().store(i as u16);
     }
     vq.avail().idx().store(heads.len() as u16);
-    let mut blk = Blk::new(Box::new(disk), [0; 20]);
     let irq = Arc::new(RecordingTrigger::default());
     blk.activate(Activation {
         mem: m.clone(),
@@ -145,11 +149,20 @@ fn hostile_indirect_tables_get_used_len_0_and_the_queue_goes_on() {
     let m = mem();
     let disk = MemDisk::patterned(16, false, pattern_byte).unwrap();
     let before = disk.contents();
+    let mut blk = Blk::new(Box::new(disk.clone()), [0; 20]);
+    hostile_indirect_tables(&m, &mut blk, &before);
+    assert_eq!(disk.contents(), before, "no hostile write reached the disk");
+}
+
+/// The batch of [`hostile_indirect_tables_get_used_len_0_and_the_queue_goes_on`] served by
+/// `blk`, whose disk holds `before` (16 sectors of [`pattern_byte`]s): the used entries, the
+/// status bytes and the direct read's data checked. The caller checks its disk is unchanged.
+pub(super) fn hostile_indirect_tables(m: &Memory, blk: &mut Blk, before: &[u8]) {
     let mut heads = Vec::new();
     // 0: a table whose chain loops (2 -> 1 -> 2 ...): virtio-queue stops after the table.
-    header(&m, 0, VIRTIO_BLK_T_OUT, 0);
+    header(m, 0, VIRTIO_BLK_T_OUT, 0);
     put_table(
-        &m,
+        m,
         table(0),
         &[
             d(hdr(0), 16, NEXT, 1),
@@ -159,36 +172,36 @@ fn hostile_indirect_tables_get_used_len_0_and_the_queue_goes_on() {
     );
     heads.push(d(table(0), 48, INDIRECT, 0));
     // 1: a table inside a table.
-    header(&m, 1, VIRTIO_BLK_T_OUT, 0);
-    put_table(&m, table(1) + 0x800, &request_table(1, 0));
+    header(m, 1, VIRTIO_BLK_T_OUT, 0);
+    put_table(m, table(1) + 0x800, &request_table(1, 0));
     put_table(
-        &m,
+        m,
         table(1),
         &[d(hdr(1), 16, NEXT, 1), d(table(1) + 0x800, 48, INDIRECT, 0)],
     );
     heads.push(d(table(1), 32, INDIRECT, 0));
     // 2: a length that is not a multiple of 16.
-    header(&m, 2, VIRTIO_BLK_T_OUT, 0);
-    put_table(&m, table(2), &request_table(2, 0));
+    header(m, 2, VIRTIO_BLK_T_OUT, 0);
+    put_table(m, table(2), &request_table(2, 0));
     heads.push(d(table(2), 40, INDIRECT, 0));
     // 3: length 0.
     heads.push(d(table(2), 0, INDIRECT, 0));
     // 4: more descriptors than the queue has (33 and 4095 for 32), a valid request in front.
-    header(&m, 4, VIRTIO_BLK_T_OUT, 0);
-    put_table(&m, table(4), &request_table(4, 0));
+    header(m, 4, VIRTIO_BLK_T_OUT, 0);
+    put_table(m, table(4), &request_table(4, 0));
     heads.push(d(table(4), (u32::from(QSIZE) + 1) * 16, INDIRECT, 0));
     heads.push(d(table(4), 0xfff0, INDIRECT, 0));
     // 6: a table outside guest RAM, in the hole and past the end; one that runs into the hole.
     heads.push(d(MIB + 0x1000, 48, INDIRECT, 0));
     heads.push(d(u64::MAX - 31, 48, INDIRECT, 0));
-    put_table(&m, MIB - 32, &request_table(4, 0)[..2]);
+    put_table(m, MIB - 32, &request_table(4, 0)[..2]);
     heads.push(d(MIB - 32, 48, INDIRECT, 0));
     // 9: INDIRECT with NEXT, pointing at a good table and a good descriptor.
-    header(&m, 9, VIRTIO_BLK_T_OUT, 0);
-    put_table(&m, table(9), &request_table(9, 0));
+    header(m, 9, VIRTIO_BLK_T_OUT, 0);
+    put_table(m, table(9), &request_table(9, 0));
     heads.push(d(table(9), 48, INDIRECT | NEXT, 15));
     // 10: a valid direct read, its data and status in ring slots 13 and 14.
-    header(&m, 10, VIRTIO_BLK_T_IN, 1);
+    header(m, 10, VIRTIO_BLK_T_IN, 1);
     heads.push(d(hdr(10), 16, NEXT, 13));
     let vq_extra = [
         (13, d(data(10), 512, NEXT | WRITE, 14)),
@@ -197,11 +210,11 @@ fn hostile_indirect_tables_get_used_len_0_and_the_queue_goes_on() {
     ];
     let used = {
         // serve() lays out the heads; the direct request's other descriptors go after them.
-        let vq = MockSplitQueue::new(&m, QSIZE);
+        let vq = MockSplitQueue::new(m, QSIZE);
         for (k, desc) in vq_extra {
             vq.desc_table().store(k, desc).unwrap();
         }
-        serve(&m, &heads, disk.clone())
+        serve_on(m, &heads, blk)
     };
     let want: Vec<(u32, u32)> = (0..heads.len() as u32)
         .map(|i| (i, if i == 10 { 513 } else { 0 }))
@@ -216,7 +229,6 @@ fn hostile_indirect_tables_get_used_len_0_and_the_queue_goes_on() {
     let mut got = vec![0u8; 512];
     m.read_slice(&mut got, GuestAddress(data(10))).unwrap();
     assert_eq!(got, before[512..1024]);
-    assert_eq!(disk.contents(), before, "no hostile write reached the disk");
 }
 
 /// A table reached from inside a direct chain (virtio-queue follows it; the head check does
