@@ -276,6 +276,11 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
             r.elapsed.as_secs_f64(),
             r.counters.total
         );
+        // Each disk's counters (cache=none: what went through the ring).
+        let disks = vmm::virtio_wiring::DISK_COUNTERS_NOTE;
+        for n in r.notes.iter().filter(|n| n.starts_with(disks)) {
+            eprintln!("harness: {n}");
+        }
     }
     if let Some(p) = &c.exits_json {
         let doc = RunJson {

@@ -234,15 +234,38 @@ pub struct Attached {
     pub dev: Arc<Mutex<VirtioPciDevice>>,
 }
 
+/// The prefix of a disk's counters in the run's notes: `{"disk": "virtio-blk0", "requests":
+/// N, "uring": null or cache=none's counts}` (`--exits-json`, and `--verbose` at the end).
+pub const DISK_COUNTERS_NOTE: &str = "disk-counters: ";
+
+/// The disks' counters in a run's notes, as [`DISK_COUNTERS_NOTE`] wrote them.
+pub fn disk_counters(notes: &[String]) -> Vec<serde_json::Value> {
+    notes
+        .iter()
+        .filter_map(|n| serde_json::from_str(n.strip_prefix(DISK_COUNTERS_NOTE)?).ok())
+        .collect()
+}
+
 impl Attached {
-    /// The run's notes about this function: what its driver did wrong, if anything.
+    /// The run's notes about this function: what its driver did wrong, if anything, then
+    /// what the device counted.
     pub fn notes(&self) -> Vec<String> {
-        let stats = lock(&self.dev).stats();
-        stats
+        let dev = lock(&self.dev);
+        let mut notes: Vec<String> = dev
+            .stats()
             .driver_errors()
             .into_iter()
             .map(|e| format!("{}: {e}", self.name))
-            .collect()
+            .collect();
+        let counters = lock(dev.engine()).device().counters_json();
+        if let Some(serde_json::Value::Object(mut counters)) = counters {
+            counters.insert("disk".into(), self.name.clone().into());
+            notes.push(format!(
+                "{DISK_COUNTERS_NOTE}{}",
+                serde_json::Value::Object(counters)
+            ));
+        }
+        notes
     }
 }
 

@@ -116,4 +116,8 @@ pub trait VirtioDevice: Send {
     fn is_activated(&self) -> bool {
         self.activation().is_some()
     }
+    /// What the device counted, for the run's report (`--exits-json` notes, `--verbose`).
+    fn counters_json(&self) -> Option<serde_json::Value> {
+        None
+    }
 }

@@ -466,6 +466,11 @@ pub struct QueueEngine {
 }
 
 impl QueueEngine {
+    /// The device model (the run's report reads its counters).
+    pub fn device(&self) -> &dyn VirtioDevice {
+        &*self.device
+    }
+
     /// Process queue `index`, admitted by the register half in `epoch`. The device triggers
     /// its own interrupts; an error means the device needs a reset.
     pub fn run(&mut self, index: usize, epoch: u64) -> Result<(), QueueBroken> {

@@ -60,6 +60,27 @@ pub struct AsyncCounters {
     pub refused: u64,
 }
 
+/// cache=none's counts at the end of a run (`blk-counters` in the run's notes).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UringReport {
+    /// SQEs pushed to the ring (a short transfer's remainder counts again).
+    pub ring_submitted: u64,
+    /// Requests the engine served on the buffered file: misaligned for `O_DIRECT`, or
+    /// refused by it with EINVAL.
+    pub buffered_fallbacks: u64,
+    pub resubmitted: u64,
+    pub enters: u64,
+    /// Requests the engine finished (through the ring or buffered).
+    pub completed: u64,
+    pub max_in_flight: usize,
+    /// Requests answered by the synchronous path (GET_ID, discard, errors, ...).
+    pub synchronous: u64,
+    /// Heads refused before parsing.
+    pub refused: u64,
+    /// Requests in flight at a reset, waited for and dropped.
+    pub abandoned: u64,
+}
+
 /// The ring and the requests in it, per head index.
 pub struct AsyncExec {
     engine: UringEngine,
@@ -114,6 +135,21 @@ impl AsyncExec {
 
     pub fn engine_counters(&self) -> UringCounters {
         self.engine.counters
+    }
+
+    pub fn report(&self) -> UringReport {
+        let (e, c) = (self.engine.counters, self.counters);
+        UringReport {
+            ring_submitted: e.submitted,
+            buffered_fallbacks: e.buffered,
+            resubmitted: e.resubmitted,
+            enters: e.enters,
+            completed: e.completed,
+            max_in_flight: c.max_in_flight,
+            synchronous: c.synchronous,
+            refused: c.refused,
+            abandoned: c.abandoned,
+        }
     }
 
     /// A reset (or the device going away): wait for every request in flight, then forget

@@ -29,7 +29,7 @@ mod tests;
 #[cfg(test)]
 mod vectored_tests;
 
-pub use async_exec::{drain_queue_async, AsyncCounters, AsyncExec};
+pub use async_exec::{drain_queue_async, AsyncCounters, AsyncExec, UringReport};
 pub use config::*;
 pub use execute::{execute, handle_chain, handle_chain_with, SLICES};
 pub use indirect::refused_head;
@@ -246,6 +246,12 @@ impl VirtioDevice for Blk {
             interrupt.trigger(InterruptType::Queue(index));
         }
         Ok(())
+    }
+
+    /// `{"requests": N, "uring": null or cache=none's UringReport}`.
+    fn counters_json(&self) -> Option<serde_json::Value> {
+        let uring = self.exec.as_ref().map(AsyncExec::report);
+        Some(serde_json::json!({ "requests": self.requests, "uring": uring }))
     }
 
     fn reset(&mut self) {
