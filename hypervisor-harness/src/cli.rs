@@ -169,6 +169,10 @@ pub struct RunArgs {
     /// Off by default: an idle guest waiting for interrupts is quiet too.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub stall_timeout: Option<u64>,
+    /// Fuzz corpus only: write every port and MMIO exit the buses saw to FILE after the run
+    /// (bounded; vmm/exit_recorder.rs).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub record_exits: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -256,7 +260,21 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
             selftest: a.seccomp_selftest,
         },
     };
+    let recorder = a
+        .record_exits
+        .as_ref()
+        .map(|_| vmm::exit_recorder::install());
     let r = vmm::run(&cfg)?;
+    if let (Some(path), Some(rec)) = (&a.record_exits, recorder) {
+        std::fs::write(path, rec.contents())
+            .map_err(|e| HarnessError::Other(format!("--record-exits {}: {e}", path.display())))?;
+        let (kept, elided, dropped) = rec.counts();
+        eprintln!(
+            "harness: recorded {kept} exits ({elided} without their data, {dropped} left out) \
+             to {}",
+            path.display()
+        );
+    }
     let outcome = vm_end_outcome(&r.end, c.timeout);
     let (code, msg) = outcome_code(&outcome, &r.ktap);
     eprintln!("{}", r.ktap);

@@ -2,6 +2,7 @@
 //! vCPU loop between `KVM_RUN` returning and the next entry. It is apart from KVM so that the
 //! exit-dispatch fuzz target (`fuzzing/exit_dispatch.rs`) can feed it records as KVM would.
 
+use super::exit_recorder;
 use super::exits::{Dir, ExitCounters, Space};
 use super::pio;
 use crate::devices::bus::{Bus, Claim};
@@ -39,28 +40,31 @@ pub fn dispatch(
     pio_bus: &mut Bus,
     mmio_bus: &mut Bus,
     counters: &Mutex<ExitCounters>,
-    exit: IoExit<'_>,
+    mut exit: IoExit<'_>,
 ) -> Claim {
-    let (space, addr, dir, claim) = match exit {
+    let (space, addr, dir, claim) = match &mut exit {
         IoExit::PortOut { port, size, data } => (
             Space::Pio,
-            port as u64,
+            *port as u64,
             Dir::Write,
-            pio::write(pio_bus, port, size, data),
+            pio::write(pio_bus, *port, *size, data),
         ),
         IoExit::PortIn { port, size, data } => (
             Space::Pio,
-            port as u64,
+            *port as u64,
             Dir::Read,
-            pio::read(pio_bus, port, size, data),
+            pio::read(pio_bus, *port, *size, data),
         ),
         IoExit::MmioWrite { addr, data } => {
-            (Space::Mmio, addr, Dir::Write, mmio_bus.write(addr, data))
+            (Space::Mmio, *addr, Dir::Write, mmio_bus.write(*addr, data))
         }
         IoExit::MmioRead { addr, data } => {
-            (Space::Mmio, addr, Dir::Read, mmio_bus.read(addr, data))
+            (Space::Mmio, *addr, Dir::Read, mmio_bus.read(*addr, data))
         }
     };
     lock(counters).record_access(space, addr, dir, &claim);
+    if let Some(recorder) = exit_recorder::active() {
+        recorder.record(&exit, &claim);
+    }
     claim
 }

@@ -9,6 +9,7 @@ pub mod device_manager;
 pub mod dispatch;
 pub mod e1000_wiring;
 pub mod emulated_nic_thread;
+pub mod exit_recorder;
 pub mod exits;
 pub mod floor_wiring;
 pub mod ide_wiring;

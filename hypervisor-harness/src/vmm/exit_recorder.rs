@@ -1,0 +1,396 @@
+//! `run --record-exits FILE` (hidden): every port and MMIO exit that reaches the buses, as
+//! [`dispatch`](super::dispatch::dispatch) saw it, kept in memory and written to FILE after the
+//! run. The fuzz seed corpus is converted from these recordings (`fuzzing/recorded.rs`).
+//!
+//! Kept in memory because the vCPU thread's seccomp filter allows no `open`; bounded so that a
+//! long test cannot make a huge file: [`MAX_RECORDS`] records, and once the string I/O of one
+//! bus range has brought [`MAX_BYTES_PER_RANGE`] of data, its strings are kept without their
+//! data (an IDE test's PIO sectors would otherwise crowd out the taskfile writes between
+//! them); an access of at most 8 bytes always keeps its data.
+//! Off, it costs the dispatch one load and branch ([`active`]).
+//!
+//! The file: [`MAGIC`], then per record: kind (0 port out, 1 port in, 2 MMIO write, 3 MMIO
+//! read; with [`ELIDED`] set, the data is left out and only its length kept), element size (a port's access size; an MMIO access's length), the address as a
+//! little-endian u64, the base of the bus range that claimed it (u64), the range's name (a
+//! length byte, then the name; empty when unclaimed), the data's length as a little-endian
+//! u32, the data (for a port, `count` elements of `size` bytes: `rep ins/outs`; for an in or
+//! MMIO read, what the device answered). The range lets the conversion find a device's
+//! registers wherever the run placed its BARs.
+
+use super::dispatch::IoExit;
+use crate::devices::bus::Claim;
+use crate::devices::lock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+/// The file's first bytes.
+pub const MAGIC: &[u8; 8] = b"HHEXITS1";
+/// Most records one run keeps.
+pub const MAX_RECORDS: usize = 20_000;
+/// Most bytes of string data kept for the exits that hit one bus range (or none).
+pub const MAX_BYTES_PER_RANGE: usize = 64 * 1024;
+/// The kind byte's flag of a record whose data was left out.
+pub const ELIDED: u8 = 0x80;
+/// A record's bytes before its range name.
+const HEADER_LEN: usize = 1 + 1 + 8 + 8 + 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    PortOut = 0,
+    PortIn = 1,
+    MmioWrite = 2,
+    MmioRead = 3,
+}
+
+impl ExitKind {
+    fn from_byte(b: u8) -> Option<Self> {
+        Some(match b {
+            0 => Self::PortOut,
+            1 => Self::PortIn,
+            2 => Self::MmioWrite,
+            3 => Self::MmioRead,
+            _ => return None,
+        })
+    }
+
+    pub fn is_port(self) -> bool {
+        matches!(self, Self::PortOut | Self::PortIn)
+    }
+
+    pub fn is_write(self) -> bool {
+        matches!(self, Self::PortOut | Self::MmioWrite)
+    }
+}
+
+/// One recorded exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitRecord {
+    pub kind: ExitKind,
+    pub addr: u64,
+    /// A port access's element size, or an MMIO access's length.
+    pub size: u8,
+    /// The bus range that claimed it ("" for none) and the range's base.
+    pub range: String,
+    pub base: u64,
+    /// The data's length, and the data unless the range's budget was spent (then empty).
+    pub len: usize,
+    pub data: Vec<u8>,
+}
+
+impl ExitRecord {
+    /// The number of elements of a port exit (`rep ins/outs` has more than one).
+    pub fn count(&self) -> usize {
+        self.len / usize::from(self.size.max(1))
+    }
+
+    /// Whether the data was left out.
+    pub fn elided(&self) -> bool {
+        self.data.len() != self.len
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(self.kind as u8 | if self.elided() { ELIDED } else { 0 });
+        out.push(self.size);
+        out.extend_from_slice(&self.addr.to_le_bytes());
+        out.extend_from_slice(&self.base.to_le_bytes());
+        out.push(self.range.len() as u8);
+        out.extend_from_slice(self.range.as_bytes());
+        out.extend_from_slice(&(self.len as u32).to_le_bytes());
+        out.extend_from_slice(&self.data);
+    }
+}
+
+#[derive(Default)]
+struct Recording {
+    bytes: Vec<u8>,
+    records: usize,
+    /// Bytes kept per bus range name ("" for unclaimed accesses).
+    per_range: HashMap<String, usize>,
+    elided: u64,
+    dropped: u64,
+}
+
+/// The exits of one run, bounded.
+#[derive(Default)]
+pub struct ExitRecorder {
+    recording: Mutex<Recording>,
+}
+
+impl ExitRecorder {
+    /// Keep `exit` (after its dispatch, so a read carries the device's answer) unless its range
+    /// or the whole recording is full.
+    pub fn record(&self, exit: &IoExit<'_>, claim: &Claim) {
+        let (kind, addr, size, data): (_, _, _, &[u8]) = match exit {
+            IoExit::PortOut { port, size, data } => (ExitKind::PortOut, *port as u64, *size, data),
+            IoExit::PortIn { port, size, data } => (ExitKind::PortIn, *port as u64, *size, data),
+            IoExit::MmioWrite { addr, data } => {
+                (ExitKind::MmioWrite, *addr, data.len() as u8, data)
+            }
+            IoExit::MmioRead { addr, data } => (ExitKind::MmioRead, *addr, data.len() as u8, data),
+        };
+        let (range, base) = match claim {
+            // Our own names, all short; a longer one would not fit the length byte.
+            Claim::Device { name, base } if name.len() <= 255 => (&**name, *base),
+            Claim::Device { base, .. } => ("?", *base),
+            Claim::Unclaimed => ("", 0),
+        };
+        let mut r = lock(&self.recording);
+        if r.records >= MAX_RECORDS {
+            r.dropped += 1;
+            return;
+        }
+        r.records += 1;
+        let used = r.per_range.entry(range.to_owned()).or_default();
+        let small = data.len() <= 8;
+        let keep_data = small || *used + data.len() <= MAX_BYTES_PER_RANGE;
+        if !keep_data {
+            r.elided += 1;
+        } else if !small {
+            *used += data.len();
+        }
+        let record = ExitRecord {
+            kind,
+            addr,
+            size,
+            range: range.to_owned(),
+            base,
+            len: data.len(),
+            data: if keep_data { data.to_vec() } else { Vec::new() },
+        };
+        record.encode_into(&mut r.bytes);
+    }
+
+    /// The file's contents: [`MAGIC`] and the records kept.
+    pub fn contents(&self) -> Vec<u8> {
+        let r = lock(&self.recording);
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&r.bytes);
+        out
+    }
+
+    /// (records kept, records kept without their data, exits dropped).
+    pub fn counts(&self) -> (usize, u64, u64) {
+        let r = lock(&self.recording);
+        (r.records, r.elided, r.dropped)
+    }
+}
+
+static RECORDER: OnceLock<ExitRecorder> = OnceLock::new();
+
+/// Start recording for this process (`--record-exits`); the recorder lives until it exits.
+pub fn install() -> &'static ExitRecorder {
+    RECORDER.get_or_init(ExitRecorder::default)
+}
+
+/// The recorder, when `--record-exits` installed one.
+#[inline]
+pub fn active() -> Option<&'static ExitRecorder> {
+    RECORDER.get()
+}
+
+/// The records of a file [`ExitRecorder::contents`] wrote. A truncated or foreign file is an
+/// error, never a panic.
+pub fn parse(file: &[u8]) -> Result<Vec<ExitRecord>, String> {
+    let mut rest = file
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or("not an exit recording (no HHEXITS1 header)")?;
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        let at = file.len() - rest.len();
+        let Some((header, tail)) = rest.split_at_checked(HEADER_LEN) else {
+            return Err(format!("record at byte {at}: truncated header"));
+        };
+        let kind = ExitKind::from_byte(header[0] & !ELIDED)
+            .ok_or_else(|| format!("record at byte {at}: kind {}", header[0]))?;
+        let elided = header[0] & ELIDED != 0;
+        let mut addr = [0u8; 8];
+        addr.copy_from_slice(&header[2..10]);
+        let mut base = [0u8; 8];
+        base.copy_from_slice(&header[10..18]);
+        let Some((name, tail)) = tail.split_at_checked(usize::from(header[18])) else {
+            return Err(format!("record at byte {at}: truncated range name"));
+        };
+        let range = std::str::from_utf8(name)
+            .map_err(|_| format!("record at byte {at}: range name not UTF-8"))?;
+        let Some((len, tail)) = tail.split_first_chunk::<4>() else {
+            return Err(format!("record at byte {at}: truncated length"));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        let Some((data, tail)) = tail.split_at_checked(if elided { 0 } else { len }) else {
+            return Err(format!("record at byte {at}: truncated data"));
+        };
+        records.push(ExitRecord {
+            kind,
+            addr: u64::from_le_bytes(addr),
+            size: header[1],
+            range: range.to_owned(),
+            base: u64::from_le_bytes(base),
+            len,
+            data: data.to_vec(),
+        });
+        rest = tail;
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn device(name: &str) -> Claim {
+        let base = match name {
+            "com1" => 0x3f8,
+            "pci-config" => 0xcf8,
+            _ => 0xf4,
+        };
+        Claim::Device {
+            name: Arc::from(name),
+            base,
+        }
+    }
+
+    #[test]
+    fn a_sequence_of_exits_round_trips() {
+        let rec = ExitRecorder::default();
+        let com1 = device("com1");
+        rec.record(
+            &IoExit::PortOut {
+                port: 0x3f8,
+                size: 1,
+                data: b"hello\n",
+            },
+            &com1,
+        );
+        rec.record(
+            &IoExit::PortIn {
+                port: 0x3fd,
+                size: 1,
+                data: &mut [0x60],
+            },
+            &com1,
+        );
+        rec.record(
+            &IoExit::PortOut {
+                port: 0xcf8,
+                size: 4,
+                data: &0x8000_0800u32.to_le_bytes(),
+            },
+            &device("pci-config"),
+        );
+        rec.record(
+            &IoExit::MmioWrite {
+                addr: 0xc000_1000,
+                data: &[1, 2, 3, 4, 5, 6, 7, 8],
+            },
+            &Claim::Unclaimed,
+        );
+        rec.record(
+            &IoExit::MmioRead {
+                addr: 0xfebf_f000,
+                data: &mut [0xff, 0xff],
+            },
+            &Claim::Unclaimed,
+        );
+        let got = parse(&rec.contents()).unwrap();
+        let want = [
+            (
+                ExitKind::PortOut,
+                0x3f8,
+                1,
+                "com1",
+                0x3f8,
+                b"hello\n".to_vec(),
+            ),
+            (ExitKind::PortIn, 0x3fd, 1, "com1", 0x3f8, vec![0x60]),
+            (
+                ExitKind::PortOut,
+                0xcf8,
+                4,
+                "pci-config",
+                0xcf8,
+                vec![0, 8, 0, 0x80],
+            ),
+            (
+                ExitKind::MmioWrite,
+                0xc000_1000,
+                8,
+                "",
+                0,
+                vec![1, 2, 3, 4, 5, 6, 7, 8],
+            ),
+            (ExitKind::MmioRead, 0xfebf_f000, 2, "", 0, vec![0xff, 0xff]),
+        ];
+        assert_eq!(got.len(), want.len());
+        for (g, (kind, addr, size, range, base, data)) in got.iter().zip(want) {
+            let g = (g.kind, g.addr, g.size, g.range.as_str(), g.base, &g.data);
+            assert_eq!(g, (kind, addr, size, range, base, &data));
+        }
+        assert_eq!(got[0].count(), 6);
+        assert_eq!(rec.counts(), (5, 0, 0));
+    }
+
+    #[test]
+    fn a_range_past_its_budget_keeps_records_without_data_and_the_others_go_on() {
+        let rec = ExitRecorder::default();
+        let data = [7u8; 1000];
+        let n = MAX_BYTES_PER_RANGE / data.len();
+        for _ in 0..n + 10 {
+            let exit = IoExit::PortOut {
+                port: 0x3f8,
+                size: 2,
+                data: &data,
+            };
+            rec.record(&exit, &device("com1"));
+        }
+        let exit = IoExit::PortOut {
+            port: 0xf4,
+            size: 4,
+            data: &[0x10, 0, 0, 0],
+        };
+        rec.record(&exit, &device("debug-exit"));
+        assert_eq!(rec.counts(), (n + 11, 10, 0));
+        let got = parse(&rec.contents()).unwrap();
+        assert_eq!(got.len(), n + 11);
+        assert!(got[..n].iter().all(|r| r.data == data && !r.elided()));
+        let past = &got[n];
+        assert!(past.elided() && past.data.is_empty());
+        assert_eq!((past.len, past.count()), (1000, 500));
+        assert_eq!(got[n + 10].data, [0x10, 0, 0, 0]);
+        // A small access past the budget keeps its data.
+        let exit = IoExit::PortOut {
+            port: 0x3f8,
+            size: 1,
+            data: b"x",
+        };
+        rec.record(&exit, &device("com1"));
+        let got = parse(&rec.contents()).unwrap();
+        assert_eq!(got.last().map(|r| &r.data[..]), Some(&b"x"[..]));
+        // And the whole recording stops at MAX_RECORDS.
+        for _ in got.len()..MAX_RECORDS + 5 {
+            rec.record(&exit, &device("debug-exit"));
+        }
+        assert_eq!(rec.counts(), (MAX_RECORDS, 10, 5));
+        assert_eq!(parse(&rec.contents()).unwrap().len(), MAX_RECORDS);
+    }
+
+    #[test]
+    fn a_truncated_or_foreign_file_is_an_error() {
+        let rec = ExitRecorder::default();
+        let exit = IoExit::PortOut {
+            port: 0x3f8,
+            size: 1,
+            data: b"abc",
+        };
+        rec.record(&exit, &device("com1"));
+        let file = rec.contents();
+        // Every cut but the one after the header (an empty recording) is an error.
+        for cut in (0..file.len()).filter(|&c| c != MAGIC.len()) {
+            assert!(parse(&file[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = file.clone();
+        bad[MAGIC.len()] = 9;
+        assert!(parse(&bad).is_err());
+        assert_eq!(parse(MAGIC).unwrap(), vec![]);
+    }
+}
