@@ -384,16 +384,22 @@ fn floor_programs() -> Vec<(&'static str, Vec<u8>)> {
     vec![("probe", probe.0), ("bar0", io.0), ("bar1", mmio.0)]
 }
 
+/// The pci_config target's header: the raw function's vendor, device, class bytes,
+/// interrupt, two BARs (I/O 32 B, mem32 4 KiB).
+pub(super) fn pci_config_header() -> Vec<u8> {
+    Program::default()
+        .op(&0x1af4u16.to_le_bytes())
+        .op(&0x1000u16.to_le_bytes())
+        .op(&[2, 0, 0, 1, 11, 2, 0, 0, 5, 1, 1, 12, 0])
+        .0
+}
+
 /// The kernel's PCI scan (tests=pci): vendor and class of each slot, header type, BAR sizing
 /// (all-ones written, read back, restored), the capability pointer, then decode on. The raw
 /// function (slot 4) has an I/O and a memory BAR.
 fn pci_config_programs() -> Vec<(&'static str, Vec<u8>)> {
     use super::pop;
-    // Raw function: vendor, device, class bytes, interrupt, two BARs (I/O 32 B, mem32 4 KiB).
-    let header = Program::default()
-        .op(&0x1af4u16.to_le_bytes())
-        .op(&0x1000u16.to_le_bytes())
-        .op(&[2, 0, 0, 1, 11, 2, 0, 0, 5, 1, 1, 12, 0]);
+    let header = Program(pci_config_header());
     let select = |p: Program, dev: u8, reg: u8| p.op(&[pop::ADDRESS, dev, reg]);
     let read32 = |p: Program| p.op(&[pop::READ, 6, 2]);
     let write32 = |p: Program, v: u32| p.op(&[pop::WRITE, 6, 2]).op(&le32(v));

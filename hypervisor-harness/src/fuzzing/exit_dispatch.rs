@@ -385,6 +385,20 @@ fn mmio_addr(r: &mut Reader) -> u64 {
 /// reached it, the debug-exit port kept the first value, every exit was counted once, and the
 /// serial line stayed bounded.
 pub fn exit_dispatch(input: &[u8]) {
+    run_exit_dispatch(input);
+}
+
+/// What one input did (for the seed corpus's checks).
+#[derive(Debug, Default)]
+pub struct ExitDispatchSummary {
+    /// Exits claimed by each of the rig's ranges, by range name.
+    pub claimed: std::collections::BTreeMap<String, u64>,
+    /// Bytes the serial line handed out.
+    pub serial_out: u64,
+}
+
+/// [`exit_dispatch()`], returning what happened.
+pub fn run_exit_dispatch(input: &[u8]) -> ExitDispatchSummary {
     let mut r = Reader(input);
     let mut rig = Rig::new();
     for _ in 0..MAX_OPS {
@@ -420,6 +434,14 @@ pub fn exit_dispatch(input: &[u8]) {
         rig.check();
     }
     rig.check();
+    let mut summary = ExitDispatchSummary {
+        serial_out: lock(&rig.serial_seen).out_bytes,
+        ..Default::default()
+    };
+    for ((_, dev, _), n) in &lock(&rig.counters).by_device {
+        *summary.claimed.entry(dev.clone()).or_default() += n;
+    }
+    summary
 }
 
 #[cfg(test)]

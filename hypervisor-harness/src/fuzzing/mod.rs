@@ -52,6 +52,8 @@ pub mod pci_config;
 mod racing;
 #[cfg(test)]
 mod racing_net;
+#[cfg(test)]
+mod recorded;
 pub mod rtl8139;
 pub mod serial;
 pub mod virtio_blk;
@@ -62,7 +64,7 @@ pub use balloon::{balloon, run_balloon, BalloonSummary};
 pub use console::{console, run_console, ConsoleSummary};
 pub use debug_exit::debug_exit;
 pub use e1000::{e1000, run_e1000, E1000Summary};
-pub use exit_dispatch::exit_dispatch;
+pub use exit_dispatch::{exit_dispatch, run_exit_dispatch, ExitDispatchSummary};
 pub use floor::floor;
 pub use ide::{ide, iop, run_ide, IdeSummary};
 pub use msix::msix;

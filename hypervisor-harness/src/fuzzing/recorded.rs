@@ -1,0 +1,364 @@
+//! The recorded part of the seed corpus: the exit streams of the kernel's own tests
+//! (`run --record-exits`, `tests/record_exits.rs`) converted into the inputs of the targets
+//! whose programs are made of the same accesses: `exit_dispatch` (the exits as they are),
+//! `serial` (COM1's), `pci_config` (0xCF8/0xCFC's) and `ide` (the PIIX ports': taskfile,
+//! control, bus-master). Files `fuzz/corpus/<target>/rec-<recording>-<n>`, beside the
+//! hand-written seeds of `corpus.rs`.
+//!
+//! - [`write_recorded_corpus`] (ignored; `fuzz/record-corpus.sh` records, then runs it)
+//!   converts the recordings in `$RECORDINGS` (default `target/exit-recordings/`).
+//! - [`the_recorded_seeds_reach_the_devices`] runs every recorded seed through its target and
+//!   checks it does real work there.
+//!
+//! A recording is thousands of exits and a target runs [`MAX_OPS`] operations per input, so
+//! each one is cut into programs of at most that many operations (a status register polled
+//! the same way twice in a row counts once), identical programs dropped, and a few kept
+//! spread over the run, the first and last among them.
+
+use super::{iop, pop, MAX_OPS};
+use crate::devices::pci::CONFIG_ADDRESS_PORT;
+use crate::vmm::exit_recorder::{self, ExitKind, ExitRecord};
+use std::path::PathBuf;
+
+/// The recordings `tests/record_exits.rs` makes.
+const RECORDINGS: [&str; 3] = ["boot-pci", "virtio-blk", "ide"];
+/// Most programs kept per recording and target.
+const KEEP: usize = 6;
+/// The prefix of a recorded seed's file name (the hand-written ones have none).
+const PREFIX: &str = "rec-";
+
+fn recordings_dir() -> PathBuf {
+    std::env::var_os("RECORDINGS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/exit-recordings"),
+        PathBuf::from,
+    )
+}
+
+/// The records, a read that repeats the record before it (a status poll) left out.
+fn squeezed(records: &[ExitRecord]) -> Vec<&ExitRecord> {
+    let mut out: Vec<&ExitRecord> = Vec::new();
+    for r in records {
+        if !r.kind.is_write() && out.last().is_some_and(|&last| last == r) {
+            continue;
+        }
+        out.push(r);
+    }
+    out
+}
+
+/// The record's data, or as many zeros where the recorder left it out.
+fn data(r: &ExitRecord) -> Vec<u8> {
+    if r.elided() {
+        vec![0; r.len]
+    } else {
+        r.data.clone()
+    }
+}
+
+/// The fuzz decoders' width selector for an access of `len` bytes ([`super::Reader::width`]).
+fn width_selector(len: usize) -> Option<u8> {
+    Some(match len {
+        1 => 0,
+        2 => 1,
+        4 => 2,
+        8 => 3,
+        0 => 12,
+        3 => 13,
+        6 => 14,
+        16 => 15,
+        _ => return None,
+    })
+}
+
+/// Programs of at most `per` operations, each `header` then its operations; duplicates
+/// dropped, at most [`KEEP`] kept: the first, the last, and those between that touch the
+/// most different registers (an operation's first 4 bytes: its kind and where), in order.
+fn programs(header: &[u8], ops: &[Vec<u8>], per: usize) -> Vec<Vec<u8>> {
+    let mut all: Vec<(usize, Vec<u8>)> = Vec::new();
+    for chunk in ops.chunks(per) {
+        let p: Vec<u8> = header.iter().copied().chain(chunk.concat()).collect();
+        let mut places: Vec<&[u8]> = chunk.iter().map(|op| &op[..op.len().min(4)]).collect();
+        places.sort();
+        places.dedup();
+        if !all.iter().any(|(_, q)| *q == p) {
+            all.push((places.len(), p));
+        }
+    }
+    if all.len() > KEEP {
+        let mut middle: Vec<usize> = (1..all.len() - 1).collect();
+        middle.sort_by_key(|&i| std::cmp::Reverse(all[i].0));
+        let mut keep: Vec<usize> = middle[..KEEP - 2].to_vec();
+        keep.extend([0, all.len() - 1]);
+        keep.sort();
+        all = keep
+            .into_iter()
+            .map(|i| std::mem::take(&mut all[i]))
+            .collect();
+    }
+    all.into_iter().map(|(_, p)| p).collect()
+}
+
+/// One exit as an `exit_dispatch` record: port ops name the port itself (selector 7), the
+/// element size and count, no stray bytes; MMIO ops the address itself (selector 5). The data
+/// of an out is its first 64 bytes (the decoder repeats them to the length).
+fn exit_dispatch_op(r: &ExitRecord) -> Option<Vec<u8>> {
+    if !r.kind.is_port() {
+        let mut op = vec![if r.kind.is_write() { 3 } else { 4 }, 5];
+        op.extend_from_slice(&r.addr.to_le_bytes());
+        op.push(width_selector(r.len)?);
+        // A read's value bytes are read and ignored.
+        match r.kind {
+            ExitKind::MmioWrite => op.extend(data(r)),
+            _ => op.extend(std::iter::repeat_n(0, r.len)),
+        }
+        return Some(op);
+    }
+    let mut op = vec![if r.kind.is_write() { 0 } else { 2 }, 7];
+    op.extend_from_slice(&(r.addr as u16).to_le_bytes());
+    match r.size {
+        1 => op.push(0),
+        2 => op.push(2),
+        4 => op.push(4),
+        0 => op.extend([6, 0]),
+        3 => op.extend([6, 1]),
+        8 => op.extend([6, 2]),
+        s => op.extend([7, s]),
+    }
+    match r.count() {
+        0 => op.push(7),
+        1 => op.push(0),
+        n @ 2..=16 => op.extend([4, n as u8 - 1]),
+        n => {
+            op.push(6);
+            op.extend_from_slice(&(n.min(2047) as u16).to_le_bytes());
+        }
+    }
+    op.push(0);
+    if r.kind.is_write() {
+        op.extend(data(r).into_iter().take(64));
+    }
+    Some(op)
+}
+
+fn exit_dispatch_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
+    let ops: Vec<_> = squeezed(records)
+        .into_iter()
+        .filter_map(exit_dispatch_op)
+        .collect();
+    programs(&[], &ops, MAX_OPS)
+}
+
+/// COM1's accesses as `serial` register ops, one per element: writes (op 0) and reads
+/// (op 2) at the register's offset, one byte wide.
+fn serial_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
+    let mut ops = Vec::new();
+    for r in squeezed(records) {
+        if r.range != "com1" || r.size != 1 {
+            continue;
+        }
+        let off = (r.addr - r.base) as u8;
+        for b in data(r) {
+            ops.push(match r.kind {
+                ExitKind::PortOut => vec![0, 0, off, 0, b],
+                _ => vec![2, 0, off, 0],
+            });
+        }
+    }
+    programs(&[], &ops, MAX_OPS)
+}
+
+/// The configuration ports' accesses as `pci_config` ops: CONFIG_ADDRESS written whole is an
+/// ADDRESS op with the address itself, the rest reads and writes at their port.
+fn pci_config_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
+    let mut ops = Vec::new();
+    for r in squeezed(records) {
+        if r.range != "pci-config" || r.count() != 1 {
+            continue;
+        }
+        let off = (r.addr - CONFIG_ADDRESS_PORT) as u8;
+        let Some(width) = width_selector(r.len) else {
+            continue;
+        };
+        ops.push(match r.kind {
+            ExitKind::PortOut if off == 0 && r.len == 4 => {
+                [&[pop::ADDRESS, 0x80][..], &data(r)].concat()
+            }
+            ExitKind::PortOut => [&[pop::WRITE, off + 2, width][..], &data(r)].concat(),
+            _ => vec![pop::READ, off + 2, width],
+        });
+    }
+    programs(&super::corpus::pci_config_header(), &ops, MAX_OPS)
+}
+
+/// The PIIX ports' accesses as `ide` ops: register reads and writes by range (the rig's
+/// order: primary command and control, secondary command and control, bus-master), data
+/// port strings as PIO ops of as many words, the sector numbers and counts cut to the rig's
+/// disk. A PRD table address goes to the rig's table
+/// for the channel, with one entry over all of the first RAM region (the guest's tables
+/// live in its memory, not in exits).
+fn ide_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
+    const RANGES: [&str; 5] = ["ide0-cmd", "ide0-ctl", "ide1-cmd", "ide1-ctl", "ide-bmdma"];
+    let mut ops = Vec::new();
+    for r in squeezed(records) {
+        let Some(range) = RANGES.iter().position(|&n| n == r.range) else {
+            continue;
+        };
+        let off = r.addr - r.base;
+        let write = r.kind.is_write();
+        if range % 2 == 0 && range < 4 && off == 0 && r.count() > 1 {
+            // `rep insw/outsw` (or d-words) at the data port.
+            let wide = u8::from(r.size == 4) << 1;
+            for words in (0..r.count()).step_by(256) {
+                let n = (r.count() - words).min(256);
+                let fill = r.data.get(words * r.size as usize..).unwrap_or_default();
+                // (An elided string fills with zeros.)
+                let mut op = vec![iop::PIO, (range / 2) as u8, wide | u8::from(write)];
+                op.push((n - 1) as u8);
+                op.extend((0..4).map(|i| fill.get(i).copied().unwrap_or(0)));
+                ops.push(op);
+            }
+            continue;
+        }
+        let Some(width) = width_selector(r.len) else {
+            continue;
+        };
+        if range == 4 && write && off % 8 == 4 && r.len == 4 {
+            let ch = (off / 8) as u8;
+            let table = 0x8000 + 0x100 * u32::from(ch);
+            let mut op = vec![iop::WRITE, 4, off as u8 + 2, width];
+            op.extend_from_slice(&table.to_le_bytes());
+            ops.push(op);
+            // PRD: channel, entry 0, GPA 0, a count of 0 (64 KiB), the last entry.
+            ops.push(vec![iop::PRD, ch, 0, 0, 0, 0, 0, 1]);
+            continue;
+        }
+        let mut op = vec![
+            if write { iop::WRITE } else { iop::READ },
+            range as u8,
+            off as u8 + 2,
+            width,
+        ];
+        if write {
+            op.extend(data(r));
+        }
+        if write && range % 2 == 0 && range < 4 && r.len == 1 {
+            // The tests' disk has 4103 sectors, the rig's 16: sector counts (0 is 256) cut
+            // to 8, LBAs to 0..8, so the commands still transfer instead of failing.
+            match off {
+                2 => op[4] = if op[4] == 0 { 8 } else { op[4].min(8) },
+                3 => op[4] %= 8,
+                4 | 5 => op[4] = 0,
+                _ => {}
+            }
+        }
+        ops.push(op);
+    }
+    // One drive (the tests' disk is the primary master), memory zeroed; room for the PRD
+    // entries a program adds.
+    programs(&[1 << 1], &ops, MAX_OPS - 8)
+}
+
+type Convert = fn(&[ExitRecord]) -> Vec<Vec<u8>>;
+
+/// The converted targets, by their cargo-fuzz name.
+const CONVERTED: [(&str, Convert); 4] = [
+    ("exit_dispatch", exit_dispatch_seeds),
+    ("serial", serial_seeds),
+    ("pci_config", pci_config_seeds),
+    ("ide", ide_seeds),
+];
+
+fn corpus_dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target)
+}
+
+/// Convert the recordings into the targets' `rec-*` seed files (after
+/// `cargo test -p hypervisor-harness --test record_exits -- --ignored`; both in
+/// `fuzz/record-corpus.sh`).
+#[test]
+#[ignore]
+fn write_recorded_corpus() {
+    for (target, convert) in CONVERTED {
+        let dir = corpus_dir(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_name().to_string_lossy().starts_with(PREFIX) {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        // The recordings share their boot: a program is written once.
+        let mut written: Vec<Vec<u8>> = Vec::new();
+        for recording in RECORDINGS {
+            let path = recordings_dir().join(format!("{recording}.exits"));
+            let file = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let records = exit_recorder::parse(&file).unwrap();
+            for (n, seed) in convert(&records).into_iter().enumerate() {
+                if !written.contains(&seed) {
+                    std::fs::write(dir.join(format!("{PREFIX}{recording}-{n}")), &seed).unwrap();
+                    written.push(seed);
+                }
+            }
+        }
+    }
+}
+
+/// A target's recorded seeds: (file name, bytes).
+fn recorded(target: &str) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(corpus_dir(target))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(PREFIX)
+                .then(|| Some((name, std::fs::read(e.path()).ok()?)))?
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every recorded seed does real work in its target: the exits reach COM1 and the
+/// configuration ports (and the debug-exit port, in each recording's last program), the
+/// serial and configuration programs have at least 8 register accesses (the targets check
+/// each read against their shadows), the IDE programs raise interrupts.
+#[test]
+fn the_recorded_seeds_reach_the_devices() {
+    for (target, _) in CONVERTED {
+        let files = recorded(target);
+        assert!(files.len() >= RECORDINGS.len(), "{target}: {files:?}");
+        let total: usize = files.iter().map(|(_, d)| d.len()).sum();
+        assert!(total <= 64 * 1024, "{target}: {total} bytes of seeds");
+    }
+    let mut exited = 0;
+    for (name, seed) in recorded("exit_dispatch") {
+        let s = super::run_exit_dispatch(&seed);
+        let claimed = |dev: &str| s.claimed.get(dev).copied().unwrap_or(0);
+        assert!(
+            claimed("com1") + claimed("pci-config") >= 10,
+            "{name}: {s:?}"
+        );
+        exited += claimed("debug-exit").min(1);
+    }
+    assert!(
+        exited >= RECORDINGS.len() as u64,
+        "the tests' debug-exit writes"
+    );
+    for (name, seed) in recorded("serial") {
+        assert!(seed.len() >= 4 * 8, "{name}: {} bytes", seed.len());
+        super::serial(&seed);
+    }
+    for (name, seed) in recorded("pci_config") {
+        assert!(seed.len() >= 17 + 3 * 8, "{name}: {} bytes", seed.len());
+        super::pci_config(&seed);
+    }
+    let mut irqs = 0;
+    for (name, seed) in recorded("ide") {
+        let s = super::run_ide(&seed);
+        irqs += s.irqs[0] + s.irqs[1];
+        eprintln!("{name}: {s:?}");
+    }
+    assert!(irqs >= 10, "the IDE seeds raised {irqs} interrupts");
+}
