@@ -2,7 +2,8 @@
 //! (`run --record-exits`, `tests/record_exits.rs`) converted into the inputs of the targets
 //! whose programs are made of the same accesses: `exit_dispatch` (the exits as they are),
 //! `serial` (COM1's), `pci_config` (0xCF8/0xCFC's) and `ide` (the PIIX ports': taskfile,
-//! control, bus-master). Files `fuzz/corpus/<target>/rec-<recording>-<n>`, beside the
+//! control, bus-master), and `virtio_blk`, from the requests the device parsed (the queues
+//! live in guest memory: the recorder keeps a snapshot of each request). Files `fuzz/corpus/<target>/rec-<recording>-<n>`, beside the
 //! hand-written seeds of `corpus.rs`.
 //!
 //! - [`write_recorded_corpus`] (ignored; `fuzz/record-corpus.sh` records, then runs it)
@@ -38,7 +39,8 @@ fn recordings_dir() -> PathBuf {
 fn squeezed(records: &[ExitRecord]) -> Vec<&ExitRecord> {
     let mut out: Vec<&ExitRecord> = Vec::new();
     for r in records {
-        if !r.kind.is_write() && out.last().is_some_and(|&last| last == r) {
+        let read = matches!(r.kind, ExitKind::PortIn | ExitKind::MmioRead);
+        if read && out.last().is_some_and(|&last| last == r) {
             continue;
         }
         out.push(r);
@@ -70,12 +72,15 @@ fn width_selector(len: usize) -> Option<u8> {
     })
 }
 
-/// Programs of at most `per` operations, each `header` then its operations; duplicates
+/// Programs of at most `per` operations (as many as it takes, of even size), each `header`
+/// then its operations; duplicates
 /// dropped, at most [`KEEP`] kept: the first, the last, and those between that touch the
 /// most different registers (an operation's first 4 bytes: its kind and where), in order.
 fn programs(header: &[u8], ops: &[Vec<u8>], per: usize) -> Vec<Vec<u8>> {
     let mut all: Vec<(usize, Vec<u8>)> = Vec::new();
-    for chunk in ops.chunks(per) {
+    // Chunks of even size, so that the last is not a scrap.
+    let size = ops.len().div_ceil(ops.len().div_ceil(per).max(1)).max(1);
+    for chunk in ops.chunks(size) {
         let p: Vec<u8> = header.iter().copied().chain(chunk.concat()).collect();
         let mut places: Vec<&[u8]> = chunk.iter().map(|op| &op[..op.len().min(4)]).collect();
         places.sort();
@@ -102,6 +107,9 @@ fn programs(header: &[u8], ops: &[Vec<u8>], per: usize) -> Vec<Vec<u8>> {
 /// element size and count, no stray bytes; MMIO ops the address itself (selector 5). The data
 /// of an out is its first 64 bytes (the decoder repeats them to the length).
 fn exit_dispatch_op(r: &ExitRecord) -> Option<Vec<u8>> {
+    if r.kind == ExitKind::Request {
+        return None;
+    }
     if !r.kind.is_port() {
         let mut op = vec![if r.kind.is_write() { 3 } else { 4 }, 5];
         op.extend_from_slice(&r.addr.to_le_bytes());
@@ -258,14 +266,67 @@ fn ide_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
     programs(&[1 << 1], &ops, MAX_OPS - 8)
 }
 
+/// The requests the virtio-blk device parsed as the target's REQUEST ops on a 16-entry queue
+/// 0 (IN, OUT, FLUSH and GET_ID; the kernel's tests make no others): the type, the sector
+/// within the rig's disk, up to 3 data buffers of the request's lengths (whole sectors up to
+/// 4 at the canonical places, else the length itself), notified.
+fn virtio_blk_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
+    use super::vop;
+    // Queue 0: 16 entries, canonical rings, no vector, enabled; the offered features.
+    let ready = [
+        &[0][..],
+        &[vop::QUEUE, 0, 0, 4, 0, 2, 1],
+        &[vop::NEGOTIATE, 0],
+    ]
+    .concat();
+    let mut ops = Vec::new();
+    let mut head = 0u8;
+    for r in records {
+        if r.kind != ExitKind::Request || r.range != "virtio-blk" || r.data.len() < 4 {
+            continue;
+        }
+        let ty = match u32::from_le_bytes([r.data[0], r.data[1], r.data[2], r.data[3]]) {
+            0 => 0,
+            1 => 1,
+            4 => 2,
+            8 => 3,
+            _ => continue,
+        };
+        let lens: Vec<u32> = r.data[4..]
+            .as_chunks::<5>()
+            .0
+            .iter()
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+            .take(3)
+            .collect();
+        let mut op = vec![vop::REQUEST, head, ty, 0, (r.addr % 16) as u8, head % 16];
+        op.push(lens.len() as u8);
+        for len in &lens {
+            if len % 512 == 0 && (512..=2048).contains(len) {
+                op.push(((len / 512 - 1) as u8) << 4);
+            } else {
+                // Canonical place, the length itself (len32's 16-bit form).
+                op.extend([2, 5]);
+                op.extend_from_slice(&(*len.min(&0xffff) as u16).to_le_bytes());
+            }
+        }
+        // The status byte by its head, notified.
+        op.extend([head, 0]);
+        ops.push(op);
+        head = (head + 2 + lens.len() as u8) % 16;
+    }
+    programs(&ready, &ops, 48)
+}
+
 type Convert = fn(&[ExitRecord]) -> Vec<Vec<u8>>;
 
 /// The converted targets, by their cargo-fuzz name.
-const CONVERTED: [(&str, Convert); 4] = [
+const CONVERTED: [(&str, Convert); 5] = [
     ("exit_dispatch", exit_dispatch_seeds),
     ("serial", serial_seeds),
     ("pci_config", pci_config_seeds),
     ("ide", ide_seeds),
+    ("virtio_blk", virtio_blk_seeds),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -328,7 +389,7 @@ fn recorded(target: &str) -> Vec<(String, Vec<u8>)> {
 fn the_recorded_seeds_reach_the_devices() {
     for (target, _) in CONVERTED {
         let files = recorded(target);
-        assert!(files.len() >= RECORDINGS.len(), "{target}: {files:?}");
+        assert!(files.len() >= 2, "{target}: {files:?}");
         let total: usize = files.iter().map(|(_, d)| d.len()).sum();
         assert!(total <= 64 * 1024, "{target}: {total} bytes of seeds");
     }
@@ -361,4 +422,8 @@ fn the_recorded_seeds_reach_the_devices() {
         eprintln!("{name}: {s:?}");
     }
     assert!(irqs >= 10, "the IDE seeds raised {irqs} interrupts");
+    for (name, seed) in recorded("virtio_blk") {
+        let s = super::run_virtio_blk(&seed);
+        assert!(s.requests >= 8 && !s.needs_reset, "{name}: {s:?}");
+    }
 }

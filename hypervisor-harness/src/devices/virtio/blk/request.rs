@@ -232,5 +232,16 @@ where
     req.ty = RequestType::from_raw(header.request_type());
     req.sector = header.sector();
     req.status = status;
+    // `run --record-exits`: the request as parsed, for the fuzz seed corpus.
+    if let Some(rec) = crate::vmm::exit_recorder::active() {
+        let out = req.data_out.iter().map(|s| (s.len, false));
+        let data_in = req.data_in.iter().map(|s| (s.len, true));
+        rec.record_request(
+            "virtio-blk",
+            header.request_type(),
+            req.sector,
+            out.chain(data_in),
+        );
+    }
     Ok(())
 }
