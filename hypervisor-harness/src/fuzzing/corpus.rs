@@ -3,8 +3,8 @@
 //!
 //! - [`write_seed_corpus`] (ignored; run it to rebuild the files) writes valid programs built
 //!   here for every target: the accesses the kernel's own drivers and tests make, from setup
-//!   to data, in each target's input format (written by hand from the drivers, not recorded
-//!   from a run).
+//!   to data, in each target's input format (written by hand from the drivers; the `rec-*`
+//!   files beside them are recorded from the kernel's tests: `recorded.rs`).
 //! - [`every_target_runs_its_corpus_and_a_budget_of_mutations`] runs each target's corpus
 //!   files, then `FUZZ_CI_INPUTS` (default 32) inputs per target: mutations of its corpus
 //!   files (byte flips, insertions, truncations, splices), or seeded random programs for a
