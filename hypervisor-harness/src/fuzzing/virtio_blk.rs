@@ -4,6 +4,11 @@
 //! virtio_blk/hostile.rs), and garbage in `used_event` (USED_EVENT); besides its checks: a
 //! notify completes at most a few rounds of the ring, interrupts never outnumber their causes,
 //! and at the end the healed disk reads back through a reset device.
+//!
+//! [`virtio_blk_async()`] runs the same programs on a `cache=none` device: an `O_DIRECT` image
+//! file (new for each input, unlinked once open) served through io_uring. FAULT does nothing
+//! there; each notify's drain waits for its batch, so nothing is left in flight (but what a
+//! broken queue had started, until the reset), and after a reset nothing is.
 
 use super::virtio_rig::{canonical, push_avail, put_desc, Rig, F_NEXT, F_WRITE, GENERIC_OPS};
 use super::*;
@@ -161,6 +166,11 @@ impl VirtioDevice for CountingBlk {
     fn process_queue(&mut self, index: usize) -> Result<(), QueueBroken> {
         let before = self.blk.requests;
         let r = self.blk.process_queue(index);
+        if let (Some(exec), Ok(())) = (self.blk.async_exec(), &r) {
+            // Nothing watches the completions: a drain returns with its batch answered (a
+            // broken queue's stay in flight until the reset).
+            assert_eq!(exec.in_flight(), 0, "requests left in flight by a drain");
+        }
         let n = self.blk.requests - before;
         let size = self.blk.queues().get(index).map_or(0, |q| q.size());
         assert!(
@@ -171,8 +181,74 @@ impl VirtioDevice for CountingBlk {
         r
     }
     fn reset(&mut self) {
-        self.blk.reset()
+        self.blk.reset();
+        if let Some(exec) = self.blk.async_exec() {
+            assert_eq!(exec.in_flight(), 0, "requests in flight after a reset");
+        }
     }
+}
+
+/// The disk a [`BlkRig`]'s device serves, to look inside.
+enum Image {
+    Mem(MemDisk),
+    /// cache=none's image file (already unlinked), read through its own handle.
+    File {
+        file: std::fs::File,
+        read_only: bool,
+    },
+}
+
+impl Image {
+    fn contents(&self) -> Vec<u8> {
+        match self {
+            Self::Mem(disk) => disk.contents(),
+            Self::File { file, .. } => {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; image_pattern().len()];
+                file.read_exact_at(&mut buf, 0)
+                    .expect("fuzz image readable");
+                buf
+            }
+        }
+    }
+
+    /// What [`check_image_disk`] checks of a memory disk: the size, and a read-only image's
+    /// bytes.
+    fn check(&self) {
+        match self {
+            Self::Mem(disk) => check_image_disk(disk),
+            Self::File { file, read_only } => {
+                let len = file.metadata().expect("fuzz image").len();
+                assert_eq!(len, image_pattern().len() as u64, "disk changed size");
+                assert!(
+                    !read_only || self.contents() == image_pattern(),
+                    "read-only disk was modified"
+                );
+            }
+        }
+    }
+}
+
+/// A cache=none device on a fresh image file holding the fuzz pattern, and a handle to it.
+fn direct_blk(read_only: bool) -> (Blk, Image) {
+    use crate::backends::uring_disk::DirectDisk;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!(
+        "hypervisor-harness-fuzz-blk-{}-{n}.img",
+        std::process::id()
+    ));
+    std::fs::write(&path, image_pattern()).expect("fuzz image written");
+    let opened = DirectDisk::open(&path, read_only).and_then(|disk| {
+        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        Ok((disk, file))
+    });
+    // Open (or not), the name is no longer needed.
+    let _ = std::fs::remove_file(&path);
+    let (disk, file) = opened.expect("O_DIRECT image in the temp dir");
+    let mut blk = Blk::on_direct(disk).expect("io_uring");
+    blk.set_completions_watched(false);
+    (blk, Image::File { file, read_only })
 }
 
 /// The rig around a [`CountingBlk`] on a faulty disk.
@@ -180,17 +256,28 @@ struct BlkRig {
     rig: Rig,
     requests: Arc<AtomicU64>,
     /// The disk, shared with the model (to look inside), and the switch of the faulty disk
-    /// around it, which the model owns.
-    disk: MemDisk,
-    switch: FaultSwitch,
+    /// around it, which the model owns (none for cache=none's image file).
+    disk: Image,
+    switch: Option<FaultSwitch>,
 }
 
 impl BlkRig {
     fn new(mem: Memory, disk: MemDisk) -> Self {
         let (backend, switch) = faulty(&disk);
+        let blk = Blk::new(backend, *b"fuzz-virtio-blk\0\0\0\0\0");
+        Self::around(blk, mem, Image::Mem(disk), Some(switch))
+    }
+
+    /// cache=none: an `O_DIRECT` image through io_uring.
+    fn direct(mem: Memory, read_only: bool) -> Self {
+        let (blk, image) = direct_blk(read_only);
+        Self::around(blk, mem, image, None)
+    }
+
+    fn around(blk: Blk, mem: Memory, disk: Image, switch: Option<FaultSwitch>) -> Self {
         let requests = Arc::new(AtomicU64::new(0));
         let dev = CountingBlk {
-            blk: Blk::new(backend, *b"fuzz-virtio-blk\0\0\0\0\0"),
+            blk,
             requests: requests.clone(),
         };
         Self {
@@ -204,7 +291,12 @@ impl BlkRig {
     fn op(&mut self, r: &mut Reader) {
         match r.u8() % OPS {
             vop::REQUEST => self.request(r),
-            vop::FAULT => self.switch.set(r.faults()),
+            vop::FAULT => {
+                let plan = r.faults();
+                if let Some(switch) = &self.switch {
+                    switch.set(plan);
+                }
+            }
             vop::INDIRECT => self.indirect(r),
             vop::USED_EVENT => self.used_event(r),
             op => self.rig.op(op, r),
@@ -274,7 +366,9 @@ impl BlkRig {
     /// At the end: the disk heals, the transport still answers (the rig's end checks), and
     /// the reset device reads sector 1 as the disk has it.
     fn check_alive(&mut self) {
-        self.switch.heal();
+        if let Some(switch) = &self.switch {
+            switch.heal();
+        }
         let disk_now = self.disk.contents();
         self.rig.check_alive();
         assert_eq!(self.rig.r(tp::DEVICE_OFFSET, 8), DISK_SECTORS);
@@ -308,10 +402,28 @@ pub fn virtio_blk(data: &[u8]) {
 
 /// [`virtio_blk()`], returning what happened.
 pub fn run_virtio_blk(data: &[u8]) -> VirtioSummary {
+    run_on(data, |mem, read_only| {
+        BlkRig::new(mem, image_disk(read_only))
+    })
+}
+
+/// [`virtio_blk()`]'s programs on a cache=none device (an `O_DIRECT` image through io_uring).
+pub fn virtio_blk_async(data: &[u8]) {
+    run_virtio_blk_async(data);
+}
+
+/// [`virtio_blk_async()`], returning what happened.
+pub fn run_virtio_blk_async(data: &[u8]) -> VirtioSummary {
+    run_on(data, BlkRig::direct)
+}
+
+/// Run the program in `data` on the rig `rig` makes from the guest memory and the read-only
+/// flag.
+fn run_on(data: &[u8], rig: impl FnOnce(Memory, bool) -> BlkRig) -> VirtioSummary {
     let mut r = Reader(data);
     let flags = r.u8();
     let mem = new_memory((flags & 1 != 0).then_some(data));
-    let mut rig = BlkRig::new(mem, image_disk(flags & 2 != 0));
+    let mut rig = rig(mem, flags & 2 != 0);
     for _ in 0..MAX_OPS {
         if r.is_empty() {
             break;
@@ -330,7 +442,7 @@ pub fn run_virtio_blk(data: &[u8]) -> VirtioSummary {
         }
     };
     rig.check_alive();
-    check_image_disk(&rig.disk);
+    rig.disk.check();
     summary
 }
 
@@ -342,6 +454,18 @@ mod tests {
     #[test]
     fn virtio_blk_random_programs() {
         random(0x5eed_0001, 3000, 400, &virtio_ready().0[1..], virtio_blk);
+    }
+
+    /// The same on cache=none (fewer: each input opens an image and a ring).
+    #[test]
+    fn virtio_blk_async_random_programs() {
+        random(
+            0x5eed_00a5,
+            300,
+            400,
+            &virtio_ready().0[1..],
+            virtio_blk_async,
+        );
     }
 
     /// Queue 0, 16 entries, canonical layout, no vector, enabled; then FEATURES_OK and DRIVER_OK.
@@ -366,6 +490,21 @@ mod tests {
         assert_eq!(s.requests, 1);
         assert_eq!(s.queue_interrupts, 1);
         assert!(!s.needs_reset);
+    }
+
+    /// cache=none: the well-formed read, and a write of the sector after it, go through the
+    /// ring and are answered as the synchronous device answers them; the end checks read back
+    /// through the ring too.
+    #[test]
+    fn virtio_blk_async_serves_a_read_and_a_write() {
+        let p = virtio_ready().op(&[vop::REQUEST, 0, 0, 0, 3, 0, 1, 0, 0, 0]);
+        let s = run_virtio_blk_async(&p.0);
+        assert_eq!((s.requests, s.queue_interrupts), (1, 1), "{s:?}");
+        assert!(!s.needs_reset, "{s:?}");
+        let p = p.op(&[vop::REQUEST, 0, 1, 0, 4, 0, 1, 0, 0, 0]);
+        let s = run_virtio_blk_async(&p.0);
+        assert_eq!(s.requests, 2, "{s:?}");
+        assert_eq!(s, run_virtio_blk(&p.0), "as the synchronous device does");
     }
 
     #[test]
