@@ -1,10 +1,11 @@
-//! Not a check: records the exit streams the fuzz seed corpus is converted from (ignored;
-//! `hypervisor-harness/fuzz/record-corpus.sh` runs it, then the conversion). Each recording is
-//! one `run --record-exits` of named kernel tests with a virtio disk and an IDE disk, written
-//! to `$RECORDINGS` (default `target/exit-recordings/`).
+//! `run --record-exits`: a short run's recording holds what the run did, and (ignored) the
+//! recordings the fuzz seed corpus is converted from (`hypervisor-harness/fuzz/record-corpus.sh`
+//! runs it, then the conversion): each one `run --record-exits` of named kernel tests with a
+//! virtio disk and an IDE disk, written to `$RECORDINGS` (default `target/exit-recordings/`).
 
 mod common;
 use common::*;
+use hypervisor_harness::vmm::exit_recorder::{parse, ExitKind, ExitRecord};
 use std::path::PathBuf;
 
 /// (recording name, the kernel tests it runs).
@@ -16,6 +17,45 @@ const RECORDINGS: [(&str, &str); 3] = [
     ),
     ("ide", "ide_pio_integrity,ide_dma_integrity,ide_interrupts"),
 ];
+
+/// `tests=pci` recorded under the seccomp filters: the file parses, COM1 got the KTAP text,
+/// the configuration ports were read and written, the debug-exit port got the status once.
+#[test]
+fn a_recording_holds_what_the_run_did() {
+    if !have_kvm("a_recording_holds_what_the_run_did") {
+        return;
+    }
+    let dir = TempDir::new("record-exits-pci");
+    let file = dir.0.join("pci.exits");
+    let o = harness()
+        .args(["run", "--kernel", KERNEL, "--cmdline", "tests=pci"])
+        .arg("--record-exits")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    let records = parse(&std::fs::read(&file).unwrap()).unwrap();
+    let text_out: Vec<u8> = records
+        .iter()
+        .filter(|r| r.kind == ExitKind::PortOut && r.addr == 0x3f8)
+        .flat_map(|r| r.data.clone())
+        .collect();
+    let text_out = String::from_utf8_lossy(&text_out);
+    assert!(text_out.contains("ok 1 pci"), "{text_out}");
+    let config = |kind| {
+        let on_ports = |r: &&ExitRecord| r.range == "pci-config" && r.kind == kind;
+        records.iter().filter(on_ports).count()
+    };
+    assert!(config(ExitKind::PortOut) > 10 && config(ExitKind::PortIn) > 10);
+    let exits: Vec<_> = records.iter().filter(|r| r.range == "debug-exit").collect();
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    assert_eq!(exits[0].data, 0x10u32.to_le_bytes());
+    assert!(
+        t.contains(&format!("recorded {} exits", records.len())),
+        "{t}"
+    );
+}
 
 #[test]
 #[ignore]
