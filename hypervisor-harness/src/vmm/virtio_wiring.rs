@@ -333,6 +333,7 @@ fn attach_blk(
         _ => Vec::new(),
     };
     blk.set_completions_watched(!completions.is_empty());
+    blk.set_polled(io_mode == IoMode::Thread && poll_max_ns > 0);
     // queues=N: N request queues, a vector and an I/O thread each.
     let blk = blk
         .with_queues(disk.queues)

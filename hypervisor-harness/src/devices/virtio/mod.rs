@@ -255,11 +255,27 @@ pub mod test_util {
             Self::build(disk, CMD_MEM | CMD_BUS_MASTER, event_idx)
         }
 
+        /// As [`Self::new`] (with the event index if `event_idx`), the device told that a
+        /// polling I/O thread serves it ([`Blk::set_polled`]).
+        pub fn polled(disk: Box<dyn DiskBackend>, event_idx: bool) -> Self {
+            let mut blk = Blk::new(disk, [0; 20]);
+            blk.set_polled(true);
+            let features_lo = if event_idx {
+                1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX
+            } else {
+                0
+            };
+            Self::build_blk(blk, CMD_MEM | CMD_BUS_MASTER, features_lo)
+        }
+
         /// `features_lo`: feature bits 0..31 the driver accepts (VERSION_1 is always on).
         fn build(disk: Box<dyn DiskBackend>, command: u16, features_lo: u64) -> Self {
+            Self::build_blk(Blk::new(disk, [0; 20]), command, features_lo)
+        }
+
+        fn build_blk(blk: Blk, command: u16, features_lo: u64) -> Self {
             let mem = Memory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
             let irq = Arc::new(RecordingIrq::default());
-            let blk = Blk::new(disk, [0; 20]);
             let mut dev =
                 VirtioPciDevice::new(Box::new(blk), mem.clone(), irq.clone(), 11).unwrap();
             dev.config_mut().enable(CMD_MEM);

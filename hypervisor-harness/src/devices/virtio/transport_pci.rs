@@ -507,9 +507,13 @@ impl QueueEngine {
 
     /// Polling begins (see [`super::poll`]): the driver need not notify queue `index` while
     /// the I/O thread watches its avail ring. Without the event index that is
-    /// VRING_USED_F_NO_NOTIFY; with it, avail_event one behind the next entry the device
-    /// takes, which every avail index the driver can publish next has already passed.
-    /// Returns false if the queue is not there to poll.
+    /// VRING_USED_F_NO_NOTIFY; with it, avail_event a queue's length and one behind the next
+    /// entry the device takes, which every avail index the driver can publish next has
+    /// already passed. (One behind is not enough: when the device takes an entry and
+    /// suppresses again before the driver reads avail_event, the driver finds the entry it
+    /// just published named and notifies for nothing. Half the index space is too far: a
+    /// driver may read a value that far off as one ahead of what it published, garbage, and
+    /// notify to be safe, as ours does.) Returns false if the queue is not there to poll.
     pub fn suppress_notifications(&mut self, index: usize) -> bool {
         let mem = self.mem.clone();
         let Some(q) = self.pollable(index) else {
@@ -526,8 +530,10 @@ impl QueueEngine {
         else {
             return false;
         };
-        let behind = q.next_avail().wrapping_sub(1);
-        mem.write_obj(behind.to_le(), GuestAddress(avail_event))
+        // The driver publishes at most a queue's length past next_avail, so no index it can
+        // publish, nor the one it just published, makes vring_need_event true.
+        let behind = q.next_avail().wrapping_sub(q.size()).wrapping_sub(1);
+        mem.store(behind.to_le(), GuestAddress(avail_event), Ordering::Release)
             .is_ok()
     }
 

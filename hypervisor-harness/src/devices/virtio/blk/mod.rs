@@ -71,6 +71,9 @@ pub struct Blk {
     pub requests: u64,
     /// `cache=none`: the io_uring the queue is served through.
     exec: Option<AsyncExec>,
+    /// A polling I/O thread serves the queues ([`Self::set_polled`]): a drain then leaves the
+    /// driver's notifications off, and the thread turns them back on before it sleeps.
+    polled: bool,
 }
 
 impl Blk {
@@ -85,6 +88,7 @@ impl Blk {
             scratch: Request::empty(),
             requests: 0,
             exec: None,
+            polled: false,
         }
     }
 
@@ -115,6 +119,15 @@ impl Blk {
         }
     }
 
+    /// Whether a polling I/O thread serves the queues. If so, a drain does not turn the
+    /// driver's notifications back on at its end: the driver, seeing its completion, posts
+    /// the next request at once, and with notifications on it would notify although the
+    /// thread is about to poll. The thread turns them on before it sleeps
+    /// (`io_thread::Waiter`), and looks at the ring once more then.
+    pub fn set_polled(&mut self, polled: bool) {
+        self.polled = polled;
+    }
+
     /// On a raw image; GET_ID answers with the image's file name.
     pub fn on_raw(disk: RawDisk) -> Self {
         let id = serial_from_path(disk.path());
@@ -131,10 +144,13 @@ pub fn drain_queue(
     id: &[u8; ID_LEN],
     requests: &mut u64,
 ) -> Result<bool, QueueBroken> {
-    drain_queue_with(&mut Request::empty(), queue, mem, disk, id, requests)
+    drain_queue_with(&mut Request::empty(), queue, mem, disk, id, requests, false)
 }
 
-/// [`drain_queue`] parsing every chain into `scratch` (the device's own, reused).
+/// [`drain_queue`] parsing every chain into `scratch` (the device's own, reused). With
+/// `leave_notifications_off` (a polling thread's drain, [`Blk::set_polled`]) the driver's
+/// notifications stay off at the end; the caller must turn them on before it stops looking
+/// at the ring.
 pub fn drain_queue_with(
     scratch: &mut Request,
     queue: &mut Queue,
@@ -142,6 +158,7 @@ pub fn drain_queue_with(
     disk: &dyn DiskBackend,
     id: &[u8; ID_LEN],
     requests: &mut u64,
+    leave_notifications_off: bool,
 ) -> Result<bool, QueueBroken> {
     let mut used_any = false;
     loop {
@@ -157,7 +174,7 @@ pub fn drain_queue_with(
             *requests += 1;
             used_any = true;
         }
-        if !queue.enable_notification(mem)? {
+        if leave_notifications_off || !queue.enable_notification(mem)? {
             break;
         }
     }
@@ -240,6 +257,7 @@ impl VirtioDevice for Blk {
                 &*self.disk,
                 &self.id,
                 &mut self.requests,
+                self.polled,
             ),
         };
         if wants? {
