@@ -77,26 +77,28 @@ fn integrity_under_the_harness_inline_io() {
 
 /// A read-only virtio disk: reads pass, every write is refused, the file is untouched.
 fn read_only_on(sub: &str) {
-    let dir = TempDir::new(&format!("ro-{sub}"));
-    let img = dir.0.join("ro.img");
     let seed = 0x0123u64;
+    let tests = format!("virtio_blk_integrity,virtio_blk_read_only disk_seed={seed}");
+    passes_on_a_read_only_disk(sub, "ro", seed, &tests, "virtio_blk_read_only");
+}
+
+/// Run `tests` (a `tests=` value) under `sub` on a read-only virtio disk patterned from
+/// `seed`: the run passes, `must_pass` among them, and the image is unchanged.
+fn passes_on_a_read_only_disk(sub: &str, tag: &str, seed: u64, tests: &str, must_pass: &str) {
+    let dir = TempDir::new(&format!("{tag}-{sub}"));
+    let img = dir.0.join("ro.img");
     make_image(&img, seed);
     let o = harness()
         .args([sub, "--kernel", KERNEL, "--timeout", "300"])
         .arg("--cmdline")
-        .arg(format!(
-            "tests=virtio_blk_integrity,virtio_blk_read_only disk_seed={seed}"
-        ))
+        .arg(format!("tests={tests}"))
         .arg("--disk")
         .arg(format!("virtio:{},ro", img.display()))
         .output()
         .unwrap();
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{sub}: {t}");
-    assert!(
-        passed(&t, "virtio_blk_read_only"),
-        "{sub}: not run or skipped:\n{t}"
-    );
+    assert!(passed(&t, must_pass), "{sub}: not run or skipped:\n{t}");
     verify_image(&img, seed, seed, 0..0).unwrap();
 }
 
@@ -683,25 +685,14 @@ fn discard_and_write_zeroes_under_qemu() {
 
 /// A read-only disk: the driver refuses both, the device answers IOERR, the file is untouched.
 fn discard_read_only_on(sub: &str) {
-    let dir = TempDir::new(&format!("discard-ro-{sub}"));
-    let img = dir.0.join("ro.img");
     let seed = 0x0123_d15cu64;
-    make_image(&img, seed);
-    let o = harness()
-        .args([sub, "--kernel", KERNEL, "--timeout", "300"])
-        .arg("--cmdline")
-        .arg("tests=virtio_blk_discard")
-        .arg("--disk")
-        .arg(format!("virtio:{},ro", img.display()))
-        .output()
-        .unwrap();
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(0), "{sub}: {t}");
-    assert!(
-        passed(&t, "virtio_blk_discard"),
-        "{sub}: not run or skipped:\n{t}"
+    passes_on_a_read_only_disk(
+        sub,
+        "discard-ro",
+        seed,
+        "virtio_blk_discard",
+        "virtio_blk_discard",
     );
-    verify_image(&img, seed, seed, 0..0).unwrap();
 }
 
 #[test]

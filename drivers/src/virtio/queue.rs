@@ -339,6 +339,18 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
         }
     }
 
+    /// Buffers in a chain of `out` then `inb`, if the queue can take a chain at all: not
+    /// broken, and the chain not empty.
+    fn chain_length(&self, out: &[(u64, u32)], inb: &[(u64, u32)]) -> Result<usize, QueueError> {
+        if self.broken {
+            return Err(QueueError::Broken);
+        }
+        match out.len() + inb.len() {
+            0 => Err(QueueError::EmptyChain),
+            total => Ok(total),
+        }
+    }
+
     /// Post a chain: `out` buffers (device-readable) followed by `inb` buffers
     /// (device-writable), each `(phys, len)`. `token` comes back from [`Self::pop_used`].
     /// Returns the head descriptor index. The chain is published to the avail ring at once;
@@ -349,13 +361,7 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
         inb: &[(u64, u32)],
         token: u64,
     ) -> Result<u16, QueueError> {
-        if self.broken {
-            return Err(QueueError::Broken);
-        }
-        let total = out.len() + inb.len();
-        if total == 0 {
-            return Err(QueueError::EmptyChain);
-        }
+        let total = self.chain_length(out, inb)?;
         if total > usize::from(self.num_free) {
             return Err(QueueError::QueueFull {
                 needed: total,
@@ -404,13 +410,7 @@ impl<'p, P: Platform + ?Sized> VirtQueue<'p, P> {
         inb: &[(u64, u32)],
         token: u64,
     ) -> Result<u16, QueueError> {
-        if self.broken {
-            return Err(QueueError::Broken);
-        }
-        let total = out.len() + inb.len();
-        if total == 0 {
-            return Err(QueueError::EmptyChain);
-        }
+        let total = self.chain_length(out, inb)?;
         let size = size_of::<Descriptor>();
         let bytes = size * total;
         let fits = offset
