@@ -162,31 +162,27 @@ const STAGE: usize = 4096;
 /// `read_vectored_at` through `read_at`: for backends without a vectored call of their own.
 pub fn read_through<D: DiskBackend + ?Sized>(
     disk: &D,
-    mut offset: u64,
+    offset: u64,
     bufs: &[VolatileSlice<'_>],
 ) -> io::Result<()> {
-    check_access(disk.len(), offset, total_len(bufs))?;
-    let mut stage = [0u8; STAGE];
-    for buf in bufs {
-        let mut pos = 0;
-        while pos < buf.len() {
-            let n = (buf.len() - pos).min(STAGE);
-            disk.read_at(offset, &mut stage[..n])?;
-            buf.offset(pos)
-                .map_err(io::Error::other)?
-                .copy_from(&stage[..n]);
-            pos += n;
-            offset += n as u64;
-        }
-    }
-    Ok(())
+    staged(disk, offset, bufs, Dir::Read)
 }
 
 /// `write_vectored_at` through `write_at`: for backends without a vectored call of their own.
 pub fn write_through<D: DiskBackend + ?Sized>(
     disk: &D,
+    offset: u64,
+    bufs: &[VolatileSlice<'_>],
+) -> io::Result<()> {
+    staged(disk, offset, bufs, Dir::Write)
+}
+
+/// Move `bufs` to or from the disk at `offset`, STAGE bytes per `read_at`/`write_at`.
+fn staged<D: DiskBackend + ?Sized>(
+    disk: &D,
     mut offset: u64,
     bufs: &[VolatileSlice<'_>],
+    dir: Dir,
 ) -> io::Result<()> {
     check_access(disk.len(), offset, total_len(bufs))?;
     let mut stage = [0u8; STAGE];
@@ -194,10 +190,17 @@ pub fn write_through<D: DiskBackend + ?Sized>(
         let mut pos = 0;
         while pos < buf.len() {
             let n = (buf.len() - pos).min(STAGE);
-            buf.offset(pos)
-                .map_err(io::Error::other)?
-                .copy_to(&mut stage[..n]);
-            disk.write_at(offset, &stage[..n])?;
+            let at = buf.offset(pos).map_err(io::Error::other)?;
+            match dir {
+                Dir::Read => {
+                    disk.read_at(offset, &mut stage[..n])?;
+                    at.copy_from(&stage[..n]);
+                }
+                Dir::Write => {
+                    at.copy_to(&mut stage[..n]);
+                    disk.write_at(offset, &stage[..n])?;
+                }
+            }
             pos += n;
             offset += n as u64;
         }

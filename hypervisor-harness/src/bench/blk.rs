@@ -710,23 +710,11 @@ mod tests {
 
     #[test]
     fn ratio_to_qemu() {
-        let mk = |vmm: &str, bytes| BlkRow {
-            vmm: vmm.into(),
-            path: "virtio_msix".into(),
-            workload: "w".into(),
-            n: 1,
-            bytes,
-            total_ns: 1e9,
-            p50_ns: None,
-            p99_ns: None,
-            user_exits_per_io: None,
-            kvm_exits_per_io: None,
-            io_thread_cpu_ns_per_io: None,
-            vcpu_cpu_ns_per_io: None,
-            batch_p50_ns: vec![],
-        };
         let s = BlkSection {
-            rows: vec![mk("harness-thread", 300), mk("qemu", 100)],
+            rows: vec![
+                row("harness-thread", "virtio_msix", "w", 300.0),
+                row("qemu", "virtio_msix", "w", 100.0),
+            ],
             notes: vec![],
         };
         assert_eq!(s.ratio_to_qemu(&s.rows[0]), Some(3.0));
