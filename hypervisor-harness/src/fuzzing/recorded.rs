@@ -3,8 +3,10 @@
 //! whose programs are made of the same accesses: `exit_dispatch` (the exits as they are),
 //! `serial` (COM1's), `pci_config` (0xCF8/0xCFC's) and `ide` (the PIIX ports': taskfile,
 //! control, bus-master), `msix` (the virtio functions' tables, and message control through
-//! 0xCFE), and `virtio_blk`, from the requests the device parsed (the queues
-//! live in guest memory: the recorder keeps a snapshot of each request). Files `fuzz/corpus/<target>/rec-<recording>-<n>`, beside the
+//! 0xCFE), and `virtio_blk`, from the requests the device parsed (the queues live in guest
+//! memory: the recorder keeps a snapshot of each request); and `virtio_net`, from a run of
+//! the network tests on that model alone: the frames its backend carried (the recorder keeps
+//! each one's length and first bytes) as the target's TX and RX operations. Files `fuzz/corpus/<target>/rec-<recording>-<n>`, beside the
 //! hand-written seeds of `corpus.rs`.
 //!
 //! - [`write_recorded_corpus`] (ignored; `fuzz/record-corpus.sh` records, then runs it)
@@ -22,8 +24,9 @@ use crate::devices::pci::CONFIG_ADDRESS_PORT;
 use crate::vmm::exit_recorder::{self, ExitKind, ExitRecord};
 use std::path::PathBuf;
 
-/// The recordings `tests/record_exits.rs` makes.
-const RECORDINGS: [&str; 3] = ["boot-pci", "virtio-blk", "ide"];
+/// The recordings (`tests/record_exits.rs`) of the machine's fixed devices, the PCI scan and
+/// the disks; each NIC model's has the model's name.
+const BASE: &[&str] = &["boot-pci", "virtio-blk", "ide"];
 /// Most programs kept per recording and target.
 const KEEP: usize = 6;
 /// The prefix of a recorded seed's file name (the hand-written ones have none).
@@ -78,10 +81,45 @@ fn width_selector(len: usize) -> Option<u8> {
 /// dropped, at most [`KEEP`] kept: the first, the last, and those between that touch the
 /// most different registers (an operation's first 4 bytes: its kind and where), in order.
 fn programs(header: &[u8], ops: &[Vec<u8>], per: usize) -> Vec<Vec<u8>> {
-    let mut all: Vec<(usize, Vec<u8>)> = Vec::new();
     // Chunks of even size, so that the last is not a scrap.
     let size = ops.len().div_ceil(ops.len().div_ceil(per).max(1)).max(1);
-    for chunk in ops.chunks(size) {
+    kept(header, ops.chunks(size).map(<[_]>::to_vec).collect())
+}
+
+/// [`programs`] for a conversion with state (where the rig's rings are, the next
+/// descriptor): `convert` turns each record into operations, starting afresh at each program
+/// so that a program stands alone; a program gets at most `per` operations, and is kept only
+/// when one of them satisfies `works` (moves data, not only registers).
+fn programs_by<S: Default>(
+    header: &[u8],
+    records: &[&ExitRecord],
+    per: usize,
+    mut convert: impl FnMut(&mut S, &ExitRecord) -> Vec<Vec<u8>>,
+    works: impl Fn(&[u8]) -> bool,
+) -> Vec<Vec<u8>> {
+    let mut chunks: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut chunk: Vec<Vec<u8>> = Vec::new();
+    let mut state = S::default();
+    for &r in records {
+        let mut ops = convert(&mut state, r);
+        if !chunk.is_empty() && chunk.len() + ops.len() > per {
+            chunks.push(std::mem::take(&mut chunk));
+            state = S::default();
+            ops = convert(&mut state, r);
+        }
+        chunk.extend(ops);
+    }
+    chunks.push(chunk);
+    chunks.retain(|c| c.iter().any(|op| works(op)));
+    kept(header, chunks)
+}
+
+/// Each chunk of operations as a program (`header` then the operations); duplicates dropped,
+/// at most [`KEEP`] kept: the first, the last, and those between that touch the most
+/// different registers (an operation's first 4 bytes: its kind and where), in order.
+fn kept(header: &[u8], chunks: Vec<Vec<Vec<u8>>>) -> Vec<Vec<u8>> {
+    let mut all: Vec<(usize, Vec<u8>)> = Vec::new();
+    for chunk in chunks {
         let p: Vec<u8> = header.iter().copied().chain(chunk.concat()).collect();
         let mut places: Vec<&[u8]> = chunk.iter().map(|op| &op[..op.len().min(4)]).collect();
         places.sort();
@@ -356,16 +394,75 @@ fn msix_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
     programs(&header, &ops, MAX_OPS)
 }
 
+/// A [`ExitKind::Frame`] record of the NIC model `nic`: (to the guest, the frame's length,
+/// its first bytes).
+fn frame<'a>(r: &'a ExitRecord, nic: &str) -> Option<(bool, usize, &'a [u8])> {
+    if r.kind != ExitKind::Frame || r.range != nic {
+        return None;
+    }
+    let (len, head) = r.data.split_first_chunk::<4>()?;
+    Some((r.addr == 1, u32::from_le_bytes(*len) as usize, head))
+}
+
+/// virtio-net's frames as the target's ops on the hand-written seeds' set-up (two pairs and
+/// the control queue of 16 entries each, the features the kernel's driver takes): a frame
+/// from the guest as a TX chain of its length with its first header bytes after the
+/// target's own, a frame to it as a posted RX buffer and the frame injected (its length and
+/// first bytes), the receive queue notified. The register accesses stay out: written raw,
+/// they make the run hostile, and the set-up is the target's own.
+fn virtio_net_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
+    use super::nop;
+    let mut header = vec![2];
+    for q in 0..5u8 {
+        header.extend([nop::QUEUE, q, 4, 1, 0, 1]);
+    }
+    header.extend([nop::NEGOTIATE, 0, 0b1110_1111, 1]);
+    let convert = |_: &mut (), r: &ExitRecord| {
+        let Some((to_guest, len, head)) = frame(r, "virtio-net") else {
+            return Vec::new();
+        };
+        let len = (len % 2048) as u16;
+        if to_guest {
+            // One buffer for a header and a whole frame, writable; notified.
+            let rx = vec![nop::RX, 0, 0, 5 | 0x40, 1, 0];
+            let fill = &head[..head.len().min(39)];
+            let mut inject = vec![nop::INJECT, 0, 5];
+            inject.extend_from_slice(&len.to_le_bytes());
+            inject.push(fill.len() as u8);
+            inject.extend_from_slice(fill);
+            // No partial checksum; the receive queue kicked.
+            inject.extend([0, 0]);
+            vec![rx, inject]
+        } else {
+            // The target writes the first 15 bytes itself (its addresses, the type).
+            let fill = head.get(15..).unwrap_or_default();
+            let fill = &fill[..fill.len().min(15).min(usize::from(len).saturating_sub(15))];
+            let mut tx = vec![nop::TX, 0, 0, 5];
+            tx.extend_from_slice(&len.to_le_bytes());
+            tx.push(fill.len() as u8);
+            tx.extend_from_slice(fill);
+            // No cuts, no oddity, notified.
+            tx.extend([0, 7, 1]);
+            vec![tx]
+        }
+    };
+    let works = |op: &[u8]| matches!(op.first(), Some(&nop::TX | &nop::INJECT));
+    let records: Vec<_> = records.iter().collect();
+    programs_by(&header, &records, MAX_OPS - 6, convert, works)
+}
+
 type Convert = fn(&[ExitRecord]) -> Vec<Vec<u8>>;
 
-/// The converted targets, by their cargo-fuzz name.
-const CONVERTED: [(&str, Convert); 6] = [
-    ("exit_dispatch", exit_dispatch_seeds),
-    ("serial", serial_seeds),
-    ("pci_config", pci_config_seeds),
-    ("ide", ide_seeds),
-    ("virtio_blk", virtio_blk_seeds),
-    ("msix", msix_seeds),
+/// The converted targets, by their cargo-fuzz name, and the recordings each is converted
+/// from.
+const CONVERTED: [(&str, Convert, &[&str]); 7] = [
+    ("exit_dispatch", exit_dispatch_seeds, BASE),
+    ("serial", serial_seeds, BASE),
+    ("pci_config", pci_config_seeds, BASE),
+    ("ide", ide_seeds, BASE),
+    ("virtio_blk", virtio_blk_seeds, BASE),
+    ("msix", msix_seeds, BASE),
+    ("virtio_net", virtio_net_seeds, &["virtio-net"]),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -380,7 +477,7 @@ fn corpus_dir(target: &str) -> PathBuf {
 #[test]
 #[ignore]
 fn write_recorded_corpus() {
-    for (target, convert) in CONVERTED {
+    for (target, convert, from) in CONVERTED {
         let dir = corpus_dir(target);
         std::fs::create_dir_all(&dir).unwrap();
         for e in std::fs::read_dir(&dir).unwrap() {
@@ -391,7 +488,7 @@ fn write_recorded_corpus() {
         }
         // The recordings share their boot: a program is written once.
         let mut written: Vec<Vec<u8>> = Vec::new();
-        for recording in RECORDINGS {
+        for &recording in from {
             let path = recordings_dir().join(format!("{recording}.exits"));
             let file = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let records = exit_recorder::parse(&file).unwrap();
@@ -426,7 +523,7 @@ fn recorded(target: &str) -> Vec<(String, Vec<u8>)> {
 /// each read against their shadows), the IDE programs raise interrupts.
 #[test]
 fn the_recorded_seeds_reach_the_devices() {
-    for (target, _) in CONVERTED {
+    for (target, _, _) in CONVERTED {
         let files = recorded(target);
         assert!(!files.is_empty(), "{target}: no recorded seeds");
         let total: usize = files.iter().map(|(_, d)| d.len()).sum();
@@ -442,10 +539,7 @@ fn the_recorded_seeds_reach_the_devices() {
         );
         exited += claimed("debug-exit").min(1);
     }
-    assert!(
-        exited >= RECORDINGS.len() as u64,
-        "the tests' debug-exit writes"
-    );
+    assert!(exited >= BASE.len() as u64, "the tests' debug-exit writes");
     for (name, seed) in recorded("serial") {
         assert!(seed.len() >= 4 * 8, "{name}: {} bytes", seed.len());
         super::serial(&seed);
@@ -470,4 +564,17 @@ fn the_recorded_seeds_reach_the_devices() {
         let s = super::run_virtio_blk(&seed);
         assert!(s.requests >= 8 && !s.needs_reset, "{name}: {s:?}");
     }
+    // The NICs: every seed moves frames, and the seeds together move them both ways.
+    let (mut sent, mut completed) = (0, 0);
+    for (name, seed) in recorded("virtio_net") {
+        let s = super::run_virtio_net(&seed);
+        eprintln!("{name}: {s:?}");
+        assert!(s.sent + s.completed > 0, "{name}: {s:?}");
+        assert!(!s.hostile && !s.needs_reset, "{name}: {s:?}");
+        (sent, completed) = (sent + s.sent, completed + s.completed);
+    }
+    assert!(
+        sent > 0 && completed > sent,
+        "virtio-net: {sent} sent, {completed} completed"
+    );
 }

@@ -10,10 +10,13 @@
 //! Off, it costs the dispatch one load and branch ([`active`]).
 //!
 //! Queue contents live in guest memory, not in exits: a device adds a snapshot of each
-//! request it parsed ([`ExitRecorder::record_request`], kind 4; virtio-blk does).
+//! request it parsed ([`ExitRecorder::record_request`], kind 4; virtio-blk does), and every
+//! NIC's backend is wrapped ([`wrap_net`]) to keep each frame it carried (kind 5: its length
+//! and first [`FRAME_HEAD`] bytes).
 //!
 //! The file: [`MAGIC`], then per record: kind (0 port out, 1 port in, 2 MMIO write, 3 MMIO
-//! read, 4 a request; with [`ELIDED`] set, the data is left out and only its length kept), element size (a port's access size; an MMIO access's length), the address as a
+//! read, 4 a request, 5 a frame; with [`ELIDED`] set, the data is left out and only its length
+//! kept), element size (a port's access size; an MMIO access's length), the address as a
 //! little-endian u64, the base of the bus range that claimed it (u64), the range's name (a
 //! length byte, then the name; empty when unclaimed), the data's length as a little-endian
 //! u32, the data (for a port, `count` elements of `size` bytes: `rep ins/outs`; for an in or
@@ -21,10 +24,13 @@
 //! registers wherever the run placed its BARs.
 
 use super::dispatch::IoExit;
+use crate::backends::net::{BackendCounters, FrameMeta, NetBackend, NetBackendError};
 use crate::devices::bus::Claim;
 use crate::devices::lock;
 use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 /// The file's first bytes.
 pub const MAGIC: &[u8; 8] = b"HHEXITS1";
@@ -34,6 +40,9 @@ pub const MAX_RECORDS: usize = 20_000;
 pub const MAX_BYTES_PER_RANGE: usize = 64 * 1024;
 /// The kind byte's flag of a record whose data was left out.
 pub const ELIDED: u8 = 0x80;
+/// Most bytes of a frame a [`ExitKind::Frame`] record keeps (the headers a converted seed
+/// needs; the payload is the tests' pattern).
+pub const FRAME_HEAD: usize = 64;
 /// A record's bytes before its range name.
 const HEADER_LEN: usize = 1 + 1 + 8 + 8 + 1;
 
@@ -46,6 +55,9 @@ pub enum ExitKind {
     /// A request a device parsed: `addr` its sector, `data` its type (u32) and per data
     /// segment its length (u32) and a byte, 1 when the device writes it.
     Request = 4,
+    /// A frame a NIC's backend carried: `range` the NIC model, `addr` 0 from the guest, 1 to
+    /// it; `data` the frame's length (u32), then its first [`FRAME_HEAD`] bytes.
+    Frame = 5,
 }
 
 impl ExitKind {
@@ -56,6 +68,7 @@ impl ExitKind {
             2 => Self::MmioWrite,
             3 => Self::MmioRead,
             4 => Self::Request,
+            5 => Self::Frame,
             _ => return None,
         })
     }
@@ -181,6 +194,19 @@ impl ExitRecorder {
             data.extend_from_slice(&len.to_le_bytes());
             data.push(u8::from(writable));
         }
+        self.record_snapshot(ExitKind::Request, device, sector, data);
+    }
+
+    /// Keep the length and first [`FRAME_HEAD`] bytes of a frame the NIC model `device` sent
+    /// (`to_guest` false) or received.
+    pub fn record_frame(&self, device: &str, to_guest: bool, frame: &[u8]) {
+        let mut data = (frame.len() as u32).to_le_bytes().to_vec();
+        data.extend_from_slice(&frame[..frame.len().min(FRAME_HEAD)]);
+        self.record_snapshot(ExitKind::Frame, device, u64::from(to_guest), data);
+    }
+
+    /// Keep a device's snapshot of guest-memory contents (a request, a frame) as a record.
+    fn record_snapshot(&self, kind: ExitKind, device: &str, addr: u64, data: Vec<u8>) {
         let mut r = lock(&self.recording);
         if r.records >= MAX_RECORDS || device.len() > 255 {
             r.dropped += 1;
@@ -188,8 +214,8 @@ impl ExitRecorder {
         }
         r.records += 1;
         let record = ExitRecord {
-            kind: ExitKind::Request,
-            addr: sector,
+            kind,
+            addr,
             size: 0,
             range: device.to_owned(),
             base: 0,
@@ -225,6 +251,65 @@ pub fn install() -> &'static ExitRecorder {
 #[inline]
 pub fn active() -> Option<&'static ExitRecorder> {
     RECORDER.get()
+}
+
+/// `backend` as the NIC model `device` will see it: unchanged when not recording, else each
+/// frame it carries also kept as an [`ExitKind::Frame`] record.
+pub fn wrap_net(backend: Box<dyn NetBackend>, device: &str) -> Box<dyn NetBackend> {
+    match active() {
+        Some(recorder) => Box::new(RecordingNet {
+            inner: backend,
+            device: device.to_owned(),
+            recorder,
+        }),
+        None => backend,
+    }
+}
+
+/// A NIC's backend that keeps a snapshot of every frame through it.
+struct RecordingNet {
+    inner: Box<dyn NetBackend>,
+    device: String,
+    recorder: &'static ExitRecorder,
+}
+
+impl NetBackend for RecordingNet {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn accepts_partial_checksum(&self) -> bool {
+        self.inner.accepts_partial_checksum()
+    }
+    fn transmit(&mut self, meta: &FrameMeta, frame: &[u8]) -> Result<(), NetBackendError> {
+        self.recorder.record_frame(&self.device, false, frame);
+        self.inner.transmit(meta, frame)
+    }
+    fn flush(&mut self) -> Result<(), NetBackendError> {
+        self.inner.flush()
+    }
+    fn tx_ready(&mut self) -> bool {
+        self.inner.tx_ready()
+    }
+    fn tx_wait_fd(&self) -> Option<RawFd> {
+        self.inner.tx_wait_fd()
+    }
+    fn receive(&mut self, buf: &mut [u8]) -> Result<Option<(usize, FrameMeta)>, NetBackendError> {
+        let got = self.inner.receive(buf)?;
+        if let Some((len, _)) = &got {
+            let frame = buf.get(..*len).unwrap_or(buf);
+            self.recorder.record_frame(&self.device, true, frame);
+        }
+        Ok(got)
+    }
+    fn rx_ready_fd(&self) -> RawFd {
+        self.inner.rx_ready_fd()
+    }
+    fn poll(&mut self) -> Option<Duration> {
+        self.inner.poll()
+    }
+    fn counters(&self) -> BackendCounters {
+        self.inner.counters()
+    }
 }
 
 /// The records of a file [`ExitRecorder::contents`] wrote. A truncated or foreign file is an
@@ -378,6 +463,13 @@ mod tests {
         assert_eq!(request.range, "virtio-blk");
         assert_eq!(request.data, [1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 4, 0, 0, 0]);
         assert_eq!(rec.counts(), (6, 0, 0));
+        rec.record_frame("e1000", true, &[0xab; 100]);
+        let got = parse(&rec.contents()).unwrap();
+        let frame = &got[6];
+        assert_eq!((frame.kind, frame.addr), (ExitKind::Frame, 1));
+        assert_eq!(frame.range, "e1000");
+        assert_eq!(frame.data[..4], 100u32.to_le_bytes());
+        assert_eq!(frame.data[4..], [0xab; FRAME_HEAD]);
     }
 
     #[test]

@@ -377,6 +377,7 @@ impl Machine {
             let (backend, faults) = crate::backends::net::faulty::wrap(backend, spec.faults)
                 .map_err(|e| HarnessError::Other(format!("--net faults=: epoll/eventfd: {e}")))?;
             net_faults.extend(faults.map(|f| (k, f)));
+            let backend = exit_recorder::wrap_net(backend, spec.model.name());
             nets.push((spec, backend));
         }
         let mut vm = vm::Vm::open()?;
