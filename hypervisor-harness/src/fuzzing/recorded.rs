@@ -4,9 +4,11 @@
 //! `serial` (COM1's), `pci_config` (0xCF8/0xCFC's) and `ide` (the PIIX ports': taskfile,
 //! control, bus-master), `msix` (the virtio functions' tables, and message control through
 //! 0xCFE), and `virtio_blk`, from the requests the device parsed (the queues live in guest
-//! memory: the recorder keeps a snapshot of each request); and `virtio_net`, from a run of
-//! the network tests on that model alone: the frames its backend carried (the recorder keeps
-//! each one's length and first bytes) as the target's TX and RX operations. Files `fuzz/corpus/<target>/rec-<recording>-<n>`, beside the
+//! memory: the recorder keeps a snapshot of each request); and the NICs' (`virtio_net`,
+//! `e1000`), each from a run of the network tests on that model alone: its
+//! register accesses, with its rings moved to the target's canonical ones, and the frames its
+//! backend carried (the recorder keeps each one's length and first bytes) as the target's
+//! TX and RX operations. Files `fuzz/corpus/<target>/rec-<recording>-<n>`, beside the
 //! hand-written seeds of `corpus.rs`.
 //!
 //! - [`write_recorded_corpus`] (ignored; `fuzz/record-corpus.sh` records, then runs it)
@@ -451,11 +453,119 @@ fn virtio_net_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
     programs_by(&header, &records, MAX_OPS - 6, convert, works)
 }
 
+/// Where the e1000 conversion is: the canonical TX descriptor next written, and whether the
+/// rings must be set up again (at the start and after a reset).
+#[derive(Default)]
+struct E1000State {
+    tx: u8,
+    rx: u8,
+    rings_set: bool,
+}
+
+/// The e1000's register accesses (BAR0 by offset, the I/O window) as the target's ops, with
+/// the rings on the target's canonical ones (8 descriptors each: the ring registers' writes
+/// become its CANONICAL op, RDT keeps 7 buffers posted); each frame from the guest as its
+/// first bytes in a TX buffer, a legacy descriptor of its length (EOP | IFCS | RS) and TDT
+/// moved past it; each frame to the guest pushed to the backend (its length, for our MAC)
+/// and an RX pass.
+fn e1000_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
+    use crate::devices::net::e1000::regs::{CTRL, RDBAH, RDBAL, RDH, RDLEN, RDT, TDBAH, TDBAL};
+    use crate::devices::net::e1000::regs::{TDH, TDLEN, TDT};
+    const TX_BUFS: u16 = 0xa000;
+    const RESET: u32 = 1 << 26;
+    let convert = |st: &mut E1000State, r: &ExitRecord| -> Vec<Vec<u8>> {
+        if let Some((to_guest, len, head)) = frame(r, "e1000") {
+            let len = (len % 1600) as u16;
+            if to_guest {
+                let fill = head.get(14).copied().unwrap_or(0xaa);
+                let mut push = vec![6];
+                push.extend_from_slice(&len.to_le_bytes());
+                push.extend([fill, 0]);
+                st.rx = st.rx.wrapping_add(1);
+                return vec![push, vec![7]];
+            }
+            let at = TX_BUFS + 0x800 * u16::from(st.tx);
+            let mut poke = vec![8, 0];
+            poke.extend_from_slice(&at.to_le_bytes());
+            poke.push(head.len() as u8);
+            poke.extend_from_slice(head);
+            let mut desc = vec![4, st.tx, 0];
+            desc.extend_from_slice(&at.to_le_bytes());
+            desc.push(1);
+            desc.extend_from_slice(&len.to_le_bytes());
+            desc.extend([0x0b, 0]);
+            st.tx = (st.tx + 1) % 8;
+            let mut tdt = vec![1, 2];
+            tdt.extend_from_slice(&((TDT / 4) as u16).to_le_bytes());
+            tdt.push(2);
+            tdt.extend_from_slice(&u32::from(st.tx).to_le_bytes());
+            return vec![poke, desc, tdt];
+        }
+        if !r.range.starts_with("e1000-") || r.kind.is_port() != r.range.ends_with("-io") {
+            return Vec::new();
+        }
+        let Some(width) = width_selector(r.len) else {
+            return Vec::new();
+        };
+        let off = r.addr - r.base;
+        let write = r.kind.is_write();
+        if r.kind.is_port() {
+            // The I/O window: IOADDR and IODATA.
+            let mut op = vec![9, off as u8, width, u8::from(!write)];
+            if write {
+                op.extend(data(r));
+            }
+            return vec![op];
+        }
+        let mut value = data(r);
+        let mut ops = Vec::new();
+        if write {
+            match off {
+                CTRL if value.len() == 4 && le32(&value) & RESET != 0 => {
+                    (st.tx, st.rx, st.rings_set) = (0, 0, false);
+                }
+                RDBAL | RDBAH | RDLEN | TDBAL | TDBAH | TDLEN | RDH | TDH | TDT => {
+                    // The guest's rings are in its memory: the target's canonical ones.
+                    if !st.rings_set {
+                        st.rings_set = true;
+                        return vec![vec![2]];
+                    }
+                    return Vec::new();
+                }
+                RDT => {
+                    if !st.rings_set {
+                        st.rings_set = true;
+                        ops.push(vec![2]);
+                    }
+                    value = u32::from((st.rx + 7) % 8).to_le_bytes().to_vec();
+                    value.truncate(r.len);
+                }
+                _ => {}
+            }
+        }
+        let mut op = vec![u8::from(write), 2];
+        op.extend_from_slice(&((off / 4) as u16).to_le_bytes());
+        op.push(width);
+        if write {
+            op.extend(value);
+        }
+        ops.push(op);
+        ops
+    };
+    let works = |op: &[u8]| matches!(op.first(), Some(4 | 6));
+    // No memory seed, the rings set up.
+    programs_by(&[0, 2], &squeezed(records), MAX_OPS - 1, convert, works)
+}
+
+fn le32(b: &[u8]) -> u32 {
+    b.first_chunk::<4>().map_or(0, |b| u32::from_le_bytes(*b))
+}
+
 type Convert = fn(&[ExitRecord]) -> Vec<Vec<u8>>;
 
 /// The converted targets, by their cargo-fuzz name, and the recordings each is converted
 /// from.
-const CONVERTED: [(&str, Convert, &[&str]); 7] = [
+const CONVERTED: [(&str, Convert, &[&str]); 8] = [
     ("exit_dispatch", exit_dispatch_seeds, BASE),
     ("serial", serial_seeds, BASE),
     ("pci_config", pci_config_seeds, BASE),
@@ -463,6 +573,7 @@ const CONVERTED: [(&str, Convert, &[&str]); 7] = [
     ("virtio_blk", virtio_blk_seeds, BASE),
     ("msix", msix_seeds, BASE),
     ("virtio_net", virtio_net_seeds, &["virtio-net"]),
+    ("e1000", e1000_seeds, &["e1000"]),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -576,5 +687,16 @@ fn the_recorded_seeds_reach_the_devices() {
     assert!(
         sent > 0 && completed > sent,
         "virtio-net: {sent} sent, {completed} completed"
+    );
+    let (mut sent, mut received) = (0, 0);
+    for (name, seed) in recorded("e1000") {
+        let s = super::run_e1000(&seed);
+        eprintln!("{name}: {s:?}");
+        assert!(s.sent as u64 + s.received > 0, "{name}: {s:?}");
+        (sent, received) = (sent + s.sent, received + s.received);
+    }
+    assert!(
+        sent > 0 && received > 0,
+        "e1000: {sent} sent, {received} received"
     );
 }
