@@ -5,7 +5,7 @@
 //! control, bus-master), `msix` (the virtio functions' tables, and message control through
 //! 0xCFE), and `virtio_blk`, from the requests the device parsed (the queues live in guest
 //! memory: the recorder keeps a snapshot of each request); and the NICs' (`virtio_net`,
-//! `e1000`), each from a run of the network tests on that model alone: its
+//! `e1000`, `rtl8139`), each from a run of the network tests on that model alone: its
 //! register accesses, with its rings moved to the target's canonical ones, and the frames its
 //! backend carried (the recorder keeps each one's length and first bytes) as the target's
 //! TX and RX operations. Files `fuzz/corpus/<target>/rec-<recording>-<n>`, beside the
@@ -561,11 +561,90 @@ fn le32(b: &[u8]) -> u32 {
     b.first_chunk::<4>().map_or(0, |b| u32::from_le_bytes(*b))
 }
 
+/// Where the RTL8139 conversion is: the TX slot the device sends from next.
+#[derive(Default)]
+struct Rtl8139State {
+    slot: u8,
+}
+
+/// The RTL8139's register accesses (the I/O BAR, else BAR1's MMIO, by offset) as the
+/// target's ops, the RX ring on the target's canonical 8 KiB one (RBSTART written as its
+/// address, RCR's ring size 8 KiB, CAPR where the driver has read to); each frame from the
+/// guest as its first bytes in a TX buffer and the TX op on the next slot in turn (address
+/// and size), each frame to it pushed to the backend (its length; for our MAC, or broadcast)
+/// and an RX pass.
+fn rtl8139_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
+    use crate::devices::net::rtl8139::regs::{CAPR, CR, RBSTART, RCR, TSAD0, TSD0};
+    const TX_BUFS: u16 = 0x6000;
+    const RX_RING: u32 = 0x1000;
+    const RESET: u8 = 0x10;
+    let convert = |st: &mut Rtl8139State, r: &ExitRecord| -> Vec<Vec<u8>> {
+        if let Some((to_guest, len, head)) = frame(r, "rtl8139") {
+            let len = (len % 1600) as u16;
+            if to_guest {
+                let broadcast = head.get(..6) == Some(&[0xff; 6][..]);
+                let fill = head.get(14).copied().unwrap_or(0xaa);
+                let mut push = vec![5];
+                push.extend_from_slice(&len.to_le_bytes());
+                push.extend([fill, u8::from(broadcast)]);
+                return vec![push, vec![6]];
+            }
+            let at = TX_BUFS + 0x800 * u16::from(st.slot);
+            let mut poke = vec![7, 0];
+            poke.extend_from_slice(&at.to_le_bytes());
+            poke.push(head.len() as u8);
+            poke.extend_from_slice(head);
+            let mut send = vec![4, st.slot, 0];
+            send.extend_from_slice(&at.to_le_bytes());
+            send.push(0);
+            send.extend_from_slice(&len.to_le_bytes());
+            st.slot = (st.slot + 1) % 4;
+            return vec![poke, send];
+        }
+        let io = r.kind.is_port();
+        if !r.range.starts_with("rtl8139-") || io != r.range.ends_with("-io") {
+            return Vec::new();
+        }
+        let Some(width) = width_selector(r.len) else {
+            return Vec::new();
+        };
+        let off = (r.addr - r.base) as u16;
+        let write = r.kind.is_write();
+        let mut value = data(r);
+        if write {
+            let reg = |base: u8, n: u16| (u16::from(base)..u16::from(base) + n).contains(&off);
+            if reg(TSAD0, 16) || reg(TSD0, 16) {
+                // The frame's own TX op writes its slot's address and size.
+                return Vec::new();
+            }
+            match u8::try_from(off) {
+                Ok(CAPR) => return vec![vec![8, 1]],
+                Ok(RBSTART) => value = RX_RING.to_le_bytes()[..r.len.min(4)].to_vec(),
+                Ok(RCR) if !value.is_empty() => value[1] &= !0x18,
+                Ok(CR) if value.first().is_some_and(|v| v & RESET != 0) => st.slot = 0,
+                _ => {}
+            }
+        }
+        let mut op = vec![u8::from(write), 3];
+        op.extend_from_slice(&off.to_le_bytes());
+        op.push(width);
+        if write {
+            op.extend(value);
+        }
+        op.push(u8::from(!io));
+        vec![op]
+    };
+    let works = |op: &[u8]| matches!(op.first(), Some(4 | 5));
+    // No memory seed; a reset, then the canonical ring (RCR APM | AB | WRAP).
+    let header = [0, 13, RESET, 2, 0x8a, 0, 0, 0];
+    programs_by(&header, &squeezed(records), MAX_OPS - 2, convert, works)
+}
+
 type Convert = fn(&[ExitRecord]) -> Vec<Vec<u8>>;
 
 /// The converted targets, by their cargo-fuzz name, and the recordings each is converted
 /// from.
-const CONVERTED: [(&str, Convert, &[&str]); 8] = [
+const CONVERTED: [(&str, Convert, &[&str]); 9] = [
     ("exit_dispatch", exit_dispatch_seeds, BASE),
     ("serial", serial_seeds, BASE),
     ("pci_config", pci_config_seeds, BASE),
@@ -574,6 +653,7 @@ const CONVERTED: [(&str, Convert, &[&str]); 8] = [
     ("msix", msix_seeds, BASE),
     ("virtio_net", virtio_net_seeds, &["virtio-net"]),
     ("e1000", e1000_seeds, &["e1000"]),
+    ("rtl8139", rtl8139_seeds, &["rtl8139"]),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -698,5 +778,16 @@ fn the_recorded_seeds_reach_the_devices() {
     assert!(
         sent > 0 && received > 0,
         "e1000: {sent} sent, {received} received"
+    );
+    let (mut sent, mut received) = (0, 0);
+    for (name, seed) in recorded("rtl8139") {
+        let s = super::run_rtl8139(&seed);
+        eprintln!("{name}: {s:?}");
+        assert!(s.sent as u64 + s.received > 0, "{name}: {s:?}");
+        (sent, received) = (sent + s.sent, received + s.received);
+    }
+    assert!(
+        sent > 0 && received > 0,
+        "rtl8139: {sent} sent, {received} received"
     );
 }
