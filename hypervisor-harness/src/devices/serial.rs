@@ -29,6 +29,9 @@ pub type LineSink = Box<dyn FnMut(&str) + Send>;
 pub struct LineTee {
     out: Box<dyn Write + Send>,
     line: Vec<u8>,
+    /// The most a line keeps: [`MAX_LINE`], or less for a fuzz target, whose guest would
+    /// otherwise need 64 K writes per input to reach the cut.
+    max_line: usize,
     on_line: LineSink,
     overflowed: bool,
     /// Lines longer than [`MAX_LINE`] (cut before `on_line` saw them).
@@ -39,9 +42,15 @@ pub const MAX_LINE: usize = 64 * 1024;
 
 impl LineTee {
     pub fn new(out: Box<dyn Write + Send>, on_line: LineSink) -> Self {
+        Self::with_max_line(out, on_line, MAX_LINE)
+    }
+
+    /// A tee whose lines keep at most `max_line` bytes (at least 1).
+    pub fn with_max_line(out: Box<dyn Write + Send>, on_line: LineSink, max_line: usize) -> Self {
         Self {
             out,
             line: Vec::new(),
+            max_line: max_line.max(1),
             on_line,
             overflowed: false,
             cut_lines: 0,
@@ -75,7 +84,7 @@ impl Write for LineTee {
             if b == b'\n' {
                 let _ = self.out.flush();
                 self.emit_line();
-            } else if self.line.len() < MAX_LINE {
+            } else if self.line.len() < self.max_line {
                 self.line.push(b);
             } else {
                 self.overflowed = true;
@@ -171,6 +180,30 @@ mod tests {
         dev.read(6, &mut buf);
         assert_eq!(&buf[2..], &[0xff, 0xff]);
         dev.write(u64::MAX, &[1, 2, 3]);
+    }
+
+    #[test]
+    fn a_smaller_line_buffer_cuts_at_its_size() {
+        let lines = Arc::new(Mutex::new(Vec::<usize>::new()));
+        let l2 = lines.clone();
+        let mut tee = LineTee::with_max_line(
+            Box::new(io::sink()),
+            Box::new(move |s| l2.lock().unwrap().push(s.len())),
+            10,
+        );
+        tee.write_all(&[b'y'; 25]).unwrap();
+        assert_eq!(tee.line.len(), 10);
+        tee.write_all(
+            b"
+0123456789
+",
+        )
+        .unwrap();
+        assert_eq!(*lines.lock().unwrap(), vec![10, 10]);
+        assert_eq!(tee.cut_lines, 1, "a line of exactly the size is not cut");
+        // A size of 0 keeps one byte: the tee never holds nothing by mistake.
+        let tee = LineTee::with_max_line(Box::new(io::sink()), Box::new(|_| {}), 0);
+        assert_eq!(tee.max_line, 1);
     }
 
     #[test]

@@ -253,8 +253,15 @@ fn new_memory(seed_from: Option<&[u8]>) -> Memory {
     if let Some(seed) = seed_from.filter(|s| !s.is_empty()) {
         for (gpa, len) in MEM_REGIONS {
             // The seed repeated, written at once: a short seed would otherwise cost thousands
-            // of guest writes per input.
-            let image: Vec<u8> = seed.iter().copied().cycle().take(len as usize).collect();
+            // of guest writes per input. Built by doubling, not byte by byte: per input, a
+            // byte-wise iterator was a sixth of a fuzzer's time in its coverage hooks.
+            let len = len as usize;
+            let mut image = Vec::with_capacity(len);
+            image.extend_from_slice(&seed[..seed.len().min(len)]);
+            while image.len() < len {
+                let more = image.len().min(len - image.len());
+                image.extend_from_within(..more);
+            }
             let _ = mem.write_slice(&image, GuestAddress(gpa));
         }
     }
@@ -463,5 +470,26 @@ mod tests {
         assert_eq!(r.gpa(), r1 - 0x10);
         assert_eq!(r.gpa(), r2 + 0x1000 + 0x10);
         assert_eq!(r.gpa(), MEM_REGIONS[3].0);
+    }
+
+    #[test]
+    fn a_seed_repeats_to_the_end_of_every_region() {
+        let seed = [1u8, 2, 3, 4, 5, 6, 7];
+        let mem = new_memory(Some(&seed));
+        for (gpa, len) in MEM_REGIONS {
+            let mut got = vec![0u8; len as usize];
+            mem.read_slice(&mut got, GuestAddress(gpa)).unwrap();
+            let want: Vec<u8> = seed.iter().copied().cycle().take(len as usize).collect();
+            assert!(got == want, "region at {gpa:#x}");
+        }
+        // A seed longer than a region is cut to it; an empty one leaves zeros.
+        let long: Vec<u8> = (0..0x2_0000u32).map(|i| (i % 251) as u8).collect();
+        let mem = new_memory(Some(&long));
+        let mut got = vec![0u8; 0x1000];
+        mem.read_slice(&mut got, GuestAddress(MEM_REGIONS[3].0))
+            .unwrap();
+        assert_eq!(got, long[..0x1000]);
+        let mem = new_memory(Some(&[]));
+        assert_eq!(mem.read_obj::<u64>(GuestAddress(0x100)).unwrap(), 0);
     }
 }
