@@ -18,14 +18,22 @@ const RECORDINGS: [(&str, &str); 3] = [
     ("ide", "ide_pio_integrity,ide_dma_integrity,ide_interrupts"),
 ];
 
-/// (recording name, the `--net` NIC, the kernel tests it runs): each NIC model alone on the
-/// in-process peer, through the tests that move frames both ways without the 16 MiB transfers
-/// (which would fill the recording's budget with one test's data).
-const NIC_RECORDINGS: [(&str, &str, &str); 3] = [
-    ("virtio-net", "virtio", "net_link,net_ping,net_udp_echo"),
-    ("e1000", "e1000", "net_link,net_ping,net_udp_echo"),
-    ("rtl8139", "rtl8139", "net_link,net_ping,net_udp_echo"),
+/// (recording name, the device's arguments, the kernel tests it runs, the device's name in
+/// its snapshots): each NIC model alone on the in-process peer, through the tests that move
+/// frames both ways without the 16 MiB transfers (which would fill the recording's budget
+/// with one test's data); the balloon asked for 192 of 256 MiB.
+const DEVICE_RECORDINGS: [(&str, &[&str], &str, &str); 4] = [
+    ("virtio-net", &["--net", "virtio"], NET_TESTS, "virtio-net"),
+    ("e1000", &["--net", "e1000"], NET_TESTS, "e1000"),
+    ("rtl8139", &["--net", "rtl8139"], NET_TESTS, "rtl8139"),
+    (
+        "balloon",
+        &["--mem", "256M", "--balloon", "--balloon-target", "192"],
+        "balloon_inflate,balloon_deflate_reuse",
+        "virtio-balloon",
+    ),
 ];
+const NET_TESTS: &str = "net_link,net_ping,net_udp_echo";
 
 /// `tests=pci` recorded under the seccomp filters: the file parses, COM1 got the KTAP text,
 /// the configuration ports were read and written, the debug-exit port got the status once.
@@ -101,10 +109,11 @@ fn record_the_kernel_tests_exits() {
         assert!(t.contains("recorded "), "{name}: {t}");
         eprintln!("{name}: {}", file.display());
     }
-    for (name, net, tests) in NIC_RECORDINGS {
+    for (name, args, tests, device) in DEVICE_RECORDINGS {
         let file = out.join(format!("{name}.exits"));
         let o = harness()
-            .args(["run", "--kernel", KERNEL, "--timeout", "120", "--net", net])
+            .args(["run", "--kernel", KERNEL, "--timeout", "120"])
+            .args(args)
             .arg("--cmdline")
             .arg(format!("tests={tests}"))
             .arg("--record-exits")
@@ -114,11 +123,21 @@ fn record_the_kernel_tests_exits() {
         let t = text(&o);
         assert_eq!(o.status.code(), Some(0), "{name}: {t}");
         let records = parse(&std::fs::read(&file).unwrap()).unwrap();
-        let frames = |to_guest| {
-            let of_nic = |r: &&ExitRecord| r.kind == ExitKind::Frame && r.addr == to_guest;
-            records.iter().filter(of_nic).count()
+        let snapshots = |kind: ExitKind, addr: u64| {
+            let of = |r: &&ExitRecord| r.kind == kind && r.range == device && r.addr == addr;
+            records.iter().filter(of).count()
         };
-        assert!(frames(0) > 0 && frames(1) > 0, "{name}: no frames recorded");
+        // Frames both ways; the balloon's inflate and deflate queues.
+        let both = match device {
+            "virtio-balloon" => [(ExitKind::Buffer, 0), (ExitKind::Buffer, 1)],
+            _ => [(ExitKind::Frame, 0), (ExitKind::Frame, 1)],
+        };
+        for (kind, addr) in both {
+            assert!(
+                snapshots(kind, addr) > 0,
+                "{name}: no {kind:?} {addr} recorded"
+            );
+        }
         let counts = t.lines().filter(|l| l.contains("recorded "));
         eprintln!("{name}: {}: {}", file.display(), counts.collect::<String>());
     }

@@ -640,11 +640,93 @@ fn rtl8139_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
     programs_by(&header, &squeezed(records), MAX_OPS - 2, convert, works)
 }
 
+/// A [`ExitKind::Buffer`] record of the virtio device `device`: (its queue, the bytes' length,
+/// the first of them).
+fn buffer<'a>(r: &'a ExitRecord, device: &str) -> Option<(u64, usize, &'a [u8])> {
+    if r.kind != ExitKind::Buffer || r.range != device {
+        return None;
+    }
+    let (len, head) = r.data.split_first_chunk::<4>()?;
+    Some((r.addr, u32::from_le_bytes(*len) as usize, head))
+}
+
+/// The balloon's buffers as the target's chains on the hand-written seeds' set-up (its four
+/// queues, the offered features, a target of 16 pages): each inflate and deflate buffer's
+/// page numbers (the first 32) as a PFN array of the rig's RAM (the number modulo the 7
+/// pages no ring or buffer uses: the guest gives runs of its lowest frames, which stay runs),
+/// each statistics report as its (tag, value) entries.
+fn balloon_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
+    use super::balloon::bop;
+    use super::virtio_rig::rop;
+    use crate::devices::virtio::balloon::{DEFLATE_QUEUE, INFLATE_QUEUE, STATS_QUEUE};
+    let mut header = vec![0];
+    for q in 0..4 {
+        header.extend([rop::QUEUE, 0, q, 3, 0, 0, 1]);
+    }
+    header.extend([rop::NEGOTIATE, 0, bop::TARGET, 1, 16]);
+    // Whether the program has inflated pages yet: a deflate before any (the program began
+    // after the guest's inflation) first puts its pages in, so that it takes them out.
+    let convert = |inflated: &mut bool, r: &ExitRecord| {
+        let Some((q, _, head)) = buffer(r, "virtio-balloon") else {
+            return Vec::new();
+        };
+        let q = q as usize;
+        // One readable buffer of the payload that follows, notified.
+        let chain =
+            |q: usize, payload: &[u8]| [&[rop::CHAIN, q as u8, 0, 0, 1][..], payload].concat();
+        match q {
+            INFLATE_QUEUE | DEFLATE_QUEUE => {
+                let pfns = head.as_chunks::<4>().0;
+                let pfns = &pfns[..pfns.len().min(32)];
+                if pfns.is_empty() {
+                    return Vec::new();
+                }
+                let mut payload = vec![pfns.len() as u8 - 1];
+                for pfn in pfns {
+                    // Pages 4..8 (between the rings and the buffers), then the other
+                    // regions' (selector 4).
+                    payload.extend(match u32::from_le_bytes(*pfn) % 7 {
+                        k @ 0..4 => [0, 4 + k as u8],
+                        k => [4, k as u8 - 4],
+                    });
+                }
+                let mut ops = Vec::new();
+                if q == DEFLATE_QUEUE && !*inflated {
+                    ops.push(chain(INFLATE_QUEUE, &payload));
+                }
+                *inflated = true;
+                ops.push(chain(q, &payload));
+                ops
+            }
+            STATS_QUEUE => {
+                let entries = head.as_chunks::<10>().0;
+                if entries.is_empty() {
+                    return Vec::new();
+                }
+                let mut payload = vec![entries.len() as u8 - 1];
+                for e in entries {
+                    // The tag as a small one (the kernel's are 0..=9), the value itself.
+                    payload.extend([1, e[0]]);
+                    payload.extend_from_slice(&e[2..]);
+                }
+                vec![chain(q, &payload)]
+            }
+            _ => Vec::new(),
+        }
+    };
+    let works = |op: &[u8]| {
+        let q = op.get(1).map(|&q| usize::from(q));
+        op.first() == Some(&rop::CHAIN) && matches!(q, Some(INFLATE_QUEUE | DEFLATE_QUEUE))
+    };
+    let records: Vec<_> = records.iter().collect();
+    programs_by(&header, &records, MAX_OPS - 6, convert, works)
+}
+
 type Convert = fn(&[ExitRecord]) -> Vec<Vec<u8>>;
 
 /// The converted targets, by their cargo-fuzz name, and the recordings each is converted
 /// from.
-const CONVERTED: [(&str, Convert, &[&str]); 9] = [
+const CONVERTED: [(&str, Convert, &[&str]); 10] = [
     ("exit_dispatch", exit_dispatch_seeds, BASE),
     ("serial", serial_seeds, BASE),
     ("pci_config", pci_config_seeds, BASE),
@@ -654,6 +736,7 @@ const CONVERTED: [(&str, Convert, &[&str]); 9] = [
     ("virtio_net", virtio_net_seeds, &["virtio-net"]),
     ("e1000", e1000_seeds, &["e1000"]),
     ("rtl8139", rtl8139_seeds, &["rtl8139"]),
+    ("balloon", balloon_seeds, &["balloon"]),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -789,5 +872,17 @@ fn the_recorded_seeds_reach_the_devices() {
     assert!(
         sent > 0 && received > 0,
         "rtl8139: {sent} sent, {received} received"
+    );
+    // The balloon: every seed moves pages, and the seeds together both ways.
+    let (mut inflated, mut deflated) = (0, 0);
+    for (name, seed) in recorded("balloon") {
+        let s = super::run_balloon(&seed);
+        eprintln!("{name}: {s:?}");
+        assert!(s.inflated + s.deflated > 0, "{name}: {s:?}");
+        (inflated, deflated) = (inflated + s.inflated, deflated + s.deflated);
+    }
+    assert!(
+        inflated > 0 && deflated > 0,
+        "balloon: {inflated} in, {deflated} out"
     );
 }

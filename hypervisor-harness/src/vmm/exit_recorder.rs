@@ -12,10 +12,11 @@
 //! Queue contents live in guest memory, not in exits: a device adds a snapshot of each
 //! request it parsed ([`ExitRecorder::record_request`], kind 4; virtio-blk does), and every
 //! NIC's backend is wrapped ([`wrap_net`]) to keep each frame it carried (kind 5: its length
-//! and first [`FRAME_HEAD`] bytes).
+//! and first [`FRAME_HEAD`] bytes); the balloon keeps the page numbers of each inflate and
+//! deflate buffer and its statistics ([`ExitRecorder::record_buffer`], kind 6).
 //!
 //! The file: [`MAGIC`], then per record: kind (0 port out, 1 port in, 2 MMIO write, 3 MMIO
-//! read, 4 a request, 5 a frame; with [`ELIDED`] set, the data is left out and only its length
+//! read, 4 a request, 5 a frame, 6 a queue's buffer; with [`ELIDED`] set, the data is left out and only its length
 //! kept), element size (a port's access size; an MMIO access's length), the address as a
 //! little-endian u64, the base of the bus range that claimed it (u64), the range's name (a
 //! length byte, then the name; empty when unclaimed), the data's length as a little-endian
@@ -43,6 +44,8 @@ pub const ELIDED: u8 = 0x80;
 /// Most bytes of a frame a [`ExitKind::Frame`] record keeps (the headers a converted seed
 /// needs; the payload is the tests' pattern).
 pub const FRAME_HEAD: usize = 64;
+/// Most bytes of a queue's buffer a [`ExitKind::Buffer`] record keeps.
+pub const BUFFER_HEAD: usize = 128;
 /// A record's bytes before its range name.
 const HEADER_LEN: usize = 1 + 1 + 8 + 8 + 1;
 
@@ -58,6 +61,10 @@ pub enum ExitKind {
     /// A frame a NIC's backend carried: `range` the NIC model, `addr` 0 from the guest, 1 to
     /// it; `data` the frame's length (u32), then its first [`FRAME_HEAD`] bytes.
     Frame = 5,
+    /// Bytes a virtio device took from one of its queues (a balloon's page numbers, a
+    /// console port's output): `range` the device, `addr` the queue; `data` the bytes'
+    /// length (u32), then the first [`BUFFER_HEAD`] of them.
+    Buffer = 6,
 }
 
 impl ExitKind {
@@ -69,6 +76,7 @@ impl ExitKind {
             3 => Self::MmioRead,
             4 => Self::Request,
             5 => Self::Frame,
+            6 => Self::Buffer,
             _ => return None,
         })
     }
@@ -203,6 +211,14 @@ impl ExitRecorder {
         let mut data = (frame.len() as u32).to_le_bytes().to_vec();
         data.extend_from_slice(&frame[..frame.len().min(FRAME_HEAD)]);
         self.record_snapshot(ExitKind::Frame, device, u64::from(to_guest), data);
+    }
+
+    /// Keep the length and first [`BUFFER_HEAD`] bytes of what the virtio device `device` took
+    /// from its queue `queue`.
+    pub fn record_buffer(&self, device: &str, queue: usize, bytes: &[u8]) {
+        let mut data = (bytes.len() as u32).to_le_bytes().to_vec();
+        data.extend_from_slice(&bytes[..bytes.len().min(BUFFER_HEAD)]);
+        self.record_snapshot(ExitKind::Buffer, device, queue as u64, data);
     }
 
     /// Keep a device's snapshot of guest-memory contents (a request, a frame) as a record.
@@ -470,6 +486,12 @@ mod tests {
         assert_eq!(frame.range, "e1000");
         assert_eq!(frame.data[..4], 100u32.to_le_bytes());
         assert_eq!(frame.data[4..], [0xab; FRAME_HEAD]);
+        rec.record_buffer("virtio-balloon", 1, &[7; 200]);
+        let got = parse(&rec.contents()).unwrap();
+        let buffer = &got[7];
+        assert_eq!((buffer.kind, buffer.addr), (ExitKind::Buffer, 1));
+        assert_eq!(buffer.data[..4], 200u32.to_le_bytes());
+        assert_eq!(buffer.data[4..], [7; BUFFER_HEAD]);
     }
 
     #[test]
