@@ -6,7 +6,11 @@
 mod common;
 use common::*;
 use hypervisor_harness::vmm::exit_recorder::{parse, ExitKind, ExitRecord};
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 /// (recording name, the kernel tests it runs).
 const RECORDINGS: [(&str, &str); 3] = [
@@ -141,4 +145,57 @@ fn record_the_kernel_tests_exits() {
         let counts = t.lines().filter(|l| l.contains("recorded "));
         eprintln!("{name}: {}: {}", file.display(), counts.collect::<String>());
     }
+    record_the_console_prompt(&out.join("console.exits"));
+}
+
+/// `tests=console_prompt` on a socket console, driven as tests/console.rs drives it (every
+/// command, then `quit`): the guest's output, the control messages and the typed input.
+fn record_the_console_prompt(file: &Path) {
+    let dir = TempDir::new("record-exits-console");
+    let socket = dir.0.join("console.sock");
+    let child = harness()
+        .args(["run", "--kernel", KERNEL, "--timeout", "120"])
+        .arg("--console")
+        .arg(format!("socket:{}", socket.display()))
+        .args(["--cmdline", "tests=console_prompt"])
+        .arg("--record-exits")
+        .arg(file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut s = loop {
+        match UnixStream::connect(&socket) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{}: {e}", socket.display());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    s.write_all(b"help\necho hello console\nuptime\r\nbogus\n\nmem\nquit\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"bye\n") {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("{e} after {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    let o = child.wait_with_output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "console: {t}");
+    let records = parse(&std::fs::read(file).unwrap()).unwrap();
+    // Output on port 0's transmit queue (1), input on its receive queue (0).
+    for queue in [0, 1] {
+        let of = |r: &&ExitRecord| {
+            r.kind == ExitKind::Buffer && r.range == "virtio-console" && r.addr == queue
+        };
+        assert!(records.iter().any(|r| of(&r)), "console: queue {queue}");
+    }
+    eprintln!("console: {}", file.display());
 }

@@ -722,11 +722,77 @@ fn balloon_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
     programs_by(&header, &records, MAX_OPS - 6, convert, works)
 }
 
+/// The console's buffers as the target's ops on the hand-written seeds' set-up (two ports'
+/// and the control queues, the offered features (MULTIPORT only if the guest used it),
+/// receive buffers posted on port 0 and the control queue): what the guest wrote on a port as readable chains of its bytes (up to 64
+/// a chain, the payload's most), its control messages as the target's (id, event, value),
+/// and what the host typed as the target's INPUT op with a receive buffer posted for it.
+fn console_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
+    use super::console::cop;
+    use super::virtio_rig::rop;
+    use crate::devices::virtio::console::{CONTROL_RX_QUEUE, CONTROL_TX_QUEUE};
+    // One device-writable buffer of 0x1000 bytes on queue q, notified.
+    let writable = |q: usize| vec![rop::CHAIN, q as u8, 0, 1, 1, 0xff, 0x0f];
+    let mut header = vec![0];
+    for q in 0..6 {
+        header.extend([rop::QUEUE, 0, q, 3, 0, 0, 1]);
+    }
+    // The offered features, without MULTIPORT when the guest sent no control message (a
+    // console of port 0 alone: with MULTIPORT, input waits for the port to be opened).
+    let control = records
+        .iter()
+        .any(|r| buffer(r, "virtio-console").is_some_and(|(q, ..)| q as usize == CONTROL_TX_QUEUE));
+    if control {
+        header.extend([rop::NEGOTIATE, 0]);
+    } else {
+        const MULTIPORT: u64 = 1 << 1;
+        header.extend([rop::NEGOTIATE, 2]);
+        header.extend((!MULTIPORT).to_le_bytes());
+    }
+    header.extend(writable(0));
+    header.extend(writable(CONTROL_RX_QUEUE));
+    let convert = |_: &mut (), r: &ExitRecord| {
+        let Some((q, _, head)) = buffer(r, "virtio-console") else {
+            return Vec::new();
+        };
+        let q = q as usize;
+        // One readable buffer of the payload that follows, notified.
+        let readable = |payload: &[u8]| [&[rop::CHAIN, q as u8, 0, 0, 1][..], payload].concat();
+        match q {
+            CONTROL_TX_QUEUE => {
+                let Some((id, rest)) = head.split_first_chunk::<4>() else {
+                    return Vec::new();
+                };
+                let event = rest.first().copied().unwrap_or(0);
+                let value = rest.get(2).copied().unwrap_or(0);
+                let id = u32::from_le_bytes(*id) as u8;
+                // Small id and event, the value, no name, the whole 8 bytes.
+                vec![readable(&[1, id, 1, event, value % 3, 0, 7])]
+            }
+            // What the host typed, and a buffer for the port to put it in.
+            0 | 4 if !head.is_empty() => {
+                let typed = &head[..head.len().min(255)];
+                let mut input = vec![cop::INPUT, (q / 4) as u8, typed.len() as u8];
+                input.extend_from_slice(typed);
+                vec![input, writable(q)]
+            }
+            1 | 5 => head
+                .chunks(64)
+                .map(|c| readable(&[&[c.len() as u8 - 1][..], c].concat()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let works = |op: &[u8]| op.first() == Some(&rop::CHAIN) && matches!(op.get(1), Some(1 | 5));
+    let records: Vec<_> = records.iter().collect();
+    programs_by(&header, &records, MAX_OPS - 9, convert, works)
+}
+
 type Convert = fn(&[ExitRecord]) -> Vec<Vec<u8>>;
 
 /// The converted targets, by their cargo-fuzz name, and the recordings each is converted
 /// from.
-const CONVERTED: [(&str, Convert, &[&str]); 10] = [
+const CONVERTED: [(&str, Convert, &[&str]); 11] = [
     ("exit_dispatch", exit_dispatch_seeds, BASE),
     ("serial", serial_seeds, BASE),
     ("pci_config", pci_config_seeds, BASE),
@@ -737,6 +803,7 @@ const CONVERTED: [(&str, Convert, &[&str]); 10] = [
     ("e1000", e1000_seeds, &["e1000"]),
     ("rtl8139", rtl8139_seeds, &["rtl8139"]),
     ("balloon", balloon_seeds, &["balloon"]),
+    ("console", console_seeds, &["console"]),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -885,4 +952,14 @@ fn the_recorded_seeds_reach_the_devices() {
         inflated > 0 && deflated > 0,
         "balloon: {inflated} in, {deflated} out"
     );
+    // The console: every seed carries the guest's output to the host, and the seeds together
+    // the host's input to the guest.
+    let mut to_guest = 0;
+    for (name, seed) in recorded("console") {
+        let s = super::run_console(&seed);
+        eprintln!("{name}: {s:?}");
+        assert!(s.from_guest > 0, "{name}: {s:?}");
+        to_guest += s.to_guest;
+    }
+    assert!(to_guest > 0, "console: no input reached the guest");
 }

@@ -139,12 +139,16 @@ impl Console {
 /// Fill receive chains from `port`'s input while both last. Returns whether any was used.
 fn receive(
     queue: &mut Queue,
+    index: usize,
     mem: &Memory,
     port: &PortShared,
     counters: &mut ConsoleCounters,
 ) -> Result<bool, QueueBroken> {
     let mut used = false;
     let mut piece = vec![0u8; PIECE];
+    // `run --record-exits`: what each buffer got, for the fuzz seed corpus.
+    let recorder = crate::vmm::exit_recorder::active();
+    let mut recorded = Vec::new();
     while port.has_input() {
         let Some(chain) = queue.iter(mem)?.next() else {
             break;
@@ -170,11 +174,18 @@ fn receive(
                     break;
                 }
                 at += n as u32;
+                if recorder.is_some() {
+                    recorded.extend_from_slice(&piece[..n]);
+                }
             }
             written += at;
             if at < d.len() {
                 break;
             }
+        }
+        if let Some(rec) = recorder {
+            rec.record_buffer("virtio-console", index, &recorded);
+            recorded.clear();
         }
         queue.add_used(mem, head, written)?;
         used = true;
@@ -185,17 +196,30 @@ fn receive(
 /// Send every transmit chain's bytes to `port`. Returns whether any was used.
 fn transmit(
     queue: &mut Queue,
+    index: usize,
     mem: &Memory,
     port: &PortShared,
     counters: &mut ConsoleCounters,
 ) -> Result<bool, QueueBroken> {
     let mut used = false;
     let mut piece = vec![0u8; PIECE];
+    // `run --record-exits`: each chain's bytes, for the fuzz seed corpus.
+    let recorder = crate::vmm::exit_recorder::active();
+    let mut recorded = Vec::new();
     loop {
         queue.disable_notification(mem)?;
         while let Some(chain) = queue.iter(mem)?.next() {
             let head = chain.head_index();
-            for_each_readable(chain, mem, &mut piece, counters, |b| port.output(b));
+            for_each_readable(chain, mem, &mut piece, counters, |b| {
+                port.output(b);
+                if recorder.is_some() {
+                    recorded.extend_from_slice(b);
+                }
+            });
+            if let Some(rec) = recorder {
+                rec.record_buffer("virtio-console", index, &recorded);
+                recorded.clear();
+            }
             queue.add_used(mem, head, 0)?;
             used = true;
         }
@@ -353,7 +377,7 @@ impl VirtioDevice for Console {
                 // With MULTIPORT a port takes data once the guest opened it (as QEMU does).
                 if !multiport || self.control.guest_open(id) {
                     let port = &self.ports[id];
-                    if receive(q, mem, port, &mut counters)? {
+                    if receive(q, index, mem, port, &mut counters)? {
                         used.push(index);
                     }
                 }
@@ -362,7 +386,7 @@ impl VirtioDevice for Console {
                 let Some(q) = queues.get_mut(index).filter(|q| q.ready()) else {
                     return Ok(());
                 };
-                if transmit(q, mem, &self.ports[id], &mut counters)? {
+                if transmit(q, index, mem, &self.ports[id], &mut counters)? {
                     used.push(index);
                 }
             }
@@ -384,6 +408,10 @@ impl VirtioDevice for Console {
                                     let room = CONTROL_READ_MAX.saturating_sub(msg.len());
                                     msg.extend_from_slice(&b[..b.len().min(room)]);
                                 });
+                                // `run --record-exits`: the message, for the fuzz seed corpus.
+                                if let Some(rec) = crate::vmm::exit_recorder::active() {
+                                    rec.record_buffer("virtio-console", CONTROL_TX_QUEUE, &msg);
+                                }
                                 let was_open: Vec<bool> = (0..views.len())
                                     .map(|i| self.control.guest_open(i))
                                     .collect();
@@ -417,7 +445,7 @@ impl VirtioDevice for Console {
                     for id in opened {
                         let index = Self::rx_queue(id);
                         if let Some(q) = queues.get_mut(index).filter(|q| q.ready()) {
-                            if receive(q, mem, &self.ports[id], &mut counters)? {
+                            if receive(q, index, mem, &self.ports[id], &mut counters)? {
                                 used.push(index);
                             }
                         }
