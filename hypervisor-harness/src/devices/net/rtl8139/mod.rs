@@ -138,6 +138,10 @@ pub struct Rtl8139<M> {
     /// The backend's last `poll` set no deadline ("until a frame moves"), so the backend
     /// thread sleeps without one: frames that move on a vCPU thread must poll it here.
     backend_idle: bool,
+    /// The RX windows frames went in under since the fuzz rig last asked: a register write
+    /// can deliver and then move or resize the ring in one access.
+    #[cfg(any(test, feature = "fuzzing"))]
+    rx_windows_written: Vec<std::ops::Range<u64>>,
 }
 
 impl<M: GuestMemory> Rtl8139<M> {
@@ -197,6 +201,8 @@ impl<M: GuestMemory> Rtl8139<M> {
             rx: rx::RxState::default(),
             wake: None,
             backend_idle: true,
+            #[cfg(any(test, feature = "fuzzing"))]
+            rx_windows_written: Vec::new(),
         };
         dev.reset();
         dev

@@ -101,6 +101,14 @@ impl<M: GuestMemory> Rtl8139<M> {
         start..start + u64::from(size) + slack
     }
 
+    /// The windows ([`Rtl8139::rx_window`] as it was then) that frames were written under
+    /// since the last call, each once: the fuzz rig's check that the device wrote only inside
+    /// a ring the guest had programmed when it wrote.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn take_rx_windows_written(&mut self) -> Vec<std::ops::Range<u64>> {
+        std::mem::take(&mut self.rx_windows_written)
+    }
+
     /// CBR and the read pointer (CAPR + 16), both offsets in the ring.
     pub fn rx_offsets(&self) -> (u32, u32) {
         (self.rx_write, self.rx_read)
@@ -264,6 +272,13 @@ impl<M: GuestMemory> Rtl8139<M> {
                     .check_range(GuestAddress(*addr), range.len(), Permissions::Write)
             {
                 return Delivery::Fault;
+            }
+        }
+        #[cfg(any(test, feature = "fuzzing"))]
+        {
+            let window = self.rx_window();
+            if !self.rx_windows_written.contains(&window) {
+                self.rx_windows_written.push(window);
             }
         }
         for (addr, range) in parts {

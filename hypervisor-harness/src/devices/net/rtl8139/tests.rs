@@ -5,7 +5,7 @@
 use super::eeprom::{EEPROM_ID, WORDS};
 use super::rx::mar_index;
 use super::*;
-use crate::backends::net::FrameMeta;
+use crate::backends::net::{FrameMeta, MAX_FRAME};
 use crate::devices::pci::config::{CMD_BUS_MASTER, CMD_IO, CMD_MEM};
 use crate::devices::virtio::net::test_util::TestBackend;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -451,6 +451,29 @@ fn wrap_set_runs_into_the_slack() {
     let (_, got) = rig.ring_frame(8192 - 100);
     assert_eq!(got[..300], f[..], "contiguous past the end");
     assert_eq!(u32::from(rig.r16(CBR)), (4 + 304) - 100, "CBR wraps");
+}
+
+#[test]
+fn the_windows_frames_went_in_under_are_reported_once_each() {
+    let mut rig = Rig::new();
+    rig.rx_setup(Rcr::WRAP.bits());
+    let small = rig.dev.rx_window();
+    assert_eq!(small, RX_RING..RX_RING + 8192 + 4 + MAX_FRAME as u64 + 4);
+    for s in 0..2 {
+        let f = rig.frame(100, s);
+        rig.backend.push(&f, FrameMeta::default());
+    }
+    rig.dev.rx_pass();
+    // One frame waits while the ring grows to 64 KiB (no slack there); CR delivers it.
+    let f = rig.frame(100, 9);
+    rig.backend.push(&f, FrameMeta::default());
+    rig.w32(RCR, (Rcr::APM | Rcr::AB).bits() | 3 << RCR_RBLEN_SHIFT);
+    assert_eq!(rig.dev.counters().rx_frames, 3);
+    assert_eq!(
+        rig.dev.take_rx_windows_written(),
+        [small, RX_RING..RX_RING + 65536]
+    );
+    assert!(rig.dev.take_rx_windows_written().is_empty());
 }
 
 #[test]
