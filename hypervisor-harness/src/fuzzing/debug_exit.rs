@@ -9,6 +9,11 @@ use crate::devices::le_value;
 /// is the first non-empty write at offset 0 (its low 32 bits of at most 8 bytes), never changed
 /// after.
 pub fn debug_exit(input: &[u8]) {
+    run_debug_exit(input);
+}
+
+/// [`debug_exit()`], returning the exit value the program asked for.
+pub fn run_debug_exit(input: &[u8]) -> Option<u32> {
     let mut r = Reader(input);
     let req = ExitRequest::default();
     let mut dev = DebugExit::new(req.clone());
@@ -37,6 +42,7 @@ pub fn debug_exit(input: &[u8]) {
         }
         assert_eq!(req.get(), want);
     }
+    want
 }
 
 #[cfg(test)]

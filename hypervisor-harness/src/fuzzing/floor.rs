@@ -35,6 +35,19 @@ fn bar_offset(r: &mut Reader, size: u64, registers: &[u64]) -> u64 {
 /// the counters and interrupt count exactly the accesses the decode state let through (a
 /// doorbell is a decoded BAR0 write at +8).
 pub fn floor(input: &[u8]) {
+    run_floor(input);
+}
+
+/// What a [`floor()`] run did (decoded writes to each BAR, doorbells rung).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FloorSummary {
+    pub io_writes: u64,
+    pub mmio_writes: u64,
+    pub doorbells: u64,
+}
+
+/// [`floor()`], returning what happened.
+pub fn run_floor(input: &[u8]) -> FloorSummary {
     let mut r = Reader(input);
     let function: SharedFloor = Arc::new(Mutex::new(FloorFunction::new()));
     {
@@ -130,6 +143,11 @@ pub fn floor(input: &[u8]) {
         assert_eq!((c.read_u32(0x3c) >> 8) & 0xff, 1, "interrupt pin INTA");
         check_bars(c);
         capabilities(&mut *f);
+    }
+    FloorSummary {
+        io_writes,
+        mmio_writes,
+        doorbells,
     }
 }
 

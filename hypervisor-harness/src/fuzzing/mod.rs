@@ -62,10 +62,10 @@ mod virtio_rig;
 
 pub use balloon::{balloon, run_balloon, BalloonSummary};
 pub use console::{console, run_console, ConsoleSummary};
-pub use debug_exit::debug_exit;
+pub use debug_exit::{debug_exit, run_debug_exit};
 pub use e1000::{e1000, run_e1000, E1000Summary};
 pub use exit_dispatch::{exit_dispatch, run_exit_dispatch, ExitDispatchSummary};
-pub use floor::floor;
+pub use floor::{floor, run_floor, FloorSummary};
 pub use ide::{ide, iop, run_ide, IdeSummary};
 pub use msix::msix;
 pub use pci_config::{pci_config, pop};

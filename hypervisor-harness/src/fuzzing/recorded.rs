@@ -27,7 +27,8 @@ use crate::vmm::exit_recorder::{self, ExitKind, ExitRecord};
 use std::path::PathBuf;
 
 /// The recordings (`tests/record_exits.rs`) of the machine's fixed devices, the PCI scan and
-/// the disks; each NIC model's has the model's name.
+/// the disks; each other device's (the NIC models, the balloon, the console, the floor) has
+/// its name.
 const BASE: &[&str] = &["boot-pci", "virtio-blk", "ide"];
 /// Most programs kept per recording and target.
 const KEEP: usize = 6;
@@ -788,11 +789,50 @@ fn console_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
     programs_by(&header, &records, MAX_OPS - 9, convert, works)
 }
 
+/// The exit floor's BAR accesses (ranges `floor-bar0`, ports, and `floor-bar1`, MMIO) as the
+/// target's BAR reads and writes at their offsets, decode on; the doorbells its ioeventfd
+/// took as writes at the doorbell's offset.
+fn floor_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
+    let mut ops = Vec::new();
+    for r in squeezed(records) {
+        if r.kind == ExitKind::Doorbell && r.range == "floor-bar0" {
+            // Rung through the ioeventfd, the value unseen: 4-byte writes of 0 at its offset.
+            let count = r
+                .data
+                .first_chunk::<8>()
+                .map_or(1, |c| u64::from_le_bytes(*c));
+            let mut op = vec![2, 1];
+            op.extend_from_slice(&(r.addr as u16).to_le_bytes());
+            op.extend([2, 0, 0, 0, 0]);
+            ops.extend(std::iter::repeat_n(op, count.clamp(1, 4) as usize));
+            continue;
+        }
+        let (write_op, read_op) = match r.range.as_str() {
+            "floor-bar0" => (2, 3),
+            "floor-bar1" => (4, 5),
+            _ => continue,
+        };
+        let Some(width) = width_selector(r.len) else {
+            continue;
+        };
+        let write = r.kind.is_write();
+        // The offset itself (selector 1).
+        let mut op = vec![if write { write_op } else { read_op }, 1];
+        op.extend_from_slice(&((r.addr - r.base) as u16).to_le_bytes());
+        op.push(width);
+        if write {
+            op.extend(data(r));
+        }
+        ops.push(op);
+    }
+    programs(&[1], &ops, MAX_OPS)
+}
+
 type Convert = fn(&[ExitRecord]) -> Vec<Vec<u8>>;
 
 /// The converted targets, by their cargo-fuzz name, and the recordings each is converted
 /// from.
-const CONVERTED: [(&str, Convert, &[&str]); 11] = [
+const CONVERTED: [(&str, Convert, &[&str]); 12] = [
     ("exit_dispatch", exit_dispatch_seeds, BASE),
     ("serial", serial_seeds, BASE),
     ("pci_config", pci_config_seeds, BASE),
@@ -804,6 +844,7 @@ const CONVERTED: [(&str, Convert, &[&str]); 11] = [
     ("rtl8139", rtl8139_seeds, &["rtl8139"]),
     ("balloon", balloon_seeds, &["balloon"]),
     ("console", console_seeds, &["console"]),
+    ("floor", floor_seeds, &["floor"]),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -962,4 +1003,13 @@ fn the_recorded_seeds_reach_the_devices() {
         to_guest += s.to_guest;
     }
     assert!(to_guest > 0, "console: no input reached the guest");
+    // The floor: every seed's writes reach its BARs, and the seeds ring its doorbell.
+    let mut doorbells = 0;
+    for (name, seed) in recorded("floor") {
+        let s = super::run_floor(&seed);
+        eprintln!("{name}: {s:?}");
+        assert!(s.io_writes + s.mmio_writes >= 8, "{name}: {s:?}");
+        doorbells += s.doorbells;
+    }
+    assert!(doorbells > 0, "floor: no doorbell");
 }

@@ -13,10 +13,12 @@
 //! request it parsed ([`ExitRecorder::record_request`], kind 4; virtio-blk does), and every
 //! NIC's backend is wrapped ([`wrap_net`]) to keep each frame it carried (kind 5: its length
 //! and first [`FRAME_HEAD`] bytes); the balloon keeps the page numbers of each inflate and
-//! deflate buffer and its statistics ([`ExitRecorder::record_buffer`], kind 6).
+//! deflate buffer and its statistics, the console each port's bytes and its control messages
+//! ([`ExitRecorder::record_buffer`], kind 6); the floor's doorbell thread the doorbells its
+//! ioeventfd took (kind 7).
 //!
 //! The file: [`MAGIC`], then per record: kind (0 port out, 1 port in, 2 MMIO write, 3 MMIO
-//! read, 4 a request, 5 a frame, 6 a queue's buffer; with [`ELIDED`] set, the data is left out and only its length
+//! read, 4 a request, 5 a frame, 6 a queue's buffer, 7 doorbells; with [`ELIDED`] set, the data is left out and only its length
 //! kept), element size (a port's access size; an MMIO access's length), the address as a
 //! little-endian u64, the base of the bus range that claimed it (u64), the range's name (a
 //! length byte, then the name; empty when unclaimed), the data's length as a little-endian
@@ -65,6 +67,9 @@ pub enum ExitKind {
     /// console port's output): `range` the device, `addr` the queue; `data` the bytes'
     /// length (u32), then the first [`BUFFER_HEAD`] of them.
     Buffer = 6,
+    /// Doorbells a device took through an ioeventfd (no exit): `range` the device's bus
+    /// range, `addr` the register's offset in it; `data` how many (u64).
+    Doorbell = 7,
 }
 
 impl ExitKind {
@@ -77,6 +82,7 @@ impl ExitKind {
             4 => Self::Request,
             5 => Self::Frame,
             6 => Self::Buffer,
+            7 => Self::Doorbell,
             _ => return None,
         })
     }
@@ -219,6 +225,13 @@ impl ExitRecorder {
         let mut data = (bytes.len() as u32).to_le_bytes().to_vec();
         data.extend_from_slice(&bytes[..bytes.len().min(BUFFER_HEAD)]);
         self.record_snapshot(ExitKind::Buffer, device, queue as u64, data);
+    }
+
+    /// Keep `count` doorbells the device of bus range `range` took at `offset` through its
+    /// ioeventfd: writes KVM never turned into exits.
+    pub fn record_doorbells(&self, range: &str, offset: u64, count: u64) {
+        let data = count.to_le_bytes().to_vec();
+        self.record_snapshot(ExitKind::Doorbell, range, offset, data);
     }
 
     /// Keep a device's snapshot of guest-memory contents (a request, a frame) as a record.
