@@ -828,11 +828,29 @@ fn floor_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
     programs(&[1], &ops, MAX_OPS)
 }
 
+/// The debug-exit port's accesses as the target's reads and writes at offset 0.
+fn debug_exit_seeds(records: &[ExitRecord]) -> Vec<Vec<u8>> {
+    let mut ops = Vec::new();
+    for r in squeezed(records) {
+        let Some(width) = width_selector(r.len) else {
+            continue;
+        };
+        if r.range != "debug-exit" || r.addr != r.base {
+            continue;
+        }
+        ops.push(match r.kind {
+            ExitKind::PortOut => [&[0, 0, width][..], &data(r)].concat(),
+            _ => vec![1, 0, width],
+        });
+    }
+    programs(&[], &ops, MAX_OPS)
+}
+
 type Convert = fn(&[ExitRecord]) -> Vec<Vec<u8>>;
 
 /// The converted targets, by their cargo-fuzz name, and the recordings each is converted
 /// from.
-const CONVERTED: [(&str, Convert, &[&str]); 12] = [
+const CONVERTED: [(&str, Convert, &[&str]); 13] = [
     ("exit_dispatch", exit_dispatch_seeds, BASE),
     ("serial", serial_seeds, BASE),
     ("pci_config", pci_config_seeds, BASE),
@@ -845,6 +863,7 @@ const CONVERTED: [(&str, Convert, &[&str]); 12] = [
     ("balloon", balloon_seeds, &["balloon"]),
     ("console", console_seeds, &["console"]),
     ("floor", floor_seeds, &["floor"]),
+    ("debug_exit", debug_exit_seeds, BASE),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -1012,4 +1031,8 @@ fn the_recorded_seeds_reach_the_devices() {
         doorbells += s.doorbells;
     }
     assert!(doorbells > 0, "floor: no doorbell");
+    // debug-exit: the tests' PASS (0x10, one dword at offset 0).
+    for (name, seed) in recorded("debug_exit") {
+        assert_eq!(super::run_debug_exit(&seed), Some(0x10), "{name}");
+    }
 }
