@@ -79,11 +79,34 @@ struct Rig {
     mem: Memory,
     line: Arc<Line>,
     backend: TestBackend,
-    /// Guest memory as the program and the device's ring window explain it.
-    shadow: Vec<u8>,
+    /// Guest memory, region by region ([`MEM_REGIONS`]), as the program and the device's
+    /// ring windows explain it.
+    shadow: Vec<Vec<u8>>,
 }
 
 impl Rig {
+    fn new(mem: Memory) -> Self {
+        let backend = TestBackend::new();
+        let line = Arc::new(Line::default());
+        let mut dev = Rtl8139::new(
+            mem.clone(),
+            Box::new(backend.clone()),
+            MAC,
+            line.clone(),
+            11,
+        );
+        dev.config_mut().enable(CMD_MEM | CMD_IO | CMD_BUS_MASTER);
+        let mut rig = Rig {
+            dev,
+            mem,
+            line,
+            backend,
+            shadow: Vec::new(),
+        };
+        rig.snapshot();
+        rig
+    }
+
     fn w(&mut self, reg: u8, v: &[u8]) {
         self.dev.io_write(u64::from(reg), v);
     }
@@ -100,7 +123,18 @@ impl Rig {
     }
 
     fn snapshot(&mut self) {
-        let _ = self.mem.read_slice(&mut self.shadow, GuestAddress(0));
+        self.shadow = self.ram();
+    }
+
+    fn ram(&self) -> Vec<Vec<u8>> {
+        MEM_REGIONS
+            .iter()
+            .map(|&(gpa, len)| {
+                let mut region = vec![0u8; len as usize];
+                let _ = self.mem.read_slice(&mut region, GuestAddress(gpa));
+                region
+            })
+            .collect()
     }
 
     fn canonical(&mut self, rcr: u32) {
@@ -126,23 +160,28 @@ impl Rig {
         let mut windows = self.dev.take_rx_windows_written();
         windows.push(self.dev.rx_window());
         windows.sort_by_key(|w| w.start);
-        let mut now = vec![0u8; MEM_SIZE as usize];
-        let _ = self.mem.read_slice(&mut now, GuestAddress(0));
-        // Compared as slices (memcmp): each gap between the windows, and the part above them.
-        let mut gap_start = 0;
-        for window in windows {
-            let lo = window.start.min(MEM_SIZE) as usize;
-            let hi = window.end.min(MEM_SIZE) as usize;
+        let now = self.ram();
+        // In every region, compared as slices (memcmp): each gap between the windows, and the
+        // part above them (offsets in the region).
+        for ((gpa, len), (now, before)) in MEM_REGIONS.iter().zip(now.iter().zip(&self.shadow)) {
+            let in_region = |at: u64| (at.clamp(*gpa, gpa + len) - gpa) as usize;
+            let mut gap_start = 0;
+            for window in &windows {
+                let lo = in_region(window.start);
+                assert!(
+                    lo <= gap_start || now[gap_start..lo] == before[gap_start..lo],
+                    "device wrote outside the ring, in {:#x}..{:#x}",
+                    gpa + gap_start as u64,
+                    gpa + lo as u64
+                );
+                gap_start = gap_start.max(in_region(window.end));
+            }
             assert!(
-                lo <= gap_start || now[gap_start..lo] == self.shadow[gap_start..lo],
-                "device wrote outside the ring (below {lo:#x})"
+                now[gap_start..] == before[gap_start..],
+                "device wrote above the ring, at or above {:#x}",
+                gpa + gap_start as u64
             );
-            gap_start = gap_start.max(hi);
         }
-        assert!(
-            now[gap_start..] == self.shadow[gap_start..],
-            "device wrote above the ring (at or above {gap_start:#x})"
-        );
         self.shadow = now;
         let size = self.dev.rx_ring_size();
         let (cbr, read) = self.dev.rx_offsets();
@@ -168,25 +207,7 @@ pub fn rtl8139(data: &[u8]) {
 pub fn run_rtl8139(data: &[u8]) -> Rtl8139Summary {
     let mut r = Reader(data);
     let seed_len = r.u8() as usize;
-    let mem = new_memory(Some(r.bytes(seed_len)));
-    let backend = TestBackend::new();
-    let line = Arc::new(Line::default());
-    let mut dev = Rtl8139::new(
-        mem.clone(),
-        Box::new(backend.clone()),
-        MAC,
-        line.clone(),
-        11,
-    );
-    dev.config_mut().enable(CMD_MEM | CMD_IO | CMD_BUS_MASTER);
-    let mut rig = Rig {
-        dev,
-        mem,
-        line,
-        backend,
-        shadow: vec![0; MEM_SIZE as usize],
-    };
-    rig.snapshot();
+    let mut rig = Rig::new(new_memory(Some(r.bytes(seed_len))));
     let reg = |r: &mut Reader| match r.u8() % 4 {
         0 | 1 => u64::from(REGS[(r.u8() as usize) % REGS.len()]),
         2 => u64::from(r.u8()),
@@ -384,5 +405,17 @@ mod tests {
         p = p.op(&push_broadcast).op(&[2, 0x08, 0, 0, 0]);
         let s = run_rtl8139(&p.0);
         assert_eq!(s.received, 8);
+    }
+
+    /// The check covers every RAM region, not only the first: a change the device did not
+    /// explain, in the region past the first hole, is found.
+    #[test]
+    #[should_panic(expected = "device wrote above the ring, at or above 0x11000")]
+    fn a_stray_write_in_another_region_is_caught() {
+        let mut rig = Rig::new(new_memory(None));
+        rig.canonical((Rcr::APM | Rcr::AB).bits());
+        rig.check();
+        poke(&rig.mem, MEM_REGIONS[1].0 + 0x10, &[1]);
+        rig.check();
     }
 }
