@@ -850,7 +850,7 @@ type Convert = fn(&[ExitRecord]) -> Vec<Vec<u8>>;
 
 /// The converted targets, by their cargo-fuzz name, and the recordings each is converted
 /// from.
-const CONVERTED: [(&str, Convert, &[&str]); 13] = [
+const CONVERTED: [(&str, Convert, &[&str]); 14] = [
     ("exit_dispatch", exit_dispatch_seeds, BASE),
     ("serial", serial_seeds, BASE),
     ("pci_config", pci_config_seeds, BASE),
@@ -864,6 +864,8 @@ const CONVERTED: [(&str, Convert, &[&str]); 13] = [
     ("console", console_seeds, &["console"]),
     ("floor", floor_seeds, &["floor"]),
     ("debug_exit", debug_exit_seeds, BASE),
+    // The same programs as virtio_blk, on a cache=none device.
+    ("virtio_blk_async", virtio_blk_seeds, BASE),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -1034,5 +1036,9 @@ fn the_recorded_seeds_reach_the_devices() {
     // debug-exit: the tests' PASS (0x10, one dword at offset 0).
     for (name, seed) in recorded("debug_exit") {
         assert_eq!(super::run_debug_exit(&seed), Some(0x10), "{name}");
+    }
+    for (name, seed) in recorded("virtio_blk_async") {
+        let s = super::virtio_blk::run_virtio_blk_async(&seed);
+        assert!(s.requests >= 8 && !s.needs_reset, "{name}: {s:?}");
     }
 }
