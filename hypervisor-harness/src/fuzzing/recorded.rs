@@ -1,15 +1,17 @@
 //! The recorded part of the seed corpus: the exit streams of the kernel's own tests
-//! (`run --record-exits`, `tests/record_exits.rs`) converted into the inputs of the targets
-//! whose programs are made of the same accesses: `exit_dispatch` (the exits as they are),
-//! `serial` (COM1's), `pci_config` (0xCF8/0xCFC's) and `ide` (the PIIX ports': taskfile,
-//! control, bus-master), `msix` (the virtio functions' tables, and message control through
-//! 0xCFE), and `virtio_blk`, from the requests the device parsed (the queues live in guest
-//! memory: the recorder keeps a snapshot of each request); and the NICs' (`virtio_net`,
+//! (`run --record-exits`, `tests/record_exits.rs`) converted into the inputs of every
+//! target: `exit_dispatch` (the exits as they are), `serial` (COM1's), `pci_config`
+//! (0xCF8/0xCFC's), `ide` (the PIIX ports': taskfile, control, bus-master), `msix` (the virtio
+//! functions' tables, and message control through 0xCFE) and `debug_exit` (its port's), and
+//! `virtio_blk` and `virtio_blk_async`, from the requests the device parsed (the queues live
+//! in guest memory: the recorder keeps a snapshot of each request); the NICs' (`virtio_net`,
 //! `e1000`, `rtl8139`), each from a run of the network tests on that model alone: its
 //! register accesses, with its rings moved to the target's canonical ones, and the frames its
 //! backend carried (the recorder keeps each one's length and first bytes) as the target's
-//! TX and RX operations. Files `fuzz/corpus/<target>/rec-<recording>-<n>`, beside the
-//! hand-written seeds of `corpus.rs`.
+//! TX and RX operations; `balloon` and `console` from the buffers the device took (page
+//! numbers, statistics; a port's bytes, control messages, the host's input); `floor` from
+//! the floor bench's BAR accesses and the doorbells its ioeventfd took. Files
+//! `fuzz/corpus/<target>/rec-<recording>-<n>`, beside the hand-written seeds of `corpus.rs`.
 //!
 //! - [`write_recorded_corpus`] (ignored; `fuzz/record-corpus.sh` records, then runs it)
 //!   converts the recordings in `$RECORDINGS` (default `target/exit-recordings/`).
