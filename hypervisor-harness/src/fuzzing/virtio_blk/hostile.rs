@@ -2,7 +2,7 @@
 //! indirect table (valid, or broken in one of the ways a hostile driver can), and garbage in
 //! the driver's `used_event`. Whether the device may use either is the NEGOTIATE op's choice.
 
-use super::super::virtio_rig::{push_avail, put_desc, F_NEXT};
+use super::super::virtio_rig::{desc_addr, push_avail, put_desc, F_NEXT};
 use super::super::{peek_u16, poke, Reader, VirtioPciDriver};
 use super::BlkRig;
 use crate::devices::virtio::transport_pci as tp;
@@ -30,7 +30,9 @@ impl BlkRig {
         let mut entries: Vec<Descriptor> = Vec::new();
         let mut i = head;
         while entries.len() < MAX_ENTRIES.min(usize::from(size)) {
-            let Ok(d) = mem.read_obj::<Descriptor>(GuestAddress(desc + 16 * u64::from(i))) else {
+            let Some(Ok(d)) =
+                desc_addr(desc, i.into()).map(|a| mem.read_obj::<Descriptor>(GuestAddress(a)))
+            else {
                 break;
             };
             entries.push(d);
@@ -102,14 +104,16 @@ impl BlkRig {
             return;
         }
         let mem = &self.rig.mem;
-        let used_idx = peek_u16(mem, used + 2);
+        // The rings' addresses are the guest's: anything up to the top of the address space.
+        let used_idx = peek_u16(mem, used.wrapping_add(2));
         let event = match r.u8() % 4 {
             0 => used_idx.wrapping_add(r.u8().into()),
             1 => used_idx.wrapping_sub(1 + u16::from(r.u8())),
             2 => 0xffff,
             _ => r.u16(),
         };
-        poke(mem, avail + 4 + 2 * u64::from(size), &event.to_le_bytes());
+        let used_event_at = avail.wrapping_add(4 + 2 * u64::from(size));
+        poke(mem, used_event_at, &event.to_le_bytes());
     }
 }
 
@@ -153,6 +157,28 @@ mod tests {
                 s.broken.as_deref().is_none_or(twice),
                 "cache=none, mode {mode}: {s:?}"
             );
+        }
+    }
+
+    /// A fuzz campaign's crash (an add overflow in the rig, not the device): queue 0's rings
+    /// in the last bytes below 2^64. INDIRECT reads head 1 past the top, USED_EVENT writes
+    /// past it; neither is RAM, and neither op may overflow computing where.
+    #[test]
+    fn rings_at_the_top_of_the_address_space_take_indirect_and_used_event() {
+        // QUEUE: queue 0, 16 entries, the rings from the input (gpa kind 6, u64::MAX - n:
+        // the table, avail and used ring each aligned), no vector, enabled; then USED_EVENT
+        // (0xffff), or INDIRECT of head 1 (valid mode, no notify).
+        let rings = P(vec![0])
+            .op(&[vop::QUEUE, 0, 0, 4, 1, 6, 15, 0, 6, 1, 0, 6, 3, 0, 2, 1])
+            .op(&[vop::NEGOTIATE, 0]);
+        for op in [[vop::USED_EVENT, 2, 0, 0], [vop::INDIRECT, 1, 0, 1]] {
+            let p = P(rings.0.clone()).op(&op);
+            for s in [
+                run_virtio_blk(&p.0),
+                super::super::run_virtio_blk_async(&p.0),
+            ] {
+                assert_eq!(s.requests, 0, "{op:?}: {s:?}");
+            }
         }
     }
 
