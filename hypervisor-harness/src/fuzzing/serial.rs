@@ -7,7 +7,7 @@ use crate::devices::serial::{LineTee, SerialDevice, COM1_LEN};
 
 /// The line buffer's size in this target: the tee's cut is the same code at any size, and at
 /// the production 64 KiB every burst past it cost 65 K register writes (48 inputs a second).
-pub const MAX_LINE: usize = 256;
+pub const MAX_LINE: usize = 64;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
@@ -148,12 +148,13 @@ pub fn serial(input: &[u8]) {
                 }
             }
             _ => {
-                // A burst as `rep outsb` to THR makes it: a few bytes of a short pattern
-                // (with line ends in it, perhaps, and often past the line buffer), or, on a
-                // two-byte key, more than a line buffer's worth.
+                // A burst as `rep outsb` to THR makes it: under 32 bytes of a short pattern
+                // (with line ends in it, perhaps; three without fill the line buffer), or, on
+                // a two-byte key, more than a line buffer's worth. Bursts of up to 255 bytes
+                // made the target write 12 K bytes an input.
                 let n = match r.u16() {
                     0xffff => MAX_LINE + r.u16() as usize % 1024,
-                    k => k as usize % 256,
+                    k => k as usize % 32,
                 };
                 let len = 1 + r.u8() as usize % 8;
                 let pattern = r.value(len);
