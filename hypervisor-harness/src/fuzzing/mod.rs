@@ -34,7 +34,7 @@ use crate::devices::pci::PciFunction;
 use crate::devices::virtio::{Memory, VirtioInterrupt};
 use crate::devices::Interrupt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use vm_memory::{Bytes, GuestAddress};
 
 pub mod balloon;
@@ -245,12 +245,44 @@ impl<'a> Reader<'a> {
     }
 }
 
+type Region = vm_memory::GuestRegionMmap<()>;
+
+/// The regions of [`MEM_REGIONS`], mapped once per thread: a fresh mapping per input (four
+/// `mmap`s, their page faults and `munmap`s) was a tenth of most targets' time.
+fn mapped_regions() -> Vec<Arc<Region>> {
+    MEM_REGIONS
+        .iter()
+        .map(|&(gpa, len)| {
+            let region = Region::from_range(GuestAddress(gpa), len as usize, None);
+            Arc::new(region.expect("the fuzz layout of anonymous guest memory"))
+        })
+        .collect()
+}
+
+thread_local! {
+    static REGIONS: std::cell::RefCell<Vec<Arc<Region>>> = std::cell::RefCell::new(mapped_regions());
+}
+
 /// Guest memory laid out as [`MEM_REGIONS`], each region filled with `seed_from` repeated
-/// (else zero).
+/// (else zero). The thread's mapping is reused when nothing else holds it (the input before
+/// is over), rewritten whole first; else (two rigs at once) the memory is mapped anew.
 fn new_memory(seed_from: Option<&[u8]>) -> Memory {
-    let ranges = MEM_REGIONS.map(|(gpa, len)| (GuestAddress(gpa), len as usize));
-    let mem = Memory::from_ranges(&ranges).expect("the fuzz layout of anonymous guest memory");
-    if let Some(seed) = seed_from.filter(|s| !s.is_empty()) {
+    let reused = REGIONS.with(|pool| {
+        let pool = pool.borrow();
+        pool.iter()
+            .all(|r| Arc::strong_count(r) == 1)
+            .then(|| pool.clone())
+    });
+    let regions = reused.unwrap_or_else(mapped_regions);
+    let mem = Memory::from_arc_regions(regions).expect("the fuzz layout is sorted and apart");
+    let seed = seed_from.filter(|s| !s.is_empty());
+    if seed.is_none() {
+        static ZEROS: [u8; MEM_SIZE as usize] = [0; MEM_SIZE as usize];
+        for (gpa, len) in MEM_REGIONS {
+            let _ = mem.write_slice(&ZEROS[..len as usize], GuestAddress(gpa));
+        }
+    }
+    if let Some(seed) = seed {
         for (gpa, len) in MEM_REGIONS {
             // The seed repeated, written at once: a short seed would otherwise cost thousands
             // of guest writes per input. Built by doubling, not byte by byte: per input, a
@@ -470,6 +502,36 @@ mod tests {
         assert_eq!(r.gpa(), r1 - 0x10);
         assert_eq!(r.gpa(), r2 + 0x1000 + 0x10);
         assert_eq!(r.gpa(), MEM_REGIONS[3].0);
+    }
+
+    #[test]
+    fn memory_is_reused_only_when_free_and_always_starts_as_asked() {
+        use vm_memory::GuestMemoryBackend;
+        let host = |m: &Memory| m.get_host_address(GuestAddress(0)).unwrap() as usize;
+        let first = new_memory(Some(&[7]));
+        let at = host(&first);
+        // Held: a second memory is its own mapping, and writes to one miss the other.
+        let second = new_memory(None);
+        assert_ne!(host(&second), at);
+        second.write_obj(0xffu8, GuestAddress(0x20)).unwrap();
+        assert_eq!(first.read_obj::<u8>(GuestAddress(0x20)).unwrap(), 7);
+        first.write_obj(0xeeu8, GuestAddress(MEM_SIZE - 1)).unwrap();
+        drop((first, second));
+        // Free again: the same mapping, rewritten whole (zeros, or the new seed).
+        let again = new_memory(None);
+        assert_eq!(host(&again), at, "the thread's mapping is reused");
+        let mut all = vec![1u8; MEM_SIZE as usize];
+        again.read_slice(&mut all, GuestAddress(0)).unwrap();
+        assert!(
+            all.iter().all(|&b| b == 0),
+            "a reused mapping starts zeroed"
+        );
+        drop(again);
+        let seeded = new_memory(Some(&[3, 4]));
+        assert_eq!(
+            seeded.read_obj::<u8>(GuestAddress(MEM_SIZE - 1)).unwrap(),
+            4
+        );
     }
 
     #[test]
