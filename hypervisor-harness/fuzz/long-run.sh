@@ -5,6 +5,7 @@
 #
 #   hypervisor-harness/fuzz/long-run.sh                  # all targets, 10,000,000 runs each
 #   RUNS=100000 hypervisor-harness/fuzz/long-run.sh ide  # one target, a short run
+#   MAX_TIME=900 hypervisor-harness/fuzz/long-run.sh     # each stops at RUNS or 15 min
 #
 # Built `-O -a -s none`: optimized, with debug assertions and overflow checks on (a wrapped
 # guest-controlled length panics), without ASan, which costs 3x the executions and watches
@@ -18,6 +19,7 @@ cd "$(dirname "$0")/.."
 RUNS="${RUNS:-10000000}"
 JOBS="${JOBS:-2}"
 TIMEOUT="${TIMEOUT:-10}"
+MAX_TIME="${MAX_TIME:-0}"
 OUT="$(realpath -m "${OUT:-../target/fuzz-long}")"
 SAN="${FUZZ_SANITIZER:-none}"
 
@@ -38,7 +40,8 @@ run_one() {
     if [ "$t" = virtio_blk_async ] && [ -w /dev/shm ]; then tmp=/dev/shm; fi
     start=$(date +%s)
     set +e
-    TMPDIR="$tmp" "$BIN/$t" -runs="$RUNS" -timeout="$TIMEOUT" -print_final_stats=1 \
+    TMPDIR="$tmp" "$BIN/$t" -runs="$RUNS" -max_total_time="$MAX_TIME" -timeout="$TIMEOUT" \
+        -print_final_stats=1 \
         -artifact_prefix="$OUT/artifacts/$t-" "$OUT/corpus/$t" >"$OUT/$t.log" 2>&1
     rc=$?
     set -e
@@ -47,15 +50,21 @@ run_one() {
     cov=$(grep -o 'cov: [0-9]*' "$OUT/$t.log" | tail -1 | cut -d' ' -f2)
     ft=$(grep -o 'ft: [0-9]*' "$OUT/$t.log" | tail -1 | cut -d' ' -f2)
     units=$(find "$OUT/corpus/$t" -type f | wc -l)
-    if [ "$rc" -eq 0 ]; then result=ok; else result="FAILED (exit $rc, see $OUT/$t.log)"; fi
+    if [ "$rc" -ne 0 ]; then
+        result="FAILED (exit $rc, see $OUT/$t.log)"
+    elif [ "${execs:-0}" -lt "$RUNS" ]; then
+        result="no crash; stopped at MAX_TIME"
+    else
+        result="no crash"
+    fi
     printf '| `%s` | %s | %s | %s | %s | %s | %s |\n' \
         "$t" "${execs:-?}" "$secs" "${cov:-?}" "${ft:-?}" "$units" "$result" >"$OUT/$t.row"
     cat "$OUT/$t.row"
 }
 export -f run_one
-export OUT RUNS TIMEOUT BIN
+export OUT RUNS TIMEOUT MAX_TIME BIN
 
-echo "long run: $RUNS runs per target, $JOBS at a time, -s $SAN, $(git rev-parse --short HEAD)"
+echo "long run: $RUNS runs per target (time cap ${MAX_TIME}s, 0: none), $JOBS at a time, -s $SAN, $(git rev-parse --short HEAD)"
 printf '%s\n' "${targets[@]}" | xargs -P "$JOBS" -I{} bash -c 'run_one "$@"' _ {}
 {
     echo '| target | executions | seconds | coverage (`cov`) | features (`ft`) | corpus | result |'
