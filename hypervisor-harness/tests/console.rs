@@ -7,13 +7,16 @@
 
 mod common;
 
-use common::{assert_usage_error, harness, have_kvm, have_qemu, passed, text, TempDir, KERNEL};
+use common::{
+    assert_usage_error, connect_unix, drive_console_prompt, harness, have_kvm, have_qemu, passed,
+    text, TempDir, KERNEL,
+};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PORT_NAME: &str = "org.test.echo";
 /// Frame sizes, each way, on each port: edges of the guest's 4 KiB receive buffers and 32 KiB
@@ -45,19 +48,6 @@ fn payload(frame: usize, len: usize, seed: u8) -> Vec<u8> {
 fn fnv(fnv: &mut u64, data: &[u8]) {
     for &b in data {
         *fnv = (*fnv ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-    }
-}
-
-fn connect(path: &Path) -> UnixStream {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match UnixStream::connect(path) {
-            Ok(s) => return s,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "{}: {e}", path.display());
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
     }
 }
 
@@ -176,8 +166,8 @@ fn roundtrip(vmm: &str, tag: &str) -> (String, Vec<String>) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let s0 = connect(&p0);
-    let s1 = connect(&p1);
+    let s0 = connect_unix(&p0);
+    let s1 = connect_unix(&p1);
     let r0 = drive(s0, 0x00);
     let r1 = drive(s1, 0x5a);
     let o = child.wait_with_output().unwrap();
@@ -272,19 +262,7 @@ fn prompt(vmm: &str, tag: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut s = connect(&p0);
-    s.write_all(b"help\necho hello console\nuptime\r\nbogus\n\nmem\nquit\n")
-        .unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.ends_with(b"bye\n") {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => panic!("{e} after {:?}", String::from_utf8_lossy(&got)),
-        }
-    }
+    let got = drive_console_prompt(&mut connect_unix(&p0));
     let replies = String::from_utf8_lossy(&got).to_string();
     let o = child.wait_with_output().unwrap();
     let t = text(&o);

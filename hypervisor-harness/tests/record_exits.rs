@@ -6,11 +6,8 @@
 mod common;
 use common::*;
 use hypervisor_harness::vmm::exit_recorder::{parse, ExitKind, ExitRecord};
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 /// (recording name, the kernel tests it runs).
 const RECORDINGS: [(&str, &str); 3] = [
@@ -172,28 +169,7 @@ fn record_the_console_prompt(file: &Path) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut s = loop {
-        match UnixStream::connect(&socket) {
-            Ok(s) => break s,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "{}: {e}", socket.display());
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    };
-    s.write_all(b"help\necho hello console\nuptime\r\nbogus\n\nmem\nquit\n")
-        .unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.ends_with(b"bye\n") {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => panic!("{e} after {:?}", String::from_utf8_lossy(&got)),
-        }
-    }
+    drive_console_prompt(&mut connect_unix(&socket));
     let o = child.wait_with_output().unwrap();
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "console: {t}");

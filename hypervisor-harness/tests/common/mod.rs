@@ -159,3 +159,42 @@ pub fn verify_image(
     }
     Ok(())
 }
+
+/// A connection to the UNIX socket at `path`, retried for up to 60 s while the VMM that
+/// listens on it starts.
+pub fn connect_unix(path: &Path) -> std::os::unix::net::UnixStream {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{}: {e}",
+                    path.display()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// The kernel's `tests=console_prompt` driven on port 0's socket: every command, one unknown,
+/// then `quit`; what the prompt answered, up to its `bye`.
+pub fn drive_console_prompt(s: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
+    use std::io::{Read, Write};
+    s.write_all(b"help\necho hello console\nuptime\r\nbogus\n\nmem\nquit\n")
+        .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"bye\n") {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("{e} after {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    got
+}
