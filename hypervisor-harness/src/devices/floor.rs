@@ -206,7 +206,7 @@ pub fn spawn_doorbell_thread(
                 stats.doorbells.fetch_add(n, Ordering::Relaxed);
                 // `run --record-exits`: the doorbells are no exits (an ioeventfd), for the
                 // fuzz seed corpus.
-                if let Some(rec) = crate::vmm::exit_recorder::active() {
+                if let Some(rec) = crate::devices::recording::active() {
                     rec.record_doorbells("floor-bar0", IO_DOORBELL, n);
                 }
                 if irq.trigger().is_err() {

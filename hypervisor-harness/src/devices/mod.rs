@@ -7,6 +7,7 @@ pub mod floor;
 pub mod ide;
 pub mod net;
 pub mod pci;
+pub mod recording;
 pub mod serial;
 pub mod virtio;
 

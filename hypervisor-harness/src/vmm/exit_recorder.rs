@@ -10,12 +10,13 @@
 //! Off, it costs the dispatch one load and branch ([`active`]).
 //!
 //! Queue contents live in guest memory, not in exits: a device adds a snapshot of each
-//! request it parsed ([`ExitRecorder::record_request`], kind 4; virtio-blk does), and every
+//! request it parsed ([`DeviceRecorder::record_request`], kind 4; virtio-blk does), and every
 //! NIC's backend is wrapped ([`wrap_net`]) to keep each frame it carried (kind 5: its length
 //! and first [`FRAME_HEAD`] bytes); the balloon keeps the page numbers of each inflate and
 //! deflate buffer and its statistics, the console each port's bytes and its control messages
-//! ([`ExitRecorder::record_buffer`], kind 6); the floor's doorbell thread the doorbells its
-//! ioeventfd took (kind 7).
+//! ([`DeviceRecorder::record_buffer`], kind 6); the floor's doorbell thread the doorbells its
+//! ioeventfd took (kind 7). The devices see this recorder only as `devices/recording.rs`'s
+//! [`DeviceRecorder`], where [`install`] puts it too.
 //!
 //! The file: [`MAGIC`], then per record: kind (0 port out, 1 port in, 2 MMIO write, 3 MMIO
 //! read, 4 a request, 5 a frame, 6 a queue's buffer, 7 doorbells; with [`ELIDED`] set, the data is left out and only its length
@@ -30,6 +31,7 @@ use super::dispatch::IoExit;
 use crate::backends::net::{BackendCounters, FrameMeta, NetBackend, NetBackendError};
 use crate::devices::bus::Claim;
 use crate::devices::lock;
+use crate::devices::recording::{self, DeviceRecorder};
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::{Mutex, OnceLock};
@@ -194,44 +196,12 @@ impl ExitRecorder {
         record.encode_into(&mut r.bytes);
     }
 
-    /// Keep a snapshot of a request `device` parsed: its type, sector and data segments
-    /// (length, device-writable), the first 16 of them.
-    pub fn record_request(
-        &self,
-        device: &str,
-        ty: u32,
-        sector: u64,
-        segments: impl Iterator<Item = (u32, bool)>,
-    ) {
-        let mut data = ty.to_le_bytes().to_vec();
-        for (len, writable) in segments.take(16) {
-            data.extend_from_slice(&len.to_le_bytes());
-            data.push(u8::from(writable));
-        }
-        self.record_snapshot(ExitKind::Request, device, sector, data);
-    }
-
     /// Keep the length and first [`FRAME_HEAD`] bytes of a frame the NIC model `device` sent
     /// (`to_guest` false) or received.
     pub fn record_frame(&self, device: &str, to_guest: bool, frame: &[u8]) {
         let mut data = (frame.len() as u32).to_le_bytes().to_vec();
         data.extend_from_slice(&frame[..frame.len().min(FRAME_HEAD)]);
         self.record_snapshot(ExitKind::Frame, device, u64::from(to_guest), data);
-    }
-
-    /// Keep the length and first [`BUFFER_HEAD`] bytes of what the virtio device `device` took
-    /// from its queue `queue`.
-    pub fn record_buffer(&self, device: &str, queue: usize, bytes: &[u8]) {
-        let mut data = (bytes.len() as u32).to_le_bytes().to_vec();
-        data.extend_from_slice(&bytes[..bytes.len().min(BUFFER_HEAD)]);
-        self.record_snapshot(ExitKind::Buffer, device, queue as u64, data);
-    }
-
-    /// Keep `count` doorbells the device of bus range `range` took at `offset` through its
-    /// ioeventfd: writes KVM never turned into exits.
-    pub fn record_doorbells(&self, range: &str, offset: u64, count: u64) {
-        let data = count.to_le_bytes().to_vec();
-        self.record_snapshot(ExitKind::Doorbell, range, offset, data);
     }
 
     /// Keep a device's snapshot of guest-memory contents (a request, a frame) as a record.
@@ -269,11 +239,50 @@ impl ExitRecorder {
     }
 }
 
+/// The devices' snapshots, as records of the same recording.
+impl DeviceRecorder for ExitRecorder {
+    /// Keep a snapshot of a request `device` parsed: its type, sector and data segments
+    /// (length, device-writable), the first 16 of them.
+    fn record_request(
+        &self,
+        device: &str,
+        ty: u32,
+        sector: u64,
+        segments: &mut dyn Iterator<Item = (u32, bool)>,
+    ) {
+        let mut data = ty.to_le_bytes().to_vec();
+        for (len, writable) in segments.take(16) {
+            data.extend_from_slice(&len.to_le_bytes());
+            data.push(u8::from(writable));
+        }
+        self.record_snapshot(ExitKind::Request, device, sector, data);
+    }
+
+    /// Keep the length and first [`BUFFER_HEAD`] bytes of what the virtio device `device` took
+    /// from its queue `queue`.
+    fn record_buffer(&self, device: &str, queue: usize, bytes: &[u8]) {
+        let mut data = (bytes.len() as u32).to_le_bytes().to_vec();
+        data.extend_from_slice(&bytes[..bytes.len().min(BUFFER_HEAD)]);
+        self.record_snapshot(ExitKind::Buffer, device, queue as u64, data);
+    }
+
+    /// Keep `count` doorbells the device of bus range `range` took at `offset` through its
+    /// ioeventfd: writes KVM never turned into exits.
+    fn record_doorbells(&self, range: &str, offset: u64, count: u64) {
+        let data = count.to_le_bytes().to_vec();
+        self.record_snapshot(ExitKind::Doorbell, range, offset, data);
+    }
+}
+
 static RECORDER: OnceLock<ExitRecorder> = OnceLock::new();
 
-/// Start recording for this process (`--record-exits`); the recorder lives until it exits.
+/// Start recording for this process (`--record-exits`), the devices' snapshots included; the
+/// recorder lives until it exits.
 pub fn install() -> &'static ExitRecorder {
-    RECORDER.get_or_init(ExitRecorder::default)
+    let recorder = RECORDER.get_or_init(ExitRecorder::default);
+    // Only `run` installs, once per process; a second call finds this very recorder there.
+    let _ = recording::install(recorder);
+    recorder
 }
 
 /// The recorder, when `--record-exits` installed one.
@@ -484,7 +493,7 @@ mod tests {
             "virtio-blk",
             1,
             7,
-            [(512, false), (1024, false)].into_iter(),
+            &mut [(512, false), (1024, false)].into_iter(),
         );
         let got = parse(&rec.contents()).unwrap();
         let request = &got[5];

@@ -304,7 +304,7 @@ impl VirtioDevice for Balloon {
             QueueRole::Inflate | QueueRole::Deflate => drain(queue, mem, |chain| {
                 let (pfns, malformed) = inflate::chain_pfns(mem, chain);
                 // `run --record-exits`: the page numbers, for the fuzz seed corpus.
-                if let Some(rec) = crate::vmm::exit_recorder::active() {
+                if let Some(rec) = crate::devices::recording::active() {
                     let bytes: Vec<u8> = pfns.iter().flat_map(|p| p.to_le_bytes()).collect();
                     rec.record_buffer("virtio-balloon", index, &bytes);
                 }

@@ -56,7 +56,7 @@ impl GuestStats {
             bytes.extend(b);
         }
         // `run --record-exits`: the entries, for the fuzz seed corpus.
-        if let Some(rec) = crate::vmm::exit_recorder::active() {
+        if let Some(rec) = crate::devices::recording::active() {
             rec.record_buffer("virtio-balloon", super::STATS_QUEUE, &bytes);
         }
         let (entries, rest) = bytes.as_chunks::<STAT_LEN>();

@@ -233,14 +233,14 @@ where
     req.sector = header.sector();
     req.status = status;
     // `run --record-exits`: the request as parsed, for the fuzz seed corpus.
-    if let Some(rec) = crate::vmm::exit_recorder::active() {
+    if let Some(rec) = crate::devices::recording::active() {
         let out = req.data_out.iter().map(|s| (s.len, false));
         let data_in = req.data_in.iter().map(|s| (s.len, true));
         rec.record_request(
             "virtio-blk",
             header.request_type(),
             req.sector,
-            out.chain(data_in),
+            &mut out.chain(data_in),
         );
     }
     Ok(())

@@ -147,7 +147,7 @@ fn receive(
     let mut used = false;
     let mut piece = vec![0u8; PIECE];
     // `run --record-exits`: what each buffer got, for the fuzz seed corpus.
-    let recorder = crate::vmm::exit_recorder::active();
+    let recorder = crate::devices::recording::active();
     let mut recorded = Vec::new();
     while port.has_input() {
         let Some(chain) = queue.iter(mem)?.next() else {
@@ -204,7 +204,7 @@ fn transmit(
     let mut used = false;
     let mut piece = vec![0u8; PIECE];
     // `run --record-exits`: each chain's bytes, for the fuzz seed corpus.
-    let recorder = crate::vmm::exit_recorder::active();
+    let recorder = crate::devices::recording::active();
     let mut recorded = Vec::new();
     loop {
         queue.disable_notification(mem)?;
@@ -409,7 +409,7 @@ impl VirtioDevice for Console {
                                     msg.extend_from_slice(&b[..b.len().min(room)]);
                                 });
                                 // `run --record-exits`: the message, for the fuzz seed corpus.
-                                if let Some(rec) = crate::vmm::exit_recorder::active() {
+                                if let Some(rec) = crate::devices::recording::active() {
                                     rec.record_buffer("virtio-console", CONTROL_TX_QUEUE, &msg);
                                 }
                                 let was_open: Vec<bool> = (0..views.len())
