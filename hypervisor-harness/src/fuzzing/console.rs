@@ -72,6 +72,8 @@ pub struct ConsoleSummary {
     pub from_guest: u64,
     pub to_guest: u64,
     pub bad_control: u64,
+    /// Passes stopped at their bound (rings laid so that the device feeds itself).
+    pub drains_cut: u64,
 }
 
 /// virtio-console over virtio-pci: header byte (bit 0: seed guest memory from the input),
@@ -138,10 +140,12 @@ pub fn run_console(data: &[u8]) -> ConsoleSummary {
             );
         }
     }
+    let device_counts = *lock(&counters);
     let summary = ConsoleSummary {
         from_guest: ports.iter().map(|p| p.counters().from_guest).sum(),
         to_guest: ports.iter().map(|p| p.counters().to_guest).sum(),
-        bad_control: lock(&counters).bad_control,
+        bad_control: device_counts.bad_control,
+        drains_cut: device_counts.drains_cut,
     };
     rig.check_alive();
     let sink = Sink::default();
@@ -164,6 +168,28 @@ mod tests {
             p = p.op(&[rop::QUEUE, 0, q, 3, 0, 0, 1]);
         }
         p.op(&[rop::NEGOTIATE, 0])
+    }
+
+    /// Found by the console target (a libFuzzer timeout): port 0's transmit queue of size 1
+    /// with its descriptors at 0, its avail ring at 0x2 and its used ring at 0x4, so the used
+    /// flags word is the avail index. The transmit pass's notifications off and on published
+    /// and withdrew an entry, and its look-again found "more" for ever. The pass now stops at
+    /// its bound.
+    #[test]
+    fn a_used_ring_over_the_avail_index_ends_the_pass() {
+        const INPUT: [u8; 120] = [
+            0x00, 0x00, 0xd1, 0xd2, 0xd2, 0x83, 0x00, 0x01, 0x03, 0x00, 0x03, 0x83, 0x00, 0x00,
+            0x01, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xd3, 0xff, 0x10, 0x6c, 0x6c, 0x6f,
+            0x2c, 0xff, 0xfd, 0xff, 0xff, 0xff, 0x6f, 0x33, 0x74, 0x0a, 0x10, 0x00, 0x70, 0x70,
+            0x70, 0x63, 0x07, 0x01, 0x00, 0x00, 0x6b, 0x6c, 0x5d, 0x65, 0x28, 0x3b, 0x20, 0x00,
+            0x01, 0x04, 0x00, 0x03, 0x03, 0x00, 0x00, 0x01, 0x03, 0x00, 0x04, 0x8c, 0x03, 0x00,
+            0x2b, 0x00, 0x09, 0x03, 0x00, 0x00, 0x00, 0x02, 0x00, 0x01, 0x04, 0x00, 0x6f, 0x33,
+            0x74, 0x0a, 0x10, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x16, 0x00, 0x6b, 0x6c,
+            0x65, 0x28, 0x3b, 0x00, 0x00, 0x01, 0x04, 0x00, 0x03, 0x03, 0x00, 0x00, 0x01, 0x03,
+            0x00, 0x00, 0x11, 0x00, 0x00, 0x0f, 0x01, 0x00,
+        ];
+        let s = run_console(&INPUT);
+        assert!(s.drains_cut >= 1, "{s:?}");
     }
 
     #[test]

@@ -101,8 +101,9 @@ impl AttachedConsole {
         }
         let c = *lock(&self.counters);
         line.push_str(&format!(
-            " bad_control={} control_dropped={} malformed_chains={} stray_notifies={}",
-            c.bad_control, c.control_dropped, c.malformed_chains, c.stray_notifies
+            " bad_control={} control_dropped={} malformed_chains={} stray_notifies={} \
+             drains_cut={}",
+            c.bad_control, c.control_dropped, c.malformed_chains, c.stray_notifies, c.drains_cut
         ));
         let mut notes = vec![line];
         notes.extend(self.function.notes());
@@ -205,7 +206,10 @@ pub fn attach(
             .name(format!("{name}-port{id}"))
             .spawn(move || {
                 crate::seccomp::enter(crate::seccomp::ThreadKind::ConsolePort);
-                let kick = || worker.process(rx);
+                // A pass cut at its bound (input-bounded here) resumes at the next kick.
+                let kick = || {
+                    worker.process(rx);
+                };
                 let kick_control = || {
                     if multiport {
                         worker.process(CONTROL_RX_QUEUE);

@@ -171,13 +171,22 @@ impl Waiter {
             // for the window to run out), the queue's notifications kept off after.
             for (queue, evt) in &self.completions {
                 if evt.read().is_ok() {
-                    self.worker.process(*queue);
+                    if self.worker.process(*queue) {
+                        self.renotify(*queue);
+                    }
                     live |= self.worker.suppress_notifications(*queue);
                 }
             }
             std::hint::spin_loop();
         }
         None
+    }
+
+    /// Notify `queue` as the driver would: its pass was cut at its bound with chains left.
+    fn renotify(&self, queue: usize) {
+        if let Some((_, evt)) = self.notifies.iter().find(|(q, _)| *q == queue) {
+            let _ = evt.write(1);
+        }
     }
 
     /// Sleep until a notify, and process the queues notified. When it woke, or None if epoll
@@ -194,13 +203,14 @@ impl Waiter {
         for ev in &self.events[..n] {
             let i = ev.data() as usize;
             if let Some((queue, evt)) = self.notifies.get(i) {
-                // Non-blocking: a spurious wakeup just finds nothing.
-                if evt.read().is_ok() {
-                    self.worker.notified(*queue);
+                // Non-blocking: a spurious wakeup just finds nothing. A pass cut at its bound
+                // notifies itself, so the rest runs after the other events.
+                if evt.read().is_ok() && self.worker.notified(*queue) {
+                    let _ = evt.write(1);
                 }
             } else if let Some((queue, evt)) = self.completions.get(i - self.notifies.len()) {
-                if evt.read().is_ok() {
-                    self.worker.process(*queue);
+                if evt.read().is_ok() && self.worker.process(*queue) {
+                    self.renotify(*queue);
                 }
             }
         }

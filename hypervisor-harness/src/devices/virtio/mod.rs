@@ -12,6 +12,7 @@ pub mod blk;
 pub mod common_config;
 pub mod console;
 pub mod device;
+pub mod drain;
 pub mod io_thread;
 pub mod net;
 pub mod poll;

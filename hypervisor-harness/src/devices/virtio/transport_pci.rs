@@ -25,6 +25,7 @@
 
 use super::common_config::{CommonConfig, CommonWrite};
 use super::device::{Activation, InterruptTrigger, InterruptType, QueueBroken, VirtioDevice};
+use super::drain::drains_cut;
 use super::{Memory, VirtioInterrupt};
 use crate::devices::bus::BusDevice;
 use crate::devices::lock;
@@ -587,16 +588,19 @@ impl QueueWorker {
     }
 
     /// The driver notified queue `index`: its ioeventfd fired and was read. Counted, then
-    /// processed.
-    pub fn notified(&self, index: usize) {
+    /// processed. True: the pass stopped at its bound ([`super::drain`]) with chains left,
+    /// so the caller notifies the queue again (writes the ioeventfd itself) to run the rest
+    /// after whatever else it has to do.
+    pub fn notified(&self, index: usize) -> bool {
         QueueCounters::bump(&self.queue_counters.notifies, index);
-        self.process(index);
+        self.process(index)
     }
 
-    /// Process queue `index` (after a notify, or when a backend has work for it).
-    pub fn process(&self, index: usize) {
+    /// Process queue `index` (after a notify, or when a backend has work for it). True as
+    /// for [`Self::notified`].
+    pub fn process(&self, index: usize) -> bool {
         let admitted = lock(&self.regs).admit(index);
-        self.run_admitted(index, admitted);
+        self.run_admitted(index, admitted)
     }
 
     /// Process queue `index`, whose work an I/O thread found by polling: admitted as a
@@ -613,13 +617,19 @@ impl QueueWorker {
         true
     }
 
-    fn run_admitted(&self, index: usize, admitted: Option<u64>) {
+    /// Whether the pass stopped at its bound. Told by the process-wide count of cut passes:
+    /// another device's cut at the same moment only costs this queue a pass that finds
+    /// nothing, and none is missed.
+    fn run_admitted(&self, index: usize, admitted: Option<u64>) -> bool {
         let Some(epoch) = admitted else {
-            return;
+            return false;
         };
+        let cuts = drains_cut();
         if let Err(broken) = lock(&self.engine).run(index, epoch) {
             lock(&self.regs).queue_broken(epoch, broken);
+            return false;
         }
+        drains_cut() != cuts
     }
 
     /// See [`QueueEngine::suppress_notifications`].

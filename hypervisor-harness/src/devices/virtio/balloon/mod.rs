@@ -20,6 +20,7 @@ pub mod stats;
 mod tests;
 
 use super::device::{driver_wants_interrupt, Activation, InterruptType, QueueBroken, VirtioDevice};
+use super::drain::{Drain, Drained};
 use super::Memory;
 use crate::devices::lock;
 use inflate::PageBitmap;
@@ -27,7 +28,7 @@ use stats::GuestStats;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryBackend;
 
 pub const DEVICE_TYPE: u16 = virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON as u16;
@@ -101,6 +102,12 @@ pub struct BalloonCounters {
     pub reported: u64,
     /// Reported ranges that were not whole pages of guest RAM (ignored).
     pub report_refused: u64,
+    /// Pages the balloon held when the driver reset the device: the guest has them back (a
+    /// discarded one faults back in, zeroed, on touch). The balloon holds
+    /// `inflated - deflated - reset_released` pages.
+    pub reset_released: u64,
+    /// Passes over a queue stopped at their bound ([`Drain`]).
+    pub drains_cut: u64,
 }
 
 /// The balloon's state that the outside (the monitor, the report) reads and sets while the
@@ -195,31 +202,32 @@ impl Balloon {
     }
 }
 
-/// Use every chain available on `queue` with `each`, then say whether the driver wants an
-/// interrupt.
+/// Use every chain available on `queue` with `each` (up to the pass's bound), then say
+/// whether the driver wants an interrupt.
 fn drain(
     queue: &mut Queue,
     mem: &Memory,
     mut each: impl FnMut(virtio_queue::DescriptorChain<&Memory>),
-) -> Result<bool, QueueBroken> {
+) -> Result<Drained, QueueBroken> {
     let mut used_any = false;
+    let mut pass = Drain::new(queue);
     loop {
         queue.disable_notification(mem)?;
-        while let Some(chain) = queue.iter(mem)?.next() {
+        while let Some(chain) = pass.next_chain(queue, mem)? {
             let head = chain.head_index();
             each(chain);
             // Every balloon buffer is device-readable: nothing written, used length 0.
             queue.add_used(mem, head, 0)?;
             used_any = true;
         }
-        if !queue.enable_notification(mem)? {
+        if !pass.again(queue, mem)? {
             break;
         }
     }
-    if !used_any {
-        return Ok(false);
-    }
-    driver_wants_interrupt(queue, mem)
+    Ok(Drained {
+        wants_interrupt: used_any && driver_wants_interrupt(queue, mem)?,
+        cut: pass.was_cut(),
+    })
 }
 
 impl VirtioDevice for Balloon {
@@ -300,7 +308,7 @@ impl VirtioDevice for Balloon {
         let mut counters = BalloonCounters::default();
         let pages = &mut self.pages;
         let shared = &self.shared;
-        let wants = match role {
+        let drained = match role {
             QueueRole::Inflate | QueueRole::Deflate => drain(queue, mem, |chain| {
                 let (pfns, malformed) = inflate::chain_pfns(mem, chain);
                 // `run --record-exits`: the page numbers, for the fuzz seed corpus.
@@ -320,8 +328,9 @@ impl VirtioDevice for Balloon {
                 inflate::report(mem, chain, &mut counters)
             })?,
         };
+        counters.drains_cut += u64::from(drained.cut);
         add_counters(&mut lock(&self.shared.counters), &counters);
-        if wants {
+        if drained.wants_interrupt {
             interrupt.trigger(InterruptType::Queue(index));
         }
         Ok(())
@@ -330,6 +339,7 @@ impl VirtioDevice for Balloon {
     fn reset(&mut self) {
         // A reset driver starts with an empty balloon; its old pages fault back in on touch.
         self.active = None;
+        lock(&self.shared.counters).reset_released += self.pages.count();
         self.pages.clear();
         self.shared.actual.store(0, Ordering::SeqCst);
     }
@@ -347,4 +357,5 @@ fn add_counters(total: &mut BalloonCounters, c: &BalloonCounters) {
     total.config_writes_ignored += c.config_writes_ignored;
     total.reported += c.reported;
     total.report_refused += c.report_refused;
+    total.drains_cut += c.drains_cut;
 }

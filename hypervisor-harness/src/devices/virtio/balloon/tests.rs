@@ -251,6 +251,27 @@ fn reset_empties_the_balloon() {
     assert!(!rig.dev.is_activated());
 }
 
+/// The counters add up across a reset: what a reset drops is counted as released, so
+/// inflated = deflated + reset_released + pages held.
+#[test]
+fn a_reset_counts_the_pages_it_releases() {
+    let m = mem();
+    let mut rig = Rig::new(&m, ALL);
+    rig.send(0, &[0x40, 0x41, 0x42]);
+    rig.send(1, &[0x41]);
+    rig.dev.reset();
+    let c = rig.shared.counters();
+    assert_eq!(
+        (c.inflated, c.deflated, c.reset_released),
+        (3, 1, 2),
+        "{c:?}"
+    );
+    assert_eq!(rig.dev.pages_held(), 0);
+    // A reset of an empty balloon releases nothing more.
+    rig.dev.reset();
+    assert_eq!(rig.shared.counters().reset_released, 2);
+}
+
 #[test]
 fn target_for_a_guest_memory_size() {
     let s = BalloonShared::new(256 << 20);
@@ -331,4 +352,21 @@ fn reported_free_pages_are_discarded_but_stay_the_guests() {
     rig.post(3, &[(0xa2 * PAGE_SIZE, PAGE_SIZE as u32, 0)]);
     assert_eq!(rig.shared.counters().report_refused, 3);
     assert_eq!(page(&m, 0xa2), vec![0x5a; 4096]);
+}
+
+/// Rings laid so that the device's own writes feed the inflate queue ([`feed_itself`]): the
+/// pass takes the one buffer once and ends at its bound, counted.
+#[test]
+fn an_inflate_queue_that_feeds_itself_ends_at_the_bound() {
+    use crate::devices::virtio::drain::test_util::feed_itself;
+    let m = mem();
+    let mut rig = Rig::new(&m, 0);
+    m.write_slice(&0x50u32.to_le_bytes(), GuestAddress(PFN_BUF))
+        .unwrap();
+    let raw = [RawDescriptor::from(Descriptor::new(PFN_BUF, 4, 0, 0))];
+    rig.mocks[0].add_desc_chains(&raw, 0).unwrap();
+    feed_itself(&mut rig.dev.queues_mut()[0], &m, 0x3_0000);
+    rig.dev.process_queue(0).unwrap();
+    let c = rig.shared.counters();
+    assert_eq!((c.inflated, c.drains_cut), (1, 1), "{c:?}");
 }

@@ -30,9 +30,10 @@ use crate::backends::disk::DiskBackend;
 use crate::backends::uring_disk::{Completion, UringCounters, UringEngine, UringOp};
 use crate::backends::vectored::MAX_IOVECS;
 use crate::devices::virtio::device::{driver_wants_interrupt, QueueBroken};
+use crate::devices::virtio::drain::{Drain, Drained};
 use crate::devices::virtio::Memory;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -304,7 +305,7 @@ fn write_status(mem: &Memory, at: GuestAddress, status: u8, written: u32) -> u32
 
 /// The cache=none counterpart of `drain_queue`: reap what finished, start every available
 /// chain, submit them in one go, reap again. Ok(true): the driver wants an interrupt for the
-/// used entries this call added.
+/// used entries this call added, and whether the pass stopped at its bound ([`Drain`]).
 pub fn drain_queue_async(
     queue: &mut Queue,
     mem: &Memory,
@@ -312,11 +313,12 @@ pub fn drain_queue_async(
     id: &[u8; ID_LEN],
     requests: &mut u64,
     exec: &mut AsyncExec,
-) -> Result<bool, QueueBroken> {
+) -> Result<Drained, QueueBroken> {
     let mut used_any = exec.complete(queue, mem, requests)?;
+    let mut pass = Drain::new(queue);
     loop {
         queue.disable_notification(mem)?;
-        while let Some(chain) = queue.iter(mem)?.next() {
+        while let Some(chain) = pass.next_chain(queue, mem)? {
             let head = chain.head_index();
             if exec.busy(head) {
                 return Err(busy(head));
@@ -349,7 +351,7 @@ pub fn drain_queue_async(
                 used_any = true;
             }
         }
-        if !queue.enable_notification(mem)? {
+        if !pass.again(queue, mem)? {
             break;
         }
     }
@@ -359,10 +361,10 @@ pub fn drain_queue_async(
         exec.engine.wait_idle(&mut exec.done);
     }
     used_any |= exec.complete(queue, mem, requests)?;
-    if !used_any {
-        return Ok(false);
-    }
-    driver_wants_interrupt(queue, mem)
+    Ok(Drained {
+        wants_interrupt: used_any && driver_wants_interrupt(queue, mem)?,
+        cut: pass.was_cut(),
+    })
 }
 
 #[cfg(test)]

@@ -37,9 +37,10 @@ pub use mq::MAX_QUEUES;
 pub use request::{parse, parse_into, BlkHeader, ParseError, Request, RequestType, Seg};
 
 use super::device::{driver_wants_interrupt, Activation, InterruptType, QueueBroken, VirtioDevice};
+use super::drain::{Drain, Drained};
 use super::Memory;
 use crate::backends::disk::RawDisk;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 
 /// The storage trait lives with the backends; re-exported for the models' and tests' use.
 pub use crate::backends::disk::DiskBackend;
@@ -69,6 +70,8 @@ pub struct Blk {
     scratch: Request,
     /// Requests completed (for diagnostics).
     pub requests: u64,
+    /// Passes over a queue stopped at their bound ([`Drain`]).
+    pub drains_cut: u64,
     /// `cache=none`: the io_uring the queue is served through.
     exec: Option<AsyncExec>,
     /// A polling I/O thread serves the queues ([`Self::set_polled`]): a drain then leaves the
@@ -87,6 +90,7 @@ impl Blk {
             active: None,
             scratch: Request::empty(),
             requests: 0,
+            drains_cut: 0,
             exec: None,
             polled: false,
         }
@@ -145,9 +149,11 @@ pub fn drain_queue(
     requests: &mut u64,
 ) -> Result<bool, QueueBroken> {
     drain_queue_with(&mut Request::empty(), queue, mem, disk, id, requests, false)
+        .map(|d| d.wants_interrupt)
 }
 
-/// [`drain_queue`] parsing every chain into `scratch` (the device's own, reused). With
+/// [`drain_queue`] parsing every chain into `scratch` (the device's own, reused), saying
+/// what the pass did ([`Drained`]). With
 /// `leave_notifications_off` (a polling thread's drain, [`Blk::set_polled`]) the driver's
 /// notifications stay off at the end; the caller must turn them on before it stops looking
 /// at the ring.
@@ -159,11 +165,12 @@ pub fn drain_queue_with(
     id: &[u8; ID_LEN],
     requests: &mut u64,
     leave_notifications_off: bool,
-) -> Result<bool, QueueBroken> {
+) -> Result<Drained, QueueBroken> {
     let mut used_any = false;
+    let mut pass = Drain::new(queue);
     loop {
         queue.disable_notification(mem)?;
-        while let Some(chain) = queue.iter(mem)?.next() {
+        while let Some(chain) = pass.next_chain(queue, mem)? {
             let head = chain.head_index();
             let used = match refused_head(queue, mem, head) {
                 // Nothing of it is read: no status byte is known.
@@ -174,14 +181,14 @@ pub fn drain_queue_with(
             *requests += 1;
             used_any = true;
         }
-        if leave_notifications_off || !queue.enable_notification(mem)? {
+        if leave_notifications_off || !pass.again(queue, mem)? {
             break;
         }
     }
-    if !used_any {
-        return Ok(false);
-    }
-    driver_wants_interrupt(queue, mem)
+    Ok(Drained {
+        wants_interrupt: used_any && driver_wants_interrupt(queue, mem)?,
+        cut: pass.was_cut(),
+    })
 }
 
 impl VirtioDevice for Blk {
@@ -246,7 +253,7 @@ impl VirtioDevice for Blk {
         };
         // cache=none's ring serves queue 0 (its tags are that queue's heads); other queues
         // (queues=N) are served synchronously.
-        let wants = match self.exec.as_mut().filter(|_| index == 0) {
+        let drained = match self.exec.as_mut().filter(|_| index == 0) {
             Some(exec) => {
                 drain_queue_async(queue, mem, &*self.disk, &self.id, &mut self.requests, exec)
             }
@@ -259,17 +266,22 @@ impl VirtioDevice for Blk {
                 &mut self.requests,
                 self.polled,
             ),
-        };
-        if wants? {
+        }?;
+        self.drains_cut += u64::from(drained.cut);
+        if drained.wants_interrupt {
             interrupt.trigger(InterruptType::Queue(index));
         }
         Ok(())
     }
 
-    /// `{"requests": N, "uring": null or cache=none's UringReport}`.
+    /// `{"requests": N, "drains_cut": N, "uring": null or cache=none's UringReport}`.
     fn counters_json(&self) -> Option<serde_json::Value> {
         let uring = self.exec.as_ref().map(AsyncExec::report);
-        Some(serde_json::json!({ "requests": self.requests, "uring": uring }))
+        Some(serde_json::json!({
+            "requests": self.requests,
+            "drains_cut": self.drains_cut,
+            "uring": uring,
+        }))
     }
 
     fn reset(&mut self) {

@@ -15,6 +15,7 @@ use virtio_bindings::virtio_ring::{
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::QueueOwnedT;
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;
@@ -645,4 +646,21 @@ fn failed_writes_and_flushes_then_recovery_on_a_slow_disk() {
     }
     assert_eq!(switch.injected(), 6);
     assert_eq!(image.flushes(), 3);
+}
+
+/// Rings laid so that the device's own writes feed the queue ([`feed_itself`]): the drain
+/// takes the one request once and ends at its bound, counted.
+#[test]
+fn a_queue_that_feeds_itself_ends_at_the_bound() {
+    use crate::devices::virtio::drain::test_util::feed_itself;
+    let m = mem();
+    let (vq, mut q, mut blk) = blk_queue(&m);
+    header(&m, VIRTIO_BLK_T_IN, 1);
+    m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    vq.add_desc_chains(&std3(0, 1, 512, true), 0).unwrap();
+    feed_itself(&mut q, &m, 0x50_000);
+    let irq = activate(&mut blk, q, &m);
+    assert_eq!(process(&mut blk, &irq), Ok(true));
+    assert_eq!((blk.requests, blk.drains_cut), (1, 1));
+    assert_eq!(status(&m), VIRTIO_BLK_S_OK as u8);
 }

@@ -119,7 +119,7 @@ pub fn spawn(
                     shared.note_backend_wakeup();
                     // A held pass on a backend without a wait fd: retried on each wakeup.
                     if n == 0 && watches.as_ref().is_some_and(|w| !w.has_tx_fd()) {
-                        tx_event(&worker, shared);
+                        tx_event(&worker, shared, &notifies);
                     }
                 }
                 for ev in &events[..n] {
@@ -143,16 +143,17 @@ pub fn spawn(
                                 backend_event(&worker, shared);
                             }
                             if ready.tx {
-                                tx_event(&worker, shared);
+                                tx_event(&worker, shared, &notifies);
                             }
                         }
                         i => {
                             let Some((queue, evt)) = notifies.get(i as usize) else {
                                 continue;
                             };
-                            // Non-blocking: a spurious wakeup just finds nothing.
-                            if evt.read().is_ok() {
-                                worker.notified(*queue);
+                            // Non-blocking: a spurious wakeup just finds nothing. A pass cut at
+                            // its bound notifies itself: the rest runs after the other events.
+                            if evt.read().is_ok() && worker.notified(*queue) {
+                                let _ = evt.write(1);
                             }
                         }
                     }
@@ -172,13 +173,19 @@ pub fn spawn(
 }
 
 /// The backend may have room: run the held transmit passes again. A pass that did not run
-/// (the device reset or broken, the pair no longer in use) is not held any more.
-fn tx_event(worker: &QueueWorker, shared: &NetShared) {
+/// (the device reset or broken, the pair no longer in use) is not held any more; one cut at
+/// its bound notifies its queue (in `notifies`) for the rest.
+fn tx_event(worker: &QueueWorker, shared: &NetShared, notifies: &[(usize, EventFd)]) {
     let held = shared.tx_blocked();
     for pair in (0..32).filter(|p| held & (1 << p) != 0) {
         let before = shared.rx_passes.load(Ordering::SeqCst);
         shared.backend_event.store(true, Ordering::SeqCst);
-        worker.process(Net::tx_queue(pair));
+        let queue = Net::tx_queue(pair);
+        if worker.process(queue) {
+            if let Some((_, evt)) = notifies.iter().find(|(q, _)| *q == queue) {
+                let _ = evt.write(1);
+            }
+        }
         shared.backend_event.store(false, Ordering::SeqCst);
         if shared.rx_passes.load(Ordering::SeqCst) == before {
             shared.set_tx_blocked(pair, false);

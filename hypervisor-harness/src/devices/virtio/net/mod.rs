@@ -31,6 +31,7 @@ pub mod test_util;
 pub mod tx;
 
 use super::device::{driver_wants_interrupt, Activation, InterruptType, QueueBroken, VirtioDevice};
+use super::drain::Drain;
 use crate::backends::net::{FrameMeta, NetBackend, NetBackendError, MAX_FRAME};
 use crate::devices::lock;
 use ctrl::{CtrlOutcome, CtrlState};
@@ -45,7 +46,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -179,6 +180,8 @@ pub struct NetStats {
     /// Times a transmit pass stopped taking frames from the guest because the backend could
     /// take no more (they wait in the ring until it can).
     pub tx_holds: u64,
+    /// Passes over a transmit or control queue stopped at their bound ([`Drain`]).
+    pub drains_cut: u64,
     /// The backend's last error, if it failed.
     pub backend_error: Option<String>,
 }
@@ -546,6 +549,7 @@ impl Net {
             ctrl,
             rx_holds,
             tx_holds,
+            drains_cut,
             backend_error,
         } = &self.stats;
         let mut s = lock(&self.shared.stats);
@@ -557,6 +561,7 @@ impl Net {
         s.ctrl = *ctrl;
         s.rx_holds = *rx_holds;
         s.tx_holds = *tx_holds;
+        s.drains_cut = *drains_cut;
         if backend_error.is_some() && s.backend_error != *backend_error {
             s.backend_error.clone_from(backend_error);
         }
@@ -578,6 +583,7 @@ impl Net {
         let mut used_any = false;
         let mut unflushed = false;
         let mut held = false;
+        let mut pass = Drain::new(queue);
         loop {
             queue.disable_notification(mem)?;
             loop {
@@ -591,7 +597,7 @@ impl Net {
                         break;
                     }
                 }
-                let Some(chain) = queue.iter(mem)?.next() else {
+                let Some(chain) = pass.next_chain(queue, mem)? else {
                     break;
                 };
                 let head = chain.head_index();
@@ -642,10 +648,11 @@ impl Net {
             }
             // Held: notifies stay off, the backend's thread runs the pass again once the
             // backend can take frames.
-            if held || !queue.enable_notification(mem)? {
+            if held || !pass.again(queue, mem)? {
                 break;
             }
         }
+        self.stats.drains_cut += u64::from(pass.was_cut());
         drop(backend);
         if self.shared.set_tx_blocked(pair, held) {
             self.stats.tx_holds += 1;
@@ -812,9 +819,10 @@ impl Net {
             return Ok(());
         };
         let mut used_any = false;
+        let mut pass = Drain::new(queue);
         loop {
             queue.disable_notification(mem)?;
-            while let Some(chain) = queue.iter(mem)?.next() {
+            while let Some(chain) = pass.next_chain(queue, mem)? {
                 let head = chain.head_index();
                 let len = match ctrl::handle(mem, chain, &mut r.ctrl) {
                     CtrlOutcome::Acked(_) => {
@@ -829,10 +837,11 @@ impl Net {
                 queue.add_used(mem, head, len)?;
                 used_any = true;
             }
-            if !queue.enable_notification(mem)? {
+            if !pass.again(queue, mem)? {
                 break;
             }
         }
+        self.stats.drains_cut += u64::from(pass.was_cut());
         self.stats.ctrl = r.ctrl;
         if used_any && driver_wants_interrupt(queue, mem)? {
             self.stats.queues[qi].interrupts += 1;
