@@ -322,14 +322,17 @@ impl VirtioDevice for Balloon {
                 } else {
                     inflate::deflate(mem, pages, &pfns, &mut counters);
                 }
-            })?,
-            QueueRole::Stats => drain(queue, mem, |chain| lock(&shared.stats).update(mem, chain))?,
+            }),
+            QueueRole::Stats => drain(queue, mem, |chain| lock(&shared.stats).update(mem, chain)),
             QueueRole::Reporting => drain(queue, mem, |chain| {
                 inflate::report(mem, chain, &mut counters)
-            })?,
+            }),
         };
-        counters.drains_cut += u64::from(drained.cut);
+        // The chains used before a queue broke count too: their pages are in the balloon (and
+        // discarded) whatever became of the ring.
+        counters.drains_cut += drained.as_ref().map_or(0, |d| u64::from(d.cut));
         add_counters(&mut lock(&self.shared.counters), &counters);
+        let drained = drained?;
         if drained.wants_interrupt {
             interrupt.trigger(InterruptType::Queue(index));
         }
