@@ -77,7 +77,7 @@ impl AttachedBalloon {
             "balloon: phase={marker} guest_rss_kib={rss} target_pages={} actual_pages={} \
              inflated={} discarded={} deflated={} outside_ram={} duplicates={} \
              not_in_balloon={} malformed={} discard_errors={} config_writes_ignored={} \
-             reported={} report_refused={} \
+             reported={} report_refused={} reset_released={} \
              stats_updates={} stats_free={} stats_total={} stats_available={}",
             self.shared.target_pages(),
             self.shared.actual_pages(),
@@ -92,6 +92,7 @@ impl AttachedBalloon {
             c.config_writes_ignored,
             c.reported,
             c.report_refused,
+            c.reset_released,
             s.updates,
             stat(TAG_MEMFREE),
             stat(TAG_MEMTOT),
