@@ -220,30 +220,49 @@ fn writable_ranges(img: &[u8], l: &Layout, out: &mut Vec<(u64, u64)>) {
     }
 }
 
+/// The descriptor tables [start, end) of a queue in an image: its own, and the indirect
+/// tables its descriptors name.
+fn descriptor_tables(img: &[u8], l: &Layout, out: &mut Vec<(u64, u64)>) {
+    out.push((l.desc, l.desc.saturating_add(16 * l.size as u64)));
+    for i in 0..l.size as u64 {
+        if let Some((addr, len, flags, _)) = desc_at(img, l.desc.wrapping_add(16 * i)) {
+            if flags & F_INDIRECT != 0 {
+                out.push((addr, addr.saturating_add(len as u64)));
+            }
+        }
+    }
+}
+
 /// Device-writable ranges of the tables as the device may have read them mid-op, where a
-/// ready queue's used ring lies over a descriptor table and the device wrote that ring in
-/// the op: it read its chains from bytes partly its own. Its used-ring writes come in order
-/// (a pass turns notifications off, then each chain gets an entry and the index), so after
-/// k of its n new entries the ring holds those k entries as they are now and index
-/// `before + k`, with flags as before, as now or NO_NOTIFY, and avail_event as before or as
-/// now. Neither the image before the op nor the one after has the tables as read then: with
-/// NO_NOTIFY over a descriptor's address, the device wrote a frame at address 1.
+/// ready queue's used ring lies over a descriptor table (direct or indirect) and the device
+/// wrote that ring in the op: it read its chains from bytes partly its own. Its used-ring
+/// writes come in order (a pass turns notifications off, then each chain gets an entry and
+/// the index), so after k of its n new entries the ring holds those k entries as they are
+/// now and index `before + k`, with flags as before, as now or NO_NOTIFY, and avail_event
+/// as before or as now. Neither the image before the op nor the one after has the tables as
+/// read then: with NO_NOTIFY over a descriptor's address, the device wrote a frame at
+/// address 1.
 fn mid_op_writable(shadow: &[u8], now: &[u8], layouts: &[Layout], out: &mut Vec<(u64, u64)>) {
     let meets = |a: (u64, u64), b: (u64, u64)| a.0 < b.1 && b.0 < a.1;
+    let mut tables = Vec::new();
     for u in layouts {
         let used = (u.used, u.used_end());
-        let over_a_table = layouts
-            .iter()
-            .any(|l| meets(used, (l.desc, l.desc.saturating_add(16 * l.size as u64))));
         let (Ok(start), Ok(end)) = (usize::try_from(used.0), usize::try_from(used.1)) else {
             continue;
         };
         // A used ring not wholly in the shadowed RAM is refused by the transport.
-        if u.size == 0
-            || !over_a_table
-            || end > shadow.len()
-            || shadow[start..end] == now[start..end]
-        {
+        if end > shadow.len() || shadow[start..end] == now[start..end] {
+            continue;
+        }
+        if tables.is_empty() {
+            for img in [shadow, now] {
+                for l in layouts {
+                    descriptor_tables(img, l, &mut tables);
+                }
+            }
+        }
+        let over_a_table = tables.iter().any(|&t| meets(used, t));
+        if u.size == 0 || !over_a_table {
             continue;
         }
         let (Some(before), Some(after)) = (u16_at(shadow, used.0 + 2), u16_at(now, used.0 + 2))
@@ -1294,6 +1313,28 @@ mod tests {
             .op(&[nop::NEGOTIATE, 0, 0, 0])
             .op(&[nop::INJECT, 0, 1, 2, 4, 4, 1, 0, 1])
             .op(&[nop::RX, 0, 0, 0x45, 0, 0]);
+        let s = run_virtio_net(&p.0);
+        assert!(s.hostile, "{s:?}");
+        assert_eq!(s.completed, 1, "{s:?}");
+    }
+
+    #[test]
+    fn a_frame_through_an_indirect_table_under_the_used_ring_is_allowed_where_it_was_read() {
+        // rx0's descriptor 0 names an indirect table at 0x800, rx0's own used ring, whose one
+        // descriptor is a 100-byte writable buffer at 0x7f00. NO_NOTIFY over its address
+        // makes it 1 when the device reads it, and the frame goes to 1..73.
+        let mut indirect = 0x7f00u64.to_le_bytes().to_vec();
+        indirect.extend_from_slice(&100u32.to_le_bytes());
+        indirect.extend_from_slice(&[2, 0, 0, 0]);
+        let mut mem = vec![nop::MEM, 0x00, 0x08, 16];
+        mem.extend_from_slice(&indirect);
+        let p = net_ready()
+            .op(&mem)
+            // Descriptor 0 of queue 0: address 0x800, length 16, INDIRECT.
+            .op(&[nop::DESC, 0, 0, 0, 0x00, 0x08, 4, 4, 0])
+            .op(&[nop::AVAIL, 0, 2, 0])
+            // One 60-byte frame, kick rx0.
+            .op(&[nop::INJECT, 0, 2, 18, 0, 0, 0]);
         let s = run_virtio_net(&p.0);
         assert!(s.hostile, "{s:?}");
         assert_eq!(s.completed, 1, "{s:?}");
