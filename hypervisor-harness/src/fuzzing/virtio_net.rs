@@ -359,6 +359,10 @@ struct NetRig {
     /// Per queue: the program wrote into its used ring, so the device's used index and the
     /// one in memory may disagree (its used entries are then not checked).
     used_tampered: Vec<bool>,
+    /// Per queue: the device's next used index at the last check (None: not running). A ring
+    /// set up over memory never zeroed, or left as it was before a reset, holds another
+    /// index in memory; its entries are checked once the two agree.
+    device_used: Vec<Option<u16>>,
     /// Per queue: the next descriptor the chain ops use.
     next_desc: Vec<u16>,
     next_buf: u64,
@@ -394,6 +398,7 @@ impl NetRig {
             scratch: Vec::new(),
             hostile: false,
             used_tampered: vec![false; nq],
+            device_used: vec![None; nq],
             next_desc: vec![0; nq],
             next_buf: BUF_START,
         };
@@ -938,6 +943,15 @@ impl NetRig {
             .filter_map(|q| self.layout(q))
             .filter(|l| l.ready)
             .collect();
+        let device_used = {
+            let engine = lock(&self.rig.dev).engine().clone();
+            let engine = lock(&engine);
+            let queues = engine.device().queues();
+            (0..self.nq())
+                .map(|q| queues.get(q).map(QueueT::next_used))
+                .collect()
+        };
+        let device_used_before = std::mem::replace(&mut self.device_used, device_used);
         if now == self.shadow {
             self.scratch = now;
             return;
@@ -1012,7 +1026,7 @@ impl NetRig {
                 continue;
             };
             let new = after.wrapping_sub(before);
-            if new == 0 {
+            if new == 0 || device_used_before[l.index] != Some(before) {
                 continue;
             }
             assert!(
@@ -1335,6 +1349,42 @@ mod tests {
             .op(&[nop::AVAIL, 0, 2, 0])
             // One 60-byte frame, kick rx0.
             .op(&[nop::INJECT, 0, 2, 18, 0, 0, 0]);
+        let s = run_virtio_net(&p.0);
+        assert!(s.hostile, "{s:?}");
+        assert_eq!(s.completed, 1, "{s:?}");
+    }
+
+    #[test]
+    fn a_used_ring_on_memory_never_zeroed_is_not_read_as_the_devices_index() {
+        // Memory seeded from the input (0xff), two pairs. rx0 of 16 entries with its used
+        // ring at 0xa8c0, in seeded memory: its index there is garbage, the device's is 0.
+        // One RX buffer, then an empty frame: the device writes index 1, which is not
+        // thousands of new entries (the fuzz run's crash, minimised).
+        let p = P(vec![0xff])
+            // Canonical, not enabled.
+            .op(&[nop::QUEUE, 0, 7, 1, 9, 0])
+            // Table 0x40, avail 0x2111 (misaligned: stays 0x400), used 0xa8c0; enabled.
+            .op(&[
+                nop::QUEUE,
+                0,
+                4,
+                0,
+                0,
+                0x40,
+                0,
+                0x40,
+                0x11,
+                0x21,
+                0x32,
+                0xc0,
+                0xa8,
+                0x4c,
+                0x8b,
+            ])
+            // CSUM GUEST_CSUM MRG_RXBUF STATUS, DRIVER_OK (opcode 0x8b is 3 modulo 17).
+            .op(&[0x8b, 0x40, 7, 1])
+            .op(&[nop::RX, 0, 0, 0x45, 1, 0])
+            .op(&[nop::INJECT]);
         let s = run_virtio_net(&p.0);
         assert!(s.hostile, "{s:?}");
         assert_eq!(s.completed, 1, "{s:?}");
