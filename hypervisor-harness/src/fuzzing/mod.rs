@@ -89,6 +89,14 @@ pub const MEM_REGIONS: [(u64, u64); 4] = [
     (MEM_SIZE + 0x2000, 0x1000),
     (0x10_0000, 0x1000),
 ];
+// `new_memory` fills every region from one image of the first's size.
+const _: () = {
+    let mut i = 0;
+    while i < MEM_REGIONS.len() {
+        assert!(MEM_REGIONS[i].1 <= MEM_SIZE);
+        i += 1;
+    }
+};
 /// Size of each disk image, in sectors.
 pub const DISK_SECTORS: u64 = 16;
 const SECTOR: usize = 512;
@@ -275,29 +283,31 @@ fn new_memory(seed_from: Option<&[u8]>) -> Memory {
     });
     let regions = reused.unwrap_or_else(mapped_regions);
     let mem = Memory::from_arc_regions(regions).expect("the fuzz layout is sorted and apart");
-    let seed = seed_from.filter(|s| !s.is_empty());
-    if seed.is_none() {
-        static ZEROS: [u8; MEM_SIZE as usize] = [0; MEM_SIZE as usize];
-        for (gpa, len) in MEM_REGIONS {
-            let _ = mem.write_slice(&ZEROS[..len as usize], GuestAddress(gpa));
-        }
-    }
-    if let Some(seed) = seed {
-        for (gpa, len) in MEM_REGIONS {
-            // The seed repeated, written at once: a short seed would otherwise cost thousands
-            // of guest writes per input. Built by doubling, not byte by byte: per input, a
-            // byte-wise iterator was a sixth of a fuzzer's time in its coverage hooks.
-            let len = len as usize;
-            let mut image = Vec::with_capacity(len);
-            image.extend_from_slice(&seed[..seed.len().min(len)]);
-            while image.len() < len {
-                let more = image.len().min(len - image.len());
-                image.extend_from_within(..more);
-            }
-            let _ = mem.write_slice(&image, GuestAddress(gpa));
-        }
+    // Every region starts at the seed's first byte, so one image of the largest region
+    // serves them all; a reused mapping holds the last input's bytes, so without a seed it
+    // is zeroed as a fresh one would be.
+    static ZEROS: [u8; MEM_SIZE as usize] = [0; MEM_SIZE as usize];
+    let image = match seed_from.filter(|s| !s.is_empty()) {
+        Some(seed) => std::borrow::Cow::Owned(repeated(seed, MEM_SIZE as usize)),
+        None => std::borrow::Cow::Borrowed(&ZEROS[..]),
+    };
+    for (gpa, len) in MEM_REGIONS {
+        let _ = mem.write_slice(&image[..len as usize], GuestAddress(gpa));
     }
     mem
+}
+
+/// `seed` repeated to `len` bytes, written at once: a short seed would otherwise cost thousands
+/// of guest writes per input. Built by doubling, not byte by byte: per input, a byte-wise
+/// iterator was a sixth of a fuzzer's time in its coverage hooks.
+fn repeated(seed: &[u8], len: usize) -> Vec<u8> {
+    let mut image = Vec::with_capacity(len);
+    image.extend_from_slice(&seed[..seed.len().min(len)]);
+    while image.len() < len {
+        let more = image.len().min(len - image.len());
+        image.extend_from_within(..more);
+    }
+    image
 }
 
 /// A guest write that may fall partly or wholly outside RAM (then the rest is dropped).

@@ -69,7 +69,8 @@ impl Drain {
         }
     }
 
-    /// Spend one unit; false (and the pass counted as cut, once) when none is left.
+    /// Spend one unit; false (and the pass counted as cut, once) when none is left, as
+    /// after a cut, which spends the last.
     fn spend(&mut self) -> bool {
         if self.left == 0 {
             if !self.cut {
@@ -89,7 +90,7 @@ impl Drain {
         queue: &mut Queue,
         mem: &'m Memory,
     ) -> Result<Option<DescriptorChain<&'m Memory>>, QueueBroken> {
-        if self.cut || !self.spend() {
+        if !self.spend() {
             return Ok(None);
         }
         Ok(queue.iter(mem)?.next())
@@ -102,7 +103,7 @@ impl Drain {
         if !queue.enable_notification(mem)? {
             return Ok(false);
         }
-        Ok(!self.cut && self.spend())
+        Ok(self.spend())
     }
 
     /// Whether the pass stopped at its bound, leaving chains in the ring.
