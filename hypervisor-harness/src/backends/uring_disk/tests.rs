@@ -113,6 +113,9 @@ fn many_requests_in_flight_complete_with_the_right_data() {
     }
     assert_eq!(e.in_flight(), 64, "all queued at once");
     e.submit().unwrap();
+    // One enter hands all 64 to the kernel. The waits after it take as many enters as the
+    // completions take turns to arrive, which depends on the machine's load: not counted.
+    assert_eq!(e.counters.enters, 1, "{:?}", e.counters);
     let done = wait_all(&mut e);
     assert_eq!(done.len(), 64);
     for (i, c) in done.iter().enumerate() {
@@ -123,7 +126,9 @@ fn many_requests_in_flight_complete_with_the_right_data() {
         // SAFETY: `reads` outlives the engine's wait below.
         unsafe { e.queue_rw(i as u16, UringOp::Read, i as u64 * 8192, &[b.iov()]) }.unwrap();
     }
+    let enters = e.counters.enters;
     e.submit().unwrap();
+    assert_eq!(e.counters.enters, enters + 1, "{:?}", e.counters);
     let done = wait_all(&mut e);
     assert!(
         done.iter().all(|c| matches!(c.result, Ok(8192))),
@@ -138,7 +143,6 @@ fn many_requests_in_flight_complete_with_the_right_data() {
     }
     assert_eq!(e.counters.submitted, 128);
     assert_eq!(e.counters.buffered, 0, "all aligned: all through the ring");
-    assert!(e.counters.enters <= 8, "{:?}", e.counters);
 }
 
 /// A request split over several buffers, one read of the whole, and a flush after writes.
