@@ -164,6 +164,10 @@ pub struct RunArgs {
     /// is in place.
     #[arg(long, value_enum, hide = true, value_name = "KIND")]
     pub seccomp_selftest: Option<crate::seccomp::ThreadKind>,
+    /// Test only: the vCPU thread never comes back from its first port or MMIO exit, as if a
+    /// device handler hung, so that the watchdog's hard deadline ends the run (exit code 5).
+    #[arg(long, hide = true)]
+    pub stuck_device_selftest: bool,
     /// End the run (exit code 4, with the vCPU's state) when the guest makes no port or MMIO
     /// access, serial output included, for this many seconds: a guest spinning without I/O.
     /// Off by default: an idle guest waiting for interrupts is quiet too.
@@ -259,6 +263,7 @@ fn cmd_run(a: &RunArgs) -> Result<i32, HarnessError> {
             enabled: a.seccomp == OnOff::On,
             selftest: a.seccomp_selftest,
         },
+        stuck_device_selftest: a.stuck_device_selftest,
     };
     let recorder = a
         .record_exits

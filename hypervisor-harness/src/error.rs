@@ -7,6 +7,8 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_CRASHED: i32 = 2;
 pub const EXIT_TIMEOUT: i32 = 3;
 pub const EXIT_ABNORMAL: i32 = 4;
+/// The watchdog's hard deadline: a limit was reached and the run did not end within the grace.
+pub const EXIT_HARD_DEADLINE: i32 = 5;
 pub const EXIT_USAGE: i32 = 64;
 pub const EXIT_BAD_IMAGE: i32 = 65;
 pub const EXIT_UNAVAILABLE: i32 = 69;

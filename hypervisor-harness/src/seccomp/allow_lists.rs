@@ -105,7 +105,8 @@ const SOCKET_SERVER: &[libc::c_long] = &[
     libc::SYS_fcntl,
 ];
 
-/// The watchdog's kick: pthread_kill.
+/// The watchdog's kick: pthread_kill. (Its hard deadline's report and end, write and
+/// exit_group, are common.)
 const SIGNAL_THREAD: &[libc::c_long] = &[libc::SYS_tgkill];
 
 /// The ioctl requests of a kind.
@@ -211,6 +212,16 @@ mod tests {
         }
         assert_eq!(KVM_RUN(), 0xae80);
         assert_eq!(KVM_IRQ_LINE(), 0x4008_ae61);
+    }
+
+    /// The watchdog's hard deadline writes its report and ends the process from the watchdog
+    /// thread (tests/watchdog.rs does it under the filter).
+    #[test]
+    fn the_watchdog_may_report_and_exit() {
+        let r = rules(ThreadKind::Watchdog).unwrap();
+        for nr in [libc::SYS_write, libc::SYS_exit_group, libc::SYS_tgkill] {
+            assert!(r.contains_key(&nr), "watchdog lacks {nr}");
+        }
     }
 
     /// Discard and write-zeroes run on whichever thread serves the queue.

@@ -23,6 +23,7 @@ pub mod timing;
 pub mod vcpu;
 pub mod virtio_wiring;
 pub mod vm;
+mod watchdog;
 
 use crate::backends::disk::{DiskSpec, OpenedDisks};
 use crate::backends::net::spec::{NetSpec, NicModel};
@@ -41,10 +42,9 @@ use kvm_ioctls::VcpuExit;
 use memory::GuestMem;
 use monitor_target::{QuitRequest, VirtioFunction, VmView};
 use std::io::Write;
-use std::marker::PhantomData;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use vcpu::CpuSnapshot;
 
@@ -81,6 +81,9 @@ pub struct RunConfig {
     pub qmp: Option<PathBuf>,
     /// The threads' seccomp filters (`--seccomp`, `--seccomp-selftest`).
     pub seccomp: crate::seccomp::SeccompConfig,
+    /// Test only (`--stuck-device-selftest`): the vCPU thread never comes back from its first
+    /// port or MMIO exit, so that the watchdog's hard deadline ends the process.
+    pub stuck_device_selftest: bool,
 }
 
 /// Where virtio queue processing runs.
@@ -196,12 +199,6 @@ fn verbose(cfg: &RunConfig, msg: &str) {
     }
 }
 
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-fn kick_signal() -> libc::c_int {
-    vmm_sys_util::signal::SIGRTMIN()
-}
-
 /// Element size of the last KVM_EXIT_IO, as KVM reported it (checked by [`pio`]).
 fn io_size(vcpu: &mut kvm_ioctls::VcpuFd) -> u8 {
     // SAFETY: called right after KVM_RUN returned KVM_EXIT_IO, so `io` is the active member.
@@ -218,6 +215,19 @@ fn io_in_data(vcpu: &mut kvm_ioctls::VcpuFd, buf: &[u8]) {
     // SAFETY: KVM places the count * size data bytes at data_offset inside the kvm_run
     // mapping (the same area kvm-ioctls hands out as the IoIn slice); len is within that.
     unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), base.add(io.data_offset as usize), len) };
+}
+
+/// A port or MMIO exit, noted for the watchdog. Under `--stuck-device-selftest` the vCPU thread
+/// stays in it as in a device handler that never returns (kicks and all), for the watchdog's
+/// hard deadline to end.
+fn noted(watchdog: &watchdog::Watchdog, io: LastIo, stuck_device_selftest: bool) -> Option<LastIo> {
+    watchdog.note_exit(&io);
+    if stuck_device_selftest {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    Some(io)
 }
 
 /// Guest RAM layout check plus the host-memory check, as usage errors.
@@ -245,7 +255,17 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
             }
         }
     }
-    let (end, counters, elapsed) = machine.run_vcpu(cfg.timeout, cfg.stall_timeout)?;
+    // From here to the end of the teardown: once a limit is reached, the run is over within
+    // the grace, or the watchdog ends the process.
+    let watch = watchdog::RunWatch::start(
+        watchdog::Limits {
+            timeout: cfg.timeout,
+            stall_timeout: cfg.stall_timeout,
+        },
+        machine.quit.clone(),
+        watchdog::print_and_exit(watchdog::HARD_DEADLINE_GRACE),
+    )?;
+    let (end, counters, elapsed) = machine.run_vcpu(&watch, cfg.stuck_device_selftest)?;
     drop(monitors);
     let mut result = machine.report(end, counters, elapsed);
     // The guest is done and its results are read: destroying the VM need not hold up our exit.
@@ -257,6 +277,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, HarnessError> {
         }
     }
     drop(machine);
+    drop(watch);
     Ok(result)
 }
 
@@ -608,21 +629,21 @@ impl Machine {
     /// vCPU's filter leaves out.
     fn run_vcpu(
         &mut self,
-        timeout: Duration,
-        stall_timeout: Option<Duration>,
+        watch: &watchdog::RunWatch,
+        stuck_device_selftest: bool,
     ) -> Result<(VmEnd, ExitCounters, Duration), HarnessError> {
-        let quit = self.quit.clone();
         std::thread::scope(|scope| {
             let vcpu_thread = std::thread::Builder::new()
                 .name("vcpu0".into())
                 .spawn_scoped(scope, || {
-                    // The watchdog kicks the thread that starts it.
-                    let watchdog = Watchdog::start(timeout, stall_timeout, quit)?;
+                    // The watchdog kicks this thread; its limits count from here.
+                    let watchdog = watch.watch_this_thread();
                     // Read at each phase mark; opened before the filter forbids it.
                     let vcpu_stats = exits::stats_fd(&self.vcpu).ok();
                     crate::seccomp::enter(crate::seccomp::ThreadKind::Vcpu);
                     let start = Instant::now();
-                    let (end, counters) = self.run_loop(&watchdog, vcpu_stats.as_ref());
+                    let (end, counters) =
+                        self.run_loop(&watchdog, vcpu_stats.as_ref(), stuck_device_selftest);
                     self.marks.mark_end();
                     let elapsed = start.elapsed();
                     drop(watchdog);
@@ -638,8 +659,9 @@ impl Machine {
     /// Run the vCPU until the guest exits, the VM ends abnormally or the watchdog fires.
     fn run_loop(
         &mut self,
-        watchdog: &Watchdog,
+        watchdog: &watchdog::Watchdog,
         vcpu_stats: Option<&std::os::fd::OwnedFd>,
+        stuck_device_selftest: bool,
     ) -> (VmEnd, ExitCounters) {
         let Self {
             vcpu,
@@ -711,27 +733,27 @@ impl Machine {
                 // Port I/O is handled after the match, once the borrow of kvm_run's data ends and
                 // its element size can be read: see `pio`.
                 VcpuExit::IoOut(port, data) => {
-                    watchdog.note_progress();
-                    last_io = Some(LastIo::port(port, Dir::Write, data.len()));
+                    let io = LastIo::port(port, Dir::Write, data.len());
+                    last_io = noted(watchdog, io, stuck_device_selftest);
                     out_buf.clear();
                     out_buf.extend_from_slice(data);
                     pio_exit = Some((port, Dir::Write));
                 }
                 VcpuExit::IoIn(port, data) => {
-                    watchdog.note_progress();
-                    last_io = Some(LastIo::port(port, Dir::Read, data.len()));
+                    let io = LastIo::port(port, Dir::Read, data.len());
+                    last_io = noted(watchdog, io, stuck_device_selftest);
                     in_buf.clear();
                     in_buf.resize(data.len(), 0);
                     pio_exit = Some((port, Dir::Read));
                 }
                 VcpuExit::MmioWrite(addr, data) => {
-                    watchdog.note_progress();
-                    last_io = Some(LastIo::mmio(addr, Dir::Write, data.len()));
+                    let io = LastIo::mmio(addr, Dir::Write, data.len());
+                    last_io = noted(watchdog, io, stuck_device_selftest);
                     dispatch::dispatch(pio, mmio, counters, IoExit::MmioWrite { addr, data });
                 }
                 VcpuExit::MmioRead(addr, data) => {
-                    watchdog.note_progress();
-                    last_io = Some(LastIo::mmio(addr, Dir::Read, data.len()));
+                    let io = LastIo::mmio(addr, Dir::Read, data.len());
+                    last_io = noted(watchdog, io, stuck_device_selftest);
                     dispatch::dispatch(pio, mmio, counters, IoExit::MmioRead { addr, data });
                 }
                 VcpuExit::Hlt => {
@@ -885,113 +907,5 @@ impl Machine {
             phases,
             timing,
         }
-    }
-}
-
-/// Stops a run that outlives its timeout, or that the monitor quit: from then on it keeps
-/// kicking the vCPU thread (the one that started it) out of KVM_RUN with a signal until the run
-/// loop notices. Dropping it ends the kicks; it cannot leave the thread it kicks.
-struct Watchdog {
-    timed_out: Arc<AtomicBool>,
-    /// Port and MMIO exits so far, which the watchdog watches for --stall-timeout.
-    progress: Arc<AtomicU64>,
-    /// Set (to the stall's seconds) when there was none for that long.
-    stalled: Arc<AtomicU64>,
-    done: Arc<(Mutex<bool>, Condvar)>,
-    /// Not `Send`: it must be dropped on the thread it kicks, before that thread ends.
-    _kicked_thread: PhantomData<*const ()>,
-}
-
-impl Watchdog {
-    fn start(
-        timeout: Duration,
-        stall_timeout: Option<Duration>,
-        quit: QuitRequest,
-    ) -> Result<Self, HarnessError> {
-        let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler);
-        let timed_out = Arc::new(AtomicBool::new(false));
-        let progress = Arc::new(AtomicU64::new(0));
-        let stalled = Arc::new(AtomicU64::new(0));
-        // The quit request wakes the same condition variable that ends the watchdog.
-        let done = quit.wake.clone();
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
-        {
-            let (timed_out, done) = (timed_out.clone(), done.clone());
-            let (progress, stalled) = (progress.clone(), stalled.clone());
-            std::thread::Builder::new()
-                .name("watchdog".into())
-                .spawn(move || {
-                    crate::seccomp::enter(crate::seccomp::ThreadKind::Watchdog);
-                    let (m, cv) = &*done;
-                    let deadline = Instant::now() + timeout;
-                    let (mut seen, mut seen_at) =
-                        (progress.load(Ordering::Relaxed), Instant::now());
-                    let mut finished = lock(m);
-                    while !*finished {
-                        let now = Instant::now();
-                        let mut wake = deadline;
-                        if let Some(stall) = stall_timeout {
-                            let p = progress.load(Ordering::Relaxed);
-                            if p != seen {
-                                (seen, seen_at) = (p, now);
-                            } else if now >= seen_at + stall {
-                                stalled.store(stall.as_secs().max(1), Ordering::SeqCst);
-                            }
-                            // Looked at again a quarter of the stall time later.
-                            wake = wake.min(now + stall / 4);
-                        }
-                        let quitting = quit.requested();
-                        let stalling = stalled.load(Ordering::SeqCst) != 0;
-                        if quitting || stalling || now >= deadline {
-                            if !quitting && !stalling {
-                                timed_out.store(true, Ordering::SeqCst);
-                            }
-                            // SAFETY: `me` is the vCPU thread, alive until it drops the
-                            // Watchdog, which sets `done` (checked under the lock we hold).
-                            unsafe { libc::pthread_kill(me, kick_signal()) };
-                            finished = cv
-                                .wait_timeout(finished, Duration::from_millis(20))
-                                .map(|r| r.0)
-                                .unwrap_or_else(|e| e.into_inner().0);
-                        } else {
-                            finished = cv
-                                .wait_timeout(finished, wake.saturating_duration_since(now))
-                                .map(|r| r.0)
-                                .unwrap_or_else(|e| e.into_inner().0);
-                        }
-                    }
-                })
-                .map_err(|e| HarnessError::Other(format!("watchdog thread: {e}")))?;
-        }
-        Ok(Self {
-            timed_out,
-            progress,
-            stalled,
-            done,
-            _kicked_thread: PhantomData,
-        })
-    }
-
-    fn timed_out(&self) -> bool {
-        self.timed_out.load(Ordering::SeqCst)
-    }
-
-    /// The run loop made a port or MMIO exit.
-    fn note_progress(&self) {
-        self.progress.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The stall's seconds, once the watchdog found none for --stall-timeout.
-    fn stalled(&self) -> Option<u64> {
-        Some(self.stalled.load(Ordering::SeqCst)).filter(|&s| s != 0)
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        let (m, cv) = &*self.done;
-        *lock(m) = true;
-        cv.notify_all();
     }
 }
