@@ -520,7 +520,19 @@ fn several_tcp_connections_at_once() {
     let sinks: Vec<SocketHandle> = (0..8).map(|_| g.tcp(9)).collect();
     let sources: Vec<SocketHandle> = (0..8).map(|_| g.tcp(19)).collect();
     const LEN: usize = 256 << 10;
-    let data = |i: usize| -> Vec<u8> { (0..LEN).map(|j| (j * 31 + i) as u8).collect() };
+    // What each echo connection sends and each sink connection writes, made once: made again
+    // at every round, 4 MiB a round, it was most of the test's CPU time, and on a loaded
+    // machine the rounds' CPU time, not the peer, ran into run_until's 60 s.
+    let data: Vec<Vec<u8>> = (0..8)
+        .map(|i| (0..LEN).map(|j| (j * 31 + i) as u8).collect())
+        .collect();
+    let sink_data: Vec<Vec<u8>> = (0..8)
+        .map(|i| {
+            let mut chunk = vec![0u8; LEN];
+            PatternStream::new(100 + i as u64).fill(&mut chunk);
+            chunk
+        })
+        .collect();
     let mut sent = [0usize; 8];
     let mut got: Vec<Vec<u8>> = vec![Vec::new(); 8];
     let mut reports: Vec<Vec<u8>> = vec![Vec::new(); 8];
@@ -533,9 +545,8 @@ fn several_tcp_connections_at_once() {
         let mut all = true;
         for i in 0..8 {
             let s = g.sockets.get_mut::<tcp::Socket>(echoes[i]);
-            let d = data(i);
             if s.can_send() && sent[i] < LEN {
-                sent[i] += s.send_slice(&d[sent[i]..]).unwrap();
+                sent[i] += s.send_slice(&data[i][sent[i]..]).unwrap();
             }
             while let Ok(n) = s.recv(|b| {
                 got[i].extend_from_slice(b);
@@ -549,9 +560,7 @@ fn several_tcp_connections_at_once() {
 
             let s = g.sockets.get_mut::<tcp::Socket>(sinks[i]);
             if s.can_send() && sink_sent[i] < LEN as u64 {
-                let mut p = PatternStream::new(100 + i as u64);
-                let mut chunk = vec![0u8; LEN];
-                p.fill(&mut chunk);
+                let chunk = &sink_data[i];
                 sink_sent[i] += s.send_slice(&chunk[sink_sent[i] as usize..]).unwrap() as u64;
                 if sink_sent[i] == LEN as u64 {
                     s.close();
@@ -590,7 +599,7 @@ fn several_tcp_connections_at_once() {
     });
     assert!(src_good);
     for i in 0..8 {
-        assert!(got[i] == data(i), "echo connection {i}");
+        assert!(got[i] == data[i], "echo connection {i}");
         let mut expect = vec![0u8; LEN];
         PatternStream::new(100 + i as u64).fill(&mut expect);
         let mut fnv = Fnv1a64::default();
