@@ -272,11 +272,13 @@ fn wait_idle_waits_for_a_request_in_flight() {
     e.reap(&mut out);
     assert!(out.is_empty() && e.in_flight() == 1, "the pipe is empty");
     assert!(e.completion_fd().read().is_err(), "no completion yet");
+    // Timed from before the writer exists, so that the writer's 50 ms lie inside the measured
+    // time however late this thread runs again after the spawn.
+    let start = Instant::now();
     let writer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
         wr.write_all(b"sixteen bytes!!!").unwrap();
     });
-    let start = Instant::now();
     e.wait_idle(&mut out);
     assert!(start.elapsed() >= Duration::from_millis(40));
     writer.join().unwrap();

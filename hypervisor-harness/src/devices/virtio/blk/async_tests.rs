@@ -354,12 +354,14 @@ fn a_reset_waits_for_requests_in_flight_and_writes_nothing_after() {
         .unwrap();
     assert_eq!(rig.drain(), Ok(false));
     assert_eq!((rig.exec.in_flight(), rig.used_idx()), (1, 0));
+    // Timed from before the writer exists, so that the writer's 50 ms lie inside the measured
+    // time however late this thread runs again after the spawn.
+    let start = Instant::now();
     let writer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
         wr.write_all(&[0x42; 512]).unwrap();
         wr
     });
-    let start = Instant::now();
     rig.exec.abandon();
     assert!(
         start.elapsed() >= Duration::from_millis(40),
