@@ -112,8 +112,13 @@ pub fn pit_calibrate(ms: u64) -> u64 {
     outb(0x61, (gate & !0x02) | 0x01); // gate on, speaker off
     outb(0x43, 0b1011_0000); // channel 2, lo/hi byte, mode 0, binary
     outb(0x42, count as u8);
-    outb(0x42, (count >> 8) as u8);
+    // The count starts with the high byte's write, so the TSC is read before it: a vCPU
+    // descheduled between the two then only lengthens the window measured, as one
+    // descheduled at the end does, and the lowest of several runs is the truest. Read after,
+    // a long deschedule there let the count run out unmeasured (a tiny result), and the lowest
+    // run was the wrong one.
     let start = rdtsc();
+    outb(0x42, (count >> 8) as u8);
     let mut polls = 0u64;
     // OUT2 (port 0x61 bit 5) goes high when the count reaches zero. Bounded, in case there is no
     // PIT: a few million polls is seconds even at native speed.
