@@ -203,12 +203,36 @@ impl Layout {
 /// descriptors, and those of the indirect tables it names (virtio-queue follows them whether
 /// or not the feature was negotiated).
 fn writable_ranges(img: &[u8], l: &Layout, out: &mut Vec<(u64, u64)>) {
+    // Indirect tables already read: descriptors in seeded memory often repeat, each naming
+    // the same table of up to 4096 entries.
+    let mut read = Vec::new();
     for i in 0..l.size as u64 {
         let Some((addr, len, flags, _)) = desc_at(img, l.desc.wrapping_add(16 * i)) else {
             continue;
         };
         if flags & F_INDIRECT != 0 {
-            for j in 0..(len / 16).min(MEM_SIZE as u32 / 16) as u64 {
+            let entries = (len / 16).min(MEM_SIZE as u32 / 16) as u64;
+            if read.contains(&(addr, entries)) {
+                continue;
+            }
+            read.push((addr, entries));
+            // A table that does not wrap is read as one slice: descriptor by descriptor, the
+            // bounds checks of 4096 entries were most of a seeded input's time.
+            let whole = addr
+                .checked_add(16 * entries)
+                .and_then(|end| Some(usize::try_from(addr).ok()?..usize::try_from(end).ok()?))
+                .and_then(|r| img.get(r));
+            if let Some(table) = whole {
+                for d in table.as_chunks::<16>().0 {
+                    if u16::from_le_bytes([d[12], d[13]]) & F_WRITE != 0 {
+                        let a = u64::from_le_bytes(d[..8].try_into().unwrap_or_default());
+                        let n = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
+                        out.push((a, a.saturating_add(n as u64)));
+                    }
+                }
+                continue;
+            }
+            for j in 0..entries {
                 if let Some((a, n, f, _)) = desc_at(img, addr.wrapping_add(16 * j)) {
                     if f & F_WRITE != 0 {
                         out.push((a, a.saturating_add(n as u64)));
@@ -332,25 +356,70 @@ fn self_rewritten_writable(
             descriptor_tables(&img, l, &mut tables);
         }
         let tables = merge_ranges(tables);
-        let before = pending.len();
+        let mut taken = Vec::new();
         pending.retain(|&a| {
-            let taken = covers(&tables, a as u64) && covers(&allowed, a as u64);
-            if taken {
+            let take = covers(&tables, a as u64) && covers(&allowed, a as u64);
+            if take {
                 img[a] = now[a];
+                taken.push(a as u64);
             }
-            !taken
+            !take
         });
-        if pending.len() == before {
+        if taken.is_empty() {
             return;
         }
-        let mut read_now = Vec::new();
+        // Only descriptors with a byte just taken read differently (the others were read
+        // in an earlier image): re-reading every table each time, of up to 4096 indirect
+        // entries per descriptor, took seconds per input.
+        let from = writable.len();
         for l in layouts {
-            writable_ranges(&img, l, &mut read_now);
+            rewritten_writable_ranges(&img, l, &taken, writable);
         }
-        allowed = merge_ranges([allowed, read_now.clone()].concat());
-        // Merged as it grows: each pass reads every table again.
-        writable.extend_from_slice(&read_now);
-        *writable = merge_ranges(std::mem::take(writable));
+        allowed = merge_ranges([&allowed[..], &writable[from..]].concat());
+    }
+}
+
+/// [`writable_ranges`] of the descriptors of `l` (direct, or in the indirect tables they
+/// name) that hold a byte of `changed` (sorted), in `img`; all of an indirect table when the
+/// descriptor naming it changed.
+fn rewritten_writable_ranges(img: &[u8], l: &Layout, changed: &[u64], out: &mut Vec<(u64, u64)>) {
+    let within = |start: u64, len: u64| {
+        let from = changed.partition_point(|&c| c < start);
+        let to = changed.partition_point(|&c| c < start.saturating_add(len));
+        &changed[from..to]
+    };
+    let mut push_if_writable = |at: u64| {
+        if let Some((a, n, f, _)) = desc_at(img, at) {
+            if f & F_WRITE != 0 {
+                out.push((a, a.saturating_add(n as u64)));
+            }
+        }
+    };
+    for i in 0..l.size as u64 {
+        let at = l.desc.wrapping_add(16 * i);
+        let Some((addr, len, flags, _)) = desc_at(img, at) else {
+            continue;
+        };
+        let itself = !within(at, 16).is_empty();
+        if flags & F_INDIRECT != 0 {
+            let entries = (len / 16).min(MEM_SIZE as u32 / 16) as u64;
+            if itself {
+                for j in 0..entries {
+                    push_if_writable(addr.wrapping_add(16 * j));
+                }
+            } else {
+                let mut last = None;
+                for &c in within(addr, 16 * entries) {
+                    let j = (c - addr) / 16;
+                    if last != Some(j) {
+                        push_if_writable(addr.wrapping_add(16 * j));
+                        last = Some(j);
+                    }
+                }
+            }
+        } else if itself {
+            push_if_writable(at);
+        }
     }
 }
 
@@ -1045,6 +1114,9 @@ impl NetRig {
             writable_ranges(&now, l, &mut writable);
         }
         mid_op_writable(&self.shadow, &now, &layouts, &mut writable);
+        // Merged (the same bytes): indirect tables in seeded memory give millions of ranges,
+        // and each queue's used-ring check below scans them all.
+        let mut writable = merge_ranges(writable);
         // Everything the device may write, merged into sorted disjoint ranges.
         let used_rings = layouts.iter().map(|l| (l.used, l.used_end()));
         let merged = merge_ranges(used_rings.clone().chain(writable.iter().copied()).collect());
