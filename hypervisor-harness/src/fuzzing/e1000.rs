@@ -6,13 +6,12 @@
 //! heads and tails stay inside their rings; nothing longer than a frame reaches the backend.
 //! At the end: after a reset a canonical ring still sends a frame and receives one.
 
+use super::nic_backend::RecordingBackend;
 use super::*;
-use crate::backends::net::FrameMeta;
 use crate::devices::net::e1000::regs::*;
 use crate::devices::net::e1000::E1000;
 use crate::devices::net::IrqLevel;
 use crate::devices::pci::config::{CMD_BUS_MASTER, CMD_IO, CMD_MEM, REG_COMMAND};
-use crate::devices::virtio::net::test_util::TestBackend;
 use std::sync::Arc;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
@@ -52,14 +51,16 @@ fn r32(dev: &mut E1000<Memory>, reg: u64) -> u32 {
     u32::from_le_bytes(b)
 }
 
-fn check(dev: &mut E1000<Memory>, line: &Line, backend: &TestBackend) {
+/// After an operation. `frames_checked`: how many of the frames sent an earlier check has
+/// measured (cloning every frame sent so far, twice at every check, grew with the program).
+fn check(
+    dev: &mut E1000<Memory>,
+    line: &Line,
+    backend: &RecordingBackend,
+    frames_checked: &mut usize,
+) {
     assert_eq!(line.0.load(Ordering::SeqCst), dev.irq_level(), "line level");
-    for (_, f) in backend.sent() {
-        assert!(
-            f.len() <= crate::backends::net::MAX_FRAME,
-            "oversize frame sent"
-        );
-    }
+    check_new_frames(backend, frames_checked);
     if dev.config().command() & CMD_MEM == 0 {
         // BAR0 floats; the rings are checked when it decodes again.
         return;
@@ -72,19 +73,29 @@ fn check(dev: &mut E1000<Memory>, line: &Line, backend: &TestBackend) {
             assert!(h < n && t < n, "index beyond ring: {h} {t} of {n}");
         }
     }
-    for (_, f) in backend.sent() {
+    // The register reads above move no frames, but the check after them stays.
+    check_new_frames(backend, frames_checked);
+}
+
+/// Nothing longer than a frame among those sent since `frames_checked`.
+fn check_new_frames(backend: &RecordingBackend, frames_checked: &mut usize) {
+    let wire = crate::devices::lock(&backend.wire);
+    for (_, f) in wire.sent.iter().skip(*frames_checked) {
         assert!(
             f.len() <= crate::backends::net::MAX_FRAME,
             "oversize frame sent"
         );
     }
+    *frames_checked = wire.sent.len();
 }
 
 fn canonical_rings(dev: &mut E1000<Memory>, mem: &Memory) {
-    for i in 0..8u64 {
-        poke(mem, RX_RING + 16 * i, &(BUFS + 0x800 * i).to_le_bytes());
-        poke(mem, RX_RING + 16 * i + 8, &[0; 8]);
+    // The 8 RX descriptors (buffer address, then zeros) in one guest write, not 16.
+    let mut ring = [0u8; 128];
+    for i in 0..8 {
+        ring[16 * i..16 * i + 8].copy_from_slice(&(BUFS + 0x800 * i as u64).to_le_bytes());
     }
+    poke(mem, RX_RING, &ring);
     w32(dev, TDBAL, TX_RING as u32);
     w32(dev, TDBAH, 0);
     w32(dev, TDLEN, 128);
@@ -105,7 +116,7 @@ pub fn run_e1000(data: &[u8]) -> E1000Summary {
     let mut r = Reader(data);
     let seed_len = r.u8() as usize;
     let mem = new_memory(Some(r.bytes(seed_len)));
-    let backend = TestBackend::new();
+    let backend = RecordingBackend::new();
     let line = Arc::new(Line::default());
     let mut dev = E1000::new(
         mem.clone(),
@@ -114,6 +125,7 @@ pub fn run_e1000(data: &[u8]) -> E1000Summary {
         line.clone(),
         11,
     );
+    let mut frames_checked = 0;
     dev.config_mut().enable(CMD_MEM | CMD_IO | CMD_BUS_MASTER);
     let reg = |r: &mut Reader| match r.u8() % 4 {
         0 | 1 => REGS[(r.u8() as usize) % REGS.len()],
@@ -127,8 +139,8 @@ pub fn run_e1000(data: &[u8]) -> E1000Summary {
         match r.u8() % 11 {
             0 => {
                 let off = reg(&mut r);
-                let mut b = vec![0u8; r.width()];
-                dev.mmio_read(off, &mut b);
+                let mut b = [0u8; 16];
+                dev.mmio_read(off, &mut b[..r.width()]);
             }
             1 => {
                 let off = reg(&mut r);
@@ -178,7 +190,7 @@ pub fn run_e1000(data: &[u8]) -> E1000Summary {
                 if len >= 6 && r.u8() & 1 == 0 {
                     f[..6].copy_from_slice(&MAC);
                 }
-                backend.push(&f, FrameMeta::default());
+                backend.push(&f);
             }
             7 => dev.rx_pass(),
             8 => {
@@ -194,8 +206,8 @@ pub fn run_e1000(data: &[u8]) -> E1000Summary {
                     let v = r.value(w);
                     dev.io_write(off, &v);
                 } else {
-                    let mut b = vec![0u8; w];
-                    dev.io_read(off, &mut b);
+                    let mut b = [0u8; 16];
+                    dev.io_read(off, &mut b[..w]);
                 }
             }
             _ => {
@@ -203,10 +215,10 @@ pub fn run_e1000(data: &[u8]) -> E1000Summary {
                 dev.config_write(REG_COMMAND as u64, &cmd.to_le_bytes());
             }
         }
-        check(&mut dev, &line, &backend);
+        check(&mut dev, &line, &backend, &mut frames_checked);
     }
     let summary = E1000Summary {
-        sent: backend.sent().len(),
+        sent: backend.sent_count(),
         received: dev.counters().rx_frames,
     };
     // Still a working NIC after a reset.
@@ -233,30 +245,72 @@ pub fn run_e1000(data: &[u8]) -> E1000Summary {
     d[8..10].copy_from_slice(&60u16.to_le_bytes());
     d[11] = 0x0b; // EOP | IFCS | RS
     poke(&mem, TX_RING, &d);
-    let before = backend.sent().len();
+    let before = backend.sent_count();
     w32(&mut dev, TDT, 1);
-    assert_eq!(backend.sent().len(), before + 1, "TX works after reset");
+    assert_eq!(backend.sent_count(), before + 1, "TX works after reset");
     let received = dev.counters().rx_frames;
-    backend.push(&frame, FrameMeta::default());
+    backend.push(&frame);
     dev.rx_pass();
     assert_eq!(
         dev.counters().rx_frames,
         received + 1,
         "RX works after reset"
     );
-    check(&mut dev, &line, &backend);
+    check(&mut dev, &line, &backend, &mut frames_checked);
     summary
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::net::FrameMeta;
     use crate::fuzzing::test_util::{random, P};
 
     #[test]
     fn e1000_random_programs() {
         // Half the inputs start from the canonical rings.
         random(0x5eed_0e10, 3000, 400, &[2], e1000);
+    }
+
+    #[test]
+    fn canonical_rings_lays_out_every_rx_descriptor() {
+        let mem = new_memory(Some(&[0xa5]));
+        let backend = RecordingBackend::new();
+        let line = Arc::new(Line::default());
+        let mut dev = E1000::new(mem.clone(), Box::new(backend), MAC, line, 11);
+        dev.config_mut().enable(CMD_MEM | CMD_IO | CMD_BUS_MASTER);
+        canonical_rings(&mut dev, &mem);
+        for i in 0..8u64 {
+            let at = GuestAddress(RX_RING + 16 * i);
+            assert_eq!(mem.read_obj::<u64>(at).unwrap(), BUFS + 0x800 * i);
+            let rest = GuestAddress(RX_RING + 16 * i + 8);
+            assert_eq!(mem.read_obj::<u64>(rest).unwrap(), 0, "descriptor {i}");
+        }
+        // Seeded memory around the ring is left alone.
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(RX_RING - 1)).unwrap(), 0xa5);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(RX_RING + 128)).unwrap(),
+            0xa5
+        );
+    }
+
+    /// Each frame is measured once, and one sent after earlier checks still is.
+    #[test]
+    #[should_panic(expected = "oversize frame sent")]
+    fn an_oversize_frame_after_earlier_frames_is_caught() {
+        use crate::backends::net::{NetBackend, MAX_FRAME};
+        let mem = new_memory(None);
+        let mut backend = RecordingBackend::new();
+        let line = Arc::new(Line::default());
+        let mut dev = E1000::new(mem, Box::new(backend.clone()), MAC, line.clone(), 11);
+        dev.config_mut().enable(CMD_MEM | CMD_IO | CMD_BUS_MASTER);
+        let mut frames_checked = 0;
+        backend.transmit(&FrameMeta::default(), &[0; 60]).unwrap();
+        check(&mut dev, &line, &backend, &mut frames_checked);
+        assert_eq!(frames_checked, 1);
+        let oversize = vec![0; MAX_FRAME + 1];
+        backend.transmit(&FrameMeta::default(), &oversize).unwrap();
+        check(&mut dev, &line, &backend, &mut frames_checked);
     }
 
     #[test]

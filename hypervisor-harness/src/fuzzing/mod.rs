@@ -47,6 +47,7 @@ pub mod exit_dispatch;
 pub mod floor;
 pub mod ide;
 pub mod msix;
+mod nic_backend;
 pub mod pci_config;
 #[cfg(test)]
 mod racing;
