@@ -11,13 +11,14 @@
 //! frame went in. At the end: after a reset a canonical setup still sends a frame and receives
 //! one.
 
+use super::nic_backend::RecordingBackend;
 use super::*;
-use crate::backends::net::{FrameMeta, NetBackend, MAX_FRAME};
+use crate::backends::net::{NetBackend, MAX_FRAME};
+use crate::devices::lock;
 use crate::devices::net::rtl8139::regs::*;
 use crate::devices::net::rtl8139::Rtl8139;
 use crate::devices::net::IrqLevel;
 use crate::devices::pci::config::{CMD_BUS_MASTER, CMD_IO, CMD_MEM, REG_COMMAND};
-use crate::devices::virtio::net::test_util::TestBackend;
 use std::sync::Arc;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
@@ -78,15 +79,17 @@ struct Rig {
     dev: Rtl8139<Memory>,
     mem: Memory,
     line: Arc<Line>,
-    backend: TestBackend,
+    backend: RecordingBackend,
     /// Guest memory, region by region ([`MEM_REGIONS`]), as the program and the device's
     /// ring windows explain it.
     shadow: Vec<Vec<u8>>,
+    /// Frames the backend took that a check has already measured.
+    frames_checked: usize,
 }
 
 impl Rig {
     fn new(mem: Memory) -> Self {
-        let backend = TestBackend::new();
+        let backend = RecordingBackend::new();
         let line = Arc::new(Line::default());
         let mut dev = Rtl8139::new(
             mem.clone(),
@@ -96,45 +99,42 @@ impl Rig {
             11,
         );
         dev.config_mut().enable(CMD_MEM | CMD_IO | CMD_BUS_MASTER);
-        let mut rig = Rig {
+        let shadow = (0..MEM_REGIONS.len())
+            .map(|i| region_bytes(&mem, i).to_vec())
+            .collect();
+        Rig {
             dev,
             mem,
             line,
             backend,
-            shadow: Vec::new(),
-        };
-        rig.snapshot();
-        rig
+            shadow,
+            frames_checked: 0,
+        }
     }
 
     fn w(&mut self, reg: u8, v: &[u8]) {
         self.dev.io_write(u64::from(reg), v);
     }
 
+    /// A register of up to 4 bytes.
     fn r(&mut self, reg: u8, width: usize) -> u32 {
-        let mut b = vec![0u8; width];
-        self.dev.io_read(u64::from(reg), &mut b);
-        le_u32(&b)
+        let mut b = [0u8; 4];
+        self.dev.io_read(u64::from(reg), &mut b[..width]);
+        le_u32(&b[..width])
     }
 
+    /// A guest write by the program. The shadow takes the bytes of RAM it covers, and only
+    /// those (taking all of RAM again, at every poke, was a copy as big as the check's).
     fn poke(&mut self, at: u64, bytes: &[u8]) {
         poke(&self.mem, at, bytes);
-        self.snapshot();
-    }
-
-    fn snapshot(&mut self) {
-        self.shadow = self.ram();
-    }
-
-    fn ram(&self) -> Vec<Vec<u8>> {
-        MEM_REGIONS
-            .iter()
-            .map(|&(gpa, len)| {
-                let mut region = vec![0u8; len as usize];
-                let _ = self.mem.read_slice(&mut region, GuestAddress(gpa));
-                region
-            })
-            .collect()
+        let end = at.saturating_add(bytes.len() as u64);
+        for (i, &(gpa, len)) in MEM_REGIONS.iter().enumerate() {
+            let in_region = |a: u64| (a.clamp(gpa, gpa + len) - gpa) as usize;
+            let (lo, hi) = (in_region(at), in_region(end));
+            if lo < hi {
+                self.shadow[i][lo..hi].copy_from_slice(&region_bytes(&self.mem, i)[lo..hi]);
+            }
+        }
     }
 
     fn canonical(&mut self, rcr: u32) {
@@ -150,9 +150,25 @@ impl Rig {
             self.dev.irq_level(),
             "line level"
         );
-        for (_, f) in self.backend.sent() {
+        // Only the frames sent since the last check: cloning every frame sent so far at
+        // every check grew with the program.
+        let wire = lock(&self.backend.wire);
+        for (_, f) in wire.sent.iter().skip(self.frames_checked) {
             assert!(f.len() <= MAX_FRAME, "oversize frame sent");
         }
+        self.frames_checked = wire.sent.len();
+        drop(wire);
+        let size = self.dev.rx_ring_size();
+        let (cbr, read) = self.dev.rx_offsets();
+        assert!(cbr < size && cbr % 4 == 0, "CBR {cbr:#x} of {size:#x}");
+        assert!(read < size, "CAPR + 16 = {read:#x} of {size:#x}");
+        if self.dev.config().command() & CMD_IO != 0 {
+            // What the driver reads says the same.
+            assert_eq!(self.r(CBR, 2), cbr);
+            assert_eq!(self.r(CAPR, 2), read.wrapping_sub(16) & 0xffff);
+        }
+        // Memory last, after the check's own register reads: from here to the next device
+        // call, guest memory is the shadow but for the rig's own pokes.
         // Memory the device changed: only inside the ring's window as it was when a frame
         // went in. One operation can deliver and then move or resize the ring (canonical's CR
         // write before its RCR write; one wide access over CAPR and RCR), so every window
@@ -160,10 +176,15 @@ impl Rig {
         let mut windows = self.dev.take_rx_windows_written();
         windows.push(self.dev.rx_window());
         windows.sort_by_key(|w| w.start);
-        let now = self.ram();
-        // In every region, compared as slices (memcmp): each gap between the windows, and the
-        // part above them (offsets in the region).
-        for ((gpa, len), (now, before)) in MEM_REGIONS.iter().zip(now.iter().zip(&self.shadow)) {
+        // In every region, compared as slices (memcmp) in place: a region as it was is done
+        // at once; else each gap between the windows, and the part above them (offsets in
+        // the region), and then the shadow takes the region as it is.
+        for (i, (gpa, len)) in MEM_REGIONS.iter().enumerate() {
+            let now = region_bytes(&self.mem, i);
+            let before = &mut self.shadow[i];
+            if now == &before[..] {
+                continue;
+            }
             let in_region = |at: u64| (at.clamp(*gpa, gpa + len) - gpa) as usize;
             let mut gap_start = 0;
             for window in &windows {
@@ -181,18 +202,23 @@ impl Rig {
                 "device wrote above the ring, at or above {:#x}",
                 gpa + gap_start as u64
             );
-        }
-        self.shadow = now;
-        let size = self.dev.rx_ring_size();
-        let (cbr, read) = self.dev.rx_offsets();
-        assert!(cbr < size && cbr % 4 == 0, "CBR {cbr:#x} of {size:#x}");
-        assert!(read < size, "CAPR + 16 = {read:#x} of {size:#x}");
-        if self.dev.config().command() & CMD_IO != 0 {
-            // What the driver reads says the same.
-            assert_eq!(self.r(CBR, 2), cbr);
-            assert_eq!(self.r(CAPR, 2), read.wrapping_sub(16) & 0xffff);
+            before.copy_from_slice(now);
         }
     }
+}
+
+/// Region `i` of [`MEM_REGIONS`] as the host's bytes, to compare in place: no copy.
+fn region_bytes(mem: &Memory, i: usize) -> &[u8] {
+    use vm_memory::GuestMemoryBackend;
+    let (gpa, len) = MEM_REGIONS[i];
+    let host = mem
+        .get_host_address(GuestAddress(gpa))
+        .expect("every region of the fuzz layout is mapped");
+    // SAFETY: `host` is the start of the mapping of a whole region, `len` bytes, which `mem`
+    // keeps mapped while the borrow lasts. The rig is one thread and the device writes guest
+    // memory only inside its calls, none of which runs while the rig holds these bytes, so
+    // nothing writes them meanwhile.
+    unsafe { std::slice::from_raw_parts(host, len as usize) }
 }
 
 fn le_u32(b: &[u8]) -> u32 {
@@ -205,6 +231,16 @@ pub fn rtl8139(data: &[u8]) {
 }
 
 pub fn run_rtl8139(data: &[u8]) -> Rtl8139Summary {
+    run(data, false)
+}
+
+/// Operations that call no method of the device: a frame queued in the backend, a poke (the
+/// shadow takes it). After them the device, its registers, the frames sent and the rest of
+/// guest memory are as the last check left them, so the check would find what it found;
+/// `check_idle_ops` runs it anyway (the tests). Its memory compare is most of a check.
+const IDLE_OPS: [u8; 2] = [5, 7];
+
+fn run(data: &[u8], check_idle_ops: bool) -> Rtl8139Summary {
     let mut r = Reader(data);
     let seed_len = r.u8() as usize;
     let mut rig = Rig::new(new_memory(Some(r.bytes(seed_len))));
@@ -217,7 +253,8 @@ pub fn run_rtl8139(data: &[u8]) -> Rtl8139Summary {
         if r.is_empty() {
             break;
         }
-        match r.u8() % 14 {
+        let op = r.u8() % 14;
+        match op {
             0 => {
                 let off = reg(&mut r);
                 let mut b = vec![0u8; r.width()];
@@ -269,7 +306,7 @@ pub fn run_rtl8139(data: &[u8]) -> Rtl8139Summary {
                     1 if len >= 6 => f[..6].fill(0xff),
                     _ => {}
                 }
-                rig.backend.push(&f, FrameMeta::default());
+                rig.backend.push(&f);
             }
             6 => rig.dev.rx_pass(),
             7 => {
@@ -317,10 +354,12 @@ pub fn run_rtl8139(data: &[u8]) -> Rtl8139Summary {
                 rig.w(CR, &[v]);
             }
         }
-        rig.check();
+        if check_idle_ops || !IDLE_OPS.contains(&op) {
+            rig.check();
+        }
     }
     let summary = Rtl8139Summary {
-        sent: rig.backend.sent().len(),
+        sent: rig.backend.sent_count(),
         received: rig.dev.counters().rx_frames,
     };
     // Still a working NIC after a reset.
@@ -341,13 +380,13 @@ pub fn run_rtl8139(data: &[u8]) -> Rtl8139Summary {
     rig.w(CAPR, &0xfff0u16.to_le_bytes());
     let frame = [0xffu8; 60];
     rig.poke(TX_BUFS, &frame);
-    let before = rig.backend.sent().len();
+    let before = rig.backend.sent_count();
     rig.w(TSAD0, &(TX_BUFS as u32).to_le_bytes());
     rig.w(TSD0, &60u32.to_le_bytes());
-    assert_eq!(rig.backend.sent().len(), before + 1, "TX works after reset");
+    assert_eq!(rig.backend.sent_count(), before + 1, "TX works after reset");
     assert_ne!(rig.r(TSD0, 4) & Tsd::TOK.bits(), 0, "TOK after reset");
     let received = rig.dev.counters().rx_frames;
-    rig.backend.push(&frame, FrameMeta::default());
+    rig.backend.push(&frame);
     rig.dev.rx_pass();
     assert_eq!(
         rig.dev.counters().rx_frames,
@@ -361,12 +400,34 @@ pub fn run_rtl8139(data: &[u8]) -> Rtl8139Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::net::FrameMeta;
     use crate::fuzzing::test_util::{random, P};
 
     #[test]
     fn rtl8139_random_programs() {
         // Half the inputs start from the canonical setup (RCR: APM | AB | WRAP).
         random(0x5eed_8139, 3000, 400, &[2, 0x8a, 0, 0, 0], rtl8139);
+    }
+
+    /// The checks the target leaves out after an idle op (a queued frame, a poke) find
+    /// nothing, in programs that mix them with everything else.
+    #[test]
+    fn a_check_after_an_idle_op_finds_nothing() {
+        fn checked_after_every_op(data: &[u8]) {
+            run(data, true);
+        }
+        random(
+            0x1d1e_8139,
+            1500,
+            400,
+            &[2, 0x8a, 0, 0, 0],
+            checked_after_every_op,
+        );
+        // The recorded seeds: frames queued between RX passes.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/rtl8139");
+        for seed in std::fs::read_dir(dir).unwrap() {
+            run(&std::fs::read(seed.unwrap().path()).unwrap(), true);
+        }
     }
 
     #[test]
@@ -416,6 +477,58 @@ mod tests {
         rig.canonical((Rcr::APM | Rcr::AB).bits());
         rig.check();
         poke(&rig.mem, MEM_REGIONS[1].0 + 0x10, &[1]);
+        rig.check();
+    }
+
+    /// The in-place compare still finds a stray write in the first region, in the gap below
+    /// the ring, after frames went in and the shadow took them.
+    #[test]
+    #[should_panic(expected = "device wrote outside the ring, in 0x0..0x1000")]
+    fn a_stray_write_below_the_ring_after_frames_is_caught() {
+        let mut rig = Rig::new(new_memory(Some(&[0x5a])));
+        rig.canonical((Rcr::APM | Rcr::AB).bits());
+        rig.w(CAPR, &0xfff0u16.to_le_bytes());
+        for _ in 0..3 {
+            rig.backend.push(&[0xff; 100]);
+            rig.dev.rx_pass();
+            rig.check();
+        }
+        assert_eq!(rig.dev.counters().rx_frames, 3);
+        poke(&rig.mem, 0x800, &[0]);
+        rig.check();
+    }
+
+    /// A poke moves the shadow with it (a poke it missed would be "above the ring"), and a
+    /// write after it is still caught.
+    #[test]
+    #[should_panic(expected = "device wrote outside the ring, in 0x0..0x1000")]
+    fn a_stray_write_after_a_poke_is_caught() {
+        let mut rig = Rig::new(new_memory(None));
+        rig.canonical((Rcr::APM | Rcr::AB).bits());
+        rig.poke(TX_BUFS, &[0xee; 64]);
+        rig.check();
+        // Pokes into a hole, across two back-to-back regions, at the top of the address
+        // space: the shadow takes what landed in RAM.
+        rig.poke(MEM_SIZE - 8, &[0xdd; 16]);
+        rig.poke(MEM_REGIONS[2].0 - 4, &[0xcc; 8]);
+        rig.poke(u64::MAX - 2, &[0xbb; 8]);
+        rig.check();
+        poke(&rig.mem, 0x20, &[1]);
+        rig.check();
+    }
+
+    /// The check measures each frame once, and a frame sent after earlier checks is still
+    /// measured.
+    #[test]
+    #[should_panic(expected = "oversize frame sent")]
+    fn an_oversize_frame_after_earlier_frames_is_caught() {
+        let mut rig = Rig::new(new_memory(None));
+        let mut backend = rig.backend.clone();
+        backend.transmit(&FrameMeta::default(), &[0; 60]).unwrap();
+        rig.check();
+        backend
+            .transmit(&FrameMeta::default(), &vec![0; MAX_FRAME + 1])
+            .unwrap();
         rig.check();
     }
 }
