@@ -172,8 +172,8 @@ impl IdeRig {
                 let port = (base + r.u8() as u64 % (len + 4)).wrapping_sub(2);
                 let width = r.width();
                 if op == iop::READ {
-                    let mut b = vec![0u8; width];
-                    self.bus.read(port, &mut b);
+                    let mut b = [0u8; 16];
+                    self.bus.read(port, &mut b[..width]);
                 } else {
                     let v = r.value(width);
                     self.bus.write(port, &v);
@@ -209,10 +209,11 @@ impl IdeRig {
                 let words = r.u8() as usize + 1;
                 let fill = r.u32();
                 let port = Self::cmd_port(ch);
+                // Up to 256 accesses: a buffer on the stack, not one allocated for each.
+                let mut d = [0u8; 4];
                 for _ in 0..words {
                     if b & 1 == 0 {
-                        let mut d = vec![0u8; width];
-                        self.bus.read(port, &mut d);
+                        self.bus.read(port, &mut d[..width]);
                     } else {
                         self.bus.write(port, &fill.to_le_bytes()[..width]);
                     }
@@ -265,8 +266,8 @@ impl IdeRig {
             }
             iop::CFG_READ => {
                 let off = r.u16() as u64 % 0x110;
-                let mut b = vec![0u8; r.width()];
-                lock(&self.ide).config_read(off, &mut b);
+                let mut b = [0u8; 16];
+                lock(&self.ide).config_read(off, &mut b[..r.width()]);
             }
             iop::BM_STATUS => {
                 let ch = (r.u8() & 1) as u64;
