@@ -1608,6 +1608,33 @@ mod tests {
     }
 
     #[test]
+    fn an_indirect_table_gives_its_writable_entries_once_read_whole_or_by_entry() {
+        // Descriptors 0 and 1 name the same indirect table of 3 entries at 0x1000 (read once,
+        // as one slice). Descriptor 2 names one of 2 entries 16 bytes below the top of the
+        // address space (read entry by entry): the first is outside RAM, the second wraps to
+        // 0, descriptor 0, whose WRITE flag (beside INDIRECT) makes it a writable entry there.
+        let mut img = vec![0u8; MEM_SIZE as usize];
+        let put = |img: &mut Vec<u8>, at: usize, d: [u8; 16]| img[at..at + 16].copy_from_slice(&d);
+        put(&mut img, 0, desc_bytes(0x1000, 48, F_INDIRECT | F_WRITE, 0));
+        put(&mut img, 16, desc_bytes(0x1000, 48, F_INDIRECT, 0));
+        put(&mut img, 32, desc_bytes(u64::MAX - 15, 32, F_INDIRECT, 0));
+        put(&mut img, 0x1000, desc_bytes(0x2000, 10, F_WRITE, 0));
+        put(&mut img, 0x1010, desc_bytes(0x3000, 5, 0, 0));
+        put(&mut img, 0x1020, desc_bytes(0x4000, 7, F_WRITE | F_NEXT, 0));
+        let l = Layout {
+            index: 0,
+            ready: true,
+            size: 4,
+            desc: 0,
+            avail: 0x400,
+            used: 0x800,
+        };
+        let mut out = Vec::new();
+        writable_ranges(&img, &l, &mut out);
+        assert_eq!(out, [(0x2000, 0x200a), (0x4000, 0x4007), (0x1000, 0x1030)]);
+    }
+
+    #[test]
     fn an_avail_index_jump_needs_a_reset_and_the_device_recovers() {
         let p = net_ready()
             .op(&[nop::AVAIL, 1, 0, 0x00, 0x80])
