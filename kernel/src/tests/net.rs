@@ -357,13 +357,26 @@ pub(super) fn udp_round_trip(
     payload: &[u8],
     buf: &mut [u8],
 ) -> Result<bool, String> {
+    udp_round_trip_within(stack, h, to, payload, buf, SECOND)
+}
+
+/// [`udp_round_trip`], waiting up to `timeout_ns` for the answer: for a caller that must
+/// get it at the first try (a loaded host can take seconds).
+fn udp_round_trip_within(
+    stack: &mut Stack<'_>,
+    h: SocketHandle,
+    to: IpEndpoint,
+    payload: &[u8],
+    buf: &mut [u8],
+    timeout_ns: u64,
+) -> Result<bool, String> {
     stack
         .sockets
         .get_mut::<udp::Socket>(h)
         .send_slice(payload, to)
         .map_err(|e| format!("UDP send of {} bytes: {e:?}", payload.len()))?;
     let mut got: Option<Result<(), String>> = None;
-    stack.poll_until(SECOND, |s| {
+    stack.poll_until(timeout_ns, |s| {
         let sock = s.sockets.get_mut::<udp::Socket>(h);
         while let Ok((n, meta)) = sock.recv_slice(buf) {
             got = Some(if meta.endpoint != to {
@@ -1028,6 +1041,8 @@ const FLOOD_PAUSE_MS: u64 = 200;
 /// The flood is over once nothing arrived for this long. A loaded host can leave its source
 /// unscheduled for a few hundred ms; a shorter gap ended the count while datagrams still came.
 const FLOOD_QUIET_NS: u64 = 2 * SECOND;
+/// How long each of the flood test's echoes may take: it must answer at its first try.
+const ECHO_NS: u64 = 10 * SECOND;
 /// How long the first datagram may take after the pause (a loaded host starts late).
 const FLOOD_START_NS: u64 = 30 * SECOND;
 
@@ -1080,7 +1095,7 @@ pub fn rx_flood() -> Outcome {
         // ARP first (an echo), so the request is not the one held back for it.
         let echo = IpEndpoint::new(peer(args), 7);
         let mut buf = vec![0u8; 2048];
-        if !udp_round_trip(stack, echoes, echo, b"before the flood", &mut buf)? {
+        if !udp_round_trip_within(stack, echoes, echo, b"before the flood", &mut buf, ECHO_NS)? {
             return Err(String::from("UDP echo before the flood: no answer"));
         }
         let mut request = [0u8; 8];
@@ -1117,7 +1132,7 @@ pub fn rx_flood() -> Outcome {
         // are taken and counted all the same, so none is miscounted as lost.
         for k in 0..8u8 {
             let payload = [k; 100];
-            let answered = udp_round_trip(stack, echoes, echo, &payload, &mut buf)?;
+            let answered = udp_round_trip_within(stack, echoes, echo, &payload, &mut buf, ECHO_NS)?;
             flood.take(stack.sockets.get_mut::<udp::Socket>(h));
             if !answered {
                 return Err(format!("UDP echo {k} after the flood: no answer"));
