@@ -851,6 +851,9 @@ impl Machine {
         for function in &self.virtio {
             self.vm.notes.extend(function.notes());
         }
+        self.vm
+            .notes
+            .extend(crate::devices::virtio::drain::drains_cut_note());
         for nic in &self.nics {
             self.vm.notes.extend(nic.notes());
         }

@@ -44,6 +44,22 @@ pub fn drains_cut() -> u64 {
     DRAINS_CUT.load(Ordering::Relaxed)
 }
 
+/// The run report's note on passes stopped at their bound, when there were any: every
+/// device's together, so that a guest feeding a ring from itself shows in the report of any
+/// device kind.
+pub fn drains_cut_note() -> Option<String> {
+    note_for(drains_cut())
+}
+
+fn note_for(cut: u64) -> Option<String> {
+    (cut > 0).then(|| {
+        format!(
+            "virtio: {cut} pass(es) over a queue stopped at their bound of {PASSES_PER_ENTRY}x \
+             the queue's size (a ring that feeds itself); the rest waited for the next notify"
+        )
+    })
+}
+
 /// What a device's pass over a queue did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Drained {
@@ -205,6 +221,16 @@ mod tests {
     }
 
     #[test]
+    fn the_note_names_the_cut_passes_and_is_absent_without_any() {
+        assert_eq!(note_for(0), None);
+        let n = note_for(3).unwrap();
+        assert!(
+            n.starts_with("virtio: 3 pass(es)") && n.contains("4x"),
+            "{n}"
+        );
+    }
+
+    #[test]
     fn used_flags_over_the_avail_index_end_at_the_bound_with_notifications_on() {
         let mem = memory();
         let mut q = queue(&mem, 0x3000);
@@ -213,6 +239,7 @@ mod tests {
         let (taken, cut) = drain(&mut q, &mem);
         assert_eq!((taken, cut), (1, true), "one chain, then the bound");
         assert!(drains_cut() > before);
+        assert!(drains_cut_note().is_some_and(|n| n.contains("stopped at their bound")));
         // Notifications on at the end: the used flags (the avail index here) are 0.
         assert_eq!(mem.read_obj::<u16>(GuestAddress(0x2004)).unwrap(), 0);
     }
