@@ -446,6 +446,35 @@ mod tests {
         (deadline, rx)
     }
 
+    /// Run a vCPU thread named `name` that makes `last_io` (if any) and then stays away from
+    /// its loop, as device code that never returns would (kicks and all), until the deadline
+    /// reports; then let it go. The report, or a panic if none came in 120 s.
+    fn report_of_a_stuck_vcpu(
+        watch: &RunWatch,
+        name: &str,
+        last_io: Option<LastIo>,
+        reports: &mpsc::Receiver<DeadlineReport>,
+    ) -> DeadlineReport {
+        let (release, released) = mpsc::channel::<()>();
+        let report = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn_scoped(s, move || {
+                    let dog = watch.watch_this_thread();
+                    if let Some(io) = &last_io {
+                        dog.note_exit(io);
+                    }
+                    let _ = released.recv();
+                    drop(dog);
+                })
+                .unwrap();
+            let report = reports.recv_timeout(Duration::from_secs(120));
+            let _ = release.send(());
+            report
+        });
+        report.expect("the deadline never fired")
+    }
+
     fn limits(timeout: Duration, stall_timeout: Option<Duration>) -> Limits {
         Limits {
             timeout,
@@ -464,24 +493,8 @@ mod tests {
             deadline,
         )
         .unwrap();
-        let (release, released) = mpsc::channel::<()>();
-        let watch_ref = &watch;
-        let report = std::thread::scope(|s| {
-            std::thread::Builder::new()
-                .name("stuck-vcpu".into())
-                .spawn_scoped(s, move || {
-                    let dog = watch_ref.watch_this_thread();
-                    dog.note_exit(&LastIo::port(0x3f8, Dir::Write, 1));
-                    // "Device code" that returns only when the test says so; kicks and all.
-                    let _ = released.recv();
-                    drop(dog);
-                })
-                .unwrap();
-            let report = reports.recv_timeout(Duration::from_secs(120));
-            let _ = release.send(());
-            report
-        });
-        let report = report.expect("the deadline never fired");
+        let last_io = LastIo::port(0x3f8, Dir::Write, 1);
+        let report = report_of_a_stuck_vcpu(&watch, "stuck-vcpu", Some(last_io), &reports);
         assert_eq!(report.trigger, Trigger::Timeout(Duration::from_millis(50)));
         assert_eq!(
             report.stuck,
@@ -586,22 +599,7 @@ mod tests {
             deadline,
         )
         .unwrap();
-        let (release, released) = mpsc::channel::<()>();
-        let watch_ref = &watch;
-        let report = std::thread::scope(|s| {
-            std::thread::Builder::new()
-                .name("spinning-vcpu".into())
-                .spawn_scoped(s, move || {
-                    let dog = watch_ref.watch_this_thread();
-                    let _ = released.recv();
-                    drop(dog);
-                })
-                .unwrap();
-            let report = reports.recv_timeout(Duration::from_secs(120));
-            let _ = release.send(());
-            report
-        });
-        let report = report.expect("the deadline never fired");
+        let report = report_of_a_stuck_vcpu(&watch, "spinning-vcpu", None, &reports);
         assert_eq!(
             report.to_string(),
             "hard deadline: thread spinning-vcpu did not come back to its run loop within \
