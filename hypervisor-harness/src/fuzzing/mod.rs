@@ -272,6 +272,20 @@ thread_local! {
     static REGIONS: std::cell::RefCell<Vec<Arc<Region>>> = std::cell::RefCell::new(mapped_regions());
 }
 
+/// Region `i` of [`MEM_REGIONS`] as the host's bytes, to compare in place: no copy.
+pub(super) fn region_bytes(mem: &Memory, i: usize) -> &[u8] {
+    use vm_memory::GuestMemoryBackend;
+    let (gpa, len) = MEM_REGIONS[i];
+    let host = mem
+        .get_host_address(GuestAddress(gpa))
+        .expect("every region of the fuzz layout is mapped");
+    // SAFETY: `host` is the start of the mapping of a whole region, `len` bytes, which `mem`
+    // keeps mapped while the borrow lasts. The rigs that call this are one thread each, and
+    // their device writes guest memory only inside its calls, none of which runs while the
+    // rig holds these bytes, so nothing writes them meanwhile.
+    unsafe { std::slice::from_raw_parts(host, len as usize) }
+}
+
 /// Guest memory laid out as [`MEM_REGIONS`], each region filled with `seed_from` repeated
 /// (else zero). The thread's mapping is reused when nothing else holds it (the input before
 /// is over), rewritten whole first; else (two rigs at once) the memory is mapped anew.

@@ -207,20 +207,6 @@ impl Rig {
     }
 }
 
-/// Region `i` of [`MEM_REGIONS`] as the host's bytes, to compare in place: no copy.
-fn region_bytes(mem: &Memory, i: usize) -> &[u8] {
-    use vm_memory::GuestMemoryBackend;
-    let (gpa, len) = MEM_REGIONS[i];
-    let host = mem
-        .get_host_address(GuestAddress(gpa))
-        .expect("every region of the fuzz layout is mapped");
-    // SAFETY: `host` is the start of the mapping of a whole region, `len` bytes, which `mem`
-    // keeps mapped while the borrow lasts. The rig is one thread and the device writes guest
-    // memory only inside its calls, none of which runs while the rig holds these bytes, so
-    // nothing writes them meanwhile.
-    unsafe { std::slice::from_raw_parts(host, len as usize) }
-}
-
 fn le_u32(b: &[u8]) -> u32 {
     crate::devices::le_value(b) as u32
 }

@@ -46,7 +46,16 @@ struct Rig {
 
 impl Rig {
     fn new() -> Self {
-        let mem = Mem::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+        Self::with_ram(&[(0, RAM)])
+    }
+
+    /// RAM as the given `(start, length)` regions, with holes between them.
+    fn with_ram(regions: &[(u64, u64)]) -> Self {
+        let ranges: Vec<_> = regions
+            .iter()
+            .map(|&(start, len)| (GuestAddress(start), len as usize))
+            .collect();
+        let mem = Mem::from_ranges(&ranges).unwrap();
         let line = Arc::new(Line::default());
         let backend = TestBackend::new();
         let mut dev = E1000::new(
@@ -948,4 +957,70 @@ fn rx_finishes_a_partial_checksum() {
     assert_eq!((&got[..40], &got[42..]), (&f[..40], &f[42..]));
     assert_eq!(rig.r(RDH), 1, "the bad range is not delivered");
     assert_eq!(rig.dev.counters().rx_dropped, 1);
+}
+
+/// A TX ring across a hole in RAM: every descriptor that starts in the hole is a counted fault
+/// (the hole is passed in one step), and the descriptors in RAM on either side of it still
+/// send their frames.
+#[test]
+fn a_tx_ring_across_a_hole_in_ram_faults_each_descriptor_in_it_and_sends_the_rest() {
+    // RAM, a 64 KiB hole (4096 descriptors), 64 KiB more RAM.
+    const HOLE: u64 = RAM;
+    const AFTER: u64 = HOLE + 0x1_0000;
+    let mut rig = Rig::with_ram(&[(0, RAM), (AFTER, 0x1_0000)]);
+    let count = 8192u32;
+    let put = |rig: &Rig, base: u64, i: u64, buf: u64| {
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&buf.to_le_bytes());
+        d[8..10].copy_from_slice(&60u16.to_le_bytes());
+        d[11] = (TxCmd::EOP | TxCmd::RS).bits();
+        rig.mem
+            .write_slice(&d, GuestAddress(base + i * 16))
+            .unwrap();
+    };
+    let frame = udp_frame(1, 2, &[7; 18]);
+    rig.mem.write_slice(&frame, GuestAddress(TX_BUFS)).unwrap();
+    rig.tx_setup(8);
+    // Two descriptors below the hole, 4096 in it, then two above it.
+    let base = HOLE - 32;
+    for i in [0, 1, 4098, 4099] {
+        put(&rig, base, i, TX_BUFS);
+    }
+    rig.w(TDBAL, base as u32);
+    rig.w(TDLEN, count * 16);
+    rig.w(TDH, 0);
+    rig.w(TDT, 4100);
+    assert_eq!(rig.dev.counters().tx_desc_fault, 4096);
+    assert_eq!(rig.r(TDH), 4100);
+    assert_eq!(
+        rig.backend.sent().len(),
+        4,
+        "the frames on both sides of the hole"
+    );
+    for i in [0, 1, 4098, 4099] {
+        let status: u8 = rig.mem.read_obj(GuestAddress(base + i * 16 + 12)).unwrap();
+        assert_eq!(status & TX_STATUS_DD, TX_STATUS_DD, "descriptor {i}");
+    }
+
+    // A ring that starts in the hole: the pass stops at the tail inside it...
+    let mut rig = Rig::with_ram(&[(0, RAM), (AFTER, 0x1_0000)]);
+    rig.tx_setup(8);
+    rig.w(TDBAL, HOLE as u32);
+    rig.w(TDLEN, count * 16);
+    rig.w(TDH, 0);
+    rig.w(TDT, 100);
+    assert_eq!(rig.dev.counters().tx_desc_fault, 100);
+    assert_eq!(rig.r(TDH), 100);
+    // ...and at the ring's end, going on from its start: all but one descriptor of a lap,
+    // 4096 - 100 in the hole, 4096 of zeros in RAM (no frame), 99 in the hole again.
+    put(&rig, HOLE, 4096, TX_BUFS);
+    rig.w(TDT, 99);
+    assert_eq!(rig.dev.counters().tx_desc_fault, 100 + 3996 + 99);
+    assert_eq!(rig.r(TDH), 99);
+    assert_eq!(rig.backend.sent().len(), 1, "the one frame in RAM");
+    // A backend with no room stops the pass before the hole, as before.
+    rig.backend.set_tx_room(Some(0));
+    rig.w(TDT, 150);
+    assert_eq!(rig.r(TDH), 99);
+    assert_eq!(rig.dev.counters().tx_desc_fault, 100 + 3996 + 99);
 }

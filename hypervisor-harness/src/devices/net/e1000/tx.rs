@@ -12,9 +12,9 @@
 
 use super::regs::*;
 use super::stats::Stats;
-use super::{Counters, E1000};
+use super::{Counters, DESC_SIZE, E1000};
 use crate::backends::net::{FrameMeta, MAX_FRAME};
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion};
 
 /// The last context descriptor's checksum fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -120,6 +120,28 @@ pub fn internet_checksum(data: &[u8]) -> u16 {
     }
 }
 
+/// How many descriptors from `at` on (16 bytes apart, at most `limit`, at least 1) start
+/// outside guest RAM: the rest of the hole `at` lies in. A ring that runs past the end of RAM
+/// (a 1 MiB one over 64 KiB of it has 61,000 such descriptors) then costs one step per hole, not
+/// a failed lookup per descriptor; the faults counted and the head reached are the same.
+fn descriptors_in_hole<M: GuestMemory>(mem: &M, at: u64, limit: u32) -> u32 {
+    // Behind an IOMMU there is no plain RAM map to look at: one descriptor at a time.
+    let Some(ram) = mem.physical_memory() else {
+        return 1;
+    };
+    if ram.address_in_range(GuestAddress(at)) {
+        // A descriptor over a region's end: the next one starts inside RAM again or not.
+        return 1;
+    }
+    let next_region = ram
+        .iter()
+        .map(|r| r.start_addr().raw_value())
+        .filter(|&start| start > at)
+        .min();
+    let in_hole = next_region.map_or(u64::MAX, |start| (start - at).div_ceil(DESC_SIZE));
+    in_hole.clamp(1, u64::from(limit.max(1))) as u32
+}
+
 /// Insert one checksum; false if its offsets do not fit the frame.
 fn insert(frame: &mut [u8], spec: ChecksumSpec) -> bool {
     let end = spec
@@ -155,7 +177,7 @@ impl<M: GuestMemory> E1000<M> {
                 self.tx.stalled = true;
                 break;
             }
-            done += 1;
+            let mut step = 1;
             let at = self.tx_ring.desc_addr(self.tx_ring.head);
             let mut bytes = [0u8; 16];
             match at.map(|a| self.mem.read_slice(&mut bytes, GuestAddress(a))) {
@@ -171,12 +193,23 @@ impl<M: GuestMemory> E1000<M> {
                     }
                 }
                 _ => {
-                    // The ring itself is not in RAM: a frame under way is abandoned.
-                    self.counters.tx_desc_fault += 1;
+                    // The ring itself is not in RAM: a frame under way is abandoned. So are
+                    // the descriptors after it in the same hole, all in one step, each
+                    // counted, but not past the tail, the ring's end or the lap; and only when
+                    // the backend is ready, since each of them would wait for it.
+                    let head = self.tx_ring.head;
+                    let left = ((self.tx_ring.tail + count - head) % count)
+                        .min(count - head)
+                        .min(count - done);
+                    if let (Some(a), true) = (at, self.backend.tx_ready()) {
+                        step = descriptors_in_hole(&self.mem, a, left);
+                    }
+                    self.counters.tx_desc_fault += u64::from(step);
                     self.tx.abandon();
                 }
             }
-            self.tx_ring.head = (self.tx_ring.head + 1) % count;
+            done += step;
+            self.tx_ring.head = (self.tx_ring.head + step) % count;
         }
         if self.tx.stalled && !was_stalled {
             self.counters.tx_stalls += 1;
