@@ -634,6 +634,29 @@ impl NetRig {
         })
     }
 
+    /// Whether queue `q`'s rings (as programmed) meet another queue's: then the program's
+    /// descriptors and avail entries for `q` land in that queue's rings (an unconfigured
+    /// queue's are all at 0, over queue 0's), which breaks them.
+    fn rings_meet_another_queue(&self, q: usize, l: &Layout) -> bool {
+        let rings = |l: &Layout| {
+            let size = l.size as u64;
+            [
+                (l.desc, l.desc.saturating_add(16 * size)),
+                (l.avail, l.avail.saturating_add(6 + 2 * size)),
+                (l.used, l.used_end()),
+            ]
+        };
+        let mine = rings(l);
+        (0..self.nq())
+            .filter(|&o| o != q)
+            .filter_map(|o| self.layout(o))
+            .any(|o| {
+                rings(&o)
+                    .iter()
+                    .any(|&(a, b)| mine.iter().any(|&(c, d)| a < d && c < b))
+            })
+    }
+
     fn notify(&mut self, q: usize) {
         self.w(VirtioPciDevice::notify_offset(q), 2, q as u64);
     }
@@ -676,6 +699,9 @@ impl NetRig {
         let Some(l) = self.layout(q) else { return };
         if l.size == 0 {
             return;
+        }
+        if self.rings_meet_another_queue(q, &l) {
+            self.hostile = true;
         }
         let head = self.next_desc[q] % l.size;
         let n = descs.len() as u16;
@@ -796,6 +822,9 @@ impl NetRig {
             nop::DESC => {
                 let q = self.queue_index(r);
                 let Some(l) = self.layout(q) else { return };
+                if self.rings_meet_another_queue(q, &l) {
+                    self.hostile = true;
+                }
                 let size = l.size.max(1);
                 let i = match r.u8() {
                     b if b < 0xf0 => b as u64 % size as u64,
@@ -818,6 +847,9 @@ impl NetRig {
             nop::AVAIL => {
                 let q = self.queue_index(r);
                 let Some(l) = self.layout(q) else { return };
+                if self.rings_meet_another_queue(q, &l) {
+                    self.hostile = true;
+                }
                 match r.u8() % 4 {
                     0 => {
                         self.hostile = true;
@@ -1717,6 +1749,30 @@ mod tests {
         ];
         let s = run_virtio_net(&input);
         assert!(s.hostile, "{s:?}");
+    }
+
+    #[test]
+    fn chains_posted_on_a_queue_with_rings_over_another_make_the_run_hostile() {
+        // Found by the long run of 2026-12-02 after 262,763 executions ("NEEDS_RESET in a run
+        // that kept its rings intact: invalid available ring index"), minimised: two pairs,
+        // only rx0 set up and given a buffer, then control commands (0x0a) on the control
+        // queue, never configured: its rings are all at 0, over rx0's, and its chains rewrote
+        // rx0's avail index. The run is hostile now, as a driver that did this would be.
+        let mut input = vec![
+            0x02, 0x02, 0x00, 0x04, 0x01, 0x00, 0x01, 0x03, 0x00, 0x07, 0x01, 0x09, 0x00, 0x00,
+            0x45, 0x01, 0x00, 0x0b, 0x00, 0xa8, 0x4c, 0x01, 0x14,
+        ];
+        input.extend([0x0a; 235]);
+        input.extend([0x00; 3]);
+        input.extend([0x0a; 35]);
+        input.push(0x0c);
+        input.extend([0x0a; 20]);
+        input.extend([
+            0x22, 0x22, 0x22, 0x22, 0x00, 0x00, 0x00, 0x0b, 0x00, 0x00, 0x00,
+        ]);
+        assert_eq!(input.len(), 328);
+        let s = run_virtio_net(&input);
+        assert!(s.hostile && s.needs_reset, "{s:?}");
     }
 
     #[test]
