@@ -978,17 +978,22 @@ fn a_tx_ring_across_a_hole_in_ram_faults_each_descriptor_in_it_and_sends_the_res
             .write_slice(&d, GuestAddress(base + i * 16))
             .unwrap();
     };
+    // TX on, its ring of `count` descriptors at `base`, head and tail at 0.
+    let ring_at = |rig: &mut Rig, base: u64| {
+        rig.tx_setup(8);
+        rig.w(TDBAL, base as u32);
+        rig.w(TDLEN, count * 16);
+        rig.w(TDH, 0);
+        rig.w(TDT, 0);
+    };
     let frame = udp_frame(1, 2, &[7; 18]);
     rig.mem.write_slice(&frame, GuestAddress(TX_BUFS)).unwrap();
-    rig.tx_setup(8);
     // Two descriptors below the hole, 4096 in it, then two above it.
     let base = HOLE - 32;
     for i in [0, 1, 4098, 4099] {
         put(&rig, base, i, TX_BUFS);
     }
-    rig.w(TDBAL, base as u32);
-    rig.w(TDLEN, count * 16);
-    rig.w(TDH, 0);
+    ring_at(&mut rig, base);
     rig.w(TDT, 4100);
     assert_eq!(rig.dev.counters().tx_desc_fault, 4096);
     assert_eq!(rig.r(TDH), 4100);
@@ -1004,10 +1009,7 @@ fn a_tx_ring_across_a_hole_in_ram_faults_each_descriptor_in_it_and_sends_the_res
 
     // A ring that starts in the hole: the pass stops at the tail inside it...
     let mut rig = Rig::with_ram(&[(0, RAM), (AFTER, 0x1_0000)]);
-    rig.tx_setup(8);
-    rig.w(TDBAL, HOLE as u32);
-    rig.w(TDLEN, count * 16);
-    rig.w(TDH, 0);
+    ring_at(&mut rig, HOLE);
     rig.w(TDT, 100);
     assert_eq!(rig.dev.counters().tx_desc_fault, 100);
     assert_eq!(rig.r(TDH), 100);
