@@ -367,8 +367,8 @@ fn mid_op_writable(shadow: &[u8], now: &[u8], layouts: &[Layout], out: &mut Vec<
 /// the others are checked byte by byte against that. What this cannot see is a value the
 /// device wrote into a table and overwrote again in the same op (memory after the op keeps
 /// only the last), and such a value may have led it anywhere. So an op whose writes the fixed
-/// point does not explain, with a writable buffer over a descriptor table, is not judged:
-/// the check cannot tell its writes from strays. The next op is checked as usual.
+/// point does not explain, with a writable buffer or a used ring over a descriptor table, is
+/// not judged: the check cannot tell its writes from strays. The next op is checked as usual.
 fn self_rewritten_writable(
     shadow: &[u8],
     now: &[u8],
@@ -1240,7 +1240,7 @@ impl NetRig {
         };
         if !outside.is_empty() && !unseen() {
             self_rewritten_writable(&self.shadow, &now, &layouts, merged, &mut writable);
-            let merged = merge_ranges(used_rings.chain(writable.iter().copied()).collect());
+            let merged = merge_ranges(used_rings.clone().chain(writable.iter().copied()).collect());
             // A writable buffer over a descriptor table: the device may have rewritten a
             // descriptor there twice in the op and followed the value between, which neither
             // image keeps, anywhere. What it wrote in this op cannot be told from strays.
@@ -1249,9 +1249,11 @@ impl NetRig {
                 descriptor_tables(&self.shadow, l, &mut tables);
                 descriptor_tables(&now, l, &mut tables);
             }
+            // Or a used ring over one: the device rewrites descriptors with its entries.
+            let feeding: Vec<(u64, u64)> = used_rings.chain(writable.iter().copied()).collect();
             let self_fed = merge_ranges(tables)
                 .into_iter()
-                .any(|(lo, hi)| writable.iter().any(|&(a, b)| a < hi && lo < b));
+                .any(|(lo, hi)| feeding.iter().any(|&(a, b)| a < hi && lo < b));
             for (a, x, y) in outside {
                 assert!(
                     covers(&merged, a) || self_fed,
@@ -1742,6 +1744,19 @@ mod tests {
             0x02, 0x02, 0x00, 0x04, 0xa3, 0x01, 0x09, 0x0b, 0x00, 0x62, 0x00, 0x00, 0x00, 0x76,
             0x3c, 0x3c, 0x3c, 0x21, 0x00, 0x00, 0x00, 0x00, 0x09, 0x03, 0x00, 0xef, 0x01, 0x09,
         ];
+        let s = run_virtio_net(&input);
+        assert!(s.hostile, "{s:?}");
+        // And after 1,746,587 more at 6e20e2b ("device wrote 0x28 (0x0c -> 0x00)"): rx0's used
+        // ring at 0, over its own descriptor table, rewrote descriptors the walk followed.
+        let input = [
+            0x02, 0x09, 0x00, 0x00, 0x45, 0x01, 0x00, 0x0b, 0x00, 0x02, 0x12, 0x00, 0x1a, 0x08,
+            0x02, 0x00, 0x02, 0x00, 0x01, 0x01, 0x00, 0x01, 0x02, 0x01, 0x04, 0x01, 0x00, 0x01,
+            0x02, 0x02, 0x04, 0x01, 0x01, 0x00, 0x09, 0x00, 0x00, 0x45, 0x07, 0x01, 0x0b, 0x00,
+            0x12, 0x00, 0x00, 0x1a, 0x1a, 0x1a, 0x1a, 0x1a, 0x1a, 0x1a, 0x1a, 0x1a, 0x03, 0x00,
+            0xef, 0x01, 0x09, 0x00, 0xff, 0xff, 0x08, 0xff, 0xff, 0x01, 0x0b, 0x00, 0x1a, 0x1a,
+            0xf6, 0xff, 0xff, 0x4c, 0x02, 0xff,
+        ];
+        assert_eq!(input.len(), 76);
         let s = run_virtio_net(&input);
         assert!(s.hostile, "{s:?}");
         // The same after 285,894 more ("device wrote 0x402 (0x06 -> 0x00)"): a 12-byte
