@@ -90,11 +90,16 @@ const IMAGE_REGIONS: usize = 3;
 const IMAGE_END: u64 = MEM_REGIONS[IMAGE_REGIONS - 1].0 + MEM_REGIONS[IMAGE_REGIONS - 1].1;
 const _: () = assert!(MEM_REGIONS[IMAGE_REGIONS].0 >= IMAGE_END);
 
-/// Whether `[start, end)` meets guest RAM the images do not hold.
-fn meets_unseen_ram((start, end): (u64, u64)) -> bool {
+/// Whether two ranges `[start, end)` share a byte.
+fn meets(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+/// Whether `range` meets guest RAM the images do not hold.
+fn meets_unseen_ram(range: (u64, u64)) -> bool {
     MEM_REGIONS[IMAGE_REGIONS..]
         .iter()
-        .any(|&(gpa, len)| start < gpa + len && gpa < end)
+        .any(|&(gpa, len)| meets(range, (gpa, gpa + len)))
 }
 
 /// Guest RAM into an image of [`IMAGE_END`] bytes (its holes are left as they are).
@@ -223,6 +228,16 @@ struct Layout {
 impl Layout {
     fn used_end(&self) -> u64 {
         self.used.saturating_add(6 + 8 * self.size as u64)
+    }
+
+    /// The descriptor table, the avail ring and the used ring, as ranges.
+    fn rings(&self) -> [(u64, u64); 3] {
+        let size = self.size as u64;
+        [
+            (self.desc, self.desc.saturating_add(16 * size)),
+            (self.avail, self.avail.saturating_add(6 + 2 * size)),
+            (self.used, self.used_end()),
+        ]
     }
 }
 
@@ -471,9 +486,9 @@ fn covers(ranges: &[(u64, u64)], at: u64) -> bool {
     ranges.get(i).is_some_and(|r| r.0 <= at)
 }
 
-/// The writable bytes of the chain at `head`, walked as virtio-queue walks it (bounded by the
-/// table's size, one level of indirection).
-/// The writable bytes of the chain at `head` in an image; `None` if it leads outside it.
+/// The writable bytes of the chain at `head` in an image, walked as virtio-queue walks it
+/// (bounded by the table's size, one level of indirection); `None` if it leads into RAM the
+/// image does not hold.
 fn chain_writable(img: &[u8], l: &Layout, head: u16) -> Option<u64> {
     let (mut table, mut size, mut ttl, mut next) = (l.desc, l.size as u32, l.size as u32, head);
     let mut indirect = false;
@@ -638,22 +653,14 @@ impl NetRig {
     /// descriptors and avail entries for `q` land in that queue's rings (an unconfigured
     /// queue's are all at 0, over queue 0's), which breaks them.
     fn rings_meet_another_queue(&self, q: usize, l: &Layout) -> bool {
-        let rings = |l: &Layout| {
-            let size = l.size as u64;
-            [
-                (l.desc, l.desc.saturating_add(16 * size)),
-                (l.avail, l.avail.saturating_add(6 + 2 * size)),
-                (l.used, l.used_end()),
-            ]
-        };
-        let mine = rings(l);
+        let mine = l.rings();
         (0..self.nq())
             .filter(|&o| o != q)
             .filter_map(|o| self.layout(o))
             .any(|o| {
-                rings(&o)
+                o.rings()
                     .iter()
-                    .any(|&(a, b)| mine.iter().any(|&(c, d)| a < d && c < b))
+                    .any(|&theirs| mine.iter().any(|&r| meets(theirs, r)))
             })
     }
 
@@ -1229,37 +1236,30 @@ impl NetRig {
                 outside.push((a, x, y));
             }
         }
-        // A table in RAM the images do not hold names buffers the rig cannot see.
-        let unseen = || {
+        if !outside.is_empty() {
+            // The descriptor tables, as the program left them and as they are now.
             let mut tables = Vec::new();
             for l in &layouts {
                 descriptor_tables(&self.shadow, l, &mut tables);
                 descriptor_tables(&now, l, &mut tables);
             }
-            tables.into_iter().any(meets_unseen_ram)
-        };
-        if !outside.is_empty() && !unseen() {
-            self_rewritten_writable(&self.shadow, &now, &layouts, merged, &mut writable);
-            let merged = merge_ranges(used_rings.clone().chain(writable.iter().copied()).collect());
-            // A writable buffer over a descriptor table: the device may have rewritten a
-            // descriptor there twice in the op and followed the value between, which neither
-            // image keeps, anywhere. What it wrote in this op cannot be told from strays.
-            let mut tables = Vec::new();
-            for l in &layouts {
-                descriptor_tables(&self.shadow, l, &mut tables);
-                descriptor_tables(&now, l, &mut tables);
-            }
-            // Or a used ring over one: the device rewrites descriptors with its entries.
-            let feeding: Vec<(u64, u64)> = used_rings.chain(writable.iter().copied()).collect();
-            let self_fed = merge_ranges(tables)
-                .into_iter()
-                .any(|(lo, hi)| feeding.iter().any(|&(a, b)| a < hi && lo < b));
-            for (a, x, y) in outside {
-                assert!(
-                    covers(&merged, a) || self_fed,
-                    "device wrote {a:#x} ({y:#04x} -> {x:#04x}), outside every used ring and \
-                     writable buffer"
-                );
+            let tables = merge_ranges(tables);
+            // A table in RAM the images do not hold names buffers the rig cannot see.
+            if !tables.iter().copied().any(meets_unseen_ram) {
+                self_rewritten_writable(&self.shadow, &now, &layouts, merged, &mut writable);
+                let allowed = merge_ranges(used_rings.chain(writable.iter().copied()).collect());
+                // A writable buffer or a used ring over a descriptor table: the device may
+                // have rewritten a descriptor there twice in the op and followed the value
+                // between, which neither image keeps, anywhere. What it wrote in this op
+                // cannot be told from strays.
+                let self_fed = tables.iter().any(|&t| allowed.iter().any(|&w| meets(t, w)));
+                for (a, x, y) in outside {
+                    assert!(
+                        covers(&allowed, a) || self_fed,
+                        "device wrote {a:#x} ({y:#04x} -> {x:#04x}), outside every used ring \
+                         and writable buffer"
+                    );
+                }
             }
         }
         // New used entries, where nothing but the device's used-ring writes touched the ring.
@@ -1327,13 +1327,8 @@ impl NetRig {
     /// used ring over its own. Otherwise its entries are not checked (the memory check still
     /// is).
     fn used_ring_clean(layouts: &[Layout], i: usize, writable: &[(u64, u64)]) -> bool {
-        let l = &layouts[i];
-        let size = l.size as u64;
-        let desc = (l.desc, l.desc.saturating_add(16 * size));
-        let avail = (l.avail, l.avail.saturating_add(6 + 2 * size));
-        let used = (l.used, l.used_end());
-        let meets = |a: (u64, u64), b: (u64, u64)| a.0 < b.1 && b.0 < a.1;
-        let rings = [desc, avail, used];
+        let rings = layouts[i].rings();
+        let [desc, avail, used] = rings;
         !writable.iter().any(|&w| rings.iter().any(|&r| meets(w, r)))
             && layouts.iter().enumerate().all(|(j, o)| {
                 let o_used = (o.used, o.used_end());
