@@ -80,9 +80,9 @@ fn check(
 /// Nothing longer than a frame among those sent since `frames_checked`.
 fn check_new_frames(backend: &RecordingBackend, frames_checked: &mut usize) {
     let wire = crate::devices::lock(&backend.wire);
-    for (_, f) in wire.sent.iter().skip(*frames_checked) {
+    for &(_, len) in wire.sent.iter().skip(*frames_checked) {
         assert!(
-            f.len() <= crate::backends::net::MAX_FRAME,
+            len <= crate::backends::net::MAX_FRAME,
             "oversize frame sent"
         );
     }

@@ -153,8 +153,8 @@ impl Rig {
         // Only the frames sent since the last check: cloning every frame sent so far at
         // every check grew with the program.
         let wire = lock(&self.backend.wire);
-        for (_, f) in wire.sent.iter().skip(self.frames_checked) {
-            assert!(f.len() <= MAX_FRAME, "oversize frame sent");
+        for &(_, len) in wire.sent.iter().skip(self.frames_checked) {
+            assert!(len <= MAX_FRAME, "oversize frame sent");
         }
         self.frames_checked = wire.sent.len();
         drop(wire);
